@@ -1,0 +1,73 @@
+"""The VGG paper's Table 1 as data (Simonyan & Zisserman, 2014, https://arxiv.org/abs/1409.1556).
+
+Each configuration is a row of the table: a number is a 3x3 convolution with that many output
+channels, "M" is a 2x2 max-pool with stride 2. This module imports nothing from torch.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Final, Literal, Mapping, Union
+
+Layer = Union[int, Literal["M"]]
+
+CONFIGS: Final[Mapping[str, tuple[Layer, ...]]] = MappingProxyType(
+    {
+        "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+        "B": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+        "D": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+        "E": (
+            64, 64, "M",
+            128, 128, "M",
+            256, 256, 256, 256, "M",
+            512, 512, 512, 512, "M",
+            512, 512, 512, 512, "M",
+        ),  # fmt: skip
+    }
+)
+
+# builder name -> (configuration letter, batch_norm)
+ARCHS: Final[Mapping[str, tuple[str, bool]]] = MappingProxyType(
+    {
+        "vgg11": ("A", False),
+        "vgg11_bn": ("A", True),
+        "vgg13": ("B", False),
+        "vgg13_bn": ("B", True),
+        "vgg16": ("D", False),
+        "vgg16_bn": ("D", True),
+        "vgg19": ("E", False),
+        "vgg19_bn": ("E", True),
+    }
+)
+
+IN_CHANNELS: Final = 3
+POOLED_SIZE: Final = 7  # the adaptive pool's output side: 224 / 2**5
+HIDDEN: Final = 4096  # width of fc6 and fc7
+MIN_SIZE: Final = 32  # five stride-2 max-pools need at least 2**5 px per side
+
+
+def arch_config(arch: str) -> tuple[tuple[Layer, ...], bool]:
+    """The layer row and batch_norm flag of a builder name such as "vgg16_bn"."""
+    try:
+        letter, batch_norm = ARCHS[arch]
+    except KeyError:
+        raise ValueError(f"unknown VGG architecture {arch!r}; valid: {', '.join(ARCHS)}") from None
+    return CONFIGS[letter], batch_norm
+
+
+def layer_names(arch: str) -> list[str]:
+    """The paper-style name of every module in `features`, in order: conv1_1, [bn1_1,] relu1_1, ..., pool5."""
+    row, batch_norm = arch_config(arch)
+    names: list[str] = []
+    block, conv = 1, 0
+    for layer in row:
+        if layer == "M":
+            names.append(f"pool{block}")
+            block, conv = block + 1, 0
+            continue
+        conv += 1
+        names.append(f"conv{block}_{conv}")
+        if batch_norm:
+            names.append(f"bn{block}_{conv}")
+        names.append(f"relu{block}_{conv}")
+    return names

@@ -1,0 +1,347 @@
+"""Checkpoint records: the `Weights` dataclass, one enum per builder, and `get_weight`.
+
+Every figure in the official records comes from `weights/README.md` (torchvision's published
+metadata, or computed from the layer shapes). A record only describes a file; fetching and
+verifying it is `hub.py`'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cached_property
+from importlib import resources
+from pathlib import PurePosixPath
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Union, overload
+from urllib.parse import unquote, urlsplit
+
+from .config import MIN_SIZE
+
+if TYPE_CHECKING:
+    import torch
+
+    from .transforms import ImageClassification
+
+__all__ = [
+    "IMAGENET_CATEGORIES",
+    "VGG11_BN_Weights",
+    "VGG11_Weights",
+    "VGG13_BN_Weights",
+    "VGG13_Weights",
+    "VGG16_BN_Weights",
+    "VGG16_Weights",
+    "VGG19_BN_Weights",
+    "VGG19_Weights",
+    "Weights",
+    "WeightsEnum",
+    "get_weight",
+]
+
+OFFICIAL_BASE = "https://download.pytorch.org/models/"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe-style input for the SSD-ported vgg16 features: 0-255 scale minus the channel means.
+CAFFE_MEAN = (0.48235, 0.45882, 0.40784)
+CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+class _Categories(Sequence[str]):
+    """The 1000 ImageNet class names, read from package data on first use (not on import)."""
+
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        text = resources.files("vggnet").joinpath("data/imagenet_categories.txt").read_text(encoding="utf-8")
+        return tuple(line for line in text.splitlines() if line)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return self._names[i]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __repr__(self) -> str:
+        return "IMAGENET_CATEGORIES"
+
+
+IMAGENET_CATEGORIES: Sequence[str] = _Categories()
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A checkpoint: where it lives, its digest, and how to use it.
+
+    `url` is https, http, `file://` or a local path. `sha256` is the full 64-hex digest, or a hex
+    prefix (at least 8 digits) where only that is known; the whole file is hashed either way.
+    `size` is the exact byte count when known; `file_size` is the size in MiB as torchvision
+    reports it. `metrics` maps "acc@1"/"acc@5" to ImageNet-1K accuracies.
+    """
+
+    url: str
+    sha256: str
+    size: int | None = None
+    categories: Sequence[str] | None = None
+    crop_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    num_params: int | None = None
+    min_size: tuple[int, int] = (MIN_SIZE, MIN_SIZE)
+    gflops: float | None = None
+    file_size: float | None = None
+    recipe: str | None = None
+    docs: str | None = None
+
+    def __post_init__(self) -> None:
+        digest = self.sha256.lower()
+        if not (8 <= len(digest) <= 64 and _HEX.fullmatch(digest)):
+            raise ValueError(
+                f"sha256 must be the 64 hex digits of the file's SHA-256, or at least its first 8, got {self.sha256!r}"
+            )
+        object.__setattr__(self, "sha256", digest)
+        if not self.url:
+            raise ValueError("url must be an https, http or file:// URL, or a local path")
+        if self.size is not None and self.size <= 0:
+            raise ValueError(f"size must be a positive byte count, got {self.size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
+        if self.categories is not None and not isinstance(self.categories, _Categories):
+            object.__setattr__(self, "categories", tuple(self.categories))
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    def __hash__(self) -> int:
+        return hash((self.url, self.sha256))
+
+    @property
+    def file_name(self) -> str:
+        """The last path component of the URL, percent-decoded."""
+        return PurePosixPath(unquote(urlsplit(self.url).path)).name
+
+    @property
+    def is_official(self) -> bool:
+        """True for files published under download.pytorch.org/models (what VGGNET_MIRROR replaces)."""
+        return self.url.startswith(OFFICIAL_BASE)
+
+    @property
+    def full_digest(self) -> bool:
+        return len(self.sha256) == 64
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """torchvision's metadata keys, so code written against its records runs unchanged."""
+        return {
+            "categories": None if self.categories is None else list(self.categories),
+            "num_params": self.num_params,
+            "min_size": self.min_size,
+            "_metrics": {"ImageNet-1K": dict(self.metrics)} if self.metrics else {},
+            "_ops": self.gflops,
+            "_file_size": self.file_size,
+            "recipe": self.recipe,
+            "_docs": self.docs,
+        }
+
+    def transforms(self) -> ImageClassification:
+        """The evaluation preset these weights expect."""
+        from .transforms import ImageClassification
+
+        return ImageClassification(
+            crop_size=self.crop_size,
+            resize_size=self.resize_size,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+        )
+
+    def get_state_dict(
+        self, progress: bool = True, map_location: str | torch.device | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Fetch (or find in the cache), verify and load the checkpoint with weights_only=True."""
+        from .hub import load_weights
+
+        return load_weights(self, progress=progress, map_location=map_location)
+
+
+class WeightsEnum(Enum):
+    """Base of the per-builder enums; members delegate the record's attributes."""
+
+    value: Weights
+
+    @property
+    def url(self) -> str:
+        return self.value.url
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.value.meta
+
+    def transforms(self) -> ImageClassification:
+        return self.value.transforms()
+
+    def get_state_dict(
+        self, progress: bool = True, map_location: str | torch.device | None = None
+    ) -> dict[str, torch.Tensor]:
+        return self.value.get_state_dict(progress=progress, map_location=map_location)
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    @classmethod
+    def from_name(cls, name: str) -> WeightsEnum:
+        """Resolve "DEFAULT", "IMAGENET1K_V1" or "VGG16_Weights.IMAGENET1K_V1" to a member."""
+        prefix = cls.__name__ + "."
+        short = name[len(prefix) :] if name.startswith(prefix) else name
+        member = cls.__members__.get(short)
+        if member is None:
+            valid = ", ".join(f"{cls.__name__}.{n}" for n in cls.__members__)
+            raise ValueError(f"unknown weights {name!r} for {cls.__name__}; valid: {valid}")
+        return member
+
+
+_RECIPE = "https://github.com/pytorch/vision/tree/main/references/classification#alexnet-and-vgg"
+_DOCS = "These weights were trained from scratch by using a simplified training recipe."
+
+
+def _imagenet(
+    file: str, *, sha256: str, num_params: int, acc1: float, acc5: float, gflops: float, mib: float, size: int | None = None
+) -> Weights:
+    return Weights(
+        url=OFFICIAL_BASE + file,
+        sha256=sha256,
+        size=size,
+        categories=IMAGENET_CATEGORIES,
+        metrics={"acc@1": acc1, "acc@5": acc5},
+        num_params=num_params,
+        gflops=gflops,
+        file_size=mib,
+        recipe=_RECIPE,
+        docs=_DOCS,
+    )
+
+
+# fmt: off
+class VGG11_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg11-8a719046.pth", sha256="8a719046", num_params=132_863_336,
+                              acc1=69.020, acc5=88.628, gflops=7.609, mib=506.840)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG11_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg11_bn-6002323d.pth", sha256="6002323d", num_params=132_868_840,
+                              acc1=70.370, acc5=89.810, gflops=7.609, mib=506.881)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG13_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg13-19584684.pth", sha256="19584684", num_params=133_047_848,
+                              acc1=69.928, acc5=89.246, gflops=11.308, mib=507.545)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG13_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg13_bn-abd245e5.pth", sha256="abd245e5", num_params=133_053_736,
+                              acc1=71.586, acc5=90.374, gflops=11.308, mib=507.590)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG16_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg16-397923af.pth", num_params=138_357_544,
+                              sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+                              size=553_433_881, acc1=71.592, acc5=90.382, gflops=15.470, mib=527.796)
+    # Ported from the SSD project: only `features` holds usable values, the classifier is NaN.
+    IMAGENET1K_FEATURES = Weights(
+        url=OFFICIAL_BASE + "vgg16_features-amdegroot-88682ab5.pth",
+        sha256="88682ab5",
+        categories=None,
+        mean=CAFFE_MEAN,
+        std=CAFFE_STD,
+        metrics={},
+        num_params=138_357_544,
+        gflops=15.470,
+        file_size=527.802,
+        recipe="https://github.com/amdegroot/ssd.pytorch#training-ssd",
+        docs="These weights can't be used for classification because they are missing values in the "
+        "`classifier` module. Only the `features` module has valid values and can be used for feature "
+        "extraction. The weights were trained using the original input standardization method as "
+        "described in the paper.",
+    )
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG16_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg16_bn-6c64b313.pth", num_params=138_365_992,
+                              sha256="6c64b3138f2f4fcb3bcc4cafde11619c4f440eb1631787e93a682fd88305888a",
+                              acc1=73.360, acc5=91.516, gflops=15.470, mib=527.866)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG19_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg19-dcbb9e9d.pth", sha256="dcbb9e9d", size=574_673_361,
+                              num_params=143_667_240, acc1=72.376, acc5=90.876, gflops=19.632, mib=548.051)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG19_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg19_bn-c79401a0.pth", sha256="c79401a0", size=574_769_405,
+                              num_params=143_678_248, acc1=74.218, acc5=91.842, gflops=19.632, mib=548.143)
+    DEFAULT = IMAGENET1K_V1
+# fmt: on
+
+# builder name -> its enum
+WEIGHTS_ENUMS: Mapping[str, type[WeightsEnum]] = MappingProxyType(
+    {
+        "vgg11": VGG11_Weights,
+        "vgg11_bn": VGG11_BN_Weights,
+        "vgg13": VGG13_Weights,
+        "vgg13_bn": VGG13_BN_Weights,
+        "vgg16": VGG16_Weights,
+        "vgg16_bn": VGG16_BN_Weights,
+        "vgg19": VGG19_Weights,
+        "vgg19_bn": VGG19_BN_Weights,
+    }
+)
+_BY_ENUM_NAME = {cls.__name__: cls for cls in WEIGHTS_ENUMS.values()}
+
+WeightsArg = Union[None, str, Weights, WeightsEnum]
+
+
+def get_weight(name: str) -> WeightsEnum:
+    """The member named like "VGG16_Weights.IMAGENET1K_V1"."""
+    enum_name, _, member = name.partition(".")
+    cls = _BY_ENUM_NAME.get(enum_name)
+    if cls is None or not member:
+        valid = ", ".join(str(m) for cls in WEIGHTS_ENUMS.values() for m in cls.__members__.values())
+        raise ValueError(f"unknown weights {name!r}; valid: {valid}")
+    return cls.from_name(member)
+
+
+def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
+    """Turn a builder's `weights` argument into a record, or None; strings are looked up in `arch`'s enum."""
+    enum = WEIGHTS_ENUMS[arch]
+    if weights is None or isinstance(weights, Weights):
+        return weights
+    if isinstance(weights, WeightsEnum):
+        if not isinstance(weights, enum):
+            valid = ", ".join(str(m) for m in enum.__members__.values())
+            raise ValueError(f"{weights} are not weights for {arch}; valid: {valid}")
+        return weights.value
+    if isinstance(weights, str):
+        return enum.from_name(weights).value
+    raise TypeError(
+        f"weights must be None, a string, a {enum.__name__} member or a vggnet.Weights record, "
+        f"got {type(weights).__name__}"
+    )
