@@ -6,25 +6,20 @@ channels, "M" is a 2x2 max-pool with stride 2. This module imports nothing from 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Final, Literal, Mapping, Union
+from typing import Final, Literal, Union
 
 Layer = Union[int, Literal["M"]]
 
-CONFIGS: Final[Mapping[str, tuple[Layer, ...]]] = MappingProxyType(
-    {
-        "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-        "B": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-        "D": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-        "E": (
-            64, 64, "M",
-            128, 128, "M",
-            256, 256, 256, 256, "M",
-            512, 512, 512, 512, "M",
-            512, 512, 512, 512, "M",
-        ),  # fmt: skip
-    }
-)
+# fmt: off
+CONFIGS: Final[Mapping[str, tuple[Layer, ...]]] = MappingProxyType({
+    "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "B": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "D": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "E": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+})
+# fmt: on
 
 # builder name -> (configuration letter, batch_norm)
 ARCHS: Final[Mapping[str, tuple[str, bool]]] = MappingProxyType(

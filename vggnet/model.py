@@ -96,15 +96,15 @@ class VGG(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last convolutional block's output after pool5: (N, 512, H/32, W/32)."""
         self.check_input(x)
-        return self.features(x)
+        out: torch.Tensor = self.features(x)
+        return out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at fc7 (N, 4096)."""
         x = self.avgpool(x)
         x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
-        if pre_logits:
-            return self.classifier[:-1](x)
-        return self.classifier(x)
+        out: torch.Tensor = self.classifier[:-1](x) if pre_logits else self.classifier(x)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -217,7 +217,15 @@ _DOCS = "These weights were trained from scratch by using a simplified training 
 
 
 def _imagenet(
-    file: str, *, sha256: str, num_params: int, acc1: float, acc5: float, gflops: float, mib: float, size: int | None = None
+    file: str,
+    *,
+    sha256: str,
+    num_params: int,
+    acc1: float,
+    acc5: float,
+    gflops: float,
+    mib: float,
+    size: int | None = None,
 ) -> Weights:
     return Weights(
         url=OFFICIAL_BASE + file,
@@ -269,7 +277,7 @@ class VGG16_Weights(WeightsEnum):
         categories=None,
         mean=CAFFE_MEAN,
         std=CAFFE_STD,
-        metrics={},
+        metrics={"acc@1": float("nan"), "acc@5": float("nan")},  # as torchvision: no classifier to measure
         num_params=138_357_544,
         gflops=15.470,
         file_size=527.802,

@@ -1,0 +1,67 @@
+"""vggnet: the VGG family for PyTorch, standalone, with verified official checkpoints.
+
+import vggnet
+model = vggnet.vgg16(weights="DEFAULT").eval()
+preprocess = vggnet.VGG16_Weights.DEFAULT.transforms()
+"""
+
+from .builders import (
+    get_model,
+    get_model_weights,
+    list_models,
+    vgg11,
+    vgg11_bn,
+    vgg13,
+    vgg13_bn,
+    vgg16,
+    vgg16_bn,
+    vgg19,
+    vgg19_bn,
+)
+from .model import VGG, make_layers
+from .transforms import ImageClassification, TrainClassification
+from .weights import (
+    VGG11_BN_Weights,
+    VGG11_Weights,
+    VGG13_BN_Weights,
+    VGG13_Weights,
+    VGG16_BN_Weights,
+    VGG16_Weights,
+    VGG19_BN_Weights,
+    VGG19_Weights,
+    Weights,
+    WeightsEnum,
+    get_weight,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VGG",
+    "VGG11_BN_Weights",
+    "VGG11_Weights",
+    "VGG13_BN_Weights",
+    "VGG13_Weights",
+    "VGG16_BN_Weights",
+    "VGG16_Weights",
+    "VGG19_BN_Weights",
+    "VGG19_Weights",
+    "ImageClassification",
+    "TrainClassification",
+    "Weights",
+    "WeightsEnum",
+    "__version__",
+    "get_model",
+    "get_model_weights",
+    "get_weight",
+    "list_models",
+    "make_layers",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+]
