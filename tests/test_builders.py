@@ -1,0 +1,181 @@
+"""Builders with weights: strict loading on the meta device, both serialization formats, new heads, devices."""
+
+import hashlib
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import vggnet
+from vggnet import Weights
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def vgg11_bn_files(tmp_path_factory):
+    """A full-size seeded vgg11_bn state dict in both formats; the legacy one lacks num_batches_tracked, as in 2017."""
+    folder = tmp_path_factory.mktemp("vgg11_bn")
+    torch.manual_seed(7)
+    model = vggnet.vgg11_bn()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    state = model.state_dict()
+    zip_path, legacy_path = folder / "zip.pth", folder / "legacy.pth"
+    torch.save(state, zip_path)
+    legacy = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(legacy, legacy_path, _use_new_zipfile_serialization=False)
+    return state, {"zip": (zip_path, sha256(zip_path)), "legacy": (legacy_path, sha256(legacy_path))}
+
+
+def record(path, digest, **fields) -> Weights:
+    return Weights(url=str(path), sha256=digest, **fields)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_a_local_record_loads_every_tensor_exactly(vgg11_bn_files, fmt):
+    state, files = vgg11_bn_files
+    path, digest = files[fmt]
+    model = vggnet.vgg11_bn(weights=record(path, digest))
+    loaded = model.state_dict()
+    assert list(loaded) == list(state)
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            assert loaded[key].item() == (0 if fmt == "legacy" else value.item()) and loaded[key].dtype == torch.long
+        else:
+            assert torch.equal(loaded[key], value), key
+    assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])  # nothing left on meta
+    assert all(p.requires_grad for p in model.parameters())
+    model.eval()
+    x = torch.randn(1, 3, 40, 40)
+    reference = vggnet.vgg11_bn().eval()
+    reference.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_with_weights_no_time_goes_into_random_init(vgg11_bn_files, monkeypatch):
+    state, files = vgg11_bn_files
+
+    originals = {}
+
+    def forbid(owner, name):
+        original = originals[(owner, name)] = getattr(owner, name)
+
+        def guarded(tensor, *args, **kwargs):
+            if tensor.device.type != "meta":  # on meta an init call computes nothing
+                raise AssertionError("random initialisation ran although weights were given")
+            return original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, guarded)
+
+    for name in ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "constant_"):
+        forbid(nn.init, name)
+    forbid(torch.Tensor, "normal_")
+    forbid(torch.Tensor, "uniform_")
+    path, digest = files["zip"]
+    model = vggnet.vgg11_bn(weights=record(path, digest))
+    assert torch.equal(model.features[0].weight, state["features.0.weight"])
+    with pytest.raises(AssertionError, match="random initialisation ran"):
+        vggnet.vgg11_bn()  # the patch does catch a random init
+
+
+def test_another_num_classes_keeps_every_other_tensor_and_logs(vgg11_bn_files, caplog):
+    state, files = vgg11_bn_files
+    path, digest = files["zip"]
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="vggnet"):
+        model = vggnet.vgg11_bn(weights=record(path, digest), num_classes=101)
+    assert "fc8, which is freshly initialised" in caplog.text
+    loaded = model.state_dict()
+    assert loaded["classifier.6.weight"].shape == (101, 4096) and loaded["classifier.6.bias"].shape == (101,)
+    for key, value in state.items():
+        if not key.startswith("classifier.6."):
+            assert torch.equal(loaded[key], value), key
+    fc8 = model.get_classifier()
+    assert fc8.weight.device.type == "cpu" and fc8.weight.requires_grad
+    assert 0.008 < fc8.weight.std().item() < 0.012 and torch.count_nonzero(fc8.bias) == 0  # N(0, 0.01), bias 0
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_keys(vgg11_bn_files, tmp_path):
+    state, _ = vgg11_bn_files
+    broken = dict(state)
+    del broken["features.4.weight"]
+    broken["features.99.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(broken, path)
+    with pytest.raises(
+        RuntimeError, match=r"missing keys \['features.4.weight'\]; unexpected keys \['features.99.weight'\]"
+    ):
+        vggnet.vgg11_bn(weights=record(path, sha256(path)))
+    narrow = dict(state)
+    narrow["classifier.0.bias"] = torch.zeros(100)
+    path = tmp_path / "narrow.pth"
+    torch.save(narrow, path)
+    with pytest.raises(RuntimeError, match=r"missing keys \[\]; unexpected keys \[\]; shape mismatches "
+                       r"\['classifier.0.bias: checkpoint \(100,\), model \(4096,\)'\]"):  # fmt: skip
+        vggnet.vgg11_bn(weights=record(path, sha256(path)))
+    with pytest.raises(RuntimeError, match=r"another VGG variant.*and \d+ more"):
+        vggnet.vgg13_bn(weights=record(*vgg11_bn_files[1]["zip"]))
+
+
+def test_missing_num_batches_tracked_is_the_only_tolerated_gap(vgg11_bn_files, tmp_path):
+    state, _ = vgg11_bn_files
+    without_mean = {k: v for k, v in state.items() if k != "features.1.running_mean"}
+    path = tmp_path / "no-mean.pth"
+    torch.save(without_mean, path)
+    with pytest.raises(RuntimeError, match=r"missing keys \['features.1.running_mean'\]"):
+        vggnet.vgg11_bn(weights=record(path, sha256(path)))
+
+
+def test_pretrained_is_deprecated_but_works(monkeypatch, tmp_path):
+    monkeypatch.setenv("VGGNET_OFFLINE", "1")
+    deprecated = pytest.warns(DeprecationWarning, match=r"pretrained=True is deprecated; use weights='IMAGENET1K_V1'")
+    offline = pytest.raises(FileNotFoundError, match=r"vgg11-8a719046\.pth")  # names the file it looked for
+    with deprecated, offline:
+        vggnet.vgg11(pretrained=True)
+    with pytest.warns(DeprecationWarning, match="pretrained=False"):
+        model = vggnet.vgg11(pretrained=False)
+    assert isinstance(model, vggnet.VGG)
+    with pytest.raises(ValueError, match="either weights= or the deprecated pretrained="):
+        vggnet.vgg11(weights="DEFAULT", pretrained=True)
+
+
+def test_device_keyword_without_weights():
+    model = vggnet.vgg11(device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert vggnet.vgg11(device="cpu").features[0].weight.device.type == "cpu"
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+def test_loading_straight_onto_cuda(vgg11_bn_files):
+    state, files = vgg11_bn_files
+    path, digest = files["legacy"]
+    torch.cuda.reset_peak_memory_stats()
+    model = vggnet.vgg11_bn(weights=record(path, digest), device="cuda").eval()
+    assert all(t.device.type == "cuda" for t in [*model.parameters(), *model.buffers()])
+    assert torch.equal(model.features[0].weight.cpu(), state["features.0.weight"])
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 224, 224, device="cuda"))
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+    # one copy of the parameters on the card, not a model's worth of random init plus the checkpoint
+    assert torch.cuda.max_memory_allocated() < 1.6 * sum(v.numel() * v.element_size() for v in state.values())
