@@ -11,6 +11,8 @@ Shared arguments of every builder (documented once here):
   straight onto it.
 - `num_classes`: with weights whose last layer has another size, every other layer is loaded and
   fc8 is freshly initialised (logged at INFO).
+- `in_chans`: input channels (default 3). With weights, a 3-channel first convolution is adapted by
+  `model.adapt_input_conv` (1 channel: the sum over RGB; see there for 2 and N > 3).
 - other keyword arguments go to `VGG` (`dropout`, `init_weights`).
 - `pretrained=True/False`: deprecated spelling of `weights="IMAGENET1K_V1"` / `weights=None`.
 """
@@ -26,9 +28,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import arch_config
-from .model import VGG, init_module, make_layers
-from .weights import WEIGHTS_ENUMS, Weights, WeightsArg, WeightsEnum, resolve_weights
+from .config import IN_CHANNELS, arch_config
+from .model import VGG, adapt_input_conv, init_module, make_layers
+from .weights import WEIGHTS_ENUMS, WeightsArg, WeightsEnum, resolve_weights
 
 __all__ = [
     "get_model",
@@ -47,6 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _HEAD = "classifier.6."
+_FIRST = "features.0.weight"
 
 
 def _legacy_pretrained(arch: str, weights: WeightsArg, kwargs: dict[str, Any]) -> WeightsArg:
@@ -71,15 +74,22 @@ def _vgg(arch: str, weights: WeightsArg, progress: bool, kwargs: dict[str, Any])
     device = kwargs.pop("device", None)
     row, batch_norm = arch_config(arch)
     if record is None:
+        in_chans = kwargs.pop("in_chans", IN_CHANNELS)
         with torch.device(device) if device is not None else nullcontext():
-            return VGG(make_layers(row, batch_norm), **kwargs)
-    return _pretrained(arch, record, progress, device, kwargs)
-
-
-def _pretrained(
-    arch: str, record: Weights, progress: bool, device: str | torch.device | None, kwargs: dict[str, Any]
-) -> VGG:
+            return VGG(make_layers(row, batch_norm, in_chans), **kwargs)
     state = record.get_state_dict(progress=progress, map_location=device if device is not None else "cpu")
+    return model_from_state(arch, state, device, kwargs)
+
+
+def model_from_state(
+    arch: str, state: Mapping[str, torch.Tensor], device: str | torch.device | None, kwargs: dict[str, Any]
+) -> VGG:
+    """Build `arch` on the meta device and assign a checkpoint's state dict (new head and in_chans handled)."""
+    in_chans = kwargs.pop("in_chans", IN_CHANNELS)
+    first = state.get(_FIRST)
+    if first is not None and first.shape[1] == IN_CHANNELS != in_chans:
+        logger.info("%s: adapting the pretrained first convolution from 3 to %d input channels", arch, in_chans)
+        state = {**state, _FIRST: adapt_input_conv(first, in_chans)}
     head = state.get(_HEAD + "weight")
     checkpoint_classes = head.shape[0] if head is not None else None
     num_classes = kwargs.setdefault("num_classes", checkpoint_classes or 1000)
@@ -87,7 +97,7 @@ def _pretrained(
     kwargs["init_weights"] = False
     row, batch_norm = arch_config(arch)
     with torch.device("meta"):
-        model = VGG(make_layers(row, batch_norm), **kwargs)
+        model = VGG(make_layers(row, batch_norm, in_chans), **kwargs)
     if new_head:
         logger.info(
             "%s: checkpoint has %d classes, num_classes=%d: loading every layer but fc8, which is freshly initialised",
@@ -119,9 +129,10 @@ def load_checkpoint_state(
         if state[k].shape != expected[k].shape
     )
     if missing or unexpected or wrong_shape:
+        hint = " (is it a checkpoint of another VGG variant?)" if len(missing) + len(unexpected) > 8 else ""
         raise RuntimeError(
-            "checkpoint does not fit the model: "
-            f"missing keys {missing}; unexpected keys {unexpected}; shape mismatches {wrong_shape}"
+            f"checkpoint does not fit the model{hint}: missing keys {_first(missing)}; "
+            f"unexpected keys {_first(unexpected)}; shape mismatches {_first(wrong_shape)}"
         )
     full = dict(state)
     for k in expected.keys() - state.keys():
@@ -133,6 +144,10 @@ def load_checkpoint_state(
             init_module(module)
             full.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
     model.load_state_dict(full, strict=True, assign=True)
+
+
+def _first(items: list[str], n: int = 8) -> str:
+    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 # fmt: off

@@ -2,18 +2,36 @@
 
 Module creation order and initialisation calls follow torchvision's `vgg.py` exactly, so under the
 same `torch.manual_seed` a fresh model holds bit-for-bit the parameters torchvision's would.
+
+Beside the forward pass the network carries what fine-tuning and feature work need (issue 4):
+named taps (`layer_names`, `extract`, `tap_info`), new heads (`reset_classifier`), freezing,
+per-block learning rates (`param_groups`) and gradient checkpointing per conv block.
+
+Tap names are the paper's: conv1_1, [bn1_1,] relu1_1, ..., pool5 for `features` (read off the
+modules, so they equal `config.layer_names(arch)`), then fc6, relu6, fc7, relu7, fc8 for the
+classifier. The adaptive average pool (with the flatten) is part of the fc6 step and the two
+dropouts are part of the fc7 and fc8 steps, so neither has a name: `relu6` is the activation
+before dropout, exactly `classifier[:2]` applied by hand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from .config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
 
-__all__ = ["VGG", "make_layers"]
+__all__ = ["VGG", "TapInfo", "adapt_input_conv", "make_layers"]
+
+HEAD_NAMES = ("fc6", "relu6", "fc7", "relu7", "fc8")
 
 
 def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:
@@ -55,6 +73,8 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(HIDDEN, num_classes),
         )
+        self.grad_checkpointing = False
+        self._frozen = 0  # number of leading taps frozen by `freeze`
         if init_weights:
             for m in self.modules():
                 init_module(m)
@@ -96,8 +116,14 @@ class VGG(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last convolutional block's output after pool5: (N, 512, H/32, W/32)."""
         self.check_input(x)
-        out: torch.Tensor = self.features(x)
-        return out
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            out: torch.Tensor = self.features(x)
+            return out
+        for block in self._blocks():
+            # Non-reentrant checkpointing recomputes the block in backward; the recomputation must not
+            # update BatchNorm's running statistics a second time.
+            x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_recompute_contexts, block))
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at fc7 (N, 4096)."""
@@ -108,6 +134,258 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # --- named taps ------------------------------------------------------------------------------
+
+    def layer_names(self) -> list[str]:
+        """Every tap name in order: conv1_1, [bn1_1,] relu1_1, ..., pool5, fc6, relu6, fc7, relu7, fc8."""
+        return [name for name, _ in self._steps()]
+
+    def extract(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The outputs of the named layers, in the order asked; nothing after the last one is computed.
+
+        A tap that the next layer's in-place ReLU would overwrite (conv4_3, bn4_3, fc6, ...) is cloned
+        when taken, so it holds the pre-activation values.
+        """
+        self.check_input(x)
+        return run_taps(self._steps(), x, layers)
+
+    def tap_info(self) -> list[TapInfo]:
+        """Channels, stride and receptive field (in input pixels) of every tap, computed from the layers.
+
+        fc6 onwards see the whole (adaptively pooled) image: their stride and receptive field are None.
+        """
+        infos: list[TapInfo] = []
+        channels, stride, field = self.in_channels, 1, 1
+        for name, modules in self._steps():
+            m = modules[-1]
+            if isinstance(m, nn.Conv2d):
+                channels = m.out_channels
+                field += (_side(m.kernel_size) - 1) * stride
+                stride *= _side(m.stride)
+            elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                field += (_side(m.kernel_size) - 1) * stride
+                stride *= _side(m.stride)
+            elif isinstance(m, nn.Linear):
+                channels = m.out_features
+            head = name in HEAD_NAMES
+            infos.append(TapInfo(name, channels, None if head else stride, None if head else field))
+        return infos
+
+    def _steps(self) -> list[tuple[str, list[Callable[[torch.Tensor], torch.Tensor]]]]:
+        """(name, the callables that produce it from the previous tap) for every tap."""
+        steps: list[tuple[str, list[Callable[[torch.Tensor], torch.Tensor]]]] = [
+            (name, [m]) for name, m in zip(feature_names(self._layers()), self._layers())
+        ]
+        c = self.classifier
+        steps += [
+            ("fc6", [self.avgpool, _flatten, c[0]]),
+            ("relu6", [c[1]]),
+            ("fc7", [c[2], c[3]]),  # dropout, fc7
+            ("relu7", [c[4]]),
+            ("fc8", [c[5], c[6]]),
+        ]
+        return steps
+
+    def _blocks(self) -> list[nn.Sequential]:
+        """`features` cut after every pool: the five conv blocks."""
+        layers = self._layers()
+        blocks, start = [], 0
+        for i, m in enumerate(layers):
+            if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                blocks.append(layers[start : i + 1])
+                start = i + 1
+        if start < len(layers):
+            blocks.append(layers[start:])
+        return blocks
+
+    def _layers(self) -> nn.Sequential:
+        if not isinstance(self.features, nn.Sequential):
+            raise TypeError(f"named taps need `features` to be a make_layers Sequential, not {type(self.features)}")
+        return self.features
+
+    # --- new heads ------------------------------------------------------------------------------
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace fc8 by a freshly initialised Linear(4096, num_classes) (torchvision's N(0, 0.01) init).
+
+        Every other tensor, and fc8's device and dtype, are kept.
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        old = self.get_classifier()
+        fc8 = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        init_module(fc8)
+        self.classifier[-1] = fc8
+
+    # --- training helpers -----------------------------------------------------------------------
+
+    def freeze(self, upto: str | None = None) -> None:
+        """Freeze every layer before the tap named `upto` (like slicing `[:upto]`); None: all of `features`.
+
+        `freeze(upto="conv4_1")` trains conv4_1 onwards; `freeze(upto="fc8")` trains only fc8 (a linear
+        probe). Frozen parameters get requires_grad=False, and the frozen part runs as in inference
+        whatever `train()` is called with: its BatchNorm layers keep using (and no longer update) their
+        running statistics, its dropouts are off. `freeze` replaces an earlier call; `unfreeze` undoes it.
+        """
+        names = self.layer_names()
+        if upto is None:
+            stop = len(self._layers())
+        elif upto in names:
+            stop = names.index(upto)
+        else:
+            raise ValueError(f"unknown layer {upto!r}; valid: {', '.join(names)}")
+        self.unfreeze()
+        self._frozen = stop
+        for p in self._frozen_part().parameters():
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def unfreeze(self) -> None:
+        """Make every parameter trainable again and let `train()` reach every layer."""
+        self._frozen = 0
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VGG:
+        super().train(mode)
+        if mode:
+            self._frozen_part().eval()
+        return self
+
+    def _frozen_part(self) -> nn.ModuleList:
+        modules = [m for _, step in self._steps()[: self._frozen] for m in step if isinstance(m, nn.Module)]
+        return nn.ModuleList(modules)
+
+    def param_groups(self, lr: float, decay: float = 1.0, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Optimizer parameter groups per block with layer-wise learning rates.
+
+        Six groups, "block1" ... "block5" (the conv blocks) and "classifier" (fc6-fc8); the classifier
+        gets `lr`, each block below the previous one's times `decay` (block k: lr * decay ** (6 - k)).
+        Frozen parameters and empty groups are left out. Each group is a dict with "name", "params",
+        "lr" and "weight_decay", ready for `torch.optim.SGD(model.param_groups(0.01, decay=0.5))`.
+        """
+        parts = [*self._blocks(), self.classifier]
+        groups = []
+        for k, part in enumerate(parts, start=1):
+            params = [p for p in part.parameters() if p.requires_grad]
+            if params:
+                name = "classifier" if part is self.classifier else f"block{k}"
+                groups.append(
+                    {"name": name, "params": params, "lr": lr * decay ** (len(parts) - k), "weight_decay": weight_decay}
+                )
+        return groups
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each conv block's activations in backward instead of storing them (same gradients).
+
+        Applies to `forward`/`forward_features` while gradients are enabled; BatchNorm running
+        statistics are updated once per step, as without checkpointing.
+        """
+        self.grad_checkpointing = enable
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """One tap: output channels, stride and receptive field side in input pixels (None for fc6-fc8)."""
+
+    name: str
+    channels: int
+    stride: int | None
+    receptive_field: int | None
+
+
+def feature_names(features: nn.Sequential) -> list[str]:
+    """The paper's name of every module in a `make_layers` Sequential (max- or average-pooled)."""
+    names: list[str] = []
+    block, conv = 1, 0
+    for m in features:
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            names.append(f"pool{block}")
+            block, conv = block + 1, 0
+        elif isinstance(m, nn.Conv2d):
+            conv += 1
+            names.append(f"conv{block}_{conv}")
+        elif isinstance(m, _BatchNorm):  # SyncBatchNorm too
+            names.append(f"bn{block}_{conv}")
+        elif isinstance(m, nn.ReLU):
+            names.append(f"relu{block}_{conv}")
+        else:
+            raise TypeError(f"features[{len(names)}] is a {type(m).__name__}, which has no VGG layer name")
+    return names
+
+
+def run_taps(
+    steps: Sequence[tuple[str, Sequence[Callable[[torch.Tensor], torch.Tensor]]]],
+    x: torch.Tensor,
+    layers: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next step is in place)."""
+    names = [name for name, _ in steps]
+    unknown = [name for name in layers if name not in names]
+    if unknown or not layers:
+        raise ValueError(f"unknown layers {unknown or '(none asked)'}; valid: {', '.join(names)}")
+    wanted = set(layers)
+    last = max(names.index(name) for name in layers)
+    taps: dict[str, torch.Tensor] = {}
+    for i, (name, step) in enumerate(steps[: last + 1]):
+        for fn in step:
+            x = fn(x)
+        if name in wanted:
+            overwritten = i < last and getattr(steps[i + 1][1][0], "inplace", False)
+            taps[name] = x.clone() if overwritten else x
+    return {name: taps[name] for name in layers}
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A pretrained first-conv weight (O, 3, k, k) rewritten for `in_chans` input channels.
+
+    - 1: the sum over R, G, B, so a gray image x gives exactly what its copy x.expand(3) gave.
+    - 2: both channels get half that sum, so an input whose two channels are equal answers like the
+      same gray image through the 1-channel adaptation (colour cannot be mapped onto two channels).
+    - N > 3: R, G, B repeated cyclically and scaled by 3/N, so the response to N equal channels stays
+      that of the RGB network (exactly when N is a multiple of 3).
+    """
+    if weight.dim() != 4 or weight.shape[1] != IN_CHANNELS:
+        raise ValueError(f"expected a first-conv weight (O, 3, k, k), got shape {tuple(weight.shape)}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer, got {in_chans}")
+    gray = weight.sum(dim=1, keepdim=True)
+    if in_chans == IN_CHANNELS:
+        return weight
+    if in_chans == 1:
+        return gray
+    if in_chans == 2:
+        return (gray / 2).expand(-1, 2, -1, -1).contiguous()
+    repeats = -(-in_chans // IN_CHANNELS)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (IN_CHANNELS / in_chans)
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
+
+
+def _side(size: int | tuple[int, ...]) -> int:
+    return size if isinstance(size, int) else size[0]
+
+
+def _recompute_contexts(
+    block: nn.Module,
+) -> tuple[contextlib.nullcontext[None], contextlib.AbstractContextManager[None]]:
+    return contextlib.nullcontext(), _keep_bn_stats(block)
+
+
+@contextlib.contextmanager
+def _keep_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Restore the BatchNorm buffers of `module` on exit (what a checkpoint's recomputation changed)."""
+    saved = [(b, b.clone()) for m in module.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def init_module(m: nn.Module) -> None:
