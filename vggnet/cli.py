@@ -18,10 +18,14 @@ How to add a command (issue 4 adds `finetune`, issue 6 adds `bench`):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .config import ARCHS, MIN_SIZE
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -49,11 +53,87 @@ def _error(message: str) -> None:
 
 # --- the commands ----------------------------------------------------------------------------------
 
-AddParser = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+AddParser = Callable[["SubParsers"], None]
 RunCommand = Callable[[argparse.Namespace], int]
 
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, allow_nan=False))
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    """argparse type for "224" or "224x320" (height x width)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW in pixels, got {text!r}") from None
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or min(sides) < MIN_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: VGG needs at least {MIN_SIZE} px per side (five 2x2 max-pools); give N or HxW, N >= {MIN_SIZE}"
+        )
+    return sides[0], sides[1]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _model_arg(text: str) -> str:
+    """argparse type for a builder name, case-insensitive, listing the valid ones when unknown."""
+    if text.lower() not in ARCHS:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid: {', '.join(ARCHS)}")
+    return text.lower()
+
+
+# summary ---------------------------------------------------------------------------------------------
+
+
+def _add_summary(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "summary",
+        parents=[_COMMON],
+        help="per-layer shapes, parameters, MACs and memory of a model (instant, offline)",
+        description="One row per layer (the paper's names: conv1_1 ... pool5, avgpool, fc6 ... fc8) with its "
+        "output shape, parameters, multiply-adds and activation memory, then the totals. Computed on the "
+        "meta device: no weights, no memory, any input size.",
+    )
+    p.add_argument("arch", type=_model_arg, metavar="MODEL", help=f"one of {', '.join(ARCHS)}")
+    p.add_argument("--input-size", type=_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
+    p.add_argument("--batch-size", type=_positive, default=1, metavar="B", help="for the activation memory")
+    p.add_argument("--num-classes", type=_positive, default=1000, metavar="K", help="width of fc8 (default 1000)")
+    p.add_argument("--json", action="store_true", help="print the summary as a JSON object")
+    p.add_argument(
+        "--plot", type=Path, metavar="FILE", help="draw parameters and MACs per layer (.svg; .png with matplotlib)"
+    )
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from .summary import format_summary, plot_summary, summarize
+
+    summary = summarize(args.arch, args.input_size, batch_size=args.batch_size, num_classes=args.num_classes)
+    if args.plot is not None:
+        plot_summary(summary, args.plot)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary))
+    if args.plot is not None and not args.quiet:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
 # name -> (declare its arguments, run it); the order is the order of `vggnet --help`.
-COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {}
+COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
+    "summary": (_add_summary, _run_summary),
+}
 
 
 # --- main ------------------------------------------------------------------------------------------
