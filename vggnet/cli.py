@@ -18,14 +18,25 @@ How to add a command (issue 4 adds `finetune`, issue 6 adds `bench`):
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import json
 import logging
+import math
+import os
+import re
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
-from .config import ARCHS, MIN_SIZE
+import torch
+from torch import nn
+
+from .config import ARCHS, MIN_SIZE, arch_config
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -54,6 +65,8 @@ def _error(message: str) -> None:
 # --- the commands ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
+    from .weights import Weights, WeightsEnum
+
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 AddParser = Callable[["SubParsers"], None]
 RunCommand = Callable[[argparse.Namespace], int]
@@ -130,9 +143,609 @@ def _run_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# predict ---------------------------------------------------------------------------------------------
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def _add_predict(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "predict",
+        parents=[_COMMON],
+        help="classify images: top-k labels with probabilities",
+        description="Classify images (files, directories or glob patterns) with a model and its weights: the "
+        "record's preprocessing, then the top-k labels with their probabilities. --weights takes a record name "
+        "(DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), a local checkpoint file or a URL; a file's "
+        "model is recognised from its keys, and its labels are ImageNet's when it has 1000 outputs.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
+    p.add_argument("--arch", type=_model_arg, metavar="MODEL", help="the model (default vgg16, or a file's own)")
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL", help="default: DEFAULT")
+    p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) a file or URL must have")
+    p.add_argument("--topk", type=_positive, default=5, metavar="K", help="labels per image (default 5)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--batch-size", type=_positive, default=16, metavar="B", help="images per forward pass")
+    p.add_argument(
+        "--image-size", type=_positive, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def _image_paths(patterns: Sequence[str]) -> list[Path]:
+    """Files as given, images in directories (not recursive), glob matches; in order, each once."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise UsageError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in the directory {pattern}")
+        elif path.exists():
+            found = [path]
+        elif any(c in pattern for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not found:
+                raise UsageError(f"no files match {pattern!r}")
+        else:
+            raise UsageError(f"{pattern}: no such image file or directory")
+        paths.extend(p for p in found if p not in paths)
+    return paths
+
+
+@dataclass
+class _Classifier:
+    model: nn.Module
+    preset: nn.Module
+    categories: Sequence[str]
+    arch: str
+    weights: str
+
+
+def _is_file_source(weights: str) -> bool:
+    scheme = urlsplit(weights).scheme.lower()
+    return scheme in ("http", "https", "file") or Path(weights).suffix.lower() in (".pth", ".pt", ".bin", ".ckpt")
+
+
+def _classifier(args: argparse.Namespace, device: str) -> _Classifier:
+    from .builders import get_model
+    from .transforms import ImageClassification
+
+    if not _is_file_source(args.weights) and not Path(args.weights).exists():
+        arch = args.arch or "vgg16"
+        if "." in args.weights:  # VGG16_Weights.IMAGENET1K_V1 names its model
+            (member,) = _select_weights([args.weights])
+            named = next(a for a, enum in _weights_enums().items() if isinstance(member, enum))
+            if args.arch is not None and args.arch != named:
+                raise UsageError(f"{member} are weights for {named}, not for --arch {args.arch}")
+            arch = named
+        else:
+            member = _weights_enums()[arch].from_name(args.weights)
+        record = member.value
+        if args.sha256 is not None:
+            raise UsageError("--sha256 is for a checkpoint file or URL; a record carries its own digest")
+        if record.categories is None:
+            raise UsageError(f"{member} has no classifier (only `features` holds usable values); use IMAGENET1K_V1")
+        model = get_model(arch, weights=member, progress=not args.quiet, device=device)
+        preset = record.transforms()
+        if args.image_size is not None:
+            preset = ImageClassification(
+                crop_size=args.image_size, resize_size=round(args.image_size * 256 / 224), mean=record.mean,
+                std=record.std, interpolation=record.interpolation,
+            )  # fmt: skip
+        return _Classifier(model, preset, record.categories, arch, str(member))
+    return _file_classifier(args, device)
+
+
+def _file_classifier(args: argparse.Namespace, device: str) -> _Classifier:
+    """A plain state dict from a file or URL (fine-tuned files: see `_finetuned`)."""
+    from .builders import model_from_state
+    from .hub import fetch, load_state_dict_from_url
+    from .transforms import ImageClassification
+    from .weights import IMAGENET_CATEGORIES
+
+    source = args.weights
+    if urlsplit(source).scheme.lower() in ("http", "https"):
+        source = str(fetch(source, sha256=args.sha256, progress=not args.quiet))
+    elif not urlsplit(source).scheme and not Path(source).is_file():
+        raise UsageError(f"--weights {source}: no such checkpoint file")
+    finetuned = _finetuned(Path(source))
+    if finetuned is not None:
+        return finetuned
+    state = load_state_dict_from_url(source, sha256=args.sha256, map_location=device, progress=not args.quiet)
+    arch = _arch_of(state, source)
+    if args.arch is not None and args.arch != arch:
+        raise UsageError(f"{args.weights} holds {arch} weights, not {args.arch}; drop --arch or change it")
+    model = model_from_state(arch, state, device, {})
+    classes = model.num_classes
+    categories = IMAGENET_CATEGORIES if classes == 1000 else [f"class {i}" for i in range(classes)]
+    size = args.image_size or 224
+    preset = ImageClassification(crop_size=size, resize_size=round(size * 256 / 224))
+    return _Classifier(model, preset, categories, arch, args.weights)
+
+
+def _finetuned(path: Path) -> _Classifier | None:
+    """The hook for checkpoints written by `vggnet finetune` (issue 4), which carry their own preset and labels.
+
+    Returns None until `vggnet.finetune` offers a loader; then a plain state dict is read instead.
+    """
+    return None
+
+
+def _arch_of(state: Mapping[str, torch.Tensor], source: str) -> str:
+    """The builder whose state-dict keys are exactly `state`'s (fc8's width may differ)."""
+    from .model import VGG, make_layers
+
+    keys = {k for k in state if not k.endswith("num_batches_tracked")}
+    for arch in ARCHS:
+        row, batch_norm = arch_config(arch)
+        with torch.device("meta"):
+            layout = VGG(make_layers(row, batch_norm), init_weights=False).state_dict()
+        if keys == {k for k in layout if not k.endswith("num_batches_tracked")}:
+            return arch
+    raise ValueError(f"{source} is not a VGG checkpoint: its keys match none of {', '.join(ARCHS)}")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .transforms import load_image
+
+    paths = _image_paths(args.images)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    classifier = _classifier(args, device)
+    model = classifier.model.eval()
+    k = min(args.topk, len(classifier.categories))
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for start in range(0, len(paths), args.batch_size):
+        batch, inputs = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                inputs.append(classifier.preset(load_image(path)))
+            except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+                failed += 1
+                _error(f"cannot read the image {path}: {err}")
+                results.append({"image": str(path), "error": str(err)})
+                continue
+            batch.append(path)
+        if not batch:
+            continue
+        with torch.inference_mode():
+            probs = model(torch.stack(inputs).to(device)).float().softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        for path, values, indices in zip(batch, top.values.tolist(), top.indices.tolist()):
+            predictions = [
+                {"index": i, "label": classifier.categories[i], "probability": p} for p, i in zip(values, indices)
+            ]
+            results.append({"image": str(path), "predictions": predictions})
+    order = {str(p): i for i, p in enumerate(paths)}
+    results.sort(key=lambda r: order[r["image"]])
+    if args.json:
+        _print_json(
+            {"arch": classifier.arch, "weights": classifier.weights, "device": device, "topk": k, "results": results}
+        )
+    else:
+        for result in results:
+            if "predictions" not in result:
+                continue
+            print(result["image"])
+            for pred in result["predictions"]:
+                print(f"  {pred['probability']:7.2%}  {pred['label']} ({pred['index']})")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+# shared by list, download, verify and cache ---------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; the columns listed in `right` right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)])
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _weights_enums() -> Mapping[str, type[WeightsEnum]]:
+    """builder name -> its weights enum (read at call time, so tests can stand in their own records)."""
+    from . import weights
+
+    return weights.WEIGHTS_ENUMS
+
+
+def _all_weights() -> list[WeightsEnum]:
+    """Every distinct record (aliases such as DEFAULT skipped), in the order of the builders."""
+    from . import weights
+
+    return [member for enum in weights.WEIGHTS_ENUMS.values() for member in enum]
+
+
+def _select_weights(names: Sequence[str]) -> list[WeightsEnum]:
+    """Records named by builder ("vgg16": its DEFAULT) or in full ("VGG16_Weights.IMAGENET1K_FEATURES")."""
+    from . import weights
+
+    enums = weights.WEIGHTS_ENUMS
+    by_class = {enum.__name__.lower(): enum for enum in enums.values()}
+    chosen: list[WeightsEnum] = []
+    for name in names:
+        enum_name, _, member = name.partition(".")
+        enum = enums.get(name.lower()) or by_class.get(enum_name.lower())
+        if enum is None or (member == "" and name.lower() not in enums):
+            valid = [*enums, *(str(m) for m in _all_weights())]
+            raise ValueError(f"unknown model or weights {name!r}; valid: {', '.join(valid)}")
+        found = enum.from_name(member) if member else enum.DEFAULT  # type: ignore[attr-defined]
+        if found not in chosen:
+            chosen.append(found)
+    return chosen
+
+
+# list ------------------------------------------------------------------------------------------------
+
+
+def _add_list(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "list",
+        parents=[_COMMON],
+        help="every model and its weights: accuracy, size, cost, and whether they are cached",
+        description="Every model and every checkpoint record (VGG16_Weights.IMAGENET1K_FEATURES included) with "
+        "ImageNet acc@1/acc@5, parameters, GFLOPS (multiply-adds at 224x224), file size, and whether the file "
+        "is already in the cache.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from . import weights
+    from .hub import cache_dir
+
+    where = cache_dir()
+    entries = []
+    for arch, enum in weights.WEIGHTS_ENUMS.items():
+        for member in enum:
+            record = member.value
+            entries.append(
+                {
+                    "model": arch,
+                    "weights": str(member),
+                    "default": enum.DEFAULT is member,  # type: ignore[attr-defined]
+                    "acc@1": record.metrics.get("acc@1"),
+                    "acc@5": record.metrics.get("acc@5"),
+                    "params": record.num_params,
+                    "gflops": record.gflops,
+                    "file_mib": record.file_size,
+                    "file": record.file_name,
+                    "cached": (where / record.file_name).is_file(),
+                }
+            )
+    if args.json:
+        for entry in entries:  # JSON has no NaN: the features-only checkpoint has no accuracy
+            for key in ("acc@1", "acc@5"):
+                value = entry[key]
+                entry[key] = None if isinstance(value, float) and math.isnan(value) else value
+        _print_json(entries)
+        return EXIT_OK
+
+    def number(value: Any, spec: str) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+    rows = [
+        (
+            str(e["model"]),
+            str(e["weights"]) + (" (default)" if e["default"] else ""),
+            number(e["acc@1"], ".3f"),
+            number(e["acc@5"], ".3f"),
+            number(e["params"], ","),
+            number(e["gflops"], ".3f"),
+            number(e["file_mib"], ".1f"),
+            "yes" if e["cached"] else "no",
+        )
+        for e in entries
+    ]
+    header = ("model", "weights", "acc@1", "acc@5", "params", "GFLOPS", "MiB", "cached")
+    print(_table(header, rows, right=(2, 3, 4, 5, 6)))
+    print(f"\ncache: {where}  (VGGNET_HOME moves it; 'vggnet verify' re-hashes what is there)")
+    return EXIT_OK
+
+
+# download --------------------------------------------------------------------------------------------
+
+
+def _add_download(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "download",
+        parents=[_COMMON],
+        help="prefetch checkpoints into the cache, or build a mirror directory",
+        description="Fetch and verify checkpoints: into the cache (so later loads need no network), or with "
+        "--to into a directory that VGGNET_MIRROR can point at (as a path, or served over HTTP). A model name "
+        "means its DEFAULT weights. VGGNET_MIRROR, if set, is where files are fetched from.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="a model (vgg16) or weights (VGG16_Weights.IMAGENET1K_V1)")
+    p.add_argument("--all", action="store_true", help="every checkpoint record (9 files, about 4.6 GiB)")
+    p.add_argument("--to", type=Path, metavar="DIR", help="build a mirror in DIR instead of filling the cache")
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from .hub import fetch
+
+    if not args.names and not args.all:
+        raise UsageError("name the models or weights to download, or pass --all")
+    chosen = _all_weights() if args.all else _select_weights(args.names)
+    failed = 0
+    for member in chosen:
+        record = member.value
+        try:
+            if args.to is None:
+                path = fetch(record.url, sha256=record.sha256, size=record.size, progress=not args.quiet)
+            else:
+                path = _mirror_one(record, args.to, progress=not args.quiet)
+        except (OSError, ValueError, RuntimeError) as err:  # ChecksumError and DownloadError included
+            failed += 1
+            _error(f"{member}: {err}")
+            continue
+        print(f"{member}  {_mib(path.stat().st_size)}  {path}")
+    if failed:
+        _error(f"{failed} of {len(chosen)} downloads failed")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _mirror_one(record: Weights, folder: Path, *, progress: bool) -> Path:
+    """`record`'s file, verified, under its own name in `folder`: from the cache if it is there, else fetched."""
+    from .hub import cache_dir, fetch
+
+    dest = folder / record.file_name
+    cached = cache_dir() / record.file_name
+    source = str(cached) if cached.is_file() else record.url
+    path = fetch(
+        source, sha256=record.sha256, size=record.size, model_dir=folder, file_name=record.file_name, progress=progress
+    )
+    if path.resolve() != dest.resolve():  # a local source (the cache, a VGGNET_MIRROR folder) is checked in place
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{record.file_name}.{os.getpid()}.tmp"
+        try:
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        path = fetch(str(dest), sha256=record.sha256, size=record.size, model_dir=folder, progress=progress)
+    return path
+
+
+# What the cache holds. hub.py documents the layout (NAME, NAME.stamp, NAME.lock, NAME.zip, partials,
+# NAME.corrupt-*); reading it belongs there (see the report of issue 5) and moves once hub offers it.
+
+_NAME_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's "name-<sha256 prefix>.pth"
+
+
+@dataclass
+class _CachedFile:
+    path: Path
+    kind: str  # "checkpoint", "zip copy", "partial", "corrupt", "other"
+    base: str  # the checkpoint it belongs to
+    size: int
+    related: list[Path]  # its stamp and lock, removed with it
+
+
+def _scan(folder: Path) -> list[_CachedFile]:
+    """The files in a cache or mirror folder, bookkeeping (stamps, locks) attached to the file it serves."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    present = set(names)
+    found: dict[str, _CachedFile] = {}
+    for name in names:
+        path = folder / name
+        if name.startswith(".") or name.endswith((".stamp", ".lock")) or not path.is_file():
+            continue
+        if name.endswith(".partial"):  # NAME.<digest>.<id>.partial
+            kind, base = "partial", name.rsplit(".", 3)[0]
+        elif ".corrupt-" in name:
+            kind, base = "corrupt", name.split(".corrupt-")[0]
+        elif name.endswith(".zip") and name[: -len(".zip")] in present:
+            kind, base = "zip copy", name[: -len(".zip")]
+        else:
+            kind, base = "checkpoint", name
+        related = [folder / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present]
+        found[name] = _CachedFile(path, kind, base, path.stat().st_size, related)
+    return list(found.values())
+
+
+def _stamped_sha256(path: Path) -> str | None:
+    try:
+        stamp = json.loads(path.with_name(path.name + ".stamp").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    digest = stamp.get("sha256") if isinstance(stamp, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def _records_by_file() -> dict[str, WeightsEnum]:
+    return {member.value.file_name: member for member in _all_weights()}
+
+
+def _expected_digest(entry: _CachedFile, records: dict[str, WeightsEnum]) -> tuple[str, str] | None:
+    """(digest or prefix, where it comes from) for a file that can be checked, else None."""
+    member = records.get(entry.path.name)
+    if member is not None:
+        return member.value.sha256, str(member)
+    stamped = _stamped_sha256(entry.path)
+    if stamped is not None:
+        return stamped, "the digest recorded when it was verified"
+    match = _NAME_DIGEST.search(entry.path.name)
+    if match is not None and entry.kind == "checkpoint":
+        return match.group(1), "the digest in its name"
+    return None
+
+
+# verify ----------------------------------------------------------------------------------------------
+
+
+def _add_verify(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "verify",
+        parents=[_COMMON],
+        help="re-hash every cached checkpoint: ok, corrupt or unknown (exit 1 if any is corrupt)",
+        description="Hash every checkpoint in the cache (or in DIR, e.g. a mirror built by 'download --to') and "
+        "compare it with its record, with the digest recorded when it was downloaded, or with the digest in "
+        "its name. 'unknown' means there is nothing to compare with. Exits 1 if any file is corrupt.",
+    )
+    p.add_argument("folder", nargs="?", type=Path, metavar="DIR", help="default: the cache directory")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .hub import cache_dir
+
+    folder = args.folder if args.folder is not None else cache_dir()
+    if args.folder is not None and not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a directory")
+    records = _records_by_file()
+    entries = [e for e in _scan(folder) if e.kind in ("checkpoint", "zip copy")]
+    results: list[dict[str, Any]] = []
+    with tqdm(
+        total=sum(e.size for e in entries), unit="B", unit_scale=True, unit_divisor=1024, desc="hashing",
+        file=sys.stderr, disable=True if args.quiet else None, leave=False,
+    ) as bar:  # fmt: skip
+        for entry in entries:
+            expected = _expected_digest(entry, records)
+            digest = _sha256(entry.path, bar.update)
+            status = "unknown" if expected is None else "ok" if digest.startswith(expected[0]) else "corrupt"
+            results.append(
+                {
+                    "file": entry.path.name,
+                    "status": status,
+                    "size": entry.size,
+                    "sha256": digest,
+                    "expected": None if expected is None else expected[0],
+                    "against": None if expected is None else expected[1],
+                }
+            )
+    corrupt = [r for r in results if r["status"] == "corrupt"]
+    if args.json:
+        _print_json(results)
+    elif not results:
+        print(f"no checkpoints in {folder}")
+    else:
+        rows = [(r["status"], r["file"], _mib(r["size"]), r["against"] or "-") for r in results]
+        print(_table(("status", "file", "size", "checked against"), rows, right=(2,)))
+        unknown = sum(r["status"] == "unknown" for r in results)
+        print(f"\n{folder}: {len(results) - unknown - len(corrupt)} ok, {len(corrupt)} corrupt, {unknown} unknown")
+    fix = "remove it with 'vggnet cache --remove {}'" if args.folder is None else "replace it with a good copy"
+    for r in corrupt:
+        _error(
+            f"{r['file']} is corrupt: SHA-256 {r['sha256']} does not match {r['expected']}; "
+            f"{fix.format(r['file'])} and download it again"
+        )
+    return EXIT_FAILURE if corrupt else EXIT_OK
+
+
+def _sha256(path: Path, advance: Callable[[int], object]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            advance(len(chunk))
+    return digest.hexdigest()
+
+
+# cache -----------------------------------------------------------------------------------------------
+
+
+def _add_cache(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "cache",
+        parents=[_COMMON],
+        help="what is cached and how big it is; remove files",
+        description="List the files in the cache directory ($VGGNET_HOME, else torch.hub's checkpoint "
+        "directory, shared with torchvision) with their sizes, or remove some. Removing a checkpoint also "
+        "removes its stamp, its zip copy, partial downloads and copies moved aside as corrupt.",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--remove", nargs="+", metavar="NAME", help="a file name, a model (vgg16) or weights name")
+    group.add_argument(
+        "--clear", action="store_true", help="remove every file vggnet fetched or wrote (others' files are kept)"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list (when listing)")
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from .hub import cache_dir
+
+    folder = cache_dir()
+    entries = _scan(folder)
+    records = _records_by_file()
+    if args.remove or args.clear:
+        if args.clear:
+            ours = {e.base for e in entries if e.kind != "checkpoint" or e.base in records or e.related}
+        else:
+            ours = {_cached_name(name, entries, records) for name in args.remove}
+        freed = 0
+        for entry in entries:
+            if entry.base in ours:
+                for path in (entry.path, *entry.related):
+                    path.unlink(missing_ok=True)
+                freed += entry.size
+                if not args.quiet:
+                    print(f"removed {entry.path.name} ({_mib(entry.size)})")
+        if args.clear:
+            shutil.rmtree(folder / ".stamps", ignore_errors=True)
+        print(f"freed {_mib(freed)} in {folder}")
+        return EXIT_OK
+    listing: list[dict[str, Any]] = [
+        {
+            "file": e.path.name,
+            "size": e.size,
+            "kind": e.kind,
+            "weights": str(records[e.base]) if e.base in records else None,
+        }
+        for e in entries
+    ]
+    if args.json:
+        _print_json({"folder": str(folder), "files": listing, "total": sum(e.size for e in entries)})
+        return EXIT_OK
+    if not entries:
+        print(f"the cache is empty: {folder}")
+        return EXIT_OK
+    rows = [(f["file"], _mib(f["size"]), f["weights"] or "-", f["kind"]) for f in listing]
+    print(_table(("file", "size", "weights", "kind"), rows, right=(1,)))
+    print(f"\n{len(entries)} files, {_mib(sum(e.size for e in entries))} in {folder}")
+    return EXIT_OK
+
+
+def _cached_name(name: str, entries: Sequence[_CachedFile], records: dict[str, WeightsEnum]) -> str:
+    """The cached checkpoint a --remove argument means: a file name, or a model or weights name."""
+    bases = {e.base for e in entries}
+    if name in bases:
+        return name
+    try:
+        (member,) = _select_weights([name])
+    except ValueError:
+        member = None
+    if member is not None and member.value.file_name in bases:
+        return member.value.file_name
+    what = f"{member} ({member.value.file_name}) is" if member is not None else f"{name!r} is"
+    cached = ", ".join(sorted(bases)) or "nothing"
+    raise ValueError(f"{what} not in the cache; cached: {cached}")
+
+
 # name -> (declare its arguments, run it); the order is the order of `vggnet --help`.
 COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "summary": (_add_summary, _run_summary),
+    "list": (_add_list, _run_list),
+    "predict": (_add_predict, _run_predict),
+    "download": (_add_download, _run_download),
+    "verify": (_add_verify, _run_verify),
+    "cache": (_add_cache, _run_cache),
 }
 
 
