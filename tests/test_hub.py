@@ -1,0 +1,605 @@
+"""vggnet.hub against a real HTTP server on loopback, real files and real processes.
+
+The full-size tests use the session's generated ~528 MiB vgg16 checkpoints (see conftest.py);
+everything whose outcome does not depend on size uses a small file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import filelock
+import pytest
+import torch
+
+import vggnet.hub as hub
+from vggnet.weights import OFFICIAL_BASE, VGG16_Weights, Weights
+
+from .conftest import Checkpoints, Fault, FaultServer, file_sha256, fingerprint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """VGGNET_HOME for one test."""
+    home = tmp_path / "cache"
+    monkeypatch.setenv("VGGNET_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "BACKOFF", 0.01)
+
+
+def record(url: str, ckpt_file: object, **kwargs: object) -> Weights:
+    return Weights(url=url, sha256=ckpt_file.sha256, **kwargs)  # type: ignore[attr-defined, arg-type]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Everything in `folder` but lock files (which filelock may leave behind by design)."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    return fingerprint(state)
+
+
+# --- network faults --------------------------------------------------------------------------------
+
+
+def test_a_dropped_connection_is_resumed_with_range(http_server, vgg16_checkpoints, cache):
+    ckpt = vgg16_checkpoints.zip
+    path = "/" + ckpt.name
+    url = http_server.add(path, ckpt.path, Fault.drop(after=300 << 20))
+    state = hub.load_weights(record(url, ckpt, size=ckpt.size), progress=False)
+    assert fingerprint(state) == vgg16_checkpoints.fingerprint
+    first, second = http_server.log(path)
+    assert first.range is None and first.bytes_sent == 300 << 20
+    assert second.status == 206 and second.range is not None
+    resumed_at = int(second.range.removeprefix("bytes=").rstrip("-"))
+    assert resumed_at > 299 << 20  # at most the last read chunk was lost
+    assert second.bytes_sent == ckpt.size - resumed_at < ckpt.size
+    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
+    assert file_sha256(cache / ckpt.name) == ckpt.sha256
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors_are_retried_with_backoff(http_server, small_checkpoints, cache, fast_retries, status):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(status), Fault.http(status))
+    assert hub.fetch(url, progress=False) == cache / ckpt.name
+    assert [r.status for r in http_server.log()] == [status, status, 200]
+
+
+def test_429_honours_retry_after(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(429, {"Retry-After": "1"}))
+    started = time.monotonic()
+    hub.fetch(url, progress=False)
+    assert time.monotonic() - started >= 0.95
+    assert [r.status for r in http_server.log()] == [429, 200]
+
+
+def test_retry_after_is_capped(http_server, small_checkpoints, cache, monkeypatch):
+    monkeypatch.setattr(hub, "MAX_WAIT", 0.2)
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(503, {"Retry-After": "3600"}))
+    started = time.monotonic()
+    hub.fetch(url, progress=False)
+    assert time.monotonic() - started < 5
+
+
+def test_retries_are_bounded(http_server, small_checkpoints, cache, fast_retries):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, *[Fault.http(503)] * 10)
+    with pytest.raises(hub.DownloadError, match="503") as info:
+        hub.fetch(url, progress=False, retries=2)
+    assert url in str(info.value) and info.value.status == 503
+    assert http_server.count("/" + ckpt.name) == 3
+    assert leftovers(cache) == []
+
+
+@pytest.mark.parametrize("status", [404, 403, 410])
+def test_client_errors_fail_fast(http_server, small_checkpoints, cache, status):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(status))
+    started = time.monotonic()
+    with pytest.raises(hub.DownloadError) as info:
+        hub.fetch(url, progress=False)
+    assert time.monotonic() - started < 2
+    assert str(status) in str(info.value) and url in str(info.value)
+    assert info.value.status == status
+    assert http_server.count("/" + ckpt.name) == 1
+    assert leftovers(cache) == []
+
+
+def test_wrong_bytes_raise_checksum_error_and_keep_nothing(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    wrong = small_checkpoints.legacy.path.read_bytes()
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.body(wrong))
+    with pytest.raises(hub.ChecksumError, match="no file was kept") as info:
+        hub.load_state_dict_from_url(url, sha256=ckpt.sha256, progress=False)
+    err = info.value
+    assert (err.url, err.path, err.expected) == (url, cache / ckpt.name, ckpt.sha256)
+    assert err.actual == hashlib.sha256(wrong).hexdigest()
+    assert leftovers(cache) == []  # no final file, no partial, no temporary
+    assert pickle.loads(pickle.dumps(err)).actual == err.actual  # crosses process boundaries intact
+
+
+def test_the_full_digest_is_checked_not_only_its_prefix(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    almost = ckpt.sha256[:-1] + ("0" if ckpt.sha256[-1] != "0" else "1")
+    with pytest.raises(hub.ChecksumError):
+        hub.fetch(url, sha256=almost, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_bytes_beyond_content_length_are_never_read(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.extra(b"<html>junk</html>" * 100, announce=True))
+    path = hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert path.stat().st_size == ckpt.size
+
+
+def test_more_bytes_than_the_record_size_stop_the_download(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.extra(b"x" * (4 << 20), announce=False))
+    with pytest.raises(hub.DownloadError, match=f"more than the expected {ckpt.size} bytes"):
+        hub.load_weights(record(url, ckpt, size=ckpt.size), progress=False)
+    assert leftovers(cache) == []
+
+
+def test_an_announced_size_other_than_the_record_size_fails_before_reading(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.length(ckpt.size + 1000))
+    with pytest.raises(hub.DownloadError, match=f"announces {ckpt.size + 1000} bytes"):
+        hub.load_weights(record(url, ckpt, size=ckpt.size), progress=False)
+    assert leftovers(cache) == []
+
+
+def test_official_records_are_bounded_by_their_mib_figure(http_server, small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    http_server.add("/mirror/" + ckpt.name, ckpt.path, Fault.extra(b"x" * (1 << 20), announce=False))
+    monkeypatch.setenv("VGGNET_MIRROR", http_server.url("/mirror/"))
+    official = Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256, file_size=round(ckpt.size / 2**20, 3))
+    with pytest.raises(hub.DownloadError, match="more than the expected"):
+        hub.load_weights(official, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_a_stall_beyond_the_read_timeout_is_retried(http_server, cache, fast_retries):
+    data = os.urandom(6 << 20)
+    url = http_server.add("/stall-file.bin", data, Fault.stall(after=3 << 20, seconds=5))
+    started = time.monotonic()
+    path = hub.fetch(url, sha256=hashlib.sha256(data).hexdigest(), timeout=(2.0, 0.5), progress=False)
+    assert time.monotonic() - started < 4  # did not sit out the 5 s stall
+    assert path.read_bytes() == data
+    ranges = [r.range for r in http_server.log("/stall-file.bin")]
+    assert len(ranges) == 2 and ranges[1] is not None and ranges[1] != "bytes=0-"
+
+
+def test_a_server_that_ignores_range_restarts_cleanly(http_server, cache, fast_retries):
+    data = os.urandom(5 << 20)
+    url = http_server.add("/norange.bin", data, Fault.drop(after=3 << 20), Fault.ignore_range())
+    path = hub.fetch(url, sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    assert path.read_bytes() == data
+    _, second = http_server.log("/norange.bin")
+    assert second.range is not None and second.status == 200 and second.bytes_sent == len(data)
+
+
+def test_redirects_are_followed(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    http_server.add("/real/" + ckpt.name, ckpt.path)
+    url = http_server.add("/moved/" + ckpt.name, b"", Fault.redirect("/real/" + ckpt.name, 301))
+    state = hub.load_state_dict_from_url(url, progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert [r.status for r in http_server.log()] == [301, 200]
+
+
+# --- processes sharing a cache, interruption ---------------------------------------------------------
+
+WORKER = r"""
+import json, sys, time
+from pathlib import Path
+import vggnet.hub as hub
+from vggnet.weights import Weights
+from tests.conftest import fingerprint
+url, sha256, size, ready, go = sys.argv[1:]
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+state = hub.load_weights(Weights(url=url, sha256=sha256, size=int(size)), progress=False)
+print(json.dumps({"fingerprint": fingerprint(state), "keys": len(state)}))
+"""
+
+
+def _spawn(code: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_concurrent_processes_download_once(http_server, vgg16_checkpoints, cache, tmp_path):
+    ckpt = vgg16_checkpoints.zip
+    path = "/" + ckpt.name
+    url = http_server.add(path, ckpt.path, rate=400e6)  # ~1.4 s: long enough for every process to collide
+    go = tmp_path / "go"
+    workers = [_spawn(WORKER, url, ckpt.sha256, ckpt.size, tmp_path / f"ready{i}", go) for i in range(4)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(4)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    go.touch()  # all four start at once
+    results = [w.communicate(timeout=240) for w in workers]
+    for w, (out, err) in zip(workers, results):
+        assert w.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["fingerprint"] == vgg16_checkpoints.fingerprint
+    assert http_server.count(path) == 1
+    assert http_server.bytes_served(path) == ckpt.size
+    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
+
+
+KILLED = r"""
+import sys
+import vggnet.hub as hub
+hub.fetch(sys.argv[1], sha256=sys.argv[2], progress=False)
+"""
+
+
+def test_sigkill_mid_download_then_the_next_call_resumes(http_server, vgg16_checkpoints, cache):
+    ckpt = vgg16_checkpoints.zip
+    path = "/" + ckpt.name
+    url = http_server.add(path, ckpt.path, rate=150e6)
+    victim = _spawn(KILLED, url, ckpt.sha256)
+    deadline = time.monotonic() + 60
+    partial: list[Path] = []
+    while time.monotonic() < deadline:
+        partial = list(cache.glob("*.partial")) if cache.exists() else []
+        if partial and partial[0].stat().st_size > 100 << 20:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert partial, "the download never started"
+    assert stat.S_IMODE(partial[0].stat().st_mode) & 0o077 == 0  # private to the user
+    assert not (cache / ckpt.name).exists()  # never a file under the final name
+    kept = partial[0].stat().st_size
+    assert 0 < kept < ckpt.size
+
+    http_server.set_rate(path, None)
+    started = time.monotonic()
+    got = hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert time.monotonic() - started < 30  # the dead holder's lock did not block (LOCK_STALL is 120 s)
+    assert file_sha256(got) == ckpt.sha256
+    resumed = [r for r in http_server.log(path) if r.range is not None]
+    assert [r.range for r in resumed] == [f"bytes={kept}-"]
+    assert resumed[0].bytes_sent == ckpt.size - kept
+    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
+
+
+def test_ctrl_c_keeps_only_a_partial_file_and_the_next_call_resumes(http_server, cache, monkeypatch):
+    data = os.urandom(6 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    url = http_server.add("/ctrl-c.bin", data)
+    real_write = hub._Partial.write
+
+    def interrupted(self, chunk):
+        if self.size >= 2 << 20:
+            raise KeyboardInterrupt
+        real_write(self, chunk)
+
+    monkeypatch.setattr(hub._Partial, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch(url, sha256=digest, progress=False)
+    (partial,) = leftovers(cache)
+    assert partial.startswith("ctrl-c.bin.") and partial.endswith(".partial")
+    monkeypatch.setattr(hub._Partial, "write", real_write)
+    assert hub.fetch(url, sha256=digest, progress=False).read_bytes() == data
+    assert http_server.log("/ctrl-c.bin")[-1].range == "bytes=2097152-"
+    assert leftovers(cache) == ["ctrl-c.bin", "ctrl-c.bin.stamp"]
+
+
+def test_a_live_but_stuck_lock_holder_is_not_waited_for_forever(http_server, small_checkpoints, cache, monkeypatch):
+    monkeypatch.setattr(hub, "LOCK_STALL", 0.5)
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    cache.mkdir()
+    with filelock.FileLock(str(cache / ckpt.name) + ".lock"):  # another holder that never finishes
+        assert file_sha256(hub.fetch(url, progress=False)) == ckpt.sha256
+
+
+# --- security --------------------------------------------------------------------------------------
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(http_server, cache, tmp_path, zip_format):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"features.0.weight": torch.ones(2), "x": _Payload(marker)}, evil,
+               _use_new_zipfile_serialization=zip_format)  # fmt: skip
+    url = http_server.add("/evil.pth", evil)
+    with pytest.raises(pickle.UnpicklingError, match=r"evil\.pth") as info:
+        hub.load_state_dict_from_url(url, sha256=file_sha256(evil), progress=False)
+    assert "none of it ran" in str(info.value)
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is live: the refusal above is what stopped it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/..%2F..%2Fescape.pth",
+        "/a%2Fb.pth",
+        "/a%5Cb.pth",
+        "/%2E%2E",
+        "/.hidden.pth",
+        "/",
+        "/x%00y.pth",
+        "/C%3A%5Cescape.pth",
+        "/" + "a" * 240 + ".pth",
+    ],
+)
+def test_hostile_file_names_are_refused(http_server, cache, tmp_path, path):
+    http_server.add(path.split("?")[0], b"x")
+    with pytest.raises(ValueError, match="refusing the file name"):
+        hub.fetch(http_server.url(path), sha256="0" * 64, progress=False)
+    with pytest.raises(ValueError, match="refusing the file name"):
+        hub.load_weights(Weights(url=http_server.url(path), sha256="0" * 64), progress=False)
+    assert http_server.log() == []
+    assert not cache.exists()
+    assert not list(tmp_path.rglob("escape.pth"))
+
+
+@pytest.mark.parametrize("file_name", ["../escape.pth", "/tmp/escape.pth", "", "..", "dir/x.pth"])
+def test_hostile_file_name_arguments_are_refused(http_server, cache, file_name):
+    with pytest.raises(ValueError, match="refusing the file name"):
+        hub.load_state_dict_from_url(http_server.url("/x.pth"), file_name=file_name, sha256="0" * 8)
+    assert http_server.log() == []
+
+
+def test_a_percent_encoded_name_is_decoded(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/my%20model-" + ckpt.sha256[:8] + ".pth", ckpt.path)
+    assert hub.fetch(url, progress=False) == cache / f"my model-{ckpt.sha256[:8]}.pth"
+
+
+# --- verification without a digest, local files ----------------------------------------------------
+
+
+def test_the_name_prefix_is_checked_when_no_digest_is_given(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    wrong = "/model-" + ("0" * 8 if not ckpt.sha256.startswith("0" * 8) else "1" * 8) + ".pth"
+    url = http_server.add(wrong, ckpt.path)
+    with pytest.raises(hub.ChecksumError):
+        hub.load_state_dict_from_url(url, progress=False)
+
+
+def test_no_digest_at_all_downloads_with_a_warning(http_server, small_checkpoints, cache, caplog):
+    url = http_server.add("/model.pth", small_checkpoints.zip.path)
+    with caplog.at_level(logging.WARNING, logger="vggnet.hub"):
+        state = hub.load_state_dict_from_url(url, progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert "cannot be verified" in caplog.text
+
+
+def test_local_files_are_verified_in_place(small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    for url in (str(ckpt.path), ckpt.path.as_uri()):
+        state = hub.load_state_dict_from_url(url, sha256=ckpt.sha256)
+        assert fingerprint(state) == small_checkpoints.fingerprint
+    assert not (cache / ckpt.name).exists()  # not copied
+    assert len(list((cache / ".stamps").iterdir())) == 1  # one stamp, keyed by the resolved path
+    monkeypatch.setattr(hub, "_hash_file", _no_hashing)
+    hub.fetch(str(ckpt.path), sha256=ckpt.sha256)  # the stamp vouches for it now
+    with pytest.raises(hub.ChecksumError, match="left where it is"):
+        hub.fetch(str(ckpt.path), sha256="0" * 64)
+    assert ckpt.path.exists()
+
+
+def _no_hashing(path: Path) -> str:
+    raise AssertionError(f"{path} was hashed again although its stamp matches")
+
+
+def test_a_non_state_dict_is_refused(tmp_path, cache):
+    odd = tmp_path / "odd.pth"
+    torch.save([torch.ones(1)], odd)
+    with pytest.raises(TypeError, match="does not hold a state dict"):
+        hub.load_state_dict_from_url(str(odd), sha256=file_sha256(odd))
+
+
+def test_a_training_checkpoint_is_unwrapped(tmp_path, cache):
+    path = tmp_path / "train.pth"
+    torch.save({"epoch": 3, "state_dict": {"w": torch.arange(3.0)}, "optimizer": {}}, path)
+    state = hub.load_state_dict_from_url(str(path), sha256=file_sha256(path))
+    assert list(state) == ["w"] and state["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+# --- offline, mirrors, torch.hub's cache -----------------------------------------------------------
+
+
+def test_offline_without_the_file_names_file_url_and_folder(cache, monkeypatch):
+    monkeypatch.setenv("VGGNET_OFFLINE", "1")
+    official = VGG16_Weights.IMAGENET1K_V1.value
+    with pytest.raises(FileNotFoundError) as info:
+        hub.load_weights(official)
+    message = str(info.value)
+    assert "vgg16-397923af.pth" in message and official.url in message and str(cache) in message
+
+
+def test_offline_with_the_file_never_touches_the_network(http_server, small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    hub.load_weights(record(url, ckpt), progress=False)
+    monkeypatch.setenv("VGGNET_OFFLINE", "1")
+    state = hub.load_weights(record(url, ckpt), progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert http_server.count("/" + ckpt.name) == 1
+    placed = small_checkpoints.legacy  # put in by hand: no stamp yet, so it is hashed once
+    (cache / placed.name).write_bytes(placed.path.read_bytes())
+    state = hub.load_weights(record(http_server.url("/" + placed.name), placed), progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert http_server.count("/" + placed.name) == 0
+
+
+def test_mirror_over_http(http_server, small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    http_server.add("/mirror/" + ckpt.name, ckpt.path)
+    monkeypatch.setenv("VGGNET_MIRROR", http_server.url("/mirror"))
+    state = hub.load_weights(Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256), progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert http_server.count("/mirror/" + ckpt.name) == 1
+    bad = small_checkpoints.legacy  # a mirror holding the wrong bytes under the name is caught
+    http_server.add("/mirror/" + bad.name, ckpt.path)
+    with pytest.raises(hub.ChecksumError):
+        hub.load_weights(Weights(url=OFFICIAL_BASE + bad.name, sha256=bad.sha256), progress=False)
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["directory", "file-url"])
+def test_mirror_as_a_directory(small_checkpoints, cache, monkeypatch, as_uri):
+    ckpt = small_checkpoints.zip
+    mirror = ckpt.path.parent
+    monkeypatch.setenv("VGGNET_MIRROR", mirror.as_uri() if as_uri else str(mirror))
+    state = hub.load_weights(Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256), progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert not (cache / ckpt.name).exists()  # used in place
+    with pytest.raises(hub.ChecksumError):
+        hub.load_weights(Weights(url=OFFICIAL_BASE + ckpt.name, sha256="0" * 64), progress=False)
+
+
+def test_a_file_in_torch_hubs_cache_is_used_only_if_it_matches(http_server, small_checkpoints, cache, _isolated_cache):
+    ckpt = small_checkpoints.zip
+    torch_dir = _isolated_cache / "hub" / "checkpoints"
+    torch_dir.mkdir(parents=True)
+    (torch_dir / ckpt.name).write_bytes(b"not the checkpoint")
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    hub.load_weights(record(url, ckpt), progress=False)
+    assert http_server.count("/" + ckpt.name) == 1  # the wrong file was ignored ...
+    assert (torch_dir / ckpt.name).read_bytes() == b"not the checkpoint"  # ... and left alone
+
+    right = small_checkpoints.legacy
+    (torch_dir / right.name).write_bytes(right.path.read_bytes())
+    url = http_server.add("/" + right.name, right.path)
+    state = hub.load_weights(record(url, right), progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert http_server.count("/" + right.name) == 0
+    assert file_sha256(cache / right.name) == right.sha256
+
+
+def test_without_vggnet_home_the_cache_is_torch_hubs(_isolated_cache):
+    assert hub.cache_dir() == _isolated_cache / "hub" / "checkpoints"
+
+
+# --- cache hits ------------------------------------------------------------------------------------
+
+
+def test_a_cache_hit_trusts_its_stamp(http_server, small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    hub.load_weights(record(url, ckpt), progress=False)
+    stamp = json.loads((cache / (ckpt.name + ".stamp")).read_text())
+    assert stamp["sha256"] == ckpt.sha256 and stamp["size"] == ckpt.size
+    monkeypatch.setattr(hub, "_hash_file", _no_hashing)
+    hub.load_weights(record(url, ckpt), progress=False)
+    assert http_server.count("/" + ckpt.name) == 1
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_flipped_byte_is_detected_moved_aside_and_fetched_again(http_server, small_checkpoints, cache, monkeypatch,
+                                                                  offline):  # fmt: skip
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    hub.load_weights(record(url, ckpt), progress=False)
+    cached = cache / ckpt.name
+    before = cached.stat()
+    with open(cached, "r+b") as f:  # flip one byte in the middle, then restore the mtime
+        f.seek(ckpt.size // 2)
+        byte = f.read(1)
+        f.seek(ckpt.size // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+    if offline:
+        monkeypatch.setenv("VGGNET_OFFLINE", "1")
+        with pytest.raises(hub.ChecksumError, match="moved aside"):
+            hub.load_weights(record(url, ckpt), progress=False)
+        assert not cached.exists()
+    else:
+        state = hub.load_weights(record(url, ckpt), progress=False)
+        assert fingerprint(state) == small_checkpoints.fingerprint
+        assert http_server.count("/" + ckpt.name) == 2
+        assert file_sha256(cached) == ckpt.sha256
+    (aside,) = cache.glob(ckpt.name + ".corrupt-*")
+    assert file_sha256(aside) != ckpt.sha256
+
+
+def test_a_legacy_file_is_loaded_through_a_verified_zip_copy(http_server, vgg16_checkpoints, cache, monkeypatch):
+    ckpt = vgg16_checkpoints.legacy
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    state = hub.load_weights(record(url, ckpt, size=ckpt.size), progress=False)
+    assert fingerprint(state) == vgg16_checkpoints.fingerprint
+    copy = cache / (ckpt.name + ".zip")
+    with open(copy, "rb") as f:
+        assert f.read(4) == b"PK\x03\x04"
+    del state
+    monkeypatch.setattr(hub, "_convert", lambda *a: pytest.fail("converted twice"))
+    monkeypatch.setattr(hub, "_hash_file", _no_hashing)
+    state = hub.load_weights(record(url, ckpt, size=ckpt.size), progress=False)
+    assert fingerprint(state) == vgg16_checkpoints.fingerprint
+    assert len(state) == len(vgg16_checkpoints.keys)
+
+
+def test_a_damaged_zip_copy_is_made_again(small_checkpoints, cache, tmp_path):
+    ckpt = small_checkpoints.legacy
+    hub.load_state_dict_from_url(str(ckpt.path), sha256=ckpt.sha256)
+    copy = cache / (ckpt.name + ".zip")
+    copy.write_bytes(b"PK\x03\x04 damaged")
+    state = hub.load_state_dict_from_url(str(ckpt.path), sha256=ckpt.sha256)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert copy.stat().st_size > 100
+
+
+def test_importing_vggnet_touches_nothing(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "TORCH_HOME": str(home / "torch"), "VGGNET_HOME": str(home / "v")}
+    subprocess.run([sys.executable, "-c", "import vggnet, vggnet.hub"], cwd=ROOT, env=env, check=True)
+    assert list(home.iterdir()) == []
+
+
+def test_checkpoints_fixture_formats(vgg16_checkpoints: Checkpoints):
+    with open(vgg16_checkpoints.zip.path, "rb") as f:
+        assert f.read(4) == b"PK\x03\x04"
+    with open(vgg16_checkpoints.legacy.path, "rb") as f:
+        assert f.read(4) != b"PK\x03\x04"
+    assert vgg16_checkpoints.zip.size > 527 << 20  # 138,357,544 float32 parameters
+
+
+def test_fault_server_counts(http_server: FaultServer):
+    url = http_server.add("/x", b"0123456789")
+    import requests
+
+    assert requests.get(url, headers={"Range": "bytes=4-"}, timeout=5).content == b"456789"
+    assert http_server.log("/x")[0].status == 206 and http_server.bytes_served("/x") == 6
