@@ -18,6 +18,7 @@ from .builders import (
     vgg19,
     vgg19_bn,
 )
+from .inference import fold_batchnorm, optimize_for_inference
 from .model import VGG, make_layers
 from .transforms import ImageClassification, TrainClassification
 from .weights import (
@@ -51,11 +52,13 @@ __all__ = [
     "Weights",
     "WeightsEnum",
     "__version__",
+    "fold_batchnorm",
     "get_model",
     "get_model_weights",
     "get_weight",
     "list_models",
     "make_layers",
+    "optimize_for_inference",
     "vgg11",
     "vgg11_bn",
     "vgg13",

@@ -738,6 +738,60 @@ def _cached_name(name: str, entries: Sequence[_CachedFile], records: dict[str, W
     raise ValueError(f"{what} not in the cache; cached: {cached}")
 
 
+# bench -----------------------------------------------------------------------------------------------
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _add_bench(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "bench",
+        parents=[_COMMON],
+        help="img/s and latency: vggnet eager vs optimize_for_inference vs torchvision, in one run",
+        description="Times vggnet eager, vggnet optimize_for_inference and, when installed, torchvision on "
+        "the same random input and weights, in interleaved rounds (median), and the share of the device's "
+        "matmul peak (measured in the same run) each reaches. Random weights: nothing is downloaded.",
+    )
+    p.add_argument("--arch", type=_model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
+    p.add_argument("--batch-size", type=_positive, default=1, metavar="B", help="default 1")
+    p.add_argument("--image-size", type=_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--dtype", choices=_DTYPES, help="default bfloat16 on CUDA GPUs that have it, float32 on CPU")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the optimized model and torchvision (default: on for CUDA, off for CPU)",
+    )
+    p.add_argument("--iters", type=_positive, default=20, metavar="N", help="timed calls per candidate (default 20)")
+    p.add_argument("--rounds", type=_positive, default=5, metavar="R", help="interleaved rounds (default 5)")
+    p.add_argument("--no-torchvision", action="store_true", help="skip the torchvision figures")
+    p.add_argument("--json", action="store_true", help="print the report as a JSON object")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import format_report, run_bench
+
+    report = run_bench(
+        args.arch,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        compile=args.compile,
+        iters=args.iters,
+        rounds=args.rounds,
+        image_size=args.image_size,
+        with_torchvision=not args.no_torchvision,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(format_report(report))
+    return EXIT_OK
+
+
 # name -> (declare its arguments, run it); the order is the order of `vggnet --help`.
 COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "summary": (_add_summary, _run_summary),
@@ -746,6 +800,7 @@ COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "download": (_add_download, _run_download),
     "verify": (_add_verify, _run_verify),
     "cache": (_add_cache, _run_cache),
+    "bench": (_add_bench, _run_bench),
 }
 
 

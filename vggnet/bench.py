@@ -1,0 +1,342 @@
+"""Inference throughput and latency, side by side: vggnet eager, vggnet optimized, torchvision.
+
+Method (the same for every figure `vggnet bench` and `benchmarks/` print):
+
+- Every candidate holds the same weights and gets the same random input, in the same dtype.
+- Each candidate is called `warmup` times first (the first call, which includes any compilation,
+  is reported as `first_call_s`), then the candidates are timed in interleaved rounds (A B C A B C
+  ...) so that a change in machine load hits all of them alike. A round times `iters // rounds`
+  consecutive calls, with the device synchronised before and after; the figure is the median
+  round, and `latency_ms` is the time of one batch in it.
+- The peak is the best of a few square matmuls measured in the same run (bf16 on CUDA, fp32
+  elsewhere). On CPU the same GEMM also runs as a 1x1 convolution, because oneDNN (which runs the
+  convolutions) can be much faster than the BLAS behind torch.matmul; the better of the two counts.
+- FLOPs are 2 x the multiply-adds of the convolutions and fully connected layers (`summarize`).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .builders import get_model
+from .inference import default_dtype, optimize_for_inference
+from .summary import summarize
+
+__all__ = [
+    "SCHEMA",
+    "BenchReport",
+    "Result",
+    "device_name",
+    "format_report",
+    "matmul_peak",
+    "run_bench",
+    "time_interleaved",
+    "versions",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "vggnet.bench/1"
+BASELINE = "torchvision eager"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One candidate's figures."""
+
+    name: str
+    img_per_s: float
+    latency_ms: float  # one batch, median round
+    latency_ms_min: float  # one batch, fastest round
+    tflops: float  # achieved, from the median round
+    peak_fraction: float  # tflops / the run's measured matmul peak
+    first_call_s: float  # the first call, compilation included
+    max_abs_diff: float  # largest |logit difference| from vggnet eager on the same input
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    arch: str
+    batch_size: int
+    image_size: tuple[int, int]  # (height, width)
+    device: str
+    device_name: str
+    dtype: str
+    compile: bool
+    iters: int
+    rounds: int
+    threads: int
+    gflop_per_image: float
+    matmul_peak_tflops: float
+    matmul_peak_how: str
+    results: tuple[Result, ...]
+    date: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    )
+    versions: Mapping[str, str] = field(default_factory=lambda: versions())
+    load_average: tuple[float, ...] = field(default_factory=lambda: _load_average())
+    schema: str = SCHEMA
+
+    def result(self, name: str) -> Result | None:
+        return next((r for r in self.results if r.name == name), None)
+
+    def speedups(self) -> dict[str, float]:
+        """img/s of every candidate divided by torchvision eager's (empty without torchvision)."""
+        base = self.result(BASELINE)
+        if base is None:
+            return {}
+        return {r.name: r.img_per_s / base.img_per_s for r in self.results}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["versions"] = dict(self.versions)
+        data["load_average"] = list(self.load_average)
+        data["results"] = [asdict(r) for r in self.results]
+        data["speedup_vs_torchvision_eager"] = self.speedups()
+        return data
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    found = {"vggnet": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import torchvision
+
+        found["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        found["cuda"] = str(torch.version.cuda)
+        found["cudnn"] = str(torch.backends.cudnn.version())  # type: ignore[no-untyped-call]
+    return found
+
+
+def _load_average() -> tuple[float, ...]:
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except (AttributeError, OSError):  # not on every platform
+        return ()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]], *, device: torch.device, iters: int, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one figure per round, the functions taking turns each round."""
+    per_round = max(1, iters // rounds)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(per_round):
+                fn()
+            _synchronize(device)
+            times[name].append((time.perf_counter() - start) / per_round)
+    return times
+
+
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype | None = None, *, size: int | None = None
+) -> tuple[float, str]:
+    """(TFLOP/s, how) of the best of a few size x size matmuls; see the module docstring."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    size = size or (8192 if device.type == "cuda" else 2048)
+    flop = 2 * size**3
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    candidates: dict[str, Callable[[], object]] = {"matmul": lambda: a @ b}
+    if device.type == "cpu":
+        # (1, K, 1, M) channels_last @ (N, K, 1, 1): the same M x K x N GEMM, run by oneDNN.
+        x = a.t().reshape(1, size, 1, size).contiguous(memory_format=torch.channels_last)
+        w = b.t().reshape(size, size, 1, 1).contiguous()
+        candidates["1x1 conv (oneDNN)"] = lambda: torch.nn.functional.conv2d(x, w)
+    with torch.inference_mode():
+        for fn in candidates.values():
+            fn()
+        rounds = 3 if device.type == "cpu" else 20
+        times = time_interleaved(candidates, device=device, iters=rounds, rounds=rounds)
+    how, best = min(((name, min(t)) for name, t in times.items()), key=lambda item: item[1])
+    return flop / best / 1e12, f"{how}, {dtype_name(dtype)} {size}x{size}"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _torchvision_model(arch: str) -> nn.Module | None:
+    try:
+        import torchvision.models
+    except ImportError:
+        logger.info("torchvision is not installed: no torchvision figures")
+        return None
+    model: nn.Module = torchvision.models.get_model(arch, weights=None)
+    return model
+
+
+def run_bench(
+    arch: str = "vgg16",
+    *,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    compile: bool | None = None,
+    iters: int = 20,
+    rounds: int = 5,
+    warmup: int = 2,
+    image_size: int | tuple[int, int] = 224,
+    with_torchvision: bool = True,
+) -> BenchReport:
+    """Measure vggnet eager, vggnet optimized and (when importable) torchvision on one random input.
+
+    `device` defaults to CUDA when available; `dtype` to the device's fast dtype (bf16 on recent GPUs,
+    float32 on CPU); `compile` to on for CUDA and off for CPU. With compile, torchvision is also
+    measured compiled (channels_last + torch.compile, the best it does with flags alone).
+    """
+    if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
+        raise ValueError(
+            f"iters, rounds, warmup and batch_size must be >= 1, got {iters}, {rounds}, {warmup}, {batch_size}"
+        )
+    target = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {target} asked for, but CUDA is not available; use --device cpu")
+    dtype = dtype or default_dtype(target)
+    compile = compile if compile is not None else target.type == "cuda"
+    rounds = min(rounds, iters)
+    if target.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+
+    size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    gflop = 2 * summarize(arch, size).macs / 1e9
+    peak, how = matmul_peak(target)
+
+    torch.manual_seed(0)
+    eager = get_model(arch).eval().to(target, dtype)
+    x = torch.randn(batch_size, eager.in_channels, *size, device=target, dtype=dtype)
+    models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "vggnet eager": eager,
+        "vggnet optimized": optimize_for_inference(eager, batch_size=batch_size, compile=compile),
+    }
+    reference = _torchvision_model(arch) if with_torchvision else None
+    if reference is not None:
+        reference.load_state_dict(eager.state_dict())
+        reference.eval().to(target, dtype)
+        models[BASELINE] = reference
+        models["torchvision channels_last"] = _channels_last(reference)
+        if compile:
+            models["torchvision channels_last+compile"] = _channels_last(reference, compile=True)
+
+    first: dict[str, float] = {}
+    diffs: dict[str, float] = {}
+    with torch.inference_mode():
+        expected = eager(x).float()
+        for name, model in models.items():
+            _synchronize(target)
+            start = time.perf_counter()
+            out = model(x)
+            _synchronize(target)
+            first[name] = time.perf_counter() - start
+            diffs[name] = (out.float() - expected).abs().max().item()
+            for _ in range(warmup - 1):
+                model(x)
+        calls = {name: partial(model, x) for name, model in models.items()}
+        times = time_interleaved(calls, device=target, iters=iters, rounds=rounds)
+    results = []
+    for name, t in times.items():
+        median = statistics.median(t)
+        tflops = gflop * batch_size / median / 1e3
+        results.append(
+            Result(
+                name=name,
+                img_per_s=batch_size / median,
+                latency_ms=median * 1e3,
+                latency_ms_min=min(t) * 1e3,
+                tflops=tflops,
+                peak_fraction=tflops / peak,
+                first_call_s=first[name],
+                max_abs_diff=diffs[name],
+            )
+        )
+    return BenchReport(
+        arch=arch,
+        batch_size=batch_size,
+        image_size=size,
+        device=str(target),
+        device_name=device_name(target),
+        dtype=dtype_name(dtype),
+        compile=compile,
+        iters=iters,
+        rounds=rounds,
+        threads=torch.get_num_threads(),
+        gflop_per_image=gflop,
+        matmul_peak_tflops=peak,
+        matmul_peak_how=how,
+        results=tuple(results),
+    )
+
+
+def _channels_last(model: nn.Module, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A copy with channels_last weights, fed channels_last input (what a torchvision user can do with flags)."""
+    # A copy: converting in place would hand channels_last weights to the NCHW baseline as well.
+    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(converted) if compile else converted
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return forward(x.contiguous(memory_format=torch.channels_last))
+
+    return run
+
+
+def format_report(report: BenchReport) -> str:
+    """A table of the candidates with img/s, latency, speed-up over torchvision eager and peak share."""
+    speedups = report.speedups()
+    lines = [
+        f"{report.arch}, batch {report.batch_size}, {report.image_size[0]}x{report.image_size[1]}, {report.dtype}, "
+        f"compile={'on' if report.compile else 'off'} on {report.device} ({report.device_name})",
+        f"{report.gflop_per_image:.1f} GFLOP/image; matmul peak {_tflops(report.matmul_peak_tflops)} "
+        f"({report.matmul_peak_how}); median of {report.rounds} interleaved rounds, {report.iters} calls each"
+        + (f"; load average {', '.join(f'{x:.2f}' for x in report.load_average)}" if report.load_average else ""),
+        "",
+        f"{'':36} {'img/s':>10} {'ms/batch':>10} {'vs tv':>7} {'of peak':>8} {'1st call':>9} {'max|diff|':>10}",
+    ]
+    for r in report.results:
+        speedup = f"{speedups[r.name]:.2f}x" if r.name in speedups else "-"
+        lines.append(
+            f"{r.name:36} {r.img_per_s:10.2f} {r.latency_ms:10.3f} {speedup:>7} {r.peak_fraction:8.1%} "
+            f"{r.first_call_s:8.2f}s {r.max_abs_diff:10.2e}"
+        )
+    return "\n".join(lines)
+
+
+def _tflops(value: float) -> str:
+    return f"{value:.1f} TFLOP/s" if value >= 1 else f"{value * 1e3:.0f} GFLOP/s"
