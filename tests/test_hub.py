@@ -7,6 +7,7 @@ everything whose outcome does not depend on size uses a small file.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -603,3 +604,43 @@ def test_fault_server_counts(http_server: FaultServer):
 
     assert requests.get(url, headers={"Range": "bytes=4-"}, timeout=5).content == b"456789"
     assert http_server.log("/x")[0].status == 206 and http_server.bytes_served("/x") == 6
+
+
+# --- the maintainer tool that pins the official digests --------------------------------------------
+
+
+def _pin_digests():
+    spec = importlib.util.spec_from_file_location("pin_digests", ROOT / "weights" / "pin_digests.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pin_digests"] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pin_digests_measures_each_file_from_a_mirror(http_server, small_checkpoints, tmp_path):
+    tool = _pin_digests()
+    z, legacy = small_checkpoints.zip, small_checkpoints.legacy
+    for f in (z, legacy):
+        http_server.add("/models/" + f.name, f.path)
+    records = [
+        ("A", Weights(url=OFFICIAL_BASE + z.name, sha256=z.sha256[:8], file_size=round(z.size / 2**20, 3))),
+        ("B", Weights(url=OFFICIAL_BASE + legacy.name, sha256=legacy.sha256[:8], size=legacy.size)),
+    ]
+    pinned, failures = tool.pin(records, base=http_server.url("/models/"), folder=tmp_path / "d", progress=False)
+    assert failures == []
+    assert [(p.sha256, p.size) for p in pinned] == [(z.sha256, z.size), (legacy.sha256, legacy.size)]
+    assert all(p.agrees for p in pinned)
+    assert f'sha256="{z.sha256}"' in tool.report(pinned)
+
+
+def test_pin_digests_command_refuses_a_file_that_is_not_the_official_one(http_server, small_checkpoints, tmp_path):
+    http_server.add("/models/vgg11-8a719046.pth", small_checkpoints.zip.path)  # the wrong bytes
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "weights" / "pin_digests.py"), "--base", http_server.url("/models/"),
+         "--only", "vgg11-8a719046.pth", "--dir", str(tmp_path / "d"), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "VGG11_Weights.IMAGENET1K_V1" in out.stderr and "checksum mismatch" in out.stderr
+    assert http_server.count("/models/vgg11-8a719046.pth") == 1
