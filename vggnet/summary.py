@@ -342,8 +342,8 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     ):
         ax.barh(labels, [v / scale for v in values], color=colors)
         ax.set_title(title, fontsize=10)
-        ax.invert_yaxis()
         ax.tick_params(labelsize=8)
+    axes[0].invert_yaxis()  # conv1_1 at the top; the axes share y, so once inverts both
     fig.suptitle(_plot_title(summary), fontsize=11)
     fig.savefig(path, dpi=120)
     return path
