@@ -85,8 +85,11 @@ _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")  # "bytes fir
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class ChecksumError(Exception):
-    """A file's SHA-256 is not the expected one: it was not kept under its final name, nor loaded."""
+class ChecksumError(RuntimeError):
+    """A file's SHA-256 is not the expected one: it was not kept under its final name, nor loaded.
+
+    A RuntimeError, as torch.hub's "invalid hash value" is, so code written for torch.hub still catches it.
+    """
 
     def __init__(self, url: str, path: str | os.PathLike[str], expected: str, actual: str, detail: str = "") -> None:
         self.url = url
