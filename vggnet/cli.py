@@ -225,7 +225,7 @@ def _classifier(args: argparse.Namespace, device: str) -> _Classifier:
             raise UsageError("--sha256 is for a checkpoint file or URL; a record carries its own digest")
         if record.categories is None:
             raise UsageError(f"{member} has no classifier (only `features` holds usable values); use IMAGENET1K_V1")
-        model = get_model(arch, weights=member, progress=not args.quiet, device=device)
+        model = get_model(arch, weights=record, progress=not args.quiet, device=device)
         preset = record.transforms()
         if args.image_size is not None:
             preset = ImageClassification(

@@ -1,0 +1,402 @@
+"""The `vggnet` command: every subcommand through main(argv), and as a real process.
+
+Official checkpoints cannot be downloaded here, so the download, verify and cache tests stand in
+records of their own (`fake_records`): official-looking URLs (download.pytorch.org/models/NAME) for
+generated files with the right digests, served by the loopback server of conftest.py through
+VGGNET_MIRROR. Predictions are checked with a seeded vgg11 whose answers are computed in the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vggnet
+from vggnet import weights as weights_module
+from vggnet.cli import main
+from vggnet.hub import cache_dir
+from vggnet.transforms import load_image
+from vggnet.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
+
+from .conftest import fingerprint
+
+PHOTOS = Path(__file__).parent / "photos"
+PHOTO_NAMES = ["camera.png", "chelsea.png", "coffee.jpg", "rocket.jpg"]
+VENV_BIN = Path(sys.executable).parent
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_hub_style(state: dict[str, torch.Tensor], folder: Path, stem: str) -> Path:
+    """Save as `stem-<sha256[:8]>.pth`, the torch.hub naming the official files use."""
+    tmp = folder / f"{stem}.tmp"
+    torch.save(state, tmp)
+    return tmp.rename(folder / f"{stem}-{sha256(tmp)[:8]}.pth")
+
+
+def make_enum(name: str, records: dict[str, Weights]) -> type[WeightsEnum]:
+    members = {**records, "DEFAULT": next(iter(records.values()))}
+    return WeightsEnum(name, members)  # type: ignore[return-value]
+
+
+# --- summary -----------------------------------------------------------------------------------------
+
+
+def test_summary_prints_the_table_and_totals(capsys):
+    assert main(["summary", "vgg16"]) == 0
+    out = capsys.readouterr().out
+    assert "138,357,544" in out and "15.47G" in out and "15,470,264,320" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "102,764,544" in rows["fc6"] and "(1, 512, 7, 7)" in rows["pool5"] and "(1, 512, 7, 7)" in rows["avgpool"]
+    lines = [line.split() for line in out.splitlines()]
+    assert ["classifier", "123,642,856", "89.4%", "fc6,", "fc7,", "fc8"] in lines
+    assert ["fc6", "102,764,544", "74.3%", "the", "largest", "layer"] in lines
+    assert ["convolutions", "15.35G", "99.2%"] in lines
+
+
+def test_summary_json_at_another_size(capsys):
+    assert main(["summary", "VGG19_BN", "--input-size", "97x161", "--batch-size", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["arch"] == "vgg19_bn" and data["input_size"] == [97, 161] and data["batch_size"] == 2
+    assert data["params"] == 143_678_248 == sum(layer["params"] for layer in data["layers"])
+    assert data["macs"] == sum(layer["macs"] for layer in data["layers"])
+    by_name = {layer["name"]: layer for layer in data["layers"]}
+    assert by_name["pool5"]["output_shape"] == [2, 512, 3, 5] and by_name["avgpool"]["output_shape"] == [2, 512, 7, 7]
+    assert set(by_name["conv1_1"]) >= {"name", "type", "output_shape", "params", "macs"}
+
+
+def test_summary_plots(tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+
+    svg = tmp_path / "vgg16.svg"
+    assert main(["summary", "vgg16", "--plot", str(svg)]) == 0
+    assert f"plot written to {svg}" in capsys.readouterr().err
+    assert ET.parse(svg).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert main(["summary", "vgg16", "--plot", str(tmp_path / "x.png")]) == 1
+        assert "pip install matplotlib" in capsys.readouterr().err
+    else:
+        assert main(["summary", "vgg16", "--plot", str(tmp_path / "x.png"), "--quiet"]) == 0
+        assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["summary", "vgg16", "--input-size", "31"], "at least 32 px"),
+        (["summary", "vgg16", "--input-size", "224x16"], "at least 32 px"),
+        (["summary", "vgg16", "--input-size", "big"], "N or HxW"),
+        (["summary", "vgg17"], "valid: vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn"),
+        (["summary", "vgg16", "--batch-size", "0"], "positive integer"),
+        (["summary", "vgg16", "--plot", "plot.txt"], "use one of .svg, .png"),
+        (["summary"], "required: MODEL"),
+        (["frobnicate"], "invalid choice"),
+        (["download"], "or pass --all"),
+        (["download", "vgg17"], "valid: vgg11"),
+        (["download", "VGG16_Weights.IMAGENET1K_V2"], "VGG16_Weights.IMAGENET1K_FEATURES"),
+        (["cache", "--remove", "vgg16"], "not in the cache"),
+        (["predict", "no-such-photo.jpg"], "no-such-photo.jpg: no such image file"),
+        (["predict", str(PHOTOS / "*.gif")], "no files match"),
+        (["predict", str(PHOTOS), "--weights", "IMAGENET1K_V7"], "valid: VGG16_Weights.IMAGENET1K_V1"),
+        (["predict", str(PHOTOS), "--weights", "VGG16_Weights.IMAGENET1K_FEATURES"], "has no classifier"),
+        (["predict", str(PHOTOS), "--weights", "VGG16_Weights.IMAGENET1K_V1", "--arch", "vgg11"], "not for --arch"),
+        (["predict", str(PHOTOS), "--weights", "missing.pth"], "no such checkpoint file"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_and_no_traceback(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written, nothing downloaded
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["--debug", "summary", "vgg16", "--plot", str(tmp_path / "plot.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "use one of .svg" in err
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("summary", "list", "predict", "download", "verify", "cache"):
+        assert command in out
+    assert main(["--version"]) == 0 and vggnet.__version__ in capsys.readouterr().out
+    assert main(["predict", "--help"]) == 0 and "--topk" in capsys.readouterr().out
+
+
+def test_options_after_the_command(tmp_path, capsys):
+    assert main(["summary", "vgg11", "--quiet", "--plot", str(tmp_path / "p.svg")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "7.61G" in captured.out
+    assert main(["-q", "summary", "vgg11", "--json"]) == 0 and json.loads(capsys.readouterr().out)["arch"] == "vgg11"
+
+
+# --- list --------------------------------------------------------------------------------------------
+
+
+def test_list_shows_every_weight_and_what_is_cached(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path))
+    (tmp_path / "vgg19-dcbb9e9d.pth").write_bytes(b"x")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "VGG16_Weights.IMAGENET1K_FEATURES" in out and str(tmp_path) in out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("vgg")}
+    assert len(rows) == 9
+    assert rows["VGG16_Weights.IMAGENET1K_V1"].split()[2:] == [
+        "(default)", "71.592", "90.382", "138,357,544", "15.470", "527.8", "no",
+    ]  # fmt: skip
+    assert rows["VGG19_Weights.IMAGENET1K_V1"].endswith("yes")
+    assert main(["list", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    features = next(e for e in entries if e["weights"] == "VGG16_Weights.IMAGENET1K_FEATURES")
+    assert features["acc@1"] is None and features["params"] == 138_357_544 and not features["default"]
+    assert [e["cached"] for e in entries].count(True) == 1
+    assert {e["model"] for e in entries} == set(vggnet.list_models())
+
+
+# --- predict -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seeded_vgg11(tmp_path_factory) -> Path:
+    """A full-size vgg11 checkpoint (torchvision's initialisation, seed 0) whose fc8 is scaled up 300x,
+    so that images get clearly different, confident answers; saved as `vgg11-<sha256[:8]>.pth`."""
+    torch.manual_seed(0)
+    model = vggnet.vgg11()
+    with torch.no_grad():
+        model.classifier[6].weight.mul_(300)
+    path = save_hub_style(model.state_dict(), tmp_path_factory.mktemp("seeded"), "vgg11")
+    yield path
+    path.unlink()
+
+
+def expected_topk(checkpoint: Path, paths: list[Path], k: int, crop: int = 224) -> list[list[tuple[int, float]]]:
+    """What predict must print: the same weights and the ImageNet preset, computed here."""
+    model = vggnet.vgg11(init_weights=False)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    preset = vggnet.transforms.ImageClassification(crop_size=crop, resize_size=round(crop * 256 / 224))
+    with torch.inference_mode():
+        probs = model.eval()(torch.stack([preset(load_image(p)) for p in paths])).softmax(dim=1)
+    top = probs.topk(k, dim=1)
+    return [list(zip(i, v)) for i, v in zip(top.indices.tolist(), top.values.tolist())]
+
+
+def check_predictions(results: list[dict], expected: list[list[tuple[int, float]]], paths: list[Path]) -> None:
+    assert [r["image"] for r in results] == [str(p) for p in paths]
+    for result, want in zip(results, expected):
+        got = [(p["index"], p["probability"]) for p in result["predictions"]]
+        assert [i for i, _ in got] == [i for i, _ in want]
+        assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-4)
+        assert [p["label"] for p in result["predictions"]] == [IMAGENET_CATEGORIES[i] for i, _ in want]
+
+
+def test_predict_a_directory_with_a_local_checkpoint(seeded_vgg11, capsys):
+    paths = [PHOTOS / n for n in PHOTO_NAMES]
+    argv = ["predict", str(PHOTOS), "--weights", str(seeded_vgg11), "--topk", "3", "--batch-size", "3"]
+    assert main([*argv, "--json", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["arch"], data["device"], data["topk"]) == ("vgg11", "cpu", 3)  # the model is read off the keys
+    expected = expected_topk(seeded_vgg11, paths, 3)
+    check_predictions(data["results"], expected, paths)
+    assert len({r["predictions"][0]["index"] for r in data["results"]}) > 1  # the photos are told apart
+
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(paths[0]) and len(lines) == 4 * (1 + 3)
+    index, prob = expected[0][0]
+    assert lines[1].split() == [f"{prob:.2%}", *IMAGENET_CATEGORIES[index].split(), f"({index})"]
+
+
+def test_predict_globs_image_size_and_a_bad_image(seeded_vgg11, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    argv = ["predict", str(PHOTOS / "c*.*"), str(broken), "--weights", str(seeded_vgg11), "--topk", "2"]
+    assert main([*argv, "--image-size", "160", "--json", "-q"]) == 1  # one image failed: exit 1, the others done
+    captured = capsys.readouterr()
+    assert str(broken) in captured.err and "Traceback" not in captured.err
+    data = json.loads(captured.out)
+    paths = [PHOTOS / "camera.png", PHOTOS / "chelsea.png", PHOTOS / "coffee.jpg"]
+    assert data["results"][-1] == {"image": str(broken), "error": data["results"][-1]["error"]}
+    check_predictions(data["results"][:-1], expected_topk(seeded_vgg11, paths, 2, crop=160), paths)
+
+
+def test_predict_with_a_record_fetched_through_the_mirror(seeded_vgg11, monkeypatch, capsys):
+    record = Weights(url=OFFICIAL_BASE + seeded_vgg11.name, sha256=sha256(seeded_vgg11), categories=IMAGENET_CATEGORIES)
+    monkeypatch.setattr(
+        weights_module, "WEIGHTS_ENUMS", {"vgg11": make_enum("VGG11_Weights", {"IMAGENET1K_V1": record})}
+    )
+    monkeypatch.setenv("VGGNET_MIRROR", str(seeded_vgg11.parent))
+    photo = PHOTOS / "chelsea.png"
+    assert main(["predict", str(photo), "--arch", "vgg11", "--json", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["weights"] == "VGG11_Weights.IMAGENET1K_V1"
+    check_predictions(data["results"], expected_topk(seeded_vgg11, [photo], 5), [photo])
+
+
+def test_predict_refuses_a_checkpoint_of_another_model(seeded_vgg11, capsys):
+    assert main(["predict", str(PHOTOS / "coffee.jpg"), "--weights", str(seeded_vgg11), "--arch", "vgg13"]) == 2
+    assert "holds vgg11 weights, not vgg13" in capsys.readouterr().err
+
+
+def test_predict_as_the_installed_script_with_a_url(seeded_vgg11, http_server, tmp_path):
+    url = http_server.add(f"/checkpoints/{seeded_vgg11.name}", seeded_vgg11)
+    photo = PHOTOS / "rocket.jpg"
+    env = {"VGGNET_HOME": str(tmp_path)}
+    proc = run(str(VENV_BIN / "vggnet"), "predict", str(photo), "--weights", url, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    check_predictions(json.loads(proc.stdout)["results"], expected_topk(seeded_vgg11, [photo], 5), [photo])
+    assert (tmp_path / seeded_vgg11.name).stat().st_size == seeded_vgg11.stat().st_size  # verified by its name
+    assert "%|" not in proc.stderr and "B/s" not in proc.stderr  # stderr is not a terminal: no progress bar
+
+
+# --- download, verify, cache -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_records(tmp_path, monkeypatch, http_server):
+    """Two official-looking records for small generated files, served on loopback through VGGNET_MIRROR."""
+    source = tmp_path / "generated"
+    source.mkdir()
+    states = {
+        "vgg11": {"features.0.weight": torch.randn(64, 3, 3, 3), "classifier.6.bias": torch.randn(1000)},
+        "vgg16": {"features.0.weight": torch.randn(64, 3, 3, 3), "features.0.bias": torch.randn(64)},
+    }
+    files = {arch: save_hub_style(state, source, arch) for arch, state in states.items()}
+    enums = {}
+    for arch, path in files.items():
+        http_server.add(f"/models/{path.name}", path)
+        record = Weights(url=OFFICIAL_BASE + path.name, sha256=sha256(path), size=path.stat().st_size)
+        enums[arch] = make_enum(f"{arch.upper()}_Weights", {"IMAGENET1K_V1": record})
+    monkeypatch.setattr(weights_module, "WEIGHTS_ENUMS", enums)
+    monkeypatch.setenv("VGGNET_MIRROR", http_server.url("/models"))
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
+    return {arch: (files[arch], states[arch], enums[arch].DEFAULT) for arch in files}
+
+
+def test_download_to_a_mirror_then_load_through_VGGNET_MIRROR(fake_records, http_server, tmp_path, monkeypatch, capsys):
+    mirror = tmp_path / "mirror"
+    assert main(["download", "--all", "--to", str(mirror)]) == 0
+    out = capsys.readouterr().out
+    for path, _, member in fake_records.values():
+        assert (mirror / path.name).read_bytes() == path.read_bytes()
+        assert str(member) in out and http_server.count(f"/models/{path.name}") == 1
+    assert not cache_dir().exists()  # a mirror, not the cache
+
+    http_server.reset()  # nothing served any more: only the mirror folder can answer
+    monkeypatch.setenv("VGGNET_MIRROR", str(mirror))
+    for _, state, member in fake_records.values():
+        assert fingerprint(member.get_state_dict(progress=False)) == fingerprint(state)
+    assert main(["verify", str(mirror)]) == 0
+    assert capsys.readouterr().out.count("ok ") == 2
+
+
+def test_download_into_the_cache_then_list_verify_and_remove(fake_records, http_server, capsys):
+    path, _, member = fake_records["vgg11"]
+    assert main(["download", "vgg11"]) == 0
+    cached = cache_dir() / path.name
+    assert cached.read_bytes() == path.read_bytes() and str(cached) in capsys.readouterr().out
+
+    assert main(["list", "--json"]) == 0
+    assert {e["weights"]: e["cached"] for e in json.loads(capsys.readouterr().out)} == {
+        "VGG11_Weights.IMAGENET1K_V1": True,
+        "VGG16_Weights.IMAGENET1K_V1": False,
+    }
+    assert main(["download", "VGG11_Weights.IMAGENET1K_V1"]) == 0  # already there: no second transfer
+    assert http_server.count(f"/models/{path.name}") == 1
+    capsys.readouterr()
+
+    unknown = cache_dir() / "notes.bin"
+    unknown.write_bytes(b"someone else's file")
+    assert main(["verify", "--json"]) == 0
+    status = {r["file"]: r["status"] for r in json.loads(capsys.readouterr().out)}
+    assert status == {path.name: "ok", "notes.bin": "unknown"}
+
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    cached.write_bytes(data)
+    assert main(["verify"]) == 1
+    captured = capsys.readouterr()
+    assert f"corrupt  {path.name}" in captured.out and f"{path.name} is corrupt" in captured.err
+
+    assert main(["cache", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert {f["file"]: f["weights"] for f in listing["files"]} == {path.name: str(member), "notes.bin": None}
+    assert listing["total"] == len(data) + unknown.stat().st_size
+    assert main(["cache", "--remove", "vgg11"]) == 0
+    assert f"removed {path.name}" in capsys.readouterr().out
+    assert sorted(os.listdir(cache_dir())) == ["notes.bin"]
+    assert main(["cache", "--clear"]) == 0 and unknown.exists()  # not vggnet's: kept
+
+
+def test_download_to_a_mirror_reuses_the_cache(fake_records, http_server, tmp_path, capsys):
+    path, _, _ = fake_records["vgg16"]
+    assert main(["download", "vgg16"]) == 0
+    assert main(["download", "vgg16", "--to", str(tmp_path / "mirror")]) == 0
+    assert http_server.count(f"/models/{path.name}") == 1
+    assert (tmp_path / "mirror" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_download_of_wrong_bytes_fails_and_keeps_nothing(fake_records, http_server, capsys):
+    path, _, member = fake_records["vgg16"]
+    http_server.add(f"/models/{path.name}", b"x" * path.stat().st_size)
+    assert main(["download", "vgg16"]) == 1
+    err = capsys.readouterr().err
+    assert f"{member}: checksum mismatch" in err and "Traceback" not in err
+    assert not (cache_dir() / path.name).exists()
+
+
+def test_offline_and_not_cached_fails_with_exit_1(fake_records, monkeypatch, capsys):
+    monkeypatch.setenv("VGGNET_OFFLINE", "1")
+    assert main(["download", "vgg11", "vgg16"]) == 1
+    assert "2 of 2 downloads failed" in capsys.readouterr().err
+
+
+def test_verify_checks_names_and_stamps(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path))
+    good = save_hub_style({"w": torch.ones(3)}, tmp_path, "resnet")  # a torch.hub name: its digest is checked
+    bad = tmp_path / "alexnet-00000000.pth"
+    bad.write_bytes(b"not what the name says")
+    assert main(["verify", "--json"]) == 1
+    assert {r["file"]: r["status"] for r in json.loads(capsys.readouterr().out)} == {
+        good.name: "ok",
+        bad.name: "corrupt",
+    }
+
+
+# --- as a real process -------------------------------------------------------------------------------
+
+
+def test_python_dash_m_summary_json():
+    proc = run(sys.executable, "-m", "vggnet", "summary", "vgg16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["params"], round(data["macs"] / 1e9, 2)) == (138_357_544, 15.47)
+
+
+def test_installed_script_exit_codes(tmp_path):
+    script = str(VENV_BIN / "vggnet")
+    assert run(script, "--version").stdout.strip() == f"vggnet {vggnet.__version__}"
+    proc = run(script, "summary", "vgg16", "--input-size", "16")
+    assert proc.returncode == 2 and "at least 32 px" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "vgg11-00000000.pth").write_bytes(b"flipped")
+    proc = run(script, "verify", str(tmp_path))
+    assert proc.returncode == 1 and "is corrupt" in proc.stderr
+    proc = run(script, "list", env={"VGGNET_HOME": str(tmp_path)})
+    assert proc.returncode == 0 and proc.stdout.count("\nvgg") == 9
