@@ -20,6 +20,7 @@ from .builders import (
 )
 from .inference import fold_batchnorm, optimize_for_inference
 from .model import VGG, make_layers
+from .summary import summarize
 from .transforms import ImageClassification, TrainClassification
 from .weights import (
     VGG11_BN_Weights,
@@ -59,6 +60,7 @@ __all__ = [
     "list_models",
     "make_layers",
     "optimize_for_inference",
+    "summarize",
     "vgg11",
     "vgg11_bn",
     "vgg13",
