@@ -250,6 +250,35 @@ def test_predict_with_a_record_fetched_through_the_mirror(seeded_vgg11, monkeypa
     check_predictions(data["results"], expected_topk(seeded_vgg11, [photo], 5), [photo])
 
 
+def test_predict_with_a_finetuned_checkpoint_uses_its_labels_and_preset(seeded_vgg11, tmp_path, capsys):
+    finetune = pytest.importorskip("vggnet.finetune")
+    state = torch.load(seeded_vgg11, weights_only=True, mmap=True)
+    state["classifier.6.weight"], state["classifier.6.bias"] = state["classifier.6.weight"][:3], torch.zeros(3)
+    preprocessing = {"crop_size": 192, "resize_size": 200, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
+    classes = ["ant", "bee", "cicada"]
+    checkpoint = {
+        "format": finetune.FORMAT, "arch": "vgg11", "in_chans": 3, "classes": classes, "mode": "full",
+        "preprocessing": {**preprocessing, "interpolation": "bilinear"}, "epoch": 1, "val_acc": 50.0,
+        "weights": None, "state_dict": state,
+    }  # fmt: skip
+    path = tmp_path / "best.pth"
+    finetune.save_checkpoint(checkpoint, path)
+    del state, checkpoint
+
+    paths = [PHOTOS / "chelsea.png", PHOTOS / "coffee.jpg"]
+    assert main(["predict", *map(str, paths), "--weights", str(path), "--topk", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    model = vggnet.vgg11(num_classes=3, init_weights=False)
+    model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    preset = vggnet.ImageClassification(**preprocessing)
+    with torch.inference_mode():
+        probs = model.eval()(torch.stack([preset(load_image(p)) for p in paths])).softmax(dim=1)
+    for result, row in zip(results, probs):
+        top = row.topk(2)
+        assert [p["label"] for p in result["predictions"]] == [classes[i] for i in top.indices.tolist()]
+        assert [p["probability"] for p in result["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
 def test_predict_refuses_a_checkpoint_of_another_model(seeded_vgg11, capsys):
     assert main(["predict", str(PHOTOS / "coffee.jpg"), "--weights", str(seeded_vgg11), "--arch", "vgg13"]) == 2
     assert "holds vgg11 weights, not vgg13" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import torch
 from torch import nn
@@ -65,6 +65,7 @@ def _error(message: str) -> None:
 # --- the commands ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
+    from .transforms import ImageClassification
     from .weights import Weights, WeightsEnum
 
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -208,7 +209,6 @@ def _is_file_source(weights: str) -> bool:
 
 def _classifier(args: argparse.Namespace, device: str) -> _Classifier:
     from .builders import get_model
-    from .transforms import ImageClassification
 
     if not _is_file_source(args.weights) and not Path(args.weights).exists():
         arch = args.arch or "vgg16"
@@ -228,47 +228,60 @@ def _classifier(args: argparse.Namespace, device: str) -> _Classifier:
         model = get_model(arch, weights=record, progress=not args.quiet, device=device)
         preset = record.transforms()
         if args.image_size is not None:
-            preset = ImageClassification(
-                crop_size=args.image_size, resize_size=round(args.image_size * 256 / 224), mean=record.mean,
-                std=record.std, interpolation=record.interpolation,
-            )  # fmt: skip
+            preset = _resized_preset(preset, args.image_size)
         return _Classifier(model, preset, record.categories, arch, str(member))
     return _file_classifier(args, device)
 
 
 def _file_classifier(args: argparse.Namespace, device: str) -> _Classifier:
-    """A plain state dict from a file or URL (fine-tuned files: see `_finetuned`)."""
+    """A checkpoint file or URL: one written by `vggnet finetune` (its own labels and preset), or a plain state dict."""
     from .builders import model_from_state
+    from .finetune import load_finetuned
     from .hub import fetch, load_state_dict_from_url
-    from .transforms import ImageClassification
     from .weights import IMAGENET_CATEGORIES
 
-    source = args.weights
-    if urlsplit(source).scheme.lower() in ("http", "https"):
-        source = str(fetch(source, sha256=args.sha256, progress=not args.quiet))
-    elif not urlsplit(source).scheme and not Path(source).is_file():
-        raise UsageError(f"--weights {source}: no such checkpoint file")
-    finetuned = _finetuned(Path(source))
-    if finetuned is not None:
-        return finetuned
-    state = load_state_dict_from_url(source, sha256=args.sha256, map_location=device, progress=not args.quiet)
+    source, progress = args.weights, not args.quiet
+    parts = urlsplit(source)
+    if parts.scheme.lower() in ("http", "https"):
+        path = fetch(source, sha256=args.sha256, progress=progress)  # cached, verified by --sha256 or its name
+    else:
+        path = Path(unquote(parts.path)) if parts.scheme.lower() == "file" else Path(source)
+        if not path.is_file():
+            raise UsageError(f"--weights {source}: no such checkpoint file")
+        if args.sha256 is not None:
+            fetch(str(path), sha256=args.sha256, progress=progress)  # checked in place; raises ChecksumError
+    try:
+        finetuned = load_finetuned(path, map_location=device)
+    except ValueError:  # not written by `vggnet finetune`: a plain state dict
+        pass
+    else:
+        _check_arch(args, finetuned.arch)
+        preset = finetuned.preset if args.image_size is None else _resized_preset(finetuned.preset, args.image_size)
+        return _Classifier(finetuned.model, preset, finetuned.classes, finetuned.arch, source)
+    state = load_state_dict_from_url(str(path), sha256=args.sha256, map_location=device, progress=progress)
     arch = _arch_of(state, source)
-    if args.arch is not None and args.arch != arch:
-        raise UsageError(f"{args.weights} holds {arch} weights, not {args.arch}; drop --arch or change it")
+    _check_arch(args, arch)
     model = model_from_state(arch, state, device, {})
     classes = model.num_classes
     categories = IMAGENET_CATEGORIES if classes == 1000 else [f"class {i}" for i in range(classes)]
-    size = args.image_size or 224
-    preset = ImageClassification(crop_size=size, resize_size=round(size * 256 / 224))
-    return _Classifier(model, preset, categories, arch, args.weights)
+    return _Classifier(model, _resized_preset(None, args.image_size or 224), categories, arch, source)
 
 
-def _finetuned(path: Path) -> _Classifier | None:
-    """The hook for checkpoints written by `vggnet finetune` (issue 4), which carry their own preset and labels.
+def _check_arch(args: argparse.Namespace, arch: str) -> None:
+    if args.arch is not None and args.arch != arch:
+        raise UsageError(f"{args.weights} holds {arch} weights, not {args.arch}; drop --arch or change it")
 
-    Returns None until `vggnet.finetune` offers a loader; then a plain state dict is read instead.
-    """
-    return None
+
+def _resized_preset(preset: ImageClassification | None, size: int) -> ImageClassification:
+    """`preset` (default: ImageNet's) cropping `size` px after resizing the shorter side to size*256/224."""
+    from .transforms import ImageClassification
+
+    if preset is None:
+        return ImageClassification(crop_size=size, resize_size=round(size * 256 / 224))
+    return ImageClassification(
+        crop_size=size, resize_size=round(size * 256 / 224), mean=preset.mean, std=preset.std,
+        interpolation=preset.interpolation, antialias=preset.antialias,
+    )  # fmt: skip
 
 
 def _arch_of(state: Mapping[str, torch.Tensor], source: str) -> str:
