@@ -510,6 +510,19 @@ def test_a_file_in_torch_hubs_cache_is_used_only_if_it_matches(http_server, smal
     assert file_sha256(cache / right.name) == right.sha256
 
 
+def test_offline_a_matching_file_in_torch_hubs_cache_is_adopted(small_checkpoints, tmp_path, monkeypatch,
+                                                                 _isolated_cache):  # fmt: skip
+    ckpt = small_checkpoints.zip
+    torch_dir = _isolated_cache / "hub" / "checkpoints"
+    torch_dir.mkdir(parents=True)
+    (torch_dir / ckpt.name).write_bytes(ckpt.path.read_bytes())
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "not-yet-created"))
+    monkeypatch.setenv("VGGNET_OFFLINE", "1")
+    state = hub.load_weights(Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256), progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert (tmp_path / "not-yet-created" / ckpt.name).is_file()
+
+
 def test_without_vggnet_home_the_cache_is_torch_hubs(_isolated_cache):
     assert hub.cache_dir() == _isolated_cache / "hub" / "checkpoints"
 

@@ -447,6 +447,7 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
     """Hard-link (or copy) a file from torch.hub's cache into ours, if its digest matches."""
     if not src.is_file():
         return None
+    dest.parent.mkdir(parents=True, exist_ok=True)  # offline, nothing else has created it
     tmp = _temp_name(dest)
     try:
         try:
