@@ -94,6 +94,7 @@ def test_wheel_ships_the_data_and_the_type_marker(tmp_path):
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     runtime = [line for line in requires if "extra ==" not in line]
     assert sorted(runtime) == [
+        "Requires-Dist: filelock>=3.8",
         "Requires-Dist: numpy",
         "Requires-Dist: requests>=2.25",
         "Requires-Dist: torch>=2.1",

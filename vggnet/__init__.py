@@ -18,6 +18,7 @@ from .builders import (
     vgg19,
     vgg19_bn,
 )
+from .hub import ChecksumError, DownloadError, cache_dir, fetch, load_state_dict_from_url
 from .inference import fold_batchnorm, optimize_for_inference
 from .model import VGG, make_layers
 from .summary import summarize
@@ -39,6 +40,11 @@ from .weights import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChecksumError",
+    "DownloadError",
+    "cache_dir",
+    "fetch",
+    "load_state_dict_from_url",
     "VGG",
     "VGG11_BN_Weights",
     "VGG11_Weights",
