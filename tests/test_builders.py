@@ -10,6 +10,8 @@ from torch import nn
 import vggnet
 from vggnet import Weights
 
+from .conftest import fingerprint
+
 
 def sha256(path) -> str:
     h = hashlib.sha256()
@@ -179,3 +181,30 @@ def test_loading_straight_onto_cuda(vgg11_bn_files):
     assert out.shape == (2, 1000) and torch.isfinite(out).all()
     # one copy of the parameters on the card, not a model's worth of random init plus the checkpoint
     assert torch.cuda.max_memory_allocated() < 1.6 * sum(v.numel() * v.element_size() for v in state.values())
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_end_to_end_over_http_a_custom_record_loads_once_and_equals_the_served_weights(
+    http_server, vgg16_checkpoints, tmp_path, fmt
+):
+    served = getattr(vgg16_checkpoints, fmt)
+    url = http_server.add("/models/" + served.name, served.path)
+    weights = Weights(url=url, sha256=served.sha256, size=served.size, categories=[f"c{i}" for i in range(1000)])
+    model = vggnet.vgg16(weights=weights, progress=False)
+    assert fingerprint(model.state_dict()) == vgg16_checkpoints.fingerprint
+    assert http_server.count("/models/" + served.name) == 1
+    assert (tmp_path / "cache" / served.name).stat().st_size == served.size
+    again = vggnet.get_model("vgg16", weights=weights, progress=False)  # a cache hit: no second download
+    assert http_server.count("/models/" + served.name) == 1
+    assert fingerprint(again.state_dict()) == vgg16_checkpoints.fingerprint
+
+
+def test_end_to_end_over_http_a_wrong_digest_raises_and_keeps_no_file(http_server, vgg16_checkpoints, tmp_path):
+    served = vgg16_checkpoints.zip
+    url = http_server.add("/models/" + served.name, served.path)
+    wrong = "0" * 64
+    with pytest.raises(vggnet.ChecksumError, match="no file was kept") as info:
+        vggnet.vgg16(weights=Weights(url=url, sha256=wrong), progress=False)
+    assert (info.value.expected, info.value.actual, info.value.url) == (wrong, served.sha256, url)
+    cache = tmp_path / "cache"
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []
