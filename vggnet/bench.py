@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import logging
 import os
 import platform
@@ -26,6 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -43,6 +45,7 @@ __all__ = [
     "format_report",
     "matmul_peak",
     "run_bench",
+    "save_results",
     "time_interleaved",
     "versions",
 ]
@@ -216,12 +219,14 @@ def run_bench(
     warmup: int = 2,
     image_size: int | tuple[int, int] = 224,
     with_torchvision: bool = True,
+    torchvision_compile: bool | None = None,
 ) -> BenchReport:
     """Measure vggnet eager, vggnet optimized and (when importable) torchvision on one random input.
 
     `device` defaults to CUDA when available; `dtype` to the device's fast dtype (bf16 on recent GPUs,
     float32 on CPU); `compile` to on for CUDA and off for CPU. With compile, torchvision is also
-    measured compiled (channels_last + torch.compile, the best it does with flags alone).
+    measured compiled (channels_last + torch.compile, the best it does with flags alone) unless
+    `torchvision_compile` is False.
     """
     if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
         raise ValueError(
@@ -253,7 +258,7 @@ def run_bench(
         reference.eval().to(target, dtype)
         models[BASELINE] = reference
         models["torchvision channels_last"] = _channels_last(reference)
-        if compile:
+        if torchvision_compile if torchvision_compile is not None else compile:
             models["torchvision channels_last+compile"] = _channels_last(reference, compile=True)
 
     first: dict[str, float] = {}
@@ -303,6 +308,30 @@ def run_bench(
         matmul_peak_how=how,
         results=tuple(results),
     )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a results file records about where and when it was measured."""
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average": list(_load_average()),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def save_results(name: str, data: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Write `data` as `<out_dir>/<name>-<device type>-<UTC date>.json` (creating the folder); return the path."""
+    device = torch.device(str(data.get("device", "cpu"))).type
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    path = Path(out_dir) / f"{name}-{device}-{date}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def _channels_last(model: nn.Module, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,0 +1,90 @@
+"""Inference suite: vggnet eager and optimize_for_inference against torchvision eager and compiled.
+
+    python benchmarks/bench_inference.py [--device cpu|cuda] [--smoke] [--out DIR] [--no-compile]
+
+Every configuration is one `vggnet.bench.run_bench` call: the candidates share weights and input
+and are timed in interleaved rounds (median), with the device's matmul peak measured in the same
+run (method: vggnet/bench.py). The suites:
+
+- cuda (bf16): vgg16 at batch 1, 32 and 128, vgg16_bn, vgg11 and vgg19 at batch 128; torch.compile
+  on (CUDA graphs at batch 1); torchvision compiled at batch 128 only, where its anchor figure is.
+- cpu (fp32, sized for 2 cores): vgg16 and vgg16_bn at batch 1, vgg16 at batch 8; torch.compile
+  only with --compile (15-40 s per model and shape on 2 cores).
+- --smoke: vgg11 at 32x32, batch 1 and 2, two timed calls: checks the machinery, not the speed.
+
+Results go to DIR/inference-<device>-<date>.json (default benchmarks/results/); nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vggnet.bench import environment, format_report, run_bench, save_results
+
+HERE = Path(__file__).resolve().parent
+
+# (arch, batch size, timed calls, compile torchvision too)
+SUITES: dict[str, list[tuple[str, int, int, bool]]] = {
+    "cuda": [
+        ("vgg16", 128, 30, True),
+        ("vgg16", 32, 50, False),
+        ("vgg16", 1, 200, False),
+        ("vgg16_bn", 128, 30, False),
+        ("vgg11", 128, 30, False),
+        ("vgg19", 128, 30, False),
+    ],
+    "cpu": [
+        ("vgg16", 1, 10, True),
+        ("vgg16_bn", 1, 10, False),
+        ("vgg16", 8, 4, False),
+    ],
+    "smoke": [("vgg11", 1, 2, True), ("vgg11", 2, 2, False)],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny model input and iteration counts (CI)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
+    compile_help = "torch.compile the optimized model and torchvision (default: on for CUDA, off for CPU and --smoke)"
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=compile_help)
+    parser.add_argument("--budget-s", type=float, default=None, help="skip the configurations left after this long")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    compile = args.compile if args.compile is not None else (device.type == "cuda" and not args.smoke)
+    suite = SUITES["smoke" if args.smoke else device.type]
+    image_size = 32 if args.smoke else 224
+    data: dict[str, Any] = {"suite": "inference", "smoke": args.smoke, **environment(device), "runs": [], "skipped": []}
+    start = time.perf_counter()
+    for arch, batch_size, iters, tv_compile in suite:
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            data["skipped"].append({"arch": arch, "batch_size": batch_size, "reason": "over --budget-s"})
+            continue
+        report = run_bench(
+            arch,
+            batch_size=batch_size,
+            device=device,
+            compile=compile,
+            torchvision_compile=compile and tv_compile,
+            iters=iters,
+            rounds=min(5, iters),
+            image_size=image_size,
+        )
+        print(format_report(report), end="\n\n", flush=True)
+        data["runs"].append(report.to_dict())
+        path = save_results("inference" + ("-smoke" if args.smoke else ""), data, args.out)  # after every run
+    data["elapsed_s"] = time.perf_counter() - start
+    path = save_results("inference" + ("-smoke" if args.smoke else ""), data, args.out)
+    print(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

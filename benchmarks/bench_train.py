@@ -1,0 +1,144 @@
+"""Fine-tuning step: vggnet against torchvision, eager and compiled, on the same weights and batch.
+
+    python benchmarks/bench_train.py [--device cpu|cuda] [--smoke] [--out DIR] [--no-compile]
+
+One step = forward, cross-entropy on random labels, backward, SGD (momentum 0.9) update, in train
+mode (dropout on). On CUDA: bf16 autocast, channels_last weights and input, cuDNN benchmark on,
+vgg16 at batch 64. On CPU (sized for 2 cores): float32, channels_last, vgg16 at batch 4, compile
+only with --compile. --smoke: vgg11 at 32x32, batch 2, two steps. The candidates take turns in
+interleaved rounds (median, method of vggnet/bench.py); img/s = batch / step time.
+
+Results go to DIR/train-<device>-<date>.json (default benchmarks/results/); nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import vggnet
+from vggnet.bench import environment, save_results, time_interleaved
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, autocast: torch.dtype | None, compile: bool
+) -> Callable[[], torch.Tensor]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def forward_loss(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ctx = torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+        with ctx:
+            loss: torch.Tensor = loss_fn(model(inputs), labels)
+        return loss
+
+    forward = torch.compile(forward_loss) if compile else forward_loss
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = forward(x, y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny model input and iteration counts (CI)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
+    parser.add_argument("--arch", default=None, help="default vgg16 (vgg11 with --smoke)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 4 on CPU, 2 with --smoke")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps per candidate")
+    compile_help = "also time torch.compile'd steps (default: on for CUDA, off for CPU and --smoke)"
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=compile_help)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    arch = args.arch or ("vgg11" if args.smoke else "vgg16")
+    batch_size = args.batch_size or (2 if args.smoke else 64 if cuda else 4)
+    iters = args.iters or (2 if args.smoke else 30 if cuda else 5)
+    size = 32 if args.smoke else 224
+    compile = args.compile if args.compile is not None else (cuda and not args.smoke)
+    autocast = torch.bfloat16 if cuda else None
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    import torchvision.models  # the peer; this script compares against it
+
+    torch.manual_seed(0)
+    state = vggnet.get_model(arch).state_dict()
+    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    build = {"vggnet": vggnet.get_model, "torchvision": torchvision.models.get_model}
+    candidates = {"vggnet eager": ("vggnet", False), "torchvision eager": ("torchvision", False)}
+    if compile:
+        candidates |= {"vggnet compile": ("vggnet", True), "torchvision compile": ("torchvision", True)}
+    steps: dict[str, Callable[[], torch.Tensor]] = {}
+    first: dict[str, float] = {}
+    losses: dict[str, float] = {}
+    for name, (library, compiled) in candidates.items():
+        # Each candidate trains its own copy: the same starting weights, its own optimizer state.
+        model = build[library](arch)
+        model.load_state_dict(state)
+        model.to(device).to(memory_format=torch.channels_last).train()
+        steps[name] = make_step(model, x, y, autocast=autocast, compile=compiled)
+        start = time.perf_counter()
+        losses[name] = steps[name]().item()  # .item() waits for the GPU
+        first[name] = time.perf_counter() - start
+        steps[name]()  # warm-up
+    times = time_interleaved(steps, device=device, iters=iters, rounds=min(5, iters))
+
+    results: list[dict[str, Any]] = []
+    for name, t in times.items():
+        median = statistics.median(t)
+        results.append(
+            {
+                "name": name,
+                "img_per_s": batch_size / median,
+                "step_ms": median * 1e3,
+                "step_ms_min": min(t) * 1e3,
+                "first_step_s": first[name],
+                "first_loss": losses[name],
+            }
+        )
+    base = next(r for r in results if r["name"] == "torchvision eager")
+    for r in results:
+        r["speedup_vs_torchvision_eager"] = r["img_per_s"] / base["img_per_s"]
+    data: dict[str, Any] = {
+        "suite": "train",
+        "smoke": args.smoke,
+        **environment(device),
+        "arch": arch,
+        "batch_size": batch_size,
+        "image_size": [size, size],
+        "precision": "bf16 autocast" if autocast else "float32",
+        "memory_format": "channels_last",
+        "optimizer": "SGD(lr=1e-3, momentum=0.9)",
+        "iters": iters,
+        "results": results,
+    }
+    print(f"{arch} training step, batch {batch_size}, {data['precision']}, channels_last on {data['device_name']}")
+    for r in results:
+        print(f"{r['name']:22} {r['img_per_s']:10.1f} img/s {r['step_ms']:10.2f} ms/step  "
+              f"{r['speedup_vs_torchvision_eager']:.2f}x  first step {r['first_step_s']:.1f} s")  # fmt: skip
+    path = save_results("train" + ("-smoke" if args.smoke else ""), data, args.out)
+    print(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""fold_batchnorm and optimize_for_inference: same outputs as eager, every model, any size >= 32; refusals."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import vggnet
+from vggnet.inference import (
+    CUDA_GRAPH_MAX_BATCH,
+    InferenceVGG,
+    _onednn_head,
+    fold_batchnorm,
+    optimize_for_inference,
+)
+
+from .reference import ARCHS, LAYOUT
+
+BN_ARCHS = [a for a in ARCHS if a.endswith("_bn")]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def seeded_model(arch: str, seed: int = 0) -> vggnet.VGG:
+    """Random weights, and for _bn models non-trivial running statistics and affine parameters."""
+    torch.manual_seed(seed)
+    model = vggnet.get_model(arch, num_classes=10)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def assert_close_fp32(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def assert_close_low_precision(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """bf16 keeps 8 bits of mantissa: allow 5% of the logits' range, and demand the same direction."""
+    assert out.shape == ref.shape
+    scale = ref.abs().max().item()
+    assert (out.float() - ref).abs().max().item() <= 0.05 * scale
+    assert nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.999
+
+
+# --- fold_batchnorm ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", BN_ARCHS)
+def test_fold_batchnorm_gives_the_same_outputs_and_keeps_the_conv_keys(arch):
+    model = seeded_model(arch)
+    before = copy.deepcopy(model.state_dict())
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        assert_close_fp32(folded(x), model(x))
+    # the BatchNorms are gone, replaced in place, so every conv keeps its index and key
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    length, convs, _ = LAYOUT[arch]
+    assert len(folded.features) == length
+    assert [i for i, m in enumerate(folded.features) if isinstance(m, nn.Conv2d)] == convs
+    assert all(isinstance(folded.features[i + 1], nn.Identity) for i in convs)
+    keys = set(folded.state_dict())
+    assert keys == {k for k in before if not any(k.startswith(f"features.{i + 1}.") for i in convs)}
+    # the original is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_fold_batchnorm_uses_the_running_statistics_whatever_the_mode():
+    model = seeded_model("vgg11_bn").train()
+    folded = fold_batchnorm(model)
+    assert not folded.training and model.training
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        assert_close_fp32(folded(x), model.eval()(x))
+
+
+def test_fold_batchnorm_of_a_plain_model_is_an_independent_eval_copy():
+    model = seeded_model("vgg11").train()
+    folded = fold_batchnorm(model)
+    assert folded is not model and not folded.training
+    assert list(folded.state_dict()) == list(model.state_dict())
+    assert folded.features[0].weight.data_ptr() != model.features[0].weight.data_ptr()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(folded(x), model.eval()(x))
+
+
+def test_fold_batchnorm_without_conv_bias_and_without_affine():
+    layers = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, affine=False), nn.ReLU())
+    model = vggnet.VGG(
+        nn.Sequential(*layers, *vggnet.make_layers([512, "M", "M", "M", "M", "M"], in_channels=8)), init_weights=False
+    )
+    with torch.no_grad():
+        model.features[1].running_mean.uniform_(-1, 1)
+        model.features[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert folded.features[0].bias is not None
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close_fp32(folded(x), model(x))
+
+
+def test_fold_batchnorm_refuses_what_it_cannot_fold():
+    no_stats = vggnet.VGG(nn.Sequential(nn.Conv2d(3, 512, 3), nn.BatchNorm2d(512, track_running_stats=False)))
+    with pytest.raises(ValueError, match="without running statistics"):
+        fold_batchnorm(no_stats)
+    orphan = vggnet.VGG(nn.Sequential(nn.Conv2d(3, 512, 3), nn.ReLU(), nn.BatchNorm2d(512)))
+    with pytest.raises(ValueError, match="must follow a Conv2d, it follows ReLU"):
+        fold_batchnorm(orphan)
+
+
+# --- optimize_for_inference -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_optimized_matches_eager_in_fp32_and_bf16(arch):
+    model = seeded_model(arch)
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize_for_inference(model)
+    assert fast.dtype == torch.float32 and fast.device.type == "cpu" and not fast.compiled
+    assert_close_fp32(fast(x), ref)
+    half = optimize_for_inference(model, dtype=torch.bfloat16)
+    out = half(x)
+    assert out.dtype == torch.float32  # the logits come back in the input's dtype
+    assert_close_low_precision(out, ref)
+
+
+def test_optimized_is_folded_channels_last_frozen_and_leaves_the_model_alone():
+    model = seeded_model("vgg11_bn").train()
+    fast = optimize_for_inference(model)
+    assert isinstance(fast, InferenceVGG) and isinstance(fast, nn.Module)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert all(not p.requires_grad for p in fast.parameters())
+    assert fast.net.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.net.training
+    # the caller's model keeps its mode, BatchNorms, gradients and layout
+    assert model.training and isinstance(model.features[1], nn.BatchNorm2d)
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.features[0].weight.is_contiguous()
+    out = fast(torch.randn(1, 3, 32, 32))
+    assert not out.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(32, 32), (33, 47), (63, 64), (97, 161), (224, 224), (255, 97), (300, 230)]
+)
+def test_optimized_matches_eager_at_any_size_from_32(height, width):
+    model = seeded_model("vgg11_bn")
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 3, height, width)
+    with torch.no_grad():
+        assert_close_fp32(fast(x), model(x))
+
+
+def test_the_adaptive_pool_runs_only_when_the_map_is_not_already_7x7():
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model)
+    calls = []
+    fast.net.avgpool.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        for size, pooled in [(224, False), (230, False), (256, True), (64, True), (225, False)]:
+            calls.clear()
+            x = torch.randn(1, 3, size, size)
+            assert_close_fp32(fast(x), model(x))
+            assert bool(calls) is pooled, size  # 224..255 px -> a 7x7 map after pool5
+
+
+def test_a_replaced_pool_is_always_run():
+    model = seeded_model("vgg11")
+    model.avgpool = nn.Sequential(nn.AdaptiveAvgPool2d(7), nn.Hardtanh(-0.01, 0.01))
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert_close_fp32(fast(x), model(x))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_onednn_classifier_for_batches_matches_the_plain_one(dtype):
+    model = seeded_model("vgg11").to(dtype)
+    fast = optimize_for_inference(model, dtype=dtype)
+    assert fast._onednn_classifier
+    x = torch.randn(3, 25088, dtype=dtype)
+    with torch.no_grad():
+        expected = model.classifier(x).float()
+    got = _onednn_head(fast.net.classifier, x).float()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+def test_input_is_converted_and_the_output_keeps_its_dtype():
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model)
+    x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
+    out = fast(x)
+    assert out.dtype == torch.float64
+    with torch.no_grad():
+        assert_close_fp32(out.float(), model(x.float()))
+    # a non-contiguous and a channels_last input give the same answer
+    y = torch.randn(2, 40, 36, 3).permute(0, 3, 1, 2)
+    assert torch.allclose(fast(y), fast(y.contiguous()), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((3, 64, 64), torch.float32, "4-D batch"),
+        ((1, 1, 64, 64), torch.float32, "3 input channels, got 1"),
+        ((1, 3, 31, 64), torch.float32, "at least 32x32"),
+        ((1, 3, 64, 64), torch.uint8, "floating-point images, got dtype torch.uint8"),
+    ],
+)
+def test_optimized_refuses_bad_input_clearly(shape, dtype, message):
+    fast = optimize_for_inference(seeded_model("vgg11"))
+    with pytest.raises(ValueError, match=message):
+        fast(torch.zeros(shape, dtype=dtype))
+
+
+def test_optimize_for_inference_refuses_bad_arguments():
+    model = seeded_model("vgg11")
+    with pytest.raises(TypeError, match="expects a vggnet VGG"):
+        optimize_for_inference(nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        optimize_for_inference(model, batch_size=0)
+    with pytest.raises(ValueError, match="floating-point dtype"):
+        optimize_for_inference(model, dtype=torch.int8)
+    with torch.device("meta"):
+        meta = vggnet.vgg11()
+    with pytest.raises(ValueError, match="meta device"):
+        optimize_for_inference(meta)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_asking_for_cuda_without_it_says_so():
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        optimize_for_inference(seeded_model("vgg11"), device="cuda")
+
+
+def test_cuda_graphs_are_only_planned_for_cuda():
+    # On CPU a small fixed batch never turns CUDA graphs on, compiled or not.
+    fast = optimize_for_inference(seeded_model("vgg11"), batch_size=1, compile=False)
+    assert not fast.cuda_graphs and not fast.compiled
+    assert CUDA_GRAPH_MAX_BATCH >= 1
+
+
+@pytest.mark.slow
+def test_compiled_on_cpu_matches_eager():
+    model = seeded_model("vgg11_bn")
+    fast = optimize_for_inference(model, compile=True, batch_size=2)
+    assert fast.compiled and not fast.cuda_graphs
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        ref = model(x)
+    assert_close_fp32(fast(x), ref)
+    assert_close_fp32(fast(x), ref)  # and again, from the compiled code
+    with pytest.raises(ValueError, match="at least 32x32"):
+        fast(torch.zeros(2, 3, 16, 48))
+
+
+# --- CUDA ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("arch", ["vgg11", "vgg16_bn"])
+def test_cuda_default_is_bf16_channels_last_and_matches_eager(arch, monkeypatch):
+    model = seeded_model(arch)
+    x = torch.randn(4, 3, 96, 128)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize_for_inference(model, device="cuda", compile=False)
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert fast.dtype == expected and fast.device.type == "cuda"
+    out = fast(x)  # a CPU input is moved to the GPU
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    assert_close_low_precision(out.cpu(), ref)
+    fp32 = optimize_for_inference(model, device="cuda", dtype=torch.float32, compile=False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.testing.assert_close(fp32(x).cpu(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@cuda
+def test_cuda_compiled_with_cuda_graphs_matches_eager_and_returns_fresh_tensors():
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model, device="cuda", batch_size=1)
+    assert fast.compiled and fast.cuda_graphs
+    x1, x2 = torch.randn(1, 3, 224, 224), torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref1, ref2 = model(x1), model(x2)
+    outs = [fast(x1.cuda()) for _ in range(3)]  # warm-up, record, replay
+    last = fast(x2.cuda())
+    assert_close_low_precision(outs[-1].cpu(), ref1)  # not overwritten by the later replay
+    assert_close_low_precision(last.cpu(), ref2)
+    other = fast(torch.randn(3, 3, 64, 64, device="cuda"))  # another batch still works
+    assert other.shape == (3, 10)
