@@ -1,0 +1,581 @@
+"""Fine-tuning: an ImageFolder reader, the training loop (one process or DDP under torchrun), checkpoints.
+
+DATA holds `train/<class>/*.png|jpg|...` and `val/<class>/...`; the class names are the sorted
+folder names of `train/`, and `val/` must have the same folders.
+
+Two modes:
+
+- "linear": the backbone is frozen (`freeze(upto="fc8")`) and run once over the data with the
+  evaluation preset (no augmentation); the fc7 features (`forward_head(pre_logits=True)`) are kept
+  in memory and only fc8 is trained on them, so every epoch after the first costs almost nothing.
+- "full": every layer trains, with the training preset (random resized crop, horizontal flip) and
+  one parameter group per block (`VGG.param_groups`).
+
+Under `torchrun` (RANK, WORLD_SIZE, LOCAL_RANK set, WORLD_SIZE > 1) the process group is initialised
+(NCCL on CUDA, gloo on CPU), each rank reads its shard through a `DistributedSampler`, rank 0
+downloads the weights while the others wait at a barrier and then load them from the cache, and only
+rank 0 logs, shows progress bars and writes checkpoints. The process group stays initialised after
+`finetune` returns (a later call reuses it); `torch.distributed.destroy_process_group()` ends it.
+`_bn` models get SyncBatchNorm on CUDA (PyTorch's SyncBatchNorm has no CPU kernel; on CPU DDP
+broadcasts rank 0's BatchNorm statistics at every step instead). On CUDA the forward runs under
+bf16 autocast and in channels_last.
+
+The checkpoint (`OUT/best.pth`, the epoch with the best validation accuracy, written atomically) is
+a dict of tensors, strings, numbers and lists, so `torch.load(..., weights_only=True)` reads it:
+"format", "arch", "in_chans", "classes", "preprocessing" (crop_size, resize_size, mean, std,
+interpolation), "mode", "epoch", "val_acc", "weights" (the starting point) and "state_dict".
+`load_finetuned(path)` turns it back into a model, its class names and its preset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+from .builders import get_model, model_from_state
+from .config import IN_CHANNELS, arch_config
+from .model import VGG
+from .transforms import ImageClassification, TrainClassification, load_image
+from .weights import IMAGENET_MEAN, IMAGENET_STD, resolve_weights
+
+__all__ = ["EpochStats", "FinetuneResult", "Finetuned", "ImageFolder", "finetune", "load_finetuned"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "vggnet.finetune/1"
+CHECKPOINT_NAME = "best.pth"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+MODES = ("linear", "full")
+DEFAULT_LR = {"linear": 0.05, "full": 0.001}
+Mode = Literal["linear", "full"]
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
+    """`root/<class>/<image>` read with Pillow; items are (preset(image), class index).
+
+    `classes` fixes the class order (and which folders must exist); by default the sorted folder names.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: nn.Module,
+        classes: Sequence[str] | None = None,
+        gray: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such folder (expected one folder per class inside)")
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.classes = list(classes) if classes is not None else found
+        if sorted(self.classes) != found:
+            raise ValueError(f"{self.root} has the class folders {found}, expected {sorted(self.classes)}")
+        if not self.classes:
+            raise ValueError(f"{self.root} has no class folders; expected {self.root}/<class>/<image files>")
+        self.samples = [
+            (path, index)
+            for index, name in enumerate(self.classes)
+            for path in sorted((self.root / name).iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        ]
+        empty = [name for i, name in enumerate(self.classes) if not any(t == i for _, t in self.samples)]
+        if empty:
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root} for the classes {empty}")
+        self.transform = transform
+        self.gray = gray
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        image = load_image(path)
+        if self.gray:
+            image = image.convert("L")
+        x: torch.Tensor = self.transform(image)
+        return x, target
+
+
+# --- results and checkpoints -----------------------------------------------------------------------
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    val_acc: float  # percent
+    seconds: float
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` returns on every rank (only rank 0 wrote `checkpoint`)."""
+
+    model: VGG  # the trained network (not DDP-wrapped), as after the last epoch
+    classes: list[str]
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class Finetuned:
+    """A fine-tuned checkpoint loaded back: `preset(image)` then `model(batch)`, labels from `classes`."""
+
+    model: VGG
+    classes: list[str]
+    preset: ImageClassification
+    arch: str
+    in_chans: int
+    info: dict[str, Any]  # mode, epoch, val_acc, weights
+
+
+def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Finetuned:
+    """Load a checkpoint written by `finetune` (or `vggnet finetune`): model in eval mode, classes, preset.
+
+    Reads with `torch.load(weights_only=True)`; raises ValueError for a file that is not such a checkpoint
+    (a plain state dict, say), naming what is missing.
+    """
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
+    arch, classes, in_chans = checkpoint["arch"], list(checkpoint["classes"]), int(checkpoint["in_chans"])
+    kwargs: dict[str, Any] = {"num_classes": len(classes), "in_chans": in_chans}
+    model = model_from_state(arch, checkpoint["state_dict"], map_location, kwargs).eval()
+    preset = ImageClassification(**checkpoint["preprocessing"])
+    info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}
+    return Finetuned(model, classes, preset, arch, in_chans, info)
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
+    """Write atomically: a temporary file in the same folder, then os.replace (a reader never sees half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --- distributed -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.on:
+            dist.barrier()
+
+    def sum(self, *values: float) -> list[float]:
+        """Sums over ranks (float64 on the process group's device)."""
+        if not self.on:
+            return list(values)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return [float(v) for v in t.tolist()]
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        # Left initialised for the rest of the program: re-initialising under torchrun's store hangs,
+        # so a second `finetune` call reuses it. The command line destroys it before exiting.
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(rank, world, local_rank)
+
+
+# --- the model to start from -----------------------------------------------------------------------
+
+
+@dataclass
+class _Start:
+    model: VGG
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+
+def _starting_model(arch: str, weights: str | None, num_classes: int, in_chans: int, progress: bool) -> _Start:
+    """`weights`: None/"none" (random), a record name ("DEFAULT"), a local .pth file, or an http(s)/file:// URL.
+
+    A local file is a plain state dict or a `finetune` checkpoint (whose preprocessing is then kept);
+    either way a head of another size is replaced by a fresh fc8, as the builders do. Files and URLs
+    are assumed to expect ImageNet's mean and std.
+    """
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
+    if weights is None or weights.lower() in ("none", "random"):
+        return _Start(get_model(arch, **kwargs))
+    if Path(weights).is_file():
+        loaded = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{weights} does not hold a state dict")
+        key = next((k for k in ("state_dict", "model") if k in loaded), None)  # a training checkpoint
+        state: dict[str, torch.Tensor] = loaded[key] if key is not None else loaded
+        if loaded.get("format") != FORMAT:
+            return _Start(model_from_state(arch, state, None, kwargs))
+        if loaded["arch"] != arch:
+            raise ValueError(f"{weights} holds a fine-tuned {loaded['arch']}, not {arch}; use arch={loaded['arch']!r}")
+        pre = loaded["preprocessing"]
+        model = model_from_state(arch, state, None, kwargs)
+        return _Start(model, tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"])
+    if urlsplit(weights).scheme.lower() in ("http", "https", "file"):
+        from .hub import load_state_dict_from_url
+
+        return _Start(model_from_state(arch, load_state_dict_from_url(weights, progress=progress), None, kwargs))
+    record = resolve_weights(arch, weights)
+    if record is None:  # only for weights=None, handled above
+        raise ValueError(f"no weights named {weights!r}")
+    if record.categories is None:
+        raise ValueError(f"{weights} has no usable classifier (fc6 and fc7 are NaN); fine-tune from IMAGENET1K_V1")
+    model = get_model(arch, weights=record, progress=progress, **kwargs)
+    return _Start(model, tuple(record.mean), tuple(record.std), record.interpolation)
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+def finetune(
+    data: str | os.PathLike[str],
+    *,
+    arch: str = "vgg16",
+    weights: str | None = "DEFAULT",
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float | None = None,
+    mode: Mode = "linear",
+    image_size: int = 224,
+    out: str | os.PathLike[str] = "finetune-out",
+    device: str | torch.device | None = None,
+    workers: int = 0,
+    amp: bool | None = None,
+    in_chans: int = IN_CHANNELS,
+    progress: bool = True,
+    seed: int = 0,
+) -> FinetuneResult:
+    """Fine-tune `arch` on DATA (see the module docstring); returns the history and the trained model.
+
+    `weights`: see `_starting_model`. `lr`: default 0.05 for "linear", 0.001 for "full" (SGD with
+    momentum 0.9, cosine schedule over the epochs). `device`: default CUDA when available (under
+    torchrun, cuda:LOCAL_RANK). `amp`: bf16 autocast, default on for CUDA only. `in_chans`: 3, or 1
+    to read the images as gray (the first conv is adapted, the mean and std averaged). `batch_size` is
+    per process.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if in_chans not in (1, IN_CHANNELS):
+        raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {in_chans}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("image_size", image_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    arch_config(arch)  # a ValueError naming the valid architectures
+    started = time.perf_counter()
+    dev = torch.device(device) if device is not None else _default_device()
+    ctx = _init_distributed(dev)
+    if dev.type == "cuda" and ctx.on:
+        dev = torch.device("cuda", ctx.local_rank)
+    return _finetune(
+        ctx, Path(data), arch, weights, epochs, batch_size, lr or DEFAULT_LR[mode], mode, image_size,
+        Path(out), dev, workers, dev.type == "cuda" if amp is None else amp, in_chans, progress, seed, started,
+    )  # fmt: skip
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _finetune(
+    ctx: _Dist,
+    data: Path,
+    arch: str,
+    weights: str | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    mode: Mode,
+    image_size: int,
+    out: Path,
+    device: torch.device,
+    workers: int,
+    amp: bool,
+    in_chans: int,
+    progress: bool,
+    seed: int,
+    started: float,
+) -> FinetuneResult:
+    torch.manual_seed(seed)  # the same fresh fc8 on every rank (DDP broadcasts rank 0's anyway)
+    classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir()) if (data / "train").is_dir() else []
+    if not classes:
+        raise FileNotFoundError(
+            f"{data}/train: no class folders; expected {data}/train/<class>/<images> and {data}/val"
+        )
+
+    # Rank 0 fetches (and caches) the weights first; the others then find them in the cache.
+    if not ctx.main:
+        ctx.barrier()
+    start = _starting_model(arch, weights, len(classes), in_chans, progress and ctx.main)
+    if ctx.main:
+        ctx.barrier()
+    model = start.model.to(device)
+    mean, std = start.mean, start.std
+    if in_chans == 1 and len(mean) == IN_CHANNELS:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    preprocessing: dict[str, Any] = {
+        "crop_size": image_size, "resize_size": round(image_size * 256 / 224), "mean": list(mean),
+        "std": list(std), "interpolation": start.interpolation,
+    }  # fmt: skip
+    eval_preset = ImageClassification(**preprocessing)
+    gray = in_chans == 1
+    train_eval = ImageFolder(data / "train", eval_preset, classes, gray)
+    val = ImageFolder(data / "val", eval_preset, classes, gray)
+    if ctx.main:
+        logger.info(
+            "fine-tuning %s (%s, %s) on %d classes: %d training and %d validation images, %d process(es) on %s",
+            arch, mode, weights, len(classes), len(train_eval), len(val), ctx.world, device,
+        )  # fmt: skip
+
+    loaders = _Loaders(ctx, batch_size, workers, device, seed)
+    checkpoint = {
+        "format": FORMAT, "arch": arch, "in_chans": in_chans, "classes": classes,
+        "preprocessing": preprocessing, "mode": mode, "weights": str(weights),
+    }  # fmt: skip
+    result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    if mode == "linear":
+        epoch_runner = _linear(ctx, model, train_eval, val, loaders, lr, epochs, device, amp, progress, seed)
+    else:
+        train = ImageFolder(
+            data / "train", TrainClassification(crop_size=image_size, mean=mean, std=std), classes, gray
+        )
+        epoch_runner = _full(ctx, model, train, val, loaders, lr, epochs, device, amp, progress)
+
+    for epoch, train_loss, val_acc, seconds in epoch_runner:
+        result.history.append(EpochStats(epoch, train_loss, val_acc, seconds))
+        if ctx.main:
+            logger.info("epoch %d/%d: train loss %.4f, val accuracy %.2f%%", epoch, epochs, train_loss, val_acc)
+        if val_acc > result.best_val_acc:
+            result.best_epoch, result.best_val_acc = epoch, val_acc
+            if ctx.main:
+                state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+                result.checkpoint = out / CHECKPOINT_NAME
+                save_checkpoint(
+                    {**checkpoint, "epoch": epoch, "val_acc": val_acc, "state_dict": state}, result.checkpoint
+                )
+    result.seconds = time.perf_counter() - started
+    if ctx.main:
+        logger.info(
+            "best val accuracy %.2f%% at epoch %d; checkpoint %s",
+            result.best_val_acc,
+            result.best_epoch,
+            result.checkpoint,
+        )
+    return result
+
+
+EpochRun = Iterator[tuple[int, float, float, float]]  # epoch, mean train loss, val accuracy %, seconds
+
+
+@dataclass
+class _Loaders:
+    ctx: _Dist
+    batch_size: int
+    workers: int
+    device: torch.device
+    seed: int
+
+    def train(self, dataset: ImageFolder, shuffle: bool) -> tuple[DataLoader[Any], DistributedSampler[Any] | None]:
+        """Every rank gets the same number of batches (DistributedSampler pads by repeating a few images)."""
+        sampler: DistributedSampler[Any] | None = None
+        if self.ctx.on:
+            sampler = DistributedSampler(dataset, self.ctx.world, self.ctx.rank, shuffle=shuffle, seed=self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        loader = DataLoader(
+            dataset, self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler, generator=generator,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        return loader, sampler
+
+    def val(self, dataset: ImageFolder) -> DataLoader[Any]:
+        """Rank r reads images r, r + world, ...: no padding, so the summed counts are exact."""
+        shard = Subset(dataset, list(range(self.ctx.rank, len(dataset), self.ctx.world)))
+        return DataLoader(shard, self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda")
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _bar(iterable: Any, ctx: _Dist, progress: bool, desc: str) -> Any:
+    return tqdm(iterable, desc=desc, leave=False, disable=not (progress and ctx.main), dynamic_ncols=True)
+
+
+def _linear(
+    ctx: _Dist,
+    model: VGG,
+    train: ImageFolder,
+    val: ImageFolder,
+    loaders: _Loaders,
+    lr: float,
+    epochs: int,
+    device: torch.device,
+    amp: bool,
+    progress: bool,
+    seed: int,
+) -> EpochRun:
+    """Backbone once over train and val (this rank's shard), then fc8 on the cached fc7 features."""
+    tic = time.perf_counter()
+    model.freeze(upto="fc8")
+    model.eval()
+    train_loader, _ = loaders.train(train, shuffle=False)
+    train_x, train_y = _features(model, train_loader, device, amp, _bar(train_loader, ctx, progress, "features train"))
+    val_loader = loaders.val(val)
+    val_x, val_y = _features(model, val_loader, device, amp, _bar(val_loader, ctx, progress, "features val"))
+    if ctx.main:
+        logger.info(
+            "cached fc7 features of %d + %d images in %.1f s", len(train_x), len(val_x), time.perf_counter() - tic
+        )
+
+    fc8 = model.get_classifier()
+    head: nn.Module = DistributedDataParallel(fc8) if ctx.on else fc8
+    optimizer = torch.optim.SGD(fc8.parameters(), lr=lr, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    generator = torch.Generator().manual_seed(seed + ctx.rank)
+    for epoch in _bar(range(1, epochs + 1), ctx, progress, "fc8 epochs"):
+        order = torch.randperm(len(train_x), generator=generator).to(device)
+        total, count = 0.0, 0
+        for batch in torch.split(order, loaders.batch_size):  # every rank has the same number of batches
+            loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+            optimizer.step()
+            total, count = total + loss.item() * len(batch), count + len(batch)
+        schedule.step()
+        with torch.no_grad():
+            correct = (fc8(val_x).argmax(1) == val_y).sum().item() if len(val_x) else 0
+        yield (epoch, *_epoch_figures(ctx, total, count, correct, len(val_x)), time.perf_counter() - tic)
+        tic = time.perf_counter()
+
+
+@torch.no_grad()
+def _features(
+    model: VGG, loader: DataLoader[Any], device: torch.device, amp: bool, bar: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 4096) float32 fc7 features and (N,) labels of everything `loader` yields, on `device`."""
+    feats, labels = [], []
+    for x, y in bar:
+        with _autocast(device, amp):
+            f = model.forward_head(model.forward_features(_to(x, device)), pre_logits=True)
+        feats.append(f.float())
+        labels.append(y.to(device))
+    if not feats:
+        return torch.empty(0, model.get_classifier().in_features, device=device), torch.empty(
+            0, dtype=torch.long, device=device
+        )
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _full(
+    ctx: _Dist,
+    model: VGG,
+    train: ImageFolder,
+    val: ImageFolder,
+    loaders: _Loaders,
+    lr: float,
+    epochs: int,
+    device: torch.device,
+    amp: bool,
+    progress: bool,
+) -> EpochRun:
+    """Every layer trains on augmented images; DDP averages the gradients over the ranks."""
+    model.unfreeze()
+    net: nn.Module = model
+    if ctx.on and device.type == "cuda" and arch_has_bn(model):
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]  # untyped in torch
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    if ctx.on:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    train_loader, sampler = loaders.train(train, shuffle=True)
+    val_loader = loaders.val(val)
+    for epoch in range(1, epochs + 1):
+        tic = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        total, count = 0.0, 0
+        for x, y in _bar(train_loader, ctx, progress, f"epoch {epoch}/{epochs}"):
+            x, y = _to(x, device), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+            optimizer.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+        schedule.step()
+        model.eval()
+        correct, seen = 0, 0
+        with torch.no_grad():
+            for x, y in val_loader:
+                with _autocast(device, amp):
+                    logits = model(_to(x, device))
+                correct += int((logits.argmax(1).cpu() == y).sum())
+                seen += len(y)
+        yield (epoch, *_epoch_figures(ctx, total, count, correct, seen), time.perf_counter() - tic)
+
+
+def arch_has_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def _epoch_figures(ctx: _Dist, loss_sum: float, count: int, correct: float, seen: int) -> tuple[float, float]:
+    """(mean train loss, val accuracy in percent) over all ranks."""
+    loss_sum, n, correct, total = ctx.sum(loss_sum, count, correct, seen)
+    return loss_sum / max(n, 1), 100.0 * correct / max(total, 1)
