@@ -805,6 +805,60 @@ def _run_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# finetune --------------------------------------------------------------------------------------------
+
+
+def _add_finetune(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "finetune",
+        parents=[_COMMON],
+        help="fine-tune a model on your own images (DATA/train/<class>/, DATA/val/<class>/)",
+        description="Fine-tune on an ImageFolder layout: DATA/train/<class>/*.jpg|png and DATA/val/<class>/. "
+        "--mode linear freezes the backbone, computes the fc7 features once and trains fc8 on them; --mode full "
+        "trains every layer with augmentation. Writes OUT/best.pth (the best validation accuracy), which "
+        "`vggnet predict --weights OUT/best.pth` and vggnet.finetune.load_finetuned read back. Under torchrun "
+        "it runs data-parallel (DDP), --batch-size per process.",
+    )
+    p.add_argument("data", type=Path, metavar="DATA", help="folder holding train/ and val/")
+    p.add_argument("--arch", type=_model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
+    p.add_argument(
+        "--weights", default="DEFAULT", metavar="NAME|PATH|URL|none",
+        help="a record name (DEFAULT), a local .pth state dict or finetune checkpoint, a URL, or none (random)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=_positive, default=10, metavar="N", help="default 10")
+    p.add_argument("--batch-size", type=_positive, default=32, metavar="B", help="per process (default 32)")
+    p.add_argument("--lr", type=float, metavar="LR", help="default 0.05 (linear), 0.001 (full)")
+    p.add_argument("--mode", choices=("linear", "full"), default="linear", help="default linear")
+    p.add_argument("--image-size", type=_positive, default=224, metavar="N", help="crop size (default 224)")
+    p.add_argument("--out", type=Path, default=Path("finetune-out"), metavar="DIR", help="default ./finetune-out")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=0, metavar="W", help="data loading processes (default 0)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on for CUDA)")
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .finetune import finetune
+
+    if args.image_size < MIN_SIZE:
+        raise UsageError(f"--image-size must be at least {MIN_SIZE} (five 2x2 max-pools), got {args.image_size}")
+    if not args.quiet:  # the per-epoch figures are logged at INFO
+        logging.getLogger("vggnet.finetune").setLevel(logging.INFO)
+    try:
+        result = finetune(
+            args.data, arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, mode=args.mode, image_size=args.image_size, out=args.out, device=args.device,
+            workers=args.workers, amp=args.amp, progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result.rank == 0:  # the per-epoch figures went to stderr as they came
+        print(f"best val accuracy {result.best_val_acc:.2f}% at epoch {result.best_epoch}: {result.checkpoint}")
+    return EXIT_OK
+
+
 # name -> (declare its arguments, run it); the order is the order of `vggnet --help`.
 COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "summary": (_add_summary, _run_summary),
@@ -814,6 +868,7 @@ COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "verify": (_add_verify, _run_verify),
     "cache": (_add_cache, _run_cache),
     "bench": (_add_bench, _run_bench),
+    "finetune": (_add_finetune, _run_finetune),
 }
 
 
