@@ -20,7 +20,8 @@ from .builders import (
 )
 from .hub import ChecksumError, DownloadError, cache_dir, fetch, load_state_dict_from_url
 from .inference import fold_batchnorm, optimize_for_inference
-from .model import VGG, make_layers
+from .losses import PerceptualLoss
+from .model import VGG, TapInfo, adapt_input_conv, make_layers
 from .summary import summarize
 from .transforms import ImageClassification, TrainClassification
 from .weights import (
@@ -55,6 +56,8 @@ __all__ = [
     "VGG19_BN_Weights",
     "VGG19_Weights",
     "ImageClassification",
+    "PerceptualLoss",
+    "TapInfo",
     "TrainClassification",
     "Weights",
     "WeightsEnum",
@@ -64,6 +67,7 @@ __all__ = [
     "get_model_weights",
     "get_weight",
     "list_models",
+    "adapt_input_conv",
     "make_layers",
     "optimize_for_inference",
     "summarize",
