@@ -3,21 +3,27 @@
 `fold_batchnorm` is exact algebra on eval-mode BatchNorm; `optimize_for_inference` stacks the
 changes that measurably pay (figures and method: README.md, section "Speed", and `benchmarks/`):
 
-- BatchNorm folded: one pass over each activation fewer (torchvision vgg16_bn loses 24% on an H100).
-- channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (1.3x on 2 AVX-512 cores).
-- bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked.
-- torch.compile (on by default on CUDA, opt-in on CPU where compiling vgg16 takes 15-40 s); it fuses
-  the ReLUs and max-pools into the convolutions' epilogues. With a small fixed `batch_size` on CUDA it
-  also records CUDA graphs (mode "reduce-overhead"), which removes the launch overhead that dominates
-  batch 1.
-- the adaptive average pool is skipped when the feature map is already 7x7 (224x224 input).
+- BatchNorm folded: one pass over each activation fewer (torchvision vgg16_bn loses 24% on an H100;
+  vgg16_bn runs at vgg16's speed once folded).
+- channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (vgg16 batch 1 on 2
+  AVX-512 cores: 1.15x torchvision's NCHW eager).
+- on CPU, batches of 2 or more run fc6-fc8 on oneDNN with the ReLU fused in: the BLAS behind
+  F.linear (MKL) takes 3-7x longer for vgg16's fc6 on this project's AMD CPU.
+- bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked (bf16 halves vgg16's
+  batch-1 time on CPUs with AVX512_BF16).
+- torch.compile (on by default on CUDA, opt-in on CPU, where it gains under 5% for VGG because the
+  convolutions are oneDNN calls either way): it fuses the ReLU and max-pool passes. With a small fixed
+  `batch_size` on CUDA it also records CUDA graphs (mode "reduce-overhead"), which removes the kernel
+  launch overhead that dominates batch 1.
+- the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from typing import Any, Callable, Union
+from typing import Callable, Union
 
 import torch
 from torch import nn
@@ -132,7 +138,9 @@ class InferenceVGG(nn.Module):
     `net` is the folded, converted VGG (its state dict keeps the `features.N` and `classifier.N` keys).
     """
 
-    def __init__(self, net: VGG, *, compile: bool = False, cuda_graphs: bool = False) -> None:
+    def __init__(
+        self, net: VGG, *, compile: bool = False, cuda_graphs: bool = False, static_shapes: bool = False
+    ) -> None:
         super().__init__()
         self.net = net
         pool = net.avgpool
@@ -143,15 +151,16 @@ class InferenceVGG(nn.Module):
         )
         self.compiled = compile
         self.cuda_graphs = cuda_graphs
-        self._onednn_classifier = _has_onednn_linear(net)
+        # Compiled on CPU, inductor's freezing turns the weights into constants, which its oneDNN
+        # lowering needs for the linear layers (and prepacks them: +5% at batch 8 on 2 cores, at the
+        # cost of a packed copy of the classifier's weights). On CUDA freezing gained nothing.
+        self._freezing = compile and self.device.type == "cpu"
+        self._onednn_classifier = _has_onednn_linear(net) and (self._freezing or not compile)
         self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
         if compile:
-            # "reduce-overhead" = inductor plus CUDA graphs; freezing lets inductor constant-fold and
-            # prepack the weights, which pays on CPU (oneDNN) and is harmless on CUDA.
-            options: dict[str, str | int | bool | Callable[..., Any]] = {"freezing": True}
-            if cuda_graphs:
-                options["triton.cudagraphs"] = True
-            self._run = torch.compile(self._logits, options=options)
+            # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
+            mode = "reduce-overhead" if cuda_graphs else None
+            self._run = torch.compile(self._logits, mode=mode, dynamic=False if static_shapes else None)
 
     @property
     def device(self) -> torch.device:
@@ -184,10 +193,19 @@ class InferenceVGG(nn.Module):
         self.check_input(x)
         out_dtype = x.dtype
         x = x.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._compile_config():
             out = self._run(x)
         # A CUDA graph's output lives in a static buffer that the next replay overwrites.
         return out.to(out_dtype, copy=self.cuda_graphs)
+
+    def _compile_config(self) -> contextlib.AbstractContextManager[object]:
+        """Inductor settings for a call that may compile (torch.compile's `options` drop `freezing`)."""
+        if not self._freezing:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+
+        patch: contextlib.AbstractContextManager[object] = inductor_config.patch(freezing=True)
+        return patch
 
     def extra_repr(self) -> str:
         return f"device={self.device}, dtype={self.dtype}, compiled={self.compiled}, cuda_graphs={self.cuda_graphs}"
@@ -234,4 +252,4 @@ def optimize_for_inference(
     logger.debug(
         "optimize_for_inference: device=%s dtype=%s compile=%s cuda_graphs=%s", target, dtype, compile, cuda_graphs
     )
-    return InferenceVGG(net, compile=compile, cuda_graphs=cuda_graphs)
+    return InferenceVGG(net, compile=compile, cuda_graphs=cuda_graphs, static_shapes=batch_size is not None)
