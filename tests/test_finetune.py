@@ -1,0 +1,199 @@
+"""Fine-tuning end to end on generated two-class PNG sets: one process, and real torchrun DDP on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vggnet
+from vggnet import cli
+from vggnet.finetune import FORMAT, ImageFolder, finetune, load_finetuned, save_checkpoint
+from vggnet.transforms import ImageClassification, load_image
+
+Image = pytest.importorskip("PIL.Image")
+
+COLOURS = {"blue": (30, 60, 200), "red": (200, 40, 30)}  # sorted names: blue is class 0
+
+
+def write_set(root: Path, per_class: dict[str, int], size: int = 64, seed: int = 0) -> None:
+    """Noisy flat colours, one folder per class: separable by colour, never two identical images."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for name, rgb in COLOURS.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+                suffix = ".png" if i % 3 else ".jpg"  # both formats are read
+                Image.fromarray(pixels).save(root / split / name / f"{i}{suffix}")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    write_set(root, {"train": 8, "val": 4})
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A seeded vgg11 with an ImageNet-sized head standing in for downloaded weights (no network here)."""
+    path = tmp_path_factory.mktemp("weights") / "vgg11-local.pth"
+    torch.manual_seed(11)
+    state = vggnet.vgg11().state_dict()
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+def predict(finetuned, paths):
+    batch = torch.stack([finetuned.preset(load_image(p)) for p in paths])
+    with torch.no_grad():
+        return [finetuned.classes[i] for i in finetuned.model(batch).argmax(1).tolist()]
+
+
+def val_images(data):
+    return [(p, p.parent.name) for p in sorted((data / "val").glob("*/*")) if p.is_file()]
+
+
+def test_image_folder_reads_the_layout(data, tmp_path):
+    folder = ImageFolder(data / "train", ImageClassification(crop_size=32, resize_size=36))
+    assert folder.classes == ["blue", "red"] and len(folder) == 16
+    x, y = folder[0]
+    assert x.shape == (3, 32, 32) and y == 0 and folder[len(folder) - 1][1] == 1
+    gray = ImageFolder(data / "train", ImageClassification(crop_size=32, mean=(0.45,), std=(0.22,)), gray=True)
+    assert gray[0][0].shape == (1, 32, 32)
+    (tmp_path / "val" / "green").mkdir(parents=True)
+    (tmp_path / "val" / "blue").mkdir()
+    with pytest.raises(ValueError, match=r"class folders \['blue', 'green'\], expected \['blue', 'red'\]"):
+        ImageFolder(tmp_path / "val", folder.transform, classes=folder.classes)
+    with pytest.raises(ValueError, match=r"no images .* for the classes \['blue', 'green'\]"):
+        ImageFolder(tmp_path / "val", folder.transform)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        ImageFolder(tmp_path / "nothing", folder.transform)
+
+
+def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained, tmp_path, capsys):
+    path, state = pretrained
+    out = tmp_path / "out"
+    argv = ["finetune", str(data), "--arch", "vgg11", "--weights", str(path), "--epochs", "15", "--batch-size", "8",
+            "--mode", "linear", "--image-size", "64", "--out", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "best val accuracy 100.00%" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["best.pth"]  # no temporary file left behind
+
+    raw = torch.load(out / "best.pth", weights_only=True)  # tensors, strings, numbers, lists only
+    assert raw["format"] == FORMAT and raw["arch"] == "vgg11" and raw["in_chans"] == 3
+    assert raw["classes"] == ["blue", "red"] and raw["mode"] == "linear" and raw["val_acc"] == 100.0
+    assert raw["preprocessing"] == {
+        "crop_size": 64, "resize_size": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+    }  # fmt: skip
+    for key, value in state.items():  # a linear probe leaves the backbone bit for bit
+        if not key.startswith("classifier.6."):
+            assert torch.equal(raw["state_dict"][key], value), key
+    assert raw["state_dict"]["classifier.6.weight"].shape == (2, 4096)
+
+    finetuned = load_finetuned(out / "best.pth")
+    assert finetuned.classes == ["blue", "red"] and finetuned.arch == "vgg11" and not finetuned.model.training
+    images = val_images(data)
+    assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
+
+
+def test_load_finetuned_refuses_a_plain_state_dict(pretrained):
+    with pytest.raises(ValueError, match="not a checkpoint written by vggnet finetune"):
+        load_finetuned(pretrained[0])
+
+
+def test_bad_arguments_name_the_problem(data, tmp_path):
+    with pytest.raises(ValueError, match="mode must be one of linear, full"):
+        finetune(data, mode="probe")
+    with pytest.raises(ValueError, match="unknown VGG architecture 'vgg17'"):
+        finetune(data, arch="vgg17")
+    with pytest.raises(ValueError, match="in_chans must be 1 or 3"):
+        finetune(data, in_chans=4)
+    with pytest.raises(FileNotFoundError, match="no class folders"):
+        finetune(tmp_path, arch="vgg11", weights=None)
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "best.pth"
+    save_checkpoint({"epoch": 1}, path)
+
+    def broken_save(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    from pathlib import Path
+    from vggnet.finetune import finetune
+
+    data, weights, out = sys.argv[1:4]
+    report = {}
+    for mode, epochs, lr in (("linear", 15, 0.05), ("full", 3, 0.01)):
+        r = finetune(data, arch="vgg11", weights=weights, epochs=epochs, batch_size=4, lr=lr, mode=mode,
+                     image_size=64, out=f"{out}/{mode}", progress=False)
+        digest = hashlib.sha256()
+        for key, value in r.model.state_dict().items():
+            digest.update(key.encode() + value.detach().contiguous().numpy().tobytes())
+        report[mode] = {"digest": digest.hexdigest(), "world": r.world_size, "seconds": r.seconds,
+                        "loss": [e.train_loss for e in r.history], "acc": [e.val_acc for e in r.history]}
+    # written by this test's script, not by the library: each rank reports what it holds
+    Path(out, f"rank{r.rank}.json").write_text(json.dumps(report))
+    """
+)
+
+
+def test_torchrun_two_processes_on_cpu(data, pretrained, tmp_path):
+    script, out = tmp_path / "ddp.py", tmp_path / "out"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(data), str(pretrained[0]), str(out)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for mode in ("linear", "full"):
+        assert ranks[0][mode]["world"] == ranks[1][mode]["world"] == 2
+        assert ranks[0][mode]["digest"] == ranks[1][mode]["digest"], mode  # identical weights on both ranks
+        assert ranks[0][mode]["loss"] == ranks[1][mode]["loss"]  # the figures are summed over ranks
+        loss = ranks[0][mode]["loss"]
+        assert loss[-1] < loss[0], (mode, loss)
+        assert sorted(p.name for p in (out / mode).iterdir()) == ["best.pth"]  # rank 0 alone wrote it
+    assert ranks[0]["linear"]["acc"][-1] == 100.0
+    finetuned = load_finetuned(out / "linear" / "best.pth")
+    images = val_images(data)
+    assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["linear", "full"])
+def test_cuda_bf16_channels_last(data, pretrained, tmp_path, mode):
+    result = finetune(data, arch="vgg11", weights=str(pretrained[0]), epochs=3, batch_size=8, mode=mode,
+                      image_size=64, out=tmp_path, progress=False)  # fmt: skip
+    assert result.model.features[0].weight.device.type == "cuda"
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    finetuned = load_finetuned(result.checkpoint)
+    images = val_images(data)
+    assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
