@@ -8,8 +8,8 @@ run (method: vggnet/bench.py). The suites:
 
 - cuda (bf16): vgg16 at batch 128, 1 and 32, vgg16_bn, vgg11 and vgg19 at batch 128; torch.compile
   on (CUDA graphs at batch 1); torchvision compiled at batch 128 only, where its anchor figure is.
-- cpu (fp32, sized for 2 cores): vgg16 and vgg16_bn at batch 1, vgg16 at batch 8; torch.compile
-  only with --compile (15-40 s per model and shape on 2 cores).
+- cpu (fp32, sized for 2 cores): vgg16 and vgg16_bn at batch 1, vgg16 at batch 8, and vgg16 in
+  bf16 at batch 1; torch.compile only with --compile (15-40 s per model and shape on 2 cores).
 - --smoke: vgg11 at 32x32, batch 1 and 2, two timed calls: checks the machinery, not the speed.
 
 Results go to DIR/inference-<device>-<date>.json (default benchmarks/results/); nothing is asserted.
@@ -28,23 +28,24 @@ from vggnet.bench import environment, format_report, run_bench, save_results
 
 HERE = Path(__file__).resolve().parent
 
-# (arch, batch size, timed calls, compile torchvision too)
-SUITES: dict[str, list[tuple[str, int, int, bool]]] = {
+# (arch, batch size, timed calls, compile torchvision too, dtype: None for the device's default)
+SUITES: dict[str, list[tuple[str, int, int, bool, torch.dtype | None]]] = {
     # in order of importance, so that --budget-s drops the least telling ones
     "cuda": [
-        ("vgg16", 128, 30, True),
-        ("vgg16", 1, 200, False),
-        ("vgg16_bn", 128, 30, False),
-        ("vgg16", 32, 50, False),
-        ("vgg11", 128, 30, False),
-        ("vgg19", 128, 30, False),
+        ("vgg16", 128, 30, True, None),
+        ("vgg16", 1, 200, False, None),
+        ("vgg16_bn", 128, 30, False, None),
+        ("vgg16", 32, 50, False, None),
+        ("vgg11", 128, 30, False, None),
+        ("vgg19", 128, 30, False, None),
     ],
     "cpu": [
-        ("vgg16", 1, 10, True),
-        ("vgg16_bn", 1, 10, False),
-        ("vgg16", 8, 4, False),
+        ("vgg16", 1, 10, True, None),
+        ("vgg16_bn", 1, 10, False, None),
+        ("vgg16", 8, 4, False, None),
+        ("vgg16", 1, 10, False, torch.bfloat16),  # opt-in on CPU; fast where there is AVX512_BF16 or AMX
     ],
-    "smoke": [("vgg11", 1, 2, True), ("vgg11", 2, 2, False)],
+    "smoke": [("vgg11", 1, 2, True, None), ("vgg11", 2, 2, False, None)],
 }
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     image_size = 32 if args.smoke else 224
     data: dict[str, Any] = {"suite": "inference", "smoke": args.smoke, **environment(device), "runs": [], "skipped": []}
     start = time.perf_counter()
-    for arch, batch_size, iters, tv_compile in suite:
+    for arch, batch_size, iters, tv_compile, dtype in suite:
         if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
             data["skipped"].append({"arch": arch, "batch_size": batch_size, "reason": "over --budget-s"})
             continue
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             arch,
             batch_size=batch_size,
             device=device,
+            dtype=dtype,
             compile=compile,
             torchvision_compile=compile and tv_compile,
             iters=iters,

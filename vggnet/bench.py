@@ -229,7 +229,7 @@ def run_bench(
     compile: bool | None = None,
     iters: int = 20,
     rounds: int = 5,
-    warmup: int = 2,
+    warmup: int = 3,  # with CUDA graphs: compile and warm up, record, replay
     image_size: int | tuple[int, int] = 224,
     with_torchvision: bool = True,
     torchvision_compile: bool | None = None,
@@ -239,7 +239,8 @@ def run_bench(
     `device` defaults to CUDA when available; `dtype` to the device's fast dtype (bf16 on recent GPUs,
     float32 on CPU); `compile` to on for CUDA and off for CPU. With compile, torchvision is also
     measured compiled (channels_last + torch.compile, the best it does with flags alone) unless
-    `torchvision_compile` is False.
+    `torchvision_compile` is False. On CUDA this turns on `torch.backends.cudnn.benchmark` for the
+    process (the input size is fixed), as any benchmark of fixed-size convolutions should.
     """
     if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
         raise ValueError(
@@ -259,7 +260,7 @@ def run_bench(
     peak, how = matmul_peak(target)
 
     torch.manual_seed(0)
-    eager = get_model(arch).eval().to(target, dtype)
+    eager = get_model(arch, device=target).eval().to(dtype)
     x = torch.randn(batch_size, eager.in_channels, *size, device=target, dtype=dtype)
     models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "vggnet eager": eager,
