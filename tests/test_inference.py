@@ -186,17 +186,16 @@ def test_a_replaced_pool_is_always_run():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_onednn_classifier_for_batches_matches_the_plain_one(dtype):
-    model = seeded_model("vgg11").to(dtype)
-    fast = optimize_for_inference(model, dtype=dtype)
+def test_the_onednn_classifier_for_float32_batches_matches_the_plain_one():
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model)
     assert fast._onednn_classifier
-    x = torch.randn(3, 25088, dtype=dtype)
+    assert not optimize_for_inference(model, dtype=torch.bfloat16)._onednn_classifier  # F.linear is oneDNN there
+    x = torch.randn(3, 25088)
     with torch.no_grad():
-        expected = model.classifier(x).float()
-    got = _onednn_head(fast.net.classifier, x).float()
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
+        expected = model.classifier(x)
+    got = _onednn_head(fast.net.classifier, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
 def test_input_is_converted_and_the_output_keeps_its_dtype():
@@ -307,3 +306,17 @@ def test_cuda_compiled_with_cuda_graphs_matches_eager_and_returns_fresh_tensors(
     assert_close_low_precision(last.cpu(), ref2)
     other = fast(torch.randn(3, 3, 64, 64, device="cuda"))  # another batch still works
     assert other.shape == (3, 10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="model.feature_names has no name for the nn.Identity that replaces a folded BatchNorm "
+    "(asked of model.py's owner: name it like the BatchNorm it replaces, bn<block>_<conv>)",
+)
+def test_a_folded_model_keeps_its_layer_names_and_can_be_put_back_in_train_mode():
+    with torch.device("meta"):
+        model = vggnet.vgg11_bn()
+    folded = fold_batchnorm(model)
+    assert folded.layer_names() == model.layer_names()
+    folded.train()

@@ -8,9 +8,10 @@ Method (the same for every figure `vggnet bench` and `benchmarks/` print):
   ...) so that a change in machine load hits all of them alike. A round times `iters // rounds`
   consecutive calls, with the device synchronised before and after; the figure is the median
   round, and `latency_ms` is the time of one batch in it.
-- The peak is measured in the same run: a square matmul (bf16 on CUDA, fp32 elsewhere); on CPU
-  also the same GEMM as a 1x1 convolution and a 3x3 convolution, run by oneDNN, which on AVX-512
-  CPUs is up to 2x faster than the BLAS behind torch.matmul; the fastest counts (`matmul_peak`).
+- The peak is measured in the same interleaved rounds as the models, in the run's dtype: a square
+  matmul; on CPU also the same GEMM as a 1x1 convolution and a 3x3 convolution, run by oneDNN,
+  which on AVX-512 CPUs is up to 2x faster than the BLAS behind torch.matmul; the fastest counts
+  (`peak_kernels`).
 - FLOPs are 2 x the multiply-adds of the convolutions and fully connected layers (`summarize`).
 """
 
@@ -43,7 +44,10 @@ __all__ = [
     "Result",
     "device_name",
     "format_report",
+    "PeakKernel",
+    "best_peak",
     "matmul_peak",
+    "peak_kernels",
     "run_bench",
     "save_results",
     "time_interleaved",
@@ -53,6 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SCHEMA = "vggnet.bench/1"
+_PEAK = "peak: "
 BASELINE = "torchvision eager"
 
 
@@ -169,41 +174,61 @@ def time_interleaved(
     return times
 
 
-def matmul_peak(
-    device: torch.device, dtype: torch.dtype | None = None, *, size: int | None = None
-) -> tuple[float, str]:
-    """(TFLOP/s, how) of the fastest dense kernel measured; see the module docstring.
+@dataclass(frozen=True)
+class PeakKernel:
+    """A dense kernel whose speed bounds what the network can reach."""
 
-    On CUDA: a size x size matmul. On CPU also the same GEMM as a 1x1 convolution and a 3x3
-    convolution of 256 channels at 56x56 (an implicit GEMM), all run by oneDNN: on AVX-512 CPUs its
-    direct convolution kernels beat any GEMM call by up to 2x, and they are what VGG runs on.
-    """
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    label: str
+    flop: int
+    run: Callable[[], object]
+
+
+def peak_kernels(device: torch.device, dtype: torch.dtype, size: int | None = None) -> dict[str, PeakKernel]:
+    """A size x size matmul; on CPU also the same GEMM as a 1x1 convolution and a 3x3 convolution of
+    256 channels at 56x56 (an implicit GEMM), all run by oneDNN: on AVX-512 CPUs its direct
+    convolution kernels beat any GEMM call by up to 2x, and they are what VGG runs on."""
     size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    labels = {"matmul": f"matmul {size}x{size}"}
-    candidates: dict[str, Callable[[], object]] = {"matmul": lambda: a @ b}
-    flop = {"matmul": 2 * size**3}
+    kernels = {"matmul": PeakKernel(f"matmul {size}x{size}", 2 * size**3, lambda: a @ b)}
     if device.type == "cpu":
         conv2d = torch.nn.functional.conv2d
         # (1, K, 1, M) channels_last conv (N, K, 1, 1): the same M x K x N GEMM.
         x1 = a.t().reshape(1, size, 1, size).contiguous(memory_format=torch.channels_last)
         w1 = b.t().reshape(size, size, 1, 1).contiguous()
-        candidates["1x1"], flop["1x1"] = (lambda: conv2d(x1, w1)), 2 * size**3
-        labels["1x1"] = f"1x1 convolution (oneDNN) {size}x{size}"
+        kernels["1x1"] = PeakKernel(f"1x1 convolution (oneDNN) {size}x{size}", 2 * size**3, lambda: conv2d(x1, w1))
         side, channels = 56, min(256, size)
         x3 = torch.randn(1, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
         w3 = torch.randn(channels, channels, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        candidates["3x3"], flop["3x3"] = (lambda: conv2d(x3, w3, padding=1)), 2 * channels**2 * 9 * side**2
-        labels["3x3"] = f"3x3 convolution (oneDNN), {channels} channels at {side}x{side}"
+        kernels["3x3"] = PeakKernel(
+            f"3x3 convolution (oneDNN), {channels} channels at {side}x{side}",
+            2 * channels**2 * 9 * side**2,
+            lambda: conv2d(x3, w3, padding=1),
+        )
+    return kernels
+
+
+def best_peak(
+    kernels: Mapping[str, PeakKernel], times: Mapping[str, list[float]], dtype: torch.dtype
+) -> tuple[float, str]:
+    """(TFLOP/s, how) of the fastest kernel, from its median time."""
+    speed = {name: kernels[name].flop / statistics.median(times[name]) for name in kernels}
+    best = max(speed, key=lambda name: speed[name])
+    return speed[best] / 1e12, f"{kernels[best].label}, {dtype_name(dtype)}"
+
+
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype | None = None, *, size: int | None = None, rounds: int | None = None
+) -> tuple[float, str]:
+    """(TFLOP/s, how) of the fastest of `peak_kernels` (bf16 on CUDA, float32 elsewhere by default)."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    kernels = peak_kernels(device, dtype, size)
     with torch.inference_mode():
-        for fn in candidates.values():
-            fn()
-        rounds = 3 if device.type == "cpu" else 20
-        times = time_interleaved(candidates, device=device, iters=rounds, rounds=rounds)
-    best = max(times, key=lambda name: flop[name] / min(times[name]))
-    return flop[best] / min(times[best]) / 1e12, f"{labels[best]}, {dtype_name(dtype)}"
+        for kernel in kernels.values():
+            kernel.run()
+        rounds = rounds or (3 if device.type == "cpu" else 20)
+        times = time_interleaved({n: k.run for n, k in kernels.items()}, device=device, iters=rounds, rounds=rounds)
+    return best_peak(kernels, times, dtype)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -257,7 +282,8 @@ def run_bench(
 
     size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     gflop = 2 * summarize(arch, size).macs / 1e9
-    peak, how = matmul_peak(target)
+    # The peak kernels run in the same interleaved rounds as the models: the same load hits both.
+    kernels = peak_kernels(target, dtype)
 
     torch.manual_seed(0)
     eager = get_model(arch, device=target).eval().to(dtype)
@@ -288,8 +314,12 @@ def run_bench(
             diffs[name] = (out.float() - expected).abs().max().item()
             for _ in range(warmup - 1):
                 model(x)
-        calls = {name: partial(model, x) for name, model in models.items()}
+        calls: dict[str, Callable[[], object]] = {name: partial(model, x) for name, model in models.items()}
+        for name, kernel in kernels.items():
+            kernel.run()
+            calls[_PEAK + name] = kernel.run
         times = time_interleaved(calls, device=target, iters=iters, rounds=rounds)
+    peak, how = best_peak(kernels, {name: times.pop(_PEAK + name) for name in kernels}, dtype)
     results = []
     for name, t in times.items():
         median = statistics.median(t)

@@ -91,11 +91,11 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _has_onednn_linear(net: VGG) -> bool:
-    """True when the fully connected layers can run on oneDNN (CPU, float32 or bf16, op available)."""
+    """True where oneDNN's linear pays: CPU float32 (bf16's F.linear already runs on oneDNN)."""
     param = next(net.parameters())
     return (
         param.device.type == "cpu"
-        and param.dtype in (torch.float32, torch.bfloat16)
+        and param.dtype == torch.float32
         and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
