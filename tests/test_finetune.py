@@ -110,6 +110,19 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
     assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
 
 
+def test_url_weights_and_gray_images(data, pretrained, tmp_path):
+    path, state = pretrained
+    result = finetune(data, arch="vgg11", weights=path.as_uri(), epochs=2, batch_size=8, mode="linear",
+                      image_size=32, out=tmp_path, in_chans=1, progress=False)  # fmt: skip
+    assert result.model.in_channels == 1
+    assert torch.allclose(result.model.features[0].weight, state["features.0.weight"].sum(1, keepdim=True))
+    finetuned = load_finetuned(result.checkpoint)
+    assert finetuned.in_chans == 1 and finetuned.model.in_channels == 1
+    assert finetuned.preset.mean == [pytest.approx(sum((0.485, 0.456, 0.406)) / 3)]
+    x = finetuned.preset(load_image(val_images(data)[0][0]).convert("L"))
+    assert x.shape == (1, 32, 32) and finetuned.model(x.unsqueeze(0)).shape == (1, 2)
+
+
 def test_load_finetuned_refuses_a_plain_state_dict(pretrained):
     with pytest.raises(ValueError, match="not a checkpoint written by vggnet finetune"):
         load_finetuned(pretrained[0])
