@@ -45,6 +45,8 @@ def test_gradients_reach_the_input_and_never_the_network(vgg11_bn, images):
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(not p.requires_grad and p.grad is None for p in loss.parameters())
     assert all(p.requires_grad for p in vgg11_bn.parameters())  # the caller's model is left alone
+    loss.requires_grad_(True)
+    assert not any(p.requires_grad for p in loss.parameters())
 
 
 def test_stays_in_eval_mode_and_batchnorm_statistics_do_not_move(vgg11_bn, images):

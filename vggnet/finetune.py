@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -452,7 +453,9 @@ def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _bar(iterable: Any, ctx: _Dist, progress: bool, desc: str) -> Any:
-    return tqdm(iterable, desc=desc, leave=False, disable=not (progress and ctx.main), dynamic_ncols=True)
+    # disable=None: bars only on a terminal, as hub's download bars
+    shown = None if progress and ctx.main else True
+    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, disable=shown, dynamic_ncols=True)
 
 
 def _linear(

@@ -111,6 +111,10 @@ class PerceptualLoss(nn.Module):
         """Stays in eval mode: BatchNorm keeps its running statistics (the argument is ignored)."""
         return super().train(False)
 
+    def requires_grad_(self, requires_grad: bool = True) -> PerceptualLoss:
+        """Stays frozen: the network is a fixed measuring device (the argument is ignored)."""
+        return self
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map images in `input_range` to what the network was trained on."""
         if self.input_range == "normalized":
