@@ -1,6 +1,6 @@
 """Loopback download throughput: vggnet.hub.fetch (hashing while streaming) against a plain copy.
 
-    python benchmarks/bench_download.py [--mib 528] [--repeat 3] [--workdir DIR]
+    python benchmarks/bench_download.py [--mib 528] [--repeat 3] [--workdir DIR] [--out DIR] [--smoke]
 
 A file of random bytes (default 528 MiB, the size of vgg16's checkpoint) is served over
 127.0.0.1 by a small HTTP server in its own process (os.sendfile, so the server costs the client
@@ -117,13 +117,16 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=528, help="size of the served file")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
-    parser.add_argument("--out", type=Path, default=None, help="default: results/bench_download[-RATE].json")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for bench_download[-RATE].json")
+    parser.add_argument("--smoke", action="store_true", help="a 16 MiB file, one round (CI)")
     parser.add_argument("--rate", type=float, default=0, help="MiB/s the server sends at (default: unlimited)")
     parser.add_argument("--serve", nargs=2, type=Path, metavar=("ROOT", "PORT_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(*args.serve, rate=args.rate * 2**20)
         return 0
+    if args.smoke:
+        args.mib, args.repeat = 16, 1
 
     from vggnet import hub
 
@@ -194,13 +197,10 @@ def main() -> int:
         "fetch_over_plain_best": best[FETCH] / best[PLAIN],
         "fetch_over_plain_median": median[FETCH] / median[PLAIN],
     }
-    if args.out is None:
-        args.out = (
-            HERE / "results" / (f"bench_download-{args.rate:.0f}MiBps.json" if args.rate else "bench_download.json")
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"saved {args.out}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    saved = args.out / (f"bench_download-{args.rate:.0f}MiBps.json" if args.rate else "bench_download.json")
+    saved.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"saved {saved}")
     return 0
 
 
