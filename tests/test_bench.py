@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggnet.bench import SCHEMA, matmul_peak, save_results, time_interleaved
+from vggnet.bench import SCHEMA, matmul_peak, run_bench, save_results, time_interleaved
 from vggnet.cli import main
+from vggnet.inference import optimize_for_inference
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["bench", "--arch", "vgg11", "--image-size", "32", "--iters", "1", "--rounds", "1"]
@@ -122,3 +123,18 @@ def test_benchmark_smoke_mode_writes_valid_json(script, tmp_path):
     else:
         assert {r["name"] for r in data["results"]} == {"vggnet eager", "torchvision eager"}
         assert all(r["img_per_s"] > 0 for r in data["results"])
+
+
+def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
+    import vggnet.bench
+
+    asked = []
+
+    def spy(model, **kwargs):
+        asked.append(kwargs)
+        return optimize_for_inference(model, **kwargs)
+
+    monkeypatch.setattr(vggnet.bench, "optimize_for_inference", spy)
+    report = run_bench("vgg11", dtype=torch.bfloat16, iters=1, rounds=1, image_size=32, with_torchvision=False)
+    assert [kwargs["dtype"] for kwargs in asked] == [torch.bfloat16]
+    assert report.dtype == "bfloat16" and report.matmul_peak_how.endswith("bfloat16")

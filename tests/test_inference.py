@@ -150,6 +150,9 @@ def test_optimized_is_folded_channels_last_frozen_and_leaves_the_model_alone():
     assert model.features[0].weight.is_contiguous()
     out = fast(torch.randn(1, 3, 32, 32))
     assert not out.requires_grad
+    assert fast.eval() is fast
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fast.train()
 
 
 @pytest.mark.parametrize(

@@ -290,7 +290,7 @@ def run_bench(
     x = torch.randn(batch_size, eager.in_channels, *size, device=target, dtype=dtype)
     models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "vggnet eager": eager,
-        "vggnet optimized": optimize_for_inference(eager, batch_size=batch_size, compile=compile),
+        "vggnet optimized": optimize_for_inference(eager, dtype=dtype, batch_size=batch_size, compile=compile),
     }
     reference = _torchvision_model(arch) if with_torchvision else None
     if reference is not None:

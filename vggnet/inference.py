@@ -207,6 +207,14 @@ class InferenceVGG(nn.Module):
         patch: contextlib.AbstractContextManager[object] = inductor_config.patch(freezing=True)
         return patch
 
+    def train(self, mode: bool = True) -> InferenceVGG:
+        """Only `train(False)`/`eval()`: BatchNorm is folded and dropout gone, so there is no training mode."""
+        if mode:
+            raise RuntimeError(
+                "an optimize_for_inference module is inference-only: train the VGG itself, then optimize it again"
+            )
+        return super().train(False)
+
     def extra_repr(self) -> str:
         return f"device={self.device}, dtype={self.dtype}, compiled={self.compiled}, cuda_graphs={self.cuda_graphs}"
 
