@@ -18,15 +18,17 @@ Results go to DIR/inference-<device>-<date>.json (default benchmarks/results/); 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vggnet.bench import environment, format_report, run_bench, save_results
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
+
+from vggnet.bench import environment, format_report, run_bench, save_results  # noqa: E402
 
 # (arch, batch size, timed calls, compile torchvision too, dtype: None for the device's default)
 SUITES: dict[str, list[tuple[str, int, int, bool, torch.dtype | None]]] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import vggnet
-from vggnet.bench import environment, save_results, time_interleaved
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
+
+import vggnet  # noqa: E402
+from vggnet.bench import environment, save_results, time_interleaved  # noqa: E402
 
 
 def make_step(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import importlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import torch
@@ -121,12 +123,9 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     found = {"vggnet": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import torchvision
-
-        found["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
+    peer = _torchvision()
+    if peer is not None:
+        found["torchvision"] = str(peer.__version__)
     if torch.cuda.is_available():
         found["cuda"] = str(torch.version.cuda)
         found["cudnn"] = str(torch.backends.cudnn.version())  # type: ignore[no-untyped-call]
@@ -235,13 +234,19 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _torchvision_model(arch: str) -> nn.Module | None:
+def _torchvision() -> ModuleType | None:
+    """torchvision when installed: the peer the benchmarks compare against, never a dependency."""
     try:
-        import torchvision.models
+        return importlib.import_module("torchvision")
     except ImportError:
+        return None
+
+
+def _torchvision_model(arch: str) -> nn.Module | None:
+    if _torchvision() is None:
         logger.info("torchvision is not installed: no torchvision figures")
         return None
-    model: nn.Module = torchvision.models.get_model(arch, weights=None)
+    model: nn.Module = importlib.import_module("torchvision.models").get_model(arch, weights=None)
     return model
 
 
