@@ -138,3 +138,21 @@ def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
     report = run_bench("vgg11", dtype=torch.bfloat16, iters=1, rounds=1, image_size=32, with_torchvision=False)
     assert [kwargs["dtype"] for kwargs in asked] == [torch.bfloat16]
     assert report.dtype == "bfloat16" and report.matmul_peak_how.endswith("bfloat16")
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_runs_every_step_and_writes_a_summary(tmp_path):
+    pytest.importorskip("torchvision")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    names = sorted(p.name.split("-smoke-")[0] for p in tmp_path.glob("*.json"))
+    assert names == ["gpu_suite", "inference", "train"]
+    (summary,) = tmp_path.glob("gpu_suite-*.json")
+    steps = json.loads(summary.read_text())["steps"]
+    assert list(steps) == ["tests", "inference", "train"]
+    assert all(step["returncode"] == 0 and step["elapsed_s"] > 0 for step in steps.values())
