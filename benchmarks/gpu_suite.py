@@ -13,6 +13,8 @@ the others (the limits shrink to what is left of --budget-s):
    it stops starting new configurations after its share of the budget.
 3. train: `bench_train.py --device cuda` (vgg16, batch 64, bf16 autocast, channels_last, SGD; eager
    and compiled, vggnet and torchvision).
+4. finetune: `bench_finetune.py --device cuda` (the fine-tuning work's own figures: activation memory
+   with and without gradient checkpointing, `vggnet finetune` linear vs full), last, with what is left.
 
 The benchmarks write their JSON next to this suite's own summary, gpu_suite-<device>-<date>.json
 (each step's command, exit status, duration and the tail of its output), in DIR (default: $OUT
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .` (the GPU 
 from vggnet.bench import environment, save_results  # noqa: E402
 
 # step -> its share of --budget-s (a step may also use what the steps before it left unused)
-SHARES = {"tests": 0.15, "inference": 0.5, "train": 0.35}
+SHARES = {"tests": 0.15, "inference": 0.45, "train": 0.27, "finetune": 0.13}
 
 
 def commands(out: Path, device: str, smoke: bool, budget: dict[str, float]) -> dict[str, list[str]]:
@@ -54,6 +56,7 @@ def commands(out: Path, device: str, smoke: bool, budget: dict[str, float]) -> d
             f"{0.6 * budget['inference']:.0f}",  # the rest of its share is for the configuration under way
         ],
         "train": [sys.executable, str(HERE / "bench_train.py"), *bench],
+        "finetune": [sys.executable, str(HERE / "bench_finetune.py"), *bench],
     }
 
 

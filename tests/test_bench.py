@@ -150,9 +150,9 @@ def test_gpu_suite_smoke_runs_every_step_and_writes_a_summary(tmp_path):
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    names = sorted(p.name.split("-smoke-")[0] for p in tmp_path.glob("*.json"))
-    assert names == ["gpu_suite", "inference", "train"]
+    names = sorted(p.name.split("-")[0] for p in tmp_path.glob("*.json"))
+    assert names == ["finetune", "gpu_suite", "inference", "train"]
     (summary,) = tmp_path.glob("gpu_suite-*.json")
     steps = json.loads(summary.read_text())["steps"]
-    assert list(steps) == ["tests", "inference", "train"]
+    assert list(steps) == ["tests", "inference", "train", "finetune"]
     assert all(step["returncode"] == 0 and step["elapsed_s"] > 0 for step in steps.values())
