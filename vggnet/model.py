@@ -307,8 +307,8 @@ def feature_names(features: nn.Sequential) -> list[str]:
         elif isinstance(m, nn.Conv2d):
             conv += 1
             names.append(f"conv{block}_{conv}")
-        elif isinstance(m, _BatchNorm):  # SyncBatchNorm too
-            names.append(f"bn{block}_{conv}")
+        elif isinstance(m, _BatchNorm) or (isinstance(m, nn.Identity) and names and names[-1].startswith("conv")):
+            names.append(f"bn{block}_{conv}")  # SyncBatchNorm too, and the Identity left by fold_batchnorm
         elif isinstance(m, nn.ReLU):
             names.append(f"relu{block}_{conv}")
         else:
