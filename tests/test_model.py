@@ -152,3 +152,10 @@ def test_building_prints_nothing_and_touches_no_file(capsys, tmp_path, monkeypat
     vggnet.vgg11()
     assert capsys.readouterr() == ("", "")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_custom_features_module_still_trains_and_evaluates():
+    # torchvision-style injection of any `features`: train()/eval() must not need the tap table.
+    model = VGG(nn.Sequential(nn.Conv2d(3, 512, 3, padding=1), nn.Sequential(nn.ReLU())), num_classes=3)
+    model.features = nn.ModuleList(model.features)  # not a make_layers Sequential any more
+    assert model.train().training and not model.eval().training

@@ -250,7 +250,7 @@ class VGG(nn.Module):
 
     def train(self, mode: bool = True) -> VGG:
         super().train(mode)
-        if mode:
+        if mode and self._frozen:  # only a frozen model needs the tap table (and a make_layers `features`)
             self._frozen_part().eval()
         return self
 
