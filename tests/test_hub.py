@@ -657,3 +657,73 @@ def test_pin_digests_command_refuses_a_file_that_is_not_the_official_one(http_se
     assert out.returncode == 1
     assert "VGG11_Weights.IMAGENET1K_V1" in out.stderr and "checksum mismatch" in out.stderr
     assert http_server.count("/models/vgg11-8a719046.pth") == 1
+
+
+# --- the cache, as `vggnet cache` and `vggnet verify` read it ---------------------------------------
+
+
+def fill_cache(http_server: FaultServer, checkpoints: Checkpoints, cache: Path) -> None:
+    """A legacy download (stamp, lock, zip copy), a partial and a corrupt copy of another, a stranger's file."""
+    legacy, other = checkpoints.legacy, checkpoints.zip
+    hub.load_state_dict_from_url(http_server.add("/" + legacy.name, legacy.path), progress=False)
+    hub.fetch(str(other.path), sha256=other.sha256, progress=False)  # local: its stamp goes to .stamps/
+    (cache / f"{other.name}.{other.sha256[:16]}.0a1b2c3d.partial").write_bytes(b"p" * 10)
+    (cache / f"{other.name}.corrupt-20240102-030405-beef").write_bytes(b"c" * 20)
+    (cache / "notes.txt").write_bytes(b"n" * 30)
+
+
+def test_cached_files_reads_the_layout(http_server, small_checkpoints, cache, tmp_path):
+    fill_cache(http_server, small_checkpoints, cache)
+    legacy, other = small_checkpoints.legacy.name, small_checkpoints.zip.name
+    copy = cache / f"{legacy}.zip"
+    entries = {e.path.name: e for e in hub.cached_files()}
+    assert [e.path for e in hub.cached_files()] == sorted(cache / name for name in entries)
+    assert {name: (e.kind, e.base, sorted(p.name for p in e.related)) for name, e in entries.items()} == {
+        legacy: ("checkpoint", legacy, [f"{legacy}.lock", f"{legacy}.stamp"]),
+        copy.name: ("zip copy", legacy, [f"{copy.name}.lock", f"{copy.name}.stamp"]),
+        f"{other}.{small_checkpoints.zip.sha256[:16]}.0a1b2c3d.partial": ("partial", other, []),
+        f"{other}.corrupt-20240102-030405-beef": ("corrupt", other, []),
+        "notes.txt": ("checkpoint", "notes.txt", []),
+    }  # the stamps, locks and .stamps/ are not entries of their own
+    assert all(e.size == e.path.stat().st_size for e in entries.values())
+    assert entries[legacy].sha256 == small_checkpoints.legacy.sha256  # as its stamp recorded it
+    assert entries[copy.name].sha256 == file_sha256(copy)
+    assert entries["notes.txt"].sha256 is None and entries["notes.txt"].name_digest is None
+    assert entries[legacy].name_digest == small_checkpoints.legacy.sha256[:8]
+    assert entries[copy.name].name_digest is None  # the digest in its name is the original's
+    assert hub.cached_files(cache) == hub.cached_files()
+    assert hub.cached_files(tmp_path / "missing") == []
+
+
+def test_remove_cached_takes_everything_that_belongs_to_a_checkpoint(http_server, small_checkpoints, cache):
+    fill_cache(http_server, small_checkpoints, cache)
+    legacy, other = small_checkpoints.legacy.name, small_checkpoints.zip.name
+    removed = hub.remove_cached(legacy, "not-cached.pth")
+    assert [e.path.name for e in removed] == [legacy, f"{legacy}.zip"]
+    assert not any(p.exists() for e in removed for p in (e.path, *e.related))
+    assert {e.base for e in hub.cached_files()} == {other, "notes.txt"}
+    assert (cache / ".stamps").is_dir()
+
+    removed = hub.remove_cached(other, folder=cache, local_stamps=True)
+    assert sorted(e.kind for e in removed) == ["corrupt", "partial"]
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
+
+
+def test_verify_file_hashes_afresh_and_reports_progress(small_checkpoints, tmp_path):
+    ckpt = small_checkpoints.zip
+    path = tmp_path / ckpt.name
+    path.write_bytes(ckpt.path.read_bytes())
+    seen: list[int] = []
+    assert hub.verify_file(path, ckpt.sha256[:8], progress=seen.append) == ckpt.sha256
+    assert sum(seen) == ckpt.size and hub.verify_file(str(path)) == ckpt.sha256
+    assert not (tmp_path / f"{ckpt.name}.stamp").exists()  # nothing written
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(data)
+    hub._write_stamp(path, ckpt.sha256)  # a stamp that fits the file's stat but not its bytes
+    assert hub._stamped_digest(path) == ckpt.sha256
+    with pytest.raises(hub.ChecksumError) as caught:
+        hub.verify_file(path, ckpt.sha256)
+    assert (caught.value.expected, caught.value.actual) == (ckpt.sha256, hashlib.sha256(data).hexdigest())
+    assert path.read_bytes() == data and hub._stamped_digest(path) == ckpt.sha256  # left as it was

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -65,6 +63,7 @@ def _error(message: str) -> None:
 # --- the commands ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
+    from .hub import CachedFile
     from .transforms import ImageClassification
     from .weights import Weights, WeightsEnum
 
@@ -531,70 +530,19 @@ def _mirror_one(record: Weights, folder: Path, *, progress: bool) -> Path:
     return path
 
 
-# What the cache holds. hub.py documents the layout (NAME, NAME.stamp, NAME.lock, NAME.zip, partials,
-# NAME.corrupt-*); reading it belongs there (see the report of issue 5) and moves once hub offers it.
-
-_NAME_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's "name-<sha256 prefix>.pth"
-
-
-@dataclass
-class _CachedFile:
-    path: Path
-    kind: str  # "checkpoint", "zip copy", "partial", "corrupt", "other"
-    base: str  # the checkpoint it belongs to
-    size: int
-    related: list[Path]  # its stamp and lock, removed with it
-
-
-def _scan(folder: Path) -> list[_CachedFile]:
-    """The files in a cache or mirror folder, bookkeeping (stamps, locks) attached to the file it serves."""
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    present = set(names)
-    found: dict[str, _CachedFile] = {}
-    for name in names:
-        path = folder / name
-        if name.startswith(".") or name.endswith((".stamp", ".lock")) or not path.is_file():
-            continue
-        if name.endswith(".partial"):  # NAME.<digest>.<id>.partial
-            kind, base = "partial", name.rsplit(".", 3)[0]
-        elif ".corrupt-" in name:
-            kind, base = "corrupt", name.split(".corrupt-")[0]
-        elif name.endswith(".zip") and name[: -len(".zip")] in present:
-            kind, base = "zip copy", name[: -len(".zip")]
-        else:
-            kind, base = "checkpoint", name
-        related = [folder / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present]
-        found[name] = _CachedFile(path, kind, base, path.stat().st_size, related)
-    return list(found.values())
-
-
-def _stamped_sha256(path: Path) -> str | None:
-    try:
-        stamp = json.loads(path.with_name(path.name + ".stamp").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    digest = stamp.get("sha256") if isinstance(stamp, dict) else None
-    return digest if isinstance(digest, str) else None
-
-
 def _records_by_file() -> dict[str, WeightsEnum]:
     return {member.value.file_name: member for member in _all_weights()}
 
 
-def _expected_digest(entry: _CachedFile, records: dict[str, WeightsEnum]) -> tuple[str, str] | None:
+def _expected_digest(entry: CachedFile, records: dict[str, WeightsEnum]) -> tuple[str, str] | None:
     """(digest or prefix, where it comes from) for a file that can be checked, else None."""
     member = records.get(entry.path.name)
     if member is not None:
         return member.value.sha256, str(member)
-    stamped = _stamped_sha256(entry.path)
-    if stamped is not None:
-        return stamped, "the digest recorded when it was verified"
-    match = _NAME_DIGEST.search(entry.path.name)
-    if match is not None and entry.kind == "checkpoint":
-        return match.group(1), "the digest in its name"
+    if entry.sha256 is not None:
+        return entry.sha256, "the digest recorded when it was verified"
+    if entry.name_digest is not None:
+        return entry.name_digest, "the digest in its name"
     return None
 
 
@@ -617,13 +565,13 @@ def _add_verify(sub: SubParsers) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .hub import cache_dir
+    from .hub import ChecksumError, cache_dir, cached_files, verify_file
 
     folder = args.folder if args.folder is not None else cache_dir()
     if args.folder is not None and not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a directory")
     records = _records_by_file()
-    entries = [e for e in _scan(folder) if e.kind in ("checkpoint", "zip copy")]
+    entries = [e for e in cached_files(folder) if e.kind in ("checkpoint", "zip copy")]
     results: list[dict[str, Any]] = []
     with tqdm(
         total=sum(e.size for e in entries), unit="B", unit_scale=True, unit_divisor=1024, desc="hashing",
@@ -631,8 +579,11 @@ def _run_verify(args: argparse.Namespace) -> int:
     ) as bar:  # fmt: skip
         for entry in entries:
             expected = _expected_digest(entry, records)
-            digest = _sha256(entry.path, bar.update)
-            status = "unknown" if expected is None else "ok" if digest.startswith(expected[0]) else "corrupt"
+            try:
+                digest = verify_file(entry.path, None if expected is None else expected[0], progress=bar.update)
+                status = "unknown" if expected is None else "ok"
+            except ChecksumError as err:
+                digest, status = err.actual, "corrupt"
             results.append(
                 {
                     "file": entry.path.name,
@@ -662,15 +613,6 @@ def _run_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if corrupt else EXIT_OK
 
 
-def _sha256(path: Path, advance: Callable[[int], object]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            advance(len(chunk))
-    return digest.hexdigest()
-
-
 # cache -----------------------------------------------------------------------------------------------
 
 
@@ -692,27 +634,21 @@ def _add_cache(sub: SubParsers) -> None:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from .hub import cache_dir
+    from .hub import cache_dir, cached_files, remove_cached
 
     folder = cache_dir()
-    entries = _scan(folder)
+    entries = cached_files(folder)
     records = _records_by_file()
     if args.remove or args.clear:
-        if args.clear:
+        if args.clear:  # what vggnet wrote (bookkeeping, or a stamp or lock beside it) and the records' files
             ours = {e.base for e in entries if e.kind != "checkpoint" or e.base in records or e.related}
         else:
             ours = {_cached_name(name, entries, records) for name in args.remove}
-        freed = 0
-        for entry in entries:
-            if entry.base in ours:
-                for path in (entry.path, *entry.related):
-                    path.unlink(missing_ok=True)
-                freed += entry.size
-                if not args.quiet:
-                    print(f"removed {entry.path.name} ({_mib(entry.size)})")
-        if args.clear:
-            shutil.rmtree(folder / ".stamps", ignore_errors=True)
-        print(f"freed {_mib(freed)} in {folder}")
+        removed = remove_cached(*ours, folder=folder, local_stamps=args.clear)
+        if not args.quiet:
+            for entry in removed:
+                print(f"removed {entry.path.name} ({_mib(entry.size)})")
+        print(f"freed {_mib(sum(e.size for e in removed))} in {folder}")
         return EXIT_OK
     listing: list[dict[str, Any]] = [
         {
@@ -735,7 +671,7 @@ def _run_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cached_name(name: str, entries: Sequence[_CachedFile], records: dict[str, WeightsEnum]) -> str:
+def _cached_name(name: str, entries: Sequence[CachedFile], records: dict[str, WeightsEnum]) -> str:
     """The cached checkpoint a --remove argument means: a file name, or a model or weights name."""
     bases = {e.base for e in entries}
     if name in bases:

@@ -31,13 +31,15 @@ import queue
 import random
 import re
 import secrets
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Union
 from urllib.parse import quote, unquote, urlsplit
 
 import torch
@@ -53,12 +55,16 @@ if TYPE_CHECKING:
 # are used: importing vggnet touches neither disk nor network.
 
 __all__ = [
+    "CachedFile",
     "ChecksumError",
     "DownloadError",
     "cache_dir",
+    "cached_files",
     "fetch",
     "load_state_dict_from_url",
     "load_weights",
+    "remove_cached",
+    "verify_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +82,7 @@ LOCK_STALL = 120.0  # give up waiting for another process's download after this 
 
 MapLocation = Union[str, torch.device, None]
 Timeout = Union[float, tuple[float, float]]
+Progress = Callable[[int], object]  # called with the byte count of each chunk hashed
 
 _CHUNK = 1 << 20
 _PROGRESS_RESET = 16 << 20
@@ -284,6 +291,88 @@ def _fetch_url(
         origin=url,
         look_aside=_look_aside() if model_dir is None else None,
     )
+
+
+# --- what a cache folder holds ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """A file in a cache or mirror folder, with the stamp and lock that serve it (see the module docstring)."""
+
+    path: Path
+    kind: str  # "checkpoint", "zip copy", "partial" or "corrupt"
+    base: str  # the name of the checkpoint it belongs to (its own name for a checkpoint)
+    size: int  # bytes
+    related: tuple[Path, ...]  # its NAME.stamp and NAME.lock, where present: removed with it
+    sha256: str | None  # the digest its stamp recorded when it was last verified
+
+    @property
+    def name_digest(self) -> str | None:
+        """The SHA-256 prefix in a checkpoint's torch.hub-style name (`name-<hex>.pth`), which `fetch` checks."""
+        match = _NAME_DIGEST.search(self.path.name) if self.kind == "checkpoint" else None
+        return match.group(1) if match else None
+
+
+def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFile]:
+    """The files in `folder` (default: the cache directory) in name order, each with its stamp and lock.
+
+    Hidden files (temporaries, the local files' `.stamps/`) are left out; a missing folder holds nothing.
+    """
+    where = cache_dir() if folder is None else Path(folder)
+    try:
+        names = sorted(os.listdir(where))
+    except FileNotFoundError:
+        return []
+    present = set(names)
+    found: list[CachedFile] = []
+    for name in names:
+        path = where / name
+        if name.startswith(".") or name.endswith((".stamp", ".lock")) or not path.is_file():
+            continue
+        if name.endswith(".partial"):  # NAME.<digest>.<id>.partial
+            kind, base = "partial", name.rsplit(".", 3)[0]
+        elif ".corrupt-" in name:  # NAME.corrupt-<time>-<id>
+            kind, base = "corrupt", name.split(".corrupt-")[0]
+        elif name.endswith(".zip") and name[: -len(".zip")] in present:
+            kind, base = "zip copy", name[: -len(".zip")]
+        else:
+            kind, base = "checkpoint", name
+        related = tuple(where / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present)
+        stamp = _read_stamp(_stamp_of(path)) if f"{name}.stamp" in present else None
+        digest = str(stamp["sha256"]) if stamp is not None else None
+        found.append(CachedFile(path, kind, base, path.stat().st_size, related, digest))
+    return found
+
+
+def remove_cached(
+    *names: str, folder: str | os.PathLike[str] | None = None, local_stamps: bool = False
+) -> list[CachedFile]:
+    """Delete the checkpoints `names` from `folder` (default: the cache directory) with all that belongs to
+    them: stamps, locks, zip copies, partial downloads, corrupt copies. Returns what was removed.
+
+    `local_stamps=True` also forgets the digests recorded for local files (`.stamps/`), which are then
+    hashed again on their next use. Names that are not in the folder are ignored.
+    """
+    where = cache_dir() if folder is None else Path(folder)
+    removed = [entry for entry in cached_files(where) if entry.base in names]
+    for entry in removed:
+        for path in (entry.path, *entry.related):
+            path.unlink(missing_ok=True)
+    if local_stamps:
+        shutil.rmtree(where / ".stamps", ignore_errors=True)
+    return removed
+
+
+def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, progress: Progress | None = None) -> str:
+    """`path`'s full SHA-256, hashed afresh: no stamp is trusted or written. `progress` sees each chunk's size.
+
+    Raises `ChecksumError` (with `.actual`) if the digest does not start with `expected`, a digest or its prefix.
+    """
+    digest = _hash_file(Path(path), progress)
+    if expected is not None and not digest.startswith(expected):
+        raise ChecksumError(str(path), path, expected, digest, detail="the file was left where it is")
+    return digest
 
 
 # --- names, sources and mirrors --------------------------------------------------------------------
@@ -526,14 +615,14 @@ def _digest(path: Path, stamp_path: Path) -> str:
     return digest
 
 
-def _hash_file(path: Path) -> str:
+def _hash_file(path: Path, progress: Progress | None = None) -> str:
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
-        _hash_into(f, hasher)
+        _hash_into(f, hasher, progress)
     return hasher.hexdigest()
 
 
-def _hash_into(f: IO[bytes], hasher: Any) -> int:
+def _hash_into(f: IO[bytes], hasher: Any, progress: Progress | None = None) -> int:
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     total = 0
@@ -543,6 +632,8 @@ def _hash_into(f: IO[bytes], hasher: Any) -> int:
             return total
         hasher.update(view[:n])
         total += n
+        if progress is not None:
+            progress(n)
 
 
 def _copy_hashing(src: Path, dst: Path) -> str:
