@@ -727,3 +727,17 @@ def test_verify_file_hashes_afresh_and_reports_progress(small_checkpoints, tmp_p
         hub.verify_file(path, ckpt.sha256)
     assert (caught.value.expected, caught.value.actual) == (ckpt.sha256, hashlib.sha256(data).hexdigest())
     assert path.read_bytes() == data and hub._stamped_digest(path) == ckpt.sha256  # left as it was
+
+
+def test_add_to_mirror_downloads_or_links_from_the_cache(http_server, small_checkpoints, cache, tmp_path):
+    ckpt = small_checkpoints.zip
+    weights = record(http_server.add("/" + ckpt.name, ckpt.path), ckpt, size=ckpt.size)
+    path = hub.add_to_mirror(weights, tmp_path / "first", progress=False)
+    assert path == tmp_path / "first" / ckpt.name and file_sha256(path) == ckpt.sha256
+    assert http_server.count("/" + ckpt.name) == 1 and not cache.exists()  # into the mirror, not the cache
+
+    cached = hub.fetch(weights.url, sha256=ckpt.sha256, progress=False)
+    path = hub.add_to_mirror(weights, str(tmp_path / "second"), progress=False)
+    assert http_server.count("/" + ckpt.name) == 2  # only the fetch into the cache went to the server
+    assert path == tmp_path / "second" / ckpt.name and path.stat().st_ino == cached.stat().st_ino
+    assert leftovers(tmp_path / "second") == [".stamps", ckpt.name]  # no temporary file left behind

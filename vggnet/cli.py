@@ -22,8 +22,6 @@ import glob
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,7 +63,7 @@ def _error(message: str) -> None:
 if TYPE_CHECKING:
     from .hub import CachedFile
     from .transforms import ImageClassification
-    from .weights import Weights, WeightsEnum
+    from .weights import WeightsEnum
 
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 AddParser = Callable[["SubParsers"], None]
@@ -481,7 +479,7 @@ def _add_download(sub: SubParsers) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from .hub import fetch
+    from .hub import add_to_mirror, fetch
 
     if not args.names and not args.all:
         raise UsageError("name the models or weights to download, or pass --all")
@@ -493,7 +491,7 @@ def _run_download(args: argparse.Namespace) -> int:
             if args.to is None:
                 path = fetch(record.url, sha256=record.sha256, size=record.size, progress=not args.quiet)
             else:
-                path = _mirror_one(record, args.to, progress=not args.quiet)
+                path = add_to_mirror(record, args.to, progress=not args.quiet)
         except (OSError, ValueError, RuntimeError) as err:  # ChecksumError and DownloadError included
             failed += 1
             _error(f"{member}: {err}")
@@ -503,31 +501,6 @@ def _run_download(args: argparse.Namespace) -> int:
         _error(f"{failed} of {len(chosen)} downloads failed")
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _mirror_one(record: Weights, folder: Path, *, progress: bool) -> Path:
-    """`record`'s file, verified, under its own name in `folder`: from the cache if it is there, else fetched."""
-    from .hub import cache_dir, fetch
-
-    dest = folder / record.file_name
-    cached = cache_dir() / record.file_name
-    source = str(cached) if cached.is_file() else record.url
-    path = fetch(
-        source, sha256=record.sha256, size=record.size, model_dir=folder, file_name=record.file_name, progress=progress
-    )
-    if path.resolve() != dest.resolve():  # a local source (the cache, a VGGNET_MIRROR folder) is checked in place
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{record.file_name}.{os.getpid()}.tmp"
-        try:
-            try:
-                os.link(path, tmp)
-            except OSError:
-                shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        path = fetch(str(dest), sha256=record.sha256, size=record.size, model_dir=folder, progress=progress)
-    return path
 
 
 def _records_by_file() -> dict[str, WeightsEnum]:

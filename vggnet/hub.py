@@ -58,6 +58,7 @@ __all__ = [
     "CachedFile",
     "ChecksumError",
     "DownloadError",
+    "add_to_mirror",
     "cache_dir",
     "cached_files",
     "fetch",
@@ -247,6 +248,38 @@ def load_state_dict_from_url(
     )  # fmt: skip
     where = Path(model_dir) if model_dir is not None else cache_dir()
     return _load(path, digest, where=where, map_location=map_location)
+
+
+def add_to_mirror(weights: Weights, folder: str | os.PathLike[str], *, progress: bool = True) -> Path:
+    """`weights`' file, verified, under its own name in `folder`, a directory `VGGNET_MIRROR` can point at.
+
+    A copy in the cache is hard-linked (or copied); otherwise the file is downloaded straight into `folder`.
+    """
+    folder = Path(folder)
+    dest = folder / weights.file_name
+    cached = cache_dir() / weights.file_name
+    source = str(cached) if cached.is_file() else weights.url
+    path = fetch(
+        source,
+        sha256=weights.sha256,
+        size=weights.size,
+        model_dir=folder,
+        file_name=weights.file_name,
+        progress=progress,
+    )
+    if path.resolve() != dest.resolve():  # a local source (the cache, a VGGNET_MIRROR folder) is checked in place
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_name(dest)
+        try:
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        path = fetch(str(dest), sha256=weights.sha256, size=weights.size, model_dir=folder, progress=progress)
+    return path
 
 
 def _fetch_url(
