@@ -208,3 +208,22 @@ def test_end_to_end_over_http_a_wrong_digest_raises_and_keeps_no_file(http_serve
     assert (info.value.expected, info.value.actual, info.value.url) == (wrong, served.sha256, url)
     cache = tmp_path / "cache"
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []
+
+
+@pytest.mark.parametrize("arch", vggnet.list_models())
+def test_arch_of_state_reads_the_model_off_the_keys(arch):
+    with torch.device("meta"):
+        state = vggnet.get_model(arch, num_classes=10, in_chans=1).state_dict()  # fc8 and conv1_1 widths differ
+    assert vggnet.builders.arch_of_state(state) == arch
+    legacy = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # as the 2017 files
+    assert vggnet.builders.arch_of_state(legacy) == arch
+
+
+def test_arch_of_state_names_the_valid_models():
+    with torch.device("meta"):
+        state = vggnet.vgg16().state_dict()
+    del state["classifier.3.bias"]
+    with pytest.raises(ValueError, match=r"^my.pth is not a VGG checkpoint: .* vgg11, vgg11_bn, .*, vgg19_bn$"):
+        vggnet.builders.arch_of_state(state, "my.pth")
+    with pytest.raises(ValueError, match=r"^the state dict is not"):
+        vggnet.builders.arch_of_state({**state, "classifier.3.bias": torch.zeros(4096), "extra": torch.zeros(1)})

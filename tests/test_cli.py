@@ -429,3 +429,11 @@ def test_installed_script_exit_codes(tmp_path):
     assert proc.returncode == 1 and "is corrupt" in proc.stderr
     proc = run(script, "list", env={"VGGNET_HOME": str(tmp_path)})
     assert proc.returncode == 0 and proc.stdout.count("\nvgg") == 9
+
+
+def test_predict_refuses_a_state_dict_that_is_no_vgg(tmp_path, capsys):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.ones(1)}, path)
+    assert main(["predict", str(PHOTOS / "coffee.jpg"), "--weights", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a VGG checkpoint: its keys match none of vgg11, vgg11_bn," in err and "Traceback" not in err

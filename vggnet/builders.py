@@ -28,11 +28,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import IN_CHANNELS, arch_config
+from .config import ARCHS, IN_CHANNELS, arch_config
 from .model import VGG, adapt_input_conv, init_module, make_layers
 from .weights import WEIGHTS_ENUMS, WeightsArg, WeightsEnum, resolve_weights
 
 __all__ = [
+    "arch_of_state",
     "get_model",
     "get_model_weights",
     "list_models",
@@ -106,6 +107,21 @@ def model_from_state(
         state = {k: v for k, v in state.items() if not k.startswith(_HEAD)}
     load_checkpoint_state(model, state, device=device, fresh=(_HEAD,) if new_head else ())
     return model
+
+
+def arch_of_state(state: Mapping[str, torch.Tensor], source: str = "the state dict") -> str:
+    """The builder whose checkpoints have exactly `state`'s keys (fc8's width and the input channels may differ).
+
+    Raises ValueError naming the valid builders when none fits; `source` names the state dict in that message.
+    """
+    keys = {k for k in state if not k.endswith("num_batches_tracked")}  # the 2017 checkpoints lack them
+    for arch in ARCHS:
+        row, batch_norm = arch_config(arch)
+        with torch.device("meta"):
+            layout = VGG(make_layers(row, batch_norm), init_weights=False).state_dict()
+        if keys == {k for k in layout if not k.endswith("num_batches_tracked")}:
+            return arch
+    raise ValueError(f"{source} is not a VGG checkpoint: its keys match none of {', '.join(ARCHS)}")
 
 
 def load_checkpoint_state(

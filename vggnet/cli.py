@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import torch
 from torch import nn
 
-from .config import ARCHS, MIN_SIZE, arch_config
+from .config import ARCHS, MIN_SIZE
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -232,7 +232,7 @@ def _classifier(args: argparse.Namespace, device: str) -> _Classifier:
 
 def _file_classifier(args: argparse.Namespace, device: str) -> _Classifier:
     """A checkpoint file or URL: one written by `vggnet finetune` (its own labels and preset), or a plain state dict."""
-    from .builders import model_from_state
+    from .builders import arch_of_state, model_from_state
     from .finetune import load_finetuned
     from .hub import fetch, load_state_dict_from_url
     from .weights import IMAGENET_CATEGORIES
@@ -256,7 +256,7 @@ def _file_classifier(args: argparse.Namespace, device: str) -> _Classifier:
         preset = finetuned.preset if args.image_size is None else _resized_preset(finetuned.preset, args.image_size)
         return _Classifier(finetuned.model, preset, finetuned.classes, finetuned.arch, source)
     state = load_state_dict_from_url(str(path), sha256=args.sha256, map_location=device, progress=progress)
-    arch = _arch_of(state, source)
+    arch = arch_of_state(state, source)
     _check_arch(args, arch)
     model = model_from_state(arch, state, device, {})
     classes = model.num_classes
@@ -279,20 +279,6 @@ def _resized_preset(preset: ImageClassification | None, size: int) -> ImageClass
         crop_size=size, resize_size=round(size * 256 / 224), mean=preset.mean, std=preset.std,
         interpolation=preset.interpolation, antialias=preset.antialias,
     )  # fmt: skip
-
-
-def _arch_of(state: Mapping[str, torch.Tensor], source: str) -> str:
-    """The builder whose state-dict keys are exactly `state`'s (fc8's width may differ)."""
-    from .model import VGG, make_layers
-
-    keys = {k for k in state if not k.endswith("num_batches_tracked")}
-    for arch in ARCHS:
-        row, batch_norm = arch_config(arch)
-        with torch.device("meta"):
-            layout = VGG(make_layers(row, batch_norm), init_weights=False).state_dict()
-        if keys == {k for k in layout if not k.endswith("num_batches_tracked")}:
-            return arch
-    raise ValueError(f"{source} is not a VGG checkpoint: its keys match none of {', '.join(ARCHS)}")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
