@@ -437,3 +437,26 @@ def test_predict_refuses_a_state_dict_that_is_no_vgg(tmp_path, capsys):
     assert main(["predict", str(PHOTOS / "coffee.jpg"), "--weights", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path} is not a VGG checkpoint: its keys match none of vgg11, vgg11_bn," in err and "Traceback" not in err
+
+
+def test_predict_image_size_keeps_a_finetuned_checkpoints_normalization(seeded_vgg11, tmp_path, capsys):
+    finetune = pytest.importorskip("vggnet.finetune")
+    state = torch.load(seeded_vgg11, weights_only=True, mmap=True)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.2, 0.2]
+    checkpoint = {
+        "format": finetune.FORMAT, "arch": "vgg11", "in_chans": 3, "classes": list(IMAGENET_CATEGORIES), "mode": "full",
+        "preprocessing": {"crop_size": 224, "resize_size": 256, "mean": mean, "std": std, "interpolation": "bicubic"},
+        "epoch": 1, "val_acc": 50.0, "weights": None, "state_dict": state,
+    }  # fmt: skip
+    path = tmp_path / "best.pth"
+    finetune.save_checkpoint(checkpoint, path)
+    photo = PHOTOS / "rocket.jpg"
+    assert main(["predict", str(photo), "--weights", str(path), "--image-size", "160", "--topk", "3", "--json"]) == 0
+    preset = vggnet.ImageClassification(crop_size=160, resize_size=183, mean=mean, std=std, interpolation="bicubic")
+    with torch.inference_mode():
+        model = vggnet.vgg11(init_weights=False)
+        model.load_state_dict(state)
+        top = model.eval()(preset(load_image(photo))[None]).softmax(dim=1)[0].topk(3)
+    predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
+    assert [p["index"] for p in predictions] == top.indices.tolist()
+    assert [p["probability"] for p in predictions] == pytest.approx(top.values.tolist(), abs=1e-4)

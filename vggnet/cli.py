@@ -193,7 +193,7 @@ def _image_paths(patterns: Sequence[str]) -> list[Path]:
 @dataclass
 class _Classifier:
     model: nn.Module
-    preset: nn.Module
+    preset: ImageClassification
     categories: Sequence[str]
     arch: str
     weights: str
@@ -223,10 +223,7 @@ def _classifier(args: argparse.Namespace, device: str) -> _Classifier:
         if record.categories is None:
             raise UsageError(f"{member} has no classifier (only `features` holds usable values); use IMAGENET1K_V1")
         model = get_model(arch, weights=record, progress=not args.quiet, device=device)
-        preset = record.transforms()
-        if args.image_size is not None:
-            preset = _resized_preset(preset, args.image_size)
-        return _Classifier(model, preset, record.categories, arch, str(member))
+        return _Classifier(model, record.transforms(), record.categories, arch, str(member))
     return _file_classifier(args, device)
 
 
@@ -235,6 +232,7 @@ def _file_classifier(args: argparse.Namespace, device: str) -> _Classifier:
     from .builders import arch_of_state, model_from_state
     from .finetune import load_finetuned
     from .hub import fetch, load_state_dict_from_url
+    from .transforms import ImageClassification
     from .weights import IMAGENET_CATEGORIES
 
     source, progress = args.weights, not args.quiet
@@ -253,32 +251,19 @@ def _file_classifier(args: argparse.Namespace, device: str) -> _Classifier:
         pass
     else:
         _check_arch(args, finetuned.arch)
-        preset = finetuned.preset if args.image_size is None else _resized_preset(finetuned.preset, args.image_size)
-        return _Classifier(finetuned.model, preset, finetuned.classes, finetuned.arch, source)
+        return _Classifier(finetuned.model, finetuned.preset, finetuned.classes, finetuned.arch, source)
     state = load_state_dict_from_url(str(path), sha256=args.sha256, map_location=device, progress=progress)
     arch = arch_of_state(state, source)
     _check_arch(args, arch)
     model = model_from_state(arch, state, device, {})
     classes = model.num_classes
     categories = IMAGENET_CATEGORIES if classes == 1000 else [f"class {i}" for i in range(classes)]
-    return _Classifier(model, _resized_preset(None, args.image_size or 224), categories, arch, source)
+    return _Classifier(model, ImageClassification(crop_size=224), categories, arch, source)  # ImageNet's preset
 
 
 def _check_arch(args: argparse.Namespace, arch: str) -> None:
     if args.arch is not None and args.arch != arch:
         raise UsageError(f"{args.weights} holds {arch} weights, not {args.arch}; drop --arch or change it")
-
-
-def _resized_preset(preset: ImageClassification | None, size: int) -> ImageClassification:
-    """`preset` (default: ImageNet's) cropping `size` px after resizing the shorter side to size*256/224."""
-    from .transforms import ImageClassification
-
-    if preset is None:
-        return ImageClassification(crop_size=size, resize_size=round(size * 256 / 224))
-    return ImageClassification(
-        crop_size=size, resize_size=round(size * 256 / 224), mean=preset.mean, std=preset.std,
-        interpolation=preset.interpolation, antialias=preset.antialias,
-    )  # fmt: skip
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -287,6 +272,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     paths = _image_paths(args.images)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     classifier = _classifier(args, device)
+    preset = classifier.preset if args.image_size is None else classifier.preset.resized(args.image_size)
     model = classifier.model.eval()
     k = min(args.topk, len(classifier.categories))
     results: list[dict[str, Any]] = []
@@ -295,7 +281,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         batch, inputs = [], []
         for path in paths[start : start + args.batch_size]:
             try:
-                inputs.append(classifier.preset(load_image(path)))
+                inputs.append(preset(load_image(path)))
             except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
                 failed += 1
                 _error(f"cannot read the image {path}: {err}")

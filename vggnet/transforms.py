@@ -148,6 +148,17 @@ class ImageClassification(_Preset):
             x = _resize_tensor(x, size, self.interpolation, self.antialias)
         return self._finish(_center_crop(x, self.crop_size), single)
 
+    def resized(self, crop_size: int) -> ImageClassification:
+        """A copy of this preset cropping `crop_size` px after resizing the shorter side to crop_size*256/224."""
+        return ImageClassification(
+            crop_size=crop_size,
+            resize_size=round(crop_size * 256 / 224),
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+            antialias=self.antialias,
+        )
+
     def _resize_pil(self, img: Image) -> Image:
         pil = _pil()
         size = resized_size(img.height, img.width, self.resize_size)
