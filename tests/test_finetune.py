@@ -123,6 +123,18 @@ def test_url_weights_and_gray_images(data, pretrained, tmp_path):
     assert x.shape == (1, 32, 32) and finetuned.model(x.unsqueeze(0)).shape == (1, 2)
 
 
+def test_a_legacy_format_state_dict_file_is_a_starting_point(data, pretrained, tmp_path):
+    # The 2017 official files are in torch's legacy format, which cannot be memory-mapped.
+    _, state = pretrained
+    legacy = tmp_path / "vgg11-legacy.pth"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    result = finetune(data, arch="vgg11", weights=str(legacy), epochs=1, batch_size=8, mode="linear",
+                      image_size=32, out=tmp_path / "out", progress=False)  # fmt: skip
+    assert torch.equal(result.model.features[0].weight, state["features.0.weight"])
+    with pytest.raises(ValueError, match="not a checkpoint written by vggnet finetune"):
+        load_finetuned(legacy)
+
+
 def test_load_finetuned_refuses_a_plain_state_dict(pretrained):
     with pytest.raises(ValueError, match="not a checkpoint written by vggnet finetune"):
         load_finetuned(pretrained[0])

@@ -159,8 +159,8 @@ def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.devic
     Reads with `torch.load(weights_only=True)`; raises ValueError for a file that is not such a checkpoint
     (a plain state dict, say), naming what is missing.
     """
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+    checkpoint = _read_finetuned(path, map_location)
+    if checkpoint is None:
         raise ValueError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
     arch, classes, in_chans = checkpoint["arch"], list(checkpoint["classes"]), int(checkpoint["in_chans"])
     kwargs: dict[str, Any] = {"num_classes": len(classes), "in_chans": in_chans}
@@ -168,6 +168,19 @@ def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.devic
     preset = ImageClassification(**checkpoint["preprocessing"])
     info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}
     return Finetuned(model, classes, preset, arch, in_chans, info)
+
+
+def _read_finetuned(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any] | None:
+    """The contents of a checkpoint written by `finetune`, else None (another file is not read in full).
+
+    `finetune` writes the zip format, so a legacy-format file is someone else's; a zip file is
+    memory-mapped, so telling a plain 500 MB state dict apart costs no copy of it.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    return checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT else None
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
@@ -246,20 +259,16 @@ def _starting_model(arch: str, weights: str | None, num_classes: int, in_chans: 
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
     if weights is None or weights.lower() in ("none", "random"):
         return _Start(get_model(arch, **kwargs))
-    if Path(weights).is_file():
-        loaded = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{weights} does not hold a state dict")
-        key = next((k for k in ("state_dict", "model") if k in loaded), None)  # a training checkpoint
-        state: dict[str, torch.Tensor] = loaded[key] if key is not None else loaded
-        if loaded.get("format") != FORMAT:
-            return _Start(model_from_state(arch, state, None, kwargs))
+    is_file = Path(weights).is_file()
+    loaded = _read_finetuned(weights, "cpu") if is_file else None
+    if loaded is not None:  # an earlier run's checkpoint: keep its preprocessing
         if loaded["arch"] != arch:
             raise ValueError(f"{weights} holds a fine-tuned {loaded['arch']}, not {arch}; use arch={loaded['arch']!r}")
         pre = loaded["preprocessing"]
-        model = model_from_state(arch, state, None, kwargs)
+        model = model_from_state(arch, loaded["state_dict"], None, kwargs)
         return _Start(model, tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"])
-    if urlsplit(weights).scheme.lower() in ("http", "https", "file"):
+    if is_file or urlsplit(weights).scheme.lower() in ("http", "https", "file"):
+        # a plain state dict in either serialization format (or a training checkpoint holding one)
         from .hub import load_state_dict_from_url
 
         return _Start(model_from_state(arch, load_state_dict_from_url(weights, progress=progress), None, kwargs))
