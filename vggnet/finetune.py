@@ -369,11 +369,12 @@ def _finetune(
     mean, std = start.mean, start.std
     if in_chans == 1 and len(mean) == IN_CHANNELS:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    eval_preset = ImageClassification(crop_size=image_size, mean=mean, std=std, interpolation=start.interpolation)
+    eval_preset = eval_preset.resized(image_size)  # the shorter side to image_size * 256 / 224 first
     preprocessing: dict[str, Any] = {
-        "crop_size": image_size, "resize_size": round(image_size * 256 / 224), "mean": list(mean),
+        "crop_size": eval_preset.crop_size, "resize_size": eval_preset.resize_size, "mean": list(mean),
         "std": list(std), "interpolation": start.interpolation,
     }  # fmt: skip
-    eval_preset = ImageClassification(**preprocessing)
     gray = in_chans == 1
     train_eval = ImageFolder(data / "train", eval_preset, classes, gray)
     val = ImageFolder(data / "val", eval_preset, classes, gray)
