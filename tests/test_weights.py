@@ -132,3 +132,15 @@ def test_records_are_frozen_and_hashable():
     own = Weights(url="/data/mine.pth", sha256="a" * 64, categories=["cat", "dog"], metrics={"acc@1": 90.0})
     assert own.meta["categories"] == ["cat", "dog"] and own.meta["_metrics"] == {"ImageNet-1K": {"acc@1": 90.0}}
     assert not own.is_official and own.file_name == "mine.pth"
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.org/a%2F..%2Fb.pth", "https://example.org/..", "https://example.org/"]
+)
+def test_a_record_whose_url_names_no_plain_file_is_refused_where_the_name_is_used(url):
+    record = Weights(url=url, sha256="0" * 64)
+    with pytest.raises(ValueError):
+        record.file_name  # noqa: B018 - the property is what is tested
+    assert (
+        Weights(url="https://example.org/x/my%20vgg-0123abcd.pth", sha256="0123abcd").file_name == "my vgg-0123abcd.pth"
+    )

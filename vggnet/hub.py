@@ -62,6 +62,7 @@ __all__ = [
     "cache_dir",
     "cached_files",
     "fetch",
+    "file_name_from_url",
     "load_state_dict_from_url",
     "load_weights",
     "remove_cached",
@@ -179,7 +180,7 @@ def load_weights(
     Official records are fetched from `VGGNET_MIRROR` when it is set. With `VGGNET_HOME` set, a file
     of the same name in torch.hub's cache is reused (hard-linked or copied in) once its digest matches.
     """
-    name = _name_from_url(weights.url)
+    name = weights.file_name
     url = _mirrored(weights.url, name)
     bound = None
     if weights.is_official and weights.size is None and weights.file_size is not None:
@@ -293,7 +294,7 @@ def _fetch_url(
     timeout: Timeout,
     retries: int,
 ) -> tuple[Path, str]:
-    name = _safe_name(file_name, source="file_name") if file_name is not None else _name_from_url(url)
+    name = _safe_name(file_name, source="file_name") if file_name is not None else file_name_from_url(url)
     if sha256 is not None:
         expected: str | None = sha256.strip().lower()
         if not _HEX.fullmatch(sha256.strip().lower()):
@@ -430,8 +431,11 @@ def _safe_name(name: str, *, source: str) -> str:
     return decoded
 
 
-def _name_from_url(url: str) -> str:
-    # The last segment is taken before percent-decoding, so "a%2F..%2Fb" is refused, not shortened to "b".
+def file_name_from_url(url: str) -> str:
+    """The file name a URL is cached under: its last path segment, percent-decoded; ValueError if hostile.
+
+    The segment is taken before decoding, so "a%2F..%2Fb" is refused, not shortened to "b".
+    """
     return _safe_name(urlsplit(url).path.rsplit("/", 1)[-1], source=repr(url))
 
 

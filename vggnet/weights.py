@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 from importlib import resources
-from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Union, overload
-from urllib.parse import unquote, urlsplit
 
 from .config import MIN_SIZE
 
@@ -129,8 +127,13 @@ class Weights:
 
     @property
     def file_name(self) -> str:
-        """The last path component of the URL, percent-decoded."""
-        return PurePosixPath(unquote(urlsplit(self.url).path)).name
+        """The name the file is cached under: the URL's last path segment, percent-decoded.
+
+        A name that could be anything but a plain file in one folder ("..", separators) is a ValueError.
+        """
+        from .hub import file_name_from_url
+
+        return file_name_from_url(self.url)
 
     @property
     def is_official(self) -> bool:
