@@ -1,6 +1,5 @@
 """Builders with weights: strict loading on the meta device, both serialization formats, new heads, devices."""
 
-import hashlib
 import logging
 
 import pytest
@@ -10,15 +9,8 @@ from torch import nn
 import vggnet
 from vggnet import Weights
 
+from .conftest import file_sha256 as sha256
 from .conftest import fingerprint
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
