@@ -167,3 +167,11 @@ def test_an_arch_name_loads_the_default_weights_and_their_numbers(tmp_path, monk
     assert torch.equal(loss.features[0].weight, state["features.0.weight"])
     assert loss.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
     assert loss.std.flatten().tolist() == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_a_gray_model_normalizes_with_the_rgb_average_like_finetune():
+    with torch.device("meta"):
+        gray = vggnet.vgg11(in_chans=1)
+    loss = PerceptualLoss(gray, layers=["relu1_1"])
+    assert loss.mean.flatten().tolist() == pytest.approx([sum(IMAGENET_MEAN) / 3])
+    assert loss.std.flatten().tolist() == pytest.approx([sum(IMAGENET_STD) / 3])

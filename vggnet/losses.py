@@ -100,9 +100,10 @@ class PerceptualLoss(nn.Module):
         self.features = features
         self._names = names[: last + 1]
 
+        # another channel count (in_chans): ImageNet's average over RGB per channel, as `finetune` does
         channels = model.in_channels
-        mean = tuple(mean) if mean is not None else IMAGENET_MEAN[:1] * channels if channels != 3 else IMAGENET_MEAN
-        std = tuple(std) if std is not None else IMAGENET_STD[:1] * channels if channels != 3 else IMAGENET_STD
+        mean = tuple(mean) if mean is not None else _per_channel(IMAGENET_MEAN, channels)
+        std = tuple(std) if std is not None else _per_channel(IMAGENET_STD, channels)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         super().train(False)
@@ -162,6 +163,10 @@ def _pretrained(
     model = get_model(arch, weights="DEFAULT")  # an unknown name raises the registry's ValueError
     record = WEIGHTS_ENUMS[arch.lower()].from_name("DEFAULT").value
     return model, record.mean if mean is None else mean, record.std if std is None else std
+
+
+def _per_channel(rgb: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    return rgb if channels == len(rgb) else (sum(rgb) / len(rgb),) * channels
 
 
 def _check_choice(what: str, value: str, valid: Sequence[str]) -> None:
