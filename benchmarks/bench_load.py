@@ -108,16 +108,6 @@ def generate(workdir: Path) -> dict[str, Path]:
     return paths
 
 
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_child(which: str, path: Path, sha256: str, env: dict[str, str]) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, which, str(path), sha256], env=env, capture_output=True, text=True, check=False
@@ -139,6 +129,8 @@ def main() -> int:
     if args.smoke:
         args.repeat = 1
 
+    from vggnet.hub import verify_file
+
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "cache"
@@ -152,7 +144,7 @@ def main() -> int:
     }  # fmt: skip
     for fmt, src in files.items():
         size = src.stat().st_size
-        digest = sha256_of(src)
+        digest = verify_file(src)  # the file's SHA-256, hashed afresh
         cached = cache / src.name
         if not cached.exists():
             os.link(src, cached)
