@@ -741,3 +741,13 @@ def test_add_to_mirror_downloads_or_links_from_the_cache(http_server, small_chec
     assert http_server.count("/" + ckpt.name) == 2  # only the fetch into the cache went to the server
     assert path == tmp_path / "second" / ckpt.name and path.stat().st_ino == cached.stat().st_ino
     assert leftovers(tmp_path / "second") == [".stamps", ckpt.name]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("bad", ["xyz", "abc1234", "0" * 65])
+def test_a_malformed_sha256_argument_is_refused_before_any_request(http_server, small_checkpoints, cache, bad):
+    url = http_server.add("/m/" + small_checkpoints.zip.name, small_checkpoints.zip.path)
+    with pytest.raises(ValueError, match="64 hex digits of the file's SHA-256, or at least its first 8"):
+        hub.fetch(url, sha256=bad, progress=False)
+    assert http_server.count("/m/" + small_checkpoints.zip.name) == 0
+    padded = f"  {small_checkpoints.zip.sha256.upper()}\n"  # surrounding space and upper case are fine here
+    assert hub.fetch(url, sha256=padded, progress=False).name == small_checkpoints.zip.name

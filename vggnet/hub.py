@@ -44,6 +44,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import torch
 
+from .weights import normalize_digest
+
 if TYPE_CHECKING:
     import filelock
     import requests
@@ -89,7 +91,6 @@ Progress = Callable[[int], object]  # called with the byte count of each chunk h
 _CHUNK = 1 << 20
 _PROGRESS_RESET = 16 << 20
 _MiB = 1 << 20
-_HEX = re.compile(r"[0-9a-f]{8,64}")
 _NAME_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's "name-<hex>.pth" convention
 _ZIP_MAGIC = b"PK\x03\x04"
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")  # "bytes first-last/total"
@@ -296,11 +297,7 @@ def _fetch_url(
 ) -> tuple[Path, str]:
     name = _safe_name(file_name, source="file_name") if file_name is not None else file_name_from_url(url)
     if sha256 is not None:
-        expected: str | None = sha256.strip().lower()
-        if not _HEX.fullmatch(sha256.strip().lower()):
-            raise ValueError(
-                f"sha256 must be the file's 64 hex SHA-256 digits, or at least its first 8, got {sha256!r}"
-            )
+        expected: str | None = normalize_digest(sha256.strip())
     else:
         match = _NAME_DIGEST.search(name)
         expected = match.group(1) if match else None

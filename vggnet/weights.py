@@ -45,7 +45,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN = (0.48235, 0.45882, 0.40784)
 CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-_HEX = re.compile(r"[0-9a-f]+")
+_DIGEST = re.compile(r"[0-9a-f]{8,64}")
+
+
+def normalize_digest(sha256: str) -> str:
+    """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
+    digest = sha256.lower()
+    if not _DIGEST.fullmatch(digest):
+        raise ValueError(
+            f"sha256 must be the 64 hex digits of the file's SHA-256, or at least its first 8, got {sha256!r}"
+        )
+    return digest
 
 
 class _Categories(Sequence[str]):
@@ -104,12 +114,7 @@ class Weights:
     docs: str | None = None
 
     def __post_init__(self) -> None:
-        digest = self.sha256.lower()
-        if not (8 <= len(digest) <= 64 and _HEX.fullmatch(digest)):
-            raise ValueError(
-                f"sha256 must be the 64 hex digits of the file's SHA-256, or at least its first 8, got {self.sha256!r}"
-            )
-        object.__setattr__(self, "sha256", digest)
+        object.__setattr__(self, "sha256", normalize_digest(self.sha256))
         if not self.url:
             raise ValueError("url must be an https, http or file:// URL, or a local path")
         if self.size is not None and self.size <= 0:
