@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import vggnet
+from vggnet import inference
 from vggnet.inference import (
     CUDA_GRAPH_MAX_BATCH,
     InferenceVGG,
@@ -189,16 +190,49 @@ def test_a_replaced_pool_is_always_run():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
-def test_the_onednn_classifier_for_float32_batches_matches_the_plain_one():
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_onednn_classifier_matches_the_plain_one_and_runs_at_any_batch(batch, monkeypatch):
     model = seeded_model("vgg11")
     fast = optimize_for_inference(model)
     assert fast._onednn_classifier
     assert not optimize_for_inference(model, dtype=torch.bfloat16)._onednn_classifier  # F.linear is oneDNN there
-    x = torch.randn(3, 25088)
+    x = torch.randn(batch, 25088)
     with torch.no_grad():
         expected = model.classifier(x)
     got = _onednn_head(fast.net.classifier, x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    seen = []
+
+    def spy(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return _onednn_head(classifier, x)
+
+    monkeypatch.setattr(inference, "_onednn_head", spy)
+    fast(torch.randn(batch, 3, 32, 32))
+    assert seen == [batch]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+def test_on_cpu_each_convolution_runs_with_its_relu_fused(arch):
+    fast = optimize_for_inference(seeded_model(arch))
+    assert fast._steps is not None
+    fused = [m for m, relu_fused in fast._steps if relu_fused]
+    assert len(fused) == 13 and all(isinstance(m, nn.Conv2d) for m in fused)
+    assert [type(m) for m, relu_fused in fast._steps if not relu_fused] == [nn.MaxPool2d] * 5
+    assert optimize_for_inference(seeded_model(arch), compile=True)._steps is None  # inductor fuses itself
+
+
+def test_convolutions_that_cannot_take_their_relu_run_as_they_are():
+    model = seeded_model("vgg11")
+    model.features[1] = nn.Tanh()  # conv1 no longer followed by a ReLU
+    model.features[3].padding_mode = "reflect"  # conv2 pads with something oneDNN does not
+    fast = optimize_for_inference(model)
+    assert fast._steps is not None
+    assert [relu_fused for m, relu_fused in fast._steps if isinstance(m, nn.Conv2d)] == [False, False] + [True] * 6
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        assert_close_fp32(fast(x), model(x))
 
 
 def test_input_is_converted_and_the_output_keeps_its_dtype():

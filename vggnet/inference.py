@@ -7,8 +7,11 @@ changes that measurably pay (figures and method: README.md, section "Speed", and
   vgg16_bn runs at vgg16's speed once folded).
 - channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (vgg16 batch 1 on 2
   AVX-512 cores: 1.15x torchvision's NCHW eager).
-- on CPU, batches of 2 or more run fc6-fc8 on oneDNN with the ReLU fused in: the BLAS behind
-  F.linear (MKL) takes 3-7x longer for vgg16's fc6 on this project's AMD CPU.
+- on CPU (not compiled), each convolution runs with its ReLU fused in as one oneDNN call (vgg16 on
+  2 AVX-512 cores: 1-2% at batch 1 and 8), and in float32 fc6-fc8 run on oneDNN's linear with the
+  ReLU fused in: the BLAS behind F.linear (MKL) takes 3-7x longer for vgg16's fc6 at batch 8 on this
+  project's AMD CPU, and at batch 1, where fc6-fc8 only stream their 494 MB of weights, 17 ms
+  against oneDNN's 12 ms.
 - bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked (bf16 halves vgg16's
   batch-1 time on CPUs with AVX512_BF16).
 - torch.compile (on by default on CUDA, opt-in on CPU, where it gains under 5% for VGG because the
@@ -90,23 +93,23 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
             conv.bias.copy_(new_bias)
 
 
-def _has_onednn_linear(net: VGG) -> bool:
-    """True where oneDNN's linear pays: CPU float32 (bf16's F.linear already runs on oneDNN)."""
+def _has_onednn(net: VGG) -> bool:
+    """True where torch has oneDNN's fused convolution and linear ops and `net` is on the CPU."""
     param = next(net.parameters())
     return (
         param.device.type == "cpu"
-        and param.dtype == torch.float32
         and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     )
 
 
 def _onednn_head(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The eval-mode classifier with oneDNN's linear (ReLU fused in), for batches of 2 or more on CPU.
+    """The eval-mode classifier with oneDNN's linear, each ReLU fused into the linear before it.
 
-    torch's F.linear goes through the BLAS (MKL), which on this project's AMD CPU runs vgg16's fc6 at
-    batch 8 in about 75-110 ms against 10-27 ms for oneDNN; at batch 1 its gemv is the faster one
-    (13.5 against 20 ms), hence the batch test in the caller.
+    For float32 on CPU, where torch's F.linear goes through the BLAS (MKL); on this project's AMD CPU
+    MKL runs vgg16's fc6 at batch 8 in about 75-110 ms against 10-27 ms for oneDNN, and fc6-fc8 at
+    batch 1 in 17 ms against 12 ms.
     """
     modules = list(classifier.children()) if isinstance(classifier, nn.Sequential) else [classifier]
     i = 0
@@ -120,6 +123,44 @@ def _onednn_head(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(m, nn.Dropout):  # eval-mode dropout is the identity
             x = m(x)
         i += 1
+    return x
+
+
+# One step of the feature extractor: a module to call, or a convolution to run with its ReLU fused in.
+_Step = tuple[nn.Module, bool]
+
+
+def _fused_steps(features: nn.Module) -> list[_Step]:
+    """`features` as (module, relu_fused) steps: each zero-padded Conv2d takes the ReLU after it.
+
+    Identities (left by folded BatchNorm) are dropped; anything else is kept as it is, in order.
+    """
+    children = features.children() if isinstance(features, nn.Sequential) else [features]
+    modules = [m for m in children if not isinstance(m, nn.Identity)]
+    steps: list[_Step] = []
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        fusable = isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+        if fusable and i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU):
+            steps.append((m, True))
+            i += 2
+        else:
+            steps.append((m, False))
+            i += 1
+    return steps
+
+
+def _run_steps(steps: list[_Step], x: torch.Tensor) -> torch.Tensor:
+    """The feature extractor, with each fused step one oneDNN convolution+ReLU call."""
+    for m, relu_fused in steps:
+        if relu_fused:
+            assert isinstance(m, nn.Conv2d)
+            x = torch.ops.mkldnn._convolution_pointwise(
+                x, m.weight, m.bias, m.padding, m.stride, m.dilation, m.groups, "relu", [], ""
+            )
+        else:
+            x = m(x)
     return x
 
 
@@ -155,7 +196,10 @@ class InferenceVGG(nn.Module):
         # lowering needs for the linear layers (and prepacks them: +5% at batch 8 on 2 cores, at the
         # cost of a packed copy of the classifier's weights). On CUDA freezing gained nothing.
         self._freezing = compile and self.device.type == "cpu"
-        self._onednn_classifier = _has_onednn_linear(net) and (self._freezing or not compile)
+        onednn = _has_onednn(net)
+        # Compiled, inductor fuses the ReLUs itself; bf16's F.linear is already oneDNN's.
+        self._onednn_classifier = onednn and self.dtype == torch.float32 and (self._freezing or not compile)
+        self._steps = _fused_steps(net.features) if onednn and not compile else None
         self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
         if compile:
             # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
@@ -171,11 +215,11 @@ class InferenceVGG(nn.Module):
         return next(self.net.parameters()).dtype
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.net.features(x)  # (N, 512, H/32, W/32)
+        x = self.net.features(x) if self._steps is None else _run_steps(self._steps, x)  # (N, 512, H/32, W/32)
         if not (self._pool_is_7x7 and x.shape[-2:] == (POOLED_SIZE, POOLED_SIZE)):
             x = self.net.avgpool(x)
         x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
-        if self._onednn_classifier and x.shape[0] > 1:
+        if self._onednn_classifier:
             return _onednn_head(self.net.classifier, x)
         out: torch.Tensor = self.net.classifier(x)
         return out
