@@ -191,6 +191,26 @@ def test_end_to_end_over_http_a_custom_record_loads_once_and_equals_the_served_w
     assert fingerprint(again.state_dict()) == vgg16_checkpoints.fingerprint
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"dropuot": 0.1}, TypeError, "unexpected keyword argument 'dropuot'; the builders take"),
+        ({"in_chans": 0}, ValueError, "in_chans must be a positive integer, got 0"),
+        ({"num_classes": True}, ValueError, "num_classes must be a positive integer, got True"),
+        ({"num_classes": 2.5}, ValueError, "num_classes must be a positive integer"),
+        ({"dropout": 1.5}, ValueError, "dropout must be a probability between 0 and 1"),
+        ({"device": "bogus"}, RuntimeError, "bogus"),
+    ],
+)
+def test_a_bad_argument_is_refused_before_any_checkpoint_is_fetched(http_server, kwargs, error, message):
+    url = http_server.add("/models/never-00000000.pth", b"not fetched")
+    with pytest.raises(error, match=message):
+        vggnet.vgg11(weights=Weights(url=url, sha256="0" * 64), progress=False, **kwargs)
+    assert http_server.count("/models/never-00000000.pth") == 0
+    with pytest.raises(error, match=message):  # the same refusal without weights
+        vggnet.vgg11(**kwargs)
+
+
 def test_end_to_end_over_http_a_wrong_digest_raises_and_keeps_no_file(http_server, vgg16_checkpoints, tmp_path):
     served = vgg16_checkpoints.zip
     url = http_server.add("/models/" + served.name, served.path)

@@ -15,6 +15,8 @@ Shared arguments of every builder (documented once here):
   `model.adapt_input_conv` (1 channel: the sum over RGB; see there for 2 and N > 3).
 - other keyword arguments go to `VGG` (`dropout`, `init_weights`).
 - `pretrained=True/False`: deprecated spelling of `weights="IMAGENET1K_V1"` / `weights=None`.
+
+Every argument is checked before a checkpoint is fetched, so a typo costs no download.
 """
 
 from __future__ import annotations
@@ -69,8 +71,32 @@ def _legacy_pretrained(arch: str, weights: WeightsArg, kwargs: dict[str, Any]) -
     return replacement
 
 
+# The keyword arguments a builder takes besides weights and progress.
+_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights")
+
+
+def _check_arguments(kwargs: Mapping[str, Any]) -> None:
+    """Refuse a bad argument before any checkpoint is fetched: a typo must not cost a 528 MB download."""
+    unknown = sorted(set(kwargs) - set(_ARGUMENTS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"the builders take weights, progress, {', '.join(_ARGUMENTS)}"
+        )
+    for name in ("num_classes", "in_chans"):
+        value = kwargs.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    dropout = kwargs.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be a probability between 0 and 1, got {dropout!r}")
+    if kwargs.get("device") is not None:
+        torch.device(kwargs["device"])  # a RuntimeError that lists the valid device types
+
+
 def _vgg(arch: str, weights: WeightsArg, progress: bool, kwargs: dict[str, Any]) -> VGG:
     weights = _legacy_pretrained(arch, weights, kwargs)
+    _check_arguments(kwargs)
     record = resolve_weights(arch, weights)
     device = kwargs.pop("device", None)
     row, batch_norm = arch_config(arch)
