@@ -1,6 +1,9 @@
 """fold_batchnorm and optimize_for_inference: same outputs as eager, every model, any size >= 32; refusals."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -223,6 +226,43 @@ def test_on_cpu_each_convolution_runs_with_its_relu_fused(arch):
     assert optimize_for_inference(seeded_model(arch), compile=True)._steps is None  # inductor fuses itself
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_dtypes_onednn_does_not_compute_here_run_on_torchs_kernels(dtype):
+    model = seeded_model("vgg11_bn")
+    fast = optimize_for_inference(model, dtype=dtype)
+    mkldnn_fp16 = torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    assert (fast._steps is not None) == (dtype == torch.float16 and mkldnn_fp16)
+    x = torch.randn(2, 3, 32, 40)
+    with torch.no_grad():
+        ref = model(x)
+    out = fast(x)
+    assert out.dtype == torch.float32
+    if dtype == torch.float64:
+        assert_close_fp32(out, ref)
+    else:
+        assert_close_low_precision(out, ref)
+
+
+def test_bf16_on_a_cpu_without_onednn_bf16_runs_unfused(tmp_path):
+    # oneDNN limited to AVX2 (the instruction set of CPUs without AVX-512) refuses bf16 convolutions:
+    # the fused path must not be taken there, and the model must still run.
+    script = (
+        "import torch, vggnet\n"
+        "assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()\n"
+        "torch.manual_seed(0)\n"
+        "model = vggnet.vgg11(num_classes=10).eval()\n"
+        "fast = vggnet.optimize_for_inference(model, dtype=torch.bfloat16)\n"
+        "assert fast._steps is None\n"
+        "x = torch.randn(1, 3, 32, 32)\n"
+        "out, ref = fast(x), model(x).detach()\n"
+        "assert (out - ref).abs().max() <= 0.05 * ref.abs().max(), (out, ref)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_convolutions_that_cannot_take_their_relu_run_as_they_are():
     model = seeded_model("vgg11")
     model.features[1] = nn.Tanh()  # conv1 no longer followed by a ReLU
@@ -273,8 +313,11 @@ def test_optimize_for_inference_refuses_bad_arguments():
         optimize_for_inference(model, dtype=torch.int8)
     with torch.device("meta"):
         meta = vggnet.vgg11()
-    with pytest.raises(ValueError, match="meta device"):
-        optimize_for_inference(meta)
+    for device in (None, "cpu"):  # a meta model has no values to move anywhere
+        with pytest.raises(ValueError, match=r"meta device.*weights="):
+            optimize_for_inference(meta, device=device)
+    with pytest.raises(ValueError, match="device='meta' holds no values"):
+        optimize_for_inference(model, device="meta")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")

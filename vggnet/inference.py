@@ -94,13 +94,24 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _has_onednn(net: VGG) -> bool:
-    """True where torch has oneDNN's fused convolution and linear ops and `net` is on the CPU."""
+    """True where `net` is on the CPU in a dtype this CPU's oneDNN computes, and torch has its fused ops.
+
+    float32 always; bf16 and fp16 only where the CPU has the instructions oneDNN needs for them (bf16:
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT), else torch's own kernels run them. float64 never.
+    """
     param = next(net.parameters())
+    mkldnn = torch.ops.mkldnn
+    supported = {
+        torch.float32: True,
+        torch.bfloat16: hasattr(mkldnn, "_is_mkldnn_bf16_supported") and mkldnn._is_mkldnn_bf16_supported(),
+        torch.float16: hasattr(mkldnn, "_is_mkldnn_fp16_supported") and mkldnn._is_mkldnn_fp16_supported(),
+    }
     return (
         param.device.type == "cpu"
+        and supported.get(param.dtype, False)
         and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and hasattr(mkldnn, "_linear_pointwise")
+        and hasattr(mkldnn, "_convolution_pointwise")
     )
 
 
@@ -287,9 +298,14 @@ def optimize_for_inference(
         raise TypeError(f"optimize_for_inference expects a vggnet VGG, got {type(model).__name__}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(
+            "the model's parameters are on the meta device (no values to optimize): build it with weights, "
+            "e.g. vggnet.vgg16(weights='DEFAULT'), or load a state dict into it with load_state_dict(..., assign=True)"
+        )
     target = torch.device(device) if device is not None else next(model.parameters()).device
     if target.type == "meta":
-        raise ValueError("the model is on the meta device: load weights first, or pass device='cpu'/'cuda'")
+        raise ValueError("device='meta' holds no values to compute with; use device='cpu' or 'cuda'")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {target} asked for, but CUDA is not available; use device='cpu'")
     dtype = dtype if dtype is not None else default_dtype(target)
