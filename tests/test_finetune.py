@@ -110,7 +110,7 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
     assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
 
 
-def test_url_weights_and_gray_images(data, pretrained, tmp_path):
+def test_url_weights_and_gray_images(data, pretrained, tmp_path, capsys):
     path, state = pretrained
     result = finetune(data, arch="vgg11", weights=path.as_uri(), epochs=2, batch_size=8, mode="linear",
                       image_size=32, out=tmp_path, in_chans=1, progress=False)  # fmt: skip
@@ -119,8 +119,15 @@ def test_url_weights_and_gray_images(data, pretrained, tmp_path):
     finetuned = load_finetuned(result.checkpoint)
     assert finetuned.in_chans == 1 and finetuned.model.in_channels == 1
     assert finetuned.preset.mean == [pytest.approx(sum((0.485, 0.456, 0.406)) / 3)]
-    x = finetuned.preset(load_image(val_images(data)[0][0]).convert("L"))
+    # ordinary RGB files: the gray preset takes their luminance, as ImageFolder(gray=True) did in training
+    photo = val_images(data)[1][0]
+    assert photo.suffix == ".png" and Image.open(photo).mode == "RGB"
+    x = finetuned.preset(load_image(photo))
     assert x.shape == (1, 32, 32) and finetuned.model(x.unsqueeze(0)).shape == (1, 2)
+    assert torch.equal(x, ImageFolder(data / "val", finetuned.preset, finetuned.classes, gray=True)[1][0])
+    assert torch.equal(finetuned.preset(Image.open(photo)), x)
+    assert cli.main(["predict", "--weights", str(result.checkpoint), "--json", str(photo)]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["predictions"][0]["label"] in ("blue", "red")
 
 
 def test_a_legacy_format_state_dict_file_is_a_starting_point(data, pretrained, tmp_path):

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from .builders import get_model, model_from_state
 from .config import IN_CHANNELS, arch_config
 from .model import VGG
-from .transforms import ImageClassification, TrainClassification, load_image
+from .transforms import ImageClassification, TrainClassification, gray_image, load_image
 from .weights import IMAGENET_MEAN, IMAGENET_STD, resolve_weights
 
 __all__ = ["EpochStats", "FinetuneResult", "Finetuned", "ImageFolder", "finetune", "load_finetuned"]
@@ -110,7 +110,7 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         path, target = self.samples[index]
         image = load_image(path)
         if self.gray:
-            image = image.convert("L")
+            image = gray_image(image)  # the conversion a gray preset applies at prediction time
         x: torch.Tensor = self.transform(image)
         return x, target
 

@@ -4,6 +4,16 @@ Pure torch; Pillow is needed only to accept PIL images. The evaluation preset re
 torchvision's `ImageClassification` including its rounding: the longer side is `int(size * long /
 short)`, crop offsets are `int(round((side - crop) / 2))`, PIL images are resized by Pillow (as
 torchvision does), tensors by `interpolate(antialias=True)`, uint8 results rounded before scaling.
+
+Pixel values: uint8 tensors and 8-bit images are divided by 255, uint16 tensors by 65535 (as
+torchvision's `convert_image_dtype`), float tensors are taken as 0-1. 16-bit gray images (Pillow
+modes "I;16*", and "I", which Pillow gives for some 16-bit PNG and TIFF files) are scaled to 8 bits
+(v * 255 / 65535, rounded) instead of being clipped by Pillow's `convert`. Float images (mode "F")
+and other integer tensor dtypes are refused: their scale is unknown.
+
+A 1-channel (gray) preset turns colour input into luminance with Pillow's ITU-R 601-2 weights
+(`convert("L")`, reproduced exactly for uint8 tensors), the conversion `ImageFolder(gray=True)`
+applies in training, so a gray fine-tuned checkpoint classifies ordinary RGB images.
 """
 
 from __future__ import annotations
@@ -16,14 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import IN_CHANNELS
 from .weights import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["ImageClassification", "TrainClassification", "load_image", "pil_to_tensor"]
+__all__ = ["ImageClassification", "TrainClassification", "gray_image", "load_image", "pil_to_tensor"]
 
 ImageLike = Union["Image", torch.Tensor]
+SCALES = {torch.uint8: 255, torch.uint16: 65535}  # integer tensor dtypes read, and their white
 
 
 def _pil() -> Any:
@@ -35,21 +47,66 @@ def _pil() -> Any:
 
 
 def load_image(path: str | Any) -> Image:
-    """Open an image file as RGB with Pillow (grayscale, palette and alpha images are converted)."""
+    """Open an image file as RGB with Pillow (gray, palette, alpha and 16-bit images are converted)."""
     with _pil().open(path) as img:
-        rgb: Image = img.convert("RGB")
+        rgb: Image = _eight_bit(img).convert("RGB")
     return rgb
 
 
+def gray_image(img: Image) -> Image:
+    """An image's luminance as an 8-bit "L" image: what gray presets and `ImageFolder(gray=True)` see."""
+    img = _eight_bit(img)
+    if img.mode == "L":
+        return img
+    gray: Image = img.convert("RGB").convert("L")  # via RGB, exactly as load_image(path).convert("L")
+    return gray
+
+
 def pil_to_tensor(img: Image) -> torch.Tensor:
-    """A PIL image as a uint8 tensor (C, H, W), RGB for every mode but "L"."""
+    """A PIL image as a uint8 tensor (C, H, W): (1, H, W) for "L" and 16-bit gray images, RGB otherwise."""
     import numpy as np
 
+    img = _eight_bit(img)
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     array = np.array(img, dtype=np.uint8, copy=True)
     tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _eight_bit(img: Image) -> Image:
+    """16-bit gray ("I;16*", "I") scaled to an 8-bit "L" image; other modes returned as they are.
+
+    Pillow's own convert clips these modes at 255, so a mid-gray 16-bit PNG would come out white.
+    """
+    if img.mode == "F":
+        raise ValueError(
+            "a 32-bit float image (Pillow mode 'F') has no known value range; convert it to 8 bits first, "
+            "e.g. Image.fromarray((np.asarray(img) * 255).round().clip(0, 255).astype('uint8')) for values in 0-1"
+        )
+    if img.mode != "I" and not img.mode.startswith("I;16"):
+        return img
+    import numpy as np
+
+    values = np.asarray(img).astype(np.int64)
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"a 32-bit integer image (Pillow mode 'I') with values {low}..{high}: vggnet reads mode 'I' as "
+            "16-bit (0-65535); scale it to 0-255 and save or pass it as an 8-bit image"
+        )
+    scaled = ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v * 255 / 65535)
+    out: Image = _pil().fromarray(scaled, "L")
+    return out
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) with Pillow's RGB -> L weights (bit-exact for uint8, as Pillow rounds)."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    if x.dtype.is_floating_point:
+        return (r * 19595 + g * 38470 + b * 7471) / 65536
+    r, g, b = r.to(torch.int64), g.to(torch.int64), b.to(torch.int64)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(x.dtype)
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -70,8 +127,13 @@ def _resize_tensor(x: torch.Tensor, size: tuple[int, int], interpolation: str, a
     if dtype.is_floating_point:
         return y
     if interpolation == "bicubic":
-        y = y.clamp(0, 255)
+        y = y.clamp(0, torch.iinfo(dtype).max)
     return torch.round(y).to(dtype)
+
+
+def _check_size(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (pixels), got {value!r}")
 
 
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -90,27 +152,50 @@ class _Preset(nn.Module):
         super().__init__()
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        if len(mean) != len(std) or not mean:
+            raise ValueError(f"mean and std need one value per channel, got {len(mean)} and {len(std)}")
         self.mean = list(mean)
         self.std = list(std)
         self.interpolation = interpolation
         self.antialias = antialias
 
-    def _as_batch(self, img: ImageLike) -> tuple[torch.Tensor, bool, bool]:
-        """(N, C, H, W) tensor, whether the input was a single image, whether it came from PIL."""
+    def _pil_ready(self, img: Image) -> Image:
+        """A PIL image in the mode the preset reads: "L" for a gray preset, else "RGB" or "L"."""
+        if len(self.mean) == 1:
+            return gray_image(img)
+        img = _eight_bit(img)
+        return img if img.mode in ("RGB", "L") else img.convert("RGB")
+
+    def _as_batch(self, img: ImageLike) -> tuple[torch.Tensor, bool]:
+        """(N, C, H, W) tensor in a dtype the preset reads, and whether the input was a single image."""
         if not isinstance(img, torch.Tensor):
-            return pil_to_tensor(img).unsqueeze(0), True, True
+            return pil_to_tensor(self._pil_ready(img)).unsqueeze(0), True
         if img.dim() not in (3, 4):
             raise ValueError(
                 f"expected an image tensor (C, H, W) or a batch (N, C, H, W), got shape {tuple(img.shape)}"
             )
-        return (img.unsqueeze(0), True, False) if img.dim() == 3 else (img, False, False)
+        if not (img.dtype.is_floating_point or img.dtype in SCALES):
+            raise ValueError(
+                f"image tensors must be uint8 (0-255), uint16 (0-65535) or floating point (0-1), got {img.dtype}; "
+                "convert with x.to(torch.uint8) if it holds 0-255 values, or x.float() / its maximum value"
+            )
+        x, single = (img.unsqueeze(0), True) if img.dim() == 3 else (img, False)
+        if len(self.mean) == 1 and x.shape[1] == IN_CHANNELS:  # colour through a gray preset: luminance
+            x = _luma(x)
+        return x, single
 
     def _finish(self, x: torch.Tensor, single: bool) -> torch.Tensor:
         if x.shape[1] == 1 and len(self.mean) == 3:  # grayscale through an RGB preset: replicate
             x = x.expand(-1, 3, -1, -1)
         if x.shape[1] != len(self.mean):
-            raise ValueError(f"the preset normalizes {len(self.mean)} channels, the image has {x.shape[1]}")
-        x = x.to(torch.float32) / 255 if x.dtype == torch.uint8 else x.to(torch.float32)
+            n = len(self.mean)
+            expected = {1: "1 channel (gray) or 3 (RGB)", 3: "3 channels (RGB) or 1 (gray)"}.get(n, f"{n} channels")
+            raise ValueError(
+                f"the preset reads {expected}, the image has {x.shape[1]}; pass a PIL image "
+                "(any mode is converted) or drop the extra channels, e.g. x[:3] for RGBA"
+            )
+        scale = SCALES.get(x.dtype)
+        x = x.to(torch.float32) / scale if scale is not None else x.to(torch.float32)
         mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         x = (x - mean) / std
@@ -120,8 +205,9 @@ class _Preset(nn.Module):
 class ImageClassification(_Preset):
     """Evaluation preset: shorter side to `resize_size`, center crop, scale to [0, 1], normalize.
 
-    Accepts a PIL image, a uint8 or float tensor (C, H, W) or a batch (N, C, H, W) and returns float32
-    of the same rank. Gray input is replicated to 3 channels when the preset has 3 means.
+    Accepts a PIL image, a uint8, uint16 or float tensor (C, H, W) or a batch (N, C, H, W) and returns
+    float32 of the same rank. Gray input is replicated to 3 channels when the preset has 3 means; colour
+    input is turned into luminance when it has 1.
     """
 
     def __init__(
@@ -135,15 +221,16 @@ class ImageClassification(_Preset):
         antialias: bool = True,
     ) -> None:
         super().__init__(mean, std, interpolation, antialias)
+        _check_size("crop_size", crop_size)
+        _check_size("resize_size", resize_size)
         self.crop_size = crop_size
         self.resize_size = resize_size
 
     def forward(self, img: ImageLike) -> torch.Tensor:
-        if not isinstance(img, torch.Tensor):
-            img = self._resize_pil(img)
-            x, single = pil_to_tensor(img).unsqueeze(0), True
+        if not isinstance(img, torch.Tensor):  # the mode first: resizing a palette image would be nearest
+            x, single = pil_to_tensor(self._resize_pil(self._pil_ready(img))).unsqueeze(0), True
         else:
-            x, single, _ = self._as_batch(img)
+            x, single = self._as_batch(img)
             size = resized_size(x.shape[-2], x.shape[-1], self.resize_size)
             x = _resize_tensor(x, size, self.interpolation, self.antialias)
         return self._finish(_center_crop(x, self.crop_size), single)
@@ -194,6 +281,7 @@ class TrainClassification(_Preset):
         antialias: bool = True,
     ) -> None:
         super().__init__(mean, std, interpolation, antialias)
+        _check_size("crop_size", crop_size)
         self.crop_size = crop_size
         self.hflip_prob = hflip_prob
         self.scale = scale
@@ -222,7 +310,7 @@ class TrainClassification(_Preset):
         return (height - h) // 2, (width - w) // 2, h, w
 
     def forward(self, img: ImageLike) -> torch.Tensor:
-        x, single, _ = self._as_batch(img)
+        x, single = self._as_batch(img)
         top, left, h, w = self.crop_box(x.shape[-2], x.shape[-1])
         x = x[..., top : top + h, left : left + w]
         x = _resize_tensor(x, (self.crop_size, self.crop_size), self.interpolation, self.antialias)
