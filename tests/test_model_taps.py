@@ -73,6 +73,25 @@ def test_pre_activation_taps_survive_the_in_place_relu():
         assert torch.equal(taps["fc6"].clamp(min=0), taps["relu6"])
 
 
+def test_pre_activation_taps_survive_on_a_batchnorm_folded_model():
+    # fold_batchnorm leaves an Identity between each conv and its in-place ReLU
+    model = seeded("vgg11_bn")
+    folded = vggnet.fold_batchnorm(model)
+    assert isinstance(folded.features[1], nn.Identity) and folded.layer_names()[:3] == ["conv1_1", "bn1_1", "relu1_1"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        taps = folded.extract(x, ["conv1_1", "bn1_1", "relu1_1", "conv2_1"])
+        assert taps["conv1_1"].min() < 0 and torch.equal(taps["conv1_1"], folded.features[:1](x))
+        assert torch.equal(taps["bn1_1"], taps["conv1_1"])
+        assert torch.equal(taps["conv1_1"].clamp(min=0), taps["relu1_1"])
+        torch.testing.assert_close(taps["conv1_1"], model.extract(x, ["bn1_1"])["bn1_1"], atol=1e-5, rtol=1e-5)
+        assert folded.extract(x, ["bn1_1", "conv2_1"])["bn1_1"].min() < 0
+        loss = vggnet.PerceptualLoss(folded, layers=["conv1_1"], input_range="normalized")
+        reference = vggnet.PerceptualLoss(model, layers=["bn1_1"], input_range="normalized")
+        y = torch.randn(1, 3, 32, 32)
+        torch.testing.assert_close(loss(x, y), reference(x, y), atol=1e-5, rtol=1e-5)
+
+
 def test_taps_come_back_in_the_order_asked_and_gradients_flow():
     model = seeded("vgg11")
     x = torch.randn(1, 3, 32, 32, requires_grad=True)

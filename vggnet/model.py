@@ -144,8 +144,9 @@ class VGG(nn.Module):
     def extract(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """The outputs of the named layers, in the order asked; nothing after the last one is computed.
 
-        A tap that the next layer's in-place ReLU would overwrite (conv4_3, bn4_3, fc6, ...) is cloned
-        when taken, so it holds the pre-activation values.
+        A tap that the next layer's in-place ReLU would overwrite (conv4_3, bn4_3, fc6, ...; Identity
+        steps left by `fold_batchnorm` are looked past) is cloned when taken, so it holds the
+        pre-activation values.
         """
         self.check_input(x)
         return run_taps(self._steps(), x, layers)
@@ -321,7 +322,7 @@ def run_taps(
     x: torch.Tensor,
     layers: Sequence[str],
 ) -> dict[str, torch.Tensor]:
-    """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next step is in place)."""
+    """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next operation is in place)."""
     names = [name for name, _ in steps]
     unknown = [name for name in layers if name not in names]
     if unknown or not layers:
@@ -333,9 +334,17 @@ def run_taps(
         for fn in step:
             x = fn(x)
         if name in wanted:
-            overwritten = i < last and getattr(steps[i + 1][1][0], "inplace", False)
-            taps[name] = x.clone() if overwritten else x
+            taps[name] = x.clone() if _overwritten(steps[i + 1 : last + 1]) else x
     return {name: taps[name] for name in layers}
+
+
+def _overwritten(later: Sequence[tuple[str, Sequence[Callable[[torch.Tensor], torch.Tensor]]]]) -> bool:
+    """Whether the first real operation of `later` works in place (Identity, left by fold_batchnorm, is skipped)."""
+    for _, step in later:
+        for fn in step:
+            if not isinstance(fn, nn.Identity):
+                return bool(getattr(fn, "inplace", False))
+    return False
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
