@@ -158,6 +158,52 @@ def test_bad_arguments_name_the_problem(data, tmp_path):
         finetune(tmp_path, arch="vgg11", weights=None)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_size": 16}, r"image_size must be an integer of at least 32 .* got 16"),
+        ({"image_size": 31}, "image_size must be an integer of at least 32"),
+        ({"image_size": 64.0}, "image_size must be an integer"),
+        ({"lr": 0.0}, r"lr must be a positive number, got 0.0; None uses 0.05 for mode 'linear'"),
+        ({"lr": -1.0}, "lr must be a positive number, got -1.0"),
+        ({"lr": float("nan")}, "lr must be a positive number, got nan"),
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+        ({"epochs": 2.5}, "epochs must be a positive integer, got 2.5"),
+        ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+        ({"workers": -1}, "workers must be an integer >= 0, got -1"),
+        ({"weights": "./nope.pth"}, r"weights file ./nope.pth not found; weights is a record name"),
+        ({"weights": "nope.pth"}, "weights file nope.pth not found"),
+        ({"weights": Path("runs/nope/best.pth")}, "weights file runs/nope/best.pth not found"),
+        ({"weights": 3}, "weights must be a record name, a file path, a URL or None, got int 3"),
+    ],
+)
+def test_bad_numbers_and_weights_are_refused_before_anything_is_written(data, tmp_path, kwargs, message):
+    out = tmp_path / "out"
+    args = {"arch": "vgg11", "weights": None, "epochs": 1, "image_size": 32, "out": out, "progress": False}
+    error = FileNotFoundError if str(kwargs.get("weights", "")).endswith(".pth") else ValueError
+    with pytest.raises(error, match=message):
+        finetune(data, **{**args, **kwargs})
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        finetune(data, **{**args, "weights": str(tmp_path)})
+
+
+def test_a_path_checkpoint_is_a_starting_point(data, pretrained, tmp_path, monkeypatch):
+    first = finetune(data, arch="vgg11", weights=str(pretrained[0]), epochs=1, batch_size=8, image_size=32,
+                     out=tmp_path / "a", progress=False)  # fmt: skip
+    assert isinstance(first.checkpoint, Path)
+    second = finetune(data, arch="vgg11", weights=first.checkpoint, epochs=1, batch_size=8, image_size=32,
+                      out=tmp_path / "b", progress=False)  # fmt: skip
+    for key, value in first.model.features.state_dict().items():  # a linear probe keeps the backbone
+        assert torch.equal(second.model.features.state_dict()[key], value), key
+    assert load_finetuned(second.checkpoint).info["weights"] == str(first.checkpoint)
+    monkeypatch.chdir(tmp_path)  # a relative path to the same file, with no separator in it
+    (tmp_path / "a" / "best.pth").rename(tmp_path / "start.pth")
+    third = finetune(data, arch="vgg11", weights="start.pth", epochs=1, batch_size=8, image_size=32,
+                     out=tmp_path / "c", progress=False)  # fmt: skip
+    assert third.model.in_channels == 3
+
+
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     path = tmp_path / "best.pth"
     save_checkpoint({"epoch": 1}, path)

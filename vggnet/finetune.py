@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -49,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from .builders import get_model, model_from_state
-from .config import IN_CHANNELS, arch_config
+from .config import IN_CHANNELS, MIN_SIZE, arch_config
 from .model import VGG
 from .transforms import ImageClassification, TrainClassification, gray_image, load_image
 from .weights import IMAGENET_MEAN, IMAGENET_STD, resolve_weights
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "vggnet.finetune/1"
 CHECKPOINT_NAME = "best.pth"
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 MODES = ("linear", "full")
 DEFAULT_LR = {"linear": 0.05, "full": 0.001}
@@ -288,7 +290,7 @@ def finetune(
     data: str | os.PathLike[str],
     *,
     arch: str = "vgg16",
-    weights: str | None = "DEFAULT",
+    weights: str | os.PathLike[str] | None = "DEFAULT",
     epochs: int = 10,
     batch_size: int = 32,
     lr: float | None = None,
@@ -304,29 +306,67 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune `arch` on DATA (see the module docstring); returns the history and the trained model.
 
-    `weights`: see `_starting_model`. `lr`: default 0.05 for "linear", 0.001 for "full" (SGD with
+    `weights`: see `_starting_model` (a path may be a `pathlib.Path`, e.g. an earlier
+    `FinetuneResult.checkpoint`). `lr`: default 0.05 for "linear", 0.001 for "full" (SGD with
     momentum 0.9, cosine schedule over the epochs). `device`: default CUDA when available (under
     torchrun, cuda:LOCAL_RANK). `amp`: bf16 autocast, default on for CUDA only. `in_chans`: 3, or 1
     to read the images as gray (the first conv is adapted, the mean and std averaged). `batch_size` is
     per process.
     """
+    # every argument is checked before anything is built, downloaded or written
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if in_chans not in (1, IN_CHANNELS):
         raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {in_chans}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("image_size", image_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+    for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("workers", workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            kind = "a positive integer" if least else "an integer >= 0"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_SIZE:
+        raise ValueError(
+            f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
+            f"{MIN_SIZE}x{MIN_SIZE} pixels), got {image_size!r}; 224 is what ImageNet weights were trained at"
+        )
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
+        raise ValueError(f"lr must be a positive number, got {lr!r}; None uses {DEFAULT_LR[mode]} for mode {mode!r}")
     arch_config(arch)  # a ValueError naming the valid architectures
+    weights = _check_weights(weights)
     started = time.perf_counter()
     dev = torch.device(device) if device is not None else _default_device()
     ctx = _init_distributed(dev)
     if dev.type == "cuda" and ctx.on:
         dev = torch.device("cuda", ctx.local_rank)
+    rate = DEFAULT_LR[mode] if lr is None else float(lr)
     return _finetune(
-        ctx, Path(data), arch, weights, epochs, batch_size, lr or DEFAULT_LR[mode], mode, image_size,
+        ctx, Path(data), arch, weights, epochs, batch_size, rate, mode, image_size,
         Path(out), dev, workers, dev.type == "cuda" if amp is None else amp, in_chans, progress, seed, started,
     )  # fmt: skip
+
+
+def _check_weights(weights: str | os.PathLike[str] | None) -> str | None:
+    """`weights` as a string; a value that looks like a file path must name an existing file."""
+    if weights is None:
+        return None
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be a record name, a file path, a URL or None, got {type(weights).__name__} {weights!r}"
+        )
+    value = os.fspath(weights)
+    if urlsplit(value).scheme.lower() in ("http", "https", "file"):
+        return value
+    looks_like_path = isinstance(weights, os.PathLike) or any(sep in value for sep in ("/", os.sep))
+    looks_like_path = looks_like_path or value.lower().endswith(WEIGHT_FILE_SUFFIXES) or value.startswith("~")
+    if looks_like_path:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            problem = "is a folder, not a file" if path.is_dir() else "not found"
+            raise FileNotFoundError(
+                f"weights file {value} {problem}; weights is a record name (DEFAULT, IMAGENET1K_V1, ...), "
+                "the path of an existing .pth file (a state dict or a finetune checkpoint), an http(s):// "
+                "or file:// URL, or None for random initialisation"
+            )
+        return str(path)
+    return value
 
 
 def _default_device() -> torch.device:
