@@ -151,6 +151,35 @@ def test_bad_arguments_are_refused_clearly(vgg11_bn):
         loss(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64))
 
 
+def test_bad_images_and_numbers_are_refused_clearly(vgg11_bn):
+    with pytest.raises(ValueError, match=r"mean needs one value per input channel of the model \(3\), got 2"):
+        PerceptualLoss(vgg11_bn, layers=["relu1_1"], mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match=r"std needs one value per input channel of the model \(3\), got 1"):
+        PerceptualLoss(vgg11_bn, layers=["relu1_1"], std=(0.5,))
+    loss = PerceptualLoss(vgg11_bn, layers=["relu1_1"])
+    rgba = torch.rand(1, 4, 32, 32)
+    with pytest.raises(ValueError, match=r"reads 3 channels, the images have 4 .*x\[:, :3\]"):
+        loss(rgba, rgba)
+    gray = torch.rand(1, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"reads 3 channels, the images have 1 .*expand"):
+        loss(gray, gray)
+    uint8 = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"floating-point images in input_range '0-1', got torch.uint8.*/ 255"):
+        loss(uint8, uint8)
+    with pytest.raises(ValueError, match=r"batch \(N, C, H, W\), got shape \(3, 32, 32\).*unsqueeze"):
+        loss(torch.rand(3, 32, 32), torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match=r"torch\.uint8"):
+        loss.taps(uint8)
+
+
+def test_a_single_layer_name_is_one_layer(vgg11_bn, images):
+    x, y = images
+    one = PerceptualLoss(vgg11_bn, layers="relu2_1", style_layers="relu1_1")
+    assert one.layers == ["relu2_1"] and one.style_layers == ["relu1_1"]
+    listed = PerceptualLoss(vgg11_bn, layers=["relu2_1"], style_layers=["relu1_1"])
+    assert torch.equal(one(x, y), listed(x, y))
+
+
 def test_an_arch_name_loads_the_default_weights_and_their_numbers(tmp_path, monkeypatch):
     """With a mirror on disk standing in for download.pytorch.org, "vgg11" loads VGG11_Weights.DEFAULT."""
     torch.manual_seed(5)

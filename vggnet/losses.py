@@ -42,7 +42,8 @@ class PerceptualLoss(nn.Module):
 
     - `model`: a VGG (its conv part is copied, the model itself is left untouched) or a builder name
       such as "vgg16", which loads that builder's DEFAULT weights and uses their mean and std.
-    - `layers`: content taps by name (see `VGG.layer_names()`; only the conv part, conv1_1 ... pool5).
+    - `layers`: content taps by name (see `VGG.layer_names()`; only the conv part, conv1_1 ... pool5);
+      a single string is one name.
       `weights`: one factor per content tap (default 1 each).
     - `distance`: "l1" (mean absolute) or "l2" (mean squared) between feature maps.
     - `style_layers`, `style_weights`: taps whose Gram matrices are compared by mean squared error,
@@ -52,7 +53,8 @@ class PerceptualLoss(nn.Module):
     - `pool`: "avg" replaces the max-pools by 2x2 average pools, as Gatys et al. do for style.
 
     The network is frozen (requires_grad=False) and always in eval mode, whatever `train()` is
-    called with. Gradients flow to `input`; `target` is treated as a constant.
+    called with. Gradients flow to `input`; `target` is treated as a constant. `input` and `target`
+    are float batches (N, C, H, W) with the model's channel count; anything else is refused.
     """
 
     mean: torch.Tensor
@@ -61,10 +63,10 @@ class PerceptualLoss(nn.Module):
     def __init__(
         self,
         model: VGG | str = "vgg16",
-        layers: Sequence[str] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+        layers: str | Sequence[str] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
         weights: Sequence[float] | None = None,
         distance: Literal["l1", "l2"] = "l1",
-        style_layers: Sequence[str] | None = None,
+        style_layers: str | Sequence[str] | None = None,
         style_weights: Sequence[float] | None = None,
         input_range: InputRange = "0-1",
         pool: Literal["max", "avg"] = "max",
@@ -77,8 +79,8 @@ class PerceptualLoss(nn.Module):
         _check_choice("pool", pool, POOLS)
         if isinstance(model, str):
             model, mean, std = _pretrained(model, mean, std)
-        self.layers = list(layers)
-        self.style_layers = list(style_layers or ())
+        self.layers = _names(layers)
+        self.style_layers = _names(style_layers or ())
         self.weights = _factors("weights", weights, self.layers)
         self.style_weights = _factors("style_weights", style_weights, self.style_layers)
         if not self.layers and not self.style_layers:
@@ -104,6 +106,13 @@ class PerceptualLoss(nn.Module):
         channels = model.in_channels
         mean = tuple(mean) if mean is not None else _per_channel(IMAGENET_MEAN, channels)
         std = tuple(std) if std is not None else _per_channel(IMAGENET_STD, channels)
+        for what, values in (("mean", mean), ("std", std)):
+            if len(values) != channels:
+                raise ValueError(
+                    f"{what} needs one value per input channel of the model ({channels}), got {len(values)}: "
+                    f"{list(values)}"
+                )
+        self.in_channels = channels
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         super().train(False)
@@ -116,6 +125,25 @@ class PerceptualLoss(nn.Module):
         """Stays frozen: the network is a fixed measuring device (the argument is ignored)."""
         return self
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming the problem for a batch the network cannot read as images."""
+        if x.dim() != 4:
+            raise ValueError(
+                f"PerceptualLoss expects a batch (N, C, H, W), got shape {tuple(x.shape)}; "
+                "add a batch dimension with x.unsqueeze(0) for a single image"
+            )
+        if not x.dtype.is_floating_point:
+            raise ValueError(
+                f"PerceptualLoss expects floating-point images in input_range {self.input_range!r}, got {x.dtype}; "
+                "convert uint8 images with x.float() / 255"
+            )
+        if x.shape[1] != self.in_channels:
+            hint = " (gray images: x.expand(-1, 3, -1, -1); RGBA: x[:, :3])" if self.in_channels == 3 else ""
+            raise ValueError(
+                f"the network reads {self.in_channels} channels, the images have {x.shape[1]} "
+                f"(shape {tuple(x.shape)}){hint}"
+            )
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map images in `input_range` to what the network was trained on."""
         if self.input_range == "normalized":
@@ -126,6 +154,7 @@ class PerceptualLoss(nn.Module):
 
     def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The content and style taps of `x` (given in `input_range`)."""
+        self.check_input(x)
         steps = [(name, [m]) for name, m in zip(self._names, self.features)]
         wanted = list(dict.fromkeys(self.layers + self.style_layers))
         return run_taps(steps, self.normalize(x), wanted)
@@ -167,6 +196,10 @@ def _pretrained(
 
 def _per_channel(rgb: tuple[float, ...], channels: int) -> tuple[float, ...]:
     return rgb if channels == len(rgb) else (sum(rgb) / len(rgb),) * channels
+
+
+def _names(layers: str | Sequence[str]) -> list[str]:
+    return [layers] if isinstance(layers, str) else list(layers)  # a single name is a list of one
 
 
 def _check_choice(what: str, value: str, valid: Sequence[str]) -> None:
