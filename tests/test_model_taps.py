@@ -114,8 +114,23 @@ def test_extract_stops_after_the_last_tap_asked_for():
 
 def test_unknown_taps_are_refused_with_the_valid_names():
     model = vggnet.vgg11(device="meta")
+    x = torch.empty(1, 3, 32, 32, device="meta")
     with pytest.raises(ValueError, match=r"unknown layers \['conv4_3'\]; valid: conv1_1, relu1_1, pool1"):
-        model.extract(torch.empty(1, 3, 32, 32, device="meta"), ["conv4_3"])
+        model.extract(x, ["conv4_3"])
+    with pytest.raises(
+        ValueError, match=r"no layers asked; pass a list of layer names, e.g. \['relu1_2'\]; valid: conv1_1"
+    ):
+        model.extract(x, [])
+    with pytest.raises(ValueError, match=r"unknown layers \['fc9'\]"):  # one name, not ['f', 'c', '9']
+        model.extract(x, "fc9")
+
+
+def test_a_single_layer_name_is_a_list_of_one():
+    model = seeded("vgg11")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        one = model.extract(x, "fc6")
+        assert list(one) == ["fc6"] and torch.equal(one["fc6"], model.extract(x, ["fc6"])["fc6"])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -179,8 +194,10 @@ def test_reset_classifier_changes_fc8_only():
     assert fc8 is model.classifier[6] and fc8.out_features == model.num_classes == 5
     assert torch.count_nonzero(fc8.bias) == 0 and 0.005 < fc8.weight.std().item() < 0.015
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    with pytest.raises(ValueError, match="positive"):
-        model.reset_classifier(0)
+    for bad in (0, -1, 2.5, True, "10", None):
+        with pytest.raises(ValueError, match=rf"num_classes must be a positive integer, got {bad!r} \(the outputs"):
+            model.reset_classifier(bad)
+    assert model.num_classes == 5  # untouched by the refused calls
 
 
 def test_reset_classifier_keeps_device_and_dtype():

@@ -60,8 +60,7 @@ class VGG(nn.Module):
         self, features: nn.Module, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        _check_num_classes(num_classes)
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((POOLED_SIZE, POOLED_SIZE))
         self.classifier = nn.Sequential(
@@ -141,8 +140,10 @@ class VGG(nn.Module):
         """Every tap name in order: conv1_1, [bn1_1,] relu1_1, ..., pool5, fc6, relu6, fc7, relu7, fc8."""
         return [name for name, _ in self._steps()]
 
-    def extract(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def extract(self, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
         """The outputs of the named layers, in the order asked; nothing after the last one is computed.
+
+        A single name is a list of one: `extract(x, "fc7")` returns `{"fc7": ...}`, a dict as always.
 
         A tap that the next layer's in-place ReLU would overwrite (conv4_3, bn4_3, fc6, ...; Identity
         steps left by `fold_batchnorm` are looked past) is cloned when taken, so it holds the
@@ -212,8 +213,7 @@ class VGG(nn.Module):
 
         Every other tensor, and fc8's device and dtype, are kept.
         """
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        _check_num_classes(num_classes)
         old = self.get_classifier()
         fc8 = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
         init_module(fc8)
@@ -320,13 +320,16 @@ def feature_names(features: nn.Sequential) -> list[str]:
 def run_taps(
     steps: Sequence[tuple[str, Sequence[Callable[[torch.Tensor], torch.Tensor]]]],
     x: torch.Tensor,
-    layers: Sequence[str],
+    layers: str | Sequence[str],
 ) -> dict[str, torch.Tensor]:
     """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next operation is in place)."""
     names = [name for name, _ in steps]
+    layers = [layers] if isinstance(layers, str) else list(layers)  # a single name is a list of one
+    if not layers:
+        raise ValueError(f"no layers asked; pass a list of layer names, e.g. ['relu1_2']; valid: {', '.join(names)}")
     unknown = [name for name in layers if name not in names]
-    if unknown or not layers:
-        raise ValueError(f"unknown layers {unknown or '(none asked)'}; valid: {', '.join(names)}")
+    if unknown:
+        raise ValueError(f"unknown layers {unknown}; valid: {', '.join(names)}")
     wanted = set(layers)
     last = max(names.index(name) for name in layers)
     taps: dict[str, torch.Tensor] = {}
@@ -369,6 +372,13 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         return (gray / 2).expand(-1, 2, -1, -1).contiguous()
     repeats = -(-in_chans // IN_CHANNELS)
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (IN_CHANNELS / in_chans)
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"num_classes must be a positive integer, got {num_classes!r} (the outputs of fc8, e.g. 10 for ten classes)"
+        )
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:
