@@ -110,6 +110,12 @@ def test_summary_plots(tmp_path, capsys):
         (["download", "vgg17"], "valid: vgg11"),
         (["download", "VGG16_Weights.IMAGENET1K_V2"], "VGG16_Weights.IMAGENET1K_FEATURES"),
         (["cache", "--remove", "vgg16"], "not in the cache"),
+        (["summary", "vgg16", "--input-size", "224x224x3"], "expected N or HxW in pixels (e.g. 224 or 224x320)"),
+        (["verify", "no-such-dir"], "no-such-dir is not a directory"),
+        (["predict", str(PHOTOS), "--image-size", "8"], "at least 32 px"),
+        (["predict", str(PHOTOS), "--device", "bogus"], "no device 'bogus' here; valid: cpu"),
+        (["predict", str(PHOTOS), "--device", "cuda:99"], "valid: cpu"),
+        (["finetune", "data", "--device", "bogus"], "valid: cpu"),
         (["predict", "no-such-photo.jpg"], "no-such-photo.jpg: no such image file"),
         (["predict", str(PHOTOS / "*.gif")], "no files match"),
         (["predict", str(PHOTOS), "--weights", "IMAGENET1K_V7"], "valid: VGG16_Weights.IMAGENET1K_V1"),
@@ -407,6 +413,83 @@ def test_verify_checks_names_and_stamps(tmp_path, monkeypatch, capsys):
         good.name: "ok",
         bad.name: "corrupt",
     }
+
+
+def test_cache_clear_removes_only_what_vggnet_wrote_or_verified(fake_records, capsys):
+    path, _, _ = fake_records["vgg11"]
+    assert main(["download", "vgg11"]) == 0
+    folder = cache_dir()
+    ours = {
+        path.name: None,  # downloaded and stamped: with its stamp
+        f"{path.name}.{sha256(path)[:16]}.0a1b2c3d.partial": b"p" * 10,
+        f"{path.name}.corrupt-20240102-030405-beef": b"c" * 20,
+        "run.pth.unverified.0a1b2c3d.partial": b"u" * 5,
+    }
+    theirs = {
+        "vgg16-397923af.pth": b"torchvision downloaded this",  # an official record's name, never verified by vggnet
+        "vgg16-397923af.pth.0123456789abcdef0123456789abcdef.partial": b"torch.hub's temporary",
+        "resnet.pth": b"r",
+        "resnet.pth.zip": b"z",  # beside resnet.pth, but not a zip copy vggnet wrote
+    }
+    for name, data in {**ours, **theirs}.items():
+        if data is not None:
+            (folder / name).write_bytes(data)
+    capsys.readouterr()
+    assert main(["cache", "--clear", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {f["file"] for f in report["removed"]} == set(ours)
+    assert report["freed"] == path.stat().st_size + 35 and report["folder"] == str(folder)
+    assert report["skipped"] == []
+    assert sorted(n for n in os.listdir(folder) if not n.endswith(".lock")) == sorted(theirs)
+
+
+def test_cache_remove_takes_any_listed_file(fake_records, capsys):
+    path, _, _ = fake_records["vgg16"]
+    assert main(["download", "vgg16"]) == 0
+    corrupt = cache_dir() / f"{path.name}.corrupt-20240102-030405-beef"
+    corrupt.write_bytes(b"c" * 20)
+    capsys.readouterr()
+    assert main(["cache", "--json"]) == 0
+    assert corrupt.name in {f["file"] for f in json.loads(capsys.readouterr().out)["files"]}
+    assert main(["cache", "--remove", corrupt.name, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["removed"] == [{"file": corrupt.name, "kind": "corrupt", "size": 20}] and report["freed"] == 20
+    assert not corrupt.exists() and (cache_dir() / path.name).exists()  # only that file
+
+    assert main(["cache", "--remove", "vgg16"]) == 0
+    assert f"removed {path.name}" in capsys.readouterr().out
+    assert not (cache_dir() / path.name).exists()
+
+
+def test_verify_does_not_vouch_for_an_unchecked_download(http_server, tmp_path, monkeypatch, capsys):
+    """A download with no digest to check (no sha256, none in its name) may be incomplete: 'unknown', not 'ok'."""
+    from vggnet.hub import fetch
+
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path))
+    fetch(http_server.add("/plain.pth", b"half of a checkpoint"), progress=False)
+    data = b"a whole checkpoint"
+    fetch(http_server.add("/mine.pth", data), sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    assert main(["verify", "--json"]) == 0
+    results = {r["file"]: (r["status"], r["against"]) for r in json.loads(capsys.readouterr().out)}
+    assert results == {
+        "plain.pth": ("unknown", None),
+        "mine.pth": ("ok", "the digest recorded when it was verified"),
+    }
+
+
+def test_verify_says_when_the_only_reference_is_the_name(tmp_path, capsys):
+    (tmp_path / "run-20240101.pth").write_bytes(b"a checkpoint saved on new year's day")
+    assert main(["verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "run-20240101.pth is corrupt or misnamed" in err and "the hex part of its name" in err
+
+
+def test_predict_with_a_local_checkpoint_whose_name_looks_like_a_digest(seeded_vgg11, tmp_path, capsys):
+    dated = tmp_path / "vgg11-epoch-00000010.pth"
+    dated.symlink_to(seeded_vgg11)
+    photo = PHOTOS / "coffee.jpg"
+    assert main(["predict", str(photo), "--weights", str(dated), "--json", "--device", "cpu"]) == 0
+    check_predictions(json.loads(capsys.readouterr().out)["results"], expected_topk(seeded_vgg11, [photo], 5), [photo])
 
 
 # --- as a real process -------------------------------------------------------------------------------

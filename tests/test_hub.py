@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import filelock
@@ -216,6 +218,7 @@ def test_redirects_are_followed(http_server, small_checkpoints, cache):
 
 WORKER = r"""
 import json, sys, time
+from collections.abc import Iterator
 from pathlib import Path
 import vggnet.hub as hub
 from vggnet.weights import Weights
@@ -699,13 +702,14 @@ def test_remove_cached_takes_everything_that_belongs_to_a_checkpoint(http_server
     fill_cache(http_server, small_checkpoints, cache)
     legacy, other = small_checkpoints.legacy.name, small_checkpoints.zip.name
     removed = hub.remove_cached(legacy, "not-cached.pth")
-    assert [e.path.name for e in removed] == [legacy, f"{legacy}.zip"]
-    assert not any(p.exists() for e in removed for p in (e.path, *e.related))
+    assert [e.path.name for e in removed.files] == [legacy, f"{legacy}.zip"] and removed.skipped == ()
+    assert not any(p.exists() for e in removed.files for p in (e.path, *e.related))
+    assert removed.freed == sum(e.size for e in removed.files)
     assert {e.base for e in hub.cached_files()} == {other, "notes.txt"}
     assert (cache / ".stamps").is_dir()
 
     removed = hub.remove_cached(other, folder=cache, local_stamps=True)
-    assert sorted(e.kind for e in removed) == ["corrupt", "partial"]
+    assert sorted(e.kind for e in removed.files) == ["corrupt", "partial"]
     assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
 
 
@@ -721,7 +725,7 @@ def test_verify_file_hashes_afresh_and_reports_progress(small_checkpoints, tmp_p
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(data)
-    hub._write_stamp(path, ckpt.sha256)  # a stamp that fits the file's stat but not its bytes
+    hub._write_stamp(path, ckpt.sha256, checked=True)  # a stamp that fits the file's stat but not its bytes
     assert hub._stamped_digest(path) == ckpt.sha256
     with pytest.raises(hub.ChecksumError) as caught:
         hub.verify_file(path, ckpt.sha256)
@@ -751,3 +755,252 @@ def test_a_malformed_sha256_argument_is_refused_before_any_request(http_server, 
     assert http_server.count("/m/" + small_checkpoints.zip.name) == 0
     padded = f"  {small_checkpoints.zip.sha256.upper()}\n"  # surrounding space and upper case are fine here
     assert hub.fetch(url, sha256=padded, progress=False).name == small_checkpoints.zip.name
+
+
+# --- only vggnet's own files are its bookkeeping ----------------------------------------------------
+
+
+def test_only_vggnets_own_names_are_bookkeeping(http_server, small_checkpoints, cache):
+    """The cache may be torch.hub's, shared with torchvision: a name that merely looks like ours is not ours."""
+    fill_cache(http_server, small_checkpoints, cache)
+    legacy = small_checkpoints.legacy.name
+    strangers = {
+        "vgg16-397923af.pth": b"torchvision's download, never verified by vggnet",
+        "vgg16-397923af.pth.0123456789abcdef0123456789abcdef.partial": b"torch.hub's own temporary",
+        "notes.txt.zip": b"a zip beside notes.txt, not a copy vggnet wrote",
+        "x.pth.corrupt-later": b"not our time stamp",
+    }
+    for name, data in strangers.items():
+        (cache / name).write_bytes(data)
+    entries = {e.path.name: e for e in hub.cached_files()}
+    for name in strangers:
+        assert (entries[name].kind, entries[name].base, entries[name].ours) == ("checkpoint", name, False)
+    assert entries["notes.txt"].ours is False
+    ours = {name for name, e in entries.items() if e.ours}
+    assert ours == {
+        legacy, f"{legacy}.zip", f"{small_checkpoints.zip.name}.{small_checkpoints.zip.sha256[:16]}.0a1b2c3d.partial",
+        f"{small_checkpoints.zip.name}.corrupt-20240102-030405-beef",
+    }  # fmt: skip
+
+    removed = hub.remove_cached(*ours)
+    assert {e.path.name for e in removed.files} == ours
+    assert sorted(leftovers(cache)) == sorted([".stamps", "notes.txt", *strangers])
+
+
+def test_remove_cached_takes_one_listed_file_alone(http_server, small_checkpoints, cache):
+    fill_cache(http_server, small_checkpoints, cache)
+    legacy, other = small_checkpoints.legacy.name, small_checkpoints.zip.name
+    corrupt = f"{other}.corrupt-20240102-030405-beef"
+    assert [e.path.name for e in hub.remove_cached(corrupt).files] == [corrupt]
+    assert [e.path.name for e in hub.remove_cached(f"{legacy}.zip").files] == [f"{legacy}.zip"]
+    assert not (cache / f"{legacy}.zip.stamp").exists() and (cache / legacy).exists()
+    assert (cache / f"{other}.{small_checkpoints.zip.sha256[:16]}.0a1b2c3d.partial").exists()
+
+
+LIVE_DOWNLOAD = r"""
+import sys
+import vggnet.hub as hub
+print(hub.fetch(sys.argv[1], sha256=sys.argv[2], progress=False))
+"""
+
+
+def test_remove_cached_leaves_a_running_downloads_files(http_server, cache):
+    data = os.urandom(3 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    url = http_server.add("/live.bin", data, rate=1 << 20)  # ~3 s
+    downloader = _spawn(LIVE_DOWNLOAD, url, digest)
+    deadline = time.monotonic() + 30
+    while not (cache.exists() and any(p.stat().st_size for p in cache.glob("*.partial"))):
+        assert time.monotonic() < deadline, "the download never started"
+        time.sleep(0.02)
+    entries = hub.cached_files()
+    assert [e.kind for e in entries] == ["partial"]
+    removed = hub.remove_cached("live.bin")
+    assert removed.files == () and sorted(p.name for p in removed.skipped) == [entries[0].path.name, "live.bin.lock"]
+    out, err = downloader.communicate(timeout=60)
+    assert downloader.returncode == 0, err
+    assert Path(out.strip()).read_bytes() == data
+    removed = hub.remove_cached("live.bin")  # now that it is done, everything goes
+    assert [e.path.name for e in removed.files] == ["live.bin"] and removed.skipped == ()
+    assert os.listdir(cache) == []
+
+
+# --- what a stamp vouches for ----------------------------------------------------------------------
+
+
+def test_a_download_without_any_digest_is_stamped_unchecked(http_server, small_checkpoints, cache):
+    """Without a digest and without Content-Length, a transfer cut short looks complete: its stamp must not vouch."""
+    data = small_checkpoints.zip.path.read_bytes()
+    url = http_server.add("/plain.pth", data[: len(data) // 2], Fault.extra(b"", announce=False))
+    hub.fetch(url, progress=False)
+    (entry,) = hub.cached_files()
+    assert entry.sha256 == hashlib.sha256(data[: len(data) // 2]).hexdigest() and entry.checked is False
+
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/checked.pth", ckpt.path)
+    hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert {e.path.name: e.checked for e in hub.cached_files()} == {"checked.pth": True, "plain.pth": False}
+
+
+def test_a_stamp_is_marked_checked_once_a_digest_confirms_it(small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    cache.mkdir()
+    shutil.copyfile(ckpt.path, cache / "mine.pth")
+    hub.fetch("https://example.invalid/mine.pth", progress=False)  # a cache hit, hashed and stamped unchecked
+    assert hub.cached_files()[0].checked is False
+    hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256[:8], progress=False)
+    assert hub.cached_files()[0].checked is True
+
+
+# --- digests in names ------------------------------------------------------------------------------
+
+
+def test_a_local_files_name_is_not_taken_for_a_digest(small_checkpoints, tmp_path, cache, caplog):
+    local = tmp_path / "vgg11-epoch-00000010.pth"
+    shutil.copyfile(small_checkpoints.zip.path, local)
+    for source in (str(local), local.as_uri()):
+        with caplog.at_level(logging.WARNING, logger="vggnet.hub"):
+            assert fingerprint(hub.load_state_dict_from_url(source)) == small_checkpoints.fingerprint
+        assert "unverified" in caplog.text
+    with pytest.raises(hub.ChecksumError):  # an explicit digest still is
+        hub.fetch(str(local), sha256="0" * 64)
+
+
+def test_a_url_names_digest_mismatch_says_where_the_digest_came_from(http_server, small_checkpoints, cache):
+    url = http_server.add("/run-20240101.pth", small_checkpoints.zip.path)
+    with pytest.raises(hub.ChecksumError) as info:
+        hub.fetch(url, progress=False)
+    message = str(info.value)
+    assert "hex part of the file name" in message and "sha256=" in message and "retry" not in message
+    assert info.value.expected == "20240101"
+    assert hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False).name == "run-20240101.pth"
+
+
+def test_offline_a_corrupt_cached_file_does_not_say_retry(http_server, small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    weights = record(url, ckpt)
+    hub.load_weights(weights, progress=False)
+    (cache / ckpt.name).write_bytes(b"x" * ckpt.size)
+    monkeypatch.setenv("VGGNET_OFFLINE", "1")
+    with pytest.raises(hub.ChecksumError) as info:
+        hub.load_weights(weights, progress=False)
+    assert "retry" not in str(info.value) and "Unset VGGNET_OFFLINE" in str(info.value)
+
+
+# --- mirrors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-url"])
+def test_a_mirror_directory_comes_after_the_cache(http_server, small_checkpoints, cache, tmp_path, monkeypatch, as_uri):
+    ckpt = small_checkpoints.zip
+    weights = Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256)
+    cache.mkdir()
+    shutil.copyfile(ckpt.path, cache / ckpt.name)
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    monkeypatch.setenv("VGGNET_MIRROR", empty.as_uri() if as_uri else str(empty))
+    assert fingerprint(hub.load_weights(weights, progress=False)) == small_checkpoints.fingerprint
+
+    (cache / ckpt.name).unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        hub.load_weights(weights, progress=False)
+    message = str(info.value)
+    assert "VGGNET_MIRROR" in message and str(empty) in message and OFFICIAL_BASE + ckpt.name in message
+
+
+@pytest.mark.parametrize("mirror", ["ftp://example.org/models", "s3://bucket/models"])
+def test_a_mirror_with_an_unsupported_scheme_is_refused(small_checkpoints, cache, monkeypatch, mirror):
+    monkeypatch.setenv("VGGNET_MIRROR", mirror)
+    with pytest.raises(ValueError, match=r"VGGNET_MIRROR='.*' has the unsupported scheme .* or a local directory"):
+        hub.load_weights(Weights(url=OFFICIAL_BASE + "vgg16-397923af.pth", sha256="397923af"), progress=False)
+    assert not cache.exists()
+
+
+def test_add_to_mirror_replaces_a_corrupt_cached_copy_from_the_url(http_server, small_checkpoints, cache, tmp_path):
+    ckpt = small_checkpoints.zip
+    weights = record(http_server.add("/" + ckpt.name, ckpt.path), ckpt, size=ckpt.size)
+    hub.fetch(weights.url, sha256=ckpt.sha256, progress=False)
+    (cache / ckpt.name).write_bytes(b"y" * ckpt.size)  # the stamp no longer fits: hashed, found wrong
+    path = hub.add_to_mirror(weights, tmp_path / "mirror", progress=False)
+    assert file_sha256(path) == ckpt.sha256 and http_server.count("/" + ckpt.name) == 2
+    assert [e.kind for e in hub.cached_files()] == ["corrupt"]  # moved aside, as a load would
+
+
+# --- the cache directory itself --------------------------------------------------------------------
+
+
+def test_vggnet_home_that_is_a_file_is_named_in_the_error(http_server, small_checkpoints, tmp_path, monkeypatch):
+    home = tmp_path / "a-file"
+    home.write_bytes(b"")
+    monkeypatch.setenv("VGGNET_HOME", str(home))
+    url = http_server.add("/" + small_checkpoints.zip.name, small_checkpoints.zip.path)
+    for offline in ("", "1"):
+        monkeypatch.setenv("VGGNET_OFFLINE", offline)
+        with pytest.raises(OSError, match=f"VGGNET_HOME={home}.*not a directory.*must be a writable directory"):
+            hub.fetch(url, progress=False)
+    assert http_server.count("/" + small_checkpoints.zip.name) == 0
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nothing can be written into: by its mode, or (for root) a read-only bind mount."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    mounted = False
+    if os.access(folder, os.W_OK):  # root ignores the mode
+        mount = ["mount", "--bind", str(folder), str(folder)]
+        remount = ["mount", "-o", "remount,bind,ro", str(folder)]
+        try:
+            subprocess.run(mount, check=True, capture_output=True)
+            mounted = True
+            subprocess.run(remount, check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            if mounted:
+                subprocess.run(["umount", str(folder)], capture_output=True)
+            pytest.skip("cannot make a read-only directory here")
+    try:
+        yield folder
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True, capture_output=True)
+        folder.chmod(0o755)
+
+
+def test_a_read_only_cache_is_named_in_the_error(http_server, small_checkpoints, read_only_dir, monkeypatch):
+    monkeypatch.setenv("VGGNET_HOME", str(read_only_dir))
+    url = http_server.add("/" + small_checkpoints.zip.name, small_checkpoints.zip.path)
+    with pytest.raises(OSError, match=f"VGGNET_HOME={read_only_dir}.*must be a writable directory") as info:
+        hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
+    assert "[Errno" not in str(info.value)
+
+
+# --- arguments -------------------------------------------------------------------------------------
+
+
+def test_size_is_enforced_for_local_files_too(small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    with pytest.raises(ValueError, match=f"has {ckpt.size:,} bytes, not the 123 that size= says"):
+        hub.fetch(str(ckpt.path), sha256=ckpt.sha256, size=123)
+    with pytest.raises(ValueError, match="size= says"):
+        hub.fetch(str(ckpt.path), size=123)  # no digest: the size is all there is to check
+    assert hub.fetch(str(ckpt.path), sha256=ckpt.sha256, size=ckpt.size) == ckpt.path
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"retries": -1}, "retries must be a whole number >= 0"),
+        ({"retries": 1.5}, "retries must be a whole number >= 0"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+        ({"timeout": (10.0, -1.0)}, "timeout must be a positive number"),
+        ({"timeout": float("nan")}, "timeout must be a positive number"),
+        ({"size": 0}, "size must be a positive byte count"),
+    ],
+)
+def test_nonsense_limits_are_refused_before_any_request(http_server, small_checkpoints, cache, kwargs, message):
+    url = http_server.add("/limits.pth", small_checkpoints.zip.path)
+    with pytest.raises(ValueError, match=message):
+        hub.fetch(url, progress=False, **kwargs)
+    assert http_server.count("/limits.pth") == 0

@@ -83,11 +83,53 @@ def _size_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected N or HxW in pixels, got {text!r}") from None
     if len(sides) == 1:
         sides *= 2
-    if len(sides) != 2 or min(sides) < MIN_SIZE:
+    if len(sides) != 2:
+        raise argparse.ArgumentTypeError(
+            f"expected N or HxW in pixels (e.g. 224 or 224x320), got {text!r}: {len(sides)} parts"
+        )
+    if min(sides) < MIN_SIZE:
         raise argparse.ArgumentTypeError(
             f"{text!r}: VGG needs at least {MIN_SIZE} px per side (five 2x2 max-pools); give N or HxW, N >= {MIN_SIZE}"
         )
     return sides[0], sides[1]
+
+
+def _side_arg(text: str) -> int:
+    """argparse type for one side in pixels: VGG's five 2x2 max-pools need at least MIN_SIZE."""
+    value = _positive(text)
+    if value < MIN_SIZE:
+        raise argparse.ArgumentTypeError(f"VGG needs at least {MIN_SIZE} px (five 2x2 max-pools), got {text!r}")
+    return value
+
+
+def _device_arg(text: str) -> str:
+    """argparse type for a torch device that exists here, listing the valid ones when not."""
+    try:
+        device: torch.device | None = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or not _device_available(device):
+        raise argparse.ArgumentTypeError(f"no device {text!r} here; valid: {', '.join(_devices())}")
+    return text
+
+
+def _device_available(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count())
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return False
+
+
+def _devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
 
 
 def _positive(text: str) -> int:
@@ -161,10 +203,10 @@ def _add_predict(sub: SubParsers) -> None:
     p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL", help="default: DEFAULT")
     p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) a file or URL must have")
     p.add_argument("--topk", type=_positive, default=5, metavar="K", help="labels per image (default 5)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--batch-size", type=_positive, default=16, metavar="B", help="images per forward pass")
     p.add_argument(
-        "--image-size", type=_positive, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
+        "--image-size", type=_side_arg, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
     )
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
@@ -484,11 +526,14 @@ def _expected_digest(entry: CachedFile, records: dict[str, WeightsEnum]) -> tupl
     member = records.get(entry.path.name)
     if member is not None:
         return member.value.sha256, str(member)
-    if entry.sha256 is not None:
+    if entry.sha256 is not None and entry.checked:  # a stamp's digest proves nothing unless it was checked
         return entry.sha256, "the digest recorded when it was verified"
     if entry.name_digest is not None:
-        return entry.name_digest, "the digest in its name"
+        return entry.name_digest, _IN_NAME
     return None
+
+
+_IN_NAME = "the digest in its name"
 
 
 # verify ----------------------------------------------------------------------------------------------
@@ -500,8 +545,8 @@ def _add_verify(sub: SubParsers) -> None:
         parents=[_COMMON],
         help="re-hash every cached checkpoint: ok, corrupt or unknown (exit 1 if any is corrupt)",
         description="Hash every checkpoint in the cache (or in DIR, e.g. a mirror built by 'download --to') and "
-        "compare it with its record, with the digest recorded when it was downloaded, or with the digest in "
-        "its name. 'unknown' means there is nothing to compare with. Exits 1 if any file is corrupt.",
+        "compare it with its record, with the digest recorded when it was downloaded and checked, or with the "
+        "digest in its name. 'unknown' means there is nothing to compare with. Exits 1 if any file is corrupt.",
     )
     p.add_argument("folder", nargs="?", type=Path, metavar="DIR", help="default: the cache directory")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -514,7 +559,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     folder = args.folder if args.folder is not None else cache_dir()
     if args.folder is not None and not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a directory")
+        raise UsageError(f"{folder} is not a directory; give a cache or mirror directory, or none for the cache")
     records = _records_by_file()
     entries = [e for e in cached_files(folder) if e.kind in ("checkpoint", "zip copy")]
     results: list[dict[str, Any]] = []
@@ -551,6 +596,14 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"\n{folder}: {len(results) - unknown - len(corrupt)} ok, {len(corrupt)} corrupt, {unknown} unknown")
     fix = "remove it with 'vggnet cache --remove {}'" if args.folder is None else "replace it with a good copy"
     for r in corrupt:
+        if r["against"] == _IN_NAME:
+            _error(
+                f"{r['file']} is corrupt or misnamed: SHA-256 {r['sha256']} does not start with {r['expected']}, "
+                "the hex part of its name, which is the only reference (torch.hub's name-<sha256 prefix>.pth "
+                "convention); if the name only looks like one (a date, an epoch), the file may be fine: "
+                f"rename it; otherwise {fix.format(r['file'])} and download it again"
+            )
+            continue
         _error(
             f"{r['file']} is corrupt: SHA-256 {r['sha256']} does not match {r['expected']}; "
             f"{fix.format(r['file'])} and download it again"
@@ -568,14 +621,20 @@ def _add_cache(sub: SubParsers) -> None:
         help="what is cached and how big it is; remove files",
         description="List the files in the cache directory ($VGGNET_HOME, else torch.hub's checkpoint "
         "directory, shared with torchvision) with their sizes, or remove some. Removing a checkpoint also "
-        "removes its stamp, its zip copy, partial downloads and copies moved aside as corrupt.",
+        "removes its stamp, its zip copy, partial downloads and copies moved aside as corrupt. Partial files "
+        "and locks a running download holds are kept and reported.",
     )
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--remove", nargs="+", metavar="NAME", help="a file name, a model (vgg16) or weights name")
     group.add_argument(
-        "--clear", action="store_true", help="remove every file vggnet fetched or wrote (others' files are kept)"
+        "--remove", nargs="+", metavar="NAME", help="a listed file name, a model (vgg16) or weights name"
     )
-    p.add_argument("--json", action="store_true", help="print a JSON list (when listing)")
+    group.add_argument(
+        "--clear",
+        action="store_true",
+        help="remove what vggnet verified or wrote: files with a vggnet stamp, zip copies, partial downloads, "
+        "corrupt copies (other files are kept)",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
 
 
 def _run_cache(args: argparse.Namespace) -> int:
@@ -585,15 +644,22 @@ def _run_cache(args: argparse.Namespace) -> int:
     entries = cached_files(folder)
     records = _records_by_file()
     if args.remove or args.clear:
-        if args.clear:  # what vggnet wrote (bookkeeping, or a stamp or lock beside it) and the records' files
-            ours = {e.base for e in entries if e.kind != "checkpoint" or e.base in records or e.related}
+        if args.clear:  # only what vggnet can show it verified or wrote: the cache may be torchvision's too
+            names = {e.path.name for e in entries if e.ours}
         else:
-            ours = {_cached_name(name, entries, records) for name in args.remove}
-        removed = remove_cached(*ours, folder=folder, local_stamps=args.clear)
-        if not args.quiet:
-            for entry in removed:
-                print(f"removed {entry.path.name} ({_mib(entry.size)})")
-        print(f"freed {_mib(sum(e.size for e in removed))} in {folder}")
+            names = {_cached_name(name, entries) for name in args.remove}
+        result = remove_cached(*names, folder=folder, local_stamps=args.clear)
+        if args.json:
+            removed = [{"file": e.path.name, "kind": e.kind, "size": e.size} for e in result.files]
+            skipped = [p.name for p in result.skipped]
+            _print_json({"folder": str(folder), "removed": removed, "freed": result.freed, "skipped": skipped})
+        else:
+            if not args.quiet:
+                for entry in result.files:
+                    print(f"removed {entry.path.name} ({_mib(entry.size)})")
+            print(f"freed {_mib(result.freed)} in {folder}")
+        for path in result.skipped:
+            print(f"{PROG}: kept {path.name}: another process is using it (a download in progress)", file=sys.stderr)
         return EXIT_OK
     listing: list[dict[str, Any]] = [
         {
@@ -616,19 +682,19 @@ def _run_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cached_name(name: str, entries: Sequence[CachedFile], records: dict[str, WeightsEnum]) -> str:
-    """The cached checkpoint a --remove argument means: a file name, or a model or weights name."""
-    bases = {e.base for e in entries}
-    if name in bases:
+def _cached_name(name: str, entries: Sequence[CachedFile]) -> str:
+    """What a --remove argument means: a listed file name, a checkpoint's name, or a model or weights name."""
+    names = {e.path.name for e in entries} | {e.base for e in entries}
+    if name in names:
         return name
     try:
         (member,) = _select_weights([name])
     except ValueError:
         member = None
-    if member is not None and member.value.file_name in bases:
+    if member is not None and member.value.file_name in names:
         return member.value.file_name
     what = f"{member} ({member.value.file_name}) is" if member is not None else f"{name!r} is"
-    cached = ", ".join(sorted(bases)) or "nothing"
+    cached = ", ".join(sorted(e.path.name for e in entries)) or "nothing"
     raise ValueError(f"{what} not in the cache; cached: {cached}")
 
 
@@ -712,7 +778,7 @@ def _add_finetune(sub: SubParsers) -> None:
     p.add_argument("--mode", choices=("linear", "full"), default="linear", help="default linear")
     p.add_argument("--image-size", type=_positive, default=224, metavar="N", help="crop size (default 224)")
     p.add_argument("--out", type=Path, default=Path("finetune-out"), metavar="DIR", help="default ./finetune-out")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--workers", type=int, default=0, metavar="W", help="data loading processes (default 0)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on for CUDA)")
 

@@ -6,17 +6,22 @@ it streams) -> a verified file -> `torch.load(weights_only=True)`, memory-mapped
 What a cache directory holds for a checkpoint NAME:
 
 - `NAME`: the verified file; it only ever appears by an atomic rename of a fully checked download.
-- `NAME.stamp`: JSON with the file's size, mtime, ctime, inode and full SHA-256. A cache hit whose
-  stat still matches its stamp is trusted without hashing; any other file is hashed again.
+- `NAME.stamp`: JSON with the file's size, mtime, ctime, inode and full SHA-256, and `checked`:
+  whether that digest matched an expected one (a download with no digest to check is not). A cache
+  hit whose stat still matches its stamp is trusted without hashing; any other file is hashed again.
 - `NAME.lock`: the lock held while NAME is downloaded or converted, so only one process downloads.
-- `NAME.<digest>.<id>.partial`: what an interrupted download received (private to the user); the
-  next call that wants the same digest hashes it and resumes with a Range request.
-- `NAME.zip` and its stamp: a zip-format copy of a legacy-format (pre-1.6) NAME, written once so
-  that later loads can memory-map it.
-- `NAME.corrupt-<time>-<id>`: a cached file whose bytes stopped matching, moved aside.
+- `NAME.<digest>.<id>.partial` (`<digest>`: 8 to 16 hex digits or "unverified", `<id>`: 8 hex
+  digits): what an interrupted download received (private to the user); the next call that wants
+  the same digest hashes it and resumes with a Range request. A running download holds its flock.
+- `NAME.zip` and its stamp (which names the source's digest): a zip-format copy of a legacy-format
+  (pre-1.6) NAME, written once so that later loads can memory-map it.
+- `NAME.corrupt-<YYYYmmdd-HHMMSS>-<4 hex>`: a cached file whose bytes stopped matching, moved aside.
 
-A local source (a plain path, `file://`, a `VGGNET_MIRROR` directory) is verified in place, never
-copied; its stamp lives in the cache directory under `.stamps/`.
+Only these exact names are vggnet's: the default cache is torch.hub's, shared with torchvision,
+whose own files (its `*.partial` temporaries included) are left alone.
+
+A local source (a plain path, `file://`) is verified in place, never copied; its stamp lives in the
+cache directory under `.stamps/`. A `VGGNET_MIRROR` directory is the same, after the cache.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ __all__ = [
     "CachedFile",
     "ChecksumError",
     "DownloadError",
+    "Removed",
     "add_to_mirror",
     "cache_dir",
     "cached_files",
@@ -103,21 +109,38 @@ class ChecksumError(RuntimeError):
     A RuntimeError, as torch.hub's "invalid hash value" is, so code written for torch.hub still catches it.
     """
 
-    def __init__(self, url: str, path: str | os.PathLike[str], expected: str, actual: str, detail: str = "") -> None:
+    def __init__(
+        self, url: str, path: str | os.PathLike[str], expected: str, actual: str, detail: str = "", hint: str = ""
+    ) -> None:
         self.url = url
         self.path = Path(path)
         self.expected = expected
         self.actual = actual
         self.detail = detail or "no file was kept"
+        self.hint = hint or _RETRY_HINT
         what = "SHA-256" if len(expected) == 64 else f"SHA-256 prefix ({len(expected)} hex digits)"
         super().__init__(
             f"checksum mismatch for {url} ({self.path}): expected {what} {expected}, got {actual}; {self.detail}. "
-            "The transfer was corrupted or the file is not the one the record describes: retry, "
-            "and check the URL, the mirror (VGGNET_MIRROR) and the digest."
+            f"{self.hint}"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.url, str(self.path), self.expected, self.actual, self.detail)
+        return type(self), (self.url, str(self.path), self.expected, self.actual, self.detail, self.hint)
+
+
+# What a ChecksumError advises, by where the expected digest came from and whether retrying can help.
+_RETRY_HINT = (
+    "The transfer was corrupted or the file is not the one the record describes: retry, "
+    "and check the URL, the mirror (VGGNET_MIRROR) and the digest."
+)
+_LOCAL_HINT = (
+    "The file is not the one the digest describes: replace it with a good copy, or check the path "
+    "(VGGNET_MIRROR, for a mirror) and the digest."
+)
+_NAME_HINT = (
+    "The expected digest is the hex part of the file name, torch.hub's name-<sha256 prefix>.pth convention; "
+    "if the name only looks like one, pass sha256= (--sha256) with the real digest, or file_name=."
+)
 
 
 class DownloadError(OSError):
@@ -255,21 +278,22 @@ def load_state_dict_from_url(
 def add_to_mirror(weights: Weights, folder: str | os.PathLike[str], *, progress: bool = True) -> Path:
     """`weights`' file, verified, under its own name in `folder`, a directory `VGGNET_MIRROR` can point at.
 
-    A copy in the cache is hard-linked (or copied); otherwise the file is downloaded straight into `folder`.
+    A copy in the cache that matches the record is hard-linked (or copied); otherwise (none, or one
+    that no longer matches and is moved aside) the file is downloaded straight into `folder`.
     """
     folder = Path(folder)
     dest = folder / weights.file_name
-    cached = cache_dir() / weights.file_name
-    source = str(cached) if cached.is_file() else weights.url
-    path = fetch(
-        source,
-        sha256=weights.sha256,
-        size=weights.size,
-        model_dir=folder,
-        file_name=weights.file_name,
-        progress=progress,
-    )
-    if path.resolve() != dest.resolve():  # a local source (the cache, a VGGNET_MIRROR folder) is checked in place
+    path = _cached_copy(weights)
+    if path is None:
+        path = fetch(
+            weights.url,
+            sha256=weights.sha256,
+            size=weights.size,
+            model_dir=folder,
+            file_name=weights.file_name,
+            progress=progress,
+        )
+    if path.resolve() != dest.resolve():  # the cache's copy, or a VGGNET_MIRROR folder's (checked in place)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = _temp_name(dest)
         try:
@@ -284,6 +308,19 @@ def add_to_mirror(weights: Weights, folder: str | os.PathLike[str], *, progress:
     return path
 
 
+def _cached_copy(weights: Weights) -> Path | None:
+    """The cache's copy of `weights`' file if it matches the record; one that does not is moved aside."""
+    cached = cache_dir() / weights.file_name
+    if not cached.is_file():
+        return None
+    with _lock(cached, create=False):
+        digest = _cached_digest(cached, weights.sha256, weights.url)
+    if digest is None:
+        logger.warning("the cached %s does not match its record; fetching %s instead", cached.name, weights.url)
+        return None
+    return cached
+
+
 def _fetch_url(
     url: str,
     *,
@@ -296,32 +333,55 @@ def _fetch_url(
     retries: int,
 ) -> tuple[Path, str]:
     name = _safe_name(file_name, source="file_name") if file_name is not None else file_name_from_url(url)
+    _check_limits(size, timeout, retries)
+    from_name = False
     if sha256 is not None:
         expected: str | None = normalize_digest(sha256.strip())
+    elif _local_path(url) is not None:
+        expected = None  # the name of one's own file is no promise: "-20240101." is a date, not a digest
     else:
         match = _NAME_DIGEST.search(name)
         expected = match.group(1) if match else None
+        from_name = expected is not None
         if expected is None:
             logger.warning(
                 "%s: no sha256 given and no hex digest in the file name %r, so the file cannot be verified; "
                 "pass sha256= to check it",
                 url, name,
             )  # fmt: skip
-    if size is not None and size <= 0:
-        raise ValueError(f"size must be a positive byte count, got {size}")
     dest_dir = Path(model_dir) if model_dir is not None else cache_dir()
-    return _fetch(
-        _mirrored(url, name),
-        expected=expected,
-        size=size,
-        max_size=None,
-        dest=dest_dir / name,
-        progress=progress,
-        timeout=timeout,
-        retries=retries,
-        origin=url,
-        look_aside=_look_aside() if model_dir is None else None,
-    )
+    try:
+        return _fetch(
+            _mirrored(url, name),
+            expected=expected,
+            size=size,
+            max_size=None,
+            dest=dest_dir / name,
+            progress=progress,
+            timeout=timeout,
+            retries=retries,
+            origin=url,
+            look_aside=_look_aside() if model_dir is None else None,
+        )
+    except ChecksumError as err:
+        if not from_name:
+            raise
+        raise ChecksumError(err.url, err.path, err.expected, err.actual, err.detail, hint=_NAME_HINT) from err
+
+
+def _check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
+    """ValueError for a size, timeout or retry count that makes no sense, before anything is fetched."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ValueError(f"size must be a positive byte count (or None if unknown), got {size!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a whole number >= 0 (retries after the first attempt), got {retries!r}")
+    seconds = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    if len(seconds) != 2 or not all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf") for t in seconds
+    ):
+        raise ValueError(
+            f"timeout must be a positive number of seconds or a (connect, read) pair of them, got {timeout!r}"
+        )
 
 
 # --- what a cache folder holds ---------------------------------------------------------------------
@@ -332,11 +392,12 @@ class CachedFile:
     """A file in a cache or mirror folder, with the stamp and lock that serve it (see the module docstring)."""
 
     path: Path
-    kind: str  # "checkpoint", "zip copy", "partial" or "corrupt"
+    kind: str  # "checkpoint" (any file but vggnet's bookkeeping), "zip copy", "partial" or "corrupt"
     base: str  # the name of the checkpoint it belongs to (its own name for a checkpoint)
     size: int  # bytes
     related: tuple[Path, ...]  # its NAME.stamp and NAME.lock, where present: removed with it
-    sha256: str | None  # the digest its stamp recorded when it was last verified
+    sha256: str | None  # the digest its stamp recorded when it was last hashed
+    checked: bool = False  # that digest matched an expected one (or is of a zip copy vggnet wrote)
 
     @property
     def name_digest(self) -> str | None:
@@ -344,16 +405,44 @@ class CachedFile:
         match = _NAME_DIGEST.search(self.path.name) if self.kind == "checkpoint" else None
         return match.group(1) if match else None
 
+    @property
+    def ours(self) -> bool:
+        """vggnet wrote or verified it: a file with a stamp, a zip copy, a partial download, a corrupt copy.
+
+        A file without a stamp may be torchvision's or anyone's (the default cache is torch.hub's).
+        """
+        return self.kind != "checkpoint" or self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What `remove_cached` deleted, and what it left because another live process holds it."""
+
+    files: tuple[CachedFile, ...]
+    skipped: tuple[Path, ...]  # the partial file of a running download, a lock a process holds
+
+    @property
+    def freed(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+
+# vggnet's own names (the module docstring); anything else in a folder is a plain file, whatever its name.
+_PARTIAL = re.compile(r"(.+)\.(?:[0-9a-f]{8,16}|unverified)\.[0-9a-f]{8}\.partial")  # see _open_partial
+_CORRUPT = re.compile(r"(.+)\.corrupt-\d{8}-\d{6}-[0-9a-f]{4}")  # see _cached_digest
+
 
 def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFile]:
     """The files in `folder` (default: the cache directory) in name order, each with its stamp and lock.
 
-    Hidden files (temporaries, the local files' `.stamps/`) are left out; a missing folder holds nothing.
+    Only vggnet's own names are taken for bookkeeping: `NAME.<digest>.<id>.partial`,
+    `NAME.corrupt-<time>-<id>`, and `NAME.zip` with the stamp vggnet wrote for it. Any other file
+    (torch.hub's own `*.partial` included) is a "checkpoint" of its own name. Hidden files
+    (temporaries, the local files' `.stamps/`) are left out; a missing folder holds nothing.
     """
     where = cache_dir() if folder is None else Path(folder)
     try:
         names = sorted(os.listdir(where))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     present = set(names)
     found: list[CachedFile] = []
@@ -361,38 +450,78 @@ def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFil
         path = where / name
         if name.startswith(".") or name.endswith((".stamp", ".lock")) or not path.is_file():
             continue
-        if name.endswith(".partial"):  # NAME.<digest>.<id>.partial
-            kind, base = "partial", name.rsplit(".", 3)[0]
-        elif ".corrupt-" in name:  # NAME.corrupt-<time>-<id>
-            kind, base = "corrupt", name.split(".corrupt-")[0]
-        elif name.endswith(".zip") and name[: -len(".zip")] in present:
-            kind, base = "zip copy", name[: -len(".zip")]
-        else:
-            kind, base = "checkpoint", name
-        related = tuple(where / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present)
         stamp = _read_stamp(_stamp_of(path)) if f"{name}.stamp" in present else None
+        kind, base = _kind_of(name, stamp)
+        related = tuple(where / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # removed since the listing
+            continue
         digest = str(stamp["sha256"]) if stamp is not None else None
-        found.append(CachedFile(path, kind, base, path.stat().st_size, related, digest))
+        checked = stamp is not None and stamp.get("checked") is True
+        found.append(CachedFile(path, kind, base, size, related, digest, checked))
     return found
 
 
-def remove_cached(
-    *names: str, folder: str | os.PathLike[str] | None = None, local_stamps: bool = False
-) -> list[CachedFile]:
-    """Delete the checkpoints `names` from `folder` (default: the cache directory) with all that belongs to
-    them: stamps, locks, zip copies, partial downloads, corrupt copies. Returns what was removed.
+def _kind_of(name: str, stamp: dict[str, Any] | None) -> tuple[str, str]:
+    """(kind, the checkpoint it belongs to) of a file named `name` whose stamp (if any) is `stamp`."""
+    for kind, pattern in (("partial", _PARTIAL), ("corrupt", _CORRUPT)):
+        match = pattern.fullmatch(name)
+        if match:
+            return kind, match.group(1)
+    if name.endswith(".zip") and stamp is not None and "source_sha256" in stamp:  # written by _convert
+        return "zip copy", name[: -len(".zip")]
+    return "checkpoint", name
 
-    `local_stamps=True` also forgets the digests recorded for local files (`.stamps/`), which are then
-    hashed again on their next use. Names that are not in the folder are ignored.
+
+def remove_cached(*names: str, folder: str | os.PathLike[str] | None = None, local_stamps: bool = False) -> Removed:
+    """Delete `names` (as `cached_files` lists them) from `folder` (default: the cache directory).
+
+    A checkpoint's name takes all that belongs to it: stamp, lock, zip copy, partial downloads,
+    corrupt copies. The name of a zip copy, partial or corrupt copy takes only that file (and its
+    stamp and lock). What another live process holds (the partial file of a running download, a
+    held lock) is left in place and listed in `skipped`. `local_stamps=True` also forgets the
+    digests recorded for local files (`.stamps/`), which are then hashed again on their next use.
+    Names that are not in the folder are ignored.
     """
     where = cache_dir() if folder is None else Path(folder)
-    removed = [entry for entry in cached_files(where) if entry.base in names]
-    for entry in removed:
-        for path in (entry.path, *entry.related):
-            path.unlink(missing_ok=True)
+    removed: list[CachedFile] = []
+    skipped: list[Path] = []
+    for entry in cached_files(where):
+        if entry.base not in names and entry.path.name not in names:
+            continue
+        held = [path for path in (entry.path, *entry.related) if not _remove(path)]
+        skipped.extend(held)
+        if entry.path not in held:
+            removed.append(entry)
+    for name in names:  # the stamp and lock of a checkpoint that is not (or no longer) there
+        for path in (where / f"{name}.stamp", where / f"{name}.lock"):
+            if not (where / name).exists() and path.exists() and path not in skipped and not _remove(path):
+                skipped.append(path)
     if local_stamps:
         shutil.rmtree(where / ".stamps", ignore_errors=True)
-    return removed
+    return Removed(tuple(removed), tuple(skipped))
+
+
+def _remove(path: Path) -> bool:
+    """Delete `path`; False, leaving it, if it is a partial download or lock that a live process holds."""
+    if not path.name.endswith((".partial", ".lock")):
+        path.unlink(missing_ok=True)
+        return True
+    if sys.platform == "win32":  # no flock there, but a file another process has open cannot be deleted
+        try:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            return False
+        return True
+    try:
+        with open(path, "rb") as f:
+            if not _try_flock(f.fileno()):  # a running download or a lock holder: its flock is on this file
+                return False
+            path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    return True
 
 
 def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, progress: Progress | None = None) -> str:
@@ -402,7 +531,7 @@ def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, pr
     """
     digest = _hash_file(Path(path), progress)
     if expected is not None and not digest.startswith(expected):
-        raise ChecksumError(str(path), path, expected, digest, detail="the file was left where it is")
+        raise ChecksumError(str(path), path, expected, digest, detail="the file was left where it is", hint=_LOCAL_HINT)
     return digest
 
 
@@ -456,9 +585,15 @@ def _mirrored(url: str, name: str) -> str:
     mirror = os.environ.get(ENV_MIRROR)
     if not mirror or not url.startswith(OFFICIAL_BASE):
         return url
-    if urlsplit(mirror).scheme.lower() in ("http", "https", "file"):
+    scheme = urlsplit(mirror).scheme.lower()
+    if scheme in ("http", "https", "file"):
         return mirror.rstrip("/") + "/" + quote(name)
-    return str(Path(mirror).expanduser() / name)
+    if scheme == "" or (len(scheme) == 1 and sys.platform == "win32"):  # a directory, or a drive letter
+        return str(Path(mirror).expanduser() / name)
+    raise ValueError(
+        f"{ENV_MIRROR}={mirror!r} has the unsupported scheme {scheme!r}: set it to a base URL "
+        "(https://..., http://..., file:///...) or a local directory, or unset it"
+    )
 
 
 def _look_aside() -> Path | None:
@@ -492,16 +627,18 @@ def _fetch(
     origin: str,
     look_aside: Path | None,
 ) -> tuple[Path, str]:
-    """(verified path, its full SHA-256)."""
+    """(verified path, its full SHA-256). `url` may be a VGGNET_MIRROR copy of `origin`."""
     local = _local_path(url)
-    if local is not None:
-        return local, _verify_local(local, expected, url, stamps=dest.parent / ".stamps")
-    digest = _stamped_digest(dest)  # the fast path: no hashing, no lock
+    stamps = dest.parent / ".stamps"
+    if local is not None and url == origin:  # the caller's own file: verified where it is
+        return local, _verify_local(local, expected, url, size=size, stamps=stamps)
+    offline = _offline()
+    _check_dir(dest.parent, create=local is None and not offline)
+    digest = _stamped_digest(dest, expected=expected)  # the fast path: no hashing, no lock
     if digest is not None and _matches(digest, expected):
         _warn_unverified(expected, dest)
         return dest, digest
-    offline = _offline()
-    with _lock(dest, create=not offline):
+    with _lock(dest, create=False):
         digest = _cached_digest(dest, expected, url)
         if digest is not None:
             _warn_unverified(expected, dest)
@@ -510,6 +647,14 @@ def _fetch(
             digest = _adopt(look_aside / dest.name, dest, expected)
             if digest is not None:
                 return dest, digest
+        if local is not None:  # a VGGNET_MIRROR directory: checked where it is, not copied
+            if not local.is_file():
+                raise FileNotFoundError(
+                    f"{dest.name} is neither in the cache ({dest.parent}) nor in the mirror "
+                    f"{ENV_MIRROR}={os.environ.get(ENV_MIRROR)} (no file {local}): put it there "
+                    f"('vggnet download --to DIR' builds a mirror), or unset {ENV_MIRROR} to download {origin}"
+                )
+            return local, _verify_local(local, expected, url, size=size, stamps=stamps)
         if offline:
             raise FileNotFoundError(
                 f"{dest.name} is not in the cache and {ENV_OFFLINE} is set, so it was not downloaded: "
@@ -534,7 +679,7 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
         st = os.stat(dest)
     except FileNotFoundError:
         return None
-    digest = _digest(dest, _stamp_of(dest))
+    digest = _digest(dest, _stamp_of(dest), expected)
     if _matches(digest, expected):
         return digest
     assert expected is not None  # _matches is True without an expectation
@@ -549,21 +694,47 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
         raise ChecksumError(
             url, dest, expected, digest,
             detail=f"the cached file was moved aside to {aside} and, with {ENV_OFFLINE} set, not fetched again",
+            hint=f"Unset {ENV_OFFLINE} to download a good copy, or put one in {dest.parent}.",
         )  # fmt: skip
     return None
 
 
-def _verify_local(path: Path, expected: str | None, url: str, *, stamps: Path) -> str:
+def _verify_local(path: Path, expected: str | None, url: str, *, size: int | None, stamps: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} (from {url!r}) is not a file")
     key = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:32]
-    digest = _digest(path, stamps / f"{key}.json")
+    digest = _digest(path, stamps / f"{key}.json", expected)
+    left = "the file was left where it is and not loaded"
     if not _matches(digest, expected):
         assert expected is not None
-        raise ChecksumError(url, path, expected, digest, detail="the file was left where it is and not loaded")
+        raise ChecksumError(url, path, expected, digest, detail=left, hint=_LOCAL_HINT)
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise ValueError(f"{path} has {actual:,} bytes, not the {size:,} that size= says; {left}")
     if expected is None:
         logger.warning("%s: loading a local file unverified (no digest to check it against)", path)
     return digest
+
+
+def _check_dir(folder: Path, *, create: bool) -> None:
+    """Make sure `folder` can hold the cache (creating it if asked): an error naming it and the fix if not."""
+    if folder.exists() and not folder.is_dir():
+        raise _dir_error(folder, "it is not a directory")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _dir_error(folder, f"cannot create it: {err.strerror or err}") from err
+
+
+def _dir_error(folder: Path, problem: str) -> OSError:
+    home = os.environ.get(ENV_HOME)
+    if _same_dir(folder, cache_dir()):
+        what = f"the cache directory {ENV_HOME}={home}" if home else f"the cache directory {folder} (torch.hub's)"
+        fix = f"point {ENV_HOME} at one, or unset it to use torch.hub's" if home else f"set {ENV_HOME} to one"
+    else:
+        what, fix = f"the directory {folder}", "choose another (model_dir=, --to)"
+    return OSError(f"{what} cannot hold checkpoints: {problem}. It must be a writable directory; {fix}")
 
 
 def _adopt(src: Path, dest: Path, expected: str) -> str | None:
@@ -582,7 +753,7 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
             logger.warning("ignoring %s: its SHA-256 %s does not match %s", src, digest, expected)
             return None
         os.replace(tmp, dest)
-        _write_stamp(dest, digest)
+        _write_stamp(dest, digest, checked=True)
         logger.info("reused %s from torch.hub's cache (SHA-256 verified)", src)
         return digest
     finally:
@@ -617,12 +788,16 @@ def _stamp_matches(stamp: dict[str, Any] | None, path: Path) -> bool:
     return stamp is not None and all(stamp.get(k) == v for k, v in fields.items())
 
 
-def _write_stamp(path: Path, digest: str, stamp: Path | None = None, **extra: str) -> None:
-    """Record `path`'s stat and digest. A cache we cannot write to only costs a re-hash next time."""
+def _write_stamp(path: Path, digest: str, stamp: Path | None = None, *, checked: bool, **extra: str) -> None:
+    """Record `path`'s stat and digest. A cache we cannot write to only costs a re-hash next time.
+
+    `checked` says the digest matched an expected one (a record's, a sha256 argument, a torch.hub
+    name's) or is of bytes vggnet wrote itself; only then may `vggnet verify` take it as the reference.
+    """
     stamp = stamp or _stamp_of(path)
     tmp = _temp_name(stamp)
     try:
-        data = {"file": str(path), **_stat_fields(os.stat(path)), "sha256": digest, **extra}
+        data = {"file": str(path), **_stat_fields(os.stat(path)), "sha256": digest, "checked": checked, **extra}
         stamp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, stamp)
@@ -633,19 +808,30 @@ def _write_stamp(path: Path, digest: str, stamp: Path | None = None, **extra: st
             tmp.unlink(missing_ok=True)
 
 
-def _stamped_digest(path: Path) -> str | None:
-    stamp = _read_stamp(_stamp_of(path))
-    return str(stamp["sha256"]) if stamp is not None and _stamp_matches(stamp, path) else None
+def _stamped_digest(path: Path, stamp_path: Path | None = None, expected: str | None = None) -> str | None:
+    """The digest `path`'s stamp records, while the stamp still describes it; else None.
 
-
-def _digest(path: Path, stamp_path: Path) -> str:
-    """`path`'s full SHA-256: from its stamp while the stamp still describes it, else hashed (and stamped)."""
+    A stamp whose digest matches `expected` is marked checked, if it was not yet.
+    """
+    stamp_path = stamp_path or _stamp_of(path)
     stamp = _read_stamp(stamp_path)
-    if _stamp_matches(stamp, path):
-        assert stamp is not None
-        return str(stamp["sha256"])
-    digest = _hash_file(path)
-    _write_stamp(path, digest, stamp_path)
+    if stamp is None or not _stamp_matches(stamp, path):
+        return None
+    digest = str(stamp["sha256"])
+    if expected is not None and stamp.get("checked") is not True and digest.startswith(expected):
+        _write_stamp(path, digest, stamp_path, checked=True)
+    return digest
+
+
+def _digest(path: Path, stamp_path: Path, expected: str | None) -> str:
+    """`path`'s full SHA-256: from its stamp while the stamp still describes it, else hashed (and stamped).
+
+    The stamp records whether the digest matched `expected` (see `_write_stamp`).
+    """
+    digest = _stamped_digest(path, stamp_path, expected)
+    if digest is None:
+        digest = _hash_file(path)
+        _write_stamp(path, digest, stamp_path, checked=expected is not None and digest.startswith(expected))
     return digest
 
 
@@ -888,7 +1074,10 @@ def _download(
     from tqdm import tqdm
 
     key = expected[:16] if expected else "unverified"
-    part = _open_partial(dest, key, resume=expected is not None, limit=size or max_size)
+    try:
+        part = _open_partial(dest, key, resume=expected is not None, limit=size or max_size)
+    except OSError as err:  # a read-only or full disk, no permission
+        raise _dir_error(dest.parent, f"cannot write {dest.name} there: {err.strerror or err}") from err
     keep = expected is not None
     try:
         logger.info("downloading %s to %s", url, dest)
@@ -904,7 +1093,7 @@ def _download(
             raise ChecksumError(url, dest, expected, digest)
         part.file.flush()  # no fsync: a file lost in a crash fails its stamp and is fetched again
         _publish(part.path, dest)
-        _write_stamp(dest, digest)
+        _write_stamp(dest, digest, checked=expected is not None)
         for stale in _partials(dest, key + "."):  # dead downloads of the same file are of no more use
             f = _claim(stale)
             if f is not None:
@@ -1121,7 +1310,7 @@ def _zip_copy_ok(copy: Path, source_digest: str) -> bool:
     if _hash_file(copy) != stamp["sha256"]:
         logger.warning("%s changed on disk; converting again", copy)
         return False
-    _write_stamp(copy, str(stamp["sha256"]), source_sha256=source_digest)
+    _write_stamp(copy, str(stamp["sha256"]), checked=True, source_sha256=source_digest)
     return True
 
 
@@ -1137,6 +1326,6 @@ def _convert(path: Path, copy: Path, digest: str) -> Path:
         _publish(tmp, copy)
     finally:
         tmp.unlink(missing_ok=True)
-    _write_stamp(copy, _hash_file(copy), source_sha256=digest)
+    _write_stamp(copy, _hash_file(copy), checked=True, source_sha256=digest)  # the digest of what we wrote
     logger.info("wrote a memory-mappable zip copy of %s in %.1f s", path.name, time.perf_counter() - started)
     return copy
