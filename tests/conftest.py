@@ -39,7 +39,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import pytest
 import torch
@@ -47,7 +46,7 @@ import torch
 from vggnet.config import arch_config
 from vggnet.model import VGG, make_layers
 
-Body = Union[bytes, Path]
+Body = bytes | Path
 
 
 # --- the server ------------------------------------------------------------------------------------

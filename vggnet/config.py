@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Final, Literal, Union
+from typing import Final, Literal
 
-Layer = Union[int, Literal["M"]]
+Layer = int | Literal["M"]
 
 # fmt: off
 CONFIGS: Final[Mapping[str, tuple[Layer, ...]]] = MappingProxyType({

@@ -40,11 +40,11 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Union
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 import torch
@@ -90,8 +90,8 @@ BACKOFF = 1.0  # seconds before the first retry, doubled each time (with jitter)
 MAX_WAIT = 60.0  # cap on any single wait, Retry-After included
 LOCK_STALL = 120.0  # give up waiting for another process's download after this long without progress
 
-MapLocation = Union[str, torch.device, None]
-Timeout = Union[float, tuple[float, float]]
+MapLocation = str | torch.device | None
+Timeout = float | tuple[float, float]
 Progress = Callable[[int], object]  # called with the byte count of each chunk hashed
 
 _CHUNK = 1 << 20

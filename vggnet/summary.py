@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 from xml.sax.saxutils import escape
 
 import torch
@@ -35,7 +35,7 @@ _ACTIVATION_DTYPE = "float32"
 # classifier index -> paper name (fc6 = classifier.0, the first fully connected layer)
 _HEAD_NAMES = ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
 
-SizeArg = Union[int, Sequence[int]]
+SizeArg = int | Sequence[int]
 
 
 @dataclass(frozen=True)

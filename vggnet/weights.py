@@ -14,7 +14,7 @@ from enum import Enum
 from functools import cached_property
 from importlib import resources
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Union, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .config import MIN_SIZE
 
@@ -332,7 +332,7 @@ WEIGHTS_ENUMS: Mapping[str, type[WeightsEnum]] = MappingProxyType(
 )
 _BY_ENUM_NAME = {cls.__name__: cls for cls in WEIGHTS_ENUMS.values()}
 
-WeightsArg = Union[None, str, Weights, WeightsEnum]
+WeightsArg = None | str | Weights | WeightsEnum
 
 
 def get_weight(name: str) -> WeightsEnum:
