@@ -543,3 +543,15 @@ def test_predict_image_size_keeps_a_finetuned_checkpoints_normalization(seeded_v
     predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
     assert [p["index"] for p in predictions] == top.indices.tolist()
     assert [p["probability"] for p in predictions] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("argv", [["cache"], ["cache", "--clear"], ["verify"]])
+def test_a_cache_directory_that_is_a_file_is_named_not_listed_as_empty(tmp_path, monkeypatch, capsys, argv):
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("not a directory")
+    monkeypatch.setenv("VGGNET_HOME", str(not_a_dir))
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"VGGNET_HOME={not_a_dir}" in err and "it is not a directory" in err
+    assert not_a_dir.read_text() == "not a directory"

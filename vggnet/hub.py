@@ -437,12 +437,14 @@ def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFil
     Only vggnet's own names are taken for bookkeeping: `NAME.<digest>.<id>.partial`,
     `NAME.corrupt-<time>-<id>`, and `NAME.zip` with the stamp vggnet wrote for it. Any other file
     (torch.hub's own `*.partial` included) is a "checkpoint" of its own name. Hidden files
-    (temporaries, the local files' `.stamps/`) are left out; a missing folder holds nothing.
+    (temporaries, the local files' `.stamps/`) are left out; a missing folder holds nothing, and a
+    file in its place is an error naming it (and VGGNET_HOME, when that is what points there).
     """
     where = cache_dir() if folder is None else Path(folder)
+    _check_dir(where, create=False)
     try:
         names = sorted(os.listdir(where))
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return []
     present = set(names)
     found: list[CachedFile] = []
