@@ -243,6 +243,27 @@ def test_dtypes_onednn_does_not_compute_here_run_on_torchs_kernels(dtype):
         assert_close_low_precision(out, ref)
 
 
+def test_onednn_computes_float32_always_and_float64_never():
+    assert inference.onednn_computes(torch.float32)
+    assert not inference.onednn_computes(torch.float64)
+    assert inference.onednn_computes(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_the_input_is_copied_asynchronously_only_towards_a_gpu(monkeypatch):
+    # A GPU-to-CPU copy with non_blocking=True may not have landed when the CPU kernels read it.
+    fast = optimize_for_inference(seeded_model("vgg11"))
+    calls = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking"))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    fast(torch.randn(1, 3, 32, 32))
+    assert calls and calls[0] is False
+
+
 def test_bf16_on_a_cpu_without_onednn_bf16_runs_unfused(tmp_path):
     # oneDNN limited to AVX2 (the instruction set of CPUs without AVX-512) refuses bf16 convolutions:
     # the fused path must not be taken there, and the model must still run.
@@ -359,7 +380,7 @@ def test_cuda_default_is_bf16_channels_last_and_matches_eager(arch, monkeypatch)
     with torch.no_grad():
         ref = model(x)
     fast = optimize_for_inference(model, device="cuda", compile=False)
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     assert fast.dtype == expected and fast.device.type == "cuda"
     out = fast(x)  # a CPU input is moved to the GPU
     assert out.device.type == "cuda" and out.dtype == torch.float32

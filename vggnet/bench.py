@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .builders import get_model
-from .inference import default_dtype, optimize_for_inference
+from .inference import default_dtype, onednn_computes, optimize_for_inference
 from .summary import summarize
 
 __all__ = [
@@ -196,6 +196,10 @@ def peak_kernels(device: torch.device, dtype: torch.dtype, size: int | None = No
         x1 = a.t().reshape(1, size, 1, size).contiguous(memory_format=torch.channels_last)
         w1 = b.t().reshape(size, size, 1, 1).contiguous()
         kernels["1x1"] = PeakKernel(f"1x1 convolution (oneDNN) {size}x{size}", 2 * size**3, lambda: conv2d(x1, w1))
+        if not onednn_computes(dtype):
+            # torch's reference kernels run both GEMMs: about a minute each in bf16 on 2 cores with
+            # oneDNN limited to AVX2 (the 3x3 convolution below takes 0.1 s there).
+            del kernels["matmul"], kernels["1x1"]
         side, channels = 56, min(256, size)
         x3 = torch.randn(1, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
         w3 = torch.randn(channels, channels, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -270,7 +274,8 @@ def run_bench(
     float32 on CPU); `compile` to on for CUDA and off for CPU. With compile, torchvision is also
     measured compiled (channels_last + torch.compile, the best it does with flags alone) unless
     `torchvision_compile` is False. On CUDA this turns on `torch.backends.cudnn.benchmark` for the
-    process (the input size is fixed), as any benchmark of fixed-size convolutions should.
+    process (the input size is fixed), as any benchmark of fixed-size convolutions should. With
+    compile it also empties torch.compile's caches first (`torch.compiler.reset()`).
     """
     if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
         raise ValueError(
@@ -290,6 +295,11 @@ def run_bench(
     # The peak kernels run in the same interleaved rounds as the models: the same load hits both.
     kernels = peak_kernels(target, dtype)
 
+    if compile:
+        # torch.compile keeps at most 8 compiled versions of one function (dynamo's recompile_limit),
+        # and every optimized model shares InferenceVGG._logits: after 8 configurations in one process
+        # the next would silently run uncompiled. Each bench starts from an empty cache instead.
+        torch.compiler.reset()
     torch.manual_seed(0)
     eager = get_model(arch, device=target).eval().to(dtype)
     x = torch.randn(batch_size, eager.in_channels, *size, device=target, dtype=dtype)
