@@ -541,16 +541,18 @@ def _linear(
     generator = torch.Generator().manual_seed(seed + ctx.rank)
     for epoch in _bar(range(1, epochs + 1), ctx, progress, "fc8 epochs"):
         order = torch.randperm(len(train_x), generator=generator).to(device)
-        total, count = 0.0, 0
+        summed, count = torch.zeros((), device=device), 0  # on the device: no host sync per step
         for batch in torch.split(order, loaders.batch_size):  # every rank has the same number of batches
             loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()
-            total, count = total + loss.item() * len(batch), count + len(batch)
+            summed += loss.detach().float() * len(batch)
+            count += len(batch)
         schedule.step()
         with torch.no_grad():
             correct = (fc8(val_x).argmax(1) == val_y).sum().item() if len(val_x) else 0
+        total = summed.item()
         yield (epoch, *_epoch_figures(ctx, total, count, correct, len(val_x)), time.perf_counter() - tic)
         tic = time.perf_counter()
 
@@ -603,7 +605,7 @@ def _full(
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()
-        total, count = 0.0, 0
+        summed, count = torch.zeros((), device=device), 0  # on the device: no host sync per step
         for x, y in _bar(train_loader, ctx, progress, f"epoch {epoch}/{epochs}"):
             x, y = _to(x, device), y.to(device, non_blocking=True)
             with _autocast(device, amp):
@@ -611,8 +613,10 @@ def _full(
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()
-            total, count = total + loss.item() * len(y), count + len(y)
+            summed += loss.detach().float() * len(y)
+            count += len(y)
         schedule.step()
+        total = summed.item()
         model.eval()
         correct, seen = 0, 0
         with torch.no_grad():
