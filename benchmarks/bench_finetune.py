@@ -1,19 +1,24 @@
 """Fine-tuning figures: activation memory with and without gradient checkpointing; linear vs full mode time.
 
-    python benchmarks/bench_finetune.py [--device cpu|cuda] [--smoke] [--out DIR]
+    python benchmarks/bench_finetune.py [--device cpu|cuda] [--smoke] [--out DIR] [--budget-s S]
 
 1. Memory: vgg16, batch 32, 224x224, float32, train mode, one forward + backward, with
    `set_grad_checkpointing(False)` and `(True)`. Two figures beyond the weights and the input: what
    the forward leaves stored for backward, and the peak of the whole step (which includes the
    recomputation of the largest block and the 528 MiB of weight gradients, whatever the mode). On
-   CUDA from `torch.cuda.memory_allocated`/`max_memory_allocated`; on CPU each case runs in a fresh
-   child process (glibc told to unmap every freed tensor) from its resident set and `ru_maxrss`.
+   CUDA from `torch.cuda.memory_allocated`/`max_memory_allocated`, after a batch-1 forward + backward
+   that allocates cuBLAS's and cuDNN's lasting buffers (else the first case would count them); on CPU
+   each case runs in a fresh child process (glibc told to unmap every freed tensor) from its resident
+   set and `ru_maxrss`.
 2. Time: `vggnet.finetune.finetune` in --mode linear and --mode full for the same number of epochs
    on a generated two-class PNG set (vgg11 at 64x64 by default; random weights, since the figure is
    about time), wall clock of the whole call including reading and decoding the images.
 
 --smoke: vgg11 at batch 2 and 64x64 for the memory part, 1 epoch on a tiny set (checks the machinery).
-Results go to DIR/finetune-<device>-<date>.json (default benchmarks/results/); nothing is asserted.
+Results go to DIR/finetune-<device>-<date>.json (default benchmarks/results/; finetune-smoke-... with
+--smoke), rewritten after each part (each memory case, then the timing), with `complete`, the parts
+not reached yet under `pending` (what a killed run lacks) and those not started because --budget-s
+had passed under `skipped`. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .` (the GPU machines have none)
 MiB = 1 << 20
 
 
@@ -50,6 +57,11 @@ def activation_memory(arch: str, batch: int, size: int, checkpointing: bool, dev
     model = vggnet.get_model(arch, device=device).train()
     model.set_grad_checkpointing(checkpointing)
     x = torch.randn(batch, 3, size, size, device=device)
+    if device == "cuda":
+        # Warm-up: the first matmul allocates cuBLAS's workspace (and cuDNN its handles), which stay
+        # allocated; measured, they would be charged to whichever case runs first.
+        model(x[:1]).sum().backward()
+        model.zero_grad(set_to_none=True)  # the weight gradients belong to the measured step
     tic = time.perf_counter()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -77,13 +89,15 @@ def activation_memory(arch: str, batch: int, size: int, checkpointing: bool, dev
 
 def _memory_in_child(arch: str, batch: int, size: int, checkpointing: bool) -> dict[str, Any]:
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import bench_finetune as b; "
+        "import json, sys; sys.path[:0] = sys.argv[1:]; import bench_finetune as b; "
         f"print(json.dumps(b.activation_memory({arch!r}, {batch}, {size}, {checkpointing}, 'cpu')))"
     )
     # A fixed mmap threshold makes glibc return every freed tensor to the system at once, so the
     # resident set follows the live tensors instead of keeping freed heap pages.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-c", code, str(HERE)], capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(HERE), str(ROOT)], capture_output=True, text=True, check=True, env=env
+    )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -110,7 +124,7 @@ def mode_times(arch: str, size: int, epochs: int, per_class: int, batch: int, de
         write_set(data, {"train": per_class, "val": max(per_class // 4, 1)}, size)
         for mode in ("linear", "full", "linear", "full"):  # twice, interleaved; the second round is reported
             result = finetune(
-                data, arch=arch, weights=None, epochs=epochs, batch_size=batch, mode=mode,  # type: ignore[arg-type]
+                data, arch=arch, weights=None, epochs=epochs, batch_size=batch, mode=mode,
                 image_size=size, out=Path(tmp) / mode, device=device, progress=False,
             )  # fmt: skip
             rows.append({
@@ -123,45 +137,81 @@ def mode_times(arch: str, size: int, epochs: int, per_class: int, batch: int, de
     return rows[2:]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    args = parser.parse_args()
+    parser.add_argument("--budget-s", type=float, default=None, help="start no part after this many seconds")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
 
     arch, batch, size = ("vgg11", 2, 64) if args.smoke else ("vgg16", 32, 224)
-    memory = []
+    epochs, per_class, tbatch = (1, 4, 4) if args.smoke else (3, 32, 16)
+    report: dict[str, Any] = {
+        "suite": "finetune",
+        "smoke": args.smoke,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
+        "budget_s": args.budget_s, "complete": False,
+        "activation_memory": [], "linear_vs_full": [],
+        "pending": ["memory, checkpointing off", "memory, checkpointing on", "linear_vs_full"], "skipped": [],
+    }  # fmt: skip
+    name = "finetune" + ("-smoke" if args.smoke else "")
+    path = args.out / f"{name}-{args.device}-{datetime.date.today().isoformat()}.json"
+    _save(path, report)  # a run killed in its first part still leaves a file that says so
+
+    def over_budget(part: str) -> bool:
+        if args.budget_s is None or time.perf_counter() - start <= args.budget_s:
+            return False
+        report["pending"].remove(part)
+        report["skipped"].append({"part": part, "reason": "over --budget-s"})
+        print(f"{part}: skipped, over --budget-s {args.budget_s:.0f}", flush=True)
+        return True
+
+    memory = report["activation_memory"]
     for checkpointing in (False, True):
+        part = f"memory, checkpointing {'on' if checkpointing else 'off'}"
+        if over_budget(part):
+            continue
         if args.device == "cuda":
             row = activation_memory(arch, batch, size, checkpointing, "cuda")
         else:
             row = _memory_in_child(arch, batch, size, checkpointing)
         print(
             f"{arch} batch {batch} at {size}, checkpointing={checkpointing}: {row['stored_after_forward_mib']} MiB "
-            f"held after the forward, {row['peak_mib']} MiB peak in the step, {row['step_s']} s"
+            f"held after the forward, {row['peak_mib']} MiB peak in the step, {row['step_s']} s",
+            flush=True,
         )
         memory.append(row)
+        if len(memory) == 2:
+            off, on = memory
+            report["stored_saving"] = round(1 - on["stored_after_forward_mib"] / off["stored_after_forward_mib"], 3)
+            report["peak_saving"] = round(1 - on["peak_mib"] / off["peak_mib"], 3)
+        report["pending"].remove(part)
+        _save(path, report)
 
-    epochs, per_class, tbatch = (1, 4, 4) if args.smoke else (3, 32, 16)
-    times = mode_times("vgg11", 64, epochs, per_class, tbatch, args.device)
-    for row in times:
-        print(f"--mode {row['mode']}: {row['epochs']} epochs on {row['train_images']} images: {row['seconds']} s")
+    if not over_budget("linear_vs_full"):
+        report["linear_vs_full"] = mode_times("vgg11", 64, epochs, per_class, tbatch, args.device)
+        for row in report["linear_vs_full"]:
+            print(f"--mode {row['mode']}: {row['epochs']} epochs on {row['train_images']} images: {row['seconds']} s")
+        report["pending"].remove("linear_vs_full")
 
-    report = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
-        "activation_memory": memory,
-        "stored_saving": round(1 - memory[1]["stored_after_forward_mib"] / memory[0]["stored_after_forward_mib"], 3),
-        "peak_saving": round(1 - memory[1]["peak_mib"] / memory[0]["peak_mib"], 3),
-        "linear_vs_full": times,
-    }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"finetune-{args.device}-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    report["complete"] = True
+    report["elapsed_s"] = round(time.perf_counter() - start, 1)
+    _save(path, report)
     print(f"saved {path}")
+    return 0
+
+
+def _save(path: Path, report: dict[str, Any]) -> None:
+    """Write through a temporary file and a rename: a run killed mid-write leaves the previous file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,12 +1,18 @@
 """Fine-tuning step: vggnet against torchvision, eager and compiled, on the same weights and batch.
 
-    python benchmarks/bench_train.py [--device cpu|cuda] [--smoke] [--out DIR] [--no-compile]
+    python benchmarks/bench_train.py [--device cpu|cuda] [--smoke] [--out DIR] [--no-compile] [--budget-s S]
 
 One step = forward, cross-entropy on random labels, backward, SGD (momentum 0.9) update, in train
 mode (dropout on). On CUDA: bf16 autocast, channels_last weights and input, cuDNN benchmark on,
 vgg16 at batch 64. On CPU (sized for 2 cores): float32, channels_last, vgg16 at batch 4, compile
 only with --compile. --smoke: vgg11 at 32x32, batch 2, two steps. The candidates take turns in
 interleaved rounds (median, method of vggnet/bench.py); img/s = batch / step time.
+
+The candidates are added one at a time, eager ones first (cheap, and the baseline), the compiled
+ones last (a cold torch.compile of forward + backward takes about a minute). Each time one is
+ready, all ready candidates are timed again, together, and the JSON is rewritten: a run killed
+during a compile leaves the figures measured so far, with the candidates not reached listed under
+`pending`. After --budget-s seconds no further candidate is started; those go under `skipped`.
 
 Results go to DIR/train-<device>-<date>.json (default benchmarks/results/); nothing is asserted.
 """
@@ -49,7 +55,7 @@ def make_step(
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss = forward(x, y)
-        loss.backward()
+        torch.autograd.backward(loss)  # typed, unlike Tensor.backward
         optimizer.step()
         return loss.detach()
 
@@ -66,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=None, help="timed steps per candidate")
     compile_help = "also time torch.compile'd steps (default: on for CUDA, off for CPU and --smoke)"
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=compile_help)
+    parser.add_argument("--budget-s", type=float, default=None, help="start no candidate after this many seconds")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -86,24 +94,72 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     build = {"vggnet": vggnet.get_model, "torchvision": torchvision.models.get_model}
+    # eager first: cheap, and the baseline, so that a run cut short during a compile still has them
     candidates = {"vggnet eager": ("vggnet", False), "torchvision eager": ("torchvision", False)}
     if compile:
         candidates |= {"vggnet compile": ("vggnet", True), "torchvision compile": ("torchvision", True)}
+    data: dict[str, Any] = {
+        "suite": "train",
+        "smoke": args.smoke,
+        **environment(device),
+        "arch": arch,
+        "batch_size": batch_size,
+        "image_size": [size, size],
+        "precision": "bf16 autocast" if autocast else "float32",
+        "memory_format": "channels_last",
+        "optimizer": "SGD(lr=1e-3, momentum=0.9)",
+        "iters": iters,
+        "budget_s": args.budget_s,
+        "complete": False,
+        "results": [],
+        "pending": list(candidates),  # not reached yet: what a killed run lacks
+        "skipped": [],  # not started: over --budget-s
+    }
+    name = "train" + ("-smoke" if args.smoke else "")
+    print(f"{arch} training step, batch {batch_size}, {data['precision']}, channels_last on {data['device_name']}")
     steps: dict[str, Callable[[], torch.Tensor]] = {}
     first: dict[str, float] = {}
     losses: dict[str, float] = {}
-    for name, (library, compiled) in candidates.items():
+    save_results(name, data, args.out)  # a run killed in its first candidate still leaves a file that says so
+    for candidate, (library, compiled) in candidates.items():
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            data["pending"].remove(candidate)
+            data["skipped"].append({"name": candidate, "reason": "over --budget-s"})
+            print(f"{candidate:22} skipped: over --budget-s {args.budget_s:.0f}", flush=True)
+            continue
         # Each candidate trains its own copy: the same starting weights, its own optimizer state.
         model = build[library](arch)
         model.load_state_dict(state)
         model.to(device).to(memory_format=torch.channels_last).train()
-        steps[name] = make_step(model, x, y, autocast=autocast, compile=compiled)
-        start = time.perf_counter()
-        losses[name] = steps[name]().item()  # .item() waits for the GPU
-        first[name] = time.perf_counter() - start
-        steps[name]()  # warm-up
-    times = time_interleaved(steps, device=device, iters=iters, rounds=min(5, iters))
+        step = make_step(model, x, y, autocast=autocast, compile=compiled)
+        tic = time.perf_counter()
+        losses[candidate] = step().item()  # .item() waits for the GPU
+        first[candidate] = time.perf_counter() - tic
+        step()  # warm-up
+        steps[candidate] = step
+        # All the candidates ready so far, timed together again (a few seconds at most): the file
+        # always holds figures from one set of interleaved rounds.
+        times = time_interleaved(steps, device=device, iters=iters, rounds=min(5, iters))
+        data["results"] = _rows(times, batch_size, first, losses)
+        data["pending"].remove(candidate)
+        path = save_results(name, data, args.out)
+        row = data["results"][-1]
+        print(f"{candidate:22} ready; first step {row['first_step_s']:.1f} s; saved {path}", flush=True)
 
+    data["complete"] = True
+    data["elapsed_s"] = round(time.perf_counter() - start, 1)
+    path = save_results(name, data, args.out)
+    for r in data["results"]:
+        speedup = r.get("speedup_vs_torchvision_eager")
+        print(f"{r['name']:22} {r['img_per_s']:10.1f} img/s {r['step_ms']:10.2f} ms/step  "
+              f"{f'{speedup:.2f}x' if speedup else '-':>5}  first step {r['first_step_s']:.1f} s")  # fmt: skip
+    print(f"results written to {path}")
+    return 0
+
+
+def _rows(
+    times: dict[str, list[float]], batch_size: int, first: dict[str, float], losses: dict[str, float]
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for name, t in times.items():
         median = statistics.median(t)
@@ -117,29 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                 "first_loss": losses[name],
             }
         )
-    base = next(r for r in results if r["name"] == "torchvision eager")
+    base = next((r for r in results if r["name"] == "torchvision eager"), None)
     for r in results:
-        r["speedup_vs_torchvision_eager"] = r["img_per_s"] / base["img_per_s"]
-    data: dict[str, Any] = {
-        "suite": "train",
-        "smoke": args.smoke,
-        **environment(device),
-        "arch": arch,
-        "batch_size": batch_size,
-        "image_size": [size, size],
-        "precision": "bf16 autocast" if autocast else "float32",
-        "memory_format": "channels_last",
-        "optimizer": "SGD(lr=1e-3, momentum=0.9)",
-        "iters": iters,
-        "results": results,
-    }
-    print(f"{arch} training step, batch {batch_size}, {data['precision']}, channels_last on {data['device_name']}")
-    for r in results:
-        print(f"{r['name']:22} {r['img_per_s']:10.1f} img/s {r['step_ms']:10.2f} ms/step  "
-              f"{r['speedup_vs_torchvision_eager']:.2f}x  first step {r['first_step_s']:.1f} s")  # fmt: skip
-    path = save_results("train" + ("-smoke" if args.smoke else ""), data, args.out)
-    print(f"results written to {path}")
-    return 0
+        if base is not None:  # absent until torchvision eager has run (or when it was skipped)
+            r["speedup_vs_torchvision_eager"] = r["img_per_s"] / base["img_per_s"]
+    return results
 
 
 if __name__ == "__main__":

@@ -125,6 +125,26 @@ def test_benchmark_smoke_mode_writes_valid_json(script, tmp_path):
         assert all(r["img_per_s"] > 0 for r in data["results"])
 
 
+@pytest.mark.parametrize(
+    ("script", "parts"),
+    [
+        ("bench_train.py", ["vggnet eager", "torchvision eager"]),
+        ("bench_finetune.py", ["memory, checkpointing off", "memory, checkpointing on", "linear_vs_full"]),
+    ],
+)
+def test_benchmark_past_its_budget_starts_nothing_and_says_so(script, parts, tmp_path):
+    pytest.importorskip("torchvision")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--device", "cpu", "--out", str(tmp_path)]
+    run = subprocess.run([*cmd, "--budget-s", "0"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    assert data["complete"] is True and data["pending"] == [] and data["budget_s"] == 0
+    assert [s.get("name", s.get("part")) for s in data["skipped"]] == parts
+    assert all(s["reason"] == "over --budget-s" for s in data["skipped"])
+    assert data.get("results", data.get("activation_memory")) == []
+
+
 def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
     import vggnet.bench
 
