@@ -176,3 +176,14 @@ def test_gpu_suite_smoke_runs_every_step_and_writes_a_summary(tmp_path):
     steps = json.loads(summary.read_text())["steps"]
     assert list(steps) == ["tests", "inference", "train", "finetune"]
     assert all(step["returncode"] == 0 and step["elapsed_s"] > 0 for step in steps.values())
+
+
+def test_cpu_peak_skips_the_gemms_in_a_dtype_onednn_cannot_compute(monkeypatch):
+    # Without native bf16 (oneDNN limited to AVX2) torch's reference GEMM takes about a minute at 2048.
+    from vggnet import bench
+
+    cpu = torch.device("cpu")
+    assert set(bench.peak_kernels(cpu, torch.float32, size=64)) == {"matmul", "1x1", "3x3"}
+    monkeypatch.setattr(bench, "onednn_computes", lambda dtype: dtype == torch.float32)
+    assert set(bench.peak_kernels(cpu, torch.bfloat16, size=64)) == {"3x3"}
+    assert set(bench.peak_kernels(cpu, torch.float32, size=64)) == {"matmul", "1x1", "3x3"}
