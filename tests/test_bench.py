@@ -33,6 +33,7 @@ def test_bench_json_schema(capsys):
     assert report["iters"] == 1 and report["rounds"] == 1 and report["threads"] >= 1
     assert {"vggnet", "torch", "torchvision", "python"} <= set(report["versions"])
     assert report["date"].endswith("+00:00")
+    assert isinstance(report["environment"], dict)
     assert report["matmul_peak_tflops"] > 0 and "float32" in report["matmul_peak_how"]
     names = [r["name"] for r in report["results"]]
     assert names == ["vggnet eager", "vggnet optimized", "torchvision eager", "torchvision channels_last"]

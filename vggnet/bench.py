@@ -98,6 +98,8 @@ class BenchReport:
     )
     versions: Mapping[str, str] = field(default_factory=lambda: versions())
     load_average: tuple[float, ...] = field(default_factory=lambda: _load_average())
+    # Settings that change which kernels run (e.g. oneDNN capped at AVX2 to stand in for an older CPU).
+    environment: Mapping[str, str] = field(default_factory=lambda: kernel_settings())
     schema: str = SCHEMA
 
     def result(self, name: str) -> Result | None:
@@ -369,6 +371,20 @@ def run_bench(
     )
 
 
+_KERNEL_SETTINGS = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+def kernel_settings() -> dict[str, str]:
+    """The environment variables set here that change which kernels run (oneDNN's ISA cap, threads)."""
+    return {k: os.environ[k] for k in _KERNEL_SETTINGS if k in os.environ}
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What a results file records about where and when it was measured."""
     return {
@@ -378,6 +394,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average": list(_load_average()),
         "threads": torch.get_num_threads(),
+        "environment": kernel_settings(),
     }
 
 
@@ -413,7 +430,8 @@ def format_report(report: BenchReport) -> str:
         f"compile={'on' if report.compile else 'off'} on {report.device} ({report.device_name})",
         f"{report.gflop_per_image:.1f} GFLOP/image; matmul peak {_tflops(report.matmul_peak_tflops)} "
         f"({report.matmul_peak_how}); median of {report.rounds} interleaved rounds, {report.iters} calls each"
-        + (f"; load average {', '.join(f'{x:.2f}' for x in report.load_average)}" if report.load_average else ""),
+        + (f"; load average {', '.join(f'{x:.2f}' for x in report.load_average)}" if report.load_average else "")
+        + "".join(f"; {k}={v}" for k, v in report.environment.items()),
         "",
         f"{'':36} {'img/s':>10} {'ms/batch':>10} {'vs tv':>7} {'of peak':>8} {'1st call':>9} {'max|diff|':>10}",
     ]
