@@ -5,16 +5,15 @@ changes that measurably pay (figures and method: README.md, section "Speed", and
 
 - BatchNorm folded: one pass over each activation fewer (torchvision vgg16_bn loses 24% on an H100;
   vgg16_bn runs at vgg16's speed once folded).
-- channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (vgg16 batch 1 on 2
-  AVX-512 cores: 1.15x torchvision's NCHW eager).
-- on CPU (not compiled), each convolution runs with its ReLU fused in as one oneDNN call (vgg16 on
-  2 AVX-512 cores: 1-2% at batch 1 and 8), and in float32 fc6-fc8 run on oneDNN's linear with the
-  ReLU fused in: the BLAS behind F.linear (MKL) takes 3-7x longer for vgg16's fc6 at batch 8 on this
-  project's AMD CPU, and at batch 1, where fc6-fc8 only stream their 494 MB of weights, 17 ms
-  against oneDNN's 12 ms.
+- channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (torchvision's vgg16 at
+  batch 1 on 2 AVX-512 cores: 1.37x its NCHW eager).
+- on CPU (not compiled), each convolution runs with its ReLU fused in as one oneDNN call (1% for
+  vgg16's features), and in float32 fc6-fc8 run on oneDNN's linear with the ReLU fused in instead of
+  the BLAS behind F.linear (MKL): 17.6 -> 13.0 ms at batch 1, 38.4 -> 17.3 ms at batch 8
+  (benchmarks/bench_cpu_paths.py); only in dtypes this CPU's oneDNN computes (`onednn_computes`).
 - bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked (bf16 halves vgg16's
   batch-1 time on CPUs with AVX512_BF16).
-- torch.compile (on by default on CUDA, opt-in on CPU, where it gains under 5% for VGG because the
+- torch.compile (on by default on CUDA, opt-in on CPU, where it gains little for VGG because the
   convolutions are oneDNN calls either way): it fuses the ReLU and max-pool passes. With a small fixed
   `batch_size` on CUDA it also records CUDA graphs (mode "reduce-overhead"), which removes the kernel
   launch overhead that dominates batch 1.
@@ -126,8 +125,8 @@ def _onednn_head(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The eval-mode classifier with oneDNN's linear, each ReLU fused into the linear before it.
 
     For float32 on CPU, where torch's F.linear goes through the BLAS (MKL); on this project's AMD CPU
-    MKL runs vgg16's fc6 at batch 8 in about 75-110 ms against 10-27 ms for oneDNN, and fc6-fc8 at
-    batch 1 in 17 ms against 12 ms.
+    MKL runs vgg16's fc6-fc8 in 17.6 ms at batch 1 and 38.4 ms at batch 8, against oneDNN's 13.0 and 17.3
+    (benchmarks/bench_cpu_paths.py).
     """
     modules = list(classifier.children()) if isinstance(classifier, nn.Sequential) else [classifier]
     i = 0
