@@ -991,8 +991,8 @@ def test_size_is_enforced_for_local_files_too(small_checkpoints, cache):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"retries": -1}, "retries must be a whole number >= 0"),
-        ({"retries": 1.5}, "retries must be a whole number >= 0"),
+        ({"retries": -1}, "retries must be an integer >= 0"),
+        ({"retries": 1.5}, "retries must be an integer >= 0"),
         ({"timeout": 0}, "timeout must be a positive number"),
         ({"timeout": (10.0, -1.0)}, "timeout must be a positive number"),
         ({"timeout": float("nan")}, "timeout must be a positive number"),

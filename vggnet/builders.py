@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import check_int
 from .config import ARCHS, IN_CHANNELS, arch_config
-from .model import VGG, adapt_input_conv, init_module, make_layers
+from .model import NUM_CLASSES_MEANS, VGG, adapt_input_conv, init_module, make_layers
 from .weights import WEIGHTS_ENUMS, WeightsArg, WeightsEnum, resolve_weights
 
 __all__ = [
@@ -83,10 +84,8 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
             f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"the builders take weights, progress, {', '.join(_ARGUMENTS)}"
         )
-    for name in ("num_classes", "in_chans"):
-        value = kwargs.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int("num_classes", kwargs.get("num_classes", 1), what=NUM_CLASSES_MEANS)
+    check_int("in_chans", kwargs.get("in_chans", IN_CHANNELS))
     dropout = kwargs.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be a probability between 0 and 1, got {dropout!r}")

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from .builders import get_model, model_from_state
+from .checks import check_int
 from .config import IN_CHANNELS, MIN_SIZE, arch_config
 from .model import VGG
 from .transforms import ImageClassification, TrainClassification, gray_image, load_image
@@ -318,10 +319,9 @@ def finetune(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if in_chans not in (1, IN_CHANNELS):
         raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {in_chans}")
-    for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("workers", workers, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            kind = "a positive integer" if least else "an integer >= 0"
-            raise ValueError(f"{name} must be {kind}, got {value!r}")
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_int("workers", workers, least=0)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_SIZE:
         raise ValueError(
             f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "

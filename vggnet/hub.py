@@ -49,6 +49,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import torch
 
+from .checks import check_int
 from .weights import normalize_digest
 
 if TYPE_CHECKING:
@@ -373,8 +374,7 @@ def _check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
     """ValueError for a size, timeout or retry count that makes no sense, before anything is fetched."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
         raise ValueError(f"size must be a positive byte count (or None if unknown), got {size!r}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a whole number >= 0 (retries after the first attempt), got {retries!r}")
+    check_int("retries", retries, least=0, what="retries after the first attempt")
     seconds = timeout if isinstance(timeout, tuple) else (timeout, timeout)
     if len(seconds) != 2 or not all(
         isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf") for t in seconds

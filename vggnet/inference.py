@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .checks import check_int
 from .config import POOLED_SIZE
 from .model import VGG
 
@@ -308,8 +309,8 @@ def optimize_for_inference(
     """
     if not isinstance(model, VGG):
         raise TypeError(f"optimize_for_inference expects a vggnet VGG, got {type(model).__name__}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if batch_size is not None:
+        check_int("batch_size", batch_size)
     if any(p.is_meta for p in model.parameters()):
         raise ValueError(
             "the model's parameters are on the meta device (no values to optimize): build it with weights, "

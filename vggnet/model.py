@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from .checks import check_int
 from .config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
 
 __all__ = ["VGG", "TapInfo", "adapt_input_conv", "make_layers"]
@@ -361,8 +362,7 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """
     if weight.dim() != 4 or weight.shape[1] != IN_CHANNELS:
         raise ValueError(f"expected a first-conv weight (O, 3, k, k), got shape {tuple(weight.shape)}")
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be a positive integer, got {in_chans}")
+    check_int("in_chans", in_chans)
     gray = weight.sum(dim=1, keepdim=True)
     if in_chans == IN_CHANNELS:
         return weight
@@ -374,11 +374,11 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (IN_CHANNELS / in_chans)
 
 
+NUM_CLASSES_MEANS = "the outputs of fc8, e.g. 10 for ten classes"
+
+
 def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"num_classes must be a positive integer, got {num_classes!r} (the outputs of fc8, e.g. 10 for ten classes)"
-        )
+    check_int("num_classes", num_classes, what=NUM_CLASSES_MEANS)
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:

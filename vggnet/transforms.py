@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_int
 from .config import IN_CHANNELS
 from .weights import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 
@@ -132,8 +133,7 @@ def _resize_tensor(x: torch.Tensor, size: tuple[int, int], interpolation: str, a
 
 
 def _check_size(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (pixels), got {value!r}")
+    check_int(name, value, what="pixels")
 
 
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
