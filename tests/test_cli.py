@@ -116,6 +116,7 @@ def test_summary_plots(tmp_path, capsys):
         (["predict", str(PHOTOS), "--device", "bogus"], "no device 'bogus' here; valid: cpu"),
         (["predict", str(PHOTOS), "--device", "cuda:99"], "valid: cpu"),
         (["finetune", "data", "--device", "bogus"], "valid: cpu"),
+        (["finetune", "data", "--image-size", "8"], "argument --image-size: VGG needs at least 32 px"),
         (["predict", "no-such-photo.jpg"], "no-such-photo.jpg: no such image file"),
         (["predict", str(PHOTOS / "*.gif")], "no files match"),
         (["predict", str(PHOTOS), "--weights", "IMAGENET1K_V7"], "valid: VGG16_Weights.IMAGENET1K_V1"),

@@ -104,23 +104,15 @@ def _side_arg(text: str) -> int:
 
 def _device_arg(text: str) -> str:
     """argparse type for a torch device that exists here, listing the valid ones when not."""
+    valid = _devices()
     try:
         device: torch.device | None = torch.device(text)
     except (RuntimeError, ValueError):
         device = None
-    if device is None or not _device_available(device):
-        raise argparse.ArgumentTypeError(f"no device {text!r} here; valid: {', '.join(_devices())}")
+    # torch.device spells "cuda:0" and "mps:0" as given; any "cpu:N" is the one CPU device.
+    if device is None or (device.type != "cpu" and str(device) not in valid):
+        raise argparse.ArgumentTypeError(f"no device {text!r} here; valid: {', '.join(valid)}")
     return text
-
-
-def _device_available(device: torch.device) -> bool:
-    if device.type == "cpu":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count())
-    if device.type == "mps":
-        return torch.backends.mps.is_available()
-    return False
 
 
 def _devices() -> list[str]:
@@ -128,7 +120,7 @@ def _devices() -> list[str]:
     if torch.cuda.is_available():
         found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
     if torch.backends.mps.is_available():
-        found.append("mps")
+        found += ["mps", "mps:0"]  # one MPS device
     return found
 
 
@@ -776,7 +768,7 @@ def _add_finetune(sub: SubParsers) -> None:
     p.add_argument("--batch-size", type=_positive, default=32, metavar="B", help="per process (default 32)")
     p.add_argument("--lr", type=float, metavar="LR", help="default 0.05 (linear), 0.001 (full)")
     p.add_argument("--mode", choices=("linear", "full"), default="linear", help="default linear")
-    p.add_argument("--image-size", type=_positive, default=224, metavar="N", help="crop size (default 224)")
+    p.add_argument("--image-size", type=_side_arg, default=224, metavar="N", help="crop size (default 224)")
     p.add_argument("--out", type=Path, default=Path("finetune-out"), metavar="DIR", help="default ./finetune-out")
     p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--workers", type=int, default=0, metavar="W", help="data loading processes (default 0)")
@@ -788,8 +780,6 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
     from .finetune import finetune
 
-    if args.image_size < MIN_SIZE:
-        raise UsageError(f"--image-size must be at least {MIN_SIZE} (five 2x2 max-pools), got {args.image_size}")
     if not args.quiet:  # the per-epoch figures are logged at INFO
         logging.getLogger("vggnet.finetune").setLevel(logging.INFO)
     try:
