@@ -888,6 +888,31 @@ def test_offline_a_corrupt_cached_file_does_not_say_retry(http_server, small_che
     assert "retry" not in str(info.value) and "Unset VGGNET_OFFLINE" in str(info.value)
 
 
+def test_a_names_digest_mismatch_offline_keeps_the_offline_advice(http_server, small_checkpoints, cache, monkeypatch):
+    url = http_server.add("/run-20240101.pth", small_checkpoints.zip.path)
+    cache.mkdir()
+    (cache / "run-20240101.pth").write_bytes(small_checkpoints.zip.path.read_bytes())  # not 20240101...
+    monkeypatch.setenv("VGGNET_OFFLINE", "1")
+    with pytest.raises(hub.ChecksumError) as info:
+        hub.fetch(url, progress=False)
+    message = str(info.value)
+    assert "Unset VGGNET_OFFLINE" in message and "retry" not in message and "hex part" not in message
+    assert info.value.expected == "20240101" and http_server.count("/run-20240101.pth") == 0
+
+
+def test_a_names_digest_mismatch_in_a_mirror_directory_keeps_the_local_advice(small_checkpoints, cache, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copyfile(small_checkpoints.zip.path, mirror / "run-20240101.pth")
+    monkeypatch.setenv("VGGNET_MIRROR", str(mirror))
+    with pytest.raises(hub.ChecksumError) as info:
+        hub.fetch(OFFICIAL_BASE + "run-20240101.pth", progress=False)
+    message = str(info.value)
+    assert "replace it with a good copy" in message and "retry" not in message and "hex part" not in message
+    assert (mirror / "run-20240101.pth").is_file()  # left where it is
+
+
 # --- mirrors ---------------------------------------------------------------------------------------
 
 

@@ -351,23 +351,19 @@ def _fetch_url(
                 url, name,
             )  # fmt: skip
     dest_dir = Path(model_dir) if model_dir is not None else cache_dir()
-    try:
-        return _fetch(
-            _mirrored(url, name),
-            expected=expected,
-            size=size,
-            max_size=None,
-            dest=dest_dir / name,
-            progress=progress,
-            timeout=timeout,
-            retries=retries,
-            origin=url,
-            look_aside=_look_aside() if model_dir is None else None,
-        )
-    except ChecksumError as err:
-        if not from_name:
-            raise
-        raise ChecksumError(err.url, err.path, err.expected, err.actual, err.detail, hint=_NAME_HINT) from err
+    return _fetch(
+        _mirrored(url, name),
+        expected=expected,
+        size=size,
+        max_size=None,
+        dest=dest_dir / name,
+        progress=progress,
+        timeout=timeout,
+        retries=retries,
+        origin=url,
+        look_aside=_look_aside() if model_dir is None else None,
+        download_hint=_NAME_HINT if from_name else "",
+    )
 
 
 def _check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
@@ -441,24 +437,29 @@ def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFil
     file in its place is an error naming it (and VGGNET_HOME, when that is what points there).
     """
     where = cache_dir() if folder is None else Path(folder)
-    _check_dir(where, create=False)
     try:
-        names = sorted(os.listdir(where))
+        with os.scandir(where) as it:
+            entries = sorted(it, key=lambda entry: entry.name)
     except FileNotFoundError:
         return []
-    present = set(names)
+    except NotADirectoryError as err:
+        raise _dir_error(where, "it is not a directory") from err
+    present = {entry.name for entry in entries}
     found: list[CachedFile] = []
-    for name in names:
-        path = where / name
-        if name.startswith(".") or name.endswith((".stamp", ".lock")) or not path.is_file():
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or name.endswith((".stamp", ".lock")):
             continue
+        try:
+            if not entry.is_file():
+                continue
+            size = entry.stat().st_size
+        except FileNotFoundError:  # removed since the listing
+            continue
+        path = where / name
         stamp = _read_stamp(_stamp_of(path)) if f"{name}.stamp" in present else None
         kind, base = _kind_of(name, stamp)
         related = tuple(where / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:  # removed since the listing
-            continue
         digest = str(stamp["sha256"]) if stamp is not None else None
         checked = stamp is not None and stamp.get("checked") is True
         found.append(CachedFile(path, kind, base, size, related, digest, checked))
@@ -516,13 +517,11 @@ def _remove(path: Path) -> bool:
         except PermissionError:
             return False
         return True
-    try:
-        with open(path, "rb") as f:
-            if not _try_flock(f.fileno()):  # a running download or a lock holder: its flock is on this file
-                return False
-            path.unlink(missing_ok=True)
-    except FileNotFoundError:
-        pass
+    f = _claim(path)
+    if f is None:  # a running download or a lock holder has its flock on it, unless it is gone
+        return not path.exists()
+    with f:
+        path.unlink(missing_ok=True)
     return True
 
 
@@ -590,12 +589,15 @@ def _mirrored(url: str, name: str) -> str:
     scheme = urlsplit(mirror).scheme.lower()
     if scheme in ("http", "https", "file"):
         return mirror.rstrip("/") + "/" + quote(name)
-    if scheme == "" or (len(scheme) == 1 and sys.platform == "win32"):  # a directory, or a drive letter
-        return str(Path(mirror).expanduser() / name)
-    raise ValueError(
-        f"{ENV_MIRROR}={mirror!r} has the unsupported scheme {scheme!r}: set it to a base URL "
-        "(https://..., http://..., file:///...) or a local directory, or unset it"
-    )
+    try:
+        folder = _local_path(mirror)  # a directory (or drive letter), else the unsupported scheme
+    except ValueError as err:
+        raise ValueError(
+            f"{ENV_MIRROR}={mirror!r} has the unsupported scheme {scheme!r}: set it to a base URL "
+            "(https://..., http://..., file:///...) or a local directory, or unset it"
+        ) from err
+    assert folder is not None  # http(s) was handled above
+    return str(folder / name)
 
 
 def _look_aside() -> Path | None:
@@ -628,18 +630,23 @@ def _fetch(
     retries: int,
     origin: str,
     look_aside: Path | None,
+    download_hint: str = "",
 ) -> tuple[Path, str]:
-    """(verified path, its full SHA-256). `url` may be a VGGNET_MIRROR copy of `origin`."""
+    """(verified path, its full SHA-256). `url` may be a VGGNET_MIRROR copy of `origin`.
+
+    `download_hint` replaces the retry advice of a downloaded file's ChecksumError (where the
+    expected digest came from); a cached or local file's mismatch keeps its own advice.
+    """
     local = _local_path(url)
     stamps = dest.parent / ".stamps"
     if local is not None and url == origin:  # the caller's own file: verified where it is
         return local, _verify_local(local, expected, url, size=size, stamps=stamps)
-    offline = _offline()
-    _check_dir(dest.parent, create=local is None and not offline)
     digest = _stamped_digest(dest, expected=expected)  # the fast path: no hashing, no lock
     if digest is not None and _matches(digest, expected):
         _warn_unverified(expected, dest)
         return dest, digest
+    offline = _offline()
+    _check_dir(dest.parent, create=local is None and not offline)
     with _lock(dest, create=False):
         digest = _cached_digest(dest, expected, url)
         if digest is not None:
@@ -663,7 +670,7 @@ def _fetch(
                 f"download {origin} and put it in {dest.parent} (or point {ENV_MIRROR} at a directory holding it)"
             )
         return dest, _download(url, dest, expected=expected, size=size, max_size=max_size,
-                               progress=progress, timeout=timeout, retries=retries)  # fmt: skip
+                               progress=progress, timeout=timeout, retries=retries, hint=download_hint)  # fmt: skip
 
 
 def _matches(digest: str, expected: str | None) -> bool:
@@ -1066,6 +1073,7 @@ def _download(
     progress: bool,
     timeout: Timeout,
     retries: int,
+    hint: str = "",
 ) -> str:
     """Stream `url` into a private partial file, hashing as it arrives; verify; rename it to `dest`.
 
@@ -1092,7 +1100,7 @@ def _download(
         digest = part.hasher.hexdigest()
         if expected is not None and not digest.startswith(expected):
             keep = False
-            raise ChecksumError(url, dest, expected, digest)
+            raise ChecksumError(url, dest, expected, digest, hint=hint)  # hint "": retry
         part.file.flush()  # no fsync: a file lost in a crash fails its stamp and is fetched again
         _publish(part.path, dest)
         _write_stamp(dest, digest, checked=expected is not None)
