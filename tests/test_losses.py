@@ -158,15 +158,15 @@ def test_bad_images_and_numbers_are_refused_clearly(vgg11_bn):
         PerceptualLoss(vgg11_bn, layers=["relu1_1"], std=(0.5,))
     loss = PerceptualLoss(vgg11_bn, layers=["relu1_1"])
     rgba = torch.rand(1, 4, 32, 32)
-    with pytest.raises(ValueError, match=r"reads 3 channels, the images have 4 .*x\[:, :3\]"):
+    with pytest.raises(ValueError, match=r"PerceptualLoss expects 3 input channels, got 4 .*x\[:, :3\]"):
         loss(rgba, rgba)
     gray = torch.rand(1, 1, 32, 32)
-    with pytest.raises(ValueError, match=r"reads 3 channels, the images have 1 .*expand"):
+    with pytest.raises(ValueError, match=r"PerceptualLoss expects 3 input channels, got 1 .*expand"):
         loss(gray, gray)
     uint8 = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"floating-point images in input_range '0-1', got torch.uint8.*/ 255"):
         loss(uint8, uint8)
-    with pytest.raises(ValueError, match=r"batch \(N, C, H, W\), got shape \(3, 32, 32\).*unsqueeze"):
+    with pytest.raises(ValueError, match=r"PerceptualLoss expects a 4-D batch .* shape \(3, 32, 32\).*unsqueeze"):
         loss(torch.rand(3, 32, 32), torch.rand(3, 32, 32))
     with pytest.raises(ValueError, match=r"torch\.uint8"):
         loss.taps(uint8)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import VGG, feature_names, run_taps
+from .model import VGG, check_images, feature_names, layer_list, run_taps
 from .weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["PerceptualLoss", "gram_matrix"]
@@ -79,8 +79,8 @@ class PerceptualLoss(nn.Module):
         _check_choice("pool", pool, POOLS)
         if isinstance(model, str):
             model, mean, std = _pretrained(model, mean, std)
-        self.layers = _names(layers)
-        self.style_layers = _names(style_layers or ())
+        self.layers = layer_list(layers)
+        self.style_layers = layer_list(style_layers or ())
         self.weights = _factors("weights", weights, self.layers)
         self.style_weights = _factors("style_weights", style_weights, self.style_layers)
         if not self.layers and not self.style_layers:
@@ -127,21 +127,11 @@ class PerceptualLoss(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming the problem for a batch the network cannot read as images."""
-        if x.dim() != 4:
-            raise ValueError(
-                f"PerceptualLoss expects a batch (N, C, H, W), got shape {tuple(x.shape)}; "
-                "add a batch dimension with x.unsqueeze(0) for a single image"
-            )
+        check_images(x, self.in_channels, "PerceptualLoss")
         if not x.dtype.is_floating_point:
             raise ValueError(
                 f"PerceptualLoss expects floating-point images in input_range {self.input_range!r}, got {x.dtype}; "
                 "convert uint8 images with x.float() / 255"
-            )
-        if x.shape[1] != self.in_channels:
-            hint = " (gray images: x.expand(-1, 3, -1, -1); RGBA: x[:, :3])" if self.in_channels == 3 else ""
-            raise ValueError(
-                f"the network reads {self.in_channels} channels, the images have {x.shape[1]} "
-                f"(shape {tuple(x.shape)}){hint}"
             )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,10 +186,6 @@ def _pretrained(
 
 def _per_channel(rgb: tuple[float, ...], channels: int) -> tuple[float, ...]:
     return rgb if channels == len(rgb) else (sum(rgb) / len(rgb),) * channels
-
-
-def _names(layers: str | Sequence[str]) -> list[str]:
-    return [layers] if isinstance(layers, str) else list(layers)  # a single name is a list of one
 
 
 def _check_choice(what: str, value: str, valid: Sequence[str]) -> None:

@@ -98,15 +98,7 @@ class VGG(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming what was received and what is needed, before any layer runs."""
-        if x.dim() != 4:
-            raise ValueError(
-                f"VGG expects a 4-D batch (N, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}; "
-                "add a batch dimension with x.unsqueeze(0) for a single image"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"VGG expects {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
-            )
+        check_images(x, self.in_channels)
         if min(x.shape[2], x.shape[3]) < MIN_SIZE:
             raise ValueError(
                 f"VGG needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels (five 2x2 max-pools), "
@@ -298,6 +290,18 @@ class TapInfo:
     receptive_field: int | None
 
 
+def check_images(x: torch.Tensor, in_channels: int, who: str = "VGG") -> None:
+    """Raise a ValueError, naming the shape received and the fix, unless `x` is an (N, in_channels, H, W) batch."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"{who} expects a 4-D batch (N, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0) for a single image"
+        )
+    if x.shape[1] != in_channels:
+        hint = "; gray images: x.expand(-1, 3, -1, -1), RGBA: x[:, :3]" if in_channels == 3 else ""
+        raise ValueError(f"{who} expects {in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}){hint}")
+
+
 def feature_names(features: nn.Sequential) -> list[str]:
     """The paper's name of every module in a `make_layers` Sequential (max- or average-pooled)."""
     names: list[str] = []
@@ -318,6 +322,10 @@ def feature_names(features: nn.Sequential) -> list[str]:
     return names
 
 
+def layer_list(layers: str | Sequence[str]) -> list[str]:
+    return [layers] if isinstance(layers, str) else list(layers)  # a single name is a list of one
+
+
 def run_taps(
     steps: Sequence[tuple[str, Sequence[Callable[[torch.Tensor], torch.Tensor]]]],
     x: torch.Tensor,
@@ -325,7 +333,7 @@ def run_taps(
 ) -> dict[str, torch.Tensor]:
     """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next operation is in place)."""
     names = [name for name, _ in steps]
-    layers = [layers] if isinstance(layers, str) else list(layers)  # a single name is a list of one
+    layers = layer_list(layers)
     if not layers:
         raise ValueError(f"no layers asked; pass a list of layer names, e.g. ['relu1_2']; valid: {', '.join(names)}")
     unknown = [name for name in layers if name not in names]
