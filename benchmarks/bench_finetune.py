@@ -15,19 +15,18 @@
    about time), wall clock of the whole call including reading and decoding the images.
 
 --smoke: vgg11 at batch 2 and 64x64 for the memory part, 1 epoch on a tiny set (checks the machinery).
-Results go to DIR/finetune-<device>-<date>.json (default benchmarks/results/; finetune-smoke-... with
---smoke), rewritten after each part (each memory case, then the timing), with `complete`, the parts
-not reached yet under `pending` (what a killed run lacks) and those not started because --budget-s
-had passed under `skipped`. Nothing is asserted.
+Results go to DIR/finetune-<device>-<UTC date>.json (default benchmarks/results/; finetune-smoke-...
+with --smoke), headed by `vggnet.bench.environment` as the other suites' are, rewritten after each
+part (each memory case, then the timing), with `complete`, the parts not reached yet under `pending`
+(what a killed run lacks) and those not started because --budget-s had passed under `skipped`.
+Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -42,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .` (the GPU machines have none)
 MiB = 1 << 20
+
+from vggnet.bench import Budget, environment, save_results  # noqa: E402
 
 
 def _rss_bytes() -> int:
@@ -144,29 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--budget-s", type=float, default=None, help="start no part after this many seconds")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
+    budget = Budget(args.budget_s)
 
     arch, batch, size = ("vgg11", 2, 64) if args.smoke else ("vgg16", 32, 224)
     epochs, per_class, tbatch = (1, 4, 4) if args.smoke else (3, 32, 16)
     report: dict[str, Any] = {
         "suite": "finetune",
         "smoke": args.smoke,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
+        **environment(torch.device(args.device)),
         "budget_s": args.budget_s, "complete": False,
         "activation_memory": [], "linear_vs_full": [],
-        "pending": ["memory, checkpointing off", "memory, checkpointing on", "linear_vs_full"], "skipped": [],
+        "pending": ["memory, checkpointing off", "memory, checkpointing on", "linear_vs_full"],
+        "skipped": budget.skipped,
     }  # fmt: skip
     name = "finetune" + ("-smoke" if args.smoke else "")
-    path = args.out / f"{name}-{args.device}-{datetime.date.today().isoformat()}.json"
-    _save(path, report)  # a run killed in its first part still leaves a file that says so
+    save_results(name, report, args.out)  # a run killed in its first part still leaves a file that says so
 
     def over_budget(part: str) -> bool:
-        if args.budget_s is None or time.perf_counter() - start <= args.budget_s:
+        if not budget.skip(part=part):
             return False
         report["pending"].remove(part)
-        report["skipped"].append({"part": part, "reason": "over --budget-s"})
         print(f"{part}: skipped, over --budget-s {args.budget_s:.0f}", flush=True)
         return True
 
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             report["stored_saving"] = round(1 - on["stored_after_forward_mib"] / off["stored_after_forward_mib"], 3)
             report["peak_saving"] = round(1 - on["peak_mib"] / off["peak_mib"], 3)
         report["pending"].remove(part)
-        _save(path, report)
+        save_results(name, report, args.out)
 
     if not over_budget("linear_vs_full"):
         report["linear_vs_full"] = mode_times("vgg11", 64, epochs, per_class, tbatch, args.device)
@@ -199,18 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         report["pending"].remove("linear_vs_full")
 
     report["complete"] = True
-    report["elapsed_s"] = round(time.perf_counter() - start, 1)
-    _save(path, report)
+    report["elapsed_s"] = round(budget.spent(), 1)
+    path = save_results(name, report, args.out)
     print(f"saved {path}")
     return 0
-
-
-def _save(path: Path, report: dict[str, Any]) -> None:
-    """Write through a temporary file and a rename: a run killed mid-write leaves the previous file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
-from vggnet.bench import environment, format_report, run_bench, save_results  # noqa: E402
+from vggnet.bench import Budget, environment, format_report, run_bench, save_results  # noqa: E402
 
 # (arch, batch size, timed calls, compile torchvision too, dtype: None for the device's default)
 SUITES: dict[str, list[tuple[str, int, int, bool, torch.dtype | None]]] = {
@@ -66,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     compile = args.compile if args.compile is not None else (device.type == "cuda" and not args.smoke)
     suite = SUITES["smoke" if args.smoke else device.type]
     image_size = 32 if args.smoke else 224
-    data: dict[str, Any] = {"suite": "inference", "smoke": args.smoke, **environment(device), "runs": [], "skipped": []}
-    start = time.perf_counter()
+    data: dict[str, Any] = {"suite": "inference", "smoke": args.smoke, **environment(device), "runs": []}
+    budget = Budget(args.budget_s)
+    data["skipped"] = budget.skipped
     for arch, batch_size, iters, tv_compile, dtype in suite:
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
-            data["skipped"].append({"arch": arch, "batch_size": batch_size, "reason": "over --budget-s"})
+        if budget.skip(arch=arch, batch_size=batch_size):
             continue
         report = run_bench(
             arch,
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_report(report), end="\n\n", flush=True)
         data["runs"].append(report.to_dict())
         path = save_results("inference" + ("-smoke" if args.smoke else ""), data, args.out)  # after every run
-    data["elapsed_s"] = time.perf_counter() - start
+    data["elapsed_s"] = budget.spent()
     path = save_results("inference" + ("-smoke" if args.smoke else ""), data, args.out)
     print(f"results written to {path}")
     return 0

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
 import vggnet  # noqa: E402
-from vggnet.bench import environment, save_results, time_interleaved  # noqa: E402
+from vggnet.bench import Budget, environment, save_results, time_interleaved  # noqa: E402
 
 
 def make_step(
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=compile_help)
     parser.add_argument("--budget-s", type=float, default=None, help="start no candidate after this many seconds")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
+    budget = Budget(args.budget_s)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "complete": False,
         "results": [],
         "pending": list(candidates),  # not reached yet: what a killed run lacks
-        "skipped": [],  # not started: over --budget-s
+        "skipped": budget.skipped,  # not started: over --budget-s
     }
     name = "train" + ("-smoke" if args.smoke else "")
     print(f"{arch} training step, batch {batch_size}, {data['precision']}, channels_last on {data['device_name']}")
@@ -122,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     losses: dict[str, float] = {}
     save_results(name, data, args.out)  # a run killed in its first candidate still leaves a file that says so
     for candidate, (library, compiled) in candidates.items():
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+        if budget.skip(name=candidate):
             data["pending"].remove(candidate)
-            data["skipped"].append({"name": candidate, "reason": "over --budget-s"})
             print(f"{candidate:22} skipped: over --budget-s {args.budget_s:.0f}", flush=True)
             continue
         # Each candidate trains its own copy: the same starting weights, its own optimizer state.
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{candidate:22} ready; first step {row['first_step_s']:.1f} s; saved {path}", flush=True)
 
     data["complete"] = True
-    data["elapsed_s"] = round(time.perf_counter() - start, 1)
+    data["elapsed_s"] = round(budget.spent(), 1)
     path = save_results(name, data, args.out)
     for r in data["results"]:
         speedup = r.get("speedup_vs_torchvision_eager")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggnet.bench import SCHEMA, matmul_peak, run_bench, save_results, time_interleaved
+from vggnet.bench import SCHEMA, Budget, matmul_peak, run_bench, save_results, time_interleaved
 from vggnet.cli import main
 from vggnet.inference import optimize_for_inference
 
@@ -100,6 +100,20 @@ def test_save_results_names_the_file_after_suite_device_and_date(tmp_path):
     assert path.parent == tmp_path / "new" and path.name.startswith("inference-cuda-20") and path.suffix == ".json"
     assert json.loads(path.read_text()) == {"device": "cuda:0", "runs": []}
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_budget_skips_only_once_spent_and_records_what_it_skipped():
+    unlimited = Budget(None)
+    assert unlimited.left() == float("inf") and not unlimited.skip(name="a") and unlimited.skipped == []
+    roomy = Budget(3600)
+    assert 3590 < roomy.left() <= 3600 and 0 <= roomy.spent() < 10
+    assert not roomy.skip(name="a") and roomy.skipped == []
+    spent = Budget(0)
+    assert spent.skip(arch="vgg11", batch_size=2) and spent.skip(part="b") and spent.left() < 0
+    assert spent.skipped == [
+        {"arch": "vgg11", "batch_size": 2, "reason": "over --budget-s"},
+        {"part": "b", "reason": "over --budget-s"},
+    ]
 
 
 @pytest.mark.parametrize("script", ["bench_inference.py", "bench_train.py"])

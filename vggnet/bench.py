@@ -22,6 +22,7 @@ import datetime
 import importlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -43,6 +44,7 @@ from .summary import summarize
 __all__ = [
     "SCHEMA",
     "BenchReport",
+    "Budget",
     "Result",
     "device_name",
     "format_report",
@@ -396,6 +398,32 @@ def environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "environment": kernel_settings(),
     }
+
+
+class Budget:
+    """A benchmark script's time budget, started at construction; `seconds=None` never runs out.
+
+    `skip(**what)` is the check before each part: once the budget is spent it records `what`, with
+    the reason, under `skipped` and returns True, and the script goes on to the next part (so the
+    parts after it are listed too)."""
+
+    def __init__(self, seconds: float | None, *, reason: str = "over --budget-s") -> None:
+        self.seconds = seconds
+        self.reason = reason
+        self.skipped: list[dict[str, Any]] = []  # the scripts put this very list in their JSON
+        self._start = time.perf_counter()
+
+    def spent(self) -> float:
+        return time.perf_counter() - self._start
+
+    def left(self) -> float:
+        return math.inf if self.seconds is None else self.seconds - self.spent()
+
+    def skip(self, **what: Any) -> bool:
+        if self.left() >= 0:
+            return False
+        self.skipped.append({**what, "reason": self.reason})
+        return True
 
 
 def save_results(name: str, data: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> Path:
