@@ -244,6 +244,14 @@ def _init_distributed(device: torch.device) -> _Dist:
 # --- the model to start from -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Weights:
+    """What `weights` names, as `_check_weights` classified it, and the string to load it by."""
+
+    kind: Literal["random", "record", "file", "url"]
+    value: str | None
+
+
 @dataclass
 class _Start:
     model: VGG
@@ -252,34 +260,35 @@ class _Start:
     interpolation: str = "bilinear"
 
 
-def _starting_model(arch: str, weights: str | None, num_classes: int, in_chans: int, progress: bool) -> _Start:
-    """`weights`: None/"none" (random), a record name ("DEFAULT"), a local .pth file, or an http(s)/file:// URL.
+def _starting_model(arch: str, weights: _Weights, num_classes: int, in_chans: int, progress: bool) -> _Start:
+    """`weights` as `_check_weights` classified None/"none" (random), a record name ("DEFAULT"), a local
+    .pth file, or an http(s)/file:// URL.
 
     A local file is a plain state dict or a `finetune` checkpoint (whose preprocessing is then kept);
     either way a head of another size is replaced by a fresh fc8, as the builders do. Files and URLs
     are assumed to expect ImageNet's mean and std.
     """
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
-    if weights is None or weights.lower() in ("none", "random"):
+    name = weights.value
+    if weights.kind == "random" or name is None:
         return _Start(get_model(arch, **kwargs))
-    is_file = Path(weights).is_file()
-    loaded = _read_finetuned(weights, "cpu") if is_file else None
+    loaded = _read_finetuned(name, "cpu") if weights.kind == "file" else None
     if loaded is not None:  # an earlier run's checkpoint: keep its preprocessing
         if loaded["arch"] != arch:
-            raise ValueError(f"{weights} holds a fine-tuned {loaded['arch']}, not {arch}; use arch={loaded['arch']!r}")
+            raise ValueError(f"{name} holds a fine-tuned {loaded['arch']}, not {arch}; use arch={loaded['arch']!r}")
         pre = loaded["preprocessing"]
         model = model_from_state(arch, loaded["state_dict"], None, kwargs)
         return _Start(model, tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"])
-    if is_file or urlsplit(weights).scheme.lower() in ("http", "https", "file"):
+    if weights.kind in ("file", "url"):
         # a plain state dict in either serialization format (or a training checkpoint holding one)
         from .hub import load_state_dict_from_url
 
-        return _Start(model_from_state(arch, load_state_dict_from_url(weights, progress=progress), None, kwargs))
-    record = resolve_weights(arch, weights)
+        return _Start(model_from_state(arch, load_state_dict_from_url(name, progress=progress), None, kwargs))
+    record = resolve_weights(arch, name)
     if record is None:  # only for weights=None, handled above
-        raise ValueError(f"no weights named {weights!r}")
+        raise ValueError(f"no weights named {name!r}")
     if record.categories is None:
-        raise ValueError(f"{weights} has no usable classifier (fc6 and fc7 are NaN); fine-tune from IMAGENET1K_V1")
+        raise ValueError(f"{name} has no usable classifier (fc6 and fc7 are NaN); fine-tune from IMAGENET1K_V1")
     model = get_model(arch, weights=record, progress=progress, **kwargs)
     return _Start(model, tuple(record.mean), tuple(record.std), record.interpolation)
 
@@ -330,7 +339,7 @@ def finetune(
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
         raise ValueError(f"lr must be a positive number, got {lr!r}; None uses {DEFAULT_LR[mode]} for mode {mode!r}")
     arch_config(arch)  # a ValueError naming the valid architectures
-    weights = _check_weights(weights)
+    source = _check_weights(weights)
     started = time.perf_counter()
     dev = torch.device(device) if device is not None else _default_device()
     ctx = _init_distributed(dev)
@@ -338,22 +347,22 @@ def finetune(
         dev = torch.device("cuda", ctx.local_rank)
     rate = DEFAULT_LR[mode] if lr is None else float(lr)
     return _finetune(
-        ctx, Path(data), arch, weights, epochs, batch_size, rate, mode, image_size,
+        ctx, Path(data), arch, source, epochs, batch_size, rate, mode, image_size,
         Path(out), dev, workers, dev.type == "cuda" if amp is None else amp, in_chans, progress, seed, started,
     )  # fmt: skip
 
 
-def _check_weights(weights: str | os.PathLike[str] | None) -> str | None:
-    """`weights` as a string; a value that looks like a file path must name an existing file."""
+def _check_weights(weights: str | os.PathLike[str] | None) -> _Weights:
+    """What `weights` names; a value that looks like a file path must name an existing file."""
     if weights is None:
-        return None
+        return _Weights("random", None)
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(
             f"weights must be a record name, a file path, a URL or None, got {type(weights).__name__} {weights!r}"
         )
     value = os.fspath(weights)
     if urlsplit(value).scheme.lower() in ("http", "https", "file"):
-        return value
+        return _Weights("url", value)
     looks_like_path = isinstance(weights, os.PathLike) or any(sep in value for sep in ("/", os.sep))
     looks_like_path = looks_like_path or value.lower().endswith(WEIGHT_FILE_SUFFIXES) or value.startswith("~")
     if looks_like_path:
@@ -365,8 +374,11 @@ def _check_weights(weights: str | os.PathLike[str] | None) -> str | None:
                 "the path of an existing .pth file (a state dict or a finetune checkpoint), an http(s):// "
                 "or file:// URL, or None for random initialisation"
             )
-        return str(path)
-    return value
+        return _Weights("file", str(path))
+    if value.lower() in ("none", "random"):
+        return _Weights("random", value)
+    # an existing file named without folder or suffix is still a file
+    return _Weights("file" if Path(value).is_file() else "record", value)
 
 
 def _default_device() -> torch.device:
@@ -377,7 +389,7 @@ def _finetune(
     ctx: _Dist,
     data: Path,
     arch: str,
-    weights: str | None,
+    weights: _Weights,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -421,13 +433,13 @@ def _finetune(
     if ctx.main:
         logger.info(
             "fine-tuning %s (%s, %s) on %d classes: %d training and %d validation images, %d process(es) on %s",
-            arch, mode, weights, len(classes), len(train_eval), len(val), ctx.world, device,
+            arch, mode, weights.value, len(classes), len(train_eval), len(val), ctx.world, device,
         )  # fmt: skip
 
     loaders = _Loaders(ctx, batch_size, workers, device, seed)
     checkpoint = {
         "format": FORMAT, "arch": arch, "in_chans": in_chans, "classes": classes,
-        "preprocessing": preprocessing, "mode": mode, "weights": str(weights),
+        "preprocessing": preprocessing, "mode": mode, "weights": str(weights.value),
     }  # fmt: skip
     result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
     if ctx.main:
