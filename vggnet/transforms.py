@@ -59,7 +59,9 @@ def gray_image(img: Image) -> Image:
     img = _eight_bit(img)
     if img.mode == "L":
         return img
-    gray: Image = img.convert("RGB").convert("L")  # via RGB, exactly as load_image(path).convert("L")
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # via RGB, exactly as load_image(path).convert("L")
+    gray: Image = img.convert("L")
     return gray
 
 
@@ -67,12 +69,16 @@ def pil_to_tensor(img: Image) -> torch.Tensor:
     """A PIL image as a uint8 tensor (C, H, W): (1, H, W) for "L" and 16-bit gray images, RGB otherwise."""
     import numpy as np
 
-    img = _eight_bit(img)
-    if img.mode not in ("RGB", "L"):
-        img = img.convert("RGB")
+    img = _rgb_or_gray(img)
     array = np.array(img, dtype=np.uint8, copy=True)
     tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _rgb_or_gray(img: Image) -> Image:
+    """8-bit "RGB" or "L": 16-bit gray becomes "L", "RGB" and "L" stay, every other mode becomes "RGB"."""
+    img = _eight_bit(img)
+    return img if img.mode in ("RGB", "L") else img.convert("RGB")
 
 
 def _eight_bit(img: Image) -> Image:
@@ -163,8 +169,7 @@ class _Preset(nn.Module):
         """A PIL image in the mode the preset reads: "L" for a gray preset, else "RGB" or "L"."""
         if len(self.mean) == 1:
             return gray_image(img)
-        img = _eight_bit(img)
-        return img if img.mode in ("RGB", "L") else img.convert("RGB")
+        return _rgb_or_gray(img)
 
     def _as_batch(self, img: ImageLike) -> tuple[torch.Tensor, bool]:
         """(N, C, H, W) tensor in a dtype the preset reads, and whether the input was a single image."""
