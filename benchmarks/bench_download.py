@@ -23,7 +23,6 @@ Figures are printed and saved to benchmarks/results/bench_download.json; nothing
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.server
 import json
 import os
@@ -89,14 +88,6 @@ def plain_download(url: str, dest: Path) -> None:
                 f.write(chunk)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def interleaved(
     cases: dict[str, Callable[[], object]], repeat: int, cleanup: Callable[[], None]
 ) -> dict[str, list[float]]:
@@ -140,7 +131,7 @@ def main() -> int:
         with open(source, "wb") as f:
             for _ in range(args.mib):
                 f.write(os.urandom(1 << 20))
-    digest = sha256_file(source)  # also warms the page cache
+    digest = hub.verify_file(source)  # also warms the page cache
     port_file = workdir / "port"
     port_file.unlink(missing_ok=True)
     server = subprocess.Popen(
@@ -159,7 +150,7 @@ def main() -> int:
         cases: dict[str, Callable[[], object]] = {
             FETCH: lambda: hub.fetch(url, sha256=digest, size=size, model_dir=out, progress=False),
             PLAIN: lambda: plain_download(url, out / name),
-            HASH: lambda: sha256_file(source),
+            HASH: lambda: hub.verify_file(source),
             "local shutil.copyfile": lambda: shutil.copyfile(source, out / name),
         }
         runs = interleaved(cases, args.repeat, clean)
