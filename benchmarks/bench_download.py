@@ -114,7 +114,8 @@ def main() -> int:
     parser.add_argument("--serve", nargs=2, type=Path, metavar=("ROOT", "PORT_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(*args.serve, rate=args.rate * 2**20)
+        root, port_file = args.serve
+        serve(root, port_file, rate=args.rate * 2**20)
         return 0
     if args.smoke:
         args.mib, args.repeat = 16, 1
