@@ -209,7 +209,8 @@ class WeightsEnum(Enum):
     value: Weights
 
     def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
-        # By name rather than Enum's by value: the record holds a mappingproxy, which pickle refuses.
+        # By name, not Enum's by value: unpickling by value needs an equal record, and NaN metrics
+        # (IMAGENET1K_FEATURES) never compare equal; by name, a loaded member `is` the defined one.
         return getattr, (type(self), self._name_)
 
     @classmethod
