@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from functools import cached_property
 from importlib import resources
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .config import MIN_SIZE
 
@@ -82,6 +82,9 @@ class _Categories(Sequence[str]):
     def __repr__(self) -> str:
         return "IMAGENET_CATEGORIES"
 
+    def __reduce__(self) -> str:
+        return "IMAGENET_CATEGORIES"  # pickled by name: the one module-level instance
+
 
 IMAGENET_CATEGORIES: Sequence[str] = _Categories()
 
@@ -130,6 +133,12 @@ class Weights:
     def __hash__(self) -> int:
         return hash((self.url, self.sha256))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # `metrics` is a read-only mappingproxy, which pickle refuses: rebuild the record from its fields.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["metrics"] = dict(self.metrics)
+        return Weights, tuple(values.values())
+
     @property
     def file_name(self) -> str:
         """The name the file is cached under: the URL's last path segment, percent-decoded.
@@ -176,18 +185,56 @@ class Weights:
         )
 
     def get_state_dict(
-        self, progress: bool = True, map_location: str | torch.device | None = None
+        self, progress: bool = True, map_location: str | torch.device | None = None, *, check_hash: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Fetch (or find in the cache), verify and load the checkpoint with weights_only=True."""
+        """Fetch (or find in the cache), verify and load the checkpoint with weights_only=True.
+
+        `check_hash` is taken for torchvision's callers; the file is verified whatever its value.
+        """
         from .hub import load_weights
 
         return load_weights(self, progress=progress, map_location=map_location)
 
 
+_Member = TypeVar("_Member", bound="WeightsEnum")
+
+
 class WeightsEnum(Enum):
-    """Base of the per-builder enums; members delegate the record's attributes."""
+    """Base of the per-builder enums; members delegate the record's attributes.
+
+    As torchvision's members: `repr` and `str` are "VGG16_Weights.IMAGENET1K_V1", `verify` normalises
+    a builder's argument, and a member pickles (and deep-copies) to itself, by name.
+    """
 
     value: Weights
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        # By name, not Enum's by value: unpickling by value needs an equal record, and NaN metrics
+        # (IMAGENET1K_FEATURES) never compare equal; by name, a loaded member `is` the defined one.
+        return getattr, (type(self), self._name_)
+
+    @classmethod
+    def verify(cls: type[_Member], obj: object) -> _Member | None:
+        """None, a member, or its name ("DEFAULT", "VGG16_Weights.DEFAULT") -> None or the member, as torchvision.
+
+        torchvision's own member for the same file is taken too (matched by URL). An unknown name is a
+        KeyError and anything else a TypeError, torchvision's error types.
+        """
+        if obj is None:
+            return None
+        if type(obj) is str:
+            prefix = cls.__name__ + "."
+            name = obj[len(prefix) :] if obj.startswith(prefix) else obj
+            if name not in cls.__members__:
+                raise KeyError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
+            return cls[name]
+        member = _own_member(obj)
+        if not isinstance(member, cls):
+            raise TypeError(
+                f"expected weights of {cls.__name__} (None, a member or its name: {_member_names(cls)}), "
+                f"got {_describe(obj)}"
+            )
+        return member
 
     @property
     def url(self) -> str:
@@ -201,12 +248,16 @@ class WeightsEnum(Enum):
         return self.value.transforms()
 
     def get_state_dict(
-        self, progress: bool = True, map_location: str | torch.device | None = None
+        self, progress: bool = True, map_location: str | torch.device | None = None, *, check_hash: bool = True
     ) -> dict[str, torch.Tensor]:
-        return self.value.get_state_dict(progress=progress, map_location=map_location)
+        """The verified state dict (`check_hash` is taken for torchvision's callers; vggnet always verifies)."""
+        return self.value.get_state_dict(progress=progress, map_location=map_location, check_hash=check_hash)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self._name_}"
 
     def __str__(self) -> str:
-        return f"{type(self).__name__}.{self.name}"
+        return f"{type(self).__name__}.{self._name_}"
 
     @classmethod
     def from_name(cls, name: str) -> WeightsEnum:
@@ -345,19 +396,53 @@ def get_weight(name: str) -> WeightsEnum:
     return cls.from_name(member)
 
 
+def _member_names(enum: type[WeightsEnum]) -> str:
+    return ", ".join(f"{enum.__name__}.{name}" for name in enum.__members__)
+
+
+def _describe(obj: object) -> str:
+    return repr(obj) if isinstance(obj, Enum) else type(obj).__name__
+
+
+def _own_member(obj: object) -> object:
+    """vggnet's member for torchvision's (any enum member whose `url` is one of vggnet's records); else `obj`.
+
+    Matched by URL, so torchvision is never imported. A member with a URL vggnet has no record of is a
+    TypeError, as torchvision's `verify` makes of another model's member.
+    """
+    if isinstance(obj, WeightsEnum) or not isinstance(obj, Enum):
+        return obj
+    url = getattr(obj, "url", None) or getattr(obj.value, "url", None)
+    if not isinstance(url, str):
+        return obj
+    for enum in WEIGHTS_ENUMS.values():
+        for member in enum:  # aliases (DEFAULT) are skipped: they share their record's member
+            if member.url == url:
+                return member
+    official = ", ".join(str(m) for enum in WEIGHTS_ENUMS.values() for m in enum)
+    raise TypeError(
+        f"{obj!r} ({url}) has no vggnet record; vggnet knows {official}. To load that file anyway, pass "
+        f"vggnet.Weights(url=..., sha256=...) with its URL and SHA-256"
+    )
+
+
 def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
-    """Turn a builder's `weights` argument into a record, or None; strings are looked up in `arch`'s enum."""
+    """Turn a builder's `weights` argument into a record, or None; strings are looked up in `arch`'s enum.
+
+    torchvision's own members are taken too, matched by URL to vggnet's records.
+    """
     enum = WEIGHTS_ENUMS[arch]
     if weights is None or isinstance(weights, Weights):
         return weights
-    if isinstance(weights, WeightsEnum):
-        if not isinstance(weights, enum):
+    member = _own_member(weights)
+    if isinstance(member, WeightsEnum):
+        if not isinstance(member, enum):
             valid = ", ".join(str(m) for m in enum.__members__.values())
-            raise ValueError(f"{weights} are not weights for {arch}; valid: {valid}")
-        return weights.value
+            raise ValueError(f"{member} are not weights for {arch}; valid: {valid}")
+        return member.value
     if isinstance(weights, str):
         return enum.from_name(weights).value
     raise TypeError(
-        f"weights must be None, a string, a {enum.__name__} member or a vggnet.Weights record, "
-        f"got {type(weights).__name__}"
+        f"weights must be None, a string, a {enum.__name__} member (vggnet's or torchvision's) or a "
+        f"vggnet.Weights record, got {_describe(weights)}"
     )
