@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from .model import VGG, check_images, feature_names, layer_list, run_taps
-from .weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["PerceptualLoss", "gram_matrix"]
 
