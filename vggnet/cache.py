@@ -180,7 +180,7 @@ class Removed:
 
 
 # vggnet's own names (the module docstring); anything else in a folder is a plain file, whatever its name.
-_PARTIAL = re.compile(r"(.+)\.(?:[0-9a-f]{8,16}|unverified)\.[0-9a-f]{8}\.partial")  # see _open_partial
+_PARTIAL = re.compile(r"(.+)\.(?:[0-9a-f]{8,16}|unverified)\.[0-9a-f]{8}\.partial")  # see _new_partial
 _CORRUPT = re.compile(r"(.+)\.corrupt-\d{8}-\d{6}-[0-9a-f]{4}")  # see _cached_digest
 
 
@@ -531,7 +531,18 @@ def _publish(tmp: Path, dest: Path) -> None:
 # --- partial downloads and locks -------------------------------------------------------------------
 
 
+def _partial_key(expected: str | None) -> str:
+    """What the partial files of a download of `expected` are keyed by: resumable only with the same digest."""
+    return expected[:16] if expected else "unverified"
+
+
+def _new_partial(dest: Path, key: str) -> Path:
+    """A fresh name for a partial download of `dest`: NAME.<key>.<8 hex>.partial, beside it."""
+    return dest.with_name(f"{dest.name}.{key}.{secrets.token_hex(4)}.partial")
+
+
 def _partials(dest: Path, key: str) -> list[Path]:
+    """The partial downloads of `dest` whose key starts with `key` ("" for all of them)."""
     prefix = f"{dest.name}.{key}"
     try:
         names = os.listdir(dest.parent)

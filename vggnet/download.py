@@ -12,7 +12,6 @@ import logging
 import queue
 import random
 import re
-import secrets
 import sys
 import threading
 import time
@@ -21,11 +20,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .cache import (
+    _CHUNK,
     ChecksumError,
     _claim,
     _create_private,
     _dir_error,
     _hash_into,
+    _new_partial,
+    _partial_key,
     _partials,
     _publish,
     _size_or_zero,
@@ -52,7 +54,6 @@ MAX_WAIT = 60.0  # cap on any single wait, Retry-After included
 
 Timeout = float | tuple[float, float]
 
-_CHUNK = 1 << 20
 _PROGRESS_RESET = 16 << 20
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")  # "bytes first-last/total"
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -168,7 +169,7 @@ def _open_partial(dest: Path, key: str, *, resume: bool, limit: int | None) -> _
                 part.restart()
             logger.info("resuming %s from %d bytes already on disk", dest.name, part.size)
             return part
-    path = dest.with_name(f"{dest.name}.{key}.{secrets.token_hex(4)}.partial")
+    path = _new_partial(dest, key)
     f = _create_private(path)
     _try_flock(f.fileno())
     return _Partial(path, f, 0)
@@ -197,7 +198,7 @@ def download_file(
     import requests
     from tqdm import tqdm
 
-    key = expected[:16] if expected else "unverified"
+    key = _partial_key(expected)
     try:
         part = _open_partial(dest, key, resume=expected is not None, limit=size or max_size)
     except OSError as err:  # a read-only or full disk, no permission
