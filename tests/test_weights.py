@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 import vggnet
+import vggnet.config as config
+import vggnet.weights as weights
 from vggnet.weights import OFFICIAL_BASE, WEIGHTS_ENUMS, Weights, get_weight, resolve_weights
 
 from .reference import ARCHS, FEATURES, FULL_DIGESTS, RECORDS, SIZES
@@ -144,3 +146,19 @@ def test_a_record_whose_url_names_no_plain_file_is_refused_where_the_name_is_use
     assert (
         Weights(url="https://example.org/x/my%20vgg-0123abcd.pth", sha256="0123abcd").file_name == "my vgg-0123abcd.pth"
     )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_max_size_bounds_an_official_file_only_when_its_exact_size_is_unknown(arch):
+    record = WEIGHTS_ENUMS[arch].IMAGENET1K_V1.value
+    if record.size is not None:
+        assert record.max_size is None  # the exact size is enforced instead
+    else:  # torchvision's MiB figure, rounded to 3 decimals, plus slack for the rounding
+        assert record.max_size == int(record.file_size * 2**20) + 1024
+        assert record.max_size >= (record.file_size - 0.0005) * 2**20
+    assert dataclasses.replace(record, url="https://example.org/" + record.file_name).max_size is None
+
+
+def test_the_shared_constants_are_defined_once_and_re_exported():
+    for name in ("OFFICIAL_BASE", "IMAGENET_MEAN", "IMAGENET_STD", "CAFFE_MEAN", "CAFFE_STD", "INTERPOLATIONS"):
+        assert getattr(weights, name) is getattr(config, name) and name in weights.__all__
