@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import __version__
 from .builders import get_model
 from .inference import default_dtype, onednn_computes, optimize_for_inference
 from .summary import summarize
@@ -124,8 +125,6 @@ class BenchReport:
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
-
     found = {"vggnet": __version__, "torch": torch.__version__, "python": platform.python_version()}
     peer = _torchvision()
     if peer is not None:

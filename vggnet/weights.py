@@ -2,12 +2,11 @@
 
 Every figure in the official records comes from `weights/README.md` (torchvision's published
 metadata, or computed from the layer shapes). A record only describes a file; fetching and
-verifying it is `hub.py`'s job.
+verifying it is `hub.py`'s job: `Weights.get_state_dict` hands it the record's URL, digest and size.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -16,15 +15,22 @@ from importlib import resources
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .config import MIN_SIZE
+from .cache import file_name_from_url, normalize_digest
+from .config import CAFFE_MEAN, CAFFE_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, MIN_SIZE, OFFICIAL_BASE
+from .hub import load_weights
+from .transforms import ImageClassification
 
 if TYPE_CHECKING:
     import torch
 
-    from .transforms import ImageClassification
-
 __all__ = [
+    "CAFFE_MEAN",
+    "CAFFE_STD",
     "IMAGENET_CATEGORIES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "OFFICIAL_BASE",
     "VGG11_BN_Weights",
     "VGG11_Weights",
     "VGG13_BN_Weights",
@@ -36,26 +42,10 @@ __all__ = [
     "Weights",
     "WeightsEnum",
     "get_weight",
+    "normalize_digest",
 ]
 
-OFFICIAL_BASE = "https://download.pytorch.org/models/"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Caffe-style input for the SSD-ported vgg16 features: 0-255 scale minus the channel means.
-CAFFE_MEAN = (0.48235, 0.45882, 0.40784)
-CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-_DIGEST = re.compile(r"[0-9a-f]{8,64}")
-
-
-def normalize_digest(sha256: str) -> str:
-    """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
-    digest = sha256.lower()
-    if not _DIGEST.fullmatch(digest):
-        raise ValueError(
-            f"sha256 must be the 64 hex digits of the file's SHA-256, or at least its first 8, got {sha256!r}"
-        )
-    return digest
+_MiB = 1 << 20
 
 
 class _Categories(Sequence[str]):
@@ -145,8 +135,6 @@ class Weights:
 
         A name that could be anything but a plain file in one folder ("..", separators) is a ValueError.
         """
-        from .hub import file_name_from_url
-
         return file_name_from_url(self.url)
 
     @property
@@ -174,8 +162,6 @@ class Weights:
 
     def transforms(self) -> ImageClassification:
         """The evaluation preset these weights expect."""
-        from .transforms import ImageClassification
-
         return ImageClassification(
             crop_size=self.crop_size,
             resize_size=self.resize_size,
@@ -191,9 +177,21 @@ class Weights:
 
         `check_hash` is taken for torchvision's callers; the file is verified whatever its value.
         """
-        from .hub import load_weights
+        return load_weights(
+            self.url,
+            sha256=self.sha256,
+            size=self.size,
+            max_size=self.max_size,
+            progress=progress,
+            map_location=map_location,
+        )
 
-        return load_weights(self, progress=progress, map_location=map_location)
+    @property
+    def max_size(self) -> int | None:
+        """An upper bound on the file's bytes when only torchvision's MiB figure is known (official files)."""
+        if self.size is not None or self.file_size is None or not self.is_official:
+            return None
+        return int(self.file_size * _MiB) + 1024  # torchvision's MiB figure is rounded to 3 decimals
 
 
 _Member = TypeVar("_Member", bound="WeightsEnum")
