@@ -237,6 +237,15 @@ def test_avgpool_and_the_dropouts_are_taps_too():
     torch.testing.assert_close(taps["drop6"][~dropped], 2 * taps["relu6"][~dropped])  # kept ones scaled by 1/(1-p)
 
 
+def test_freeze_keeps_a_dropout_training_with_the_linear_after_it():
+    model = vggnet.vgg11(device="meta")
+    for upto, drop6_on in (("drop6", True), ("fc7", True), ("relu7", False), ("fc8", False)):
+        model.freeze(upto=upto)
+        model.train()
+        assert not model.classifier[1].training and model.classifier[2].training == drop6_on, upto
+        assert model.classifier[3].weight.requires_grad == (upto in ("drop6", "fc7")), upto
+
+
 def test_names_refuse_what_is_not_a_make_layers_network():
     model = vggnet.vgg11(device="meta")
     with pytest.raises(TypeError, match=r"features\[1\] is a Tanh, which has no VGG layer name"):
