@@ -84,7 +84,9 @@ def feature_names(features: str | nn.Module) -> list[str]:
 
 def layer_names(source: str | Network) -> list[str]:
     """Every layer's name in forward order, for a builder name or a model: conv1_1, ..., pool5, avgpool, ..., fc8."""
-    return [*feature_names(source if isinstance(source, str) else source.features), *HEAD_NAMES]
+    if isinstance(source, str):
+        return [*feature_names(source), *HEAD_NAMES]
+    return list(module_names(source).values())
 
 
 def module_names(model: Network) -> dict[str, str]:
