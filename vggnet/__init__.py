@@ -25,6 +25,7 @@ from .inference import fold_batchnorm, optimize_for_inference
 from .losses import PerceptualLoss
 from .model import VGG, TapInfo, adapt_input_conv, make_layers
 from .summary import summarize
+from .taps import layer_names, module_names
 from .transforms import ImageClassification, TrainClassification
 from .weights import (
     VGG11_BN_Weights,
@@ -68,7 +69,9 @@ __all__ = [
     "get_model",
     "get_model_weights",
     "get_weight",
+    "layer_names",
     "list_models",
+    "module_names",
     "adapt_input_conv",
     "make_layers",
     "optimize_for_inference",

@@ -50,24 +50,6 @@ def arch_config(arch: str) -> tuple[tuple[Layer, ...], bool]:
     return CONFIGS[letter], batch_norm
 
 
-def layer_names(arch: str) -> list[str]:
-    """The paper-style name of every module in `features`, in order: conv1_1, [bn1_1,] relu1_1, ..., pool5."""
-    row, batch_norm = arch_config(arch)
-    names: list[str] = []
-    block, conv = 1, 0
-    for layer in row:
-        if layer == "M":
-            names.append(f"pool{block}")
-            block, conv = block + 1, 0
-            continue
-        conv += 1
-        names.append(f"conv{block}_{conv}")
-        if batch_norm:
-            names.append(f"bn{block}_{conv}")
-        names.append(f"relu{block}_{conv}")
-    return names
-
-
 # Shared by the records, the presets, the losses and the hub (one definition each).
 OFFICIAL_BASE: Final = "https://download.pytorch.org/models/"  # what VGGNET_MIRROR replaces
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
