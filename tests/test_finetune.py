@@ -150,7 +150,7 @@ def test_load_finetuned_refuses_a_plain_state_dict(pretrained):
 def test_bad_arguments_name_the_problem(data, tmp_path):
     with pytest.raises(ValueError, match="mode must be one of linear, full"):
         finetune(data, mode="probe")
-    with pytest.raises(ValueError, match="unknown VGG architecture 'vgg17'"):
+    with pytest.raises(ValueError, match="unknown model 'vgg17'; valid: vgg11"):
         finetune(data, arch="vgg17")
     with pytest.raises(ValueError, match="in_chans must be 1 or 3"):
         finetune(data, in_chans=4)
