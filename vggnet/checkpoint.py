@@ -51,6 +51,7 @@ __all__ = [
     "WeightsSource",
     "arch_of_state",
     "available_devices",
+    "check_classifier",
     "check_device",
     "classify",
     "load",
@@ -215,6 +216,15 @@ def _member(member: WeightsEnum, arch: str | None, text: str | None = None) -> S
     return Source("record", text or str(member), member.value, str(member), named)
 
 
+def check_classifier(source: Source) -> None:
+    """ValueError for a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES)."""
+    if source.record is not None and source.record.categories is None:
+        raise ValueError(
+            f"{source.label} has no classifier (only `features` holds usable values, fc6 and fc7 are NaN); "
+            "use IMAGENET1K_V1"
+        )
+
+
 # --- the loader ------------------------------------------------------------------------------------
 
 
@@ -263,15 +273,10 @@ def load(
         check_int("in_chans", in_chans)
     digest = normalize_digest(sha256) if sha256 is not None else None
     source = classify(weights, arch)
-    if source.kind == "record":
-        assert source.record is not None  # classify fills it for records
-        if digest is not None:
-            raise ValueError("sha256 is for a checkpoint file or URL; a record carries its own digest")
-        if classifier and source.record.categories is None:
-            raise ValueError(
-                f"{source.label} has no classifier (only `features` holds usable values, fc6 and fc7 are NaN); "
-                "use IMAGENET1K_V1"
-            )
+    if source.kind == "record" and digest is not None:
+        raise ValueError("sha256 is for a checkpoint file or URL; a record carries its own digest")
+    if classifier:
+        check_classifier(source)
     kwargs = dict(model_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

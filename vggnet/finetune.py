@@ -59,6 +59,7 @@ from .checkpoint import (
     Finetuned,
     Source,
     WeightsSource,
+    check_classifier,
     check_device,
     classify,
     load,
@@ -278,6 +279,7 @@ class FinetuneConfig:
             )
         object.__setattr__(self, "arch", check_arch(self.arch))
         object.__setattr__(self, "source", classify(self.weights, self.arch))
+        check_classifier(self.source)  # fc8 is trained on fc7: the features-only checkpoint cannot start a run
         check_device(self.device)
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
