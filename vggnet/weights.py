@@ -346,7 +346,10 @@ def get_weight(name: str) -> WeightsEnum:
 
 
 def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
-    """Turn a builder's `weights` argument into a record, or None; strings are looked up in `arch`'s enum."""
+    """The record a name, member or record means for `arch` (None for None); strings are looked up in `arch`'s enum.
+
+    Records only, kept for compatibility: `checkpoint.load` is the one loader of every weights source.
+    """
     enum = WEIGHTS_ENUMS[arch]
     if weights is None or isinstance(weights, Weights):
         return weights
