@@ -112,9 +112,8 @@ def _device_arg(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     if device is not None and device.type == "meta":
-        raise argparse.ArgumentTypeError(
-            f"no device {text!r} for running a model; valid: {', '.join(available_devices())}"
-        )
+        valid = ", ".join(available_devices())
+        raise argparse.ArgumentTypeError(f"the meta device holds no values to run a model with; valid: {valid}")
     return text
 
 
@@ -187,9 +186,7 @@ def _add_predict(sub: SubParsers) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
     p.add_argument("--arch", type=_model_arg, metavar="MODEL", help="the model (default: the weights' own, else vgg16)")
-    p.add_argument(
-        "--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=f"{SOURCE_RULES} (default DEFAULT)"
-    )
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=_WEIGHTS_HELP)
     p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) a file or URL must have")
     p.add_argument("--topk", type=_positive, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -689,9 +686,7 @@ def _add_finetune(sub: SubParsers) -> None:
     )
     p.add_argument("data", type=Path, metavar="DATA", help="folder holding train/ and val/")
     p.add_argument("--arch", type=_model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
-    p.add_argument(
-        "--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=f"{SOURCE_RULES} (default DEFAULT)"
-    )
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=_WEIGHTS_HELP)
     p.add_argument("--epochs", type=_positive, default=10, metavar="N", help="default 10")
     p.add_argument("--batch-size", type=_positive, default=32, metavar="B", help="per process (default 32)")
     p.add_argument("--lr", type=float, metavar="LR", help="default 0.05 (linear), 0.001 (full)")
