@@ -286,8 +286,8 @@ def load(
     if source.kind == "random":
         name = arch or "vgg16"
         model = _random_model(name, dev, kwargs)
-        categories = IMAGENET_CATEGORIES if model.num_classes == len(IMAGENET_CATEGORIES) else None
-        return Loaded(model, ImageClassification(crop_size=224), _labels(categories, model), name, "random", source)
+        labels = _labels(IMAGENET_CATEGORIES, model)  # ImageNet's for 1000 outputs
+        return Loaded(model, ImageClassification(crop_size=224), labels, name, "random", source)
     if source.kind == "record":
         record = source.record
         assert record is not None
