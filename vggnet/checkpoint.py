@@ -294,8 +294,8 @@ def load(
         state = record.get_state_dict(progress=progress, map_location=dev if dev is not None else "cpu")
         name = arch or source.arch or arch_of_state(state, source.label)
         model = model_from_state(name, state, dev, kwargs)
-        labels = record.categories if record.categories is None else _labels(record.categories, model)
-        return Loaded(model, record.transforms(), labels, name, source.label, source)
+        categories = record.categories if record.categories is None else _labels(record.categories, model)
+        return Loaded(model, record.transforms(), categories, name, source.label, source)
     return _from_file(source, arch, dev, kwargs, digest, progress)
 
 
