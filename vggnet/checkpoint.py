@@ -78,6 +78,7 @@ WeightsSource = None | str | os.PathLike[str] | Weights | WeightsEnum
 _HEAD = "classifier.6."
 _FIRST = "features.0.weight"
 _ZIP_MAGIC = b"PK\x03\x04"
+_IMAGENET_CLASSES = 1000
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -308,7 +309,9 @@ def _random_model(arch: str, device: torch.device | None, kwargs: dict[str, Any]
 
 def _labels(categories: Sequence[str] | None, model: VGG) -> Sequence[str]:
     """The source's labels when they fit fc8, else "class 0", "class 1", ... (a new head)."""
-    if categories is not None and len(categories) == model.num_classes:
+    # IMAGENET_CATEGORIES reads its file on first use: its known size keeps building a random model off the disk
+    size = _IMAGENET_CLASSES if categories is IMAGENET_CATEGORIES else len(categories or ())
+    if categories is not None and size == model.num_classes:
         return categories
     return [f"class {i}" for i in range(model.num_classes)]
 
