@@ -14,6 +14,8 @@ Shared arguments of every builder (documented once here):
 - `in_chans`: input channels (default 3). With weights, a 3-channel first convolution is adapted by
   `model.adapt_input_conv` (1 channel: the sum over RGB; see there for 2 and N > 3).
 - other keyword arguments go to `VGG` (`dropout`, `init_weights`).
+- `features_only=True` (timm's option): a `model.VGGFeatures` returning the six stage outputs of
+  `VGG.feature_info` instead of logits; `out_indices` picks some of them.
 - `pretrained=True/False`: deprecated spelling of `weights="IMAGENET1K_V1"` / `weights=None`.
 
 Every argument is checked before a checkpoint is fetched, so a typo costs no download.
@@ -25,14 +27,15 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from .checks import check_int
 from .config import ARCHS, IN_CHANNELS, arch_config
-from .model import NUM_CLASSES_MEANS, VGG, adapt_input_conv, init_module, make_layers
+from .interop import pretrained_cfg
+from .model import NUM_CLASSES_MEANS, VGG, VGGFeatures, adapt_input_conv, init_module, make_layers
 from .weights import WEIGHTS_ENUMS, WeightsArg, WeightsEnum, resolve_weights
 
 __all__ = [
@@ -73,7 +76,7 @@ def _legacy_pretrained(arch: str, weights: WeightsArg, kwargs: dict[str, Any]) -
 
 
 # The keyword arguments a builder takes besides weights and progress.
-_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights")
+_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights", "features_only")
 
 
 def _check_arguments(kwargs: Mapping[str, Any]) -> None:
@@ -84,7 +87,7 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
             f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"the builders take weights, progress, {', '.join(_ARGUMENTS)}"
         )
-    check_int("num_classes", kwargs.get("num_classes", 1), what=NUM_CLASSES_MEANS)
+    check_int("num_classes", kwargs.get("num_classes", 1), least=0, what=NUM_CLASSES_MEANS)
     check_int("in_chans", kwargs.get("in_chans", IN_CHANNELS))
     dropout = kwargs.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
@@ -94,6 +97,9 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
 
 
 def _vgg(arch: str, weights: WeightsArg, progress: bool, kwargs: dict[str, Any]) -> VGG:
+    if kwargs.pop("features_only", False):  # timm's option (issue 12); like timm's, the builders still say VGG
+        out_indices = kwargs.pop("out_indices", None)
+        return cast(VGG, VGGFeatures(_vgg(arch, weights, progress, kwargs), out_indices))
     weights = _legacy_pretrained(arch, weights, kwargs)
     _check_arguments(kwargs)
     record = resolve_weights(arch, weights)
@@ -102,9 +108,12 @@ def _vgg(arch: str, weights: WeightsArg, progress: bool, kwargs: dict[str, Any])
     if record is None:
         in_chans = kwargs.pop("in_chans", IN_CHANNELS)
         with torch.device(device) if device is not None else nullcontext():
-            return VGG(make_layers(row, batch_norm, in_chans), **kwargs)
-    state = record.get_state_dict(progress=progress, map_location=device if device is not None else "cpu")
-    return model_from_state(arch, state, device, kwargs)
+            model = VGG(make_layers(row, batch_norm, in_chans), **kwargs)
+    else:
+        state = record.get_state_dict(progress=progress, map_location=device if device is not None else "cpu")
+        model = model_from_state(arch, state, device, kwargs)
+    model.pretrained_cfg = pretrained_cfg(record or WEIGHTS_ENUMS[arch].from_name("DEFAULT").value, model.num_classes)
+    return model
 
 
 def model_from_state(
