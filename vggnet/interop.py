@@ -41,6 +41,7 @@ def pretrained_cfg(record: Weights | None, num_classes: int = 1000) -> dict[str,
         "pool_size": (crop // 32, crop // 32),
         "crop_pct": crop / resize,
         "crop_mode": "center",
+        "fixed_input_size": False,  # any side of at least 32 px (the adaptive pool)
         "interpolation": record.interpolation if record is not None else "bilinear",
         "mean": mean,
         "std": std,
