@@ -381,7 +381,7 @@ class VGGFeatures(nn.Module):
             )
         picked = sorted({i % len(info) for i in picked})
         self.ends: list[int] = [int(info[i]["module"].split(".")[1]) for i in picked]
-        self.features = model._layers()[: self.ends[-1] + 1]
+        self.features = nn.Sequential(*list(model.features.children())[: self.ends[-1] + 1])  # keys stay features.N
         self.feature_info = FeatureInfo(info[i] for i in picked)
         self.pretrained_cfg = model.pretrained_cfg
         self._in_channels = model.in_channels
@@ -516,8 +516,7 @@ def _fc8(in_features: int, num_classes: int, **device_dtype: Any) -> nn.Module:
 
 
 def _eager() -> bool:
-    """False while FX-tracing, exporting or compiling (torch.compiler.is_compiling covers export): the checks
-    branch on shapes."""
+    """False while FX-tracing, exporting or compiling (is_compiling covers export): shape checks do not trace."""
     return not (torch.compiler.is_compiling() or is_fx_symbolic_tracing())
 
 
