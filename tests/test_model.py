@@ -344,6 +344,9 @@ def test_features_only_taps_are_the_named_taps():
             vggnet.model.VGGFeatures(model, out_indices=bad)
     with pytest.raises(TypeError, match="out_indices"):
         vggnet.vgg11(out_indices=[1])  # out_indices only goes with features_only=True
+    with pytest.raises(ValueError, match="out_indices"):  # before the checkpoint is fetched: no server here
+        vggnet.vgg11(weights=vggnet.Weights(url="http://127.0.0.1:9/x.pth", sha256="0" * 64), features_only=True,
+                     out_indices=[7])  # fmt: skip
 
 
 def test_headless_model_gives_timms_pooled_features():

@@ -35,7 +35,7 @@ from torch import nn
 from .checks import check_int
 from .config import ARCHS, IN_CHANNELS, arch_config
 from .interop import pretrained_cfg
-from .model import NUM_CLASSES_MEANS, VGG, VGGFeatures, adapt_input_conv, init_module, make_layers
+from .model import NUM_CLASSES_MEANS, VGG, VGGFeatures, adapt_input_conv, init_module, make_layers, stage_indices
 from .weights import WEIGHTS_ENUMS, WeightsArg, WeightsEnum, resolve_weights
 
 __all__ = [
@@ -98,7 +98,7 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
 
 def _vgg(arch: str, weights: WeightsArg, progress: bool, kwargs: dict[str, Any]) -> VGG:
     if kwargs.pop("features_only", False):  # timm's option (issue 12); like timm's, the builders still say VGG
-        out_indices = kwargs.pop("out_indices", None)
+        out_indices = stage_indices(kwargs.pop("out_indices", None))  # checked before any download
         return cast(VGG, VGGFeatures(_vgg(arch, weights, progress, kwargs), out_indices))
     weights = _legacy_pretrained(arch, weights, kwargs)
     _check_arguments(kwargs)

@@ -372,14 +372,7 @@ class VGGFeatures(nn.Module):
     def __init__(self, model: VGG, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         info = model.feature_info
-        picked = list(range(len(info))) if out_indices is None else list(out_indices)
-        bad = [i for i in picked if isinstance(i, bool) or not isinstance(i, int) or not -len(info) <= i < len(info)]
-        if not picked or bad:
-            raise ValueError(
-                f"out_indices must be stage indices 0-{len(info) - 1} (ReLU before pool1-pool5, then pool5), "
-                f"got {out_indices!r}"
-            )
-        picked = sorted({i % len(info) for i in picked})
+        picked = stage_indices(out_indices, len(info))
         self.ends: list[int] = [int(info[i]["module"].split(".")[1]) for i in picked]
         self.features = nn.Sequential(*list(model.features.children())[: self.ends[-1] + 1])  # keys stay features.N
         self.feature_info = FeatureInfo(info[i] for i in picked)
@@ -399,6 +392,18 @@ class VGGFeatures(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if _eager():
             check_images(x, self._in_channels, who="VGGFeatures")
+
+
+def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[int]:
+    """`out_indices` checked and made sorted and non-negative (None: all); ValueError naming the valid range."""
+    picked = list(range(stages)) if out_indices is None else list(out_indices)
+    bad = [i for i in picked if isinstance(i, bool) or not isinstance(i, int) or not -stages <= i < stages]
+    if not picked or bad:
+        raise ValueError(
+            f"out_indices must be stage indices 0-{stages - 1} (the ReLU before pool1-pool5, then pool5), "
+            f"got {out_indices!r}"
+        )
+    return sorted({i % stages for i in picked})
 
 
 @dataclass(frozen=True)
