@@ -250,14 +250,15 @@ def test_input_checks_still_guard_eager_calls():
 
 def test_node_names_are_torchvisions_modules():
     for arch in ARCHS:
-        modules = dict(tvm.get_model(arch, weights=None).named_modules())
+        with torch.device("meta"):  # layouts only: no time spent initialising
+            modules = dict(tvm.get_model(arch, weights=None).named_modules())
         names = vggnet.interop.node_names(arch)
         assert list(names)[-5:] == ["fc6", "relu6", "fc7", "relu7", "fc8"]
         kinds = {"conv": nn.Conv2d, "bn": nn.BatchNorm2d, "relu": nn.ReLU, "pool": nn.MaxPool2d, "fc": nn.Linear}
         for paper, node in names.items():
             kind = paper.rstrip("0123456789_")
             assert isinstance(modules[node], kinds[kind]), (arch, paper, node)
-        assert len(names) == len(vggnet.get_model(arch).layer_names())
+        assert len(names) == len(meta_model(arch).layer_names())
     with pytest.raises(ValueError, match="vgg16_bn"):
         vggnet.interop.node_names("vgg17")
 
@@ -360,7 +361,7 @@ def test_headless_model_gives_timms_pooled_features():
     got = ours(x)
     assert got.shape == theirs(x).shape == (2, 4096)
     # timm's fc6/fc7 are convolutions: the same sums in another order, so float rounding differs.
-    torch.testing.assert_close(got, theirs(x), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(got, theirs(x), atol=1e-5, rtol=1e-4)
     assert_same_outputs(got, ours.forward_head(ours.forward_features(x), pre_logits=True))
     assert_same_outputs(got, ours.classifier[:5](torch.flatten(ours.avgpool(ours.features(x)), 1)))  # relu7
 
@@ -372,7 +373,7 @@ def test_reset_classifier_zero_and_back():
     reference = timm.create_model("vgg11", pretrained=False).eval()
     reference.load_state_dict(timm_state(model.state_dict()))
     x = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(model(x), reference(x), atol=1e-6, rtol=1e-4)  # logits too
+    torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-4)  # logits too
     pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
     model.reset_classifier(0)
     reference.reset_classifier(0)
