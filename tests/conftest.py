@@ -24,6 +24,7 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
 - `_isolated_cache` (autouse): every test gets its own empty TORCH_HOME (so torch.hub's cache and
   vggnet's default cache are private to it), no VGGNET_HOME / VGGNET_MIRROR / VGGNET_OFFLINE, and
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
+- `arch_matrix(archs)`: parametrize full-size checks over `archs`, all but FAST_ARCHS marked `slow`.
 - `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
   Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`.
 """
@@ -53,6 +54,15 @@ from vggnet.model import VGG, make_layers
 from vggnet.weights import Weights
 
 Body = bytes | Path
+
+# The default run builds real full-size weights for one small and one BatchNorm model; the other six
+# run in the `slow` matrix (CI runs both). Checks that need no real weights (meta device) cover all eight.
+FAST_ARCHS = ("vgg11", "vgg11_bn")
+
+
+def arch_matrix(archs: list[str]) -> list[pytest.param]:
+    """`archs` as pytest parameters, the ones outside FAST_ARCHS marked `slow`."""
+    return [pytest.param(a, marks=() if a in FAST_ARCHS else pytest.mark.slow) for a in archs]
 
 
 # --- the server ------------------------------------------------------------------------------------

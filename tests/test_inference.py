@@ -19,6 +19,7 @@ from vggnet.inference import (
     optimize_for_inference,
 )
 
+from .conftest import arch_matrix
 from .reference import ARCHS, LAYOUT
 
 BN_ARCHS = [a for a in ARCHS if a.endswith("_bn")]
@@ -55,7 +56,7 @@ def assert_close_low_precision(out: torch.Tensor, ref: torch.Tensor) -> None:
 # --- fold_batchnorm ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", BN_ARCHS)
+@pytest.mark.parametrize("arch", arch_matrix(BN_ARCHS))
 def test_fold_batchnorm_gives_the_same_outputs_and_keeps_the_conv_keys(arch):
     model = seeded_model(arch)
     before = copy.deepcopy(model.state_dict())
@@ -125,7 +126,7 @@ def test_fold_batchnorm_refuses_what_it_cannot_fold():
 # --- optimize_for_inference -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", arch_matrix(ARCHS))
 def test_optimized_matches_eager_in_fp32_and_bf16(arch):
     model = seeded_model(arch)
     x = torch.randn(2, 3, 64, 80)

@@ -12,6 +12,7 @@ import vggnet
 from vggnet.model import TapInfo, adapt_input_conv
 from vggnet.taps import feature_names
 
+from .conftest import arch_matrix
 from .reference import ARCHS, LAYOUT
 
 HEAD = ["avgpool", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
@@ -64,7 +65,7 @@ def test_layer_names_follow_the_reference_layout(arch):  # from test_config.py, 
     assert ("bn1_1" in names) == arch.endswith("_bn")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", arch_matrix(ARCHS))
 def test_every_tap_equals_slicing_the_plain_network_by_hand(arch):
     model = seeded(arch)
     x = torch.randn(1, 3, 32, 48)
