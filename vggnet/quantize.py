@@ -193,7 +193,7 @@ def quantize(
     reduce_range = instructions not in INT8_INSTRUCTIONS[:3] if reduce_range is None else reduce_range
     reference = _cpu_float32_eval(model)
     calib = list(_batches(calibration, preset, calibration_batch_size, model.in_channels))
-    evaluation = list(_batches(held_out, preset, calibration_batch_size, model.in_channels)) if held_out else calib
+    evaluation = list(_batches(held_out, preset, calibration_batch_size, model.in_channels)) if held_out is not None else calib
     image_size = (int(calib[0][0].shape[-2]), int(calib[0][0].shape[-1]))
     reason = _unsupported_reason(instructions, capability)
     if reason is not None and not fallback:
@@ -222,7 +222,7 @@ def quantize(
         calibration_images=sum(len(x) for x, _ in calib),
         image_size=image_size,
         batch_size=batch_size,
-        evaluated_on="held_out" if held_out else "calibration",
+        evaluated_on="held_out" if held_out is not None else "calibration",
         quantize_s=quantize_s,
         compile_s=compile_s,
         **figures,
