@@ -300,7 +300,7 @@ def run_bench(
 ) -> BenchReport:
     """Measure vggnet eager, vggnet optimized and (when importable) torchvision on one random input.
 
-    `device` defaults to CUDA when available; `dtype` to the device's fast dtype (bf16 on recent GPUs,
+    `device` defaults to CUDA when available (CPU for int8); `dtype` to the device's fast dtype (bf16 on recent GPUs,
     float32 on CPU); `compile` to on for CUDA and off for CPU. With compile, torchvision is also
     measured compiled (channels_last + torch.compile, the best it does with flags alone) unless
     `torchvision_compile` is False. `dtype` int8 (CPU only) adds "vggnet int8" to float32 candidates
@@ -312,13 +312,14 @@ def run_bench(
         raise ValueError(
             f"iters, rounds, warmup and batch_size must be >= 1, got {iters}, {rounds}, {warmup}, {batch_size}"
         )
-    target = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = torch.cuda.is_available() and dtype != torch.int8
+    target = torch.device(device if device is not None else ("cuda" if on_gpu else "cpu"))
+    if dtype == torch.int8 and target.type != "cpu":
+        raise ValueError(f"int8 runs on CPU only (oneDNN's kernels), got device {target}; use --device cpu")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {target} asked for, but CUDA is not available; use --device cpu")
     dtype = dtype or default_dtype(target)
     with_int8 = dtype == torch.int8
-    if with_int8 and target.type != "cpu":
-        raise ValueError(f"int8 runs on CPU only (oneDNN's kernels), got device {target}; use --device cpu")
     dtype = torch.float32 if with_int8 else dtype  # the other candidates and the peak in float32
     compile = compile if compile is not None else target.type == "cuda"
     rounds = min(rounds, iters)
