@@ -78,6 +78,7 @@ def test_int8_instructions_names_the_fastest_the_cpu_has(monkeypatch):
 @pytest.fixture(scope="module")
 def int8_photos(tmp_path_factory):
     """vgg11 (seeded), quantized on the four photos as class folders and checked on them with labels."""
+    pytest.importorskip("torchao", reason="int8 needs torchao: pip install 'vggnet[int8]'")
     torch.manual_seed(0)
     net = vgg11(num_classes=2).eval()
     folder = class_folders(tmp_path_factory.mktemp("photos"))

@@ -12,8 +12,8 @@ constants and prepacks them for oneDNN; without it the same graph ran slower tha
 
 The int8 kernels are fastest on CPUs with int8 dot-product instructions (AMX, AVX-512 VNNI,
 AVX-VNNI: `int8_instructions`). On AVX2 without them oneDNN multiplies through 16-bit intermediate
-sums, which can saturate, so activations get 7 bits there (torchao's `reduce_range`); measured on a
-2-core AVX2 EPYC it still ran vgg16 at batch 1 1.8x faster than the float32 optimized path
+sums, which can saturate, so activations get 7 bits there (torchao's `reduce_range`); measured on a shared
+2-core AVX2 EPYC, it still ran vgg16 at batch 1 1.8x faster than the float32 optimized path
 (benchmarks/README.md), so it is used there too. Where oneDNN has no int8 kernels worth running (not
 an x86 CPU, or no AVX2), `quantize` returns the float32 `optimize_for_inference` model, with the
 reason in `fallback_reason` and a logged warning; `fallback=False` raises instead.
@@ -193,7 +193,9 @@ def quantize(
     reduce_range = instructions not in INT8_INSTRUCTIONS[:3] if reduce_range is None else reduce_range
     reference = _cpu_float32_eval(model)
     calib = list(_batches(calibration, preset, calibration_batch_size, model.in_channels))
-    evaluation = list(_batches(held_out, preset, calibration_batch_size, model.in_channels)) if held_out is not None else calib
+    evaluation = calib
+    if held_out is not None:
+        evaluation = list(_batches(held_out, preset, calibration_batch_size, model.in_channels))
     image_size = (int(calib[0][0].shape[-2]), int(calib[0][0].shape[-1]))
     reason = _unsupported_reason(instructions, capability)
     if reason is not None and not fallback:
