@@ -321,8 +321,9 @@ def optimize_for_inference(
     if dtype in (torch.int8, torch.qint8, torch.quint8):
         # int8 needs calibration images and an accuracy check: vggnet/quantize.py (issue 16).
         raise ValueError(
-            "int8 needs calibration images: use vggnet.quantize.quantize(model, calibration), which calibrates, "
-            "compares with float32 and falls back to float32 on CPUs without int8 dot-product instructions"
+            f"dtype must be a floating-point dtype here, got {dtype}; int8 needs calibration images: use "
+            "vggnet.quantize.quantize(model, calibration), which calibrates, compares with float32 and falls "
+            "back to float32 where oneDNN has no int8 kernels"
         )
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
