@@ -300,12 +300,12 @@ def run_bench(
 ) -> BenchReport:
     """Measure vggnet eager, vggnet optimized and (when importable) torchvision on one random input.
 
-    `device` defaults to CUDA when available (CPU for int8); `dtype` to the device's fast dtype (bf16 on recent GPUs,
-    float32 on CPU); `compile` to on for CUDA and off for CPU. With compile, torchvision is also
-    measured compiled (channels_last + torch.compile, the best it does with flags alone) unless
-    `torchvision_compile` is False. `dtype` int8 (CPU only) adds "vggnet int8" to float32 candidates
-    (module docstring). On CUDA this turns on `torch.backends.cudnn.benchmark` for the
-    process (the input size is fixed), as any benchmark of fixed-size convolutions should. With
+    `device` defaults to CUDA when available (CPU for int8); `dtype` to the device's fast dtype (bf16
+    on recent GPUs, float32 on CPU); `compile` to on for CUDA and off for CPU. With compile,
+    torchvision is also measured compiled (channels_last + torch.compile, the best it does with flags
+    alone) unless `torchvision_compile` is False. `dtype` int8 (CPU only) adds "vggnet int8" to
+    float32 candidates (module docstring). On CUDA this turns on `torch.backends.cudnn.benchmark` for
+    the process (the input size is fixed), as any benchmark of fixed-size convolutions should. With
     compile it also empties torch.compile's caches first (`torch.compiler.reset()`).
     """
     if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
