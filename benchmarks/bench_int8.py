@@ -16,8 +16,9 @@ The parts, in this order (each records its figures; nothing is asserted):
 - speed: `vggnet.bench.run_bench` with dtype int8: vggnet eager, vggnet optimized (float32),
   torchvision eager and channels_last (float32) and vggnet int8 on one random input, interleaved
   rounds, ratios to torchvision eager: vgg16 at batch 1 and 8, vgg16_bn at batch 1.
-- cache: the same small quantization in two fresh processes sharing one Inductor cache folder:
-  the second compile reads Inductor's FX graph cache (export and calibration always run again).
+- cache: the same small quantization in two fresh processes sharing one Inductor cache folder,
+  with Inductor's FX graph cache counters: in torch 2.14 it bypasses the frozen int8 graph
+  ("mkldnn tensors unpickleable"), so only the C++ kernel cache can shorten the second compile.
 - --smoke: 10 training images per digit, 1 epoch, vgg11 at 32x32 for speed, no cache part.
 
 Results go to DIR/int8-<device>-<date>.json (default benchmarks/results/).

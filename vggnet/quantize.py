@@ -20,8 +20,9 @@ reason in `fallback_reason` and a logged warning; `fallback=False` raises instea
 
 The result carries a `QuantizeReport`: top-1 agreement and logit cosine with the float32 model,
 accuracy of both when the evaluation images have labels, calibration size, time to quantize and to
-compile. Inductor's FX graph cache (on by default, under `torch._inductor` 's cache folder) keeps the
-compiled code across processes; export and calibration run again every time.
+compile. All of it runs again in every process: Inductor's FX graph cache skips the frozen int8
+graph (its prepacked oneDNN weights do not pickle: "mkldnn tensors unpickleable", torch 2.14); only
+its on-disk cache of compiled C++ kernels carries over, which shortens a later process's compile.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class QuantizeReport:
     accuracy_fp32: float | None  # % top-1 against the labels, where the evaluation images have them
     accuracy_int8: float | None
     quantize_s: float  # export, calibration and conversion
-    compile_s: float  # Inductor's compilation (the first call); much less when its FX graph cache has it
+    compile_s: float  # Inductor's compilation (the first call); shorter once its C++ kernel cache holds it
 
 
 class Int8VGG(nn.Module):
