@@ -83,7 +83,9 @@ def test_bench_refuses_bad_arguments(capsys):
     assert main(["bench", "--iters", "0"]) == 2
     assert main(["bench", "--arch", "vgg17"]) == 2
     assert "valid: vgg11" in capsys.readouterr().err
-    assert main(["bench", "--dtype", "int8"]) == 2
+    assert main(["bench", "--dtype", "int4"]) == 2
+    assert main(["bench", "--dtype", "int8", "--device", "cuda"]) == 2
+    assert "int8 runs on CPU only" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
@@ -295,3 +297,33 @@ def test_gpu_suite_runs_each_benchmark_with_options_it_takes(name, tmp_path, cap
     assert exit_.value.code == 0
     usage = capsys.readouterr().out
     assert all(option in usage for option in cmd if option.startswith("--"))
+
+
+# --- int8 (issue 16) ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_int8_json_schema_carries_the_agreement_figures(capsys):
+    from dataclasses import fields
+
+    from vggnet.quantize import QuantizeReport, int8_instructions
+
+    pytest.importorskip("torchao")
+    report = bench_json(capsys, "--dtype", "int8", "--no-torchvision")
+    assert report["schema"] == SCHEMA and report["dtype"] == "int8" and report["device"] == "cpu"
+    assert "float32" in report["matmul_peak_how"]  # the float candidates and the peak run in float32
+    names = [r["name"] for r in report["results"]]
+    assert names == ["vggnet eager", "vggnet optimized", "vggnet int8"]
+    for r in report["results"]:
+        assert set(r) == RESULT_KEYS and r["img_per_s"] > 0
+    _, fp32_optimized, int8 = report["results"]
+    assert fp32_optimized["max_abs_diff"] < 1e-4  # float32: the same logits
+    q = report["int8"]
+    assert set(q) == {f.name for f in fields(QuantizeReport)}
+    assert q["int8"] == (int8_instructions() is not None) and q["instructions"] == int8_instructions()
+    assert q["calibration_images"] == 8 and q["evaluated_images"] == 8 and q["evaluated_on"] == "held_out"
+    assert q["image_size"] == [32, 32] and q["batch_size"] == 1
+    assert 0 <= q["top1_agreement"] <= 100 and q["min_cosine"] <= q["cosine"] <= 1 + 1e-6
+    assert q["accuracy_fp32"] is None  # random images have no labels
+    if q["int8"]:
+        assert q["cosine"] > 0.99 and int8["max_abs_diff"] > 0 and q["compile_s"] > 0

@@ -13,6 +13,10 @@ Method (the same for every figure `vggnet bench` and `benchmarks/` print):
   whose convolution kernels can outrun the BLAS behind torch.matmul; the fastest counts
   (`peak_kernels`).
 - FLOPs are 2 x the multiply-adds of the convolutions and fully connected layers (`summarize`).
+- With dtype int8 (CPU only) the float candidates run in float32 and one more, "vggnet int8", is
+  `vggnet.quantize.quantize` calibrated on 8 random images; its report (agreement with float32 on 8
+  other random images, quantize and compile times, or the float32 fallback's reason) is `int8`.
+  Random weights and images check the machinery; accuracy on real images: benchmarks/bench_int8.py.
 
 The benchmark scripts in `benchmarks/` (outside the wheel) build their suites on `run_bench` and
 `time_interleaved`; the figures they measured are in `benchmarks/README.md`.
@@ -40,6 +44,7 @@ from torch import nn
 from . import __version__
 from .builders import get_model
 from .inference import default_dtype, onednn_computes, optimize_for_inference
+from .quantize import quantize
 from .summary import summarize
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "BenchReport",
     "Result",
     "device_name",
+    "format_int8",
     "format_report",
     "kernel_settings",
     "load_average",
@@ -64,6 +70,7 @@ logger = logging.getLogger(__name__)
 SCHEMA = "vggnet.bench/1"
 _PEAK = "peak: "
 BASELINE = "torchvision eager"
+INT8 = "vggnet int8"
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,8 @@ class BenchReport:
     load_average: tuple[float, ...] = field(default_factory=lambda: load_average())
     # Settings that change which kernels run (e.g. oneDNN capped at AVX2 to stand in for an older CPU).
     environment: Mapping[str, str] = field(default_factory=lambda: kernel_settings())
+    # dtype int8: vggnet.quantize's QuantizeReport as a dict (agreement with float32, times, fallback)
+    int8: Mapping[str, Any] | None = None
     schema: str = SCHEMA
 
     def result(self, name: str) -> Result | None:
@@ -120,6 +129,7 @@ class BenchReport:
         data["versions"] = dict(self.versions)
         data["load_average"] = list(self.load_average)
         data["results"] = [asdict(r) for r in self.results]
+        data["int8"] = dict(self.int8) if self.int8 is not None else None
         data["speedup_vs_torchvision_eager"] = self.speedups()
         return data
 
@@ -290,21 +300,27 @@ def run_bench(
 ) -> BenchReport:
     """Measure vggnet eager, vggnet optimized and (when importable) torchvision on one random input.
 
-    `device` defaults to CUDA when available; `dtype` to the device's fast dtype (bf16 on recent GPUs,
-    float32 on CPU); `compile` to on for CUDA and off for CPU. With compile, torchvision is also
-    measured compiled (channels_last + torch.compile, the best it does with flags alone) unless
-    `torchvision_compile` is False. On CUDA this turns on `torch.backends.cudnn.benchmark` for the
-    process (the input size is fixed), as any benchmark of fixed-size convolutions should. With
+    `device` defaults to CUDA when available (CPU for int8); `dtype` to the device's fast dtype (bf16
+    on recent GPUs, float32 on CPU); `compile` to on for CUDA and off for CPU. With compile,
+    torchvision is also measured compiled (channels_last + torch.compile, the best it does with flags
+    alone) unless `torchvision_compile` is False. `dtype` int8 (CPU only) adds "vggnet int8" to
+    float32 candidates (module docstring). On CUDA this turns on `torch.backends.cudnn.benchmark` for
+    the process (the input size is fixed), as any benchmark of fixed-size convolutions should. With
     compile it also empties torch.compile's caches first (`torch.compiler.reset()`).
     """
     if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
         raise ValueError(
             f"iters, rounds, warmup and batch_size must be >= 1, got {iters}, {rounds}, {warmup}, {batch_size}"
         )
-    target = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = torch.cuda.is_available() and dtype != torch.int8
+    target = torch.device(device if device is not None else ("cuda" if on_gpu else "cpu"))
+    if dtype == torch.int8 and target.type != "cpu":
+        raise ValueError(f"int8 runs on CPU only (oneDNN's kernels), got device {target}; use --device cpu")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {target} asked for, but CUDA is not available; use --device cpu")
     dtype = dtype or default_dtype(target)
+    with_int8 = dtype == torch.int8
+    dtype = torch.float32 if with_int8 else dtype  # the other candidates and the peak in float32
     compile = compile if compile is not None else target.type == "cuda"
     rounds = min(rounds, iters)
     if target.type == "cuda":
@@ -335,6 +351,12 @@ def run_bench(
         models["torchvision channels_last"] = _channels_last(reference)
         if torchvision_compile if torchvision_compile is not None else compile:
             models["torchvision channels_last+compile"] = _channels_last(reference, compile=True)
+    int8_report = None
+    if with_int8:
+        images = torch.randn(16, eager.in_channels, *size)  # 8 to calibrate on, 8 held out
+        quantized = quantize(eager, images[:8], held_out=images[8:], batch_size=batch_size)
+        int8_report = asdict(quantized.report) if quantized.report is not None else None
+        models[INT8] = quantized
 
     first: dict[str, float] = {}
     diffs: dict[str, float] = {}
@@ -377,7 +399,7 @@ def run_bench(
         image_size=size,
         device=str(target),
         device_name=device_name(target),
-        dtype=dtype_name(dtype),
+        dtype="int8" if with_int8 else dtype_name(dtype),
         compile=compile,
         iters=iters,
         rounds=rounds,
@@ -386,6 +408,7 @@ def run_bench(
         matmul_peak_tflops=peak,
         matmul_peak_how=how,
         results=tuple(results),
+        int8=int8_report,
     )
 
 
@@ -420,7 +443,26 @@ def format_report(report: BenchReport) -> str:
             f"{r.name:36} {r.img_per_s:10.2f} {r.latency_ms:10.3f} {speedup:>7} {r.peak_fraction:8.1%} "
             f"{r.first_call_s:8.2f}s {r.max_abs_diff:10.2e}"
         )
+    if report.int8 is not None:
+        lines += ["", format_int8(report.int8)]
     return "\n".join(lines)
+
+
+def format_int8(q: Mapping[str, Any]) -> str:
+    """One paragraph from a QuantizeReport dict: what ran, how close to float32, what it cost."""
+    if not q["int8"]:
+        return f"vggnet int8: float32 fallback: {q['fallback_reason']}"
+    accuracy = (
+        f"; accuracy {q['accuracy_int8']:.2f}% (float32 {q['accuracy_fp32']:.2f}%)"
+        if q["accuracy_int8"] is not None
+        else ""
+    )
+    return (
+        f"vggnet int8 on {q['instructions']}{' (7-bit activations)' if q['reduce_range'] else ''}, calibrated on "
+        f"{q['calibration_images']} images: top-1 agreement with float32 {q['top1_agreement']:.2f}%, logit cosine "
+        f"{q['cosine']:.5f} (min {q['min_cosine']:.5f}) on {q['evaluated_images']} {q['evaluated_on']} images"
+        f"{accuracy}; quantize {q['quantize_s']:.1f} s, compile {q['compile_s']:.1f} s"
+    )
 
 
 def _tflops(value: float) -> str:

@@ -620,7 +620,7 @@ def _cached_name(name: str, entries: Sequence[CachedFile]) -> str:
 
 # bench -----------------------------------------------------------------------------------------------
 
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("float32", "bfloat16", "float16", "int8")
 
 
 def _add_bench(sub: SubParsers) -> None:
@@ -636,7 +636,12 @@ def _add_bench(sub: SubParsers) -> None:
     p.add_argument("--batch-size", type=_positive, default=1, metavar="B", help="default 1")
     p.add_argument("--image-size", type=_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--dtype", choices=_DTYPES, help="default bfloat16 on CUDA GPUs that have it, float32 on CPU")
+    p.add_argument(
+        "--dtype",
+        choices=_DTYPES,
+        help="default bfloat16 on CUDA GPUs that have it, float32 on CPU; int8 (CPU, needs torchao) adds "
+        "'vggnet int8' to float32 candidates, with its agreement with float32",
+    )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -318,6 +318,13 @@ def optimize_for_inference(
     if target.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {target} asked for, but CUDA is not available; use device='cpu'")
     dtype = dtype if dtype is not None else default_dtype(target)
+    if dtype in (torch.int8, torch.qint8, torch.quint8):
+        # int8 needs calibration images and an accuracy check: vggnet/quantize.py (issue 16).
+        raise ValueError(
+            f"dtype must be a floating-point dtype here, got {dtype}; int8 needs calibration images: use "
+            "vggnet.quantize.quantize(model, calibration), which calibrates, compares with float32 and falls "
+            "back to float32 where oneDNN has no int8 kernels"
+        )
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     compile = compile if compile is not None else target.type == "cuda"

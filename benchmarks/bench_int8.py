@@ -1,0 +1,207 @@
+"""int8 on CPU: accuracy kept on real images, speed against torchvision and vggnet float32, memory, one-time cost.
+
+    python benchmarks/bench_int8.py [--smoke] [--out DIR] [--budget-s S]
+
+Needs torchao (`pip install "vggnet[int8]"`) and scikit-learn (its bundled digits, no download).
+The parts, in this order (each records its figures; nothing is asserted):
+
+- accuracy: scikit-learn's 1797 handwritten digits written out as 32x32 PNG files (train 60%,
+  val 20%, test 20%, stratified), a vgg11 fine-tuned on them with `vggnet.finetune` (linear mode
+  from random weights: fc8 trained on the frozen network's fc7 features), then
+  `vggnet.quantize.quantize` calibrated on 200 training images and checked on the held-out test
+  images: top-1 agreement with float32, logit cosine, accuracy of both, quantize and compile time.
+- memory: bytes of the tensors the float32 model holds against those the int8 module holds
+  (int8 weights, their scales, float32 biases), and the process's resident memory after each
+  is loaded (Inductor's prepacked weight copies and compiler state count there).
+- speed: `vggnet.bench.run_bench` with dtype int8: vggnet eager, vggnet optimized (float32),
+  torchvision eager and channels_last (float32) and vggnet int8 on one random input, interleaved
+  rounds, ratios to torchvision eager: vgg16 at batch 1 and 8, vgg16_bn at batch 1.
+- cache: the same small quantization in two fresh processes sharing one Inductor cache folder,
+  with Inductor's FX graph cache counters: in torch 2.14 it bypasses the frozen int8 graph
+  ("mkldnn tensors unpickleable"), so only the C++ kernel cache can shorten the second compile.
+- --smoke: 10 training images per digit, 1 epoch, vgg11 at 32x32 for speed, no cache part.
+
+Results go to DIR/int8-<device>-<date>.json (default benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .`
+
+from harness import Budget, environment, save_results  # noqa: E402
+
+from vggnet.bench import format_int8, format_report, run_bench  # noqa: E402
+from vggnet.finetune import finetune, load_finetuned  # noqa: E402
+from vggnet.quantize import quantize  # noqa: E402
+
+SIDE = 32  # digits are 8x8: upscaled to VGG's smallest input
+CALIBRATION = 200
+# (arch, batch size, timed calls, image size)
+SPEED = {
+    "full": [("vgg16", 1, 10, 224), ("vgg16", 8, 4, 224), ("vgg16_bn", 1, 10, 224)],
+    "smoke": [("vgg11", 1, 2, SIDE)],
+}
+
+
+def write_digits(root: Path, per_class: int | None, calibration: int) -> dict[str, int]:
+    """scikit-learn's digits as PNG files in root/{train,val,test,calibration}/<digit>/; the count per split."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    generator = torch.Generator().manual_seed(0)
+    counts: dict[str, int] = {}
+    calibration_left = calibration
+    for label in range(10):
+        index = [i for i, t in enumerate(digits.target) if t == label]
+        index = [index[i] for i in torch.randperm(len(index), generator=generator).tolist()]
+        n = len(index) if per_class is None else min(len(index), per_class * 5 // 3)
+        train, val = round(n * 0.6), round(n * 0.2)
+        splits = {"train": index[:train], "val": index[train : train + val], "test": index[train + val : n]}
+        share = -(-calibration_left // (10 - label))  # the training images calibration reuses, spread over digits
+        splits["calibration"] = splits["train"][:share]
+        calibration_left -= len(splits["calibration"])
+        for split, chosen in splits.items():
+            folder = root / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                pixels = (digits.images[i] * (255 / 16)).round().astype("uint8")  # 0-16 -> 0-255
+                image = Image.fromarray(pixels).resize((SIDE, SIDE), Image.Resampling.BILINEAR)  # 8-bit gray
+                image.save(folder / f"{i}.png")
+            counts[split] = counts.get(split, 0) + len(chosen)
+    return counts
+
+
+def accuracy_part(work: Path, smoke: bool) -> dict[str, Any]:
+    """Fine-tune on the digits, quantize, compare; the figures and the memory of both models."""
+    counts = write_digits(work / "digits", 10 if smoke else None, 20 if smoke else CALIBRATION)
+    start = time.perf_counter()
+    result = finetune(
+        work / "digits", arch="vgg11", weights=None, mode="linear", epochs=1 if smoke else 30,
+        batch_size=64, image_size=SIDE, out=work / "finetuned", device="cpu", progress=False,
+    )  # fmt: skip
+    finetune_s = time.perf_counter() - start
+    if result.checkpoint is None:
+        raise RuntimeError("finetune wrote no checkpoint")
+    tuned = load_finetuned(result.checkpoint)
+    rss_before = _rss()
+    quantized = quantize(
+        tuned.model, work / "digits" / "calibration", held_out=work / "digits" / "test", preset=tuned.preset
+    )
+    gc.collect()
+    report = quantized.report
+    if report is None:
+        raise RuntimeError("quantize returned no report")
+    print(format_int8(asdict(report)), flush=True)
+    fp32_bytes = sum(t.numel() * t.element_size() for t in tuned.model.state_dict().values())
+    int8_bytes = sum(t.numel() * t.element_size() for t in quantized.state_dict().values())
+    memory = {
+        "arch": "vgg11 (10 classes)",
+        "fp32_state_bytes": fp32_bytes,
+        "int8_state_bytes": int8_bytes,
+        "int8_over_fp32": int8_bytes / fp32_bytes,
+        "rss_growth_bytes_quantize_and_compile": _rss() - rss_before,
+    }
+    print(f"memory: float32 tensors {fp32_bytes / 2**20:.0f} MiB, int8 {int8_bytes / 2**20:.0f} MiB "
+          f"({memory['int8_over_fp32']:.0%})", flush=True)  # fmt: skip
+    return {
+        "data": {"source": "sklearn.datasets.load_digits", "side": SIDE, **counts},
+        "finetune": {"mode": "linear", "weights": None, "best_val_acc": result.best_val_acc, "seconds": finetune_s},
+        "quantize": asdict(report),
+        "memory": memory,
+    }
+
+
+def _rss() -> int:
+    """This process's resident memory in bytes (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="utf-8") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+_CACHE_PROBE = """
+import json, sys, time, torch
+sys.path.insert(0, sys.argv[1])
+import vggnet
+from vggnet.quantize import quantize
+torch.manual_seed(0)
+model = vggnet.vgg11().eval()
+images = torch.randn(8, 3, 32, 32)
+report = quantize(model, images[:4], held_out=images[4:]).report
+from torch._dynamo.utils import counters
+cache = {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
+print(json.dumps({"quantize_s": report.quantize_s, "compile_s": report.compile_s, **cache}))
+"""
+
+
+def cache_part(work: Path) -> dict[str, Any]:
+    """compile_s of the same quantization in two fresh processes sharing an Inductor cache folder."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor-cache")}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", _CACHE_PROBE, str(HERE.parent)], capture_output=True, text=True, env=env, check=True
+        )
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    hits = runs[1].get("fxgraph_cache_hit", 0)
+    print(f"cache: compile {runs[0]['compile_s']:.1f} s cold, {runs[1]['compile_s']:.1f} s in a second process "
+          f"({hits} FX graph cache hits, {runs[1].get('fxgraph_cache_bypass', 0)} bypassed)")  # fmt: skip
+    return {"arch": "vgg11", "image_size": 32, "cold": runs[0], "warm": runs[1]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few images, one epoch, vgg11 at 32x32 (CI)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
+    parser.add_argument("--budget-s", type=float, default=None, help="skip the parts left after this long")
+    args = parser.parse_args(argv)
+
+    name = "int8" + ("-smoke" if args.smoke else "")
+    device = torch.device("cpu")
+    data: dict[str, Any] = {"suite": "int8", "smoke": args.smoke, **environment(device), "runs": []}
+    budget = Budget(args.budget_s)
+    data["skipped"] = budget.skipped
+    with tempfile.TemporaryDirectory(prefix="vggnet-int8-") as tmp:
+        work = Path(tmp)
+        if not budget.skip(part="accuracy"):
+            data["accuracy"] = accuracy_part(work, args.smoke)
+            save_results(name, data, args.out)
+        for arch, batch_size, iters, side in SPEED["smoke" if args.smoke else "full"]:
+            if budget.skip(arch=arch, batch_size=batch_size):
+                continue
+            report = run_bench(
+                arch, batch_size=batch_size, device=device, dtype=torch.int8, iters=iters,
+                rounds=min(5, iters), image_size=side,
+            )  # fmt: skip
+            print(format_report(report), end="\n\n", flush=True)
+            data["runs"].append(report.to_dict())
+            save_results(name, data, args.out)
+        if args.smoke:
+            budget.skipped.append({"part": "cache", "reason": "not in --smoke"})
+        elif not budget.skip(part="cache"):
+            data["cache"] = cache_part(work)
+    data["elapsed_s"] = budget.spent()
+    path = save_results(name, data, args.out)
+    print(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
