@@ -4,6 +4,7 @@ a real HTTP server on loopback and real processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -297,3 +298,155 @@ def test_a_read_only_cache_is_named_in_the_error(http_server, small_checkpoints,
     with pytest.raises(OSError, match=f"VGGNET_HOME={read_only_dir}.*must be a writable directory") as info:
         hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
     assert "[Errno" not in str(info.value)
+
+
+# --- issue 11: the cache never follows or trusts what it did not create ------------------------------
+
+
+def _plant_victim(tmp_path: Path) -> tuple[Path, bytes]:
+    victim = tmp_path / "victim.txt"  # a file the user can write, outside the cache
+    content = b"precious data, not a checkpoint\n" * 100
+    victim.write_bytes(content)
+    victim.chmod(0o600)
+    return victim, content
+
+
+def test_a_planted_partial_link_is_never_written_through(http_server, small_checkpoints, cache, tmp_path):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    victim, content = _plant_victim(tmp_path)
+    cache.mkdir()
+    planted = cache / f"{ckpt.name}.{ckpt.sha256[:16]}.0a1b2c3d.partial"  # the name a resume looks for
+    planted.symlink_to(victim)
+    path = hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert victim.read_bytes() == content and stat_mode(victim) == 0o600  # not appended to, truncated or chmod-ed
+    assert not path.is_symlink() and file_sha256(path) == ckpt.sha256
+    entries = {e.path.name: e for e in vcache.cached_files()}
+    assert entries[planted.name].kind == "not a regular file" and entries[planted.name].base == ckpt.name
+    vcache.remove_cached(planted.name)  # only the link goes
+    assert not os.path.lexists(planted) and victim.read_bytes() == content
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_planted_lock_link_is_not_truncated(http_server, small_checkpoints, cache, tmp_path):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    victim, content = _plant_victim(tmp_path)
+    cache.mkdir()
+    (cache / f"{ckpt.name}.lock").symlink_to(victim)
+    assert file_sha256(hub.fetch(url, sha256=ckpt.sha256, progress=False)) == ckpt.sha256
+    assert victim.read_bytes() == content
+
+
+def test_a_planted_link_in_place_of_the_checkpoint_is_set_aside(http_server, small_checkpoints, cache, tmp_path):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    cache.mkdir()
+    fake = tmp_path / "fake.pth"
+    shutil.copyfile(ckpt.path, fake)  # the right bytes today, but the attacker's file: it can change any time
+    (cache / ckpt.name).symlink_to(fake)
+    state = hub.load_state_dict_from_url(url, sha256=ckpt.sha256, progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert not (cache / ckpt.name).is_symlink() and http_server.count("/" + ckpt.name) == 1
+    assert [e.kind for e in vcache.cached_files() if e.path.name.startswith(f"{ckpt.name}.corrupt-")] == [
+        "not a regular file"
+    ]
+
+
+FIFO_LOAD = """
+import sys
+import vggnet.hub as hub
+state = hub.load_state_dict_from_url(sys.argv[1], sha256=sys.argv[2], progress=False)
+print(len(state))
+"""
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "stamp", "lock", "partial", "dev-zero"])
+def test_a_fifo_or_device_in_the_cache_never_hangs_a_load(http_server, small_checkpoints, cache, where):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    cache.mkdir()
+    name = {
+        "checkpoint": ckpt.name,
+        "dev-zero": ckpt.name,
+        "stamp": f"{ckpt.name}.stamp",
+        "lock": f"{ckpt.name}.lock",
+        "partial": f"{ckpt.name}.{ckpt.sha256[:16]}.0a1b2c3d.partial",
+    }[where]
+    if where == "dev-zero":
+        (cache / name).symlink_to("/dev/zero")  # endless bytes: hashing it would never end
+    else:
+        os.mkfifo(cache / name)  # opening it for reading would wait for a writer forever
+    if where == "stamp":  # a cached file, so that its stamp is read
+        shutil.copyfile(ckpt.path, cache / ckpt.name)
+    loader = spawn_python(FIFO_LOAD, url, ckpt.sha256)
+    try:
+        out, err = loader.communicate(timeout=60)
+    finally:
+        loader.kill()
+    assert loader.returncode == 0, err
+    assert out.strip() == str(len(small_checkpoints.keys))
+    listed = {e.path.name: e.kind for e in vcache.cached_files()}
+    if where in ("partial", "dev-zero"):
+        assert "not a regular file" in listed.values(), listed
+
+
+def test_cache_listing_shows_fifos_links_and_orphan_locks(cache):
+    cache.mkdir()
+    os.mkfifo(cache / "pipe.pth")
+    (cache / "zero.pth").symlink_to("/dev/zero")
+    (cache / "gone.pth.lock").write_bytes(b"")  # a failed download's lock: its checkpoint is not there
+    (cache / "kept.pth").write_bytes(b"k")
+    (cache / "kept.pth.lock").write_bytes(b"")
+    entries = {e.path.name: e for e in vcache.cached_files()}
+    assert {n: e.kind for n, e in entries.items()} == {
+        "gone.pth.lock": "lock",
+        "kept.pth": "checkpoint",
+        "pipe.pth": "not a regular file",
+        "zero.pth": "not a regular file",
+    }
+    assert not entries["pipe.pth"].ours and entries["gone.pth.lock"].ours  # --clear takes what vggnet made
+    removed = vcache.remove_cached("gone.pth", "pipe.pth")
+    assert sorted(e.path.name for e in removed.files) == ["gone.pth.lock", "pipe.pth"]
+    assert sorted(os.listdir(cache)) == ["kept.pth", "kept.pth.lock", "zero.pth"]
+
+
+def test_a_partial_of_another_user_is_not_resumed(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    cache.mkdir()
+    planted = cache / f"{ckpt.name}.{ckpt.sha256[:16]}.0a1b2c3d.partial"
+    planted.write_bytes(ckpt.path.read_bytes()[:1000])
+    os.chown(planted, 12345, 12345)  # tests run as root here; someone else's file
+    path = hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert file_sha256(path) == ckpt.sha256 and path.stat().st_uid == os.geteuid()
+    assert http_server.log("/" + ckpt.name)[0].range is None  # started afresh, not from the stranger's bytes
+
+
+def test_a_read_only_cache_cannot_be_cleared_and_says_so(http_server, small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    hub.fetch(http_server.add("/" + ckpt.name, ckpt.path), sha256=ckpt.sha256, progress=False)
+    refused = pytest.raises(OSError, match=f"VGGNET_HOME={cache} cannot hold checkpoints: cannot remove")
+    with read_only_mount(cache), refused as info:
+        vcache.remove_cached(ckpt.name)
+    assert "\n" not in str(info.value) and "[Errno" not in str(info.value)
+    assert (cache / ckpt.name).exists()
+
+
+@contextlib.contextmanager
+def read_only_mount(folder: Path) -> Iterator[None]:
+    """`folder` remounted read-only in place (a bind mount: root ignores permission bits), or skip."""
+    try:
+        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot remount read-only here")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True, capture_output=True)
