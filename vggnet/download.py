@@ -465,7 +465,6 @@ def _attempt(
     ends: float,
 ) -> None:
     import requests
-    import urllib3
 
     if time.monotonic() >= ends:
         raise _deadline_error(url)
@@ -512,21 +511,21 @@ def _attempt(
         watchdog.daemon = True
         watchdog.start()
         try:
-            for chunk in resp.iter_content(_CHUNK):
+            for chunk in resp.iter_content(_CHUNK):  # decoded, if the server encoded it anyway
                 if part.size + len(chunk) > limit:
                     raise _BadContent(
                         f"{url} sent more than the expected {limit} bytes{_cap_hint(exact)}; nothing was kept", url=url
                     )
                 part.write(chunk)
                 bar.update(len(chunk))
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+        except requests.exceptions.ContentDecodingError as err:
+            raise DownloadError(
+                f"cannot download {url}: its body does not decode as announced ({err})", url=url
+            ) from err
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
             if expired.is_set():
                 raise _deadline_error(url) from err
-            if isinstance(err, OSError) and not isinstance(err, requests.RequestException):
-                raise
-            if isinstance(err, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
-                raise _Retry(f"transfer broken after {part.size} bytes ({type(err).__name__}: {err})") from err
-            raise DownloadError(f"cannot download {url}: {err}", url=url) from err
+            raise _Retry(f"transfer broken after {part.size} bytes ({type(err).__name__}: {err})") from err
         finally:
             watchdog.cancel()
         if expired.is_set():  # the cut looked like the end of a body of unknown length
