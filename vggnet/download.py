@@ -258,13 +258,14 @@ def download_file(
     timeout: Timeout,
     retries: int,
     hint: str = "",
+    origin: str = "",
 ) -> str:
     """Stream `url` into a private partial file, hashing as it arrives; verify; rename it to `dest`.
 
     Only a download that can be verified is resumed across calls (partials are keyed by the digest);
     on any failure but a bad digest or bad content, what was received stays as `*.partial`. A digest
     that does not match after a resumed or unsized transfer (a bad prefix, a body cut short) is
-    fetched once more from the first byte before it is an error.
+    fetched once more from the first byte before it is an error. `origin`: the URL `url` mirrors, if it does.
     """
     import requests
     from tqdm import tqdm
@@ -286,7 +287,7 @@ def download_file(
         with requests.Session() as session, bar:
             again = True
             while True:
-                _stream(session, url, part, bar, dest=dest, size=size, max_size=max_size or cap,
+                _stream(session, url, part, bar, dest=dest, origin=origin or url, size=size, max_size=max_size or cap,
                         timeout=timeout, retries=retries, ends=ends)  # fmt: skip
                 part.flush()
                 if part.size == 0:
@@ -334,9 +335,9 @@ def download_file(
         part.close()
 
 
-def _no_network_help(url: str, dest: Path) -> str:
+def _no_network_help(url: str, origin: str, dest: Path) -> str:
     return (
-        f"If this machine has no network (or none that reaches {urlsplit(url).hostname}): download {url} "
+        f"If this machine has no network (or none that reaches {urlsplit(url).hostname}): download {origin} "
         f"elsewhere and put it in {dest.parent} as {dest.name}; or set {ENV_MIRROR} to a directory or server "
         f"that holds it; {ENV_OFFLINE}=1 uses only what is cached; weights=None (--weights none) builds the "
         "model with random weights"
@@ -350,6 +351,7 @@ def _stream(
     bar: tqdm[Any],
     *,
     dest: Path,
+    origin: str,
     size: int | None,
     max_size: int,
     timeout: Timeout,
@@ -366,7 +368,9 @@ def _stream(
         except _Retry as err:
             received = received or part.size > start
             if err.unfixable and not received:
-                raise DownloadError(f"cannot download {url}: {err}. {_no_network_help(url, dest)}", url=url) from err
+                raise DownloadError(
+                    f"cannot download {url}: {err}. {_no_network_help(url, origin, dest)}", url=url
+                ) from err
             failures = 0 if part.size - start >= _PROGRESS_RESET else failures + 1
             if failures > retries:
                 raise DownloadError(

@@ -356,8 +356,10 @@ def _fetch(
                 f"{dest.name} is not in the cache and {ENV_OFFLINE} is set, so it was not downloaded: "
                 f"download {origin} and put it in {dest.parent} (or point {ENV_MIRROR} at a directory holding it)"
             )
-        return dest, download_file(url, dest, expected=expected, size=size, max_size=max_size,
-                               progress=progress, timeout=timeout, retries=retries, hint=download_hint)  # fmt: skip
+        return dest, download_file(
+            url, dest, expected=expected, size=size, max_size=max_size, progress=progress,
+            timeout=timeout, retries=retries, hint=download_hint, origin=origin,
+        )  # fmt: skip
 
 
 def _warn_unverified(expected: str | None, path: Path) -> None:
