@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-import vggnet.cache as vcache
+import vggnet.cache_admin as vadmin
 import vggnet.download as download
 import vggnet.hub as hub
 from vggnet.weights import OFFICIAL_BASE, Weights
@@ -510,7 +510,7 @@ def test_a_slow_server_is_stopped_by_the_deadline(http_server, cache, monkeypatc
     with pytest.raises(download.DownloadError, match=f"{url}: the download did not finish within 2.5 s.*DEADLINE"):
         hub.fetch(url, sha256=hashlib.sha256(data).hexdigest(), progress=False)
     assert time.monotonic() - started < 6
-    (kept,) = [e for e in vcache.cached_files() if e.kind == "partial"]  # what arrived, resumed by the next call
+    (kept,) = [e for e in vadmin.cached_files() if e.kind == "partial"]  # what arrived, resumed by the next call
     assert 0 < kept.size < len(data)
 
 
@@ -564,8 +564,8 @@ def test_a_full_tmpfs_names_the_folder_and_keeps_nothing(http_server, small_chec
     try:
         with pytest.raises(OSError, match=f"no room to download {ckpt.name} into {cache}.*needs {ckpt.size:,} bytes"):
             hub.fetch(url, sha256=ckpt.sha256, progress=False)
-        assert [e.kind for e in vcache.cached_files()] in ([], ["lock"])
-        assert sum(e.size for e in vcache.cached_files()) == 0
+        assert [e.kind for e in vadmin.cached_files()] in ([], ["lock"])
+        assert sum(e.size for e in vadmin.cached_files()) == 0
     finally:
         subprocess.run(["umount", str(cache)], check=True, capture_output=True)
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import vggnet.cache as vcache
+import vggnet.cache_admin as vadmin
 import vggnet.hub as hub
 from vggnet.weights import OFFICIAL_BASE, VGG16_Weights, Weights
 
@@ -406,7 +407,7 @@ def test_add_to_mirror_replaces_a_corrupt_cached_copy_from_the_url(http_server, 
     (cache / ckpt.name).write_bytes(b"y" * ckpt.size)  # the stamp no longer fits: hashed, found wrong
     path = hub.add_to_mirror(weights.url, tmp_path / "mirror", sha256=weights.sha256, size=weights.size, progress=False)
     assert file_sha256(path) == ckpt.sha256 and http_server.count("/" + ckpt.name) == 2
-    assert [e.kind for e in vcache.cached_files()] == ["corrupt"]  # moved aside, as a load would
+    assert [e.kind for e in vadmin.cached_files()] == ["corrupt"]  # moved aside, as a load would
 
 
 def test_size_is_enforced_for_local_files_too(small_checkpoints, cache):
