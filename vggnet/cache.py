@@ -509,6 +509,8 @@ def _publish(f: IO[bytes], tmp: Path, dest: Path) -> None:
     else:  # Windows: only the read-only bit exists
         os.chmod(tmp, 0o644)
     os.replace(tmp, dest)
+    if os.lstat(dest).st_ino != os.fstat(f.fileno()).st_ino:  # someone renamed their own file over `tmp`
+        raise NotARegularFileError(dest, "not the file vggnet verified (its temporary name was replaced)")
 
 
 # --- partial downloads and locks -------------------------------------------------------------------
