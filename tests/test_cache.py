@@ -427,6 +427,16 @@ def test_a_partial_of_another_user_is_not_resumed(http_server, small_checkpoints
     assert http_server.log("/" + ckpt.name)[0].range is None  # started afresh, not from the stranger's bytes
 
 
+def test_a_planted_hard_link_to_the_users_own_file_is_not_resumed(http_server, small_checkpoints, cache, tmp_path):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    victim, content = _plant_victim(tmp_path)  # the user's own file, on the same file system as the cache
+    cache.mkdir()
+    os.link(victim, cache / f"{ckpt.name}.{ckpt.sha256[:16]}.0a1b2c3d.partial")
+    assert file_sha256(hub.fetch(url, sha256=ckpt.sha256, progress=False)) == ckpt.sha256
+    assert victim.read_bytes() == content and http_server.log("/" + ckpt.name)[0].range is None
+
+
 def test_a_read_only_cache_cannot_be_cleared_and_says_so(http_server, small_checkpoints, cache, monkeypatch):
     ckpt = small_checkpoints.zip
     hub.fetch(http_server.add("/" + ckpt.name, ckpt.path), sha256=ckpt.sha256, progress=False)

@@ -547,7 +547,8 @@ def _claim(path: Path, *, write: bool = True) -> IO[bytes] | None:
     """Open and flock another download's partial file (or a lock), if its holder is gone and it is still there.
 
     Only a regular file is opened, never through a link; one to be written to (`write`, a partial
-    to resume) must also be this user's own, as vggnet created it (0600), so no one else can change it.
+    to resume) must also be this user's own, as vggnet created it (0600), so no one else can change
+    it, and have no other name, so it is not a hard link to some other file of the user's.
     """
     try:
         fd = _open_fd(path, os.O_RDWR if write else os.O_RDONLY)
@@ -561,6 +562,8 @@ def _claim(path: Path, *, write: bool = True) -> IO[bytes] | None:
         st = os.fstat(fd)
         if write and hasattr(os, "geteuid") and st.st_uid != os.geteuid():
             logger.warning("not resuming %s: it belongs to another user (uid %d)", path, st.st_uid)
+        elif write and st.st_nlink != 1:  # a hard link to some other file of this user's: never written to
+            logger.warning("not resuming %s: it has %d names (hard links), vggnet made it with one", path, st.st_nlink)
         # Between open and flock the writer may have finished and renamed the file into place.
         elif _try_flock(fd) and os.lstat(path).st_ino == st.st_ino:
             return f
