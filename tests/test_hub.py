@@ -460,3 +460,10 @@ def test_a_file_swapped_during_loads_never_loads_other_bytes(
         stop.set()
         swapper.join()
     assert loaded > 0 and time.monotonic() - started < 90
+
+
+def test_loading_an_unpinned_file_does_not_mark_its_stamp_checked(http_server, small_checkpoints, cache):
+    url = http_server.add("/plain.pth", small_checkpoints.zip.path)  # no digest anywhere
+    state = hub.load_state_dict_from_url(url, progress=False)  # checked again, from the open file, before loading
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert [(e.path.name, e.checked) for e in vadmin.cached_files()] == [("plain.pth", False)]

@@ -492,7 +492,7 @@ def _attempt(
             part.restart()
             bar.reset(total=size)
             raise _Retry(f"the server sent a range other than the one asked for ({resp.headers.get('Content-Range')})")
-        announced = None if encoded else _announced_size(resp, part, url)  # an encoding's length is not the file's
+        announced = None if encoded else _announced_size(resp, url)  # an encoding's length is not the file's
         if status == 200 and part.size:
             logger.info("%s: the server ignored the Range request; restarting from the first byte", url)
             part.restart()
@@ -552,7 +552,7 @@ def _cut(resp: requests.Response, expired: threading.Event) -> None:
         resp.close()
 
 
-def _announced_size(resp: requests.Response, part: _Partial, url: str) -> int | None:
+def _announced_size(resp: requests.Response, url: str) -> int | None:
     """The whole file's size as the response tells it; DownloadError for Content-Length values that disagree."""
     length = resp.headers.get("Content-Length")
     if resp.status_code == 200:

@@ -401,7 +401,7 @@ def _load(path: Path, digest: str, *, where: Path, map_location: MapLocation) ->
     local = path.parent != where  # the caller's own file or a mirror directory's, not one in the cache
     stamp = _local_stamp(path, where / ".stamps") if local else _stamp_of(path)
     with _open_read(path, follow=local) as f:
-        actual = _digest_of(f, path, stamp, digest)
+        actual = _digest_of(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
         if actual != digest:
             raise ChecksumError(
                 str(path), path, digest, actual, detail="it changed after it was verified, and was not loaded",
