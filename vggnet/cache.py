@@ -508,9 +508,7 @@ def _publish(f: IO[bytes], tmp: Path, dest: Path) -> None:
         os.chmod(f.fileno(), 0o644)
     else:  # Windows: only the read-only bit exists
         os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
-    if os.lstat(dest).st_ino != os.fstat(f.fileno()).st_ino:  # someone renamed their own file over `tmp`
-        raise NotARegularFileError(dest, "not the file vggnet verified (its temporary name was replaced)")
+    os.replace(tmp, dest)  # what lands at `dest` is checked again, from the open file, by every load
 
 
 # --- partial downloads and locks -------------------------------------------------------------------
