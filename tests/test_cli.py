@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -564,3 +565,60 @@ def test_a_cache_directory_that_is_a_file_is_named_not_listed_as_empty(tmp_path,
     assert out == ""
     assert f"VGGNET_HOME={not_a_dir}" in err and "it is not a directory" in err
     assert not_a_dir.read_text() == "not a directory"
+
+
+# --- issue 11: a read-only cache, no network, odd files in the cache ------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
+
+
+def test_download_without_a_network_fails_fast_with_advice_and_no_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("VGGNET_MIRROR", f"http://127.0.0.1:{_closed_port()}")  # a server that is not there
+    started = time.monotonic()
+    assert main(["download", "vgg11"]) == 1
+    assert time.monotonic() - started < 10
+    out, err = capsys.readouterr()
+    record = vggnet.VGG11_Weights.DEFAULT.value
+    assert out == "" and "Traceback" not in err
+    assert "the connection was refused" in err and f"download {record.url} elsewhere" in err
+    for advice in (str(tmp_path / "cache"), "VGGNET_MIRROR", "VGGNET_OFFLINE", "--weights none"):
+        assert advice in err
+
+
+def test_cache_clear_on_a_read_only_cache_names_vggnet_home(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "cache"
+    home.mkdir()
+    (home / "x-1a2b3c4d.pth.1a2b3c4d.0a1b2c3d.partial").write_bytes(b"p" * 10)  # vggnet's: --clear takes it
+    monkeypatch.setenv("VGGNET_HOME", str(home))
+    try:  # root ignores permission bits: a read-only bind mount is what stops it
+        subprocess.run(["mount", "--bind", str(home), str(home)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(home)], check=True, capture_output=True)
+        assert main(["cache", "--clear"]) == 1
+    finally:
+        subprocess.run(["umount", str(home)], check=True, capture_output=True)
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        f"vggnet: error: the cache directory VGGNET_HOME={home} cannot hold checkpoints: cannot remove"
+    )
+    assert len(os.listdir(home)) == 1
+
+
+def test_cache_lists_what_is_not_a_regular_file(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "cache"
+    home.mkdir()
+    os.mkfifo(home / "pipe.pth")
+    (home / "zero.pth").symlink_to("/dev/zero")
+    monkeypatch.setenv("VGGNET_HOME", str(home))
+    assert main(["cache", "--json"]) == 0
+    files = {f["file"]: f["kind"] for f in json.loads(capsys.readouterr().out)["files"]}
+    assert files == {"pipe.pth": "not a regular file", "zero.pth": "not a regular file"}

@@ -7,17 +7,25 @@ everything whose outcome does not depend on size uses a small file.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import http.server
 import json
 import os
 import pickle
 import signal
+import socket
+import ssl
 import stat
+import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import vggnet.cache_admin as vadmin
 import vggnet.download as download
 import vggnet.hub as hub
 from vggnet.weights import OFFICIAL_BASE, Weights
@@ -302,3 +310,281 @@ def test_fault_server_counts(http_server: FaultServer):
 
     assert requests.get(url, headers={"Range": "bytes=4-"}, timeout=5).content == b"456789"
     assert http_server.log("/x")[0].status == 206 and http_server.bytes_served("/x") == 6
+
+
+# --- issue 11: hostile servers, no network, full disks ----------------------------------------------
+
+
+class RawServer:
+    """A loopback server that answers the n-th connection with the n-th scripted response, byte for byte, then closes.
+
+    A response is bytes, or a callable given the socket (to trickle or stall). Past the script, the last one repeats.
+    """
+
+    def __init__(self, *responses: bytes | Callable[[socket.socket], None]) -> None:
+        self.responses = list(responses)
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                head += piece
+            self.requests.append(head)
+            response = self.responses[min(len(self.requests), len(self.responses)) - 1]
+            try:
+                if callable(response):
+                    response(conn)
+                else:
+                    conn.sendall(response)
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[..., RawServer]]:
+    servers: list[RawServer] = []
+
+    def make(*responses: bytes | Callable[[socket.socket], None]) -> RawServer:
+        servers.append(RawServer(*responses))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def response(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\n{''.join(h + chr(13) + chr(10) for h in headers)}Connection: close\r\n\r\n".encode()
+        + body
+    )
+
+
+def test_a_redirect_loop_is_a_download_error_naming_the_url(http_server, small_checkpoints, cache):
+    url = http_server.add("/loop-1a2b3c4d.pth", b"", *[Fault.redirect("/loop-1a2b3c4d.pth")] * 30)
+    with pytest.raises(download.DownloadError, match=f"{url} redirects more than 10 times"):
+        hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
+    assert leftovers(cache) == []
+
+
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1/x.pth", "file:///etc/passwd", "gopher://x/y"])
+def test_a_redirect_to_another_scheme_is_refused(http_server, small_checkpoints, cache, target):
+    url = http_server.add("/" + small_checkpoints.zip.name, small_checkpoints.zip.path, Fault.redirect(target))
+    with pytest.raises(download.DownloadError, match=f"{url} redirects to '{target}', which is not an http"):
+        hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
+    assert leftovers(cache) == []
+
+
+@pytest.fixture
+def https_redirect(tmp_path, monkeypatch) -> Iterator[Callable[[str], str]]:
+    """An https server on loopback (a self-signed certificate requests is told to trust) that redirects to a URL."""
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key_file), "-out", str(cert_file), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a certificate here: {made.stderr.strip()}")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))
+    targets: dict[str, str] = {}
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", targets[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    def redirect(target: str) -> str:
+        path = "/" + target.rsplit("/", 1)[-1]
+        targets[path] = target
+        return f"https://127.0.0.1:{httpd.server_address[1]}{path}"
+
+    yield redirect
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_an_https_to_http_downgrade_is_refused_unless_allowed(http_server, small_checkpoints, cache, https_redirect,
+                                                              monkeypatch):  # fmt: skip
+    ckpt = small_checkpoints.zip
+    url = https_redirect(http_server.add("/" + ckpt.name, ckpt.path))
+    with pytest.raises(download.DownloadError, match=f"{url} redirects from https to plain http.*VGGNET_ALLOW_HTTP"):
+        hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert http_server.count("/" + ckpt.name) == 0 and leftovers(cache) == []
+    monkeypatch.setenv("VGGNET_ALLOW_HTTP_REDIRECT", "1")
+    assert file_sha256(hub.fetch(url, sha256=ckpt.sha256, progress=False)) == ckpt.sha256
+
+
+def test_an_untrusted_certificate_fails_fast_with_advice(http_server, small_checkpoints, cache, https_redirect,
+                                                         monkeypatch):  # fmt: skip
+    url = https_redirect(http_server.add("/" + small_checkpoints.zip.name, small_checkpoints.zip.path))
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    started = time.monotonic()
+    with pytest.raises(download.DownloadError, match=f"cannot download {url}: TLS failed.*VGGNET_MIRROR"):
+        hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
+    assert time.monotonic() - started < 10
+
+
+def test_different_content_lengths_are_a_download_error(raw_server, small_checkpoints, cache):
+    server = raw_server(response(b"x" * 10, "Content-Length: 10", "Content-Length: 20"))
+    url = server.base + "/two-lengths.pth"
+    with pytest.raises(download.DownloadError, match=f"{url}.*Content-Length"):
+        hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_a_gzip_body_is_decoded_and_the_decoded_bytes_hashed(raw_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    body = gzip.compress(ckpt.path.read_bytes())
+    server = raw_server(response(body, "Content-Encoding: gzip", f"Content-Length: {len(body)}"))
+    path = hub.fetch(server.base + "/" + ckpt.name, sha256=ckpt.sha256, size=ckpt.size, progress=False)
+    assert file_sha256(path) == ckpt.sha256
+    assert b"accept-encoding: identity" in server.requests[0].lower()  # asked for the plain bytes
+
+
+def test_a_resume_onto_a_bad_prefix_starts_over_in_the_same_call(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    cache.mkdir()
+    planted = cache / f"{ckpt.name}.{ckpt.sha256[:16]}.0a1b2c3d.partial"
+    planted.write_bytes(b"\0" * (ckpt.size // 2))  # from an earlier call, but not the file's first bytes
+    planted.chmod(0o600)
+    path = hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert file_sha256(path) == ckpt.sha256
+    assert [r.range for r in http_server.log("/" + ckpt.name)] == [f"bytes={ckpt.size // 2}-", None]
+    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
+
+
+def test_a_body_cut_short_without_a_length_is_retried(raw_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    data = ckpt.path.read_bytes()
+    server = raw_server(response(data[: len(data) // 2]), response(data))  # no Content-Length: EOF ends the body
+    path = hub.fetch(server.base + "/" + ckpt.name, sha256=ckpt.sha256, progress=False)
+    assert file_sha256(path) == ckpt.sha256 and len(server.requests) == 2
+
+
+def test_an_empty_body_is_never_cached(http_server, cache):
+    url = http_server.add("/empty.bin", b"")
+    with pytest.raises(download.DownloadError, match=f"{url} sent an empty body"):
+        hub.fetch(url, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_a_slow_server_is_stopped_by_the_deadline(http_server, cache, monkeypatch):
+    data = os.urandom(8 << 20)
+    url = http_server.add("/slow.bin", data, rate=1 << 20)  # 8 s at 1 MiB/s: no read waits near the read timeout
+    monkeypatch.setenv("VGGNET_DOWNLOAD_DEADLINE", "2.5")
+    started = time.monotonic()
+    with pytest.raises(download.DownloadError, match=f"{url}: the download did not finish within 2.5 s.*DEADLINE"):
+        hub.fetch(url, sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    assert time.monotonic() - started < 6
+    (kept,) = [e for e in vadmin.cached_files() if e.kind == "partial"]  # what arrived, resumed by the next call
+    assert 0 < kept.size < len(data)
+
+
+def test_a_download_of_unknown_size_stops_at_the_cap(http_server, small_checkpoints, cache, monkeypatch):
+    url = http_server.add("/endless.bin", small_checkpoints.zip.path, Fault.extra(b"", announce=False))
+    monkeypatch.setenv("VGGNET_DOWNLOAD_MAX_BYTES", "100000")
+    with pytest.raises(download.DownloadError, match=f"{url} sent more than the expected 100000 bytes.*MAX_BYTES"):
+        hub.fetch(url, progress=False)
+    assert leftovers(cache) == []
+    assert download.MAX_BYTES == 2 << 30  # the documented default
+
+
+def test_a_malformed_limit_setting_names_the_variable(http_server, small_checkpoints, cache, monkeypatch):
+    url = http_server.add("/" + small_checkpoints.zip.name, small_checkpoints.zip.path)
+    monkeypatch.setenv("VGGNET_DOWNLOAD_DEADLINE", "soon")
+    with pytest.raises(ValueError, match="VGGNET_DOWNLOAD_DEADLINE='soon' must be a positive number"):
+        hub.fetch(url, progress=False)
+
+
+FSIZE_FETCH = """
+import resource, signal, sys
+import vggnet.hub as hub
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
+try:
+    hub.fetch(sys.argv[1], sha256=sys.argv[2], progress=False)
+except OSError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_names_the_folder_and_keeps_nothing(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    proc = spawn_python(FSIZE_FETCH, url, ckpt.sha256)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert f"no room to download {ckpt.name} into {cache}" in out and f"needs {ckpt.size:,} bytes" in out
+    assert "VGGNET_HOME" in out and leftovers(cache) == []
+
+
+def test_a_full_tmpfs_names_the_folder_and_keeps_nothing(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    cache.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cache)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with pytest.raises(OSError, match=f"no room to download {ckpt.name} into {cache}.*needs {ckpt.size:,} bytes"):
+            hub.fetch(url, sha256=ckpt.sha256, progress=False)
+        assert [e.kind for e in vadmin.cached_files()] in ([], ["lock"])
+        assert sum(e.size for e in vadmin.cached_files()) == 0
+    finally:
+        subprocess.run(["umount", str(cache)], check=True, capture_output=True)
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("host", ["closed-port", "nonexistent.invalid"])
+def test_no_network_fails_fast_and_says_what_to_do(small_checkpoints, cache, host):
+    netloc = f"127.0.0.1:{_closed_port()}" if host == "closed-port" else host
+    url = f"http://{netloc}/{small_checkpoints.zip.name}"
+    started = time.monotonic()
+    with pytest.raises(download.DownloadError) as info:
+        hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
+    assert time.monotonic() - started < 10  # no 30-40 s of retries
+    message = str(info.value)
+    why = "the connection was refused" if host == "closed-port" else "the host name does not resolve"
+    assert message.startswith(f"cannot download {url}: {why}")
+    for advice in (str(cache), "VGGNET_MIRROR", "VGGNET_OFFLINE", "--weights none"):
+        assert advice in message

@@ -13,12 +13,15 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import vggnet.cache as vcache
+import vggnet.cache_admin as vadmin
 import vggnet.hub as hub
 from vggnet.weights import OFFICIAL_BASE, VGG16_Weights, Weights
 
@@ -404,7 +407,7 @@ def test_add_to_mirror_replaces_a_corrupt_cached_copy_from_the_url(http_server, 
     (cache / ckpt.name).write_bytes(b"y" * ckpt.size)  # the stamp no longer fits: hashed, found wrong
     path = hub.add_to_mirror(weights.url, tmp_path / "mirror", sha256=weights.sha256, size=weights.size, progress=False)
     assert file_sha256(path) == ckpt.sha256 and http_server.count("/" + ckpt.name) == 2
-    assert [e.kind for e in vcache.cached_files()] == ["corrupt"]  # moved aside, as a load would
+    assert [e.kind for e in vadmin.cached_files()] == ["corrupt"]  # moved aside, as a load would
 
 
 def test_size_is_enforced_for_local_files_too(small_checkpoints, cache):
@@ -414,3 +417,53 @@ def test_size_is_enforced_for_local_files_too(small_checkpoints, cache):
     with pytest.raises(ValueError, match="size= says"):
         hub.fetch(str(ckpt.path), size=123)  # no digest: the size is all there is to check
     assert hub.fetch(str(ckpt.path), sha256=ckpt.sha256, size=ckpt.size) == ckpt.path
+
+
+# --- issue 11: what is loaded is what was verified -------------------------------------------------
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_file_swapped_during_loads_never_loads_other_bytes(
+    http_server, small_checkpoints, cache, tmp_path, zip_format
+):
+    ckpt = small_checkpoints.zip if zip_format else small_checkpoints.legacy
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    hub.load_state_dict_from_url(url, sha256=ckpt.sha256, progress=False)  # cached and stamped
+    other = tmp_path / "other.pth"  # a valid checkpoint, but not the verified one
+    torch.save({k: torch.zeros_like(v) for k, v in torch.load(ckpt.path).items()}, other)
+    good = tmp_path / "good.pth"
+    os.link(cache / ckpt.name, good)  # the verified inode itself, so its stamp may still describe it
+    stop = threading.Event()
+
+    def swap() -> None:
+        i = 0
+        while not stop.is_set():
+            tmp = cache / f".swap{i}"  # a hidden name: not the cache's business
+            os.link(other if i % 2 == 0 else good, tmp)
+            os.replace(tmp, cache / ckpt.name)
+            i += 1
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    loaded = refused = 0
+    started = time.monotonic()
+    try:
+        while loaded + refused < 150 and time.monotonic() - started < 60:
+            try:
+                state = hub.load_state_dict_from_url(url, sha256=ckpt.sha256, progress=False)
+            except vcache.ChecksumError:  # it changed after its check: refused, never loaded
+                refused += 1
+                continue
+            assert fingerprint(state) == small_checkpoints.fingerprint, f"loaded other bytes after {loaded} loads"
+            loaded += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert loaded > 0 and time.monotonic() - started < 90
+
+
+def test_loading_an_unpinned_file_does_not_mark_its_stamp_checked(http_server, small_checkpoints, cache):
+    url = http_server.add("/plain.pth", small_checkpoints.zip.path)  # no digest anywhere
+    state = hub.load_state_dict_from_url(url, progress=False)  # checked again, from the open file, before loading
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert [(e.path.name, e.checked) for e in vadmin.cached_files()] == [("plain.pth", False)]

@@ -1,4 +1,4 @@
-"""The cache folder: where checkpoints live, the stamps that vouch for them, hashing, locks, listing, removal.
+"""The cache folder: where checkpoints live, the stamps that vouch for them, hashing, locks, and how files open.
 
 What a cache directory holds for a checkpoint NAME:
 
@@ -17,44 +17,40 @@ What a cache directory holds for a checkpoint NAME:
   which are verified in place and never copied.
 
 Only these exact names are vggnet's: the default cache is torch.hub's, shared with torchvision,
-whose own files (its `*.partial` temporaries included) are left alone. Every file this module
-opens in a cache folder is opened here, so how it is opened is decided in one place.
+whose own files (its `*.partial` temporaries included) are left alone. Every file vggnet opens in
+a cache folder is opened here (`_open_fd`): never through a symbolic link, only if it is a regular
+file, so a name planted by someone else who can write to the folder is refused, never followed.
+Listing and removing what a folder holds is `cache_admin.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import secrets
-import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import torch
 
-if TYPE_CHECKING:
-    import filelock
-
-# filelock is imported where it is used: importing vggnet touches neither disk nor network.
+# filelock (Windows only) is imported where it is used: importing vggnet touches neither disk nor network.
 
 __all__ = [
-    "CachedFile",
     "ChecksumError",
-    "Removed",
+    "NotARegularFileError",
     "cache_dir",
-    "cached_files",
     "file_name_from_url",
     "normalize_digest",
-    "remove_cached",
     "verify_file",
 ]
 
@@ -62,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 ENV_HOME = "VGGNET_HOME"
 ENV_OFFLINE = "VGGNET_OFFLINE"
+ENV_MIRROR = "VGGNET_MIRROR"
 LOCK_STALL = 120.0  # give up waiting for another process's download after this long without progress
 
 Progress = Callable[[int], object]  # called with the byte count of each chunk hashed
@@ -107,6 +104,24 @@ _LOCAL_HINT = (
 )
 
 
+class NotARegularFileError(OSError):
+    """A name in the cache is a symbolic link, FIFO, device or directory: vggnet neither reads nor writes through it.
+
+    Someone who can write to a shared cache could otherwise make vggnet write to, or hang on, any
+    file they point at; the fix is to remove the name (`vggnet cache --remove NAME`) and look at who made it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "not a regular file") -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"refusing {self.path}: it is {what}, and vggnet only opens regular files it can check "
+            f"(nothing was read from or written through it); remove it ('vggnet cache --remove {self.path.name}')"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self.path),)
+
+
 def normalize_digest(sha256: str) -> str:
     """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
     digest = sha256.lower()
@@ -137,157 +152,12 @@ def _offline() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-# --- listing and removal ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CachedFile:
-    """A file in a cache or mirror folder, with the stamp and lock that serve it (see the module docstring)."""
-
-    path: Path
-    kind: str  # "checkpoint" (any file but vggnet's bookkeeping), "zip copy", "partial" or "corrupt"
-    base: str  # the name of the checkpoint it belongs to (its own name for a checkpoint)
-    size: int  # bytes
-    related: tuple[Path, ...]  # its NAME.stamp and NAME.lock, where present: removed with it
-    sha256: str | None  # the digest its stamp recorded when it was last hashed
-    checked: bool = False  # that digest matched an expected one (or is of a zip copy vggnet wrote)
-
-    @property
-    def name_digest(self) -> str | None:
-        """The SHA-256 prefix in a checkpoint's torch.hub-style name (`name-<hex>.pth`), which `fetch` checks."""
-        match = _NAME_DIGEST.search(self.path.name) if self.kind == "checkpoint" else None
-        return match.group(1) if match else None
-
-    @property
-    def ours(self) -> bool:
-        """vggnet wrote or verified it: a file with a stamp, a zip copy, a partial download, a corrupt copy.
-
-        A file without a stamp may be torchvision's or anyone's (the default cache is torch.hub's).
-        """
-        return self.kind != "checkpoint" or self.sha256 is not None
-
-
-@dataclass(frozen=True)
-class Removed:
-    """What `remove_cached` deleted, and what it left because another live process holds it."""
-
-    files: tuple[CachedFile, ...]
-    skipped: tuple[Path, ...]  # the partial file of a running download, a lock a process holds
-
-    @property
-    def freed(self) -> int:
-        return sum(entry.size for entry in self.files)
-
-
-# vggnet's own names (the module docstring); anything else in a folder is a plain file, whatever its name.
-_PARTIAL = re.compile(r"(.+)\.(?:[0-9a-f]{8,16}|unverified)\.[0-9a-f]{8}\.partial")  # see _new_partial
-_CORRUPT = re.compile(r"(.+)\.corrupt-\d{8}-\d{6}-[0-9a-f]{4}")  # see _cached_digest
-
-
-def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFile]:
-    """The files in `folder` (default: the cache directory) in name order, each with its stamp and lock.
-
-    Only vggnet's own names are taken for bookkeeping: `NAME.<digest>.<id>.partial`,
-    `NAME.corrupt-<time>-<id>`, and `NAME.zip` with the stamp vggnet wrote for it. Any other file
-    (torch.hub's own `*.partial` included) is a "checkpoint" of its own name. Hidden files
-    (temporaries, the local files' `.stamps/`) are left out; a missing folder holds nothing, and a
-    file in its place is an error naming it (and VGGNET_HOME, when that is what points there).
-    """
-    where = cache_dir() if folder is None else Path(folder)
-    try:
-        with os.scandir(where) as it:
-            entries = sorted(it, key=lambda entry: entry.name)
-    except FileNotFoundError:
-        return []
-    except NotADirectoryError as err:
-        raise _dir_error(where, "it is not a directory") from err
-    present = {entry.name for entry in entries}
-    found: list[CachedFile] = []
-    for entry in entries:
-        name = entry.name
-        if name.startswith(".") or name.endswith((".stamp", ".lock")):
-            continue
-        try:
-            if not entry.is_file():
-                continue
-            size = entry.stat().st_size
-        except FileNotFoundError:  # removed since the listing
-            continue
-        path = where / name
-        stamp = _read_stamp(_stamp_of(path)) if f"{name}.stamp" in present else None
-        kind, base = _kind_of(name, stamp)
-        related = tuple(where / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present)
-        digest = str(stamp["sha256"]) if stamp is not None else None
-        checked = stamp is not None and stamp.get("checked") is True
-        found.append(CachedFile(path, kind, base, size, related, digest, checked))
-    return found
-
-
-def _kind_of(name: str, stamp: dict[str, Any] | None) -> tuple[str, str]:
-    """(kind, the checkpoint it belongs to) of a file named `name` whose stamp (if any) is `stamp`."""
-    for kind, pattern in (("partial", _PARTIAL), ("corrupt", _CORRUPT)):
-        match = pattern.fullmatch(name)
-        if match:
-            return kind, match.group(1)
-    if name.endswith(".zip") and stamp is not None and "source_sha256" in stamp:  # written by _convert
-        return "zip copy", name[: -len(".zip")]
-    return "checkpoint", name
-
-
-def remove_cached(*names: str, folder: str | os.PathLike[str] | None = None, local_stamps: bool = False) -> Removed:
-    """Delete `names` (as `cached_files` lists them) from `folder` (default: the cache directory).
-
-    A checkpoint's name takes all that belongs to it: stamp, lock, zip copy, partial downloads,
-    corrupt copies. The name of a zip copy, partial or corrupt copy takes only that file (and its
-    stamp and lock). What another live process holds (the partial file of a running download, a
-    held lock) is left in place and listed in `skipped`. `local_stamps=True` also forgets the
-    digests recorded for local files (`.stamps/`), which are then hashed again on their next use.
-    Names that are not in the folder are ignored.
-    """
-    where = cache_dir() if folder is None else Path(folder)
-    removed: list[CachedFile] = []
-    skipped: list[Path] = []
-    for entry in cached_files(where):
-        if entry.base not in names and entry.path.name not in names:
-            continue
-        held = [path for path in (entry.path, *entry.related) if not _remove(path)]
-        skipped.extend(held)
-        if entry.path not in held:
-            removed.append(entry)
-    for name in names:  # the stamp and lock of a checkpoint that is not (or no longer) there
-        for path in (where / f"{name}.stamp", where / f"{name}.lock"):
-            if not (where / name).exists() and path.exists() and path not in skipped and not _remove(path):
-                skipped.append(path)
-    if local_stamps:
-        shutil.rmtree(where / ".stamps", ignore_errors=True)
-    return Removed(tuple(removed), tuple(skipped))
-
-
-def _remove(path: Path) -> bool:
-    """Delete `path`; False, leaving it, if it is a partial download or lock that a live process holds."""
-    if not path.name.endswith((".partial", ".lock")):
-        path.unlink(missing_ok=True)
-        return True
-    if sys.platform == "win32":  # no flock there, but a file another process has open cannot be deleted
-        try:
-            path.unlink(missing_ok=True)
-        except PermissionError:
-            return False
-        return True
-    f = _claim(path)
-    if f is None:  # a running download or a lock holder has its flock on it, unless it is gone
-        return not path.exists()
-    with f:
-        path.unlink(missing_ok=True)
-    return True
-
-
 def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, progress: Progress | None = None) -> str:
     """`path`'s full SHA-256, hashed afresh: no stamp is trusted or written. `progress` sees each chunk's size.
 
     Raises `ChecksumError` (with `.actual`) if the digest does not start with `expected`, a digest or its prefix.
     """
-    digest = _hash_file(Path(path), progress)
+    digest = _hash_file(Path(path), progress, follow=True)  # the caller's own path; still only a regular file
     if expected is not None and not digest.startswith(expected):
         raise ChecksumError(str(path), path, expected, digest, detail="the file was left where it is", hint=_LOCAL_HINT)
     return digest
@@ -341,14 +211,14 @@ def _check_dir(folder: Path, *, create: bool) -> None:
             raise _dir_error(folder, f"cannot create it: {err.strerror or err}") from err
 
 
-def _dir_error(folder: Path, problem: str) -> OSError:
+def _dir_error(folder: Path, problem: str, need: str = "a writable directory") -> OSError:
     home = os.environ.get(ENV_HOME)
     if _same_dir(folder, cache_dir()):
         what = f"the cache directory {ENV_HOME}={home}" if home else f"the cache directory {folder} (torch.hub's)"
         fix = f"point {ENV_HOME} at one, or unset it to use torch.hub's" if home else f"set {ENV_HOME} to one"
     else:
         what, fix = f"the directory {folder}", "choose another (model_dir=, --to)"
-    return OSError(f"{what} cannot hold checkpoints: {problem}. It must be a writable directory; {fix}")
+    return OSError(f"{what} cannot hold checkpoints: {problem}. It must be {need}; {fix}")
 
 
 # --- what is cached: checked, moved aside, adopted ------------------------------------------------
@@ -361,20 +231,31 @@ def _matches(digest: str, expected: str | None) -> bool:
 def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
     """The digest of a cached file that matches `expected`; a mismatching file is moved aside (None)."""
     try:
-        st = os.stat(dest)
+        st = os.lstat(dest)
     except FileNotFoundError:
         return None
-    digest = _digest(dest, _stamp_of(dest), expected)
-    if _matches(digest, expected):
-        return digest
-    assert expected is not None  # _matches is True without an expectation
-    # Move aside only the file we hashed: another process may have put a good one in place since.
-    if os.stat(dest).st_ino != st.st_ino:
+    if not stat.S_ISREG(st.st_mode):  # planted: a link, a FIFO; renaming it follows nothing
+        digest, problem = "", f"it is {_kind_of_mode(st.st_mode)}, not a regular file"
+    else:
+        try:
+            digest = _digest(dest, _stamp_of(dest), expected)
+        except NotARegularFileError:  # replaced since the lstat
+            return _cached_digest(dest, expected, url)
+        if _matches(digest, expected):
+            return digest
+        problem = f"SHA-256 {digest} does not match {expected}"
+    # Move aside only the file we checked: another process may have put a good one in place since.
+    if os.lstat(dest).st_ino != st.st_ino:
         return _cached_digest(dest, expected, url)
     aside = dest.with_name(f"{dest.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
     os.replace(dest, aside)
     _stamp_of(dest).unlink(missing_ok=True)
-    logger.warning("%s: SHA-256 %s does not match %s; moved it aside to %s", dest, digest, expected, aside.name)
+    logger.warning("%s: %s; moved it aside to %s", dest, problem, aside.name)
+    if not digest:
+        if _offline():
+            raise NotARegularFileError(dest, f"{_kind_of_mode(st.st_mode)} (moved aside to {aside.name})")
+        return None
+    assert expected is not None  # _matches is True without an expectation
     if _offline():
         raise ChecksumError(
             url, dest, expected, digest,
@@ -386,7 +267,7 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
 
 def _adopt(src: Path, dest: Path, expected: str) -> str | None:
     """Hard-link (or copy) a file from torch.hub's cache into ours, if its digest matches."""
-    if not src.is_file():
+    if not _is_regular(src):
         return None
     dest.parent.mkdir(parents=True, exist_ok=True)  # offline, nothing else has created it
     tmp = _temp_name(dest)
@@ -394,8 +275,15 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
         try:
             os.link(src, tmp)  # hash the linked inode, not the name, so what is checked is what is kept
             digest = _hash_file(tmp)
+        except NotARegularFileError:
+            logger.warning("ignoring %s: it is not a regular file", src)
+            return None
         except OSError:
-            digest = _copy_hashing(src, tmp)
+            try:
+                digest = _copy_hashing(src, tmp)
+            except NotARegularFileError:
+                logger.warning("ignoring %s: it is not a regular file", src)
+                return None
         if not digest.startswith(expected):
             logger.warning("ignoring %s: its SHA-256 %s does not match %s", src, digest, expected)
             return None
@@ -405,6 +293,67 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
         return digest
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# --- opening files: never through a symbolic link, never a FIFO or device ---------------------------
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _kind_of_mode(mode: int) -> str:
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _open_fd(path: Path, flags: int = os.O_RDONLY, *, follow: bool = False, mode: int = 0o600) -> int:
+    """`os.open(path, flags)` of a regular file, else `NotARegularFileError`.
+
+    Without `follow`, a symbolic link is refused rather than followed (O_NOFOLLOW); O_NONBLOCK makes
+    opening a FIFO return at once instead of waiting for a writer; fstat then refuses anything that
+    is not a regular file, so nothing is ever read from, written through or waited on but a file.
+    """
+    try:
+        fd = os.open(path, flags | _NONBLOCK | _BINARY | (0 if follow else _NOFOLLOW), mode)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link (O_NOFOLLOW), a FIFO without reader
+            try:
+                what = _kind_of_mode(os.lstat(path).st_mode)
+            except OSError:
+                what = "not a regular file"
+            raise NotARegularFileError(path, what) from err
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(path, _kind_of_mode(st.st_mode))
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_read(path: Path, *, follow: bool = False) -> IO[bytes]:
+    """`path` opened for reading as `_open_fd` does: a regular file, not followed through a link."""
+    return os.fdopen(_open_fd(path, follow=follow), "rb")
+
+
+def _is_regular(path: Path) -> bool:
+    """`path` is a regular file itself (not a link to one)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 # --- stamps and hashing ----------------------------------------------------------------------------
@@ -419,34 +368,47 @@ def _stat_fields(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
 
 
+_STAMP_MAX = 1 << 16  # bytes: a stamp is a line of JSON
+
+
 def _read_stamp(stamp: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(stamp.read_text(encoding="utf-8"))
+        with _open_read(stamp) as f:
+            data = json.loads(f.read(_STAMP_MAX).decode("utf-8"))
+    except NotARegularFileError as err:
+        logger.warning("%s", err)
+        return None
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("sha256"), str) else None
 
 
-def _stamp_matches(stamp: dict[str, Any] | None, path: Path) -> bool:
+def _stamp_matches(stamp: dict[str, Any] | None, path: Path | os.stat_result) -> bool:
+    """`stamp` still describes `path` (its lstat: a link is never its target), or an fstat result."""
     try:
-        fields = _stat_fields(os.stat(path))
+        st = path if isinstance(path, os.stat_result) else os.lstat(path)
     except OSError:
         return False
-    return stamp is not None and all(stamp.get(k) == v for k, v in fields.items())
+    fields = _stat_fields(st)
+    return stamp is not None and stat.S_ISREG(st.st_mode) and all(stamp.get(k) == v for k, v in fields.items())
 
 
-def _write_stamp(path: Path, digest: str, stamp: Path | None = None, *, checked: bool, **extra: str) -> None:
+def _write_stamp(
+    path: Path, digest: str, stamp: Path | None = None, *, checked: bool, st: os.stat_result | None = None, **extra: str
+) -> None:
     """Record `path`'s stat and digest. A cache we cannot write to only costs a re-hash next time.
 
     `checked` says the digest matched an expected one (a record's, a sha256 argument, a torch.hub
     name's) or is of bytes vggnet wrote itself; only then may `vggnet verify` take it as the reference.
+    `st` is the fstat of the file that was hashed (else `path`'s lstat).
     """
     stamp = stamp or _stamp_of(path)
     tmp = _temp_name(stamp)
     try:
-        data = {"file": str(path), **_stat_fields(os.stat(path)), "sha256": digest, "checked": checked, **extra}
+        data = {"file": str(path), **_stat_fields(st or os.lstat(path)), "sha256": digest, "checked": checked, **extra}
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data), encoding="utf-8")
+        with _create_private(tmp) as f:
+            f.write(json.dumps(data).encode("utf-8"))
         os.replace(tmp, stamp)
     except OSError as err:
         logger.debug("could not write %s: %s", stamp, err)
@@ -455,37 +417,52 @@ def _write_stamp(path: Path, digest: str, stamp: Path | None = None, *, checked:
             tmp.unlink(missing_ok=True)
 
 
-def _stamped_digest(path: Path, stamp_path: Path | None = None, expected: str | None = None) -> str | None:
-    """The digest `path`'s stamp records, while the stamp still describes it; else None.
+def _stamped_digest(
+    path: Path, stamp_path: Path | None = None, expected: str | None = None, *, st: os.stat_result | None = None
+) -> str | None:
+    """The digest `path`'s stamp records, while the stamp still describes it (or `st`, an open file's fstat).
 
     A stamp whose digest matches `expected` is marked checked, if it was not yet.
     """
     stamp_path = stamp_path or _stamp_of(path)
     stamp = _read_stamp(stamp_path)
-    if stamp is None or not _stamp_matches(stamp, path):
+    if stamp is None or not _stamp_matches(stamp, st or path):
         return None
     digest = str(stamp["sha256"])
     if expected is not None and stamp.get("checked") is not True and digest.startswith(expected):
-        _write_stamp(path, digest, stamp_path, checked=True)
+        _write_stamp(path, digest, stamp_path, checked=True, st=st)
     return digest
 
 
-def _digest(path: Path, stamp_path: Path, expected: str | None) -> str:
+def _digest(path: Path, stamp_path: Path, expected: str | None, *, follow: bool = False) -> str:
     """`path`'s full SHA-256: from its stamp while the stamp still describes it, else hashed (and stamped).
 
-    The stamp records whether the digest matched `expected` (see `_write_stamp`).
+    The stamp records whether the digest matched `expected` (see `_write_stamp`). `follow`: the
+    caller's own file may be reached through a link; a file in the cache never is.
     """
-    digest = _stamped_digest(path, stamp_path, expected)
+    with _open_read(path, follow=follow) as f:
+        return _digest_of(f, path, stamp_path, expected)
+
+
+def _digest_of(f: IO[bytes], path: Path, stamp_path: Path, expected: str | None) -> str:
+    """`_digest` of the open file `f` (named `path`): its stamp must describe this very file (fstat)."""
+    st = os.fstat(f.fileno())
+    digest = _stamped_digest(path, stamp_path, expected, st=st)
     if digest is None:
-        digest = _hash_file(path)
-        _write_stamp(path, digest, stamp_path, checked=expected is not None and digest.startswith(expected))
+        digest = _hash_file(f)
+        _write_stamp(path, digest, stamp_path, checked=expected is not None and digest.startswith(expected), st=st)
     return digest
 
 
-def _hash_file(path: Path, progress: Progress | None = None) -> str:
+def _hash_file(source: Path | IO[bytes], progress: Progress | None = None, *, follow: bool = False) -> str:
+    """The SHA-256 of a file named by `source` (opened as `_open_read` does), or of an open file from its start."""
     hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        _hash_into(f, hasher, progress)
+    if isinstance(source, Path):
+        with _open_read(source, follow=follow) as f:
+            _hash_into(f, hasher, progress)
+    else:
+        source.seek(0)
+        _hash_into(source, hasher, progress)
     return hasher.hexdigest()
 
 
@@ -505,7 +482,7 @@ def _hash_into(f: IO[bytes], hasher: Any, progress: Progress | None = None) -> i
 
 def _copy_hashing(src: Path, dst: Path) -> str:
     hasher = hashlib.sha256()
-    with open(src, "rb") as fin, _create_private(dst) as fout:
+    with _open_read(src) as fin, _create_private(dst) as fout:
         while chunk := fin.read(_CHUNK):
             hasher.update(chunk)
             fout.write(chunk)
@@ -518,14 +495,20 @@ def _temp_name(path: Path) -> Path:
 
 def _create_private(path: Path) -> IO[bytes]:
     """A new file only its owner can read (0600), opened for reading and writing."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o600)  # never an existing name
     return os.fdopen(fd, "r+b")
 
 
-def _publish(tmp: Path, dest: Path) -> None:
-    """Make a verified private file readable like any downloaded file, then rename it into place."""
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
+def _publish(f: IO[bytes], tmp: Path, dest: Path) -> None:
+    """Make the verified private file `f` (open as `tmp`) readable like any downloaded file; rename it into place.
+
+    The mode is changed through the open file, never through a name someone else may have replaced.
+    """
+    if os.chmod in os.supports_fd:
+        os.chmod(f.fileno(), 0o644)
+    else:  # Windows: only the read-only bit exists
+        os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)  # what lands at `dest` is checked again, from the open file, by every load
 
 
 # --- partial downloads and locks -------------------------------------------------------------------
@@ -553,20 +536,34 @@ def _partials(dest: Path, key: str) -> list[Path]:
 
 def _size_or_zero(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return os.lstat(path).st_size
     except OSError:
         return 0
 
 
-def _claim(path: Path) -> IO[bytes] | None:
-    """Open and flock another download's partial file, if its writer is gone and it is still there."""
+def _claim(path: Path, *, write: bool = True) -> IO[bytes] | None:
+    """Open and flock another download's partial file (or a lock), if its holder is gone and it is still there.
+
+    Only a regular file is opened, never through a link; one to be written to (`write`, a partial
+    to resume) must also be this user's own, as vggnet created it (0600), so no one else can change
+    it, and have no other name, so it is not a hard link to some other file of the user's.
+    """
     try:
-        f = open(path, "r+b")  # noqa: SIM115 (handed to the caller)
+        fd = _open_fd(path, os.O_RDWR if write else os.O_RDONLY)
+    except NotARegularFileError as err:
+        logger.warning("%s", err)
+        return None
     except OSError:
         return None
+    f = os.fdopen(fd, "r+b" if write else "rb")
     try:
+        st = os.fstat(fd)
+        if write and hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+            logger.warning("not resuming %s: it belongs to another user (uid %d)", path, st.st_uid)
+        elif write and st.st_nlink != 1:  # a hard link to some other file of this user's: never written to
+            logger.warning("not resuming %s: it has %d names (hard links), vggnet made it with one", path, st.st_nlink)
         # Between open and flock the writer may have finished and renamed the file into place.
-        if _try_flock(f.fileno()) and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+        elif _try_flock(fd) and os.lstat(path).st_ino == st.st_ino:
             return f
     except OSError:
         pass
@@ -593,47 +590,66 @@ def _lock(dest: Path, *, create: bool = True) -> Iterator[None]:
 
     The lock only saves bandwidth and time: a holder that died releases it with its file
     descriptors, and a holder that stopped making progress for LOCK_STALL seconds (or a directory
-    where no lock can be taken) is waited for no longer. Correctness comes from the private
-    temporary files and atomic renames.
+    where no lock can be taken, or a lock name that is not a regular file) is waited for no longer.
+    Correctness comes from the private temporary files and atomic renames.
     """
-    import filelock
-
-    lock: filelock.BaseFileLock | None = None
+    if sys.platform == "win32":  # no flock: filelock's msvcrt locking
+        with _win_lock(dest, create=create):
+            yield
+        return
+    fd: int | None = None
     try:
         if create:
             dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.parent.is_dir():
-            lock = filelock.FileLock(str(dest) + ".lock")
-            lock.acquire(timeout=0)
-    except filelock.Timeout:
-        assert lock is not None
-        lock = _wait_for(lock, dest)
+            # Read-only and without O_TRUNC: flock needs no more, and a lock someone else created still locks.
+            fd = _open_fd(dest.with_name(dest.name + ".lock"), os.O_RDONLY | os.O_CREAT, mode=0o644)
+            if not _try_flock(fd) and not _wait_for(fd, dest):
+                os.close(fd)
+                fd = None
     except OSError as err:
         logger.warning("cannot lock %s (%s); going on without the lock", dest, err)
-        lock = None
+        fd = None
     try:
         yield
     finally:
-        if lock is not None:
-            lock.release()
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
 
-def _wait_for(lock: filelock.BaseFileLock, dest: Path) -> filelock.BaseFileLock | None:
+@contextlib.contextmanager
+def _win_lock(dest: Path, *, create: bool) -> Iterator[None]:
     import filelock
 
+    lock = filelock.FileLock(str(dest) + ".lock")
+    try:
+        if create:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=LOCK_STALL)
+    except (OSError, filelock.Timeout) as err:
+        logger.warning("cannot lock %s (%s); going on without the lock", dest, err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _wait_for(fd: int, dest: Path) -> bool:
+    """Wait until the flock on `fd` is ours (True), or its holder made no progress for LOCK_STALL s (False)."""
     logger.info("waiting for another process to finish %s", dest)
     mark, since = _partial_bytes(dest), time.monotonic()
     while True:
-        try:
-            lock.acquire(timeout=1.0)
-            return lock
-        except filelock.Timeout:
-            now = _partial_bytes(dest)
-            if now != mark:
-                mark, since = now, time.monotonic()
-            elif time.monotonic() - since > LOCK_STALL:
-                logger.warning("the process holding %s.lock made no progress for %.0f s; going on", dest, LOCK_STALL)
-                return None
+        time.sleep(0.1)
+        if _try_flock(fd):
+            return True
+        now = _partial_bytes(dest)
+        if now != mark:
+            mark, since = now, time.monotonic()
+        elif time.monotonic() - since > LOCK_STALL:
+            logger.warning("the process holding %s.lock made no progress for %.0f s; going on", dest, LOCK_STALL)
+            return False
 
 
 def _partial_bytes(dest: Path) -> int:

@@ -65,7 +65,7 @@ def _error(message: str) -> None:
 # --- the commands ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from .cache import CachedFile
+    from .cache_admin import CachedFile
     from .weights import WeightsEnum
 
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -475,7 +475,8 @@ def _add_verify(sub: SubParsers) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cache import ChecksumError, cache_dir, cached_files, verify_file
+    from .cache import ChecksumError, cache_dir, verify_file
+    from .cache_admin import cached_files
 
     folder = args.folder if args.folder is not None else cache_dir()
     if args.folder is not None and not folder.is_dir():
@@ -558,7 +559,8 @@ def _add_cache(sub: SubParsers) -> None:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from .cache import cache_dir, cached_files, remove_cached
+    from .cache import cache_dir
+    from .cache_admin import cached_files, remove_cached
 
     folder = cache_dir()
     entries = cached_files(folder)

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 
 import torch
@@ -28,6 +28,7 @@ from .cache import (
     _LOCAL_HINT,
     _NAME_DIGEST,
     ENV_HOME,
+    ENV_MIRROR,
     ENV_OFFLINE,
     ChecksumError,
     _adopt,
@@ -35,10 +36,12 @@ from .cache import (
     _check_dir,
     _create_private,
     _digest,
+    _digest_of,
     _hash_file,
     _lock,
     _matches,
     _offline,
+    _open_read,
     _publish,
     _read_stamp,
     _safe_name,
@@ -70,8 +73,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ENV_MIRROR = "VGGNET_MIRROR"
 
 MapLocation = str | torch.device | None
 
@@ -355,8 +356,10 @@ def _fetch(
                 f"{dest.name} is not in the cache and {ENV_OFFLINE} is set, so it was not downloaded: "
                 f"download {origin} and put it in {dest.parent} (or point {ENV_MIRROR} at a directory holding it)"
             )
-        return dest, download_file(url, dest, expected=expected, size=size, max_size=max_size,
-                               progress=progress, timeout=timeout, retries=retries, hint=download_hint)  # fmt: skip
+        return dest, download_file(
+            url, dest, expected=expected, size=size, max_size=max_size, progress=progress,
+            timeout=timeout, retries=retries, hint=download_hint, origin=origin,
+        )  # fmt: skip
 
 
 def _warn_unverified(expected: str | None, path: Path) -> None:
@@ -367,8 +370,7 @@ def _warn_unverified(expected: str | None, path: Path) -> None:
 def _verify_local(path: Path, expected: str | None, url: str, *, size: int | None, stamps: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} (from {url!r}) is not a file")
-    key = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:32]
-    digest = _digest(path, stamps / f"{key}.json", expected)
+    digest = _digest(path, _local_stamp(path, stamps), expected, follow=True)
     left = "the file was left where it is and not loaded"
     if not _matches(digest, expected):
         assert expected is not None
@@ -381,24 +383,52 @@ def _verify_local(path: Path, expected: str | None, url: str, *, size: int | Non
     return digest
 
 
+def _local_stamp(path: Path, stamps: Path) -> Path:
+    """Where the stamp of a local file (the caller's, a mirror directory's) lives: `.stamps/` of the cache."""
+    return stamps / f"{hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:32]}.json"
+
+
 # --- loading ---------------------------------------------------------------------------------------
 
 
 def _load(path: Path, digest: str, *, where: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
-    """Load a verified file; legacy-format files go through a verified zip copy so they can be mmapped."""
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == _ZIP_MAGIC
-    if is_zip:
-        return _state_dict(_torch_load(path, mmap=True, map_location=map_location), path)
-    copy = _zip_copy(path, digest, where)
-    if copy is None:
-        return _state_dict(_torch_load(path, mmap=False, map_location=map_location), path)
-    return _state_dict(_torch_load(copy, mmap=True, map_location=map_location), copy)
+    """Load the file `fetch` verified; legacy-format files go through a verified zip copy so they can be mmapped.
+
+    The file is opened once: that open file is checked against `digest` (through a stamp that
+    describes this very file, else hashed) and that same file is loaded, so a rename between the
+    check and the load cannot change what is loaded.
+    """
+    local = path.parent != where  # the caller's own file or a mirror directory's, not one in the cache
+    stamp = _local_stamp(path, where / ".stamps") if local else _stamp_of(path)
+    with _open_read(path, follow=local) as f:
+        actual = _digest_of(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
+        if actual != digest:
+            raise ChecksumError(
+                str(path), path, digest, actual, detail="it changed after it was verified, and was not loaded",
+                hint="Something else is writing to this file: load again, and find what replaces it.",
+            )  # fmt: skip
+        f.seek(0)
+        if f.read(4) == _ZIP_MAGIC:
+            return _state_dict(_torch_load(f, path, mmap=True, map_location=map_location), path)
+        copy = _zip_copy(f, path, digest, where)
+        if copy is None:
+            return _state_dict(_torch_load(f, path, mmap=False, map_location=map_location), path)
+    copy_path = where / f"{path.name}.zip"
+    with copy:
+        return _state_dict(_torch_load(copy, copy_path, mmap=True, map_location=map_location), copy_path)
 
 
-def _torch_load(path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
+def _torch_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
+    """torch.load of the open file `f` (named `path`), weights only; memory-mapped through /proc/self/fd if asked.
+
+    torch.load memory-maps only a named file: /proc/self/fd/N names the very file `f` holds open,
+    whatever has been renamed since. Elsewhere the file is read through `f`, without mmap.
+    """
+    f.seek(0)
+    fd_path = Path(f"/proc/self/fd/{f.fileno()}")
+    mmap = mmap and fd_path.exists()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch.load(fd_path if mmap else f, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise pickle.UnpicklingError(
             f"refused to load {path}: it holds pickled code or objects other than tensors and plain "
@@ -428,51 +458,63 @@ def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _zip_copy(path: Path, digest: str, where: Path) -> Path | None:
-    """A verified zip-format copy of the legacy-format file `path`, written once into `where`.
+def _zip_copy(source: IO[bytes], path: Path, digest: str, where: Path) -> IO[bytes] | None:
+    """A verified zip-format copy of the legacy-format file `source` (open as `path`), opened; written once.
 
     torch.load cannot memory-map the legacy format, so every load would read and copy the whole
     file; the copy costs one conversion and the disk space of a second file. Returns None (and
     the caller reads the legacy file directly) when the copy cannot be written.
     """
     copy = where / f"{path.name}.zip"
-    if _zip_copy_ok(copy, digest):
-        return copy
+    opened = _open_zip_copy(copy, digest)
+    if opened is not None:
+        return opened
     try:
         with _lock(copy):
-            if _zip_copy_ok(copy, digest):
-                return copy
-            return _convert(path, copy, digest)
+            opened = _open_zip_copy(copy, digest)
+            if opened is None:
+                _convert(source, path, copy, digest)
+                opened = _open_zip_copy(copy, digest)
+            return opened
     except OSError as err:
         logger.warning("could not write a zip copy of %s (%s); loading the legacy file without mmap", path, err)
         return None
 
 
-def _zip_copy_ok(copy: Path, source_digest: str) -> bool:
+def _open_zip_copy(copy: Path, source_digest: str) -> IO[bytes] | None:
+    """The zip copy of the file whose digest is `source_digest`, opened, if its stamp vouches for the open file."""
     stamp = _read_stamp(_stamp_of(copy))
-    if stamp is None or stamp.get("source_sha256") != source_digest or not copy.is_file():
-        return False
-    if _stamp_matches(stamp, copy):
-        return True
-    if _hash_file(copy) != stamp["sha256"]:
+    if stamp is None or stamp.get("source_sha256") != source_digest:
+        return None
+    try:
+        f = _open_read(copy)
+    except OSError as err:  # gone, or not a regular file (logged): made again
+        logger.debug("cannot open %s: %s", copy, err)
+        return None
+    st = os.fstat(f.fileno())
+    if _stamp_matches(stamp, st):
+        return f
+    if _hash_file(f) != stamp["sha256"]:
         logger.warning("%s changed on disk; converting again", copy)
-        return False
-    _write_stamp(copy, str(stamp["sha256"]), checked=True, source_sha256=source_digest)
-    return True
+        f.close()
+        return None
+    _write_stamp(copy, str(stamp["sha256"]), checked=True, source_sha256=source_digest, st=st)
+    return f
 
 
-def _convert(path: Path, copy: Path, digest: str) -> Path:
+def _convert(source: IO[bytes], path: Path, copy: Path, digest: str) -> None:
     started = time.perf_counter()
-    state = _torch_load(path, mmap=False, map_location="cpu")
+    state = _torch_load(source, path, mmap=False, map_location="cpu")
     _state_dict(state, path)  # refuse anything that is not a state dict before writing a copy of it
     tmp = _temp_name(copy)
     try:
         with _create_private(tmp) as f:
             torch.save(state, f)
-        del state
-        _publish(tmp, copy)
+            del state
+            f.flush()
+            written = _hash_file(f)  # the digest of what we wrote
+            _publish(f, tmp, copy)
+            _write_stamp(copy, written, checked=True, source_sha256=digest, st=os.fstat(f.fileno()))
     finally:
         tmp.unlink(missing_ok=True)
-    _write_stamp(copy, _hash_file(copy), checked=True, source_sha256=digest)  # the digest of what we wrote
     logger.info("wrote a memory-mappable zip copy of %s in %.1f s", path.name, time.perf_counter() - started)
-    return copy
