@@ -7,7 +7,7 @@ For example `torch.hub.load("<owner>/vggnet", "vgg16", weights="DEFAULT")`, or
 from vggnet.builders import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 from vggnet.weights import get_weight
 
-# what torch.hub checks is importable before it imports this file (filelock: hub.py's download lock)
+# what torch.hub checks is importable before it imports this file (filelock: cache.py's download lock)
 dependencies = ["torch", "numpy", "requests", "tqdm", "filelock"]
 
 __all__ = [

@@ -18,7 +18,9 @@ from .builders import (
     vgg19,
     vgg19_bn,
 )
-from .hub import ChecksumError, DownloadError, cache_dir, fetch, load_state_dict_from_url
+from .cache import ChecksumError, cache_dir
+from .download import DownloadError
+from .hub import fetch, load_state_dict_from_url
 from .inference import fold_batchnorm, optimize_for_inference
 from .losses import PerceptualLoss
 from .model import VGG, TapInfo, adapt_input_conv, make_layers

@@ -14,18 +14,22 @@ Shared arguments of every builder (documented once here):
 - `in_chans`: input channels (default 3). With weights, a 3-channel first convolution is adapted by
   `model.adapt_input_conv` (1 channel: the sum over RGB; see there for 2 and N > 3).
 - other keyword arguments go to `VGG` (`dropout`, `init_weights`).
-- `pretrained=True/False`: deprecated spelling of `weights="IMAGENET1K_V1"` / `weights=None`.
+- `weights` also takes torchvision's own members (`torchvision.models.VGG16_Weights.DEFAULT`),
+  matched by URL to vggnet's records.
+- torchvision's legacy calls work as in torchvision, each with its UserWarning: `pretrained=True/False`
+  (`weights=<enum>.IMAGENET1K_V1` / `weights=None`), `vgg16(True)` and `weights=True` (the same), and
+  `weights` and `progress` passed positionally.
 
 Every argument is checked before a checkpoint is fetched, so a typo costs no download.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the builders' annotations must be objects at run time,
+# for tools that read them as torchvision's `get_model_weights` does (the enum inside `weights`' union).
 import logging
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -33,7 +37,21 @@ from torch import nn
 from .checks import check_int
 from .config import ARCHS, IN_CHANNELS, arch_config
 from .model import NUM_CLASSES_MEANS, VGG, adapt_input_conv, init_module, make_layers
-from .weights import WEIGHTS_ENUMS, WeightsArg, WeightsEnum, resolve_weights
+from .weights import (
+    WEIGHTS_ENUMS,
+    VGG11_BN_Weights,
+    VGG11_Weights,
+    VGG13_BN_Weights,
+    VGG13_Weights,
+    VGG16_BN_Weights,
+    VGG16_Weights,
+    VGG19_BN_Weights,
+    VGG19_Weights,
+    Weights,
+    WeightsArg,
+    WeightsEnum,
+    resolve_weights,
+)
 
 __all__ = [
     "arch_of_state",
@@ -56,20 +74,60 @@ _HEAD = "classifier.6."
 _FIRST = "features.0.weight"
 
 
-def _legacy_pretrained(arch: str, weights: WeightsArg, kwargs: dict[str, Any]) -> WeightsArg:
-    if "pretrained" not in kwargs:
-        return weights
-    pretrained = kwargs.pop("pretrained")
-    if weights is not None:
-        raise ValueError("pass either weights= or the deprecated pretrained=, not both")
-    replacement = "IMAGENET1K_V1" if pretrained else None
-    warnings.warn(
-        f"pretrained={pretrained} is deprecated; use weights={replacement!r} "
-        f"(or weights={WEIGHTS_ENUMS[arch].__name__}.DEFAULT)",
-        DeprecationWarning,
-        stacklevel=4,
+_SINCE = "since torchvision 0.13"
+
+
+def _legacy_pretrained(
+    arch: str, positional: tuple[object, ...], weights: object, progress: bool, kwargs: dict[str, Any]
+) -> tuple[WeightsArg, bool]:
+    """(weights, progress) for torchvision's legacy calls, warning as torchvision does (UserWarning).
+
+    `vgg16(True)`, `vgg16(weights=True)` and `pretrained=True` mean IMAGENET1K_V1; False means None.
+    Positional arguments are `weights` then `progress`, as torchvision's keyword-only shim reads them.
+    """
+    if positional:
+        if len(positional) > 2:
+            raise TypeError(
+                f"{arch}() takes at most 2 positional arguments (weights, progress), got {len(positional)}; "
+                "pass the others by keyword"
+            )
+        if weights is not None:
+            raise TypeError(f"{arch}() got weights both positionally and as weights=; pass it once, by keyword")
+        names = " and ".join(("'weights'", "'progress'")[: len(positional)])
+        warnings.warn(
+            f"Using {names} as positional parameter(s) is deprecated {_SINCE} and may be removed in the "
+            f"future. Please use keyword parameter(s) instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+        weights = positional[0]
+        if len(positional) == 2:
+            progress = bool(positional[1])
+    legacy = isinstance(weights, bool)  # vgg16(True) or weights=True: torchvision's positional pretrained
+    if "pretrained" in kwargs:
+        if weights is not None:
+            raise ValueError(f"pass either weights= or the deprecated pretrained= to {arch}(), not both")
+        weights = kwargs.pop("pretrained")
+        legacy = True
+        warnings.warn(
+            f"The parameter 'pretrained' is deprecated {_SINCE} and may be removed in the future, "
+            "please use 'weights' instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if not legacy:
+        return cast(WeightsArg, weights), progress  # resolve_weights checks what it really is
+    enum = WEIGHTS_ENUMS[arch]
+    chosen = enum["IMAGENET1K_V1"] if weights else None
+    message = (
+        f"Arguments other than a weight enum, its name, a vggnet.Weights record or `None` for 'weights' are "
+        f"deprecated {_SINCE} and may be removed in the future. The current behavior is equivalent to "
+        f"passing `weights={chosen}`."
     )
-    return replacement
+    if chosen is not None:
+        message += f" You can also use `weights={enum.__name__}.DEFAULT` to get the most up-to-date weights."
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return chosen, progress
 
 
 # The keyword arguments a builder takes besides weights and progress.
@@ -94,7 +152,6 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
 
 
 def _vgg(arch: str, weights: WeightsArg, progress: bool, kwargs: dict[str, Any]) -> VGG:
-    weights = _legacy_pretrained(arch, weights, kwargs)
     _check_arguments(kwargs)
     record = resolve_weights(arch, weights)
     device = kwargs.pop("device", None)
@@ -192,44 +249,60 @@ def _first(items: list[str], n: int = 8) -> str:
 
 
 # fmt: off
-def vgg11(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg11(
+    *positional: object, weights: VGG11_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-11 (configuration A), 8 convolutions; see the module docstring for the arguments."""
-    return _vgg("vgg11", weights, progress, kwargs)
+    return _vgg("vgg11", *_legacy_pretrained("vgg11", positional, weights, progress, kwargs), kwargs)
 
 
-def vgg11_bn(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg11_bn(
+    *positional: object, weights: VGG11_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-11 with BatchNorm after every convolution."""
-    return _vgg("vgg11_bn", weights, progress, kwargs)
+    return _vgg("vgg11_bn", *_legacy_pretrained("vgg11_bn", positional, weights, progress, kwargs), kwargs)
 
 
-def vgg13(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg13(
+    *positional: object, weights: VGG13_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-13 (configuration B), 10 convolutions."""
-    return _vgg("vgg13", weights, progress, kwargs)
+    return _vgg("vgg13", *_legacy_pretrained("vgg13", positional, weights, progress, kwargs), kwargs)
 
 
-def vgg13_bn(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg13_bn(
+    *positional: object, weights: VGG13_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-13 with BatchNorm after every convolution."""
-    return _vgg("vgg13_bn", weights, progress, kwargs)
+    return _vgg("vgg13_bn", *_legacy_pretrained("vgg13_bn", positional, weights, progress, kwargs), kwargs)
 
 
-def vgg16(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg16(
+    *positional: object, weights: VGG16_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-16 (configuration D), 13 convolutions; also takes VGG16_Weights.IMAGENET1K_FEATURES."""
-    return _vgg("vgg16", weights, progress, kwargs)
+    return _vgg("vgg16", *_legacy_pretrained("vgg16", positional, weights, progress, kwargs), kwargs)
 
 
-def vgg16_bn(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg16_bn(
+    *positional: object, weights: VGG16_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-16 with BatchNorm after every convolution."""
-    return _vgg("vgg16_bn", weights, progress, kwargs)
+    return _vgg("vgg16_bn", *_legacy_pretrained("vgg16_bn", positional, weights, progress, kwargs), kwargs)
 
 
-def vgg19(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg19(
+    *positional: object, weights: VGG19_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-19 (configuration E), 16 convolutions."""
-    return _vgg("vgg19", weights, progress, kwargs)
+    return _vgg("vgg19", *_legacy_pretrained("vgg19", positional, weights, progress, kwargs), kwargs)
 
 
-def vgg19_bn(*, weights: WeightsArg = None, progress: bool = True, **kwargs: Any) -> VGG:
+def vgg19_bn(
+    *positional: object, weights: VGG19_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+) -> VGG:
     """VGG-19 with BatchNorm after every convolution."""
-    return _vgg("vgg19_bn", weights, progress, kwargs)
+    return _vgg("vgg19_bn", *_legacy_pretrained("vgg19_bn", positional, weights, progress, kwargs), kwargs)
 # fmt: on
 
 _BUILDERS: dict[str, Callable[..., VGG]] = {

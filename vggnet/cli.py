@@ -61,7 +61,7 @@ def _error(message: str) -> None:
 # --- the commands ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from .hub import CachedFile
+    from .cache import CachedFile
     from .transforms import ImageClassification
     from .weights import WeightsEnum
 
@@ -416,7 +416,7 @@ def _add_list(sub: SubParsers) -> None:
 
 def _run_list(args: argparse.Namespace) -> int:
     from . import weights
-    from .hub import cache_dir
+    from .cache import cache_dir
 
     where = cache_dir()
     entries = []
@@ -497,7 +497,9 @@ def _run_download(args: argparse.Namespace) -> int:
             if args.to is None:
                 path = fetch(record.url, sha256=record.sha256, size=record.size, progress=not args.quiet)
             else:
-                path = add_to_mirror(record, args.to, progress=not args.quiet)
+                path = add_to_mirror(
+                    record.url, args.to, sha256=record.sha256, size=record.size, progress=not args.quiet
+                )
         except (OSError, ValueError, RuntimeError) as err:  # ChecksumError and DownloadError included
             failed += 1
             _error(f"{member}: {err}")
@@ -547,7 +549,7 @@ def _add_verify(sub: SubParsers) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .hub import ChecksumError, cache_dir, cached_files, verify_file
+    from .cache import ChecksumError, cache_dir, cached_files, verify_file
 
     folder = args.folder if args.folder is not None else cache_dir()
     if args.folder is not None and not folder.is_dir():
@@ -630,7 +632,7 @@ def _add_cache(sub: SubParsers) -> None:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from .hub import cache_dir, cached_files, remove_cached
+    from .cache import cache_dir, cached_files, remove_cached
 
     folder = cache_dir()
     entries = cached_files(folder)

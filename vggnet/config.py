@@ -66,3 +66,13 @@ def layer_names(arch: str) -> list[str]:
             names.append(f"bn{block}_{conv}")
         names.append(f"relu{block}_{conv}")
     return names
+
+
+# Shared by the records, the presets, the losses and the hub (one definition each).
+OFFICIAL_BASE: Final = "https://download.pytorch.org/models/"  # what VGGNET_MIRROR replaces
+IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+# Caffe-style input for the SSD-ported vgg16 features: 0-255 scale minus the channel means.
+CAFFE_MEAN: Final = (0.48235, 0.45882, 0.40784)
+CAFFE_STD: Final = (1 / 255, 1 / 255, 1 / 255)
+INTERPOLATIONS: Final = ("nearest", "bilinear", "bicubic")

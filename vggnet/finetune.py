@@ -51,10 +51,11 @@ from tqdm import tqdm
 
 from .builders import get_model, model_from_state
 from .checks import check_int
-from .config import IN_CHANNELS, MIN_SIZE, arch_config
+from .config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, MIN_SIZE, arch_config
+from .hub import load_state_dict_from_url
 from .model import VGG
 from .transforms import ImageClassification, TrainClassification, gray_image, load_image
-from .weights import IMAGENET_MEAN, IMAGENET_STD, resolve_weights
+from .weights import resolve_weights
 
 __all__ = ["EpochStats", "FinetuneResult", "Finetuned", "ImageFolder", "finetune", "load_finetuned"]
 
@@ -281,8 +282,6 @@ def _starting_model(arch: str, weights: _Weights, num_classes: int, in_chans: in
         return _Start(model, tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"])
     if weights.kind in ("file", "url"):
         # a plain state dict in either serialization format (or a training checkpoint holding one)
-        from .hub import load_state_dict_from_url
-
         return _Start(model_from_state(arch, load_state_dict_from_url(name, progress=progress), None, kwargs))
     record = resolve_weights(arch, name)
     if record is None:  # only for weights=None, handled above

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .builders import get_model
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from .model import VGG, check_images, feature_names, layer_list, run_taps
-from .weights import IMAGENET_MEAN, IMAGENET_STD
+from .weights import WEIGHTS_ENUMS
 
 __all__ = ["PerceptualLoss", "gram_matrix"]
 
@@ -176,9 +178,6 @@ def _pretrained(
     arch: str, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> tuple[VGG, Sequence[float], Sequence[float]]:
     """A builder's DEFAULT weights and, unless given, the mean and std of that record."""
-    from .builders import get_model
-    from .weights import WEIGHTS_ENUMS
-
     model = get_model(arch, weights="DEFAULT")  # an unknown name raises the registry's ValueError
     record = WEIGHTS_ENUMS[arch.lower()].from_name("DEFAULT").value
     return model, record.mean if mean is None else mean, record.std if std is None else std
