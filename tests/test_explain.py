@@ -40,6 +40,9 @@ def test_maps_equal_captums_layer_gradcam_on_the_same_layer(vgg11, images, layer
     got = explain(vgg11, images, layer=layer, target=7)
     want = _captum_direct(vgg11, images, layer, [7, 7, 7])
     assert got.targets == [7, 7, 7] and got.layer == layer and got.method == "gradcam"
+    with torch.no_grad():
+        probs = vgg11(images).softmax(dim=1)
+    assert [(e.name, e.probability) for e in got.explained] == [("class 7", pytest.approx(float(p[7]))) for p in probs]
     torch.testing.assert_close(got.cam, want[:, 0], rtol=0, atol=0)
     upsampled = captum_attr.LayerAttribution.interpolate(want, (SIDE, SIDE), interpolate_mode="bilinear")[:, 0]
     peak = upsampled.amax(dim=(1, 2), keepdim=True)
@@ -60,6 +63,7 @@ def test_default_target_is_each_images_top_class(vgg11, images):
     with torch.no_grad():
         probs = vgg11(images).softmax(dim=1)
     assert got.targets == probs.argmax(dim=1).tolist()
+    assert [e.probability for e in got.explained] == pytest.approx(probs.max(dim=1).values.tolist())
     for row, p in zip(got.top, probs):
         assert [c.index for c in row] == p.topk(3).indices.tolist()
         assert [c.probability for c in row] == pytest.approx(p.topk(3).values.tolist())

@@ -40,15 +40,20 @@ class Explanation:
     `cam`: (N, h, w) Grad-CAM at the layer's resolution, as Captum returns it (ReLU applied).
     `heatmap`: (N, H, W) the same, bilinearly upsampled to the images and divided by each map's
     maximum, so it lies in [0, 1] (all zeros where the class has no positive evidence at that layer).
-    `targets`: the class each map explains; `top`: each image's most probable classes.
+    `explained`: the class each map explains, with its probability; `top`: each image's most probable classes.
     """
 
     layer: str
     method: str
     cam: torch.Tensor
     heatmap: torch.Tensor
-    targets: list[int]
+    explained: list[Prediction]
     top: list[list[Prediction]]
+
+    @property
+    def targets(self) -> list[int]:
+        """The class index each map explains."""
+        return [p.index for p in self.explained]
 
 
 def explain(
@@ -69,6 +74,8 @@ def explain(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be a positive integer, got {topk!r}")
     captum = _captum()
     x = images.unsqueeze(0) if images.dim() == 3 else images
     check_images(x, model.in_channels, "explain")
@@ -80,8 +87,11 @@ def explain(
     was_training = model.training
     model.eval()
     try:
-        top = top_classes(model, x, topk, names)
-        targets = [p[0].index for p in top] if target is None else [target] * x.shape[0]
+        with torch.no_grad():
+            probs = model(x).float().softmax(dim=1)
+        top = top_classes(probs, topk, names)
+        targets = [row[0].index for row in top] if target is None else [target] * x.shape[0]
+        explained = [Prediction(t, names[t], float(p[t])) for t, p in zip(targets, probs)]
         with torch.enable_grad():
             cam = captum.LayerGradCam(model, module).attribute(x, target=targets, relu_attributions=True)
     finally:
@@ -90,15 +100,11 @@ def explain(
     upsampled = captum.LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
     peak = upsampled.amax(dim=(2, 3), keepdim=True)
     heatmap = torch.where(peak > 0, upsampled / peak.clamp_min(torch.finfo(peak.dtype).tiny), 0.0)
-    return Explanation(layer, method, cam[:, 0], heatmap[:, 0], targets, top)
+    return Explanation(layer, method, cam[:, 0], heatmap[:, 0], explained, top)
 
 
-def top_classes(model: nn.Module, x: torch.Tensor, k: int, names: Sequence[str]) -> list[list[Prediction]]:
-    """The `k` most probable classes of each image of `x`, by softmax over the model's logits."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"topk must be a positive integer, got {k!r}")
-    with torch.no_grad():
-        probs = model(x).float().softmax(dim=1)
+def top_classes(probs: torch.Tensor, k: int, names: Sequence[str]) -> list[list[Prediction]]:
+    """The `k` most probable classes of each row of `probs` (N, classes), named."""
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
     return [
         [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(row_p, row_i)]
