@@ -20,10 +20,14 @@ from .builders import (
 )
 from .cache import ChecksumError, cache_dir
 from .download import DownloadError
+from .explain import Explanation, explain
+from .feature_maps import FeatureMaps, feature_maps
 from .hub import fetch, load_state_dict_from_url
 from .inference import fold_batchnorm, optimize_for_inference
 from .losses import PerceptualLoss
+from .lpips import LPIPS
 from .model import VGG, TapInfo, adapt_input_conv, make_layers
+from .receptive import ReceptiveField, receptive_fields
 from .summary import summarize
 from .transforms import ImageClassification, TrainClassification
 from .weights import (
@@ -46,6 +50,8 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "cache_dir",
+    "explain",
+    "feature_maps",
     "fetch",
     "load_state_dict_from_url",
     "VGG",
@@ -57,8 +63,12 @@ __all__ = [
     "VGG16_Weights",
     "VGG19_BN_Weights",
     "VGG19_Weights",
+    "Explanation",
+    "FeatureMaps",
     "ImageClassification",
+    "LPIPS",
     "PerceptualLoss",
+    "ReceptiveField",
     "TapInfo",
     "TrainClassification",
     "Weights",
@@ -72,6 +82,7 @@ __all__ = [
     "adapt_input_conv",
     "make_layers",
     "optimize_for_inference",
+    "receptive_fields",
     "summarize",
     "vgg11",
     "vgg11_bn",
