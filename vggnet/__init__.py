@@ -29,6 +29,7 @@ from .lpips import LPIPS
 from .model import VGG, TapInfo, adapt_input_conv, make_layers
 from .receptive import ReceptiveField, receptive_fields
 from .summary import summarize
+from .taps import layer_names, module_names
 from .transforms import ImageClassification, TrainClassification
 from .weights import (
     VGG11_BN_Weights,
@@ -78,7 +79,9 @@ __all__ = [
     "get_model",
     "get_model_weights",
     "get_weight",
+    "layer_names",
     "list_models",
+    "module_names",
     "adapt_input_conv",
     "make_layers",
     "optimize_for_inference",

@@ -16,7 +16,8 @@ from torch import nn
 
 from .builders import get_model
 from .config import IMAGENET_MEAN, IMAGENET_STD
-from .model import VGG, check_images, feature_names, layer_list, run_taps
+from .model import VGG, check_images
+from .taps import feature_layers, feature_names, layer_list, run_taps
 from .weights import WEIGHTS_ENUMS
 
 __all__ = ["PerceptualLoss", "gram_matrix"]
@@ -90,12 +91,12 @@ class PerceptualLoss(nn.Module):
         self.distance = distance
         self.input_range = input_range
 
-        names = feature_names(model._layers())
+        names = feature_names(model.features)
         unknown = [name for name in self.layers + self.style_layers if name not in names]
         if unknown:
             raise ValueError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
         last = max(names.index(name) for name in self.layers + self.style_layers)
-        features = copy.deepcopy(model._layers()[: last + 1])
+        features = copy.deepcopy(feature_layers(model.features)[: last + 1])
         if pool == "avg":
             for i, m in enumerate(features):
                 if isinstance(m, nn.MaxPool2d):

@@ -42,6 +42,7 @@ __all__ = [
     "Weights",
     "WeightsEnum",
     "get_weight",
+    "own_member",
     "normalize_digest",
 ]
 
@@ -226,7 +227,7 @@ class WeightsEnum(Enum):
             if name not in cls.__members__:
                 raise KeyError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
             return cls[name]
-        member = _own_member(obj)
+        member = own_member(obj)
         if not isinstance(member, cls):
             raise TypeError(
                 f"expected weights of {cls.__name__} (None, a member or its name: {_member_names(cls)}), "
@@ -402,7 +403,7 @@ def _describe(obj: object) -> str:
     return repr(obj) if isinstance(obj, Enum) else type(obj).__name__
 
 
-def _own_member(obj: object) -> object:
+def own_member(obj: object) -> object:
     """vggnet's member for torchvision's (any enum member whose `url` is one of vggnet's records); else `obj`.
 
     Matched by URL, so torchvision is never imported. A member with a URL vggnet has no record of is a
@@ -425,14 +426,15 @@ def _own_member(obj: object) -> object:
 
 
 def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
-    """Turn a builder's `weights` argument into a record, or None; strings are looked up in `arch`'s enum.
+    """The record a name, member or record means for `arch` (None for None); strings are looked up in `arch`'s enum.
 
-    torchvision's own members are taken too, matched by URL to vggnet's records.
+    torchvision's own members are taken too, matched by URL to vggnet's records. Records only, kept for
+    compatibility: `checkpoint.load` is the one loader of every weights source.
     """
     enum = WEIGHTS_ENUMS[arch]
     if weights is None or isinstance(weights, Weights):
         return weights
-    member = _own_member(weights)
+    member = own_member(weights)
     if isinstance(member, WeightsEnum):
         if not isinstance(member, enum):
             valid = ", ".join(str(m) for m in enum.__members__.values())
