@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -162,3 +163,55 @@ def test_last_conv_by_depth():
         assert last_conv(vggnet.vgg11(), block=3) == "conv3_2" and last_conv(vggnet.vgg16(), block=3) == "conv3_3"
         with pytest.raises(ValueError, match="no convolution in block 6"):
             last_conv(vggnet.vgg16(), block=6)
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def _seeded_vgg11(seed: int) -> vggnet.VGG:
+    """What `--arch vgg11 --weights none` builds after torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return vggnet.vgg11().eval()
+
+
+def test_the_command_writes_the_map_over_the_photo_and_names_the_classes(tmp_path, capsys):
+    from vggnet.cli import main
+    from vggnet.transforms import load_image
+
+    out = tmp_path / "cam.png"
+    photo = PHOTOS / "chelsea.png"
+    argv = ["explain", str(photo), "--arch", "vgg11", "--weights", "none", "--layer", "conv4_2", "--topk", "3"]
+    torch.manual_seed(5)
+    assert main([*argv, "--out", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    preset = vggnet.ImageClassification(crop_size=224)
+    x = preset(load_image(photo))
+    want = explain(_seeded_vgg11(5), x, layer="conv4_2", topk=3)
+    assert data["layer"] == "conv4_2" and data["method"] == "gradcam" and data["arch"] == "vgg11"
+    assert [p["index"] for p in data["predictions"]] == [p.index for p in want.top[0]]
+    assert data["class"]["index"] == want.targets[0] == data["predictions"][0]["index"]
+    assert data["class"]["label"] == vggnet.weights.IMAGENET_CATEGORIES[want.targets[0]]
+    seen = x * torch.tensor(preset.std).view(3, 1, 1) + torch.tensor(preset.mean).view(3, 1, 1)
+    expected = overlay(seen, want.heatmap[0]).crop((0, 40, 224, 224))  # below the label
+    with Image.open(out) as png:
+        assert png.size == (224, 224) and png.format == "PNG"
+        assert png.convert("RGB").crop((0, 40, 224, 224)).tobytes() == expected.tobytes()
+        assert max(png.convert("L").crop((0, 0, 60, 14)).tobytes()) > 200  # the label's white text
+
+
+def test_the_command_explains_another_class_and_refuses_bad_arguments(tmp_path, capsys):
+    from vggnet.cli import main
+
+    photo, out = str(PHOTOS / "coffee.jpg"), str(tmp_path / "cam.png")
+    common = ["--arch", "vgg11", "--weights", "none"]
+    assert main(["explain", photo, *common, "--class", "281", "--out", out]) == 0
+    stdout = capsys.readouterr().out
+    tabby = vggnet.weights.IMAGENET_CATEGORIES[281]
+    assert stdout.startswith(f"{photo}: gradcam of {tabby} (281) at conv5_2\n")
+    assert len(stdout.splitlines()) == 6  # and the top 5
+    assert main(["explain", photo, *common, "--out", str(tmp_path / "cam.jpg")]) == 2
+    assert "ending in .png" in capsys.readouterr().err
+    assert main(["explain", photo, *common, "--layer", "fc7", "--out", out]) == 2
+    assert "unknown layer 'fc7'" in capsys.readouterr().err
+    assert main(["explain", photo, *common, "--class", "1000", "--out", out]) == 2
+    assert "target must be a class index from 0 to 999" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,36 @@ def test_errors(vgg11, photo):
 
 def test_the_default_layer_is_the_last_convolution_of_block_3(vgg11, photo):
     assert feature_maps(vgg11, photo, count=2).layer == "conv3_2"
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def test_the_command_writes_the_grid_of_the_strongest_maps(tmp_path, capsys):
+    from vggnet.cli import main
+    from vggnet.transforms import load_image
+
+    out = tmp_path / "grid.png"
+    photo = PHOTOS / "rocket.jpg"
+    argv = ["features", str(photo), "--arch", "vgg11", "--weights", "none"]
+    torch.manual_seed(6)
+    assert (
+        main(
+            [*argv, "--layer", "conv2_1", "--count", "6", "--tile", "40", "--columns", "3", "--out", str(out), "--json"]
+        )
+        == 0
+    )
+    data = json.loads(capsys.readouterr().out)
+    torch.manual_seed(6)
+    model = vggnet.vgg11().eval()
+    want = feature_maps(model, vggnet.ImageClassification(crop_size=224)(load_image(photo)), layer="conv2_1", count=6)
+    assert data["channels"] == want.channels and data["means"] == pytest.approx(want.means)
+    assert data["layer"] == "conv2_1" and data["map_size"] == [112, 112]
+    with Image.open(out) as png:
+        assert png.size == (3 * 42 - 2, 2 * 42 - 2)
+        assert png.convert("RGB").tobytes() == want.grid(tile=40, columns=3).tobytes()
+    assert main([*argv, "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{photo}: the 16 strongest of conv3_2's maps (56x56)"  # vgg11's block 3 ends at conv3_2
+    assert len(lines) == 3 + 16
+    assert main([*argv, "--out", str(tmp_path / "grid.svg")]) == 2

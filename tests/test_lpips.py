@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import warnings
 from pathlib import Path
 
@@ -223,3 +224,35 @@ def test_cuda_matches_the_lpips_package_on_the_cpu(served, trunk, reference, mon
         with torch.no_grad():
             want = theirs(x, y).flatten()
         torch.testing.assert_close(ours(x.cuda(), y.cuda()).cpu(), want, rtol=1e-4, atol=1e-5)
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+PHOTOS = Path(__file__).parent / "photos"
+
+
+def test_the_command_on_a_random_trunk_equals_the_library(capsys):
+    from vggnet.cli import main
+    from vggnet.transforms import load_image, pil_to_tensor
+
+    photos = [str(PHOTOS / "chelsea.png"), str(PHOTOS / "coffee.jpg")]
+    common = ["--arch", "vgg16", "--weights", "none", "--lin-weights", str(_package_file("0.1")), "--device", "cpu"]
+    torch.manual_seed(4)
+    assert main(["lpips", *photos, "--size", "48x64", *common, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["size"] == [48, 64] and data["version"] == "0.1" and data["arch"] == "vgg16"
+    torch.manual_seed(4)
+    metric = LPIPS(vggnet.vgg16(), input_range="0-1", lin_weights=_package_file("0.1"))
+    x, y = (pil_to_tensor(load_image(p).resize((64, 48), 2)).float()[None] / 255 for p in photos)  # 2: bilinear
+    assert data["lpips"] == pytest.approx(float(metric(x, y)[0]), rel=1e-5)
+    assert main(["lpips", photos[0], photos[0], *common]) == 0
+    assert capsys.readouterr().out == "0.0000\n"
+
+
+def test_the_command_refuses_images_of_different_sizes(capsys):
+    from vggnet.cli import main
+
+    argv = ["lpips", str(PHOTOS / "chelsea.png"), str(PHOTOS / "coffee.jpg"), "--weights", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "chelsea.png is 451x300 and" in err and "coffee.jpg is 600x400" in err and "--size" in err

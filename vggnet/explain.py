@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .model import VGG, check_images
+from .taps import feature_layers, feature_names
 from .weights import IMAGENET_CATEGORIES
 
 __all__ = ["METHODS", "Explanation", "Prediction", "explain", "top_classes"]
@@ -124,8 +125,8 @@ def category_names(model: VGG, categories: Sequence[str] | None) -> Sequence[str
 
 def layer_module(model: VGG, layer: str) -> nn.Module:
     """The module of `features` that produces the named layer (conv1_1 ... pool5)."""
-    layers = list(model.features.children())
-    names = model.layer_names()[: len(layers)]
+    layers = list(feature_layers(model.features))
+    names = feature_names(model.features)
     if layer not in names:
         raise ValueError(
             f"unknown layer {layer!r}: maps need a layer of `features` with a spatial output; valid: {', '.join(names)}"
@@ -135,7 +136,7 @@ def layer_module(model: VGG, layer: str) -> nn.Module:
 
 def last_conv(model: VGG, block: int | None = None) -> str:
     """The name of the last convolution of `features` (conv5_2, conv5_3 or conv5_4 by depth), or of one block."""
-    names = model.layer_names()[: len(list(model.features.children()))]
+    names = feature_names(model.features)
     prefix = "conv" if block is None else f"conv{block}_"
     convs = [name for name in names if name.startswith(prefix)]
     if not convs:

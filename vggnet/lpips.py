@@ -26,6 +26,7 @@ from torch import nn
 from .builders import get_model
 from .hub import fetch
 from .model import VGG, check_images
+from .taps import feature_layers, feature_names
 
 __all__ = ["LPIPS", "LPIPS_WEIGHTS", "LinearWeights"]
 
@@ -200,8 +201,8 @@ def _trunk(model: VGG) -> tuple[nn.Sequential, frozenset[int]]:
     """A copy of `features` up to relu5_3 and the indices of the five taps in it."""
     if not isinstance(model, VGG):
         raise TypeError(f"net must be a VGG or a builder name such as 'vgg16', got {type(model).__name__}")
-    layers = list(model.features.children())
-    names = model.layer_names()[: len(layers)]
+    layers = list(feature_layers(model.features))
+    names = feature_names(model.features)
     lacking = [t for t in TAPS if t not in names]
     if lacking:
         raise ValueError(

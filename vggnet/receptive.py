@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import arch_config, layer_names
+from .config import arch_config
 from .model import VGG, make_layers
+from .taps import feature_layers, feature_names
 
 __all__ = ["ReceptiveField", "receptive_fields"]
 
@@ -44,11 +45,10 @@ def receptive_fields(model: VGG | str) -> list[ReceptiveField]:
     if isinstance(model, str):
         row, batch_norm = arch_config(model)  # an unknown name raises the ValueError listing the valid ones
         with torch.device("meta"):
-            layers = list(make_layers(row, batch_norm))
-        names = layer_names(model)
+            features = make_layers(row, batch_norm)
     else:
-        layers = list(model.features.children())
-        names = model.layer_names()[: len(layers)]
+        features = feature_layers(model.features)
+    layers, names = list(features), feature_names(features)
     fields: list[ReceptiveField] = []
     size, jump, start = 1, 1, 0.0
     for name, m in zip(names, layers):
