@@ -824,7 +824,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     )
     explained, top = result.explained[0], result.top[0]
     picture = overlay(_photo(x, loaded.preset), result.heatmap[0], alpha=args.alpha)
-    label(picture, f"{explained.name} {explained.probability:.0%} ({result.layer})")
+    label(picture, f"{explained.name} {explained.probability:.1%} ({result.layer})")
     picture.save(args.out)
     predictions = [{"index": p.index, "label": p.name, "probability": p.probability} for p in top]
     if args.json:
