@@ -91,7 +91,7 @@ def test_vgg16_numbers():
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown VGG architecture 'vgg17'; valid: vgg11"):
+    with pytest.raises(ValueError, match="unknown model 'vgg17'; valid: vgg11"):
         receptive_fields("vgg17")
     model = _meta_model("vgg11")
     model.features[0] = nn.Conv2d(3, 64, 3, padding="same")
