@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -195,3 +196,36 @@ def test_png_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
 def test_unknown_plot_format(tmp_path):
     with pytest.raises(ValueError, match=r"\.svg, \.png"):
         plot_summary(summarize("vgg11"), tmp_path / "plot.txt")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_receptive_fields_per_layer_equal_the_recurrence(arch):
+    from vggnet.receptive import receptive_fields
+
+    s = summarize(arch, 160)
+    fields = {f.name: f for f in receptive_fields(arch)}
+    for layer in s.layers:
+        f = fields.get(layer.name)
+        got = (layer.receptive_field, layer.jump, layer.start)
+        assert got == ((f.size, f.jump, f.start) if f is not None else (None, None, None)), layer.name
+    assert s.pool5.receptive_field == {"vgg11": 150, "vgg13": 156, "vgg16": 212, "vgg19": 268}[arch.split("_")[0]]
+
+
+def test_receptive_fields_in_the_json_the_table_and_the_plot(tmp_path):
+    s = summarize("vgg16")
+    layers = {layer["name"]: layer for layer in json.loads(json.dumps(s.to_dict()))["layers"]}
+    assert (layers["conv5_3"]["receptive_field"], layers["conv5_3"]["jump"], layers["conv5_3"]["start"]) == (
+        196,
+        16,
+        7.5,
+    )
+    assert layers["fc6"]["receptive_field"] is None and layers["avgpool"]["jump"] is None
+    lines = format_summary(s).splitlines()
+    assert re.search(r"output shape\s+field\s+jump\s+start\s+params", lines[2])
+    assert re.search(r"\(1, 512, 14, 14\)\s+196\s+16\s+7\.5\s", next(li for li in lines if li.startswith("conv5_3 ")))
+    assert re.search(r"\(1, 4096\)\s+-\s+-\s+-\s", next(li for li in lines if li.startswith("fc6 ")))
+    assert "a pool5 unit sees 212x212 input px" in lines[-1]
+    root = ET.parse(plot_summary(s, tmp_path / "plot.svg")).getroot()
+    fields = [el for el in root.iter("{http://www.w3.org/2000/svg}rect") if el.get("class") == "field"]
+    titles = [el.find("{http://www.w3.org/2000/svg}title").text for el in fields]
+    assert len(fields) == 13 and titles[-1] == "conv5_3: 196 px, jump 16"

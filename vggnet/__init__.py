@@ -20,10 +20,14 @@ from .builders import (
 )
 from .cache import ChecksumError, cache_dir
 from .download import DownloadError
+from .explain import Explanation, explain
+from .feature_maps import FeatureMaps, feature_maps
 from .hub import fetch, load_state_dict_from_url
 from .inference import fold_batchnorm, optimize_for_inference
 from .losses import PerceptualLoss
+from .lpips import LPIPS
 from .model import VGG, TapInfo, adapt_input_conv, make_layers
+from .receptive import ReceptiveField, receptive_fields
 from .summary import summarize
 from .taps import layer_names, module_names
 from .transforms import ImageClassification, TrainClassification
@@ -47,6 +51,8 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "cache_dir",
+    "explain",
+    "feature_maps",
     "fetch",
     "load_state_dict_from_url",
     "VGG",
@@ -58,8 +64,12 @@ __all__ = [
     "VGG16_Weights",
     "VGG19_BN_Weights",
     "VGG19_Weights",
+    "Explanation",
+    "FeatureMaps",
     "ImageClassification",
+    "LPIPS",
     "PerceptualLoss",
+    "ReceptiveField",
     "TapInfo",
     "TrainClassification",
     "Weights",
@@ -75,6 +85,7 @@ __all__ = [
     "adapt_input_conv",
     "make_layers",
     "optimize_for_inference",
+    "receptive_fields",
     "summarize",
     "vgg11",
     "vgg11_bn",

@@ -34,9 +34,13 @@ import torch.distributed as dist
 from .builders import list_models
 from .checkpoint import SOURCE_RULES, ArchMismatch, Loaded, WeightsFileNotFound, available_devices, check_device, load
 from .config import MIN_SIZE, check_arch
+from .explain import METHODS, explain
+from .feature_maps import feature_maps
 from .finetune import IMAGE_SUFFIXES, finetune
+from .lpips import LPIPS
+from .pictures import label, overlay
 from .summary import format_summary, plot_summary, summarize
-from .transforms import load_image
+from .transforms import ImageClassification, load_image, pil_to_tensor
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -148,7 +152,8 @@ def _add_summary(sub: SubParsers) -> None:
         parents=[_COMMON],
         help="per-layer shapes, parameters, MACs and memory of a model (instant, offline)",
         description="One row per layer (the paper's names: conv1_1 ... pool5, avgpool, fc6 ... fc8) with its "
-        "output shape, parameters, multiply-adds and activation memory, then the totals. Computed on the "
+        "output shape, receptive field (side, jump and start in input pixels), parameters, multiply-adds and "
+        "activation memory, then the totals. Computed on the "
         "meta device: no weights, no memory, any input size.",
     )
     p.add_argument("arch", type=_model_arg, metavar="MODEL", help=f"one of {', '.join(list_models())}")
@@ -157,7 +162,10 @@ def _add_summary(sub: SubParsers) -> None:
     p.add_argument("--num-classes", type=_positive, default=1000, metavar="K", help="width of fc8 (default 1000)")
     p.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     p.add_argument(
-        "--plot", type=Path, metavar="FILE", help="draw parameters and MACs per layer (.svg; .png with matplotlib)"
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="draw parameters, MACs and receptive field per layer (.svg; .png with matplotlib)",
     )
 
 
@@ -724,6 +732,207 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# lpips, explain, features: seeing with VGG (issue 15) -------------------------------------------------
+
+
+def _add_lpips(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "lpips",
+        parents=[_COMMON],
+        help="the LPIPS perceptual distance between two images",
+        description="LPIPS (Zhang et al. 2018) between two images of the same size (or both resized with --size): "
+        "VGG16's five relu taps, unit-normalised, weighted by the LPIPS project's published linear layers "
+        "(fetched once from a pinned URL, SHA-256 checked). 0 for identical images; about 0.1-0.7 for "
+        "perceptibly different ones.",
+    )
+    p.add_argument("image1", metavar="IMG1")
+    p.add_argument("image2", metavar="IMG2")
+    p.add_argument("--arch", type=_model_arg, default="vgg16", metavar="MODEL", help="the trunk (default vgg16)")
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=f"the trunk's: {_WEIGHTS_HELP}")
+    p.add_argument("--version", choices=("0.1", "0.0"), default="0.1", help="the linear layers (default 0.1)")
+    p.add_argument("--lin-weights", type=Path, metavar="FILE", help="a local copy of LPIPS' vgg.pth instead")
+    p.add_argument("--size", type=_size_arg, metavar="N|HxW", help="resize both images to this size first")
+    p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def _run_lpips(args: argparse.Namespace) -> int:
+    images = [load_image(path) for path in (args.image1, args.image2)]
+    if args.size is not None:
+        images = [img.resize((args.size[1], args.size[0]), _bilinear()) for img in images]
+    sizes = [f"{img.width}x{img.height}" for img in images]
+    if sizes[0] != sizes[1]:
+        raise UsageError(
+            f"{args.image1} is {sizes[0]} and {args.image2} is {sizes[1]} (width x height); "
+            "pass --size N or --size HxW to resize both"
+        )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    trunk = _vision_model(args, device, classifier=False)
+    metric = LPIPS(
+        trunk.model, version=args.version, input_range="0-1", lin_weights=args.lin_weights, progress=not args.quiet
+    ).to(device)
+    x, y = (pil_to_tensor(img).float().div(255).unsqueeze(0).to(device) for img in images)
+    with torch.no_grad():
+        distance = float(metric(x, y)[0])
+    if args.json:
+        _print_json(
+            {
+                "image1": args.image1,
+                "image2": args.image2,
+                "lpips": distance,
+                "version": args.version,
+                "arch": trunk.arch,
+                "weights": trunk.weights,
+                "size": [images[0].height, images[0].width],
+            }
+        )
+    else:
+        print(f"{distance:.4f}")
+    return EXIT_OK
+
+
+def _add_explain(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "explain",
+        parents=[_COMMON],
+        help="where the model looked: a class-activation map over the image (needs vggnet[explain])",
+        description="Grad-CAM (computed by Captum's LayerGradCam: pip install 'vggnet[explain]') of the top "
+        "class, or of --class K, at a layer (default: the last convolution, conv5_3 in vgg16), drawn in jet "
+        "colours over the image as the model saw it (the weights' resize and crop) and written as a PNG; the "
+        "top classes are printed.",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--arch", type=_model_arg, metavar="MODEL", help="the model (default: the weights' own, else vgg16)")
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=_WEIGHTS_HELP)
+    p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) a file or URL must have")
+    p.add_argument("--layer", metavar="NAME", help="conv1_1 ... pool5 (default: the last convolution)")
+    p.add_argument("--method", choices=METHODS, default="gradcam", help="default gradcam")
+    p.add_argument("--class", dest="target", type=int, metavar="K", help="explain class K (default: the top class)")
+    p.add_argument("--topk", type=_positive, default=5, metavar="K", help="classes to list (default 5)")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map over the photo (default 0.5)")
+    p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="where to write the picture")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    _check_png(args.out)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = _vision_model(args, device, classifier=True)
+    x = loaded.preset(load_image(args.image)).to(device)
+    result = explain(
+        loaded.model,
+        x,
+        layer=args.layer,
+        target=args.target,
+        topk=args.topk,
+        method=args.method,
+        categories=loaded.categories,
+    )
+    explained, top = result.explained[0], result.top[0]
+    picture = overlay(_photo(x, loaded.preset), result.heatmap[0], alpha=args.alpha)
+    label(picture, f"{explained.name} {explained.probability:.1%} ({result.layer})")
+    picture.save(args.out)
+    predictions = [{"index": p.index, "label": p.name, "probability": p.probability} for p in top]
+    if args.json:
+        _print_json(
+            {
+                "image": args.image,
+                "arch": loaded.arch,
+                "weights": loaded.weights,
+                "layer": result.layer,
+                "method": result.method,
+                "class": {"index": explained.index, "label": explained.name, "probability": explained.probability},
+                "predictions": predictions,
+                "out": str(args.out),
+            }
+        )
+    else:
+        print(f"{args.image}: {result.method} of {explained.name} ({explained.index}) at {result.layer}")
+        for pred in predictions:
+            print(f"  {pred['probability']:7.2%}  {pred['label']} ({pred['index']})")
+    if not args.quiet:
+        print(f"map written to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_features(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "features",
+        parents=[_COMMON],
+        help="a grid of a layer's strongest feature maps for an image",
+        description="The channels of a layer with the largest mean activation for an image (after the weights' "
+        "resize and crop), each drawn in jet colours from its own minimum to its maximum, labelled with its "
+        "channel number, written as a PNG grid.",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--arch", type=_model_arg, metavar="MODEL", help="the model (default: the weights' own, else vgg16)")
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=_WEIGHTS_HELP)
+    p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) a file or URL must have")
+    p.add_argument("--layer", metavar="NAME", help="conv1_1 ... pool5 (default: block 3's last conv, conv3_3 in vgg16)")
+    p.add_argument("--count", type=_positive, default=16, metavar="N", help="maps to show (default 16)")
+    p.add_argument("--tile", type=_positive, default=96, metavar="PX", help="tile side in pixels (default 96)")
+    p.add_argument("--columns", type=_positive, metavar="C", help="tiles per row (default: a near-square grid)")
+    p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="where to write the grid")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    _check_png(args.out)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = _vision_model(args, device, classifier=False)
+    maps = feature_maps(loaded.model, loaded.preset(load_image(args.image)).to(device), args.layer, args.count)
+    maps.grid(tile=args.tile, columns=args.columns).save(args.out)
+    if args.json:
+        _print_json(
+            {
+                "image": args.image,
+                "arch": loaded.arch,
+                "weights": loaded.weights,
+                "layer": maps.layer,
+                "map_size": list(maps.maps.shape[1:]),
+                "channels": maps.channels,
+                "means": maps.means,
+                "out": str(args.out),
+            }
+        )
+    else:
+        h, w = maps.maps.shape[1:]
+        print(f"{args.image}: the {len(maps.channels)} strongest of {maps.layer}'s maps ({h}x{w})")
+        print(_table(("channel", "mean"), [(str(c), f"{m:.4f}") for c, m in zip(maps.channels, maps.means)], (0, 1)))
+    if not args.quiet:
+        print(f"grid written to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _vision_model(args: argparse.Namespace, device: str, *, classifier: bool) -> Loaded:
+    """The model, preset and labels --arch/--weights name, by `predict`'s rules; `classifier`: fc8 must be usable."""
+    try:
+        return load(args.weights, arch=args.arch, device=device, progress=not args.quiet,
+                    sha256=getattr(args, "sha256", None), classifier=classifier)  # fmt: skip
+    except ArchMismatch as err:
+        raise UsageError(err.explain("--arch ")) from err
+
+
+def _check_png(path: Path) -> None:
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--out {path}: the picture is written as PNG; give a file name ending in .png")
+
+
+def _photo(x: torch.Tensor, preset: ImageClassification) -> torch.Tensor:
+    """The preprocessed image back in [0, 1]: what the model saw, after the resize and crop."""
+    mean = torch.tensor(preset.mean, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(preset.std, device=x.device).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1).expand(3, -1, -1).cpu()
+
+
+def _bilinear() -> Any:
+    from PIL import Image
+
+    return Image.Resampling.BILINEAR
+
+
 # name -> (declare its arguments, run it); the order is the order of `vggnet --help`.
 COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "summary": (_add_summary, _run_summary),
@@ -734,6 +943,9 @@ COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "cache": (_add_cache, _run_cache),
     "bench": (_add_bench, _run_bench),
     "finetune": (_add_finetune, _run_finetune),
+    "lpips": (_add_lpips, _run_lpips),
+    "explain": (_add_explain, _run_explain),
+    "features": (_add_features, _run_features),
 }
 
 

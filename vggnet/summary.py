@@ -10,6 +10,9 @@ Counting conventions (the ones the records' GFLOPS figures use):
 - `params`: the module's own trainable parameters (BatchNorm running statistics are buffers).
 - `activation_bytes`: the layer's output for the whole batch in float32. In-place ReLUs and
   eval-mode dropout hand back their input tensor, so the summary's total counts that memory once.
+- `receptive_field`, `jump`, `start`: the input square one unit sees, the input pixels between
+  neighbouring units and the centre of unit 0's square (see `receptive.py`); None from avgpool on,
+  where every unit sees the whole image.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import nn
 
 from .config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE, arch_config
 from .model import VGG, make_layers
+from .receptive import receptive_fields
 from .taps import module_names
 
 __all__ = ["LayerInfo", "Summary", "format_summary", "plot_summary", "summarize"]
@@ -50,6 +54,9 @@ class LayerInfo:
     macs: int  # per image
     activation_bytes: int  # the output, for the whole batch, in float32
     shares_input: bool  # the output is the input tensor itself (in-place ReLU, eval-mode dropout)
+    receptive_field: int | None = None  # side of the input square one unit sees, in pixels
+    jump: int | None = None  # input pixels between neighbouring units (the effective stride)
+    start: float | None = None  # input coordinate of unit 0's square's centre (pixel 0's centre is 0)
 
 
 @dataclass(frozen=True)
@@ -189,9 +196,11 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
     names = module_names(model)  # state-dict path -> the tap name: "features.0" -> "conv1_1"
 
     rows: list[LayerInfo] = []
+    fields = {f.name: f for f in receptive_fields(model)}
 
     def record(path: str, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         shape = tuple(output.shape)
+        field = fields.get(names[path]) if path.startswith("features.") else None
         rows.append(
             LayerInfo(
                 name=names[path],
@@ -203,6 +212,9 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
                 macs=_macs(module, shape),
                 activation_bytes=output.numel() * DTYPE_BYTES[_ACTIVATION_DTYPE],
                 shares_input=output is inputs[0],
+                receptive_field=None if field is None else field.size,
+                jump=None if field is None else field.jump,
+                start=None if field is None else field.start,
             )
         )
 
@@ -252,17 +264,20 @@ def _spatial_note(summary: Summary) -> str:
 
 def format_summary(summary: Summary) -> str:
     """The table and the totals `vggnet summary` prints."""
-    header = ("layer", "type", "output shape", "params", "MACs", "activations")
+    header = ("layer", "type", "output shape", "field", "jump", "start", "params", "MACs", "activations")
     table = [header]
     for layer in summary.layers:
         kind = f"{layer.type} {layer.detail}".rstrip()
         memory = "(shared)" if layer.shares_input else _mib(layer.activation_bytes)
         n_params = f"{layer.params:,}" if layer.params else "-"
         n_macs = _si(layer.macs) if layer.macs else "-"
-        table.append((layer.name, kind, _shape(layer.output_shape), n_params, n_macs, memory))
-    table.append(("total", "", "", f"{summary.params:,}", _si(summary.macs), _mib(summary.activation_bytes)))
+        field = ("-", "-", "-") if layer.receptive_field is None else _field(layer)
+        table.append((layer.name, kind, _shape(layer.output_shape), *field, n_params, n_macs, memory))
+    table.append(
+        ("total", "", "", "", "", "", f"{summary.params:,}", _si(summary.macs), _mib(summary.activation_bytes))
+    )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    right = {3, 4, 5}
+    right = {3, 4, 5, 6, 7, 8}
 
     def line(row: Sequence[str]) -> str:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
@@ -302,7 +317,16 @@ def format_summary(summary: Summary) -> str:
     value_w = max(len(row[1]) for row in totals)
     lines += [f"{label:<15} {value:>{value_w}}  {share:>6}  {note}".rstrip() for label, value, share, note in totals]
     lines.append(_spatial_note(summary))
+    pool5 = summary.pool5
+    lines.append(
+        f"receptive fields: a pool5 unit sees {pool5.receptive_field}x{pool5.receptive_field} input px, "
+        f"its neighbour's square {pool5.jump} px further (field, jump; start: unit 0's centre, pixel 0 = 0)"
+    )
     return "\n".join(lines)
+
+
+def _field(layer: LayerInfo) -> tuple[str, str, str]:
+    return f"{layer.receptive_field}", f"{layer.jump}", f"{layer.start:g}"
 
 
 # --- plots -----------------------------------------------------------------------------------------
@@ -312,7 +336,7 @@ _PLOT_FORMATS = (".svg", ".png", ".pdf")  # .svg is written directly, the others
 
 
 def plot_summary(summary: Summary, path: str | Path) -> Path:
-    """Draw parameters and MACs per layer: SVG written directly, other formats (PNG, PDF) with matplotlib."""
+    """Draw parameters, MACs and receptive field per layer: SVG written directly, PNG and PDF with matplotlib."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _PLOT_FORMATS:
@@ -331,11 +355,13 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     layers = [layer for layer in summary.layers if layer.macs]
     colors = [_CONV_COLOR if layer.type == "Conv2d" else _FC_COLOR for layer in layers]
     labels = [layer.name for layer in layers]
-    fig = Figure(figsize=(10, 0.28 * len(layers) + 1.6), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(13, 0.28 * len(layers) + 1.6), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    fields = [layer.receptive_field or 0 for layer in layers]  # fc6-fc8 see the whole image: no bar
     for ax, values, scale, title in (
         (axes[0], [layer.params for layer in layers], 1e6, f"parameters (M), total {summary.params / 1e6:.1f}M"),
         (axes[1], [layer.macs for layer in layers], 1e9, f"MACs per image (G), total {summary.macs / 1e9:.2f}G"),
+        (axes[2], fields, 1, "receptive field (px; fc: the whole image)"),
     ):
         ax.barh(labels, [v / scale for v in values], color=colors)
         ax.set_title(title, fontsize=10)
@@ -355,11 +381,11 @@ def _plot_title(summary: Summary) -> str:
 
 
 def _svg(summary: Summary) -> str:
-    """Two horizontal bar charts side by side, one bar per convolution or fully connected layer."""
+    """Three horizontal bar charts side by side (parameters, MACs, receptive field), a row per conv or fc layer."""
     layers = [layer for layer in summary.layers if layer.macs]
     bar, gap, top, label_w, panel_w, value_w = 14, 4, 60, 70, 300, 80
     height = top + len(layers) * (bar + gap) + 40
-    width = label_w + 2 * (panel_w + value_w) + 20
+    width = label_w + 3 * (panel_w + value_w) + 20
     panels = (
         ("parameters", [layer.params for layer in layers], summary.params, 1e6, "M"),
         ("MACs per image", [layer.macs for layer in layers], summary.macs, 1e9, "G"),
@@ -388,6 +414,7 @@ def _svg(summary: Summary) -> str:
     for i, layer in enumerate(layers):
         y = top + i * (bar + gap) + bar - 3
         out.append(f'<text x="{label_w - 6}" y="{y}" text-anchor="end">{escape(layer.name)}</text>')
+    out += _svg_fields(layers, label_w + 2 * (panel_w + value_w), top, bar, gap, panel_w)
     legend_y = height - 16
     out += [
         f'<rect x="{label_w}" y="{legend_y - 10}" width="12" height="12" fill="{_CONV_COLOR}"/>',
@@ -397,3 +424,21 @@ def _svg(summary: Summary) -> str:
         "</svg>",
     ]
     return "\n".join(out) + "\n"
+
+
+def _svg_fields(layers: Sequence[LayerInfo], x0: int, top: int, bar: int, gap: int, panel_w: int) -> list[str]:
+    """The receptive-field panel: a bar per convolution (class "field"), "whole image" for fc6-fc8."""
+    peak = max(layer.receptive_field or 0 for layer in layers)
+    out = [f'<text x="{x0}" y="{top - 12}" font-weight="bold">receptive field (input px)</text>']
+    for i, layer in enumerate(layers):
+        y = top + i * (bar + gap)
+        if layer.receptive_field is None:
+            out.append(f'<text x="{x0}" y="{y + bar - 3}">whole image</text>')
+            continue
+        w = panel_w * layer.receptive_field / peak
+        out.append(
+            f'<rect class="field" x="{x0}" y="{y}" width="{w:.2f}" height="{bar}" fill="{_CONV_COLOR}">'
+            f"<title>{escape(layer.name)}: {layer.receptive_field} px, jump {layer.jump}</title></rect>"
+        )
+        out.append(f'<text x="{x0 + w + 4:.2f}" y="{y + bar - 3}">{layer.receptive_field}</text>')
+    return out

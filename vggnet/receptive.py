@@ -1,0 +1,73 @@
+"""Receptive fields: how many input pixels each unit of every convolutional layer sees, and where.
+
+The standard recurrence over the layers (Araujo et al., "Computing receptive fields of convolutional
+neural networks", Distill 2019), for a layer of kernel k, stride s, padding p and dilation d:
+
+    size  = size_in + (d * (k - 1)) * jump_in         # the field's side in input pixels
+    jump  = jump_in * s                               # input pixels between neighbouring units
+    start = start_in + ((d * (k - 1)) / 2 - p) * jump_in
+
+`start` is the input coordinate of the centre of unit 0's field, in pixel indices (pixel 0's centre
+is 0), so unit i of a layer looks at the `size` x `size` square centred on `start + i * jump`.
+Unpadded 2x2 pools move it by half a step: VGG's pool5 units are centred on 15.5 + 32 * i. The
+field is the geometric one: a unit near the border sees part of it as zero padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import arch_config
+from .model import VGG, make_layers
+from .taps import feature_layers, feature_names
+
+__all__ = ["ReceptiveField", "receptive_fields"]
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """One layer of `features`: its field's side, the jump (effective stride) and unit 0's centre, in input pixels."""
+
+    name: str
+    size: int
+    jump: int
+    start: float
+
+
+def receptive_fields(model: VGG | str) -> list[ReceptiveField]:
+    """The receptive field of every layer of `features` (conv1_1 ... pool5), from a model or a builder name.
+
+    fc6 onwards are left out: the adaptive pool gives them the whole image.
+    """
+    if isinstance(model, str):
+        row, batch_norm = arch_config(model)  # an unknown name raises the ValueError listing the valid ones
+        with torch.device("meta"):
+            features = make_layers(row, batch_norm)
+    else:
+        features = feature_layers(model.features)
+    layers, names = list(features), feature_names(features)
+    fields: list[ReceptiveField] = []
+    size, jump, start = 1, 1, 0.0
+    for name, m in zip(names, layers):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p, d = _geometry(name, m)
+            span = d * (k - 1)
+            size, jump, start = size + span * jump, jump * s, start + (span / 2 - p) * jump
+        fields.append(ReceptiveField(name, size, jump, start))
+    return fields
+
+
+def _geometry(name: str, m: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) -> tuple[int, int, int, int]:
+    """(kernel, stride, padding, dilation) of a square layer; ValueError for anything the recurrence cannot take."""
+    dilation = m.dilation if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) else 1
+    values = [m.kernel_size, m.stride, m.padding, dilation]
+    if any(isinstance(v, str) for v in values):
+        raise ValueError(f"{name}: padding {m.padding!r} is not a number; give the layer explicit integer padding")
+    sides = [v if isinstance(v, tuple) else (v, v) for v in values]
+    if any(len(set(v)) != 1 for v in sides):
+        raise ValueError(f"{name} is not square ({m}); receptive fields are computed for square layers only")
+    k, s, p, d = (int(v[0]) for v in sides)
+    return k, s, p, d
