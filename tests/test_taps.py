@@ -254,7 +254,7 @@ def test_names_refuse_what_is_not_a_make_layers_network():
     model.features = nn.ModuleList(model.features)
     with pytest.raises(TypeError, match="named taps need `features` to be a make_layers Sequential, not ModuleList"):
         model.layer_names()
-    with pytest.raises(ValueError, match="unknown VGG architecture 'vgg17'; valid: vgg11, "):
+    with pytest.raises(ValueError, match="unknown model 'vgg17'; valid: vgg11, "):
         vggnet.layer_names("vgg17")
 
 
