@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from .config import arch_config
 from .model import VGG, make_layers
-from .taps import feature_layers, feature_names
+from .taps import feature_layers, feature_names, field_geometry
 
 __all__ = ["ReceptiveField", "receptive_fields"]
 
@@ -48,26 +47,5 @@ def receptive_fields(model: VGG | str) -> list[ReceptiveField]:
             features = make_layers(row, batch_norm)
     else:
         features = feature_layers(model.features)
-    layers, names = list(features), feature_names(features)
-    fields: list[ReceptiveField] = []
-    size, jump, start = 1, 1, 0.0
-    for name, m in zip(names, layers):
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            k, s, p, d = _geometry(name, m)
-            span = d * (k - 1)
-            size, jump, start = size + span * jump, jump * s, start + (span / 2 - p) * jump
-        fields.append(ReceptiveField(name, size, jump, start))
-    return fields
-
-
-def _geometry(name: str, m: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) -> tuple[int, int, int, int]:
-    """(kernel, stride, padding, dilation) of a square layer; ValueError for anything the recurrence cannot take."""
-    dilation = m.dilation if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) else 1
-    values = [m.kernel_size, m.stride, m.padding, dilation]
-    if any(isinstance(v, str) for v in values):
-        raise ValueError(f"{name}: padding {m.padding!r} is not a number; give the layer explicit integer padding")
-    sides = [v if isinstance(v, tuple) else (v, v) for v in values]
-    if any(len(set(v)) != 1 for v in sides):
-        raise ValueError(f"{name} is not square ({m}); receptive fields are computed for square layers only")
-    k, s, p, d = (int(v[0]) for v in sides)
-    return k, s, p, d
+    names = feature_names(features)
+    return [ReceptiveField(name, *geometry) for name, geometry in zip(names, field_geometry(list(features), names))]

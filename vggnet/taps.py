@@ -31,6 +31,7 @@ __all__ = [
     "layer_names",
     "module_names",
     "run_taps",
+    "field_geometry",
     "tap_info",
     "tap_steps",
 ]
@@ -123,22 +124,51 @@ def tap_info(model: Network) -> list[TapInfo]:
 
     avgpool onwards see the whole (adaptively pooled) image: their stride and receptive field are None.
     """
+    steps = tap_steps(model)
+    features = [step[-1] for name, step in steps if name not in HEAD_NAMES]
     infos: list[TapInfo] = []
-    channels, stride, field = model.in_channels, 1, 1
-    for name, step in tap_steps(model):
+    channels = model.in_channels
+    geometry = [*field_geometry(features), *[(0, 0, 0.0)] * len(HEAD_NAMES)]  # the head sees the whole image
+    for (name, step), (size, jump, _) in zip(steps, geometry):
         m = step[-1]
         if isinstance(m, nn.Conv2d):
             channels = m.out_channels
-            field += (_side(m.kernel_size) - 1) * stride
-            stride *= _side(m.stride)
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            field += (_side(m.kernel_size) - 1) * stride
-            stride *= _side(m.stride)
         elif isinstance(m, nn.Linear):
             channels = m.out_features
         head = name in HEAD_NAMES
-        infos.append(TapInfo(name, channels, None if head else stride, None if head else field))
+        infos.append(TapInfo(name, channels, None if head else jump, None if head else size))
     return infos
+
+
+def field_geometry(layers: Sequence[object], names: Sequence[str] = ()) -> list[tuple[int, int, float]]:
+    """(size, jump, start) of the receptive field after each layer: the one recurrence (see receptive.py).
+
+    For kernel k, stride s, padding p, dilation d: size += d(k-1) jump; start += (d(k-1)/2 - p) jump;
+    jump *= s. Layers other than convolutions and pools leave the field as it is. `names` name the
+    layers in the error for one the recurrence cannot take (padding "same", a non-square kernel).
+    """
+    out: list[tuple[int, int, float]] = []
+    size, jump, start = 1, 1, 0.0
+    for i, m in enumerate(layers):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p, d = _geometry(names[i] if i < len(names) else f"layer {i}", m)
+            span = d * (k - 1)
+            size, jump, start = size + span * jump, jump * s, start + (span / 2 - p) * jump
+        out.append((size, jump, start))
+    return out
+
+
+def _geometry(name: str, m: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) -> tuple[int, int, int, int]:
+    """(kernel, stride, padding, dilation) of a square layer; ValueError for anything the recurrence cannot take."""
+    dilation = m.dilation if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) else 1
+    values = [m.kernel_size, m.stride, m.padding, dilation]
+    if any(isinstance(v, str) for v in values):
+        raise ValueError(f"{name}: padding {m.padding!r} is not a number; give the layer explicit integer padding")
+    sides = [v if isinstance(v, tuple) else (v, v) for v in values]
+    if any(len(set(v)) != 1 for v in sides):
+        raise ValueError(f"{name} is not square ({m}); receptive fields are computed for square layers only")
+    k, s, p, d = (int(v[0]) for v in sides)
+    return k, s, p, d
 
 
 def layer_list(layers: str | Sequence[str]) -> list[str]:
