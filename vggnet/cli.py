@@ -10,8 +10,9 @@ How to add a command (issue 4 adds `finetune`, issue 6 adds `bench`):
 2. Add one line `"<name>": (_add_<name>, _run_<name>),` to `COMMANDS`.
 3. Raise `UsageError` for a bad combination of arguments (exit 2). A `ValueError` from the library
    also exits 2 (unknown model or weight, bad size); `FileNotFoundError`, `OSError`, `RuntimeError`,
-   `ChecksumError`, `DownloadError` exit 1. `main()` prints one line on stderr, with a traceback only
-   under `--debug`. Do not call `sys.exit` and do not catch these yourself.
+   `ChecksumError`, `DownloadError`, `BadCheckpointError` (an unsafe or unusable checkpoint) exit 1.
+   `main()` prints one line on stderr, with a traceback only under `--debug`. Do not call `sys.exit`
+   and do not catch these yourself.
 4. Respect `args.quiet` (no progress bars, no chatter; pass `progress=not args.quiet`) and print
    results to stdout, everything else to stderr. Library code logs; only this module prints.
 """
@@ -32,7 +33,16 @@ import torch
 import torch.distributed as dist
 
 from .builders import list_models
-from .checkpoint import SOURCE_RULES, ArchMismatch, Loaded, WeightsFileNotFound, available_devices, check_device, load
+from .checkpoint import (
+    SOURCE_RULES,
+    ArchMismatch,
+    BadCheckpointError,
+    Loaded,
+    WeightsFileNotFound,
+    available_devices,
+    check_device,
+    load,
+)
 from .config import MIN_SIZE, check_arch
 from .finetune import IMAGE_SUFFIXES, finetune
 from .summary import format_summary, plot_summary, summarize
@@ -751,7 +761,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _exit_status(err: BaseException) -> int:
-    """Exit 2 for what the user can fix in the command line, 1 for anything that failed."""
+    """Exit 2 for what the user can fix in the command line, 1 for anything that failed.
+
+    A checkpoint vggnet refuses (pickled code, NaN, not a state dict) is a bad file, as a corrupt one: 1.
+    """
+    if isinstance(err, BadCheckpointError):
+        return EXIT_FAILURE
     return EXIT_USAGE if isinstance(err, (UsageError, ValueError, WeightsFileNotFound)) else EXIT_FAILURE
 
 
