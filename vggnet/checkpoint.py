@@ -381,7 +381,7 @@ def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.devic
     checkpoint = read_finetuned(path, map_location)
     if checkpoint is None:
         raise ValueError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
-    finetuned = _finetuned(checkpoint, map_location, {})
+    finetuned = _finetuned(checkpoint, map_location, {}, str(path))
     finetuned.model.eval()
     return finetuned
 
@@ -420,7 +420,7 @@ def _check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
         if key not in checkpoint:
             problems.append(f"{key!r} is missing")
         elif not isinstance(value, kind) or isinstance(value, bool):
-            problems.append(f"{key!r} is a {type(value).__name__}, not a {kind.__name__}")
+            problems.append(f"{key!r} is a {type(value).__name__}, not {'an' if kind is int else 'a'} {kind.__name__}")
     classes, arch = checkpoint.get("classes"), checkpoint.get("arch")
     if isinstance(classes, list) and not (classes and all(isinstance(c, str) for c in classes)):
         problems.append("'classes' is not a non-empty list of names")
@@ -563,7 +563,7 @@ _COUNTER = "num_batches_tracked"  # BatchNorm's step counter: the one integer te
 
 
 def _check_tensors(state: object, source: str) -> None:
-    """BadCheckpointError unless `state` maps names to tensors (nothing read from the tensors' data)."""
+    """BadCheckpointError unless `state` maps names to dense tensors (nothing read from the tensors' data)."""
     if not isinstance(state, Mapping):
         raise BadCheckpointError(f"{source} is not a state dict (a mapping of names to tensors): it is a "
                                  f"{type(state).__name__}")  # fmt: skip
@@ -574,6 +574,22 @@ def _check_tensors(state: object, source: str) -> None:
             f"{source} is not a state dict: its entries {_some(odd)} are not tensors under string names "
             "(a training checkpoint? pass the state dict it holds)"
         )
+    # sparse, quantized and nested tensors have no plain shape to compare, let alone assign
+    odd = [f"{k} ({_layout(t)})" for k, t in state.items() if _layout(t)]
+    if odd:
+        raise BadCheckpointError(
+            f"{source} cannot be loaded: {_some(odd)} {'is' if len(odd) == 1 else 'are'} not dense; "
+            "nothing was loaded: save dense tensors (t.to_dense(), t.dequantize())"
+        )
+
+
+def _layout(tensor: torch.Tensor) -> str:
+    """What makes `tensor` other than a plain dense tensor ("sparse_coo", "quantized", "nested"), else ""."""
+    if tensor.is_nested:
+        return "nested"
+    if tensor.is_quantized:
+        return "quantized"
+    return "" if tensor.layout == torch.strided else str(tensor.layout).removeprefix("torch.")
 
 
 def _checked_values(
@@ -583,22 +599,19 @@ def _checked_values(
     nonfinite: tuple[str, ...],
     source: str,
 ) -> dict[str, torch.Tensor]:
-    """`state`'s tensors in the model's dtypes on `target`, once every one is dense, placed and finite (see above)."""
-    bad: dict[str, list[str]] = {}  # what is wrong -> the keys it is wrong with
+    """`state`'s dense tensors in the model's dtypes on `target`, once each is placed, typed and finite (see above)."""
+    bad: dict[str, list[str]] = {}  # what is wrong -> the tensors it is wrong with
     for key, tensor in state.items():
-        if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested:
-            kind = "quantized" if tensor.is_quantized else "nested" if tensor.is_nested else str(tensor.layout)
-            bad.setdefault(f"not dense ({kind}); save t.to_dense() / t.dequantize() instead", []).append(key)
-        elif tensor.device.type == "meta" and target.type != "meta":
+        if tensor.device.type == "meta" and target.type != "meta":
             bad.setdefault("on the meta device, with no values (saved from a model never materialised)", []).append(key)
         elif not _placed(tensor.device, target):
             allowed = "the CPU" if target.type == "cpu" else f"the CPU or {target}"
-            bad.setdefault(f"on {tensor.device}, not {allowed} (pass device= to load there)", []).append(key)
+            bad.setdefault(f"not on {allowed} (pass device= to load there)", []).append(f"{key} ({tensor.device})")
         elif key.endswith(_COUNTER) and (tensor.dtype.is_floating_point or tensor.dtype.is_complex
                                          or tensor.dtype == torch.bool):  # fmt: skip
-            bad.setdefault(f"of dtype {tensor.dtype}, where BatchNorm counts batches in integers", []).append(key)
+            bad.setdefault("not of an integer dtype (BatchNorm counts batches)", []).append(f"{key} ({tensor.dtype})")
         elif not key.endswith(_COUNTER) and not tensor.dtype.is_floating_point:
-            bad.setdefault(f"of dtype {tensor.dtype}, not floating point", []).append(key)
+            bad.setdefault("not floating point", []).append(f"{key} ({tensor.dtype})")
     if bad:
         problems = "; ".join(f"{_some(keys)} {'is' if len(keys) == 1 else 'are'} {what}" for what, keys in bad.items())
         raise BadCheckpointError(f"{source} cannot be loaded: {problems}; nothing was loaded")
