@@ -43,10 +43,10 @@ from .checkpoint import (
     check_device,
     load,
 )
-from .config import MIN_SIZE, check_arch
+from .config import MAX_SIZE, MIN_SIZE, check_arch
 from .finetune import IMAGE_SUFFIXES, finetune
 from .summary import format_summary, plot_summary, summarize
-from .transforms import load_image
+from .transforms import BadImageError, load_image
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -108,11 +108,26 @@ def _size_arg(text: str) -> tuple[int, int]:
 
 
 def _side_arg(text: str) -> int:
-    """argparse type for one side in pixels: VGG's five 2x2 max-pools need at least MIN_SIZE."""
+    """argparse type for one side in pixels: VGG's five 2x2 max-pools need at least MIN_SIZE; at most MAX_SIZE."""
     value = _positive(text)
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(f"VGG needs at least {MIN_SIZE} px (five 2x2 max-pools), got {text!r}")
+    _most(text, value)
     return value
+
+
+def _most(text: str, side: int) -> None:
+    if side > MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_SIZE} px per side (vgg16 keeps 1.2 GiB of activations per image at {MAX_SIZE}), got {text!r}"
+        )
+
+
+def _bounded_size_arg(text: str) -> tuple[int, int]:
+    """`_size_arg` for sizes that are run, not just computed on the meta device: each side at most MAX_SIZE."""
+    sides = _size_arg(text)
+    _most(text, max(sides))
+    return sides
 
 
 def _device_arg(text: str) -> str:
@@ -254,10 +269,11 @@ def _run_predict(args: argparse.Namespace) -> int:
         for path in paths[start : start + args.batch_size]:
             try:
                 inputs.append(preset(load_image(path)))
-            except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            except (OSError, ValueError) as err:  # BadImageError: not an image, cut short, over the pixel budget
                 failed += 1
-                _error(f"cannot read the image {path}: {err}")
-                results.append({"image": str(path), "error": str(err)})
+                problem = err.problem if isinstance(err, BadImageError) else str(err)
+                _error(f"cannot read the image {path}: {problem}")
+                results.append({"image": str(path), "error": problem})
                 continue
             batch.append(path)
         if not batch:
@@ -644,7 +660,7 @@ def _add_bench(sub: SubParsers) -> None:
     )
     p.add_argument("--arch", type=_model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
     p.add_argument("--batch-size", type=_positive, default=1, metavar="B", help="default 1")
-    p.add_argument("--image-size", type=_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
+    p.add_argument("--image-size", type=_bounded_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--dtype", choices=_DTYPES, help="default bfloat16 on CUDA GPUs that have it, float32 on CPU")
     p.add_argument(
