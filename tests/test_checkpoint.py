@@ -491,3 +491,9 @@ def test_a_half_precision_vgg_file_loads_as_float32(vgg11_files, tmp_path):
     model = load(path).model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert torch.equal(model.classifier[6].bias, half["classifier.6.bias"].float())
+
+
+def test_a_hostile_key_is_cut_short_in_the_mismatch_message():
+    with pytest.raises(RuntimeError, match=r"unexpected keys \['x{97}\.\.\.'\]") as info:
+        checkpoint.load_checkpoint_state(_tiny(), {**_tiny_state(), "x" * 1_000_000: torch.ones(1)})
+    assert len(str(info.value)) < 1000

@@ -648,7 +648,8 @@ def _check_finite(state: Mapping[str, torch.Tensor], nonfinite: tuple[str, ...],
 
 
 def _first(items: list[str], n: int = 8) -> str:
-    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+    shown = [item if len(item) <= 100 else item[:97] + "..." for item in items[:n]]  # the file chose the keys
+    return str(shown) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _some(items: list[str], n: int = 5) -> str:
