@@ -622,3 +622,76 @@ def test_cache_lists_what_is_not_a_regular_file(tmp_path, monkeypatch, capsys):
     assert main(["cache", "--json"]) == 0
     files = {f["file"]: f["kind"] for f in json.loads(capsys.readouterr().out)["files"]}
     assert files == {"pipe.pth": "not a regular file", "zero.pth": "not a regular file"}
+
+
+# --- hostile images and sizes (issue 11 item 6) -------------------------------------------------------
+
+
+def test_predict_names_and_skips_each_bad_image_and_classifies_the_rest(seeded_vgg11, tmp_path, capsys):
+    import io
+    import shutil
+
+    from PIL import Image
+
+    from .test_transforms import png_declaring
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("camera.png", "coffee.jpg"):
+        shutil.copy(PHOTOS / name, folder / name)
+    (folder / "bomb.png").write_bytes(png_declaring(30000, 30000))  # over twice Pillow's limit: its own error
+    (folder / "big.png").write_bytes(png_declaring(10000, 10000))
+    Image.new("L", (1, 60000)).save(folder / "tall.png")  # 254 bytes, 11 GiB once resized
+    (folder / "notes.jpg").write_text("not a JPEG")
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300), "blue").save(buf, "JPEG")
+    (folder / "cut.jpg").write_bytes(buf.getvalue()[:400])
+    argv = ["predict", str(folder), "--weights", str(seeded_vgg11), "--topk", "2", "--batch-size", "2", "--json", "-q"]
+    assert main(argv) == 1  # five bad images: each named, the two good ones classified, exit 1 at the end
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert "Traceback" not in captured.err and len(errors) == 5
+    for name, problem in [
+        ("big.png", "its header declares 10000x10000 = 100,000,000 pixels, over the budget"),
+        ("bomb.png", "its header declares 900,000,000 pixels, over the budget"),
+        ("cut.jpg", "not a readable image"),
+        ("notes.jpg", "not an image Pillow can identify"),
+        ("tall.png", "aspect ratio 60,000:1"),
+    ]:
+        prefix = f"vggnet: error: cannot read the image {folder / name}: "
+        assert any(line.startswith(prefix) and problem in line and line.count(str(folder)) == 1 for line in errors)
+    data = json.loads(captured.out)
+    good = [folder / "camera.png", folder / "coffee.jpg"]
+    check_predictions([r for r in data["results"] if "predictions" in r], expected_topk(seeded_vgg11, good, 2), good)
+    assert sorted(Path(r["image"]).name for r in data["results"] if "error" in r) == [
+        "big.png", "bomb.png", "cut.jpg", "notes.jpg", "tall.png",
+    ]  # fmt: skip
+
+
+def test_predict_honours_the_pixel_budget_variable(seeded_vgg11, monkeypatch, capsys):
+    monkeypatch.setenv("VGGNET_MAX_IMAGE_PIXELS", "100000")  # camera.png is 512x512 = 262,144 pixels
+    argv = ["predict", str(PHOTOS / "camera.png"), "--weights", str(seeded_vgg11), "-q"]
+    assert main(argv) == 1
+    assert "262,144 pixels, over the budget of 100,000 (set VGGNET_MAX_IMAGE_PIXELS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", str(PHOTOS), "--image-size", "5000"],
+        ["predict", str(PHOTOS), "--image-size", "1025"],
+        ["finetune", "data", "--image-size", "2048"],
+        ["bench", "--image-size", "224x5000"],
+    ],
+)
+def test_image_size_has_an_upper_bound(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2  # refused while parsing: nothing loaded, nothing allocated
+    err = capsys.readouterr().err
+    assert "at most 1024 px per side" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_summary_sizes_stay_unbounded(capsys):
+    assert main(["summary", "vgg11", "--input-size", "4096", "--json"]) == 0  # the meta device allocates nothing
+    assert json.loads(capsys.readouterr().out)["input_size"] == [4096, 4096]

@@ -467,3 +467,49 @@ def test_loading_an_unpinned_file_does_not_mark_its_stamp_checked(http_server, s
     state = hub.load_state_dict_from_url(url, progress=False)  # checked again, from the open file, before loading
     assert fingerprint(state) == small_checkpoints.fingerprint
     assert [(e.path.name, e.checked) for e in vadmin.cached_files()] == [("plain.pth", False)]
+
+
+# --- what a checkpoint file may hold (issue 11 item 5) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"epoch": 3, "name": "run", "lr": 0.1}, r"entries 'epoch' \(int\), 'name' \(str\), 'lr' \(float\) are"),
+        ({"model": {"state_dict": {"w": torch.ones(1)}}, "n": 1}, r"at checkpoint\['model'\]\['state_dict'\];"),
+        ({"state_dict": {"state_dict": {"w": torch.ones(1)}}}, r"at checkpoint\['state_dict'\]\['state_dict'\]; save"),
+        ({"net": {"w": torch.ones(1)}, "step": 9}, r"the tensors are at checkpoint\['net'\]"),
+        ({"x" * 5000: 1}, r"its entries 'xxxx+\.\.\. \(int\) are not"),  # a hostile key is cut short
+    ],
+)  # fmt: skip
+def test_a_file_without_a_state_dict_where_vggnet_looks_says_where_it_is(tmp_path, cache, content, message):
+    path = tmp_path / "ckpt.pth"
+    torch.save(content, path)
+    with pytest.raises(hub.BadCheckpointError, match=message) as info:
+        hub.load_state_dict_from_url(str(path), sha256=file_sha256(path))
+    assert isinstance(info.value, TypeError) and len(str(info.value)) < 600 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [(b"", "EOFError"), (b"hello, this is not a checkpoint", "KeyError"), (b"PK\x03\x04" + bytes(200), "zip archive")],
+)
+def test_a_file_that_is_no_checkpoint_is_named_in_one_line(tmp_path, cache, data, problem):
+    path = tmp_path / "not-a-checkpoint.pth"
+    path.write_bytes(data)
+    with pytest.raises(RuntimeError, match=rf"^{path} could not be read as a PyTorch checkpoint .*{problem}") as info:
+        hub.load_state_dict_from_url(str(path), sha256=file_sha256(path))
+    assert "\n" not in str(info.value)
+
+
+def test_a_refused_pickle_names_the_global_and_gives_no_advice_to_drop_weights_only(http_server, cache, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"features.0.weight": torch.ones(2), "x": _Payload(marker)}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(hub.UnsafeCheckpointError) as info:
+        hub.load_state_dict_from_url(http_server.add("/evil.pth", evil), sha256=file_sha256(evil), progress=False)
+    message = str(info.value)
+    assert info.value.reference is not None and info.value.reference in message and "\n" not in message
+    assert "weights_only=False" not in message and "add_safe_globals" not in message and info.value.__cause__ is None
+    assert isinstance(info.value, pickle.UnpicklingError) and isinstance(info.value, ValueError)
+    assert not marker.exists()

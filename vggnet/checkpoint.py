@@ -33,13 +33,14 @@ from torch import nn
 from . import weights as records
 from .checks import check_int
 from .config import ARCHS, IN_CHANNELS, arch_config, check_arch
-from .hub import fetch, load_state_dict_from_url
+from .hub import BadCheckpointError, UnsafeCheckpointError, fetch, load_state_dict_from_url, weights_only_load
 from .model import NUM_CLASSES_MEANS, VGG, adapt_input_conv, init_module, make_layers
 from .transforms import ImageClassification
 from .weights import IMAGENET_CATEGORIES, Weights, WeightsEnum, normalize_digest, own_member
 
 __all__ = [
     "FORMAT",
+    "BadCheckpointError",
     "SOURCE_RULES",
     "WEIGHT_FILE_SUFFIXES",
     "ArchMismatch",
@@ -47,6 +48,7 @@ __all__ = [
     "Finetuned",
     "Loaded",
     "Source",
+    "UnsafeCheckpointError",
     "WeightsFileNotFound",
     "WeightsSource",
     "arch_of_state",
@@ -295,7 +297,7 @@ def load(
         assert record is not None
         state = record.get_state_dict(progress=progress, map_location=dev if dev is not None else "cpu")
         name = arch or source.arch or arch_of_state(state, source.label)
-        model = model_from_state(name, state, dev, kwargs)
+        model = model_from_state(name, state, dev, kwargs, nonfinite=record.nonfinite, source=source.label)
         categories = record.categories if record.categories is None else _labels(record.categories, model)
         return Loaded(model, record.transforms(), categories, name, source.label, source)
     return _from_file(source, arch, dev, kwargs, digest, progress)
@@ -339,7 +341,7 @@ def _from_file(
         found = str(checkpoint["arch"])
         if arch is not None and arch != found:
             raise ArchMismatch(text, found, arch)
-        finetuned = _finetuned(checkpoint, device, kwargs)
+        finetuned = _finetuned(checkpoint, device, kwargs, text)
         return Loaded(finetuned.model, finetuned.preset, _labels(finetuned.classes, finetuned.model), found, text,
                       source, finetuned.info)  # fmt: skip
     state = load_state_dict_from_url(str(path), sha256=digest, map_location=map_location, progress=progress)
@@ -350,7 +352,7 @@ def _from_file(
         found_arch = _arch_of_keys(state)
         if found_arch is not None and found_arch != arch:
             raise ArchMismatch(text, found_arch, arch)
-    model = model_from_state(name, state, device, kwargs)
+    model = model_from_state(name, state, device, kwargs, source=text)
     # files are assumed to expect ImageNet's preset; 1000 outputs are ImageNet's classes
     return Loaded(model, ImageClassification(crop_size=224), _labels(IMAGENET_CATEGORIES, model), name, text, source)
 
@@ -379,21 +381,56 @@ def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.devic
     checkpoint = read_finetuned(path, map_location)
     if checkpoint is None:
         raise ValueError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
-    finetuned = _finetuned(checkpoint, map_location, {})
+    finetuned = _finetuned(checkpoint, map_location, {}, str(path))
     finetuned.model.eval()
     return finetuned
 
 
-def _finetuned(checkpoint: Mapping[str, Any], device: str | torch.device | None, kwargs: dict[str, Any]) -> Finetuned:
+def _finetuned(
+    checkpoint: Mapping[str, Any],
+    device: str | torch.device | None,
+    kwargs: dict[str, Any],
+    source: str = "the fine-tuned checkpoint",
+) -> Finetuned:
     """The model of a fine-tuned checkpoint (eval mode; its own fc8 and in_chans unless `kwargs` say otherwise)."""
+    _check_finetuned(checkpoint, source)
     arch, classes = str(checkpoint["arch"]), list(checkpoint["classes"])
     in_chans = int(checkpoint["in_chans"])
+    try:
+        preset = ImageClassification(**checkpoint["preprocessing"])
+    except (TypeError, ValueError) as err:
+        raise BadCheckpointError(f"{source}: its preprocessing is not a valid preset ({err})") from None
     kwargs = {"num_classes": len(classes), "in_chans": in_chans, **kwargs}
     in_chans = kwargs["in_chans"]
-    model = model_from_state(arch, checkpoint["state_dict"], device, kwargs).eval()
-    preset = ImageClassification(**checkpoint["preprocessing"])
+    model = model_from_state(arch, checkpoint["state_dict"], device, kwargs, source=source).eval()
     info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}
     return Finetuned(model, classes, preset, arch, in_chans, info)
+
+
+# what a checkpoint written by `finetune` holds besides "format", and the type of each
+_FINETUNED_FIELDS: Mapping[str, type] = {"arch": str, "in_chans": int, "classes": list, "preprocessing": dict,
+                                         "state_dict": dict}  # fmt: skip
+
+
+def _check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
+    """BadCheckpointError naming every field of a fine-tuned checkpoint that is missing or of the wrong type."""
+    problems = []
+    for key, kind in _FINETUNED_FIELDS.items():
+        value = checkpoint.get(key)
+        if key not in checkpoint:
+            problems.append(f"{key!r} is missing")
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            problems.append(f"{key!r} is a {type(value).__name__}, not {'an' if kind is int else 'a'} {kind.__name__}")
+    classes, arch = checkpoint.get("classes"), checkpoint.get("arch")
+    if isinstance(classes, list) and not (classes and all(isinstance(c, str) for c in classes)):
+        problems.append("'classes' is not a non-empty list of names")
+    if isinstance(arch, str) and arch not in ARCHS:
+        problems.append(f"'arch' is {arch[:40]!r}, not one of {', '.join(ARCHS)}")
+    if problems:
+        raise BadCheckpointError(
+            f"{source} says it was written by vggnet finetune ({FORMAT}), but {'; '.join(problems)}; "
+            "nothing was loaded: write it again with vggnet finetune"
+        )
 
 
 def read_finetuned(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any] | None:
@@ -405,7 +442,8 @@ def read_finetuned(path: str | os.PathLike[str], map_location: str | torch.devic
     with open(path, "rb") as f:
         if f.read(4) != _ZIP_MAGIC:
             return None
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        # the file whose magic was read is the one loaded; pickled code: UnsafeCheckpointError
+        checkpoint = weights_only_load(f, Path(path), map_location=map_location, mmap=True)
     return checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT else None
 
 
@@ -413,19 +451,27 @@ def read_finetuned(path: str | os.PathLike[str], map_location: str | torch.devic
 
 
 def model_from_state(
-    arch: str, state: Mapping[str, torch.Tensor], device: str | torch.device | None, kwargs: dict[str, Any]
+    arch: str,
+    state: Mapping[str, torch.Tensor],
+    device: str | torch.device | None,
+    kwargs: dict[str, Any],
+    *,
+    nonfinite: tuple[str, ...] = (),
+    source: str = "the checkpoint",
 ) -> VGG:
     """Build `arch` on the meta device and assign a checkpoint's state dict (new head and in_chans handled).
 
-    `kwargs` go to `VGG`, except `in_chans` (default: the checkpoint's own).
+    `kwargs` go to `VGG`, except `in_chans` (default: the checkpoint's own). The tensors are checked as
+    `load_checkpoint_state` says; `nonfinite` and `source` are passed on to it.
     """
+    _check_tensors(state, source)  # before reading shapes: every value a tensor
     first = state.get(_FIRST)
-    in_chans = kwargs.pop("in_chans", first.shape[1] if first is not None else IN_CHANNELS)
-    if first is not None and first.shape[1] == IN_CHANNELS != in_chans:
+    in_chans = kwargs.pop("in_chans", first.shape[1] if first is not None and first.dim() == 4 else IN_CHANNELS)
+    if first is not None and first.dim() == 4 and first.shape[1] == IN_CHANNELS != in_chans:
         logger.info("%s: adapting the pretrained first convolution from 3 to %d input channels", arch, in_chans)
         state = {**state, _FIRST: adapt_input_conv(first, in_chans)}
     head = state.get(_HEAD + "weight")
-    checkpoint_classes = head.shape[0] if head is not None else None
+    checkpoint_classes = head.shape[0] if head is not None and head.dim() == 2 else None
     num_classes = kwargs.setdefault("num_classes", checkpoint_classes or 1000)
     new_head = checkpoint_classes is not None and num_classes != checkpoint_classes
     kwargs["init_weights"] = False
@@ -438,7 +484,8 @@ def model_from_state(
             arch, checkpoint_classes, num_classes,
         )  # fmt: skip
         state = {k: v for k, v in state.items() if not k.startswith(_HEAD)}
-    load_checkpoint_state(model, state, device=device, fresh=(_HEAD,) if new_head else ())
+    fresh = (_HEAD,) if new_head else ()
+    load_checkpoint_state(model, state, device=device, fresh=fresh, nonfinite=nonfinite, source=source)
     return model
 
 
@@ -469,12 +516,20 @@ def load_checkpoint_state(
     state: Mapping[str, torch.Tensor],
     device: str | torch.device | None = None,
     fresh: tuple[str, ...] = (),
+    *,
+    nonfinite: tuple[str, ...] = (),
+    source: str = "the checkpoint",
 ) -> None:
-    """Assign `state` to a model built on the meta device, strictly.
+    """Assign `state` to a model built on the meta device, strictly, once its tensors pass the checks below.
 
     Tolerates only missing BatchNorm `num_batches_tracked` (the 2017 checkpoints lack them) and the
-    modules named by the `fresh` key prefixes, which are created on `device` and initialised.
+    modules named by the `fresh` key prefixes, which are created on `device` and initialised. Every
+    tensor must be dense, on the CPU or `device` (where it is then moved), floating point (cast to the
+    model's dtype; integers only for `num_batches_tracked`) and finite, except under the `nonfinite`
+    key prefixes (a record's `Weights.nonfinite`). Otherwise BadCheckpointError names the tensors and
+    nothing is assigned; `source` names the checkpoint in the messages.
     """
+    _check_tensors(state, source)
     expected = model.state_dict()
     missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
     missing = [k for k in missing if not k.startswith(fresh)] if fresh else missing
@@ -490,7 +545,8 @@ def load_checkpoint_state(
             f"checkpoint does not fit the model{hint}: missing keys {_first(missing)}; "
             f"unexpected keys {_first(unexpected)}; shape mismatches {_first(wrong_shape)}"
         )
-    full = dict(state)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    full = _checked_values(state, expected, target, nonfinite, source)
     for k in expected.keys() - state.keys():
         if k.endswith("num_batches_tracked"):
             full[k] = torch.zeros((), dtype=torch.long, device=device)
@@ -502,5 +558,100 @@ def load_checkpoint_state(
     model.load_state_dict(full, strict=True, assign=True)
 
 
+# --- what a checkpoint's tensors may be --------------------------------------------------------------
+
+_COUNTER = "num_batches_tracked"  # BatchNorm's step counter: the one integer tensor of a VGG state dict
+
+
+def _check_tensors(state: object, source: str) -> None:
+    """BadCheckpointError unless `state` maps names to dense tensors (nothing read from the tensors' data)."""
+    if not isinstance(state, Mapping):
+        raise BadCheckpointError(f"{source} is not a state dict (a mapping of names to tensors): it is a "
+                                 f"{type(state).__name__}")  # fmt: skip
+    odd = [f"{str(k)[:60]!r} ({type(v).__name__})" for k, v in state.items()
+           if not (isinstance(k, str) and isinstance(v, torch.Tensor))]  # fmt: skip
+    if odd:
+        raise BadCheckpointError(
+            f"{source} is not a state dict: its entries {_some(odd)} are not tensors under string names "
+            "(a training checkpoint? pass the state dict it holds)"
+        )
+    # sparse, quantized and nested tensors have no plain shape to compare, let alone assign
+    odd = [f"{k} ({_layout(t)})" for k, t in state.items() if _layout(t)]
+    if odd:
+        raise BadCheckpointError(
+            f"{source} cannot be loaded: {_some(odd)} {'is' if len(odd) == 1 else 'are'} not dense; "
+            "nothing was loaded: save dense tensors (t.to_dense(), t.dequantize())"
+        )
+
+
+def _layout(tensor: torch.Tensor) -> str:
+    """What makes `tensor` other than a plain dense tensor ("sparse_coo", "quantized", "nested"), else ""."""
+    if tensor.is_nested:
+        return "nested"
+    if tensor.is_quantized:
+        return "quantized"
+    return "" if tensor.layout == torch.strided else str(tensor.layout).removeprefix("torch.")
+
+
+def _checked_values(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    target: torch.device,
+    nonfinite: tuple[str, ...],
+    source: str,
+) -> dict[str, torch.Tensor]:
+    """`state`'s dense tensors in the model's dtypes on `target`, once each is placed, typed and finite (see above)."""
+    bad: dict[str, list[str]] = {}  # what is wrong -> the tensors it is wrong with
+    for key, tensor in state.items():
+        if tensor.device.type == "meta" and target.type != "meta":
+            bad.setdefault("on the meta device, with no values (saved from a model never materialised)", []).append(key)
+        elif not _placed(tensor.device, target):
+            allowed = "the CPU" if target.type == "cpu" else f"the CPU or {target}"
+            bad.setdefault(f"not on {allowed} (pass device= to load there)", []).append(f"{key} ({tensor.device})")
+        elif key.endswith(_COUNTER) and (tensor.dtype.is_floating_point or tensor.dtype.is_complex
+                                         or tensor.dtype == torch.bool):  # fmt: skip
+            bad.setdefault("not of an integer dtype (BatchNorm counts batches)", []).append(f"{key} ({tensor.dtype})")
+        elif not key.endswith(_COUNTER) and not tensor.dtype.is_floating_point:
+            bad.setdefault("not floating point", []).append(f"{key} ({tensor.dtype})")
+    if bad:
+        problems = "; ".join(f"{_some(keys)} {'is' if len(keys) == 1 else 'are'} {what}" for what, keys in bad.items())
+        raise BadCheckpointError(f"{source} cannot be loaded: {problems}; nothing was loaded")
+    # (cast first: a float64 value beyond float32's range becomes inf, and is then refused)
+    out = {k: t.to(device=target, dtype=expected[k].dtype).contiguous() for k, t in state.items()}
+    if target.type != "meta":  # meta tensors hold no values to check
+        _check_finite(out, nonfinite, source)
+    return out
+
+
+def _placed(where: torch.device, target: torch.device) -> bool:
+    """True for a tensor on the CPU or on `target` ("cuda" takes any GPU index, "cuda:1" only its own)."""
+    if where.type == "cpu":
+        return True
+    return where.type == target.type and (target.index is None or where.index == target.index)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], nonfinite: tuple[str, ...], source: str) -> None:
+    """BadCheckpointError naming the tensors that hold NaN or Inf, outside the `nonfinite` key prefixes."""
+    flagged = []
+    for key, tensor in state.items():
+        if not tensor.dtype.is_floating_point or tensor.numel() == 0 or key.startswith(nonfinite):
+            continue
+        low, high = torch.aminmax(tensor)  # NaN propagates, Inf is an extreme: two scalars, no copy of the tensor
+        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            flagged.append(f"{key} ({nan:,} NaN, {inf:,} Inf)")
+    if flagged:
+        raise BadCheckpointError(
+            f"{source} holds NaN or Inf in {len(flagged)} tensor(s): {_some(flagged)}; nothing was loaded. "
+            "Use a checkpoint from before the values diverged; a record whose layers are known to hold "
+            "them (the features-only VGG16 classifier) declares them in Weights(nonfinite=(key prefixes,))"
+        )
+
+
 def _first(items: list[str], n: int = 8) -> str:
-    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+    shown = [item if len(item) <= 100 else item[:97] + "..." for item in items[:n]]  # the file chose the keys
+    return str(shown) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _some(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

@@ -10,8 +10,9 @@ How to add a command (issue 4 adds `finetune`, issue 6 adds `bench`):
 2. Add one line `"<name>": (_add_<name>, _run_<name>),` to `COMMANDS`.
 3. Raise `UsageError` for a bad combination of arguments (exit 2). A `ValueError` from the library
    also exits 2 (unknown model or weight, bad size); `FileNotFoundError`, `OSError`, `RuntimeError`,
-   `ChecksumError`, `DownloadError` exit 1. `main()` prints one line on stderr, with a traceback only
-   under `--debug`. Do not call `sys.exit` and do not catch these yourself.
+   `ChecksumError`, `DownloadError`, `BadCheckpointError` (an unsafe or unusable checkpoint) exit 1.
+   `main()` prints one line on stderr, with a traceback only under `--debug`. Do not call `sys.exit`
+   and do not catch these yourself.
 4. Respect `args.quiet` (no progress bars, no chatter; pass `progress=not args.quiet`) and print
    results to stdout, everything else to stderr. Library code logs; only this module prints.
 """
@@ -32,15 +33,24 @@ import torch
 import torch.distributed as dist
 
 from .builders import list_models
-from .checkpoint import SOURCE_RULES, ArchMismatch, Loaded, WeightsFileNotFound, available_devices, check_device, load
-from .config import MIN_SIZE, check_arch
+from .checkpoint import (
+    SOURCE_RULES,
+    ArchMismatch,
+    BadCheckpointError,
+    Loaded,
+    WeightsFileNotFound,
+    available_devices,
+    check_device,
+    load,
+)
+from .config import MAX_SIZE, MIN_SIZE, check_arch
 from .explain import METHODS, explain
 from .feature_maps import feature_maps
 from .finetune import IMAGE_SUFFIXES, finetune
 from .lpips import LPIPS
 from .pictures import label, overlay
 from .summary import format_summary, plot_summary, summarize
-from .transforms import ImageClassification, load_image, pil_to_tensor
+from .transforms import BadImageError, ImageClassification, load_image, pil_to_tensor
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -102,11 +112,26 @@ def _size_arg(text: str) -> tuple[int, int]:
 
 
 def _side_arg(text: str) -> int:
-    """argparse type for one side in pixels: VGG's five 2x2 max-pools need at least MIN_SIZE."""
+    """argparse type for one side in pixels: VGG's five 2x2 max-pools need at least MIN_SIZE; at most MAX_SIZE."""
     value = _positive(text)
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(f"VGG needs at least {MIN_SIZE} px (five 2x2 max-pools), got {text!r}")
+    _most(text, value)
     return value
+
+
+def _most(text: str, side: int) -> None:
+    if side > MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_SIZE} px per side (vgg16 keeps 1.2 GiB of activations per image at {MAX_SIZE}), got {text!r}"
+        )
+
+
+def _bounded_size_arg(text: str) -> tuple[int, int]:
+    """`_size_arg` for sizes that are run, not just computed on the meta device: each side at most MAX_SIZE."""
+    sides = _size_arg(text)
+    _most(text, max(sides))
+    return sides
 
 
 def _device_arg(text: str) -> str:
@@ -252,10 +277,11 @@ def _run_predict(args: argparse.Namespace) -> int:
         for path in paths[start : start + args.batch_size]:
             try:
                 inputs.append(preset(load_image(path)))
-            except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            except (OSError, ValueError) as err:  # BadImageError: not an image, cut short, over the pixel budget
                 failed += 1
-                _error(f"cannot read the image {path}: {err}")
-                results.append({"image": str(path), "error": str(err)})
+                problem = err.problem if isinstance(err, BadImageError) else str(err)
+                _error(f"cannot read the image {path}: {problem}")
+                results.append({"image": str(path), "error": problem})
                 continue
             batch.append(path)
         if not batch:
@@ -644,7 +670,7 @@ def _add_bench(sub: SubParsers) -> None:
     )
     p.add_argument("--arch", type=_model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
     p.add_argument("--batch-size", type=_positive, default=1, metavar="B", help="default 1")
-    p.add_argument("--image-size", type=_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
+    p.add_argument("--image-size", type=_bounded_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument(
         "--dtype",
@@ -970,7 +996,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _exit_status(err: BaseException) -> int:
-    """Exit 2 for what the user can fix in the command line, 1 for anything that failed."""
+    """Exit 2 for what the user can fix in the command line, 1 for anything that failed.
+
+    A checkpoint vggnet refuses (pickled code, NaN, not a state dict) is a bad file, as a corrupt one: 1.
+    """
+    if isinstance(err, BadCheckpointError):
+        return EXIT_FAILURE
     return EXIT_USAGE if isinstance(err, (UsageError, ValueError, WeightsFileNotFound)) else EXIT_FAILURE
 
 

@@ -39,6 +39,10 @@ IN_CHANNELS: Final = 3
 POOLED_SIZE: Final = 7  # the adaptive pool's output side: 224 / 2**5
 HIDDEN: Final = 4096  # width of fc6 and fc7
 MIN_SIZE: Final = 32  # five stride-2 max-pools need at least 2**5 px per side
+# The largest crop (`--image-size`, a preset's crop_size): vgg16 at 1024x1024 keeps 1.2 GiB of fp32
+# activations per image (`vggnet summary vgg16 --input-size 1024`), 21x the 224 figure; 2048 would be 4.7 GiB.
+MAX_SIZE: Final = 1024
+MAX_RESIZE: Final = round(MAX_SIZE * 256 / 224)  # 1170: the shorter side `--image-size 1024` resizes to
 
 
 def check_arch(name: str) -> str:

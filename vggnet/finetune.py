@@ -67,7 +67,7 @@ from .checkpoint import (
 )
 from .checkpoint import read_finetuned as _read_finetuned  # noqa: F401  # the old private name, kept importable
 from .checks import check_int
-from .config import IN_CHANNELS, MIN_SIZE, check_arch
+from .config import IN_CHANNELS, MAX_SIZE, MIN_SIZE, check_arch
 from .model import VGG
 from .transforms import ImageClassification, TrainClassification, gray_image, load_image
 
@@ -272,6 +272,8 @@ class FinetuneConfig:
                 f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
                 f"{MIN_SIZE}x{MIN_SIZE} pixels), got {size!r}; 224 is what ImageNet weights were trained at"
             )
+        if size > MAX_SIZE:  # checked here too, before any weights are fetched
+            raise ValueError(f"image_size must be at most {MAX_SIZE} (the presets' bound), got {size}")
         lr = self.lr
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
             raise ValueError(

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
 import time
@@ -61,8 +62,10 @@ from .config import OFFICIAL_BASE
 from .download import RETRIES, TIMEOUT, DownloadError, Timeout, check_limits, download_file
 
 __all__ = [
+    "BadCheckpointError",
     "ChecksumError",
     "DownloadError",
+    "UnsafeCheckpointError",
     "add_to_mirror",
     "cache_dir",
     "fetch",
@@ -70,6 +73,7 @@ __all__ = [
     "load_state_dict_from_url",
     "load_weights",
     "verify_file",
+    "weights_only_load",
 ]
 
 logger = logging.getLogger(__name__)
@@ -409,20 +413,45 @@ def _load(path: Path, digest: str, *, where: Path, map_location: MapLocation) ->
             )  # fmt: skip
         f.seek(0)
         if f.read(4) == _ZIP_MAGIC:
-            return _state_dict(_torch_load(f, path, mmap=True, map_location=map_location), path)
+            return _state_dict(weights_only_load(f, path, mmap=True, map_location=map_location), path)
         copy = _zip_copy(f, path, digest, where)
         if copy is None:
-            return _state_dict(_torch_load(f, path, mmap=False, map_location=map_location), path)
+            return _state_dict(weights_only_load(f, path, mmap=False, map_location=map_location), path)
     copy_path = where / f"{path.name}.zip"
     with copy:
-        return _state_dict(_torch_load(copy, copy_path, mmap=True, map_location=map_location), copy_path)
+        return _state_dict(weights_only_load(copy, copy_path, mmap=True, map_location=map_location), copy_path)
 
 
-def _torch_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
+class BadCheckpointError(ValueError):
+    """A checkpoint whose contents vggnet will not load (not a state dict, NaN, sparse or integer weights, ...)."""
+
+
+class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
+    """A checkpoint holding pickled code or objects other than tensors and plain containers; none of it ran."""
+
+    def __init__(self, path: str | os.PathLike[str], reference: str | None = None) -> None:
+        self.path = Path(path)
+        self.reference = reference  # the global it tried to import ("posix.system"), when torch named one
+        holds = f"a reference to {reference}" if reference else "pickled code or objects other than tensors"
+        super().__init__(
+            f"refused to load {path}: it holds {holds} (or is not a PyTorch checkpoint at all); it was read with "
+            "weights_only=True, so none of it ran. Use a checkpoint that holds only tensors (a state dict)"
+        )
+
+
+class NotAStateDict(BadCheckpointError, TypeError):
+    """A checkpoint that holds no state dict where vggnet looks (a TypeError, as before, and a BadCheckpointError)."""
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
     """torch.load of the open file `f` (named `path`), weights only; memory-mapped through /proc/self/fd if asked.
 
     torch.load memory-maps only a named file: /proc/self/fd/N names the very file `f` holds open,
-    whatever has been renamed since. Elsewhere the file is read through `f`, without mmap.
+    whatever has been renamed since. Elsewhere the file is read through `f`, without mmap. A pickle
+    asking for code gives one line naming the file, not torch's advice.
     """
     f.seek(0)
     fd_path = Path(f"/proc/self/fd/{f.fileno()}")
@@ -430,13 +459,12 @@ def _torch_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocati
     try:
         return torch.load(fd_path if mmap else f, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise pickle.UnpicklingError(
-            f"refused to load {path}: it holds pickled code or objects other than tensors and plain "
-            "containers (or is not a PyTorch checkpoint at all), and vggnet only loads with "
-            f"weights_only=True, so none of it ran. torch says: {err}"
-        ) from err
-    except RuntimeError as err:
-        raise RuntimeError(f"{path} could not be read as a PyTorch checkpoint: {err}") from err
+        found = _GLOBAL.search(str(err))
+        # `from None`: torch's text suggests weights_only=False, the one thing never to do with this file
+        raise UnsafeCheckpointError(path, found.group(1) if found else None) from None
+    except (RuntimeError, KeyError, EOFError) as err:  # a cut zip; a text file is a KeyError, an empty one EOFError
+        detail = str(err).splitlines()[0] if isinstance(err, RuntimeError) and str(err) else type(err).__name__
+        raise RuntimeError(f"{path} could not be read as a PyTorch checkpoint (corrupt, cut short?): {detail}") from err
 
 
 def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -448,10 +476,45 @@ def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 return inner if isinstance(inner, dict) else dict(inner)
         if _is_state_dict(obj):
             return obj if isinstance(obj, dict) else dict(obj)
-    raise TypeError(
+        nested = _nested_state_dict(obj)
+        if nested:
+            where = "".join(f"[{_key(k)}]" for k in nested)
+            raise NotAStateDict(
+                f"{path} does not hold a state dict where vggnet looks (the top level, or under 'state_dict' or "
+                f"'model'): the tensors are at checkpoint{where}; save that part as a plain "
+                f"state dict (torch.save(checkpoint{where}, 'plain.pth')) and load the new file"
+            )
+        odd = [f"{_key(k)} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        odd += [f"{_key(k)} (a {type(k).__name__} key)" for k in obj if not isinstance(k, str)]
+        more = f" and {len(odd) - 5} more" if len(odd) > 5 else ""
+        raise NotAStateDict(
+            f"{path} does not hold a state dict (a mapping of names to tensors, possibly under 'state_dict' or "
+            f"'model'): its entries {', '.join(odd[:5])}{more} are not tensors under string names"
+        )
+    raise NotAStateDict(
         f"{path} does not hold a state dict (a mapping of names to tensors, possibly under 'state_dict' "
         f"or 'model'); found a {type(obj).__name__}"
     )
+
+
+def _nested_state_dict(obj: Mapping[Any, Any], depth: int = 3) -> list[Any]:
+    """The keys leading to the first non-empty state dict below `obj` (at most `depth` levels), else []."""
+    if depth == 0:
+        return []
+    for key, value in obj.items():
+        if isinstance(value, Mapping) and value:
+            if _is_state_dict(value):
+                return [key]
+            below = _nested_state_dict(value, depth - 1)
+            if below:
+                return [key, *below]
+    return []
+
+
+def _key(key: object, width: int = 60) -> str:
+    """A checkpoint's key for a message, cut short: the file chose it, and it may be a megabyte long."""
+    text = repr(key)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
@@ -504,7 +567,7 @@ def _open_zip_copy(copy: Path, source_digest: str) -> IO[bytes] | None:
 
 def _convert(source: IO[bytes], path: Path, copy: Path, digest: str) -> None:
     started = time.perf_counter()
-    state = _torch_load(source, path, mmap=False, map_location="cpu")
+    state = weights_only_load(source, path, mmap=False, map_location="cpu")
     _state_dict(state, path)  # refuse anything that is not a state dict before writing a copy of it
     tmp = _temp_name(copy)
     try:

@@ -19,6 +19,11 @@ applies in training, so a gray fine-tuned checkpoint classifies ordinary RGB ima
 from __future__ import annotations
 
 import math
+import os
+import re
+import stat
+import struct
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Union
 
@@ -28,12 +33,22 @@ from torch import nn
 from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
 
 from .checks import check_int
-from .config import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from .config import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, MAX_RESIZE, MAX_SIZE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["ImageClassification", "TrainClassification", "gray_image", "load_image", "pil_to_tensor"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ENV_MAX_PIXELS",
+    "BadImageError",
+    "ImageClassification",
+    "TrainClassification",
+    "gray_image",
+    "load_image",
+    "max_image_pixels",
+    "pil_to_tensor",
+]
 
 ImageLike = Union["Image", torch.Tensor]
 SCALES = {torch.uint8: 255, torch.uint16: 65535}  # integer tensor dtypes read, and their white
@@ -47,11 +62,105 @@ def _pil() -> Any:
     return Image
 
 
-def load_image(path: str | Any) -> Image:
-    """Open an image file as RGB with Pillow (gray, palette, alpha and 16-bit images are converted)."""
-    with _pil().open(path) as img:
-        rgb: Image = _eight_bit(img).convert("RGB")
+# The pixel budget: no image is decoded, nor resized, to more pixels than this. Pillow's own default
+# (MAX_IMAGE_PIXELS, about 89.5 MP: 256 MiB of RGB), checked from the header before anything is decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
+ENV_MAX_PIXELS = "VGGNET_MAX_IMAGE_PIXELS"
+
+
+class BadImageError(ValueError):
+    """An image that cannot be used (not an image, cut short, over the pixel budget): skip it and go on.
+
+    `path` is the file (None for an image already in memory) and `problem` what is wrong with it.
+    """
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+def max_image_pixels() -> int:
+    """The pixel budget: $VGGNET_MAX_IMAGE_PIXELS if set, else DEFAULT_MAX_PIXELS (Pillow's default)."""
+    text = os.environ.get(ENV_MAX_PIXELS, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"{ENV_MAX_PIXELS}={os.environ[ENV_MAX_PIXELS]!r} is not a positive whole number of pixels; "
+            f"set it to e.g. 50000000, or unset it for {DEFAULT_MAX_PIXELS:,}"
+        )
+    return int(text)
+
+
+def _over_budget(pixels: int, budget: int, what: str) -> str:
+    return (
+        f"{what} {pixels:,} pixels, over the budget of {budget:,} (set {ENV_MAX_PIXELS} to change it); "
+        "nothing was decoded"
+    )
+
+
+# what Pillow raises for a malformed file, besides OSError ("image file is truncated", "cannot identify")
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, ZeroDivisionError, struct.error, MemoryError)
+
+
+def load_image(path: str | os.PathLike[str] | Any, *, max_pixels: int | None = None) -> Image:
+    """Open an image file as RGB with Pillow (gray, palette, alpha and 16-bit images are converted).
+
+    The header's size is checked against `max_pixels` (default `max_image_pixels()`) before any pixel
+    is decoded. A file that is not a readable image within the budget (or is a FIFO or a device) raises
+    `BadImageError` naming it; a missing or unreadable file raises the OSError `open` gives.
+    """
+    pil = _pil()
+    budget = max_image_pixels() if max_pixels is None else max_pixels
+    check_int("max_pixels", budget)
+    source = _open_regular(path) if isinstance(path, (str, os.PathLike)) else path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pil.DecompressionBombWarning)  # the budget below decides
+            with pil.open(source) as img:
+                width, height = img.size  # read from the header: nothing decoded yet
+                if width < 1 or height < 1:
+                    raise BadImageError(path, f"its header declares {width}x{height} pixels")
+                if width * height > budget:
+                    raise BadImageError(
+                        path, _over_budget(width * height, budget, f"its header declares {width}x{height} =")
+                    )
+                rgb: Image = _eight_bit(img).convert("RGB")
+    except BadImageError:
+        raise
+    except pil.DecompressionBombError as err:  # over twice Pillow's own MAX_IMAGE_PIXELS: refused inside open
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found.group(1)) if found else budget + 1
+        if pixels > budget:
+            raise BadImageError(path, _over_budget(pixels, budget, "its header declares")) from None
+        raise BadImageError(
+            path,
+            f"its header declares {pixels:,} pixels, over Pillow's own limit (twice PIL.Image.MAX_IMAGE_PIXELS, "
+            f"{pil.MAX_IMAGE_PIXELS:,}): raise that too, or lower {ENV_MAX_PIXELS}",
+        ) from None
+    except pil.UnidentifiedImageError:
+        raise BadImageError(path, "not an image Pillow can identify (a text or HTML file named like one?)") from None
+    except _DECODE_ERRORS as err:  # a cut-short file, a broken header
+        problem = str(err) or type(err).__name__
+        raise BadImageError(path, f"not a readable image ({problem})") from None
+    finally:
+        if source is not path:
+            source.close()
     return rgb
+
+
+def _open_regular(path: str | os.PathLike[str]) -> Any:
+    """`path` opened for reading, if it is a regular file: a FIFO would block the read, /dev/zero never end it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise BadImageError(path, f"is {kind}, not an image file; nothing was read")
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def gray_image(img: Image) -> Image:
@@ -117,9 +226,23 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(height, width) with the shorter side at `size`, the longer truncated as torchvision does."""
+    """(height, width) with the shorter side at `size`, the longer truncated as torchvision does.
+
+    BadImageError when the result would exceed the pixel budget (`max_image_pixels()`): a 1x60000
+    image resized to a 256 px shorter side would be 256x15,360,000 pixels, 11 GiB of RGB.
+    """
     short, long = (width, height) if width <= height else (height, width)
+    if short < 1:
+        raise BadImageError(None, f"an image of {height}x{width} pixels has nothing to resize")
     new_long = int(size * long / short)
+    budget = max_image_pixels()
+    if new_long * size > budget:
+        raise BadImageError(
+            None,
+            f"an image of {height}x{width} (aspect ratio {long / short:,.0f}:1) resized to a shorter side of {size} "
+            f"would be {new_long:,}x{size} = {new_long * size:,} pixels, over the budget of {budget:,} "
+            f"(set {ENV_MAX_PIXELS} to change it); crop it closer to square first",
+        )
     return (new_long, size) if width <= height else (size, new_long)
 
 
@@ -149,8 +272,13 @@ def _resize_tensor(x: torch.Tensor, size: tuple[int, int], interpolation: str, a
     return torch.round(y).to(x.dtype)
 
 
-def _check_size(name: str, value: int) -> None:
+def _check_size(name: str, value: int, most: int) -> None:
     check_int(name, value, what="pixels")
+    if value > most:
+        raise ValueError(
+            f"{name} must be at most {most} pixels (vgg16 keeps 1.2 GiB of activations per image at a "
+            f"{MAX_SIZE} px crop, 21x what 224 needs), got {value}"
+        )
 
 
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -264,8 +392,8 @@ class ImageClassification(_Preset):
         antialias: bool = True,
     ) -> None:
         super().__init__(mean, std, interpolation, antialias)
-        _check_size("crop_size", crop_size)
-        _check_size("resize_size", resize_size)
+        _check_size("crop_size", crop_size, MAX_SIZE)
+        _check_size("resize_size", resize_size, MAX_RESIZE)
         self.crop_size = crop_size
         self.resize_size = resize_size
 
@@ -325,7 +453,7 @@ class TrainClassification(_Preset):
         antialias: bool = True,
     ) -> None:
         super().__init__(mean, std, interpolation, antialias)
-        _check_size("crop_size", crop_size)
+        _check_size("crop_size", crop_size, MAX_SIZE)
         self.crop_size = crop_size
         self.hflip_prob = hflip_prob
         self.scale = scale

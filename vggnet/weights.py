@@ -87,7 +87,9 @@ class Weights:
     `url` is https, http, `file://` or a local path. `sha256` is the full 64-hex digest, or a hex
     prefix (at least 8 digits) where only that is known; the whole file is hashed either way.
     `size` is the exact byte count when known; `file_size` is the size in MiB as torchvision
-    reports it. `metrics` maps "acc@1"/"acc@5" to ImageNet-1K accuracies.
+    reports it. `metrics` maps "acc@1"/"acc@5" to ImageNet-1K accuracies. `nonfinite` lists the
+    state-dict key prefixes whose tensors may hold NaN or Inf (the features-only VGG16's classifier);
+    anywhere else a NaN or Inf refuses the checkpoint.
     """
 
     url: str
@@ -106,9 +108,15 @@ class Weights:
     file_size: float | None = None
     recipe: str | None = None
     docs: str | None = None
+    nonfinite: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha256", normalize_digest(self.sha256))
+        if not isinstance(self.nonfinite, (tuple, list)) or not all(isinstance(p, str) and p for p in self.nonfinite):
+            raise ValueError(
+                f"nonfinite must be a tuple of state-dict key prefixes such as ('classifier.',), got {self.nonfinite!r}"
+            )
+        object.__setattr__(self, "nonfinite", tuple(self.nonfinite))
         if not self.url:
             raise ValueError("url must be an https, http or file:// URL, or a local path")
         if self.size is not None and self.size <= 0:
@@ -333,6 +341,7 @@ class VGG16_Weights(WeightsEnum):
         url=OFFICIAL_BASE + "vgg16_features-amdegroot-88682ab5.pth",
         sha256="88682ab5",
         categories=None,
+        nonfinite=("classifier.",),  # fc6 and fc7 hold NaN: refused anywhere else
         mean=CAFFE_MEAN,
         std=CAFFE_STD,
         metrics={"acc@1": float("nan"), "acc@5": float("nan")},  # as torchvision: no classifier to measure
