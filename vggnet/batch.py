@@ -111,7 +111,7 @@ class Session:
         )  # fmt: skip
         for batch in loader:
             for index, message in batch.errors:
-                logger.error("%s: %s", paths[index], message)
+                logger.error("cannot read the image %s: %s", paths[index], message)
             yield batch
 
     def bar(self, total: int, desc: str, progress: bool) -> tqdm[Any]:
@@ -284,7 +284,7 @@ class _Output:
     def writer(self) -> Iterator[IO[str]]:
         """This rank's file, opened for appending: OUTPUT itself in one process, else its part."""
         target = self.part(self.session.ctx.rank) if self.session.ctx.on else self.path
-        with open(target, "a", encoding="utf-8", newline="") as f:
+        with open(target, "a", encoding="utf-8", newline="", buffering=1) as f:  # a line per image, as it comes
             yield f
 
     def merge(self, paths: Sequence[str]) -> None:
@@ -450,14 +450,14 @@ def predict_images(
 
 def _summary(session: Session, output: Path, ran: int, failed: int, total: int, seconds: float) -> PredictSummary:
     ran_all, failed_all = (int(v) for v in session.sum(torch.tensor([ran, failed], dtype=torch.int64)).tolist())
-    seconds = _max(session, seconds)
+    seconds = slowest(session, seconds)
     return PredictSummary(
         str(output), ran_all, failed_all, total - ran_all, seconds, ran_all / seconds if seconds else 0.0,
         session.ctx.world,
     )  # fmt: skip
 
 
-def _max(session: Session, value: float) -> float:
+def slowest(session: Session, value: float) -> float:
     """The largest `value` over the ranks: a run lasts as long as its slowest rank."""
     if not session.ctx.on:
         return value
@@ -573,7 +573,7 @@ def embed_images(
         seconds = time.perf_counter() - tic
     index.merge(paths)
     summary = _summary(session, index.path, len(todo), failed, len(paths), seconds)
-    dim = int(_max(session, float(dim)))
+    dim = int(slowest(session, float(dim)))
     return EmbedSummary(
         str(folder), layer, dim, summary.images, summary.failed, summary.skipped, summary.seconds,
         summary.images_per_s, summary.world_size,

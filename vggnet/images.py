@@ -212,7 +212,7 @@ class ImageFiles(Dataset[tuple[int, torch.Tensor | str]]):
         try:
             x: torch.Tensor = self.transform(load_image(self.paths[index]))
         except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError is an OSError
-            return index, f"cannot read the image: {err}"
+            return index, str(err) or type(err).__name__
         return index, x
 
 
