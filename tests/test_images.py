@@ -73,7 +73,7 @@ def test_list_images_expands_folders_globs_lists_and_stdin(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match"):
         list_images([str(tmp_path / "*.gif")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no images .* in the folder"):
+    with pytest.raises(FileNotFoundError, match=r"no images .* in the folder"):
         list_images([tmp_path / "empty"])
     with pytest.raises(FileNotFoundError, match="--from-file"):
         list_images(from_file=tmp_path / "nope.txt")
@@ -99,7 +99,7 @@ def test_labelled_images_sorted_named_and_imagenet_layouts(tmp_path):
     # synset folders with a 3-class model are just three classes
     assert labelled_images(tmp_path / "val", num_classes=3).targets == [0, 1, 2]
 
-    with pytest.raises(ValueError, match="has 2 class folders .* but the model has 5 outputs"):
+    with pytest.raises(ValueError, match=r"has 2 class folders .* but the model has 5 outputs"):
         labelled_images(tmp_path / "plain", num_classes=5)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         labelled_images(tmp_path / "absent")

@@ -134,9 +134,12 @@ def _figures(
 MAX_LABELLED = 40  # class names drawn beside the matrix up to this many classes
 
 
-def plot_confusion(evaluation: Evaluation, path: str | os.PathLike[str], *, cell: int | None = None) -> Path:
+def plot_confusion(
+    evaluation: Evaluation, path: str | os.PathLike[str], *, cell: int | None = None, labels: bool = True
+) -> Path:
     """The confusion matrix as a PNG: row i = true class i, column j = predicted j, shaded by the share
-    of row i's images (white 0 to dark blue 1); class names on the left and top for up to 40 classes.
+    of row i's images (white 0 to dark blue 1); with `labels`, class names on the left and top (up to 40
+    classes). `cell`: pixels per cell (default: up to 24, the matrix at most about 960 px wide).
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -150,7 +153,7 @@ def plot_confusion(evaluation: Evaluation, path: str | os.PathLike[str], *, cell
     rgb = (low + share[..., None] * (high - low)).round().to(torch.uint8)  # (C, C, 3)
     grid = rgb.repeat_interleave(side, 0).repeat_interleave(side, 1).numpy()
     picture = Image.fromarray(grid, "RGB")
-    labelled = n <= MAX_LABELLED
+    labelled = labels and n <= MAX_LABELLED
     font = ImageFont.load_default()
     margin = 8 + (max(_text_width(font, name) for name in evaluation.classes) if labelled else 0)
     title = f"acc@1 {evaluation.acc1:.2%}  acc@5 {evaluation.acc5:.2%}  ({evaluation.images} images)"
