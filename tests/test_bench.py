@@ -202,3 +202,20 @@ def test_cpu_peak_skips_the_gemms_in_a_dtype_onednn_cannot_compute(monkeypatch):
     monkeypatch.setattr(bench, "onednn_computes", lambda dtype: dtype == torch.float32)
     assert set(bench.peak_kernels(cpu, torch.bfloat16, size=64)) == {"3x3"}
     assert set(bench.peak_kernels(cpu, torch.float32, size=64)) == {"matmul", "1x1", "3x3"}
+
+
+def test_bench_pipeline_smoke_writes_its_figures(tmp_path):
+    pytest.importorskip("PIL")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_pipeline.py"), "--smoke", "--device", "cpu"]
+    run = subprocess.run([*cmd, "--out", str(tmp_path), "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    assert path.name.startswith("pipeline-smoke-cpu-") and data["suite"] == "pipeline" and data["complete"]
+    assert (data["arch"], data["batch_size"], data["images"], data["workers"]) == ("vgg11", 4, 16, 1)
+    assert set(data["img_per_s"]) == {"bare model", "predict", "evaluate"}
+    assert all(v > 0 for v in data["img_per_s"].values())
+    for name in ("predict", "evaluate"):
+        assert data["share_of_bare"][name] == pytest.approx(
+            data["img_per_s"][name] / data["img_per_s"]["bare model"], abs=1e-3
+        )

@@ -383,17 +383,17 @@ def iter_predictions(
     topk: int = 5,
     indices: Sequence[int] | None = None,
     optimize: bool = True,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     bar: tqdm[Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One record per image of `paths` (those at `indices`, default all), in order, as they are computed.
 
     A record is `prediction_record(...)`, or `{"image": path, "error": message}` for an unreadable file.
+    `forward`: a `logits_fn(model, session, optimize)` made beforehand (default: made here).
     """
-    check_int("topk", topk)
-    if len(categories) != model.num_classes:
-        raise ValueError(f"{len(categories)} category names for a model with {model.num_classes} outputs")
+    _check_categories(model, categories, topk)
     k = min(topk, model.num_classes)
-    forward = logits_fn(model, session, optimize)
+    forward = forward if forward is not None else logits_fn(model, session, optimize)
     for batch in session.batches(paths, range(len(paths)) if indices is None else indices, preset):
         rows: dict[int, dict[str, Any]] = {i: {"image": paths[i], "error": msg} for i, msg in batch.errors}
         if batch.images is not None:
@@ -404,6 +404,15 @@ def iter_predictions(
             yield rows[i]
         if bar is not None:
             bar.update(len(rows))
+
+
+def _check_categories(model: VGG, categories: Sequence[str], topk: int) -> None:
+    check_int("topk", topk)
+    if len(categories) != model.num_classes:
+        raise ValueError(
+            f"{len(categories)} category names for a model with {model.num_classes} outputs; "
+            "pass one name per output of fc8"
+        )
 
 
 def predict_images(
@@ -429,6 +438,7 @@ def predict_images(
     that could not be read) or CSV (`prediction_columns`). Under torchrun each rank does its share and
     rank 0 merges; the summary is the same on every rank.
     """
+    _check_categories(model, categories, topk)
     lines = _Lines(format, prediction_columns(min(topk, model.num_classes)))
     session = Session(device, batch_size, workers)
     paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
@@ -436,10 +446,11 @@ def predict_images(
     done = out.prepare(resume)
     todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
     failed = 0
+    forward = logits_fn(model, session, optimize)
     tic = time.perf_counter()
     with out.writer() as f, session.bar(len(todo), "predict", progress) as bar:
         for record in iter_predictions(
-            model, preset, paths, categories, session, topk=topk, indices=todo, optimize=optimize, bar=bar
+            model, preset, paths, categories, session, topk=topk, indices=todo, forward=forward, bar=bar
         ):
             failed += "error" in record
             f.write(lines.line(record if format == "jsonl" else _flat(record)))
