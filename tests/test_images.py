@@ -10,6 +10,7 @@ import torch
 
 from vggnet.images import (
     ImageFiles,
+    NoImages,
     collate,
     imagenet_synsets,
     labelled_images,
@@ -77,7 +78,7 @@ def test_list_images_expands_folders_globs_lists_and_stdin(tmp_path):
         list_images([tmp_path / "empty"])
     with pytest.raises(FileNotFoundError, match="--from-file"):
         list_images(from_file=tmp_path / "nope.txt")
-    with pytest.raises(ValueError, match="no images named"):
+    with pytest.raises(NoImages, match="no images named"):
         list_images([])
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "Batch",
     "ImageFiles",
     "LabelledImages",
+    "NoImages",
     "collate",
     "imagenet_synsets",
     "is_image",
@@ -46,6 +47,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STDIN = "-"
+
+
+class NoImages(FileNotFoundError, ValueError):
+    """A named source (file, folder, pattern, list) holds no image: the user's argument to fix."""
+
+
 NUM_IMAGENET_CLASSES = 1000
 
 
@@ -86,17 +93,17 @@ def list_images(
     A source is a file (taken as it is, whatever its suffix), a folder (its images at any depth,
     sorted), a glob pattern (`photos/**/*.jpg`, matches sorted) or "-" (paths one per line from
     `stdin`, default sys.stdin). `from_file` is a text file of paths, one per line, read the same way.
-    Raises FileNotFoundError naming the source that matched nothing.
+    Raises NoImages (a FileNotFoundError and a ValueError) naming the source that matched nothing.
     """
     named: list[str] = [os.fspath(s) for s in sources]
     if from_file is not None:
         list_path = Path(from_file)
         if not list_path.is_file():
-            raise FileNotFoundError(f"--from-file {list_path}: no such file (expected a text file, one path per line)")
+            raise NoImages(f"--from-file {list_path}: no such file (expected a text file, one path per line)")
         with open(list_path, encoding="utf-8") as f:
             named.extend(_read_list(f))
     if not named:
-        raise ValueError("no images named: give image files, folders, glob patterns, --from-file LIST or - for stdin")
+        raise NoImages("no images named: give image files, folders, glob patterns, --from-file LIST or - for stdin")
     seen: set[str] = set()
     out: list[str] = []
     for source in _expand_stdin(named, stdin):
@@ -120,16 +127,16 @@ def _expand(source: str) -> list[str]:
     if path.is_dir():
         found = _walk(path)
         if not found:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder {source}, at any depth")
+            raise NoImages(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder {source}, at any depth")
         return [str(p) for p in found]
     if path.exists():
         return [source]
     if any(c in source for c in "*?["):
         matches = sorted(p for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not matches:
-            raise FileNotFoundError(f"no files match {source!r}")
+            raise NoImages(f"no files match {source!r}")
         return matches
-    raise FileNotFoundError(f"{source}: no such image file, folder or glob pattern")
+    raise NoImages(f"{source}: no such image file, folder or glob pattern")
 
 
 # --- labelled folders ----------------------------------------------------------------------------
@@ -157,7 +164,7 @@ def labelled_images(
     """
     folder = Path(root)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder (expected {folder}/<class>/<images>)")
+        raise NoImages(f"{folder}: no such folder (expected {folder}/<class>/<images>)")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise ValueError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
