@@ -7,7 +7,7 @@ batch size, on the same model (random weights: nothing is downloaded), in the sa
 
 - "bare model": the forward the pipeline runs (`vggnet.batch.logits_fn`: `optimize_for_inference`,
   uncompiled) on a batch of random tensors already in memory, as many batches as the folder holds;
-- "predict": `vggnet.batch.predict_images` over the folder, JPEG decoding and preprocessing in
+- "predict": `vggnet.predict.predict_images` over the folder, JPEG decoding and preprocessing in
   DataLoader workers, one JSON line per image written to a temporary file;
 - "evaluate": `vggnet.evaluate.evaluate` over the same images, laid out as 4 ImageNet synset folders.
 
@@ -36,10 +36,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
 from vggnet import get_model  # noqa: E402
-from vggnet.batch import Session, logits_fn, predict_images  # noqa: E402
+from vggnet.batch import Session, logits_fn  # noqa: E402
 from vggnet.bench import environment, save_results  # noqa: E402
 from vggnet.evaluate import evaluate  # noqa: E402
 from vggnet.images import imagenet_synsets  # noqa: E402
+from vggnet.predict import predict_images  # noqa: E402
 from vggnet.transforms import ImageClassification  # noqa: E402
 from vggnet.weights import IMAGENET_CATEGORIES  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The streaming engine: predict and embed over folders, resumable outputs, bad files, torchrun with 2 processes."""
+"""The engine (vggnet.batch): resumable outputs, a killed run, torchrun with 2 processes; shared test helpers."""
 
 import functools
 import json
@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import pytest
 import torch
 
 import vggnet
-from vggnet.batch import Session, embed_images, iter_predictions, predict_images, read_embeddings
+from vggnet.embed import embed_images, read_embeddings
+from vggnet.predict import predict_images
 from vggnet.transforms import ImageClassification, load_image
 
 from .test_images import write_corrupt, write_images
@@ -42,15 +42,18 @@ def small_model(num_classes: int = len(CLASSES), seed: int = 0) -> vggnet.VGG:
 PRESET = ImageClassification(crop_size=32, resize_size=36)
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
+def write_photos(root: Path) -> Path:
     """16 JPEG/PNG images in nested folders, and two files that cannot be read."""
-    root = tmp_path_factory.mktemp("photos")
     names = [f"{d}/{i}.{'png' if i % 3 else 'jpg'}" for d in ("x", "y/z") for i in range(8)]
     write_images(root, names)
     write_corrupt(root / "x" / "broken.jpg")
     write_corrupt(root / "y" / "cut.jpg", "truncated")
     return root
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 def by_hand(model, paths, k=3):
@@ -89,53 +92,6 @@ def bad_paths(photos):
     return {str(photos / "x" / "broken.jpg"), str(photos / "y" / "cut.jpg")}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_predict_a_folder_to_jsonl_with_bad_files(photos, tmp_path, workers, caplog):
-    model = small_model()
-    out = tmp_path / "out.jsonl"
-    summary = predict_images(
-        model, PRESET, [photos], out, categories=CLASSES, topk=3, batch_size=5, workers=workers, progress=False
-    )
-    assert (summary.images, summary.failed, summary.skipped, summary.world_size) == (18, 2, 0, 1)
-    records = read_jsonl(out)
-    assert [r["image"] for r in records] == vggnet.images.list_images([photos])  # in the listing's order
-    check_results(records, by_hand(model, readable(photos)), bad_paths(photos))
-    assert sum("cannot read the image" in m and "broken.jpg" in m for m in caplog.messages) == 1
-
-
-def test_predict_to_csv(photos, tmp_path):
-    import csv
-
-    model = small_model()
-    out = tmp_path / "out.csv"
-    predict_images(model, PRESET, [photos], out, categories=CLASSES, topk=2, format="csv", workers=0, progress=False)
-    rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == [
-        "image",
-        "label_1",
-        "index_1",
-        "probability_1",
-        "label_2",
-        "index_2",
-        "probability_2",
-        "error",
-    ]
-    expected = by_hand(model, readable(photos), k=2)
-    assert len(rows) == 18
-    for row in rows:
-        if row["image"] in bad_paths(photos):
-            assert row["error"] and row["label_1"] == ""
-            continue
-        want = expected[row["image"]]
-        assert [int(row["index_1"]), int(row["index_2"])] == [i for i, _ in want]
-        assert [row["label_1"], row["label_2"]] == [CLASSES[i] for i, _ in want]
-        assert [float(row["probability_1"]), float(row["probability_2"])] == pytest.approx(
-            [v for _, v in want], rel=1e-4
-        )
-    with pytest.raises(ValueError, match="format must be one of jsonl, csv"):
-        predict_images(model, PRESET, [photos], out, categories=CLASSES, format="xml", progress=False)
-
-
 def test_resume_after_a_truncated_output_runs_only_what_is_missing(photos, tmp_path):
     model = small_model()
     full = tmp_path / "full.jsonl"
@@ -167,7 +123,7 @@ def test_resume_after_a_truncated_output_runs_only_what_is_missing(photos, tmp_p
 KILLED_SCRIPT = textwrap.dedent(
     """
     import sys, torch, vggnet
-    from vggnet.batch import predict_images
+    from vggnet.predict import predict_images
     from vggnet.transforms import ImageClassification
     torch.manual_seed(0)
     model = vggnet.vgg11(num_classes=7)
@@ -204,73 +160,12 @@ def test_resume_after_a_killed_process(tmp_path):
     assert out.read_text() == fresh.read_text()  # and the rest added: each image once, in order
 
 
-@pytest.mark.slow
-def test_iter_predictions_holds_no_results(tmp_path):
-    """Python memory after 1000 images is what it was after 200: nothing grows with the number of images."""
-    folder = tmp_path / "many"
-    write_images(folder, [f"{i:04d}.png" for i in range(1000)], size=(32, 32))
-    paths = vggnet.images.list_images([folder])
-    model = small_model()
-    session = Session("cpu", batch_size=50, workers=0)
-    tracemalloc.start()
-    try:
-        for n, _ in enumerate(iter_predictions(model, PRESET, paths, CLASSES, session, topk=3, optimize=False), 1):
-            if n == 200:
-                early = tracemalloc.get_traced_memory()[0]
-        late = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    assert n == 1000
-    assert late - early < 64 * 1024, (early, late)  # holding 800 records would be about 1 MB
-
-
-def test_embed_writes_shards_and_an_index_and_resumes(photos, tmp_path):
-    model = small_model()
-    out = tmp_path / "emb"
-    summary = embed_images(
-        model, PRESET, [photos], out, layer="pool5", pool=True, normalize=True, shard_size=5, workers=0, progress=False
-    )
-    assert (summary.images, summary.failed, summary.dim) == (18, 2, 512)
-    assert sorted(p.name for p in out.glob("*.npy")) == [f"features-00000{i}.npy" for i in range(4)]  # 16 rows
-    paths, rows = read_embeddings(out)
-    good = readable(photos)
-    assert sorted(paths) == [str(p) for p in good] and rows.shape == (16, 512) and rows.dtype == np.float32
-    with torch.inference_mode():
-        x = torch.stack([PRESET(load_image(p)) for p in paths])
-        want = torch.nn.functional.normalize(model.extract(x, "pool5")["pool5"].mean((2, 3)), dim=1)
-    np.testing.assert_allclose(rows, want.numpy(), atol=1e-5)
-    assert np.allclose(np.linalg.norm(rows, axis=1), 1)
-    index = read_jsonl(out / "index.jsonl")
-    assert {r["image"] for r in index if "error" in r} == bad_paths(photos)
-
-    # a run killed after two shards: its index holds their rows; a third shard was written but not indexed
-    lines = (out / "index.jsonl").read_text().splitlines(keepends=True)
-    cut = max(i for i, line in enumerate(lines) if '"features-000001.npy"' in line) + 1
-    (out / "index.jsonl").write_text("".join(lines[:cut]) + lines[cut][:10])
-    (out / "features-000003.npy").unlink()
-    resumed = embed_images(
-        model, PRESET, [photos], out, layer="pool5", pool=True, normalize=True, shard_size=5, workers=0,
-        resume=True, progress=False,
-    )  # fmt: skip
-    assert resumed.skipped == cut and resumed.images == 18 - cut
-    paths2, rows2 = read_embeddings(out)
-    assert sorted(paths2) == sorted(paths)
-    order = {p: i for i, p in enumerate(paths)}
-    np.testing.assert_allclose(rows2, rows[[order[p] for p in paths2]], atol=1e-5)
-    with pytest.raises(ValueError, match="holds embeddings made with"):
-        embed_images(model, PRESET, [photos], out, layer="fc7", resume=True, progress=False)
-
-    fc7 = embed_images(model, PRESET, [photos], tmp_path / "fc7", layer="fc7", workers=0, progress=False)
-    assert fc7.dim == 4096
-    with pytest.raises(ValueError, match="no layer 'fc9'; valid: conv1_1"):
-        embed_images(model, PRESET, [photos], tmp_path / "bad", layer="fc9", progress=False)
-
-
 TORCHRUN_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch, vggnet
-    from vggnet.batch import embed_images, predict_images
+    from vggnet.embed import embed_images
+    from vggnet.predict import predict_images
     from vggnet.evaluate import evaluate
     from vggnet.transforms import ImageClassification
     photos, labelled, weights, out = sys.argv[1:]

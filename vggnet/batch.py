@@ -1,6 +1,7 @@
 """Running a model over many images: streamed, resumable, one share per rank under torchrun.
 
-The engine behind `predict_images`, `embed_images` and `vggnet.evaluate.evaluate`:
+The engine behind `vggnet.predict.predict_images`, `vggnet.embed.embed_images` and
+`vggnet.evaluate.evaluate`:
 
 - Images are decoded and preprocessed in DataLoader workers (`images.ImageFiles`), so loading runs
   in parallel with the model, and a file that cannot be read comes out as an error, not an exception.
@@ -22,35 +23,23 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .checks import check_int
 from .finetune import _Dist, _init_distributed
-from .images import Batch, ImageFiles, collate, list_images, shard
+from .images import Batch, ImageFiles, collate
 from .inference import optimize_for_inference
 from .model import VGG
 
-__all__ = [
-    "FORMATS",
-    "EmbedSummary",
-    "PredictSummary",
-    "Session",
-    "embed_images",
-    "predict_images",
-    "read_embeddings",
-]
+__all__ = ["FORMATS", "Lines", "Output", "Session", "autocast", "complete_lines", "logits_fn", "slowest", "totals"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +121,14 @@ def logits_fn(model: VGG, session: Session, optimize: bool = True) -> Callable[[
     net = model.eval().to(session.device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), _autocast(session.device):
+        with torch.inference_mode(), autocast(session.device):
             out: torch.Tensor = net(x.to(session.device, non_blocking=True))
         return out.float()
 
     return run
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 on CUDA GPUs that have it; float32 elsewhere."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -149,7 +138,7 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 # --- line-per-image outputs ---------------------------------------------------------------------
 
 
-class _Lines:
+class Lines:
     """How one record per image is written to and read back from an output file."""
 
     def __init__(self, fmt: Format, columns: Sequence[str] = ()) -> None:
@@ -189,7 +178,7 @@ def _cell(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _complete_lines(path: Path) -> Iterator[str]:
+def complete_lines(path: Path) -> Iterator[str]:
     """The lines of `path` that end with a newline (a killed writer's last line is dropped)."""
     with open(path, encoding="utf-8", newline="") as f:
         for line in f:
@@ -218,10 +207,10 @@ def _cut_partial_line(path: Path) -> None:
         f.truncate(0)
 
 
-class _Output:
+class Output:
     """OUTPUT and its per-rank parts: preparing (fresh or resumed), writing, merging."""
 
-    def __init__(self, path: Path, lines: _Lines, session: Session) -> None:
+    def __init__(self, path: Path, lines: Lines, session: Session) -> None:
         self.path = path
         self.lines = lines
         self.session = session
@@ -245,7 +234,7 @@ class _Output:
             with open(self.path, "a", encoding="utf-8", newline="") as out:
                 for part in self.parts():  # a killed torchrun run's results: kept when resuming
                     if resume:
-                        out.writelines(_complete_lines(part))
+                        out.writelines(complete_lines(part))
                     part.unlink()
         self.session.ctx.barrier()
         return self.done() if resume else set()
@@ -267,7 +256,7 @@ class _Output:
     def done(self) -> set[str]:
         """The images OUTPUT holds a line for (results and errors alike)."""
         held: set[str] = set()
-        lines = _complete_lines(self.path)
+        lines = complete_lines(self.path)
         if self.lines.header():
             next(lines, None)
         for number, line in enumerate(lines, start=2 if self.lines.header() else 1):
@@ -296,7 +285,7 @@ class _Output:
         parts = [self.part(r) for r in range(ctx.world)]
         with contextlib.ExitStack() as stack, open(self.path, "a", encoding="utf-8", newline="") as out:
             readers = [
-                _Peek(_complete_lines(p), self.lines) if p.exists() else _Peek(iter(()), self.lines) for p in parts
+                _Peek(complete_lines(p), self.lines) if p.exists() else _Peek(iter(()), self.lines) for p in parts
             ]
             for reader in readers:
                 stack.callback(reader.close)
@@ -315,7 +304,7 @@ def _part_number(path: Path) -> int:
 class _Peek:
     """The next line of a part, taken only when it is the record of the expected image."""
 
-    def __init__(self, lines: Iterator[str], fmt: _Lines) -> None:
+    def __init__(self, lines: Iterator[str], fmt: Lines) -> None:
         self.lines = lines
         self.fmt = fmt
         self.head: str | None = next(lines, None)
@@ -332,140 +321,10 @@ class _Peek:
             close()
 
 
-# --- predict -------------------------------------------------------------------------------------
-
-
-@dataclass
-class PredictSummary:
-    """What a `predict_images` run did, summed over the ranks."""
-
-    output: str
-    images: int  # run now, read or not
-    failed: int  # could not be read (their lines hold an "error")
-    skipped: int  # already in the output (resume)
-    seconds: float
-    images_per_s: float
-    world_size: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def prediction_columns(topk: int) -> list[str]:
-    """The CSV columns: image, then label_i, index_i, probability_i for i = 1..topk, then error."""
-    ranks = [f"{name}_{i}" for i in range(1, topk + 1) for name in ("label", "index", "probability")]
-    return ["image", *ranks, "error"]
-
-
-def prediction_record(
-    image: str, probs: Sequence[float], indices: Sequence[int], categories: Sequence[str]
-) -> dict[str, Any]:
-    """{"image": path, "predictions": [{"index", "label", "probability"}, ...]}, best first."""
-    predictions = [{"index": i, "label": categories[i], "probability": p} for p, i in zip(probs, indices)]
-    return {"image": image, "predictions": predictions}
-
-
-def _flat(record: dict[str, Any]) -> dict[str, Any]:
-    """A record in the CSV's columns."""
-    row: dict[str, Any] = {"image": record["image"], "error": record.get("error")}
-    for rank, p in enumerate(record.get("predictions", ()), start=1):
-        row |= {f"label_{rank}": p["label"], f"index_{rank}": p["index"], f"probability_{rank}": p["probability"]}
-    return row
-
-
-def iter_predictions(
-    model: VGG,
-    preset: nn.Module,
-    paths: Sequence[str],
-    categories: Sequence[str],
-    session: Session,
-    *,
-    topk: int = 5,
-    indices: Sequence[int] | None = None,
-    optimize: bool = True,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    bar: tqdm[Any] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """One record per image of `paths` (those at `indices`, default all), in order, as they are computed.
-
-    A record is `prediction_record(...)`, or `{"image": path, "error": message}` for an unreadable file.
-    `forward`: a `logits_fn(model, session, optimize)` made beforehand (default: made here).
-    """
-    _check_categories(model, categories, topk)
-    k = min(topk, model.num_classes)
-    forward = forward if forward is not None else logits_fn(model, session, optimize)
-    for batch in session.batches(paths, range(len(paths)) if indices is None else indices, preset):
-        rows: dict[int, dict[str, Any]] = {i: {"image": paths[i], "error": msg} for i, msg in batch.errors}
-        if batch.images is not None:
-            top = forward(batch.images).softmax(dim=1).topk(k, dim=1)
-            for i, values, classes in zip(batch.indices, top.values.tolist(), top.indices.tolist()):
-                rows[i] = prediction_record(paths[i], values, classes, categories)
-        for i in sorted(rows):
-            yield rows[i]
-        if bar is not None:
-            bar.update(len(rows))
-
-
-def _check_categories(model: VGG, categories: Sequence[str], topk: int) -> None:
-    check_int("topk", topk)
-    if len(categories) != model.num_classes:
-        raise ValueError(
-            f"{len(categories)} category names for a model with {model.num_classes} outputs; "
-            "pass one name per output of fc8"
-        )
-
-
-def predict_images(
-    model: VGG,
-    preset: nn.Module,
-    sources: Sequence[str | os.PathLike[str]],
-    output: str | os.PathLike[str],
-    *,
-    categories: Sequence[str],
-    topk: int = 5,
-    format: Format = "jsonl",
-    resume: bool = False,
-    from_file: str | os.PathLike[str] | None = None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str | torch.device | None = None,
-    optimize: bool = True,
-    progress: bool = True,
-) -> PredictSummary:
-    """Classify every image `sources` names (files, folders, globs, "-"; see `images.list_images`) into `output`.
-
-    One line per image, written as it comes: JSON Lines (`prediction_record`, or an "error" for a file
-    that could not be read) or CSV (`prediction_columns`). Under torchrun each rank does its share and
-    rank 0 merges; the summary is the same on every rank.
-    """
-    _check_categories(model, categories, topk)
-    lines = _Lines(format, prediction_columns(min(topk, model.num_classes)))
-    session = Session(device, batch_size, workers)
-    paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
-    out = _Output(Path(output), lines, session)
-    done = out.prepare(resume)
-    todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
-    failed = 0
-    forward = logits_fn(model, session, optimize)
-    tic = time.perf_counter()
-    with out.writer() as f, session.bar(len(todo), "predict", progress) as bar:
-        for record in iter_predictions(
-            model, preset, paths, categories, session, topk=topk, indices=todo, forward=forward, bar=bar
-        ):
-            failed += "error" in record
-            f.write(lines.line(record if format == "jsonl" else _flat(record)))
-        seconds = time.perf_counter() - tic
-    out.merge(paths)
-    return _summary(session, out.path, len(todo), failed, len(paths), seconds)
-
-
-def _summary(session: Session, output: Path, ran: int, failed: int, total: int, seconds: float) -> PredictSummary:
-    ran_all, failed_all = (int(v) for v in session.sum(torch.tensor([ran, failed], dtype=torch.int64)).tolist())
-    seconds = slowest(session, seconds)
-    return PredictSummary(
-        str(output), ran_all, failed_all, total - ran_all, seconds, ran_all / seconds if seconds else 0.0,
-        session.ctx.world,
-    )  # fmt: skip
+def totals(session: Session, ran: int, failed: int, seconds: float) -> tuple[int, int, float]:
+    """(images run, images failed) summed over the ranks, and the slowest rank's seconds."""
+    summed = session.sum(torch.tensor([ran, failed], dtype=torch.int64)).tolist()
+    return int(summed[0]), int(summed[1]), slowest(session, seconds)
 
 
 def slowest(session: Session, value: float) -> float:
@@ -476,188 +335,3 @@ def slowest(session: Session, value: float) -> float:
     on = t.to(session.device) if dist.get_backend() == "nccl" else t
     dist.all_reduce(on, op=dist.ReduceOp.MAX)
     return float(on.item())
-
-
-# --- embed ---------------------------------------------------------------------------------------
-
-INDEX_NAME = "index.jsonl"
-SETTINGS_NAME = "embed.json"
-SHARD_PREFIX = "features-"
-
-
-@dataclass
-class EmbedSummary:
-    """What an `embed_images` run did, summed over the ranks."""
-
-    out: str
-    layer: str
-    dim: int  # features per image (0 when no image of this run could be read)
-    images: int
-    failed: int
-    skipped: int
-    seconds: float
-    images_per_s: float
-    world_size: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def features_fn(
-    model: VGG, layer: str, session: Session, pool: bool, normalize: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(N, D) float32 features of `layer` for a batch: globally average-pooled maps, else flattened."""
-    if layer not in model.layer_names():
-        raise ValueError(f"no layer {layer!r}; valid: {', '.join(model.layer_names())}")
-    net = model.eval().to(session.device)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), _autocast(session.device):
-            f = net.extract(x.to(session.device, non_blocking=True), layer)[layer].float()
-        if f.dim() == 4:
-            f = f.mean(dim=(2, 3)) if pool else f.flatten(1)  # (N, C, H, W) -> (N, C) or (N, C*H*W)
-        return F.normalize(f, dim=1) if normalize else f
-
-    return run
-
-
-def embed_images(
-    model: VGG,
-    preset: nn.Module,
-    sources: Sequence[str | os.PathLike[str]],
-    out: str | os.PathLike[str],
-    *,
-    layer: str = "fc7",
-    pool: bool = False,
-    normalize: bool = False,
-    shard_size: int = 4096,
-    resume: bool = False,
-    from_file: str | os.PathLike[str] | None = None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> EmbedSummary:
-    """Features of `layer` for every image into the folder `out`: `features-NNNNNN.npy` shards of float32
-    rows, and `index.jsonl` mapping each image to its shard and row (or to an "error").
-
-    `pool` averages a (C, H, W) map over H and W (a 4-D tap only); `normalize` scales each row to unit
-    L2 norm. A shard is written whole before its index lines, so a killed run loses at most the rows
-    of its unwritten shards, which `resume=True` computes again. `read_embeddings(out)` reads it all back.
-    """
-    check_int("shard_size", shard_size)
-    session = Session(device, batch_size, workers)
-    folder = Path(out)
-    settings = {"layer": layer, "pool": pool, "normalize": normalize}
-    forward = features_fn(model, layer, session, pool, normalize)
-    paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
-    if session.main:
-        _check_settings(folder, settings, resume)
-    index = _Output(folder / INDEX_NAME, _Lines("jsonl"), session)
-    done = index.prepare(resume)
-    first = session.broadcast(_next_shard(folder, done) if session.main else None)
-    todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
-    rows: list[torch.Tensor] = []  # this shard's rows, at most shard_size of them
-    pending: list[dict[str, Any]] = []  # index lines waiting for their shard to be written
-    number, failed, dim = first + session.ctx.rank, 0, 0
-    tic = time.perf_counter()
-    with index.writer() as f, session.bar(len(todo), f"embed {layer}", progress) as bar:
-        for batch in session.batches(paths, todo, preset):
-            records: dict[int, dict[str, Any]] = {i: {"image": paths[i], "error": msg} for i, msg in batch.errors}
-            failed += len(batch.errors)
-            if batch.images is not None:
-                feats = forward(batch.images).cpu()
-                dim = feats.shape[1]
-                for i, row in zip(batch.indices, feats):
-                    records[i] = {"image": paths[i], "shard": _shard_name(number), "row": len(rows)}
-                    rows.append(row)
-                    if len(rows) == shard_size:
-                        pending += [records.pop(j) for j in sorted(records) if j <= i]
-                        _write_shard(folder, number, rows, pending, f)
-                        rows, pending, number = [], [], number + session.ctx.world
-            pending += [records[j] for j in sorted(records)]
-            if not rows:  # only errors wait: nothing to lose
-                f.writelines(index.lines.line(r) for r in pending)
-                pending = []
-            bar.update(len(batch.indices) + len(batch.errors))
-        _write_shard(folder, number, rows, pending, f)
-        seconds = time.perf_counter() - tic
-    index.merge(paths)
-    summary = _summary(session, index.path, len(todo), failed, len(paths), seconds)
-    dim = int(slowest(session, float(dim)))
-    return EmbedSummary(
-        str(folder), layer, dim, summary.images, summary.failed, summary.skipped, summary.seconds,
-        summary.images_per_s, summary.world_size,
-    )  # fmt: skip
-
-
-def _shard_name(number: int) -> str:
-    return f"{SHARD_PREFIX}{number:06d}.npy"
-
-
-def _write_shard(
-    folder: Path, number: int, rows: list[torch.Tensor], pending: list[dict[str, Any]], f: IO[str]
-) -> None:
-    """Shard `number` (atomically: a temporary file, then rename), then the index lines that point into it."""
-    if rows:
-        path = folder / _shard_name(number)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as out:
-                np.save(out, torch.stack(rows).numpy())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in pending)
-    f.flush()
-
-
-def _check_settings(folder: Path, settings: dict[str, Any], resume: bool) -> None:
-    """Resuming with another layer, pooling or normalisation would mix two kinds of rows: refuse."""
-    path = folder / SETTINGS_NAME
-    if resume and path.exists():
-        held = json.loads(path.read_text(encoding="utf-8"))
-        if held != settings:
-            raise ValueError(
-                f"{folder} holds embeddings made with {held}, this run asks for {settings}; "
-                "resume with the same --layer/--pool/--normalize, or write to another folder"
-            )
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for old in folder.glob(SHARD_PREFIX + "*.npy"):
-            old.unlink()
-    path.write_text(json.dumps(settings) + "\n", encoding="utf-8")
-
-
-def _next_shard(folder: Path, done: set[str]) -> int:
-    """The first free shard number; shards no index line points to (a killed run's last ones) are removed."""
-    used = {json.loads(line).get("shard") for line in _complete_lines(folder / INDEX_NAME)}
-    numbers = [-1]
-    for path in folder.glob(SHARD_PREFIX + "*.npy"):
-        if path.name in used:
-            numbers.append(int(path.stem[len(SHARD_PREFIX) :]))
-        else:
-            path.unlink()
-    return max(numbers) + 1
-
-
-def read_embeddings(out: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
-    """(image paths, (N, D) float32 rows) of an `embed_images` folder, in index order; failed images left out."""
-    folder = Path(out)
-    if not (folder / INDEX_NAME).is_file():
-        raise FileNotFoundError(f"{folder}: no {INDEX_NAME}; write it with embed_images or `vggnet embed`")
-    paths: list[str] = []
-    rows: list[np.ndarray] = []
-    shards: dict[str, np.ndarray] = {}
-    for line in _complete_lines(folder / INDEX_NAME):
-        record = json.loads(line)
-        if "shard" not in record:
-            continue
-        name = record["shard"]
-        if name not in shards:
-            shards[name] = np.load(folder / name, mmap_mode="r")
-        paths.append(record["image"])
-        rows.append(np.asarray(shards[name][record["row"]]))
-    dim = next(iter(shards.values())).shape[1] if shards else 0
-    return paths, np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
