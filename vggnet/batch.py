@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
@@ -44,7 +44,6 @@ __all__ = ["FORMATS", "Lines", "Output", "Session", "autocast", "complete_lines"
 logger = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "csv")
-Format = Literal["jsonl", "csv"]
 PART = ".part"  # OUTPUT.part0, OUTPUT.part1, ...: one per rank until rank 0 merges them
 
 
@@ -141,7 +140,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 class Lines:
     """How one record per image is written to and read back from an output file."""
 
-    def __init__(self, fmt: Format, columns: Sequence[str] = ()) -> None:
+    def __init__(self, fmt: str, columns: Sequence[str] = ()) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.fmt = fmt

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .batch import Format, Lines, Output, Session, logits_fn, totals
+from .batch import Lines, Output, Session, logits_fn, totals
 from .checks import check_int
 from .images import list_images, shard
 from .model import VGG
@@ -115,7 +115,7 @@ def predict_images(
     *,
     categories: Sequence[str],
     topk: int = 5,
-    format: Format = "jsonl",
+    format: str = "jsonl",
     resume: bool = False,
     from_file: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
