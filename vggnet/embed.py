@@ -193,16 +193,18 @@ def read_embeddings(out: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]
     if not (folder / INDEX_NAME).is_file():
         raise FileNotFoundError(f"{folder}: no {INDEX_NAME}; write it with embed_images or `vggnet embed`")
     paths: list[str] = []
-    rows: list[np.ndarray] = []
-    shards: dict[str, np.ndarray] = {}
+    wanted: dict[str, tuple[list[int], list[int]]] = {}  # shard -> (positions in the result, its rows)
     for line in complete_lines(folder / INDEX_NAME):
         record = json.loads(line)
-        if "shard" not in record:
-            continue
-        name = record["shard"]
-        if name not in shards:
-            shards[name] = np.load(folder / name, mmap_mode="r")
-        paths.append(record["image"])
-        rows.append(np.asarray(shards[name][record["row"]]))
-    dim = next(iter(shards.values())).shape[1] if shards else 0
-    return paths, np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
+        if "shard" in record:
+            positions, rows = wanted.setdefault(record["shard"], ([], []))
+            positions.append(len(paths))
+            rows.append(record["row"])
+            paths.append(record["image"])
+    result: np.ndarray | None = None
+    for name, (positions, rows) in wanted.items():
+        shard_rows = np.load(folder / name, mmap_mode="r")  # (rows, D)
+        if result is None:
+            result = np.empty((len(paths), shard_rows.shape[1]), dtype=shard_rows.dtype)
+        result[positions] = shard_rows[rows]
+    return paths, result if result is not None else np.zeros((0, 0), dtype=np.float32)
