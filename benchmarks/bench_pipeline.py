@@ -1,6 +1,6 @@
 """Pipeline throughput: `predict_images` and `evaluate` over a folder of real JPEGs against the bare model.
 
-    python benchmarks/bench_pipeline.py [--device cpu|cuda] [--smoke] [--out DIR] [--workers W]
+    python benchmarks/bench_pipeline.py [--device cpu|cuda] [--smoke] [--out DIR] [--workers W] [--budget-s S]
 
 The question (issue 14): does the data pipeline keep the model busy? Three candidates, at the same
 batch size, on the same model (random weights: nothing is downloaded), in the same process:
@@ -17,7 +17,10 @@ pipeline's figure is its own images/s (the loop over the images; model preparati
 size of a typical ImageNet photo), preprocessed by the ImageNet preset (resize 256, crop 224).
 
 --smoke: vgg11 at 32x32 (crop) on 16 small images, batch 4, one round: checks the machinery.
-Results go to DIR/pipeline-<device>-<UTC date>.json (default benchmarks/results/). Nothing is asserted.
+Results go to DIR/pipeline-<device>-<UTC date>.json (default benchmarks/results/; pipeline-smoke-...
+with --smoke), headed by `harness.environment`, rewritten after each round: `results` holds one row
+per round, `pending` the rounds not reached yet (what a killed run lacks), `skipped` those not
+started because --budget-s had passed. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -35,14 +38,17 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
+from harness import Budget, environment, save_results  # noqa: E402
+
 from vggnet import get_model  # noqa: E402
 from vggnet.batch import Session, logits_fn  # noqa: E402
-from vggnet.bench import environment, save_results  # noqa: E402
 from vggnet.evaluate import evaluate  # noqa: E402
 from vggnet.images import imagenet_synsets  # noqa: E402
 from vggnet.predict import predict_images  # noqa: E402
 from vggnet.transforms import ImageClassification  # noqa: E402
 from vggnet.weights import IMAGENET_CATEGORIES  # noqa: E402
+
+FIGURES = ("bare model", "predict", "evaluate")
 
 
 def write_jpegs(root: Path, count: int, size: tuple[int, int], classes: int = 4) -> None:
@@ -84,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the library's)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, 1 with --smoke)")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no round after this many seconds")
     args = parser.parse_args(argv)
+    budget = Budget(args.budget_s)
 
     if args.smoke:
         arch, batch, images, image_size, preset = "vgg11", 4, 16, (64, 48), ImageClassification(crop_size=32)
@@ -94,45 +102,56 @@ def main(argv: list[str] | None = None) -> int:
         preset = ImageClassification(crop_size=224)
     rounds = args.rounds or (1 if args.smoke else 3)
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = get_model(arch).eval()
     session = Session(device, batch, args.workers)
-    forward = logits_fn(model, session)
     report: dict[str, Any] = {
         "suite": "pipeline", "smoke": args.smoke, **environment(device), "arch": arch, "batch_size": batch,
         "images": images, "image_size": list(image_size), "crop": preset.crop_size, "workers": session.workers,
-        "rounds": rounds, "complete": False,
+        "budget_s": args.budget_s, "complete": False, "results": [],
+        "pending": [{"round": r} for r in range(1, rounds + 1)], "skipped": budget.skipped,
     }  # fmt: skip
     name = "pipeline" + ("-smoke" if args.smoke else "")
-    figures: dict[str, list[float]] = {"bare model": [], "predict": [], "evaluate": []}
+    save_results(name, report, args.out)  # a run killed in its first round still leaves a file that says so
+    if budget.left() >= 0:
+        torch.manual_seed(0)
+        model = get_model(arch).eval()
+        forward = logits_fn(model, session)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        tic = time.perf_counter()
-        write_jpegs(data, images, image_size)
-        print(
-            f"wrote {images} JPEGs of {image_size[0]}x{image_size[1]} in {time.perf_counter() - tic:.1f} s", flush=True
-        )
-        for round_ in range(rounds):
-            figures["bare model"].append(bare(forward, batch, preset.crop_size, images // batch, device))
+        for part in list(report["pending"]):
+            report["pending"].remove(part)
+            if budget.skip(**part):
+                print(f"round {part['round']}: skipped, over --budget-s {args.budget_s:.0f}", flush=True)
+                continue
+            if not data.exists():
+                tic = time.perf_counter()
+                write_jpegs(data, images, image_size)
+                seconds = time.perf_counter() - tic
+                print(f"wrote {images} JPEGs of {image_size[0]}x{image_size[1]} in {seconds:.1f} s", flush=True)
+            row = {
+                "round": part["round"],
+                "bare model": bare(forward, batch, preset.crop_size, images // batch, device),
+            }
             summary = predict_images(
                 model, preset, [data], Path(tmp) / "out.jsonl", categories=IMAGENET_CATEGORIES, batch_size=batch,
                 workers=session.workers, device=device, progress=False,
             )  # fmt: skip
-            figures["predict"].append(summary.images_per_s)
-            result = evaluate(
+            row["predict"] = summary.images_per_s
+            row["evaluate"] = evaluate(
                 model, preset, data, batch_size=batch, workers=session.workers, device=device, progress=False
-            )
-            figures["evaluate"].append(result.images_per_s)
-            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in figures.items()), flush=True)
-    medians = {k: statistics.median(v) for k, v in figures.items()}
-    report["img_per_s"] = {k: round(v, 2) for k, v in medians.items()}
-    report["rounds_img_per_s"] = {k: [round(x, 2) for x in v] for k, v in figures.items()}
-    report["share_of_bare"] = {k: round(medians[k] / medians["bare model"], 3) for k in ("predict", "evaluate")}
+            ).images_per_s
+            report["results"].append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+            print(f"round {part['round']}: " + ", ".join(f"{k} {row[k]:.1f} img/s" for k in FIGURES), flush=True)
+            save_results(name, report, args.out)
+    if report["results"]:
+        medians = {k: statistics.median(r[k] for r in report["results"]) for k in FIGURES}
+        report["img_per_s"] = medians
+        report["share_of_bare"] = {k: round(medians[k] / medians["bare model"], 3) for k in ("predict", "evaluate")}
+        for k in ("predict", "evaluate"):
+            share = report["share_of_bare"][k]
+            print(f"{k}: {medians[k]:.1f} img/s = {share:.0%} of the bare model's {medians['bare model']:.1f}")
     report["complete"] = True
+    report["elapsed_s"] = round(budget.spent(), 1)
     path = save_results(name, report, args.out)
-    base = medians["bare model"]
-    for k in ("predict", "evaluate"):
-        print(f"{k}: {medians[k]:.1f} img/s = {report['share_of_bare'][k]:.0%} of the bare model's {base:.1f}")
     print(f"results: {path}")
     return 0
 

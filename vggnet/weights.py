@@ -2,29 +2,35 @@
 
 Every figure in the official records comes from `weights/README.md` (torchvision's published
 metadata, or computed from the layer shapes). A record only describes a file; fetching and
-verifying it is `hub.py`'s job.
+verifying it is `hub.py`'s job: `Weights.get_state_dict` hands it the record's URL, digest and size.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from functools import cached_property
 from importlib import resources
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .config import MIN_SIZE
+from .cache import file_name_from_url, normalize_digest
+from .config import CAFFE_MEAN, CAFFE_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, MIN_SIZE, OFFICIAL_BASE
+from .hub import load_weights
+from .transforms import ImageClassification
 
 if TYPE_CHECKING:
     import torch
 
-    from .transforms import ImageClassification
-
 __all__ = [
+    "CAFFE_MEAN",
+    "CAFFE_STD",
     "IMAGENET_CATEGORIES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "OFFICIAL_BASE",
     "VGG11_BN_Weights",
     "VGG11_Weights",
     "VGG13_BN_Weights",
@@ -36,26 +42,11 @@ __all__ = [
     "Weights",
     "WeightsEnum",
     "get_weight",
+    "own_member",
+    "normalize_digest",
 ]
 
-OFFICIAL_BASE = "https://download.pytorch.org/models/"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Caffe-style input for the SSD-ported vgg16 features: 0-255 scale minus the channel means.
-CAFFE_MEAN = (0.48235, 0.45882, 0.40784)
-CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-_DIGEST = re.compile(r"[0-9a-f]{8,64}")
-
-
-def normalize_digest(sha256: str) -> str:
-    """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
-    digest = sha256.lower()
-    if not _DIGEST.fullmatch(digest):
-        raise ValueError(
-            f"sha256 must be the 64 hex digits of the file's SHA-256, or at least its first 8, got {sha256!r}"
-        )
-    return digest
+_MiB = 1 << 20
 
 
 class _Categories(Sequence[str]):
@@ -81,6 +72,9 @@ class _Categories(Sequence[str]):
 
     def __repr__(self) -> str:
         return "IMAGENET_CATEGORIES"
+
+    def __reduce__(self) -> str:
+        return "IMAGENET_CATEGORIES"  # pickled by name: the one module-level instance
 
 
 IMAGENET_CATEGORIES: Sequence[str] = _Categories()
@@ -130,14 +124,18 @@ class Weights:
     def __hash__(self) -> int:
         return hash((self.url, self.sha256))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # `metrics` is a read-only mappingproxy, which pickle refuses: rebuild the record from its fields.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["metrics"] = dict(self.metrics)
+        return Weights, tuple(values.values())
+
     @property
     def file_name(self) -> str:
         """The name the file is cached under: the URL's last path segment, percent-decoded.
 
         A name that could be anything but a plain file in one folder ("..", separators) is a ValueError.
         """
-        from .hub import file_name_from_url
-
         return file_name_from_url(self.url)
 
     @property
@@ -165,8 +163,6 @@ class Weights:
 
     def transforms(self) -> ImageClassification:
         """The evaluation preset these weights expect."""
-        from .transforms import ImageClassification
-
         return ImageClassification(
             crop_size=self.crop_size,
             resize_size=self.resize_size,
@@ -176,18 +172,68 @@ class Weights:
         )
 
     def get_state_dict(
-        self, progress: bool = True, map_location: str | torch.device | None = None
+        self, progress: bool = True, map_location: str | torch.device | None = None, *, check_hash: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Fetch (or find in the cache), verify and load the checkpoint with weights_only=True."""
-        from .hub import load_weights
+        """Fetch (or find in the cache), verify and load the checkpoint with weights_only=True.
 
-        return load_weights(self, progress=progress, map_location=map_location)
+        `check_hash` is taken for torchvision's callers; the file is verified whatever its value.
+        """
+        return load_weights(
+            self.url,
+            sha256=self.sha256,
+            size=self.size,
+            max_size=self.max_size,
+            progress=progress,
+            map_location=map_location,
+        )
+
+    @property
+    def max_size(self) -> int | None:
+        """An upper bound on the file's bytes when only torchvision's MiB figure is known (official files)."""
+        if self.size is not None or self.file_size is None or not self.is_official:
+            return None
+        return int(self.file_size * _MiB) + 1024  # torchvision's MiB figure is rounded to 3 decimals
+
+
+_Member = TypeVar("_Member", bound="WeightsEnum")
 
 
 class WeightsEnum(Enum):
-    """Base of the per-builder enums; members delegate the record's attributes."""
+    """Base of the per-builder enums; members delegate the record's attributes.
+
+    As torchvision's members: `repr` and `str` are "VGG16_Weights.IMAGENET1K_V1", `verify` normalises
+    a builder's argument, and a member pickles (and deep-copies) to itself, by name.
+    """
 
     value: Weights
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        # By name, not Enum's by value: unpickling by value needs an equal record, and NaN metrics
+        # (IMAGENET1K_FEATURES) never compare equal; by name, a loaded member `is` the defined one.
+        return getattr, (type(self), self._name_)
+
+    @classmethod
+    def verify(cls: type[_Member], obj: object) -> _Member | None:
+        """None, a member, or its name ("DEFAULT", "VGG16_Weights.DEFAULT") -> None or the member, as torchvision.
+
+        torchvision's own member for the same file is taken too (matched by URL). An unknown name is a
+        KeyError and anything else a TypeError, torchvision's error types.
+        """
+        if obj is None:
+            return None
+        if type(obj) is str:
+            prefix = cls.__name__ + "."
+            name = obj[len(prefix) :] if obj.startswith(prefix) else obj
+            if name not in cls.__members__:
+                raise KeyError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
+            return cls[name]
+        member = own_member(obj)
+        if not isinstance(member, cls):
+            raise TypeError(
+                f"expected weights of {cls.__name__} (None, a member or its name: {_member_names(cls)}), "
+                f"got {_describe(obj)}"
+            )
+        return member
 
     @property
     def url(self) -> str:
@@ -201,12 +247,16 @@ class WeightsEnum(Enum):
         return self.value.transforms()
 
     def get_state_dict(
-        self, progress: bool = True, map_location: str | torch.device | None = None
+        self, progress: bool = True, map_location: str | torch.device | None = None, *, check_hash: bool = True
     ) -> dict[str, torch.Tensor]:
-        return self.value.get_state_dict(progress=progress, map_location=map_location)
+        """The verified state dict (`check_hash` is taken for torchvision's callers; vggnet always verifies)."""
+        return self.value.get_state_dict(progress=progress, map_location=map_location, check_hash=check_hash)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self._name_}"
 
     def __str__(self) -> str:
-        return f"{type(self).__name__}.{self.name}"
+        return f"{type(self).__name__}.{self._name_}"
 
     @classmethod
     def from_name(cls, name: str) -> WeightsEnum:
@@ -345,19 +395,54 @@ def get_weight(name: str) -> WeightsEnum:
     return cls.from_name(member)
 
 
+def _member_names(enum: type[WeightsEnum]) -> str:
+    return ", ".join(f"{enum.__name__}.{name}" for name in enum.__members__)
+
+
+def _describe(obj: object) -> str:
+    return repr(obj) if isinstance(obj, Enum) else type(obj).__name__
+
+
+def own_member(obj: object) -> object:
+    """vggnet's member for torchvision's (any enum member whose `url` is one of vggnet's records); else `obj`.
+
+    Matched by URL, so torchvision is never imported. A member with a URL vggnet has no record of is a
+    TypeError, as torchvision's `verify` makes of another model's member.
+    """
+    if isinstance(obj, WeightsEnum) or not isinstance(obj, Enum):
+        return obj
+    url = getattr(obj, "url", None) or getattr(obj.value, "url", None)
+    if not isinstance(url, str):
+        return obj
+    for enum in WEIGHTS_ENUMS.values():
+        for member in enum:  # aliases (DEFAULT) are skipped: they share their record's member
+            if member.url == url:
+                return member
+    official = ", ".join(str(m) for enum in WEIGHTS_ENUMS.values() for m in enum)
+    raise TypeError(
+        f"{obj!r} ({url}) has no vggnet record; vggnet knows {official}. To load that file anyway, pass "
+        f"vggnet.Weights(url=..., sha256=...) with its URL and SHA-256"
+    )
+
+
 def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
-    """Turn a builder's `weights` argument into a record, or None; strings are looked up in `arch`'s enum."""
+    """The record a name, member or record means for `arch` (None for None); strings are looked up in `arch`'s enum.
+
+    torchvision's own members are taken too, matched by URL to vggnet's records. Records only, kept for
+    compatibility: `checkpoint.load` is the one loader of every weights source.
+    """
     enum = WEIGHTS_ENUMS[arch]
     if weights is None or isinstance(weights, Weights):
         return weights
-    if isinstance(weights, WeightsEnum):
-        if not isinstance(weights, enum):
+    member = own_member(weights)
+    if isinstance(member, WeightsEnum):
+        if not isinstance(member, enum):
             valid = ", ".join(str(m) for m in enum.__members__.values())
-            raise ValueError(f"{weights} are not weights for {arch}; valid: {valid}")
-        return weights.value
+            raise ValueError(f"{member} are not weights for {arch}; valid: {valid}")
+        return member.value
     if isinstance(weights, str):
         return enum.from_name(weights).value
     raise TypeError(
-        f"weights must be None, a string, a {enum.__name__} member or a vggnet.Weights record, "
-        f"got {type(weights).__name__}"
+        f"weights must be None, a string, a {enum.__name__} member (vggnet's or torchvision's) or a "
+        f"vggnet.Weights record, got {_describe(weights)}"
     )
