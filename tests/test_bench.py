@@ -145,6 +145,7 @@ BUDGETED = {
     "inference": [{"arch": "vgg11", "batch_size": 1}, {"arch": "vgg11", "batch_size": 2}],
     "train": [{"name": "vggnet eager"}, {"name": "torchvision eager"}],
     "finetune": [{"part": f"memory, checkpointing {on}"} for on in ("off", "on")] + [{"part": "linear_vs_full"}],
+    "pipeline": [{"round": 1}],
 }
 
 

@@ -695,3 +695,163 @@ def test_image_size_has_an_upper_bound(tmp_path, monkeypatch, capsys, argv):
 def test_summary_sizes_stay_unbounded(capsys):
     assert main(["summary", "vgg11", "--input-size", "4096", "--json"]) == 0  # the meta device allocates nothing
     assert json.loads(capsys.readouterr().out)["input_size"] == [4096, 4096]
+
+
+# --- evaluate, predict to a file, embed, under torchrun (issue 14) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def seven_classes(tmp_path_factory):
+    """A plain state dict of the seeded 7-class vgg11 of test_batch, and a labelled folder with a corrupt file."""
+    from .test_batch import CLASSES, small_model
+    from .test_evaluate import write_labelled
+
+    folder = tmp_path_factory.mktemp("seven")
+    weights = folder / "vgg11-seven.pth"
+    torch.save(small_model().state_dict(), weights)
+    data = write_labelled(folder / "data", CLASSES, per_class=2)
+    return weights, data
+
+
+SMALL = ["--image-size", "32", "--workers", "0", "--batch-size", "4"]
+
+
+def test_evaluate_command_prints_the_figures_and_draws_the_matrix(seven_classes, tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    from vggnet.evaluate import evaluate
+
+    from .test_batch import PRESET, small_model
+
+    weights, data = seven_classes
+    plot = tmp_path / "confusion.png"
+    assert main(["evaluate", str(data), "--weights", str(weights), *SMALL, "--json", "--plot", str(plot)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    want = evaluate(small_model(), PRESET, data, workers=0, progress=False)
+    assert (report["arch"], report["weights"], report["images"], report["failed"]) == ("vgg11", str(weights), 14, 1)
+    assert report["confusion"] == want.confusion.tolist()
+    assert report["acc1"] == pytest.approx(want.acc1) and report["acc5"] == pytest.approx(want.acc5)
+    assert report["per_class"] == pytest.approx(want.per_class) and report["layout"] == "sorted"
+    assert "zz-broken.png" in captured.err and "Traceback" not in captured.err
+    with Image.open(plot) as img:
+        assert img.format == "PNG" and img.width > 7 * 10
+
+    assert main(["evaluate", str(data), "--weights", str(weights), *SMALL]) == 0
+    text = capsys.readouterr().out
+    assert f"acc@1  {want.acc1:.3%}" in text and f"acc@5  {want.acc5:.3%}" in text and "per class acc@1" in text
+    assert "14 images, 7 classes, 1 unreadable" in text
+
+    assert main(["evaluate", str(data), "--weights", str(weights), "--plot", "m.svg"]) == 2
+    assert "name a .png file" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nothing"), "--weights", str(weights)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_predict_to_a_file_resumes_and_reads_stdin(seven_classes, tmp_path, monkeypatch, capsys):
+    import io
+
+    weights, data = seven_classes
+    out = tmp_path / "out.jsonl"
+    argv = ["predict", str(data), "--weights", str(weights), "--topk", "2", *SMALL, "--output", str(out)]
+    assert main(argv) == 1  # one unreadable image: reported, the run goes on, exit 1
+    captured = capsys.readouterr()
+    assert "zz-broken.png" in captured.err and "15 images (1 unreadable)" in captured.err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 15 and sum("error" in r for r in records) == 1
+    assert all(r["predictions"][0]["label"].startswith("class ") for r in records if "error" not in r)
+    first = out.read_text()
+
+    lines = first.splitlines(keepends=True)
+    out.write_text("".join(lines[:4]) + lines[4][:7])  # killed while writing line 5
+    assert main([*argv, "--resume"]) == 0  # the unreadable image was recorded before: nothing fails now
+    assert out.read_text() == first
+    assert "11 images (0 unreadable, 4 already there)" in capsys.readouterr().err
+
+    csv_out = tmp_path / "out.csv"
+    good = [r for r in records if "error" not in r][:3]
+    listing = "\n".join(r["image"] for r in good) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(listing))
+    assert main(["predict", "-", "--weights", str(weights), "--topk", "2", *SMALL, "-o", str(csv_out)]) == 0
+    rows = csv_out.read_text().splitlines()
+    assert rows[0] == "image,label_1,index_1,probability_1,label_2,index_2,probability_2,error"
+    assert [row.split(",")[0] for row in rows[1:]] == [r["image"] for r in good]
+    assert [row.split(",")[1] for row in rows[1:]] == [r["predictions"][0]["label"] for r in good]
+
+    listed = tmp_path / "list.txt"
+    listed.write_text(listing)
+    assert main(["predict", "--from-file", str(listed), "--weights", str(weights), *SMALL, "--json"]) == 0
+    streamed = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in streamed["results"]] == [r["image"] for r in good]
+    assert streamed["arch"] == "vgg11" and streamed["topk"] == 5
+
+    assert main(["predict", "--weights", str(weights)]) == 2
+    assert "name the images" in capsys.readouterr().err
+    assert main(["predict", str(data), "--resume"]) == 2
+    assert "--resume and --format are for --output FILE" in capsys.readouterr().err
+
+
+def test_embed_command_writes_shards_and_an_index(seven_classes, tmp_path, capsys):
+    import numpy as np
+
+    from vggnet.embed import read_embeddings
+
+    weights, data = seven_classes
+    out = tmp_path / "emb"
+    argv = ["embed", str(data), "--weights", str(weights), *SMALL, "--out", str(out)]
+    assert main([*argv, "--layer", "pool5", "--pool", "--normalize", "--shard-size", "5"]) == 1
+    assert "zz-broken.png" in capsys.readouterr().err
+    paths, rows = read_embeddings(out)
+    assert rows.shape == (14, 512) and len(set(paths)) == 14 and np.allclose(np.linalg.norm(rows, axis=1), 1)
+    assert sorted(p.name for p in out.glob("*.npy")) == [f"features-00000{i}.npy" for i in range(3)]
+    assert main([*argv, "--layer", "pool5", "--pool", "--normalize", "--shard-size", "5", "--resume"]) == 0
+    assert "0 images (0 unreadable, 15 already there)" in capsys.readouterr().err
+    assert main([*argv, "--layer", "fc9"]) == 2
+    assert "--layer fc9: no such layer in vgg11; valid: conv1_1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "evaluate", "embed"])
+def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, command, capsys):
+    import numpy as np
+
+    from vggnet.embed import read_embeddings
+
+    from .test_batch import torchrun
+
+    weights, data = seven_classes
+    common = ["--weights", str(weights), *SMALL]
+    if command == "predict":
+        one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+        extra = ["--topk", "3", "--output"]
+        assert main([command, str(data), *common, *extra, str(one)]) == 1
+    elif command == "embed":
+        one, two = tmp_path / "one", tmp_path / "two"
+        extra = ["--layer", "fc7", "--shard-size", "4", "--out"]
+        assert main([command, str(data), *common, *extra, str(one)]) == 1
+    else:
+        one, two = tmp_path / "one.json", tmp_path / "two.json"
+        assert main([command, str(data), *common, "--json"]) == 0
+        one.write_text(capsys.readouterr().out)
+        extra = []
+    done = torchrun("-m", "vggnet", command, str(data), *common, *extra, *([str(two)] if extra else ["--json"]))
+    assert done.returncode == (0 if command == "evaluate" else 1), done.stderr[-3000:]
+    if command == "predict":
+        a, b = ([json.loads(line) for line in p.read_text().splitlines()] for p in (one, two))
+        assert [r["image"] for r in a] == [r["image"] for r in b]  # every image once, in the same order
+        for x, y in zip(a, b):
+            assert x.get("error", "") == y.get("error", "")
+            assert [p["index"] for p in x.get("predictions", [])] == [p["index"] for p in y.get("predictions", [])]
+            assert [p["probability"] for p in x.get("predictions", [])] == pytest.approx(
+                [p["probability"] for p in y.get("predictions", [])], abs=1e-5
+            )
+        assert done.stderr.count("vggnet: cannot read the image") == 1  # by the rank that read it
+        assert not list(tmp_path.glob("two.jsonl.part*"))
+    elif command == "embed":
+        (p1, r1), (p2, r2) = read_embeddings(one), read_embeddings(two)
+        assert p1 == p2 and np.allclose(r1, r2, atol=1e-4)
+    else:
+        a, b = json.loads(one.read_text()), json.loads(done.stdout)  # rank 0 alone printed
+        assert b["world_size"] == 2 and a["world_size"] == 1
+        assert (b["images"], b["failed"], b["confusion"]) == (a["images"], a["failed"], a["confusion"])
+        assert (b["acc1"], b["acc5"], b["per_class"]) == (a["acc1"], a["acc5"], a["per_class"])
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)

@@ -20,10 +20,10 @@ How to add a command (issue 4 adds `finetune`, issue 6 adds `bench`):
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from .batch import FORMATS, Session
 from .builders import list_models
 from .checkpoint import (
     SOURCE_RULES,
@@ -44,13 +45,17 @@ from .checkpoint import (
     load,
 )
 from .config import MAX_SIZE, MIN_SIZE, check_arch
+from .embed import embed_images
+from .evaluate import Evaluation, evaluate, plot_confusion
 from .explain import METHODS, explain
 from .feature_maps import feature_maps
-from .finetune import IMAGE_SUFFIXES, finetune
+from .finetune import finetune
+from .images import list_images
 from .lpips import LPIPS
 from .pictures import label, overlay
+from .predict import iter_predictions, predict_images
 from .summary import format_summary, plot_summary, summarize
-from .transforms import BadImageError, ImageClassification, load_image, pil_to_tensor
+from .transforms import ImageClassification, load_image, pil_to_tensor
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -211,101 +216,270 @@ def _add_predict(sub: SubParsers) -> None:
     p = sub.add_parser(
         "predict",
         parents=[_COMMON],
-        help="classify images: top-k labels with probabilities",
-        description="Classify images (files, directories or glob patterns) with a model and its weights: the "
-        "weights' preprocessing, then the top-k labels with their probabilities. --weights is "
-        f"{SOURCE_RULES}. The model is the one the weights name (a fine-tuned checkpoint's, a state dict's "
-        "keys), else --arch (default vgg16); a plain file's labels are ImageNet's when it has 1000 outputs.",
+        help="classify images: top-k labels with probabilities (files, folders, globs, lists; streamed)",
+        description="Classify images with a model and its weights: the weights' preprocessing, then the top-k "
+        "labels with their probabilities. IMAGE is a file, a folder (its images at any depth), a glob pattern "
+        "or - (paths one per line on stdin); --from-file reads paths from a list. Images are decoded in "
+        "--workers processes while the model runs. Without --output the results go to stdout; with "
+        "--output FILE one line per image is written as it comes (JSON Lines, or CSV), --resume skips the "
+        "images FILE holds, and under torchrun each process does its share. An unreadable image is "
+        'reported (in FILE with an "error", and on stderr) and the run goes on; the exit status is then 1. '
+        f"--weights is {SOURCE_RULES}. The model is the one the weights name (a fine-tuned checkpoint's, a "
+        "state dict's keys), else --arch (default vgg16); a plain file's labels are ImageNet's when it has "
+        "1000 outputs.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders, glob patterns, or - for stdin")
+    p.add_argument("--from-file", type=Path, metavar="LIST", help="a text file of image paths, one per line")
+    _add_model_args(p)
+    p.add_argument("--topk", type=_positive, default=5, metavar="K", help="labels per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print a JSON object (without --output)")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write one line per image to FILE as it comes")
+    p.add_argument("--format", choices=FORMATS, help="of --output (default: csv for a .csv FILE, else jsonl)")
+    p.add_argument("--resume", action="store_true", help="keep what --output holds; classify only the others")
+
+
+def _add_model_args(p: argparse.ArgumentParser, batch_size: int = 16) -> None:
+    """--arch, --weights, --sha256, --device, --batch-size, --workers, --image-size: predict, evaluate, embed."""
     p.add_argument("--arch", type=_model_arg, metavar="MODEL", help="the model (default: the weights' own, else vgg16)")
     p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=_WEIGHTS_HELP)
     p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) a file or URL must have")
-    p.add_argument("--topk", type=_positive, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--batch-size", type=_positive, default=16, metavar="B", help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive, default=batch_size, metavar="B", help=f"default {batch_size}")
+    workers = "processes decoding images (default: the cores the model leaves, up to 8)"
+    p.add_argument("--workers", type=_count, metavar="W", help=workers)
     p.add_argument(
         "--image-size", type=_side_arg, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
     )
-    p.add_argument("--json", action="store_true", help="print a JSON object")
 
 
-def _image_paths(patterns: Sequence[str]) -> list[Path]:
-    """Files as given, images in directories (not recursive), glob matches; in order, each once."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the directory {pattern}")
-        elif path.exists():
-            found = [path]
-        elif any(c in pattern for c in "*?["):
-            found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-            if not found:
-                raise UsageError(f"no files match {pattern!r}")
-        else:
-            raise UsageError(f"{pattern}: no such image file or directory")
-        paths.extend(p for p in found if p not in paths)
-    return paths
+def _count(text: str) -> int:
+    """argparse type for a count that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return value
 
 
-def _classifier(args: argparse.Namespace, device: str) -> Loaded:
+def _world() -> int:
+    """How many processes torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _run_device(args: argparse.Namespace) -> str:
+    """--device, else cuda (this process's GPU under torchrun) when available, else cpu."""
+    if args.device is not None:
+        return str(args.device)
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ['LOCAL_RANK']}" if _world() > 1 and "LOCAL_RANK" in os.environ else "cuda"
+
+
+def _end_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _images(args: argparse.Namespace) -> list[str] | None:
+    """The images named, listed here before any weights are fetched; None under torchrun (rank 0 lists)."""
+    if not args.images and args.from_file is None:
+        raise UsageError("name the images: IMAGE ... (files, folders, globs), --from-file LIST, or - for stdin")
+    return list_images(args.images, from_file=args.from_file) if _world() <= 1 else None
+
+
+def _classifier(args: argparse.Namespace, device: str, classifier: bool = True) -> Loaded:
     """The model, preset and labels --weights names (checkpoint.load's rules); --arch defaults to the source's own."""
     try:
         return load(
-            args.weights, arch=args.arch, device=device, progress=not args.quiet, sha256=args.sha256, classifier=True
-        )
+            args.weights, arch=args.arch, device=device, progress=not args.quiet, sha256=args.sha256,
+            classifier=classifier,
+        )  # fmt: skip
     except ArchMismatch as err:
         raise UsageError(err.explain("--arch ")) from err
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    paths = _image_paths(args.images)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.output is None and (args.resume or args.format is not None):
+        raise UsageError("--resume and --format are for --output FILE")
+    if args.output is not None and args.json:
+        raise UsageError("--json prints to stdout; with --output FILE choose --format jsonl or csv")
+    if args.output is None and _world() > 1:
+        raise UsageError("under torchrun, give --output FILE: each process writes its part and rank 0 merges them")
+    paths = _images(args)
+    device = _run_device(args)
     classifier = _classifier(args, device)
     preset = classifier.preset if args.image_size is None else classifier.preset.resized(args.image_size)
-    model = classifier.model.eval()
     categories = classifier.categories
     assert categories is not None  # classifier=True refused a record without a usable classifier
+    if args.output is not None:
+        fmt = args.format or ("csv" if args.output.suffix.lower() == ".csv" else "jsonl")
+        try:
+            summary = predict_images(
+                classifier.model, preset, paths if paths is not None else args.images, args.output,
+                categories=categories, topk=args.topk, format=fmt, resume=args.resume,
+                from_file=None if paths is not None else args.from_file, batch_size=args.batch_size,
+                workers=args.workers, device=device, progress=not args.quiet,
+            )  # fmt: skip
+        finally:
+            _end_distributed()
+        if _rank() == 0 and not args.quiet:
+            skipped = f", {summary.skipped} already there" if args.resume else ""
+            print(
+                f"{summary.images} images ({summary.failed} unreadable{skipped}) in {summary.seconds:.1f} s, "
+                f"{summary.images_per_s:.1f} img/s, {summary.world_size} process(es): {summary.output}",
+                file=sys.stderr,
+            )
+        # rank 0 speaks for all: another rank failing first would make torchrun stop rank 0 mid-sentence
+        return EXIT_FAILURE if summary.failed and _rank() == 0 else EXIT_OK
+    assert paths is not None
+    session = Session(device, args.batch_size, args.workers)
     k = min(args.topk, len(categories))
-    results: list[dict[str, Any]] = []
     failed = 0
-    for start in range(0, len(paths), args.batch_size):
-        batch, inputs = [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                inputs.append(preset(load_image(path)))
-            except (OSError, ValueError) as err:  # BadImageError: not an image, cut short, over the pixel budget
-                failed += 1
-                problem = err.problem if isinstance(err, BadImageError) else str(err)
-                _error(f"cannot read the image {path}: {problem}")
-                results.append({"image": str(path), "error": problem})
-                continue
-            batch.append(path)
-        if not batch:
-            continue
-        with torch.inference_mode():
-            probs = model(torch.stack(inputs).to(device)).float().softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        for path, values, indices in zip(batch, top.values.tolist(), top.indices.tolist()):
-            predictions = [{"index": i, "label": categories[i], "probability": p} for p, i in zip(values, indices)]
-            results.append({"image": str(path), "predictions": predictions})
-    order = {str(p): i for i, p in enumerate(paths)}
-    results.sort(key=lambda r: order[r["image"]])
-    if args.json:
-        _print_json(
-            {"arch": classifier.arch, "weights": classifier.weights, "device": device, "topk": k, "results": results}
-        )
-    else:
-        for result in results:
-            if "predictions" not in result:
-                continue
-            print(result["image"])
-            for pred in result["predictions"]:
-                print(f"  {pred['probability']:7.2%}  {pred['label']} ({pred['index']})")
+    with session.bar(len(paths), "predict", not args.quiet) as bar:
+        records = iter_predictions(classifier.model, preset, paths, categories, session, topk=k, bar=bar)
+        if args.json:  # one JSON object, written as the results come: {"arch": ..., "results": [...]}
+            head = {"arch": classifier.arch, "weights": classifier.weights, "device": device, "topk": k}
+            print(json.dumps(head)[:-1] + ', "results": [', flush=True)
+            for n, record in enumerate(records):
+                failed += "error" in record
+                print(("" if n == 0 else ",\n") + json.dumps(record, allow_nan=False), end="", flush=True)
+            print("\n]}")
+        else:
+            for record in records:
+                if "error" in record:  # said on stderr already
+                    failed += 1
+                    continue
+                print(record["image"])
+                for pred in record["predictions"]:
+                    print(f"  {pred['probability']:7.2%}  {pred['label']} ({pred['index']})")
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+# evaluate --------------------------------------------------------------------------------------------
+
+
+def _add_evaluate(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=[_COMMON],
+        help="accuracy on a labelled folder: acc@1, acc@5, per class, loss, confusion matrix",
+        description="Score a model on DATA/<class>/<images> (class index: the weights' own class names when "
+        "the folders are named after them, else the sorted folder order) or on ImageNet's validation layout "
+        "(DATA/n01440764/..., synset folders mapped to the 1000 classes), with the weights' preprocessing. "
+        "Prints acc@1, acc@5, the mean loss, images/s and per-class accuracy; --plot draws the confusion "
+        "matrix. Unreadable images are reported and left out. Under torchrun each process scores its share "
+        f"and the counts are summed. --weights is {SOURCE_RULES}.",
+    )
+    p.add_argument("data", type=Path, metavar="DATA", help="DATA/<class>/<images>, or ImageNet's synset folders")
+    _add_model_args(p, batch_size=32)
+    p.add_argument("--json", action="store_true", help="print a JSON object (with the confusion matrix)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the confusion matrix as a PNG")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot {args.plot}: the confusion matrix is drawn as a PNG; name a .png file")
+    if not args.data.is_dir():
+        raise UsageError(f"{args.data}: no such folder; DATA holds one folder of images per class")
+    device = _run_device(args)
+    loaded = _classifier(args, device)
+    preset = loaded.preset if args.image_size is None else loaded.preset.resized(args.image_size)
+    try:
+        result = evaluate(
+            loaded.model, preset, args.data, classes=loaded.categories, batch_size=args.batch_size,
+            workers=args.workers, device=device, progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        _end_distributed()
+    if _rank() != 0:
+        return EXIT_OK
+    if args.plot is not None:
+        plot_confusion(result, args.plot)
+    if args.json:
+        _print_json({"arch": loaded.arch, "weights": loaded.weights, "data": str(args.data), **result.to_dict(True)})
+    else:
+        print(_evaluation_text(result, loaded, args.data))
+    if args.plot is not None and not args.quiet:
+        print(f"confusion matrix drawn to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
+_PER_CLASS_SHOWN = 20
+
+
+def _evaluation_text(result: Evaluation, loaded: Loaded, data: Path) -> str:
+    lines = [
+        f"{loaded.arch} ({loaded.weights}) on {data}: {result.images} images, {len(result.per_class)} classes"
+        + (f", {result.failed} unreadable (left out)" if result.failed else ""),
+        f"acc@1  {result.acc1:.3%}",
+        f"acc@5  {result.acc5:.3%}",
+        f"loss   {result.loss:.4f}",
+        f"speed  {result.images_per_s:.1f} img/s ({result.seconds:.1f} s, {result.world_size} process(es))",
+    ]
+    ranked = sorted(result.per_class.items(), key=lambda item: (item[1], item[0]))
+    shown = ranked if len(ranked) <= _PER_CLASS_SHOWN else ranked[:10]
+    title = "per class acc@1" if len(ranked) <= _PER_CLASS_SHOWN else f"the 10 weakest of {len(ranked)} classes (acc@1)"
+    lines += ["", title] + [f"  {acc:7.2%}  {name}" for name, acc in shown]
+    return "\n".join(lines)
+
+
+# embed -----------------------------------------------------------------------------------------------
+
+
+def _add_embed(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "embed",
+        parents=[_COMMON],
+        help="features of a named layer (fc7, pool5, ...) for every image, in .npy shards with an index",
+        description="Run the model up to --layer for every image and write the features to --out DIR: "
+        "features-NNNNNN.npy shards of float32 rows and index.jsonl, one line per image with its shard and "
+        "row (or its error). --pool averages a feature map over its height and width, --normalize scales "
+        "each row to unit L2 norm. --resume skips the images the index holds; under torchrun each process "
+        f"embeds its share. Read it back with vggnet.embed.read_embeddings(DIR). --weights is {SOURCE_RULES}.",
+    )
+    p.add_argument("images", nargs="*", metavar="DATA", help="image files, folders, glob patterns, or - for stdin")
+    p.add_argument("--from-file", type=Path, metavar="LIST", help="a text file of image paths, one per line")
+    p.add_argument("--layer", default="fc7", metavar="NAME", help="the tap: fc7 (default), fc6, pool5, relu5_3, ...")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the shards and the index go")
+    p.add_argument("--pool", action="store_true", help="global average pooling of a feature map (C, H, W) -> (C,)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise each row")
+    p.add_argument("--shard-size", type=_positive, default=4096, metavar="N", help="rows per .npy file (default 4096)")
+    p.add_argument("--resume", action="store_true", help="keep what --out holds; embed only the other images")
+    _add_model_args(p, batch_size=32)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    paths = _images(args)
+    device = _run_device(args)
+    loaded = _classifier(args, device, classifier=False)  # a features-only record serves here
+    names = loaded.model.layer_names()
+    if args.layer not in names:
+        raise UsageError(f"--layer {args.layer}: no such layer in {loaded.arch}; valid: {', '.join(names)}")
+    preset = loaded.preset if args.image_size is None else loaded.preset.resized(args.image_size)
+    try:
+        summary = embed_images(
+            loaded.model, preset, paths if paths is not None else args.images, args.out, layer=args.layer,
+            pool=args.pool, normalize=args.normalize, shard_size=args.shard_size, resume=args.resume,
+            from_file=None if paths is not None else args.from_file, batch_size=args.batch_size,
+            workers=args.workers, device=device, progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        _end_distributed()
+    if _rank() == 0 and not args.quiet:
+        skipped = f", {summary.skipped} already there" if args.resume else ""
+        print(
+            f"{summary.images} images ({summary.failed} unreadable{skipped}): {summary.layer} features of "
+            f"{summary.dim} values in {summary.seconds:.1f} s, {summary.images_per_s:.1f} img/s: {summary.out}",
+            file=sys.stderr,
+        )
+    # rank 0 speaks for all: another rank failing first would make torchrun stop rank 0 mid-sentence
+    return EXIT_FAILURE if summary.failed and _rank() == 0 else EXIT_OK
 
 
 # shared by list, download, verify and cache ---------------------------------------------------------
@@ -964,6 +1138,8 @@ COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
     "summary": (_add_summary, _run_summary),
     "list": (_add_list, _run_list),
     "predict": (_add_predict, _run_predict),
+    "evaluate": (_add_evaluate, _run_evaluate),
+    "embed": (_add_embed, _run_embed),
     "download": (_add_download, _run_download),
     "verify": (_add_verify, _run_verify),
     "cache": (_add_cache, _run_cache),
