@@ -182,10 +182,26 @@ def export(
     if fmt == "pt2":
         torch.export.save(program, out)
     else:  # ONNX from the same program: the exporter's own tracing loses the preset's crop sizes
-        torch.onnx.export(
-            program, f=out, dynamo=True, external_data=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME]
-        )
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        if onnx_program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
+        _save_onnx(onnx_program.model_proto, out)
     return out
+
+
+def _save_onnx(proto: Any, out: Path) -> None:
+    """Save with the dynamic dimensions named batch, height and width (the program calls them s0, s1, ...)."""
+    onnx = importlib.import_module("onnx")
+    graph = proto.graph
+    names = {}
+    for dim, name in zip(graph.input[0].type.tensor_type.shape.dim, ("batch", None, "height", "width")):
+        if dim.dim_param and name is not None:
+            names[dim.dim_param] = name
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+    onnx.save(proto, str(out))  # one file: every VGG is below protobuf's 2 GB
 
 
 def _dynamic_dims(dynamic_batch: bool, dynamic_size: bool) -> tuple[dict[int, Any], ...] | None:
