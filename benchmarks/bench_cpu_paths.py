@@ -1,13 +1,18 @@
-"""The CPU paths optimize_for_inference takes, each against the plain call it replaces, on the same input.
+"""The CPU paths optimize_for_inference takes, each against the plain module calls it replaces, on the same input.
 
     python benchmarks/bench_cpu_paths.py [--smoke] [--out DIR]
 
-- classifier: fc6-fc8 of vgg16 (eval mode, float32) through `F.linear` (the BLAS: MKL in torch's
-  x86 wheels) against oneDNN's linear with the ReLU fused in, at batch 1 and 8.
-- features: vgg16's 13 convolutions, ReLUs and pools (float32, channels_last, batch 1, 224x224) as
-  module calls against one oneDNN convolution+ReLU call per layer.
-- model: vgg16 through optimize_for_inference against the same folded channels_last network run as
-  plain modules, at batch 1.
+Every comparison times one float32 VGG two ways, through public calls only: `fast.net(x)`, the
+folded channels_last network that `optimize_for_inference` prepared, run as plain modules, against
+`fast(x)`, the optimized forward, which on CPU runs each convolution with its ReLU as one oneDNN call
+and fc6-fc8 on oneDNN's linear with the ReLU fused in. Three VGGs isolate the paths:
+
+- classifier: fc6-fc8 at batch 1 and 8, `F.linear` (the BLAS: MKL in torch's x86 wheels) against
+  oneDNN's linear. The VGG's feature extractor is one 1x1 convolution with stride 5, which maps a
+  32x32 image to the (512, 7, 7) map fc6 takes in 75k multiply-adds (fc6-fc8: 124M).
+- features: vgg16's 13 convolutions, ReLUs and pools (batch 1, 224x224), with the pool and the
+  classifier replaced by identities: module calls against one oneDNN convolution+ReLU call per layer.
+- model: the whole vgg16 at batch 1.
 
 The candidates take turns in interleaved rounds (median, method of vggnet/bench.py). Results go to
 DIR/cpu_paths-cpu-<date>.json (default benchmarks/results/); nothing is asserted. --smoke: vgg11
@@ -20,29 +25,37 @@ import argparse
 import statistics
 import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .`
 
+from harness import environment, save_results  # noqa: E402
+
 import vggnet  # noqa: E402
-from vggnet.bench import environment, save_results, time_interleaved  # noqa: E402
-from vggnet.inference import _fused_steps, _onednn_head, _run_steps  # noqa: E402
+from vggnet.bench import time_interleaved  # noqa: E402
+
+# A 1x1 convolution with this stride maps a 32x32 image to the 7x7 map the classifier takes.
+HEAD_ONLY_STRIDE = 5
 
 
 def compare(
-    what: str, fns: dict[str, Callable[[], object]], *, iters: int, rounds: int, batch: int
+    what: str, model: vggnet.VGG, x: torch.Tensor, *, names: tuple[str, str], iters: int, rounds: int
 ) -> list[dict[str, Any]]:
-    """Time `fns` in interleaved rounds; one result row per candidate, the first being the baseline."""
+    """`model` as plain modules (the baseline) against `optimize_for_inference(model)`, in interleaved rounds."""
+    fast = vggnet.optimize_for_inference(model)  # float32, channels_last, folded: the network both sides run
+    x = x.contiguous(memory_format=torch.channels_last)
+    plain, optimized = names
+    fns: dict[str, Callable[[], object]] = {plain: lambda: fast.net(x), optimized: lambda: fast(x)}
     with torch.inference_mode():
         for fn in fns.values():
             fn()  # warm-up: oneDNN picks and caches its kernels on the first call
         times = time_interleaved(fns, device=torch.device("cpu"), iters=iters, rounds=rounds)
-    base = statistics.median(next(iter(times.values())))
+    base = statistics.median(times[plain])
     rows = []
     for name, t in times.items():
         median = statistics.median(t)
@@ -50,14 +63,26 @@ def compare(
             {
                 "what": what,
                 "name": name,
-                "batch_size": batch,
+                "batch_size": x.shape[0],
                 "ms": median * 1e3,
                 "ms_min": min(t) * 1e3,
                 "speedup_vs_first": base / median,
             }
         )
-        print(f"{what:10} b{batch:<3} {name:34} {median * 1e3:9.2f} ms  {base / median:5.2f}x")
+        print(f"{what:10} b{x.shape[0]:<3} {name:34} {median * 1e3:9.2f} ms  {base / median:5.2f}x")
     return rows
+
+
+def head_only() -> vggnet.VGG:
+    """A VGG whose feature extractor is one 1x1 convolution: (N, 3, 32, 32) -> (N, 512, 7, 7) -> fc6-fc8."""
+    return vggnet.VGG(nn.Sequential(nn.Conv2d(3, 512, kernel_size=1, stride=HEAD_ONLY_STRIDE))).eval()
+
+
+def features_only(model: vggnet.VGG) -> vggnet.VGG:
+    """`model` with its pool and classifier replaced by identities: (N, 3, H, W) -> (N, 512 * H/32 * W/32)."""
+    model.avgpool = nn.Identity()  # type: ignore[assignment]
+    model.classifier = nn.Identity()  # type: ignore[assignment]
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,48 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     arch, size = ("vgg11", 32) if args.smoke else ("vgg16", 224)
     iters, rounds = (2, 2) if args.smoke else (10, 5)
     torch.manual_seed(0)
-    model = vggnet.get_model(arch).eval()
-    fast = vggnet.optimize_for_inference(model)  # float32, channels_last, folded: the network both sides run
-    net = fast.net
     results: list[dict[str, Any]] = []
+    timing = {"iters": iters, "rounds": rounds}
 
+    head = head_only()
     for batch in (1, 8):
-        x = torch.randn(batch, 512 * 7 * 7)
-        results += compare(
-            "classifier",
-            {
-                "F.linear (BLAS)": partial(net.classifier, x),
-                "oneDNN linear, ReLU fused": partial(_onednn_head, net.classifier, x),
-            },
-            iters=iters,
-            rounds=rounds,
-            batch=batch,
-        )
+        names = ("F.linear (BLAS)", "oneDNN linear, ReLU fused")
+        results += compare("classifier", head, torch.randn(batch, 3, 32, 32), names=names, **timing)
 
-    image = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
-    steps = _fused_steps(net.features)
-    results += compare(
-        "features",
-        {
-            "module calls": lambda: net.features(image),
-            "oneDNN conv+ReLU per layer": lambda: _run_steps(steps, image),
-        },
-        iters=iters,
-        rounds=rounds,
-        batch=1,
-    )
-
-    def plain() -> torch.Tensor:
-        out: torch.Tensor = net.classifier(torch.flatten(net.avgpool(net.features(image)), 1))
-        return out
-
-    results += compare(
-        "model",
-        {"folded channels_last modules": plain, "optimize_for_inference": lambda: fast(image)},
-        iters=iters,
-        rounds=rounds,
-        batch=1,
-    )
+    image = torch.randn(1, 3, size, size)
+    names = ("module calls", "oneDNN conv+ReLU per layer")
+    results += compare("features", features_only(vggnet.get_model(arch)), image, names=names, **timing)
+    names = ("folded channels_last modules", "optimize_for_inference")
+    results += compare("model", vggnet.get_model(arch), image, names=names, **timing)
 
     data: dict[str, Any] = {
         "suite": "cpu_paths",

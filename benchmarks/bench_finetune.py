@@ -16,7 +16,7 @@
 
 --smoke: vgg11 at batch 2 and 64x64 for the memory part, 1 epoch on a tiny set (checks the machinery).
 Results go to DIR/finetune-<device>-<UTC date>.json (default benchmarks/results/; finetune-smoke-...
-with --smoke), headed by `vggnet.bench.environment` as the other suites' are, rewritten after each
+with --smoke), headed by `harness.environment` as the other suites' are, rewritten after each
 part (each memory case, then the timing), with `complete`, the parts not reached yet under `pending`
 (what a killed run lacks) and those not started because --budget-s had passed under `skipped`.
 Nothing is asserted.
@@ -42,7 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .` (the GPU machines have none)
 MiB = 1 << 20
 
-from vggnet.bench import Budget, environment, save_results  # noqa: E402
+from harness import Budget, environment, save_results  # noqa: E402
 
 
 def _rss_bytes() -> int:

@@ -17,9 +17,8 @@ Figures are printed and saved as `formats-cpu-<date>.json` (`formats-smoke-cpu-.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,12 +26,15 @@ from pathlib import Path
 
 import torch
 
-import vggnet
-from vggnet import formats
-from vggnet.bench import environment
-from vggnet.export import export, run_export
-
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
+
+from harness import environment, save_results  # noqa: E402
+
+import vggnet  # noqa: E402
+from vggnet import formats  # noqa: E402
+from vggnet.export import export, run_export  # noqa: E402
 
 
 def build_meta(arch: str) -> vggnet.VGG:
@@ -169,10 +171,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     for name, r in latency.items():
         print(f"  {name:30s} {r['latency_ms']:9.1f} ms   (fastest round {r['latency_ms_min']:.1f} ms)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    saved = args.out / f"formats-{'smoke-' if args.smoke else ''}cpu-{date}.json"
-    saved.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    saved = save_results("formats-smoke" if args.smoke else "formats", results, args.out)
     print(f"saved {saved}")
     return 0
 

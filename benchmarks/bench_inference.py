@@ -9,8 +9,7 @@ run (method: vggnet/bench.py). The suites:
 - cuda (bf16): vgg16 at batch 128, 1 and 32, vgg16_bn, vgg11 and vgg19 at batch 128; torch.compile
   on (CUDA graphs at batch 1); torchvision compiled at batch 128 only, where its anchor figure is.
 - cpu (fp32, sized for 2 cores): vgg16 and vgg16_bn at batch 1, vgg16 at batch 8, and vgg16 in
-  bf16 at batch 1; torch.compile only with --compile (vgg16 at batch 1: 9.9 s to compile on 2 cores
-  with an empty inductor cache, 1-3 s once the on-disk cache holds it).
+  bf16 at batch 1; torch.compile only with --compile (compile times: benchmarks/README.md).
 - --smoke: vgg11 at 32x32, batch 1 and 2, two timed calls: checks the machinery, not the speed.
 
 Results go to DIR/inference-<device>-<date>.json (default benchmarks/results/); nothing is asserted.
@@ -28,7 +27,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
-from vggnet.bench import Budget, environment, format_report, run_bench, save_results  # noqa: E402
+from harness import Budget, environment, save_results  # noqa: E402
+
+from vggnet.bench import format_report, run_bench  # noqa: E402
 
 # (arch, batch size, timed calls, compile torchvision too, dtype: None for the device's default)
 SUITES: dict[str, list[tuple[str, int, int, bool, torch.dtype | None]]] = {

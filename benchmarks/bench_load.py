@@ -9,7 +9,7 @@ serialization format:
   so the network is never touched); the model is built on the meta device and the tensors of the
   memory-mapped file are assigned. A legacy-format file goes through its one-time zip copy.
 - torchvision-style: a randomly initialised model (torchvision's `vgg16()` when torchvision is
-  installed, else vggnet's `VGG` with the same initialisation), `torch.load(weights_only=True)`,
+  installed, else `vggnet.vgg16()`, the same initialisation), `torch.load(weights_only=True)`,
   `load_state_dict`.
 
 Every measurement runs in a fresh subprocess after `import torch` and the model code: wall time of
@@ -59,18 +59,15 @@ def reset_peak():
 which, path, sha256 = sys.argv[1:4]
 if which == "vggnet":
     import vggnet
-    from vggnet.weights import Weights
-    record = Weights(url="https://example.invalid/models/" + os.path.basename(path), sha256=sha256)
+    record = vggnet.Weights(url="https://example.invalid/models/" + os.path.basename(path), sha256=sha256)
     build = lambda: vggnet.vgg16(weights=record, progress=False)
 else:
     try:
         from torchvision.models import vgg16 as random_vgg16
         impl = "torchvision"
     except ImportError:
-        from vggnet.config import CONFIGS
-        from vggnet.model import VGG, make_layers
-        random_vgg16 = lambda: VGG(make_layers(CONFIGS["D"]))
-        impl = "vggnet.VGG"
+        from vggnet import vgg16 as random_vgg16
+        impl = "vggnet.vgg16"
     def build():
         model = random_vgg16()
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -96,11 +93,10 @@ def generate(workdir: Path) -> dict[str, Path]:
     paths = {"zip": workdir / "bench-vgg16-zip.pth", "legacy": workdir / "bench-vgg16-legacy.pth"}
     if all(p.exists() for p in paths.values()):
         return paths
-    from vggnet.config import CONFIGS
-    from vggnet.model import VGG, make_layers
+    import vggnet
 
     with torch.device("meta"):
-        layout = VGG(make_layers(CONFIGS["D"]), init_weights=False).state_dict()
+        layout = vggnet.vgg16().state_dict()
     g = torch.Generator().manual_seed(16)
     state = {k: torch.randn(v.shape, generator=g).mul_(0.01) for k, v in layout.items()}
     for fmt, path in paths.items():

@@ -9,7 +9,7 @@ only with --compile. --smoke: vgg11 at 32x32, batch 2, two steps. The candidates
 interleaved rounds (median, method of vggnet/bench.py); img/s = batch / step time.
 
 The candidates are added one at a time, eager ones first (cheap, and the baseline), the compiled
-ones last (a cold torch.compile of forward + backward takes about a minute). Each time one is
+ones last (a cold torch.compile of forward + backward is slow: benchmarks/README.md). Each time one is
 ready, all ready candidates are timed again, together, and the JSON is rewritten: a run killed
 during a compile leaves the figures measured so far, with the candidates not reached listed under
 `pending`. After --budget-s seconds no further candidate is started; those go under `skipped`.
@@ -34,8 +34,10 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
+from harness import Budget, environment, save_results  # noqa: E402
+
 import vggnet  # noqa: E402
-from vggnet.bench import Budget, environment, save_results, time_interleaved  # noqa: E402
+from vggnet.bench import time_interleaved  # noqa: E402
 
 
 def make_step(

@@ -24,6 +24,8 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
 - `_isolated_cache` (autouse): every test gets its own empty TORCH_HOME (so torch.hub's cache and
   vggnet's default cache are private to it), no VGGNET_HOME / VGGNET_MIRROR / VGGNET_OFFLINE, and
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
+- `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
+  Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -43,8 +47,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import vggnet.download
 from vggnet.config import arch_config
 from vggnet.model import VGG, make_layers
+from vggnet.weights import Weights
 
 Body = bytes | Path
 
@@ -432,3 +438,44 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         monkeypatch.setenv(name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"])))
     yield home
     shutil.rmtree(home, ignore_errors=True)  # downloaded checkpoints are large: don't keep them
+
+
+# --- the cache, download and hub tests -------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """VGGNET_HOME for one test."""
+    home = tmp_path / "cache"
+    monkeypatch.setenv("VGGNET_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vggnet.download, "BACKOFF", 0.01)
+
+
+def record(url: str, ckpt_file: CheckpointFile, **kwargs: object) -> Weights:
+    return Weights(url=url, sha256=ckpt_file.sha256, **kwargs)  # type: ignore[arg-type]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Everything in `folder` but lock files (which filelock may leave behind by design)."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def no_hashing(path: Path) -> str:
+    raise AssertionError(f"{path} was hashed again although its stamp matches")
+
+
+def spawn_python(code: str, *args: object) -> subprocess.Popen[str]:
+    """`python -c code args...` in the checkout, with this test's environment."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip

@@ -1,6 +1,12 @@
-"""`vggnet bench` and the benchmark scripts: the report's schema and the machinery, never the speed."""
+"""`vggnet bench`, and the benchmark scripts' harness and orchestration: the machinery, never the speed.
 
+The scripts' own smoke runs (`python benchmarks/bench_*.py --smoke`) are CI's last step (.ci/run);
+here they only start and skip everything (`--budget-s 0`), and gpu_suite.py runs cheap stand-in steps.
+"""
+
+import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggnet.bench import SCHEMA, Budget, matmul_peak, run_bench, save_results, time_interleaved
+from vggnet.bench import SCHEMA, matmul_peak, run_bench, time_interleaved
 from vggnet.cli import main
 from vggnet.inference import optimize_for_inference
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+# The scripts import their harness as a sibling module, as `python benchmarks/bench_x.py` lets them.
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_train  # noqa: E402
+import gpu_suite  # noqa: E402
+from harness import Budget, environment, save_results  # noqa: E402
+
 TINY = ["bench", "--arch", "vgg11", "--image-size", "32", "--iters", "1", "--rounds", "1"]
 RESULT_KEYS = {
     "name", "img_per_s", "latency_ms", "latency_ms_min", "tflops", "peak_fraction", "first_call_s", "max_abs_diff",
@@ -116,48 +130,62 @@ def test_budget_skips_only_once_spent_and_records_what_it_skipped():
     ]
 
 
-@pytest.mark.parametrize("script", ["bench_inference.py", "bench_train.py"])
-def test_benchmark_smoke_mode_writes_valid_json(script, tmp_path):
+def test_environment_records_where_and_when():
+    env = environment(torch.device("cpu"))
+    assert set(env) == {"device", "device_name", "versions", "date", "load_average", "threads", "environment"}
+    assert env["device"] == "cpu" and "CPUs" in env["device_name"] and env["threads"] == torch.get_num_threads()
+    assert {"vggnet", "torch", "python"} <= set(env["versions"]) and env["date"].endswith("+00:00")
+    json.dumps(env, allow_nan=False)  # what save_results writes
+
+
+# suite -> what a run past its budget lists under `skipped`, in the order the script would run them
+BUDGETED = {
+    "inference": [{"arch": "vgg11", "batch_size": 1}, {"arch": "vgg11", "batch_size": 2}],
+    "train": [{"name": "vggnet eager"}, {"name": "torchvision eager"}],
+    "finetune": [{"part": f"memory, checkpointing {on}"} for on in ("off", "on")] + [{"part": "linear_vs_full"}],
+}
+
+
+@pytest.mark.parametrize("suite", list(BUDGETED))
+def test_benchmark_past_its_budget_starts_nothing_and_says_so(suite, tmp_path):
     pytest.importorskip("torchvision")
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--device", "cpu", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    script = importlib.import_module(f"bench_{suite}")
+    assert script.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--budget-s", "0"]) == 0
     (path,) = tmp_path.glob("*.json")
+    assert path.name.startswith(f"{suite}-smoke-cpu-20")
     data = json.loads(path.read_text())
-    suite = script.removeprefix("bench_").removesuffix(".py")
-    assert path.name.startswith(f"{suite}-smoke-cpu-")
     assert data["suite"] == suite and data["smoke"] is True and data["device"] == "cpu"
     assert {"torch", "torchvision", "vggnet"} <= set(data["versions"]) and data["date"]
-    if suite == "inference":
-        assert [(r["arch"], r["batch_size"]) for r in data["runs"]] == [("vgg11", 1), ("vgg11", 2)]
-        assert all(r["schema"] == SCHEMA for r in data["runs"])
-    else:
-        assert {r["name"] for r in data["results"]} == {"vggnet eager", "torchvision eager"}
-        assert all(r["img_per_s"] > 0 for r in data["results"])
+    assert data["skipped"] == [{**part, "reason": "over --budget-s"} for part in BUDGETED[suite]]
+    assert data.get("runs", data.get("results", data.get("activation_memory"))) == []
+    if suite != "inference":  # the two that record how far a run got
+        assert data["complete"] is True and data["pending"] == [] and data["budget_s"] == 0
 
 
-@pytest.mark.parametrize(
-    ("script", "parts"),
-    [
-        ("bench_train.py", ["vggnet eager", "torchvision eager"]),
-        ("bench_finetune.py", ["memory, checkpointing off", "memory, checkpointing on", "linear_vs_full"]),
-    ],
-)
-def test_benchmark_past_its_budget_starts_nothing_and_says_so(script, parts, tmp_path):
+def test_a_benchmark_runs_as_a_script_from_any_folder(tmp_path):
     pytest.importorskip("torchvision")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--device", "cpu", "--out", str(tmp_path)]
-    run = subprocess.run([*cmd, "--budget-s", "0"], capture_output=True, text=True, timeout=600)
+    # Without PYTHONPATH, from another folder: the script finds its harness, and this checkout's vggnet
+    # ahead of any installed one.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, str(BENCHMARKS / "bench_inference.py"), "--smoke", "--out", "out", "--budget-s", "0"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
-    (path,) = tmp_path.glob("*.json")
-    data = json.loads(path.read_text())
-    assert data["complete"] is True and data["pending"] == [] and data["budget_s"] == 0
-    assert [s.get("name", s.get("part")) for s in data["skipped"]] == parts
-    assert all(s["reason"] == "over --budget-s" for s in data["skipped"])
-    assert data.get("results", data.get("activation_memory")) == []
+    (path,) = (tmp_path / "out").glob("inference-smoke-*.json")
+    assert json.loads(path.read_text())["suite"] == "inference"
+
+
+def test_train_rows_compare_with_torchvision_eager_once_it_has_run():
+    times = {"vggnet eager": [0.5, 0.25, 0.3], "torchvision eager": [0.5, 0.5, 0.6]}
+    first, losses = {"vggnet eager": 2.0, "torchvision eager": 3.0}, {"vggnet eager": 6.9, "torchvision eager": 7.0}
+    rows = bench_train._rows(times, 4, first, losses)
+    assert [r["name"] for r in rows] == ["vggnet eager", "torchvision eager"]
+    vgg, tv = rows
+    assert vgg["img_per_s"] == pytest.approx(4 / 0.3) and vgg["step_ms"] == pytest.approx(300)
+    assert vgg["step_ms_min"] == pytest.approx(250) and vgg["first_step_s"] == 2.0 and vgg["first_loss"] == 6.9
+    assert vgg["speedup_vs_torchvision_eager"] == pytest.approx(0.5 / 0.3) and tv["speedup_vs_torchvision_eager"] == 1
+    # Before torchvision eager has run (it is added second) there is nothing to compare with.
+    (alone,) = bench_train._rows({"vggnet eager": [0.3]}, 4, first, losses)
+    assert "speedup_vs_torchvision_eager" not in alone
 
 
 def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
@@ -175,26 +203,9 @@ def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
     assert report.dtype == "bfloat16" and report.matmul_peak_how.endswith("bfloat16")
 
 
-@pytest.mark.slow
-def test_gpu_suite_smoke_runs_every_step_and_writes_a_summary(tmp_path):
-    pytest.importorskip("torchvision")
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    names = sorted(p.name.split("-")[0] for p in tmp_path.glob("*.json"))
-    assert names == ["finetune", "gpu_suite", "inference", "train"]
-    (summary,) = tmp_path.glob("gpu_suite-*.json")
-    steps = json.loads(summary.read_text())["steps"]
-    assert list(steps) == ["tests", "inference", "train", "finetune"]
-    assert all(step["returncode"] == 0 and step["elapsed_s"] > 0 for step in steps.values())
-
-
 def test_cpu_peak_skips_the_gemms_in_a_dtype_onednn_cannot_compute(monkeypatch):
-    # Without native bf16 (oneDNN limited to AVX2) torch's reference GEMM takes about a minute at 2048.
+    # Without native bf16 (oneDNN limited to AVX2) torch's reference GEMMs take far too long
+    # (benchmarks/README.md).
     from vggnet import bench
 
     cpu = torch.device("cpu")
@@ -202,3 +213,85 @@ def test_cpu_peak_skips_the_gemms_in_a_dtype_onednn_cannot_compute(monkeypatch):
     monkeypatch.setattr(bench, "onednn_computes", lambda dtype: dtype == torch.float32)
     assert set(bench.peak_kernels(cpu, torch.bfloat16, size=64)) == {"3x3"}
     assert set(bench.peak_kernels(cpu, torch.float32, size=64)) == {"matmul", "1x1", "3x3"}
+
+
+# gpu_suite.py: its steps are real processes; stand-ins replace the benchmarks, whose smoke runs in CI.
+
+
+def stand_in(fail: str | None = None):
+    """A `gpu_suite.command` whose steps print their name and limit (and `fail` exits 3), in 0.1 s each."""
+
+    def command(name, out, device, smoke, limit):
+        code = f"import time; time.sleep(0.1); print('step {name} limit {limit:.0f}')"
+        code += f"; raise SystemExit({3 if name == fail else 0})"
+        return [sys.executable, "-c", code]
+
+    return command
+
+
+def test_gpu_suite_runs_every_step_in_order_and_writes_a_summary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_suite, "command", stand_in())
+    assert gpu_suite.main(["--smoke", "--out", str(tmp_path), "--budget-s", "400"]) == 0
+    (path,) = tmp_path.glob("*.json")
+    assert path.name.startswith(f"gpu_suite-smoke-{'cuda' if torch.cuda.is_available() else 'cpu'}-20")
+    summary = json.loads(path.read_text())
+    assert summary["suite"] == "gpu_suite" and summary["smoke"] is True and summary["budget_s"] == 400
+    assert {"vggnet", "torch"} <= set(summary["versions"]) and summary["elapsed_s"] > 0
+    steps = summary["steps"]
+    assert list(steps) == ["tests", "inference", "train", "finetune"]
+    assert all(step["returncode"] == 0 and step["elapsed_s"] > 0 for step in steps.values())
+    # The first step gets its share (25% of 400 s); each later one also what the steps before left unused.
+    assert "step tests limit 100" in steps["tests"]["output_tail"]
+    for name, step in steps.items():
+        limit = float(step["output_tail"].split(f"step {name} limit ")[1].split()[0])
+        assert gpu_suite.SHARES[name] * 400 <= limit <= 400, name
+    assert "failed" not in capsys.readouterr().out
+
+
+def test_gpu_suite_goes_on_after_a_failed_step_and_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_suite, "command", stand_in(fail="train"))
+    assert gpu_suite.main(["--smoke", "--out", str(tmp_path), "--budget-s", "400"]) == 1
+    assert "failed or skipped: train" in capsys.readouterr().out
+    (path,) = tmp_path.glob("*.json")
+    steps = json.loads(path.read_text())["steps"]
+    assert {name: step["returncode"] for name, step in steps.items()} == {
+        "tests": 0, "inference": 0, "train": 3, "finetune": 0,
+    }  # fmt: skip
+
+
+def test_gpu_suite_with_its_budget_spent_starts_no_step(tmp_path, capsys):
+    # Under 20 s left, no step starts: each is listed with the command it would have run.
+    assert gpu_suite.main(["--smoke", "--out", str(tmp_path), "--budget-s", "10"]) == 1
+    assert "failed or skipped: tests, inference, train, finetune" in capsys.readouterr().out
+    (path,) = tmp_path.glob("*.json")
+    steps = json.loads(path.read_text())["steps"]
+    assert all(step["returncode"] is None and step["skipped"] == "budget spent" for step in steps.values())
+    assert steps["inference"]["command"][1] == str(BENCHMARKS / "bench_inference.py")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_gpu_suite_without_cuda_asks_for_smoke(tmp_path, capsys):
+    assert gpu_suite.main(["--out", str(tmp_path)]) == 2
+    assert "run with --smoke" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_suite_kills_a_step_at_its_limit_and_keeps_what_it_printed():
+    cmd = [sys.executable, "-c", "print('started', flush=True); import time; time.sleep(60)"]
+    step = gpu_suite.run_step("sleeper", cmd, limit=2)
+    assert step["returncode"] is None and step["command"] == cmd
+    assert "started" in step["output_tail"] and step["output_tail"].endswith("[killed after 2 s]")
+    assert 2 <= step["elapsed_s"] < 30
+
+
+@pytest.mark.parametrize("name", ["inference", "train", "finetune"])
+def test_gpu_suite_runs_each_benchmark_with_options_it_takes(name, tmp_path, capsys):
+    cmd = gpu_suite.command(name, tmp_path, "cpu", True, limit=100)
+    assert cmd[:2] == [sys.executable, str(BENCHMARKS / f"bench_{name}.py")]
+    assert cmd[2:] == ["--device", "cpu", "--out", str(tmp_path), "--smoke", "--budget-s", "60"]
+    module = importlib.import_module(f"bench_{name}")
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert all(option in usage for option in cmd if option.startswith("--"))

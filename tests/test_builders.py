@@ -9,6 +9,8 @@ from torch import nn
 
 import vggnet
 from vggnet import Weights
+from vggnet.builders import BUILDERS
+from vggnet.config import ARCHS
 
 from .conftest import file_sha256 as sha256
 from .conftest import fingerprint
@@ -224,13 +226,14 @@ def test_end_to_end_over_http_a_wrong_digest_raises_and_keeps_no_file(http_serve
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == []
 
 
-@pytest.mark.parametrize("arch", vggnet.list_models())
-def test_arch_of_state_reads_the_model_off_the_keys(arch):
-    with torch.device("meta"):
-        state = vggnet.get_model(arch, num_classes=10, in_chans=1).state_dict()  # fc8 and conv1_1 widths differ
-    assert vggnet.builders.arch_of_state(state) == arch
-    legacy = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # as the 2017 files
-    assert vggnet.builders.arch_of_state(legacy) == arch
+def test_the_registry_is_built_from_the_functions_in_the_papers_order():
+    assert list(BUILDERS) == list(ARCHS) == vggnet.list_models()
+    assert all(f.__name__ == name and getattr(vggnet, name) is f for name, f in BUILDERS.items())
+    with pytest.raises(ValueError, match=r"^unknown model 'VGG17'; valid: vgg11, vgg11_bn, .*, vgg19_bn$"):
+        vggnet.get_model("VGG17")
+    with pytest.raises(ValueError, match=r"^unknown model 'vgg17'; valid: vgg11, "):  # the same one message
+        vggnet.get_model_weights("vgg17")
+    assert vggnet.get_model("VGG11", device="meta").num_classes == 1000  # any case
 
 
 def test_arch_of_state_names_the_valid_models():
@@ -275,7 +278,7 @@ def test_builders_take_torchvisions_members_for_every_record(arch, name, monkeyp
 
 
 def test_a_torchvision_member_of_another_model_is_refused_before_any_download(http_server):
-    with pytest.raises(ValueError, match=r"VGG11_Weights.IMAGENET1K_V1 are not weights for vgg16; valid: "):
+    with pytest.raises(ValueError, match=r"VGG11_Weights.IMAGENET1K_V1 holds vgg11 weights, not vgg16"):
         vggnet.vgg16(weights=tvm.VGG11_Weights.DEFAULT)
     with pytest.raises(TypeError, match=r"ResNet50_Weights.IMAGENET1K_V2 \(https://.*\) has no vggnet record"):
         vggnet.vgg16(weights=tvm.ResNet50_Weights.DEFAULT)
@@ -405,3 +408,7 @@ def test_positional_progress_is_used_and_bad_positional_calls_are_refused(monkey
         vggnet.vgg11(True, weights="DEFAULT")
     with pytest.raises(ValueError, match="either weights= or the deprecated pretrained="), pytest.warns(UserWarning):
         vggnet.vgg11(True, pretrained=True)
+
+
+def test_arch_of_state_is_still_importable_from_builders():
+    assert vggnet.builders.arch_of_state is vggnet.checkpoint.arch_of_state  # tested in test_checkpoint.py

@@ -286,6 +286,14 @@ def test_predict_with_a_finetuned_checkpoint_uses_its_labels_and_preset(seeded_v
         assert [p["probability"] for p in result["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-4)
 
 
+def test_predict_with_weights_none_is_a_random_model_with_imagenet_labels(capsys):
+    photo = PHOTOS / "coffee.jpg"
+    assert main(["predict", str(photo), "--weights", "none", "--arch", "vgg11", "--json", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["arch"], data["weights"], data["topk"]) == ("vgg11", "random", 5)
+    assert all(p["label"] == IMAGENET_CATEGORIES[p["index"]] for p in data["results"][0]["predictions"])
+
+
 def test_predict_refuses_a_checkpoint_of_another_model(seeded_vgg11, capsys):
     assert main(["predict", str(PHOTOS / "coffee.jpg"), "--weights", str(seeded_vgg11), "--arch", "vgg13"]) == 2
     assert "holds vgg11 weights, not vgg13" in capsys.readouterr().err

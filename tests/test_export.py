@@ -159,7 +159,7 @@ def test_onnx_dynamic_batch_and_size_in_onnxruntime(model: vggnet.VGG, tmp_path:
 def test_onnx_static_batch_is_static(model: vggnet.VGG, tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    path = export(model, tmp_path / "vgg11.onnx", "onnx", dynamic_batch=False, image_size=64)
+    path = export(model, tmp_path / "vgg11.onnx", "onnx", dynamic_batch=False, batch_size=2, image_size=64)
     dims = [d.dim_param or d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 64, 64]
     assert check_export(path, "onnx", model, inputs([(2, 3, 64, 64)])) < 1e-5

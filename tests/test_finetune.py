@@ -1,5 +1,6 @@
 """Fine-tuning end to end on generated two-class PNG sets: one process, and real torchrun DDP on CPU."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,8 +14,12 @@ import torch
 
 import vggnet
 from vggnet import cli
-from vggnet.finetune import FORMAT, ImageFolder, finetune, load_finetuned, save_checkpoint
+from vggnet import weights as weights_module
+from vggnet.finetune import FORMAT, FinetuneConfig, ImageFolder, finetune, load_finetuned, save_checkpoint
 from vggnet.transforms import ImageClassification, load_image
+from vggnet.weights import IMAGENET_CATEGORIES, Weights, WeightsEnum
+
+from .conftest import file_sha256
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -150,7 +155,7 @@ def test_load_finetuned_refuses_a_plain_state_dict(pretrained):
 def test_bad_arguments_name_the_problem(data, tmp_path):
     with pytest.raises(ValueError, match="mode must be one of linear, full"):
         finetune(data, mode="probe")
-    with pytest.raises(ValueError, match="unknown VGG architecture 'vgg17'"):
+    with pytest.raises(ValueError, match="unknown model 'vgg17'; valid: vgg11"):
         finetune(data, arch="vgg17")
     with pytest.raises(ValueError, match="in_chans must be 1 or 3"):
         finetune(data, in_chans=4)
@@ -202,6 +207,35 @@ def test_a_path_checkpoint_is_a_starting_point(data, pretrained, tmp_path, monke
     third = finetune(data, arch="vgg11", weights="start.pth", epochs=1, batch_size=8, image_size=32,
                      out=tmp_path / "c", progress=False)  # fmt: skip
     assert third.model.in_channels == 3
+
+
+def test_a_weights_enum_member_is_a_starting_point(data, pretrained, tmp_path, monkeypatch):
+    """finetune(weights=VGG11_Weights.DEFAULT) goes through the one loader (it used to be refused)."""
+    path, state = pretrained
+    record = Weights(url=str(path), sha256=file_sha256(path), categories=IMAGENET_CATEGORIES, mean=(0.5, 0.5, 0.5))
+    enum = WeightsEnum("VGG11_Weights", {"IMAGENET1K_V1": record, "DEFAULT": record})
+    monkeypatch.setattr(weights_module, "WEIGHTS_ENUMS", {**weights_module.WEIGHTS_ENUMS, "vgg11": enum})
+    result = finetune(data, arch="vgg11", weights=enum.DEFAULT, epochs=1, batch_size=8, image_size=32,
+                      out=tmp_path, progress=False)  # fmt: skip
+    assert torch.equal(result.model.features[0].weight, state["features.0.weight"])
+    finetuned = load_finetuned(result.checkpoint)
+    assert finetuned.info["weights"] == "VGG11_Weights.IMAGENET1K_V1" and finetuned.preset.mean == [0.5] * 3
+    with pytest.raises(ValueError, match=r"VGG11_Weights\.IMAGENET1K_V1 holds vgg11 weights, not vgg13"):
+        finetune(data, arch="vgg13", weights=enum.DEFAULT, out=tmp_path / "x")
+    with pytest.raises(ValueError, match=r"VGG16_Weights\.IMAGENET1K_FEATURES has no classifier"):
+        finetune(data, arch="vgg16", weights=vggnet.VGG16_Weights.IMAGENET1K_FEATURES, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_settings_are_one_frozen_checked_config(data, tmp_path):
+    config = FinetuneConfig(data, arch="VGG11", weights="none", out=str(tmp_path), mode="full")
+    assert (config.arch, config.out, config.rate, config.source.kind) == ("vgg11", tmp_path, 0.001, "random")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3  # type: ignore[misc]
+    with pytest.raises(ValueError, match="mode must be one of linear, full"):
+        FinetuneConfig(data, mode="probe")
+    with pytest.raises(RuntimeError, match="no device 'bogus' here"):
+        FinetuneConfig(data, device="bogus")
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):

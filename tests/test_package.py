@@ -4,6 +4,7 @@ import ast
 import subprocess
 import sys
 import zipfile
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,87 @@ def test_wheel_ships_the_data_and_the_type_marker(tmp_path):
         "Requires-Dist: tqdm>=4.60",
     ]
     assert any("torchvision" in line and 'extra == "test"' in line for line in requires)
+
+
+# --- the import graph ------------------------------------------------------------------------------
+
+
+def vggnet_imports(folder: Path) -> dict[str, dict[str, set[str]]]:
+    """For each module of the package in `folder`: the package modules it imports, at module level
+    ("module") and inside functions ("function"). Imports under `if TYPE_CHECKING:` never run and are
+    left out; `vggnet` is the package's `__init__`.
+    """
+    package = folder.name
+    modules = {path.stem: path for path in folder.glob("*.py")}
+
+    def target(node: ast.ImportFrom | ast.Import) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [alias.name for alias in node.names if alias.name.split(".")[0] == package]
+        if node.level == 0:
+            base = node.module or ""
+            if base.split(".")[0] != package:
+                return []
+        else:
+            base = package + ("." + node.module if node.module else "")
+        if base == package:  # `from . import x`: a submodule if there is one, else a name of the package
+            return [f"{package}.{a.name}" if a.name in modules else package for a in node.names]
+        return [base]
+
+    def walk(node: ast.AST, in_function: bool, found: dict[str, set[str]]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for stmt in child.orelse:
+                    walk(stmt, in_function, found)
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found["function" if in_function else "module"].update(target(child))
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)), found)
+
+    graph = {}
+    for stem, path in modules.items():
+        found: dict[str, set[str]] = {"module": set(), "function": set()}
+        walk(ast.parse(path.read_text(encoding="utf-8")), False, found)
+        name = package if stem == "__init__" else f"{package}.{stem}"
+        graph[name] = {kind: {t for t in targets if t != name} for kind, targets in found.items()}
+    return graph
+
+
+def import_cycle(graph: dict[str, dict[str, set[str]]]) -> list[str] | None:
+    """One cycle through the module- and function-level imports of `graph`, or None."""
+    try:
+        TopologicalSorter({name: kinds["module"] | kinds["function"] for name, kinds in graph.items()}).prepare()
+    except CycleError as err:
+        return list(err.args[1])
+    return None
+
+
+def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
+    graph = vggnet_imports(ROOT / "vggnet")
+    assert import_cycle(graph) is None
+    # cli.py may load modules lazily, to start fast; anywhere else a function-level import hides a cycle.
+    hidden = {name: sorted(kinds["function"]) for name, kinds in graph.items() if kinds["function"]}
+    assert set(hidden) <= {"vggnet.cli"}, hidden
+    # the layers of the hub point one way: config <- cache <- download <- hub <- weights
+    assert graph["vggnet.config"]["module"] == set()
+    assert graph["vggnet.cache"]["module"] <= {"vggnet.config"}
+    assert graph["vggnet.download"]["module"] <= {"vggnet.cache", "vggnet.checks", "vggnet.config"}
+    assert graph["vggnet.hub"]["module"] <= {"vggnet.cache", "vggnet.download", "vggnet.checks", "vggnet.config"}
+    assert graph["vggnet.transforms"]["module"] <= {"vggnet.checks", "vggnet.config"}
+    assert {"vggnet.hub", "vggnet.transforms"} <= graph["vggnet.weights"]["module"]
+
+
+def test_the_import_graph_scanner_sees_cycles_and_hidden_imports(tmp_path):
+    package = tmp_path / "vggnet"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .a import f\n__version__ = '0'\n")
+    (package / "a.py").write_text("from . import b\ndef f():\n    from .c import g\n")
+    (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n")
+    (package / "c.py").write_text("import vggnet.a\nfrom . import __version__\n")
+    graph = vggnet_imports(package)
+    assert graph["vggnet.a"] == {"module": {"vggnet.b"}, "function": {"vggnet.c"}}
+    assert graph["vggnet.b"] == {"module": set(), "function": set()}  # TYPE_CHECKING only
+    assert graph["vggnet.c"]["module"] == {"vggnet.a", "vggnet"}
+    cycle = import_cycle(graph)
+    assert cycle is not None and {"vggnet.a", "vggnet.c"} <= set(cycle)
+    (package / "a.py").write_text("from . import b\n")
+    assert import_cycle(vggnet_imports(package)) is None

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import vggnet
-from vggnet.config import CONFIGS, arch_config, layer_names
+from vggnet.config import CONFIGS, arch_config
 from vggnet.summary import format_summary, plot_summary, summarize
+from vggnet.taps import feature_names
 
 from .reference import ARCHS, RECORDS, VGG16_CLASSIFIER_PARAMS, VGG16_CONV_PARAMS, VGG16_FC6_PARAMS
 
@@ -63,7 +64,7 @@ def test_totals_at_other_sizes_match_a_hand_count(arch, size):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_rows_carry_the_paper_names_in_forward_order(arch):
     s = summarize(arch)
-    assert [layer.name for layer in s.layers] == [*layer_names(arch), *HEAD]
+    assert [layer.name for layer in s.layers] == [*feature_names(arch), *HEAD]
     assert [layer.module for layer in s.layers][-8:] == ["avgpool"] + [f"classifier.{i}" for i in range(7)]
     letter, batch_norm = vggnet.config.ARCHS[arch]
     convs = [layer for layer in s.layers if layer.type == "Conv2d"]

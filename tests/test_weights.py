@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import vggnet
+import vggnet.config as config
+import vggnet.weights as weights
 from vggnet.weights import OFFICIAL_BASE, WEIGHTS_ENUMS, Weights, get_weight, resolve_weights
 
 from .conftest import fingerprint
@@ -315,3 +317,19 @@ def test_torchvisions_get_model_weights_accepts_only_its_own_enum_class():
     with pytest.raises(ValueError, match="couldn't be retrieved"):
         tvm.get_model_weights(vggnet.vgg16)
     assert vggnet.get_model_weights(vggnet.vgg16) is vggnet.VGG16_Weights
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_max_size_bounds_an_official_file_only_when_its_exact_size_is_unknown(arch):
+    record = WEIGHTS_ENUMS[arch].IMAGENET1K_V1.value
+    if record.size is not None:
+        assert record.max_size is None  # the exact size is enforced instead
+    else:  # torchvision's MiB figure, rounded to 3 decimals, plus slack for the rounding
+        assert record.max_size == int(record.file_size * 2**20) + 1024
+        assert record.max_size >= (record.file_size - 0.0005) * 2**20
+    assert dataclasses.replace(record, url="https://example.org/" + record.file_name).max_size is None
+
+
+def test_the_shared_constants_are_defined_once_and_re_exported():
+    for name in ("OFFICIAL_BASE", "IMAGENET_MEAN", "IMAGENET_STD", "CAFFE_MEAN", "CAFFE_STD", "INTERPOLATIONS"):
+        assert getattr(weights, name) is getattr(config, name) and name in weights.__all__

@@ -18,11 +18,14 @@ from .builders import (
     vgg19,
     vgg19_bn,
 )
-from .hub import ChecksumError, DownloadError, cache_dir, fetch, load_state_dict_from_url
+from .cache import ChecksumError, cache_dir
+from .download import DownloadError
+from .hub import fetch, load_state_dict_from_url
 from .inference import fold_batchnorm, optimize_for_inference
 from .losses import PerceptualLoss
 from .model import VGG, TapInfo, adapt_input_conv, make_layers
 from .summary import summarize
+from .taps import layer_names, module_names
 from .transforms import ImageClassification, TrainClassification
 from .weights import (
     VGG11_BN_Weights,
@@ -66,7 +69,9 @@ __all__ = [
     "get_model",
     "get_model_weights",
     "get_weight",
+    "layer_names",
     "list_models",
+    "module_names",
     "adapt_input_conv",
     "make_layers",
     "optimize_for_inference",

@@ -10,9 +10,12 @@ Method (the same for every figure `vggnet bench` and `benchmarks/` print):
   round, and `latency_ms` is the time of one batch in it.
 - The peak is measured in the same interleaved rounds as the models, in the run's dtype: a square
   matmul; on CPU also the same GEMM as a 1x1 convolution and a 3x3 convolution, run by oneDNN,
-  which on AVX-512 CPUs is up to 2x faster than the BLAS behind torch.matmul; the fastest counts
+  whose convolution kernels can outrun the BLAS behind torch.matmul; the fastest counts
   (`peak_kernels`).
 - FLOPs are 2 x the multiply-adds of the convolutions and fully connected layers (`summarize`).
+
+The benchmark scripts in `benchmarks/` (outside the wheel) build their suites on `run_bench` and
+`time_interleaved`; the figures they measured are in `benchmarks/README.md`.
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ from __future__ import annotations
 import copy
 import datetime
 import importlib
-import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -30,13 +31,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import __version__
 from .builders import get_model
 from .inference import default_dtype, onednn_computes, optimize_for_inference
 from .summary import summarize
@@ -44,16 +45,16 @@ from .summary import summarize
 __all__ = [
     "SCHEMA",
     "BenchReport",
-    "Budget",
     "Result",
     "device_name",
     "format_report",
+    "kernel_settings",
+    "load_average",
     "PeakKernel",
     "best_peak",
     "matmul_peak",
     "peak_kernels",
     "run_bench",
-    "save_results",
     "time_interleaved",
     "versions",
 ]
@@ -99,7 +100,7 @@ class BenchReport:
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     )
     versions: Mapping[str, str] = field(default_factory=lambda: versions())
-    load_average: tuple[float, ...] = field(default_factory=lambda: _load_average())
+    load_average: tuple[float, ...] = field(default_factory=lambda: load_average())
     # Settings that change which kernels run (e.g. oneDNN capped at AVX2 to stand in for an older CPU).
     environment: Mapping[str, str] = field(default_factory=lambda: kernel_settings())
     schema: str = SCHEMA
@@ -124,8 +125,7 @@ class BenchReport:
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
-
+    """vggnet's, torch's and Python's versions; torchvision's when installed, CUDA's and cuDNN's on CUDA."""
     found = {"vggnet": __version__, "torch": torch.__version__, "python": platform.python_version()}
     peer = _torchvision()
     if peer is not None:
@@ -136,14 +136,30 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _load_average() -> tuple[float, ...]:
+def load_average() -> tuple[float, ...]:
+    """The system's 1, 5 and 15 minute load averages (empty where the platform has none)."""
     try:
         return tuple(round(x, 2) for x in os.getloadavg())
     except (AttributeError, OSError):  # not on every platform
         return ()
 
 
+_KERNEL_SETTINGS = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+def kernel_settings() -> dict[str, str]:
+    """The environment variables set here that change which kernels run (oneDNN's ISA cap, threads)."""
+    return {k: os.environ[k] for k in _KERNEL_SETTINGS if k in os.environ}
+
+
 def device_name(device: torch.device) -> str:
+    """The GPU's name; for a CPU its model, CPU count, torch's threads and torch's CPU capability."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
@@ -189,7 +205,7 @@ class PeakKernel:
 def peak_kernels(device: torch.device, dtype: torch.dtype, size: int | None = None) -> dict[str, PeakKernel]:
     """A size x size matmul; on CPU also the same GEMM as a 1x1 convolution and a 3x3 convolution of
     256 channels at 56x56 (an implicit GEMM), all run by oneDNN: on AVX-512 CPUs its direct
-    convolution kernels beat any GEMM call by up to 2x, and they are what VGG runs on."""
+    convolution kernels can beat any GEMM call, and they are what VGG runs on."""
     size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -201,8 +217,8 @@ def peak_kernels(device: torch.device, dtype: torch.dtype, size: int | None = No
         w1 = b.t().reshape(size, size, 1, 1).contiguous()
         kernels["1x1"] = PeakKernel(f"1x1 convolution (oneDNN) {size}x{size}", 2 * size**3, lambda: conv2d(x1, w1))
         if not onednn_computes(dtype):
-            # torch's reference kernels run both GEMMs: about a minute each in bf16 on 2 cores with
-            # oneDNN limited to AVX2 (the 3x3 convolution below takes 0.1 s there).
+            # torch's reference kernels would run both GEMMs, far slower than the 3x3 convolution
+            # below (timings: benchmarks/README.md).
             del kernels["matmul"], kernels["1x1"]
         side, channels = 56, min(256, size)
         x3 = torch.randn(1, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -371,71 +387,6 @@ def run_bench(
         matmul_peak_how=how,
         results=tuple(results),
     )
-
-
-_KERNEL_SETTINGS = (
-    "ONEDNN_MAX_CPU_ISA",
-    "DNNL_MAX_CPU_ISA",
-    "ATEN_CPU_CAPABILITY",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-)
-
-
-def kernel_settings() -> dict[str, str]:
-    """The environment variables set here that change which kernels run (oneDNN's ISA cap, threads)."""
-    return {k: os.environ[k] for k in _KERNEL_SETTINGS if k in os.environ}
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """What a results file records about where and when it was measured."""
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "versions": versions(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average": list(_load_average()),
-        "threads": torch.get_num_threads(),
-        "environment": kernel_settings(),
-    }
-
-
-class Budget:
-    """A benchmark script's time budget, started at construction; `seconds=None` never runs out.
-
-    `skip(**what)` is the check before each part: once the budget is spent it records `what`, with
-    the reason, under `skipped` and returns True, and the script goes on to the next part (so the
-    parts after it are listed too)."""
-
-    def __init__(self, seconds: float | None, *, reason: str = "over --budget-s") -> None:
-        self.seconds = seconds
-        self.reason = reason
-        self.skipped: list[dict[str, Any]] = []  # the scripts put this very list in their JSON
-        self._start = time.perf_counter()
-
-    def spent(self) -> float:
-        return time.perf_counter() - self._start
-
-    def left(self) -> float:
-        return math.inf if self.seconds is None else self.seconds - self.spent()
-
-    def skip(self, **what: Any) -> bool:
-        if self.left() >= 0:
-            return False
-        self.skipped.append({**what, "reason": self.reason})
-        return True
-
-
-def save_results(name: str, data: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> Path:
-    """Write `data` as `<out_dir>/<name>-<device type>-<UTC date>.json` (creating the folder); return the path."""
-    device = torch.device(str(data.get("device", "cpu"))).type
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    path = Path(out_dir) / f"{name}-{device}-{date}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def _channels_last(model: nn.Module, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -3,12 +3,13 @@
 Shared arguments of every builder (documented once here):
 
 - `weights`: None (random initialisation), a member of the builder's enum, its name as a string
-  ("DEFAULT", "IMAGENET1K_V1", "VGG16_Weights.IMAGENET1K_V1"), or a user's own `Weights` record.
+  ("DEFAULT", "IMAGENET1K_V1", "VGG16_Weights.IMAGENET1K_V1"), a user's own `Weights` record, a
+  checkpoint file or a URL: anything `checkpoint.load` takes (the rules are in checkpoint.py).
   With weights the model is built on the meta device and the checkpoint's tensors are assigned,
   so no time is spent on a random initialisation that would be thrown away.
 - `progress`: show a progress bar while downloading.
-- `device`: where the parameters are created ("cpu", "cuda", "cuda:1"); a checkpoint is loaded
-  straight onto it.
+- `device`: where the parameters are created ("cpu", "cuda", "cuda:1", "meta"); a checkpoint is
+  loaded straight onto it. A device this machine lacks is refused before anything is fetched.
 - `num_classes`: with weights whose last layer has another size, every other layer is loaded and
   fc8 is freshly initialised (logged at INFO).
 - `in_chans`: input channels (default 3). With weights, a 3-channel first convolution is adapted by
@@ -25,18 +26,16 @@ Every argument is checked before a checkpoint is fetched, so a typo costs no dow
 
 # No `from __future__ import annotations` here: the builders' annotations must be objects at run time,
 # for tools that read them as torchvision's `get_model_weights` does (the enum inside `weights`' union).
-import logging
+import os
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from types import MappingProxyType
 from typing import Any, cast
 
-import torch
-from torch import nn
-
+from .checkpoint import WeightsSource, arch_of_state, load
 from .checks import check_int
-from .config import ARCHS, IN_CHANNELS, arch_config
-from .model import NUM_CLASSES_MEANS, VGG, adapt_input_conv, init_module, make_layers
+from .config import IN_CHANNELS, check_arch
+from .model import NUM_CLASSES_MEANS, VGG
 from .weights import (
     WEIGHTS_ENUMS,
     VGG11_BN_Weights,
@@ -48,13 +47,12 @@ from .weights import (
     VGG19_BN_Weights,
     VGG19_Weights,
     Weights,
-    WeightsArg,
     WeightsEnum,
-    resolve_weights,
 )
 
 __all__ = [
-    "arch_of_state",
+    "BUILDERS",
+    "arch_of_state",  # moved to checkpoint.py; importable here as before
     "get_model",
     "get_model_weights",
     "list_models",
@@ -68,18 +66,13 @@ __all__ = [
     "vgg19_bn",
 ]
 
-logger = logging.getLogger(__name__)
-
-_HEAD = "classifier.6."
-_FIRST = "features.0.weight"
-
 
 _SINCE = "since torchvision 0.13"
 
 
 def _legacy_pretrained(
     arch: str, positional: tuple[object, ...], weights: object, progress: bool, kwargs: dict[str, Any]
-) -> tuple[WeightsArg, bool]:
+) -> tuple[WeightsSource, bool]:
     """(weights, progress) for torchvision's legacy calls, warning as torchvision does (UserWarning).
 
     `vgg16(True)`, `vgg16(weights=True)` and `pretrained=True` mean IMAGENET1K_V1; False means None.
@@ -116,7 +109,7 @@ def _legacy_pretrained(
             stacklevel=3,
         )
     if not legacy:
-        return cast(WeightsArg, weights), progress  # resolve_weights checks what it really is
+        return cast(WeightsSource, weights), progress  # resolve_weights checks what it really is
     enum = WEIGHTS_ENUMS[arch]
     chosen = enum["IMAGENET1K_V1"] if weights else None
     message = (
@@ -147,195 +140,93 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
     dropout = kwargs.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be a probability between 0 and 1, got {dropout!r}")
-    if kwargs.get("device") is not None:
-        torch.device(kwargs["device"])  # a RuntimeError that lists the valid device types
 
 
-def _vgg(arch: str, weights: WeightsArg, progress: bool, kwargs: dict[str, Any]) -> VGG:
+def _vgg(arch: str, weights: WeightsSource, progress: bool, kwargs: dict[str, Any]) -> VGG:
     _check_arguments(kwargs)
-    record = resolve_weights(arch, weights)
-    device = kwargs.pop("device", None)
-    row, batch_norm = arch_config(arch)
-    if record is None:
-        in_chans = kwargs.pop("in_chans", IN_CHANNELS)
-        with torch.device(device) if device is not None else nullcontext():
-            return VGG(make_layers(row, batch_norm, in_chans), **kwargs)
-    state = record.get_state_dict(progress=progress, map_location=device if device is not None else "cpu")
-    return model_from_state(arch, state, device, kwargs)
+    return load(weights, arch=arch, progress=progress, **kwargs).model
 
 
-def model_from_state(
-    arch: str, state: Mapping[str, torch.Tensor], device: str | torch.device | None, kwargs: dict[str, Any]
-) -> VGG:
-    """Build `arch` on the meta device and assign a checkpoint's state dict (new head and in_chans handled)."""
-    in_chans = kwargs.pop("in_chans", IN_CHANNELS)
-    first = state.get(_FIRST)
-    if first is not None and first.shape[1] == IN_CHANNELS != in_chans:
-        logger.info("%s: adapting the pretrained first convolution from 3 to %d input channels", arch, in_chans)
-        state = {**state, _FIRST: adapt_input_conv(first, in_chans)}
-    head = state.get(_HEAD + "weight")
-    checkpoint_classes = head.shape[0] if head is not None else None
-    num_classes = kwargs.setdefault("num_classes", checkpoint_classes or 1000)
-    new_head = checkpoint_classes is not None and num_classes != checkpoint_classes
-    kwargs["init_weights"] = False
-    row, batch_norm = arch_config(arch)
-    with torch.device("meta"):
-        model = VGG(make_layers(row, batch_norm, in_chans), **kwargs)
-    if new_head:
-        logger.info(
-            "%s: checkpoint has %d classes, num_classes=%d: loading every layer but fc8, which is freshly initialised",
-            arch, checkpoint_classes, num_classes,
-        )  # fmt: skip
-        state = {k: v for k, v in state.items() if not k.startswith(_HEAD)}
-    load_checkpoint_state(model, state, device=device, fresh=(_HEAD,) if new_head else ())
-    return model
-
-
-def arch_of_state(state: Mapping[str, torch.Tensor], source: str = "the state dict") -> str:
-    """The builder whose checkpoints have exactly `state`'s keys (fc8's width and the input channels may differ).
-
-    Raises ValueError naming the valid builders when none fits; `source` names the state dict in that message.
-    """
-    keys = {k for k in state if not k.endswith("num_batches_tracked")}  # the 2017 checkpoints lack them
-    for arch in ARCHS:
-        row, batch_norm = arch_config(arch)
-        with torch.device("meta"):
-            layout = VGG(make_layers(row, batch_norm), init_weights=False).state_dict()
-        if keys == {k for k in layout if not k.endswith("num_batches_tracked")}:
-            return arch
-    raise ValueError(f"{source} is not a VGG checkpoint: its keys match none of {', '.join(ARCHS)}")
-
-
-def load_checkpoint_state(
-    model: nn.Module,
-    state: Mapping[str, torch.Tensor],
-    device: str | torch.device | None = None,
-    fresh: tuple[str, ...] = (),
-) -> None:
-    """Assign `state` to a model built on the meta device, strictly.
-
-    Tolerates only missing BatchNorm `num_batches_tracked` (the 2017 checkpoints lack them) and the
-    modules named by the `fresh` key prefixes, which are created on `device` and initialised.
-    """
-    expected = model.state_dict()
-    missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
-    missing = [k for k in missing if not k.startswith(fresh)] if fresh else missing
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong_shape = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in state.keys() & expected.keys()
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
-        hint = " (is it a checkpoint of another VGG variant?)" if len(missing) + len(unexpected) > 8 else ""
-        raise RuntimeError(
-            f"checkpoint does not fit the model{hint}: missing keys {_first(missing)}; "
-            f"unexpected keys {_first(unexpected)}; shape mismatches {_first(wrong_shape)}"
-        )
-    full = dict(state)
-    for k in expected.keys() - state.keys():
-        if k.endswith("num_batches_tracked"):
-            full[k] = torch.zeros((), dtype=torch.long, device=device)
-    for name, module in model.named_modules():
-        if fresh and (name + ".").startswith(fresh):
-            module.to_empty(device=device or "cpu")
-            init_module(module)
-            full.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-    model.load_state_dict(full, strict=True, assign=True)
-
-
-def _first(items: list[str], n: int = 8) -> str:
-    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+# What a builder's `weights` takes besides its own enum's members (a union, so that the annotation reads
+# "VGG16_Weights | str | PathLike | Weights | None" to tools that look for the enum in it).
+_OtherSource = str | os.PathLike[str] | Weights | None
 
 
 # fmt: off
 def vgg11(
-    *positional: object, weights: VGG11_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG11_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-11 (configuration A), 8 convolutions; see the module docstring for the arguments."""
     return _vgg("vgg11", *_legacy_pretrained("vgg11", positional, weights, progress, kwargs), kwargs)
 
 
 def vgg11_bn(
-    *positional: object, weights: VGG11_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG11_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-11 with BatchNorm after every convolution."""
     return _vgg("vgg11_bn", *_legacy_pretrained("vgg11_bn", positional, weights, progress, kwargs), kwargs)
 
 
 def vgg13(
-    *positional: object, weights: VGG13_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG13_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-13 (configuration B), 10 convolutions."""
     return _vgg("vgg13", *_legacy_pretrained("vgg13", positional, weights, progress, kwargs), kwargs)
 
 
 def vgg13_bn(
-    *positional: object, weights: VGG13_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG13_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-13 with BatchNorm after every convolution."""
     return _vgg("vgg13_bn", *_legacy_pretrained("vgg13_bn", positional, weights, progress, kwargs), kwargs)
 
 
 def vgg16(
-    *positional: object, weights: VGG16_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG16_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-16 (configuration D), 13 convolutions; also takes VGG16_Weights.IMAGENET1K_FEATURES."""
     return _vgg("vgg16", *_legacy_pretrained("vgg16", positional, weights, progress, kwargs), kwargs)
 
 
 def vgg16_bn(
-    *positional: object, weights: VGG16_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG16_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-16 with BatchNorm after every convolution."""
     return _vgg("vgg16_bn", *_legacy_pretrained("vgg16_bn", positional, weights, progress, kwargs), kwargs)
 
 
 def vgg19(
-    *positional: object, weights: VGG19_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG19_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-19 (configuration E), 16 convolutions."""
     return _vgg("vgg19", *_legacy_pretrained("vgg19", positional, weights, progress, kwargs), kwargs)
 
 
 def vgg19_bn(
-    *positional: object, weights: VGG19_BN_Weights | str | Weights | None = None, progress: bool = True, **kwargs: Any
+    *positional: object, weights: VGG19_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
 ) -> VGG:
     """VGG-19 with BatchNorm after every convolution."""
     return _vgg("vgg19_bn", *_legacy_pretrained("vgg19_bn", positional, weights, progress, kwargs), kwargs)
 # fmt: on
 
-_BUILDERS: dict[str, Callable[..., VGG]] = {
-    "vgg11": vgg11,
-    "vgg11_bn": vgg11_bn,
-    "vgg13": vgg13,
-    "vgg13_bn": vgg13_bn,
-    "vgg16": vgg16,
-    "vgg16_bn": vgg16_bn,
-    "vgg19": vgg19,
-    "vgg19_bn": vgg19_bn,
-}
-
-
-def _builder_name(name: str) -> str:
-    key = name.lower()
-    if key not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(_BUILDERS)}")
-    return key
+# builder name -> builder, in the paper's order: the registry every list of names comes from
+BUILDERS: Mapping[str, Callable[..., VGG]] = MappingProxyType(
+    {f.__name__: f for f in (vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn)}
+)
 
 
 def list_models() -> list[str]:
     """The builder names, in the paper's order."""
-    return list(_BUILDERS)
+    return list(BUILDERS)
 
 
 def get_model(name: str, **config: Any) -> VGG:
     """Build a model by name: get_model("vgg16", weights="DEFAULT")."""
-    return _BUILDERS[_builder_name(name)](**config)
+    return BUILDERS[check_arch(name)](**config)
 
 
 def get_model_weights(name: str | Callable[..., VGG]) -> type[WeightsEnum]:
     """The weights enum of a builder, given its name or the builder itself."""
     if callable(name):
         name = getattr(name, "__name__", "")
-    return WEIGHTS_ENUMS[_builder_name(name)]
+    return WEIGHTS_ENUMS[check_arch(name)]

@@ -5,7 +5,8 @@ How to add a command (issue 4 adds `finetune`, issue 6 adds `bench`):
 1. Write two functions next to the others, in the same order as the table below:
    `_add_<name>(sub)` creates the parser with `sub.add_parser("<name>", help=..., parents=[_COMMON])`
    and declares its arguments; `_run_<name>(args) -> int` calls the library and prints the result.
-   Import library modules inside `_run_<name>` so `vggnet --help` stays fast.
+   Import library modules at the top of this file (it imports torch anyway); keep an import inside a
+   function only for an optional extra or a real start-up cost.
 2. Add one line `"<name>": (_add_<name>, _run_<name>),` to `COMMANDS`.
 3. Raise `UsageError` for a bad combination of arguments (exit 2). A `ValueError` from the library
    also exits 2 (unknown model or weight, bad size); `FileNotFoundError`, `OSError`, `RuntimeError`,
@@ -24,15 +25,18 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 import torch
-from torch import nn
+import torch.distributed as dist
 
-from .config import ARCHS, MIN_SIZE
+from .builders import list_models
+from .checkpoint import SOURCE_RULES, ArchMismatch, Loaded, WeightsFileNotFound, available_devices, check_device, load
+from .config import MIN_SIZE, check_arch
+from .finetune import IMAGE_SUFFIXES, finetune
+from .summary import format_summary, plot_summary, summarize
+from .transforms import load_image
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -61,8 +65,7 @@ def _error(message: str) -> None:
 # --- the commands ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from .hub import CachedFile
-    from .transforms import ImageClassification
+    from .cache import CachedFile
     from .weights import WeightsEnum
 
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -103,25 +106,15 @@ def _side_arg(text: str) -> int:
 
 
 def _device_arg(text: str) -> str:
-    """argparse type for a torch device that exists here, listing the valid ones when not."""
-    valid = _devices()
+    """argparse type for a torch device that exists here (not "meta"), listing the valid ones when not."""
     try:
-        device: torch.device | None = torch.device(text)
-    except (RuntimeError, ValueError):
-        device = None
-    # torch.device spells "cuda:0" and "mps:0" as given; any "cpu:N" is the one CPU device.
-    if device is None or (device.type != "cpu" and str(device) not in valid):
-        raise argparse.ArgumentTypeError(f"no device {text!r} here; valid: {', '.join(valid)}")
+        device = check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if device is not None and device.type == "meta":
+        valid = ", ".join(available_devices())
+        raise argparse.ArgumentTypeError(f"the meta device holds no values to run a model with; valid: {valid}")
     return text
-
-
-def _devices() -> list[str]:
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    if torch.backends.mps.is_available():
-        found += ["mps", "mps:0"]  # one MPS device
-    return found
 
 
 def _positive(text: str) -> int:
@@ -134,11 +127,16 @@ def _positive(text: str) -> int:
     return value
 
 
+# --weights of predict and finetune: the one set of rules checkpoint.load follows
+_WEIGHTS_HELP = f"{SOURCE_RULES} (default DEFAULT)"
+
+
 def _model_arg(text: str) -> str:
     """argparse type for a builder name, case-insensitive, listing the valid ones when unknown."""
-    if text.lower() not in ARCHS:
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid: {', '.join(ARCHS)}")
-    return text.lower()
+    try:
+        return check_arch(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # summary ---------------------------------------------------------------------------------------------
@@ -153,7 +151,7 @@ def _add_summary(sub: SubParsers) -> None:
         "output shape, parameters, multiply-adds and activation memory, then the totals. Computed on the "
         "meta device: no weights, no memory, any input size.",
     )
-    p.add_argument("arch", type=_model_arg, metavar="MODEL", help=f"one of {', '.join(ARCHS)}")
+    p.add_argument("arch", type=_model_arg, metavar="MODEL", help=f"one of {', '.join(list_models())}")
     p.add_argument("--input-size", type=_size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
     p.add_argument("--batch-size", type=_positive, default=1, metavar="B", help="for the activation memory")
     p.add_argument("--num-classes", type=_positive, default=1000, metavar="K", help="width of fc8 (default 1000)")
@@ -164,8 +162,6 @@ def _add_summary(sub: SubParsers) -> None:
 
 
 def _run_summary(args: argparse.Namespace) -> int:
-    from .summary import format_summary, plot_summary, summarize
-
     summary = summarize(args.arch, args.input_size, batch_size=args.batch_size, num_classes=args.num_classes)
     if args.plot is not None:
         plot_summary(summary, args.plot)
@@ -177,8 +173,6 @@ def _run_summary(args: argparse.Namespace) -> int:
 
 # predict ---------------------------------------------------------------------------------------------
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
 
 def _add_predict(sub: SubParsers) -> None:
     p = sub.add_parser(
@@ -186,13 +180,13 @@ def _add_predict(sub: SubParsers) -> None:
         parents=[_COMMON],
         help="classify images: top-k labels with probabilities",
         description="Classify images (files, directories or glob patterns) with a model and its weights: the "
-        "record's preprocessing, then the top-k labels with their probabilities. --weights takes a record name "
-        "(DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), a local checkpoint file or a URL; a file's "
-        "model is recognised from its keys, and its labels are ImageNet's when it has 1000 outputs.",
+        "weights' preprocessing, then the top-k labels with their probabilities. --weights is "
+        f"{SOURCE_RULES}. The model is the one the weights name (a fine-tuned checkpoint's, a state dict's "
+        "keys), else --arch (default vgg16); a plain file's labels are ImageNet's when it has 1000 outputs.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
-    p.add_argument("--arch", type=_model_arg, metavar="MODEL", help="the model (default vgg16, or a file's own)")
-    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL", help="default: DEFAULT")
+    p.add_argument("--arch", type=_model_arg, metavar="MODEL", help="the model (default: the weights' own, else vgg16)")
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=_WEIGHTS_HELP)
     p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) a file or URL must have")
     p.add_argument("--topk", type=_positive, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -209,9 +203,9 @@ def _image_paths(patterns: Sequence[str]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
-                raise UsageError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in the directory {pattern}")
+                raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the directory {pattern}")
         elif path.exists():
             found = [path]
         elif any(c in pattern for c in "*?["):
@@ -224,91 +218,25 @@ def _image_paths(patterns: Sequence[str]) -> list[Path]:
     return paths
 
 
-@dataclass
-class _Classifier:
-    model: nn.Module
-    preset: ImageClassification
-    categories: Sequence[str]
-    arch: str
-    weights: str
-
-
-def _is_file_source(weights: str) -> bool:
-    scheme = urlsplit(weights).scheme.lower()
-    return scheme in ("http", "https", "file") or Path(weights).suffix.lower() in (".pth", ".pt", ".bin", ".ckpt")
-
-
-def _classifier(args: argparse.Namespace, device: str) -> _Classifier:
-    from .builders import get_model
-
-    if not _is_file_source(args.weights) and not Path(args.weights).exists():
-        arch = args.arch or "vgg16"
-        if "." in args.weights:  # VGG16_Weights.IMAGENET1K_V1 names its model
-            (member,) = _select_weights([args.weights])
-            named = next(a for a, enum in _weights_enums().items() if isinstance(member, enum))
-            if args.arch is not None and args.arch != named:
-                raise UsageError(f"{member} are weights for {named}, not for --arch {args.arch}")
-            arch = named
-        else:
-            member = _weights_enums()[arch].from_name(args.weights)
-        record = member.value
-        if args.sha256 is not None:
-            raise UsageError("--sha256 is for a checkpoint file or URL; a record carries its own digest")
-        if record.categories is None:
-            raise UsageError(f"{member} has no classifier (only `features` holds usable values); use IMAGENET1K_V1")
-        model = get_model(arch, weights=record, progress=not args.quiet, device=device)
-        return _Classifier(model, record.transforms(), record.categories, arch, str(member))
-    return _file_classifier(args, device)
-
-
-def _file_classifier(args: argparse.Namespace, device: str) -> _Classifier:
-    """A checkpoint file or URL: one written by `vggnet finetune` (its own labels and preset), or a plain state dict."""
-    from .builders import arch_of_state, model_from_state
-    from .finetune import load_finetuned
-    from .hub import fetch, load_state_dict_from_url
-    from .transforms import ImageClassification
-    from .weights import IMAGENET_CATEGORIES
-
-    source, progress = args.weights, not args.quiet
-    parts = urlsplit(source)
-    if parts.scheme.lower() in ("http", "https"):
-        path = fetch(source, sha256=args.sha256, progress=progress)  # cached, verified by --sha256 or its name
-    else:
-        path = Path(unquote(parts.path)) if parts.scheme.lower() == "file" else Path(source)
-        if not path.is_file():
-            raise UsageError(f"--weights {source}: no such checkpoint file")
-        if args.sha256 is not None:
-            fetch(str(path), sha256=args.sha256, progress=progress)  # checked in place; raises ChecksumError
+def _classifier(args: argparse.Namespace, device: str) -> Loaded:
+    """The model, preset and labels --weights names (checkpoint.load's rules); --arch defaults to the source's own."""
     try:
-        finetuned = load_finetuned(path, map_location=device)
-    except ValueError:  # not written by `vggnet finetune`: a plain state dict
-        pass
-    else:
-        _check_arch(args, finetuned.arch)
-        return _Classifier(finetuned.model, finetuned.preset, finetuned.classes, finetuned.arch, source)
-    state = load_state_dict_from_url(str(path), sha256=args.sha256, map_location=device, progress=progress)
-    arch = arch_of_state(state, source)
-    _check_arch(args, arch)
-    model = model_from_state(arch, state, device, {})
-    classes = model.num_classes
-    categories = IMAGENET_CATEGORIES if classes == 1000 else [f"class {i}" for i in range(classes)]
-    return _Classifier(model, ImageClassification(crop_size=224), categories, arch, source)  # ImageNet's preset
-
-
-def _check_arch(args: argparse.Namespace, arch: str) -> None:
-    if args.arch is not None and args.arch != arch:
-        raise UsageError(f"{args.weights} holds {arch} weights, not {args.arch}; drop --arch or change it")
+        return load(
+            args.weights, arch=args.arch, device=device, progress=not args.quiet, sha256=args.sha256, classifier=True
+        )
+    except ArchMismatch as err:
+        raise UsageError(err.explain("--arch ")) from err
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from .transforms import load_image
-
     paths = _image_paths(args.images)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     classifier = _classifier(args, device)
     preset = classifier.preset if args.image_size is None else classifier.preset.resized(args.image_size)
     model = classifier.model.eval()
-    k = min(args.topk, len(classifier.categories))
+    categories = classifier.categories
+    assert categories is not None  # classifier=True refused a record without a usable classifier
+    k = min(args.topk, len(categories))
     results: list[dict[str, Any]] = []
     failed = 0
     for start in range(0, len(paths), args.batch_size):
@@ -328,9 +256,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             probs = model(torch.stack(inputs).to(device)).float().softmax(dim=1)
         top = probs.topk(k, dim=1)
         for path, values, indices in zip(batch, top.values.tolist(), top.indices.tolist()):
-            predictions = [
-                {"index": i, "label": classifier.categories[i], "probability": p} for p, i in zip(values, indices)
-            ]
+            predictions = [{"index": i, "label": categories[i], "probability": p} for p, i in zip(values, indices)]
             results.append({"image": str(path), "predictions": predictions})
     order = {str(p): i for i, p in enumerate(paths)}
     results.sort(key=lambda r: order[r["image"]])
@@ -416,7 +342,7 @@ def _add_list(sub: SubParsers) -> None:
 
 def _run_list(args: argparse.Namespace) -> int:
     from . import weights
-    from .hub import cache_dir
+    from .cache import cache_dir
 
     where = cache_dir()
     entries = []
@@ -497,7 +423,9 @@ def _run_download(args: argparse.Namespace) -> int:
             if args.to is None:
                 path = fetch(record.url, sha256=record.sha256, size=record.size, progress=not args.quiet)
             else:
-                path = add_to_mirror(record, args.to, progress=not args.quiet)
+                path = add_to_mirror(
+                    record.url, args.to, sha256=record.sha256, size=record.size, progress=not args.quiet
+                )
         except (OSError, ValueError, RuntimeError) as err:  # ChecksumError and DownloadError included
             failed += 1
             _error(f"{member}: {err}")
@@ -547,7 +475,7 @@ def _add_verify(sub: SubParsers) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .hub import ChecksumError, cache_dir, cached_files, verify_file
+    from .cache import ChecksumError, cache_dir, cached_files, verify_file
 
     folder = args.folder if args.folder is not None else cache_dir()
     if args.folder is not None and not folder.is_dir():
@@ -630,7 +558,7 @@ def _add_cache(sub: SubParsers) -> None:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from .hub import cache_dir, cached_files, remove_cached
+    from .cache import cache_dir, cached_files, remove_cached
 
     folder = cache_dir()
     entries = cached_files(folder)
@@ -760,10 +688,7 @@ def _add_finetune(sub: SubParsers) -> None:
     )
     p.add_argument("data", type=Path, metavar="DATA", help="folder holding train/ and val/")
     p.add_argument("--arch", type=_model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
-    p.add_argument(
-        "--weights", default="DEFAULT", metavar="NAME|PATH|URL|none",
-        help="a record name (DEFAULT), a local .pth state dict or finetune checkpoint, a URL, or none (random)",
-    )  # fmt: skip
+    p.add_argument("--weights", default="DEFAULT", metavar="NAME|PATH|URL|none", help=_WEIGHTS_HELP)
     p.add_argument("--epochs", type=_positive, default=10, metavar="N", help="default 10")
     p.add_argument("--batch-size", type=_positive, default=32, metavar="B", help="per process (default 32)")
     p.add_argument("--lr", type=float, metavar="LR", help="default 0.05 (linear), 0.001 (full)")
@@ -776,10 +701,6 @@ def _add_finetune(sub: SubParsers) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
-    from .finetune import finetune
-
     if not args.quiet:  # the per-epoch figures are logged at INFO
         logging.getLogger("vggnet.finetune").setLevel(logging.INFO)
     try:
@@ -831,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _exit_status(err: BaseException) -> int:
     """Exit 2 for what the user can fix in the command line, 1 for anything that failed."""
-    return EXIT_USAGE if isinstance(err, (UsageError, ValueError)) else EXIT_FAILURE
+    return EXIT_USAGE if isinstance(err, (UsageError, ValueError, WeightsFileNotFound)) else EXIT_FAILURE
 
 
 def _configure_logging(debug: bool, quiet: bool) -> logging.Handler:

@@ -41,28 +41,25 @@ HIDDEN: Final = 4096  # width of fc6 and fc7
 MIN_SIZE: Final = 32  # five stride-2 max-pools need at least 2**5 px per side
 
 
+def check_arch(name: str) -> str:
+    """The builder name `name` spells (any case); the one "unknown model" ValueError, naming the valid ones."""
+    key = str(name).lower()
+    if key not in ARCHS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(ARCHS)}")
+    return key
+
+
 def arch_config(arch: str) -> tuple[tuple[Layer, ...], bool]:
     """The layer row and batch_norm flag of a builder name such as "vgg16_bn"."""
-    try:
-        letter, batch_norm = ARCHS[arch]
-    except KeyError:
-        raise ValueError(f"unknown VGG architecture {arch!r}; valid: {', '.join(ARCHS)}") from None
+    letter, batch_norm = ARCHS[check_arch(arch)]
     return CONFIGS[letter], batch_norm
 
 
-def layer_names(arch: str) -> list[str]:
-    """The paper-style name of every module in `features`, in order: conv1_1, [bn1_1,] relu1_1, ..., pool5."""
-    row, batch_norm = arch_config(arch)
-    names: list[str] = []
-    block, conv = 1, 0
-    for layer in row:
-        if layer == "M":
-            names.append(f"pool{block}")
-            block, conv = block + 1, 0
-            continue
-        conv += 1
-        names.append(f"conv{block}_{conv}")
-        if batch_norm:
-            names.append(f"bn{block}_{conv}")
-        names.append(f"relu{block}_{conv}")
-    return names
+# Shared by the records, the presets, the losses and the hub (one definition each).
+OFFICIAL_BASE: Final = "https://download.pytorch.org/models/"  # what VGGNET_MIRROR replaces
+IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+# Caffe-style input for the SSD-ported vgg16 features: 0-255 scale minus the channel means.
+CAFFE_MEAN: Final = (0.48235, 0.45882, 0.40784)
+CAFFE_STD: Final = (1 / 255, 1 / 255, 1 / 255)
+INTERPOLATIONS: Final = ("nearest", "bilinear", "bicubic")

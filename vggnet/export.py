@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_int
 from .config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE
 from .weights import IMAGENET_MEAN, IMAGENET_STD
 
@@ -137,18 +138,21 @@ def export(
     dynamic_batch: bool = True,
     dynamic_size: bool = False,
     image_size: int = 224,
+    batch_size: int = 1,
     dtype: torch.dtype = torch.float32,
     include_preset: bool = False,
     preset: Any = None,
 ) -> Path:
     """Write `model` (a VGG, in eval mode; it is not modified) as an ONNX file, a pt2 program or TorchScript.
 
-    `image_size` is the side of the example input (the fixed size unless `dynamic_size`); with
+    `image_size` is the side of the example input (the fixed size unless `dynamic_size`), `batch_size` the
+    fixed batch without `dynamic_batch`; with
     `include_preset` the artifact takes uint8 images of any size and `preset` (an `ImageClassification`,
     default the ImageNet preset) supplies crop and resize sizes, mean and std. Returns `out`.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+    check_int("batch_size", batch_size)
     if image_size < MIN_SIZE:
         raise ValueError(f"image_size must be at least {MIN_SIZE} (five 2x2 max-pools), got {image_size}")
     if not dtype.is_floating_point:
@@ -164,14 +168,15 @@ def export(
     net.requires_grad_(False)
     if dynamic_size and isinstance(getattr(net, "avgpool", None), nn.AdaptiveAvgPool2d):
         net.avgpool = AdaptivePoolByMatmul(POOLED_SIZE)
+    batch = 2 if dynamic_batch else batch_size  # an example batch of 1 would be specialised to 1
     if include_preset:
         settings = (
             {} if preset is None else {k: getattr(preset, k) for k in ("crop_size", "resize_size", "mean", "std")}
         )
         net = WithPreset(net, **settings).eval()
-        example = torch.randint(0, 256, (2, IN_CHANNELS, image_size, image_size), dtype=torch.uint8)
+        example = torch.randint(0, 256, (batch, IN_CHANNELS, image_size, image_size), dtype=torch.uint8)
     else:
-        example = torch.randn(2, IN_CHANNELS, image_size, image_size).to(dtype)
+        example = torch.randn(batch, IN_CHANNELS, image_size, image_size).to(dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dims = _dynamic_dims(dynamic_batch, dynamic_size)

@@ -24,7 +24,12 @@ The checkpoint (`OUT/best.pth`, the epoch with the best validation accuracy, wri
 a dict of tensors, strings, numbers and lists, so `torch.load(..., weights_only=True)` reads it:
 "format", "arch", "in_chans", "classes", "preprocessing" (crop_size, resize_size, mean, std,
 interpolation), "mode", "epoch", "val_acc", "weights" (the starting point) and "state_dict".
-`load_finetuned(path)` turns it back into a model, its class names and its preset.
+`load_finetuned(path)` (in checkpoint.py, importable from here) turns it back into a model, its class
+names and its preset.
+
+The settings of a run are one frozen `FinetuneConfig`, checked once when it is made; `finetune(...)` is
+`run(FinetuneConfig(...))`. A new setting is a field there (checked in `__post_init__`) and is read
+from `session.config` where it is used.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -49,21 +53,43 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .builders import get_model, model_from_state
+from .checkpoint import (
+    FORMAT,
+    WEIGHT_FILE_SUFFIXES,
+    Finetuned,
+    Source,
+    WeightsSource,
+    check_classifier,
+    check_device,
+    classify,
+    load,
+    load_finetuned,
+)
+from .checkpoint import read_finetuned as _read_finetuned  # noqa: F401  # the old private name, kept importable
 from .checks import check_int
-from .config import IN_CHANNELS, MIN_SIZE, arch_config
+from .config import IN_CHANNELS, MIN_SIZE, check_arch
 from .model import VGG
 from .transforms import ImageClassification, TrainClassification, gray_image, load_image
-from .weights import IMAGENET_MEAN, IMAGENET_STD, resolve_weights
 
-__all__ = ["EpochStats", "FinetuneResult", "Finetuned", "ImageFolder", "finetune", "load_finetuned"]
+__all__ = [
+    "FORMAT",
+    "WEIGHT_FILE_SUFFIXES",
+    "EpochStats",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "Finetuned",
+    "ImageFolder",
+    "finetune",
+    "load_finetuned",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "vggnet.finetune/1"
+# FORMAT, Finetuned, load_finetuned and _read_finetuned live in checkpoint.py (the reading side of
+# fine-tuned checkpoints) and are imported here for compatibility, as is WEIGHT_FILE_SUFFIXES.
 CHECKPOINT_NAME = "best.pth"
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MODES = ("linear", "full")
 DEFAULT_LR = {"linear": 0.05, "full": 0.001}
 Mode = Literal["linear", "full"]
@@ -144,48 +170,6 @@ class FinetuneResult:
     world_size: int = 1
 
 
-@dataclass
-class Finetuned:
-    """A fine-tuned checkpoint loaded back: `preset(image)` then `model(batch)`, labels from `classes`."""
-
-    model: VGG
-    classes: list[str]
-    preset: ImageClassification
-    arch: str
-    in_chans: int
-    info: dict[str, Any]  # mode, epoch, val_acc, weights
-
-
-def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Finetuned:
-    """Load a checkpoint written by `finetune` (or `vggnet finetune`): model in eval mode, classes, preset.
-
-    Reads with `torch.load(weights_only=True)`; raises ValueError for a file that is not such a checkpoint
-    (a plain state dict, say), naming what is missing.
-    """
-    checkpoint = _read_finetuned(path, map_location)
-    if checkpoint is None:
-        raise ValueError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
-    arch, classes, in_chans = checkpoint["arch"], list(checkpoint["classes"]), int(checkpoint["in_chans"])
-    kwargs: dict[str, Any] = {"num_classes": len(classes), "in_chans": in_chans}
-    model = model_from_state(arch, checkpoint["state_dict"], map_location, kwargs).eval()
-    preset = ImageClassification(**checkpoint["preprocessing"])
-    info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}
-    return Finetuned(model, classes, preset, arch, in_chans, info)
-
-
-def _read_finetuned(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any] | None:
-    """The contents of a checkpoint written by `finetune`, else None (another file is not read in full).
-
-    `finetune` writes the zip format, so a legacy-format file is someone else's; a zip file is
-    memory-mapped, so telling a plain 500 MB state dict apart costs no copy of it.
-    """
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            return None
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    return checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT else None
-
-
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     """Write atomically: a temporary file in the same folder, then os.replace (a reader never sees half)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -241,66 +225,76 @@ def _init_distributed(device: torch.device) -> _Dist:
     return _Dist(rank, world, local_rank)
 
 
-# --- the model to start from -----------------------------------------------------------------------
+# --- the settings of a run ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Weights:
-    """What `weights` names, as `_check_weights` classified it, and the string to load it by."""
+class FinetuneConfig:
+    """The settings of one run, all checked here, before anything is built, downloaded or written.
 
-    kind: Literal["random", "record", "file", "url"]
-    value: str | None
-
-
-@dataclass
-class _Start:
-    model: VGG
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-
-def _starting_model(arch: str, weights: _Weights, num_classes: int, in_chans: int, progress: bool) -> _Start:
-    """`weights` as `_check_weights` classified None/"none" (random), a record name ("DEFAULT"), a local
-    .pth file, or an http(s)/file:// URL.
-
-    A local file is a plain state dict or a `finetune` checkpoint (whose preprocessing is then kept);
-    either way a head of another size is replaced by a fresh fc8, as the builders do. Files and URLs
-    are assumed to expect ImageNet's mean and std.
+    `weights`: anything `checkpoint.load` takes (a record name such as "DEFAULT", an enum member, a
+    `Weights` record, a state dict or `finetune` checkpoint file, a URL, None or "none" for random);
+    the preprocessing of a record or a fine-tuned checkpoint is kept, files and URLs get ImageNet's.
+    `lr`: default 0.05 for "linear", 0.001 for "full" (SGD with momentum 0.9, cosine schedule over the
+    epochs). `device`: default CUDA when available (under torchrun, cuda:LOCAL_RANK). `amp`: bf16
+    autocast, default on for CUDA only. `in_chans`: 3, or 1 to read the images as gray (the first conv
+    is adapted, the mean and std averaged). `batch_size` is per process.
     """
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
-    name = weights.value
-    if weights.kind == "random" or name is None:
-        return _Start(get_model(arch, **kwargs))
-    loaded = _read_finetuned(name, "cpu") if weights.kind == "file" else None
-    if loaded is not None:  # an earlier run's checkpoint: keep its preprocessing
-        if loaded["arch"] != arch:
-            raise ValueError(f"{name} holds a fine-tuned {loaded['arch']}, not {arch}; use arch={loaded['arch']!r}")
-        pre = loaded["preprocessing"]
-        model = model_from_state(arch, loaded["state_dict"], None, kwargs)
-        return _Start(model, tuple(pre["mean"]), tuple(pre["std"]), pre["interpolation"])
-    if weights.kind in ("file", "url"):
-        # a plain state dict in either serialization format (or a training checkpoint holding one)
-        from .hub import load_state_dict_from_url
 
-        return _Start(model_from_state(arch, load_state_dict_from_url(name, progress=progress), None, kwargs))
-    record = resolve_weights(arch, name)
-    if record is None:  # only for weights=None, handled above
-        raise ValueError(f"no weights named {name!r}")
-    if record.categories is None:
-        raise ValueError(f"{name} has no usable classifier (fc6 and fc7 are NaN); fine-tune from IMAGENET1K_V1")
-    model = get_model(arch, weights=record, progress=progress, **kwargs)
-    return _Start(model, tuple(record.mean), tuple(record.std), record.interpolation)
+    data: Path
+    arch: str = "vgg16"
+    weights: WeightsSource = "DEFAULT"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float | None = None
+    mode: Mode = "linear"
+    image_size: int = 224
+    out: Path = Path("finetune-out")
+    device: str | torch.device | None = None
+    workers: int = 0
+    amp: bool | None = None
+    in_chans: int = IN_CHANNELS
+    progress: bool = True
+    seed: int = 0
+    source: Source = field(init=False, repr=False, compare=False)  # what `weights` is, decided once
 
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.in_chans not in (1, IN_CHANNELS):
+            raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {self.in_chans}")
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        check_int("workers", self.workers, least=0)
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+            raise ValueError(
+                f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
+                f"{MIN_SIZE}x{MIN_SIZE} pixels), got {size!r}; 224 is what ImageNet weights were trained at"
+            )
+        lr = self.lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
+            raise ValueError(
+                f"lr must be a positive number, got {lr!r}; None uses {DEFAULT_LR[self.mode]} for mode {self.mode!r}"
+            )
+        object.__setattr__(self, "arch", check_arch(self.arch))
+        object.__setattr__(self, "source", classify(self.weights, self.arch))
+        check_classifier(self.source)  # fc8 is trained on fc7: the features-only checkpoint cannot start a run
+        check_device(self.device)
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
 
-# --- the loop --------------------------------------------------------------------------------------
+    @property
+    def rate(self) -> float:
+        """The learning rate: `lr`, or the mode's default."""
+        return DEFAULT_LR[self.mode] if self.lr is None else float(self.lr)
 
 
 def finetune(
     data: str | os.PathLike[str],
     *,
     arch: str = "vgg16",
-    weights: str | os.PathLike[str] | None = "DEFAULT",
+    weights: WeightsSource = "DEFAULT",
     epochs: int = 10,
     batch_size: int = 32,
     lr: float | None = None,
@@ -314,97 +308,57 @@ def finetune(
     progress: bool = True,
     seed: int = 0,
 ) -> FinetuneResult:
-    """Fine-tune `arch` on DATA (see the module docstring); returns the history and the trained model.
+    """Fine-tune `arch` on DATA (see the module docstring and `FinetuneConfig` for the arguments).
 
-    `weights`: see `_starting_model` (a path may be a `pathlib.Path`, e.g. an earlier
-    `FinetuneResult.checkpoint`). `lr`: default 0.05 for "linear", 0.001 for "full" (SGD with
-    momentum 0.9, cosine schedule over the epochs). `device`: default CUDA when available (under
-    torchrun, cuda:LOCAL_RANK). `amp`: bf16 autocast, default on for CUDA only. `in_chans`: 3, or 1
-    to read the images as gray (the first conv is adapted, the mean and std averaged). `batch_size` is
-    per process.
+    Returns the history and the trained model. `weights` may be a `pathlib.Path`, e.g. an earlier
+    `FinetuneResult.checkpoint`, or `vggnet.VGG16_Weights.DEFAULT`.
     """
-    # every argument is checked before anything is built, downloaded or written
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if in_chans not in (1, IN_CHANNELS):
-        raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {in_chans}")
-    check_int("epochs", epochs)
-    check_int("batch_size", batch_size)
-    check_int("workers", workers, least=0)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_SIZE:
-        raise ValueError(
-            f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
-            f"{MIN_SIZE}x{MIN_SIZE} pixels), got {image_size!r}; 224 is what ImageNet weights were trained at"
-        )
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
-        raise ValueError(f"lr must be a positive number, got {lr!r}; None uses {DEFAULT_LR[mode]} for mode {mode!r}")
-    arch_config(arch)  # a ValueError naming the valid architectures
-    source = _check_weights(weights)
-    started = time.perf_counter()
-    dev = torch.device(device) if device is not None else _default_device()
-    ctx = _init_distributed(dev)
-    if dev.type == "cuda" and ctx.on:
-        dev = torch.device("cuda", ctx.local_rank)
-    rate = DEFAULT_LR[mode] if lr is None else float(lr)
-    return _finetune(
-        ctx, Path(data), arch, source, epochs, batch_size, rate, mode, image_size,
-        Path(out), dev, workers, dev.type == "cuda" if amp is None else amp, in_chans, progress, seed, started,
+    config = FinetuneConfig(
+        Path(data), arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, mode=mode,
+        image_size=image_size, out=Path(out), device=device, workers=workers, amp=amp, in_chans=in_chans,
+        progress=progress, seed=seed,
     )  # fmt: skip
-
-
-def _check_weights(weights: str | os.PathLike[str] | None) -> _Weights:
-    """What `weights` names; a value that looks like a file path must name an existing file."""
-    if weights is None:
-        return _Weights("random", None)
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            f"weights must be a record name, a file path, a URL or None, got {type(weights).__name__} {weights!r}"
-        )
-    value = os.fspath(weights)
-    if urlsplit(value).scheme.lower() in ("http", "https", "file"):
-        return _Weights("url", value)
-    looks_like_path = isinstance(weights, os.PathLike) or any(sep in value for sep in ("/", os.sep))
-    looks_like_path = looks_like_path or value.lower().endswith(WEIGHT_FILE_SUFFIXES) or value.startswith("~")
-    if looks_like_path:
-        path = Path(value).expanduser()
-        if not path.is_file():
-            problem = "is a folder, not a file" if path.is_dir() else "not found"
-            raise FileNotFoundError(
-                f"weights file {value} {problem}; weights is a record name (DEFAULT, IMAGENET1K_V1, ...), "
-                "the path of an existing .pth file (a state dict or a finetune checkpoint), an http(s):// "
-                "or file:// URL, or None for random initialisation"
-            )
-        return _Weights("file", str(path))
-    if value.lower() in ("none", "random"):
-        return _Weights("random", value)
-    # an existing file named without folder or suffix is still a file
-    return _Weights("file" if Path(value).is_file() else "record", value)
+    return run(config)
 
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _finetune(
-    ctx: _Dist,
-    data: Path,
-    arch: str,
-    weights: _Weights,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    mode: Mode,
-    image_size: int,
-    out: Path,
-    device: torch.device,
-    workers: int,
-    amp: bool,
-    in_chans: int,
-    progress: bool,
-    seed: int,
-    started: float,
-) -> FinetuneResult:
-    torch.manual_seed(seed)  # the same fresh fc8 on every rank (DDP broadcasts rank 0's anyway)
+# --- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Session:
+    """What every part of a run shares: its settings, the process group, the device, the loaders."""
+
+    config: FinetuneConfig
+    ctx: _Dist
+    device: torch.device
+    amp: bool
+    loaders: _Loaders
+
+    @property
+    def progress(self) -> bool:
+        return self.config.progress
+
+
+def run(config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune with `config`'s settings (every rank under torchrun); see `finetune`."""
+    started = time.perf_counter()
+    dev = check_device(config.device) or _default_device()
+    ctx = _init_distributed(dev)
+    if dev.type == "cuda" and ctx.on:
+        dev = torch.device("cuda", ctx.local_rank)
+    amp = dev.type == "cuda" if config.amp is None else config.amp
+    session = _Session(config, ctx, dev, amp, _Loaders(ctx, config.batch_size, config.workers, dev, config.seed))
+    return _finetune(session, started)
+
+
+def _finetune(session: _Session, started: float) -> FinetuneResult:
+    config, ctx, device = session.config, session.ctx, session.device
+    data, in_chans, image_size = config.data, config.in_chans, config.image_size
+    torch.manual_seed(config.seed)  # the same fresh fc8 on every rank (DDP broadcasts rank 0's anyway)
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir()) if (data / "train").is_dir() else []
     if not classes:
         raise FileNotFoundError(
@@ -414,54 +368,57 @@ def _finetune(
     # Rank 0 fetches (and caches) the weights first; the others then find them in the cache.
     if not ctx.main:
         ctx.barrier()
-    start = _starting_model(arch, weights, len(classes), in_chans, progress and ctx.main)
+    start = load(
+        config.weights, arch=config.arch, num_classes=len(classes), in_chans=in_chans,
+        progress=config.progress and ctx.main, classifier=True,
+    )  # fmt: skip
     if ctx.main:
         ctx.barrier()
     model = start.model.to(device)
-    mean, std = start.mean, start.std
+    mean, std, interpolation = tuple(start.preset.mean), tuple(start.preset.std), start.preset.interpolation
     if in_chans == 1 and len(mean) == IN_CHANNELS:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    eval_preset = ImageClassification(crop_size=image_size, mean=mean, std=std, interpolation=start.interpolation)
+    eval_preset = ImageClassification(crop_size=image_size, mean=mean, std=std, interpolation=interpolation)
     eval_preset = eval_preset.resized(image_size)  # the shorter side to image_size * 256 / 224 first
     preprocessing: dict[str, Any] = {
         "crop_size": eval_preset.crop_size, "resize_size": eval_preset.resize_size, "mean": list(mean),
-        "std": list(std), "interpolation": start.interpolation,
+        "std": list(std), "interpolation": interpolation,
     }  # fmt: skip
     gray = in_chans == 1
     train_eval = ImageFolder(data / "train", eval_preset, classes, gray)
     val = ImageFolder(data / "val", eval_preset, classes, gray)
+    weights = config.source.text  # as given ("DEFAULT", a path, a URL, "None"): logged and kept in the checkpoint
     if ctx.main:
         logger.info(
             "fine-tuning %s (%s, %s) on %d classes: %d training and %d validation images, %d process(es) on %s",
-            arch, mode, weights.value, len(classes), len(train_eval), len(val), ctx.world, device,
+            config.arch, config.mode, weights, len(classes), len(train_eval), len(val), ctx.world, device,
         )  # fmt: skip
 
-    loaders = _Loaders(ctx, batch_size, workers, device, seed)
     checkpoint = {
-        "format": FORMAT, "arch": arch, "in_chans": in_chans, "classes": classes,
-        "preprocessing": preprocessing, "mode": mode, "weights": str(weights.value),
+        "format": FORMAT, "arch": config.arch, "in_chans": in_chans, "classes": classes,
+        "preprocessing": preprocessing, "mode": config.mode, "weights": str(weights),
     }  # fmt: skip
     result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
     if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
+        config.out.mkdir(parents=True, exist_ok=True)
 
-    if mode == "linear":
-        epoch_runner = _linear(ctx, model, train_eval, val, loaders, lr, epochs, device, amp, progress, seed)
+    if config.mode == "linear":
+        epoch_runner = _linear(session, model, train_eval, val)
     else:
         train = ImageFolder(
             data / "train", TrainClassification(crop_size=image_size, mean=mean, std=std), classes, gray
         )
-        epoch_runner = _full(ctx, model, train, val, loaders, lr, epochs, device, amp, progress)
+        epoch_runner = _full(session, model, train, val)
 
     for epoch, train_loss, val_acc, seconds in epoch_runner:
         result.history.append(EpochStats(epoch, train_loss, val_acc, seconds))
         if ctx.main:
-            logger.info("epoch %d/%d: train loss %.4f, val accuracy %.2f%%", epoch, epochs, train_loss, val_acc)
+            logger.info("epoch %d/%d: train loss %.4f, val accuracy %.2f%%", epoch, config.epochs, train_loss, val_acc)
         if val_acc > result.best_val_acc:
             result.best_epoch, result.best_val_acc = epoch, val_acc
             if ctx.main:
                 state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-                result.checkpoint = out / CHECKPOINT_NAME
+                result.checkpoint = config.out / CHECKPOINT_NAME
                 save_checkpoint(
                     {**checkpoint, "epoch": epoch, "val_acc": val_acc, "state_dict": state}, result.checkpoint
                 )
@@ -520,20 +477,22 @@ def _bar(iterable: Any, ctx: _Dist, progress: bool, desc: str) -> Any:
     return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, disable=shown, dynamic_ncols=True)
 
 
-def _linear(
-    ctx: _Dist,
-    model: VGG,
-    train: ImageFolder,
-    val: ImageFolder,
-    loaders: _Loaders,
-    lr: float,
-    epochs: int,
-    device: torch.device,
-    amp: bool,
-    progress: bool,
-    seed: int,
-) -> EpochRun:
+def _train_step(
+    net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool
+) -> torch.Tensor:
+    """One SGD step on a batch, shared by both modes; returns the batch's summed loss (detached, on the device)."""
+    with _autocast(device, amp):
+        loss = F.cross_entropy(net(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    torch.autograd.backward(loss)
+    optimizer.step()
+    return loss.detach().float() * len(y)
+
+
+def _linear(session: _Session, model: VGG, train: ImageFolder, val: ImageFolder) -> EpochRun:
     """Backbone once over train and val (this rank's shard), then fc8 on the cached fc7 features."""
+    ctx, device, amp, progress = session.ctx, session.device, session.amp, session.progress
+    loaders, epochs = session.loaders, session.config.epochs
     tic = time.perf_counter()
     model.freeze(upto="fc8")
     model.eval()
@@ -548,18 +507,15 @@ def _linear(
 
     fc8 = model.get_classifier()
     head: nn.Module = DistributedDataParallel(fc8) if ctx.on else fc8
-    optimizer = torch.optim.SGD(fc8.parameters(), lr=lr, momentum=0.9)
+    optimizer = torch.optim.SGD(fc8.parameters(), lr=session.config.rate, momentum=0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    generator = torch.Generator().manual_seed(seed + ctx.rank)
+    generator = torch.Generator().manual_seed(session.config.seed + ctx.rank)
     for epoch in _bar(range(1, epochs + 1), ctx, progress, "fc8 epochs"):
         order = torch.randperm(len(train_x), generator=generator).to(device)
         summed, count = torch.zeros((), device=device), 0  # on the device: no host sync per step
         for batch in torch.split(order, loaders.batch_size):  # every rank has the same number of batches
-            loss = F.cross_entropy(head(train_x[batch]), train_y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            summed += loss.detach().float() * len(batch)
+            # the fc7 features are float32 already: the head trains without autocast
+            summed += _train_step(head, optimizer, train_x[batch], train_y[batch], device, amp=False)
             count += len(batch)
         schedule.step()
         with torch.no_grad():
@@ -587,19 +543,10 @@ def _features(
     return torch.cat(feats), torch.cat(labels)
 
 
-def _full(
-    ctx: _Dist,
-    model: VGG,
-    train: ImageFolder,
-    val: ImageFolder,
-    loaders: _Loaders,
-    lr: float,
-    epochs: int,
-    device: torch.device,
-    amp: bool,
-    progress: bool,
-) -> EpochRun:
+def _full(session: _Session, model: VGG, train: ImageFolder, val: ImageFolder) -> EpochRun:
     """Every layer trains on augmented images; DDP averages the gradients over the ranks."""
+    ctx, device, amp, progress = session.ctx, session.device, session.amp, session.progress
+    loaders, epochs = session.loaders, session.config.epochs
     model.unfreeze()
     net: nn.Module = model
     if ctx.on and device.type == "cuda" and arch_has_bn(model):
@@ -608,6 +555,7 @@ def _full(
         net = net.to(memory_format=torch.channels_last)
     if ctx.on:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    lr = session.config.rate
     optimizer = torch.optim.SGD(model.param_groups(lr), lr=lr, momentum=0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     train_loader, sampler = loaders.train(train, shuffle=True)
@@ -620,12 +568,7 @@ def _full(
         summed, count = torch.zeros((), device=device), 0  # on the device: no host sync per step
         for x, y in _bar(train_loader, ctx, progress, f"epoch {epoch}/{epochs}"):
             x, y = _to(x, device), y.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                loss = F.cross_entropy(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            summed += loss.detach().float() * len(y)
+            summed += _train_step(net, optimizer, x, y, device, amp)
             count += len(y)
         schedule.step()
         total = summed.item()

@@ -1,18 +1,16 @@
 """Inference-only VGG: BatchNorm folded into the convolutions, channels_last, the device's fast dtype, compiled.
 
 `fold_batchnorm` is exact algebra on eval-mode BatchNorm; `optimize_for_inference` stacks the
-changes that measurably pay (figures and method: README.md, section "Speed", and `benchmarks/`):
+changes that measurably pay (figures, method and machines: README.md, section "Speed", and
+benchmarks/README.md):
 
-- BatchNorm folded: one pass over each activation fewer (torchvision vgg16_bn loses 24% on an H100;
-  vgg16_bn runs at vgg16's speed once folded).
-- channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC (torchvision's vgg16 at
-  batch 1 on 2 AVX-512 cores: 1.37x its NCHW eager).
-- on CPU (not compiled), each convolution runs with its ReLU fused in as one oneDNN call (1% for
-  vgg16's features), and in float32 fc6-fc8 run on oneDNN's linear with the ReLU fused in instead of
-  the BLAS behind F.linear (MKL): 17.6 -> 13.0 ms at batch 1, 38.4 -> 17.3 ms at batch 8
-  (benchmarks/bench_cpu_paths.py); only in dtypes this CPU's oneDNN computes (`onednn_computes`).
-- bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked (bf16 halves vgg16's
-  batch-1 time on CPUs with AVX512_BF16).
+- BatchNorm folded: one pass over each activation fewer, so vgg16_bn runs at vgg16's speed.
+- channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC.
+- on CPU (not compiled), each convolution runs with its ReLU fused in as one oneDNN call, and in
+  float32 fc6-fc8 run on oneDNN's linear with the ReLU fused in instead of the BLAS behind F.linear
+  (MKL) (benchmarks/bench_cpu_paths.py); only in dtypes this CPU's oneDNN computes (`onednn_computes`).
+- bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked (bf16 pays on CPUs
+  with AVX512_BF16).
 - torch.compile (on by default on CUDA, opt-in on CPU, where it gains little for VGG because the
   convolutions are oneDNN calls either way): it fuses the ReLU and max-pool passes. With a small fixed
   `batch_size` on CUDA it also records CUDA graphs (mode "reduce-overhead"), which removes the kernel
@@ -39,7 +37,7 @@ __all__ = ["CUDA_GRAPH_MAX_BATCH", "InferenceVGG", "default_dtype", "fold_batchn
 logger = logging.getLogger(__name__)
 
 # With a fixed batch at or below this size, CUDA launch overhead outweighs the compute and CUDA graphs
-# pay (vgg16 batch 1 on an H100: 0.34 ms with graphs against about 1 ms eager).
+# pay (figures: benchmarks/README.md).
 CUDA_GRAPH_MAX_BATCH = 16
 
 DeviceArg = str | torch.device | None
@@ -97,8 +95,7 @@ def onednn_computes(dtype: torch.dtype) -> bool:
     """Whether this CPU's oneDNN computes `dtype` itself: float32 always; bf16 and fp16 only where the CPU
     has the instructions oneDNN needs for them (bf16: AVX-512 BW/VL/DQ or AVX-NE-CONVERT); never float64.
 
-    Elsewhere torch runs those dtypes on reference kernels: a bf16 2048x2048 matmul takes about a
-    minute on 2 cores with oneDNN limited to AVX2, against 0.13 s in float32.
+    Elsewhere torch runs those dtypes on reference kernels, far slower than float32 (benchmarks/README.md).
     """
     mkldnn = torch.ops.mkldnn
     if dtype == torch.float32:
@@ -125,8 +122,7 @@ def _has_onednn(net: VGG) -> bool:
 def _onednn_head(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The eval-mode classifier with oneDNN's linear, each ReLU fused into the linear before it.
 
-    For float32 on CPU, where torch's F.linear goes through the BLAS (MKL); on this project's AMD CPU
-    MKL runs vgg16's fc6-fc8 in 17.6 ms at batch 1 and 38.4 ms at batch 8, against oneDNN's 13.0 and 17.3
+    For float32 on CPU, where torch's F.linear goes through the BLAS (MKL), which is slower on fc6-fc8
     (benchmarks/bench_cpu_paths.py).
     """
     modules = list(classifier.children()) if isinstance(classifier, nn.Sequential) else [classifier]
@@ -212,8 +208,8 @@ class InferenceVGG(nn.Module):
         self.compiled = compile
         self.cuda_graphs = cuda_graphs
         # Compiled on CPU, inductor's freezing turns the weights into constants, which its oneDNN
-        # lowering needs for the linear layers (and prepacks them: +5% at batch 8 on 2 cores, at the
-        # cost of a packed copy of the classifier's weights). On CUDA freezing gained nothing.
+        # lowering needs for the linear layers (and prepacks them, which pays at batch 8, at the cost
+        # of a packed copy of the classifier's weights). On CUDA freezing gained nothing.
         self._freezing = compile and self.device.type == "cpu"
         onednn = _has_onednn(net)
         # Compiled, inductor fuses the ReLUs itself; bf16's F.linear is already oneDNN's.

@@ -14,8 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import VGG, check_images, feature_names, layer_list, run_taps
-from .weights import IMAGENET_MEAN, IMAGENET_STD
+from .builders import get_model
+from .config import IMAGENET_MEAN, IMAGENET_STD
+from .model import VGG, check_images
+from .taps import feature_layers, feature_names, layer_list, run_taps
+from .weights import WEIGHTS_ENUMS
 
 __all__ = ["PerceptualLoss", "gram_matrix"]
 
@@ -88,12 +91,12 @@ class PerceptualLoss(nn.Module):
         self.distance = distance
         self.input_range = input_range
 
-        names = feature_names(model._layers())
+        names = feature_names(model.features)
         unknown = [name for name in self.layers + self.style_layers if name not in names]
         if unknown:
             raise ValueError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
         last = max(names.index(name) for name in self.layers + self.style_layers)
-        features = copy.deepcopy(model._layers()[: last + 1])
+        features = copy.deepcopy(feature_layers(model.features)[: last + 1])
         if pool == "avg":
             for i, m in enumerate(features):
                 if isinstance(m, nn.MaxPool2d):
@@ -176,9 +179,6 @@ def _pretrained(
     arch: str, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> tuple[VGG, Sequence[float], Sequence[float]]:
     """A builder's DEFAULT weights and, unless given, the mean and std of that record."""
-    from .builders import get_model
-    from .weights import WEIGHTS_ENUMS
-
     model = get_model(arch, weights="DEFAULT")  # an unknown name raises the registry's ValueError
     record = WEIGHTS_ENUMS[arch.lower()].from_name("DEFAULT").value
     return model, record.mean if mean is None else mean, record.std if std is None else std

@@ -7,18 +7,14 @@ Beside the forward pass the network carries what fine-tuning and feature work ne
 named taps (`layer_names`, `extract`, `tap_info`), new heads (`reset_classifier`), freezing,
 per-block learning rates (`param_groups`) and gradient checkpointing per conv block.
 
-Tap names are the paper's: conv1_1, [bn1_1,] relu1_1, ..., pool5 for `features` (read off the
-modules, so they equal `config.layer_names(arch)`), then fc6, relu6, fc7, relu7, fc8 for the
-classifier. The adaptive average pool (with the flatten) is part of the fc6 step and the two
-dropouts are part of the fc7 and fc8 steps, so neither has a name: `relu6` is the activation
-before dropout, exactly `classifier[:2]` applied by hand.
+Tap names are the paper's (conv1_1, [bn1_1,] relu1_1, ..., pool5, avgpool, fc6, relu6, drop6, fc7,
+relu7, drop7, fc8); `vggnet.taps` computes them and runs the taps, the methods here delegate to it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,10 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .checks import check_int
 from .config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
+from .taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
 
 __all__ = ["VGG", "TapInfo", "adapt_input_conv", "make_layers"]
-
-HEAD_NAMES = ("fc6", "relu6", "fc7", "relu7", "fc8")
 
 
 def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:
@@ -130,8 +125,8 @@ class VGG(nn.Module):
     # --- named taps ------------------------------------------------------------------------------
 
     def layer_names(self) -> list[str]:
-        """Every tap name in order: conv1_1, [bn1_1,] relu1_1, ..., pool5, fc6, relu6, fc7, relu7, fc8."""
-        return [name for name, _ in self._steps()]
+        """Every tap name in order: conv1_1, [bn1_1,] relu1_1, ..., pool5, avgpool, fc6, relu6, drop6, ..., fc8."""
+        return layer_names(self)
 
     def extract(self, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
         """The outputs of the named layers, in the order asked; nothing after the last one is computed.
@@ -143,44 +138,14 @@ class VGG(nn.Module):
         pre-activation values.
         """
         self.check_input(x)
-        return run_taps(self._steps(), x, layers)
+        return run_taps(tap_steps(self), x, layers)
 
     def tap_info(self) -> list[TapInfo]:
         """Channels, stride and receptive field (in input pixels) of every tap, computed from the layers.
 
-        fc6 onwards see the whole (adaptively pooled) image: their stride and receptive field are None.
+        avgpool onwards see the whole (adaptively pooled) image: their stride and receptive field are None.
         """
-        infos: list[TapInfo] = []
-        channels, stride, field = self.in_channels, 1, 1
-        for name, modules in self._steps():
-            m = modules[-1]
-            if isinstance(m, nn.Conv2d):
-                channels = m.out_channels
-                field += (_side(m.kernel_size) - 1) * stride
-                stride *= _side(m.stride)
-            elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-                field += (_side(m.kernel_size) - 1) * stride
-                stride *= _side(m.stride)
-            elif isinstance(m, nn.Linear):
-                channels = m.out_features
-            head = name in HEAD_NAMES
-            infos.append(TapInfo(name, channels, None if head else stride, None if head else field))
-        return infos
-
-    def _steps(self) -> list[tuple[str, list[Callable[[torch.Tensor], torch.Tensor]]]]:
-        """(name, the callables that produce it from the previous tap) for every tap."""
-        steps: list[tuple[str, list[Callable[[torch.Tensor], torch.Tensor]]]] = [
-            (name, [m]) for name, m in zip(feature_names(self._layers()), self._layers())
-        ]
-        c = self.classifier
-        steps += [
-            ("fc6", [self.avgpool, _flatten, c[0]]),
-            ("relu6", [c[1]]),
-            ("fc7", [c[2], c[3]]),  # dropout, fc7
-            ("relu7", [c[4]]),
-            ("fc8", [c[5], c[6]]),
-        ]
-        return steps
+        return tap_info(self)
 
     def _blocks(self) -> list[nn.Sequential]:
         """`features` cut after every pool: the five conv blocks."""
@@ -195,9 +160,7 @@ class VGG(nn.Module):
         return blocks
 
     def _layers(self) -> nn.Sequential:
-        if not isinstance(self.features, nn.Sequential):
-            raise TypeError(f"named taps need `features` to be a make_layers Sequential, not {type(self.features)}")
-        return self.features
+        return feature_layers(self.features)
 
     # --- new heads ------------------------------------------------------------------------------
 
@@ -227,6 +190,8 @@ class VGG(nn.Module):
             stop = len(self._layers())
         elif upto in names:
             stop = names.index(upto)
+            if stop and names[stop - 1].startswith("drop"):
+                stop -= 1  # a dropout trains with the Linear after it: freeze(upto="fc8") keeps drop7 on
         else:
             raise ValueError(f"unknown layer {upto!r}; valid: {', '.join(names)}")
         self.unfreeze()
@@ -249,7 +214,7 @@ class VGG(nn.Module):
         return self
 
     def _frozen_part(self) -> nn.ModuleList:
-        modules = [m for _, step in self._steps()[: self._frozen] for m in step if isinstance(m, nn.Module)]
+        modules = [m for _, step in tap_steps(self)[: self._frozen] for m in step if isinstance(m, nn.Module)]
         return nn.ModuleList(modules)
 
     def param_groups(self, lr: float, decay: float = 1.0, weight_decay: float = 0.0) -> list[dict[str, Any]]:
@@ -280,16 +245,6 @@ class VGG(nn.Module):
         self.grad_checkpointing = enable
 
 
-@dataclass(frozen=True)
-class TapInfo:
-    """One tap: output channels, stride and receptive field side in input pixels (None for fc6-fc8)."""
-
-    name: str
-    channels: int
-    stride: int | None
-    receptive_field: int | None
-
-
 def check_images(x: torch.Tensor, in_channels: int, who: str = "VGG") -> None:
     """Raise a ValueError, naming the shape received and the fix, unless `x` is an (N, in_channels, H, W) batch."""
     if x.dim() != 4:
@@ -300,63 +255,6 @@ def check_images(x: torch.Tensor, in_channels: int, who: str = "VGG") -> None:
     if x.shape[1] != in_channels:
         hint = "; gray images: x.expand(-1, 3, -1, -1), RGBA: x[:, :3]" if in_channels == 3 else ""
         raise ValueError(f"{who} expects {in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}){hint}")
-
-
-def feature_names(features: nn.Sequential) -> list[str]:
-    """The paper's name of every module in a `make_layers` Sequential (max- or average-pooled)."""
-    names: list[str] = []
-    block, conv = 1, 0
-    for m in features:
-        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            names.append(f"pool{block}")
-            block, conv = block + 1, 0
-        elif isinstance(m, nn.Conv2d):
-            conv += 1
-            names.append(f"conv{block}_{conv}")
-        elif isinstance(m, _BatchNorm) or (isinstance(m, nn.Identity) and names and names[-1].startswith("conv")):
-            names.append(f"bn{block}_{conv}")  # SyncBatchNorm too, and the Identity left by fold_batchnorm
-        elif isinstance(m, nn.ReLU):
-            names.append(f"relu{block}_{conv}")
-        else:
-            raise TypeError(f"features[{len(names)}] is a {type(m).__name__}, which has no VGG layer name")
-    return names
-
-
-def layer_list(layers: str | Sequence[str]) -> list[str]:
-    return [layers] if isinstance(layers, str) else list(layers)  # a single name is a list of one
-
-
-def run_taps(
-    steps: Sequence[tuple[str, Sequence[Callable[[torch.Tensor], torch.Tensor]]]],
-    x: torch.Tensor,
-    layers: str | Sequence[str],
-) -> dict[str, torch.Tensor]:
-    """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next operation is in place)."""
-    names = [name for name, _ in steps]
-    layers = layer_list(layers)
-    if not layers:
-        raise ValueError(f"no layers asked; pass a list of layer names, e.g. ['relu1_2']; valid: {', '.join(names)}")
-    unknown = [name for name in layers if name not in names]
-    if unknown:
-        raise ValueError(f"unknown layers {unknown}; valid: {', '.join(names)}")
-    wanted = set(layers)
-    last = max(names.index(name) for name in layers)
-    taps: dict[str, torch.Tensor] = {}
-    for i, (name, step) in enumerate(steps[: last + 1]):
-        for fn in step:
-            x = fn(x)
-        if name in wanted:
-            taps[name] = x.clone() if _overwritten(steps[i + 1 : last + 1]) else x
-    return {name: taps[name] for name in layers}
-
-
-def _overwritten(later: Sequence[tuple[str, Sequence[Callable[[torch.Tensor], torch.Tensor]]]]) -> bool:
-    """Whether the first real operation of `later` works in place (Identity, left by fold_batchnorm, is skipped)."""
-    for _, step in later:
-        for fn in step:
-            if not isinstance(fn, nn.Identity):
-                return bool(getattr(fn, "inplace", False))
-    return False
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -387,14 +285,6 @@ NUM_CLASSES_MEANS = "the outputs of fc8, e.g. 10 for ten classes"
 
 def _check_num_classes(num_classes: int) -> None:
     check_int("num_classes", num_classes, what=NUM_CLASSES_MEANS)
-
-
-def _flatten(x: torch.Tensor) -> torch.Tensor:
-    return torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
-
-
-def _side(size: int | tuple[int, ...]) -> int:
-    return size if isinstance(size, int) else size[0]
 
 
 def _recompute_contexts(

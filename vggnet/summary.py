@@ -25,15 +25,14 @@ from xml.sax.saxutils import escape
 import torch
 from torch import nn
 
-from .config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE, arch_config, layer_names
+from .config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE, arch_config
 from .model import VGG, make_layers
+from .taps import module_names
 
 __all__ = ["LayerInfo", "Summary", "format_summary", "plot_summary", "summarize"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 _ACTIVATION_DTYPE = "float32"
-# classifier index -> paper name (fc6 = classifier.0, the first fully connected layer)
-_HEAD_NAMES = ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
 
 SizeArg = int | Sequence[int]
 
@@ -187,9 +186,7 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
     with torch.device("meta"):
         model = VGG(make_layers(row, batch_norm), num_classes=num_classes, init_weights=False)
     model.eval()
-    names = {f"features.{i}": name for i, name in enumerate(layer_names(arch))}
-    names["avgpool"] = "avgpool"
-    names.update({f"classifier.{i}": name for i, name in enumerate(_HEAD_NAMES)})
+    names = module_names(model)  # state-dict path -> the tap name: "features.0" -> "conv1_1"
 
     rows: list[LayerInfo] = []
 

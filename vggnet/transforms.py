@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_int
-from .config import IN_CHANNELS
-from .weights import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from .config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, INTERPOLATIONS
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -2,12 +2,11 @@
 
 Every figure in the official records comes from `weights/README.md` (torchvision's published
 metadata, or computed from the layer shapes). A record only describes a file; fetching and
-verifying it is `hub.py`'s job.
+verifying it is `hub.py`'s job: `Weights.get_state_dict` hands it the record's URL, digest and size.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -16,15 +15,22 @@ from importlib import resources
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .config import MIN_SIZE
+from .cache import file_name_from_url, normalize_digest
+from .config import CAFFE_MEAN, CAFFE_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, MIN_SIZE, OFFICIAL_BASE
+from .hub import load_weights
+from .transforms import ImageClassification
 
 if TYPE_CHECKING:
     import torch
 
-    from .transforms import ImageClassification
-
 __all__ = [
+    "CAFFE_MEAN",
+    "CAFFE_STD",
     "IMAGENET_CATEGORIES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "OFFICIAL_BASE",
     "VGG11_BN_Weights",
     "VGG11_Weights",
     "VGG13_BN_Weights",
@@ -36,26 +42,11 @@ __all__ = [
     "Weights",
     "WeightsEnum",
     "get_weight",
+    "own_member",
+    "normalize_digest",
 ]
 
-OFFICIAL_BASE = "https://download.pytorch.org/models/"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Caffe-style input for the SSD-ported vgg16 features: 0-255 scale minus the channel means.
-CAFFE_MEAN = (0.48235, 0.45882, 0.40784)
-CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-_DIGEST = re.compile(r"[0-9a-f]{8,64}")
-
-
-def normalize_digest(sha256: str) -> str:
-    """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
-    digest = sha256.lower()
-    if not _DIGEST.fullmatch(digest):
-        raise ValueError(
-            f"sha256 must be the 64 hex digits of the file's SHA-256, or at least its first 8, got {sha256!r}"
-        )
-    return digest
+_MiB = 1 << 20
 
 
 class _Categories(Sequence[str]):
@@ -145,8 +136,6 @@ class Weights:
 
         A name that could be anything but a plain file in one folder ("..", separators) is a ValueError.
         """
-        from .hub import file_name_from_url
-
         return file_name_from_url(self.url)
 
     @property
@@ -174,8 +163,6 @@ class Weights:
 
     def transforms(self) -> ImageClassification:
         """The evaluation preset these weights expect."""
-        from .transforms import ImageClassification
-
         return ImageClassification(
             crop_size=self.crop_size,
             resize_size=self.resize_size,
@@ -191,9 +178,21 @@ class Weights:
 
         `check_hash` is taken for torchvision's callers; the file is verified whatever its value.
         """
-        from .hub import load_weights
+        return load_weights(
+            self.url,
+            sha256=self.sha256,
+            size=self.size,
+            max_size=self.max_size,
+            progress=progress,
+            map_location=map_location,
+        )
 
-        return load_weights(self, progress=progress, map_location=map_location)
+    @property
+    def max_size(self) -> int | None:
+        """An upper bound on the file's bytes when only torchvision's MiB figure is known (official files)."""
+        if self.size is not None or self.file_size is None or not self.is_official:
+            return None
+        return int(self.file_size * _MiB) + 1024  # torchvision's MiB figure is rounded to 3 decimals
 
 
 _Member = TypeVar("_Member", bound="WeightsEnum")
@@ -228,7 +227,7 @@ class WeightsEnum(Enum):
             if name not in cls.__members__:
                 raise KeyError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
             return cls[name]
-        member = _own_member(obj)
+        member = own_member(obj)
         if not isinstance(member, cls):
             raise TypeError(
                 f"expected weights of {cls.__name__} (None, a member or its name: {_member_names(cls)}), "
@@ -404,7 +403,7 @@ def _describe(obj: object) -> str:
     return repr(obj) if isinstance(obj, Enum) else type(obj).__name__
 
 
-def _own_member(obj: object) -> object:
+def own_member(obj: object) -> object:
     """vggnet's member for torchvision's (any enum member whose `url` is one of vggnet's records); else `obj`.
 
     Matched by URL, so torchvision is never imported. A member with a URL vggnet has no record of is a
@@ -427,14 +426,15 @@ def _own_member(obj: object) -> object:
 
 
 def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
-    """Turn a builder's `weights` argument into a record, or None; strings are looked up in `arch`'s enum.
+    """The record a name, member or record means for `arch` (None for None); strings are looked up in `arch`'s enum.
 
-    torchvision's own members are taken too, matched by URL to vggnet's records.
+    torchvision's own members are taken too, matched by URL to vggnet's records. Records only, kept for
+    compatibility: `checkpoint.load` is the one loader of every weights source.
     """
     enum = WEIGHTS_ENUMS[arch]
     if weights is None or isinstance(weights, Weights):
         return weights
-    member = _own_member(weights)
+    member = own_member(weights)
     if isinstance(member, WeightsEnum):
         if not isinstance(member, enum):
             valid = ", ".join(str(m) for m in enum.__members__.values())

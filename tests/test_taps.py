@@ -1,4 +1,4 @@
-"""Named taps, new heads and other input channels (issue 4, items 1-3)."""
+"""Named taps (one naming scheme for the model, summary and losses), new heads and other input channels."""
 
 import hashlib
 import logging
@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import vggnet
-from vggnet.config import layer_names
 from vggnet.model import TapInfo, adapt_input_conv
+from vggnet.taps import feature_names
 
-from .reference import ARCHS
+from .reference import ARCHS, LAYOUT
 
-HEAD = ["fc6", "relu6", "fc7", "relu7", "fc8"]
+HEAD = ["avgpool", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
 
 
 @pytest.fixture(autouse=True)
@@ -38,17 +38,30 @@ def by_hand(model: vggnet.VGG, x: torch.Tensor, index: int) -> torch.Tensor:
     n = len(model.features)
     if index < n:
         return model.features[: index + 1](x.clone())
-    pooled = torch.flatten(model.avgpool(model.features(x.clone())), 1)
-    # fc6 -> classifier[:1], relu6 -> [:2], fc7 -> [:4], relu7 -> [:5], fc8 -> [:7]
-    return model.classifier[: [1, 2, 4, 5, 7][index - n]](pooled)
+    pooled = model.avgpool(model.features(x.clone()))
+    if index == n:
+        return pooled
+    # fc6 -> classifier[:1], relu6 -> [:2], drop6 -> [:3], ..., fc8 -> [:7]
+    return model.classifier[: index - n](torch.flatten(pooled, 1))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_layer_names_are_the_papers(arch):
     model = vggnet.get_model(arch, device="meta")
-    assert model.layer_names() == [*layer_names(arch), *HEAD]
-    assert len(model.layer_names()) == len(model.features) + 5
-    assert model.layer_names()[-6:] == ["pool5", *HEAD]
+    assert model.layer_names() == [*feature_names(arch), *HEAD]
+    assert len(model.layer_names()) == len(model.features) + 8
+    assert model.layer_names()[-9:] == ["pool5", *HEAD]
+
+
+@pytest.mark.parametrize("arch", list(LAYOUT))
+def test_layer_names_follow_the_reference_layout(arch):  # from test_config.py, where config.layer_names was
+    length, convs, pools = LAYOUT[arch]
+    names = feature_names(arch)
+    assert len(names) == length
+    assert [i for i, n in enumerate(names) if n.startswith("conv")] == convs
+    assert [i for i, n in enumerate(names) if n.startswith("pool")] == pools
+    assert names[-1] == "pool5" and names[0] == "conv1_1"
+    assert ("bn1_1" in names) == arch.endswith("_bn")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -167,6 +180,81 @@ def test_receptive_field_is_where_a_pixel_stops_mattering():
     model.extract(x, ["conv3_1"])["conv3_1"][0, 0, 8, 8].backward()
     rows = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 3)))
     assert int(rows.max() - rows.min() + 1) == field == 18
+
+
+# --- one naming scheme: the model, the summary and the losses agree ------------------------------
+
+
+def variant(arch: str, kind: str) -> vggnet.VGG:
+    """Shapes only: a meta-device model, plain, BatchNorm-folded or with one input channel."""
+    if kind == "folded":
+        return vggnet.fold_batchnorm(vggnet.get_model(arch, device="meta"))
+    return vggnet.get_model(arch, device="meta", in_chans=1 if kind == "gray" else 3)
+
+
+@pytest.mark.parametrize("kind", ["plain", "folded", "gray"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_scheme_names_every_module_in_the_model_summary_and_losses(arch, kind):
+    model = variant(arch, kind)
+    names = vggnet.layer_names(arch)  # from the config table
+    assert names == [*feature_names(arch), *HEAD] == vggnet.layer_names(model) == model.layer_names()
+    leaves = [path for path, m in model.named_modules() if not list(m.children())]
+    paths = vggnet.module_names(model)
+    assert list(paths) == leaves and list(paths.values()) == names  # every module, in forward order
+    if kind == "folded" and arch.endswith("_bn"):
+        assert all(type(model.get_submodule(p)) is nn.Identity for p, n in paths.items() if n.startswith("bn"))
+    info = model.tap_info()
+    assert [t.name for t in info] == names
+    rows = vggnet.summarize(arch).layers
+    assert [(row.module, row.name) for row in rows] == list(paths.items())
+    assert [row.output_shape[1] for row in rows] == [t.channels for t in info]
+
+    x = torch.empty(1, model.in_channels, 32, 32, device="meta")
+    with torch.no_grad():
+        taps = model.extract(x, names)
+    assert list(taps) == names and [taps[t.name].shape[1] for t in info] == [t.channels for t in info]
+    convs = feature_names(model.features)
+    loss = vggnet.PerceptualLoss(model, layers=convs, input_range="normalized")
+    with torch.no_grad():
+        ours = loss.taps(x)
+    assert list(ours) == convs and all(ours[n].shape == taps[n].shape for n in convs)
+    with pytest.raises(ValueError, match=r"unknown or non-convolutional layers \['fc6'\]; valid: conv1_1, .*, pool5$"):
+        vggnet.PerceptualLoss(model, layers=["fc6"], input_range="normalized")
+
+
+def test_avgpool_and_the_dropouts_are_taps_too():
+    model = seeded("vgg11")
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        taps = model.extract(x, ["avgpool", "relu6", "drop6", "drop7"])
+        assert taps["avgpool"].shape == (2, 512, 7, 7)
+        assert torch.equal(taps["avgpool"], model.avgpool(model.features(x)))
+        assert torch.equal(taps["drop6"], taps["relu6"])  # eval mode: dropout is the identity
+        model.train()
+        taps = model.extract(x, ["relu6", "drop6"])
+    dropped = taps["drop6"] == 0
+    assert dropped.any() and (taps["relu6"] > 0).logical_and(dropped).any()  # really dropped out
+    torch.testing.assert_close(taps["drop6"][~dropped], 2 * taps["relu6"][~dropped])  # kept ones scaled by 1/(1-p)
+
+
+def test_freeze_keeps_a_dropout_training_with_the_linear_after_it():
+    model = vggnet.vgg11(device="meta")
+    for upto, drop6_on in (("drop6", True), ("fc7", True), ("relu7", False), ("fc8", False)):
+        model.freeze(upto=upto)
+        model.train()
+        assert not model.classifier[1].training and model.classifier[2].training == drop6_on, upto
+        assert model.classifier[3].weight.requires_grad == (upto in ("drop6", "fc7")), upto
+
+
+def test_names_refuse_what_is_not_a_make_layers_network():
+    model = vggnet.vgg11(device="meta")
+    with pytest.raises(TypeError, match=r"features\[1\] is a Tanh, which has no VGG layer name"):
+        feature_names(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh()))
+    model.features = nn.ModuleList(model.features)
+    with pytest.raises(TypeError, match="named taps need `features` to be a make_layers Sequential, not ModuleList"):
+        model.layer_names()
+    with pytest.raises(ValueError, match="unknown VGG architecture 'vgg17'; valid: vgg11, "):
+        vggnet.layer_names("vgg17")
 
 
 def test_forward_features_and_pre_logits_are_the_taps():

@@ -1,0 +1,304 @@
+"""vggnet.download: one transfer against a real HTTP server on loopback that drops, stalls and
+misbehaves on purpose, and real processes sharing a cache (through the public fetch and load API).
+
+The full-size tests use the session's generated ~528 MiB vgg16 checkpoints (see conftest.py);
+everything whose outcome does not depend on size uses a small file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+import vggnet.download as download
+import vggnet.hub as hub
+from vggnet.weights import OFFICIAL_BASE, Weights
+
+from .conftest import (
+    Fault,
+    FaultServer,
+    file_sha256,
+    fingerprint,
+    leftovers,
+    record,
+    spawn_python,
+)
+
+
+def test_a_dropped_connection_is_resumed_with_range(http_server, vgg16_checkpoints, cache):
+    ckpt = vgg16_checkpoints.zip
+    path = "/" + ckpt.name
+    url = http_server.add(path, ckpt.path, Fault.drop(after=300 << 20))
+    state = record(url, ckpt, size=ckpt.size).get_state_dict(progress=False)
+    assert fingerprint(state) == vgg16_checkpoints.fingerprint
+    first, second = http_server.log(path)
+    assert first.range is None and first.bytes_sent == 300 << 20
+    assert second.status == 206 and second.range is not None
+    resumed_at = int(second.range.removeprefix("bytes=").rstrip("-"))
+    assert resumed_at > 299 << 20  # at most the last read chunk was lost
+    assert second.bytes_sent == ckpt.size - resumed_at < ckpt.size
+    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
+    assert file_sha256(cache / ckpt.name) == ckpt.sha256
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors_are_retried_with_backoff(http_server, small_checkpoints, cache, fast_retries, status):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(status), Fault.http(status))
+    assert hub.fetch(url, progress=False) == cache / ckpt.name
+    assert [r.status for r in http_server.log()] == [status, status, 200]
+
+
+def test_429_honours_retry_after(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(429, {"Retry-After": "1"}))
+    started = time.monotonic()
+    hub.fetch(url, progress=False)
+    assert time.monotonic() - started >= 0.95
+    assert [r.status for r in http_server.log()] == [429, 200]
+
+
+def test_retry_after_is_capped(http_server, small_checkpoints, cache, monkeypatch):
+    monkeypatch.setattr(download, "MAX_WAIT", 0.2)
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(503, {"Retry-After": "3600"}))
+    started = time.monotonic()
+    hub.fetch(url, progress=False)
+    assert time.monotonic() - started < 5
+
+
+def test_retries_are_bounded(http_server, small_checkpoints, cache, fast_retries):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, *[Fault.http(503)] * 10)
+    with pytest.raises(download.DownloadError, match="503") as info:
+        hub.fetch(url, progress=False, retries=2)
+    assert url in str(info.value) and info.value.status == 503
+    assert http_server.count("/" + ckpt.name) == 3
+    assert leftovers(cache) == []
+
+
+@pytest.mark.parametrize("status", [404, 403, 410])
+def test_client_errors_fail_fast(http_server, small_checkpoints, cache, status):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(status))
+    started = time.monotonic()
+    with pytest.raises(download.DownloadError) as info:
+        hub.fetch(url, progress=False)
+    assert time.monotonic() - started < 2
+    assert str(status) in str(info.value) and url in str(info.value)
+    assert info.value.status == status
+    assert http_server.count("/" + ckpt.name) == 1
+    assert leftovers(cache) == []
+
+
+def test_wrong_bytes_raise_checksum_error_and_keep_nothing(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    wrong = small_checkpoints.legacy.path.read_bytes()
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.body(wrong))
+    with pytest.raises(hub.ChecksumError, match="no file was kept") as info:
+        hub.load_state_dict_from_url(url, sha256=ckpt.sha256, progress=False)
+    err = info.value
+    assert (err.url, err.path, err.expected) == (url, cache / ckpt.name, ckpt.sha256)
+    assert err.actual == hashlib.sha256(wrong).hexdigest()
+    assert leftovers(cache) == []  # no final file, no partial, no temporary
+    assert pickle.loads(pickle.dumps(err)).actual == err.actual  # crosses process boundaries intact
+
+
+def test_the_full_digest_is_checked_not_only_its_prefix(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path)
+    almost = ckpt.sha256[:-1] + ("0" if ckpt.sha256[-1] != "0" else "1")
+    with pytest.raises(hub.ChecksumError):
+        hub.fetch(url, sha256=almost, progress=False)
+    assert leftovers(cache) == []
+
+
+def test_bytes_beyond_content_length_are_never_read(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.extra(b"<html>junk</html>" * 100, announce=True))
+    path = hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert path.stat().st_size == ckpt.size
+
+
+def test_more_bytes_than_the_record_size_stop_the_download(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.extra(b"x" * (4 << 20), announce=False))
+    with pytest.raises(download.DownloadError, match=f"more than the expected {ckpt.size} bytes"):
+        record(url, ckpt, size=ckpt.size).get_state_dict(progress=False)
+    assert leftovers(cache) == []
+
+
+def test_an_announced_size_other_than_the_record_size_fails_before_reading(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    url = http_server.add("/" + ckpt.name, ckpt.path, Fault.length(ckpt.size + 1000))
+    with pytest.raises(download.DownloadError, match=f"announces {ckpt.size + 1000} bytes"):
+        record(url, ckpt, size=ckpt.size).get_state_dict(progress=False)
+    assert leftovers(cache) == []
+
+
+def test_official_records_are_bounded_by_their_mib_figure(http_server, small_checkpoints, cache, monkeypatch):
+    ckpt = small_checkpoints.zip
+    http_server.add("/mirror/" + ckpt.name, ckpt.path, Fault.extra(b"x" * (1 << 20), announce=False))
+    monkeypatch.setenv("VGGNET_MIRROR", http_server.url("/mirror/"))
+    official = Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256, file_size=round(ckpt.size / 2**20, 3))
+    with pytest.raises(download.DownloadError, match="more than the expected"):
+        official.get_state_dict(progress=False)
+    assert leftovers(cache) == []
+
+
+def test_a_stall_beyond_the_read_timeout_is_retried(http_server, cache, fast_retries):
+    data = os.urandom(6 << 20)
+    url = http_server.add("/stall-file.bin", data, Fault.stall(after=3 << 20, seconds=5))
+    started = time.monotonic()
+    path = hub.fetch(url, sha256=hashlib.sha256(data).hexdigest(), timeout=(2.0, 0.5), progress=False)
+    assert time.monotonic() - started < 4  # did not sit out the 5 s stall
+    assert path.read_bytes() == data
+    ranges = [r.range for r in http_server.log("/stall-file.bin")]
+    assert len(ranges) == 2 and ranges[1] is not None and ranges[1] != "bytes=0-"
+
+
+def test_a_server_that_ignores_range_restarts_cleanly(http_server, cache, fast_retries):
+    data = os.urandom(5 << 20)
+    url = http_server.add("/norange.bin", data, Fault.drop(after=3 << 20), Fault.ignore_range())
+    path = hub.fetch(url, sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    assert path.read_bytes() == data
+    _, second = http_server.log("/norange.bin")
+    assert second.range is not None and second.status == 200 and second.bytes_sent == len(data)
+
+
+def test_redirects_are_followed(http_server, small_checkpoints, cache):
+    ckpt = small_checkpoints.zip
+    http_server.add("/real/" + ckpt.name, ckpt.path)
+    url = http_server.add("/moved/" + ckpt.name, b"", Fault.redirect("/real/" + ckpt.name, 301))
+    state = hub.load_state_dict_from_url(url, progress=False)
+    assert fingerprint(state) == small_checkpoints.fingerprint
+    assert [r.status for r in http_server.log()] == [301, 200]
+
+
+WORKER = r"""
+import json, sys, time
+from collections.abc import Iterator
+from pathlib import Path
+import vggnet.hub as hub
+from vggnet.weights import Weights
+from tests.conftest import fingerprint
+url, sha256, size, ready, go = sys.argv[1:]
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+state = Weights(url=url, sha256=sha256, size=int(size)).get_state_dict(progress=False)
+print(json.dumps({"fingerprint": fingerprint(state), "keys": len(state)}))
+"""
+
+
+def test_concurrent_processes_download_once(http_server, vgg16_checkpoints, cache, tmp_path):
+    ckpt = vgg16_checkpoints.zip
+    path = "/" + ckpt.name
+    url = http_server.add(path, ckpt.path, rate=400e6)  # ~1.4 s: long enough for every process to collide
+    go = tmp_path / "go"
+    workers = [spawn_python(WORKER, url, ckpt.sha256, ckpt.size, tmp_path / f"ready{i}", go) for i in range(4)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(4)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    go.touch()  # all four start at once
+    results = [w.communicate(timeout=240) for w in workers]
+    for w, (out, err) in zip(workers, results):
+        assert w.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["fingerprint"] == vgg16_checkpoints.fingerprint
+    assert http_server.count(path) == 1
+    assert http_server.bytes_served(path) == ckpt.size
+    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
+
+
+KILLED = r"""
+import sys
+import vggnet.hub as hub
+hub.fetch(sys.argv[1], sha256=sys.argv[2], progress=False)
+"""
+
+
+def test_sigkill_mid_download_then_the_next_call_resumes(http_server, vgg16_checkpoints, cache):
+    ckpt = vgg16_checkpoints.zip
+    path = "/" + ckpt.name
+    url = http_server.add(path, ckpt.path, rate=150e6)
+    victim = spawn_python(KILLED, url, ckpt.sha256)
+    deadline = time.monotonic() + 60
+    partial: list[Path] = []
+    while time.monotonic() < deadline:
+        partial = list(cache.glob("*.partial")) if cache.exists() else []
+        if partial and partial[0].stat().st_size > 100 << 20:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert partial, "the download never started"
+    assert stat.S_IMODE(partial[0].stat().st_mode) & 0o077 == 0  # private to the user
+    assert not (cache / ckpt.name).exists()  # never a file under the final name
+    kept = partial[0].stat().st_size
+    assert 0 < kept < ckpt.size
+
+    http_server.set_rate(path, None)
+    started = time.monotonic()
+    got = hub.fetch(url, sha256=ckpt.sha256, progress=False)
+    assert time.monotonic() - started < 30  # the dead holder's lock did not block (LOCK_STALL is 120 s)
+    assert file_sha256(got) == ckpt.sha256
+    resumed = [r for r in http_server.log(path) if r.range is not None]
+    assert [r.range for r in resumed] == [f"bytes={kept}-"]
+    assert resumed[0].bytes_sent == ckpt.size - kept
+    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
+
+
+def test_ctrl_c_keeps_only_a_partial_file_and_the_next_call_resumes(http_server, cache, monkeypatch):
+    data = os.urandom(6 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    url = http_server.add("/ctrl-c.bin", data)
+    real_write = download._Partial.write
+
+    def interrupted(self, chunk):
+        if self.size >= 2 << 20:
+            raise KeyboardInterrupt
+        real_write(self, chunk)
+
+    monkeypatch.setattr(download._Partial, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch(url, sha256=digest, progress=False)
+    (partial,) = leftovers(cache)
+    assert partial.startswith("ctrl-c.bin.") and partial.endswith(".partial")
+    monkeypatch.setattr(download._Partial, "write", real_write)
+    assert hub.fetch(url, sha256=digest, progress=False).read_bytes() == data
+    assert http_server.log("/ctrl-c.bin")[-1].range == "bytes=2097152-"
+    assert leftovers(cache) == ["ctrl-c.bin", "ctrl-c.bin.stamp"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"retries": -1}, "retries must be an integer >= 0"),
+        ({"retries": 1.5}, "retries must be an integer >= 0"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+        ({"timeout": (10.0, -1.0)}, "timeout must be a positive number"),
+        ({"timeout": float("nan")}, "timeout must be a positive number"),
+        ({"size": 0}, "size must be a positive byte count"),
+    ],
+)
+def test_nonsense_limits_are_refused_before_any_request(http_server, small_checkpoints, cache, kwargs, message):
+    url = http_server.add("/limits.pth", small_checkpoints.zip.path)
+    with pytest.raises(ValueError, match=message):
+        hub.fetch(url, progress=False, **kwargs)
+    assert http_server.count("/limits.pth") == 0
+
+
+def test_fault_server_counts(http_server: FaultServer):
+    url = http_server.add("/x", b"0123456789")
+    import requests
+
+    assert requests.get(url, headers={"Range": "bytes=4-"}, timeout=5).content == b"456789"
+    assert http_server.log("/x")[0].status == 206 and http_server.bytes_served("/x") == 6
