@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_int
-from .config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE
-from .weights import IMAGENET_MEAN, IMAGENET_STD
+from .config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, MIN_SIZE, POOLED_SIZE
 
 __all__ = ["EXPORT_FORMATS", "WithPreset", "check_export", "export", "run_export"]
 

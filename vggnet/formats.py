@@ -40,11 +40,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from .config import ARCHS, CONFIGS, HIDDEN, POOLED_SIZE, arch_config
+from .transforms import ImageClassification
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from .transforms import ImageClassification
 
 __all__ = [
     "KERAS_MEAN",
@@ -59,6 +58,7 @@ __all__ = [
     "load_safetensors",
     "read_state_dict",
     "save_safetensors",
+    "sniff_format",
     "to_timm",
     "write_state_dict",
 ]
@@ -92,8 +92,8 @@ _TIMM = {_FC6: "pre_logits.fc1.", _FC7: "pre_logits.fc2.", _FC8: "head.fc."}
 # --- formats -----------------------------------------------------------------------------------------
 
 
-def detect_format(path: str | os.PathLike[str]) -> Format:
-    """The format of a weights file, read from its first bytes ("zip", "pickle", "safetensors", "hdf5")."""
+def sniff_format(path: str | os.PathLike[str]) -> Format | None:
+    """The format of a weights file, read from its first bytes; None when it is none of `FORMATS`."""
     with open(path, "rb") as f:
         head = f.read(9)
         size = os.fstat(f.fileno()).st_size
@@ -107,6 +107,16 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
         n = int.from_bytes(head[:8], "little")
         if 2 <= n <= min(_SAFETENSORS_MAX_HEADER, size - 8):
             return "safetensors"
+    return None
+
+
+def detect_format(path: str | os.PathLike[str]) -> Format:
+    """The format of a weights file, read from its first bytes ("zip", "pickle", "safetensors", "hdf5")."""
+    fmt = sniff_format(path)
+    if fmt is not None:
+        return fmt
+    with open(path, "rb") as f:
+        head = f.read(9)
     raise ValueError(
         f"{path} is not a weights file vggnet reads: its first bytes {head!r} match none of "
         f"{', '.join(FORMATS)} (PyTorch zip or legacy pickle, safetensors, Keras HDF5); "
@@ -274,8 +284,6 @@ def keras_transforms(crop_size: int = 224, resize_size: int = 256) -> ImageClass
     Keras subtracts the BGR means (103.939, 116.779, 123.68) from 0-255 BGR pixels; `from_keras` moved
     the BGR order into conv1_1, so this preset subtracts the same means in RGB order on the 0-255 scale.
     """
-    from .transforms import ImageClassification
-
     return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=KERAS_MEAN, std=KERAS_STD)
 
 

@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 
+from .cache import ChecksumError, normalize_digest
 from .config import ARCHS
 from .formats import file_sha256, read_state_dict
-from .hub import ChecksumError
-from .weights import normalize_digest
 
 __all__ = ["HF_PREFIX", "HubName", "hf_hub_file", "is_hf_hub", "load_hf_hub", "parse_hf_hub"]
 

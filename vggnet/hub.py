@@ -56,6 +56,7 @@ from .cache import (
 )
 from .config import OFFICIAL_BASE
 from .download import RETRIES, TIMEOUT, DownloadError, Timeout, check_limits, download_file
+from .formats import load_safetensors, sniff_format
 
 __all__ = [
     "ChecksumError",
@@ -74,8 +75,6 @@ logger = logging.getLogger(__name__)
 ENV_MIRROR = "VGGNET_MIRROR"
 
 MapLocation = str | torch.device | None
-
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 _NAME_HINT = (
@@ -385,10 +384,14 @@ def _verify_local(path: Path, expected: str | None, url: str, *, size: int | Non
 
 
 def _load(path: Path, digest: str, *, where: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
-    """Load a verified file; legacy-format files go through a verified zip copy so they can be mmapped."""
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == _ZIP_MAGIC
-    if is_zip:
+    """Load a verified file; legacy-format files go through a verified zip copy so they can be mmapped.
+
+    A safetensors file (told by its content) is memory-mapped by safetensors, without pickle.
+    """
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
+        return load_safetensors(path, "cpu" if map_location is None else map_location)
+    if fmt == "zip":
         return _state_dict(_torch_load(path, mmap=True, map_location=map_location), path)
     copy = _zip_copy(path, digest, where)
     if copy is None:
