@@ -261,3 +261,55 @@ def test_keras_h5_that_is_not_vgg_is_refused(keras: object, tmp_path: Path) -> N
     layers = {"block1_conv1": [np.zeros((3, 3, 3, 8)), np.zeros(8)]}
     with pytest.raises(ValueError, match="VGG16 has 13 and a VGG19 16"):
         formats.from_keras(layers)
+
+
+# --- through the one loader (checkpoint.load, builders, load_state_dict_from_url, records) -------------
+
+
+def test_loader_reads_safetensors_files_in_either_layout(tmp_path: Path) -> None:
+    from vggnet.checkpoint import load
+
+    model = seeded("vgg11")
+    state = model.state_dict()
+    for layout in ("vggnet", "timm"):
+        path = tmp_path / f"{layout}.safetensors"
+        formats.write_state_dict(state, path, layout=layout)  # type: ignore[arg-type]
+        loaded = load(path)
+        assert loaded.arch == "vgg11" and len(loaded.categories or ()) == 1000
+        assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
+    built = vggnet.vgg11(weights=str(tmp_path / "timm.safetensors"))  # a builder takes the file too
+    assert all(torch.equal(built.state_dict()[k], v) for k, v in state.items())
+
+
+def test_safetensors_url_and_record_are_verified_like_every_file(http_server, tmp_path: Path, cache: Path) -> None:  # type: ignore[no-untyped-def]
+    model = seeded("vgg11")
+    path = tmp_path / "vgg11-mine.safetensors"
+    digest = formats.write_state_dict(model.state_dict(), path)
+    url = http_server.add("/models/vgg11-mine.safetensors", path)
+    state = vggnet.load_state_dict_from_url(url, sha256=digest)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    record = vggnet.Weights(url=url, sha256=digest[:8])
+    built = vggnet.vgg11(weights=record)
+    assert all(torch.equal(built.state_dict()[k], v) for k, v in model.state_dict().items())
+    bad = http_server.add("/models/other.safetensors", path)
+    with pytest.raises(vggnet.ChecksumError):
+        vggnet.load_state_dict_from_url(bad, sha256="0" * 64)
+    assert not (cache / "other.safetensors").exists()
+
+
+def test_loader_reads_keras_notop_with_its_preset_and_a_new_classifier(keras: object, tmp_path: Path) -> None:
+    from vggnet.checkpoint import load
+
+    reference = keras.applications.VGG19(weights=None, include_top=False, input_shape=(64, 64, 3))  # type: ignore[attr-defined]
+    _randomise(reference, seed=2)
+    path = tmp_path / "vgg19_notop.h5"
+    _write_published_layout(reference, path, "keras2")
+    with pytest.raises(ValueError, match="vgg19 weights, not vgg16"):
+        load(path, arch="vgg16")
+    loaded = load(path)
+    assert loaded.arch == "vgg19" and loaded.categories is None  # no top: no classes
+    assert loaded.preset.mean == list(formats.KERAS_MEAN) and loaded.preset.std == list(formats.KERAS_STD)
+    _, state = formats.load_keras(path)
+    ours = loaded.model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in state.items())
+    assert ours["classifier.0.weight"].std() > 0  # initialised, not left empty

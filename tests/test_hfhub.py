@@ -206,3 +206,44 @@ def test_content_that_is_not_what_the_hub_announced_is_refused_and_removed(hub: 
 def test_missing_file_is_an_error_naming_it(hub: HubServer, tmp_path: Path) -> None:
     result = load_in_process(hub, tmp_path / "cache", "hf-hub:timm/vgg16_bn.tv_in1k")
     assert result["error"] == "RemoteEntryNotFoundError" or result["error"].endswith("NotFoundError")
+
+
+def test_builders_and_the_loader_take_hf_hub_names(hub: HubServer, tmp_path: Path) -> None:
+    import vggnet
+
+    torch.manual_seed(0)
+    model = vggnet.vgg11().eval()
+    publish(hub, tmp_path, "timm/vgg11.tv_in1k", model.state_dict())
+    out = tmp_path / "built.safetensors"
+    code = f"""
+import json, vggnet
+from vggnet import formats
+from vggnet.checkpoint import load
+loaded = load("hf-hub:timm/vgg11.tv_in1k")
+model = vggnet.vgg11(weights="hf-hub:timm/vgg11.tv_in1k")
+formats.save_safetensors(model.state_dict(), {str(out)!r})
+print(json.dumps({{"arch": loaded.arch, "weights": loaded.weights, "classes": len(loaded.categories),
+                  "crop": loaded.preset.crop_size, "same": all((loaded.model.state_dict()[k] == v).all().item()
+                  for k, v in model.state_dict().items())}}))
+"""
+    environ = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=environ)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {
+        "arch": "vgg11",
+        "weights": "hf-hub:timm/vgg11.tv_in1k",
+        "classes": 1000,
+        "crop": 224,
+        "same": True,
+    }
+    built = formats.load_safetensors(out)
+    assert all(torch.equal(built[k], v) for k, v in model.state_dict().items())
+
+
+def test_hf_hub_name_of_another_arch_is_refused_before_any_request(hub: HubServer) -> None:
+    from vggnet.checkpoint import ArchMismatch, load
+
+    with pytest.raises(ArchMismatch, match="vgg16 weights, not vgg19"):
+        load("hf-hub:timm/vgg16.tv_in1k", arch="vgg19")
+    assert not hub.requests
