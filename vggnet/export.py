@@ -9,6 +9,9 @@
   `torch.export.load(path).module()` runs it.
 - "torchscript": `torch.jit.script` of the model, `torch.jit.load(path)` runs it. Where the model does
   not script, `torch.jit.trace` at the example size is used instead (and logged).
+- "aoti": the pt2 program compiled ahead of time by AOTInductor into a package of native code for this
+  machine's CPU (`torch._inductor.aoti_compile_and_package`; needs a C++ compiler; minutes on a small
+  CPU), run with `torch._inductor.aoti_load_package(path)`.
 
 `include_preset=True` puts the evaluation preset inside the graph (`WithPreset`): the artifact then
 takes uint8 images (N, 3, H, W), resizes the shorter side (bilinear, antialiased), center-crops,
@@ -32,12 +35,12 @@ from torch import nn
 from .checks import check_int
 from .config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, MIN_SIZE, POOLED_SIZE
 
-__all__ = ["EXPORT_FORMATS", "WithPreset", "check_export", "export", "run_export"]
+__all__ = ["EXPORT_FORMATS", "WithPreset", "check_export", "example_images", "export", "run_export", "with_preset"]
 
 logger = logging.getLogger(__name__)
 
-ExportFormat = Literal["onnx", "pt2", "torchscript"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("onnx", "pt2", "torchscript")
+ExportFormat = Literal["onnx", "pt2", "torchscript", "aoti"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("onnx", "pt2", "torchscript", "aoti")
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 _MAX_SIDE = 8192  # the upper bound given to the exporter for a dynamic height or width
@@ -122,6 +125,12 @@ class AdaptivePoolByMatmul(nn.Module):
         return pooled
 
 
+def with_preset(model: nn.Module, preset: Any = None) -> WithPreset:
+    """`WithPreset` with the sizes, mean and std of `preset` (an `ImageClassification`; None: ImageNet's)."""
+    settings = {} if preset is None else {k: getattr(preset, k) for k in ("crop_size", "resize_size", "mean", "std")}
+    return WithPreset(model, **settings).eval()
+
+
 def _crop_start(side: Any, crop: int) -> Any:
     """int(round((side - crop) / 2)) as torchvision computes it (round half to even), in integer arithmetic."""
     d = side - crop
@@ -169,13 +178,8 @@ def export(
         net.avgpool = AdaptivePoolByMatmul(POOLED_SIZE)
     batch = 2 if dynamic_batch else batch_size  # an example batch of 1 would be specialised to 1
     if include_preset:
-        settings = (
-            {} if preset is None else {k: getattr(preset, k) for k in ("crop_size", "resize_size", "mean", "std")}
-        )
-        net = WithPreset(net, **settings).eval()
-        example = torch.randint(0, 256, (batch, IN_CHANNELS, image_size, image_size), dtype=torch.uint8)
-    else:
-        example = torch.randn(batch, IN_CHANNELS, image_size, image_size).to(dtype)
+        net = with_preset(net, preset)
+    example = example_images(batch, image_size, include_preset=include_preset, dtype=dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dims = _dynamic_dims(dynamic_batch, dynamic_size)
@@ -185,6 +189,8 @@ def export(
     program = torch.export.export(net, (example,), dynamic_shapes=dims, strict=False)
     if fmt == "pt2":
         torch.export.save(program, out)
+    elif fmt == "aoti":
+        torch._inductor.aoti_compile_and_package(program, package_path=str(out))
     else:  # ONNX from the same program: the exporter's own tracing loses the preset's crop sizes
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         if onnx_program is None:
@@ -247,11 +253,24 @@ def run_export(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Te
     with torch.no_grad():
         if fmt == "pt2":
             out: torch.Tensor = torch.export.load(path).module()(images)
+        elif fmt == "aoti":
+            out = torch._inductor.aoti_load_package(str(path))(images)
         elif fmt == "torchscript":
             out = torch.jit.load(str(path))(images)  # type: ignore[no-untyped-call]
         else:
             raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     return out
+
+
+def example_images(
+    batch: int, image_size: int, *, include_preset: bool = False, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> torch.Tensor:
+    """A seeded input of the kind an artifact takes: uint8 images with the preset inside, else normalised floats."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, IN_CHANNELS, image_size, image_size)
+    if include_preset:
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    return torch.randn(shape, generator=g).to(dtype)
 
 
 def check_export(
