@@ -174,3 +174,10 @@ def test_onnx_with_preset_in_onnxruntime(model: vggnet.VGG, tmp_path: Path) -> N
     wrapped = WithPreset(model, crop_size=64, resize_size=73)
     # onnxruntime's antialiased resize rounds a few pixels to the neighbouring 0-255 value: a tolerance, not equality.
     assert check_export(path, "onnx", wrapped, images(RAW)) < 1e-3
+
+
+@pytest.mark.slow
+def test_aoti_package_dynamic_batch(model: vggnet.VGG, tmp_path: Path) -> None:
+    """AOTInductor compiles native code with the machine's C++ compiler: minutes on 2 cores."""
+    path = export(model, tmp_path / "vgg11.aoti.pt2", "aoti", image_size=64)
+    assert check_export(path, "aoti", model, inputs([(1, 3, 64, 64), (3, 3, 64, 64)])) < 1e-4
