@@ -1,10 +1,10 @@
-"""Deployment artifacts that run without vggnet: ONNX, a torch.export program (pt2), TorchScript.
+"""Deployment artifacts that run without vggnet: ONNX, a torch.export program (pt2), AOTInductor, TorchScript.
 
-- "onnx": `torch.onnx.export(dynamo=True)` (torch's default exporter, ONNX opset 18 or later), one
-  self-contained file (weights inside; every VGG is below protobuf's 2 GB). The batch dimension is
-  dynamic by default; with `dynamic_size=True` height and width are too, for any size of at least
-  32 px: the exporter decomposes the adaptive average pool into plain tensor operations, so sizes whose
-  pool5 map is not a multiple of 7 (e.g. 96x128) give what eager PyTorch gives.
+- "onnx": `torch.onnx.export(dynamo=True)` of the `torch.export` program (torch's default opset: 20
+  with torch 2.14), one self-contained file (weights inside; every VGG is below protobuf's 2 GB), the
+  input named "images" and the output "logits". The batch dimension is dynamic by default; with
+  `dynamic_size=True` height and width are too, from 64 px (`torch.export` specialises a 1x1 pool5
+  map): the adaptive pool is then replaced by `AdaptivePoolByMatmul`, right for every size.
 - "pt2": a `torch.export` program saved with `torch.export.save`, with the same dynamic dimensions;
   `torch.export.load(path).module()` runs it.
 - "torchscript": `torch.jit.script` of the model, `torch.jit.load(path)` runs it. Where the model does
