@@ -15,7 +15,8 @@ import torch
 
 import vggnet
 from vggnet import formats
-from vggnet.transforms import load_image
+from vggnet.config import KERAS_MEAN, KERAS_STD
+from vggnet.transforms import keras_transforms, load_image
 
 PHOTOS = sorted((Path(__file__).parent / "photos").glob("*.[jp][pn]g"))
 
@@ -199,7 +200,7 @@ def test_keras_preset_equals_preprocess_input(keras: object) -> None:
 
     images = _photos_uint8(224)
     theirs = preprocess_input(images.astype(np.float32))[..., ::-1]  # BGR -> RGB for the comparison
-    ours = formats.keras_transforms(resize_size=224)(torch.from_numpy(images).permute(0, 3, 1, 2))
+    ours = keras_transforms(resize_size=224)(torch.from_numpy(images).permute(0, 3, 1, 2))
     np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy(), theirs, rtol=0, atol=1e-4)
 
 
@@ -224,7 +225,7 @@ def test_keras_vgg16_logits_on_photos(keras: object, tmp_path: Path, layout: str
     model.load_state_dict(state, strict=True)
     model.eval()
     images = _photos_uint8(224)
-    x = formats.keras_transforms(resize_size=224)(torch.from_numpy(images).permute(0, 3, 1, 2))
+    x = keras_transforms(resize_size=224)(torch.from_numpy(images).permute(0, 3, 1, 2))
     with torch.no_grad():
         ours = model(x).numpy()
     theirs = _keras_logits(keras, reference, images)
@@ -244,7 +245,7 @@ def test_keras_vgg19_notop_features(keras: object, tmp_path: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and sorted(missing) == sorted(k for k in model.state_dict() if k.startswith("classifier"))
     images = _photos_uint8(64)
-    x = formats.keras_transforms(crop_size=64, resize_size=64)(torch.from_numpy(images).permute(0, 3, 1, 2))
+    x = keras_transforms(crop_size=64, resize_size=64)(torch.from_numpy(images).permute(0, 3, 1, 2))
     with torch.no_grad():
         ours = model.forward_features(x).permute(0, 2, 3, 1).numpy()  # NCHW -> NHWC
     theirs = _keras_logits(keras, reference, images)
@@ -308,7 +309,7 @@ def test_loader_reads_keras_notop_with_its_preset_and_a_new_classifier(keras: ob
         load(path, arch="vgg16")
     loaded = load(path)
     assert loaded.arch == "vgg19" and loaded.categories is None  # no top: no classes
-    assert loaded.preset.mean == list(formats.KERAS_MEAN) and loaded.preset.std == list(formats.KERAS_STD)
+    assert loaded.preset.mean == list(KERAS_MEAN) and loaded.preset.std == list(KERAS_STD)
     _, state = formats.load_keras(path)
     ours = loaded.model.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in state.items())

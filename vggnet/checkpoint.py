@@ -36,11 +36,11 @@ from torch import nn
 from . import weights as records
 from .checks import check_int
 from .config import ARCHS, IN_CHANNELS, arch_config, check_arch
-from .formats import from_timm, keras_transforms, layout_of, load_keras, sniff_format
+from .formats import from_timm, layout_of, load_keras, sniff_format
 from .hfhub import is_hf_hub, load_hf_hub, parse_hf_hub
 from .hub import fetch, load_state_dict_from_url
 from .model import NUM_CLASSES_MEANS, VGG, adapt_input_conv, init_module, make_layers
-from .transforms import ImageClassification
+from .transforms import ImageClassification, keras_transforms
 from .weights import IMAGENET_CATEGORIES, Weights, WeightsEnum, normalize_digest, own_member
 
 __all__ = [

@@ -23,7 +23,7 @@ Layouts (the key names and shapes inside a file):
   dense kernels (in, out), and fc1's rows follow the channels-last flatten of the (7, 7, 512) map.
   The network was trained on BGR input: `from_keras` permutes conv1_1's input channels so the
   converted model takes RGB like every other vggnet model (its presets, taps, losses and the CLI
-  all feed RGB), and `keras_transforms` is Keras' `preprocess_input` ("caffe" mode) in RGB order.
+  all feed RGB), and `transforms.keras_transforms` is Keras' `preprocess_input` ("caffe" mode) in RGB order.
 """
 
 from __future__ import annotations
@@ -40,19 +40,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from .config import ARCHS, CONFIGS, HIDDEN, POOLED_SIZE, arch_config
-from .transforms import ImageClassification
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
-    "KERAS_MEAN",
-    "KERAS_STD",
     "detect_format",
     "file_sha256",
     "from_keras",
     "from_timm",
-    "keras_transforms",
     "layout_of",
     "load_keras",
     "load_safetensors",
@@ -78,10 +74,6 @@ _ZIP = b"PK\x03\x04"
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header
 
-# Keras' preprocess_input ("caffe" mode) subtracts these BGR means on the 0-255 scale; here in RGB order
-# and on the 0-1 scale of vggnet's presets, with std 1/255 to undo the scaling.
-KERAS_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
-KERAS_STD = (1 / 255, 1 / 255, 1 / 255)
 
 _FC6 = "classifier.0."
 _FC7 = "classifier.3."
@@ -278,15 +270,6 @@ def from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --- Keras -------------------------------------------------------------------------------------------
 
 
-def keras_transforms(crop_size: int = 224, resize_size: int = 256) -> ImageClassification:
-    """The preset of Keras-converted weights: Keras' `preprocess_input` ("caffe" mode) for RGB input.
-
-    Keras subtracts the BGR means (103.939, 116.779, 123.68) from 0-255 BGR pixels; `from_keras` moved
-    the BGR order into conv1_1, so this preset subtracts the same means in RGB order on the 0-255 scale.
-    """
-    return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=KERAS_MEAN, std=KERAS_STD)
-
-
 def _h5py() -> Any:
     try:
         return importlib.import_module("h5py")
@@ -341,7 +324,7 @@ def from_keras(
     """(builder name, vggnet state dict) from Keras VGG layers: `block{b}_conv{c}` [+ `fc1`, `fc2`, `predictions`].
 
     A file without the top (`notop`) gives only `features.*` keys. conv1_1's input channels are
-    reversed (BGR -> RGB): use `keras_transforms()` as the preset.
+    reversed (BGR -> RGB): use `transforms.keras_transforms()` as the preset.
     """
     convs = sorted(
         (k for k in layers if k.startswith("block") and "_conv" in k),

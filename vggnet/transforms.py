@@ -27,12 +27,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_int
-from .config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, INTERPOLATIONS
+from .config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, INTERPOLATIONS, KERAS_MEAN, KERAS_STD
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["ImageClassification", "TrainClassification", "gray_image", "load_image", "pil_to_tensor"]
+__all__ = [
+    "ImageClassification",
+    "TrainClassification",
+    "gray_image",
+    "keras_transforms",
+    "load_image",
+    "pil_to_tensor",
+]
 
 ImageLike = Union["Image", torch.Tensor]
 SCALES = {torch.uint8: 255, torch.uint16: 65535}  # integer tensor dtypes read, and their white
@@ -324,3 +331,12 @@ class TrainClassification(_Preset):
 
     def extra_repr(self) -> str:
         return f"crop_size={self.crop_size}, mean={self.mean}, std={self.std}, hflip_prob={self.hflip_prob}"
+
+
+def keras_transforms(crop_size: int = 224, resize_size: int = 256) -> ImageClassification:
+    """The preset of Keras-converted weights (`formats.from_keras`): Keras' `preprocess_input` ("caffe" mode).
+
+    Keras subtracts the BGR means (103.939, 116.779, 123.68) from 0-255 BGR pixels; the conversion moved
+    the BGR order into conv1_1, so this preset subtracts the same means in RGB order on the 0-255 scale.
+    """
+    return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=KERAS_MEAN, std=KERAS_STD)
