@@ -200,8 +200,8 @@ def test_end_to_end_over_http_a_custom_record_loads_once_and_equals_the_served_w
     [
         ({"dropuot": 0.1}, TypeError, "unexpected keyword argument 'dropuot'; the builders take"),
         ({"in_chans": 0}, ValueError, "in_chans must be a positive integer, got 0"),
-        ({"num_classes": True}, ValueError, r"num_classes must be a positive integer \(the outputs .*\), got True"),
-        ({"num_classes": 2.5}, ValueError, "num_classes must be a positive integer"),
+        ({"num_classes": True}, ValueError, r"num_classes must be an integer >= 0 \(the outputs .*\), got True"),
+        ({"num_classes": 2.5}, ValueError, "num_classes must be an integer >= 0"),
         ({"dropout": 1.5}, ValueError, "dropout must be a probability between 0 and 1"),
         ({"device": "bogus"}, RuntimeError, "bogus"),
     ],

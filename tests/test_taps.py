@@ -283,8 +283,8 @@ def test_reset_classifier_changes_fc8_only():
     assert fc8 is model.classifier[6] and fc8.out_features == model.num_classes == 5
     assert torch.count_nonzero(fc8.bias) == 0 and 0.005 < fc8.weight.std().item() < 0.015
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    for bad in (0, -1, 2.5, True, "10", None):
-        message = rf"num_classes must be a positive integer \(the outputs of fc8, .*\), got {re.escape(repr(bad))}"
+    for bad in (-1, 2.5, True, "10", None):  # 0 removes fc8 since issue 12 (timm's headless model)
+        message = rf"num_classes must be an integer >= 0 \(the outputs of fc8, .*\), got {re.escape(repr(bad))}"
         with pytest.raises(ValueError, match=message):
             model.reset_classifier(bad)
     assert model.num_classes == 5  # untouched by the refused calls

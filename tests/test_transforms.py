@@ -205,3 +205,57 @@ def test_a_gray_preset_reads_colour_images_as_training_does(tmp_path):
     assert train(rgb).shape == (1, 32, 32) and train(x[None]).shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match=r"reads 1 channel \(gray\) or 3 \(RGB\), the image has 4"):
         gray_preset(torch.zeros(4, 64, 64, dtype=torch.uint8))
+
+
+# --- drop-in (issue 12): presets script like torchvision's ----------------------------------------------
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_scripted_eval_preset_gives_eager_outputs(weights, tmp_path):
+    preset = vggnet.VGG16_Weights[weights].transforms()
+    scripted = torch.jit.script(preset)
+    torch.jit.save(scripted, tmp_path / "preset.pt")
+    loaded = torch.jit.load(tmp_path / "preset.pt")
+    photo = pil_to_tensor(load_image(PHOTOS[0]))
+    inputs = [
+        photo,  # uint8 (3, H, W)
+        torch.stack([photo[:, :240, :320], photo[:, 10:250, 5:325]]).float() / 255,  # float batch
+        (photo[:1].to(torch.int32) * 257).to(torch.uint16),  # 16-bit gray, replicated to RGB
+        photo[:, :100, :150],  # smaller than the crop: resized up
+    ]
+    for x in inputs:
+        expected = preset(x)
+        torch.testing.assert_close(scripted(x), expected, atol=0, rtol=0)
+        torch.testing.assert_close(loaded(x), expected, atol=0, rtol=0)
+    # torchvision's own scripted preset, as the eager ones are compared above
+    theirs = torch.jit.script(tvm.VGG16_Weights[weights].transforms())
+    torch.testing.assert_close(scripted(inputs[1]), theirs(inputs[1]), atol=1e-5, rtol=0)
+
+
+def test_scripted_gray_and_bicubic_preset_gives_eager_outputs():
+    preset = ImageClassification(crop_size=64, resize_size=72, mean=[0.5], std=[0.25], interpolation="bicubic")
+    scripted = torch.jit.script(preset)
+    x = pil_to_tensor(load_image(PHOTOS[1]))[:, :200, :300]
+    assert scripted(x).shape == (1, 64, 64)  # colour made luminance, as in eager mode
+    torch.testing.assert_close(scripted(x), preset(x), atol=0, rtol=0)
+    torch.testing.assert_close(scripted(x[None]), preset(x[None]), atol=0, rtol=0)
+
+
+def test_scripted_train_preset_draws_what_eager_draws():
+    preset = TrainClassification(crop_size=48)
+    scripted = torch.jit.script(preset)
+    x = pil_to_tensor(load_image(PHOTOS[2]))[:, :160, :200]
+    for seed in range(8):  # crops, the fallback box aside, and flips: the same draws from torch's generator
+        torch.manual_seed(seed)
+        expected = preset(x)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(scripted(x), expected, atol=0, rtol=0)
+
+
+def test_eager_presets_still_take_pil_images_and_check_tensors():
+    preset = vggnet.VGG16_Weights.DEFAULT.transforms()
+    img = load_image(PHOTOS[0])
+    assert preset(img).shape == (3, 224, 224)
+    assert TrainClassification(crop_size=32)(img).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="uint8"):
+        preset(torch.zeros(3, 40, 40, dtype=torch.int32))

@@ -20,6 +20,8 @@ Shared arguments of every builder (documented once here):
 - torchvision's legacy calls work as in torchvision, each with its UserWarning: `pretrained=True/False`
   (`weights=<enum>.IMAGENET1K_V1` / `weights=None`), `vgg16(True)` and `weights=True` (the same), and
   `weights` and `progress` passed positionally.
+- `features_only=True` (timm's option): a `model.VGGFeatures` returning the six stage outputs of
+  `VGG.feature_info` instead of logits; `out_indices` picks some of them.
 
 Every argument is checked before a checkpoint is fetched, so a typo costs no download.
 """
@@ -35,7 +37,8 @@ from typing import Any, cast
 from .checkpoint import WeightsSource, arch_of_state, load
 from .checks import check_int
 from .config import IN_CHANNELS, check_arch
-from .model import NUM_CLASSES_MEANS, VGG
+from .interop import pretrained_cfg
+from .model import NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
 from .weights import (
     WEIGHTS_ENUMS,
     VGG11_BN_Weights,
@@ -124,7 +127,7 @@ def _legacy_pretrained(
 
 
 # The keyword arguments a builder takes besides weights and progress.
-_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights")
+_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights", "features_only")
 
 
 def _check_arguments(kwargs: Mapping[str, Any]) -> None:
@@ -135,7 +138,7 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
             f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"the builders take weights, progress, {', '.join(_ARGUMENTS)}"
         )
-    check_int("num_classes", kwargs.get("num_classes", 1), what=NUM_CLASSES_MEANS)
+    check_int("num_classes", kwargs.get("num_classes", 1), least=0, what=NUM_CLASSES_MEANS)
     check_int("in_chans", kwargs.get("in_chans", IN_CHANNELS))
     dropout = kwargs.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
@@ -143,8 +146,14 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
 
 
 def _vgg(arch: str, weights: WeightsSource, progress: bool, kwargs: dict[str, Any]) -> VGG:
+    if kwargs.pop("features_only", False):  # timm's option (issue 12); like timm's, the builders still say VGG
+        out_indices = stage_indices(kwargs.pop("out_indices", None))  # checked before any download
+        return cast(VGG, VGGFeatures(_vgg(arch, weights, progress, kwargs), out_indices))
     _check_arguments(kwargs)
-    return load(weights, arch=arch, progress=progress, **kwargs).model
+    loaded = load(weights, arch=arch, progress=progress, **kwargs)
+    record = loaded.source.record or WEIGHTS_ENUMS[arch].from_name("DEFAULT").value
+    loaded.model.pretrained_cfg = pretrained_cfg(record, loaded.model.num_classes)
+    return loaded.model
 
 
 # What a builder's `weights` takes besides its own enum's members (a union, so that the annotation reads

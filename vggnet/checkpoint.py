@@ -281,7 +281,7 @@ def load(
     arch = check_arch(arch) if arch is not None else None
     dev = check_device(device)
     if num_classes is not None:
-        check_int("num_classes", num_classes, what=NUM_CLASSES_MEANS)
+        check_int("num_classes", num_classes, least=0, what=NUM_CLASSES_MEANS)
     if in_chans is not None:
         check_int("in_chans", in_chans)
     digest = normalize_digest(sha256) if sha256 is not None else None

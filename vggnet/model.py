@@ -20,14 +20,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from .checks import check_int
 from .config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
+from .interop import pretrained_cfg
 from .taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
 
-__all__ = ["VGG", "TapInfo", "adapt_input_conv", "make_layers"]
+__all__ = ["VGG", "TapInfo", "VGGFeatures", "adapt_input_conv", "make_layers"]
 
 
 def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:
@@ -49,8 +52,18 @@ class VGG(nn.Module):
     """`features`, a 7x7 adaptive average pool, and the three fully connected layers fc6, fc7, fc8.
 
     State-dict keys are those of the official checkpoints: `features.N.*` and
-    `classifier.{0,3,6}.*`.
+    `classifier.{0,3,6}.*`. With `num_classes=0` fc8 is an `nn.Identity` (no keys) and the model
+    returns relu7, the (N, 4096) pooled feature vector, as timm's do.
+
+    The model scripts, FX-traces, exports and compiles with fullgraph=True (issue 12); the input
+    checks run only for eager callers.
     """
+
+    # Properties TorchScript must not compile (they read modules by type or build dicts).
+    __jit_unused_properties__ = (
+        "in_channels", "num_classes", "num_features", "head_hidden_size", "feature_info", "default_cfg"
+    )  # fmt: skip
+    __jit_ignored_attributes__ = ("pretrained_cfg",)  # timm's description of the expected input (a dict of Any)
 
     def __init__(
         self, features: nn.Module, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5
@@ -66,13 +79,14 @@ class VGG(nn.Module):
             nn.Linear(HIDDEN, HIDDEN),
             nn.ReLU(True),
             nn.Dropout(p=dropout),
-            nn.Linear(HIDDEN, num_classes),
+            _fc8(HIDDEN, num_classes),
         )
         self.grad_checkpointing = False
         self._frozen = 0  # number of leading taps frozen by `freeze`
         if init_weights:
             for m in self.modules():
                 init_module(m)
+        self.pretrained_cfg = pretrained_cfg(None, num_classes)  # the builders put their checkpoint's
 
     @property
     def in_channels(self) -> int:
@@ -82,11 +96,51 @@ class VGG(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.get_classifier().out_features
+        """Outputs of fc8; 0 when the model has no fc8 and returns the 4096 features of relu7."""
+        return 0 if isinstance(self.classifier[-1], nn.Identity) else self.get_classifier().out_features
+
+    @property
+    def num_features(self) -> int:
+        """Channels of `forward_features`' output (timm's name): 512."""
+        return [m for m in self.features.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the pre-logits vector that `forward_head(pre_logits=True)` returns (timm's name): 4096."""
+        fc7 = self.classifier[3]
+        if not isinstance(fc7, nn.Linear):
+            raise TypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
+        return fc7.out_features
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's stage list: the ReLU before each max-pool, then pool5; `num_chs`, `reduction`, `module`.
+
+        The `module` entries are state-dict / torchvision node names (`features.3`); these are the taps
+        `VGGFeatures` (the builders' `features_only=True`) returns.
+        """
+        info: list[dict[str, Any]] = []
+        channels, stride = self.in_channels, 1
+        layers = list(self.features.children())
+        for i, m in enumerate(layers):
+            if isinstance(m, nn.Conv2d):
+                channels = m.out_channels
+            elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                info.append({"num_chs": channels, "reduction": stride, "module": f"features.{i - 1}"})
+                stride *= m.stride if isinstance(m.stride, int) else m.stride[0]
+        info.append({"num_chs": channels, "reduction": stride, "module": f"features.{len(layers) - 1}"})
+        return info
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of `pretrained_cfg`."""
+        return self.pretrained_cfg
 
     def get_classifier(self) -> nn.Linear:
         """The last Linear layer (fc8)."""
         fc8 = self.classifier[-1]
+        if isinstance(fc8, nn.Identity):
+            raise TypeError("the model has no fc8 (num_classes=0); add one with reset_classifier(num_classes)")
         if not isinstance(fc8, nn.Linear):
             raise TypeError(f"classifier[-1] is a {type(fc8).__name__}, expected the nn.Linear fc8")
         return fc8
@@ -102,10 +156,17 @@ class VGG(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last convolutional block's output after pool5: (N, 512, H/32, W/32)."""
-        self.check_input(x)
-        if not (self.grad_checkpointing and torch.is_grad_enabled()):
-            out: torch.Tensor = self.features(x)
-            return out
+        if not is_scripting():
+            if _eager():
+                self.check_input(x)
+            # Scripted and FX-traced models run the blocks plainly: same outputs and gradients, more memory.
+            if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_symbolic_tracing():
+                return self._checkpointed_features(x)
+        out: torch.Tensor = self.features(x)
+        return out
+
+    @torch.jit.unused
+    def _checkpointed_features(self, x: torch.Tensor) -> torch.Tensor:
         for block in self._blocks():
             # Non-reentrant checkpointing recomputes the block in backward; the recomputation must not
             # update BatchNorm's running statistics a second time.
@@ -113,11 +174,14 @@ class VGG(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at fc7 (N, 4096)."""
+        """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at relu7 (N, 4096)."""
         x = self.avgpool(x)
         x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
-        out: torch.Tensor = self.classifier[:-1](x) if pre_logits else self.classifier(x)
-        return out
+        last = len(self.classifier) - 1
+        for i, layer in enumerate(self.classifier):  # a loop, not classifier[:-1]: TorchScript cannot slice
+            if not (pre_logits and i == last):
+                x = layer(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -167,11 +231,14 @@ class VGG(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace fc8 by a freshly initialised Linear(4096, num_classes) (torchvision's N(0, 0.01) init).
 
-        Every other tensor, and fc8's device and dtype, are kept.
+        Every other tensor is kept; the new fc8 gets fc7's device and dtype. `num_classes=0` removes fc8
+        (an `nn.Identity`): the model then returns relu7's (N, 4096) features, as timm's does.
         """
         _check_num_classes(num_classes)
-        old = self.get_classifier()
-        fc8 = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        fc7 = self.classifier[3]
+        if not isinstance(fc7, nn.Linear):
+            raise TypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
+        fc8 = _fc8(fc7.out_features, num_classes, device=fc7.weight.device, dtype=fc7.weight.dtype)
         init_module(fc8)
         self.classifier[-1] = fc8
 
@@ -245,6 +312,65 @@ class VGG(nn.Module):
         self.grad_checkpointing = enable
 
 
+class FeatureInfo(list[dict[str, Any]]):
+    """timm's `feature_info` of a features-only model: the chosen stages' dicts, and their columns."""
+
+    def channels(self) -> list[int]:
+        return [int(d["num_chs"]) for d in self]
+
+    def reduction(self) -> list[int]:
+        return [int(d["reduction"]) for d in self]
+
+    def module_name(self) -> list[str]:
+        return [str(d["module"]) for d in self]
+
+
+class VGGFeatures(nn.Module):
+    """A VGG's `features` returning a list of stage outputs: timm's `features_only=True` model.
+
+    The stages are timm's for VGG (`VGG.feature_info`): index 0-4 the ReLU before each max-pool
+    (relu1_1 or relu1_2, ..., relu5_3 or relu5_4; strides 1 to 16), index 5 pool5 (stride 32).
+    `out_indices` picks some of them (default all six, as timm); the layers after the last one
+    picked are dropped. State-dict keys stay `features.N`.
+    """
+
+    def __init__(self, model: VGG, out_indices: Sequence[int] | None = None) -> None:
+        super().__init__()
+        info = model.feature_info
+        picked = stage_indices(out_indices, len(info))
+        self.ends: list[int] = [int(info[i]["module"].split(".")[1]) for i in picked]
+        self.features = nn.Sequential(*list(model.features.children())[: self.ends[-1] + 1])  # keys stay features.N
+        self.feature_info = FeatureInfo(info[i] for i in picked)
+        self.pretrained_cfg = model.pretrained_cfg
+        self._in_channels = model.in_channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not is_scripting():  # TorchScript drops this block, unseen, only when the test stands alone
+            self._check_input(x)
+        outs: list[torch.Tensor] = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.ends:  # a ReLU before a pool, or pool5: nothing later overwrites it in place
+                outs.append(x)
+        return outs
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if _eager():
+            check_images(x, self._in_channels, who="VGGFeatures")
+
+
+def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[int]:
+    """`out_indices` checked and made sorted and non-negative (None: all); ValueError naming the valid range."""
+    picked = list(range(stages)) if out_indices is None else list(out_indices)
+    bad = [i for i in picked if isinstance(i, bool) or not isinstance(i, int) or not -stages <= i < stages]
+    if not picked or bad:
+        raise ValueError(
+            f"out_indices must be stage indices 0-{stages - 1} (the ReLU before pool1-pool5, then pool5), "
+            f"got {out_indices!r}"
+        )
+    return sorted({i % stages for i in picked})
+
+
 def check_images(x: torch.Tensor, in_channels: int, who: str = "VGG") -> None:
     """Raise a ValueError, naming the shape received and the fix, unless `x` is an (N, in_channels, H, W) batch."""
     if x.dim() != 4:
@@ -280,11 +406,21 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (IN_CHANNELS / in_chans)
 
 
-NUM_CLASSES_MEANS = "the outputs of fc8, e.g. 10 for ten classes"
+NUM_CLASSES_MEANS = "the outputs of fc8, e.g. 10 for ten classes; 0 for no fc8"
 
 
 def _check_num_classes(num_classes: int) -> None:
-    check_int("num_classes", num_classes, what=NUM_CLASSES_MEANS)
+    check_int("num_classes", num_classes, least=0, what=NUM_CLASSES_MEANS)
+
+
+def _fc8(in_features: int, num_classes: int, **device_dtype: Any) -> nn.Module:
+    """Linear(in_features, num_classes), or an Identity for num_classes=0 (timm's headless model)."""
+    return nn.Linear(in_features, num_classes, **device_dtype) if num_classes else nn.Identity()
+
+
+def _eager() -> bool:
+    """False while FX-tracing, exporting or compiling (is_compiling covers export): shape checks do not trace."""
+    return not (torch.compiler.is_compiling() or is_fx_symbolic_tracing())
 
 
 def _recompute_contexts(

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
 
 from .checks import check_int
-from .config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, INTERPOLATIONS, KERAS_MEAN, KERAS_STD
+from .config import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, KERAS_MEAN, KERAS_STD
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -116,7 +117,7 @@ def _eight_bit(img: Image) -> Image:
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, 1, H, W) with Pillow's RGB -> L weights (bit-exact for uint8, as Pillow rounds)."""
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    if x.dtype.is_floating_point:
+    if x.is_floating_point():
         return (r * 19595 + g * 38470 + b * 7471) / 65536
     r, g, b = r.to(torch.int64), g.to(torch.int64), b.to(torch.int64)
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(x.dtype)
@@ -129,19 +130,30 @@ def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
     return (new_long, size) if width <= height else (size, new_long)
 
 
+def _white(dtype: torch.dtype) -> float:
+    """The value of white: 255 for uint8, 65535 for uint16 (SCALES, spelled out for TorchScript), else 1."""
+    if dtype == torch.uint8:
+        return 255.0
+    if dtype == torch.uint16:
+        return 65535.0
+    return 1.0
+
+
 def _resize_tensor(x: torch.Tensor, size: tuple[int, int], interpolation: str, antialias: bool) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == size:
+    if x.shape[-2] == size[0] and x.shape[-1] == size[1]:
         return x
-    dtype = x.dtype
-    y = x if dtype.is_floating_point else x.to(torch.float32)
-    align = False if interpolation in ("bilinear", "bicubic") else None
-    aa = antialias and interpolation in ("bilinear", "bicubic")
-    y = F.interpolate(y, size=size, mode=interpolation, align_corners=align, antialias=aa)
-    if dtype.is_floating_point:
+    floating = x.is_floating_point()
+    y = x if floating else x.to(torch.float32)
+    smooth = interpolation == "bilinear" or interpolation == "bicubic"
+    align: bool | None = False if smooth else None
+    y = F.interpolate(
+        y, size=[size[0], size[1]], mode=interpolation, align_corners=align, antialias=antialias and smooth
+    )
+    if floating:
         return y
     if interpolation == "bicubic":
-        y = y.clamp(0, torch.iinfo(dtype).max)
-    return torch.round(y).to(dtype)
+        y = y.clamp(0, _white(x.dtype))
+    return torch.round(y).to(x.dtype)
 
 
 def _check_size(name: str, value: int) -> None:
@@ -149,17 +161,21 @@ def _check_size(name: str, value: int) -> None:
 
 
 def _center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
-    height, width = x.shape[-2:]
+    height, width = x.shape[-2], x.shape[-1]
     if crop > width or crop > height:  # zero padding, split as torchvision splits it
         pad_w, pad_h = max(crop - width, 0), max(crop - height, 0)
         x = F.pad(x, [pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2])
-        height, width = x.shape[-2:]
+        height, width = x.shape[-2], x.shape[-1]
     top = int(round((height - crop) / 2.0))
     left = int(round((width - crop) / 2.0))
     return x[..., top : top + crop, left : left + crop]
 
 
 class _Preset(nn.Module):
+    """The shared parts of the presets. `forward` is annotated for tensors, as torchvision's presets, so
+    `torch.jit.script` compiles the tensor path; in eager mode a PIL image works too.
+    """
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], interpolation: str, antialias: bool) -> None:
         super().__init__()
         if interpolation not in INTERPOLATIONS:
@@ -177,10 +193,25 @@ class _Preset(nn.Module):
             return gray_image(img)
         return _rgb_or_gray(img)
 
-    def _as_batch(self, img: ImageLike) -> tuple[torch.Tensor, bool]:
-        """(N, C, H, W) tensor in a dtype the preset reads, and whether the input was a single image."""
-        if not isinstance(img, torch.Tensor):
-            return pil_to_tensor(self._pil_ready(img)).unsqueeze(0), True
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if not is_scripting():  # TorchScript leaves this block out unseen: no PIL, no checks with messages
+            return self._eager(img)
+        return self._run(img)
+
+    def _eager(self, img: ImageLike) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            self._check_tensor(img)
+            return self._run(img)
+        return self._run_pil(img)
+
+    def _run(self, img: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _run_pil(self, img: Image) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_tensor(self, img: torch.Tensor) -> None:
+        """ValueError unless `img` is a (C, H, W) or (N, C, H, W) tensor of a dtype the preset reads."""
         if img.dim() not in (3, 4):
             raise ValueError(
                 f"expected an image tensor (C, H, W) or a batch (N, C, H, W), got shape {tuple(img.shape)}"
@@ -190,8 +221,12 @@ class _Preset(nn.Module):
                 f"image tensors must be uint8 (0-255), uint16 (0-65535) or floating point (0-1), got {img.dtype}; "
                 "convert with x.to(torch.uint8) if it holds 0-255 values, or x.float() / its maximum value"
             )
-        x, single = (img.unsqueeze(0), True) if img.dim() == 3 else (img, False)
-        if len(self.mean) == 1 and x.shape[1] == IN_CHANNELS:  # colour through a gray preset: luminance
+
+    def _as_batch(self, img: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(N, C, H, W) tensor (colour made luminance for a gray preset), and whether `img` was a single image."""
+        single = img.dim() == 3
+        x = img.unsqueeze(0) if single else img
+        if len(self.mean) == 1 and x.shape[1] == 3:  # colour through a gray preset: luminance (TorchScript: no globals)
             x = _luma(x)
         return x, single
 
@@ -200,13 +235,17 @@ class _Preset(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if x.shape[1] != len(self.mean):
             n = len(self.mean)
-            expected = {1: "1 channel (gray) or 3 (RGB)", 3: "3 channels (RGB) or 1 (gray)"}.get(n, f"{n} channels")
+            expected = f"{n} channels"
+            if n == 1:
+                expected = "1 channel (gray) or 3 (RGB)"
+            elif n == 3:
+                expected = "3 channels (RGB) or 1 (gray)"
             raise ValueError(
                 f"the preset reads {expected}, the image has {x.shape[1]}; pass a PIL image "
                 "(any mode is converted) or drop the extra channels, e.g. x[:3] for RGBA"
             )
-        scale = SCALES.get(x.dtype)
-        x = x.to(torch.float32) / scale if scale is not None else x.to(torch.float32)
+        floating = x.is_floating_point()
+        x = x.to(torch.float32) if floating else x.to(torch.float32) / _white(x.dtype)
         mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         x = (x - mean) / std
@@ -237,14 +276,15 @@ class ImageClassification(_Preset):
         self.crop_size = crop_size
         self.resize_size = resize_size
 
-    def forward(self, img: ImageLike) -> torch.Tensor:
-        if not isinstance(img, torch.Tensor):  # the mode first: resizing a palette image would be nearest
-            x, single = pil_to_tensor(self._resize_pil(self._pil_ready(img))).unsqueeze(0), True
-        else:
-            x, single = self._as_batch(img)
-            size = resized_size(x.shape[-2], x.shape[-1], self.resize_size)
-            x = _resize_tensor(x, size, self.interpolation, self.antialias)
+    def _run(self, img: torch.Tensor) -> torch.Tensor:
+        x, single = self._as_batch(img)
+        size = resized_size(x.shape[-2], x.shape[-1], self.resize_size)
+        x = _resize_tensor(x, size, self.interpolation, self.antialias)
         return self._finish(_center_crop(x, self.crop_size), single)
+
+    def _run_pil(self, img: Image) -> torch.Tensor:
+        x = pil_to_tensor(self._resize_pil(self._pil_ready(img)))  # the mode first: a palette image resized is nearest
+        return self._finish(_center_crop(x.unsqueeze(0), self.crop_size), True)
 
     def resized(self, crop_size: int) -> ImageClassification:
         """A copy of this preset cropping `crop_size` px after resizing the shorter side to crop_size*256/224."""
@@ -303,29 +343,36 @@ class TrainClassification(_Preset):
         area = height * width
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            target = area * torch.empty(1).uniform_(*self.scale).item()
-            aspect = math.exp(torch.empty(1).uniform_(*log_ratio).item())
+            target = area * float(torch.empty(1).uniform_(self.scale[0], self.scale[1]).item())
+            aspect = math.exp(float(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item()))
             w = int(round(math.sqrt(target * aspect)))
             h = int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-                left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+                top = int(torch.randint(0, height - h + 1, size=[1]).item())
+                left = int(torch.randint(0, width - w + 1, size=[1]).item())
                 return top, left, h, w
         in_ratio = width / height
-        if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
-        elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
+        low, high = min(self.ratio[0], self.ratio[1]), max(self.ratio[0], self.ratio[1])
+        if in_ratio < low:
+            w, h = width, int(round(width / low))
+        elif in_ratio > high:
+            h, w = height, int(round(height * high))
         else:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def forward(self, img: ImageLike) -> torch.Tensor:
+    def _run(self, img: torch.Tensor) -> torch.Tensor:
         x, single = self._as_batch(img)
+        return self._augment(x, single)
+
+    def _run_pil(self, img: Image) -> torch.Tensor:
+        return self._augment(pil_to_tensor(self._pil_ready(img)).unsqueeze(0), True)
+
+    def _augment(self, x: torch.Tensor, single: bool) -> torch.Tensor:
         top, left, h, w = self.crop_box(x.shape[-2], x.shape[-1])
         x = x[..., top : top + h, left : left + w]
         x = _resize_tensor(x, (self.crop_size, self.crop_size), self.interpolation, self.antialias)
-        if torch.rand(1).item() < self.hflip_prob:
+        if float(torch.rand(1).item()) < self.hflip_prob:
             x = x.flip(-1)
         return self._finish(x, single)
 
