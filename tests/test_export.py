@@ -84,6 +84,7 @@ def test_export_refuses_bad_arguments_naming_the_options(model: vggnet.VGG, tmp_
 # --- pt2 and TorchScript ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pt2_dynamic_batch_and_size(model: vggnet.VGG, tmp_path: Path) -> None:
     path = export(model, tmp_path / "vgg11.pt2", "pt2", dynamic_size=True, image_size=64)
     assert check_export(path, "pt2", model, inputs(SMALL)) < 1e-5
@@ -115,8 +116,9 @@ def test_pt2_with_preset_takes_uint8_images_of_any_size(model: vggnet.VGG, tmp_p
     assert check_export(path, "pt2", wrapped, images(RAW)) < 1e-5
 
 
-def test_torchscript_runs_without_vggnet(model: vggnet.VGG, tmp_path: Path) -> None:
+def test_torchscript_runs_without_vggnet(model: vggnet.VGG, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = export(model, tmp_path / "vgg11.ts", "torchscript", image_size=64)
+    assert "does not script" not in caplog.text  # scripted, not traced: any batch and size
     assert check_export(path, "torchscript", model, inputs([(1, 3, 64, 64), (3, 3, 96, 128)])) < 1e-5
     out = run_without_vggnet(f"""
         import torch
