@@ -9,7 +9,10 @@ one set of rules (`SOURCE_RULES`, quoted in every error):
 - an http(s):// or file:// URL, or a local file: a string with a folder separator, starting with "~",
   or ending in one of `WEIGHT_FILE_SUFFIXES`, a `os.PathLike`, or any existing file. The file is a plain
   state dict in either torch serialization format (or a training checkpoint holding one under
-  "state_dict" or "model"), or a checkpoint written by `vggnet finetune` with its classes and preset.
+  "state_dict" or "model"), or a checkpoint written by `vggnet finetune` with its classes and preset,
+  or (told by its content, `formats`) a safetensors file in vggnet's or timm's layout, or a Keras
+  VGG16/VGG19 `.h5` file (with Keras' preset; a `_notop` file gets a new classifier);
+- "hf-hub:owner/name[@revision]": a timm VGG on the Hugging Face Hub (`hfhub`), e.g. hf-hub:timm/vgg16.tv_in1k.
 
 The architecture is the one the source names (an enum member, a fine-tuned checkpoint, a state dict's
 keys); a given `arch` that differs is an `ArchMismatch` naming both. Every argument, the device
@@ -33,9 +36,11 @@ from torch import nn
 from . import weights as records
 from .checks import check_int
 from .config import ARCHS, IN_CHANNELS, arch_config, check_arch
+from .formats import from_timm, layout_of, load_keras, sniff_format
+from .hfhub import is_hf_hub, load_hf_hub, parse_hf_hub
 from .hub import BadCheckpointError, UnsafeCheckpointError, fetch, load_state_dict_from_url, weights_only_load
 from .model import NUM_CLASSES_MEANS, VGG, adapt_input_conv, init_module, make_layers
-from .transforms import ImageClassification
+from .transforms import ImageClassification, keras_transforms
 from .weights import IMAGENET_CATEGORIES, Weights, WeightsEnum, normalize_digest, own_member
 
 __all__ = [
@@ -66,13 +71,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "vggnet.finetune/1"  # the "format" entry of a checkpoint written by `finetune`
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin")
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin", ".safetensors", ".h5")
 RANDOM_NAMES = ("none", "random")
 URL_SCHEMES = ("http", "https", "file")
 SOURCE_RULES = (
     "a record name (DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), the path of an existing checkpoint "
-    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict or a vggnet finetune checkpoint), an http(s):// "
-    "or file:// URL, or none for random initialisation"
+    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet finetune checkpoint, safetensors or Keras "
+    "weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
+    "or none for random initialisation"
 )
 
 WeightsSource = None | str | os.PathLike[str] | Weights | WeightsEnum
@@ -141,12 +147,12 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
 class Source:
     """What a `weights` argument names, decided without reading or fetching anything.
 
-    `kind` is "random", "record", "file" (`text` is the expanded path) or "url". For a record,
+    `kind` is "random", "record", "file" (`text` is the expanded path), "url" or "hub" (an hf-hub: name). For a record,
     `record` is it and `label` its name ("VGG16_Weights.IMAGENET1K_V1", or the record's URL); `arch`
     is the architecture the source names, where it names one.
     """
 
-    kind: Literal["random", "record", "file", "url"]
+    kind: Literal["random", "record", "file", "url", "hub"]
     text: str
     record: Weights | None = None
     label: str = ""
@@ -171,6 +177,11 @@ def classify(weights: WeightsSource, arch: str | None = None) -> Source:
             "(a weights enum member and a vggnet.Weights record work too)"
         )
     text = os.fspath(weights)
+    if isinstance(weights, str) and is_hf_hub(text):
+        hub_arch = parse_hf_hub(text).arch
+        if arch is not None and hub_arch != arch:
+            raise ArchMismatch(text, hub_arch, arch)
+        return Source("hub", text, label=text, arch=hub_arch)
     scheme = urlsplit(text).scheme.lower()
     if scheme in URL_SCHEMES:
         if scheme == "file":
@@ -295,12 +306,50 @@ def load(
     if source.kind == "record":
         record = source.record
         assert record is not None
-        state = record.get_state_dict(progress=progress, map_location=dev if dev is not None else "cpu")
+        state = _vggnet_layout(record.get_state_dict(progress=progress, map_location=dev if dev is not None else "cpu"))
         name = arch or source.arch or arch_of_state(state, source.label)
         model = model_from_state(name, state, dev, kwargs, nonfinite=record.nonfinite, source=source.label)
         categories = record.categories if record.categories is None else _labels(record.categories, model)
         return Loaded(model, record.transforms(), categories, name, source.label, source)
+    if source.kind == "hub":
+        name, state = load_hf_hub(source.text, sha256=digest, map_location=dev if dev is not None else "cpu")
+        model = model_from_state(name, state, dev, kwargs)
+        # timm's *.tv_in1k are torchvision's checkpoints: torchvision's preset and ImageNet's classes
+        return Loaded(model, ImageClassification(crop_size=224), _labels(IMAGENET_CATEGORIES, model), name, source.text,
+                      source)  # fmt: skip
     return _from_file(source, arch, dev, kwargs, digest, progress)
+
+
+def _vggnet_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict in vggnet's keys: timm's layout (a Hub model.safetensors) is converted, bit-exact."""
+    return from_timm(state) if layout_of(state) == "timm" else state
+
+
+def _fresh_classifier(arch: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` (features only: a Keras `_notop` file) completed with a freshly initialised classifier."""
+    row, batch_norm = arch_config(arch)
+    with torch.device("meta"):
+        classifier = VGG(make_layers(row, batch_norm), init_weights=False).classifier
+    classifier.to_empty(device="cpu")
+    for m in classifier:
+        init_module(m)
+    return {**{f"classifier.{k}": v for k, v in classifier.state_dict().items()}, **state}
+
+
+def _from_keras(
+    source: Source, path: Path, arch: str | None, device: torch.device | None, kwargs: dict[str, Any]
+) -> Loaded:
+    """A Keras VGG16/VGG19 .h5 file: its model (RGB input, see `formats`), Keras' preset, ImageNet's classes."""
+    found, state = load_keras(path)
+    if arch is not None and arch != found:
+        raise ArchMismatch(source.text, found, arch)
+    notop = not any(k.startswith("classifier.") for k in state)
+    if notop:
+        logger.info("%s has no top (fc6-fc8): the classifier is freshly initialised", source.text)
+        state = _fresh_classifier(found, state)
+    model = model_from_state(found, state, device, kwargs)
+    categories = None if notop else _labels(IMAGENET_CATEGORIES, model)
+    return Loaded(model, keras_transforms(), categories, found, source.text, source)
 
 
 def _random_model(arch: str, device: torch.device | None, kwargs: dict[str, Any]) -> VGG:
@@ -335,6 +384,8 @@ def _from_file(
         path = Path(unquote(urlsplit(text).path)) if source.kind == "url" else Path(text)
         if digest is not None:
             fetch(str(path), sha256=digest, progress=progress)  # checked in place; raises ChecksumError
+    if sniff_format(path) == "hdf5":
+        return _from_keras(source, path, arch, device, kwargs)
     map_location = device if device is not None else "cpu"
     checkpoint = read_finetuned(path, map_location)
     if checkpoint is not None:
@@ -344,7 +395,9 @@ def _from_file(
         finetuned = _finetuned(checkpoint, device, kwargs, text)
         return Loaded(finetuned.model, finetuned.preset, _labels(finetuned.classes, finetuned.model), found, text,
                       source, finetuned.info)  # fmt: skip
-    state = load_state_dict_from_url(str(path), sha256=digest, map_location=map_location, progress=progress)
+    state = _vggnet_layout(
+        load_state_dict_from_url(str(path), sha256=digest, map_location=map_location, progress=progress)
+    )
     if arch is None:
         name = arch_of_state(state, text)
     else:

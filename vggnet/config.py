@@ -66,4 +66,8 @@ IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 # Caffe-style input for the SSD-ported vgg16 features: 0-255 scale minus the channel means.
 CAFFE_MEAN: Final = (0.48235, 0.45882, 0.40784)
 CAFFE_STD: Final = (1 / 255, 1 / 255, 1 / 255)
+# Keras' VGG16/VGG19 preprocess_input ("caffe" mode) subtracts the BGR means (103.939, 116.779, 123.68) on the
+# 0-255 scale; here in RGB order and on the 0-1 scale of vggnet's presets, with std 1/255 to undo the scaling.
+KERAS_MEAN: Final = (123.68 / 255, 116.779 / 255, 103.939 / 255)
+KERAS_STD: Final = (1 / 255, 1 / 255, 1 / 255)
 INTERPOLATIONS: Final = ("nearest", "bilinear", "bicubic")

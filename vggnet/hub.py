@@ -60,6 +60,7 @@ from .cache import (
 )
 from .config import OFFICIAL_BASE
 from .download import RETRIES, TIMEOUT, DownloadError, Timeout, check_limits, download_file
+from .formats import load_safetensors, sniff_format
 
 __all__ = [
     "BadCheckpointError",
@@ -79,8 +80,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MapLocation = str | torch.device | None
-
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 _NAME_HINT = (
@@ -411,8 +410,11 @@ def _load(path: Path, digest: str, *, where: Path, map_location: MapLocation) ->
                 str(path), path, digest, actual, detail="it changed after it was verified, and was not loaded",
                 hint="Something else is writing to this file: load again, and find what replaces it.",
             )  # fmt: skip
-        f.seek(0)
-        if f.read(4) == _ZIP_MAGIC:
+        named = _fd_path(f) or path  # the very file just verified (Linux), else its name
+        fmt = sniff_format(named)
+        if fmt == "safetensors":  # memory-mapped by safetensors, without pickle
+            return load_safetensors(named, "cpu" if map_location is None else map_location)
+        if fmt == "zip":
             return _state_dict(weights_only_load(f, path, mmap=True, map_location=map_location), path)
         copy = _zip_copy(f, path, digest, where)
         if copy is None:
@@ -446,6 +448,12 @@ class NotAStateDict(BadCheckpointError, TypeError):
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
+def _fd_path(f: IO[bytes]) -> Path | None:
+    """A name for the very file `f` holds open (/proc/self/fd/N), where the system has one."""
+    path = Path(f"/proc/self/fd/{f.fileno()}")
+    return path if path.exists() else None
+
+
 def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
     """torch.load of the open file `f` (named `path`), weights only; memory-mapped through /proc/self/fd if asked.
 
@@ -454,10 +462,11 @@ def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: Map
     asking for code gives one line naming the file, not torch's advice.
     """
     f.seek(0)
-    fd_path = Path(f"/proc/self/fd/{f.fileno()}")
-    mmap = mmap and fd_path.exists()
+    fd_path = _fd_path(f) if mmap else None
     try:
-        return torch.load(fd_path if mmap else f, map_location=map_location, weights_only=True, mmap=mmap)
+        if fd_path is not None:
+            return torch.load(fd_path, map_location=map_location, weights_only=True, mmap=True)
+        return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = _GLOBAL.search(str(err))
         # `from None`: torch's text suggests weights_only=False, the one thing never to do with this file

@@ -33,7 +33,7 @@ from torch import nn
 from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
 
 from .checks import check_int
-from .config import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, MAX_RESIZE, MAX_SIZE
+from .config import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, KERAS_MEAN, KERAS_STD, MAX_RESIZE, MAX_SIZE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -45,6 +45,7 @@ __all__ = [
     "ImageClassification",
     "TrainClassification",
     "gray_image",
+    "keras_transforms",
     "load_image",
     "max_image_pixels",
     "pil_to_tensor",
@@ -499,3 +500,12 @@ class TrainClassification(_Preset):
 
     def extra_repr(self) -> str:
         return f"crop_size={self.crop_size}, mean={self.mean}, std={self.std}, hflip_prob={self.hflip_prob}"
+
+
+def keras_transforms(crop_size: int = 224, resize_size: int = 256) -> ImageClassification:
+    """The preset of Keras-converted weights (`formats.from_keras`): Keras' `preprocess_input` ("caffe" mode).
+
+    Keras subtracts the BGR means (103.939, 116.779, 123.68) from 0-255 BGR pixels; the conversion moved
+    the BGR order into conv1_1, so this preset subtracts the same means in RGB order on the 0-255 scale.
+    """
+    return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=KERAS_MEAN, std=KERAS_STD)

@@ -1,0 +1,180 @@
+"""Weight formats and exported graphs, side by side in one run, on CPU.
+
+    python benchmarks/bench_formats.py [--arch vgg16] [--repeat 5] [--out DIR] [--smoke]
+
+1. Load time from a warm page cache of the same seeded weights as safetensors and as PyTorch's zip
+   (pickle) format, into a model built on the meta device (`load_state_dict(assign=True)`):
+   safetensors (`safetensors.torch.load_file`, memory-mapped), zip with `torch.load(mmap=True)`, zip
+   with a plain `torch.load`. Memory-mapped tensors are read on first use, so the time after touching
+   every weight once (a sum over each) is reported too. Median of `--repeat` rounds, paths interleaved.
+2. Latency at batch 1 (224x224, float32): onnxruntime's CPU provider on the exported ONNX file against
+   vggnet's `optimize_for_inference` and plain eager, interleaved rounds, median round.
+
+Figures are printed and saved as `formats-cpu-<date>.json` (`formats-smoke-cpu-...` with --smoke: vgg11,
+64x64 images, one round); nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
+
+from harness import environment, save_results  # noqa: E402
+
+import vggnet  # noqa: E402
+from vggnet import formats  # noqa: E402
+from vggnet.export import export, run_export  # noqa: E402
+
+
+def build_meta(arch: str) -> vggnet.VGG:
+    with torch.device("meta"):
+        return vggnet.get_model(arch, init_weights=False)
+
+
+def load_paths(arch: str, st: Path, pth: Path) -> dict[str, Callable[[], vggnet.VGG]]:
+    def assign(state: dict[str, torch.Tensor]) -> vggnet.VGG:
+        model = build_meta(arch)
+        model.load_state_dict(state, assign=True)
+        return model
+
+    return {
+        "safetensors (mmap)": lambda: assign(formats.load_safetensors(st)),
+        "zip, torch.load(mmap=True)": lambda: assign(torch.load(pth, weights_only=True, mmap=True)),
+        "zip, torch.load": lambda: assign(torch.load(pth, weights_only=True)),
+    }
+
+
+def touch(model: vggnet.VGG) -> float:
+    with torch.no_grad():
+        return float(sum(p.sum() for p in model.parameters()))
+
+
+def time_loads(arch: str, st: Path, pth: Path, repeat: int) -> dict[str, dict[str, float]]:
+    paths = load_paths(arch, st, pth)
+    for load in paths.values():  # warm the page cache
+        touch(load())
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    for _ in range(repeat):
+        for name, load in paths.items():
+            t0 = time.perf_counter()
+            model = load()
+            t1 = time.perf_counter()
+            touch(model)
+            times[name].append((t1 - t0, time.perf_counter() - t0))
+            del model
+    return {
+        name: {"load_s": statistics.median(a for a, _ in ts), "load_and_touch_s": statistics.median(b for _, b in ts)}
+        for name, ts in times.items()
+    }
+
+
+def time_latency(candidates: dict[str, Callable[[], object]], rounds: int, iters: int) -> dict[str, dict[str, float]]:
+    first: dict[str, float] = {}
+    for name, call in candidates.items():
+        t0 = time.perf_counter()
+        call()
+        first[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, call in candidates.items():
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                call()
+            times[name].append((time.perf_counter() - t0) / iters)
+    return {
+        name: {
+            "latency_ms": statistics.median(ts) * 1000,
+            "latency_ms_min": min(ts) * 1000,
+            "first_call_s": first[name],
+        }
+        for name, ts in times.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="vgg16", choices=vggnet.list_models())
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per measurement")
+    parser.add_argument("--iters", type=int, default=3, help="batch-1 calls per latency round")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON file")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temp dir)")
+    parser.add_argument("--smoke", action="store_true", help="vgg11, 64x64, one round: checks the machinery")
+    args = parser.parse_args()
+    if args.smoke:
+        args.arch, args.repeat, args.iters, args.image_size = "vgg11", 1, 1, 64
+
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return run(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="vggnet-bench-formats-") as tmp:
+        return run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    torch.manual_seed(0)
+    model = vggnet.get_model(args.arch).eval()
+    st, pth = workdir / f"{args.arch}.safetensors", workdir / f"{args.arch}.pth"
+    formats.write_state_dict(model.state_dict(), st)
+    formats.write_state_dict(model.state_dict(), pth)
+
+    results: dict[str, object] = {
+        "suite": "formats",
+        "smoke": args.smoke,
+        **environment(torch.device("cpu")),
+        "arch": args.arch,
+        "repeat": args.repeat,
+        "file_bytes": {"safetensors": st.stat().st_size, "zip": pth.stat().st_size},
+    }
+    loads = time_loads(args.arch, st, pth, args.repeat)
+    results["load"] = loads
+    print(f"== load {args.arch} from a warm page cache, median of {args.repeat}")
+    for name, r in loads.items():
+        print(
+            f"  {name:28s} {r['load_s'] * 1000:9.1f} ms   + touch every weight {r['load_and_touch_s'] * 1000:9.1f} ms"
+        )
+
+    t0 = time.perf_counter()
+    onnx_path = export(model, workdir / f"{args.arch}.onnx", "onnx", dynamic_batch=False, image_size=args.image_size)
+    results["onnx_export_s"] = time.perf_counter() - t0
+    x = torch.randn(1, 3, args.image_size, args.image_size)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    fast = vggnet.optimize_for_inference(model, device="cpu", dtype=torch.float32)
+    feed = {"images": x.numpy()}
+    candidates: dict[str, Callable[[], object]] = {
+        "onnxruntime CPU": lambda: session.run(None, feed),
+        "vggnet optimize_for_inference": lambda: fast(x),
+        "vggnet eager": lambda: model(x),
+    }
+    with torch.inference_mode():
+        latency = time_latency(candidates, args.repeat, args.iters)
+        reference = model(x)
+        results["max_abs_diff"] = {
+            "onnxruntime CPU": (run_export(onnx_path, "onnx", x) - reference).abs().max().item(),
+            "vggnet optimize_for_inference": (fast(x) - reference).abs().max().item(),
+        }
+    results["latency_batch1"] = latency
+    print(f"== batch 1, {args.image_size}x{args.image_size} float32, median of {args.repeat} rounds of {args.iters}")
+    for name, r in latency.items():
+        print(f"  {name:30s} {r['latency_ms']:9.1f} ms   (fastest round {r['latency_ms_min']:.1f} ms)")
+
+    saved = save_results("formats-smoke" if args.smoke else "formats", results, args.out)
+    print(f"saved {saved}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
