@@ -139,7 +139,7 @@ def test_the_same_words_from_the_builders_finetune_and_predict(tmp_path, monkeyp
         ({"device": "bogus"}, RuntimeError, "no device 'bogus' here; valid: cpu"),
         ({"arch": "vgg17"}, ValueError, "unknown model 'vgg17'; valid: vgg11, vgg11_bn"),
         ({"arch": "vgg11"}, ArchMismatch, "VGG16_Weights.IMAGENET1K_V1 holds vgg16 weights, not vgg11"),
-        ({"num_classes": 0}, ValueError, "num_classes must be a positive integer"),
+        ({"num_classes": -1}, ValueError, "num_classes must be an integer >= 0"),
         ({"in_chans": 0}, ValueError, "in_chans must be a positive integer"),
         ({"sha256": "0" * 64}, ValueError, "sha256 is for a checkpoint file or URL"),
         ({"sha256": "xyz"}, ValueError, "64 hex digits"),
