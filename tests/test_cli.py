@@ -658,7 +658,7 @@ def test_predict_names_and_skips_each_bad_image_and_classifies_the_rest(seeded_v
         ("notes.jpg", "not an image Pillow can identify"),
         ("tall.png", "aspect ratio 60,000:1"),
     ]:
-        prefix = f"vggnet: error: cannot read the image {folder / name}: "
+        prefix = f"vggnet: cannot read the image {folder / name}: "
         assert any(line.startswith(prefix) and problem in line and line.count(str(folder)) == 1 for line in errors)
     data = json.loads(captured.out)
     good = [folder / "camera.png", folder / "coffee.jpg"]

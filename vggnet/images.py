@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .finetune import IMAGE_SUFFIXES
-from .transforms import load_image
+from .transforms import BadImageError, load_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -218,6 +218,8 @@ class ImageFiles(Dataset[tuple[int, torch.Tensor | str]]):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
         try:
             x: torch.Tensor = self.transform(load_image(self.paths[index]))
+        except BadImageError as err:  # the path is said by whoever reports it: the problem alone
+            return index, err.problem
         except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError is an OSError
             return index, str(err) or type(err).__name__
         return index, x

@@ -233,9 +233,17 @@ def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
     image resized to a 256 px shorter side would be 256x15,360,000 pixels, 11 GiB of RGB.
     """
     short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / max(short, 1))
+    if not is_scripting():  # TorchScript leaves this block out unseen (its messages use format specs)
+        _check_resize(height, width, size, new_long)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def _check_resize(height: int, width: int, size: int, new_long: int) -> None:
+    """BadImageError for an empty image, or one whose resize would exceed the pixel budget."""
+    short, long = (width, height) if width <= height else (height, width)
     if short < 1:
         raise BadImageError(None, f"an image of {height}x{width} pixels has nothing to resize")
-    new_long = int(size * long / short)
     budget = max_image_pixels()
     if new_long * size > budget:
         raise BadImageError(
@@ -244,7 +252,6 @@ def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
             f"would be {new_long:,}x{size} = {new_long * size:,} pixels, over the budget of {budget:,} "
             f"(set {ENV_MAX_PIXELS} to change it); crop it closer to square first",
         )
-    return (new_long, size) if width <= height else (size, new_long)
 
 
 def _white(dtype: torch.dtype) -> float:
