@@ -2,7 +2,8 @@
 
 The flow: a URL -> `fetch` (a cache hit vouched for by a stamp, or a download hashed while it
 streams) -> a verified file -> `torch.load(weights_only=True)`, memory-mapped -> a state dict.
-The layers below: `cache.py` (the folder, stamps, hashing, locks) and `download.py` (one transfer).
+The layers below: `cache.py` (the folder, stamps), `files.py` (opening, hashing), `locks.py` (partial files,
+locks) and `download.py` (one transfer).
 
 A local source (a plain path, `file://`) is verified in place, never copied; its stamp lives in the
 cache directory under `.stamps/`. A `VGGNET_MIRROR` directory is the same, after the cache.
