@@ -7,7 +7,7 @@ For example `torch.hub.load("<owner>/vggnet", "vgg16", weights="DEFAULT")`, or
 from vggnet.builders import BUILDERS
 from vggnet.weights import get_weight
 
-# what torch.hub checks is importable before it imports this file (filelock: cache.py's download lock)
+# what torch.hub checks is importable before it imports this file (filelock: locks.py's download lock)
 dependencies = ["torch", "numpy", "requests", "tqdm", "filelock"]
 
 globals().update(BUILDERS)  # vgg11 ... vgg19_bn, the names torch.hub.list shows

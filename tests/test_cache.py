@@ -22,6 +22,7 @@ import pytest
 import vggnet.cache as vcache
 import vggnet.cache_admin as vadmin
 import vggnet.hub as hub
+import vggnet.locks as vlocks
 
 from .conftest import (
     Checkpoints,
@@ -46,7 +47,7 @@ def test_a_cache_hit_trusts_its_stamp(http_server, small_checkpoints, cache, mon
     record(url, ckpt).get_state_dict(progress=False)
     stamp = json.loads((cache / (ckpt.name + ".stamp")).read_text())
     assert stamp["sha256"] == ckpt.sha256 and stamp["size"] == ckpt.size
-    monkeypatch.setattr(vcache, "_hash_file", no_hashing)
+    monkeypatch.setattr(vcache, "hash_file", no_hashing)
     record(url, ckpt).get_state_dict(progress=False)
     assert http_server.count("/" + ckpt.name) == 1
 
@@ -92,7 +93,7 @@ def test_offline_a_corrupt_cached_file_does_not_say_retry(http_server, small_che
 
 
 def test_a_live_but_stuck_lock_holder_is_not_waited_for_forever(http_server, small_checkpoints, cache, monkeypatch):
-    monkeypatch.setattr(vcache, "LOCK_STALL", 0.5)
+    monkeypatch.setattr(vlocks, "LOCK_STALL", 0.5)
     ckpt = small_checkpoints.zip
     url = http_server.add("/" + ckpt.name, ckpt.path)
     cache.mkdir()

@@ -28,6 +28,7 @@ import pytest
 import vggnet.cache_admin as vadmin
 import vggnet.download as download
 import vggnet.hub as hub
+import vggnet.partial as vpartial
 from vggnet.weights import OFFICIAL_BASE, Weights
 
 from .conftest import (
@@ -268,19 +269,19 @@ def test_ctrl_c_keeps_only_a_partial_file_and_the_next_call_resumes(http_server,
     data = os.urandom(6 << 20)
     digest = hashlib.sha256(data).hexdigest()
     url = http_server.add("/ctrl-c.bin", data)
-    real_write = download._Partial.write
+    real_write = vpartial.Partial.write
 
     def interrupted(self, chunk):
         if self.size >= 2 << 20:
             raise KeyboardInterrupt
         real_write(self, chunk)
 
-    monkeypatch.setattr(download._Partial, "write", interrupted)
+    monkeypatch.setattr(vpartial.Partial, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         hub.fetch(url, sha256=digest, progress=False)
     (partial,) = leftovers(cache)
     assert partial.startswith("ctrl-c.bin.") and partial.endswith(".partial")
-    monkeypatch.setattr(download._Partial, "write", real_write)
+    monkeypatch.setattr(vpartial.Partial, "write", real_write)
     assert hub.fetch(url, sha256=digest, progress=False).read_bytes() == data
     assert http_server.log("/ctrl-c.bin")[-1].range == "bytes=2097152-"
     assert leftovers(cache) == ["ctrl-c.bin", "ctrl-c.bin.stamp"]

@@ -120,7 +120,7 @@ def test_local_files_are_verified_in_place(small_checkpoints, cache, monkeypatch
         assert fingerprint(state) == small_checkpoints.fingerprint
     assert not (cache / ckpt.name).exists()  # not copied
     assert len(list((cache / ".stamps").iterdir())) == 1  # one stamp, keyed by the resolved path
-    monkeypatch.setattr(vcache, "_hash_file", no_hashing)
+    monkeypatch.setattr(vcache, "hash_file", no_hashing)
     hub.fetch(str(ckpt.path), sha256=ckpt.sha256)  # the stamp vouches for it now
     with pytest.raises(hub.ChecksumError, match="left where it is"):
         hub.fetch(str(ckpt.path), sha256="0" * 64)
@@ -232,8 +232,8 @@ def test_a_legacy_file_is_loaded_through_a_verified_zip_copy(http_server, vgg16_
         assert f.read(4) == b"PK\x03\x04"
     del state
     monkeypatch.setattr(hub, "_convert", lambda *a: pytest.fail("converted twice"))
-    monkeypatch.setattr(vcache, "_hash_file", no_hashing)  # the stamps vouch for the file and its copy
-    monkeypatch.setattr(hub, "_hash_file", no_hashing)
+    monkeypatch.setattr(vcache, "hash_file", no_hashing)  # the stamps vouch for the file and its copy
+    monkeypatch.setattr(hub, "hash_file", no_hashing)
     state = record(url, ckpt, size=ckpt.size).get_state_dict(progress=False)
     assert fingerprint(state) == vgg16_checkpoints.fingerprint
     assert len(state) == len(vgg16_checkpoints.keys)

@@ -1,4 +1,4 @@
-"""The cache folder: where checkpoints live, the stamps that vouch for them, hashing, locks, and how files open.
+"""The cache folder: where checkpoints live, their names, the stamps that vouch for them, and what is cached.
 
 What a cache directory holds for a checkpoint NAME:
 
@@ -18,36 +18,42 @@ What a cache directory holds for a checkpoint NAME:
 
 Only these exact names are vggnet's: the default cache is torch.hub's, shared with torchvision,
 whose own files (its `*.partial` temporaries included) are left alone. Every file vggnet opens in
-a cache folder is opened here (`_open_fd`): never through a symbolic link, only if it is a regular
-file, so a name planted by someone else who can write to the folder is refused, never followed.
-Listing and removing what a folder holds is `cache_admin.py`'s.
+a cache folder is opened by `files.open_fd`: never through a symbolic link, only if it is a
+regular file, so a name planted by someone else who can write to the folder is refused, never followed.
+Partial downloads and locks are `locks.py`'s; listing and removing what a folder holds is
+`cache_admin.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import logging
 import os
 import re
 import secrets
 import stat
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import torch
 
-# filelock (Windows only) is imported where it is used: importing vggnet touches neither disk nor network.
+from .files import (
+    NotARegularFileError,
+    Progress,
+    copy_hashing,
+    create_private,
+    hash_file,
+    is_regular,
+    kind_of_mode,
+    open_read,
+    temp_name,
+)
 
 __all__ = [
     "ChecksumError",
-    "NotARegularFileError",
     "cache_dir",
     "file_name_from_url",
     "normalize_digest",
@@ -59,11 +65,7 @@ logger = logging.getLogger(__name__)
 ENV_HOME = "VGGNET_HOME"
 ENV_OFFLINE = "VGGNET_OFFLINE"
 ENV_MIRROR = "VGGNET_MIRROR"
-LOCK_STALL = 120.0  # give up waiting for another process's download after this long without progress
 
-Progress = Callable[[int], object]  # called with the byte count of each chunk hashed
-
-_CHUNK = 1 << 20
 _NAME_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's "name-<hex>.pth" convention
 _DIGEST = re.compile(r"[0-9a-f]{8,64}")
 
@@ -104,24 +106,6 @@ _LOCAL_HINT = (
 )
 
 
-class NotARegularFileError(OSError):
-    """A name in the cache is a symbolic link, FIFO, device or directory: vggnet neither reads nor writes through it.
-
-    Someone who can write to a shared cache could otherwise make vggnet write to, or hang on, any
-    file they point at; the fix is to remove the name (`vggnet cache --remove NAME`) and look at who made it.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], what: str = "not a regular file") -> None:
-        self.path = Path(path)
-        super().__init__(
-            f"refusing {self.path}: it is {what}, and vggnet only opens regular files it can check "
-            f"(nothing was read from or written through it); remove it ('vggnet cache --remove {self.path.name}')"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (str(self.path),)
-
-
 def normalize_digest(sha256: str) -> str:
     """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
     digest = sha256.lower()
@@ -157,7 +141,7 @@ def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, pr
 
     Raises `ChecksumError` (with `.actual`) if the digest does not start with `expected`, a digest or its prefix.
     """
-    digest = _hash_file(Path(path), progress, follow=True)  # the caller's own path; still only a regular file
+    digest = hash_file(Path(path), progress, follow=True)  # the caller's own path; still only a regular file
     if expected is not None and not digest.startswith(expected):
         raise ChecksumError(str(path), path, expected, digest, detail="the file was left where it is", hint=_LOCAL_HINT)
     return digest
@@ -235,7 +219,7 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(st.st_mode):  # planted: a link, a FIFO; renaming it follows nothing
-        digest, problem = "", f"it is {_kind_of_mode(st.st_mode)}, not a regular file"
+        digest, problem = "", f"it is {kind_of_mode(st.st_mode)}, not a regular file"
     else:
         try:
             digest = _digest(dest, _stamp_of(dest), expected)
@@ -253,7 +237,7 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
     logger.warning("%s: %s; moved it aside to %s", dest, problem, aside.name)
     if not digest:
         if _offline():
-            raise NotARegularFileError(dest, f"{_kind_of_mode(st.st_mode)} (moved aside to {aside.name})")
+            raise NotARegularFileError(dest, f"{kind_of_mode(st.st_mode)} (moved aside to {aside.name})")
         return None
     assert expected is not None  # _matches is True without an expectation
     if _offline():
@@ -267,20 +251,20 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
 
 def _adopt(src: Path, dest: Path, expected: str) -> str | None:
     """Hard-link (or copy) a file from torch.hub's cache into ours, if its digest matches."""
-    if not _is_regular(src):
+    if not is_regular(src):
         return None
     dest.parent.mkdir(parents=True, exist_ok=True)  # offline, nothing else has created it
-    tmp = _temp_name(dest)
+    tmp = temp_name(dest)
     try:
         try:
             os.link(src, tmp)  # hash the linked inode, not the name, so what is checked is what is kept
-            digest = _hash_file(tmp)
+            digest = hash_file(tmp)
         except NotARegularFileError:
             logger.warning("ignoring %s: it is not a regular file", src)
             return None
         except OSError:
             try:
-                digest = _copy_hashing(src, tmp)
+                digest = copy_hashing(src, tmp)
             except NotARegularFileError:
                 logger.warning("ignoring %s: it is not a regular file", src)
                 return None
@@ -293,67 +277,6 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
         return digest
     finally:
         tmp.unlink(missing_ok=True)
-
-
-# --- opening files: never through a symbolic link, never a FIFO or device ---------------------------
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_BINARY = getattr(os, "O_BINARY", 0)
-
-
-def _kind_of_mode(mode: int) -> str:
-    kinds = (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((what for test, what in kinds if test(mode)), "not a regular file")
-
-
-def _open_fd(path: Path, flags: int = os.O_RDONLY, *, follow: bool = False, mode: int = 0o600) -> int:
-    """`os.open(path, flags)` of a regular file, else `NotARegularFileError`.
-
-    Without `follow`, a symbolic link is refused rather than followed (O_NOFOLLOW); O_NONBLOCK makes
-    opening a FIFO return at once instead of waiting for a writer; fstat then refuses anything that
-    is not a regular file, so nothing is ever read from, written through or waited on but a file.
-    """
-    try:
-        fd = os.open(path, flags | _NONBLOCK | _BINARY | (0 if follow else _NOFOLLOW), mode)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link (O_NOFOLLOW), a FIFO without reader
-            try:
-                what = _kind_of_mode(os.lstat(path).st_mode)
-            except OSError:
-                what = "not a regular file"
-            raise NotARegularFileError(path, what) from err
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotARegularFileError(path, _kind_of_mode(st.st_mode))
-        if _NONBLOCK:
-            os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_read(path: Path, *, follow: bool = False) -> IO[bytes]:
-    """`path` opened for reading as `_open_fd` does: a regular file, not followed through a link."""
-    return os.fdopen(_open_fd(path, follow=follow), "rb")
-
-
-def _is_regular(path: Path) -> bool:
-    """`path` is a regular file itself (not a link to one)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 # --- stamps and hashing ----------------------------------------------------------------------------
@@ -373,7 +296,7 @@ _STAMP_MAX = 1 << 16  # bytes: a stamp is a line of JSON
 
 def _read_stamp(stamp: Path) -> dict[str, Any] | None:
     try:
-        with _open_read(stamp) as f:
+        with open_read(stamp) as f:
             data = json.loads(f.read(_STAMP_MAX).decode("utf-8"))
     except NotARegularFileError as err:
         logger.warning("%s", err)
@@ -403,11 +326,11 @@ def _write_stamp(
     `st` is the fstat of the file that was hashed (else `path`'s lstat).
     """
     stamp = stamp or _stamp_of(path)
-    tmp = _temp_name(stamp)
+    tmp = temp_name(stamp)
     try:
         data = {"file": str(path), **_stat_fields(st or os.lstat(path)), "sha256": digest, "checked": checked, **extra}
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        with _create_private(tmp) as f:
+        with create_private(tmp) as f:
             f.write(json.dumps(data).encode("utf-8"))
         os.replace(tmp, stamp)
     except OSError as err:
@@ -440,7 +363,7 @@ def _digest(path: Path, stamp_path: Path, expected: str | None, *, follow: bool 
     The stamp records whether the digest matched `expected` (see `_write_stamp`). `follow`: the
     caller's own file may be reached through a link; a file in the cache never is.
     """
-    with _open_read(path, follow=follow) as f:
+    with open_read(path, follow=follow) as f:
         return _digest_of(f, path, stamp_path, expected)
 
 
@@ -449,208 +372,6 @@ def _digest_of(f: IO[bytes], path: Path, stamp_path: Path, expected: str | None)
     st = os.fstat(f.fileno())
     digest = _stamped_digest(path, stamp_path, expected, st=st)
     if digest is None:
-        digest = _hash_file(f)
+        digest = hash_file(f)
         _write_stamp(path, digest, stamp_path, checked=expected is not None and digest.startswith(expected), st=st)
     return digest
-
-
-def _hash_file(source: Path | IO[bytes], progress: Progress | None = None, *, follow: bool = False) -> str:
-    """The SHA-256 of a file named by `source` (opened as `_open_read` does), or of an open file from its start."""
-    hasher = hashlib.sha256()
-    if isinstance(source, Path):
-        with _open_read(source, follow=follow) as f:
-            _hash_into(f, hasher, progress)
-    else:
-        source.seek(0)
-        _hash_into(source, hasher, progress)
-    return hasher.hexdigest()
-
-
-def _hash_into(f: IO[bytes], hasher: Any, progress: Progress | None = None) -> int:
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    total = 0
-    while True:
-        n = f.readinto(view)  # type: ignore[attr-defined]
-        if not n:
-            return total
-        hasher.update(view[:n])
-        total += n
-        if progress is not None:
-            progress(n)
-
-
-def _copy_hashing(src: Path, dst: Path) -> str:
-    hasher = hashlib.sha256()
-    with _open_read(src) as fin, _create_private(dst) as fout:
-        while chunk := fin.read(_CHUNK):
-            hasher.update(chunk)
-            fout.write(chunk)
-    return hasher.hexdigest()
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-
-
-def _create_private(path: Path) -> IO[bytes]:
-    """A new file only its owner can read (0600), opened for reading and writing."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o600)  # never an existing name
-    return os.fdopen(fd, "r+b")
-
-
-def _publish(f: IO[bytes], tmp: Path, dest: Path) -> None:
-    """Make the verified private file `f` (open as `tmp`) readable like any downloaded file; rename it into place.
-
-    The mode is changed through the open file, never through a name someone else may have replaced.
-    """
-    if os.chmod in os.supports_fd:
-        os.chmod(f.fileno(), 0o644)
-    else:  # Windows: only the read-only bit exists
-        os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)  # what lands at `dest` is checked again, from the open file, by every load
-
-
-# --- partial downloads and locks -------------------------------------------------------------------
-
-
-def _partial_key(expected: str | None) -> str:
-    """What the partial files of a download of `expected` are keyed by: resumable only with the same digest."""
-    return expected[:16] if expected else "unverified"
-
-
-def _new_partial(dest: Path, key: str) -> Path:
-    """A fresh name for a partial download of `dest`: NAME.<key>.<8 hex>.partial, beside it."""
-    return dest.with_name(f"{dest.name}.{key}.{secrets.token_hex(4)}.partial")
-
-
-def _partials(dest: Path, key: str) -> list[Path]:
-    """The partial downloads of `dest` whose key starts with `key` ("" for all of them)."""
-    prefix = f"{dest.name}.{key}"
-    try:
-        names = os.listdir(dest.parent)
-    except OSError:
-        return []
-    return [dest.parent / n for n in names if n.startswith(prefix) and n.endswith(".partial")]
-
-
-def _size_or_zero(path: Path) -> int:
-    try:
-        return os.lstat(path).st_size
-    except OSError:
-        return 0
-
-
-def _claim(path: Path, *, write: bool = True) -> IO[bytes] | None:
-    """Open and flock another download's partial file (or a lock), if its holder is gone and it is still there.
-
-    Only a regular file is opened, never through a link; one to be written to (`write`, a partial
-    to resume) must also be this user's own, as vggnet created it (0600), so no one else can change
-    it, and have no other name, so it is not a hard link to some other file of the user's.
-    """
-    try:
-        fd = _open_fd(path, os.O_RDWR if write else os.O_RDONLY)
-    except NotARegularFileError as err:
-        logger.warning("%s", err)
-        return None
-    except OSError:
-        return None
-    f = os.fdopen(fd, "r+b" if write else "rb")
-    try:
-        st = os.fstat(fd)
-        if write and hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-            logger.warning("not resuming %s: it belongs to another user (uid %d)", path, st.st_uid)
-        elif write and st.st_nlink != 1:  # a hard link to some other file of this user's: never written to
-            logger.warning("not resuming %s: it has %d names (hard links), vggnet made it with one", path, st.st_nlink)
-        # Between open and flock the writer may have finished and renamed the file into place.
-        elif _try_flock(fd) and os.lstat(path).st_ino == st.st_ino:
-            return f
-    except OSError:
-        pass
-    f.close()
-    return None
-
-
-def _try_flock(fd: int) -> bool:
-    """Take an exclusive, non-blocking flock; False if someone holds it or the platform cannot."""
-    if sys.platform == "win32":
-        return False
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _lock(dest: Path, *, create: bool = True) -> Iterator[None]:
-    """Hold `dest.lock` so one process at a time downloads or converts `dest`.
-
-    The lock only saves bandwidth and time: a holder that died releases it with its file
-    descriptors, and a holder that stopped making progress for LOCK_STALL seconds (or a directory
-    where no lock can be taken, or a lock name that is not a regular file) is waited for no longer.
-    Correctness comes from the private temporary files and atomic renames.
-    """
-    if sys.platform == "win32":  # no flock: filelock's msvcrt locking
-        with _win_lock(dest, create=create):
-            yield
-        return
-    fd: int | None = None
-    try:
-        if create:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.parent.is_dir():
-            # Read-only and without O_TRUNC: flock needs no more, and a lock someone else created still locks.
-            fd = _open_fd(dest.with_name(dest.name + ".lock"), os.O_RDONLY | os.O_CREAT, mode=0o644)
-            if not _try_flock(fd) and not _wait_for(fd, dest):
-                os.close(fd)
-                fd = None
-    except OSError as err:
-        logger.warning("cannot lock %s (%s); going on without the lock", dest, err)
-        fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # releases the flock
-
-
-@contextlib.contextmanager
-def _win_lock(dest: Path, *, create: bool) -> Iterator[None]:
-    import filelock
-
-    lock = filelock.FileLock(str(dest) + ".lock")
-    try:
-        if create:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=LOCK_STALL)
-    except (OSError, filelock.Timeout) as err:
-        logger.warning("cannot lock %s (%s); going on without the lock", dest, err)
-        yield
-        return
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _wait_for(fd: int, dest: Path) -> bool:
-    """Wait until the flock on `fd` is ours (True), or its holder made no progress for LOCK_STALL s (False)."""
-    logger.info("waiting for another process to finish %s", dest)
-    mark, since = _partial_bytes(dest), time.monotonic()
-    while True:
-        time.sleep(0.1)
-        if _try_flock(fd):
-            return True
-        now = _partial_bytes(dest)
-        if now != mark:
-            mark, since = now, time.monotonic()
-        elif time.monotonic() - since > LOCK_STALL:
-            logger.warning("the process holding %s.lock made no progress for %.0f s; going on", dest, LOCK_STALL)
-            return False
-
-
-def _partial_bytes(dest: Path) -> int:
-    return sum(_size_or_zero(p) for p in _partials(dest, ""))

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import _NAME_DIGEST, _claim, _dir_error, _is_regular, _read_stamp, _stamp_of, cache_dir
+from .cache import _NAME_DIGEST, _dir_error, _read_stamp, _stamp_of, cache_dir
+from .files import is_regular
+from .locks import claim
 
 __all__ = ["CachedFile", "Removed", "cached_files", "remove_cached"]
 
@@ -68,7 +70,7 @@ class Removed:
 
 
 # vggnet's own names (the module docstring); anything else in a folder is a plain file, whatever its name.
-_PARTIAL = re.compile(r"(.+)\.(?:[0-9a-f]{8,16}|unverified)\.[0-9a-f]{8}\.partial")  # see _new_partial
+_PARTIAL = re.compile(r"(.+)\.(?:[0-9a-f]{8,16}|unverified)\.[0-9a-f]{8}\.partial")  # see new_partial
 _CORRUPT = re.compile(r"(.+)\.corrupt-\d{8}-\d{6}-[0-9a-f]{4}")  # see _cached_digest
 
 
@@ -180,7 +182,7 @@ def _remove_all(where: Path, names: tuple[str, ...], *, local_stamps: bool) -> R
 
 def _remove(path: Path) -> bool:
     """Delete `path`; False, leaving it, if it is a partial download or lock that a live process holds."""
-    if not path.name.endswith((".partial", ".lock")) or not _is_regular(path):  # a planted link: only its name goes
+    if not path.name.endswith((".partial", ".lock")) or not is_regular(path):  # a planted link: only its name goes
         path.unlink(missing_ok=True)
         return True
     if sys.platform == "win32":  # no flock there, but a file another process has open cannot be deleted
@@ -189,7 +191,7 @@ def _remove(path: Path) -> bool:
         except PermissionError:
             return False
         return True
-    f = _claim(path, write=False)
+    f = claim(path, write=False)
     if f is None:  # a running download or a lock holder has its flock on it, unless it is gone
         if os.path.lexists(path) and not os.access(path.parent, os.W_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))

@@ -9,17 +9,15 @@ resolve, the connection is refused, TLS fails) at first contact ends the call at
 what to do without a network.
 
 Plain values in (a URL, a destination path, the expected digest and size), a verified file out.
-Where the partial files live and how they are named and claimed is `cache.py`'s.
+The partial file it writes into is `partial.py`'s; how partial files are named and claimed, `locks.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import queue
 import random
 import re
 import socket
@@ -29,28 +27,14 @@ import threading
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from .cache import (
-    _CHUNK,
-    ENV_HOME,
-    ENV_MIRROR,
-    ENV_OFFLINE,
-    ChecksumError,
-    _claim,
-    _create_private,
-    _dir_error,
-    _hash_into,
-    _new_partial,
-    _partial_key,
-    _partials,
-    _publish,
-    _size_or_zero,
-    _try_flock,
-    _write_stamp,
-)
+from .cache import ENV_HOME, ENV_MIRROR, ENV_OFFLINE, ChecksumError, _dir_error, _write_stamp
 from .checks import check_int
+from .files import CHUNK, publish
+from .locks import claim, partial_key, partials
+from .partial import DiskFull, Partial, open_partial
 
 if TYPE_CHECKING:
     import requests
@@ -80,7 +64,6 @@ Timeout = float | tuple[float, float]
 _PROGRESS_RESET = 16 << 20
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")  # "bytes first-last/total"
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 class DownloadError(OSError):
@@ -116,10 +99,6 @@ class _Retry(Exception):
         self.unfixable = unfixable  # no network, or none that reaches the host: retrying will not help
 
 
-class _DiskFull(Exception):
-    """Writing the partial file failed for want of space (ENOSPC, EDQUOT, EFBIG)."""
-
-
 def _env_number(name: str, default: float) -> float:
     """A positive number from the environment variable `name`, else `default`; ValueError naming it if malformed."""
     text = os.environ.get(name, "").strip()
@@ -152,98 +131,6 @@ def check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
         )
 
 
-# --- the partial file ------------------------------------------------------------------------------
-
-
-class _StreamHasher:
-    """SHA-256 of a stream, computed on a helper thread so that it overlaps the network reads and
-    the disk writes (hashlib releases the GIL). Hashing in line nearly doubled the time of a
-    loopback download (benchmarks/bench_download.py); this way it costs almost nothing."""
-
-    def __init__(self, hasher: Any = None) -> None:
-        self._hasher = hasher if hasher is not None else hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)  # at most 16 chunks in flight
-        self._thread = threading.Thread(target=self._run, name="vggnet-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._hasher.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
-
-    def hexdigest(self) -> str:
-        self.close()
-        return str(self._hasher.hexdigest())
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-
-class _Partial:
-    """The file a download writes into: created private, or adopted from a dead download; flock-held."""
-
-    def __init__(self, path: Path, file: IO[bytes], size: int, hasher: Any = None) -> None:
-        self.path, self.file, self.size, self.hasher = path, file, size, _StreamHasher(hasher)
-        self.resumed = size > 0  # holds bytes from a Range request or an earlier call: the prefix may be bad
-        self.unsized = False  # some bytes came without a known length: a short body looks complete
-        self.total: int | None = None  # the file's size, once known
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            self.file.write(chunk)
-        except OSError as err:
-            if err.errno in _DISK_FULL:
-                raise _DiskFull(err.strerror or str(err)) from err
-            raise
-        self.hasher.update(chunk)
-        self.size += len(chunk)
-
-    def flush(self) -> None:
-        try:
-            self.file.flush()  # no fsync: a file lost in a crash fails its stamp and is fetched again
-        except OSError as err:
-            if err.errno in _DISK_FULL:
-                raise _DiskFull(err.strerror or str(err)) from err
-            raise
-
-    def restart(self) -> None:
-        with contextlib.suppress(OSError):  # what a full disk left in the buffer is dropped with the rest
-            self.file.flush()
-        self.file.seek(0)
-        self.file.truncate()
-        self.hasher.close()
-        self.size, self.hasher = 0, _StreamHasher()
-        self.resumed = self.unsized = False
-
-    def close(self) -> None:
-        self.hasher.close()
-        with contextlib.suppress(OSError):  # a full disk's buffered tail: the file is removed or resumed from its size
-            self.file.close()
-
-
-def _open_partial(dest: Path, key: str, *, resume: bool, limit: int | None) -> _Partial:
-    if resume:
-        for path in sorted(_partials(dest, key + "."), key=_size_or_zero, reverse=True):
-            f = _claim(path)
-            if f is None:
-                continue
-            hasher = hashlib.sha256()
-            size = _hash_into(f, hasher)
-            part = _Partial(path, f, size, hasher)
-            if limit is not None and size > limit:
-                part.restart()
-            logger.info("resuming %s from %d bytes already on disk", dest.name, part.size)
-            return part
-    path = _new_partial(dest, key)
-    f = _create_private(path)
-    _try_flock(f.fileno())
-    return _Partial(path, f, 0)
-
-
 # --- the transfer ---------------------------------------------------------------------------------
 
 
@@ -272,9 +159,9 @@ def download_file(
 
     ends = time.monotonic() + _env_number(ENV_DEADLINE, DEADLINE)
     cap = int(_env_number(ENV_MAX_BYTES, MAX_BYTES))
-    key = _partial_key(expected)
+    key = partial_key(expected)
     try:
-        part = _open_partial(dest, key, resume=expected is not None, limit=size or max_size)
+        part = open_partial(dest, key, resume=expected is not None, limit=size or max_size)
     except OSError as err:  # a read-only or full disk, no permission
         raise _dir_error(dest.parent, f"cannot write {dest.name} there: {err.strerror or err}") from err
     keep = expected is not None
@@ -305,10 +192,10 @@ def download_file(
         if expected is not None and not digest.startswith(expected):
             keep = False
             raise ChecksumError(url, dest, expected, digest, hint=hint)  # hint "": retry
-        _publish(part.file, part.path, dest)
+        publish(part.file, part.path, dest)
         _write_stamp(dest, digest, checked=expected is not None, st=os.fstat(part.file.fileno()))
-        for stale in _partials(dest, key + "."):  # dead downloads of the same file are of no more use
-            f = _claim(stale)
+        for stale in partials(dest, key + "."):  # dead downloads of the same file are of no more use
+            f = claim(stale)
             if f is not None:
                 stale.unlink(missing_ok=True)
                 f.close()
@@ -316,7 +203,7 @@ def download_file(
     except _BadContent:
         keep = False
         raise
-    except _DiskFull as err:
+    except DiskFull as err:
         keep = False
         need = part.total or size
         needs = (
@@ -347,7 +234,7 @@ def _no_network_help(url: str, origin: str, dest: Path) -> str:
 def _stream(
     session: requests.Session,
     url: str,
-    part: _Partial,
+    part: Partial,
     bar: tqdm[Any],
     *,
     dest: Path,
@@ -460,7 +347,7 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
 def _attempt(
     session: requests.Session,
     url: str,
-    part: _Partial,
+    part: Partial,
     bar: tqdm[Any],
     *,
     size: int | None,
@@ -515,7 +402,7 @@ def _attempt(
         watchdog.daemon = True
         watchdog.start()
         try:
-            for chunk in resp.iter_content(_CHUNK):  # decoded, if the server encoded it anyway
+            for chunk in resp.iter_content(CHUNK):  # decoded, if the server encoded it anyway
                 if part.size + len(chunk) > limit:
                     raise _BadContent(
                         f"{url} sent more than the expected {limit} bytes{_cap_hint(exact)}; nothing was kept", url=url

@@ -2,7 +2,8 @@
 
 The flow: a URL -> `fetch` (a cache hit vouched for by a stamp, or a download hashed while it
 streams) -> a verified file -> `torch.load(weights_only=True)`, memory-mapped -> a state dict.
-The layers below: `cache.py` (the folder, stamps, hashing, locks) and `download.py` (one transfer).
+The layers below: `cache.py` (the folder, stamps), `files.py` (opening, hashing), `locks.py` (partial files,
+locks) and `download.py` (one transfer).
 
 A local source (a plain path, `file://`) is verified in place, never copied; its stamp lives in the
 cache directory under `.stamps/`. A `VGGNET_MIRROR` directory is the same, after the cache.
@@ -35,22 +36,16 @@ from .cache import (
     _adopt,
     _cached_digest,
     _check_dir,
-    _create_private,
     _digest,
     _digest_of,
-    _hash_file,
-    _lock,
     _matches,
     _offline,
-    _open_read,
-    _publish,
     _read_stamp,
     _safe_name,
     _same_dir,
     _stamp_matches,
     _stamp_of,
     _stamped_digest,
-    _temp_name,
     _torch_hub_checkpoints,
     _write_stamp,
     cache_dir,
@@ -60,7 +55,9 @@ from .cache import (
 )
 from .config import OFFICIAL_BASE
 from .download import RETRIES, TIMEOUT, DownloadError, Timeout, check_limits, download_file
+from .files import create_private, hash_file, open_read, publish, temp_name
 from .formats import load_safetensors, sniff_format
+from .locks import lock
 
 __all__ = [
     "BadCheckpointError",
@@ -190,7 +187,7 @@ def add_to_mirror(
         path = fetch(url, sha256=sha256, size=size, model_dir=folder, file_name=name, progress=progress)
     if path.resolve() != dest.resolve():  # the cache's copy, or a VGGNET_MIRROR folder's (checked in place)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_name(dest)
+        tmp = temp_name(dest)
         try:
             try:
                 os.link(path, tmp)
@@ -208,7 +205,7 @@ def _cached_copy(url: str, name: str, expected: str) -> Path | None:
     cached = cache_dir() / name
     if not cached.is_file():
         return None
-    with _lock(cached, create=False):
+    with lock(cached, create=False):
         digest = _cached_digest(cached, expected, url)
     if digest is None:
         logger.warning("the cached %s does not match its digest; fetching %s instead", cached.name, url)
@@ -337,7 +334,7 @@ def _fetch(
         return dest, digest
     offline = _offline()
     _check_dir(dest.parent, create=local is None and not offline)
-    with _lock(dest, create=False):
+    with lock(dest, create=False):
         digest = _cached_digest(dest, expected, url)
         if digest is not None:
             _warn_unverified(expected, dest)
@@ -403,7 +400,7 @@ def _load(path: Path, digest: str, *, where: Path, map_location: MapLocation) ->
     """
     local = path.parent != where  # the caller's own file or a mirror directory's, not one in the cache
     stamp = _local_stamp(path, where / ".stamps") if local else _stamp_of(path)
-    with _open_read(path, follow=local) as f:
+    with open_read(path, follow=local) as f:
         actual = _digest_of(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
         if actual != digest:
             raise ChecksumError(
@@ -542,7 +539,7 @@ def _zip_copy(source: IO[bytes], path: Path, digest: str, where: Path) -> IO[byt
     if opened is not None:
         return opened
     try:
-        with _lock(copy):
+        with lock(copy):
             opened = _open_zip_copy(copy, digest)
             if opened is None:
                 _convert(source, path, copy, digest)
@@ -559,14 +556,14 @@ def _open_zip_copy(copy: Path, source_digest: str) -> IO[bytes] | None:
     if stamp is None or stamp.get("source_sha256") != source_digest:
         return None
     try:
-        f = _open_read(copy)
+        f = open_read(copy)
     except OSError as err:  # gone, or not a regular file (logged): made again
         logger.debug("cannot open %s: %s", copy, err)
         return None
     st = os.fstat(f.fileno())
     if _stamp_matches(stamp, st):
         return f
-    if _hash_file(f) != stamp["sha256"]:
+    if hash_file(f) != stamp["sha256"]:
         logger.warning("%s changed on disk; converting again", copy)
         f.close()
         return None
@@ -578,14 +575,14 @@ def _convert(source: IO[bytes], path: Path, copy: Path, digest: str) -> None:
     started = time.perf_counter()
     state = weights_only_load(source, path, mmap=False, map_location="cpu")
     _state_dict(state, path)  # refuse anything that is not a state dict before writing a copy of it
-    tmp = _temp_name(copy)
+    tmp = temp_name(copy)
     try:
-        with _create_private(tmp) as f:
+        with create_private(tmp) as f:
             torch.save(state, f)
             del state
             f.flush()
-            written = _hash_file(f)  # the digest of what we wrote
-            _publish(f, tmp, copy)
+            written = hash_file(f)  # the digest of what we wrote
+            publish(f, tmp, copy)
             _write_stamp(copy, written, checked=True, source_sha256=digest, st=os.fstat(f.fileno()))
     finally:
         tmp.unlink(missing_ok=True)

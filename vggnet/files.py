@@ -1,0 +1,156 @@
+"""Files as the cache opens them: never through a symbolic link, never a FIFO or device; hashing;
+private temporary files and publishing them by atomic rename.
+
+The low layer under `cache.py` and `locks.py`: it knows nothing of cache folders or their names.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["NotARegularFileError"]
+
+Progress = Callable[[int], object]  # called with the byte count of each chunk hashed
+
+CHUNK = 1 << 20
+
+
+class NotARegularFileError(OSError):
+    """A name in the cache is a symbolic link, FIFO, device or directory: vggnet neither reads nor writes through it.
+
+    Someone who can write to a shared cache could otherwise make vggnet write to, or hang on, any
+    file they point at; the fix is to remove the name (`vggnet cache --remove NAME`) and look at who made it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "not a regular file") -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"refusing {self.path}: it is {what}, and vggnet only opens regular files it can check "
+            f"(nothing was read from or written through it); remove it ('vggnet cache --remove {self.path.name}')"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self.path),)
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def kind_of_mode(mode: int) -> str:
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def open_fd(path: Path, flags: int = os.O_RDONLY, *, follow: bool = False, mode: int = 0o600) -> int:
+    """`os.open(path, flags)` of a regular file, else `NotARegularFileError`.
+
+    Without `follow`, a symbolic link is refused rather than followed (O_NOFOLLOW); O_NONBLOCK makes
+    opening a FIFO return at once instead of waiting for a writer; fstat then refuses anything that
+    is not a regular file, so nothing is ever read from, written through or waited on but a file.
+    """
+    try:
+        fd = os.open(path, flags | _NONBLOCK | _BINARY | (0 if follow else _NOFOLLOW), mode)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link (O_NOFOLLOW), a FIFO without reader
+            try:
+                what = kind_of_mode(os.lstat(path).st_mode)
+            except OSError:
+                what = "not a regular file"
+            raise NotARegularFileError(path, what) from err
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(path, kind_of_mode(st.st_mode))
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_read(path: Path, *, follow: bool = False) -> IO[bytes]:
+    """`path` opened for reading as `open_fd` does: a regular file, not followed through a link."""
+    return os.fdopen(open_fd(path, follow=follow), "rb")
+
+
+def is_regular(path: Path) -> bool:
+    """`path` is a regular file itself (not a link to one)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def hash_file(source: Path | IO[bytes], progress: Progress | None = None, *, follow: bool = False) -> str:
+    """The SHA-256 of a file named by `source` (opened as `open_read` does), or of an open file from its start."""
+    hasher = hashlib.sha256()
+    if isinstance(source, Path):
+        with open_read(source, follow=follow) as f:
+            hash_into(f, hasher, progress)
+    else:
+        source.seek(0)
+        hash_into(source, hasher, progress)
+    return hasher.hexdigest()
+
+
+def hash_into(f: IO[bytes], hasher: Any, progress: Progress | None = None) -> int:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    total = 0
+    while True:
+        n = f.readinto(view)  # type: ignore[attr-defined]
+        if not n:
+            return total
+        hasher.update(view[:n])
+        total += n
+        if progress is not None:
+            progress(n)
+
+
+def copy_hashing(src: Path, dst: Path) -> str:
+    hasher = hashlib.sha256()
+    with open_read(src) as fin, create_private(dst) as fout:
+        while chunk := fin.read(CHUNK):
+            hasher.update(chunk)
+            fout.write(chunk)
+    return hasher.hexdigest()
+
+
+def temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def create_private(path: Path) -> IO[bytes]:
+    """A new file only its owner can read (0600), opened for reading and writing."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o600)  # never an existing name
+    return os.fdopen(fd, "r+b")
+
+
+def publish(f: IO[bytes], tmp: Path, dest: Path) -> None:
+    """Make the verified private file `f` (open as `tmp`) readable like any downloaded file; rename it into place.
+
+    The mode is changed through the open file, never through a name someone else may have replaced.
+    """
+    if os.chmod in os.supports_fd:
+        os.chmod(f.fileno(), 0o644)
+    else:  # Windows: only the read-only bit exists
+        os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)  # what lands at `dest` is checked again, from the open file, by every load
