@@ -95,7 +95,7 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
             "--mode", "linear", "--image-size", "64", "--out", str(out), "--quiet"]  # fmt: skip
     assert cli.main(argv) == 0
     assert "best val accuracy 100.00%" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth"]  # no temporary file left behind
+    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "history.jsonl", "last.pth"]  # no temporary file
 
     raw = torch.load(out / "best.pth", weights_only=True)  # tensors, strings, numbers, lists only
     assert raw["format"] == FORMAT and raw["arch"] == "vgg11" and raw["in_chans"] == 3
@@ -104,12 +104,16 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
         "crop_size": 64, "resize_size": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "interpolation": "bilinear",
     }  # fmt: skip
-    for key, value in state.items():  # a linear probe leaves the backbone bit for bit
-        if not key.startswith("classifier.6."):
-            assert torch.equal(raw["state_dict"][key], value), key
+    # a linear probe on a named backbone stores only fc8, and the backbone's path and SHA-256 (issue 17)
+    assert sorted(raw["state_dict"]) == ["classifier.6.bias", "classifier.6.weight"]
     assert raw["state_dict"]["classifier.6.weight"].shape == (2, 4096)
+    assert raw["backbone"]["sha256"] == file_sha256(path) and raw["backbone"]["weights"] == str(path.resolve())
 
     finetuned = load_finetuned(out / "best.pth")
+    loaded = finetuned.model.state_dict()
+    for key, value in state.items():  # a linear probe leaves the backbone bit for bit
+        if not key.startswith("classifier.6."):
+            assert torch.equal(loaded[key], value), key
     assert finetuned.classes == ["blue", "red"] and finetuned.arch == "vgg11" and not finetuned.model.training
     images = val_images(data)
     assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
