@@ -26,7 +26,7 @@ from .losses import PerceptualLoss
 from .model import VGG, TapInfo, adapt_input_conv, make_layers
 from .summary import summarize
 from .taps import layer_names, module_names
-from .transforms import ImageClassification, TrainClassification
+from .transforms import ImageClassification, TrainClassification, create_transform
 from .weights import (
     VGG11_BN_Weights,
     VGG11_Weights,
@@ -84,4 +84,5 @@ __all__ = [
     "vgg16_bn",
     "vgg19",
     "vgg19_bn",
+    "create_transform",
 ]
