@@ -295,7 +295,11 @@ def test_torchrun_two_processes_on_cpu(data, pretrained, tmp_path):
         assert ranks[0][mode]["loss"] == ranks[1][mode]["loss"]  # the figures are summed over ranks
         loss = ranks[0][mode]["loss"]
         assert loss[-1] < loss[0], (mode, loss)
-        assert sorted(p.name for p in (out / mode).iterdir()) == ["best.pth"]  # rank 0 alone wrote it
+        assert sorted(p.name for p in (out / mode).iterdir()) == [
+            "best.pth",
+            "history.jsonl",
+            "last.pth",
+        ]  # rank 0 alone
     assert ranks[0]["linear"]["acc"][-1] == 100.0
     finetuned = load_finetuned(out / "linear" / "best.pth")
     images = val_images(data)
