@@ -404,7 +404,7 @@ def _finetuned(checkpoint: Mapping[str, Any], device: str | torch.device | None,
     else:
         model = _on_backbone(arch, backbone, checkpoint["state_dict"], device, kwargs)
     preset = ImageClassification(**checkpoint["preprocessing"])
-    info = {k: checkpoint.get(k) for k in ("mode", "head", "epoch", "val_acc", "weights")}
+    info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}  # the head: model.head
     return Finetuned(model, classes, preset, arch, in_chans, info)
 
 
