@@ -224,6 +224,12 @@ def test_a_weights_enum_member_is_a_starting_point(data, pretrained, tmp_path, m
     assert torch.equal(result.model.features[0].weight, state["features.0.weight"])
     finetuned = load_finetuned(result.checkpoint)
     assert finetuned.info["weights"] == "VGG11_Weights.IMAGENET1K_V1" and finetuned.preset.mean == [0.5] * 3
+    raw = torch.load(result.checkpoint, weights_only=True)  # fc8 alone, on the record it names (issue 17)
+    assert raw["backbone"] == {"weights": "VGG11_Weights.IMAGENET1K_V1", "url": str(path), "sha256": record.sha256}
+    assert sorted(raw["state_dict"]) == ["classifier.6.bias", "classifier.6.weight"]
+    assert torch.equal(finetuned.model.features[0].weight, state["features.0.weight"])
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(finetuned.model(x), result.model.eval()(x), atol=0, rtol=0)  # one epoch: best is last
     with pytest.raises(ValueError, match=r"VGG11_Weights\.IMAGENET1K_V1 holds vgg11 weights, not vgg13"):
         finetune(data, arch="vgg13", weights=enum.DEFAULT, out=tmp_path / "x")
     with pytest.raises(ValueError, match=r"VGG16_Weights\.IMAGENET1K_FEATURES has no classifier"):
@@ -463,3 +469,14 @@ def test_a_corrupt_training_image_is_named(data, tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     with pytest.raises(ValueError, match=f"cannot read the image {broken}.*remove or replace it"):
         finetune(tmp_path / "d", weights=None, epochs=1, out=tmp_path / "o", **FAST)
+
+
+def test_vggnet_predict_reads_a_small_checkpoint(data, pretrained, tmp_path, capsys):
+    result = finetune(data, weights=pretrained[0], head="gap", epochs=2, out=tmp_path / "run", **FAST)
+    images = val_images(data)
+    argv = ["predict", *(str(p) for p, _ in images), "--weights", str(result.last), "--topk", "1", "--json"]
+    assert cli.main(argv) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["predictions"][0]["label"] for r in results] == predict(
+        load_finetuned(result.last), [p for p, _ in images]
+    )
