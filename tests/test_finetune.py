@@ -95,7 +95,7 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
             "--mode", "linear", "--image-size", "64", "--out", str(out), "--quiet"]  # fmt: skip
     assert cli.main(argv) == 0
     assert "best val accuracy 100.00%" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth"]  # no temporary file left behind
+    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "history.jsonl", "last.pth"]  # no temporary file
 
     raw = torch.load(out / "best.pth", weights_only=True)  # tensors, strings, numbers, lists only
     assert raw["format"] == FORMAT and raw["arch"] == "vgg11" and raw["in_chans"] == 3
@@ -104,12 +104,16 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
         "crop_size": 64, "resize_size": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "interpolation": "bilinear",
     }  # fmt: skip
-    for key, value in state.items():  # a linear probe leaves the backbone bit for bit
-        if not key.startswith("classifier.6."):
-            assert torch.equal(raw["state_dict"][key], value), key
+    # a linear probe on a named backbone stores only fc8, and the backbone's path and SHA-256 (issue 17)
+    assert sorted(raw["state_dict"]) == ["classifier.6.bias", "classifier.6.weight"]
     assert raw["state_dict"]["classifier.6.weight"].shape == (2, 4096)
+    assert raw["backbone"]["sha256"] == file_sha256(path) and raw["backbone"]["weights"] == str(path.resolve())
 
     finetuned = load_finetuned(out / "best.pth")
+    loaded = finetuned.model.state_dict()
+    for key, value in state.items():  # a linear probe leaves the backbone bit for bit
+        if not key.startswith("classifier.6."):
+            assert torch.equal(loaded[key], value), key
     assert finetuned.classes == ["blue", "red"] and finetuned.arch == "vgg11" and not finetuned.model.training
     images = val_images(data)
     assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
@@ -220,6 +224,12 @@ def test_a_weights_enum_member_is_a_starting_point(data, pretrained, tmp_path, m
     assert torch.equal(result.model.features[0].weight, state["features.0.weight"])
     finetuned = load_finetuned(result.checkpoint)
     assert finetuned.info["weights"] == "VGG11_Weights.IMAGENET1K_V1" and finetuned.preset.mean == [0.5] * 3
+    raw = torch.load(result.checkpoint, weights_only=True)  # fc8 alone, on the record it names (issue 17)
+    assert raw["backbone"] == {"weights": "VGG11_Weights.IMAGENET1K_V1", "url": str(path), "sha256": record.sha256}
+    assert sorted(raw["state_dict"]) == ["classifier.6.bias", "classifier.6.weight"]
+    assert torch.equal(finetuned.model.features[0].weight, state["features.0.weight"])
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(finetuned.model(x), result.model.eval()(x), atol=0, rtol=0)  # one epoch: best is last
     with pytest.raises(ValueError, match=r"VGG11_Weights\.IMAGENET1K_V1 holds vgg11 weights, not vgg13"):
         finetune(data, arch="vgg13", weights=enum.DEFAULT, out=tmp_path / "x")
     with pytest.raises(ValueError, match=r"VGG16_Weights\.IMAGENET1K_FEATURES has no classifier"):
@@ -291,7 +301,11 @@ def test_torchrun_two_processes_on_cpu(data, pretrained, tmp_path):
         assert ranks[0][mode]["loss"] == ranks[1][mode]["loss"]  # the figures are summed over ranks
         loss = ranks[0][mode]["loss"]
         assert loss[-1] < loss[0], (mode, loss)
-        assert sorted(p.name for p in (out / mode).iterdir()) == ["best.pth"]  # rank 0 alone wrote it
+        assert sorted(p.name for p in (out / mode).iterdir()) == [
+            "best.pth",
+            "history.jsonl",
+            "last.pth",
+        ]  # rank 0 alone
     assert ranks[0]["linear"]["acc"][-1] == 100.0
     finetuned = load_finetuned(out / "linear" / "best.pth")
     images = val_images(data)
@@ -312,3 +326,157 @@ def test_cuda_bf16_channels_last(data, pretrained, tmp_path, mode):
     finetuned = load_finetuned(result.checkpoint)
     images = val_images(data)
     assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
+
+
+# --- issue 17: heads, recipes, runs, feedback, data ------------------------------------------------
+
+FAST = {"arch": "vgg11", "image_size": 32, "batch_size": 4, "progress": False}
+
+
+def figures(history):
+    """Every figure of a history but the timings (which differ between two runs)."""
+    return [(s.epoch, s.train_loss, s.train_acc, s.val_loss, s.val_acc, s.lr) for s in history]
+
+
+def test_builders_take_a_head(pretrained):
+    path, state = pretrained
+    gap = vggnet.vgg11(head="gap", num_classes=10)
+    assert sum(p.numel() for p in gap.classifier.parameters()) == 512 * 10 + 10  # not 123M
+    assert gap(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert gap.forward_head(gap.forward_features(torch.randn(2, 3, 32, 32)), pre_logits=True).shape == (2, 512)
+    on_weights = vggnet.vgg11(weights=path, head="gap", num_classes=3)  # features loaded, a fresh Linear(512, 3)
+    assert all(torch.equal(on_weights.state_dict()[k], v) for k, v in state.items() if k.startswith("features."))
+    assert vggnet.vgg11(head="fc7").state_dict().keys() == vggnet.vgg11().state_dict().keys()
+    with pytest.raises(ValueError, match="head must be one of vgg, gap, fc7, got 'mlp'"):
+        vggnet.vgg11(head="mlp")
+
+
+def test_a_gap_probe_checkpoint_is_small_and_loads_back_everywhere(data, pretrained, tmp_path):
+    path, _ = pretrained
+    result = finetune(data, weights=path, mode="linear", head="gap", epochs=3, out=tmp_path / "gap", **FAST)
+    best = result.checkpoint
+    raw = torch.load(best, weights_only=True)
+    assert sorted(raw["state_dict"]) == ["classifier.0.bias", "classifier.0.weight"] and raw["head"] == "gap"
+    assert raw["backbone"] == {"weights": str(path.resolve()), "url": str(path.resolve()), "sha256": file_sha256(path)}
+    assert best.stat().st_size < 64 * 1024  # a 1026-number Linear, not the 507 MB network
+    x = torch.randn(3, 3, 32, 32)
+    model = result.model.eval()
+    last = result.last  # the model as after the last epoch, which `result.model` is
+    for loaded in (load_finetuned(last).model, vggnet.checkpoint.load(last).model, vggnet.vgg11(weights=last)):
+        assert loaded.head == "gap"
+        torch.testing.assert_close(loaded.eval()(x), model(x), atol=0, rtol=0)
+    torch.save({**raw, "backbone": {**raw["backbone"], "sha256": "0" * 64}}, tmp_path / "forged.pth")
+    with pytest.raises(vggnet.ChecksumError):  # the backbone is verified, not trusted
+        load_finetuned(tmp_path / "forged.pth")
+
+
+def test_fc7_is_the_linear_probe_and_modes_and_heads_must_agree(data, pretrained, tmp_path):
+    path, _ = pretrained
+    probe = finetune(data, weights=path, head="fc7", epochs=2, out=tmp_path / "fc7", **FAST)
+    vgg = finetune(data, weights=path, head="vgg", epochs=2, out=tmp_path / "vgg", **FAST)
+    assert figures(probe.history) == figures(vgg.history)  # the same training, named for what it is
+    with pytest.raises(ValueError, match="head 'fc7' is a linear probe on fc7 features"):
+        FinetuneConfig(data, head="fc7", mode="full", weights=None)
+    with pytest.raises(ValueError, match="mode 'linear' computes the features once, without augmentation, so augment"):
+        FinetuneConfig(data, mode="linear", augment="light", weights=None)
+    with pytest.raises(ValueError, match="crop_scale must be"):
+        FinetuneConfig(data, mode="full", crop_scale=(0.9, 0.1), weights=None)
+
+
+def test_the_same_seed_gives_the_same_history_and_resume_continues_it_exactly(data, tmp_path):
+    settings = dict(FAST, weights=None, mode="full", head="gap", epochs=3, lr=0.01, augment="light",
+                    label_smoothing=0.1, weight_decay=1e-4, warmup_epochs=1, seed=7)  # fmt: skip
+    first = finetune(data, out=tmp_path / "a", **settings)
+    again = finetune(data, out=tmp_path / "b", **settings)
+    assert figures(first.history) == figures(again.history) and len(first.history) == 3
+    assert [s.lr for s in first.history] == pytest.approx([0.005, 0.01, 0.005])  # warm-up, then the cosine
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(stats):
+        if stats.epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(data, out=tmp_path / "c", on_epoch=stop_after_first, **settings)
+    resumed = finetune(data, out=tmp_path / "c", resume=True, **settings)
+    assert figures(resumed.history) == figures(first.history)
+    torch.testing.assert_close(resumed.model.state_dict(), first.model.state_dict(), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        finetune(data, out=tmp_path / "c", resume=True, **{**settings, "lr": 0.02, "epochs": 4})
+
+
+def test_a_run_writes_history_and_curves_and_refuses_to_overwrite(data, tmp_path):
+    seen = []
+    out, plot = tmp_path / "run", tmp_path / "curves.png"
+    result = finetune(data, out=out, weights=None, mode="full", head="gap", epochs=2, plot=plot, on_epoch=seen.append,
+                      **FAST)  # fmt: skip
+    assert seen == result.history == vggnet.finetune.read_history(out)
+    lines = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [sorted(line) for line in lines] == [
+        ["epoch", "images_per_s", "lr", "seconds", "train_acc", "train_loss", "val_acc", "val_loss"]
+    ] * 2
+    assert all(line["images_per_s"] > 0 and line["seconds"] > 0 for line in lines)
+    with Image.open(plot) as png:
+        assert png.size == (900, 380) and len(png.getcolors(1 << 16)) > 3  # curves drawn, not a blank page
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["train"]["finished"] and last["train"]["epoch"] == 2
+    with pytest.raises(FileExistsError, match=r"already holds a run \(finished after epoch 2\).*--overwrite"):
+        finetune(data, out=out, weights=None, mode="full", head="gap", epochs=2, **FAST)
+    with pytest.raises(ValueError, match="holds a finished run"):
+        finetune(data, out=out, weights=None, mode="full", head="gap", epochs=2, resume=True, **FAST)
+    again = finetune(data, out=out, weights=None, mode="full", head="gap", epochs=1, overwrite=True, **FAST)
+    assert len(vggnet.finetune.read_history(out)) == 1 and again.history[0].epoch == 1
+
+
+def test_a_diverging_loss_stops_the_run_with_advice(data, tmp_path):
+    with pytest.raises(
+        vggnet.finetune.Diverged, match=r"diverged at epoch 1: train loss nan.*too high: lower it \(--lr 100000\)"
+    ):
+        finetune(data, out=tmp_path / "x", weights=None, mode="full", head="gap", epochs=3, lr=1e6, **FAST)
+    assert not (tmp_path / "x" / "last.pth").exists()
+
+
+def test_early_stopping_on_validation(data, tmp_path):
+    # lr so small that nothing changes: no better val accuracy after epoch 1
+    result = finetune(data, out=tmp_path / "e", weights=None, mode="full", head="gap", epochs=6, lr=1e-12,
+                      early_stop=2, **FAST)  # fmt: skip
+    assert result.stopped_early and [s.epoch for s in result.history] == [1, 2, 3]
+
+
+def test_val_split_is_stratified_and_seeded_and_the_layout_is_checked_first(tmp_path):
+    write_set(tmp_path / "d", {"train": 10})
+    folder = ImageFolder(tmp_path / "d" / "train")
+    rest, held = folder.split(0.2, seed=3)
+    assert sorted(held.targets()) == [0, 0, 1, 1] and len(rest) == 16 and not set(rest.samples) & set(held.samples)
+    assert held.samples == folder.split(0.2, seed=3)[1].samples != folder.split(0.2, seed=4)[1].samples
+    # no val/ and no val_split: refused before the (unreachable) weights are fetched
+    with pytest.raises(FileNotFoundError, match=r"val: no such folder; .* val_split=0.2 \(--val-split 0.2\)"):
+        finetune(tmp_path / "d", weights="http://127.0.0.1:9/never.pth", out=tmp_path / "o", **FAST)
+    result = finetune(tmp_path / "d", weights=None, val_split=0.2, epochs=1, out=tmp_path / "o", **FAST)
+    assert len(result.history) == 1
+    (tmp_path / "d" / "train" / "green").mkdir()
+    with pytest.raises(ValueError, match=r"for the classes \['green'\]; add images or remove the empty folders"):
+        finetune(tmp_path / "d", weights="http://127.0.0.1:9/never.pth", val_split=0.2, out=tmp_path / "p", **FAST)
+
+
+def test_a_corrupt_training_image_is_named(data, tmp_path):
+    import shutil
+
+    shutil.copytree(data, tmp_path / "d")
+    broken = tmp_path / "d" / "train" / "red" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(ValueError, match=f"cannot read the image {broken}.*remove or replace it"):
+        finetune(tmp_path / "d", weights=None, epochs=1, out=tmp_path / "o", **FAST)
+
+
+def test_vggnet_predict_reads_a_small_checkpoint(data, pretrained, tmp_path, capsys):
+    result = finetune(data, weights=pretrained[0], head="gap", epochs=2, out=tmp_path / "run", **FAST)
+    images = val_images(data)
+    argv = ["predict", *(str(p) for p, _ in images), "--weights", str(result.last), "--topk", "1", "--json"]
+    assert cli.main(argv) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["predictions"][0]["label"] for r in results] == predict(
+        load_finetuned(result.last), [p for p, _ in images]
+    )

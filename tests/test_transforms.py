@@ -379,3 +379,37 @@ def test_image_sizes_have_an_upper_bound():
         TrainClassification(crop_size=5000)
     with pytest.raises(ValueError, match="image_size must be at most 1024"):
         FinetuneConfig("data", image_size=2048)
+
+
+# --- presets for any size (issue 17) ---------------------------------------------------------------
+
+
+def test_resize_follows_the_crop_unless_given_and_224_stays_torchvisions():
+    assert ImageClassification(crop_size=224).resize_size == 256  # torchvision's default, kept
+    assert ImageClassification(crop_size=32).resize_size == 37  # round(32 / 0.875), not 256
+    assert ImageClassification(crop_size=32, resize_size=256).resize_size == 256  # given: kept
+    theirs = tvm.VGG16_Weights.DEFAULT.transforms()
+    ours = vggnet.VGG16_Weights.DEFAULT.transforms()
+    assert (ours.crop_size, ours.resize_size) == (theirs.crop_size[0], theirs.resize_size[0])
+    img = load_image(PHOTOS[0]).resize((48, 40))
+    small = ImageClassification(crop_size=32)(img)  # the shorter side to 37: most of the image survives
+    mean, std = vggnet.config.IMAGENET_MEAN, vggnet.config.IMAGENET_STD
+    reference = tvt.Compose([tvt.Resize(37), tvt.CenterCrop(32), tvt.ToTensor(), tvt.Normalize(mean, std)])
+    torch.testing.assert_close(small, reference(img), atol=1e-2, rtol=0)
+
+
+def test_create_transform_takes_timms_names():
+    from vggnet import create_transform
+
+    preset = create_transform(input_size=64, crop_pct=0.8)
+    assert isinstance(preset, ImageClassification) and (preset.crop_size, preset.resize_size) == (64, 80)
+    assert create_transform(input_size=(3, 224, 224)).resize_size == 256
+    gray = create_transform(input_size=(1, 32, 32))
+    assert gray.mean == pytest.approx((0.449,)) and gray(load_image(PHOTOS[0])).shape == (1, 32, 32)
+    train = create_transform(input_size=48, train=True, hflip=0.0, scale=(0.5, 1.0))
+    assert isinstance(train, TrainClassification) and train.scale == (0.5, 1.0) and train.hflip_prob == 0.0
+    assert train(load_image(PHOTOS[0])).shape == (3, 48, 48)
+    with pytest.raises(ValueError, match="crop_pct must be in"):
+        create_transform(input_size=32, crop_pct=1.5)
+    with pytest.raises(ValueError, match="input_size must be N or"):
+        create_transform(input_size=(3, 32, 40))

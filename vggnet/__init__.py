@@ -30,7 +30,7 @@ from .model import VGG, TapInfo, adapt_input_conv, make_layers
 from .receptive import ReceptiveField, receptive_fields
 from .summary import summarize
 from .taps import layer_names, module_names
-from .transforms import ImageClassification, TrainClassification
+from .transforms import ImageClassification, TrainClassification, create_transform
 from .weights import (
     VGG11_BN_Weights,
     VGG11_Weights,
@@ -95,4 +95,5 @@ __all__ = [
     "vgg16_bn",
     "vgg19",
     "vgg19_bn",
+    "create_transform",
 ]

@@ -14,6 +14,10 @@ Shared arguments of every builder (documented once here):
   fc8 is freshly initialised (logged at INFO).
 - `in_chans`: input channels (default 3). With weights, a 3-channel first convolution is adapted by
   `model.adapt_input_conv` (1 channel: the sum over RGB; see there for 2 and N > 3).
+- `head`: "vgg" (fc6-fc8, the default), "gap" (global average pool + one Linear(512, num_classes):
+  thousands of parameters instead of 123M, for small data or small images; with weights, `features`
+  is loaded and the new Linear freshly initialised) or "fc7" (the vgg head; the name `finetune` uses
+  for a linear probe on fc7 features).
 - other keyword arguments go to `VGG` (`dropout`, `init_weights`).
 - `weights` also takes torchvision's own members (`torchvision.models.VGG16_Weights.DEFAULT`),
   matched by URL to vggnet's records.
@@ -38,7 +42,7 @@ from .checkpoint import WeightsSource, arch_of_state, load
 from .checks import check_int
 from .config import IN_CHANNELS, check_arch
 from .interop import pretrained_cfg
-from .model import NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
+from .model import HEADS, NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
 from .weights import (
     WEIGHTS_ENUMS,
     VGG11_BN_Weights,
@@ -127,7 +131,7 @@ def _legacy_pretrained(
 
 
 # The keyword arguments a builder takes besides weights and progress.
-_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights", "features_only")
+_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights", "features_only", "head")
 
 
 def _check_arguments(kwargs: Mapping[str, Any]) -> None:
@@ -140,6 +144,8 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
         )
     check_int("num_classes", kwargs.get("num_classes", 1), least=0, what=NUM_CLASSES_MEANS)
     check_int("in_chans", kwargs.get("in_chans", IN_CHANNELS))
+    if kwargs.get("head", "vgg") not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {kwargs['head']!r}")
     dropout = kwargs.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be a probability between 0 and 1, got {dropout!r}")

@@ -21,6 +21,7 @@ included, is checked before anything is fetched.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,7 @@ __all__ = [
     "WeightsSource",
     "arch_of_state",
     "available_devices",
+    "backbone_identity",
     "check_classifier",
     "check_device",
     "classify",
@@ -84,6 +86,7 @@ SOURCE_RULES = (
 WeightsSource = None | str | os.PathLike[str] | Weights | WeightsEnum
 
 _HEAD = "classifier.6."
+_GAP_HEAD = "classifier.0."  # fc8 of a head="gap" model
 _FIRST = "features.0.weight"
 _ZIP_MAGIC = b"PK\x03\x04"
 _IMAGENET_CLASSES = 1000
@@ -445,7 +448,11 @@ def _finetuned(
     kwargs: dict[str, Any],
     source: str = "the fine-tuned checkpoint",
 ) -> Finetuned:
-    """The model of a fine-tuned checkpoint (eval mode; its own fc8 and in_chans unless `kwargs` say otherwise)."""
+    """The model of a fine-tuned checkpoint (eval mode; its own fc8 and in_chans unless `kwargs` say otherwise).
+
+    A checkpoint with a "backbone" entry holds only what was trained: the backbone is loaded (and
+    verified) from the record, file or URL it names, then the trained tensors are put on it.
+    """
     _check_finetuned(checkpoint, source)
     arch, classes = str(checkpoint["arch"]), list(checkpoint["classes"])
     in_chans = int(checkpoint["in_chans"])
@@ -453,10 +460,15 @@ def _finetuned(
         preset = ImageClassification(**checkpoint["preprocessing"])
     except (TypeError, ValueError) as err:
         raise BadCheckpointError(f"{source}: its preprocessing is not a valid preset ({err})") from None
-    kwargs = {"num_classes": len(classes), "in_chans": in_chans, **kwargs}
+    head = str(checkpoint.get("head", "vgg"))
+    kwargs = {"num_classes": len(classes), "in_chans": in_chans, "head": head, **kwargs}
     in_chans = kwargs["in_chans"]
-    model = model_from_state(arch, checkpoint["state_dict"], device, kwargs, source=source).eval()
-    info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}
+    backbone = checkpoint.get("backbone")
+    if backbone is None:
+        model = model_from_state(arch, checkpoint["state_dict"], device, kwargs, source=source).eval()
+    else:
+        model = _on_backbone(arch, backbone, checkpoint["state_dict"], device, kwargs)
+    info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}  # the head: model.head
     return Finetuned(model, classes, preset, arch, in_chans, info)
 
 
@@ -484,6 +496,49 @@ def _check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
             f"{source} says it was written by vggnet finetune ({FORMAT}), but {'; '.join(problems)}; "
             "nothing was loaded: write it again with vggnet finetune"
         )
+
+
+def backbone_identity(source: Source, path: Path | None) -> dict[str, str]:
+    """What a small checkpoint records of the weights it was trained on: their name and SHA-256.
+
+    `path` is the file a file or URL source was read from (hashed here); a record carries its digest.
+    """
+    if source.kind == "record":
+        assert source.record is not None
+        return {"weights": source.label, "url": source.record.url, "sha256": source.record.sha256}
+    if path is None:
+        raise ValueError(f"a {source.kind} source has no file to identify")
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(chunk)
+    digest = hasher.hexdigest()
+    return {"weights": source.text, "url": source.text, "sha256": digest}
+
+
+def _on_backbone(
+    arch: str, backbone: Mapping[str, str], trained: Mapping[str, torch.Tensor], device: str | torch.device | None,
+    kwargs: dict[str, Any],
+) -> VGG:  # fmt: skip
+    name, digest = str(backbone["weights"]), str(backbone["sha256"])
+    source = classify(name, arch)
+    if source.kind == "record":
+        assert source.record is not None
+        if normalize_digest(digest) != source.record.sha256:
+            raise ValueError(
+                f"this checkpoint was trained on {name} with SHA-256 {digest}, but that record now has "
+                f"{source.record.sha256}; fine-tune again on the current weights"
+            )
+        base = load(source.record, arch=arch, device=device, **kwargs)
+    else:
+        base = load(name, arch=arch, device=device, sha256=digest, **kwargs)
+    model = base.model
+    expected = model.state_dict()
+    unexpected = sorted(k for k in trained if k not in expected or expected[k].shape != trained[k].shape)
+    if unexpected:
+        raise RuntimeError(f"the trained tensors {_first(unexpected)} do not fit {arch} on {name}")
+    model.load_state_dict({**expected, **trained}, strict=True)
+    return model.eval()
 
 
 def read_finetuned(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any] | None:
@@ -523,10 +578,18 @@ def model_from_state(
     if first is not None and first.dim() == 4 and first.shape[1] == IN_CHANNELS != in_chans:
         logger.info("%s: adapting the pretrained first convolution from 3 to %d input channels", arch, in_chans)
         state = {**state, _FIRST: adapt_input_conv(first, in_chans)}
-    head = state.get(_HEAD + "weight")
-    checkpoint_classes = head.shape[0] if head is not None and head.dim() == 2 else None
+    state_head = _head_of_state(state)
+    head = kwargs.setdefault("head", state_head)
+    if head == "gap" != state_head:  # fc6-fc7 do not fit a gap head: every layer of `features` is kept
+        logger.info(
+            "%s: head='gap': the checkpoint's classifier is left out, classifier.0 is freshly initialised", arch
+        )
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    head_key = _GAP_HEAD if head == "gap" else _HEAD
+    fc8 = state.get(head_key + "weight")
+    checkpoint_classes = fc8.shape[0] if fc8 is not None and fc8.dim() == 2 else None
     num_classes = kwargs.setdefault("num_classes", checkpoint_classes or 1000)
-    new_head = checkpoint_classes is not None and num_classes != checkpoint_classes
+    new_head = (checkpoint_classes is not None and num_classes != checkpoint_classes) or (head == "gap" and fc8 is None)
     kwargs["init_weights"] = False
     row, batch_norm = arch_config(arch)
     with torch.device("meta"):
@@ -536,18 +599,26 @@ def model_from_state(
             "%s: checkpoint has %d classes, num_classes=%d: loading every layer but fc8, which is freshly initialised",
             arch, checkpoint_classes, num_classes,
         )  # fmt: skip
-        state = {k: v for k, v in state.items() if not k.startswith(_HEAD)}
-    fresh = (_HEAD,) if new_head else ()
+        state = {k: v for k, v in state.items() if not k.startswith(head_key)}
+    fresh = (head_key,) if new_head else ()
     load_checkpoint_state(model, state, device=device, fresh=fresh, nonfinite=nonfinite, source=source)
     return model
 
 
+def _head_of_state(state: Mapping[str, torch.Tensor]) -> str:
+    """ "gap" for a state dict whose only classifier layer is a Linear(512, N), else "vgg"."""
+    first = state.get(_GAP_HEAD + "weight")
+    gap = first is not None and first.shape[1] == 512 and "classifier.3.weight" not in state
+    return "gap" if gap else "vgg"
+
+
 def _arch_of_keys(state: Mapping[str, torch.Tensor]) -> str | None:
     keys = {k for k in state if not k.endswith("num_batches_tracked")}  # the 2017 checkpoints lack them
+    head = _head_of_state(state)
     for arch in ARCHS:
         row, batch_norm = arch_config(arch)
         with torch.device("meta"):
-            layout = VGG(make_layers(row, batch_norm), init_weights=False).state_dict()
+            layout = VGG(make_layers(row, batch_norm), init_weights=False, head=head).state_dict()
         if keys == {k for k in layout if not k.endswith("num_batches_tracked")}:
             return arch
     return None

@@ -30,7 +30,11 @@ from .config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
 from .interop import pretrained_cfg
 from .taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
 
-__all__ = ["VGG", "TapInfo", "VGGFeatures", "adapt_input_conv", "make_layers"]
+__all__ = ["HEADS", "VGG", "TapInfo", "VGGFeatures", "adapt_input_conv", "make_layers"]
+
+# "vgg": fc6-fc8 on the 7x7 pool; "gap": a global average pool and one Linear(512, num_classes) (issue 17);
+# "fc7": the vgg head, named for what `finetune` trains on it (fc8 alone, a linear probe on fc7 features)
+HEADS = ("vgg", "gap", "fc7")
 
 
 def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:
@@ -56,7 +60,8 @@ class VGG(nn.Module):
     returns relu7, the (N, 4096) pooled feature vector, as timm's do.
 
     The model scripts, FX-traces, exports and compiles with fullgraph=True (issue 12); the input
-    checks run only for eager callers.
+    checks run only for eager callers. `head="gap"` replaces pool and classifier by a 1x1 average
+    pool and `classifier.0`, one Linear(512, num_classes) (no named taps after pool5 then); see `HEADS`.
     """
 
     # Properties TorchScript must not compile (they read modules by type or build dicts).
@@ -66,20 +71,32 @@ class VGG(nn.Module):
     __jit_ignored_attributes__ = ("pretrained_cfg",)  # timm's description of the expected input (a dict of Any)
 
     def __init__(
-        self, features: nn.Module, num_classes: int = 1000, init_weights: bool = True, dropout: float = 0.5
+        self,
+        features: nn.Module,
+        num_classes: int = 1000,
+        init_weights: bool = True,
+        dropout: float = 0.5,
+        head: str = "vgg",
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.head = head
         self.features = features
-        self.avgpool = nn.AdaptiveAvgPool2d((POOLED_SIZE, POOLED_SIZE))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * POOLED_SIZE * POOLED_SIZE, HIDDEN),
-            nn.ReLU(True),
-            nn.Dropout(p=dropout),
-            nn.Linear(HIDDEN, HIDDEN),
-            nn.ReLU(True),
-            nn.Dropout(p=dropout),
-            _fc8(HIDDEN, num_classes),
+        self.avgpool = nn.AdaptiveAvgPool2d(1 if head == "gap" else (POOLED_SIZE, POOLED_SIZE))
+        self.classifier = (
+            nn.Sequential(_fc8(512, num_classes))
+            if head == "gap"
+            else nn.Sequential(
+                nn.Linear(512 * POOLED_SIZE * POOLED_SIZE, HIDDEN),
+                nn.ReLU(True),
+                nn.Dropout(p=dropout),
+                nn.Linear(HIDDEN, HIDDEN),
+                nn.ReLU(True),
+                nn.Dropout(p=dropout),
+                _fc8(HIDDEN, num_classes),
+            )
         )
         self.grad_checkpointing = False
         self._frozen = 0  # number of leading taps frozen by `freeze`
@@ -174,9 +191,12 @@ class VGG(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at relu7 (N, 4096)."""
+        """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at relu7 (N, 4096).
+
+        With `head="gap"`, `pre_logits` gives the pooled (N, 512) features.
+        """
         x = self.avgpool(x)
-        x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
+        x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088); gap: (N, 512, 1, 1) -> (N, 512)
         last = len(self.classifier) - 1
         for i, layer in enumerate(self.classifier):  # a loop, not classifier[:-1]: TorchScript cannot slice
             if not (pre_logits and i == last):

@@ -33,7 +33,16 @@ from torch import nn
 from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
 
 from .checks import check_int
-from .config import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, KERAS_MEAN, KERAS_STD, MAX_RESIZE, MAX_SIZE
+from .config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    IN_CHANNELS,
+    INTERPOLATIONS,
+    KERAS_MEAN,
+    KERAS_STD,
+    MAX_RESIZE,
+    MAX_SIZE,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -42,14 +51,25 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ENV_MAX_PIXELS",
     "BadImageError",
+    "CROP_PCT",
     "ImageClassification",
     "TrainClassification",
+    "create_transform",
     "gray_image",
     "keras_transforms",
     "load_image",
     "max_image_pixels",
     "pil_to_tensor",
 ]
+
+# The share of the resized image the evaluation crop keeps: 224 / 256, ImageNet's convention (issue 17)
+CROP_PCT = 0.875
+
+
+def resize_for(crop_size: int, crop_pct: float = CROP_PCT) -> int:
+    """The shorter side to resize to before a centre crop of `crop_size`: round(crop_size / crop_pct)."""
+    return round(crop_size / crop_pct)
+
 
 ImageLike = Union["Image", torch.Tensor]
 SCALES = {torch.uint8: 255, torch.uint16: 65535}  # integer tensor dtypes read, and their white
@@ -384,6 +404,9 @@ class _Preset(nn.Module):
 class ImageClassification(_Preset):
     """Evaluation preset: shorter side to `resize_size`, center crop, scale to [0, 1], normalize.
 
+    `resize_size` defaults to round(crop_size / 0.875) (`CROP_PCT` = 224/256): 256 for a 224 crop as in
+    torchvision, 37 for 32 where torchvision keeps 256 and would discard most of a small image.
+
     Accepts a PIL image, a uint8, uint16 or float tensor (C, H, W) or a batch (N, C, H, W) and returns
     float32 of the same rank. Gray input is replicated to 3 channels when the preset has 3 means; colour
     input is turned into luminance when it has 1.
@@ -393,7 +416,7 @@ class ImageClassification(_Preset):
         self,
         *,
         crop_size: int,
-        resize_size: int = 256,
+        resize_size: int | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         interpolation: str = "bilinear",
@@ -401,6 +424,8 @@ class ImageClassification(_Preset):
     ) -> None:
         super().__init__(mean, std, interpolation, antialias)
         _check_size("crop_size", crop_size, MAX_SIZE)
+        if resize_size is None:  # follows the crop: 256 for 224 (torchvision's), 37 for 32, not 256 for any crop
+            resize_size = resize_for(crop_size)
         _check_size("resize_size", resize_size, MAX_RESIZE)
         self.crop_size = crop_size
         self.resize_size = resize_size
@@ -516,3 +541,43 @@ def keras_transforms(crop_size: int = 224, resize_size: int = 256) -> ImageClass
     the BGR order into conv1_1, so this preset subtracts the same means in RGB order on the 0-255 scale.
     """
     return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=KERAS_MEAN, std=KERAS_STD)
+
+
+def create_transform(
+    input_size: int | Sequence[int] = 224,
+    *,
+    train: bool = False,
+    crop_pct: float = CROP_PCT,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+    hflip: float = 0.5,
+    scale: tuple[float, float] = (0.08, 1.0),
+) -> ImageClassification | TrainClassification:
+    """A preset for any input size, in timm's names: `input_size` N or (C, N, N), `crop_pct`, `train`.
+
+    Evaluation: resize the shorter side to round(N / crop_pct), centre-crop N. Training: a random resized
+    crop of N (area share `scale`) flipped with probability `hflip`. A 1-channel `input_size` with
+    ImageNet's 3 means averages them, as gray fine-tuning does.
+    """
+    if isinstance(input_size, int):
+        size, channels = input_size, len(mean)
+    else:
+        dims = tuple(input_size)
+        if len(dims) != 3 or dims[1] != dims[2]:
+            raise ValueError(f"input_size must be N or (C, N, N), got {input_size!r}")
+        channels, size = dims[0], dims[1]
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], e.g. 0.875 (224/256), got {crop_pct!r}")
+    if channels != len(mean):
+        if channels == 1 and len(mean) == IN_CHANNELS and len(std) == IN_CHANNELS:
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        else:
+            raise ValueError(f"input_size has {channels} channels but mean has {len(mean)} values")
+    if train:
+        return TrainClassification(
+            crop_size=size, mean=mean, std=std, interpolation=interpolation, hflip_prob=hflip, scale=scale
+        )
+    return ImageClassification(
+        crop_size=size, resize_size=resize_for(size, crop_pct), mean=mean, std=std, interpolation=interpolation
+    )
