@@ -271,8 +271,10 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
         if not digest.startswith(expected):
             logger.warning("ignoring %s: its SHA-256 %s does not match %s", src, digest, expected)
             return None
-        os.replace(tmp, dest)
-        _write_stamp(dest, digest, checked=True)
+        with open_read(tmp) as held:  # the inode hashed: the stamp describes it, not whatever dest names later
+            os.replace(tmp, dest)
+            st = os.fstat(held.fileno())  # after the rename, which changes its ctime
+        _write_stamp(dest, digest, checked=True, st=st)
         logger.info("reused %s from torch.hub's cache (SHA-256 verified)", src)
         return digest
     finally:
