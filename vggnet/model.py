@@ -197,9 +197,12 @@ class VGG(nn.Module):
         """
         x = self.avgpool(x)
         x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088); gap: (N, 512, 1, 1) -> (N, 512)
+        if not pre_logits:  # any classifier, e.g. the nn.Identity torchvision users put in its place
+            logits: torch.Tensor = self.classifier(x)
+            return logits
         last = len(self.classifier) - 1
         for i, layer in enumerate(self.classifier):  # a loop, not classifier[:-1]: TorchScript cannot slice
-            if not (pre_logits and i == last):
+            if i != last:
                 x = layer(x)
         return x
 
