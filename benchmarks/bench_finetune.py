@@ -127,6 +127,7 @@ def mode_times(arch: str, size: int, epochs: int, per_class: int, batch: int, de
             result = finetune(
                 data, arch=arch, weights=None, epochs=epochs, batch_size=batch, mode=mode,
                 image_size=size, out=Path(tmp) / mode, device=device, progress=False,
+                overwrite=True,  # the second round replaces the first's run folder
             )  # fmt: skip
             rows.append({
                 "mode": mode, "arch": arch, "image_size": size, "epochs": epochs, "train_images": 2 * per_class,
