@@ -338,8 +338,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                 f"{summary.images_per_s:.1f} img/s, {summary.world_size} process(es): {summary.output}",
                 file=sys.stderr,
             )
-        # rank 0 speaks for all: another rank failing first would make torchrun stop rank 0 mid-sentence
-        return EXIT_FAILURE if summary.failed and _rank() == 0 else EXIT_OK
+        return _run_status(summary.failed)
     assert paths is not None
     session = Session(device, args.batch_size, args.workers)
     k = min(args.topk, len(categories))
@@ -481,8 +480,13 @@ def _run_embed(args: argparse.Namespace) -> int:
             f"{summary.dim} values in {summary.seconds:.1f} s, {summary.images_per_s:.1f} img/s: {summary.out}",
             file=sys.stderr,
         )
-    # rank 0 speaks for all: another rank failing first would make torchrun stop rank 0 mid-sentence
-    return EXIT_FAILURE if summary.failed and _rank() == 0 else EXIT_OK
+    return _run_status(summary.failed)
+
+
+def _run_status(failed: int) -> int:
+    """The exit status of a streamed run: 1 when an image failed, said by rank 0 alone (another rank failing
+    first would make torchrun stop rank 0 mid-sentence)."""
+    return EXIT_FAILURE if failed and _rank() == 0 else EXIT_OK
 
 
 # shared by list, download, verify and cache ---------------------------------------------------------
