@@ -257,6 +257,31 @@ def test_a_stamp_is_marked_checked_once_a_digest_confirms_it(small_checkpoints, 
     hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256[:8], progress=False)
     assert vadmin.cached_files()[0].checked is True
 
+def test_marking_a_stamp_checked_never_vouches_for_a_file_swapped_in_meanwhile(small_checkpoints, cache, monkeypatch):
+    """The rewrite of an unchecked stamp describes the file that was matched, not whatever the name holds by then."""
+    ckpt = small_checkpoints.zip
+    cache.mkdir()
+    dest = cache / "mine.pth"
+    shutil.copyfile(ckpt.path, dest)
+    hub.fetch("https://example.invalid/mine.pth", progress=False)  # hashed and stamped, unchecked
+    other = cache / ".other"
+    other.write_bytes(b"not the verified bytes")
+    matches = vcache._stamp_matches
+
+    def swap_after_the_match(stamp, st):  # a co-tenant's rename lands between the match and the rewrite
+        found = matches(stamp, st)
+        os.replace(other, dest)
+        return found
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vcache, "_stamp_matches", swap_after_the_match)
+        assert vcache._stamped_digest(dest, expected=ckpt.sha256) == file_sha256(ckpt.path)
+    assert vcache._stamped_digest(dest, expected=ckpt.sha256) is None  # the stamp does not describe the new file
+    monkeypatch.setenv(vcache.ENV_OFFLINE, "1")
+    with pytest.raises(vcache.ChecksumError, match="moved aside"):  # hashed, refused, set aside
+        hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256, progress=False)
+
+
 
 def test_vggnet_home_that_is_a_file_is_named_in_the_error(http_server, small_checkpoints, tmp_path, monkeypatch):
     home = tmp_path / "a-file"

@@ -319,18 +319,19 @@ def _stamp_matches(stamp: dict[str, Any] | None, path: Path | os.stat_result) ->
 
 
 def _write_stamp(
-    path: Path, digest: str, stamp: Path | None = None, *, checked: bool, st: os.stat_result | None = None, **extra: str
+    path: Path, digest: str, stamp: Path | None = None, *, checked: bool, st: os.stat_result, **extra: str
 ) -> None:
     """Record `path`'s stat and digest. A cache we cannot write to only costs a re-hash next time.
 
     `checked` says the digest matched an expected one (a record's, a sha256 argument, a torch.hub
     name's) or is of bytes vggnet wrote itself; only then may `vggnet verify` take it as the reference.
-    `st` is the fstat of the file that was hashed (else `path`'s lstat).
+    `st` is the stat of the very file that was hashed or matched, taken before: never `path` looked up
+    again, which may name another file by now.
     """
     stamp = stamp or _stamp_of(path)
     tmp = temp_name(stamp)
     try:
-        data = {"file": str(path), **_stat_fields(st or os.lstat(path)), "sha256": digest, "checked": checked, **extra}
+        data = {"file": str(path), **_stat_fields(st), "sha256": digest, "checked": checked, **extra}
         stamp.parent.mkdir(parents=True, exist_ok=True)
         with create_private(tmp) as f:
             f.write(json.dumps(data).encode("utf-8"))
@@ -350,8 +351,13 @@ def _stamped_digest(
     A stamp whose digest matches `expected` is marked checked, if it was not yet.
     """
     stamp_path = stamp_path or _stamp_of(path)
+    if st is None:  # one lstat, for the match and for the rewrite: `path` may name another file in between
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
     stamp = _read_stamp(stamp_path)
-    if stamp is None or not _stamp_matches(stamp, st or path):
+    if stamp is None or not _stamp_matches(stamp, st):
         return None
     digest = str(stamp["sha256"])
     if expected is not None and stamp.get("checked") is not True and digest.startswith(expected):
