@@ -161,7 +161,9 @@ def test_verify_file_hashes_afresh_and_reports_progress(small_checkpoints, tmp_p
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(data)
-    vcache._write_stamp(path, ckpt.sha256, checked=True)  # a stamp that fits the file's stat but not its bytes
+    vcache._write_stamp(
+        path, ckpt.sha256, checked=True, st=os.lstat(path)
+    )  # a stamp that fits the file's stat but not its bytes
     assert vcache._stamped_digest(path) == ckpt.sha256
     with pytest.raises(vcache.ChecksumError) as caught:
         vcache.verify_file(path, ckpt.sha256)
@@ -257,6 +259,7 @@ def test_a_stamp_is_marked_checked_once_a_digest_confirms_it(small_checkpoints, 
     hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256[:8], progress=False)
     assert vadmin.cached_files()[0].checked is True
 
+
 def test_marking_a_stamp_checked_never_vouches_for_a_file_swapped_in_meanwhile(small_checkpoints, cache, monkeypatch):
     """The rewrite of an unchecked stamp describes the file that was matched, not whatever the name holds by then."""
     ckpt = small_checkpoints.zip
@@ -280,7 +283,6 @@ def test_marking_a_stamp_checked_never_vouches_for_a_file_swapped_in_meanwhile(s
     monkeypatch.setenv(vcache.ENV_OFFLINE, "1")
     with pytest.raises(vcache.ChecksumError, match="moved aside"):  # hashed, refused, set aside
         hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256, progress=False)
-
 
 
 def test_vggnet_home_that_is_a_file_is_named_in_the_error(http_server, small_checkpoints, tmp_path, monkeypatch):
