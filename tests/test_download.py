@@ -515,6 +515,26 @@ def test_a_slow_server_is_stopped_by_the_deadline(http_server, cache, monkeypatc
     assert 0 < kept.size < len(data)
 
 
+def test_headers_sent_a_byte_at_a_time_are_stopped_by_the_deadline(raw_server, cache, monkeypatch):
+    def dribble(conn: socket.socket) -> None:  # a byte every 0.1 s (inside the 1 s read timeout) for 10 s
+        for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Wait: 0\r\n" * 8:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.1)
+
+    url = raw_server(dribble).base + "/dribble-0a1b2c3d.pth"
+    monkeypatch.setenv("VGGNET_DOWNLOAD_DEADLINE", "2")
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    started = time.monotonic()
+    with pytest.raises(download.DownloadError, match=f"{url}: the download did not finish within 2 s.*DEADLINE"):
+        hub.fetch(url, sha256="0a1b2c3d" * 8, progress=False, timeout=(5, 1))
+    assert time.monotonic() - started < 4
+    assert leftovers(cache) == []
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]  # the watchdog is gone
+    while fds is not None and len(os.listdir("/proc/self/fd")) > fds and time.monotonic() < started + 6:
+        time.sleep(0.05)  # the server's end closes at its next byte
+    assert fds is None or len(os.listdir("/proc/self/fd")) <= fds  # and so are the connection's sockets
+
+
 def test_a_download_of_unknown_size_stops_at_the_cap(http_server, small_checkpoints, cache, monkeypatch):
     url = http_server.add("/endless.bin", small_checkpoints.zip.path, Fault.extra(b"", announce=False))
     monkeypatch.setenv("VGGNET_DOWNLOAD_MAX_BYTES", "100000")

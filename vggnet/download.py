@@ -1,8 +1,8 @@
 """One HTTP transfer: stream into a private partial file in the destination folder, hashing as the
 bytes arrive; resume with Range; retry with backoff (and Retry-After); verify; rename into place.
 
-Everything is bounded: each read by the read timeout, the whole download (retries and waits
-included) by a deadline ($VGGNET_DOWNLOAD_DEADLINE seconds), a file of unknown size by
+Everything is bounded: each read by the read timeout, the whole download (connecting, headers, retries
+and waits included) by a deadline ($VGGNET_DOWNLOAD_DEADLINE seconds), a file of unknown size by
 $VGGNET_DOWNLOAD_MAX_BYTES, redirects by MAX_REDIRECTS (http and https only, never from https to
 http unless $VGGNET_ALLOW_HTTP_REDIRECT is set). A failure retrying cannot fix (the host name does not
 resolve, the connection is refused, TLS fails) at first contact ends the call at once, saying
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import random
@@ -25,6 +26,8 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +134,130 @@ def check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
         )
 
 
+# --- the deadline ----------------------------------------------------------------------------------
+
+
+class _Watch:
+    """One download's deadline: at `ends`, shut every connection the download has open, so that whatever
+    waits on one (a TLS handshake, headers sent a byte at a time, a slow body) returns at once."""
+
+    def __init__(self, ends: float) -> None:
+        self.ends = ends
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+        # connection -> a duplicate of its socket's descriptor: a TLS wrap detaches the socket object
+        # urllib3 made, the duplicate stays valid from connect to close, and shutting it shuts the connection
+        self._socks: dict[object, socket.socket] = {}
+        self._timer = threading.Timer(max(0.0, ends - time.monotonic()), self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watch:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._timer.join()
+        with self._lock:
+            for sock in self._socks.values():
+                sock.close()
+            self._socks.clear()
+
+    def opened(self, conn: object, sock: socket.socket) -> None:
+        """`conn` has connected through `sock`: shut it when the deadline passes (at once if it has)."""
+        with self._lock:
+            self._forget(conn)
+            if self.expired.is_set():
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            else:
+                self._socks[conn] = sock.dup()
+
+    def closed(self, conn: object) -> None:
+        with self._lock:
+            self._forget(conn)
+
+    def _forget(self, conn: object) -> None:
+        sock = self._socks.pop(conn, None)
+        if sock is not None:
+            sock.close()
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.expired.set()
+            for sock in self._socks.values():
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+# The watch of the download whose request is being sent here: urllib3 builds connections deep inside a
+# request, with no argument that could carry it to them.
+_WATCH: ContextVar[_Watch | None] = ContextVar("vggnet_download_watch", default=None)
+
+
+@functools.cache
+def _watched_adapter() -> Callable[[_Watch], requests.adapters.HTTPAdapter]:
+    """requests' HTTPAdapter whose connections tell a `_Watch` their sockets (built on first use: requests and
+    urllib3 are imported when a download starts, not with vggnet)."""
+    import requests.adapters
+    from urllib3 import PoolManager
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class Watched(HTTPConnection):
+        _watch: _Watch | None = None
+
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            self._watch = _WATCH.get()
+            if self._watch is not None:
+                self._watch.opened(self, sock)
+            return sock
+
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                if self._watch is not None:
+                    self._watch.closed(self)
+
+    class WatchedHTTPS(Watched, HTTPSConnection):  # verifies certificates exactly as HTTPSConnection does
+        pass
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Watched
+
+    class HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPS
+
+    plain = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+    pools = {"http": Pool, "https": HTTPSPool}
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def __init__(self, watch: _Watch) -> None:
+            self.watch = watch
+            super().__init__()
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
+            manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
+            if manager.pool_classes_by_scheme == plain:  # not a SOCKS proxy's pools, which stay unwatched
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+        def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+            token = _WATCH.set(self.watch)
+            try:
+                return super().send(request, *args, **kwargs)
+            finally:
+                _WATCH.reset(token)
+
+    return Adapter
+
+
 # --- the transfer ---------------------------------------------------------------------------------
 
 
@@ -171,11 +298,14 @@ def download_file(
             total=size, initial=part.size, desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024,
             file=sys.stderr, disable=None if progress else True, dynamic_ncols=True,
         )  # fmt: skip
-        with requests.Session() as session, bar:
+        with _Watch(ends) as watch, requests.Session() as session, bar:
+            adapter = _watched_adapter()(watch)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             again = True
             while True:
                 _stream(session, url, part, bar, dest=dest, origin=origin or url, size=size, max_size=max_size or cap,
-                        timeout=timeout, retries=retries, ends=ends)  # fmt: skip
+                        timeout=timeout, retries=retries, watch=watch)  # fmt: skip
                 part.flush()
                 if part.size == 0:
                     raise _BadContent(f"{url} sent an empty body; nothing was kept", url=url)
@@ -243,14 +373,14 @@ def _stream(
     max_size: int,
     timeout: Timeout,
     retries: int,
-    ends: float,
+    watch: _Watch,
 ) -> None:
     failures = 0
     received = False  # anything arrived in this call: a failure may then be a passing one
     while True:
         start = part.size
         try:
-            _attempt(session, url, part, bar, size=size, max_size=max_size, timeout=timeout, ends=ends)
+            _attempt(session, url, part, bar, size=size, max_size=max_size, timeout=timeout, watch=watch)
             return
         except _Retry as err:
             received = received or part.size > start
@@ -270,7 +400,7 @@ def _stream(
             else:
                 wait = BACKOFF * 2 ** (failures - 1) * random.uniform(0.75, 1.25)
             wait = min(wait, MAX_WAIT)
-            if time.monotonic() + wait >= ends:
+            if time.monotonic() + wait >= watch.ends:
                 raise _deadline_error(url) from err
             logger.warning("%s: %s; retrying in %.1f s (%d/%d)", url, err, wait, failures, retries)
             time.sleep(wait)
@@ -353,17 +483,26 @@ def _attempt(
     size: int | None,
     max_size: int,
     timeout: Timeout,
-    ends: float,
+    watch: _Watch,
 ) -> None:
     import requests
 
-    if time.monotonic() >= ends:
+    left = watch.ends - time.monotonic()
+    if left <= 0:
         raise _deadline_error(url)
     headers = {"Accept-Encoding": "identity"}  # byte ranges and digests are of the file, not an encoding
     if part.size:
         headers["Range"] = f"bytes={part.size}-"
-    resp = _get(session, url, headers, timeout)
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    try:  # a connection under way has no socket the watch can shut yet: its own timeout must end in time
+        resp = _get(session, url, headers, (min(connect, max(left, 0.01)), read))
+    except _Retry as err:
+        if watch.expired.is_set():
+            raise _deadline_error(url) from err
+        raise
     with resp:
+        if watch.expired.is_set():  # the headers may have been cut short: nothing in them can be trusted
+            raise _deadline_error(url)
         status = resp.status_code
         where = f" (redirected to {resp.url})" if resp.url != url else ""
         if status in _RETRY_STATUS or status >= 500:
@@ -397,10 +536,6 @@ def _attempt(
         part.unsized = part.unsized or exact is None
         if exact is not None:
             bar.total = exact
-        expired = threading.Event()
-        watchdog = threading.Timer(max(0.0, ends - time.monotonic()), _cut, (resp, expired))
-        watchdog.daemon = True
-        watchdog.start()
         try:
             for chunk in resp.iter_content(CHUNK):  # decoded, if the server encoded it anyway
                 if part.size + len(chunk) > limit:
@@ -414,12 +549,10 @@ def _attempt(
                 f"cannot download {url}: its body does not decode as announced ({err})", url=url
             ) from err
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
-            if expired.is_set():
+            if watch.expired.is_set():
                 raise _deadline_error(url) from err
             raise _Retry(f"transfer broken after {part.size} bytes ({type(err).__name__}: {err})") from err
-        finally:
-            watchdog.cancel()
-        if expired.is_set():  # the cut looked like the end of a body of unknown length
+        if watch.expired.is_set():  # the cut looked like the end of a body of unknown length
             raise _deadline_error(url)
         if exact is not None and part.size < exact:
             raise _Retry(f"the connection closed after {part.size} of {exact} bytes")
@@ -427,16 +560,6 @@ def _attempt(
 
 def _cap_hint(size: int | None) -> str:
     return "" if size is not None else f" (files of unknown size stop at {ENV_MAX_BYTES}, {MAX_BYTES:,} by default)"
-
-
-def _cut(resp: requests.Response, expired: threading.Event) -> None:
-    """The deadline passed: shut the connection so that the read blocked on it returns at once."""
-    expired.set()
-    with contextlib.suppress(Exception):
-        resp.raw.shutdown()
-        return
-    with contextlib.suppress(Exception):
-        resp.close()
 
 
 def _announced_size(resp: requests.Response, url: str) -> int | None:
