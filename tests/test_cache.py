@@ -257,6 +257,7 @@ def test_a_stamp_is_marked_checked_once_a_digest_confirms_it(small_checkpoints, 
     hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256[:8], progress=False)
     assert vadmin.cached_files()[0].checked is True
 
+
 def test_marking_a_stamp_checked_never_vouches_for_a_file_swapped_in_meanwhile(small_checkpoints, cache, monkeypatch):
     """The rewrite of an unchecked stamp describes the file that was matched, not whatever the name holds by then."""
     ckpt = small_checkpoints.zip
@@ -280,7 +281,6 @@ def test_marking_a_stamp_checked_never_vouches_for_a_file_swapped_in_meanwhile(s
     monkeypatch.setenv(vcache.ENV_OFFLINE, "1")
     with pytest.raises(vcache.ChecksumError, match="moved aside"):  # hashed, refused, set aside
         hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256, progress=False)
-
 
 
 def test_vggnet_home_that_is_a_file_is_named_in_the_error(http_server, small_checkpoints, tmp_path, monkeypatch):
