@@ -411,4 +411,4 @@ def test_positional_progress_is_used_and_bad_positional_calls_are_refused(monkey
 
 
 def test_arch_of_state_is_still_importable_from_builders():
-    assert vggnet.builders.arch_of_state is vggnet.checkpoint.arch_of_state  # tested in test_checkpoint.py
+    assert vggnet.builders.arch_of_state is vggnet.checkpoint.arch_of_state  # tested in test_state_dicts.py

@@ -8,15 +8,7 @@ import torch
 import vggnet
 from vggnet import checkpoint, cli
 from vggnet import finetune as finetuning
-from vggnet.checkpoint import (
-    SOURCE_RULES,
-    ArchMismatch,
-    DeviceError,
-    WeightsFileNotFound,
-    arch_of_state,
-    classify,
-    load,
-)
+from vggnet.checkpoint import ArchMismatch, DeviceError, load
 from vggnet.finetune import FORMAT, save_checkpoint
 from vggnet.weights import IMAGENET_CATEGORIES, Weights
 
@@ -53,80 +45,13 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
 
 
-# --- what a source is ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("value", [None, "none", "random", "NONE"])
-def test_random_sources(value):
-    assert classify(value).kind == "random"
-
-
-@pytest.mark.parametrize(
-    ("value", "label", "arch"),
-    [
-        ("DEFAULT", "VGG16_Weights.IMAGENET1K_V1", "vgg16"),
-        ("IMAGENET1K_FEATURES", "VGG16_Weights.IMAGENET1K_FEATURES", "vgg16"),
-        ("VGG19_BN_Weights.DEFAULT", "VGG19_BN_Weights.IMAGENET1K_V1", "vgg19_bn"),
-        (vggnet.VGG13_Weights.DEFAULT, "VGG13_Weights.IMAGENET1K_V1", "vgg13"),
-    ],
-)
-def test_record_names_and_members(value, label, arch):
-    source = classify(value)
-    assert (source.kind, source.label, source.arch) == ("record", label, arch)
-    assert source.record is vggnet.get_weight(label).value
-
-
-def test_a_short_name_is_looked_up_in_the_given_arch():
-    assert classify("DEFAULT", "vgg11_bn").record is vggnet.VGG11_BN_Weights.IMAGENET1K_V1.value
-    record = Weights(url="https://example.org/mine-0123abcd.pth", sha256="0123abcd")
-    assert classify(record) == checkpoint.Source("record", record.url, record, record.url)
-
-
-def test_files_and_urls(tmp_path, monkeypatch):
-    assert classify("https://example.org/w.pth").kind == "url"
-    path = tmp_path / "weights"  # no suffix, no separator: a file because it exists
-    path.write_bytes(b"x")
-    monkeypatch.chdir(tmp_path)
-    assert classify("weights") == checkpoint.Source("file", "weights")
-    assert classify(path).text == str(path) and classify(path.as_uri()).kind == "url"
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert classify("~/weights").text == str(path)  # expanded
-
-
-@pytest.mark.parametrize(
-    ("value", "error", "message"),
-    [
-        ("nope.pth", WeightsFileNotFound, "weights file nope.pth not found; weights is a record name"),
-        ("runs/x", WeightsFileNotFound, "weights file runs/x not found"),
-        ("file:///no/such/file.pth", WeightsFileNotFound, "no such checkpoint file exists at /no/such/file.pth"),
-        ("s3://bucket/w.pth", ValueError, "unsupported URL scheme 's3'"),
-        ("IMAGENET1K_V7", ValueError, "unknown weights 'IMAGENET1K_V7' for VGG16_Weights; valid: VGG16_Weights"),
-        ("VGG17_Weights.DEFAULT", ValueError, "valid: VGG11_Weights.IMAGENET1K_V1"),
-        (3, ValueError, "weights must be a record name, a file path, a URL or None, got int 3"),
-    ],
-)
-def test_bad_sources_name_the_rules(tmp_path, monkeypatch, value, error, message):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(error, match=message) as info:
-        classify(value)
-    assert value == 3 or SOURCE_RULES in str(info.value)  # the same words in every error
-
-
-def test_a_folder_is_not_a_weights_file(tmp_path):
-    with pytest.raises(WeightsFileNotFound, match="is a folder, not a file"):
-        classify(str(tmp_path))
-
-
-def test_the_same_words_from_the_builders_finetune_and_predict(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    expected = f"weights file nope.pth not found; weights is {SOURCE_RULES}"
-    with pytest.raises(FileNotFoundError) as built:
-        vggnet.vgg11(weights="nope.pth")
-    with pytest.raises(FileNotFoundError) as tuned:
-        finetuning.finetune(tmp_path, weights="nope.pth")
-    assert str(built.value).startswith(expected) and str(tuned.value) == str(built.value)
-    assert cli.main(["predict", str(PHOTO), "--weights", "nope.pth"]) == 2
-    assert expected in capsys.readouterr().err
+def test_the_names_callers_use_stay_importable_from_checkpoint():
+    # sources.py, state_dicts.py, finetuned.py, checks.py and loading.py hold them; cli and finetune import them here
+    assert [name for name in checkpoint.__all__ if not hasattr(checkpoint, name)] == []
+    assert checkpoint.classify is vggnet.sources.classify and checkpoint.check_device is vggnet.checks.check_device
+    assert checkpoint.model_from_state is vggnet.state_dicts.model_from_state
+    assert checkpoint.read_finetuned is vggnet.finetuned.read_finetuned
+    assert checkpoint.BadCheckpointError is vggnet.loading.BadCheckpointError is vggnet.hub.BadCheckpointError
 
 
 # --- everything is checked before anything is fetched ---------------------------------------------
@@ -240,28 +165,6 @@ def test_a_record_of_ones_own_is_verified_and_keeps_its_labels_and_preset(vgg11_
         load(Weights(url=str(plain), sha256="0" * 64), progress=False)
 
 
-# --- state dicts ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", vggnet.list_models())
-def test_arch_of_state_reads_the_model_off_the_keys(arch):
-    with torch.device("meta"):
-        state = vggnet.get_model(arch, num_classes=10, in_chans=1).state_dict()  # fc8 and conv1_1 widths differ
-    assert arch_of_state(state) == arch
-    legacy = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # as the 2017 files
-    assert arch_of_state(legacy) == arch
-
-
-def test_arch_of_state_names_the_valid_models():
-    with torch.device("meta"):
-        state = vggnet.vgg16().state_dict()
-    del state["classifier.3.bias"]
-    with pytest.raises(ValueError, match=r"^my.pth is not a VGG checkpoint: .* vgg11, vgg11_bn, .*, vgg19_bn$"):
-        arch_of_state(state, "my.pth")
-    with pytest.raises(ValueError, match=r"^the state dict is not"):
-        arch_of_state({**state, "classifier.3.bias": torch.zeros(4096), "extra": torch.zeros(1)})
-
-
 # --- what a checkpoint may contain (issue 11 item 5) ---------------------------------------------------
 
 
@@ -273,130 +176,6 @@ class _Payload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
-
-
-def _tiny() -> torch.nn.Module:
-    """A meta-device module with a VGG-style BatchNorm (its num_batches_tracked) for the content checks."""
-    with torch.device("meta"):
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
-
-
-def _tiny_state() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    state = dict(
-        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2)).state_dict()
-    )
-    state["1.num_batches_tracked"] = torch.tensor(7)
-    return state
-
-
-def _from_file(state: object, tmp_path: Path) -> object:
-    """`state` after a round trip through a real file and the hub's weights-only load."""
-    path = tmp_path / "state.pth"
-    torch.save(state, path)
-    with open(path, "rb") as f:
-        return vggnet.hub.weights_only_load(f, path, mmap=True, map_location="cpu")
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"0.weight": lambda t: t.to_sparse()}, r"0\.weight \(sparse_coo\) is not dense"),
-        ({"2.weight": lambda t: t.to_sparse_csr()}, r"2\.weight \(sparse_csr\) is not dense"),
-        ({"0.bias": lambda t: torch.quantize_per_tensor(t, 0.1, 0, torch.qint8)}, r"0\.bias \(quantized\) is not"),
-        ({"0.weight": lambda t: t.to(torch.int64), "2.bias": lambda t: t.to(torch.int32)},
-         r"0\.weight \(torch\.int64\), 2\.bias \(torch\.int32\) are not floating point"),
-        ({"2.bias": lambda t: t > 0}, r"2\.bias \(torch\.bool\) is not floating point"),
-        ({"2.bias": lambda t: t.to(torch.complex64)}, r"2\.bias \(torch\.complex64\) is not floating"),
-        ({"1.num_batches_tracked": lambda t: t.float()}, r"1\.num_batches_tracked \(torch\.float32\) is not of an"),
-        ({"0.weight": lambda t: t.to("meta")}, r"0\.weight is on the meta device, with no values"),
-    ],
-)  # fmt: skip
-def test_tensors_that_are_not_dense_floats_are_refused_from_a_real_file(tmp_path, change, message):
-    state = _tiny_state()
-    state.update({key: make(state[key]) for key, make in change.items()})
-    loaded = _from_file(state, tmp_path)
-    model = _tiny()
-    with pytest.raises(
-        checkpoint.BadCheckpointError, match=rf"^my\.pth cannot be loaded: {message}.*nothing was loaded"
-    ):
-        checkpoint.load_checkpoint_state(model, loaded, source="my.pth")
-    assert all(p.device.type == "meta" for p in model.parameters())  # nothing was assigned
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_other_float_dtypes_are_cast_to_the_models(tmp_path, dtype):
-    state = {k: (v.to(dtype) if v.is_floating_point() else v.to(torch.int32)) for k, v in _tiny_state().items()}
-    loaded = _from_file(state, tmp_path)
-    model = _tiny()
-    checkpoint.load_checkpoint_state(model, loaded)
-    got = model.state_dict()
-    assert {t.dtype for k, t in got.items() if "num_batches" not in k} == {torch.float32}
-    assert got["1.num_batches_tracked"].dtype == torch.long and int(got["1.num_batches_tracked"]) == 7
-    for key, value in state.items():  # the checkpoint's values, only widened or rounded to float32
-        assert torch.equal(got[key], value.to(got[key].dtype)), key
-
-
-def test_a_float64_value_beyond_float32_is_refused_not_loaded_as_inf(tmp_path):
-    state = {k: v.double() if v.is_floating_point() else v for k, v in _tiny_state().items()}
-    state["2.weight"][0, 0] = 1e300  # finite in float64, inf in the model's float32
-    with pytest.raises(checkpoint.BadCheckpointError, match=r"2\.weight \(0 NaN, 1 Inf\)"):
-        checkpoint.load_checkpoint_state(_tiny(), _from_file(state, tmp_path))
-
-
-def test_nan_and_inf_are_refused_naming_the_first_tensors_and_the_count(tmp_path):
-    with torch.device("meta"):
-        model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(4)])
-    state = {
-        f"{i}.{p}": torch.ones(2, 2) if p == "weight" else torch.ones(2) for i in range(4) for p in ("weight", "bias")
-    }
-    for i, key in enumerate(sorted(state)[:7]):
-        state[key].view(-1)[0] = float("nan") if i % 2 else float("-inf")
-    with pytest.raises(checkpoint.BadCheckpointError) as info:
-        checkpoint.load_checkpoint_state(model, _from_file(state, tmp_path), source="run.pth")
-    message = str(info.value)
-    assert message.startswith("run.pth holds NaN or Inf in 7 tensor(s): 0.weight (1 NaN, 0 Inf), 0.bias (0 NaN, 1 Inf)")
-    assert "and 2 more; nothing was loaded" in message and "\n" not in message
-    assert "nonfinite" in message  # how a record says NaN is expected
-
-
-def test_nonfinite_prefixes_allow_nan_only_there(tmp_path):
-    state = _tiny_state()
-    state["2.weight"].fill_(float("nan"))  # the features-only VGG16's classifier, in small
-    loaded = _from_file(state, tmp_path)
-    model = _tiny()
-    checkpoint.load_checkpoint_state(model, loaded, nonfinite=("2.",))
-    assert model[2].weight.isnan().all() and torch.equal(model[0].weight, state["0.weight"])
-    state["0.bias"][1] = float("inf")
-    with pytest.raises(checkpoint.BadCheckpointError, match=r"in 1 tensor\(s\): 0\.bias \(0 NaN, 1 Inf\)"):
-        checkpoint.load_checkpoint_state(_tiny(), _from_file(state, tmp_path), nonfinite=("2.",))
-
-
-def test_a_tensor_on_another_device_is_refused_and_cpu_tensors_follow_the_device(tmp_path):
-    model = _tiny()
-    checkpoint.load_checkpoint_state(model, _tiny_state(), device="meta")  # the asked device: kept there
-    assert model[0].weight.device.type == "meta"
-    model = _tiny()
-    stride0 = {**_tiny_state(), "2.weight": torch.ones(1, 1).expand(2, 4)}  # one float seen 8 times
-    checkpoint.load_checkpoint_state(model, stride0)
-    assert model[2].weight.is_contiguous()  # its own memory: training updates one weight at a time
-    model[2].weight.data[0, 0] = 5
-    assert model[2].weight.sum() == 12
-    with pytest.raises(checkpoint.BadCheckpointError, match=r"0\.bias is on the meta device"):
-        checkpoint.load_checkpoint_state(_tiny(), {**_tiny_state(), "0.bias": torch.empty(4, device="meta")})
-
-
-@pytest.mark.parametrize(
-    ("state", "message"),
-    [
-        ({"a": 1, "b": "text"}, r"entries 'a' \(int\), 'b' \(str\) are not tensors under string names"),
-        ([torch.ones(1)], r"is not a state dict \(a mapping of names to tensors\): it is a list"),
-        ({"state_dict": {"w": torch.ones(1)}}, r"entries 'state_dict' \(dict\) are not tensors"),
-    ],
-)
-def test_a_state_that_is_no_state_dict_is_named(state, message):
-    with pytest.raises(checkpoint.BadCheckpointError, match=message):
-        checkpoint.load_checkpoint_state(_tiny(), state, source="x.pth")
 
 
 def test_a_pickle_carrying_code_is_refused_with_one_line_everywhere(tmp_path, capsys):
@@ -428,19 +207,6 @@ def test_a_pickle_carrying_code_is_refused_with_one_line_everywhere(tmp_path, ca
     assert not marker.exists()
     torch.load(files[0], weights_only=False)  # the payload is live: the refusals above are what stopped it
     assert marker.exists()
-
-
-def test_a_finetuned_checkpoint_with_bad_fields_names_them(tmp_path):
-    path = tmp_path / "best.pth"
-    save_checkpoint({"format": FORMAT, "arch": "vgg99", "classes": [], "in_chans": "3", "state_dict": {}}, path)
-    with pytest.raises(checkpoint.BadCheckpointError) as info:
-        checkpoint.load_finetuned(path)
-    message = str(info.value)
-    assert f"{path} says it was written by vggnet finetune" in message
-    problems = ("'in_chans' is a str, not an int", "'preprocessing' is missing", "'classes' is not a non-empty",
-                "'arch' is 'vgg99', not one of vgg11")  # fmt: skip
-    for problem in problems:
-        assert problem in message
 
 
 def test_nan_in_a_real_vgg_file_is_refused_from_the_library_and_the_cli(vgg11_files, tmp_path, capsys):
@@ -492,9 +258,3 @@ def test_a_half_precision_vgg_file_loads_as_float32(vgg11_files, tmp_path):
     model = load(path).model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert torch.equal(model.classifier[6].bias, half["classifier.6.bias"].float())
-
-
-def test_a_hostile_key_is_cut_short_in_the_mismatch_message():
-    with pytest.raises(RuntimeError, match=r"unexpected keys \['x{97}\.\.\.'\]") as info:
-        checkpoint.load_checkpoint_state(_tiny(), {**_tiny_state(), "x" * 1_000_000: torch.ones(1)})
-    assert len(str(info.value)) < 1000

@@ -205,8 +205,8 @@ def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
     # cli.py may load modules lazily, to start fast; anywhere else a function-level import hides a cycle.
     hidden = {name: sorted(kinds["function"]) for name, kinds in graph.items() if kinds["function"]}
     assert set(hidden) <= {"vggnet.cli"}, hidden
-    # the layers of the hub point one way: config <- files <- cache, locks <- partial <- download <- hub <- weights
-    # (cache, locks <- cache_admin)
+    # the layers of the hub point one way: config <- files <- cache, locks <- partial <- download, loading <- hub
+    # <- weights (cache, locks <- cache_admin)
     assert graph["vggnet.config"]["module"] == set()
     assert graph["vggnet.files"]["module"] == set()
     assert graph["vggnet.cache"]["module"] <= {"vggnet.files", "vggnet.config"}
@@ -217,7 +217,13 @@ def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
     assert graph["vggnet.download"]["module"] <= store | {"vggnet.partial", "vggnet.checks"}
     # formats (file formats and layouts, issue 13) sits below the hub: the hub tells safetensors files by content
     assert graph["vggnet.formats"]["module"] <= {"vggnet.config"}
-    assert graph["vggnet.hub"]["module"] <= store | {"vggnet.download", "vggnet.checks", "vggnet.formats"}
+    # loading (the weights-only load of a verified open file) sits beside download, below the hub
+    assert graph["vggnet.loading"]["module"] <= store | {"vggnet.formats"}
+    below_hub = store | {"vggnet.download", "vggnet.checks", "vggnet.formats", "vggnet.loading"}
+    assert graph["vggnet.hub"]["module"] <= below_hub
+    # what a source, a state dict and a fine-tuned checkpoint are is decided below the loader, fetching nothing
+    for name in ("vggnet.sources", "vggnet.state_dicts", "vggnet.finetuned"):
+        assert not {"vggnet.hub", "vggnet.checkpoint"} & graph[name]["module"], name
     assert graph["vggnet.transforms"]["module"] <= {"vggnet.checks", "vggnet.config"}
     assert {"vggnet.hub", "vggnet.transforms"} <= graph["vggnet.weights"]["module"]
 

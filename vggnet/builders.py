@@ -4,7 +4,7 @@ Shared arguments of every builder (documented once here):
 
 - `weights`: None (random initialisation), a member of the builder's enum, its name as a string
   ("DEFAULT", "IMAGENET1K_V1", "VGG16_Weights.IMAGENET1K_V1"), a user's own `Weights` record, a
-  checkpoint file or a URL: anything `checkpoint.load` takes (the rules are in checkpoint.py).
+  checkpoint file or a URL: anything `checkpoint.load` takes (the rules are in sources.py).
   With weights the model is built on the meta device and the checkpoint's tensors are assigned,
   so no time is spent on a random initialisation that would be thrown away.
 - `progress`: show a progress bar while downloading.
@@ -59,7 +59,7 @@ from .weights import (
 
 __all__ = [
     "BUILDERS",
-    "arch_of_state",  # moved to checkpoint.py; importable here as before
+    "arch_of_state",  # in state_dicts.py; importable here as before
     "get_model",
     "get_model_weights",
     "list_models",

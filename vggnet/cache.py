@@ -27,6 +27,7 @@ Partial downloads and locks are `locks.py`'s; listing and removing what a folder
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -286,6 +287,11 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
 
 def _stamp_of(path: Path) -> Path:
     return path.with_name(path.name + ".stamp")
+
+
+def _local_stamp(path: Path, stamps: Path) -> Path:
+    """Where the stamp of a local file (the caller's, a mirror directory's) lives: `.stamps/` of the cache."""
+    return stamps / f"{hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:32]}.json"
 
 
 def _stat_fields(st: os.stat_result) -> dict[str, int]:

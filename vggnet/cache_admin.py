@@ -128,7 +128,7 @@ def _kind_of(name: str, stamp: dict[str, Any] | None) -> tuple[str, str]:
         match = pattern.fullmatch(name)
         if match:
             return kind, match.group(1)
-    if name.endswith(".zip") and stamp is not None and "source_sha256" in stamp:  # written by _convert
+    if name.endswith(".zip") and stamp is not None and "source_sha256" in stamp:  # written by loading._convert
         return "zip copy", name[: -len(".zip")]
     return "checkpoint", name
 
