@@ -218,7 +218,9 @@ def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
     # formats (file formats and layouts, issue 13) sits below the hub: the hub tells safetensors files by content
     assert graph["vggnet.formats"]["module"] <= {"vggnet.config"}
     assert graph["vggnet.hub"]["module"] <= store | {"vggnet.download", "vggnet.checks", "vggnet.formats"}
-    assert graph["vggnet.transforms"]["module"] <= {"vggnet.checks", "vggnet.config"}
+    # one image file -> checked pixels (decode) <- the presets (transforms): still below the hub's layers
+    assert graph["vggnet.decode"]["module"] <= {"vggnet.checks", "vggnet.config"}
+    assert graph["vggnet.transforms"]["module"] <= {"vggnet.checks", "vggnet.config", "vggnet.decode"}
     assert {"vggnet.hub", "vggnet.transforms"} <= graph["vggnet.weights"]["module"]
 
 

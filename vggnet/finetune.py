@@ -93,9 +93,10 @@ from .checkpoint import (
 from .checkpoint import read_finetuned as _read_finetuned  # noqa: F401  # the old private name, kept importable
 from .checks import check_int
 from .config import IN_CHANNELS, MAX_SIZE, MIN_SIZE, check_arch
+from .decode import gray_image, load_image
 from .hub import fetch
 from .model import HEADS, VGG
-from .transforms import ImageClassification, TrainClassification, gray_image, load_image
+from .transforms import ImageClassification, TrainClassification
 
 __all__ = [
     "AUGMENTS",
