@@ -27,6 +27,8 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
 - `arch_matrix(archs)`: parametrize full-size checks over `archs`, all but FAST_ARCHS marked `slow`.
 - `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
   Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`.
+- `write_set(root, {"train": 8, "val": 4})`: a labelled image folder of two classes told apart by colour
+  (COLOURS), for the ImageFolder and fine-tuning tests.
 """
 
 from __future__ import annotations
@@ -401,6 +403,24 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+COLOURS = {"blue": (30, 60, 200), "red": (200, 40, 30)}  # sorted names: blue is class 0
+
+
+def write_set(root: Path, per_class: dict[str, int], size: int = 64, seed: int = 0) -> None:
+    """Noisy flat colours, one folder per class: separable by colour, never two identical images."""
+    import numpy as np
+    from PIL import Image  # the tests that call this skip without Pillow
+
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for name, rgb in COLOURS.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+                suffix = ".png" if i % 3 else ".jpg"  # both formats are read
+                Image.fromarray(pixels).save(root / split / name / f"{i}{suffix}")
 
 
 def save_both_formats(state: Mapping[str, torch.Tensor], folder: Path, stem: str) -> Checkpoints:

@@ -8,34 +8,19 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import vggnet
 from vggnet import cli
 from vggnet import weights as weights_module
-from vggnet.finetune import FORMAT, FinetuneConfig, ImageFolder, finetune, load_finetuned, save_checkpoint
-from vggnet.transforms import ImageClassification, load_image
+from vggnet.finetune import FORMAT, FinetuneConfig, ImageFolder, finetune, load_finetuned
+from vggnet.transforms import load_image
 from vggnet.weights import IMAGENET_CATEGORIES, Weights, WeightsEnum
 
-from .conftest import file_sha256
+from .conftest import file_sha256, write_set
 
 Image = pytest.importorskip("PIL.Image")
-
-COLOURS = {"blue": (30, 60, 200), "red": (200, 40, 30)}  # sorted names: blue is class 0
-
-
-def write_set(root: Path, per_class: dict[str, int], size: int = 64, seed: int = 0) -> None:
-    """Noisy flat colours, one folder per class: separable by colour, never two identical images."""
-    rng = np.random.default_rng(seed)
-    for split, n in per_class.items():
-        for name, rgb in COLOURS.items():
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (size, size + 8, 3)), 0, 255).astype(np.uint8)
-                suffix = ".png" if i % 3 else ".jpg"  # both formats are read
-                Image.fromarray(pixels).save(root / split / name / f"{i}{suffix}")
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +54,6 @@ def predict(finetuned, paths):
 
 def val_images(data):
     return [(p, p.parent.name) for p in sorted((data / "val").glob("*/*")) if p.is_file()]
-
-
-def test_image_folder_reads_the_layout(data, tmp_path):
-    folder = ImageFolder(data / "train", ImageClassification(crop_size=32, resize_size=36))
-    assert folder.classes == ["blue", "red"] and len(folder) == 16
-    x, y = folder[0]
-    assert x.shape == (3, 32, 32) and y == 0 and folder[len(folder) - 1][1] == 1
-    gray = ImageFolder(data / "train", ImageClassification(crop_size=32, mean=(0.45,), std=(0.22,)), gray=True)
-    assert gray[0][0].shape == (1, 32, 32)
-    (tmp_path / "val" / "green").mkdir(parents=True)
-    (tmp_path / "val" / "blue").mkdir()
-    with pytest.raises(ValueError, match=r"class folders \['blue', 'green'\], expected \['blue', 'red'\]"):
-        ImageFolder(tmp_path / "val", folder.transform, classes=folder.classes)
-    with pytest.raises(ValueError, match=r"no images .* for the classes \['blue', 'green'\]"):
-        ImageFolder(tmp_path / "val", folder.transform)
-    with pytest.raises(FileNotFoundError, match="no such folder"):
-        ImageFolder(tmp_path / "nothing", folder.transform)
 
 
 def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained, tmp_path, capsys):
@@ -246,22 +214,6 @@ def test_the_settings_are_one_frozen_checked_config(data, tmp_path):
         FinetuneConfig(data, mode="probe")
     with pytest.raises(RuntimeError, match="no device 'bogus' here"):
         FinetuneConfig(data, device="bogus")
-
-
-def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "best.pth"
-    save_checkpoint({"epoch": 1}, path)
-
-    def broken_save(obj, f):
-        Path(f).write_bytes(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"epoch": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"epoch": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -445,12 +397,8 @@ def test_early_stopping_on_validation(data, tmp_path):
     assert result.stopped_early and [s.epoch for s in result.history] == [1, 2, 3]
 
 
-def test_val_split_is_stratified_and_seeded_and_the_layout_is_checked_first(tmp_path):
-    write_set(tmp_path / "d", {"train": 10})
-    folder = ImageFolder(tmp_path / "d" / "train")
-    rest, held = folder.split(0.2, seed=3)
-    assert sorted(held.targets()) == [0, 0, 1, 1] and len(rest) == 16 and not set(rest.samples) & set(held.samples)
-    assert held.samples == folder.split(0.2, seed=3)[1].samples != folder.split(0.2, seed=4)[1].samples
+def test_val_split_holds_out_a_share_and_the_layout_is_checked_first(tmp_path):
+    write_set(tmp_path / "d", {"train": 10})  # ImageFolder.split itself: tests/test_images.py
     # no val/ and no val_split: refused before the (unreachable) weights are fetched
     with pytest.raises(FileNotFoundError, match=r"val: no such folder; .* val_split=0.2 \(--val-split 0.2\)"):
         finetune(tmp_path / "d", weights="http://127.0.0.1:9/never.pth", out=tmp_path / "o", **FAST)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+import vggnet.finetune
 from vggnet.images import (
     ImageFiles,
+    ImageFolder,
     NoImages,
     collate,
     imagenet_synsets,
@@ -19,6 +21,8 @@ from vggnet.images import (
 )
 from vggnet.transforms import ImageClassification
 from vggnet.weights import IMAGENET_CATEGORIES
+
+from .conftest import write_set
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -104,6 +108,45 @@ def test_labelled_images_sorted_named_and_imagenet_layouts(tmp_path):
         labelled_images(tmp_path / "plain", num_classes=5)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         labelled_images(tmp_path / "absent")
+
+
+# --- ImageFolder: the labelled training folder finetune reads --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    write_set(root, {"train": 8, "val": 4})
+    return root
+
+
+def test_image_folder_reads_the_layout(data, tmp_path):
+    folder = ImageFolder(data / "train", ImageClassification(crop_size=32, resize_size=36))
+    assert folder.classes == ["blue", "red"] and len(folder) == 16
+    x, y = folder[0]
+    assert x.shape == (3, 32, 32) and y == 0 and folder[len(folder) - 1][1] == 1
+    gray = ImageFolder(data / "train", ImageClassification(crop_size=32, mean=(0.45,), std=(0.22,)), gray=True)
+    assert gray[0][0].shape == (1, 32, 32)
+    (tmp_path / "val" / "green").mkdir(parents=True)
+    (tmp_path / "val" / "blue").mkdir()
+    with pytest.raises(ValueError, match=r"class folders \['blue', 'green'\], expected \['blue', 'red'\]"):
+        ImageFolder(tmp_path / "val", folder.transform, classes=folder.classes)
+    with pytest.raises(ValueError, match=r"no images .* for the classes \['blue', 'green'\]"):
+        ImageFolder(tmp_path / "val", folder.transform)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        ImageFolder(tmp_path / "nothing", folder.transform)
+
+
+def test_image_folder_split_is_stratified_and_seeded(tmp_path):
+    write_set(tmp_path / "d", {"train": 10})
+    folder = ImageFolder(tmp_path / "d" / "train")
+    rest, held = folder.split(0.2, seed=3)
+    assert sorted(held.targets()) == [0, 0, 1, 1] and len(rest) == 16 and not set(rest.samples) & set(held.samples)
+    assert held.samples == folder.split(0.2, seed=3)[1].samples != folder.split(0.2, seed=4)[1].samples
+
+
+def test_image_folder_is_still_importable_from_finetune():
+    assert vggnet.finetune.ImageFolder is ImageFolder  # the path the README documents
 
 
 def test_image_files_report_unreadable_files_and_collate_keeps_them_apart(tmp_path):

@@ -224,8 +224,14 @@ def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
     # what a source, a state dict and a fine-tuned checkpoint are is decided below the loader, fetching nothing
     for name in ("vggnet.sources", "vggnet.state_dicts", "vggnet.finetuned"):
         assert not {"vggnet.hub", "vggnet.checkpoint"} & graph[name]["module"], name
-    assert graph["vggnet.transforms"]["module"] <= {"vggnet.checks", "vggnet.config"}
+    # one image file -> checked pixels (decode) <- the presets (transforms): still below the hub's layers
+    assert graph["vggnet.decode"]["module"] <= {"vggnet.checks", "vggnet.config"}
+    assert graph["vggnet.transforms"]["module"] <= {"vggnet.checks", "vggnet.config", "vggnet.decode"}
     assert {"vggnet.hub", "vggnet.transforms"} <= graph["vggnet.weights"]["module"]
+    # fine-tuning in layers: images, runs and distributed <- trainers <- finetune, never back
+    assert graph["vggnet.distributed"]["module"] == set()
+    below = ("vggnet.images", "vggnet.runs", "vggnet.distributed", "vggnet.trainers", "vggnet.batch", "vggnet.quantize")
+    assert not any("vggnet.finetune" in graph[name]["module"] for name in below)
 
 
 def test_the_import_graph_scanner_sees_cycles_and_hidden_imports(tmp_path):

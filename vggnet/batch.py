@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .checks import check_int
-from .finetune import _Dist, _init_distributed
+from .distributed import Dist, init_distributed
 from .images import Batch, ImageFiles, collate
 from .inference import optimize_for_inference
 from .model import VGG
@@ -60,7 +60,7 @@ class Session:
         if workers is not None:
             check_int("workers", workers, least=0)
         dev = torch.device(device) if device is not None else _default_device()
-        self.ctx: _Dist = _init_distributed(dev)
+        self.ctx: Dist = init_distributed(dev)
         if dev.type == "cuda" and self.ctx.on:
             dev = torch.device("cuda", self.ctx.local_rank)
         self.device = dev

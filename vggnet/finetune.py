@@ -1,81 +1,53 @@
-"""Fine-tuning: an ImageFolder reader, the training loop (one process or DDP under torchrun), checkpoints.
+"""Fine-tuning: the settings of a run (`FinetuneConfig`), and `finetune` / `run`, the loop that ties the parts.
 
 DATA holds `train/<class>/*.png|jpg|...` and `val/<class>/...` (or only `train/`, with `val_split`
-taking a stratified, seeded share of it); the class names are the sorted folder names of `train/`,
-and `val/` must have the same folders. The layout is checked before any weights are fetched; an image
-that cannot be read stops the run naming it (nothing is skipped silently).
+taking a stratified, seeded share of it), read as `images.ImageFolder`s; the class names are the sorted
+folder names of `train/`, and `val/` must have the same folders. The layout is checked before any
+weights are fetched; an image that cannot be read stops the run naming it (nothing is skipped silently).
 
-What trains is `mode` x `head`:
+What trains is `mode` x `head` (`trainers.py` holds the two trainers):
 
 - head "vgg" (fc6-fc8, the default), "gap" (global average pool + one Linear(512, N)) or "fc7" (the
   vgg head, trained as a linear probe on fc7 features: "fc7" is mode "linear" spelled as a head, and
   refuses mode "full").
 - mode "linear": the backbone is frozen and run once over the data with the evaluation preset (no
-  augmentation, so `augment`, `hflip`, `crop_scale` are refused there); the features fc8 reads (fc7's
-  4096 for vgg/fc7, the pooled 512 for gap) are kept in memory and only the last Linear trains.
-- mode "full": every layer trains, with the training preset `augment` picks, one parameter group per
-  block for the vgg head (`VGG.param_groups`).
+  augmentation, so `augment`, `hflip`, `crop_scale` are refused there); only the last Linear trains.
+- mode "full": every layer trains, with the training preset `augment` picks.
 
-SGD with momentum 0.9, `weight_decay`, `label_smoothing`, and a learning rate warming up linearly over
-`warmup_epochs` then following a cosine to 0 at `epochs`. `early_stop=P` ends the run after P epochs
-without a better validation accuracy. A training loss that is NaN, or more than 3x the first epoch's
-(and above chance), raises `Diverged` advising a lower `lr`, instead of training on.
-
-Each run writes `OUT/last.pth` (after every epoch, with the optimizer, schedule, epoch and RNG states:
-`resume=True` continues it, with the same history as an uninterrupted run), `OUT/best.pth` (the best
-validation accuracy) and `OUT/history.jsonl` (one JSON line per epoch: train/val loss and accuracy,
-lr, seconds, images/s); `plot=PATH` draws the curves as a PNG with Pillow. An OUT that already holds
-a run is refused unless `resume` or `overwrite`.
+`early_stop=P` ends the run after P epochs without a better validation accuracy. A training loss that
+is NaN, or more than 3x chance level, raises `Diverged` advising a lower `lr`, instead of training on.
+After every epoch rank 0 writes OUT/last.pth, OUT/best.pth (on a better validation accuracy) and
+OUT/history.jsonl (`runs.py` says what they hold); `resume=True` continues a run with the same history
+as an uninterrupted one, and an OUT that already holds a run is refused unless `resume` or `overwrite`.
 
 Feedback from Python: `on_epoch(stats)` is called on rank 0 after every epoch with its `EpochStats`, and
 `FinetuneResult.history` holds them all; the module also logs them at INFO (the CLI shows that on
 stderr). Logging alone would be silent for Python users who configure none.
 
-Under `torchrun` (RANK, WORLD_SIZE, LOCAL_RANK set, WORLD_SIZE > 1) the process group is initialised
-(NCCL on CUDA, gloo on CPU), each rank reads its shard through a `DistributedSampler`, rank 0
-downloads the weights while the others wait at a barrier and then load them from the cache, and only
-rank 0 logs, shows progress bars and writes checkpoints. The process group stays initialised after
-`finetune` returns (a later call reuses it); `torch.distributed.destroy_process_group()` ends it.
-`_bn` models get SyncBatchNorm on CUDA (PyTorch's SyncBatchNorm has no CPU kernel; on CPU DDP
-broadcasts rank 0's BatchNorm statistics at every step instead). On CUDA the forward runs under
-bf16 autocast and in channels_last.
-
-The checkpoints are dicts of tensors, strings, numbers and lists, so `torch.load(..., weights_only=True)`
-reads them: "format", "arch", "in_chans", "head", "classes", "preprocessing" (crop_size, resize_size,
-mean, std, interpolation), "mode", "epoch", "val_acc", "weights" (the starting point) and
-"state_dict". In mode "linear" on weights that can be verified (a record, a file, a URL) the state
-dict holds only the trained Linear, and "backbone" the name and SHA-256 of those weights: kilobytes to
-megabytes instead of 491 MiB, loaded back (and verified) by `load_finetuned`, `checkpoint.load` and
-`vggnet predict` as a full one is.
+Under `torchrun` (`distributed.py`) rank 0 downloads the weights while the others wait at a barrier
+and then load them from the cache; each rank trains on its shard, and only rank 0 logs, shows
+progress bars and writes.
 
 The settings of a run are one frozen `FinetuneConfig`, checked once when it is made; `finetune(...)` is
 `run(FinetuneConfig(...))`. A new setting is a field there (checked in `__post_init__`), an option of
-`vggnet finetune` (a test compares the two), and is read from `session.config` where it is used.
+`vggnet finetune` (a test compares the two), and is read from `config` where it is used (a setting the
+trainers read is also a property of `trainers.Settings`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from tqdm import tqdm
 
 from .checkpoint import (
     FORMAT,
@@ -93,9 +65,24 @@ from .checkpoint import (
 from .checkpoint import read_finetuned as _read_finetuned  # noqa: F401  # the old private name, kept importable
 from .checks import check_int
 from .config import IN_CHANNELS, MAX_SIZE, MIN_SIZE, check_arch
+from .distributed import init_distributed
 from .hub import fetch
-from .model import HEADS, VGG
-from .transforms import ImageClassification, TrainClassification, gray_image, load_image
+from .images import ImageFolder, train_and_val
+from .model import HEADS
+from .runs import (
+    CHECKPOINT_NAME,
+    LAST_NAME,
+    EpochStats,
+    FinetuneResult,
+    checkpoint_state,
+    plot_history,
+    previous_run,
+    read_history,
+    save_checkpoint,
+    write_history,
+)
+from .trainers import FullTrainer, LinearTrainer, Loaders, Session, Trainer, restore, train_preset, training_state
+from .transforms import ImageClassification
 
 __all__ = [
     "AUGMENTS",
@@ -118,267 +105,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # FORMAT, Finetuned, load_finetuned and _read_finetuned live in checkpoint.py (the reading side of
-# fine-tuned checkpoints) and are imported here for compatibility, as is WEIGHT_FILE_SUFFIXES.
-CHECKPOINT_NAME = "best.pth"
-LAST_NAME = "last.pth"
-HISTORY_NAME = "history.jsonl"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# fine-tuned checkpoints) and are imported here for compatibility, as is WEIGHT_FILE_SUFFIXES; ImageFolder
+# lives in images.py, and EpochStats, FinetuneResult, read_history and plot_history in runs.py.
 MODES = ("linear", "full")
 AUGMENTS = ("none", "light", "standard")
-CROP_SCALES = {"light": (0.6, 1.0), "standard": (0.08, 1.0)}  # random-resized-crop area shares
 DEFAULT_LR = {"linear": 0.05, "full": 0.001}
-DIVERGED = 3.0  # a training loss above this many times the first epoch's (and above chance) is a divergence
+DIVERGED = 3.0  # a training loss above this many times chance level (ln of the class count, at least 1) diverged
 Mode = Literal["linear", "full"]
 Head = Literal["vgg", "gap", "fc7"]
 Augment = Literal["none", "light", "standard"]
 
 
-# --- data ------------------------------------------------------------------------------------------
-
-
-class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
-    """`root/<class>/<image>` read with Pillow; items are (transform(image), class index).
-
-    `classes` fixes the class order (and which folders must exist); by default the sorted folder names.
-    A class without images is a ValueError naming it. An image Pillow cannot read raises naming its path.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        transform: Callable[[Any], torch.Tensor] | None = None,
-        classes: Sequence[str] | None = None,
-        gray: bool = False,
-    ) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: no such folder (expected one folder per class inside)")
-        found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        self.classes = list(classes) if classes is not None else found
-        if sorted(self.classes) != found:
-            raise ValueError(f"{self.root} has the class folders {found}, expected {sorted(self.classes)}")
-        if not self.classes:
-            raise ValueError(f"{self.root} has no class folders; expected {self.root}/<class>/<image files>")
-        self.samples = [
-            (path, index)
-            for index, name in enumerate(self.classes)
-            for path in sorted((self.root / name).iterdir())
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-        ]
-        empty = [name for i, name in enumerate(self.classes) if not any(t == i for _, t in self.samples)]
-        if empty:
-            raise ValueError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root} for the classes {empty}; "
-                "add images or remove the empty folders"
-            )
-        self.transform = transform
-        self.gray = gray
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, target = self.samples[index]
-        try:
-            image = load_image(path)
-            if self.gray:
-                image = gray_image(image)  # the conversion a gray preset applies at prediction time
-        except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for a broken file
-            raise ValueError(f"cannot read the image {path}: {err}; remove or replace it") from err
-        if self.transform is None:
-            raise ValueError("this ImageFolder has no transform; pass one, e.g. ImageClassification(crop_size=224)")
-        return self.transform(image), target
-
-    def targets(self) -> list[int]:
-        """The class index of every image, in order."""
-        return [t for _, t in self.samples]
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[ImageFolder, ImageFolder]:
-        """(rest, held out): `fraction` of each class's images held out (at least one), chosen with `seed`."""
-        if not 0 < fraction < 1:
-            raise ValueError(f"the validation share must be between 0 and 1, e.g. 0.2, got {fraction!r}")
-        generator = torch.Generator().manual_seed(seed)
-        held: list[tuple[Path, int]] = []
-        for index, name in enumerate(self.classes):
-            own = [s for s in self.samples if s[1] == index]
-            if len(own) < 2:
-                raise ValueError(f"{self.root / name} has {len(own)} image(s): a split needs at least 2 a class")
-            order = torch.randperm(len(own), generator=generator).tolist()
-            n = min(len(own) - 1, max(1, round(len(own) * fraction)))
-            held += [own[i] for i in sorted(order[:n])]
-        chosen = set(held)
-        return self._with([s for s in self.samples if s not in chosen]), self._with(held)
-
-    def _with(self, samples: list[tuple[Path, int]]) -> ImageFolder:
-        subset = object.__new__(ImageFolder)
-        subset.__dict__.update(self.__dict__)
-        subset.samples = samples
-        return subset
-
-    def with_transform(self, transform: Callable[[Any], torch.Tensor]) -> ImageFolder:
-        """The same images through another transform."""
-        copy = self._with(self.samples)
-        copy.transform = transform
-        return copy
-
-
-# --- results and checkpoints -----------------------------------------------------------------------
-
-
-@dataclass
-class EpochStats:
-    """One epoch's figures (accuracies in percent; images/s over the training pass)."""
-
-    epoch: int
-    train_loss: float
-    val_acc: float  # percent
-    seconds: float
-    train_acc: float = 0.0
-    val_loss: float = 0.0
-    lr: float = 0.0
-    images_per_s: float = 0.0
-
-    def line(self, epochs: int) -> str:
-        """The one-line summary the CLI shows on stderr."""
-        return (
-            f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {self.train_acc:.2f}%, "
-            f"val loss {self.val_loss:.4f} acc {self.val_acc:.2f}%, lr {self.lr:.3g}, {self.seconds:.1f} s, "
-            f"{self.images_per_s:.0f} images/s"
-        )
-
-
-@dataclass
-class FinetuneResult:
-    """What `finetune` returns on every rank (only rank 0 wrote `checkpoint`)."""
-
-    model: VGG  # the trained network (not DDP-wrapped), as after the last epoch
-    classes: list[str]
-    history: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_acc: float = -1.0
-    checkpoint: Path | None = None
-    seconds: float = 0.0
-    rank: int = 0
-    world_size: int = 1
-    last: Path | None = None
-    stopped_early: bool = False
-
-
 class Diverged(RuntimeError):
     """The training loss went NaN or far above its start: the learning rate is too high."""
-
-
-def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace (a reader never sees half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_history(path: str | os.PathLike[str]) -> list[EpochStats]:
-    """The epochs of a `history.jsonl` (or of the run folder holding one)."""
-    path = Path(path)
-    path = path / HISTORY_NAME if path.is_dir() else path
-    return [EpochStats(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_history(history: Sequence[EpochStats], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Draw loss and accuracy (train and val) per epoch as a PNG with Pillow; returns the path."""
-    from PIL import Image, ImageDraw  # lazy: Pillow is needed only to draw
-
-    width, height, margin = 900, 380, 50
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((margin, 8), title or f"{len(history)} epochs", fill="black")
-    panels = (
-        ("loss", [(s.train_loss, s.val_loss) for s in history]),
-        ("accuracy %", [(s.train_acc, s.val_acc) for s in history]),
-    )
-    colours = ("#1f77b4", "#d62728")  # train blue, val red
-    panel_w = (width - 3 * margin) // 2
-    for k, (name, pairs) in enumerate(panels):
-        left, top, bottom = margin + k * (panel_w + margin), 30, height - margin
-        right = left + panel_w
-        draw.rectangle((left, top, right, bottom), outline="black")
-        values = [v for pair in pairs for v in pair if math.isfinite(v)] or [0.0, 1.0]
-        low, high = (0.0, 100.0) if name.startswith("acc") else (min(0.0, min(values)), max(values) or 1.0)
-        for tick in range(5):
-            value = low + (high - low) * tick / 4
-            y = bottom - (bottom - top) * tick / 4
-            draw.line((left - 4, y, left, y), fill="black")
-            draw.text((left - 44, y - 6), f"{value:.3g}", fill="black")
-        draw.text((left + 4, bottom + 8), f"{name}: train (blue), val (red) per epoch", fill="black")
-        n = max(len(pairs) - 1, 1)
-        for series, colour in enumerate(colours):
-            points = [
-                (left + (right - left) * i / n, bottom - (bottom - top) * (pair[series] - low) / (high - low or 1.0))
-                for i, pair in enumerate(pairs)
-                if math.isfinite(pair[series])
-            ]
-            if len(points) > 1:
-                draw.line(points, fill=colour, width=2)
-            for x, y in points:
-                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-    out = Path(path)
-    image.save(out)
-    return out
-
-
-# --- distributed -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def on(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.on:
-            dist.barrier()
-
-    def sum(self, *values: float) -> list[float]:
-        """Sums over ranks (float64 on the process group's device)."""
-        if not self.on:
-            return list(values)
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return [float(v) for v in t.tolist()]
-
-
-def _init_distributed(device: torch.device) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        # Left initialised for the rest of the program: re-initialising under torchrun's store hangs,
-        # so a second `finetune` call reuses it. The command line destroys it before exiting.
-        if device.type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return _Dist(rank, world, local_rank)
 
 
 # --- the settings of a run ------------------------------------------------------------------------
@@ -572,101 +311,31 @@ def _default_device() -> torch.device:
 # --- the loop --------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Session:
-    """What every part of a run shares: its settings, the process group, the device, the loaders."""
-
-    config: FinetuneConfig
-    ctx: _Dist
-    device: torch.device
-    amp: bool
-    loaders: _Loaders
-
-    @property
-    def progress(self) -> bool:
-        return self.config.progress
-
-
 def run(config: FinetuneConfig) -> FinetuneResult:
     """Fine-tune with `config`'s settings (every rank under torchrun); see `finetune`."""
     started = time.perf_counter()
     dev = check_device(config.device) or _default_device()
-    ctx = _init_distributed(dev)
+    ctx = init_distributed(dev)
     if dev.type == "cuda" and ctx.on:
         dev = torch.device("cuda", ctx.local_rank)
     amp = dev.type == "cuda" if config.amp is None else config.amp
-    session = _Session(config, ctx, dev, amp, _Loaders(ctx, config.batch_size, config.workers, dev, config.seed))
-    return _finetune(session, started)
+    session = Session(config, ctx, dev, amp, Loaders(ctx, config.batch_size, config.workers, dev, config.seed))
+    return _finetune(config, session, started)
 
 
-def _datasets(config: FinetuneConfig) -> tuple[ImageFolder, ImageFolder]:
-    """DATA's train and validation images (no transform yet): the layout checked before any weights are read."""
-    data = config.data
-    if not (data / "train").is_dir():
-        raise FileNotFoundError(
-            f"{data}/train: no such folder, so no class folders; expected {data}/train/<class>/<images> and "
-            f"{data}/val/<class>/<images> "
-            "(or only train/ with val_split=0.2 / --val-split 0.2)"
-        )
-    train = ImageFolder(data / "train", gray=config.in_chans == 1)
-    has_val = (data / "val").is_dir()
-    if config.val_split is not None:
-        if has_val:
-            raise ValueError(f"{data}/val exists and val_split={config.val_split} was given; drop one of them")
-        return train.split(config.val_split, config.seed)
-    if not has_val:
-        raise FileNotFoundError(
-            f"{data}/val: no such folder; add {data}/val/<class>/<images> or hold out a share of train/ with "
-            "val_split=0.2 (--val-split 0.2)"
-        )
-    return train, ImageFolder(data / "val", classes=train.classes, gray=config.in_chans == 1)
-
-
-def _previous_run(config: FinetuneConfig) -> dict[str, Any] | None:
-    """The training state in OUT/last.pth to resume; refuses to overwrite a run unless asked."""
-    out = config.out
-    files = [out / name for name in (LAST_NAME, CHECKPOINT_NAME, HISTORY_NAME) if (out / name).exists()]
-    if config.overwrite:
-        for path in files:
-            path.unlink()
-        return None
-    last = out / LAST_NAME
-    if config.resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"nothing to resume: {last} does not exist; drop resume (--resume) to start a run")
-        state: dict[str, Any] = torch.load(last, map_location="cpu", weights_only=True)
-        train = state.get("train")
-        if not isinstance(train, dict):
-            raise ValueError(f"{last} has no training state to resume from")
-        different = {k: (v, train["recipe"].get(k)) for k, v in config.recipe().items() if train["recipe"].get(k) != v}
-        if different:
-            listed = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (new, old) in sorted(different.items()))
-            raise ValueError(f"{out} holds a run with other settings ({listed}); resume it with the same ones")
-        if train["epoch"] >= config.epochs or train.get("stopped_early"):
-            raise ValueError(
-                f"{out} holds a finished run ({train['epoch']} epochs); pass more epochs to continue it, or "
-                "overwrite (--overwrite) to start again"
-            )
-        return state
-    if files:
-        finished = ""
-        if last.is_file():
-            train = torch.load(last, map_location="cpu", weights_only=True).get("train") or {}
-            finished = f" ({'finished' if train.get('finished') else 'stopped'} after epoch {train.get('epoch')})"
-        raise FileExistsError(
-            f"{out} already holds a run{finished}: {', '.join(p.name for p in files)}; pass resume (--resume) "
-            "to continue it, overwrite (--overwrite) to replace it, or another out (--out)"
-        )
-    return None
-
-
-def _finetune(session: _Session, started: float) -> FinetuneResult:
-    config, ctx, device = session.config, session.ctx, session.device
+def _finetune(config: FinetuneConfig, session: Session, started: float) -> FinetuneResult:
+    ctx, device = session.ctx, session.device
     in_chans, image_size = config.in_chans, config.image_size
     torch.manual_seed(config.seed)  # the same fresh fc8 on every rank (DDP broadcasts rank 0's anyway)
-    train_files, val_files = _datasets(config)  # before any weights are fetched
+    # the layout of DATA, checked before any weights are fetched
+    train_files, val_files = train_and_val(config.data, config.val_split, config.seed, gray=config.in_chans == 1)
     classes = train_files.classes
-    previous = _previous_run(config) if ctx.main else None  # refusals and --overwrite's deletions, once
+    # refusals and --overwrite's deletions, once
+    previous = (
+        previous_run(config.out, config.recipe(), config.epochs, resume=config.resume, overwrite=config.overwrite)
+        if ctx.main
+        else None
+    )
 
     # Rank 0 fetches (and caches) the weights first; the others then find them in the cache.
     if not ctx.main:
@@ -709,15 +378,24 @@ def _finetune(session: _Session, started: float) -> FinetuneResult:
     if ctx.main:
         config.out.mkdir(parents=True, exist_ok=True)
 
+    trainer: Trainer
     if config.mode == "linear":
-        trainer: _Trainer = _Linear(session, model, train_eval, val)
+        trainer = linear = LinearTrainer(session, model, train_eval, val)
+        if ctx.main:
+            logger.info(
+                "cached the features of %d + %d images in %.1f s", len(linear.train_x), len(linear.val_x),
+                linear.cache_seconds,
+            )  # fmt: skip
     else:
-        trainer = _Full(session, model, train_files.with_transform(_train_preset(config, eval_preset)), val)
+        augmented = train_files.with_transform(
+            train_preset(eval_preset, config.augment, config.hflip, config.crop_scale)
+        )
+        trainer = FullTrainer(session, model, augmented, val)
     first, bad_epochs = 1, 0
     if previous is not None:
-        first, bad_epochs = _restore(previous, trainer, result)
+        first, bad_epochs = restore(previous, trainer, result)
+        logger.info("resuming after epoch %d", first - 1)
     chance = math.log(max(len(classes), 2))
-    trained = _trained_names(model) if small else None
     for epoch in range(first, config.epochs + 1):
         lr = trainer.optimizer.param_groups[-1]["lr"]
         stats = trainer.epoch(epoch)
@@ -735,23 +413,18 @@ def _finetune(session: _Session, started: float) -> FinetuneResult:
         if improved:
             result.best_epoch, result.best_val_acc = epoch, stats.val_acc
         if ctx.main:
-            state = _state(model, trained)
+            state = checkpoint_state(model, head_only=small)
             entry = {**meta, "epoch": epoch, "val_acc": stats.val_acc, "state_dict": state}
             if improved:
                 result.checkpoint = config.out / CHECKPOINT_NAME
                 save_checkpoint(entry, result.checkpoint)
             train_state = {
-                "epoch": epoch, "recipe": config.recipe(), "optimizer": trainer.optimizer.state_dict(),
-                "schedule": trainer.schedule.state_dict(), "rng": torch.get_rng_state(),
-                "generator": trainer.generator.get_state(), "history": [dataclasses.asdict(s) for s in result.history],
-                "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc, "bad_epochs": bad_epochs,
+                **training_state(trainer, result, epoch, bad_epochs), "recipe": config.recipe(),
                 "stopped_early": stopped, "finished": stopped or epoch == config.epochs,
             }  # fmt: skip
             result.last = config.out / LAST_NAME
             save_checkpoint({**entry, "train": train_state}, result.last)
-            _write_text(
-                config.out / HISTORY_NAME, "".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in result.history)
-            )
+            write_history(config.out, result.history)
             logger.info("%s", stats.line(config.epochs))
             if config.on_epoch is not None:
                 config.on_epoch(stats)
@@ -782,283 +455,3 @@ def _source_file(source: Source) -> Path | None:
             return Path(unquote(urlsplit(source.text).path))
         return fetch(source.text, progress=False)  # already cached by the load
     return None
-
-
-def _trained_names(model: VGG) -> set[str]:
-    fc = model.get_classifier()
-    prefix = next(name for name, m in model.named_modules() if m is fc)
-    return {f"{prefix}.{k}" for k in fc.state_dict()}
-
-
-def _state(model: VGG, names: set[str] | None) -> dict[str, torch.Tensor]:
-    """A CPU copy of the state dict (only `names`, when given: what was trained on a named backbone)."""
-    return {
-        k: v.detach().to("cpu", copy=True).contiguous()
-        for k, v in model.state_dict().items()
-        if names is None or k in names
-    }
-
-
-def _restore(previous: dict[str, Any], trainer: _Trainer, result: FinetuneResult) -> tuple[int, int]:
-    """Put last.pth's model, optimizer, schedule and RNG states back; returns (first epoch, bad epochs)."""
-    train = previous["train"]
-    state = trainer.model.state_dict()
-    state.update({k: v.to(state[k].device) for k, v in previous["state_dict"].items()})
-    trainer.model.load_state_dict(state)
-    trainer.optimizer.load_state_dict(train["optimizer"])
-    trainer.schedule.load_state_dict(train["schedule"])
-    torch.set_rng_state(train["rng"])
-    trainer.generator.set_state(train["generator"])
-    result.history = [EpochStats(**s) for s in train["history"]]
-    result.best_epoch, result.best_val_acc = int(train["best_epoch"]), float(train["best_val_acc"])
-    logger.info("resuming after epoch %d", train["epoch"])
-    return int(train["epoch"]) + 1, int(train["bad_epochs"])
-
-
-def _train_preset(config: FinetuneConfig, eval_preset: ImageClassification) -> nn.Module:
-    augment = config.augment or "standard"
-    hflip = config.hflip if config.hflip is not None else augment != "none"
-    if augment == "none" and not hflip:
-        return eval_preset
-    scale = config.crop_scale or CROP_SCALES.get(augment)
-    mean, std = eval_preset.mean, eval_preset.std
-    if scale is None:  # "none" with a flip: the evaluation crop, flipped half the time
-        return nn.Sequential(_Flip(), eval_preset)
-    return TrainClassification(
-        crop_size=config.image_size, mean=mean, std=std, interpolation=eval_preset.interpolation,
-        hflip_prob=0.5 if hflip else 0.0, scale=scale,
-    )  # fmt: skip
-
-
-class _Flip(nn.Module):
-    """A PIL image mirrored left-right with probability 1/2 (torch's generator)."""
-
-    def forward(self, img: Any) -> Any:
-        from PIL import Image  # lazy: Pillow is needed only to read images
-
-        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if torch.rand(1).item() < 0.5 else img
-
-
-def _schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per epoch: linear warm-up over `warmup_epochs`, then a cosine from lr to 0 at `epochs`."""
-    warmup, epochs = config.warmup_epochs, config.epochs
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(epochs - warmup, 1)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@dataclass
-class _Loaders:
-    ctx: _Dist
-    batch_size: int
-    workers: int
-    device: torch.device
-    seed: int
-
-    def train(
-        self, dataset: ImageFolder, shuffle: bool, generator: torch.Generator
-    ) -> tuple[DataLoader[Any], DistributedSampler[Any] | None]:
-        """Every rank gets the same number of batches (DistributedSampler pads by repeating a few images)."""
-        sampler: DistributedSampler[Any] | None = None
-        if self.ctx.on:
-            sampler = DistributedSampler(dataset, self.ctx.world, self.ctx.rank, shuffle=shuffle, seed=self.seed)
-        loader = DataLoader(
-            dataset, self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler, generator=generator,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
-        return loader, sampler
-
-    def val(self, dataset: ImageFolder) -> DataLoader[Any]:
-        """Rank r reads images r, r + world, ...: no padding, so the summed counts are exact."""
-        shard = Subset(dataset, list(range(self.ctx.rank, len(dataset), self.ctx.world)))
-        return DataLoader(shard, self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda")
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-
-
-def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
-def _bar(iterable: Any, ctx: _Dist, progress: bool, desc: str) -> Any:
-    # disable=None: bars only on a terminal, as hub's download bars
-    shown = None if progress and ctx.main else True
-    return tqdm(iterable, desc=desc, leave=False, file=sys.stderr, disable=shown, dynamic_ncols=True)
-
-
-def _train_step(
-    net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-    amp: bool, smoothing: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One SGD step on a batch, shared by both modes; returns its summed loss and correct count (on the device)."""
-    with _autocast(device, amp):
-        logits = net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    torch.autograd.backward(loss)
-    optimizer.step()
-    return loss.detach().float() * len(y), (logits.detach().argmax(1) == y).sum()
-
-
-class _Trainer:
-    """What a mode provides the loop: the model, optimizer, schedule, the generator to save, one epoch."""
-
-    model: VGG
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LambdaLR
-    generator: torch.Generator
-
-    def epoch(self, epoch: int) -> EpochStats:
-        raise NotImplementedError
-
-
-def _stats(
-    ctx: _Dist, epoch: int, train: Sequence[float], val: Sequence[float], seconds: float, train_seconds: float
-) -> EpochStats:
-    """EpochStats from this rank's (loss sum, correct, count) of train and val, summed over the ranks."""
-    loss, correct, n, vloss, vcorrect, vn = ctx.sum(*train, *val)
-    n, vn = max(n, 1), max(vn, 1)
-    return EpochStats(
-        epoch=epoch, train_loss=loss / n, val_acc=100.0 * vcorrect / vn, seconds=seconds,
-        train_acc=100.0 * correct / n, val_loss=vloss / vn, images_per_s=n / max(train_seconds, 1e-9),
-    )  # fmt: skip
-
-
-class _Linear(_Trainer):
-    """Backbone once over train and val (this rank's shard), then the last Linear on the cached features."""
-
-    def __init__(self, session: _Session, model: VGG, train: ImageFolder, val: ImageFolder) -> None:
-        ctx, device, amp, progress = session.ctx, session.device, session.amp, session.progress
-        self.session, self.model = session, model
-        tic = time.perf_counter()
-        if model.head == "gap":
-            model.requires_grad_(False)
-            model.get_classifier().requires_grad_(True)
-        else:
-            model.freeze(upto="fc8")
-        model.eval()
-        loader, _ = session.loaders.train(train, False, torch.Generator().manual_seed(session.config.seed))
-        self.train_x, self.train_y = _features(
-            model, loader, device, amp, _bar(loader, ctx, progress, "features train")
-        )
-        val_loader = session.loaders.val(val)
-        self.val_x, self.val_y = _features(
-            model, val_loader, device, amp, _bar(val_loader, ctx, progress, "features val")
-        )
-        if ctx.main:
-            logger.info(
-                "cached the features of %d + %d images in %.1f s", len(self.train_x), len(self.val_x),
-                time.perf_counter() - tic,
-            )  # fmt: skip
-        self.fc = model.get_classifier()
-        self.net: nn.Module = DistributedDataParallel(self.fc) if ctx.on else self.fc
-        config = session.config
-        self.optimizer = torch.optim.SGD(
-            self.fc.parameters(), lr=config.rate, momentum=0.9, weight_decay=config.weight_decay
-        )
-        self.schedule = _schedule(self.optimizer, config)
-        self.generator = torch.Generator().manual_seed(config.seed + ctx.rank)
-
-    def epoch(self, epoch: int) -> EpochStats:
-        session, device = self.session, self.session.device
-        tic = time.perf_counter()
-        order = torch.randperm(len(self.train_x), generator=self.generator).to(device)
-        summed, correct = torch.zeros((), device=device), torch.zeros((), device=device)  # no host sync per step
-        for batch in torch.split(order, session.loaders.batch_size):  # every rank has the same number of batches
-            # the features are float32 already: the head trains without autocast
-            loss, right = _train_step(
-                self.net, self.optimizer, self.train_x[batch], self.train_y[batch], device, False,
-                session.config.label_smoothing,
-            )  # fmt: skip
-            summed += loss
-            correct += right
-        self.schedule.step()
-        train_seconds = time.perf_counter() - tic
-        with torch.no_grad():
-            logits = self.fc(self.val_x)
-            vloss = F.cross_entropy(logits, self.val_y, reduction="sum").item() if len(self.val_x) else 0.0
-            vcorrect = (logits.argmax(1) == self.val_y).sum().item() if len(self.val_x) else 0
-        figures = (summed.item(), correct.item(), len(order)), (vloss, vcorrect, len(self.val_x))
-        return _stats(session.ctx, epoch, *figures, time.perf_counter() - tic, train_seconds)
-
-
-@torch.no_grad()
-def _features(
-    model: VGG, loader: DataLoader[Any], device: torch.device, amp: bool, bar: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float32 features the last Linear reads ((N, 4096) fc7, or (N, 512) for gap) and (N,) labels."""
-    feats, labels = [], []
-    for x, y in bar:
-        with _autocast(device, amp):
-            f = model.forward_head(model.forward_features(_to(x, device)), pre_logits=True)
-        feats.append(f.float())
-        labels.append(y.to(device))
-    if not feats:
-        return torch.empty(0, model.get_classifier().in_features, device=device), torch.empty(
-            0, dtype=torch.long, device=device
-        )
-    return torch.cat(feats), torch.cat(labels)
-
-
-class _Full(_Trainer):
-    """Every layer trains on augmented images; DDP averages the gradients over the ranks."""
-
-    def __init__(self, session: _Session, model: VGG, train: ImageFolder, val: ImageFolder) -> None:
-        ctx, device, config = session.ctx, session.device, session.config
-        self.session, self.model = session, model
-        model.unfreeze()
-        net: nn.Module = model
-        if ctx.on and device.type == "cuda" and arch_has_bn(model):
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]  # untyped in torch
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-        if ctx.on:
-            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-        self.net = net
-        lr = config.rate
-        groups = model.param_groups(lr, weight_decay=config.weight_decay)
-        self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=config.weight_decay)
-        self.schedule = _schedule(self.optimizer, config)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.train_loader, self.sampler = session.loaders.train(train, True, self.generator)
-        self.val_loader = session.loaders.val(val)
-
-    def epoch(self, epoch: int) -> EpochStats:
-        session, device, amp, ctx = self.session, self.session.device, self.session.amp, self.session.ctx
-        epochs = session.config.epochs
-        tic = time.perf_counter()
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        self.net.train()
-        summed, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        for x, y in _bar(self.train_loader, ctx, session.progress, f"epoch {epoch}/{epochs}"):
-            x, y = _to(x, device), y.to(device, non_blocking=True)
-            loss, right = _train_step(self.net, self.optimizer, x, y, device, amp, session.config.label_smoothing)
-            summed += loss
-            correct += right
-            count += len(y)
-        self.schedule.step()
-        train_seconds = time.perf_counter() - tic
-        self.model.eval()
-        vloss, vcorrect, seen = 0.0, 0, 0
-        with torch.no_grad():
-            for x, y in self.val_loader:
-                with _autocast(device, amp):
-                    logits = self.model(_to(x, device)).float()
-                y = y.to(logits.device)
-                vloss += F.cross_entropy(logits, y, reduction="sum").item()
-                vcorrect += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-        figures = (summed.item(), correct.item(), count), (vloss, vcorrect, seen)
-        return _stats(ctx, epoch, *figures, time.perf_counter() - tic, train_seconds)
-
-
-def arch_has_bn(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

@@ -5,6 +5,10 @@
 - `labelled_images` reads a labelled folder: an ImageFolder (`DATA/<class>/...`, class index = sorted
   folder order or the position in given class names) or ImageNet's validation layout (synset folders
   `n01440764/...` mapped to the 1000 indices through `imagenet_synsets()`).
+- `ImageFolder` is the labelled training folder `finetune` reads: `root/<class>/<image>` (the images
+  directly in each class folder), every class present, items `(transform(image), class index)`, and
+  a stratified seeded `split` for validation. An image that cannot be read stops it, naming the file.
+  `train_and_val` is fine-tuning's DATA: its `train/` and `val/` (or a split of `train/`), checked.
 - `ImageFiles` yields `(index, tensor)` for an image it could read and `(index, message)` for one it
   could not, so that a corrupt file is reported instead of ending the run; `collate` batches them.
 - `shard` is rank r's share of N items under torchrun: r, r + world, ... (no padding, none twice).
@@ -16,24 +20,24 @@ import glob
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .finetune import IMAGE_SUFFIXES
-from .transforms import BadImageError, load_image
+from .decode import BadImageError, gray_image, load_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "Batch",
     "ImageFiles",
+    "ImageFolder",
     "LabelledImages",
     "NoImages",
     "collate",
@@ -42,11 +46,13 @@ __all__ = [
     "labelled_images",
     "list_images",
     "shard",
+    "train_and_val",
 ]
 
 logger = logging.getLogger(__name__)
 
 STDIN = "-"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 class NoImages(FileNotFoundError, ValueError):
@@ -200,6 +206,119 @@ def labelled_images(
 def _first(items: Sequence[str], n: int = 5) -> str:
     shown = ", ".join(items[:n])
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "") if items else "none"
+
+
+class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
+    """`root/<class>/<image>` read with Pillow; items are (transform(image), class index).
+
+    `classes` fixes the class order (and which folders must exist); by default the sorted folder names.
+    A class without images is a ValueError naming it. An image Pillow cannot read raises naming its path.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[Any], torch.Tensor] | None = None,
+        classes: Sequence[str] | None = None,
+        gray: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such folder (expected one folder per class inside)")
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.classes = list(classes) if classes is not None else found
+        if sorted(self.classes) != found:
+            raise ValueError(f"{self.root} has the class folders {found}, expected {sorted(self.classes)}")
+        if not self.classes:
+            raise ValueError(f"{self.root} has no class folders; expected {self.root}/<class>/<image files>")
+        self.samples = [
+            (path, index)
+            for index, name in enumerate(self.classes)
+            for path in sorted((self.root / name).iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        ]
+        empty = [name for i, name in enumerate(self.classes) if not any(t == i for _, t in self.samples)]
+        if empty:
+            raise ValueError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root} for the classes {empty}; "
+                "add images or remove the empty folders"
+            )
+        self.transform = transform
+        self.gray = gray
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        try:
+            image = load_image(path)
+            if self.gray:
+                image = gray_image(image)  # the conversion a gray preset applies at prediction time
+        except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for a broken file
+            raise ValueError(f"cannot read the image {path}: {err}; remove or replace it") from err
+        if self.transform is None:
+            raise ValueError("this ImageFolder has no transform; pass one, e.g. ImageClassification(crop_size=224)")
+        return self.transform(image), target
+
+    def targets(self) -> list[int]:
+        """The class index of every image, in order."""
+        return [t for _, t in self.samples]
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[ImageFolder, ImageFolder]:
+        """(rest, held out): `fraction` of each class's images held out (at least one), chosen with `seed`."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"the validation share must be between 0 and 1, e.g. 0.2, got {fraction!r}")
+        generator = torch.Generator().manual_seed(seed)
+        held: list[tuple[Path, int]] = []
+        for index, name in enumerate(self.classes):
+            own = [s for s in self.samples if s[1] == index]
+            if len(own) < 2:
+                raise ValueError(f"{self.root / name} has {len(own)} image(s): a split needs at least 2 a class")
+            order = torch.randperm(len(own), generator=generator).tolist()
+            n = min(len(own) - 1, max(1, round(len(own) * fraction)))
+            held += [own[i] for i in sorted(order[:n])]
+        chosen = set(held)
+        return self._with([s for s in self.samples if s not in chosen]), self._with(held)
+
+    def _with(self, samples: list[tuple[Path, int]]) -> ImageFolder:
+        subset = object.__new__(ImageFolder)
+        subset.__dict__.update(self.__dict__)
+        subset.samples = samples
+        return subset
+
+    def with_transform(self, transform: Callable[[Any], torch.Tensor]) -> ImageFolder:
+        """The same images through another transform."""
+        copy = self._with(self.samples)
+        copy.transform = transform
+        return copy
+
+
+def train_and_val(
+    data: Path, val_split: float | None = None, seed: int = 0, *, gray: bool = False
+) -> tuple[ImageFolder, ImageFolder]:
+    """DATA/train and DATA/val (or `val_split` of each class of DATA/train, chosen with `seed`), no transform yet.
+
+    The layout is all checked here, so that `finetune` refuses a bad DATA before any weights are read.
+    """
+    if not (data / "train").is_dir():
+        raise FileNotFoundError(
+            f"{data}/train: no such folder, so no class folders; expected {data}/train/<class>/<images> and "
+            f"{data}/val/<class>/<images> "
+            "(or only train/ with val_split=0.2 / --val-split 0.2)"
+        )
+    train = ImageFolder(data / "train", gray=gray)
+    has_val = (data / "val").is_dir()
+    if val_split is not None:
+        if has_val:
+            raise ValueError(f"{data}/val exists and val_split={val_split} was given; drop one of them")
+        return train.split(val_split, seed)
+    if not has_val:
+        raise FileNotFoundError(
+            f"{data}/val: no such folder; add {data}/val/<class>/<images> or hold out a share of train/ with "
+            "val_split=0.2 (--val-split 0.2)"
+        )
+    return train, ImageFolder(data / "val", classes=train.classes, gray=gray)
 
 
 # --- decoding in workers -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from .transforms import pil_to_tensor
+from .decode import pil_to_tensor
 
 if TYPE_CHECKING:
     from PIL.Image import Image

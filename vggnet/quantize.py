@@ -46,10 +46,11 @@ from torch import nn
 
 from .checks import check_int
 from .config import MIN_SIZE
-from .finetune import IMAGE_SUFFIXES, ImageFolder
+from .decode import load_image
+from .images import IMAGE_SUFFIXES, ImageFolder
 from .inference import optimize_for_inference
 from .model import VGG, check_images
-from .transforms import ImageClassification, load_image
+from .transforms import ImageClassification
 
 __all__ = ["INT8_INSTRUCTIONS", "Calibration", "Int8VGG", "QuantizeReport", "int8_instructions", "quantize"]
 
