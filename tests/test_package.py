@@ -214,7 +214,8 @@ def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
     store = {"vggnet.files", "vggnet.cache", "vggnet.locks", "vggnet.config"}
     assert graph["vggnet.cache_admin"]["module"] <= store
     assert graph["vggnet.partial"]["module"] <= store
-    assert graph["vggnet.download"]["module"] <= store | {"vggnet.partial", "vggnet.checks"}
+    assert graph["vggnet.download"]["module"] <= store | {"vggnet.partial", "vggnet.checks", "vggnet.deadline"}
+    assert graph["vggnet.deadline"]["module"] == set()  # requests and urllib3 only, imported on first use
     # formats (file formats and layouts, issue 13) sits below the hub: the hub tells safetensors files by content
     assert graph["vggnet.formats"]["module"] <= {"vggnet.config"}
     # loading (the weights-only load of a verified open file) sits beside download, below the hub

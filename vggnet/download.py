@@ -14,9 +14,7 @@ The partial file it writes into is `partial.py`'s; how partial files are named a
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import logging
 import os
 import random
@@ -24,10 +22,7 @@ import re
 import socket
 import ssl
 import sys
-import threading
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +30,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .cache import ENV_HOME, ENV_MIRROR, ENV_OFFLINE, ChecksumError, _dir_error, _write_stamp
 from .checks import check_int
+from .deadline import Watch, watched_adapter
 from .files import CHUNK, publish
 from .locks import claim, partial_key, partials
 from .partial import DiskFull, Partial, open_partial
@@ -134,130 +130,6 @@ def check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
         )
 
 
-# --- the deadline ----------------------------------------------------------------------------------
-
-
-class _Watch:
-    """One download's deadline: at `ends`, shut every connection the download has open, so that whatever
-    waits on one (a TLS handshake, headers sent a byte at a time, a slow body) returns at once."""
-
-    def __init__(self, ends: float) -> None:
-        self.ends = ends
-        self.expired = threading.Event()
-        self._lock = threading.Lock()
-        # connection -> a duplicate of its socket's descriptor: a TLS wrap detaches the socket object
-        # urllib3 made, the duplicate stays valid from connect to close, and shutting it shuts the connection
-        self._socks: dict[object, socket.socket] = {}
-        self._timer = threading.Timer(max(0.0, ends - time.monotonic()), self._cut)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watch:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self._timer.join()
-        with self._lock:
-            for sock in self._socks.values():
-                sock.close()
-            self._socks.clear()
-
-    def opened(self, conn: object, sock: socket.socket) -> None:
-        """`conn` has connected through `sock`: shut it when the deadline passes (at once if it has)."""
-        with self._lock:
-            self._forget(conn)
-            if self.expired.is_set():
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            else:
-                self._socks[conn] = sock.dup()
-
-    def closed(self, conn: object) -> None:
-        with self._lock:
-            self._forget(conn)
-
-    def _forget(self, conn: object) -> None:
-        sock = self._socks.pop(conn, None)
-        if sock is not None:
-            sock.close()
-
-    def _cut(self) -> None:
-        with self._lock:
-            self.expired.set()
-            for sock in self._socks.values():
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
-# The watch of the download whose request is being sent here: urllib3 builds connections deep inside a
-# request, with no argument that could carry it to them.
-_WATCH: ContextVar[_Watch | None] = ContextVar("vggnet_download_watch", default=None)
-
-
-@functools.cache
-def _watched_adapter() -> Callable[[_Watch], requests.adapters.HTTPAdapter]:
-    """requests' HTTPAdapter whose connections tell a `_Watch` their sockets (built on first use: requests and
-    urllib3 are imported when a download starts, not with vggnet)."""
-    import requests.adapters
-    from urllib3 import PoolManager
-    from urllib3.connection import HTTPConnection, HTTPSConnection
-    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
-    class Watched(HTTPConnection):
-        _watch: _Watch | None = None
-
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            self._watch = _WATCH.get()
-            if self._watch is not None:
-                self._watch.opened(self, sock)
-            return sock
-
-        def close(self) -> None:
-            try:
-                super().close()
-            finally:
-                if self._watch is not None:
-                    self._watch.closed(self)
-
-    class WatchedHTTPS(Watched, HTTPSConnection):  # verifies certificates exactly as HTTPSConnection does
-        pass
-
-    class Pool(HTTPConnectionPool):
-        ConnectionCls = Watched
-
-    class HTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = WatchedHTTPS
-
-    plain = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
-    pools = {"http": Pool, "https": HTTPSPool}
-
-    class Adapter(requests.adapters.HTTPAdapter):
-        def __init__(self, watch: _Watch) -> None:
-            self.watch = watch
-            super().__init__()
-
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = pools
-
-        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
-            manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
-            if manager.pool_classes_by_scheme == plain:  # not a SOCKS proxy's pools, which stay unwatched
-                manager.pool_classes_by_scheme = pools
-            return manager
-
-        def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-            token = _WATCH.set(self.watch)
-            try:
-                return super().send(request, *args, **kwargs)
-            finally:
-                _WATCH.reset(token)
-
-    return Adapter
-
-
 # --- the transfer ---------------------------------------------------------------------------------
 
 
@@ -298,8 +170,8 @@ def download_file(
             total=size, initial=part.size, desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024,
             file=sys.stderr, disable=None if progress else True, dynamic_ncols=True,
         )  # fmt: skip
-        with _Watch(ends) as watch, requests.Session() as session, bar:
-            adapter = _watched_adapter()(watch)
+        with Watch(ends) as watch, requests.Session() as session, bar:
+            adapter = watched_adapter()(watch)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             again = True
@@ -373,7 +245,7 @@ def _stream(
     max_size: int,
     timeout: Timeout,
     retries: int,
-    watch: _Watch,
+    watch: Watch,
 ) -> None:
     failures = 0
     received = False  # anything arrived in this call: a failure may then be a passing one
@@ -483,7 +355,7 @@ def _attempt(
     size: int | None,
     max_size: int,
     timeout: Timeout,
-    watch: _Watch,
+    watch: Watch,
 ) -> None:
     import requests
 
