@@ -863,7 +863,8 @@ def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, comm
 def test_finetune_options_are_the_config_fields():
     import dataclasses
 
-    from vggnet.cli import FINETUNE_OPTIONS, build_parser
+    from vggnet.cli import build_parser
+    from vggnet.cli.training import FINETUNE_OPTIONS
     from vggnet.finetune import FinetuneConfig
 
     parser = build_parser()
