@@ -149,6 +149,23 @@ def test_help_and_version(capsys):
     assert main(["predict", "--help"]) == 0 and "--topk" in capsys.readouterr().out
 
 
+def test_the_table_of_commands_is_every_add_run_pair_and_each_takes_debug_and_quiet():
+    import inspect
+
+    from vggnet import cli
+
+    pairs = {}
+    for module in (cli.artifacts, cli.checkpoints, cli.costs, cli.images, cli.perception, cli.training):
+        own = {name: f for name, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == module.__name__}
+        adds = {name[4:] for name in own if name.startswith("add_")}
+        assert adds == {name[4:] for name in own if name.startswith("run_")}, module.__name__
+        pairs.update({name: (own[f"add_{name}"], own[f"run_{name}"]) for name in adds})
+    assert pairs == cli.COMMANDS
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():  # type: ignore[union-attr]
+        assert {"--debug", "--quiet", "-q"} <= set(parser._option_string_actions), name
+
+
 def test_options_after_the_command(tmp_path, capsys):
     assert main(["summary", "vgg11", "--quiet", "--plot", str(tmp_path / "p.svg")]) == 0
     captured = capsys.readouterr()
@@ -633,7 +650,7 @@ def test_predict_names_and_skips_each_bad_image_and_classifies_the_rest(seeded_v
 
     from PIL import Image
 
-    from .test_transforms import png_declaring
+    from .test_decode import png_declaring
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -863,7 +880,8 @@ def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, comm
 def test_finetune_options_are_the_config_fields():
     import dataclasses
 
-    from vggnet.cli import FINETUNE_OPTIONS, build_parser
+    from vggnet.cli import build_parser
+    from vggnet.cli.training import FINETUNE_OPTIONS
     from vggnet.finetune import FinetuneConfig
 
     parser = build_parser()

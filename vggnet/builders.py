@@ -38,11 +38,13 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, cast
 
-from .checkpoint import WeightsSource, arch_of_state, load
+from .checkpoint import load
 from .checks import check_int
 from .config import IN_CHANNELS, check_arch
 from .interop import pretrained_cfg
 from .model import HEADS, NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
+from .sources import WeightsSource
+from .state_dicts import arch_of_state
 from .weights import (
     WEIGHTS_ENUMS,
     VGG11_BN_Weights,

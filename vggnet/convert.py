@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Source, WeightsSource, classify
 from .formats import Layout, from_timm, layout_of, read_state_dict, write_state_dict
 from .hfhub import load_hf_hub
 from .hub import fetch
+from .sources import Source, WeightsSource, classify
 
 __all__ = ["Converted", "convert", "read_source"]
 

@@ -49,23 +49,11 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
-from .checkpoint import (
-    FORMAT,
-    WEIGHT_FILE_SUFFIXES,
-    Finetuned,
-    Source,
-    WeightsSource,
-    backbone_identity,
-    check_classifier,
-    check_device,
-    classify,
-    load,
-    load_finetuned,
-)
-from .checkpoint import read_finetuned as _read_finetuned  # noqa: F401  # the old private name, kept importable
-from .checks import check_int
+from .checkpoint import load, load_finetuned
+from .checks import check_device, check_int
 from .config import IN_CHANNELS, MAX_SIZE, MIN_SIZE, check_arch
 from .distributed import init_distributed
+from .finetuned import FORMAT, Finetuned, backbone_identity
 from .hub import fetch
 from .images import ImageFolder, train_and_val
 from .model import HEADS
@@ -81,6 +69,7 @@ from .runs import (
     save_checkpoint,
     write_history,
 )
+from .sources import WEIGHT_FILE_SUFFIXES, Source, WeightsSource, check_classifier, classify
 from .trainers import FullTrainer, LinearTrainer, Loaders, Session, Trainer, restore, train_preset, training_state
 from .transforms import ImageClassification
 
@@ -104,9 +93,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# FORMAT, Finetuned, load_finetuned and _read_finetuned live in checkpoint.py (the reading side of
-# fine-tuned checkpoints) and are imported here for compatibility, as is WEIGHT_FILE_SUFFIXES; ImageFolder
-# lives in images.py, and EpochStats, FinetuneResult, read_history and plot_history in runs.py.
+# Re-exported where users found them before: FORMAT and Finetuned live in finetuned.py (the fields of a
+# fine-tuned checkpoint), load_finetuned in checkpoint.py, WEIGHT_FILE_SUFFIXES in sources.py, ImageFolder
+# in images.py, and EpochStats, FinetuneResult, read_history and plot_history in runs.py.
 MODES = ("linear", "full")
 AUGMENTS = ("none", "light", "standard")
 DEFAULT_LR = {"linear": 0.05, "full": 0.001}

@@ -1,0 +1,117 @@
+"""convert, export: weights written in another format or layout, a model written as a deployable artifact."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from ..builders import list_models
+from ..checkpoint import load
+from ..convert import convert
+from ..export import EXPORT_FORMATS, check_export, example_images, export, with_preset
+from ..formats import WRITE_SUFFIXES, file_sha256
+from ..sources import SOURCE_RULES
+from .args import EXIT_OK, SubParsers, UsageError, add_command, add_weights, model_arg, positive, side_arg
+from .output import print_json
+
+# --- convert ---------------------------------------------------------------------------------------
+
+
+def add_convert(sub: SubParsers) -> None:
+    p = add_command(
+        sub,
+        "convert",
+        help="write weights in another format (safetensors, .pth) or layout (timm)",
+        description="Read weights from SRC and write them to DST in the format DST's suffix names (.safetensors, "
+        "or .pth/.pt/.bin for PyTorch's zip format). SRC is "
+        f"{SOURCE_RULES}; a file's format (PyTorch zip or pickle, safetensors, Keras .h5) is read from its content. "
+        "The written file is read back and compared, and its SHA-256 printed.",
+    )
+    p.add_argument("src", metavar="SRC", help="the weights to read")
+    p.add_argument("dst", metavar="DST", help="the file to write (.safetensors, .pth, .pt, .bin)")
+    p.add_argument("--layout", choices=("vggnet", "timm"), default="vggnet", help="the keys DST gets (default vggnet)")
+    p.add_argument("--sha256", metavar="HEX", help="the digest (or its first 8+ hex digits) SRC must have")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    if Path(args.dst).suffix.lower() not in WRITE_SUFFIXES:
+        raise UsageError(
+            f"cannot tell the format of {args.dst!r} from its suffix; use one of {', '.join(WRITE_SUFFIXES)}"
+        )
+    done = convert(args.src, args.dst, layout=args.layout, sha256=args.sha256, progress=not args.quiet)
+    if args.json:
+        print_json(
+            {"source": done.source, "path": str(done.path), "sha256": done.sha256, "bytes": done.size,
+             "layout": done.layout, "tensors": done.tensors}
+        )  # fmt: skip
+    else:
+        print(f"{done.sha256}  {done.path}")
+    return EXIT_OK
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+def add_export(sub: SubParsers) -> None:
+    p = add_command(
+        sub,
+        "export",
+        help="export a model to ONNX, torch.export (pt2), TorchScript or AOTInductor",
+        description="Build ARCH with --weights (" + SOURCE_RULES + ") and write OUT in --format, then run OUT once "
+        "on a random batch against eager PyTorch (onnxruntime for ONNX, when installed) and print the largest "
+        "difference and OUT's SHA-256.",
+    )
+    p.add_argument("arch", type=model_arg, metavar="ARCH", help=f"one of {', '.join(list_models())}")
+    p.add_argument("out", metavar="OUT", help="the file to write")
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True, dest="fmt", help="what to write")
+    add_weights(p, arch=False)
+    p.add_argument(
+        "--dynamic-batch", action=argparse.BooleanOptionalAction, default=True, help="any batch size (default on)"
+    )
+    p.add_argument("--dynamic-size", action="store_true", help="any height and width from 64 px (ONNX, pt2, aoti)")
+    p.add_argument("--image-size", type=side_arg, default=224, metavar="N", help="the input side (default 224)")
+    p.add_argument("--batch-size", type=positive, default=1, metavar="B", help="the batch with --no-dynamic-batch")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="weights' dtype")
+    p.add_argument(
+        "--with-preset", action="store_true", help="take uint8 images: resize, crop and normalize inside the graph"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.with_preset and args.fmt == "torchscript":
+        raise UsageError("--with-preset works with --format onnx, pt2 or aoti, not torchscript")
+    loaded = load(args.weights, arch=args.arch, sha256=args.sha256, progress=not args.quiet)
+    dtype = getattr(torch, args.dtype)
+    model = loaded.model.eval()
+    path = export(
+        model, args.out, args.fmt, dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
+        image_size=args.image_size, batch_size=args.batch_size, dtype=dtype, include_preset=args.with_preset,
+        preset=loaded.preset,
+    )  # fmt: skip
+    reference: torch.nn.Module = model.to(dtype)
+    if args.with_preset:
+        reference = with_preset(reference, loaded.preset)
+    batch = 2 if args.dynamic_batch else args.batch_size
+    images = example_images(batch, args.image_size, include_preset=args.with_preset, dtype=dtype, seed=1)
+    try:
+        diff: float | None = check_export(path, args.fmt, reference, [images])
+    except ImportError as err:  # onnxruntime is optional: the file is written, only the check is skipped
+        logging.getLogger("vggnet").warning("not checked: %s", err)
+        diff = None
+    report = {
+        "arch": loaded.arch, "weights": loaded.weights, "format": args.fmt, "path": str(path),
+        "sha256": file_sha256(path), "bytes": path.stat().st_size, "dynamic_batch": args.dynamic_batch,
+        "dynamic_size": args.dynamic_size, "image_size": args.image_size, "dtype": args.dtype,
+        "with_preset": args.with_preset, "max_abs_diff": diff,
+    }  # fmt: skip
+    if args.json:
+        print_json(report)
+    else:
+        checked = "not checked" if diff is None else f"max |artifact - eager| = {diff:.3g} on a batch of {batch}"
+        print(f"{report['sha256']}  {path}  ({args.fmt}, {report['bytes'] / 2**20:.1f} MiB; {checked})")
+    return EXIT_OK
