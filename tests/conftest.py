@@ -489,3 +489,18 @@ def spawn_python(code: str, *args: object) -> subprocess.Popen[str]:
         [sys.executable, "-c", code, *map(str, args)],
         cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def plant_victim(tmp_path: Path) -> tuple[Path, bytes]:
+    """A file of the user's own outside the cache (0600), and its bytes: what a planted link points at."""
+    victim = tmp_path / "victim.txt"
+    content = b"precious data, not a checkpoint\n" * 100
+    victim.write_bytes(content)
+    victim.chmod(0o600)
+    return victim, content
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])

@@ -26,7 +26,7 @@ from vggnet.hub import cache_dir
 from vggnet.transforms import load_image
 from vggnet.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
 
-from .conftest import fingerprint
+from .conftest import closed_port, fingerprint
 
 PHOTOS = Path(__file__).parent / "photos"
 PHOTO_NAMES = ["camera.png", "chelsea.png", "coffee.jpg", "rocket.jpg"]
@@ -570,16 +570,9 @@ def test_a_cache_directory_that_is_a_file_is_named_not_listed_as_empty(tmp_path,
 # --- issue 11: a read-only cache, no network, odd files in the cache ------------------------------
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
-
-
 def test_download_without_a_network_fails_fast_with_advice_and_no_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("VGGNET_MIRROR", f"http://127.0.0.1:{_closed_port()}")  # a server that is not there
+    monkeypatch.setenv("VGGNET_MIRROR", f"http://127.0.0.1:{closed_port()}")  # a server that is not there
     started = time.monotonic()
     assert main(["download", "vgg11"]) == 1
     assert time.monotonic() - started < 10
