@@ -97,7 +97,7 @@ def test_verify_file_hashes_afresh_and_reports_progress(small_checkpoints, tmp_p
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(data)
-    vcache._write_stamp(path, ckpt.sha256, checked=True)  # a stamp that fits the file's stat but not its bytes
+    vcache._write_stamp(path, ckpt.sha256, checked=True, st=path.stat())  # fits the stat, not the bytes
     assert vcache._stamped_digest(path) == ckpt.sha256
     with pytest.raises(vcache.ChecksumError) as caught:
         vcache.verify_file(path, ckpt.sha256)
