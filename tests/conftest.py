@@ -48,6 +48,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import vggnet
 import vggnet.download
 from vggnet.config import arch_config
 from vggnet.model import VGG, make_layers
@@ -448,6 +449,42 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         monkeypatch.setenv(name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"])))
     yield home
     shutil.rmtree(home, ignore_errors=True)  # downloaded checkpoints are large: don't keep them
+
+
+# --- models and photos shared by many modules -------------------------------------------------------
+
+PHOTOS = Path(__file__).parent / "photos"  # four real photos (their sources are in photos/SOURCES.md)
+
+
+def randomize_batchnorm(
+    model: torch.nn.Module, mean: float = 0.1, var: tuple[float, float] = (0.5, 1.5), affine: bool = False
+) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics (running mean in +-`mean`, running variance in `var`; with `affine`,
+    weight and bias too), drawn from torch's global generator module by module, so that BatchNorm matters."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-mean, mean)
+                m.running_var.uniform_(*var)
+                if affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def save_seeded_vgg11(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """The full-size state dict `vggnet.vgg11()` builds after `torch.manual_seed(seed)`, saved at `path`."""
+    torch.manual_seed(seed)
+    state = vggnet.vgg11().state_dict()
+    torch.save(state, path)
+    return state
+
+
+@pytest.fixture(scope="module")
+def vgg11() -> VGG:
+    """A seeded vgg11 with 10 classes in eval mode, built once per test module: use it, don't change it."""
+    torch.manual_seed(11)
+    return vggnet.vgg11(num_classes=10).eval()
 
 
 # --- the cache, download and hub tests -------------------------------------------------------------

@@ -27,6 +27,7 @@ from vggnet.transforms import load_image
 from vggnet.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
 
 from .conftest import closed_port, fingerprint
+from .conftest import file_sha256 as sha256
 
 PHOTOS = Path(__file__).parent / "photos"
 PHOTO_NAMES = ["camera.png", "chelsea.png", "coffee.jpg", "rocket.jpg"]
@@ -35,10 +36,6 @@ VENV_BIN = Path(sys.executable).parent
 
 def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def save_hub_style(state: dict[str, torch.Tensor], folder: Path, stem: str) -> Path:
