@@ -26,13 +26,21 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
 - `arch_matrix(archs)`: parametrize full-size checks over `archs`, all but FAST_ARCHS marked `slow`.
 - `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
-  Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`.
+  Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`,
+  `plant_victim`, `closed_port`.
+- Models and photos: `randomize_batchnorm`, `save_seeded_vgg11`, `vgg11` (module), `PHOTOS` (the real photos).
+- Image folders for the batch, predict, embed, evaluate and image tests: `write_images`, `write_corrupt`,
+  `write_labelled`, `write_photos` and the `photos` fixture (module: 16 images, 2 unreadable files),
+  `small_model` with `CLASSES` and `PRESET`, and the checks `by_hand`, `check_results`, `readable`, `bad_paths`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
+import io
+import json
 import os
 import re
 import shutil
@@ -45,6 +53,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +61,7 @@ import vggnet
 import vggnet.download
 from vggnet.config import arch_config
 from vggnet.model import VGG, make_layers
+from vggnet.transforms import ImageClassification, load_image
 from vggnet.weights import Weights
 
 Body = bytes | Path
@@ -485,6 +495,118 @@ def vgg11() -> VGG:
     """A seeded vgg11 with 10 classes in eval mode, built once per test module: use it, don't change it."""
     torch.manual_seed(11)
     return vggnet.vgg11(num_classes=10).eval()
+
+
+# --- image folders for the batch, predict, embed, evaluate and image-listing tests -------------------
+
+
+def write_images(folder: Path, names: list[str], seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Path]:
+    """Random-noise images (JPEG or PNG by their suffix) at `folder/name`; returns their paths."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_corrupt(path: Path, kind: str = "garbage") -> Path:
+    """An image file that cannot be decoded: bytes that are no image, or a JPEG cut short in its header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "garbage":
+        path.write_bytes(b"this is not an image")
+    else:
+        Image = pytest.importorskip("PIL.Image")
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, format="JPEG")
+        path.write_bytes(buf.getvalue()[:40])
+    return path
+
+
+def write_labelled(root: Path, classes: list[str], per_class: int = 3) -> Path:
+    """root/<class>/<i>.jpg|png noise images, and one unreadable file in the first class."""
+    names = [f"{c}/{i}.{'png' if i % 2 else 'jpg'}" for c in classes for i in range(per_class)]
+    write_images(root, names, seed=1)
+    write_corrupt(root / classes[0] / "zz-broken.png")
+    return root
+
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
+
+
+@functools.cache
+def small_model(num_classes: int = len(CLASSES), seed: int = 0) -> vggnet.VGG:
+    """A seeded vgg11 whose fc8 is scaled up 300x, so that images get clearly different, confident answers.
+
+    Built once per test process (130 M parameters take a while); the tests only read it.
+    """
+    torch.manual_seed(seed)
+    model = vggnet.vgg11(num_classes=num_classes)
+    with torch.no_grad():
+        model.classifier[6].weight.mul_(300)
+    return model.eval()
+
+
+PRESET = ImageClassification(crop_size=32, resize_size=36)
+
+
+def write_photos(root: Path) -> Path:
+    """16 JPEG/PNG images in nested folders, and two files that cannot be read."""
+    names = [f"{d}/{i}.{'png' if i % 3 else 'jpg'}" for d in ("x", "y/z") for i in range(8)]
+    write_images(root, names)
+    write_corrupt(root / "x" / "broken.jpg")
+    write_corrupt(root / "y" / "cut.jpg", "truncated")
+    return root
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_photos(tmp_path_factory.mktemp("photos"))
+
+
+def by_hand(model, paths, k=3):
+    """Top-k (index, probability) per readable image, from the plain eager model."""
+    with torch.inference_mode():
+        probs = model(torch.stack([PRESET(load_image(p)) for p in paths])).softmax(1)
+    top = probs.topk(k, dim=1)
+    return {str(p): list(zip(i, v)) for p, i, v in zip(paths, top.indices.tolist(), top.values.tolist())}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def check_results(records, expected, bad):
+    """One record per image, the readable ones as computed by hand, the unreadable ones with an error."""
+    assert sorted(r["image"] for r in records) == sorted([*expected, *bad])
+    for r in records:
+        if r["image"] in bad:
+            assert set(r) == {"image", "error"} and r["error"]
+            continue
+        want = expected[r["image"]]
+        assert [p["index"] for p in r["predictions"]] == [i for i, _ in want]
+        assert [p["probability"] for p in r["predictions"]] == pytest.approx([v for _, v in want], abs=1e-4)
+        assert [p["label"] for p in r["predictions"]] == [CLASSES[i] for i, _ in want]
+
+
+BAD = ("broken.jpg", "cut.jpg")  # the two files write_photos makes unreadable
+
+
+def readable(photos):
+    return sorted(p for p in photos.rglob("*") if p.is_file() and p.name not in BAD)
+
+
+def bad_paths(photos):
+    return {str(photos / "x" / "broken.jpg"), str(photos / "y" / "cut.jpg")}
+
+
+def torchrun(*args, nproc=2, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # --- the cache, download and hub tests -------------------------------------------------------------

@@ -26,7 +26,7 @@ from vggnet.hub import cache_dir
 from vggnet.transforms import load_image
 from vggnet.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
 
-from .conftest import closed_port, fingerprint
+from .conftest import CLASSES, PRESET, closed_port, fingerprint, small_model, torchrun, write_labelled
 from .conftest import file_sha256 as sha256
 
 PHOTOS = Path(__file__).parent / "photos"
@@ -692,10 +692,7 @@ def test_summary_sizes_stay_unbounded(capsys):
 
 @pytest.fixture(scope="module")
 def seven_classes(tmp_path_factory):
-    """A plain state dict of the seeded 7-class vgg11 of test_batch, and a labelled folder with a corrupt file."""
-    from .test_batch import CLASSES, small_model
-    from .test_evaluate import write_labelled
-
+    """A plain state dict of the seeded 7-class small_model (conftest), and a labelled folder with a corrupt file."""
     folder = tmp_path_factory.mktemp("seven")
     weights = folder / "vgg11-seven.pth"
     torch.save(small_model().state_dict(), weights)
@@ -709,8 +706,6 @@ SMALL = ["--image-size", "32", "--workers", "0", "--batch-size", "4"]
 def test_evaluate_command_prints_the_figures_and_draws_the_matrix(seven_classes, tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
     from vggnet.evaluate import evaluate
-
-    from .test_batch import PRESET, small_model
 
     weights, data = seven_classes
     plot = tmp_path / "confusion.png"
@@ -805,8 +800,6 @@ def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, comm
     import numpy as np
 
     from vggnet.embed import read_embeddings
-
-    from .test_batch import torchrun
 
     weights, data = seven_classes
     common = ["--weights", str(weights), *SMALL]
