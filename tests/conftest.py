@@ -26,15 +26,23 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
 - `arch_matrix(archs)`: parametrize full-size checks over `archs`, all but FAST_ARCHS marked `slow`.
 - `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
-  Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`.
+  Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`,
+  `plant_victim`, `closed_port`.
+- Models and photos: `randomize_batchnorm`, `save_seeded_vgg11`, `vgg11` (module), `PHOTOS` (the real photos).
+- Image folders for the batch, predict, embed, evaluate and image tests: `write_images`, `write_corrupt`,
+  `write_labelled`, `write_photos` and the `photos` fixture (module: 16 images, 2 unreadable files),
+  `small_model` with `CLASSES` and `PRESET`, and the checks `by_hand`, `check_results`, `readable`, `bad_paths`.
 - `write_set(root, {"train": 8, "val": 4})`: a labelled image folder of two classes told apart by colour
   (COLOURS), for the ImageFolder and fine-tuning tests.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
+import io
+import json
 import os
 import re
 import shutil
@@ -47,12 +55,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import vggnet
 import vggnet.download
 from vggnet.config import arch_config
 from vggnet.model import VGG, make_layers
+from vggnet.transforms import ImageClassification, load_image
 from vggnet.weights import Weights
 
 Body = bytes | Path
@@ -470,6 +481,154 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     shutil.rmtree(home, ignore_errors=True)  # downloaded checkpoints are large: don't keep them
 
 
+# --- models and photos shared by many modules -------------------------------------------------------
+
+PHOTOS = Path(__file__).parent / "photos"  # four real photos (their sources are in photos/SOURCES.md)
+
+
+def randomize_batchnorm(
+    model: torch.nn.Module, mean: float = 0.1, var: tuple[float, float] = (0.5, 1.5), affine: bool = False
+) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics (running mean in +-`mean`, running variance in `var`; with `affine`,
+    weight and bias too), drawn from torch's global generator module by module, so that BatchNorm matters."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-mean, mean)
+                m.running_var.uniform_(*var)
+                if affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def save_seeded_vgg11(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """The full-size state dict `vggnet.vgg11()` builds after `torch.manual_seed(seed)`, saved at `path`."""
+    torch.manual_seed(seed)
+    state = vggnet.vgg11().state_dict()
+    torch.save(state, path)
+    return state
+
+
+@pytest.fixture(scope="module")
+def vgg11() -> VGG:
+    """A seeded vgg11 with 10 classes in eval mode, built once per test module: use it, don't change it."""
+    torch.manual_seed(11)
+    return vggnet.vgg11(num_classes=10).eval()
+
+
+# --- image folders for the batch, predict, embed, evaluate and image-listing tests -------------------
+
+
+def write_images(folder: Path, names: list[str], seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Path]:
+    """Random-noise images (JPEG or PNG by their suffix) at `folder/name`; returns their paths."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_corrupt(path: Path, kind: str = "garbage") -> Path:
+    """An image file that cannot be decoded: bytes that are no image, or a JPEG cut short in its header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "garbage":
+        path.write_bytes(b"this is not an image")
+    else:
+        Image = pytest.importorskip("PIL.Image")
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, format="JPEG")
+        path.write_bytes(buf.getvalue()[:40])
+    return path
+
+
+def write_labelled(root: Path, classes: list[str], per_class: int = 3) -> Path:
+    """root/<class>/<i>.jpg|png noise images, and one unreadable file in the first class."""
+    names = [f"{c}/{i}.{'png' if i % 2 else 'jpg'}" for c in classes for i in range(per_class)]
+    write_images(root, names, seed=1)
+    write_corrupt(root / classes[0] / "zz-broken.png")
+    return root
+
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
+
+
+@functools.cache
+def small_model(num_classes: int = len(CLASSES), seed: int = 0) -> vggnet.VGG:
+    """A seeded vgg11 whose fc8 is scaled up 300x, so that images get clearly different, confident answers.
+
+    Built once per test process (130 M parameters take a while); the tests only read it.
+    """
+    torch.manual_seed(seed)
+    model = vggnet.vgg11(num_classes=num_classes)
+    with torch.no_grad():
+        model.classifier[6].weight.mul_(300)
+    return model.eval()
+
+
+PRESET = ImageClassification(crop_size=32, resize_size=36)
+
+
+def write_photos(root: Path) -> Path:
+    """16 JPEG/PNG images in nested folders, and two files that cannot be read."""
+    names = [f"{d}/{i}.{'png' if i % 3 else 'jpg'}" for d in ("x", "y/z") for i in range(8)]
+    write_images(root, names)
+    write_corrupt(root / "x" / "broken.jpg")
+    write_corrupt(root / "y" / "cut.jpg", "truncated")
+    return root
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_photos(tmp_path_factory.mktemp("photos"))
+
+
+def by_hand(model, paths, k=3):
+    """Top-k (index, probability) per readable image, from the plain eager model."""
+    with torch.inference_mode():
+        probs = model(torch.stack([PRESET(load_image(p)) for p in paths])).softmax(1)
+    top = probs.topk(k, dim=1)
+    return {str(p): list(zip(i, v)) for p, i, v in zip(paths, top.indices.tolist(), top.values.tolist())}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def check_results(records, expected, bad):
+    """One record per image, the readable ones as computed by hand, the unreadable ones with an error."""
+    assert sorted(r["image"] for r in records) == sorted([*expected, *bad])
+    for r in records:
+        if r["image"] in bad:
+            assert set(r) == {"image", "error"} and r["error"]
+            continue
+        want = expected[r["image"]]
+        assert [p["index"] for p in r["predictions"]] == [i for i, _ in want]
+        assert [p["probability"] for p in r["predictions"]] == pytest.approx([v for _, v in want], abs=1e-4)
+        assert [p["label"] for p in r["predictions"]] == [CLASSES[i] for i, _ in want]
+
+
+BAD = ("broken.jpg", "cut.jpg")  # the two files write_photos makes unreadable
+
+
+def readable(photos):
+    return sorted(p for p in photos.rglob("*") if p.is_file() and p.name not in BAD)
+
+
+def bad_paths(photos):
+    return {str(photos / "x" / "broken.jpg"), str(photos / "y" / "cut.jpg")}
+
+
+def torchrun(*args, nproc=2, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 # --- the cache, download and hub tests -------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -509,3 +668,18 @@ def spawn_python(code: str, *args: object) -> subprocess.Popen[str]:
         [sys.executable, "-c", code, *map(str, args)],
         cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def plant_victim(tmp_path: Path) -> tuple[Path, bytes]:
+    """A file of the user's own outside the cache (0600), and its bytes: what a planted link points at."""
+    victim = tmp_path / "victim.txt"
+    content = b"precious data, not a checkpoint\n" * 100
+    victim.write_bytes(content)
+    victim.chmod(0o600)
+    return victim, content
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])

@@ -1,6 +1,5 @@
-"""The engine (vggnet.batch): resumable outputs, a killed run, torchrun with 2 processes; shared test helpers."""
+"""The engine (vggnet.batch): resumable outputs, a killed run, torchrun with 2 processes."""
 
-import functools
 import json
 import os
 import signal
@@ -8,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,79 +15,22 @@ import torch
 import vggnet
 from vggnet.embed import embed_images, read_embeddings
 from vggnet.predict import predict_images
-from vggnet.transforms import ImageClassification, load_image
 
-from .test_images import write_corrupt, write_images
+from .conftest import (
+    CLASSES,
+    PRESET,
+    bad_paths,
+    by_hand,
+    check_results,
+    read_jsonl,
+    readable,
+    small_model,
+    torchrun,
+    write_images,
+    write_labelled,
+)
 
 pytest.importorskip("PIL.Image")
-
-CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
-
-
-@functools.cache
-def small_model(num_classes: int = len(CLASSES), seed: int = 0) -> vggnet.VGG:
-    """A seeded vgg11 whose fc8 is scaled up 300x, so that images get clearly different, confident answers.
-
-    Built once per test process (130 M parameters take a while); the tests only read it.
-    """
-    torch.manual_seed(seed)
-    model = vggnet.vgg11(num_classes=num_classes)
-    with torch.no_grad():
-        model.classifier[6].weight.mul_(300)
-    return model.eval()
-
-
-PRESET = ImageClassification(crop_size=32, resize_size=36)
-
-
-def write_photos(root: Path) -> Path:
-    """16 JPEG/PNG images in nested folders, and two files that cannot be read."""
-    names = [f"{d}/{i}.{'png' if i % 3 else 'jpg'}" for d in ("x", "y/z") for i in range(8)]
-    write_images(root, names)
-    write_corrupt(root / "x" / "broken.jpg")
-    write_corrupt(root / "y" / "cut.jpg", "truncated")
-    return root
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
-
-
-def by_hand(model, paths, k=3):
-    """Top-k (index, probability) per readable image, from the plain eager model."""
-    with torch.inference_mode():
-        probs = model(torch.stack([PRESET(load_image(p)) for p in paths])).softmax(1)
-    top = probs.topk(k, dim=1)
-    return {str(p): list(zip(i, v)) for p, i, v in zip(paths, top.indices.tolist(), top.values.tolist())}
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def check_results(records, expected, bad):
-    """One record per image, the readable ones as computed by hand, the unreadable ones with an error."""
-    assert sorted(r["image"] for r in records) == sorted([*expected, *bad])
-    for r in records:
-        if r["image"] in bad:
-            assert set(r) == {"image", "error"} and r["error"]
-            continue
-        want = expected[r["image"]]
-        assert [p["index"] for p in r["predictions"]] == [i for i, _ in want]
-        assert [p["probability"] for p in r["predictions"]] == pytest.approx([v for _, v in want], abs=1e-4)
-        assert [p["label"] for p in r["predictions"]] == [CLASSES[i] for i, _ in want]
-
-
-def readable(photos):
-    return sorted(p for p in photos.rglob("*") if p.is_file() and p.name not in ("broken.jpg", "cut.jpg"))
-
-
-BAD = ("broken.jpg", "cut.jpg")
-
-
-def bad_paths(photos):
-    return {str(photos / "x" / "broken.jpg"), str(photos / "y" / "cut.jpg")}
 
 
 def test_resume_after_a_truncated_output_runs_only_what_is_missing(photos, tmp_path):
@@ -186,17 +127,9 @@ TORCHRUN_SCRIPT = textwrap.dedent(
 )
 
 
-def torchrun(*args, nproc=2, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(photos, tmp_path):
     from vggnet.evaluate import evaluate
-
-    from .test_evaluate import write_labelled
 
     labelled = write_labelled(tmp_path / "labelled", CLASSES, per_class=3)
     model = small_model()

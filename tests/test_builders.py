@@ -13,7 +13,7 @@ from vggnet.builders import BUILDERS
 from vggnet.config import ARCHS
 
 from .conftest import file_sha256 as sha256
-from .conftest import fingerprint
+from .conftest import fingerprint, randomize_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +21,7 @@ def vgg11_bn_files(tmp_path_factory):
     """A full-size seeded vgg11_bn state dict in both formats; the legacy one lacks num_batches_tracked, as in 2017."""
     folder = tmp_path_factory.mktemp("vgg11_bn")
     torch.manual_seed(7)
-    model = vggnet.vgg11_bn()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-    state = model.state_dict()
+    state = randomize_batchnorm(vggnet.vgg11_bn(), mean=1, var=(0.5, 2)).state_dict()
     zip_path, legacy_path = folder / "zip.pth", folder / "legacy.pth"
     torch.save(state, zip_path)
     legacy = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
@@ -38,10 +33,7 @@ def record(path, digest, **fields) -> Weights:
     return Weights(url=str(path), sha256=digest, **fields)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+pytestmark = pytest.mark.usefixtures("cache")  # VGGNET_HOME in tmp_path/cache; TORCH_HOME is private anyway
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])

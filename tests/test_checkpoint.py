@@ -12,7 +12,7 @@ from vggnet.checkpoint import ArchMismatch, DeviceError, load
 from vggnet.finetune import FORMAT, save_checkpoint
 from vggnet.weights import IMAGENET_CATEGORIES, Weights
 
-from .conftest import file_sha256, fingerprint
+from .conftest import file_sha256, fingerprint, save_seeded_vgg11
 
 PHOTO = Path(__file__).parent / "photos" / "coffee.jpg"
 MISSING_DEVICE = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: missing on every machine
@@ -22,10 +22,8 @@ MISSING_DEVICE = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: m
 def vgg11_files(tmp_path_factory):
     """A seeded full-size vgg11 state dict, and a fine-tuned checkpoint (3 classes, its own preset) made from it."""
     folder = tmp_path_factory.mktemp("vgg11")
-    torch.manual_seed(3)
-    state = vggnet.vgg11().state_dict()
     plain = folder / "vgg11-plain.pth"
-    torch.save(state, plain)
+    state = save_seeded_vgg11(plain, seed=3)
     tuned_state = {**state, "classifier.6.weight": state["classifier.6.weight"][:3], "classifier.6.bias": torch.ones(3)}
     tuned = folder / "best.pth"
     save_checkpoint(
@@ -40,9 +38,7 @@ def vgg11_files(tmp_path_factory):
     return plain, tuned, fingerprint(state), fingerprint(tuned_state)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache")  # VGGNET_HOME in tmp_path/cache; TORCH_HOME is private anyway
 
 
 def test_the_names_callers_use_stay_importable_from_checkpoint():

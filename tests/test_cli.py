@@ -26,7 +26,8 @@ from vggnet.hub import cache_dir
 from vggnet.transforms import load_image
 from vggnet.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
 
-from .conftest import fingerprint
+from .conftest import CLASSES, PRESET, closed_port, fingerprint, small_model, torchrun, write_labelled
+from .conftest import file_sha256 as sha256
 
 PHOTOS = Path(__file__).parent / "photos"
 PHOTO_NAMES = ["camera.png", "chelsea.png", "coffee.jpg", "rocket.jpg"]
@@ -35,10 +36,6 @@ VENV_BIN = Path(sys.executable).parent
 
 def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def save_hub_style(state: dict[str, torch.Tensor], folder: Path, stem: str) -> Path:
@@ -587,16 +584,9 @@ def test_a_cache_directory_that_is_a_file_is_named_not_listed_as_empty(tmp_path,
 # --- issue 11: a read-only cache, no network, odd files in the cache ------------------------------
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
-
-
 def test_download_without_a_network_fails_fast_with_advice_and_no_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("VGGNET_MIRROR", f"http://127.0.0.1:{_closed_port()}")  # a server that is not there
+    monkeypatch.setenv("VGGNET_MIRROR", f"http://127.0.0.1:{closed_port()}")  # a server that is not there
     started = time.monotonic()
     assert main(["download", "vgg11"]) == 1
     assert time.monotonic() - started < 10
@@ -719,10 +709,7 @@ def test_summary_sizes_stay_unbounded(capsys):
 
 @pytest.fixture(scope="module")
 def seven_classes(tmp_path_factory):
-    """A plain state dict of the seeded 7-class vgg11 of test_batch, and a labelled folder with a corrupt file."""
-    from .test_batch import CLASSES, small_model
-    from .test_evaluate import write_labelled
-
+    """A plain state dict of the seeded 7-class small_model (conftest), and a labelled folder with a corrupt file."""
     folder = tmp_path_factory.mktemp("seven")
     weights = folder / "vgg11-seven.pth"
     torch.save(small_model().state_dict(), weights)
@@ -736,8 +723,6 @@ SMALL = ["--image-size", "32", "--workers", "0", "--batch-size", "4"]
 def test_evaluate_command_prints_the_figures_and_draws_the_matrix(seven_classes, tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
     from vggnet.evaluate import evaluate
-
-    from .test_batch import PRESET, small_model
 
     weights, data = seven_classes
     plot = tmp_path / "confusion.png"
@@ -832,8 +817,6 @@ def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, comm
     import numpy as np
 
     from vggnet.embed import read_embeddings
-
-    from .test_batch import torchrun
 
     weights, data = seven_classes
     common = ["--weights", str(weights), *SMALL]

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import vggnet
 from vggnet import formats
 from vggnet.convert import convert
+
+from .conftest import save_seeded_vgg11
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -25,11 +26,8 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def vgg11_pth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
-    torch.manual_seed(0)
-    state = vggnet.vgg11().state_dict()
     path = tmp_path_factory.mktemp("src") / "vgg11-mine.pth"
-    torch.save(state, path)
-    return path, state
+    return path, save_seeded_vgg11(path, seed=0)
 
 
 @pytest.mark.slow

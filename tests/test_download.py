@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import json
 import os
 import pickle
 import signal
@@ -28,12 +27,12 @@ import pytest
 import vggnet.cache_admin as vadmin
 import vggnet.download as download
 import vggnet.hub as hub
-import vggnet.partial as vpartial
 from vggnet.weights import OFFICIAL_BASE, Weights
 
 from .conftest import (
     Fault,
     FaultServer,
+    closed_port,
     file_sha256,
     fingerprint,
     leftovers,
@@ -192,41 +191,6 @@ def test_redirects_are_followed(http_server, small_checkpoints, cache):
     assert [r.status for r in http_server.log()] == [301, 200]
 
 
-WORKER = r"""
-import json, sys, time
-from collections.abc import Iterator
-from pathlib import Path
-import vggnet.hub as hub
-from vggnet.weights import Weights
-from tests.conftest import fingerprint
-url, sha256, size, ready, go = sys.argv[1:]
-Path(ready).touch()
-while not Path(go).exists():
-    time.sleep(0.005)
-state = Weights(url=url, sha256=sha256, size=int(size)).get_state_dict(progress=False)
-print(json.dumps({"fingerprint": fingerprint(state), "keys": len(state)}))
-"""
-
-
-def test_concurrent_processes_download_once(http_server, vgg16_checkpoints, cache, tmp_path):
-    ckpt = vgg16_checkpoints.zip
-    path = "/" + ckpt.name
-    url = http_server.add(path, ckpt.path, rate=400e6)  # ~1.4 s: long enough for every process to collide
-    go = tmp_path / "go"
-    workers = [spawn_python(WORKER, url, ckpt.sha256, ckpt.size, tmp_path / f"ready{i}", go) for i in range(4)]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"ready{i}").exists() for i in range(4)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    go.touch()  # all four start at once
-    results = [w.communicate(timeout=240) for w in workers]
-    for w, (out, err) in zip(workers, results):
-        assert w.returncode == 0, err
-        assert json.loads(out.splitlines()[-1])["fingerprint"] == vgg16_checkpoints.fingerprint
-    assert http_server.count(path) == 1
-    assert http_server.bytes_served(path) == ckpt.size
-    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
-
-
 KILLED = r"""
 import sys
 import vggnet.hub as hub
@@ -263,28 +227,6 @@ def test_sigkill_mid_download_then_the_next_call_resumes(http_server, vgg16_chec
     assert [r.range for r in resumed] == [f"bytes={kept}-"]
     assert resumed[0].bytes_sent == ckpt.size - kept
     assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
-
-
-def test_ctrl_c_keeps_only_a_partial_file_and_the_next_call_resumes(http_server, cache, monkeypatch):
-    data = os.urandom(6 << 20)
-    digest = hashlib.sha256(data).hexdigest()
-    url = http_server.add("/ctrl-c.bin", data)
-    real_write = vpartial.Partial.write
-
-    def interrupted(self, chunk):
-        if self.size >= 2 << 20:
-            raise KeyboardInterrupt
-        real_write(self, chunk)
-
-    monkeypatch.setattr(vpartial.Partial, "write", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        hub.fetch(url, sha256=digest, progress=False)
-    (partial,) = leftovers(cache)
-    assert partial.startswith("ctrl-c.bin.") and partial.endswith(".partial")
-    monkeypatch.setattr(vpartial.Partial, "write", real_write)
-    assert hub.fetch(url, sha256=digest, progress=False).read_bytes() == data
-    assert http_server.log("/ctrl-c.bin")[-1].range == "bytes=2097152-"
-    assert leftovers(cache) == ["ctrl-c.bin", "ctrl-c.bin.stamp"]
 
 
 @pytest.mark.parametrize(
@@ -475,19 +417,6 @@ def test_a_gzip_body_is_decoded_and_the_decoded_bytes_hashed(raw_server, small_c
     assert b"accept-encoding: identity" in server.requests[0].lower()  # asked for the plain bytes
 
 
-def test_a_resume_onto_a_bad_prefix_starts_over_in_the_same_call(http_server, small_checkpoints, cache):
-    ckpt = small_checkpoints.zip
-    url = http_server.add("/" + ckpt.name, ckpt.path)
-    cache.mkdir()
-    planted = cache / f"{ckpt.name}.{ckpt.sha256[:16]}.0a1b2c3d.partial"
-    planted.write_bytes(b"\0" * (ckpt.size // 2))  # from an earlier call, but not the file's first bytes
-    planted.chmod(0o600)
-    path = hub.fetch(url, sha256=ckpt.sha256, progress=False)
-    assert file_sha256(path) == ckpt.sha256
-    assert [r.range for r in http_server.log("/" + ckpt.name)] == [f"bytes={ckpt.size // 2}-", None]
-    assert leftovers(cache) == [ckpt.name, ckpt.name + ".stamp"]
-
-
 def test_a_body_cut_short_without_a_length_is_retried(raw_server, small_checkpoints, cache):
     ckpt = small_checkpoints.zip
     data = ckpt.path.read_bytes()
@@ -591,14 +520,9 @@ def test_a_full_tmpfs_names_the_folder_and_keeps_nothing(http_server, small_chec
         subprocess.run(["umount", str(cache)], check=True, capture_output=True)
 
 
-def _closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("host", ["closed-port", "nonexistent.invalid"])
 def test_no_network_fails_fast_and_says_what_to_do(small_checkpoints, cache, host):
-    netloc = f"127.0.0.1:{_closed_port()}" if host == "closed-port" else host
+    netloc = f"127.0.0.1:{closed_port()}" if host == "closed-port" else host
     url = f"http://{netloc}/{small_checkpoints.zip.name}"
     started = time.monotonic()
     with pytest.raises(download.DownloadError) as info:

@@ -7,12 +7,7 @@ import torch
 from vggnet.embed import embed_images, read_embeddings
 from vggnet.transforms import load_image
 
-from .test_batch import PRESET, bad_paths, read_jsonl, readable, small_model, write_photos
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
+from .conftest import PRESET, bad_paths, read_jsonl, readable, small_model
 
 
 def test_embed_writes_shards_and_an_index_and_resumes(photos, tmp_path):

@@ -10,18 +10,9 @@ import torch.nn.functional as F
 from vggnet.evaluate import evaluate, plot_confusion
 from vggnet.transforms import load_image
 
-from .test_batch import CLASSES, PRESET, small_model
-from .test_images import write_corrupt, write_images
+from .conftest import CLASSES, PRESET, small_model, write_images, write_labelled
 
 Image = pytest.importorskip("PIL.Image")
-
-
-def write_labelled(root: Path, classes: list[str], per_class: int = 3) -> Path:
-    """root/<class>/<i>.jpg|png noise images, and one unreadable file in the first class."""
-    names = [f"{c}/{i}.{'png' if i % 2 else 'jpg'}" for c in classes for i in range(per_class)]
-    write_images(root, names, seed=1)
-    write_corrupt(root / classes[0] / "zz-broken.png")
-    return root
 
 
 def hand_figures(model, root: Path, classes: list[str]):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,17 +12,12 @@ import vggnet
 from vggnet.explain import Explanation, explain, last_conv, layer_module
 from vggnet.pictures import jet, overlay
 
+from .conftest import PHOTOS
+
 captum_attr = pytest.importorskip("captum.attr")  # the `explain` extra
 Image = pytest.importorskip("PIL.Image")
 
-PHOTOS = Path(__file__).parent / "photos"
 SIDE = 64
-
-
-@pytest.fixture(scope="module")
-def vgg11() -> vggnet.VGG:
-    torch.manual_seed(11)
-    return vggnet.vgg11(num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")

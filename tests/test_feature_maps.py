@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,15 +11,9 @@ import vggnet
 from vggnet.feature_maps import feature_maps
 from vggnet.pictures import jet
 
+from .conftest import PHOTOS
+
 Image = pytest.importorskip("PIL.Image")
-
-PHOTOS = Path(__file__).parent / "photos"
-
-
-@pytest.fixture(scope="module")
-def vgg11() -> vggnet.VGG:
-    torch.manual_seed(11)
-    return vggnet.vgg11(num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")

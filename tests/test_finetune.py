@@ -18,7 +18,7 @@ from vggnet.finetune import FORMAT, FinetuneConfig, ImageFolder, finetune, load_
 from vggnet.transforms import load_image
 from vggnet.weights import IMAGENET_CATEGORIES, Weights, WeightsEnum
 
-from .conftest import file_sha256, write_set
+from .conftest import file_sha256, save_seeded_vgg11, write_set
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -34,16 +34,10 @@ def data(tmp_path_factory):
 def pretrained(tmp_path_factory):
     """A seeded vgg11 with an ImageNet-sized head standing in for downloaded weights (no network here)."""
     path = tmp_path_factory.mktemp("weights") / "vgg11-local.pth"
-    torch.manual_seed(11)
-    state = vggnet.vgg11().state_dict()
-    torch.save(state, path)
-    return path, state
+    return path, save_seeded_vgg11(path, seed=11)
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+pytestmark = pytest.mark.usefixtures("cache")  # VGGNET_HOME in tmp_path/cache; TORCH_HOME is private anyway
 
 
 def predict(finetuned, paths):

@@ -18,6 +18,8 @@ from vggnet import formats
 from vggnet.config import KERAS_MEAN, KERAS_STD
 from vggnet.transforms import keras_transforms, load_image
 
+from .conftest import randomize_batchnorm
+
 PHOTOS = sorted((Path(__file__).parent / "photos").glob("*.[jp][pn]g"))
 
 
@@ -72,12 +74,7 @@ def test_safetensors_is_read_without_pickle(tmp_path: Path, monkeypatch: pytest.
 def test_torchvision_to_safetensors_to_vggnet_is_bit_exact(tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    tv = torchvision.models.vgg11_bn().eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        for m in tv.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
+    tv = randomize_batchnorm(torchvision.models.vgg11_bn().eval(), var=(0.5, 2.0))
     path = tmp_path / "vgg11_bn.safetensors"
     digest = formats.write_state_dict(tv.state_dict(), path)
     assert digest == formats.file_sha256(path) and len(digest) == 64

@@ -4,7 +4,6 @@ import io
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,33 +21,9 @@ from vggnet.images import (
 from vggnet.transforms import ImageClassification
 from vggnet.weights import IMAGENET_CATEGORIES
 
-from .conftest import write_set
+from .conftest import write_corrupt, write_images, write_set
 
 Image = pytest.importorskip("PIL.Image")
-
-
-def write_images(folder: Path, names: list[str], seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Path]:
-    """Random-noise images (JPEG or PNG by their suffix) at `folder/name`; returns their paths."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for name in names:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def write_corrupt(path: Path, kind: str = "garbage") -> Path:
-    """An image file that cannot be decoded: bytes that are no image, or a JPEG cut short in its header."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "garbage":
-        path.write_bytes(b"this is not an image")
-    else:
-        buf = io.BytesIO()
-        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, format="JPEG")
-        path.write_bytes(buf.getvalue()[:40])
-    return path
 
 
 def test_the_synset_list_matches_the_category_list():

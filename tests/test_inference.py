@@ -19,7 +19,7 @@ from vggnet.inference import (
     optimize_for_inference,
 )
 
-from .conftest import arch_matrix
+from .conftest import arch_matrix, randomize_batchnorm
 from .reference import ARCHS, LAYOUT
 
 BN_ARCHS = [a for a in ARCHS if a.endswith("_bn")]
@@ -30,14 +30,7 @@ def seeded_model(arch: str, seed: int = 0) -> vggnet.VGG:
     """Random weights, and for _bn models non-trivial running statistics and affine parameters."""
     torch.manual_seed(seed)
     model = vggnet.get_model(arch, num_classes=10)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return randomize_batchnorm(model, mean=0.5, var=(0.5, 2.0), affine=True).eval()
 
 
 def assert_close_fp32(out: torch.Tensor, ref: torch.Tensor) -> None:

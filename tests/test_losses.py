@@ -11,16 +11,13 @@ import vggnet
 from vggnet.losses import PerceptualLoss, gram_matrix
 from vggnet.weights import IMAGENET_MEAN, IMAGENET_STD
 
+from .conftest import randomize_batchnorm
+
 
 @pytest.fixture(scope="module")
 def vgg11_bn():
     torch.manual_seed(0)
-    model = vggnet.vgg11_bn()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model
+    return randomize_batchnorm(vggnet.vgg11_bn())
 
 
 @pytest.fixture

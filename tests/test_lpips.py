@@ -15,6 +15,8 @@ import vggnet
 import vggnet.lpips as vlpips
 from vggnet.lpips import LPIPS, LPIPS_WEIGHTS
 
+from .conftest import PHOTOS
+
 lpips = pytest.importorskip("lpips")  # a test dependency: the reference implementation
 
 PACKAGE_WEIGHTS = Path(lpips.__file__).parent / "weights"
@@ -227,8 +229,6 @@ def test_cuda_matches_the_lpips_package_on_the_cpu(served, trunk, reference, mon
 
 
 # --- the command -------------------------------------------------------------------------------------
-
-PHOTOS = Path(__file__).parent / "photos"
 
 
 def test_the_command_on_a_random_trunk_equals_the_library(capsys):

@@ -9,7 +9,7 @@ import vggnet
 from vggnet.batch import Session
 from vggnet.predict import iter_predictions, predict_images
 
-from .test_batch import (
+from .conftest import (
     CLASSES,
     PRESET,
     bad_paths,
@@ -18,14 +18,8 @@ from .test_batch import (
     read_jsonl,
     readable,
     small_model,
-    write_photos,
+    write_images,
 )
-from .test_images import write_images
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -21,7 +21,8 @@ from vggnet.inference import InferenceVGG
 from vggnet.quantize import INT8_INSTRUCTIONS, Int8VGG, QuantizeReport, int8_instructions, quantize
 from vggnet.transforms import ImageClassification, load_image
 
-PHOTOS = Path(__file__).parent / "photos"
+from .conftest import PHOTOS
+
 SIDE = 64
 PRESET = ImageClassification(crop_size=SIDE, resize_size=73)
 MIN_COSINE = 0.995

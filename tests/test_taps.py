@@ -12,26 +12,19 @@ import vggnet
 from vggnet.model import TapInfo, adapt_input_conv
 from vggnet.taps import feature_names
 
-from .conftest import arch_matrix
+from .conftest import arch_matrix, randomize_batchnorm, save_seeded_vgg11
 from .reference import ARCHS, LAYOUT
 
 HEAD = ["avgpool", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+pytestmark = pytest.mark.usefixtures("cache")  # VGGNET_HOME in tmp_path/cache; TORCH_HOME is private anyway
 
 
 def seeded(arch: str, seed: int = 0, **kwargs) -> vggnet.VGG:
     torch.manual_seed(seed)
     model = vggnet.get_model(arch, **kwargs).eval()
-    for m in model.modules():  # non-trivial running statistics so BatchNorm taps differ from conv taps
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model
+    return randomize_batchnorm(model)  # so that BatchNorm taps differ from conv taps
 
 
 def by_hand(model: vggnet.VGG, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -334,9 +327,7 @@ def test_adaptation_refuses_what_it_cannot_adapt():
 @pytest.fixture(scope="module")
 def vgg11_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("vgg11") / "vgg11-own.pth"
-    torch.manual_seed(3)
-    state = vggnet.vgg11().state_dict()
-    torch.save(state, path)
+    state = save_seeded_vgg11(path, seed=3)
     return state, vggnet.Weights(url=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
