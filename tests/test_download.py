@@ -198,6 +198,7 @@ hub.fetch(sys.argv[1], sha256=sys.argv[2], progress=False)
 """
 
 
+@pytest.mark.slow  # a process and a full-size file; the dropped-connection test resumes one in the quick run
 def test_sigkill_mid_download_then_the_next_call_resumes(http_server, vgg16_checkpoints, cache):
     ckpt = vgg16_checkpoints.zip
     path = "/" + ckpt.name

@@ -32,6 +32,35 @@ def seeded(arch: str, seed: int = 0) -> vggnet.VGG:
     return vggnet.get_model(arch).eval()
 
 
+# Full-size models and files are built once per module (132 M parameters take seconds): read them, don't change them.
+@pytest.fixture(scope="module")
+def vgg11() -> vggnet.VGG:
+    """`seeded("vgg11")`."""
+    return seeded("vgg11")
+
+
+@pytest.fixture(scope="module")
+def vgg11_files(vgg11: vggnet.VGG, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """The vgg11 as safetensors in either layout: layout -> (path, the sha256 write_state_dict returned)."""
+    folder = tmp_path_factory.mktemp("vgg11-safetensors")
+    files = {}
+    for layout in ("vggnet", "timm"):
+        path = folder / f"{layout}.safetensors"
+        files[layout] = (path, formats.write_state_dict(vgg11.state_dict(), path, layout=layout))  # type: ignore[arg-type]
+    return files
+
+
+def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded vgg11 with the small "gap" head (10 M parameters): a real state dict where fc6's size is no claim."""
+    torch.manual_seed(seed)
+    return vggnet.vgg11(head="gap").state_dict()
+
+
+def at_64(preset: vggnet.ImageClassification) -> vggnet.ImageClassification:
+    """`preset` cropping 64x64 instead of 224x224 (12 times fewer pixels), the same numbers otherwise."""
+    return vggnet.ImageClassification(crop_size=64, resize_size=72, mean=preset.mean, std=preset.std)
+
+
 # --- detection by content --------------------------------------------------------------------------
 
 
@@ -59,7 +88,7 @@ def test_detect_format_refuses_other_files_naming_the_formats(tmp_path: Path) ->
 
 
 def test_safetensors_is_read_without_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state = seeded("vgg11").state_dict()
+    state = small_state()
     path = tmp_path / "vgg11.safetensors"
     formats.write_state_dict(state, path)
 
@@ -74,15 +103,15 @@ def test_safetensors_is_read_without_pickle(tmp_path: Path, monkeypatch: pytest.
 def test_torchvision_to_safetensors_to_vggnet_is_bit_exact(tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    tv = randomize_batchnorm(torchvision.models.vgg11_bn().eval(), var=(0.5, 2.0))
+    tv = randomize_batchnorm(torchvision.models.vgg11_bn(num_classes=10).eval(), var=(0.5, 2.0))
     path = tmp_path / "vgg11_bn.safetensors"
     digest = formats.write_state_dict(tv.state_dict(), path)
     assert digest == formats.file_sha256(path) and len(digest) == 64
     state = formats.read_state_dict(path)
-    model = vggnet.vgg11_bn()
-    model.load_state_dict(state, strict=True)
+    model = vggnet.vgg11_bn(num_classes=10, device="meta")  # every value comes from the file
+    model.load_state_dict(state, strict=True, assign=True)
     model.eval()
-    x = photos(vggnet.VGG11_BN_Weights.DEFAULT.transforms())
+    x = photos(at_64(vggnet.VGG11_BN_Weights.DEFAULT.transforms()))
     with torch.no_grad():
         assert torch.equal(model(x), tv(x))
 
@@ -94,7 +123,7 @@ def test_write_state_dict_names_the_valid_suffixes(tmp_path: Path) -> None:
 
 
 def test_write_state_dict_pth_round_trip(tmp_path: Path) -> None:
-    state = seeded("vgg11").state_dict()
+    state = small_state()
     digest = formats.write_state_dict(state, tmp_path / "x.pth")
     assert formats.detect_format(tmp_path / "x.pth") == "zip"
     assert digest == formats.file_sha256(tmp_path / "x.pth")
@@ -106,13 +135,14 @@ def test_write_state_dict_pth_round_trip(tmp_path: Path) -> None:
 # --- timm --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
-def test_timm_parity_on_photos_and_bit_exact_round_trip(arch: str) -> None:
+@pytest.mark.parametrize("arch", ["vgg11", pytest.param("vgg11_bn", marks=pytest.mark.slow)])
+def test_timm_parity_on_photos_and_bit_exact_round_trip(arch: str, vgg11: vggnet.VGG) -> None:
     timm = pytest.importorskip("timm")
-    model = seeded(arch)
-    reference = timm.create_model(arch, pretrained=False).eval()
-    reference.load_state_dict(formats.to_timm(model.state_dict()), strict=True)
-    x = photos(vggnet.get_model_weights(arch).DEFAULT.transforms())  # 224x224
+    model = vgg11 if arch == "vgg11" else seeded(arch)
+    with torch.device("meta"):  # timm's random initialisation would be overwritten anyway
+        reference = timm.create_model(arch, pretrained=False).eval()
+    reference.load_state_dict(formats.to_timm(model.state_dict()), strict=True, assign=True)
+    x = photos(at_64(vggnet.get_model_weights(arch).DEFAULT.transforms()))  # the layout is the claim, not the size
     with torch.no_grad():
         ours, theirs = model(x), reference(x)
     assert ours.abs().max() > 0
@@ -123,10 +153,9 @@ def test_timm_parity_on_photos_and_bit_exact_round_trip(arch: str) -> None:
     assert all(torch.equal(back[k], state[k]) for k in state)
 
 
-def test_timm_layout_file_is_converted_on_read(tmp_path: Path) -> None:
-    model = seeded("vgg11")
-    path = tmp_path / "model.safetensors"
-    formats.write_state_dict(model.state_dict(), path, layout="timm")
+def test_timm_layout_file_is_converted_on_read(vgg11: vggnet.VGG, vgg11_files: dict[str, tuple[Path, str]]) -> None:
+    model = vgg11
+    path, _ = vgg11_files["timm"]  # formats.write_state_dict(model.state_dict(), path, layout="timm")
     raw = formats.load_safetensors(path)
     assert formats.layout_of(raw) == "timm"
     assert raw["pre_logits.fc1.weight"].shape == (4096, 512, 7, 7)
@@ -238,7 +267,7 @@ def test_keras_vgg19_notop_features(keras: object, tmp_path: Path) -> None:
     _write_published_layout(reference, path, "keras2")
     arch, state = formats.load_keras(path)
     assert arch == "vgg19" and not any(k.startswith("classifier") for k in state)
-    model = vggnet.vgg19().eval()
+    model = vggnet.vgg19(head="gap").eval()  # a notop file fills the features; any head's keys stay missing
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and sorted(missing) == sorted(k for k in model.state_dict() if k.startswith("classifier"))
     images = _photos_uint8(64)
@@ -264,25 +293,24 @@ def test_keras_h5_that_is_not_vgg_is_refused(keras: object, tmp_path: Path) -> N
 # --- through the one loader (checkpoint.load, builders, load_state_dict_from_url, records) -------------
 
 
-def test_loader_reads_safetensors_files_in_either_layout(tmp_path: Path) -> None:
+def test_loader_reads_safetensors_files_in_either_layout(
+    vgg11: vggnet.VGG, vgg11_files: dict[str, tuple[Path, str]]
+) -> None:
     from vggnet.checkpoint import load
 
-    model = seeded("vgg11")
-    state = model.state_dict()
+    state = vgg11.state_dict()
     for layout in ("vggnet", "timm"):
-        path = tmp_path / f"{layout}.safetensors"
-        formats.write_state_dict(state, path, layout=layout)  # type: ignore[arg-type]
+        path, _ = vgg11_files[layout]  # formats.write_state_dict(state, path, layout=layout)
         loaded = load(path)
         assert loaded.arch == "vgg11" and len(loaded.categories or ()) == 1000
         assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
-    built = vggnet.vgg11(weights=str(tmp_path / "timm.safetensors"))  # a builder takes the file too
+    built = vggnet.vgg11(weights=str(vgg11_files["timm"][0]))  # a builder takes the file too
     assert all(torch.equal(built.state_dict()[k], v) for k, v in state.items())
 
 
-def test_safetensors_url_and_record_are_verified_like_every_file(http_server, tmp_path: Path, cache: Path) -> None:  # type: ignore[no-untyped-def]
-    model = seeded("vgg11")
-    path = tmp_path / "vgg11-mine.safetensors"
-    digest = formats.write_state_dict(model.state_dict(), path)
+def test_safetensors_url_and_record_are_verified_like_every_file(http_server, vgg11, vgg11_files, cache: Path) -> None:  # type: ignore[no-untyped-def]
+    model = vgg11
+    path, digest = vgg11_files["vggnet"]  # formats.write_state_dict(model.state_dict(), path)
     url = http_server.add("/models/vgg11-mine.safetensors", path)
     state = vggnet.load_state_dict_from_url(url, sha256=digest)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -295,6 +323,7 @@ def test_safetensors_url_and_record_are_verified_like_every_file(http_server, tm
     assert not (cache / "other.safetensors").exists()
 
 
+@pytest.mark.slow  # builds a full vgg19 (144 M parameters); test_keras_vgg19_notop_features reads the same layout
 def test_loader_reads_keras_notop_with_its_preset_and_a_new_classifier(keras: object, tmp_path: Path) -> None:
     from vggnet.checkpoint import load
 

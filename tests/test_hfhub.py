@@ -1,28 +1,30 @@
 """hf-hub: weights through huggingface_hub, against a loopback server standing in for the Hub (HF_ENDPOINT).
 
-huggingface_hub reads HF_ENDPOINT, HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported, so every download
-runs in a fresh process with those variables set, as a user's would.
+huggingface_hub reads HF_ENDPOINT, HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported: one test runs a fresh
+process with those variables set, as a user's would; the others set them and import huggingface_hub's
+`constants` afresh in this process (`hf_env`), which is all its import does with them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import importlib
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from vggnet import formats
+import vggnet
+from vggnet import formats, hfhub
 from vggnet.hfhub import HubName, parse_hf_hub
 
-pytest.importorskip("huggingface_hub")
 pytest.importorskip("safetensors")
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -71,7 +73,8 @@ class HubServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # polled every 50 ms, not 0.5 s: close() waits for the next poll
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -85,6 +88,26 @@ def hub() -> Iterator[HubServer]:
     server = HubServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def hf_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """`hf_env(HF_ENDPOINT=..., ...)`: set the variables and re-read them as importing huggingface_hub does."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    http = importlib.import_module("huggingface_hub.utils._http")
+
+    def apply(**env: str) -> None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        importlib.reload(constants)
+        http.close_session()  # no connection kept from another test's server
+
+    yield apply
+    monkeypatch.undo()
+    importlib.reload(constants)
+    http.close_session()
 
 
 def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -109,6 +132,19 @@ def publish(hub: HubServer, tmp_path: Path, repo: str, state: dict[str, torch.Te
     data = path.read_bytes()
     hub.files[f"{repo}/model.safetensors"] = data
     return data
+
+
+def load_here(
+    hf_env: Callable[..., None], hub: HubServer, cache: Path, name: str, *, sha256: str | None = None, **env: str
+) -> dict:
+    """`load_hf_hub(name)` in this process with the Hub variables set; the outcome as `load_in_process` reports it."""
+    hf_env(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(cache), **env)
+    try:
+        arch, state = hfhub.load_hf_hub(name, sha256=sha256)
+    except Exception as err:
+        return {"error": type(err).__name__, "message": str(err)}
+    path = hfhub.hf_hub_file(name)
+    return {"arch": arch, "path": str(path), "blob": str(path.resolve()), "state": state}
 
 
 def load_in_process(hub: HubServer, cache: Path, name: str, *, sha256: str | None = None, **env: str) -> dict:
@@ -148,11 +184,11 @@ def test_parse_names() -> None:
         parse_hf_hub("hf-hub:timm/resnet50.a1_in1k")
 
 
-def test_download_converts_caches_and_works_offline(hub: HubServer, tmp_path: Path) -> None:
+def test_download_converts_caches_and_works_offline(hub: HubServer, tmp_path: Path, hf_env) -> None:  # type: ignore[no-untyped-def]
     state = small_state()
     publish(hub, tmp_path, "timm/vgg16.tv_in1k", state)
     cache = tmp_path / "hf-cache"
-    result = load_in_process(hub, cache, "hf-hub:timm/vgg16.tv_in1k")
+    result = load_here(hf_env, hub, cache, "hf-hub:timm/vgg16.tv_in1k")
     assert result["arch"] == "vgg16"
     assert result["state"].keys() == state.keys()
     assert all(torch.equal(result["state"][k], v) for k, v in state.items())  # timm layout undone, bit-exact
@@ -161,75 +197,70 @@ def test_download_converts_caches_and_works_offline(hub: HubServer, tmp_path: Pa
     assert blob.name == hashlib.sha256(hub.files["timm/vgg16.tv_in1k/model.safetensors"]).hexdigest()
     assert sum(method == "GET" for method, _, _ in hub.requests) == 1
     hub.requests.clear()
-    offline = load_in_process(hub, cache, "hf-hub:timm/vgg16.tv_in1k", HF_HUB_OFFLINE="1")
+    offline = load_in_process(hub, cache, "hf-hub:timm/vgg16.tv_in1k", HF_HUB_OFFLINE="1")  # a user's process
     assert offline["arch"] == "vgg16" and not hub.requests  # from the cache, no request at all
     assert all(torch.equal(offline["state"][k], v) for k, v in state.items())
 
 
-def test_offline_without_a_cached_copy_fails(hub: HubServer, tmp_path: Path) -> None:
+def test_offline_without_a_cached_copy_fails(hub: HubServer, tmp_path: Path, hf_env) -> None:  # type: ignore[no-untyped-def]
     publish(hub, tmp_path, "timm/vgg11.tv_in1k", small_state())
-    result = load_in_process(hub, tmp_path / "cache", "hf-hub:timm/vgg11.tv_in1k", HF_HUB_OFFLINE="1")
+    result = load_here(hf_env, hub, tmp_path / "cache", "hf-hub:timm/vgg11.tv_in1k", HF_HUB_OFFLINE="1")
     assert result["error"] == "LocalEntryNotFoundError" and not hub.requests
 
 
-def test_token_is_sent(hub: HubServer, tmp_path: Path) -> None:
+def test_token_is_sent(hub: HubServer, tmp_path: Path, hf_env) -> None:  # type: ignore[no-untyped-def]
     publish(hub, tmp_path, "timm/vgg11.tv_in1k", small_state())
-    result = load_in_process(hub, tmp_path / "cache", "hf-hub:timm/vgg11.tv_in1k", HF_TOKEN="hf_secret")
+    result = load_here(hf_env, hub, tmp_path / "cache", "hf-hub:timm/vgg11.tv_in1k", HF_TOKEN="hf_secret")
     assert result["arch"] == "vgg11"
     assert {auth for _, _, auth in hub.requests} == {"Bearer hf_secret"}
 
 
-def test_pinned_digest_is_checked(hub: HubServer, tmp_path: Path) -> None:
+def test_pinned_digest_is_checked(hub: HubServer, tmp_path: Path, hf_env) -> None:  # type: ignore[no-untyped-def]
     data = publish(hub, tmp_path, "timm/vgg13.tv_in1k", small_state())
     digest = hashlib.sha256(data).hexdigest()
     cache = tmp_path / "cache"
-    ok = load_in_process(hub, cache, "hf-hub:timm/vgg13.tv_in1k", sha256=digest[:12])
+    ok = load_here(hf_env, hub, cache, "hf-hub:timm/vgg13.tv_in1k", sha256=digest[:12])
     assert ok["arch"] == "vgg13"
-    wrong = load_in_process(hub, cache, "hf-hub:timm/vgg13.tv_in1k", sha256="0" * 64)
+    wrong = load_here(hf_env, hub, cache, "hf-hub:timm/vgg13.tv_in1k", sha256="0" * 64)
     assert wrong["error"] == "ChecksumError" and "pinned digest" in wrong["message"]
     assert (cache / "models--timm--vgg13.tv_in1k" / "blobs" / digest).exists()  # the file itself is fine: kept
 
 
-def test_content_that_is_not_what_the_hub_announced_is_refused_and_removed(hub: HubServer, tmp_path: Path) -> None:
+def test_content_that_is_not_what_the_hub_announced_is_refused_and_removed(
+    hub: HubServer, tmp_path: Path, hf_env
+) -> None:  # type: ignore[no-untyped-def]
     data = publish(hub, tmp_path, "timm/vgg19.tv_in1k", small_state())
     announced = hashlib.sha256(b"another file of the same size").hexdigest()
     hub.announce["timm/vgg19.tv_in1k/model.safetensors"] = announced  # huggingface_hub checks only the size
     cache = tmp_path / "cache"
-    result = load_in_process(hub, cache, "hf-hub:timm/vgg19.tv_in1k")
+    result = load_here(hf_env, hub, cache, "hf-hub:timm/vgg19.tv_in1k")
     assert result["error"] == "ChecksumError"
     assert announced in result["message"] and hashlib.sha256(data).hexdigest() in result["message"]
     assert not (cache / "models--timm--vgg19.tv_in1k" / "blobs" / announced).exists()
     del hub.announce["timm/vgg19.tv_in1k/model.safetensors"]
-    assert load_in_process(hub, cache, "hf-hub:timm/vgg19.tv_in1k")["arch"] == "vgg19"  # a fresh download
+    assert load_here(hf_env, hub, cache, "hf-hub:timm/vgg19.tv_in1k")["arch"] == "vgg19"  # a fresh download
 
 
-def test_missing_file_is_an_error_naming_it(hub: HubServer, tmp_path: Path) -> None:
-    result = load_in_process(hub, tmp_path / "cache", "hf-hub:timm/vgg16_bn.tv_in1k")
+def test_missing_file_is_an_error_naming_it(hub: HubServer, tmp_path: Path, hf_env) -> None:  # type: ignore[no-untyped-def]
+    result = load_here(hf_env, hub, tmp_path / "cache", "hf-hub:timm/vgg16_bn.tv_in1k")
     assert result["error"] == "RemoteEntryNotFoundError" or result["error"].endswith("NotFoundError")
 
 
-def test_builders_and_the_loader_take_hf_hub_names(hub: HubServer, tmp_path: Path) -> None:
-    import vggnet
+@pytest.mark.slow  # a full-size vgg11 published, downloaded, hashed twice and built twice
+def test_builders_and_the_loader_take_hf_hub_names(hub: HubServer, tmp_path: Path, hf_env) -> None:  # type: ignore[no-untyped-def]
+    from vggnet.checkpoint import load
 
     torch.manual_seed(0)
     model = vggnet.vgg11().eval()
     publish(hub, tmp_path, "timm/vgg11.tv_in1k", model.state_dict())
-    out = tmp_path / "built.safetensors"
-    code = f"""
-import json, vggnet
-from vggnet import formats
-from vggnet.checkpoint import load
-loaded = load("hf-hub:timm/vgg11.tv_in1k")
-model = vggnet.vgg11(weights="hf-hub:timm/vgg11.tv_in1k")
-formats.save_safetensors(model.state_dict(), {str(out)!r})
-print(json.dumps({{"arch": loaded.arch, "weights": loaded.weights, "classes": len(loaded.categories),
-                  "crop": loaded.preset.crop_size, "same": all((loaded.model.state_dict()[k] == v).all().item()
-                  for k, v in model.state_dict().items())}}))
-"""
-    environ = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=environ)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    hf_env(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / "cache"))
+    loaded = load("hf-hub:timm/vgg11.tv_in1k")
+    built = vggnet.vgg11(weights="hf-hub:timm/vgg11.tv_in1k").state_dict()
+    report = {
+        "arch": loaded.arch, "weights": loaded.weights, "classes": len(loaded.categories or ()),
+        "crop": loaded.preset.crop_size,
+        "same": all((loaded.model.state_dict()[k] == v).all().item() for k, v in built.items()),
+    }  # fmt: skip
     assert report == {
         "arch": "vgg11",
         "weights": "hf-hub:timm/vgg11.tv_in1k",
@@ -237,7 +268,6 @@ print(json.dumps({{"arch": loaded.arch, "weights": loaded.weights, "classes": le
         "crop": 224,
         "same": True,
     }
-    built = formats.load_safetensors(out)
     assert all(torch.equal(built[k], v) for k, v in model.state_dict().items())
 
 

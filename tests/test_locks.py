@@ -237,6 +237,7 @@ print(json.dumps({"fingerprint": fingerprint(state), "keys": len(state)}))
 """
 
 
+@pytest.mark.slow  # four processes importing torch and loading 528 MB each; test_cache_admin keeps a live process quick
 def test_concurrent_processes_download_once(http_server, vgg16_checkpoints, cache, tmp_path):
     ckpt = vgg16_checkpoints.zip
     path = "/" + ckpt.name
