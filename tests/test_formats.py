@@ -80,6 +80,21 @@ def test_detect_format_reads_content_not_suffix(tmp_path: Path) -> None:
         assert torch.equal(formats.read_state_dict(tmp_path / name)["w"], state["w"])
 
 
+@pytest.mark.parametrize("header_size", [0x0280, 0x0380, 0x0580])
+def test_a_safetensors_header_whose_length_looks_like_pickles_protocol_is_still_safetensors(tmp_path, header_size):
+    """A header of 0x0280-0x0580 bytes (low byte 0x80) starts the file with pickle's PROTO opcode and a version."""
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    formats.save_safetensors(state, tmp_path / "plain.safetensors")
+    data = (tmp_path / "plain.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + n].rstrip() + b" " * (header_size - len(data[8 : 8 + n].rstrip()))  # spaces: allowed padding
+    path = tmp_path / "padded.safetensors"
+    path.write_bytes(header_size.to_bytes(8, "little") + header + data[8 + n :])
+    assert path.read_bytes()[0] == 0x80 and 2 <= path.read_bytes()[1] <= 5
+    assert formats.detect_format(path) == "safetensors"
+    assert torch.equal(formats.read_state_dict(path)["w"], state["w"])
+
+
 def test_detect_format_refuses_other_files_naming_the_formats(tmp_path: Path) -> None:
     page = tmp_path / "vgg16.safetensors"
     page.write_bytes(b"<!DOCTYPE html><html>Not Found</html>")

@@ -93,12 +93,14 @@ def sniff_format(path: str | os.PathLike[str]) -> Format | None:
         return "zip"
     if head.startswith(_HDF5):
         return "hdf5"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle's PROTO opcode and version
-        return "pickle"
+    # safetensors before pickle: a header length of 0x0280-0x0580 with low byte 0x80 starts the file as pickle's
+    # PROTO opcode and version; torch's legacy pickle never has "{" at byte 8 (its magic number is there)
     if len(head) == 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
         if 2 <= n <= min(_SAFETENSORS_MAX_HEADER, size - 8):
             return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle's PROTO opcode and version
+        return "pickle"
     return None
 
 
