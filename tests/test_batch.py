@@ -33,6 +33,7 @@ from .conftest import (
 pytest.importorskip("PIL.Image")
 
 
+@pytest.mark.slow
 def test_resume_after_a_truncated_output_runs_only_what_is_missing(photos, tmp_path):
     model = small_model()
     full = tmp_path / "full.jsonl"

@@ -38,6 +38,7 @@ def bench_json(capsys, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_bench_json_schema(capsys):
     pytest.importorskip("torchvision")
     report = bench_json(capsys)
@@ -61,6 +62,7 @@ def test_bench_json_schema(capsys):
     assert speedups["torchvision eager"] == 1.0 and set(speedups) == set(names)
 
 
+@pytest.mark.slow
 def test_bench_counts_the_flops_of_the_input_size(capsys):
     report = bench_json(capsys, "--no-torchvision")
     # vgg11 at 32x32: the convolutions' multiply-adds at 32 px plus the three fully connected layers
@@ -72,6 +74,7 @@ def test_bench_counts_the_flops_of_the_input_size(capsys):
     assert report["speedup_vs_torchvision_eager"] == {}
 
 
+@pytest.mark.slow
 def test_bench_prints_a_table(capsys):
     assert main([*TINY, "--no-torchvision", "--batch-size", "2", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
@@ -150,6 +153,7 @@ BUDGETED = {
 
 
 @pytest.mark.parametrize("suite", list(BUDGETED))
+@pytest.mark.slow
 def test_benchmark_past_its_budget_starts_nothing_and_says_so(suite, tmp_path):
     pytest.importorskip("torchvision")
     script = importlib.import_module(f"bench_{suite}")
@@ -165,6 +169,7 @@ def test_benchmark_past_its_budget_starts_nothing_and_says_so(suite, tmp_path):
         assert data["complete"] is True and data["pending"] == [] and data["budget_s"] == 0
 
 
+@pytest.mark.slow
 def test_a_benchmark_runs_as_a_script_from_any_folder(tmp_path):
     pytest.importorskip("torchvision")
     # Without PYTHONPATH, from another folder: the script finds its harness, and this checkout's vggnet
@@ -191,6 +196,7 @@ def test_train_rows_compare_with_torchvision_eager_once_it_has_run():
     assert "speedup_vs_torchvision_eager" not in alone
 
 
+@pytest.mark.slow
 def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
     import vggnet.bench
 
@@ -279,6 +285,7 @@ def test_gpu_suite_without_cuda_asks_for_smoke(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_gpu_suite_kills_a_step_at_its_limit_and_keeps_what_it_printed():
     cmd = [sys.executable, "-c", "print('started', flush=True); import time; time.sleep(60)"]
     step = gpu_suite.run_step("sleeper", cmd, limit=2)

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.usefixtures("cache")  # VGGNET_HOME in tmp_path/cache; 
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
+@pytest.mark.slow
 def test_a_local_record_loads_every_tensor_exactly(vgg11_bn_files, fmt):
     state, files = vgg11_bn_files
     path, digest = files[fmt]
@@ -101,6 +102,7 @@ def test_another_num_classes_keeps_every_other_tensor_and_logs(vgg11_bn_files, c
     assert 0.008 < fc8.weight.std().item() < 0.012 and torch.count_nonzero(fc8.bias) == 0  # N(0, 0.01), bias 0
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_names_the_keys(vgg11_bn_files, tmp_path):
     state, _ = vgg11_bn_files
     broken = dict(state)
@@ -123,6 +125,7 @@ def test_a_checkpoint_that_does_not_fit_names_the_keys(vgg11_bn_files, tmp_path)
         vggnet.vgg13_bn(weights=record(*vgg11_bn_files[1]["zip"]))
 
 
+@pytest.mark.slow
 def test_missing_num_batches_tracked_is_the_only_tolerated_gap(vgg11_bn_files, tmp_path):
     state, _ = vgg11_bn_files
     without_mean = {k: v for k, v in state.items() if k != "features.1.running_mean"}
@@ -132,6 +135,7 @@ def test_missing_num_batches_tracked_is_the_only_tolerated_gap(vgg11_bn_files, t
         vggnet.vgg11_bn(weights=record(path, sha256(path)))
 
 
+@pytest.mark.slow
 def test_pretrained_is_deprecated_but_works(monkeypatch, tmp_path):
     monkeypatch.setenv("VGGNET_OFFLINE", "1")
     deprecated = pytest.warns(UserWarning, match=r"equivalent to passing `weights=VGG11_Weights.IMAGENET1K_V1`")
@@ -172,6 +176,7 @@ def test_loading_straight_onto_cuda(vgg11_bn_files):
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
+@pytest.mark.slow
 def test_end_to_end_over_http_a_custom_record_loads_once_and_equals_the_served_weights(
     http_server, vgg16_checkpoints, tmp_path, fmt
 ):
@@ -277,6 +282,7 @@ def test_a_torchvision_member_of_another_model_is_refused_before_any_download(ht
     assert http_server.log() == []
 
 
+@pytest.mark.slow
 def test_torchvisions_default_loads_the_full_checkpoint(monkeypatch, http_server, vgg16_checkpoints):
     path = serve_as_official(monkeypatch, http_server, vggnet.VGG16_Weights.IMAGENET1K_V1, vgg16_checkpoints.zip)
     model = vggnet.vgg16(weights=tvm.VGG16_Weights.DEFAULT, progress=False)
@@ -288,6 +294,7 @@ def test_torchvisions_default_loads_the_full_checkpoint(monkeypatch, http_server
     assert [w.filename for w in caught] == [__file__] * 2  # the warnings point at the caller
 
 
+@pytest.mark.slow
 def test_torchvisions_ssd300_builds_on_a_vggnet_backbone(monkeypatch, http_server, vgg16_checkpoints):
     """ssd300_vgg16 verifies its weights_backbone with torchvision's enum, then calls `vgg16(weights=...)`:
     with vggnet's builder in that place, torchvision's member must resolve to vggnet's record."""
@@ -363,6 +370,7 @@ def test_legacy_calls_warn_as_torchvision_does(call):
     assert all(category is UserWarning for category, _ in ours)  # shown by default, unlike DeprecationWarning
 
 
+@pytest.mark.slow
 def test_legacy_calls_choose_the_weights_torchvision_chooses(monkeypatch):
     monkeypatch.setenv("VGGNET_OFFLINE", "1")  # a fetch fails at once, naming the file it wanted
     for call in (lambda: vggnet.vgg11(True), lambda: vggnet.vgg11(weights=True), lambda: vggnet.vgg11(pretrained=1)):

@@ -112,6 +112,7 @@ print(hub.fetch(sys.argv[1], sha256=sys.argv[2], progress=False))
 """
 
 
+@pytest.mark.slow
 def test_remove_cached_leaves_a_running_downloads_files(http_server, cache):
     data = os.urandom(3 << 20)
     digest = hashlib.sha256(data).hexdigest()

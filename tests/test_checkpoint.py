@@ -108,6 +108,7 @@ def test_random_initialisation():
     assert list(small.categories) == ["class 0", "class 1", "class 2"]
 
 
+@pytest.mark.slow
 def test_a_state_dict_file_names_its_model(vgg11_files):
     plain, _, digest, _ = vgg11_files
     loaded = load(str(plain))
@@ -139,6 +140,7 @@ def test_a_finetuned_checkpoint_brings_its_classes_preset_and_model(vgg11_files)
     assert finetuned.classes == ["ant", "bee", "cicada"] and finetuning.load_finetuned is checkpoint.load_finetuned
 
 
+@pytest.mark.slow
 def test_a_url_with_a_digest_is_fetched_once_and_checked(vgg11_files, http_server, tmp_path):
     plain, _, digest, _ = vgg11_files
     url = http_server.add("/runs/model.pth", plain)
@@ -205,6 +207,7 @@ def test_a_pickle_carrying_code_is_refused_with_one_line_everywhere(tmp_path, ca
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_nan_in_a_real_vgg_file_is_refused_from_the_library_and_the_cli(vgg11_files, tmp_path, capsys):
     plain, _, _, _ = vgg11_files
     state = torch.load(plain, weights_only=True)
@@ -222,6 +225,7 @@ def test_nan_in_a_real_vgg_file_is_refused_from_the_library_and_the_cli(vgg11_fi
     )
 
 
+@pytest.mark.slow
 def test_a_features_only_record_with_a_nan_classifier_loads_and_only_there(vgg11_files, tmp_path):
     """What VGG16_Weights.IMAGENET1K_FEATURES is, on vgg11: a record that declares its NaN classifier."""
     plain, _, _, _ = vgg11_files
@@ -246,6 +250,7 @@ def test_a_features_only_record_with_a_nan_classifier_loads_and_only_there(vgg11
         Weights(url=str(path), sha256=digest, nonfinite="classifier.")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_a_half_precision_vgg_file_loads_as_float32(vgg11_files, tmp_path):
     plain, _, _, _ = vgg11_files
     half = {k: v.half() if v.is_floating_point() else v for k, v in torch.load(plain, weights_only=True).items()}

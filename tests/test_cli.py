@@ -76,6 +76,7 @@ def test_summary_json_at_another_size(capsys):
     assert set(by_name["conv1_1"]) >= {"name", "type", "output_shape", "params", "macs"}
 
 
+@pytest.mark.slow
 def test_summary_plots(tmp_path, capsys):
     import xml.etree.ElementTree as ET
 
@@ -229,6 +230,7 @@ def check_predictions(results: list[dict], expected: list[list[tuple[int, float]
         assert [p["label"] for p in result["predictions"]] == [IMAGENET_CATEGORIES[i] for i, _ in want]
 
 
+@pytest.mark.slow
 def test_predict_a_directory_with_a_local_checkpoint(seeded_vgg11, capsys):
     paths = [PHOTOS / n for n in PHOTO_NAMES]
     argv = ["predict", str(PHOTOS), "--weights", str(seeded_vgg11), "--topk", "3", "--batch-size", "3"]
@@ -246,6 +248,7 @@ def test_predict_a_directory_with_a_local_checkpoint(seeded_vgg11, capsys):
     assert lines[1].split() == [f"{prob:.2%}", *IMAGENET_CATEGORIES[index].split(), f"({index})"]
 
 
+@pytest.mark.slow
 def test_predict_globs_image_size_and_a_bad_image(seeded_vgg11, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png at all")
@@ -259,6 +262,7 @@ def test_predict_globs_image_size_and_a_bad_image(seeded_vgg11, tmp_path, capsys
     check_predictions(data["results"][:-1], expected_topk(seeded_vgg11, paths, 2, crop=160), paths)
 
 
+@pytest.mark.slow
 def test_predict_with_a_record_fetched_through_the_mirror(seeded_vgg11, monkeypatch, capsys):
     record = Weights(url=OFFICIAL_BASE + seeded_vgg11.name, sha256=sha256(seeded_vgg11), categories=IMAGENET_CATEGORIES)
     monkeypatch.setattr(
@@ -272,6 +276,7 @@ def test_predict_with_a_record_fetched_through_the_mirror(seeded_vgg11, monkeypa
     check_predictions(data["results"], expected_topk(seeded_vgg11, [photo], 5), [photo])
 
 
+@pytest.mark.slow
 def test_predict_with_a_finetuned_checkpoint_uses_its_labels_and_preset(seeded_vgg11, tmp_path, capsys):
     finetune = pytest.importorskip("vggnet.finetune")
     state = torch.load(seeded_vgg11, weights_only=True, mmap=True)
@@ -301,6 +306,7 @@ def test_predict_with_a_finetuned_checkpoint_uses_its_labels_and_preset(seeded_v
         assert [p["probability"] for p in result["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_with_weights_none_is_a_random_model_with_imagenet_labels(capsys):
     photo = PHOTOS / "coffee.jpg"
     assert main(["predict", str(photo), "--weights", "none", "--arch", "vgg11", "--json", "--device", "cpu"]) == 0
@@ -314,6 +320,7 @@ def test_predict_refuses_a_checkpoint_of_another_model(seeded_vgg11, capsys):
     assert "holds vgg11 weights, not vgg13" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_as_the_installed_script_with_a_url(seeded_vgg11, http_server, tmp_path):
     url = http_server.add(f"/checkpoints/{seeded_vgg11.name}", seeded_vgg11)
     photo = PHOTOS / "rocket.jpg"
@@ -508,6 +515,7 @@ def test_verify_says_when_the_only_reference_is_the_name(tmp_path, capsys):
     assert "run-20240101.pth is corrupt or misnamed" in err and "the hex part of its name" in err
 
 
+@pytest.mark.slow
 def test_predict_with_a_local_checkpoint_whose_name_looks_like_a_digest(seeded_vgg11, tmp_path, capsys):
     dated = tmp_path / "vgg11-epoch-00000010.pth"
     dated.symlink_to(seeded_vgg11)
@@ -526,6 +534,7 @@ def test_python_dash_m_summary_json():
     assert (data["params"], round(data["macs"] / 1e9, 2)) == (138_357_544, 15.47)
 
 
+@pytest.mark.slow
 def test_installed_script_exit_codes(tmp_path):
     script = str(VENV_BIN / "vggnet")
     assert run(script, "--version").stdout.strip() == f"vggnet {vggnet.__version__}"
@@ -546,6 +555,7 @@ def test_predict_refuses_a_state_dict_that_is_no_vgg(tmp_path, capsys):
     assert f"{path} is not a VGG checkpoint: its keys match none of vgg11, vgg11_bn," in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_predict_image_size_keeps_a_finetuned_checkpoints_normalization(seeded_vgg11, tmp_path, capsys):
     finetune = pytest.importorskip("vggnet.finetune")
     state = torch.load(seeded_vgg11, weights_only=True, mmap=True)
@@ -634,6 +644,7 @@ def test_cache_lists_what_is_not_a_regular_file(tmp_path, monkeypatch, capsys):
 # --- hostile images and sizes (issue 11 item 6) -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_names_and_skips_each_bad_image_and_classifies_the_rest(seeded_vgg11, tmp_path, capsys):
     import io
     import shutil
@@ -675,6 +686,7 @@ def test_predict_names_and_skips_each_bad_image_and_classifies_the_rest(seeded_v
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_predict_honours_the_pixel_budget_variable(seeded_vgg11, monkeypatch, capsys):
     monkeypatch.setenv("VGGNET_MAX_IMAGE_PIXELS", "100000")  # camera.png is 512x512 = 262,144 pixels
     argv = ["predict", str(PHOTOS / "camera.png"), "--weights", str(seeded_vgg11), "-q"]
@@ -720,6 +732,7 @@ def seven_classes(tmp_path_factory):
 SMALL = ["--image-size", "32", "--workers", "0", "--batch-size", "4"]
 
 
+@pytest.mark.slow
 def test_evaluate_command_prints_the_figures_and_draws_the_matrix(seven_classes, tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
     from vggnet.evaluate import evaluate
@@ -749,6 +762,7 @@ def test_evaluate_command_prints_the_figures_and_draws_the_matrix(seven_classes,
     assert "no such folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_to_a_file_resumes_and_reads_stdin(seven_classes, tmp_path, monkeypatch, capsys):
     import io
 
@@ -875,6 +889,7 @@ def test_finetune_options_are_the_config_fields():
     assert fields - {"progress", "on_epoch"} == dests == set(FINETUNE_OPTIONS) | {"data"}
 
 
+@pytest.mark.slow
 def test_finetune_recipe_flags_from_the_command_line(tmp_path, capsys):
     from PIL import Image
 

@@ -50,6 +50,7 @@ def test_convert_pth_to_safetensors_prints_the_digest_of_what_it_wrote(vgg11_pth
     assert [p.name for p in dst.parent.iterdir()] == ["vgg11.safetensors"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_convert_to_timm_layout(vgg11_pth, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src, state = vgg11_pth
     done = convert(str(src), tmp_path / "model.safetensors", layout="timm")
@@ -99,6 +100,7 @@ def test_convert_keras_h5_without_keras_installed_needed(tmp_path: Path) -> None
     assert torch.equal(written["features.0.weight"], kernel.permute(3, 2, 0, 1).flip(1))
 
 
+@pytest.mark.slow
 def test_export_cli_torchscript_and_its_report(vgg11_pth, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src, _ = vgg11_pth
     out = tmp_path / "vgg11.ts"
@@ -124,6 +126,7 @@ def test_export_cli_pt2_with_preset(tmp_path: Path) -> None:
     assert logits.shape == (3, 1000)
 
 
+@pytest.mark.slow
 def test_export_cli_refuses_bad_combinations(tmp_path: Path) -> None:
     done = run(
         "export", "vgg11", str(tmp_path / "x.ts"), "--format", "torchscript", "--with-preset", "--weights", "none"

@@ -37,6 +37,7 @@ def labelled(tmp_path_factory):
 
 
 @pytest.mark.parametrize("optimize", [True, False])
+@pytest.mark.slow
 def test_evaluate_matches_a_hand_computation(labelled, optimize, caplog):
     model = small_model()
     result = evaluate(model, PRESET, labelled, batch_size=4, workers=0, optimize=optimize, progress=False)
@@ -57,6 +58,7 @@ def test_evaluate_matches_a_hand_computation(labelled, optimize, caplog):
     assert "confusion" not in data and result.to_dict(confusion=True)["confusion"] == confusion.tolist()
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_checkpoints_class_names_and_wrong_sizes(labelled, tmp_path):
     model = small_model()
     shuffled = CLASSES[::-1]  # a fine-tuned model's own order: folder "ant" is its class 6
@@ -68,6 +70,7 @@ def test_evaluate_with_a_checkpoints_class_names_and_wrong_sizes(labelled, tmp_p
         evaluate(small_model(3), PRESET, labelled, workers=0, progress=False)
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_imagenet_layout(tmp_path):
     root = tmp_path / "val"
     write_images(root, ["n01443537/a.JPEG", "n01440764/b.JPEG", "n01440764/c.png"])

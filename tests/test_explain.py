@@ -31,6 +31,7 @@ def _captum_direct(model: vggnet.VGG, x: torch.Tensor, layer: str, targets: list
 
 
 @pytest.mark.parametrize("layer", ["conv5_2", "relu5_2", "pool4", "conv3_1"])
+@pytest.mark.slow
 def test_maps_equal_captums_layer_gradcam_on_the_same_layer(vgg11, images, layer):
     got = explain(vgg11, images, layer=layer, target=7)
     want = _captum_direct(vgg11, images, layer, [7, 7, 7])
@@ -67,6 +68,7 @@ def test_default_target_is_each_images_top_class(vgg11, images):
     torch.testing.assert_close(got.cam, want[:, 0], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_the_model_mode_and_batchnorm_statistics_are_left_alone():
     torch.manual_seed(1)
     model = vggnet.vgg11_bn(num_classes=5).train()
@@ -76,6 +78,7 @@ def test_the_model_mode_and_batchnorm_statistics_are_left_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_imagenet_names_for_a_1000_class_model_and_custom_categories():
     torch.manual_seed(2)
     x = torch.randn(1, 3, 32, 32)
@@ -168,6 +171,7 @@ def _seeded_vgg11(seed: int) -> vggnet.VGG:
     return vggnet.vgg11().eval()
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_map_over_the_photo_and_names_the_classes(tmp_path, capsys):
     from vggnet.cli import main
     from vggnet.transforms import load_image
@@ -193,6 +197,7 @@ def test_the_command_writes_the_map_over_the_photo_and_names_the_classes(tmp_pat
         assert max(png.convert("L").crop((0, 0, 60, 14)).tobytes()) > 200  # the label's white text
 
 
+@pytest.mark.slow
 def test_the_command_explains_another_class_and_refuses_bad_arguments(tmp_path, capsys):
     from vggnet.cli import main
 

@@ -101,6 +101,7 @@ def test_pt2_dynamic_batch_and_size(model: vggnet.VGG, tmp_path: Path) -> None:
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x))
 
 
+@pytest.mark.slow
 def test_pt2_static_size_refuses_other_sizes(model: vggnet.VGG, tmp_path: Path) -> None:
     path = export(model, tmp_path / "vgg11.pt2", "pt2", image_size=64)
     assert check_export(path, "pt2", model, inputs([(1, 3, 64, 64), (4, 3, 64, 64)])) < 1e-5
@@ -108,6 +109,7 @@ def test_pt2_static_size_refuses_other_sizes(model: vggnet.VGG, tmp_path: Path) 
         run_export(path, "pt2", torch.randn(1, 3, 96, 96))
 
 
+@pytest.mark.slow
 def test_pt2_with_preset_takes_uint8_images_of_any_size(model: vggnet.VGG, tmp_path: Path) -> None:
     path = export(
         model, tmp_path / "p.pt2", "pt2", dynamic_size=True, image_size=90, include_preset=True, preset=PRESET
@@ -116,6 +118,7 @@ def test_pt2_with_preset_takes_uint8_images_of_any_size(model: vggnet.VGG, tmp_p
     assert check_export(path, "pt2", wrapped, images(RAW)) < 1e-5
 
 
+@pytest.mark.slow
 def test_torchscript_runs_without_vggnet(model: vggnet.VGG, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = export(model, tmp_path / "vgg11.ts", "torchscript", image_size=64)
     assert "does not script" not in caplog.text  # scripted, not traced: any batch and size

@@ -22,6 +22,7 @@ def photo() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("layer", ["relu1_1", "conv3_2", "pool4"])
+@pytest.mark.slow
 def test_the_strongest_channels_by_mean_activation(vgg11, photo, layer):
     got = feature_maps(vgg11, photo, layer=layer, count=5)
     with torch.no_grad():
@@ -51,6 +52,7 @@ def test_the_grid_png_shows_each_tile_coloured_and_labelled(vgg11, photo, tmp_pa
         assert pixels[48, 10] == (0, 0, 0)  # the gap between tiles
 
 
+@pytest.mark.slow
 def test_fewer_channels_than_asked_and_a_training_model(photo):
     torch.manual_seed(3)
     model = vggnet.vgg11_bn(num_classes=3).train()
@@ -80,6 +82,7 @@ def test_the_default_layer_is_the_last_convolution_of_block_3(vgg11, photo):
 # --- the command -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_grid_of_the_strongest_maps(tmp_path, capsys):
     from vggnet.cli import main
     from vggnet.transforms import load_image

@@ -50,6 +50,7 @@ def val_images(data):
     return [(p, p.parent.name) for p in sorted((data / "val").glob("*/*")) if p.is_file()]
 
 
+@pytest.mark.slow
 def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained, tmp_path, capsys):
     path, state = pretrained
     out = tmp_path / "out"
@@ -81,6 +82,7 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
     assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
 
 
+@pytest.mark.slow
 def test_url_weights_and_gray_images(data, pretrained, tmp_path, capsys):
     path, state = pretrained
     result = finetune(data, arch="vgg11", weights=path.as_uri(), epochs=2, batch_size=8, mode="linear",
@@ -101,6 +103,7 @@ def test_url_weights_and_gray_images(data, pretrained, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["results"][0]["predictions"][0]["label"] in ("blue", "red")
 
 
+@pytest.mark.slow
 def test_a_legacy_format_state_dict_file_is_a_starting_point(data, pretrained, tmp_path):
     # The 2017 official files are in torch's legacy format, which cannot be memory-mapped.
     _, state = pretrained
@@ -159,6 +162,7 @@ def test_bad_numbers_and_weights_are_refused_before_anything_is_written(data, tm
         finetune(data, **{**args, "weights": str(tmp_path)})
 
 
+@pytest.mark.slow
 def test_a_path_checkpoint_is_a_starting_point(data, pretrained, tmp_path, monkeypatch):
     first = finetune(data, arch="vgg11", weights=str(pretrained[0]), epochs=1, batch_size=8, image_size=32,
                      out=tmp_path / "a", progress=False)  # fmt: skip
@@ -232,6 +236,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(data, pretrained, tmp_path):
     script, out = tmp_path / "ddp.py", tmp_path / "out"
     script.write_text(DDP_SCRIPT)
@@ -284,6 +289,7 @@ def figures(history):
     return [(s.epoch, s.train_loss, s.train_acc, s.val_loss, s.val_acc, s.lr) for s in history]
 
 
+@pytest.mark.slow
 def test_builders_take_a_head(pretrained):
     path, state = pretrained
     gap = vggnet.vgg11(head="gap", num_classes=10)
@@ -316,6 +322,7 @@ def test_a_gap_probe_checkpoint_is_small_and_loads_back_everywhere(data, pretrai
         load_finetuned(tmp_path / "forged.pth")
 
 
+@pytest.mark.slow
 def test_fc7_is_the_linear_probe_and_modes_and_heads_must_agree(data, pretrained, tmp_path):
     path, _ = pretrained
     probe = finetune(data, weights=path, head="fc7", epochs=2, out=tmp_path / "fc7", **FAST)
@@ -329,6 +336,7 @@ def test_fc7_is_the_linear_probe_and_modes_and_heads_must_agree(data, pretrained
         FinetuneConfig(data, mode="full", crop_scale=(0.9, 0.1), weights=None)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_history_and_resume_continues_it_exactly(data, tmp_path):
     settings = dict(FAST, weights=None, mode="full", head="gap", epochs=3, lr=0.01, augment="light",
                     label_smoothing=0.1, weight_decay=1e-4, warmup_epochs=1, seed=7)  # fmt: skip
@@ -353,6 +361,7 @@ def test_the_same_seed_gives_the_same_history_and_resume_continues_it_exactly(da
         finetune(data, out=tmp_path / "c", resume=True, **{**settings, "lr": 0.02, "epochs": 4})
 
 
+@pytest.mark.slow
 def test_a_run_writes_history_and_curves_and_refuses_to_overwrite(data, tmp_path):
     seen = []
     out, plot = tmp_path / "run", tmp_path / "curves.png"
@@ -384,6 +393,7 @@ def test_a_diverging_loss_stops_the_run_with_advice(data, tmp_path):
     assert not (tmp_path / "x" / "last.pth").exists()
 
 
+@pytest.mark.slow
 def test_early_stopping_on_validation(data, tmp_path):
     # lr so small that nothing changes: no better val accuracy after epoch 1
     result = finetune(data, out=tmp_path / "e", weights=None, mode="full", head="gap", epochs=6, lr=1e-12,
@@ -391,6 +401,7 @@ def test_early_stopping_on_validation(data, tmp_path):
     assert result.stopped_early and [s.epoch for s in result.history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_val_split_holds_out_a_share_and_the_layout_is_checked_first(tmp_path):
     write_set(tmp_path / "d", {"train": 10})  # ImageFolder.split itself: tests/test_images.py
     # no val/ and no val_split: refused before the (unreachable) weights are fetched
@@ -403,6 +414,7 @@ def test_val_split_holds_out_a_share_and_the_layout_is_checked_first(tmp_path):
         finetune(tmp_path / "d", weights="http://127.0.0.1:9/never.pth", val_split=0.2, out=tmp_path / "p", **FAST)
 
 
+@pytest.mark.slow
 def test_a_corrupt_training_image_is_named(data, tmp_path):
     import shutil
 
@@ -413,6 +425,7 @@ def test_a_corrupt_training_image_is_named(data, tmp_path):
         finetune(tmp_path / "d", weights=None, epochs=1, out=tmp_path / "o", **FAST)
 
 
+@pytest.mark.slow
 def test_vggnet_predict_reads_a_small_checkpoint(data, pretrained, tmp_path, capsys):
     result = finetune(data, weights=pretrained[0], head="gap", epochs=2, out=tmp_path / "run", **FAST)
     images = val_images(data)

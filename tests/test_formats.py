@@ -115,6 +115,7 @@ def test_safetensors_is_read_without_pickle(tmp_path: Path, monkeypatch: pytest.
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_torchvision_to_safetensors_to_vggnet_is_bit_exact(tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)

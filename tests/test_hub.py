@@ -181,6 +181,7 @@ def test_offline_a_matching_file_in_torch_hubs_cache_is_adopted(small_checkpoint
     assert (tmp_path / "not-yet-created" / ckpt.name).is_file()
 
 
+@pytest.mark.slow
 def test_importing_vggnet_touches_nothing(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -222,6 +223,7 @@ def test_pin_digests_measures_each_file_from_a_mirror(http_server, small_checkpo
     assert f'sha256="{z.sha256}"' in tool.report(pinned)
 
 
+@pytest.mark.slow
 def test_pin_digests_command_refuses_a_file_that_is_not_the_official_one(http_server, small_checkpoints, tmp_path):
     http_server.add("/models/vgg11-8a719046.pth", small_checkpoints.zip.path)  # the wrong bytes
     out = subprocess.run(

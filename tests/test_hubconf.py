@@ -39,6 +39,7 @@ def test_get_weight():
     assert weights is vggnet.VGG16_Weights.IMAGENET1K_FEATURES and weights.meta["categories"] is None
 
 
+@pytest.mark.slow
 def test_load_with_weights(vgg16_checkpoints):
     ckpt = vgg16_checkpoints.zip
     record = Weights(url=str(ckpt.path), sha256=ckpt.sha256)

@@ -50,6 +50,7 @@ def assert_close_low_precision(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("arch", arch_matrix(BN_ARCHS))
+@pytest.mark.slow
 def test_fold_batchnorm_gives_the_same_outputs_and_keeps_the_conv_keys(arch):
     model = seeded_model(arch)
     before = copy.deepcopy(model.state_dict())
@@ -71,6 +72,7 @@ def test_fold_batchnorm_gives_the_same_outputs_and_keeps_the_conv_keys(arch):
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.slow
 def test_fold_batchnorm_uses_the_running_statistics_whatever_the_mode():
     model = seeded_model("vgg11_bn").train()
     folded = fold_batchnorm(model)
@@ -80,6 +82,7 @@ def test_fold_batchnorm_uses_the_running_statistics_whatever_the_mode():
         assert_close_fp32(folded(x), model.eval()(x))
 
 
+@pytest.mark.slow
 def test_fold_batchnorm_of_a_plain_model_is_an_independent_eval_copy():
     model = seeded_model("vgg11").train()
     folded = fold_batchnorm(model)
@@ -91,6 +94,7 @@ def test_fold_batchnorm_of_a_plain_model_is_an_independent_eval_copy():
         assert torch.equal(folded(x), model.eval()(x))
 
 
+@pytest.mark.slow
 def test_fold_batchnorm_without_conv_bias_and_without_affine():
     layers = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, affine=False), nn.ReLU())
     model = vggnet.VGG(
@@ -107,6 +111,7 @@ def test_fold_batchnorm_without_conv_bias_and_without_affine():
         assert_close_fp32(folded(x), model(x))
 
 
+@pytest.mark.slow
 def test_fold_batchnorm_refuses_what_it_cannot_fold():
     no_stats = vggnet.VGG(nn.Sequential(nn.Conv2d(3, 512, 3), nn.BatchNorm2d(512, track_running_stats=False)))
     with pytest.raises(ValueError, match="without running statistics"):
@@ -120,6 +125,7 @@ def test_fold_batchnorm_refuses_what_it_cannot_fold():
 
 
 @pytest.mark.parametrize("arch", arch_matrix(ARCHS))
+@pytest.mark.slow
 def test_optimized_matches_eager_in_fp32_and_bf16(arch):
     model = seeded_model(arch)
     x = torch.randn(2, 3, 64, 80)
@@ -134,6 +140,7 @@ def test_optimized_matches_eager_in_fp32_and_bf16(arch):
     assert_close_low_precision(out, ref)
 
 
+@pytest.mark.slow
 def test_optimized_is_folded_channels_last_frozen_and_leaves_the_model_alone():
     model = seeded_model("vgg11_bn").train()
     fast = optimize_for_inference(model)
@@ -156,6 +163,7 @@ def test_optimized_is_folded_channels_last_frozen_and_leaves_the_model_alone():
 @pytest.mark.parametrize(
     ("height", "width"), [(32, 32), (33, 47), (63, 64), (97, 161), (224, 224), (255, 97), (300, 230)]
 )
+@pytest.mark.slow
 def test_optimized_matches_eager_at_any_size_from_32(height, width):
     model = seeded_model("vgg11_bn")
     fast = optimize_for_inference(model)
@@ -164,6 +172,7 @@ def test_optimized_matches_eager_at_any_size_from_32(height, width):
         assert_close_fp32(fast(x), model(x))
 
 
+@pytest.mark.slow
 def test_the_adaptive_pool_runs_only_when_the_map_is_not_already_7x7():
     model = seeded_model("vgg11")
     fast = optimize_for_inference(model)
@@ -177,6 +186,7 @@ def test_the_adaptive_pool_runs_only_when_the_map_is_not_already_7x7():
             assert bool(calls) is pooled, size  # 224..255 px -> a 7x7 map after pool5
 
 
+@pytest.mark.slow
 def test_a_replaced_pool_is_always_run():
     model = seeded_model("vgg11")
     model.avgpool = nn.Sequential(nn.AdaptiveAvgPool2d(7), nn.Hardtanh(-0.01, 0.01))
@@ -188,6 +198,7 @@ def test_a_replaced_pool_is_always_run():
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
 @pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.slow
 def test_the_onednn_classifier_matches_the_plain_one_and_runs_at_any_batch(batch, monkeypatch):
     model = seeded_model("vgg11")
     fast = optimize_for_inference(model)
@@ -211,6 +222,7 @@ def test_the_onednn_classifier_matches_the_plain_one_and_runs_at_any_batch(batch
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
 @pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+@pytest.mark.slow
 def test_on_cpu_each_convolution_runs_with_its_relu_fused(arch):
     fast = optimize_for_inference(seeded_model(arch))
     assert fast._steps is not None
@@ -221,6 +233,7 @@ def test_on_cpu_each_convolution_runs_with_its_relu_fused(arch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.slow
 def test_dtypes_onednn_does_not_compute_here_run_on_torchs_kernels(dtype):
     model = seeded_model("vgg11_bn")
     fast = optimize_for_inference(model, dtype=dtype)
@@ -243,6 +256,7 @@ def test_onednn_computes_float32_always_and_float64_never():
     assert inference.onednn_computes(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+@pytest.mark.slow
 def test_the_input_is_copied_asynchronously_only_towards_a_gpu(monkeypatch):
     # A GPU-to-CPU copy with non_blocking=True may not have landed when the CPU kernels read it.
     fast = optimize_for_inference(seeded_model("vgg11"))
@@ -258,6 +272,7 @@ def test_the_input_is_copied_asynchronously_only_towards_a_gpu(monkeypatch):
     assert calls and calls[0] is False
 
 
+@pytest.mark.slow
 def test_bf16_on_a_cpu_without_onednn_bf16_runs_unfused(tmp_path):
     # oneDNN limited to AVX2 (the instruction set of CPUs without AVX-512) refuses bf16 convolutions:
     # the fused path must not be taken there, and the model must still run.
@@ -290,6 +305,7 @@ def test_convolutions_that_cannot_take_their_relu_run_as_they_are():
         assert_close_fp32(fast(x), model(x))
 
 
+@pytest.mark.slow
 def test_input_is_converted_and_the_output_keeps_its_dtype():
     model = seeded_model("vgg11")
     fast = optimize_for_inference(model)
@@ -312,6 +328,7 @@ def test_input_is_converted_and_the_output_keeps_its_dtype():
         ((1, 3, 64, 64), torch.uint8, "floating-point images, got dtype torch.uint8"),
     ],
 )
+@pytest.mark.slow
 def test_optimized_refuses_bad_input_clearly(shape, dtype, message):
     fast = optimize_for_inference(seeded_model("vgg11"))
     with pytest.raises(ValueError, match=message):
@@ -336,11 +353,13 @@ def test_optimize_for_inference_refuses_bad_arguments():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+@pytest.mark.slow
 def test_asking_for_cuda_without_it_says_so():
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         optimize_for_inference(seeded_model("vgg11"), device="cuda")
 
 
+@pytest.mark.slow
 def test_cuda_graphs_are_only_planned_for_cuda():
     # On CPU a small fixed batch never turns CUDA graphs on, compiled or not.
     fast = optimize_for_inference(seeded_model("vgg11"), batch_size=1, compile=False)
@@ -405,6 +424,7 @@ def test_cuda_compiled_with_cuda_graphs_matches_eager_and_returns_fresh_tensors(
     assert other.shape == (3, 10)
 
 
+@pytest.mark.slow
 def test_a_folded_model_keeps_its_layer_names_and_can_be_put_back_in_train_mode():
     torch.manual_seed(0)
     model = vggnet.vgg11_bn().eval()

@@ -26,6 +26,7 @@ def images():
     return torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_zero_for_identical_images_and_positive_otherwise(vgg11_bn, images):
     loss = PerceptualLoss(vgg11_bn, layers=["relu1_1", "conv2_1", "relu4_2"], style_layers=["relu3_1"])
     x, y = images
@@ -177,6 +178,7 @@ def test_a_single_layer_name_is_one_layer(vgg11_bn, images):
     assert torch.equal(one(x, y), listed(x, y))
 
 
+@pytest.mark.slow
 def test_an_arch_name_loads_the_default_weights_and_their_numbers(tmp_path, monkeypatch):
     """With a mirror on disk standing in for download.pytorch.org, "vgg11" loads VGG11_Weights.DEFAULT."""
     torch.manual_seed(5)

@@ -86,6 +86,7 @@ def test_the_pinned_records_are_the_files_the_lpips_package_ships():
 
 
 @pytest.mark.parametrize("version", ["0.1", "0.0"])
+@pytest.mark.slow
 def test_distances_and_maps_equal_the_lpips_package(served, trunk, reference, version):
     ours, theirs = LPIPS(trunk, version=version, progress=False), reference(version)
     maps = LPIPS(trunk, version=version, spatial=True, progress=False)
@@ -176,6 +177,7 @@ def test_a_corrupted_download_is_refused(http_server, monkeypatch, trunk):
         LPIPS(trunk, progress=False)
 
 
+@pytest.mark.slow
 def test_an_arch_name_loads_the_default_weights(served, tmp_path, monkeypatch):
     """With the official vgg16 record pointing at a local file, "vgg16" is that file's trunk."""
     torch.manual_seed(7)
@@ -231,6 +233,7 @@ def test_cuda_matches_the_lpips_package_on_the_cpu(served, trunk, reference, mon
 # --- the command -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_command_on_a_random_trunk_equals_the_library(capsys):
     from vggnet.cli import main
     from vggnet.transforms import load_image, pil_to_tensor

@@ -79,6 +79,7 @@ def test_forward_shapes(arch, height, width, pooled):
 
 
 @pytest.mark.parametrize("arch", arch_matrix(ARCHS))
+@pytest.mark.slow
 def test_same_seed_gives_torchvisions_parameters_bit_for_bit(arch):
     torch.manual_seed(1234)
     ours = vggnet.get_model(arch).state_dict()
@@ -154,6 +155,7 @@ def test_num_classes_and_dropout():
         meta_model("vgg11", num_classes=-1)  # 0 is timm's headless model since issue 12 (test_dropin)
 
 
+@pytest.mark.slow
 def test_building_prints_nothing_and_touches_no_file(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VGGNET_HOME", str(tmp_path / "cache"))
@@ -162,6 +164,7 @@ def test_building_prints_nothing_and_touches_no_file(capsys, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_custom_features_module_still_trains_and_evaluates():
     # torchvision-style injection of any `features`: train()/eval() must not need the tap table.
     model = VGG(nn.Sequential(nn.Conv2d(3, 512, 3, padding=1), nn.Sequential(nn.ReLU())), num_classes=3)
@@ -213,6 +216,7 @@ def assert_same_outputs(got, expected) -> None:
 
 
 @pytest.mark.parametrize("kind", DROPIN_KINDS)
+@pytest.mark.slow
 def test_torch_jit_script_gives_eager_outputs(kind, tmp_path):
     model, x = dropin_model(kind)
     scripted = torch.jit.script(model)
@@ -222,6 +226,7 @@ def test_torch_jit_script_gives_eager_outputs(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", DROPIN_KINDS)
+@pytest.mark.slow
 def test_fx_symbolic_trace_gives_eager_outputs(kind):
     model, x = dropin_model(kind)
     traced = torch.fx.symbolic_trace(model)
@@ -229,12 +234,14 @@ def test_fx_symbolic_trace_gives_eager_outputs(kind):
 
 
 @pytest.mark.parametrize("kind", DROPIN_KINDS)
+@pytest.mark.slow
 def test_torch_export_gives_eager_outputs(kind):
     model, x = dropin_model(kind)
     program = torch.export.export(model, (x,))
     assert_same_outputs(program.module()(x), model(x))
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_has_no_graph_break():
     model, x = dropin_model("plain")
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # fullgraph: a break would raise
@@ -248,6 +255,7 @@ def test_torch_compile_inductor_matches_eager():
     torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-4)  # fused kernels: float rounding
 
 
+@pytest.mark.slow
 def test_input_checks_still_guard_eager_calls():
     model = vggnet.vgg11().eval()
     with pytest.raises(ValueError, match="at least 32x32"):
@@ -273,6 +281,7 @@ def test_node_names_are_torchvisions_modules():
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
+@pytest.mark.slow
 def test_create_feature_extractor_with_torchvision_node_names(arch):
     feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")
     torch.manual_seed(0)
@@ -311,6 +320,7 @@ def timm_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn", "vgg16"])
+@pytest.mark.slow
 def test_feature_info_and_widths_are_timms(arch):
     timm = pytest.importorskip("timm")
     theirs = timm.create_model(arch, pretrained=False)
@@ -323,6 +333,7 @@ def test_feature_info_and_widths_are_timms(arch):
 @pytest.mark.parametrize(
     ("arch", "out_indices"), [("vgg11", None), ("vgg11_bn", None), ("vgg13", (1, 3)), ("vgg11", (-1,))]
 )
+@pytest.mark.slow
 def test_features_only_matches_timms(arch, out_indices):
     timm = pytest.importorskip("timm")
     picked = {} if out_indices is None else {"out_indices": out_indices}
@@ -340,6 +351,7 @@ def test_features_only_matches_timms(arch, out_indices):
     assert len(got) == (6 if out_indices is None else len(out_indices))
 
 
+@pytest.mark.slow
 def test_features_only_taps_are_the_named_taps():
     torch.manual_seed(0)
     model = vggnet.vgg16().eval()
@@ -359,6 +371,7 @@ def test_features_only_taps_are_the_named_taps():
                      out_indices=[7])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_headless_model_gives_timms_pooled_features():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -375,6 +388,7 @@ def test_headless_model_gives_timms_pooled_features():
     assert_same_outputs(got, ours.classifier[:5](torch.flatten(ours.avgpool(ours.features(x)), 1)))  # relu7
 
 
+@pytest.mark.slow
 def test_reset_classifier_zero_and_back():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -398,6 +412,7 @@ def test_reset_classifier_zero_and_back():
         model.reset_classifier(-1)
 
 
+@pytest.mark.slow
 def test_pretrained_cfg_has_timms_keys_and_values():
     timm = pytest.importorskip("timm")
     with torch.device("meta"):

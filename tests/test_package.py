@@ -53,6 +53,7 @@ print(events)
     assert out.stderr == ""
 
 
+@pytest.mark.slow
 def test_torchvision_is_never_imported():
     # With torchvision made unimportable, every module still imports and works.
     code = r"""
@@ -105,6 +106,7 @@ def _shallow(stmt: ast.AST):
         )
 
 
+@pytest.mark.slow
 def test_only_the_benchmark_can_load_torchvision_and_only_when_asked(tmp_path):
     # The one exception to "never imports torchvision": `vggnet bench` compares against it when it is
     # installed (issue 6), loading it inside a function at that moment. Nothing else may load it at all.

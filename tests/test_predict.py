@@ -23,6 +23,7 @@ from .conftest import (
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.slow
 def test_predict_a_folder_to_jsonl_with_bad_files(photos, tmp_path, workers, caplog):
     model = small_model()
     out = tmp_path / "out.jsonl"

@@ -134,6 +134,7 @@ def test_int8_module_is_smaller_and_refuses_what_it_cannot_run(int8_photos):
 # --- the fallback --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fallback_returns_the_float32_model_with_the_reason(model, no_int8, caplog):
     x = photos()
     with caplog.at_level(logging.WARNING, logger="vggnet.quantize"):
@@ -153,11 +154,13 @@ def test_fallback_returns_the_float32_model_with_the_reason(model, no_int8, capl
         assert result(torch.zeros(2, 3, 96, 96)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_fallback_false_raises_with_the_reason(model, no_int8):
     with pytest.raises(RuntimeError, match="cannot quantize to int8 here: oneDNN has no fast int8 kernels"):
         quantize(model, photos(), fallback=False)
 
 
+@pytest.mark.slow
 def test_without_torchao_the_error_says_how_to_install_it(model, monkeypatch):
     monkeypatch.setattr(vggnet.quantize, "int8_instructions", lambda: "avx2")
     monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e.quantize_pt2e", None)  # import fails
@@ -173,6 +176,7 @@ def test_optimize_for_inference_sends_int8_to_quantize(model):
 # --- calibration and evaluation images (through the fallback, which needs no compilation) ------------
 
 
+@pytest.mark.slow
 def test_every_kind_of_images_gives_the_same_report(model, no_int8, tmp_path):
     x = photos()
     labels = torch.tensor([0, 0, 1, 1])
@@ -211,16 +215,19 @@ def test_every_kind_of_images_gives_the_same_report(model, no_int8, tmp_path):
         ("/nonexistent/calibration", FileNotFoundError, "no such folder"),
     ],
 )
+@pytest.mark.slow
 def test_bad_calibration_images_are_named(model, no_int8, source, error, match):
     with pytest.raises(error, match=match):
         quantize(model, source)
 
 
+@pytest.mark.slow
 def test_an_empty_folder_is_refused(model, no_int8, tmp_path):
     with pytest.raises(ValueError, match="no images"):
         quantize(model, tmp_path)
 
 
+@pytest.mark.slow
 def test_quantize_leaves_the_model_as_it_was(no_int8):
     torch.manual_seed(0)
     net = vgg11(num_classes=10).train()

@@ -70,6 +70,7 @@ def test_every_tap_equals_slicing_the_plain_network_by_hand(arch):
             assert torch.equal(taps[name], by_hand(model, x, i)), name
 
 
+@pytest.mark.slow
 def test_pre_activation_taps_survive_the_in_place_relu():
     model = seeded("vgg16")
     x = torch.randn(1, 3, 64, 64)
@@ -81,6 +82,7 @@ def test_pre_activation_taps_survive_the_in_place_relu():
         assert torch.equal(taps["fc6"].clamp(min=0), taps["relu6"])
 
 
+@pytest.mark.slow
 def test_pre_activation_taps_survive_on_a_batchnorm_folded_model():
     # fold_batchnorm leaves an Identity between each conv and its in-place ReLU
     model = seeded("vgg11_bn")
@@ -100,6 +102,7 @@ def test_pre_activation_taps_survive_on_a_batchnorm_folded_model():
         torch.testing.assert_close(loss(x, y), reference(x, y), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_taps_come_back_in_the_order_asked_and_gradients_flow():
     model = seeded("vgg11")
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
@@ -109,6 +112,7 @@ def test_taps_come_back_in_the_order_asked_and_gradients_flow():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_extract_stops_after_the_last_tap_asked_for():
     model = seeded("vgg11")
     called = []
@@ -133,6 +137,7 @@ def test_unknown_taps_are_refused_with_the_valid_names():
         model.extract(x, "fc9")
 
 
+@pytest.mark.slow
 def test_a_single_layer_name_is_a_list_of_one():
     model = seeded("vgg11")
     x = torch.randn(1, 3, 32, 32)
@@ -166,6 +171,7 @@ def test_vgg16_receptive_fields_are_the_known_ones():
     assert info["fc8"].channels == 1000
 
 
+@pytest.mark.slow
 def test_receptive_field_is_where_a_pixel_stops_mattering():
     """Numerically: the gradient of one conv3_1 output reaches exactly receptive_field pixels per side."""
     model = seeded("vgg11")
@@ -216,6 +222,7 @@ def test_one_scheme_names_every_module_in_the_model_summary_and_losses(arch, kin
         vggnet.PerceptualLoss(model, layers=["fc6"], input_range="normalized")
 
 
+@pytest.mark.slow
 def test_avgpool_and_the_dropouts_are_taps_too():
     model = seeded("vgg11")
     x = torch.randn(2, 3, 40, 40)
@@ -251,6 +258,7 @@ def test_names_refuse_what_is_not_a_make_layers_network():
         vggnet.layer_names("vgg17")
 
 
+@pytest.mark.slow
 def test_forward_features_and_pre_logits_are_the_taps():
     model = seeded("vgg11", num_classes=7)
     x = torch.randn(2, 3, 32, 32)
@@ -262,6 +270,7 @@ def test_forward_features_and_pre_logits_are_the_taps():
         assert torch.equal(model.forward_head(features), taps["fc8"]) and taps["fc8"].shape == (2, 7)
 
 
+@pytest.mark.slow
 def test_reset_classifier_changes_fc8_only():
     model = seeded("vgg11_bn")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -331,6 +340,7 @@ def vgg11_file(tmp_path_factory):
     return state, vggnet.Weights(url=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
+@pytest.mark.slow
 def test_gray_model_from_weights_equals_the_original_on_the_rgb_copy(vgg11_file, caplog):
     state, record = vgg11_file
     original = vggnet.vgg11(weights=record).eval()

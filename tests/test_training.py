@@ -19,6 +19,7 @@ def train_step(model: vggnet.VGG, x: torch.Tensor) -> None:
     optimizer.step()
 
 
+@pytest.mark.slow
 def test_freezing_leaves_frozen_weights_and_batchnorm_statistics_unchanged():
     model = seeded("vgg11_bn", num_classes=3)
     model.freeze(upto="conv4_1")
@@ -37,6 +38,7 @@ def test_freezing_leaves_frozen_weights_and_batchnorm_statistics_unchanged():
     assert all(m.training for m in trained_bn)
 
 
+@pytest.mark.slow
 def test_freeze_defaults_to_all_of_features_and_can_be_undone():
     model = seeded("vgg11_bn")
     model.freeze()
@@ -63,6 +65,7 @@ def test_freeze_upto_fc8_is_a_linear_probe():
         model.freeze(upto="conv9_9")
 
 
+@pytest.mark.slow
 def test_param_groups_give_each_block_its_learning_rate():
     model = seeded("vgg11")
     groups = model.param_groups(0.1, decay=0.5, weight_decay=1e-4)
@@ -78,6 +81,7 @@ def test_param_groups_give_each_block_its_learning_rate():
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11_bn"])
+@pytest.mark.slow
 def test_checkpointed_gradients_equal_plain_ones(arch):
     x = torch.randn(2, 3, 32, 32)
     plain, checkpointed = seeded(arch), seeded(arch)
@@ -94,6 +98,7 @@ def test_checkpointed_gradients_equal_plain_ones(arch):
         assert torch.equal(b, c), name  # BatchNorm statistics updated once, not again in the recomputation
 
 
+@pytest.mark.slow
 def test_checkpointing_recomputes_each_block_in_backward():
     model = seeded("vgg11")
     calls = []

@@ -234,6 +234,7 @@ def test_eager_presets_still_take_pil_images_and_check_tensors():
 # --- hostile images (issue 11 item 6): decode.py checks files, the presets their resizes ---------------
 
 
+@pytest.mark.slow
 def test_an_extreme_aspect_ratio_is_refused_before_the_resize_allocates(tmp_path):
     tall = tmp_path / "tall.png"
     Image.new("L", (1, 60000)).save(tall)

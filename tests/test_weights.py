@@ -176,6 +176,7 @@ def test_every_member_pickles_copies_and_torch_saves_to_itself(arch, name, tmp_p
     assert loaded["config"]["weights"] is member and loaded["config"]["stages"][0] is member
 
 
+@pytest.mark.slow
 def test_a_pickled_member_is_the_same_member_in_a_fresh_interpreter():
     """By name, not by value: another process gets its own module's member, DEFAULT alias included."""
     payload = pickle.dumps([vggnet.VGG16_Weights.DEFAULT, vggnet.VGG16_Weights.IMAGENET1K_FEATURES])
