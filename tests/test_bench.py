@@ -238,6 +238,7 @@ def stand_in(fail: str | None = None):
     return command
 
 
+@pytest.mark.slow
 def test_gpu_suite_runs_every_step_in_order_and_writes_a_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpu_suite, "command", stand_in())
     assert gpu_suite.main(["--smoke", "--out", str(tmp_path), "--budget-s", "400"]) == 0
@@ -257,6 +258,7 @@ def test_gpu_suite_runs_every_step_in_order_and_writes_a_summary(tmp_path, monke
     assert "failed" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_gpu_suite_goes_on_after_a_failed_step_and_names_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gpu_suite, "command", stand_in(fail="train"))
     assert gpu_suite.main(["--smoke", "--out", str(tmp_path), "--budget-s", "400"]) == 1

@@ -59,6 +59,7 @@ def test_a_local_record_loads_every_tensor_exactly(vgg11_bn_files, fmt):
         assert torch.equal(model(x), reference(x))
 
 
+@pytest.mark.slow
 def test_with_weights_no_time_goes_into_random_init(vgg11_bn_files, monkeypatch):
     state, files = vgg11_bn_files
 
@@ -85,6 +86,7 @@ def test_with_weights_no_time_goes_into_random_init(vgg11_bn_files, monkeypatch)
         vggnet.vgg11_bn()  # the patch does catch a random init
 
 
+@pytest.mark.slow
 def test_another_num_classes_keeps_every_other_tensor_and_logs(vgg11_bn_files, caplog):
     state, files = vgg11_bn_files
     path, digest = files["zip"]
@@ -212,6 +214,7 @@ def test_a_bad_argument_is_refused_before_any_checkpoint_is_fetched(http_server,
         vggnet.vgg11(**kwargs)
 
 
+@pytest.mark.slow
 def test_end_to_end_over_http_a_wrong_digest_raises_and_keeps_no_file(http_server, vgg16_checkpoints, tmp_path):
     served = vgg16_checkpoints.zip
     url = http_server.add("/models/" + served.name, served.path)

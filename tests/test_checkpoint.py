@@ -124,6 +124,7 @@ def test_a_state_dict_file_names_its_model(vgg11_files):
     assert fingerprint(vggnet.vgg11(weights=plain).state_dict()) == digest  # the builders take files too
 
 
+@pytest.mark.slow
 def test_a_finetuned_checkpoint_brings_its_classes_preset_and_model(vgg11_files):
     _, tuned, _, digest = vgg11_files
     loaded = load(tuned.as_uri())

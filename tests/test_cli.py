@@ -315,6 +315,7 @@ def test_predict_with_weights_none_is_a_random_model_with_imagenet_labels(capsys
     assert all(p["label"] == IMAGENET_CATEGORIES[p["index"]] for p in data["results"][0]["predictions"])
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_checkpoint_of_another_model(seeded_vgg11, capsys):
     assert main(["predict", str(PHOTOS / "coffee.jpg"), "--weights", str(seeded_vgg11), "--arch", "vgg13"]) == 2
     assert "holds vgg11 weights, not vgg13" in capsys.readouterr().err
@@ -806,6 +807,7 @@ def test_predict_to_a_file_resumes_and_reads_stdin(seven_classes, tmp_path, monk
     assert "--resume and --format are for --output FILE" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_embed_command_writes_shards_and_an_index(seven_classes, tmp_path, capsys):
     import numpy as np
 

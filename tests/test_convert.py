@@ -73,6 +73,7 @@ def test_convert_checks_the_source_digest_and_names_bad_suffixes(vgg11_pth, tmp_
     assert random.returncode == 2 and "nothing to convert" in random.stderr
 
 
+@pytest.mark.slow
 def test_convert_keras_h5_without_keras_installed_needed(tmp_path: Path) -> None:
     """A Keras-1 layout notop file of VGG11's shape (8 convolutions), written with h5py alone."""
     h5py = pytest.importorskip("h5py")

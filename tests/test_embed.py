@@ -10,6 +10,7 @@ from vggnet.transforms import load_image
 from .conftest import PRESET, bad_paths, read_jsonl, readable, small_model
 
 
+@pytest.mark.slow
 def test_embed_writes_shards_and_an_index_and_resumes(photos, tmp_path):
     model = small_model()
     out = tmp_path / "emb"

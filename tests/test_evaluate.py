@@ -86,6 +86,7 @@ def test_evaluate_on_the_imagenet_layout(tmp_path):
     assert set(named.per_class) == {"tench", "goldfish"} and named.confusion.tolist() == result.confusion.tolist()
 
 
+@pytest.mark.slow
 def test_confusion_png(labelled, tmp_path):
     result = evaluate(small_model(), PRESET, labelled, workers=0, progress=False)
     path = plot_confusion(result, tmp_path / "confusion.png", cell=10, labels=False)

@@ -54,6 +54,7 @@ def test_shapes_and_range(vgg11, images):
     assert torch.allclose(got.heatmap.amax(dim=(1, 2)), torch.ones(3))
 
 
+@pytest.mark.slow
 def test_default_target_is_each_images_top_class(vgg11, images):
     got = explain(vgg11, images, topk=3)
     with torch.no_grad():

@@ -116,6 +116,7 @@ def test_a_legacy_format_state_dict_file_is_a_starting_point(data, pretrained, t
         load_finetuned(legacy)
 
 
+@pytest.mark.slow
 def test_load_finetuned_refuses_a_plain_state_dict(pretrained):
     with pytest.raises(ValueError, match="not a checkpoint written by vggnet finetune"):
         load_finetuned(pretrained[0])
@@ -385,6 +386,7 @@ def test_a_run_writes_history_and_curves_and_refuses_to_overwrite(data, tmp_path
     assert len(vggnet.finetune.read_history(out)) == 1 and again.history[0].epoch == 1
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_stops_the_run_with_advice(data, tmp_path):
     with pytest.raises(
         vggnet.finetune.Diverged, match=r"diverged at epoch 1: train loss nan.*too high: lower it \(--lr 100000\)"

@@ -237,6 +237,7 @@ def _photos_uint8(size: int) -> np.ndarray:
     return np.stack([np.asarray(load_image(p).resize((size, size))) for p in PHOTOS])
 
 
+@pytest.mark.slow
 def test_keras_preset_equals_preprocess_input(keras: object) -> None:
     from keras.applications.vgg16 import preprocess_input
 

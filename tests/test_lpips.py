@@ -110,6 +110,7 @@ def test_the_file_is_fetched_once_then_read_from_the_cache(served, trunk):
     assert served.count("/lpips/v0.1/vgg.pth") == 1
 
 
+@pytest.mark.slow
 def test_zero_for_identical_images_and_symmetric(served, trunk):
     metric = LPIPS(trunk, progress=False)
     x, y = _pairs(seed=2)[0]
@@ -117,6 +118,7 @@ def test_zero_for_identical_images_and_symmetric(served, trunk):
     torch.testing.assert_close(metric(x, y), metric(y, x))
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_input_and_equal_the_lpips_package(served, trunk, reference):
     ours, theirs = LPIPS(trunk, progress=False), reference("0.1")
     x, y = _pairs(seed=3)[0]
@@ -130,6 +132,7 @@ def test_gradients_reach_the_input_and_equal_the_lpips_package(served, trunk, re
     assert all(p.grad is None and not p.requires_grad for p in ours.parameters())
 
 
+@pytest.mark.slow
 def test_usable_as_a_loss(served, trunk):
     metric = LPIPS(trunk, input_range="0-1", progress=False)
     g = torch.Generator().manual_seed(4)
@@ -154,6 +157,7 @@ def test_zero_one_input_is_mapped_to_minus_one_one(served, trunk):
     )
 
 
+@pytest.mark.slow
 def test_lin_weights_from_a_path_or_a_state_dict_skip_the_download(served, trunk, tmp_path):
     x, y = _pairs(seed=6)[0]
     downloaded = LPIPS(trunk, progress=False)(x, y)

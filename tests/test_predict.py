@@ -37,6 +37,7 @@ def test_predict_a_folder_to_jsonl_with_bad_files(photos, tmp_path, workers, cap
     assert sum("cannot read the image" in m and "broken.jpg" in m for m in caplog.messages) == 1
 
 
+@pytest.mark.slow
 def test_predict_to_csv(photos, tmp_path):
     model = small_model()
     out = tmp_path / "out.csv"

@@ -179,6 +179,7 @@ def test_svg_plot_has_a_bar_per_layer_and_quantity(tmp_path, arch):
     ]
 
 
+@pytest.mark.slow
 def test_png_plot_with_matplotlib(tmp_path):
     pytest.importorskip("matplotlib")
     path = plot_summary(summarize("vgg16", 160), tmp_path / "plot.png")

@@ -357,6 +357,7 @@ def test_gray_model_from_weights_equals_the_original_on_the_rgb_copy(vgg11_file,
             assert torch.equal(gray.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 def test_own_record_with_another_head_and_channels(vgg11_file):
     state, record = vgg11_file
     model = vggnet.vgg11(weights=record, num_classes=4, in_chans=5)

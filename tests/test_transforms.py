@@ -181,6 +181,7 @@ def test_a_gray_preset_reads_colour_images_as_training_does(tmp_path):
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.slow
 def test_scripted_eval_preset_gives_eager_outputs(weights, tmp_path):
     preset = vggnet.VGG16_Weights[weights].transforms()
     scripted = torch.jit.script(preset)

@@ -331,6 +331,7 @@ def test_max_size_bounds_an_official_file_only_when_its_exact_size_is_unknown(ar
     assert dataclasses.replace(record, url="https://example.org/" + record.file_name).max_size is None
 
 
+@pytest.mark.slow
 def test_the_shared_constants_are_defined_once_and_re_exported():
     for name in ("OFFICIAL_BASE", "IMAGENET_MEAN", "IMAGENET_STD", "CAFFE_MEAN", "CAFFE_STD", "INTERPOLATIONS"):
         assert getattr(weights, name) is getattr(config, name) and name in weights.__all__
