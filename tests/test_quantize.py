@@ -59,6 +59,8 @@ def class_folders(root: Path) -> Path:
 
 
 def test_int8_instructions_names_the_fastest_the_cpu_has(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     found = int8_instructions()
     capabilities = torch.cpu.get_capabilities()
     assert found is None or capabilities[found]
@@ -71,6 +73,40 @@ def test_int8_instructions_names_the_fastest_the_cpu_has(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "amx_int8": True})
     monkeypatch.setattr(vggnet.quantize.platform, "machine", lambda: "aarch64")
     assert int8_instructions() is None  # oneDNN's x86 int8 kernels only
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [
+        ("AVX512_CORE_VNNI", "avx512_vnni"),  # AMX switched off: an AVX-512 VNNI CPU
+        ("avx2_vnni", "avx_vnni"),
+        ("AVX512_CORE", "avx2"),  # AVX-512 without VNNI: 16-bit sums, so 7-bit activations
+        ("AVX2", "avx2"),
+        ("AVX", None),  # no int8 kernels worth running: the float32 fallback
+        ("AVX512_CORE_AMX", "amx_int8"),  # caps that allow AMX cap nothing
+        ("ALL", "amx_int8"),
+        ("nonsense", "amx_int8"),  # a value vggnet does not know: no cap assumed
+    ],
+)
+def test_int8_instructions_honours_onednns_isa_cap(monkeypatch, cap, expected):
+    """oneDNN runs below the CPU's best under ONEDNN_MAX_CPU_ISA; the report and reduce_range's default follow it."""
+    everything = dict.fromkeys(INT8_INSTRUCTIONS, True)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: everything)
+    monkeypatch.setattr(vggnet.quantize.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert int8_instructions() == expected
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)  # oneDNN's older name
+    assert int8_instructions() == expected
+
+
+def test_a_cap_leaves_only_what_the_cpu_has_below_it(monkeypatch):
+    """AVX2_VNNI on a CPU with AVX-512 VNNI but no AVX-VNNI (Cascade Lake): oneDNN falls back to AVX2."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_vnni": True, "avx2": True})
+    monkeypatch.setattr(vggnet.quantize.platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2_VNNI")
+    assert int8_instructions() == "avx2"
 
 
 # --- the int8 path on real photos ---------------------------------------------------------------------

@@ -60,6 +60,14 @@ logger = logging.getLogger(__name__)
 # avx2 have int8 dot products.
 INT8_INSTRUCTIONS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
 _X86 = ("x86_64", "amd64", "i386", "i686")
+# oneDNN's ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps -> the fastest of INT8_INSTRUCTIONS each allows
+# (None: no int8 kernels worth running); the AMX caps, "all" and values not listed here cap nothing.
+_ISA_CAPS: dict[str, str | None] = {
+    "sse41": None, "avx": None, "avx2": "avx2", "avx512_core": "avx2",
+    "avx2_vnni": "avx_vnni", "avx2_vnni_2": "avx_vnni",
+    "avx512_core_vnni": "avx512_vnni", "avx512_core_bf16": "avx512_vnni", "avx512_core_fp16": "avx512_vnni",
+    "avx10_1_512": "avx512_vnni",
+}  # fmt: skip
 
 # Images: an (N, C, H, W) tensor; batches: tensors or (images, labels) pairs (a DataLoader); or a folder.
 Calibration = (
@@ -73,11 +81,19 @@ _Batch = tuple[torch.Tensor, torch.Tensor | None]  # (images, labels or None)
 
 def int8_instructions() -> str | None:
     """What oneDNN's int8 kernels run on here, fastest first: "amx_int8", "avx512_vnni", "avx_vnni" (int8 dot
-    products), "avx2" (16-bit sums); None where there is none of them (not x86, or no AVX2): no int8 then."""
+    products), "avx2" (16-bit sums); None where there is none of them (not x86, or no AVX2): no int8 then.
+    A cap set in ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) is honoured, as oneDNN honours it."""
     if platform.machine().lower() not in _X86:
         return None
     capabilities = torch.cpu.get_capabilities()
-    return next((name for name in INT8_INSTRUCTIONS if capabilities.get(name)), None)
+    found = [name for name in INT8_INSTRUCTIONS if capabilities.get(name)]
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().lower()
+    if cap in _ISA_CAPS:
+        fastest = _ISA_CAPS[cap]
+        if fastest is None:
+            return None
+        found = [name for name in found if INT8_INSTRUCTIONS.index(name) >= INT8_INSTRUCTIONS.index(fastest)]
+    return found[0] if found else None
 
 
 @dataclass(frozen=True)
