@@ -1,6 +1,6 @@
 """int8 on CPU: accuracy kept on real images, speed against torchvision and vggnet float32, memory, one-time cost.
 
-    python benchmarks/bench_int8.py [--smoke] [--out DIR] [--budget-s S]
+    python benchmarks/bench_int8.py [--smoke] [--out DIR] [--models NAME ...] [--budget-s S]
 
 Needs torchao (`pip install "vggnet[int8]"`) and scikit-learn (its bundled digits, no download).
 The parts, in this order (each records its figures; nothing is asserted):
@@ -9,9 +9,9 @@ The parts, in this order (each records its figures; nothing is asserted):
   val 20%, test 20%, stratified), two models fine-tuned on them from random weights with
   `vggnet.finetune` (MODELS: a linear probe, fc8 on the frozen network's fc7 features, 90% and
   small margins; and bench_digits.py's recommended recipe, vgg11_bn with the gap head trained
-  whole, 99%), each then `vggnet.quantize.quantize`d, calibrated on 200 training images and checked
-  on the held-out test images: top-1 agreement with float32, logit cosine, accuracy of both,
-  quantize and compile time.
+  whole, 99%; `--models` adds the same two for vgg16), each then `vggnet.quantize.quantize`d,
+  calibrated on 200 training images and checked on the held-out test images: top-1 agreement with
+  float32, logit cosine, accuracy of both, quantize and compile time.
 - memory: bytes of the tensors the float32 model holds against those the int8 module holds
   (int8 weights, their scales, float32 biases), and the process's resident memory after each
   is loaded (Inductor's prepacked weight copies and compiler state count there).
@@ -56,13 +56,15 @@ SIDE = 32  # digits are 8x8: upscaled to VGG's smallest input
 CALIBRATION = 200
 # (arch, batch size, timed calls, image size)
 # name -> finetune keywords (every model: weights=None, image_size=SIDE, batch 64, seed 0)
+_WHOLE = {"head": "gap", "mode": "full", "lr": 0.05, "epochs": 8, "augment": "light", "hflip": False,
+          "crop_scale": (0.7, 1.0), "label_smoothing": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}  # fmt: skip
 MODELS: dict[str, dict[str, Any]] = {
     "vgg11-linear": {"arch": "vgg11", "mode": "linear", "epochs": 30},
-    "vgg11_bn-gap-full": {
-        "arch": "vgg11_bn", "head": "gap", "mode": "full", "lr": 0.05, "epochs": 8, "augment": "light",
-        "hflip": False, "crop_scale": (0.7, 1.0), "label_smoothing": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1,
-    },
-}  # fmt: skip
+    "vgg11_bn-gap-full": {"arch": "vgg11_bn", **_WHOLE},
+    "vgg16-linear": {"arch": "vgg16", "mode": "linear", "epochs": 30},
+    "vgg16_bn-gap-full": {"arch": "vgg16_bn", **_WHOLE},
+}
+DEFAULT_MODELS = ["vgg11-linear", "vgg11_bn-gap-full"]
 SPEED = {
     "full": [("vgg16", 1, 10, 224), ("vgg16", 8, 4, 224), ("vgg16_bn", 1, 10, 224)],
     "smoke": [("vgg11", 1, 2, SIDE)],
@@ -178,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few images, one epoch, vgg11 at 32x32 (CI)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
-                        help="the fine-tuned models the accuracy part quantizes (default: all)")  # fmt: skip
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=DEFAULT_MODELS,
+                        help="the fine-tuned models the accuracy part quantizes (default: %(default)s)")  # fmt: skip
     parser.add_argument("--budget-s", type=float, default=None, help="skip the parts left after this long")
     args = parser.parse_args(argv)
 
