@@ -54,7 +54,6 @@ from vggnet.quantize import quantize  # noqa: E402
 
 SIDE = 32  # digits are 8x8: upscaled to VGG's smallest input
 CALIBRATION = 200
-# (arch, batch size, timed calls, image size)
 # name -> finetune keywords (every model: weights=None, image_size=SIDE, batch 64, seed 0)
 _WHOLE = {"head": "gap", "mode": "full", "lr": 0.05, "epochs": 8, "augment": "light", "hflip": False,
           "crop_scale": (0.7, 1.0), "label_smoothing": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}  # fmt: skip
@@ -65,6 +64,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "vgg16_bn-gap-full": {"arch": "vgg16_bn", **_WHOLE},
 }
 DEFAULT_MODELS = ["vgg11-linear", "vgg11_bn-gap-full"]
+# (arch, batch size, timed calls, image size)
 SPEED = {
     "full": [("vgg16", 1, 10, 224), ("vgg16", 8, 4, 224), ("vgg16_bn", 1, 10, 224)],
     "smoke": [("vgg11", 1, 2, SIDE)],
