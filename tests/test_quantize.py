@@ -6,9 +6,11 @@ activations). The int8 tests run wherever oneDNN has int8 kernels (`int8_instruc
 AVX-512 VNNI, AVX-VNNI or AVX2), so also on this project's AVX2 machines, only slower there.
 """
 
+import gc
 import logging
 import shutil
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,23 @@ def test_int8_module_is_smaller_and_refuses_what_it_cannot_run(int8_photos):
         quantized(torch.zeros(1, 1, SIDE, SIDE))
     with pytest.raises(RuntimeError, match="inference-only"):
         quantized.train()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
+def test_the_float32_model_can_be_freed_once_quantized():
+    """torchao's and torch.ao's device lookups are functools.cache'd on the graphs they see: without
+    quantize emptying them, every call kept the float32 weights (528 MB for vgg16) for good."""
+    torch.manual_seed(0)
+    net = vgg11(num_classes=2).eval()
+    x = torch.randn(4, 3, SIDE, SIDE)
+    quantized = quantize(net, x[:2], held_out=x[2:], fallback=False)
+    fc6 = weakref.ref(net.classifier[0].weight)
+    del net
+    gc.collect()
+    assert fc6() is None
+    with torch.inference_mode():
+        assert quantized(x[:1]).shape == (1, 2)  # it runs on its int8 copies
 
 
 # --- the fallback --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -299,10 +300,27 @@ def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> n
         for x, _ in calib:
             prepared(x.float().cpu())
         converted: torch.fx.GraphModule = pt2e.convert_pt2e(prepared)
+    _forget_graphs()
     _drop_unused_attributes(converted)
     # A fixed shape: the batch of the first call; freezing is switched on around each call (Int8VGG).
     compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
     return compiled
+
+
+# functools.cache'd on the module they are given (torchao 0.18, torch 2.14): each holds every graph the
+# quantization passes showed it, the float32 weights included, for the life of the process.
+_GRAPH_CACHES = (
+    ("torchao.utils", "_assert_and_get_unique_device"),
+    ("torch.ao.quantization.fx.utils", "assert_and_get_unique_device"),
+)
+
+
+def _forget_graphs() -> None:
+    """Empty the caches in _GRAPH_CACHES, so that the float32 model and the graphs built from it can be freed."""
+    for module, name in _GRAPH_CACHES:
+        clear = getattr(getattr(sys.modules.get(module), name, None), "cache_clear", None)
+        if clear is not None:
+            clear()
 
 
 def _drop_unused_attributes(graph: torch.fx.GraphModule) -> None:
