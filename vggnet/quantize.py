@@ -289,18 +289,20 @@ def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> n
     # Exported with a batch of 2 and a dynamic batch dimension, so calibration takes any batch size
     # (an example batch of 1 would be specialised to 1).
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with torch.no_grad():
-        exported = torch.export.export(
-            model, (example.expand(2, -1, -1, -1).contiguous(),), dynamic_shapes=({0: batch},)
-        ).module()
-        quantizer = x86.X86InductorQuantizer().set_global(
-            x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
-        )
-        prepared = pt2e.prepare_pt2e(exported, quantizer)
-        for x, _ in calib:
-            prepared(x.float().cpu())
-        converted: torch.fx.GraphModule = pt2e.convert_pt2e(prepared)
-    _forget_graphs()
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(
+                model, (example.expand(2, -1, -1, -1).contiguous(),), dynamic_shapes=({0: batch},)
+            ).module()
+            quantizer = x86.X86InductorQuantizer().set_global(
+                x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+            )
+            prepared = pt2e.prepare_pt2e(exported, quantizer)
+            for x, _ in calib:
+                prepared(x.float().cpu())
+            converted: torch.fx.GraphModule = pt2e.convert_pt2e(prepared)
+    finally:
+        _forget_graphs()  # on failure too: the graphs hold the float32 weights
     _drop_unused_attributes(converted)
     # A fixed shape: the batch of the first call; freezing is switched on around each call (Int8VGG).
     compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
