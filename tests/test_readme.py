@@ -36,5 +36,6 @@ def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     setup = re.search(r"^(pip install -e \"\.\[test\]\")$", README, re.M)
     test = re.search(r"^(python -m pytest)$", README, re.M)
-    assert setup and test
-    assert setup.group(1) in ci.splitlines() and test.group(1) in ci.splitlines()
+    slow = re.search(r"^(python -m pytest -m slow\b.*)$", README, re.M)
+    assert setup and test and slow
+    assert {setup.group(1), test.group(1), slow.group(1)} <= set(ci.splitlines())
