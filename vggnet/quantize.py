@@ -86,15 +86,13 @@ def int8_instructions() -> str | None:
     A cap set in ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) is honoured, as oneDNN honours it."""
     if platform.machine().lower() not in _X86:
         return None
-    capabilities = torch.cpu.get_capabilities()
-    found = [name for name in INT8_INSTRUCTIONS if capabilities.get(name)]
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().lower()
-    if cap in _ISA_CAPS:
-        fastest = _ISA_CAPS[cap]
-        if fastest is None:
-            return None
-        found = [name for name in found if INT8_INSTRUCTIONS.index(name) >= INT8_INSTRUCTIONS.index(fastest)]
-    return found[0] if found else None
+    fastest = _ISA_CAPS[cap] if cap in _ISA_CAPS else INT8_INSTRUCTIONS[0]
+    if fastest is None:
+        return None
+    capabilities = torch.cpu.get_capabilities()
+    allowed = INT8_INSTRUCTIONS[INT8_INSTRUCTIONS.index(fastest) :]
+    return next((name for name in allowed if capabilities.get(name)), None)
 
 
 @dataclass(frozen=True)
