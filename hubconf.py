@@ -4,8 +4,8 @@ For example `torch.hub.load("<owner>/vggnet", "vgg16", weights="DEFAULT")`, or
 `torch.hub.load("<owner>/vggnet", "get_weight", "VGG16_Weights.IMAGENET1K_V1")` for the record.
 """
 
-from vggnet.builders import BUILDERS
-from vggnet.weights import get_weight
+from vggnet.models.builders import BUILDERS
+from vggnet.models.weights import get_weight
 
 # what torch.hub checks is importable before it imports this file (filelock: locks.py's download lock)
 dependencies = ["torch", "numpy", "requests", "tqdm", "filelock"]

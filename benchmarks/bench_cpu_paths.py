@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .`
 from harness import environment, save_results  # noqa: E402
 
 import vggnet  # noqa: E402
-from vggnet.bench import time_interleaved  # noqa: E402
+from vggnet.deploy.bench import time_interleaved  # noqa: E402
 
 # A 1x1 convolution with this stride maps a 32x32 image to the 7x7 map the classifier takes.
 HEAD_ONLY_STRIDE = 5

@@ -1,4 +1,4 @@
-"""Small data from random initialisation: scikit-learn's handwritten digits through `vggnet.finetune`.
+"""Small data from random initialisation: scikit-learn's handwritten digits through `vggnet.train.finetune`.
 
     python benchmarks/bench_digits.py [--smoke] [--out DIR] [--runs NAME ...] [--epochs N] [--threads T]
 
@@ -80,7 +80,7 @@ def write_digits(root: Path, per_class: int | None, seed: int = 0) -> dict[str, 
 
 def test_accuracy(checkpoint: Path, test_root: Path) -> float:
     """Percent of test/ the checkpoint classifies right (its own preset and classes)."""
-    from vggnet.finetune import ImageFolder, load_finetuned
+    from vggnet.train.finetune import ImageFolder, load_finetuned
 
     finetuned = load_finetuned(checkpoint)
     folder = ImageFolder(test_root, finetuned.preset, finetuned.classes, gray=finetuned.in_chans == 1)
@@ -93,7 +93,7 @@ def test_accuracy(checkpoint: Path, test_root: Path) -> float:
 
 
 def run_one(name: str, settings: dict[str, Any], data: Path, out: Path, epochs: int, batch: int) -> dict[str, Any]:
-    from vggnet.finetune import finetune
+    from vggnet.train.finetune import finetune
 
     tic = time.perf_counter()
     result = finetune(data, weights=None, in_chans=1, image_size=32, epochs=epochs, batch_size=batch,

@@ -10,7 +10,7 @@
    that allocates cuBLAS's and cuDNN's lasting buffers (else the first case would count them); on CPU
    each case runs in a fresh child process (glibc told to unmap every freed tensor) from its resident
    set and `ru_maxrss`.
-2. Time: `vggnet.finetune.finetune` in --mode linear and --mode full for the same number of epochs
+2. Time: `vggnet.train.finetune.finetune` in --mode linear and --mode full for the same number of epochs
    on a generated two-class PNG set (vgg11 at 64x64 by default; random weights, since the figure is
    about time), wall clock of the whole call including reading and decoding the images.
 
@@ -117,7 +117,7 @@ def write_set(root: Path, per_class: dict[str, int], size: int) -> None:
 
 
 def mode_times(arch: str, size: int, epochs: int, per_class: int, batch: int, device: str) -> list[dict[str, Any]]:
-    from vggnet.finetune import finetune
+    from vggnet.train.finetune import finetune
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

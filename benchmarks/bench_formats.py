@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
 from harness import environment, save_results  # noqa: E402
 
 import vggnet  # noqa: E402
-from vggnet import formats  # noqa: E402
-from vggnet.export import export, run_export  # noqa: E402
+from vggnet.deploy.export import export, run_export  # noqa: E402
+from vggnet.hub import _formats as formats  # noqa: E402
 
 
 def build_meta(arch: str) -> vggnet.VGG:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_inference.py [--device cpu|cuda] [--smoke] [--out DIR] [--no-compile]
 
-Every configuration is one `vggnet.bench.run_bench` call: the candidates share weights and input
+Every configuration is one `vggnet.deploy.bench.run_bench` call: the candidates share weights and input
 and are timed in interleaved rounds (median), with the device's matmul peak measured in the same
 run (method: vggnet/bench.py). The suites:
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (t
 
 from harness import Budget, environment, save_results  # noqa: E402
 
-from vggnet.bench import format_report, run_bench  # noqa: E402
+from vggnet.deploy.bench import format_report, run_bench  # noqa: E402
 
 # (arch, batch size, timed calls, compile torchvision too, dtype: None for the device's default)
 SUITES: dict[str, list[tuple[str, int, int, bool, torch.dtype | None]]] = {

@@ -7,15 +7,15 @@ The parts, in this order (each records its figures; nothing is asserted):
 
 - accuracy: scikit-learn's 1797 handwritten digits written out as 32x32 PNG files (train 60%,
   val 20%, test 20%, stratified), two models fine-tuned on them from random weights with
-  `vggnet.finetune` (MODELS: a linear probe, fc8 on the frozen network's fc7 features, 90% and
+  `vggnet.train.finetune` (MODELS: a linear probe, fc8 on the frozen network's fc7 features, 90% and
   small margins; and bench_digits.py's recommended recipe, vgg11_bn with the gap head trained
-  whole, 99%; `--models` adds the same two for vgg16), each then `vggnet.quantize.quantize`d,
+  whole, 99%; `--models` adds the same two for vgg16), each then `vggnet.deploy.quantize.quantize`d,
   calibrated on 200 training images and checked on the held-out test images: top-1 agreement with
   float32, logit cosine, accuracy of both, quantize and compile time.
 - memory: bytes of the tensors the float32 model holds against those the int8 module holds
   (int8 weights, their scales, float32 biases), and the process's resident memory after each
   is loaded (Inductor's prepacked weight copies and compiler state count there).
-- speed: `vggnet.bench.run_bench` with dtype int8: vggnet eager, vggnet optimized (float32),
+- speed: `vggnet.deploy.bench.run_bench` with dtype int8: vggnet eager, vggnet optimized (float32),
   torchvision eager and channels_last (float32) and vggnet int8 on one random input, interleaved
   rounds, ratios to torchvision eager: vgg16 at batch 1 and 8, vgg16_bn at batch 1.
 - cache: the same small quantization in two fresh processes sharing one Inductor cache folder,
@@ -48,9 +48,9 @@ sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .`
 
 from harness import Budget, environment, save_results  # noqa: E402
 
-from vggnet.bench import format_int8, format_report, run_bench  # noqa: E402
-from vggnet.finetune import finetune, load_finetuned  # noqa: E402
-from vggnet.quantize import quantize  # noqa: E402
+from vggnet.deploy.bench import format_int8, format_report, run_bench  # noqa: E402
+from vggnet.deploy.quantize import quantize  # noqa: E402
+from vggnet.train.finetune import finetune, load_finetuned  # noqa: E402
 
 SIDE = 32  # digits are 8x8: upscaled to VGG's smallest input
 CALIBRATION = 200
@@ -150,7 +150,7 @@ _CACHE_PROBE = """
 import json, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 import vggnet
-from vggnet.quantize import quantize
+from vggnet.deploy.quantize import quantize
 torch.manual_seed(0)
 model = vggnet.vgg11().eval()
 images = torch.randn(8, 3, 32, 32)

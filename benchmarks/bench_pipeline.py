@@ -5,11 +5,11 @@
 The question (issue 14): does the data pipeline keep the model busy? Three candidates, at the same
 batch size, on the same model (random weights: nothing is downloaded), in the same process:
 
-- "bare model": the forward the pipeline runs (`vggnet.batch.logits_fn`: `optimize_for_inference`,
+- "bare model": the forward the pipeline runs (`vggnet.batch.engine.logits_fn`: `optimize_for_inference`,
   uncompiled) on a batch of random tensors already in memory, as many batches as the folder holds;
-- "predict": `vggnet.predict.predict_images` over the folder, JPEG decoding and preprocessing in
+- "predict": `vggnet.batch.predict.predict_images` over the folder, JPEG decoding and preprocessing in
   DataLoader workers, one JSON line per image written to a temporary file;
-- "evaluate": `vggnet.evaluate.evaluate` over the same images, laid out as 4 ImageNet synset folders.
+- "evaluate": `vggnet.batch.evaluate.evaluate` over the same images, laid out as 4 ImageNet synset folders.
 
 They run in interleaved rounds (bare, predict, evaluate, bare, ...) and the median round counts; a
 pipeline's figure is its own images/s (the loop over the images; model preparation excluded), and
@@ -41,12 +41,12 @@ sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (t
 from harness import Budget, environment, save_results  # noqa: E402
 
 from vggnet import get_model  # noqa: E402
-from vggnet.batch import Session, logits_fn  # noqa: E402
-from vggnet.evaluate import evaluate  # noqa: E402
-from vggnet.images import imagenet_synsets  # noqa: E402
-from vggnet.predict import predict_images  # noqa: E402
-from vggnet.transforms import ImageClassification  # noqa: E402
-from vggnet.weights import IMAGENET_CATEGORIES  # noqa: E402
+from vggnet.batch.engine import Session, logits_fn  # noqa: E402
+from vggnet.batch.evaluate import evaluate  # noqa: E402
+from vggnet.batch.predict import predict_images  # noqa: E402
+from vggnet.data.images import imagenet_synsets  # noqa: E402
+from vggnet.data.transforms import ImageClassification  # noqa: E402
+from vggnet.models.weights import IMAGENET_CATEGORIES  # noqa: E402
 
 FIGURES = ("bare model", "predict", "evaluate")
 

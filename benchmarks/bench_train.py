@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (t
 from harness import Budget, environment, save_results  # noqa: E402
 
 import vggnet  # noqa: E402
-from vggnet.bench import time_interleaved  # noqa: E402
+from vggnet.deploy.bench import time_interleaved  # noqa: E402
 
 
 def make_step(

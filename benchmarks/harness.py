@@ -3,7 +3,7 @@
 The scripts import it as a sibling module (`import harness`): Python puts a script's own folder first
 on `sys.path`, so `python benchmarks/bench_x.py` finds it from any working directory. It is not part
 of the wheel; the measuring itself (`run_bench`, `time_interleaved`, the peak kernels) is
-`vggnet.bench`, which `vggnet bench` needs too.
+`vggnet.deploy.bench`, which `vggnet bench` needs too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vggnet.bench import device_name, kernel_settings, load_average, versions
+from vggnet.deploy.bench import device_name, kernel_settings, load_average, versions
 
 __all__ = ["Budget", "environment", "save_results"]
 

@@ -60,11 +60,11 @@ import pytest
 import torch
 
 import vggnet
-import vggnet.download
-from vggnet.config import arch_config
-from vggnet.model import VGG, make_layers
-from vggnet.transforms import ImageClassification, load_image
-from vggnet.weights import Weights
+import vggnet.hub._download
+from vggnet.data.transforms import ImageClassification, load_image
+from vggnet.models.config import arch_config
+from vggnet.models.vgg import VGG, make_layers
+from vggnet.models.weights import Weights
 
 Body = bytes | Path
 
@@ -644,7 +644,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vggnet.download, "BACKOFF", 0.01)
+    monkeypatch.setattr(vggnet.hub._download, "BACKOFF", 0.01)
 
 
 def record(url: str, ckpt_file: CheckpointFile, **kwargs: object) -> Weights:

@@ -20,14 +20,13 @@ import pytest
 import torch
 
 import vggnet
-from vggnet import weights as weights_module
+from tests.conftest import CLASSES, PRESET, closed_port, fingerprint, small_model, torchrun, write_labelled
+from tests.conftest import file_sha256 as sha256
 from vggnet.cli import main
-from vggnet.hub import cache_dir
-from vggnet.transforms import load_image
-from vggnet.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
-
-from .conftest import CLASSES, PRESET, closed_port, fingerprint, small_model, torchrun, write_labelled
-from .conftest import file_sha256 as sha256
+from vggnet.data.transforms import load_image
+from vggnet.hub._fetching import cache_dir
+from vggnet.models import weights as weights_module
+from vggnet.models.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
 
 PHOTOS = Path(__file__).parent / "photos"
 PHOTO_NAMES = ["camera.png", "chelsea.png", "coffee.jpg", "rocket.jpg"]
@@ -214,7 +213,7 @@ def expected_topk(checkpoint: Path, paths: list[Path], k: int, crop: int = 224) 
     """What predict must print: the same weights and the ImageNet preset, computed here."""
     model = vggnet.vgg11(init_weights=False)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    preset = vggnet.transforms.ImageClassification(crop_size=crop, resize_size=round(crop * 256 / 224))
+    preset = vggnet.data.transforms.ImageClassification(crop_size=crop, resize_size=round(crop * 256 / 224))
     with torch.inference_mode():
         probs = model.eval()(torch.stack([preset(load_image(p)) for p in paths])).softmax(dim=1)
     top = probs.topk(k, dim=1)
@@ -281,7 +280,7 @@ def test_predict_with_a_record_fetched_through_the_mirror(seeded_vgg11, monkeypa
 
 @pytest.mark.slow
 def test_predict_with_a_finetuned_checkpoint_uses_its_labels_and_preset(seeded_vgg11, tmp_path, capsys):
-    finetune = pytest.importorskip("vggnet.finetune")
+    finetune = pytest.importorskip("vggnet.train.finetune")
     state = torch.load(seeded_vgg11, weights_only=True, mmap=True)
     state["classifier.6.weight"], state["classifier.6.bias"] = state["classifier.6.weight"][:3], torch.zeros(3)
     preprocessing = {"crop_size": 192, "resize_size": 200, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
@@ -498,7 +497,7 @@ def test_cache_remove_takes_any_listed_file(fake_records, capsys):
 
 def test_verify_does_not_vouch_for_an_unchecked_download(http_server, tmp_path, monkeypatch, capsys):
     """A download with no digest to check (no sha256, none in its name) may be incomplete: 'unknown', not 'ok'."""
-    from vggnet.hub import fetch
+    from vggnet.hub._fetching import fetch
 
     monkeypatch.setenv("VGGNET_HOME", str(tmp_path))
     fetch(http_server.add("/plain.pth", b"half of a checkpoint"), progress=False)
@@ -561,7 +560,7 @@ def test_predict_refuses_a_state_dict_that_is_no_vgg(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_predict_image_size_keeps_a_finetuned_checkpoints_normalization(seeded_vgg11, tmp_path, capsys):
-    finetune = pytest.importorskip("vggnet.finetune")
+    finetune = pytest.importorskip("vggnet.train.finetune")
     state = torch.load(seeded_vgg11, weights_only=True, mmap=True)
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.2, 0.2]
     checkpoint = {
@@ -655,7 +654,7 @@ def test_predict_names_and_skips_each_bad_image_and_classifies_the_rest(seeded_v
 
     from PIL import Image
 
-    from .test_decode import png_declaring
+    from tests.test_decode import png_declaring
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -739,7 +738,7 @@ SMALL = ["--image-size", "32", "--workers", "0", "--batch-size", "4"]
 @pytest.mark.slow
 def test_evaluate_command_prints_the_figures_and_draws_the_matrix(seven_classes, tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
-    from vggnet.evaluate import evaluate
+    from vggnet.batch.evaluate import evaluate
 
     weights, data = seven_classes
     plot = tmp_path / "confusion.png"
@@ -814,7 +813,7 @@ def test_predict_to_a_file_resumes_and_reads_stdin(seven_classes, tmp_path, monk
 def test_embed_command_writes_shards_and_an_index(seven_classes, tmp_path, capsys):
     import numpy as np
 
-    from vggnet.embed import read_embeddings
+    from vggnet.batch.embed import read_embeddings
 
     weights, data = seven_classes
     out = tmp_path / "emb"
@@ -835,7 +834,7 @@ def test_embed_command_writes_shards_and_an_index(seven_classes, tmp_path, capsy
 def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, command, capsys):
     import numpy as np
 
-    from vggnet.embed import read_embeddings
+    from vggnet.batch.embed import read_embeddings
 
     weights, data = seven_classes
     common = ["--weights", str(weights), *SMALL]
@@ -884,7 +883,7 @@ def test_finetune_options_are_the_config_fields():
 
     from vggnet.cli import build_parser
     from vggnet.cli.training import FINETUNE_OPTIONS
-    from vggnet.finetune import FinetuneConfig
+    from vggnet.train.finetune import FinetuneConfig
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices["finetune"]  # type: ignore[union-attr]

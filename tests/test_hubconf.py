@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import vggnet
-from vggnet.weights import Weights
-
-from .conftest import fingerprint
+from tests.conftest import fingerprint
+from vggnet.models.weights import Weights
 
 REPO = str(Path(__file__).resolve().parents[1])
 ENTRY_POINTS = [*vggnet.list_models(), "get_weight"]

@@ -218,32 +218,43 @@ def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
         assert graph[name]["module"] & cli <= shared, name
     # the layers of the hub point one way: config <- files <- cache, locks <- partial <- download, loading <- hub
     # <- weights (cache, locks <- cache_admin)
-    assert graph["vggnet.config"]["module"] == set()
-    assert graph["vggnet.files"]["module"] == set()
-    assert graph["vggnet.cache"]["module"] <= {"vggnet.files", "vggnet.config"}
-    assert graph["vggnet.locks"]["module"] <= {"vggnet.files", "vggnet.config"}
-    store = {"vggnet.files", "vggnet.cache", "vggnet.locks", "vggnet.config"}
-    assert graph["vggnet.cache_admin"]["module"] <= store
-    assert graph["vggnet.partial"]["module"] <= store
-    assert graph["vggnet.download"]["module"] <= store | {"vggnet.partial", "vggnet.checks", "vggnet.deadline"}
-    assert graph["vggnet.deadline"]["module"] == set()  # requests and urllib3 only, imported on first use
+    assert graph["vggnet.models.config"]["module"] == set()
+    assert graph["vggnet.hub._files"]["module"] == set()
+    assert graph["vggnet.hub._cache"]["module"] <= {"vggnet.hub._files", "vggnet.models.config"}
+    assert graph["vggnet.hub._locks"]["module"] <= {"vggnet.hub._files", "vggnet.models.config"}
+    store = {"vggnet.hub._files", "vggnet.hub._cache", "vggnet.hub._locks", "vggnet.models.config"}
+    assert graph["vggnet.hub._admin"]["module"] <= store
+    assert graph["vggnet.hub._partial"]["module"] <= store
+    assert graph["vggnet.hub._download"]["module"] <= store | {
+        "vggnet.hub._partial",
+        "vggnet.checks",
+        "vggnet.hub._deadline",
+    }
+    assert graph["vggnet.hub._deadline"]["module"] == set()  # requests and urllib3 only, imported on first use
     # formats (file formats and layouts, issue 13) sits below the hub: the hub tells safetensors files by content
-    assert graph["vggnet.formats"]["module"] <= {"vggnet.config"}
+    assert graph["vggnet.hub._formats"]["module"] <= {"vggnet.models.config"}
     # loading (the weights-only load of a verified open file) sits beside download, below the hub
-    assert graph["vggnet.loading"]["module"] <= store | {"vggnet.formats"}
-    below_hub = store | {"vggnet.download", "vggnet.checks", "vggnet.formats", "vggnet.loading"}
-    assert graph["vggnet.hub"]["module"] <= below_hub
+    assert graph["vggnet.hub._loading"]["module"] <= store | {"vggnet.hub._formats"}
+    below_hub = store | {"vggnet.hub._download", "vggnet.checks", "vggnet.hub._formats", "vggnet.hub._loading"}
+    assert graph["vggnet.hub._fetching"]["module"] <= below_hub
     # what a source, a state dict and a fine-tuned checkpoint are is decided below the loader, fetching nothing
-    for name in ("vggnet.sources", "vggnet.state_dicts", "vggnet.finetuned"):
-        assert not {"vggnet.hub", "vggnet.checkpoint"} & graph[name]["module"], name
+    for name in ("vggnet.models.sources", "vggnet.models.state_dicts", "vggnet.models.finetuned"):
+        assert not {"vggnet.hub._fetching", "vggnet.models.checkpoint"} & graph[name]["module"], name
     # one image file -> checked pixels (decode) <- the presets (transforms): still below the hub's layers
-    assert graph["vggnet.decode"]["module"] <= {"vggnet.checks", "vggnet.config"}
-    assert graph["vggnet.transforms"]["module"] <= {"vggnet.checks", "vggnet.config", "vggnet.decode"}
-    assert {"vggnet.hub", "vggnet.transforms"} <= graph["vggnet.weights"]["module"]
+    assert graph["vggnet.data.decode"]["module"] <= {"vggnet.checks", "vggnet.models.config"}
+    assert graph["vggnet.data.transforms"]["module"] <= {"vggnet.checks", "vggnet.models.config", "vggnet.data.decode"}
+    assert {"vggnet.hub._fetching", "vggnet.data.transforms"} <= graph["vggnet.models.weights"]["module"]
     # fine-tuning in layers: images, runs and distributed <- trainers <- finetune, never back
-    assert graph["vggnet.distributed"]["module"] == set()
-    below = ("vggnet.images", "vggnet.runs", "vggnet.distributed", "vggnet.trainers", "vggnet.batch", "vggnet.quantize")
-    assert not any("vggnet.finetune" in graph[name]["module"] for name in below)
+    assert graph["vggnet.data.distributed"]["module"] == set()
+    below = (
+        "vggnet.data.images",
+        "vggnet.train.runs",
+        "vggnet.data.distributed",
+        "vggnet.train.trainers",
+        "vggnet.batch.engine",
+        "vggnet.deploy.quantize",
+    )
+    assert not any("vggnet.train.finetune" in graph[name]["module"] for name in below)
 
 
 def test_the_import_graph_scanner_sees_cycles_and_hidden_imports(tmp_path):

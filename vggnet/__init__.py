@@ -5,7 +5,12 @@ model = vggnet.vgg16(weights="DEFAULT").eval()
 preprocess = vggnet.VGG16_Weights.DEFAULT.transforms()
 """
 
-from .builders import (
+from vggnet.data.transforms import ImageClassification, TrainClassification, create_transform
+from vggnet.deploy.inference import fold_batchnorm, optimize_for_inference
+from vggnet.hub._cache import ChecksumError, cache_dir
+from vggnet.hub._download import DownloadError
+from vggnet.hub._fetching import fetch, load_state_dict_from_url
+from vggnet.models.builders import (
     get_model,
     get_model_weights,
     list_models,
@@ -18,20 +23,11 @@ from .builders import (
     vgg19,
     vgg19_bn,
 )
-from .cache import ChecksumError, cache_dir
-from .download import DownloadError
-from .explain import Explanation, explain
-from .feature_maps import FeatureMaps, feature_maps
-from .hub import fetch, load_state_dict_from_url
-from .inference import fold_batchnorm, optimize_for_inference
-from .losses import PerceptualLoss
-from .lpips import LPIPS
-from .model import VGG, TapInfo, adapt_input_conv, make_layers
-from .receptive import ReceptiveField, receptive_fields
-from .summary import summarize
-from .taps import layer_names, module_names
-from .transforms import ImageClassification, TrainClassification, create_transform
-from .weights import (
+from vggnet.models.receptive import ReceptiveField, receptive_fields
+from vggnet.models.summary import summarize
+from vggnet.models.taps import layer_names, module_names
+from vggnet.models.vgg import VGG, TapInfo, adapt_input_conv, make_layers
+from vggnet.models.weights import (
     VGG11_BN_Weights,
     VGG11_Weights,
     VGG13_BN_Weights,
@@ -44,6 +40,10 @@ from .weights import (
     WeightsEnum,
     get_weight,
 )
+from vggnet.seeing.explain import Explanation, explain
+from vggnet.seeing.feature_maps import FeatureMaps, feature_maps
+from vggnet.seeing.losses import PerceptualLoss
+from vggnet.seeing.lpips import LPIPS
 
 __version__ = "0.1.0"
 

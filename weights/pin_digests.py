@@ -8,7 +8,7 @@ A maintainer tool: seven of the nine official records only know the 8-hex prefix
     python weights/pin_digests.py --only vgg16 vgg19_bn --json pinned.json
     python weights/pin_digests.py --base http://mirror.example/models/ --dir /tmp/vgg
 
-Files go through `vggnet.hub.fetch` (streamed, prefix-checked while downloading, resumable), into
+Files go through `vggnet.hub._fetching.fetch` (streamed, prefix-checked while downloading, resumable), into
 --dir (default: the vggnet cache, so the download is not wasted). Each file is then hashed again
 here, independently of the hub's stamp. The exit status is 1 if any file failed or disagreed
 with its record.
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vggnet import hub
-from vggnet.weights import OFFICIAL_BASE, WEIGHTS_ENUMS, Weights
+from vggnet.hub import _fetching as hub
+from vggnet.models.weights import OFFICIAL_BASE, WEIGHTS_ENUMS, Weights
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from .. import __version__
-from ..loading import BadCheckpointError
-from ..sources import WeightsFileNotFound
-from . import artifacts, checkpoints, costs, images, perception, training
-from .args import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SubParsers, UsageError
-from .output import PROG, error
+from vggnet import __version__
+from vggnet.cli import artifacts, checkpoints, costs, images, perception, training
+from vggnet.cli.args import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SubParsers, UsageError
+from vggnet.cli.output import PROG, error
+from vggnet.hub._loading import BadCheckpointError
+from vggnet.models.sources import WeightsFileNotFound
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
 

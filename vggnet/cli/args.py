@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import Loaded, load
-from ..checks import available_devices, check_device
-from ..config import MAX_SIZE, MIN_SIZE, check_arch
-from ..sources import SOURCE_RULES, ArchMismatch
+from vggnet.checks import available_devices, check_device
+from vggnet.models.checkpoint import Loaded, load
+from vggnet.models.config import MAX_SIZE, MIN_SIZE, check_arch
+from vggnet.models.sources import SOURCE_RULES, ArchMismatch
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from ..builders import list_models
-from ..checkpoint import load
-from ..convert import convert
-from ..export import EXPORT_FORMATS, check_export, example_images, export, with_preset
-from ..formats import WRITE_SUFFIXES, file_sha256
-from ..sources import SOURCE_RULES
-from .args import EXIT_OK, SubParsers, UsageError, add_command, add_weights, model_arg, positive, side_arg
-from .output import print_json
+from vggnet.cli.args import EXIT_OK, SubParsers, UsageError, add_command, add_weights, model_arg, positive, side_arg
+from vggnet.cli.output import print_json
+from vggnet.deploy.convert import convert
+from vggnet.deploy.export import EXPORT_FORMATS, check_export, example_images, export, with_preset
+from vggnet.hub._formats import WRITE_SUFFIXES, file_sha256
+from vggnet.models.builders import list_models
+from vggnet.models.checkpoint import load
+from vggnet.models.sources import SOURCE_RULES
 
 # --- convert ---------------------------------------------------------------------------------------
 

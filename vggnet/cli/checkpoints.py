@@ -11,13 +11,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .. import weights
-from ..cache import ChecksumError, cache_dir, verify_file
-from ..cache_admin import CachedFile, cached_files, remove_cached
-from ..hub import add_to_mirror, fetch
-from ..weights import WeightsEnum
-from .args import EXIT_FAILURE, EXIT_OK, SubParsers, UsageError, add_command
-from .output import PROG, error, mib, print_json, table
+from vggnet.cli.args import EXIT_FAILURE, EXIT_OK, SubParsers, UsageError, add_command
+from vggnet.cli.output import PROG, error, mib, print_json, table
+from vggnet.hub._admin import CachedFile, cached_files, remove_cached
+from vggnet.hub._cache import ChecksumError, cache_dir, verify_file
+from vggnet.hub._fetching import add_to_mirror, fetch
+from vggnet.models import weights as weights
+from vggnet.models.weights import WeightsEnum
 
 # --- the records, by name and by file ---------------------------------------------------------------
 # WEIGHTS_ENUMS is read at call time, so that tests can stand in their own records.

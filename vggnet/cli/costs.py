@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .. import bench
-from ..builders import list_models
-from ..summary import format_summary, plot_summary, summarize
-from .args import EXIT_OK, SubParsers, add_command, bounded_size_arg, model_arg, positive, size_arg
-from .output import print_json
+from vggnet.cli.args import EXIT_OK, SubParsers, add_command, bounded_size_arg, model_arg, positive, size_arg
+from vggnet.cli.output import print_json
+from vggnet.deploy import bench as bench
+from vggnet.models.builders import list_models
+from vggnet.models.summary import format_summary, plot_summary, summarize
 
 # --- summary --------------------------------------------------------------------------------------
 

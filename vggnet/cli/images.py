@@ -7,15 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..batch import FORMATS, Session
-from ..checkpoint import Loaded
-from ..embed import EmbedSummary, embed_images
-from ..evaluate import Evaluation, evaluate, plot_confusion
-from ..images import list_images
-from ..predict import PredictSummary, iter_predictions, predict_images
-from ..sources import SOURCE_RULES
-from ..transforms import ImageClassification
-from .args import (
+from vggnet.batch.embed import EmbedSummary, embed_images
+from vggnet.batch.engine import FORMATS, Session
+from vggnet.batch.evaluate import Evaluation, evaluate, plot_confusion
+from vggnet.batch.predict import PredictSummary, iter_predictions, predict_images
+from vggnet.cli.args import (
     EXIT_FAILURE,
     EXIT_OK,
     SubParsers,
@@ -32,7 +28,11 @@ from .args import (
     side_arg,
     world,
 )
-from .output import print_json, print_predictions
+from vggnet.cli.output import print_json, print_predictions
+from vggnet.data.images import list_images
+from vggnet.data.transforms import ImageClassification
+from vggnet.models.checkpoint import Loaded
+from vggnet.models.sources import SOURCE_RULES
 
 # --- what the three share --------------------------------------------------------------------------
 
@@ -229,7 +229,7 @@ def add_embed(sub: SubParsers) -> None:
         "features-NNNNNN.npy shards of float32 rows and index.jsonl, one line per image with its shard and "
         "row (or its error). --pool averages a feature map over its height and width, --normalize scales "
         "each row to unit L2 norm. --resume skips the images the index holds; under torchrun each process "
-        f"embeds its share. Read it back with vggnet.embed.read_embeddings(DIR). --weights is {SOURCE_RULES}.",
+        f"embeds its share. Read it back with vggnet.batch.embed.read_embeddings(DIR). --weights is {SOURCE_RULES}.",
     )
     _add_image_sources(p, "DATA")
     p.add_argument("--layer", default="fc7", metavar="NAME", help="the tap: fc7 (default), fc6, pool5, relu5_3, ...")

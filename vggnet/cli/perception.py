@@ -9,14 +9,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import Loaded
-from ..decode import load_image, pil_to_tensor
-from ..explain import METHODS, explain
-from ..feature_maps import feature_maps
-from ..lpips import LPIPS
-from ..pictures import label, overlay
-from ..transforms import ImageClassification
-from .args import (
+from vggnet.cli.args import (
     EXIT_OK,
     WEIGHTS_HELP,
     SubParsers,
@@ -30,7 +23,14 @@ from .args import (
     run_device,
     size_arg,
 )
-from .output import print_json, print_predictions, table
+from vggnet.cli.output import print_json, print_predictions, table
+from vggnet.data.decode import load_image, pil_to_tensor
+from vggnet.data.transforms import ImageClassification
+from vggnet.models.checkpoint import Loaded
+from vggnet.seeing.explain import METHODS, explain
+from vggnet.seeing.feature_maps import feature_maps
+from vggnet.seeing.lpips import LPIPS
+from vggnet.seeing.pictures import label, overlay
 
 # --- lpips -----------------------------------------------------------------------------------------
 

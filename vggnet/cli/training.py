@@ -6,8 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..finetune import AUGMENTS, HEADS, MODES, finetune
-from .args import (
+from vggnet.cli.args import (
     EXIT_OK,
     WEIGHTS_HELP,
     SubParsers,
@@ -18,6 +17,7 @@ from .args import (
     positive,
     side_arg,
 )
+from vggnet.train.finetune import AUGMENTS, HEADS, MODES, finetune
 
 # FinetuneConfig's fields that are `vggnet finetune` options of the same name (a test keeps them in step;
 # `data` is the positional DATA, `progress` is the global --quiet, `on_epoch` is Python's: the CLI prints)
@@ -36,7 +36,7 @@ def add_finetune(sub: SubParsers) -> None:
         description="Fine-tune on an ImageFolder layout: DATA/train/<class>/*.jpg|png and DATA/val/<class>/. "
         "--mode linear freezes the backbone, computes the fc7 features once and trains fc8 on them; --mode full "
         "trains every layer with augmentation. Writes OUT/best.pth (the best validation accuracy), which "
-        "`vggnet predict --weights OUT/best.pth` and vggnet.finetune.load_finetuned read back. Under torchrun "
+        "`vggnet predict --weights OUT/best.pth` and vggnet.train.finetune.load_finetuned read back. Under torchrun "
         "it runs data-parallel (DDP), --batch-size per process.",
     )
     p.add_argument("data", type=Path, metavar="DATA", help="folder holding train/ and val/")
@@ -87,7 +87,7 @@ def add_finetune(sub: SubParsers) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     if not args.quiet:  # the per-epoch figures are logged at INFO
-        logging.getLogger("vggnet.finetune").setLevel(logging.INFO)
+        logging.getLogger("vggnet.train.finetune").setLevel(logging.INFO)
     recipe = {name: getattr(args, name) for name in FINETUNE_OPTIONS}
     if args.crop_scale is not None:
         recipe["crop_scale"] = tuple(args.crop_scale)

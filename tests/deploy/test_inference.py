@@ -1,0 +1,436 @@
+"""fold_batchnorm and optimize_for_inference: same outputs as eager, every model, any size >= 32; refusals."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import vggnet
+from tests.conftest import arch_matrix, randomize_batchnorm
+from tests.reference import ARCHS, LAYOUT
+from vggnet.deploy import inference as inference
+from vggnet.deploy.inference import (
+    CUDA_GRAPH_MAX_BATCH,
+    InferenceVGG,
+    _onednn_head,
+    fold_batchnorm,
+    optimize_for_inference,
+)
+
+BN_ARCHS = [a for a in ARCHS if a.endswith("_bn")]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def seeded_model(arch: str, seed: int = 0) -> vggnet.VGG:
+    """Random weights, and for _bn models non-trivial running statistics and affine parameters."""
+    torch.manual_seed(seed)
+    model = vggnet.get_model(arch, num_classes=10)
+    return randomize_batchnorm(model, mean=0.5, var=(0.5, 2.0), affine=True).eval()
+
+
+def assert_close_fp32(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def assert_close_low_precision(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """bf16 keeps 8 bits of mantissa: allow 5% of the logits' range, and demand the same direction."""
+    assert out.shape == ref.shape
+    scale = ref.abs().max().item()
+    assert (out.float() - ref).abs().max().item() <= 0.05 * scale
+    assert nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.999
+
+
+# --- fold_batchnorm ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", arch_matrix(BN_ARCHS))
+@pytest.mark.slow
+def test_fold_batchnorm_gives_the_same_outputs_and_keeps_the_conv_keys(arch):
+    model = seeded_model(arch)
+    before = copy.deepcopy(model.state_dict())
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        assert_close_fp32(folded(x), model(x))
+    # the BatchNorms are gone, replaced in place, so every conv keeps its index and key
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    length, convs, _ = LAYOUT[arch]
+    assert len(folded.features) == length
+    assert [i for i, m in enumerate(folded.features) if isinstance(m, nn.Conv2d)] == convs
+    assert all(isinstance(folded.features[i + 1], nn.Identity) for i in convs)
+    keys = set(folded.state_dict())
+    assert keys == {k for k in before if not any(k.startswith(f"features.{i + 1}.") for i in convs)}
+    # the original is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.slow
+def test_fold_batchnorm_uses_the_running_statistics_whatever_the_mode():
+    model = seeded_model("vgg11_bn").train()
+    folded = fold_batchnorm(model)
+    assert not folded.training and model.training
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        assert_close_fp32(folded(x), model.eval()(x))
+
+
+@pytest.mark.slow
+def test_fold_batchnorm_of_a_plain_model_is_an_independent_eval_copy():
+    model = seeded_model("vgg11").train()
+    folded = fold_batchnorm(model)
+    assert folded is not model and not folded.training
+    assert list(folded.state_dict()) == list(model.state_dict())
+    assert folded.features[0].weight.data_ptr() != model.features[0].weight.data_ptr()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(folded(x), model.eval()(x))
+
+
+@pytest.mark.slow
+def test_fold_batchnorm_without_conv_bias_and_without_affine():
+    layers = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, affine=False), nn.ReLU())
+    model = vggnet.VGG(
+        nn.Sequential(*layers, *vggnet.make_layers([512, "M", "M", "M", "M", "M"], in_channels=8)), init_weights=False
+    )
+    with torch.no_grad():
+        model.features[1].running_mean.uniform_(-1, 1)
+        model.features[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert folded.features[0].bias is not None
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close_fp32(folded(x), model(x))
+
+
+@pytest.mark.slow
+def test_fold_batchnorm_refuses_what_it_cannot_fold():
+    no_stats = vggnet.VGG(nn.Sequential(nn.Conv2d(3, 512, 3), nn.BatchNorm2d(512, track_running_stats=False)))
+    with pytest.raises(ValueError, match="without running statistics"):
+        fold_batchnorm(no_stats)
+    orphan = vggnet.VGG(nn.Sequential(nn.Conv2d(3, 512, 3), nn.ReLU(), nn.BatchNorm2d(512)))
+    with pytest.raises(ValueError, match="must follow a Conv2d, it follows ReLU"):
+        fold_batchnorm(orphan)
+
+
+# --- optimize_for_inference -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", arch_matrix(ARCHS))
+@pytest.mark.slow
+def test_optimized_matches_eager_in_fp32_and_bf16(arch):
+    model = seeded_model(arch)
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize_for_inference(model)
+    assert fast.dtype == torch.float32 and fast.device.type == "cpu" and not fast.compiled
+    assert_close_fp32(fast(x), ref)
+    half = optimize_for_inference(model, dtype=torch.bfloat16)
+    out = half(x)
+    assert out.dtype == torch.float32  # the logits come back in the input's dtype
+    assert_close_low_precision(out, ref)
+
+
+@pytest.mark.slow
+def test_optimized_is_folded_channels_last_frozen_and_leaves_the_model_alone():
+    model = seeded_model("vgg11_bn").train()
+    fast = optimize_for_inference(model)
+    assert isinstance(fast, InferenceVGG) and isinstance(fast, nn.Module)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert all(not p.requires_grad for p in fast.parameters())
+    assert fast.net.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.net.training
+    # the caller's model keeps its mode, BatchNorms, gradients and layout
+    assert model.training and isinstance(model.features[1], nn.BatchNorm2d)
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.features[0].weight.is_contiguous()
+    out = fast(torch.randn(1, 3, 32, 32))
+    assert not out.requires_grad
+    assert fast.eval() is fast
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fast.train()
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(32, 32), (33, 47), (63, 64), (97, 161), (224, 224), (255, 97), (300, 230)]
+)
+@pytest.mark.slow
+def test_optimized_matches_eager_at_any_size_from_32(height, width):
+    model = seeded_model("vgg11_bn")
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 3, height, width)
+    with torch.no_grad():
+        assert_close_fp32(fast(x), model(x))
+
+
+@pytest.mark.slow
+def test_the_adaptive_pool_runs_only_when_the_map_is_not_already_7x7():
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model)
+    calls = []
+    fast.net.avgpool.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        for size, pooled in [(224, False), (230, False), (256, True), (64, True), (225, False)]:
+            calls.clear()
+            x = torch.randn(1, 3, size, size)
+            assert_close_fp32(fast(x), model(x))
+            assert bool(calls) is pooled, size  # 224..255 px -> a 7x7 map after pool5
+
+
+@pytest.mark.slow
+def test_a_replaced_pool_is_always_run():
+    model = seeded_model("vgg11")
+    model.avgpool = nn.Sequential(nn.AdaptiveAvgPool2d(7), nn.Hardtanh(-0.01, 0.01))
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert_close_fp32(fast(x), model(x))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.slow
+def test_the_onednn_classifier_matches_the_plain_one_and_runs_at_any_batch(batch, monkeypatch):
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model)
+    assert fast._onednn_classifier
+    assert not optimize_for_inference(model, dtype=torch.bfloat16)._onednn_classifier  # F.linear is oneDNN there
+    x = torch.randn(batch, 25088)
+    with torch.no_grad():
+        expected = model.classifier(x)
+    got = _onednn_head(fast.net.classifier, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    seen = []
+
+    def spy(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return _onednn_head(classifier, x)
+
+    monkeypatch.setattr(inference, "_onednn_head", spy)
+    fast(torch.randn(batch, 3, 32, 32))
+    assert seen == [batch]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+@pytest.mark.slow
+def test_on_cpu_each_convolution_runs_with_its_relu_fused(arch):
+    fast = optimize_for_inference(seeded_model(arch))
+    assert fast._steps is not None
+    fused = [m for m, relu_fused in fast._steps if relu_fused]
+    assert len(fused) == 13 and all(isinstance(m, nn.Conv2d) for m in fused)
+    assert [type(m) for m, relu_fused in fast._steps if not relu_fused] == [nn.MaxPool2d] * 5
+    assert optimize_for_inference(seeded_model(arch), compile=True)._steps is None  # inductor fuses itself
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.slow
+def test_dtypes_onednn_does_not_compute_here_run_on_torchs_kernels(dtype):
+    model = seeded_model("vgg11_bn")
+    fast = optimize_for_inference(model, dtype=dtype)
+    mkldnn_fp16 = torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    assert (fast._steps is not None) == (dtype == torch.float16 and mkldnn_fp16)
+    x = torch.randn(2, 3, 32, 40)
+    with torch.no_grad():
+        ref = model(x)
+    out = fast(x)
+    assert out.dtype == torch.float32
+    if dtype == torch.float64:
+        assert_close_fp32(out, ref)
+    else:
+        assert_close_low_precision(out, ref)
+
+
+def test_onednn_computes_float32_always_and_float64_never():
+    assert inference.onednn_computes(torch.float32)
+    assert not inference.onednn_computes(torch.float64)
+    assert inference.onednn_computes(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.slow
+def test_the_input_is_copied_asynchronously_only_towards_a_gpu(monkeypatch):
+    # A GPU-to-CPU copy with non_blocking=True may not have landed when the CPU kernels read it.
+    fast = optimize_for_inference(seeded_model("vgg11"))
+    calls = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking"))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    fast(torch.randn(1, 3, 32, 32))
+    assert calls and calls[0] is False
+
+
+@pytest.mark.slow
+def test_bf16_on_a_cpu_without_onednn_bf16_runs_unfused(tmp_path):
+    # oneDNN limited to AVX2 (the instruction set of CPUs without AVX-512) refuses bf16 convolutions:
+    # the fused path must not be taken there, and the model must still run.
+    script = (
+        "import torch, vggnet\n"
+        "assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()\n"
+        "torch.manual_seed(0)\n"
+        "model = vggnet.vgg11(num_classes=10).eval()\n"
+        "fast = vggnet.optimize_for_inference(model, dtype=torch.bfloat16)\n"
+        "assert fast._steps is None\n"
+        "x = torch.randn(1, 3, 32, 32)\n"
+        "out, ref = fast(x), model(x).detach()\n"
+        "assert (out - ref).abs().max() <= 0.05 * ref.abs().max(), (out, ref)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_convolutions_that_cannot_take_their_relu_run_as_they_are():
+    model = seeded_model("vgg11")
+    model.features[1] = nn.Tanh()  # conv1 no longer followed by a ReLU
+    model.features[3].padding_mode = "reflect"  # conv2 pads with something oneDNN does not
+    fast = optimize_for_inference(model)
+    assert fast._steps is not None
+    assert [relu_fused for m, relu_fused in fast._steps if isinstance(m, nn.Conv2d)] == [False, False] + [True] * 6
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        assert_close_fp32(fast(x), model(x))
+
+
+@pytest.mark.slow
+def test_input_is_converted_and_the_output_keeps_its_dtype():
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model)
+    x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
+    out = fast(x)
+    assert out.dtype == torch.float64
+    with torch.no_grad():
+        assert_close_fp32(out.float(), model(x.float()))
+    # a non-contiguous and a channels_last input give the same answer
+    y = torch.randn(2, 40, 36, 3).permute(0, 3, 1, 2)
+    assert torch.allclose(fast(y), fast(y.contiguous()), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((3, 64, 64), torch.float32, "4-D batch"),
+        ((1, 1, 64, 64), torch.float32, "3 input channels, got 1"),
+        ((1, 3, 31, 64), torch.float32, "at least 32x32"),
+        ((1, 3, 64, 64), torch.uint8, "floating-point images, got dtype torch.uint8"),
+    ],
+)
+@pytest.mark.slow
+def test_optimized_refuses_bad_input_clearly(shape, dtype, message):
+    fast = optimize_for_inference(seeded_model("vgg11"))
+    with pytest.raises(ValueError, match=message):
+        fast(torch.zeros(shape, dtype=dtype))
+
+
+def test_optimize_for_inference_refuses_bad_arguments():
+    model = seeded_model("vgg11")
+    with pytest.raises(TypeError, match="expects a vggnet VGG"):
+        optimize_for_inference(nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        optimize_for_inference(model, batch_size=0)
+    with pytest.raises(ValueError, match="floating-point dtype"):
+        optimize_for_inference(model, dtype=torch.int8)
+    with torch.device("meta"):
+        meta = vggnet.vgg11()
+    for device in (None, "cpu"):  # a meta model has no values to move anywhere
+        with pytest.raises(ValueError, match=r"meta device.*weights="):
+            optimize_for_inference(meta, device=device)
+    with pytest.raises(ValueError, match="device='meta' holds no values"):
+        optimize_for_inference(model, device="meta")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+@pytest.mark.slow
+def test_asking_for_cuda_without_it_says_so():
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        optimize_for_inference(seeded_model("vgg11"), device="cuda")
+
+
+@pytest.mark.slow
+def test_cuda_graphs_are_only_planned_for_cuda():
+    # On CPU a small fixed batch never turns CUDA graphs on, compiled or not.
+    fast = optimize_for_inference(seeded_model("vgg11"), batch_size=1, compile=False)
+    assert not fast.cuda_graphs and not fast.compiled
+    assert CUDA_GRAPH_MAX_BATCH >= 1
+
+
+@pytest.mark.slow
+def test_compiled_on_cpu_matches_eager():
+    model = seeded_model("vgg11_bn")
+    fast = optimize_for_inference(model, compile=True, batch_size=2)
+    assert fast.compiled and not fast.cuda_graphs
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        ref = model(x)
+    assert_close_fp32(fast(x), ref)
+    assert_close_fp32(fast(x), ref)  # and again, from the compiled code
+    with torch.no_grad():  # batch 1 compiles again (a static batch was asked for) and takes the same head
+        assert_close_fp32(fast(x[:1]), model(x[:1]))
+    with pytest.raises(ValueError, match="at least 32x32"):
+        fast(torch.zeros(2, 3, 16, 48))
+
+
+# --- CUDA ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("arch", ["vgg11", "vgg16_bn"])
+def test_cuda_default_is_bf16_channels_last_and_matches_eager(arch, monkeypatch):
+    model = seeded_model(arch)
+    x = torch.randn(4, 3, 96, 128)
+    with torch.no_grad():
+        ref = model(x)
+    fast = optimize_for_inference(model, device="cuda", compile=False)
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    assert fast.dtype == expected and fast.device.type == "cuda"
+    out = fast(x)  # a CPU input is moved to the GPU
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    assert_close_low_precision(out.cpu(), ref)
+    fp32 = optimize_for_inference(model, device="cuda", dtype=torch.float32, compile=False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.testing.assert_close(fp32(x).cpu(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@cuda
+def test_cuda_compiled_with_cuda_graphs_matches_eager_and_returns_fresh_tensors():
+    model = seeded_model("vgg11")
+    fast = optimize_for_inference(model, device="cuda", batch_size=1)
+    assert fast.compiled and fast.cuda_graphs
+    x1, x2 = torch.randn(1, 3, 224, 224), torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref1, ref2 = model(x1), model(x2)
+    outs = [fast(x1.cuda()) for _ in range(3)]  # warm-up, record, replay
+    last = fast(x2.cuda())
+    assert_close_low_precision(outs[-1].cpu(), ref1)  # not overwritten by the later replay
+    assert_close_low_precision(last.cpu(), ref2)
+    other = fast(torch.randn(3, 3, 64, 64, device="cuda"))  # another batch still works
+    assert other.shape == (3, 10)
+
+
+@pytest.mark.slow
+def test_a_folded_model_keeps_its_layer_names_and_can_be_put_back_in_train_mode():
+    torch.manual_seed(0)
+    model = vggnet.vgg11_bn().eval()
+    folded = fold_batchnorm(model)
+    assert folded.layer_names() == model.layer_names()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():  # the tap after a folded BatchNorm is the normalised map, as before folding
+        torch.testing.assert_close(folded.extract(x, ["bn3_1"])["bn3_1"], model.extract(x, ["bn3_1"])["bn3_1"])
+    folded.train()
+    assert folded.training

@@ -1,0 +1,68 @@
+"""`vggnet convert`: any weights source -> a state dict -> a file in the format its suffix names, verified.
+
+The source follows the loader's rules (`checkpoint.SOURCE_RULES`: a record name, a file, a URL, an
+hf-hub: name); it is fetched and verified as the loader would, then read without building a model,
+so a Keras `_notop` file converts to its `features` alone. The written file is read back and compared
+tensor by tensor (`formats.write_state_dict`), and its SHA-256 returned, ready to pin.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vggnet.hub._fetching import fetch
+from vggnet.hub._formats import Layout, from_timm, layout_of, read_state_dict, write_state_dict
+from vggnet.hub._huggingface import load_hf_hub
+from vggnet.models.sources import Source, WeightsSource, classify
+
+__all__ = ["Converted", "convert", "read_source"]
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What `convert` wrote: where, its SHA-256 and size, the layout and the number of tensors."""
+
+    source: str
+    path: Path
+    sha256: str
+    size: int
+    layout: Layout
+    tensors: int
+
+
+def read_source(
+    weights: WeightsSource, *, sha256: str | None = None, progress: bool = True
+) -> tuple[Source, dict[str, torch.Tensor]]:
+    """The verified state dict, in vggnet's layout, of any weights source but "random"."""
+    source = classify(weights)
+    if source.kind == "random":
+        raise ValueError("there is nothing to convert in random weights; name a record, a file, a URL or hf-hub: name")
+    if source.kind == "record":
+        if sha256 is not None:
+            raise ValueError("sha256 is for a checkpoint file or URL; a record carries its own digest")
+        assert source.record is not None
+        state = source.record.get_state_dict(progress=progress)
+        return source, from_timm(state) if layout_of(state) == "timm" else state
+    if source.kind == "hub":
+        return source, load_hf_hub(source.text, sha256=sha256)[1]
+    path = fetch(source.text, sha256=sha256, progress=progress)  # downloaded or checked in place, verified
+    return source, read_state_dict(path)
+
+
+def convert(
+    weights: WeightsSource,
+    dst: str | os.PathLike[str],
+    *,
+    layout: Layout = "vggnet",
+    sha256: str | None = None,
+    progress: bool = True,
+) -> Converted:
+    """Write the weights `weights` names to `dst` (.safetensors, or .pth/.pt/.bin for PyTorch's zip format)."""
+    source, state = read_source(weights, sha256=sha256, progress=progress)
+    digest = write_state_dict(state, dst, layout=layout, metadata={"source": source.label or source.text})
+    path = Path(dst)
+    return Converted(source.label or source.text, path, digest, path.stat().st_size, layout, len(state))

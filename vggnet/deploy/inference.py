@@ -1,0 +1,339 @@
+"""Inference-only VGG: BatchNorm folded into the convolutions, channels_last, the device's fast dtype, compiled.
+
+`fold_batchnorm` is exact algebra on eval-mode BatchNorm; `optimize_for_inference` stacks the
+changes that measurably pay (figures, method and machines: README.md, section "Speed", and
+benchmarks/README.md):
+
+- BatchNorm folded: one pass over each activation fewer, so vgg16_bn runs at vgg16's speed.
+- channels_last: oneDNN's and cuDNN's fast convolution kernels want NHWC.
+- on CPU (not compiled), each convolution runs with its ReLU fused in as one oneDNN call, and in
+  float32 fc6-fc8 run on oneDNN's linear with the ReLU fused in instead of the BLAS behind F.linear
+  (MKL) (benchmarks/bench_cpu_paths.py); only in dtypes this CPU's oneDNN computes (`onednn_computes`).
+- bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked (bf16 pays on CPUs
+  with AVX512_BF16).
+- torch.compile (on by default on CUDA, opt-in on CPU, where it gains little for VGG because the
+  convolutions are oneDNN calls either way): it fuses the ReLU and max-pool passes. With a small fixed
+  `batch_size` on CUDA it also records CUDA graphs (mode "reduce-overhead"), which removes the kernel
+  launch overhead that dominates batch 1.
+- the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from vggnet.checks import check_int
+from vggnet.models.config import POOLED_SIZE
+from vggnet.models.vgg import VGG
+
+__all__ = ["CUDA_GRAPH_MAX_BATCH", "InferenceVGG", "default_dtype", "fold_batchnorm", "optimize_for_inference"]
+
+logger = logging.getLogger(__name__)
+
+# With a fixed batch at or below this size, CUDA launch overhead outweighs the compute and CUDA graphs
+# pay (figures: benchmarks/README.md).
+CUDA_GRAPH_MAX_BATCH = 16
+
+DeviceArg = str | torch.device | None
+
+
+def fold_batchnorm(model: VGG) -> VGG:
+    """A copy of `model`, in eval mode, with every BatchNorm2d folded into the convolution before it.
+
+    `model` itself is not modified. Each folded BatchNorm is replaced by `nn.Identity`, so the
+    convolutions keep their `features.N` indices and state-dict keys while the BatchNorm keys go.
+    Folding uses the running statistics, which is what eval mode computes; the folded copy matches
+    `model.eval()` within float32 rounding (the arithmetic is done in float64). A model without
+    BatchNorm comes back as a plain eval-mode copy.
+    """
+    folded = copy.deepcopy(model).eval()
+    for seq in folded.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i, module in enumerate(seq):
+            if not isinstance(module, nn.BatchNorm2d):
+                continue
+            conv = seq[i - 1] if i > 0 else None
+            if not isinstance(conv, nn.Conv2d):
+                raise ValueError(
+                    f"cannot fold BatchNorm2d at position {i}: it must follow a Conv2d, "
+                    f"it follows {type(conv).__name__ if conv is not None else 'nothing'}"
+                )
+            _fold_into(conv, module)
+            seq[i] = nn.Identity()
+    return folded
+
+
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """conv <- bn(conv(x)) with bn's running statistics: w' = w * g / s, b' = (b - mean) * g / s + beta."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
+    with torch.no_grad():
+        w = conv.weight.double()
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
+        conv.weight.copy_(w * scale.reshape(-1, 1, 1, 1))  # (out, in, 3, 3) scaled per output channel
+        new_bias = bias * scale + shift
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        else:
+            conv.bias.copy_(new_bias)
+
+
+def onednn_computes(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN computes `dtype` itself: float32 always; bf16 and fp16 only where the CPU
+    has the instructions oneDNN needs for them (bf16: AVX-512 BW/VL/DQ or AVX-NE-CONVERT); never float64.
+
+    Elsewhere torch runs those dtypes on reference kernels, far slower than float32 (benchmarks/README.md).
+    """
+    mkldnn = torch.ops.mkldnn
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return hasattr(mkldnn, "_is_mkldnn_bf16_supported") and bool(mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return hasattr(mkldnn, "_is_mkldnn_fp16_supported") and bool(mkldnn._is_mkldnn_fp16_supported())
+    return False
+
+
+def _has_onednn(net: VGG) -> bool:
+    """True where `net` is on the CPU in a dtype this CPU's oneDNN computes, and torch has its fused ops."""
+    param = next(net.parameters())
+    return (
+        param.device.type == "cpu"
+        and onednn_computes(param.dtype)
+        and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    )
+
+
+def _onednn_head(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The eval-mode classifier with oneDNN's linear, each ReLU fused into the linear before it.
+
+    For float32 on CPU, where torch's F.linear goes through the BLAS (MKL), which is slower on fc6-fc8
+    (benchmarks/bench_cpu_paths.py).
+    """
+    modules = list(classifier.children()) if isinstance(classifier, nn.Sequential) else [classifier]
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        if isinstance(m, nn.Linear):
+            fuse = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
+            x = torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "relu" if fuse else "none", [], "")
+            i += 2 if fuse else 1
+            continue
+        if not isinstance(m, nn.Dropout):  # eval-mode dropout is the identity
+            x = m(x)
+        i += 1
+    return x
+
+
+# One step of the feature extractor: a module to call, or a convolution to run with its ReLU fused in.
+_Step = tuple[nn.Module, bool]
+
+
+def _fused_steps(features: nn.Module) -> list[_Step]:
+    """`features` as (module, relu_fused) steps: each zero-padded Conv2d takes the ReLU after it.
+
+    Identities (left by folded BatchNorm) are dropped; anything else is kept as it is, in order.
+    """
+    children = features.children() if isinstance(features, nn.Sequential) else [features]
+    modules = [m for m in children if not isinstance(m, nn.Identity)]
+    steps: list[_Step] = []
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        fusable = isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+        if fusable and i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU):
+            steps.append((m, True))
+            i += 2
+        else:
+            steps.append((m, False))
+            i += 1
+    return steps
+
+
+def _run_steps(steps: list[_Step], x: torch.Tensor) -> torch.Tensor:
+    """The feature extractor, with each fused step one oneDNN convolution+ReLU call."""
+    for m, relu_fused in steps:
+        if relu_fused:
+            assert isinstance(m, nn.Conv2d)
+            x = torch.ops.mkldnn._convolution_pointwise(
+                x, m.weight, m.bias, m.padding, m.stride, m.dilation, m.groups, "relu", [], ""
+            )
+        else:
+            x = m(x)
+    return x
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA GPUs with bf16 (Ampere and later), fp16 on older ones, float32 elsewhere."""
+    if device.type == "cuda":
+        # including_emulation=False: pre-Ampere GPUs "support" bf16 only by emulating it, slowly.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.float32
+
+
+class InferenceVGG(nn.Module):
+    """A prepared VGG for inference only: validates and converts its input, runs without autograd.
+
+    The input may be any floating dtype on any device: it is moved to the module's device, dtype and
+    channels_last layout; the logits come back in the input's dtype, on the module's device.
+    `net` is the folded, converted VGG (its state dict keeps the `features.N` and `classifier.N` keys).
+    """
+
+    def __init__(
+        self, net: VGG, *, compile: bool = False, cuda_graphs: bool = False, static_shapes: bool = False
+    ) -> None:
+        super().__init__()
+        self.net = net
+        pool = net.avgpool
+        # The pool is an identity only when it is the stock 7x7 adaptive average pool.
+        self._pool_is_7x7 = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (
+            POOLED_SIZE,
+            (POOLED_SIZE, POOLED_SIZE),
+        )
+        self.compiled = compile
+        self.cuda_graphs = cuda_graphs
+        # Compiled on CPU, inductor's freezing turns the weights into constants, which its oneDNN
+        # lowering needs for the linear layers (and prepacks them, which pays at batch 8, at the cost
+        # of a packed copy of the classifier's weights). On CUDA freezing gained nothing.
+        self._freezing = compile and self.device.type == "cpu"
+        onednn = _has_onednn(net)
+        # Compiled, inductor fuses the ReLUs itself; bf16's F.linear is already oneDNN's.
+        self._onednn_classifier = onednn and self.dtype == torch.float32 and (self._freezing or not compile)
+        self._steps = _fused_steps(net.features) if onednn and not compile else None
+        self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
+        if compile:
+            # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
+            mode = "reduce-overhead" if cuda_graphs else None
+            self._run = torch.compile(self._logits, mode=mode, dynamic=False if static_shapes else None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.net.features(x) if self._steps is None else _run_steps(self._steps, x)  # (N, 512, H/32, W/32)
+        if not (self._pool_is_7x7 and x.shape[-2:] == (POOLED_SIZE, POOLED_SIZE)):
+            x = self.net.avgpool(x)
+        x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
+        if self._onednn_classifier:
+            return _onednn_head(self.net.classifier, x)
+        out: torch.Tensor = self.net.classifier(x)
+        return out
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """VGG.check_input, and a floating dtype (normalised images, not raw uint8 pixels)."""
+        self.net.check_input(x)
+        if not x.is_floating_point():
+            raise ValueError(
+                f"VGG expects normalised floating-point images, got dtype {x.dtype}; "
+                "convert with the weights' transforms() (e.g. vggnet.VGG16_Weights.DEFAULT.transforms())"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        out_dtype = x.dtype
+        # Asynchronous only towards a GPU: a GPU-to-CPU copy must have landed before CPU kernels read it.
+        non_blocking = self.device.type == "cuda"
+        x = x.to(self.device, self.dtype, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._compile_config():
+            out = self._run(x)
+        # A CUDA graph's output lives in a static buffer that the next replay overwrites.
+        return out.to(out_dtype, copy=self.cuda_graphs)
+
+    def _compile_config(self) -> contextlib.AbstractContextManager[object]:
+        """Inductor settings for a call that may compile (torch.compile's `options` drop `freezing`)."""
+        if not self._freezing:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+
+        patch: contextlib.AbstractContextManager[object] = inductor_config.patch(freezing=True)
+        return patch
+
+    def train(self, mode: bool = True) -> InferenceVGG:
+        """Only `train(False)`/`eval()`: BatchNorm is folded and dropout gone, so there is no training mode."""
+        if mode:
+            raise RuntimeError(
+                "an optimize_for_inference module is inference-only: train the VGG itself, then optimize it again"
+            )
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"device={self.device}, dtype={self.dtype}, compiled={self.compiled}, cuda_graphs={self.cuda_graphs}"
+
+
+def optimize_for_inference(
+    model: VGG,
+    *,
+    device: DeviceArg = None,
+    dtype: torch.dtype | None = None,
+    batch_size: int | None = None,
+    compile: bool | None = None,
+) -> InferenceVGG:
+    """An inference-only copy of `model` that runs as fast as this machine allows; `model` is untouched.
+
+    - `device`: where to run (default: where `model`'s parameters are).
+    - `dtype`: default bf16 on CUDA GPUs that have it, fp16 on older GPUs, float32 on CPU.
+    - `batch_size`: the batch you will feed, if fixed. On CUDA with compile and a batch up to
+      `CUDA_GRAPH_MAX_BATCH`, the forward is recorded as CUDA graphs. Other batch sizes still work.
+    - `compile`: torch.compile the forward (default: on for CUDA, off for CPU). The first call of each
+      new input shape compiles (tens of seconds); later calls are fast. All optimized models share one
+      compiled function, and torch.compile keeps at most 8 versions of it per process (dynamo's
+      `recompile_limit`); past that the forward runs uncompiled (torch logs a warning). Many models or
+      shapes in one process: call `torch.compiler.reset()` between them, or raise the limit.
+
+    Any input of at least 32x32 pixels works; bad input is refused like `VGG` refuses it. The
+    process-wide `torch.backends.cudnn.benchmark` is left to the caller: turn it on for fixed sizes.
+    """
+    if not isinstance(model, VGG):
+        raise TypeError(f"optimize_for_inference expects a vggnet VGG, got {type(model).__name__}")
+    if batch_size is not None:
+        check_int("batch_size", batch_size)
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(
+            "the model's parameters are on the meta device (no values to optimize): build it with weights, "
+            "e.g. vggnet.vgg16(weights='DEFAULT'), or load a state dict into it with load_state_dict(..., assign=True)"
+        )
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    if target.type == "meta":
+        raise ValueError("device='meta' holds no values to compute with; use device='cpu' or 'cuda'")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {target} asked for, but CUDA is not available; use device='cpu'")
+    dtype = dtype if dtype is not None else default_dtype(target)
+    if dtype in (torch.int8, torch.qint8, torch.quint8):
+        # int8 needs calibration images and an accuracy check: vggnet/quantize.py (issue 16).
+        raise ValueError(
+            f"dtype must be a floating-point dtype here, got {dtype}; int8 needs calibration images: use "
+            "vggnet.deploy.quantize.quantize(model, calibration), which calibrates, compares with float32 and falls "
+            "back to float32 where oneDNN has no int8 kernels"
+        )
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    compile = compile if compile is not None else target.type == "cuda"
+    cuda_graphs = compile and target.type == "cuda" and batch_size is not None and batch_size <= CUDA_GRAPH_MAX_BATCH
+
+    net = fold_batchnorm(model)
+    net.requires_grad_(False)
+    net.to(device=target, dtype=dtype).to(memory_format=torch.channels_last)
+    logger.debug(
+        "optimize_for_inference: device=%s dtype=%s compile=%s cuda_graphs=%s", target, dtype, compile, cuda_graphs
+    )
+    return InferenceVGG(net, compile=compile, cuda_graphs=cuda_graphs, static_shapes=batch_size is not None)

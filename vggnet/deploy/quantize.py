@@ -1,0 +1,433 @@
+"""Static int8 on CPUs: calibrated, checked against float32, compiled; float32 where the CPU has no int8 dot products.
+
+`vggnet.deploy.quantize.quantize(model, calibration)` runs PyTorch's PT2E flow with torchao's x86 Inductor quantizer
+(`pip install "vggnet[int8]"`):
+
+    torch.export -> prepare_pt2e(X86InductorQuantizer) -> calibrate -> convert_pt2e -> torch.compile (freezing)
+
+Every convolution and fully connected layer becomes oneDNN's int8 kernel: weights int8 per output
+channel (symmetric), activations uint8 per tensor with ranges observed on the calibration images
+(histogram observer). Inductor's `freezing` is what makes it fast: it turns the int8 weights into
+constants and prepacks them for oneDNN; without it the same graph ran slower than float32 (issue 16).
+
+The int8 kernels are fastest on CPUs with int8 dot-product instructions (AMX, AVX-512 VNNI,
+AVX-VNNI: `int8_instructions`). On AVX2 without them oneDNN multiplies through 16-bit intermediate
+sums, which can saturate, so activations get 7 bits there (torchao's `reduce_range`); measured on a shared
+2-core AVX2 EPYC, it still ran vgg16 at batch 1 1.8x faster than the float32 optimized path
+(benchmarks/README.md), so it is used there too. Where oneDNN has no int8 kernels worth running (not
+an x86 CPU, or no AVX2), `quantize` returns the float32 `optimize_for_inference` model, with the
+reason in `fallback_reason` and a logged warning; `fallback=False` raises instead.
+
+The result carries a `QuantizeReport`: top-1 agreement and logit cosine with the float32 model,
+accuracy of both when the evaluation images have labels, calibration size, time to quantize and to
+compile. All of it runs again in every process: Inductor's FX graph cache skips the frozen int8
+graph (its prepacked oneDNN weights do not pickle: "mkldnn tensors unpickleable", torch 2.14); only
+its on-disk cache of compiled C++ kernels carries over, which shortens a later process's compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vggnet.checks import check_int
+from vggnet.data.decode import load_image
+from vggnet.data.images import IMAGE_SUFFIXES, ImageFolder
+from vggnet.data.transforms import ImageClassification
+from vggnet.deploy.inference import optimize_for_inference
+from vggnet.models.config import MIN_SIZE
+from vggnet.models.vgg import VGG, check_images
+
+__all__ = ["INT8_INSTRUCTIONS", "Calibration", "Int8VGG", "QuantizeReport", "int8_instructions", "quantize"]
+
+logger = logging.getLogger(__name__)
+
+# torch.cpu.get_capabilities() names of what oneDNN's int8 kernels run on, fastest first; all but
+# avx2 have int8 dot products.
+INT8_INSTRUCTIONS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
+_X86 = ("x86_64", "amd64", "i386", "i686")
+# oneDNN's ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps -> the fastest of INT8_INSTRUCTIONS each allows
+# (None: no int8 kernels worth running); the AMX caps, "all" and values not listed here cap nothing.
+_ISA_CAPS: dict[str, str | None] = {
+    "sse41": None, "avx": None, "avx2": "avx2", "avx512_core": "avx2",
+    "avx2_vnni": "avx_vnni", "avx2_vnni_2": "avx_vnni",
+    "avx512_core_vnni": "avx512_vnni", "avx512_core_bf16": "avx512_vnni", "avx512_core_fp16": "avx512_vnni",
+    "avx10_1_512": "avx512_vnni",
+}  # fmt: skip
+
+# Images: an (N, C, H, W) tensor; batches: tensors or (images, labels) pairs (a DataLoader); or a folder.
+Calibration = (
+    torch.Tensor
+    | Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]]
+    | str
+    | os.PathLike[str]
+)
+_Batch = tuple[torch.Tensor, torch.Tensor | None]  # (images, labels or None)
+
+
+def int8_instructions() -> str | None:
+    """What oneDNN's int8 kernels run on here, fastest first: "amx_int8", "avx512_vnni", "avx_vnni" (int8 dot
+    products), "avx2" (16-bit sums); None where there is none of them (not x86, or no AVX2): no int8 then.
+    A cap set in ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) is honoured, as oneDNN honours it."""
+    if platform.machine().lower() not in _X86:
+        return None
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().lower()
+    fastest = _ISA_CAPS[cap] if cap in _ISA_CAPS else INT8_INSTRUCTIONS[0]
+    if fastest is None:
+        return None
+    capabilities = torch.cpu.get_capabilities()
+    allowed = INT8_INSTRUCTIONS[INT8_INSTRUCTIONS.index(fastest) :]
+    return next((name for name in allowed if capabilities.get(name)), None)
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """What `quantize` did and how close int8 stays to float32 (percentages in 0-100)."""
+
+    int8: bool  # False: the float32 fallback runs (see fallback_reason)
+    fallback_reason: str | None
+    instructions: str | None  # int8_instructions() of this CPU
+    cpu_capability: str  # torch's ATen kernels: "AVX2", "AVX512", ...
+    reduce_range: bool  # 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate)
+    calibration_images: int
+    image_size: tuple[int, int]  # (height, width): the compiled graph takes this size only
+    batch_size: int  # the compiled batch; other batch sizes compile again on first use
+    evaluated_on: str  # "held_out" or "calibration" (no held-out set given: a weaker check)
+    evaluated_images: int
+    top1_agreement: float  # % of the evaluated images whose int8 top-1 class is float32's
+    cosine: float  # mean cosine similarity of the int8 and float32 logits
+    min_cosine: float  # the worst image's
+    accuracy_fp32: float | None  # % top-1 against the labels, where the evaluation images have them
+    accuracy_int8: float | None
+    quantize_s: float  # export, calibration and conversion
+    compile_s: float  # Inductor's compilation (the first call); shorter once its C++ kernel cache holds it
+
+
+class Int8VGG(nn.Module):
+    """A quantized (or, on fallback, float32-optimized) VGG for inference on CPU; `report` says which and how close.
+
+    Takes float images of the calibration size (`report.image_size`) on any device; returns float32
+    logits on the CPU.
+    """
+
+    def __init__(self, program: nn.Module, *, in_channels: int, int8: bool) -> None:
+        super().__init__()
+        self.program = program  # the compiled int8 graph, or the float32 InferenceVGG
+        self.in_channels = in_channels
+        self.int8 = int8
+        self.fallback_reason: str | None = None
+        self.report: QuantizeReport | None = None  # set by quantize
+        self.image_size: tuple[int, int] | None = None
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_images(x, self.in_channels)
+        if not x.is_floating_point():
+            raise ValueError(
+                f"VGG expects normalised floating-point images, got dtype {x.dtype}; "
+                "convert with the weights' transforms() (e.g. vggnet.VGG16_Weights.DEFAULT.transforms())"
+            )
+        if self.int8 and self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+            h, w = self.image_size
+            raise ValueError(
+                f"this int8 model was exported for {h}x{w} images, got {x.shape[-2]}x{x.shape[-1]}; "
+                f"resize to {h}x{w} (the calibration preset does), or quantize again with images of this size"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), _freezing(self.int8):
+            out: torch.Tensor = self.program(x)
+        return out.float()
+
+    def train(self, mode: bool = True) -> Int8VGG:
+        if mode:
+            raise RuntimeError("a quantized model is inference-only: train the VGG itself, then quantize it again")
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"int8={self.int8}, image_size={self.image_size}, fallback_reason={self.fallback_reason!r}"
+
+
+def _freezing(on: bool) -> contextlib.AbstractContextManager[object]:
+    """Inductor's freezing for a call that may compile (torch.compile's `options` drop it)."""
+    if not on:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    patch: contextlib.AbstractContextManager[object] = inductor_config.patch(freezing=True)
+    return patch
+
+
+def quantize(
+    model: VGG,
+    calibration: Calibration,
+    *,
+    held_out: Calibration | None = None,
+    preset: nn.Module | None = None,
+    batch_size: int = 1,
+    calibration_batch_size: int = 32,
+    fallback: bool = True,
+    reduce_range: bool | None = None,
+) -> Int8VGG:
+    """An int8 copy of `model` for CPU inference, calibrated on `calibration` and checked against float32.
+
+    - `calibration`: a few hundred images like the ones the model will see: an (N, C, H, W) tensor
+      of preprocessed images, an iterable of such batches (or of (images, labels) pairs, e.g. a
+      DataLoader), or a folder of image files (flat, or one sub-folder per class in the model's class
+      order, whose labels give accuracies) read with `preset`.
+    - `held_out`: the same kinds, images not used for calibration, on which the report's agreement
+      and accuracy are measured (default: the calibration images, a weaker check).
+    - `preset`: for folders (default `ImageClassification(crop_size=224)`, ImageNet's evaluation preset).
+    - `batch_size`: the batch the model is compiled for (others compile again on first use).
+    - `fallback`: where `int8_instructions()` is None (no int8 kernels worth running), return the
+      float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
+    - `reduce_range`: 7-bit activations (default: on where the CPU has no int8 dot products, "avx2").
+
+    `model` is untouched. Needs torchao (`pip install "vggnet[int8]"`).
+    """
+    if not isinstance(model, VGG):
+        raise TypeError(f"quantize expects a vggnet VGG, got {type(model).__name__}")
+    check_int("batch_size", batch_size)
+    check_int("calibration_batch_size", calibration_batch_size)
+    instructions = int8_instructions()
+    capability = torch.backends.cpu.get_cpu_capability()
+    reduce_range = instructions not in INT8_INSTRUCTIONS[:3] if reduce_range is None else reduce_range
+    reference = _cpu_float32_eval(model)
+    calib = list(_batches(calibration, preset, calibration_batch_size, model.in_channels))
+    evaluation = calib
+    if held_out is not None:
+        evaluation = list(_batches(held_out, preset, calibration_batch_size, model.in_channels))
+    image_size = (int(calib[0][0].shape[-2]), int(calib[0][0].shape[-1]))
+    reason = _unsupported_reason(instructions, capability)
+    if reason is not None and not fallback:
+        raise RuntimeError(f"cannot quantize to int8 here: {reason}")
+    if reason is not None:
+        logger.warning("int8 falls back to float32: %s", reason)
+        fp32 = optimize_for_inference(model, device="cpu", dtype=torch.float32, batch_size=batch_size)
+        result = Int8VGG(fp32, in_channels=model.in_channels, int8=False)
+        quantize_s = 0.0
+    else:
+        if instructions == "avx2":
+            logger.info("no int8 dot-product instructions on this CPU: int8 runs on AVX2 with 7-bit activations")
+        start = time.perf_counter()
+        program = _quantized_program(reference, calib, reduce_range)
+        quantize_s = time.perf_counter() - start
+        result = Int8VGG(program, in_channels=model.in_channels, int8=True)
+        result.image_size = image_size
+    result.fallback_reason = reason if not result.int8 else None
+    compile_s, figures = _compare(reference, result, evaluation, batch_size)
+    result.report = QuantizeReport(
+        int8=result.int8,
+        fallback_reason=result.fallback_reason,
+        instructions=instructions,
+        cpu_capability=capability,
+        reduce_range=reduce_range,
+        calibration_images=sum(len(x) for x, _ in calib),
+        image_size=image_size,
+        batch_size=batch_size,
+        evaluated_on="held_out" if held_out is not None else "calibration",
+        quantize_s=quantize_s,
+        compile_s=compile_s,
+        **figures,
+    )
+    logger.info("quantize: %s", result.report)
+    return result
+
+
+def _cpu_float32_eval(model: VGG) -> VGG:
+    """`model` itself when it is an eval-mode float32 CPU model already, else such a copy (`model` stays as it is)."""
+    param = next(model.parameters())
+    if not model.training and param.device.type == "cpu" and param.dtype == torch.float32:
+        return model
+    return copy.deepcopy(model).eval().to("cpu", torch.float32)
+
+
+def _unsupported_reason(instructions: str | None, capability: str) -> str | None:
+    if instructions is not None:
+        return None
+    return (
+        f"oneDNN has no fast int8 kernels for this CPU ({platform.machine()}, torch's kernels: {capability}; "
+        "they need x86 with AVX2, AVX-VNNI, AVX-512 VNNI or AMX); the float32 optimize_for_inference model runs instead"
+    )
+
+
+def _torchao() -> tuple[Any, Any]:
+    """torchao's PT2E entry points and x86 quantizer module; importing the latter registers Inductor's
+    int8 fusion passes (a process-wide setting: `torch._inductor.config.pre_grad_custom_pass`)."""
+    try:
+        pt2e = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+        x86 = importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    except ImportError as err:
+        raise ImportError(
+            f"int8 needs torchao ({err}); install it with: pip install 'vggnet[int8]' (or pip install torchao)"
+        ) from err
+    return pt2e, x86
+
+
+def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> nn.Module:
+    """export -> prepare -> calibrate -> convert -> torch.compile; the compilation itself happens on first call."""
+    pt2e, x86 = _torchao()
+    example = calib[0][0][:1].float()
+    # Exported with a batch of 2 and a dynamic batch dimension, so calibration takes any batch size
+    # (an example batch of 1 would be specialised to 1).
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(
+                model, (example.expand(2, -1, -1, -1).contiguous(),), dynamic_shapes=({0: batch},)
+            ).module()
+            quantizer = x86.X86InductorQuantizer().set_global(
+                x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+            )
+            prepared = pt2e.prepare_pt2e(exported, quantizer)
+            for x, _ in calib:
+                prepared(x.float().cpu())
+            converted: torch.fx.GraphModule = pt2e.convert_pt2e(prepared)
+    finally:
+        _forget_graphs()  # on failure too: the graphs hold the float32 weights
+    _drop_unused_attributes(converted)
+    # A fixed shape: the batch of the first call; freezing is switched on around each call (Int8VGG).
+    compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
+    return compiled
+
+
+# functools.cache'd on the module they are given (torchao 0.18, torch 2.14): each holds every graph the
+# quantization passes showed it, the float32 weights included, for the life of the process.
+_GRAPH_CACHES = (
+    ("torchao.utils", "_assert_and_get_unique_device"),
+    ("torch.ao.quantization.fx.utils", "assert_and_get_unique_device"),
+)
+
+
+def _forget_graphs() -> None:
+    """Empty the caches in _GRAPH_CACHES, so that the float32 model and the graphs built from it can be freed."""
+    for module, name in _GRAPH_CACHES:
+        clear = getattr(getattr(sys.modules.get(module), name, None), "cache_clear", None)
+        if clear is not None:
+            clear()
+
+
+def _drop_unused_attributes(graph: torch.fx.GraphModule) -> None:
+    """Delete the float32 weights the converted graph no longer reads (it reads their int8 copies)."""
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name, _ in list(graph.named_parameters()) + list(graph.named_buffers()):
+        if name in used:
+            continue
+        owner, _, attr = name.rpartition(".")
+        module = graph.get_submodule(owner) if owner else graph
+        delattr(module, attr)
+
+
+def _compare(
+    reference: VGG, candidate: Int8VGG, batches: list[_Batch], batch_size: int
+) -> tuple[float, dict[str, Any]]:
+    """(seconds of the first call, the agreement figures of QuantizeReport) on `batches`, in chunks of `batch_size`."""
+    images = torch.cat([x for x, _ in batches])
+    labels = [y for _, y in batches if y is not None]
+    target = torch.cat(labels) if len(labels) == len(batches) else None
+    with torch.inference_mode():
+        expected = torch.cat([reference(chunk.float()) for chunk in _chunks(images, 32)]).float()
+        outs = []
+        compile_s = math.nan
+        for chunk in _chunks(images, batch_size):
+            n = len(chunk)
+            if n < batch_size:  # padded to the compiled batch rather than compiling for a new one
+                chunk = torch.cat([chunk, chunk[-1:].expand(batch_size - n, -1, -1, -1)])
+            start = time.perf_counter()
+            outs.append(candidate(chunk)[:n])
+            if math.isnan(compile_s):
+                compile_s = time.perf_counter() - start
+    got = torch.cat(outs)
+    cosine = F.cosine_similarity(got, expected, dim=1)
+    figures: dict[str, Any] = {
+        "evaluated_images": len(images),
+        "top1_agreement": 100.0 * (got.argmax(1) == expected.argmax(1)).float().mean().item(),
+        "cosine": cosine.mean().item(),
+        "min_cosine": cosine.min().item(),
+        "accuracy_fp32": None,
+        "accuracy_int8": None,
+    }
+    if target is not None:
+        figures["accuracy_fp32"] = 100.0 * (expected.argmax(1) == target).float().mean().item()
+        figures["accuracy_int8"] = 100.0 * (got.argmax(1) == target).float().mean().item()
+    return compile_s, figures
+
+
+def _chunks(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [x[i : i + size] for i in range(0, len(x), size)]
+
+
+# --- calibration and evaluation images --------------------------------------------------------------
+
+
+def _batches(source: Calibration, preset: nn.Module | None, batch_size: int, in_channels: int) -> Iterator[_Batch]:
+    """`source` as (images, labels or None) batches, each images tensor checked."""
+    found = False
+    for x, y in _raw_batches(source, preset, batch_size):
+        check_images(x, in_channels, who="quantize's calibration")
+        if min(x.shape[-2:]) < MIN_SIZE or not x.is_floating_point():
+            raise ValueError(
+                f"calibration images must be preprocessed float images of at least {MIN_SIZE}x{MIN_SIZE} "
+                f"pixels, got dtype {x.dtype} and shape {tuple(x.shape)}; apply the weights' transforms() first"
+            )
+        found = True
+        yield x.detach().float().cpu(), (None if y is None else y.cpu())
+    if not found:
+        raise ValueError("no calibration images: give a few hundred images like those the model will see")
+
+
+def _raw_batches(source: Calibration, preset: nn.Module | None, batch_size: int) -> Iterator[_Batch]:
+    if isinstance(source, (str, os.PathLike)):
+        yield from _folder(Path(source), preset or ImageClassification(crop_size=224), batch_size)
+    elif isinstance(source, torch.Tensor):
+        for x in _chunks(source, batch_size):
+            yield x, None
+    elif isinstance(source, Iterable):
+        for item in source:
+            if isinstance(item, torch.Tensor):
+                yield item, None
+            elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
+                yield item[0], torch.as_tensor(item[1])
+            else:
+                raise TypeError(
+                    f"calibration batches must be image tensors or (images, labels) pairs, got {type(item).__name__}"
+                )
+    else:
+        raise TypeError(
+            "calibration must be an (N, C, H, W) tensor, an iterable of batches or a folder, "
+            f"got {type(source).__name__}"
+        )
+
+
+def _folder(root: Path, preset: nn.Module, batch_size: int) -> Iterator[_Batch]:
+    """A folder's images: with one sub-folder per class (sorted names = class indices) also their labels."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of calibration images")
+    if any(p.is_dir() for p in root.iterdir()):
+        dataset = ImageFolder(root, preset)
+        items = [dataset[i] for i in range(len(dataset))]
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            yield torch.stack([x for x, _ in chunk]), torch.tensor([y for _, y in chunk])
+        return
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
+    for start in range(0, len(files), batch_size):
+        yield torch.stack([preset(load_image(p)) for p in files[start : start + batch_size]]), None

@@ -1,0 +1,260 @@
+"""torch.load, weights only, of a verified open file: the loading half of the hub.
+
+`load_verified` opens the file `hub.fetch` verified once, checks that open file against its digest
+(a stamp matched by fstat, else hashed) and loads that same open file (memory-mapped through
+/proc/self/fd/N where the system has it), so a rename between the check and the load cannot change
+what is loaded (issue 11). A pickle asking for code is refused before any of it runs; a checkpoint
+must hold a state dict where vggnet looks. Legacy-format (pre-1.6) files are loaded through a
+verified zip-format copy, written once, so that later loads can memory-map them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from vggnet.hub._cache import (
+    ChecksumError,
+    _digest_of,
+    _local_stamp,
+    _read_stamp,
+    _stamp_matches,
+    _stamp_of,
+    _write_stamp,
+)
+from vggnet.hub._files import create_private, hash_file, open_read, publish, temp_name
+from vggnet.hub._formats import load_safetensors, sniff_format
+from vggnet.hub._locks import lock
+
+__all__ = [
+    "BadCheckpointError",
+    "MapLocation",
+    "NotAStateDict",
+    "UnsafeCheckpointError",
+    "load_verified",
+    "weights_only_load",
+]
+
+logger = logging.getLogger(__name__)
+
+MapLocation = str | torch.device | None
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+class BadCheckpointError(ValueError):
+    """A checkpoint whose contents vggnet will not load (not a state dict, NaN, sparse or integer weights, ...)."""
+
+
+class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
+    """A checkpoint holding pickled code or objects other than tensors and plain containers; none of it ran."""
+
+    def __init__(self, path: str | os.PathLike[str], reference: str | None = None) -> None:
+        self.path = Path(path)
+        self.reference = reference  # the global it tried to import ("posix.system"), when torch named one
+        holds = f"a reference to {reference}" if reference else "pickled code or objects other than tensors"
+        super().__init__(
+            f"refused to load {path}: it holds {holds} (or is not a PyTorch checkpoint at all); it was read with "
+            "weights_only=True, so none of it ran. Use a checkpoint that holds only tensors (a state dict)"
+        )
+
+
+class NotAStateDict(BadCheckpointError, TypeError):
+    """A checkpoint that holds no state dict where vggnet looks (a TypeError, as before, and a BadCheckpointError)."""
+
+
+# --- the load --------------------------------------------------------------------------------------
+
+
+def load_verified(path: Path, digest: str, *, where: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
+    """Load the file `hub.fetch` verified; legacy-format files go through a verified zip copy so they can be mmapped.
+
+    The file is opened once: that open file is checked against `digest` (through a stamp that
+    describes this very file, else hashed) and that same file is loaded, so a rename between the
+    check and the load cannot change what is loaded.
+    """
+    local = path.parent != where  # the caller's own file or a mirror directory's, not one in the cache
+    stamp = _local_stamp(path, where / ".stamps") if local else _stamp_of(path)
+    with open_read(path, follow=local) as f:
+        actual = _digest_of(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
+        if actual != digest:
+            raise ChecksumError(
+                str(path), path, digest, actual, detail="it changed after it was verified, and was not loaded",
+                hint="Something else is writing to this file: load again, and find what replaces it.",
+            )  # fmt: skip
+        named = _fd_path(f) or path  # the very file just verified (Linux), else its name
+        fmt = sniff_format(named)
+        if fmt == "safetensors":  # memory-mapped by safetensors, without pickle
+            return load_safetensors(named, "cpu" if map_location is None else map_location)
+        if fmt == "zip":
+            return _state_dict(weights_only_load(f, path, mmap=True, map_location=map_location), path)
+        copy = _zip_copy(f, path, digest, where)
+        if copy is None:
+            return _state_dict(weights_only_load(f, path, mmap=False, map_location=map_location), path)
+    copy_path = where / f"{path.name}.zip"
+    with copy:
+        return _state_dict(weights_only_load(copy, copy_path, mmap=True, map_location=map_location), copy_path)
+
+
+# --- torch.load, weights only ----------------------------------------------------------------------
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _fd_path(f: IO[bytes]) -> Path | None:
+    """A name for the very file `f` holds open (/proc/self/fd/N), where the system has one."""
+    path = Path(f"/proc/self/fd/{f.fileno()}")
+    return path if path.exists() else None
+
+
+def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
+    """torch.load of the open file `f` (named `path`), weights only; memory-mapped through /proc/self/fd if asked.
+
+    torch.load memory-maps only a named file: /proc/self/fd/N names the very file `f` holds open,
+    whatever has been renamed since. Elsewhere the file is read through `f`, without mmap. A pickle
+    asking for code gives one line naming the file, not torch's advice.
+    """
+    f.seek(0)
+    fd_path = _fd_path(f) if mmap else None
+    try:
+        if fd_path is not None:
+            return torch.load(fd_path, map_location=map_location, weights_only=True, mmap=True)
+        return torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(str(err))
+        # `from None`: torch's text suggests weights_only=False, the one thing never to do with this file
+        raise UnsafeCheckpointError(path, found.group(1) if found else None) from None
+    except (RuntimeError, KeyError, EOFError) as err:  # a cut zip; a text file is a KeyError, an empty one EOFError
+        detail = str(err).splitlines()[0] if isinstance(err, RuntimeError) and str(err) else type(err).__name__
+        raise RuntimeError(f"{path} could not be read as a PyTorch checkpoint (corrupt, cut short?): {detail}") from err
+
+
+# --- the state dict a checkpoint holds -------------------------------------------------------------
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded checkpoint: the object itself, or what it holds under "state_dict" or "model"."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and _is_state_dict(inner):
+                return inner if isinstance(inner, dict) else dict(inner)
+        if _is_state_dict(obj):
+            return obj if isinstance(obj, dict) else dict(obj)
+        nested = _nested_state_dict(obj)
+        if nested:
+            where = "".join(f"[{_key(k)}]" for k in nested)
+            raise NotAStateDict(
+                f"{path} does not hold a state dict where vggnet looks (the top level, or under 'state_dict' or "
+                f"'model'): the tensors are at checkpoint{where}; save that part as a plain "
+                f"state dict (torch.save(checkpoint{where}, 'plain.pth')) and load the new file"
+            )
+        odd = [f"{_key(k)} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        odd += [f"{_key(k)} (a {type(k).__name__} key)" for k in obj if not isinstance(k, str)]
+        more = f" and {len(odd) - 5} more" if len(odd) > 5 else ""
+        raise NotAStateDict(
+            f"{path} does not hold a state dict (a mapping of names to tensors, possibly under 'state_dict' or "
+            f"'model'): its entries {', '.join(odd[:5])}{more} are not tensors under string names"
+        )
+    raise NotAStateDict(
+        f"{path} does not hold a state dict (a mapping of names to tensors, possibly under 'state_dict' "
+        f"or 'model'); found a {type(obj).__name__}"
+    )
+
+
+def _nested_state_dict(obj: Mapping[Any, Any], depth: int = 3) -> list[Any]:
+    """The keys leading to the first non-empty state dict below `obj` (at most `depth` levels), else []."""
+    if depth == 0:
+        return []
+    for key, value in obj.items():
+        if isinstance(value, Mapping) and value:
+            if _is_state_dict(value):
+                return [key]
+            below = _nested_state_dict(value, depth - 1)
+            if below:
+                return [key, *below]
+    return []
+
+
+def _key(key: object, width: int = 60) -> str:
+    """A checkpoint's key for a message, cut short: the file chose it, and it may be a megabyte long."""
+    text = repr(key)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+# --- legacy-format files: a verified zip copy ------------------------------------------------------
+
+
+def _zip_copy(source: IO[bytes], path: Path, digest: str, where: Path) -> IO[bytes] | None:
+    """A verified zip-format copy of the legacy-format file `source` (open as `path`), opened; written once.
+
+    torch.load cannot memory-map the legacy format, so every load would read and copy the whole
+    file; the copy costs one conversion and the disk space of a second file. Returns None (and
+    the caller reads the legacy file directly) when the copy cannot be written.
+    """
+    copy = where / f"{path.name}.zip"
+    opened = _open_zip_copy(copy, digest)
+    if opened is not None:
+        return opened
+    try:
+        with lock(copy):
+            opened = _open_zip_copy(copy, digest)
+            if opened is None:
+                _convert(source, path, copy, digest)
+                opened = _open_zip_copy(copy, digest)
+            return opened
+    except OSError as err:
+        logger.warning("could not write a zip copy of %s (%s); loading the legacy file without mmap", path, err)
+        return None
+
+
+def _open_zip_copy(copy: Path, source_digest: str) -> IO[bytes] | None:
+    """The zip copy of the file whose digest is `source_digest`, opened, if its stamp vouches for the open file."""
+    stamp = _read_stamp(_stamp_of(copy))
+    if stamp is None or stamp.get("source_sha256") != source_digest:
+        return None
+    try:
+        f = open_read(copy)
+    except OSError as err:  # gone, or not a regular file (logged): made again
+        logger.debug("cannot open %s: %s", copy, err)
+        return None
+    st = os.fstat(f.fileno())
+    if _stamp_matches(stamp, st):
+        return f
+    if hash_file(f) != stamp["sha256"]:
+        logger.warning("%s changed on disk; converting again", copy)
+        f.close()
+        return None
+    _write_stamp(copy, str(stamp["sha256"]), checked=True, source_sha256=source_digest, st=st)
+    return f
+
+
+def _convert(source: IO[bytes], path: Path, copy: Path, digest: str) -> None:
+    started = time.perf_counter()
+    state = weights_only_load(source, path, mmap=False, map_location="cpu")
+    _state_dict(state, path)  # refuse anything that is not a state dict before writing a copy of it
+    tmp = temp_name(copy)
+    try:
+        with create_private(tmp) as f:
+            torch.save(state, f)
+            del state
+            f.flush()
+            written = hash_file(f)  # the digest of what we wrote
+            publish(f, tmp, copy)
+            _write_stamp(copy, written, checked=True, source_sha256=digest, st=os.fstat(f.fileno()))
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("wrote a memory-mappable zip copy of %s in %.1f s", path.name, time.perf_counter() - started)

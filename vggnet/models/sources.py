@@ -1,0 +1,178 @@
+"""What a weights source is, decided without reading or fetching anything: `classify` and its rules.
+
+What `weights` (a builder's argument, `finetune(weights=)`, `vggnet predict/finetune --weights`) may be,
+one set of rules (`SOURCE_RULES`, quoted in every error):
+
+- None, "none" or "random": random initialisation (ImageNet's preset and categories for 1000 outputs);
+- a member of a weights enum (`VGG16_Weights.DEFAULT`) or its name: "DEFAULT", "IMAGENET1K_V1" (looked
+  up in `arch`'s enum) or "VGG16_Weights.IMAGENET1K_V1" (which names its model); or a `Weights` record;
+- an http(s):// or file:// URL, or a local file: a string with a folder separator, starting with "~",
+  or ending in one of `WEIGHT_FILE_SUFFIXES`, a `os.PathLike`, or any existing file. The file is a plain
+  state dict in either torch serialization format (or a training checkpoint holding one under
+  "state_dict" or "model"), or a checkpoint written by `vggnet finetune` with its classes and preset,
+  or (told by its content, `formats`) a safetensors file in vggnet's or timm's layout, or a Keras
+  VGG16/VGG19 `.h5` file (with Keras' preset; a `_notop` file gets a new classifier);
+- "hf-hub:owner/name[@revision]": a timm VGG on the Hugging Face Hub (`hfhub`), e.g. hf-hub:timm/vgg16.tv_in1k.
+
+The architecture is the one the source names (an enum member, a fine-tuned checkpoint, a state dict's
+keys); a given `arch` that differs is an `ArchMismatch` naming both. `checkpoint.load` reads the
+source `classify` names, once it has checked every argument.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from vggnet.hub._huggingface import is_hf_hub, parse_hf_hub
+from vggnet.models import weights as records
+from vggnet.models.weights import Weights, WeightsEnum, own_member
+
+__all__ = [
+    "SOURCE_RULES",
+    "WEIGHT_FILE_SUFFIXES",
+    "ArchMismatch",
+    "Source",
+    "WeightsFileNotFound",
+    "WeightsSource",
+    "check_classifier",
+    "classify",
+]
+
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin", ".safetensors", ".h5")
+RANDOM_NAMES = ("none", "random")
+URL_SCHEMES = ("http", "https", "file")
+SOURCE_RULES = (
+    "a record name (DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), the path of an existing checkpoint "
+    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet finetune checkpoint, safetensors or Keras "
+    "weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
+    "or none for random initialisation"
+)
+
+WeightsSource = None | str | os.PathLike[str] | Weights | WeightsEnum
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+class ArchMismatch(ValueError):
+    """The weights are for another architecture than the one asked for."""
+
+    def __init__(self, source: str, found: str, wanted: str) -> None:
+        self.source, self.found, self.wanted = source, found, wanted
+        super().__init__(self.explain("arch="))
+
+    def explain(self, option: str) -> str:
+        """The message, the argument spelled as the caller takes it ("arch=" here, "--arch " in the CLI)."""
+        quote = repr if option.endswith("=") else str
+        return (
+            f"{self.source} holds {self.found} weights, not {self.wanted}; they are not for "
+            f"{option}{quote(self.wanted)}: leave {option.strip(' =')} out or pass {option}{quote(self.found)}"
+        )
+
+
+class WeightsFileNotFound(FileNotFoundError):
+    """`weights` names a local file that is not there (or a folder)."""
+
+
+# --- what a source is ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a `weights` argument names, decided without reading or fetching anything.
+
+    `kind` is "random", "record", "file" (`text` is the expanded path), "url" or "hub" (an hf-hub: name). For a record,
+    `record` is it and `label` its name ("VGG16_Weights.IMAGENET1K_V1", or the record's URL); `arch`
+    is the architecture the source names, where it names one.
+    """
+
+    kind: Literal["random", "record", "file", "url", "hub"]
+    text: str
+    record: Weights | None = None
+    label: str = ""
+    arch: str | None = None
+
+
+def classify(weights: WeightsSource, arch: str | None = None) -> Source:
+    """Decide what `weights` is (see the module docstring); raises for a missing file or an unknown name.
+
+    `arch` picks the enum a short record name ("DEFAULT") is looked up in (vgg16 when None).
+    """
+    if weights is None:
+        return Source("random", "None")
+    if isinstance(weights, Weights):
+        return Source("record", weights.url, weights, weights.url)
+    member = own_member(weights)  # torchvision's members too, matched by URL to vggnet's records
+    if isinstance(member, WeightsEnum):
+        return _member(member, arch)
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be a record name, a file path, a URL or None, got {type(weights).__name__} {weights!r} "
+            "(a weights enum member and a vggnet.Weights record work too)"
+        )
+    text = os.fspath(weights)
+    if isinstance(weights, str) and is_hf_hub(text):
+        hub_arch = parse_hf_hub(text).arch
+        if arch is not None and hub_arch != arch:
+            raise ArchMismatch(text, hub_arch, arch)
+        return Source("hub", text, label=text, arch=hub_arch)
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in URL_SCHEMES:
+        if scheme == "file":
+            _existing(text, Path(unquote(urlsplit(text).path)))
+        return Source("url", text)
+    if "://" in text:
+        raise ValueError(f"weights {text!r} has an unsupported URL scheme {scheme!r}; weights is {SOURCE_RULES}")
+    looks_like_path = isinstance(weights, os.PathLike) or any(sep in text for sep in ("/", os.sep))
+    looks_like_path = looks_like_path or text.lower().endswith(WEIGHT_FILE_SUFFIXES) or text.startswith("~")
+    if looks_like_path:
+        return Source("file", str(_existing(text, Path(text).expanduser())))
+    if text.lower() in RANDOM_NAMES:
+        return Source("random", text)
+    if Path(text).is_file():  # an existing file named without folder or suffix is still a file
+        return Source("file", text)
+    return _member(_named(text, arch), arch, text)
+
+
+def _existing(text: str, path: Path) -> Path:
+    if not path.is_file():
+        problem = "is a folder, not a file" if path.is_dir() else "not found"
+        raise WeightsFileNotFound(
+            f"weights file {text} {problem}; weights is {SOURCE_RULES}; no such checkpoint file exists at "
+            f"{path.absolute()}"
+        )
+    return path
+
+
+def _named(name: str, arch: str | None) -> WeightsEnum:
+    """The enum member "VGG16_Weights.IMAGENET1K_V1" names, or "DEFAULT" in `arch`'s enum (vgg16's by default)."""
+    enums = records.WEIGHTS_ENUMS  # read at call time: tests stand in their own records
+    enum_name, dot, member = name.partition(".")
+    by_name = {enum.__name__: enum for enum in enums.values()}
+    if dot and enum_name not in by_name:
+        valid = ", ".join(str(m) for enum in enums.values() for m in enum.__members__.values())
+        raise ValueError(f"unknown weights {name!r}; valid: {valid}; weights is {SOURCE_RULES}")
+    try:
+        return by_name[enum_name].from_name(member) if dot else enums[arch or "vgg16"].from_name(name)
+    except ValueError as err:  # "unknown weights ... for VGG16_Weights; valid: ..."
+        raise ValueError(f"{err}; weights is {SOURCE_RULES}") from None
+
+
+def _member(member: WeightsEnum, arch: str | None, text: str | None = None) -> Source:
+    named = next((a for a, enum in records.WEIGHTS_ENUMS.items() if isinstance(member, enum)), None)
+    if arch is not None and named is not None and named != arch:
+        raise ArchMismatch(str(member), named, arch)
+    return Source("record", text or str(member), member.value, str(member), named)
+
+
+def check_classifier(source: Source) -> None:
+    """ValueError for a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES)."""
+    if source.record is not None and source.record.categories is None:
+        raise ValueError(
+            f"{source.label} has no classifier (only `features` holds usable values, fc6 and fc7 are NaN); "
+            "use IMAGENET1K_V1"
+        )

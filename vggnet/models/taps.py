@@ -1,0 +1,254 @@
+"""Paper names for every layer of a VGG, and the taps that read a batch out at any of them.
+
+One naming scheme, used by `VGG.layer_names`/`extract`/`tap_info`, by `summarize` and by
+`PerceptualLoss`: conv1_1, [bn1_1,] relu1_1, ..., pool5 for `features` (the row of the paper's table,
+or the modules of a `make_layers` Sequential: the two give the same names, by one algorithm), then
+avgpool, fc6, relu6, drop6, fc7, relu7, drop7, fc8 for `avgpool` and `classifier[0..6]`.
+
+Every named module is a tap: `extract(x, ["drop6"])` is relu6's output after dropout (the same
+tensor in eval mode). The flatten belongs to the fc6 step, so `relu6` is exactly `classifier[:2]`
+applied by hand. The Identity that `fold_batchnorm` leaves where a BatchNorm was keeps its bn name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from vggnet.models.config import arch_config
+
+__all__ = [
+    "HEAD_NAMES",
+    "TapInfo",
+    "feature_layers",
+    "feature_names",
+    "layer_list",
+    "layer_names",
+    "module_names",
+    "run_taps",
+    "field_geometry",
+    "tap_info",
+    "tap_steps",
+]
+
+# `avgpool`, then classifier[0..6]
+HEAD_NAMES = ("avgpool", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
+
+Step = tuple[str, Sequence[Callable[[torch.Tensor], torch.Tensor]]]
+
+
+class Network(Protocol):
+    """What the taps read of a model: a `VGG`, or anything with its three parts."""
+
+    @property
+    def features(self) -> nn.Module: ...
+
+    @property
+    def avgpool(self) -> nn.Module: ...
+
+    @property
+    def classifier(self) -> nn.Module: ...
+
+    @property
+    def in_channels(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """One tap: output channels, stride and receptive field side in input pixels (None from avgpool on)."""
+
+    name: str
+    channels: int
+    stride: int | None
+    receptive_field: int | None
+
+
+def feature_names(features: str | nn.Module) -> list[str]:
+    """The paper's name of every layer of `features`: a builder name ("vgg16_bn") or a `make_layers` Sequential."""
+    if isinstance(features, str):
+        row, batch_norm = arch_config(features)
+        kinds = [kind for v in row for kind in (("pool",) if v == "M" else _conv_kinds(batch_norm))]
+    else:
+        kinds = []
+        for m in feature_layers(features):
+            kind = _kind(m, kinds[-1] if kinds else None)
+            if kind is None:
+                raise TypeError(f"features[{len(kinds)}] is a {type(m).__name__}, which has no VGG layer name")
+            kinds.append(kind)
+    return _paper_names(kinds)
+
+
+def layer_names(source: str | Network) -> list[str]:
+    """Every layer's name in forward order, for a builder name or a model: conv1_1, ..., pool5, avgpool, ..., fc8."""
+    if isinstance(source, str):
+        return [*feature_names(source), *HEAD_NAMES]
+    return list(module_names(source).values())
+
+
+def module_names(model: Network) -> dict[str, str]:
+    """Each named module's state-dict path -> its name: {"features.0": "conv1_1", ..., "classifier.6": "fc8"}."""
+    _classifier(model)  # VGG's seven modules, or a TypeError
+    names = {f"features.{i}": name for i, name in enumerate(feature_names(model.features))}
+    names["avgpool"] = HEAD_NAMES[0]
+    names.update({f"classifier.{i}": name for i, name in enumerate(HEAD_NAMES[1:])})
+    return names
+
+
+def feature_layers(features: nn.Module) -> nn.Sequential:
+    """`features` as the flat `make_layers` Sequential the names are read from; TypeError for anything else."""
+    if not isinstance(features, nn.Sequential):
+        raise TypeError(
+            f"named taps need `features` to be a make_layers Sequential, not {type(features).__name__}; "
+            "build it with vggnet.make_layers"
+        )
+    return features
+
+
+def tap_steps(model: Network) -> list[Step]:
+    """(name, the callables that produce it from the previous tap) for every tap of `model`."""
+    classifier = _classifier(model)
+    out: list[Step] = [(name, [m]) for name, m in zip(feature_names(model.features), feature_layers(model.features))]
+    out.append((HEAD_NAMES[0], [model.avgpool]))
+    out.append((HEAD_NAMES[1], [_flatten, classifier[0]]))
+    out += [(name, [m]) for name, m in zip(HEAD_NAMES[2:], list(classifier)[1:])]
+    return out
+
+
+def tap_info(model: Network) -> list[TapInfo]:
+    """Channels, stride and receptive field (in input pixels) of every tap, computed from the layers.
+
+    avgpool onwards see the whole (adaptively pooled) image: their stride and receptive field are None.
+    """
+    steps = tap_steps(model)
+    features = [step[-1] for name, step in steps if name not in HEAD_NAMES]
+    infos: list[TapInfo] = []
+    channels = model.in_channels
+    geometry = [*field_geometry(features), *[(0, 0, 0.0)] * len(HEAD_NAMES)]  # the head sees the whole image
+    for (name, step), (size, jump, _) in zip(steps, geometry):
+        m = step[-1]
+        if isinstance(m, nn.Conv2d):
+            channels = m.out_channels
+        elif isinstance(m, nn.Linear):
+            channels = m.out_features
+        head = name in HEAD_NAMES
+        infos.append(TapInfo(name, channels, None if head else jump, None if head else size))
+    return infos
+
+
+def field_geometry(layers: Sequence[object], names: Sequence[str] = ()) -> list[tuple[int, int, float]]:
+    """(size, jump, start) of the receptive field after each layer: the one recurrence (see receptive.py).
+
+    For kernel k, stride s, padding p, dilation d: size += d(k-1) jump; start += (d(k-1)/2 - p) jump;
+    jump *= s. Layers other than convolutions and pools leave the field as it is. `names` name the
+    layers in the error for one the recurrence cannot take (padding "same", a non-square kernel).
+    """
+    out: list[tuple[int, int, float]] = []
+    size, jump, start = 1, 1, 0.0
+    for i, m in enumerate(layers):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p, d = _geometry(names[i] if i < len(names) else f"layer {i}", m)
+            span = d * (k - 1)
+            size, jump, start = size + span * jump, jump * s, start + (span / 2 - p) * jump
+        out.append((size, jump, start))
+    return out
+
+
+def _geometry(name: str, m: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) -> tuple[int, int, int, int]:
+    """(kernel, stride, padding, dilation) of a square layer; ValueError for anything the recurrence cannot take."""
+    dilation = m.dilation if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) else 1
+    values = [m.kernel_size, m.stride, m.padding, dilation]
+    if any(isinstance(v, str) for v in values):
+        raise ValueError(f"{name}: padding {m.padding!r} is not a number; give the layer explicit integer padding")
+    sides = [v if isinstance(v, tuple) else (v, v) for v in values]
+    if any(len(set(v)) != 1 for v in sides):
+        raise ValueError(f"{name} is not square ({m}); receptive fields are computed for square layers only")
+    k, s, p, d = (int(v[0]) for v in sides)
+    return k, s, p, d
+
+
+def layer_list(layers: str | Sequence[str]) -> list[str]:
+    """A single name is a list of one."""
+    return [layers] if isinstance(layers, str) else list(layers)
+
+
+def run_taps(steps: Sequence[Step], x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
+    """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next operation is in place)."""
+    names = [name for name, _ in steps]
+    layers = layer_list(layers)
+    if not layers:
+        raise ValueError(f"no layers asked; pass a list of layer names, e.g. ['relu1_2']; valid: {', '.join(names)}")
+    unknown = [name for name in layers if name not in names]
+    if unknown:
+        raise ValueError(f"unknown layers {unknown}; valid: {', '.join(names)}")
+    wanted = set(layers)
+    last = max(names.index(name) for name in layers)
+    taps: dict[str, torch.Tensor] = {}
+    for i, (name, step) in enumerate(steps[: last + 1]):
+        for fn in step:
+            x = fn(x)
+        if name in wanted:
+            taps[name] = x.clone() if _overwritten(steps[i + 1 : last + 1]) else x
+    return {name: taps[name] for name in layers}
+
+
+def _overwritten(later: Sequence[Step]) -> bool:
+    """Whether the first real operation of `later` works in place (Identity, left by fold_batchnorm, is skipped)."""
+    for _, step in later:
+        for fn in step:
+            if not isinstance(fn, nn.Identity):
+                return bool(getattr(fn, "inplace", False))
+    return False
+
+
+def _conv_kinds(batch_norm: bool) -> tuple[str, ...]:
+    return ("conv", "bn", "relu") if batch_norm else ("conv", "relu")
+
+
+def _kind(m: nn.Module, previous: str | None) -> str | None:
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        return "pool"
+    if isinstance(m, nn.Conv2d):
+        return "conv"
+    if isinstance(m, _BatchNorm) or (isinstance(m, nn.Identity) and previous == "conv"):
+        return "bn"  # SyncBatchNorm too, and the Identity left by fold_batchnorm
+    if isinstance(m, nn.ReLU):
+        return "relu"
+    return None
+
+
+def _paper_names(kinds: Sequence[str]) -> list[str]:
+    """conv -> conv{block}_{n}, bn/relu -> bn/relu{block}_{n} of the conv before, pool -> pool{block}."""
+    names: list[str] = []
+    block, conv = 1, 0
+    for kind in kinds:
+        if kind == "pool":
+            names.append(f"pool{block}")
+            block, conv = block + 1, 0
+            continue
+        if kind == "conv":
+            conv += 1
+        names.append(f"{kind}{block}_{conv}")
+    return names
+
+
+def _classifier(model: Network) -> nn.Sequential:
+    classifier = model.classifier
+    if not isinstance(classifier, nn.Sequential) or len(classifier) != len(HEAD_NAMES) - 1:
+        raise TypeError(
+            f"named taps need VGG's classifier, a Sequential of {len(HEAD_NAMES) - 1} modules "
+            f"({', '.join(HEAD_NAMES[1:])}), not {classifier}"
+        )
+    return classifier
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
+
+
+def _side(size: int | tuple[int, ...]) -> int:
+    return size if isinstance(size, int) else size[0]

@@ -1,0 +1,478 @@
+"""The VGG network: `make_layers` turns a row of the paper's table into `features`, `VGG` adds the head.
+
+Module creation order and initialisation calls follow torchvision's `vgg.py` exactly, so under the
+same `torch.manual_seed` a fresh model holds bit-for-bit the parameters torchvision's would.
+
+Beside the forward pass the network carries what fine-tuning and feature work need (issue 4):
+named taps (`layer_names`, `extract`, `tap_info`), new heads (`reset_classifier`), freezing,
+per-block learning rates (`param_groups`) and gradient checkpointing per conv block.
+
+Tap names are the paper's (conv1_1, [bn1_1,] relu1_1, ..., pool5, avgpool, fc6, relu6, drop6, fc7,
+relu7, drop7, fc8); `vggnet.models.taps` computes them and runs the taps, the methods here delegate to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+from vggnet.checks import check_int
+from vggnet.models.config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
+from vggnet.models.interop import pretrained_cfg
+from vggnet.models.taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
+
+__all__ = ["HEADS", "VGG", "TapInfo", "VGGFeatures", "adapt_input_conv", "make_layers"]
+
+# "vgg": fc6-fc8 on the 7x7 pool; "gap": a global average pool and one Linear(512, num_classes) (issue 17);
+# "fc7": the vgg head, named for what `finetune` trains on it (fc8 alone, a linear probe on fc7 features)
+HEADS = ("vgg", "gap", "fc7")
+
+
+def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:
+    """One flat Sequential: per number a 3x3 conv (+ BatchNorm) + in-place ReLU, per "M" a 2x2 max-pool."""
+    layers: list[nn.Module] = []
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(v))
+        layers.append(nn.ReLU(inplace=True))
+        in_channels = v
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """`features`, a 7x7 adaptive average pool, and the three fully connected layers fc6, fc7, fc8.
+
+    State-dict keys are those of the official checkpoints: `features.N.*` and
+    `classifier.{0,3,6}.*`. With `num_classes=0` fc8 is an `nn.Identity` (no keys) and the model
+    returns relu7, the (N, 4096) pooled feature vector, as timm's do.
+
+    The model scripts, FX-traces, exports and compiles with fullgraph=True (issue 12); the input
+    checks run only for eager callers. `head="gap"` replaces pool and classifier by a 1x1 average
+    pool and `classifier.0`, one Linear(512, num_classes) (no named taps after pool5 then); see `HEADS`.
+    """
+
+    # Properties TorchScript must not compile (they read modules by type or build dicts).
+    __jit_unused_properties__ = (
+        "in_channels", "num_classes", "num_features", "head_hidden_size", "feature_info", "default_cfg"
+    )  # fmt: skip
+    __jit_ignored_attributes__ = ("pretrained_cfg",)  # timm's description of the expected input (a dict of Any)
+
+    def __init__(
+        self,
+        features: nn.Module,
+        num_classes: int = 1000,
+        init_weights: bool = True,
+        dropout: float = 0.5,
+        head: str = "vgg",
+    ) -> None:
+        super().__init__()
+        _check_num_classes(num_classes)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.head = head
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d(1 if head == "gap" else (POOLED_SIZE, POOLED_SIZE))
+        self.classifier = (
+            nn.Sequential(_fc8(512, num_classes))
+            if head == "gap"
+            else nn.Sequential(
+                nn.Linear(512 * POOLED_SIZE * POOLED_SIZE, HIDDEN),
+                nn.ReLU(True),
+                nn.Dropout(p=dropout),
+                nn.Linear(HIDDEN, HIDDEN),
+                nn.ReLU(True),
+                nn.Dropout(p=dropout),
+                _fc8(HIDDEN, num_classes),
+            )
+        )
+        self.grad_checkpointing = False
+        self._frozen = 0  # number of leading taps frozen by `freeze`
+        if init_weights:
+            for m in self.modules():
+                init_module(m)
+        self.pretrained_cfg = pretrained_cfg(None, num_classes)  # the builders put their checkpoint's
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the first convolution expects."""
+        first = next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
+        return first.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of fc8; 0 when the model has no fc8 and returns the 4096 features of relu7."""
+        return 0 if isinstance(self.classifier[-1], nn.Identity) else self.get_classifier().out_features
+
+    @property
+    def num_features(self) -> int:
+        """Channels of `forward_features`' output (timm's name): 512."""
+        return [m for m in self.features.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the pre-logits vector that `forward_head(pre_logits=True)` returns (timm's name): 4096."""
+        fc7 = self.classifier[3]
+        if not isinstance(fc7, nn.Linear):
+            raise TypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
+        return fc7.out_features
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's stage list: the ReLU before each max-pool, then pool5; `num_chs`, `reduction`, `module`.
+
+        The `module` entries are state-dict / torchvision node names (`features.3`); these are the taps
+        `VGGFeatures` (the builders' `features_only=True`) returns.
+        """
+        info: list[dict[str, Any]] = []
+        channels, stride = self.in_channels, 1
+        layers = list(self.features.children())
+        for i, m in enumerate(layers):
+            if isinstance(m, nn.Conv2d):
+                channels = m.out_channels
+            elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                info.append({"num_chs": channels, "reduction": stride, "module": f"features.{i - 1}"})
+                stride *= m.stride if isinstance(m.stride, int) else m.stride[0]
+        info.append({"num_chs": channels, "reduction": stride, "module": f"features.{len(layers) - 1}"})
+        return info
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of `pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    def get_classifier(self) -> nn.Linear:
+        """The last Linear layer (fc8)."""
+        fc8 = self.classifier[-1]
+        if isinstance(fc8, nn.Identity):
+            raise TypeError("the model has no fc8 (num_classes=0); add one with reset_classifier(num_classes)")
+        if not isinstance(fc8, nn.Linear):
+            raise TypeError(f"classifier[-1] is a {type(fc8).__name__}, expected the nn.Linear fc8")
+        return fc8
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming what was received and what is needed, before any layer runs."""
+        check_images(x, self.in_channels)
+        if min(x.shape[2], x.shape[3]) < MIN_SIZE:
+            raise ValueError(
+                f"VGG needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels (five 2x2 max-pools), "
+                f"got {x.shape[2]}x{x.shape[3]}; resize the input first"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional block's output after pool5: (N, 512, H/32, W/32)."""
+        if not is_scripting():
+            if _eager():
+                self.check_input(x)
+            # Scripted and FX-traced models run the blocks plainly: same outputs and gradients, more memory.
+            if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_symbolic_tracing():
+                return self._checkpointed_features(x)
+        out: torch.Tensor = self.features(x)
+        return out
+
+    @torch.jit.unused
+    def _checkpointed_features(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self._blocks():
+            # Non-reentrant checkpointing recomputes the block in backward; the recomputation must not
+            # update BatchNorm's running statistics a second time.
+            x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_recompute_contexts, block))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at relu7 (N, 4096).
+
+        With `head="gap"`, `pre_logits` gives the pooled (N, 512) features.
+        """
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088); gap: (N, 512, 1, 1) -> (N, 512)
+        if not pre_logits:  # any classifier, e.g. the nn.Identity torchvision users put in its place
+            logits: torch.Tensor = self.classifier(x)
+            return logits
+        last = len(self.classifier) - 1
+        for i, layer in enumerate(self.classifier):  # a loop, not classifier[:-1]: TorchScript cannot slice
+            if i != last:
+                x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # --- named taps ------------------------------------------------------------------------------
+
+    def layer_names(self) -> list[str]:
+        """Every tap name in order: conv1_1, [bn1_1,] relu1_1, ..., pool5, avgpool, fc6, relu6, drop6, ..., fc8."""
+        return layer_names(self)
+
+    def extract(self, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """The outputs of the named layers, in the order asked; nothing after the last one is computed.
+
+        A single name is a list of one: `extract(x, "fc7")` returns `{"fc7": ...}`, a dict as always.
+
+        A tap that the next layer's in-place ReLU would overwrite (conv4_3, bn4_3, fc6, ...; Identity
+        steps left by `fold_batchnorm` are looked past) is cloned when taken, so it holds the
+        pre-activation values.
+        """
+        self.check_input(x)
+        return run_taps(tap_steps(self), x, layers)
+
+    def tap_info(self) -> list[TapInfo]:
+        """Channels, stride and receptive field (in input pixels) of every tap, computed from the layers.
+
+        avgpool onwards see the whole (adaptively pooled) image: their stride and receptive field are None.
+        """
+        return tap_info(self)
+
+    def _blocks(self) -> list[nn.Sequential]:
+        """`features` cut after every pool: the five conv blocks."""
+        layers = self._layers()
+        blocks, start = [], 0
+        for i, m in enumerate(layers):
+            if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                blocks.append(layers[start : i + 1])
+                start = i + 1
+        if start < len(layers):
+            blocks.append(layers[start:])
+        return blocks
+
+    def _layers(self) -> nn.Sequential:
+        return feature_layers(self.features)
+
+    # --- new heads ------------------------------------------------------------------------------
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace fc8 by a freshly initialised Linear(4096, num_classes) (torchvision's N(0, 0.01) init).
+
+        Every other tensor is kept; the new fc8 gets fc7's device and dtype. `num_classes=0` removes fc8
+        (an `nn.Identity`): the model then returns relu7's (N, 4096) features, as timm's does.
+        """
+        _check_num_classes(num_classes)
+        fc7 = self.classifier[3]
+        if not isinstance(fc7, nn.Linear):
+            raise TypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
+        fc8 = _fc8(fc7.out_features, num_classes, device=fc7.weight.device, dtype=fc7.weight.dtype)
+        init_module(fc8)
+        self.classifier[-1] = fc8
+
+    # --- training helpers -----------------------------------------------------------------------
+
+    def freeze(self, upto: str | None = None) -> None:
+        """Freeze every layer before the tap named `upto` (like slicing `[:upto]`); None: all of `features`.
+
+        `freeze(upto="conv4_1")` trains conv4_1 onwards; `freeze(upto="fc8")` trains only fc8 (a linear
+        probe). Frozen parameters get requires_grad=False, and the frozen part runs as in inference
+        whatever `train()` is called with: its BatchNorm layers keep using (and no longer update) their
+        running statistics, its dropouts are off. `freeze` replaces an earlier call; `unfreeze` undoes it.
+        """
+        names = self.layer_names()
+        if upto is None:
+            stop = len(self._layers())
+        elif upto in names:
+            stop = names.index(upto)
+            if stop and names[stop - 1].startswith("drop"):
+                stop -= 1  # a dropout trains with the Linear after it: freeze(upto="fc8") keeps drop7 on
+        else:
+            raise ValueError(f"unknown layer {upto!r}; valid: {', '.join(names)}")
+        self.unfreeze()
+        self._frozen = stop
+        for p in self._frozen_part().parameters():
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def unfreeze(self) -> None:
+        """Make every parameter trainable again and let `train()` reach every layer."""
+        self._frozen = 0
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VGG:
+        super().train(mode)
+        if mode and self._frozen:  # only a frozen model needs the tap table (and a make_layers `features`)
+            self._frozen_part().eval()
+        return self
+
+    def _frozen_part(self) -> nn.ModuleList:
+        modules = [m for _, step in tap_steps(self)[: self._frozen] for m in step if isinstance(m, nn.Module)]
+        return nn.ModuleList(modules)
+
+    def param_groups(self, lr: float, decay: float = 1.0, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Optimizer parameter groups per block with layer-wise learning rates.
+
+        Six groups, "block1" ... "block5" (the conv blocks) and "classifier" (fc6-fc8); the classifier
+        gets `lr`, each block below the previous one's times `decay` (block k: lr * decay ** (6 - k)).
+        Frozen parameters and empty groups are left out. Each group is a dict with "name", "params",
+        "lr" and "weight_decay", ready for `torch.optim.SGD(model.param_groups(0.01, decay=0.5))`.
+        """
+        parts = [*self._blocks(), self.classifier]
+        groups = []
+        for k, part in enumerate(parts, start=1):
+            params = [p for p in part.parameters() if p.requires_grad]
+            if params:
+                name = "classifier" if part is self.classifier else f"block{k}"
+                groups.append(
+                    {"name": name, "params": params, "lr": lr * decay ** (len(parts) - k), "weight_decay": weight_decay}
+                )
+        return groups
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each conv block's activations in backward instead of storing them (same gradients).
+
+        Applies to `forward`/`forward_features` while gradients are enabled; BatchNorm running
+        statistics are updated once per step, as without checkpointing.
+        """
+        self.grad_checkpointing = enable
+
+
+class FeatureInfo(list[dict[str, Any]]):
+    """timm's `feature_info` of a features-only model: the chosen stages' dicts, and their columns."""
+
+    def channels(self) -> list[int]:
+        return [int(d["num_chs"]) for d in self]
+
+    def reduction(self) -> list[int]:
+        return [int(d["reduction"]) for d in self]
+
+    def module_name(self) -> list[str]:
+        return [str(d["module"]) for d in self]
+
+
+class VGGFeatures(nn.Module):
+    """A VGG's `features` returning a list of stage outputs: timm's `features_only=True` model.
+
+    The stages are timm's for VGG (`VGG.feature_info`): index 0-4 the ReLU before each max-pool
+    (relu1_1 or relu1_2, ..., relu5_3 or relu5_4; strides 1 to 16), index 5 pool5 (stride 32).
+    `out_indices` picks some of them (default all six, as timm); the layers after the last one
+    picked are dropped. State-dict keys stay `features.N`.
+    """
+
+    def __init__(self, model: VGG, out_indices: Sequence[int] | None = None) -> None:
+        super().__init__()
+        info = model.feature_info
+        picked = stage_indices(out_indices, len(info))
+        self.ends: list[int] = [int(info[i]["module"].split(".")[1]) for i in picked]
+        self.features = nn.Sequential(*list(model.features.children())[: self.ends[-1] + 1])  # keys stay features.N
+        self.feature_info = FeatureInfo(info[i] for i in picked)
+        self.pretrained_cfg = model.pretrained_cfg
+        self._in_channels = model.in_channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not is_scripting():  # TorchScript drops this block, unseen, only when the test stands alone
+            self._check_input(x)
+        outs: list[torch.Tensor] = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.ends:  # a ReLU before a pool, or pool5: nothing later overwrites it in place
+                outs.append(x)
+        return outs
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if _eager():
+            check_images(x, self._in_channels, who="VGGFeatures")
+
+
+def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[int]:
+    """`out_indices` checked and made sorted and non-negative (None: all); ValueError naming the valid range."""
+    picked = list(range(stages)) if out_indices is None else list(out_indices)
+    bad = [i for i in picked if isinstance(i, bool) or not isinstance(i, int) or not -stages <= i < stages]
+    if not picked or bad:
+        raise ValueError(
+            f"out_indices must be stage indices 0-{stages - 1} (the ReLU before pool1-pool5, then pool5), "
+            f"got {out_indices!r}"
+        )
+    return sorted({i % stages for i in picked})
+
+
+def check_images(x: torch.Tensor, in_channels: int, who: str = "VGG") -> None:
+    """Raise a ValueError, naming the shape received and the fix, unless `x` is an (N, in_channels, H, W) batch."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"{who} expects a 4-D batch (N, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0) for a single image"
+        )
+    if x.shape[1] != in_channels:
+        hint = "; gray images: x.expand(-1, 3, -1, -1), RGBA: x[:, :3]" if in_channels == 3 else ""
+        raise ValueError(f"{who} expects {in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}){hint}")
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A pretrained first-conv weight (O, 3, k, k) rewritten for `in_chans` input channels.
+
+    - 1: the sum over R, G, B, so a gray image x gives exactly what its copy x.expand(3) gave.
+    - 2: both channels get half that sum, so an input whose two channels are equal answers like the
+      same gray image through the 1-channel adaptation (colour cannot be mapped onto two channels).
+    - N > 3: R, G, B repeated cyclically and scaled by 3/N, so the response to N equal channels stays
+      that of the RGB network (exactly when N is a multiple of 3).
+    """
+    if weight.dim() != 4 or weight.shape[1] != IN_CHANNELS:
+        raise ValueError(f"expected a first-conv weight (O, 3, k, k), got shape {tuple(weight.shape)}")
+    check_int("in_chans", in_chans)
+    gray = weight.sum(dim=1, keepdim=True)
+    if in_chans == IN_CHANNELS:
+        return weight
+    if in_chans == 1:
+        return gray
+    if in_chans == 2:
+        return (gray / 2).expand(-1, 2, -1, -1).contiguous()
+    repeats = -(-in_chans // IN_CHANNELS)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (IN_CHANNELS / in_chans)
+
+
+NUM_CLASSES_MEANS = "the outputs of fc8, e.g. 10 for ten classes; 0 for no fc8"
+
+
+def _check_num_classes(num_classes: int) -> None:
+    check_int("num_classes", num_classes, least=0, what=NUM_CLASSES_MEANS)
+
+
+def _fc8(in_features: int, num_classes: int, **device_dtype: Any) -> nn.Module:
+    """Linear(in_features, num_classes), or an Identity for num_classes=0 (timm's headless model)."""
+    return nn.Linear(in_features, num_classes, **device_dtype) if num_classes else nn.Identity()
+
+
+def _eager() -> bool:
+    """False while FX-tracing, exporting or compiling (is_compiling covers export): shape checks do not trace."""
+    return not (torch.compiler.is_compiling() or is_fx_symbolic_tracing())
+
+
+def _recompute_contexts(
+    block: nn.Module,
+) -> tuple[contextlib.nullcontext[None], contextlib.AbstractContextManager[None]]:
+    return contextlib.nullcontext(), _keep_bn_stats(block)
+
+
+@contextlib.contextmanager
+def _keep_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Restore the BatchNorm buffers of `module` on exit (what a checkpoint's recomputation changed)."""
+    saved = [(b, b.clone()) for m in module.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def init_module(m: nn.Module) -> None:
+    """torchvision's VGG initialisation for one module (conv kaiming fan_out, BN 1/0, Linear N(0, 0.01))."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.constant_(m.weight, 1)
+        nn.init.constant_(m.bias, 0)
+    elif isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, 0, 0.01)
+        nn.init.constant_(m.bias, 0)

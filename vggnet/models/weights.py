@@ -1,0 +1,465 @@
+"""Checkpoint records: the `Weights` dataclass, one enum per builder, and `get_weight`.
+
+Every figure in the official records comes from `weights/README.md` (torchvision's published
+metadata, or computed from the layer shapes). A record only describes a file; fetching and
+verifying it is `hub.py`'s job: `Weights.get_state_dict` hands it the record's URL, digest and size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from functools import cached_property
+from importlib import resources
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from vggnet.data.transforms import ImageClassification
+from vggnet.hub._cache import file_name_from_url, normalize_digest
+from vggnet.hub._fetching import load_weights
+from vggnet.models.config import (
+    CAFFE_MEAN,
+    CAFFE_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATIONS,
+    MIN_SIZE,
+    OFFICIAL_BASE,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "CAFFE_MEAN",
+    "CAFFE_STD",
+    "IMAGENET_CATEGORIES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "OFFICIAL_BASE",
+    "VGG11_BN_Weights",
+    "VGG11_Weights",
+    "VGG13_BN_Weights",
+    "VGG13_Weights",
+    "VGG16_BN_Weights",
+    "VGG16_Weights",
+    "VGG19_BN_Weights",
+    "VGG19_Weights",
+    "Weights",
+    "WeightsEnum",
+    "get_weight",
+    "own_member",
+    "normalize_digest",
+]
+
+_MiB = 1 << 20
+
+
+class _Categories(Sequence[str]):
+    """The 1000 ImageNet class names, read from package data on first use (not on import)."""
+
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        text = resources.files("vggnet").joinpath("data/imagenet_categories.txt").read_text(encoding="utf-8")
+        return tuple(line for line in text.splitlines() if line)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return self._names[i]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __repr__(self) -> str:
+        return "IMAGENET_CATEGORIES"
+
+    def __reduce__(self) -> str:
+        return "IMAGENET_CATEGORIES"  # pickled by name: the one module-level instance
+
+
+IMAGENET_CATEGORIES: Sequence[str] = _Categories()
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A checkpoint: where it lives, its digest, and how to use it.
+
+    `url` is https, http, `file://` or a local path. `sha256` is the full 64-hex digest, or a hex
+    prefix (at least 8 digits) where only that is known; the whole file is hashed either way.
+    `size` is the exact byte count when known; `file_size` is the size in MiB as torchvision
+    reports it. `metrics` maps "acc@1"/"acc@5" to ImageNet-1K accuracies. `nonfinite` lists the
+    state-dict key prefixes whose tensors may hold NaN or Inf (the features-only VGG16's classifier);
+    anywhere else a NaN or Inf refuses the checkpoint.
+    """
+
+    url: str
+    sha256: str
+    size: int | None = None
+    categories: Sequence[str] | None = None
+    crop_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    num_params: int | None = None
+    min_size: tuple[int, int] = (MIN_SIZE, MIN_SIZE)
+    gflops: float | None = None
+    file_size: float | None = None
+    recipe: str | None = None
+    docs: str | None = None
+    nonfinite: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", normalize_digest(self.sha256))
+        if not isinstance(self.nonfinite, (tuple, list)) or not all(isinstance(p, str) and p for p in self.nonfinite):
+            raise ValueError(
+                f"nonfinite must be a tuple of state-dict key prefixes such as ('classifier.',), got {self.nonfinite!r}"
+            )
+        object.__setattr__(self, "nonfinite", tuple(self.nonfinite))
+        if not self.url:
+            raise ValueError("url must be an https, http or file:// URL, or a local path")
+        if self.size is not None and self.size <= 0:
+            raise ValueError(f"size must be a positive byte count, got {self.size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
+        if self.categories is not None and not isinstance(self.categories, _Categories):
+            object.__setattr__(self, "categories", tuple(self.categories))
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    def __hash__(self) -> int:
+        return hash((self.url, self.sha256))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # `metrics` is a read-only mappingproxy, which pickle refuses: rebuild the record from its fields.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["metrics"] = dict(self.metrics)
+        return Weights, tuple(values.values())
+
+    @property
+    def file_name(self) -> str:
+        """The name the file is cached under: the URL's last path segment, percent-decoded.
+
+        A name that could be anything but a plain file in one folder ("..", separators) is a ValueError.
+        """
+        return file_name_from_url(self.url)
+
+    @property
+    def is_official(self) -> bool:
+        """True for files published under download.pytorch.org/models (what VGGNET_MIRROR replaces)."""
+        return self.url.startswith(OFFICIAL_BASE)
+
+    @property
+    def full_digest(self) -> bool:
+        return len(self.sha256) == 64
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """torchvision's metadata keys, so code written against its records runs unchanged."""
+        return {
+            "categories": None if self.categories is None else list(self.categories),
+            "num_params": self.num_params,
+            "min_size": self.min_size,
+            "_metrics": {"ImageNet-1K": dict(self.metrics)} if self.metrics else {},
+            "_ops": self.gflops,
+            "_file_size": self.file_size,
+            "recipe": self.recipe,
+            "_docs": self.docs,
+        }
+
+    def transforms(self) -> ImageClassification:
+        """The evaluation preset these weights expect."""
+        return ImageClassification(
+            crop_size=self.crop_size,
+            resize_size=self.resize_size,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+        )
+
+    def get_state_dict(
+        self, progress: bool = True, map_location: str | torch.device | None = None, *, check_hash: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Fetch (or find in the cache), verify and load the checkpoint with weights_only=True.
+
+        `check_hash` is taken for torchvision's callers; the file is verified whatever its value.
+        """
+        return load_weights(
+            self.url,
+            sha256=self.sha256,
+            size=self.size,
+            max_size=self.max_size,
+            progress=progress,
+            map_location=map_location,
+        )
+
+    @property
+    def max_size(self) -> int | None:
+        """An upper bound on the file's bytes when only torchvision's MiB figure is known (official files)."""
+        if self.size is not None or self.file_size is None or not self.is_official:
+            return None
+        return int(self.file_size * _MiB) + 1024  # torchvision's MiB figure is rounded to 3 decimals
+
+
+_Member = TypeVar("_Member", bound="WeightsEnum")
+
+
+class WeightsEnum(Enum):
+    """Base of the per-builder enums; members delegate the record's attributes.
+
+    As torchvision's members: `repr` and `str` are "VGG16_Weights.IMAGENET1K_V1", `verify` normalises
+    a builder's argument, and a member pickles (and deep-copies) to itself, by name.
+    """
+
+    value: Weights
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        # By name, not Enum's by value: unpickling by value needs an equal record, and NaN metrics
+        # (IMAGENET1K_FEATURES) never compare equal; by name, a loaded member `is` the defined one.
+        return getattr, (type(self), self._name_)
+
+    @classmethod
+    def verify(cls: type[_Member], obj: object) -> _Member | None:
+        """None, a member, or its name ("DEFAULT", "VGG16_Weights.DEFAULT") -> None or the member, as torchvision.
+
+        torchvision's own member for the same file is taken too (matched by URL). An unknown name is a
+        KeyError and anything else a TypeError, torchvision's error types.
+        """
+        if obj is None:
+            return None
+        if type(obj) is str:
+            prefix = cls.__name__ + "."
+            name = obj[len(prefix) :] if obj.startswith(prefix) else obj
+            if name not in cls.__members__:
+                raise KeyError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
+            return cls[name]
+        member = own_member(obj)
+        if not isinstance(member, cls):
+            raise TypeError(
+                f"expected weights of {cls.__name__} (None, a member or its name: {_member_names(cls)}), "
+                f"got {_describe(obj)}"
+            )
+        return member
+
+    @property
+    def url(self) -> str:
+        return self.value.url
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.value.meta
+
+    def transforms(self) -> ImageClassification:
+        return self.value.transforms()
+
+    def get_state_dict(
+        self, progress: bool = True, map_location: str | torch.device | None = None, *, check_hash: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The verified state dict (`check_hash` is taken for torchvision's callers; vggnet always verifies)."""
+        return self.value.get_state_dict(progress=progress, map_location=map_location, check_hash=check_hash)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self._name_}"
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self._name_}"
+
+    @classmethod
+    def from_name(cls, name: str) -> WeightsEnum:
+        """Resolve "DEFAULT", "IMAGENET1K_V1" or "VGG16_Weights.IMAGENET1K_V1" to a member."""
+        prefix = cls.__name__ + "."
+        short = name[len(prefix) :] if name.startswith(prefix) else name
+        member = cls.__members__.get(short)
+        if member is None:
+            valid = ", ".join(f"{cls.__name__}.{n}" for n in cls.__members__)
+            raise ValueError(f"unknown weights {name!r} for {cls.__name__}; valid: {valid}")
+        return member
+
+
+_RECIPE = "https://github.com/pytorch/vision/tree/main/references/classification#alexnet-and-vgg"
+_DOCS = "These weights were trained from scratch by using a simplified training recipe."
+
+
+def _imagenet(
+    file: str,
+    *,
+    sha256: str,
+    num_params: int,
+    acc1: float,
+    acc5: float,
+    gflops: float,
+    mib: float,
+    size: int | None = None,
+) -> Weights:
+    return Weights(
+        url=OFFICIAL_BASE + file,
+        sha256=sha256,
+        size=size,
+        categories=IMAGENET_CATEGORIES,
+        metrics={"acc@1": acc1, "acc@5": acc5},
+        num_params=num_params,
+        gflops=gflops,
+        file_size=mib,
+        recipe=_RECIPE,
+        docs=_DOCS,
+    )
+
+
+# fmt: off
+class VGG11_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg11-8a719046.pth", sha256="8a719046", num_params=132_863_336,
+                              acc1=69.020, acc5=88.628, gflops=7.609, mib=506.840)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG11_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg11_bn-6002323d.pth", sha256="6002323d", num_params=132_868_840,
+                              acc1=70.370, acc5=89.810, gflops=7.609, mib=506.881)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG13_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg13-19584684.pth", sha256="19584684", num_params=133_047_848,
+                              acc1=69.928, acc5=89.246, gflops=11.308, mib=507.545)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG13_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg13_bn-abd245e5.pth", sha256="abd245e5", num_params=133_053_736,
+                              acc1=71.586, acc5=90.374, gflops=11.308, mib=507.590)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG16_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg16-397923af.pth", num_params=138_357_544,
+                              sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+                              size=553_433_881, acc1=71.592, acc5=90.382, gflops=15.470, mib=527.796)
+    # Ported from the SSD project: only `features` holds usable values, the classifier is NaN.
+    IMAGENET1K_FEATURES = Weights(
+        url=OFFICIAL_BASE + "vgg16_features-amdegroot-88682ab5.pth",
+        sha256="88682ab5",
+        categories=None,
+        nonfinite=("classifier.",),  # fc6 and fc7 hold NaN: refused anywhere else
+        mean=CAFFE_MEAN,
+        std=CAFFE_STD,
+        metrics={"acc@1": float("nan"), "acc@5": float("nan")},  # as torchvision: no classifier to measure
+        num_params=138_357_544,
+        gflops=15.470,
+        file_size=527.802,
+        recipe="https://github.com/amdegroot/ssd.pytorch#training-ssd",
+        docs="These weights can't be used for classification because they are missing values in the "
+        "`classifier` module. Only the `features` module has valid values and can be used for feature "
+        "extraction. The weights were trained using the original input standardization method as "
+        "described in the paper.",
+    )
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG16_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg16_bn-6c64b313.pth", num_params=138_365_992,
+                              sha256="6c64b3138f2f4fcb3bcc4cafde11619c4f440eb1631787e93a682fd88305888a",
+                              acc1=73.360, acc5=91.516, gflops=15.470, mib=527.866)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG19_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg19-dcbb9e9d.pth", sha256="dcbb9e9d", size=574_673_361,
+                              num_params=143_667_240, acc1=72.376, acc5=90.876, gflops=19.632, mib=548.051)
+    DEFAULT = IMAGENET1K_V1
+
+
+class VGG19_BN_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _imagenet("vgg19_bn-c79401a0.pth", sha256="c79401a0", size=574_769_405,
+                              num_params=143_678_248, acc1=74.218, acc5=91.842, gflops=19.632, mib=548.143)
+    DEFAULT = IMAGENET1K_V1
+# fmt: on
+
+# builder name -> its enum
+WEIGHTS_ENUMS: Mapping[str, type[WeightsEnum]] = MappingProxyType(
+    {
+        "vgg11": VGG11_Weights,
+        "vgg11_bn": VGG11_BN_Weights,
+        "vgg13": VGG13_Weights,
+        "vgg13_bn": VGG13_BN_Weights,
+        "vgg16": VGG16_Weights,
+        "vgg16_bn": VGG16_BN_Weights,
+        "vgg19": VGG19_Weights,
+        "vgg19_bn": VGG19_BN_Weights,
+    }
+)
+_BY_ENUM_NAME = {cls.__name__: cls for cls in WEIGHTS_ENUMS.values()}
+
+WeightsArg = None | str | Weights | WeightsEnum
+
+
+def get_weight(name: str) -> WeightsEnum:
+    """The member named like "VGG16_Weights.IMAGENET1K_V1"."""
+    enum_name, _, member = name.partition(".")
+    cls = _BY_ENUM_NAME.get(enum_name)
+    if cls is None or not member:
+        valid = ", ".join(str(m) for cls in WEIGHTS_ENUMS.values() for m in cls.__members__.values())
+        raise ValueError(f"unknown weights {name!r}; valid: {valid}")
+    return cls.from_name(member)
+
+
+def _member_names(enum: type[WeightsEnum]) -> str:
+    return ", ".join(f"{enum.__name__}.{name}" for name in enum.__members__)
+
+
+def _describe(obj: object) -> str:
+    return repr(obj) if isinstance(obj, Enum) else type(obj).__name__
+
+
+def own_member(obj: object) -> object:
+    """vggnet's member for torchvision's (any enum member whose `url` is one of vggnet's records); else `obj`.
+
+    Matched by URL, so torchvision is never imported. A member with a URL vggnet has no record of is a
+    TypeError, as torchvision's `verify` makes of another model's member.
+    """
+    if isinstance(obj, WeightsEnum) or not isinstance(obj, Enum):
+        return obj
+    url = getattr(obj, "url", None) or getattr(obj.value, "url", None)
+    if not isinstance(url, str):
+        return obj
+    for enum in WEIGHTS_ENUMS.values():
+        for member in enum:  # aliases (DEFAULT) are skipped: they share their record's member
+            if member.url == url:
+                return member
+    official = ", ".join(str(m) for enum in WEIGHTS_ENUMS.values() for m in enum)
+    raise TypeError(
+        f"{obj!r} ({url}) has no vggnet record; vggnet knows {official}. To load that file anyway, pass "
+        f"vggnet.Weights(url=..., sha256=...) with its URL and SHA-256"
+    )
+
+
+def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
+    """The record a name, member or record means for `arch` (None for None); strings are looked up in `arch`'s enum.
+
+    torchvision's own members are taken too, matched by URL to vggnet's records. Records only, kept for
+    compatibility: `checkpoint.load` is the one loader of every weights source.
+    """
+    enum = WEIGHTS_ENUMS[arch]
+    if weights is None or isinstance(weights, Weights):
+        return weights
+    member = own_member(weights)
+    if isinstance(member, WeightsEnum):
+        if not isinstance(member, enum):
+            valid = ", ".join(str(m) for m in enum.__members__.values())
+            raise ValueError(f"{member} are not weights for {arch}; valid: {valid}")
+        return member.value
+    if isinstance(weights, str):
+        return enum.from_name(weights).value
+    raise TypeError(
+        f"weights must be None, a string, a {enum.__name__} member (vggnet's or torchvision's) or a "
+        f"vggnet.Weights record, got {_describe(weights)}"
+    )

@@ -1,0 +1,455 @@
+"""Fine-tuning: the settings of a run (`FinetuneConfig`), and `finetune` / `run`, the loop that ties the parts.
+
+DATA holds `train/<class>/*.png|jpg|...` and `val/<class>/...` (or only `train/`, with `val_split`
+taking a stratified, seeded share of it), read as `images.ImageFolder`s; the class names are the sorted
+folder names of `train/`, and `val/` must have the same folders. The layout is checked before any
+weights are fetched; an image that cannot be read stops the run naming it (nothing is skipped silently).
+
+What trains is `mode` x `head` (`trainers.py` holds the two trainers):
+
+- head "vgg" (fc6-fc8, the default), "gap" (global average pool + one Linear(512, N)) or "fc7" (the
+  vgg head, trained as a linear probe on fc7 features: "fc7" is mode "linear" spelled as a head, and
+  refuses mode "full").
+- mode "linear": the backbone is frozen and run once over the data with the evaluation preset (no
+  augmentation, so `augment`, `hflip`, `crop_scale` are refused there); only the last Linear trains.
+- mode "full": every layer trains, with the training preset `augment` picks.
+
+`early_stop=P` ends the run after P epochs without a better validation accuracy. A training loss that
+is NaN, or more than 3x chance level, raises `Diverged` advising a lower `lr`, instead of training on.
+After every epoch rank 0 writes OUT/last.pth, OUT/best.pth (on a better validation accuracy) and
+OUT/history.jsonl (`runs.py` says what they hold); `resume=True` continues a run with the same history
+as an uninterrupted one, and an OUT that already holds a run is refused unless `resume` or `overwrite`.
+
+Feedback from Python: `on_epoch(stats)` is called on rank 0 after every epoch with its `EpochStats`, and
+`FinetuneResult.history` holds them all; the module also logs them at INFO (the CLI shows that on
+stderr). Logging alone would be silent for Python users who configure none.
+
+Under `torchrun` (`distributed.py`) rank 0 downloads the weights while the others wait at a barrier
+and then load them from the cache; each rank trains on its shard, and only rank 0 logs, shows
+progress bars and writes.
+
+The settings of a run are one frozen `FinetuneConfig`, checked once when it is made; `finetune(...)` is
+`run(FinetuneConfig(...))`. A new setting is a field there (checked in `__post_init__`), an option of
+`vggnet finetune` (a test compares the two), and is read from `config` where it is used (a setting the
+trainers read is also a property of `trainers.Settings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import torch
+
+from vggnet.checks import check_device, check_int
+from vggnet.data.distributed import init_distributed
+from vggnet.data.images import ImageFolder, train_and_val
+from vggnet.data.transforms import ImageClassification
+from vggnet.hub._fetching import fetch
+from vggnet.models.checkpoint import load, load_finetuned
+from vggnet.models.config import IN_CHANNELS, MAX_SIZE, MIN_SIZE, check_arch
+from vggnet.models.finetuned import FORMAT, Finetuned, backbone_identity
+from vggnet.models.sources import WEIGHT_FILE_SUFFIXES, Source, WeightsSource, check_classifier, classify
+from vggnet.models.vgg import HEADS
+from vggnet.train.runs import (
+    CHECKPOINT_NAME,
+    LAST_NAME,
+    EpochStats,
+    FinetuneResult,
+    checkpoint_state,
+    plot_history,
+    previous_run,
+    read_history,
+    save_checkpoint,
+    write_history,
+)
+from vggnet.train.trainers import (
+    FullTrainer,
+    LinearTrainer,
+    Loaders,
+    Session,
+    Trainer,
+    restore,
+    train_preset,
+    training_state,
+)
+
+__all__ = [
+    "AUGMENTS",
+    "FORMAT",
+    "HEADS",
+    "WEIGHT_FILE_SUFFIXES",
+    "Diverged",
+    "EpochStats",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "Finetuned",
+    "ImageFolder",
+    "finetune",
+    "load_finetuned",
+    "plot_history",
+    "read_history",
+    "run",
+]
+
+logger = logging.getLogger(__name__)
+
+# Re-exported where users found them before: FORMAT and Finetuned live in finetuned.py (the fields of a
+# fine-tuned checkpoint), load_finetuned in checkpoint.py, WEIGHT_FILE_SUFFIXES in sources.py, ImageFolder
+# in images.py, and EpochStats, FinetuneResult, read_history and plot_history in runs.py.
+MODES = ("linear", "full")
+AUGMENTS = ("none", "light", "standard")
+DEFAULT_LR = {"linear": 0.05, "full": 0.001}
+DIVERGED = 3.0  # a training loss above this many times chance level (ln of the class count, at least 1) diverged
+Mode = Literal["linear", "full"]
+Head = Literal["vgg", "gap", "fc7"]
+Augment = Literal["none", "light", "standard"]
+
+
+class Diverged(RuntimeError):
+    """The training loss went NaN or far above its start: the learning rate is too high."""
+
+
+# --- the settings of a run ------------------------------------------------------------------------
+
+
+def _check_float(name: str, value: object, low: float, high: float, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The settings of one run, all checked here, before anything is built, downloaded or written.
+
+    `weights`: anything `checkpoint.load` takes (a record name such as "DEFAULT", an enum member, a
+    `Weights` record, a state dict or `finetune` checkpoint file, a URL, None or "none" for random);
+    the preprocessing of a record or a fine-tuned checkpoint is kept, files and URLs get ImageNet's.
+    `lr`: default 0.05 for "linear", 0.001 for "full". `device`: default CUDA when available (under
+    torchrun, cuda:LOCAL_RANK). `amp`: bf16 autocast, default on for CUDA only. `in_chans`: 3, or 1 to
+    read the images as gray (the first conv is adapted, the mean and std averaged). `batch_size` is per
+    process. `augment` (mode "full" only): "none" (the evaluation preset), "light" (random resized crop
+    of 60-100% of the area, flip) or "standard" (8-100%, flip; the default); `hflip` and `crop_scale`
+    override its flip and crop area. `early_stop`: patience in epochs on the validation accuracy.
+    `val_split`: the share of each class held out for validation when DATA has no val/. `on_epoch` is
+    called with each epoch's `EpochStats` on rank 0 (Python only; the CLI prints the same line).
+    See the module docstring for `head`, `resume`, `overwrite` and `plot`.
+    """
+
+    data: Path
+    arch: str = "vgg16"
+    weights: WeightsSource = "DEFAULT"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float | None = None
+    mode: Mode = "linear"
+    head: Head = "vgg"
+    image_size: int = 224
+    out: Path = Path("finetune-out")
+    device: str | torch.device | None = None
+    workers: int = 0
+    amp: bool | None = None
+    in_chans: int = IN_CHANNELS
+    progress: bool = True
+    seed: int = 0
+    augment: Augment | None = None
+    hflip: bool | None = None
+    crop_scale: tuple[float, float] | None = None
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0
+    early_stop: int | None = None
+    val_split: float | None = None
+    resume: bool = False
+    overwrite: bool = False
+    plot: Path | None = None
+    on_epoch: Callable[[EpochStats], object] | None = field(default=None, repr=False, compare=False)
+    source: Source = field(init=False, repr=False, compare=False)  # what `weights` is, decided once
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "fc7" and self.mode != "linear":
+            raise ValueError(
+                "head 'fc7' is a linear probe on fc7 features (only fc8 trains), which contradicts mode "
+                f"{self.mode!r}; use head 'vgg' to train every layer of the vgg head, or mode 'linear'"
+            )
+        if self.mode == "linear":
+            given = [k for k in ("augment", "hflip", "crop_scale") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"mode 'linear' computes the features once, without augmentation, so {', '.join(given)} "
+                    "cannot apply; use mode 'full' or leave them out"
+                )
+        if self.augment is not None and self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.crop_scale is not None:
+            scale = tuple(self.crop_scale)
+            if self.augment == "none":
+                raise ValueError("augment 'none' makes no random crop; drop crop_scale or use augment 'light'")
+            if (
+                len(scale) != 2
+                or not all(isinstance(v, (int, float)) for v in scale)
+                or not 0 < scale[0] <= scale[1] <= 1
+            ):
+                raise ValueError(
+                    f"crop_scale must be (MIN, MAX) with 0 < MIN <= MAX <= 1, e.g. (0.6, 1.0), got {self.crop_scale!r}"
+                )
+            object.__setattr__(self, "crop_scale", (float(scale[0]), float(scale[1])))
+        if self.in_chans not in (1, IN_CHANNELS):
+            raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {self.in_chans}")
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        check_int("workers", self.workers, least=0)
+        check_int("warmup_epochs", self.warmup_epochs, least=0)
+        check_int("seed", self.seed, least=0)
+        if self.early_stop is not None:
+            check_int("early_stop", self.early_stop)
+        _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, "in [0, 1), e.g. 0.1")
+        _check_float("weight_decay", self.weight_decay, 0.0, math.inf, "a number >= 0, e.g. 5e-4")
+        if self.val_split is not None:
+            _check_float("val_split", self.val_split, 1e-9, 1.0, "between 0 and 1, e.g. 0.2")
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in out and overwrite replaces it: pass one of them")
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+            raise ValueError(
+                f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
+                f"{MIN_SIZE}x{MIN_SIZE} pixels), got {size!r}; 224 is what ImageNet weights were trained at"
+            )
+        if size > MAX_SIZE:  # checked here too, before any weights are fetched
+            raise ValueError(f"image_size must be at most {MAX_SIZE} (the presets' bound), got {size}")
+        lr = self.lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
+            raise ValueError(
+                f"lr must be a positive number, got {lr!r}; None uses {DEFAULT_LR[self.mode]} for mode {self.mode!r}"
+            )
+        object.__setattr__(self, "arch", check_arch(self.arch))
+        object.__setattr__(self, "source", classify(self.weights, self.arch))
+        if self.head != "gap":
+            check_classifier(self.source)  # fc8 is trained on fc7: the features-only checkpoint cannot start a run
+        check_device(self.device)
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.plot is not None:
+            object.__setattr__(self, "plot", Path(self.plot))
+
+    @property
+    def rate(self) -> float:
+        """The learning rate: `lr`, or the mode's default."""
+        return DEFAULT_LR[self.mode] if self.lr is None else float(self.lr)
+
+    @property
+    def model_head(self) -> str:
+        """The head the network is built with ("fc7" is the vgg head)."""
+        return "gap" if self.head == "gap" else "vgg"
+
+    def recipe(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        names = ("arch", "mode", "head", "image_size", "in_chans", "batch_size", "seed", "augment", "hflip",
+                 "crop_scale", "label_smoothing", "weight_decay", "warmup_epochs", "val_split")  # fmt: skip
+        values = {name: getattr(self, name) for name in names}
+        values["crop_scale"] = list(self.crop_scale) if self.crop_scale is not None else None
+        return {**values, "lr": self.rate, "weights": self.source.text}
+
+
+def finetune(
+    data: str | os.PathLike[str],
+    *,
+    arch: str = "vgg16",
+    weights: WeightsSource = "DEFAULT",
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float | None = None,
+    mode: Mode = "linear",
+    head: Head = "vgg",
+    image_size: int = 224,
+    out: str | os.PathLike[str] = "finetune-out",
+    device: str | torch.device | None = None,
+    workers: int = 0,
+    amp: bool | None = None,
+    in_chans: int = IN_CHANNELS,
+    progress: bool = True,
+    seed: int = 0,
+    **recipe: Any,
+) -> FinetuneResult:
+    """Fine-tune `arch` on DATA (see the module docstring and `FinetuneConfig` for the arguments).
+
+    Every other `FinetuneConfig` field (augment, hflip, crop_scale, label_smoothing, weight_decay,
+    warmup_epochs, early_stop, val_split, resume, overwrite, plot, on_epoch) is a keyword here too.
+    Returns the history and the trained model. `weights` may be a `pathlib.Path`, e.g. an earlier
+    `FinetuneResult.checkpoint`, or `vggnet.VGG16_Weights.DEFAULT`.
+    """
+    known = {f.name for f in dataclasses.fields(FinetuneConfig) if f.init}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise TypeError(f"finetune() got unexpected keyword arguments {unknown}; valid: {', '.join(sorted(known))}")
+    config = FinetuneConfig(
+        Path(data), arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, mode=mode, head=head,
+        image_size=image_size, out=Path(out), device=device, workers=workers, amp=amp, in_chans=in_chans,
+        progress=progress, seed=seed, **recipe,
+    )  # fmt: skip
+    return run(config)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+def run(config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune with `config`'s settings (every rank under torchrun); see `finetune`."""
+    started = time.perf_counter()
+    dev = check_device(config.device) or _default_device()
+    ctx = init_distributed(dev)
+    if dev.type == "cuda" and ctx.on:
+        dev = torch.device("cuda", ctx.local_rank)
+    amp = dev.type == "cuda" if config.amp is None else config.amp
+    session = Session(config, ctx, dev, amp, Loaders(ctx, config.batch_size, config.workers, dev, config.seed))
+    return _finetune(config, session, started)
+
+
+def _finetune(config: FinetuneConfig, session: Session, started: float) -> FinetuneResult:
+    ctx, device = session.ctx, session.device
+    in_chans, image_size = config.in_chans, config.image_size
+    torch.manual_seed(config.seed)  # the same fresh fc8 on every rank (DDP broadcasts rank 0's anyway)
+    # the layout of DATA, checked before any weights are fetched
+    train_files, val_files = train_and_val(config.data, config.val_split, config.seed, gray=config.in_chans == 1)
+    classes = train_files.classes
+    # refusals and --overwrite's deletions, once
+    previous = (
+        previous_run(config.out, config.recipe(), config.epochs, resume=config.resume, overwrite=config.overwrite)
+        if ctx.main
+        else None
+    )
+
+    # Rank 0 fetches (and caches) the weights first; the others then find them in the cache.
+    if not ctx.main:
+        ctx.barrier()
+        if config.resume:
+            previous = torch.load(config.out / LAST_NAME, map_location="cpu", weights_only=True)
+    start = load(
+        config.weights, arch=config.arch, num_classes=len(classes), in_chans=in_chans,
+        progress=config.progress and ctx.main, classifier=config.model_head != "gap", head=config.model_head,
+    )  # fmt: skip
+    if ctx.main:
+        ctx.barrier()
+    model = start.model.to(device)
+    mean, std, interpolation = tuple(start.preset.mean), tuple(start.preset.std), start.preset.interpolation
+    if in_chans == 1 and len(mean) == IN_CHANNELS:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    eval_preset = ImageClassification(crop_size=image_size, mean=mean, std=std, interpolation=interpolation)
+    eval_preset = eval_preset.resized(image_size)  # the shorter side to image_size * 256 / 224 first
+    preprocessing: dict[str, Any] = {
+        "crop_size": eval_preset.crop_size, "resize_size": eval_preset.resize_size, "mean": list(mean),
+        "std": list(std), "interpolation": interpolation,
+    }  # fmt: skip
+    train_eval, val = train_files.with_transform(eval_preset), val_files.with_transform(eval_preset)
+    weights = config.source.text  # as given ("DEFAULT", a path, a URL, "None"): logged and kept in the checkpoint
+    if ctx.main:
+        logger.info(
+            "fine-tuning %s (%s, head %s, %s) on %d classes: %d training and %d validation images, "
+            "%d process(es) on %s",
+            config.arch, config.mode, config.head, weights, len(classes), len(train_eval), len(val), ctx.world, device,
+        )  # fmt: skip
+
+    meta: dict[str, Any] = {
+        "format": FORMAT, "arch": config.arch, "in_chans": in_chans, "head": config.model_head, "classes": classes,
+        "preprocessing": preprocessing, "mode": config.mode, "weights": str(weights),
+    }  # fmt: skip
+    small = config.mode == "linear" and config.source.kind != "random"
+    if small and ctx.main:
+        meta["backbone"] = backbone_identity(config.source, _source_file(config.source))
+    result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
+    if ctx.main:
+        config.out.mkdir(parents=True, exist_ok=True)
+
+    trainer: Trainer
+    if config.mode == "linear":
+        trainer = linear = LinearTrainer(session, model, train_eval, val)
+        if ctx.main:
+            logger.info(
+                "cached the features of %d + %d images in %.1f s", len(linear.train_x), len(linear.val_x),
+                linear.cache_seconds,
+            )  # fmt: skip
+    else:
+        augmented = train_files.with_transform(
+            train_preset(eval_preset, config.augment, config.hflip, config.crop_scale)
+        )
+        trainer = FullTrainer(session, model, augmented, val)
+    first, bad_epochs = 1, 0
+    if previous is not None:
+        first, bad_epochs = restore(previous, trainer, result)
+        logger.info("resuming after epoch %d", first - 1)
+    chance = math.log(max(len(classes), 2))
+    for epoch in range(first, config.epochs + 1):
+        lr = trainer.optimizer.param_groups[-1]["lr"]
+        stats = trainer.epoch(epoch)
+        stats.lr = lr
+        if not math.isfinite(stats.train_loss) or stats.train_loss > DIVERGED * max(chance, 1.0):
+            raise Diverged(
+                f"training diverged at epoch {epoch}: train loss {stats.train_loss:.4g}, where chance is "
+                f"{chance:.3g}; the learning rate {config.rate:g} is too high: lower it (--lr {config.rate / 10:g}), "
+                "or warm up (--warmup-epochs 2)"
+            )
+        result.history.append(stats)
+        improved = stats.val_acc > result.best_val_acc
+        bad_epochs = 0 if improved else bad_epochs + 1
+        stopped = config.early_stop is not None and bad_epochs >= config.early_stop
+        if improved:
+            result.best_epoch, result.best_val_acc = epoch, stats.val_acc
+        if ctx.main:
+            state = checkpoint_state(model, head_only=small)
+            entry = {**meta, "epoch": epoch, "val_acc": stats.val_acc, "state_dict": state}
+            if improved:
+                result.checkpoint = config.out / CHECKPOINT_NAME
+                save_checkpoint(entry, result.checkpoint)
+            train_state = {
+                **training_state(trainer, result, epoch, bad_epochs), "recipe": config.recipe(),
+                "stopped_early": stopped, "finished": stopped or epoch == config.epochs,
+            }  # fmt: skip
+            result.last = config.out / LAST_NAME
+            save_checkpoint({**entry, "train": train_state}, result.last)
+            write_history(config.out, result.history)
+            logger.info("%s", stats.line(config.epochs))
+            if config.on_epoch is not None:
+                config.on_epoch(stats)
+        if stopped:
+            result.stopped_early = True
+            if ctx.main:
+                logger.info("no better val accuracy for %d epochs: stopping early", bad_epochs)
+            break
+    if result.checkpoint is None and (config.out / CHECKPOINT_NAME).is_file():
+        result.checkpoint = config.out / CHECKPOINT_NAME
+    result.seconds = time.perf_counter() - started
+    if ctx.main:
+        if config.plot is not None:
+            plot_history(result.history, config.plot, f"{config.arch} {config.mode} head {config.head}")
+        logger.info(
+            "best val accuracy %.2f%% at epoch %d; checkpoint %s", result.best_val_acc, result.best_epoch,
+            result.checkpoint,
+        )  # fmt: skip
+    return result
+
+
+def _source_file(source: Source) -> Path | None:
+    """The local file a file or URL source was read from (the hub's cached copy for http)."""
+    if source.kind == "file":
+        return Path(source.text).resolve()
+    if source.kind == "url":
+        if source.text.lower().startswith("file:"):
+            return Path(unquote(urlsplit(source.text).path))
+        return fetch(source.text, progress=False)  # already cached by the load
+    return None
