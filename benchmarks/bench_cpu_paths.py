@@ -34,10 +34,11 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .`
 
-from harness import environment, save_results  # noqa: E402
+from harness import environment, save_results
 
-import vggnet  # noqa: E402
-from vggnet.deploy.bench import time_interleaved  # noqa: E402
+import vggnet
+from vggnet.deploy.bench import time_interleaved
+from vggnet.deploy.inference import optimize_for_inference
 
 # A 1x1 convolution with this stride maps a 32x32 image to the 7x7 map the classifier takes.
 HEAD_ONLY_STRIDE = 5
@@ -47,7 +48,7 @@ def compare(
     what: str, model: vggnet.VGG, x: torch.Tensor, *, names: tuple[str, str], iters: int, rounds: int
 ) -> list[dict[str, Any]]:
     """`model` as plain modules (the baseline) against `optimize_for_inference(model)`, in interleaved rounds."""
-    fast = vggnet.optimize_for_inference(model)  # float32, channels_last, folded: the network both sides run
+    fast = optimize_for_inference(model)  # float32, channels_last, folded: the network both sides run
     x = x.contiguous(memory_format=torch.channels_last)
     plain, optimized = names
     fns: dict[str, Callable[[], object]] = {plain: lambda: fast.net(x), optimized: lambda: fast(x)}

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
 
-from harness import environment, save_results  # noqa: E402
+from harness import environment, save_results
 
 # name -> finetune keywords; every run: weights=None, in_chans=1, image_size=32, seed 0
 RECIPE = {"augment": "light", "hflip": False, "crop_scale": (0.7, 1.0), "label_smoothing": 0.1,
@@ -80,7 +80,8 @@ def write_digits(root: Path, per_class: int | None, seed: int = 0) -> dict[str, 
 
 def test_accuracy(checkpoint: Path, test_root: Path) -> float:
     """Percent of test/ the checkpoint classifies right (its own preset and classes)."""
-    from vggnet.train.finetune import ImageFolder, load_finetuned
+    from vggnet.data.images import ImageFolder
+    from vggnet.models.checkpoint import load_finetuned
 
     finetuned = load_finetuned(checkpoint)
     folder = ImageFolder(test_root, finetuned.preset, finetuned.classes, gray=finetuned.in_chans == 1)

@@ -1,4 +1,4 @@
-"""Loopback download throughput: vggnet.hub._fetching.fetch (hashing while streaming) against a plain copy.
+"""Loopback download throughput: vggnet.hub.fetch (hashing while streaming) against a plain copy.
 
     python benchmarks/bench_download.py [--mib 528] [--repeat 3] [--workdir DIR] [--out DIR] [--smoke]
 
@@ -120,7 +120,7 @@ def main() -> int:
     if args.smoke:
         args.mib, args.repeat = 16, 1
 
-    from vggnet.hub import _fetching as hub
+    from vggnet import hub
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-download-"))
     served, out = workdir / "served", workdir / "out"

@@ -42,7 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .` (the GPU machines have none)
 MiB = 1 << 20
 
-from harness import Budget, environment, save_results  # noqa: E402
+from harness import Budget, environment, save_results
 
 
 def _rss_bytes() -> int:

@@ -30,11 +30,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
 
-from harness import environment, save_results  # noqa: E402
+from harness import environment, save_results
 
-import vggnet  # noqa: E402
-from vggnet.deploy.export import export, run_export  # noqa: E402
-from vggnet.hub import _formats as formats  # noqa: E402
+import vggnet
+from vggnet import hub
+from vggnet.deploy.export import export, run_export
+from vggnet.deploy.inference import optimize_for_inference
+from vggnet.models.layouts import write_state_dict
 
 
 def build_meta(arch: str) -> vggnet.VGG:
@@ -49,7 +51,7 @@ def load_paths(arch: str, st: Path, pth: Path) -> dict[str, Callable[[], vggnet.
         return model
 
     return {
-        "safetensors (mmap)": lambda: assign(formats.load_safetensors(st)),
+        "safetensors (mmap)": lambda: assign(hub.load_safetensors(st)),
         "zip, torch.load(mmap=True)": lambda: assign(torch.load(pth, weights_only=True, mmap=True)),
         "zip, torch.load": lambda: assign(torch.load(pth, weights_only=True)),
     }
@@ -126,8 +128,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     torch.manual_seed(0)
     model = vggnet.get_model(args.arch).eval()
     st, pth = workdir / f"{args.arch}.safetensors", workdir / f"{args.arch}.pth"
-    formats.write_state_dict(model.state_dict(), st)
-    formats.write_state_dict(model.state_dict(), pth)
+    write_state_dict(model.state_dict(), st)
+    write_state_dict(model.state_dict(), pth)
 
     results: dict[str, object] = {
         "suite": "formats",
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    fast = vggnet.optimize_for_inference(model, device="cpu", dtype=torch.float32)
+    fast = optimize_for_inference(model, device="cpu", dtype=torch.float32)
     feed = {"images": x.numpy()}
     candidates: dict[str, Callable[[], object]] = {
         "onnxruntime CPU": lambda: session.run(None, feed),

@@ -27,9 +27,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
-from harness import Budget, environment, save_results  # noqa: E402
+from harness import Budget, environment, save_results
 
-from vggnet.deploy.bench import format_report, run_bench  # noqa: E402
+from vggnet.deploy.bench import format_report, run_bench
 
 # (arch, batch size, timed calls, compile torchvision too, dtype: None for the device's default)
 SUITES: dict[str, list[tuple[str, int, int, bool, torch.dtype | None]]] = {

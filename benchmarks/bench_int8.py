@@ -46,11 +46,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .`
 
-from harness import Budget, environment, save_results  # noqa: E402
+from harness import Budget, environment, save_results
 
-from vggnet.deploy.bench import format_int8, format_report, run_bench  # noqa: E402
-from vggnet.deploy.quantize import quantize  # noqa: E402
-from vggnet.train.finetune import finetune, load_finetuned  # noqa: E402
+from vggnet.deploy.bench import format_int8, format_report, run_bench
+from vggnet.deploy.quantize import quantize
+from vggnet.models.checkpoint import load_finetuned
+from vggnet.train.finetune import finetune
 
 SIDE = 32  # digits are 8x8: upscaled to VGG's smallest input
 CALIBRATION = 200

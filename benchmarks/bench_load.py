@@ -125,7 +125,7 @@ def main() -> int:
     if args.smoke:
         args.repeat = 1
 
-    from vggnet.hub._fetching import verify_file
+    from vggnet.hub import verify_file
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -38,15 +38,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
-from harness import Budget, environment, save_results  # noqa: E402
+from harness import Budget, environment, save_results
 
-from vggnet import get_model  # noqa: E402
-from vggnet.batch.engine import Session, logits_fn  # noqa: E402
-from vggnet.batch.evaluate import evaluate  # noqa: E402
-from vggnet.batch.predict import predict_images  # noqa: E402
-from vggnet.data.images import imagenet_synsets  # noqa: E402
-from vggnet.data.transforms import ImageClassification  # noqa: E402
-from vggnet.models.weights import IMAGENET_CATEGORIES  # noqa: E402
+from vggnet import get_model
+from vggnet.batch.engine import Session, logits_fn
+from vggnet.batch.evaluate import evaluate
+from vggnet.batch.predict import predict_images
+from vggnet.data.images import imagenet_synsets
+from vggnet.data.transforms import ImageClassification
+from vggnet.models.weights import IMAGENET_CATEGORIES
 
 FIGURES = ("bare model", "predict", "evaluate")
 

@@ -34,10 +34,10 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (the GPU machines have none)
 
-from harness import Budget, environment, save_results  # noqa: E402
+from harness import Budget, environment, save_results
 
-import vggnet  # noqa: E402
-from vggnet.deploy.bench import time_interleaved  # noqa: E402
+import vggnet
+from vggnet.deploy.bench import time_interleaved
 
 
 def make_step(

@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .` (the GPU machines have none)
 
-from harness import environment, save_results  # noqa: E402
+from harness import environment, save_results
 
 # step -> its share of --budget-s (a step may also use what the steps before it left unused). Estimates:
 # tests holds two cold inductor compiles (one with CUDA graphs) and a fixture that writes and hashes

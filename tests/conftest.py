@@ -61,7 +61,8 @@ import torch
 
 import vggnet
 import vggnet.hub._download
-from vggnet.data.transforms import ImageClassification, load_image
+from vggnet.data.decode import load_image
+from vggnet.data.transforms import ImageClassification
 from vggnet.models.config import arch_config
 from vggnet.models.vgg import VGG, make_layers
 from vggnet.models.weights import Weights

@@ -23,10 +23,13 @@ import vggnet
 from tests.conftest import CLASSES, PRESET, closed_port, fingerprint, small_model, torchrun, write_labelled
 from tests.conftest import file_sha256 as sha256
 from vggnet.cli import main
-from vggnet.data.transforms import load_image
-from vggnet.hub._fetching import cache_dir
+from vggnet.data.decode import load_image
+from vggnet.data.transforms import ImageClassification
+from vggnet.hub._cache import cache_dir
+from vggnet.hub._fetching import OFFICIAL_BASE
 from vggnet.models import weights as weights_module
-from vggnet.models.weights import IMAGENET_CATEGORIES, OFFICIAL_BASE, Weights, WeightsEnum
+from vggnet.models.finetuned import FORMAT
+from vggnet.models.weights import IMAGENET_CATEGORIES, Weights, WeightsEnum
 
 PHOTOS = Path(__file__).parent / "photos"
 PHOTO_NAMES = ["camera.png", "chelsea.png", "coffee.jpg", "rocket.jpg"]
@@ -286,7 +289,7 @@ def test_predict_with_a_finetuned_checkpoint_uses_its_labels_and_preset(seeded_v
     preprocessing = {"crop_size": 192, "resize_size": 200, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
     classes = ["ant", "bee", "cicada"]
     checkpoint = {
-        "format": finetune.FORMAT, "arch": "vgg11", "in_chans": 3, "classes": classes, "mode": "full",
+        "format": FORMAT, "arch": "vgg11", "in_chans": 3, "classes": classes, "mode": "full",
         "preprocessing": {**preprocessing, "interpolation": "bilinear"}, "epoch": 1, "val_acc": 50.0,
         "weights": None, "state_dict": state,
     }  # fmt: skip
@@ -299,7 +302,7 @@ def test_predict_with_a_finetuned_checkpoint_uses_its_labels_and_preset(seeded_v
     results = json.loads(capsys.readouterr().out)["results"]
     model = vggnet.vgg11(num_classes=3, init_weights=False)
     model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-    preset = vggnet.ImageClassification(**preprocessing)
+    preset = ImageClassification(**preprocessing)
     with torch.inference_mode():
         probs = model.eval()(torch.stack([preset(load_image(p)) for p in paths])).softmax(dim=1)
     for result, row in zip(results, probs):
@@ -564,7 +567,7 @@ def test_predict_image_size_keeps_a_finetuned_checkpoints_normalization(seeded_v
     state = torch.load(seeded_vgg11, weights_only=True, mmap=True)
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.2, 0.2]
     checkpoint = {
-        "format": finetune.FORMAT, "arch": "vgg11", "in_chans": 3, "classes": list(IMAGENET_CATEGORIES), "mode": "full",
+        "format": FORMAT, "arch": "vgg11", "in_chans": 3, "classes": list(IMAGENET_CATEGORIES), "mode": "full",
         "preprocessing": {"crop_size": 224, "resize_size": 256, "mean": mean, "std": std, "interpolation": "bicubic"},
         "epoch": 1, "val_acc": 50.0, "weights": None, "state_dict": state,
     }  # fmt: skip
@@ -572,7 +575,7 @@ def test_predict_image_size_keeps_a_finetuned_checkpoints_normalization(seeded_v
     finetune.save_checkpoint(checkpoint, path)
     photo = PHOTOS / "rocket.jpg"
     assert main(["predict", str(photo), "--weights", str(path), "--image-size", "160", "--topk", "3", "--json"]) == 0
-    preset = vggnet.ImageClassification(crop_size=160, resize_size=183, mean=mean, std=std, interpolation="bicubic")
+    preset = ImageClassification(crop_size=160, resize_size=183, mean=mean, std=std, interpolation="bicubic")
     with torch.inference_mode():
         model = vggnet.vgg11(init_weights=False)
         model.load_state_dict(state)

@@ -1,60 +1,56 @@
 """vggnet: the VGG family for PyTorch, standalone, with verified official checkpoints.
 
-import vggnet
-model = vggnet.vgg16(weights="DEFAULT").eval()
-preprocess = vggnet.VGG16_Weights.DEFAULT.transforms()
+    import vggnet
+    model = vggnet.vgg16(weights="DEFAULT").eval()
+    preprocess = vggnet.VGG16_Weights.DEFAULT.transforms()
+
+This module holds what a user of a model library imports: the eight builders and their weight enums,
+`VGG`, the records, the registry, the errors and `load`. Everything else lives in the package named
+after what it is for: `vggnet.models` (the network, taps, summaries), `vggnet.hub` (the weights store),
+`vggnet.data` (images in), `vggnet.train`, `vggnet.batch` (predict, evaluate, embed), `vggnet.seeing`
+(LPIPS, losses, Grad-CAM), `vggnet.deploy` (inference, int8, export) and `vggnet.cli`.
+
+Importing vggnet imports nothing else (not even torch): each name below is loaded on first use, so
+`vggnet --help` answers at once.
 """
 
-from vggnet.data.transforms import ImageClassification, TrainClassification, create_transform
-from vggnet.deploy.inference import fold_batchnorm, optimize_for_inference
-from vggnet.hub._cache import ChecksumError, cache_dir
-from vggnet.hub._download import DownloadError
-from vggnet.hub._fetching import fetch, load_state_dict_from_url
-from vggnet.models.builders import (
-    get_model,
-    get_model_weights,
-    list_models,
-    vgg11,
-    vgg11_bn,
-    vgg13,
-    vgg13_bn,
-    vgg16,
-    vgg16_bn,
-    vgg19,
-    vgg19_bn,
-)
-from vggnet.models.receptive import ReceptiveField, receptive_fields
-from vggnet.models.summary import summarize
-from vggnet.models.taps import layer_names, module_names
-from vggnet.models.vgg import VGG, TapInfo, adapt_input_conv, make_layers
-from vggnet.models.weights import (
-    VGG11_BN_Weights,
-    VGG11_Weights,
-    VGG13_BN_Weights,
-    VGG13_Weights,
-    VGG16_BN_Weights,
-    VGG16_Weights,
-    VGG19_BN_Weights,
-    VGG19_Weights,
-    Weights,
-    WeightsEnum,
-    get_weight,
-)
-from vggnet.seeing.explain import Explanation, explain
-from vggnet.seeing.feature_maps import FeatureMaps, feature_maps
-from vggnet.seeing.losses import PerceptualLoss
-from vggnet.seeing.lpips import LPIPS
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+# public name -> the module that defines it
+_HOMES = {
+    **dict.fromkeys(
+        ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"], "vggnet.models.builders"
+    ),
+    **dict.fromkeys(["get_model", "get_model_weights", "list_models"], "vggnet.models.builders"),
+    **dict.fromkeys(
+        [
+            "VGG11_Weights",
+            "VGG11_BN_Weights",
+            "VGG13_Weights",
+            "VGG13_BN_Weights",
+            "VGG16_Weights",
+            "VGG16_BN_Weights",
+            "VGG19_Weights",
+            "VGG19_BN_Weights",
+            "Weights",
+            "WeightsEnum",
+            "get_weight",
+        ],
+        "vggnet.models.weights",
+    ),
+    "VGG": "vggnet.models.vgg",
+    "load": "vggnet.models.checkpoint",
+    **dict.fromkeys(
+        ["VggnetError", "UsageError", "ChecksumError", "DownloadError", "BadCheckpointError"], "vggnet.errors"
+    ),
+}
 
 __all__ = [
-    "ChecksumError",
-    "DownloadError",
-    "cache_dir",
-    "explain",
-    "feature_maps",
-    "fetch",
-    "load_state_dict_from_url",
     "VGG",
     "VGG11_BN_Weights",
     "VGG11_Weights",
@@ -64,29 +60,19 @@ __all__ = [
     "VGG16_Weights",
     "VGG19_BN_Weights",
     "VGG19_Weights",
-    "Explanation",
-    "FeatureMaps",
-    "ImageClassification",
-    "LPIPS",
-    "PerceptualLoss",
-    "ReceptiveField",
-    "TapInfo",
-    "TrainClassification",
+    "BadCheckpointError",
+    "ChecksumError",
+    "DownloadError",
+    "UsageError",
+    "VggnetError",
     "Weights",
     "WeightsEnum",
     "__version__",
-    "fold_batchnorm",
     "get_model",
     "get_model_weights",
     "get_weight",
-    "layer_names",
     "list_models",
-    "module_names",
-    "adapt_input_conv",
-    "make_layers",
-    "optimize_for_inference",
-    "receptive_fields",
-    "summarize",
+    "load",
     "vgg11",
     "vgg11_bn",
     "vgg13",
@@ -95,5 +81,49 @@ __all__ = [
     "vgg16_bn",
     "vgg19",
     "vgg19_bn",
-    "create_transform",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'vggnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # loaded once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers, IDEs and the API reference see
+    from vggnet.errors import BadCheckpointError, ChecksumError, DownloadError, UsageError, VggnetError
+    from vggnet.models.builders import (
+        get_model,
+        get_model_weights,
+        list_models,
+        vgg11,
+        vgg11_bn,
+        vgg13,
+        vgg13_bn,
+        vgg16,
+        vgg16_bn,
+        vgg19,
+        vgg19_bn,
+    )
+    from vggnet.models.checkpoint import load
+    from vggnet.models.vgg import VGG
+    from vggnet.models.weights import (
+        VGG11_BN_Weights,
+        VGG11_Weights,
+        VGG13_BN_Weights,
+        VGG13_Weights,
+        VGG16_BN_Weights,
+        VGG16_Weights,
+        VGG19_BN_Weights,
+        VGG19_Weights,
+        Weights,
+        WeightsEnum,
+        get_weight,
+    )

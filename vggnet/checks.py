@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DeviceError", "available_devices", "check_device", "check_int"]
+from vggnet.errors import DeviceError
+
+__all__ = [
+    "available_devices",
+    "check_device",
+    "check_int",
+]
 
 
 def check_int(name: str, value: object, *, least: int = 1, what: str = "") -> None:
@@ -15,10 +21,6 @@ def check_int(name: str, value: object, *, least: int = 1, what: str = "") -> No
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         kind = "a positive integer" if least == 1 else f"an integer >= {least}"
         raise ValueError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}")
-
-
-class DeviceError(RuntimeError, ValueError):
-    """A device this machine does not have (a RuntimeError as torch's own, and a ValueError: a bad argument)."""
 
 
 def available_devices() -> list[str]:

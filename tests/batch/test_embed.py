@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import PRESET, bad_paths, read_jsonl, readable, small_model
 from vggnet.batch.embed import embed_images, read_embeddings
-from vggnet.data.transforms import load_image
+from vggnet.data.decode import load_image
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tests.conftest import CLASSES, PRESET, small_model, write_images, write_labelled
 from vggnet.batch.evaluate import evaluate, plot_confusion
-from vggnet.data.transforms import load_image
+from vggnet.data.decode import load_image
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -5,16 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import vggnet.data.transforms
-from vggnet.data.decode import (
-    DEFAULT_MAX_PIXELS,
-    ENV_MAX_PIXELS,
-    BadImageError,
-    load_image,
-    max_image_pixels,
-    pil_to_tensor,
-)
+from vggnet.data.decode import DEFAULT_MAX_PIXELS, ENV_MAX_PIXELS, load_image, max_image_pixels, pil_to_tensor
 from vggnet.data.transforms import ImageClassification
+from vggnet.errors import BadImageError
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -130,8 +123,3 @@ def test_files_that_are_not_images_name_themselves(tmp_path):
             load_image(path)
     with pytest.raises(FileNotFoundError):  # not an image problem: the OSError open gives
         load_image(tmp_path / "missing.png")
-
-
-def test_the_readme_paths_still_name_them():
-    assert vggnet.data.transforms.load_image is load_image and vggnet.data.transforms.BadImageError is BadImageError
-    assert vggnet.data.transforms.pil_to_tensor is pil_to_tensor  # the command line and earlier code import it there

@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import vggnet.train.finetune
 from tests.conftest import write_corrupt, write_images, write_set
-from vggnet.data.images import (
-    ImageFiles,
-    ImageFolder,
-    NoImages,
-    collate,
-    imagenet_synsets,
-    labelled_images,
-    list_images,
-    shard,
-)
+from vggnet.data.images import ImageFiles, ImageFolder, collate, imagenet_synsets, labelled_images, list_images, shard
 from vggnet.data.transforms import ImageClassification
+from vggnet.errors import NoImages
 from vggnet.models.weights import IMAGENET_CATEGORIES
 
 Image = pytest.importorskip("PIL.Image")
@@ -117,10 +108,6 @@ def test_image_folder_split_is_stratified_and_seeded(tmp_path):
     rest, held = folder.split(0.2, seed=3)
     assert sorted(held.targets()) == [0, 0, 1, 1] and len(rest) == 16 and not set(rest.samples) & set(held.samples)
     assert held.samples == folder.split(0.2, seed=3)[1].samples != folder.split(0.2, seed=4)[1].samples
-
-
-def test_image_folder_is_still_importable_from_finetune():
-    assert vggnet.train.finetune.ImageFolder is ImageFolder  # the path the README documents
 
 
 def test_image_files_report_unreadable_files_and_collate_keeps_them_apart(tmp_path):

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import vggnet
-from vggnet.data.decode import BadImageError, load_image, pil_to_tensor
+from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD, MAX_RESIZE, MAX_SIZE
+from vggnet.data.decode import load_image, pil_to_tensor
 from vggnet.data.transforms import ImageClassification, TrainClassification, resized_size
-from vggnet.models.config import MAX_RESIZE, MAX_SIZE
+from vggnet.errors import BadImageError
 from vggnet.train.finetune import FinetuneConfig
 
 Image = pytest.importorskip("PIL.Image")
@@ -276,13 +277,13 @@ def test_resize_follows_the_crop_unless_given_and_224_stays_torchvisions():
     assert (ours.crop_size, ours.resize_size) == (theirs.crop_size[0], theirs.resize_size[0])
     img = load_image(PHOTOS[0]).resize((48, 40))
     small = ImageClassification(crop_size=32)(img)  # the shorter side to 37: most of the image survives
-    mean, std = vggnet.models.config.IMAGENET_MEAN, vggnet.models.config.IMAGENET_STD
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
     reference = tvt.Compose([tvt.Resize(37), tvt.CenterCrop(32), tvt.ToTensor(), tvt.Normalize(mean, std)])
     torch.testing.assert_close(small, reference(img), atol=1e-2, rtol=0)
 
 
 def test_create_transform_takes_timms_names():
-    from vggnet import create_transform
+    from vggnet.data.transforms import create_transform
 
     preset = create_transform(input_size=64, crop_pct=0.8)
     assert isinstance(preset, ImageClassification) and (preset.crop_size, preset.resize_size) == (64, 80)

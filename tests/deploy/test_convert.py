@@ -15,6 +15,7 @@ import torch
 from tests.conftest import save_seeded_vgg11
 from vggnet.deploy.convert import convert
 from vggnet.hub import _formats as formats
+from vggnet.models import layouts
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -40,7 +41,7 @@ def test_convert_pth_to_safetensors_prints_the_digest_of_what_it_wrote(vgg11_pth
     assert report["sha256"] == formats.file_sha256(dst) and report["bytes"] == dst.stat().st_size
     assert report["tensors"] == len(state) and report["layout"] == "vggnet"
     assert formats.detect_format(dst) == "safetensors"
-    back = formats.read_state_dict(dst)
+    back = layouts.read_state_dict(dst)
     assert all(torch.equal(back[k], v) for k, v in state.items())
     again = run("convert", str(dst), str(tmp_path / "back.pth"))  # and back, the digest line as sha256sum prints it
     assert again.returncode == 0, again.stderr
@@ -54,7 +55,7 @@ def test_convert_to_timm_layout(vgg11_pth, tmp_path: Path) -> None:  # type: ign
     src, state = vgg11_pth
     done = convert(str(src), tmp_path / "model.safetensors", layout="timm")
     raw = formats.load_safetensors(done.path)
-    assert raw.keys() == formats.to_timm(state).keys()
+    assert raw.keys() == layouts.to_timm(state).keys()
     timm = pytest.importorskip("timm")
     model = timm.create_model("vgg11", pretrained=False)
     model.load_state_dict(raw, strict=True)
@@ -91,7 +92,7 @@ def test_convert_keras_h5_without_keras_installed_needed(tmp_path: Path) -> None
             group[f"{name}_b_1:0"] = rng.standard_normal(cout).astype(np.float32)
     done = run("convert", str(path), str(tmp_path / "vgg11_notop.safetensors"), "--json")
     assert done.returncode == 0, done.stderr
-    arch, expected = formats.load_keras(path)
+    arch, expected = layouts.load_keras(path)
     assert arch == "vgg11" and json.loads(done.stdout)["tensors"] == 16
     written = formats.load_safetensors(tmp_path / "vgg11_notop.safetensors")
     assert written.keys() == expected.keys() and all(torch.equal(written[k], v) for k, v in expected.items())

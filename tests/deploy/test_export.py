@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 
 import vggnet
+from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.export import AdaptivePoolByMatmul, WithPreset, check_export, export, run_export
 
 # (N, C, H, W): several batch sizes, square and not, pool5 maps below, at and above 7 (9x9 overlaps windows).
 SIZES = [(1, 3, 64, 64), (3, 3, 96, 128), (2, 3, 224, 224), (1, 3, 65, 300), (2, 3, 288, 288)]
 SMALL = [(1, 3, 64, 64), (3, 3, 96, 128), (1, 3, 65, 300)]  # the same cases, cheaper: the 2x9 map has a side > 7
-PRESET = vggnet.ImageClassification(crop_size=64, resize_size=73)
+PRESET = ImageClassification(crop_size=64, resize_size=73)
 RAW = [(1, 3, 90, 120), (3, 3, 64, 64), (2, 3, 200, 101), (1, 3, 73, 300)]
 
 

@@ -20,6 +20,7 @@ from vggnet.deploy.inference import (
     fold_batchnorm,
     optimize_for_inference,
 )
+from vggnet.models.vgg import make_layers
 
 BN_ARCHS = [a for a in ARCHS if a.endswith("_bn")]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -97,7 +98,7 @@ def test_fold_batchnorm_of_a_plain_model_is_an_independent_eval_copy():
 def test_fold_batchnorm_without_conv_bias_and_without_affine():
     layers = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, affine=False), nn.ReLU())
     model = vggnet.VGG(
-        nn.Sequential(*layers, *vggnet.make_layers([512, "M", "M", "M", "M", "M"], in_channels=8)), init_weights=False
+        nn.Sequential(*layers, *make_layers([512, "M", "M", "M", "M", "M"], in_channels=8)), init_weights=False
     )
     with torch.no_grad():
         model.features[1].running_mean.uniform_(-1, 1)
@@ -280,7 +281,7 @@ def test_bf16_on_a_cpu_without_onednn_bf16_runs_unfused(tmp_path):
         "assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()\n"
         "torch.manual_seed(0)\n"
         "model = vggnet.vgg11(num_classes=10).eval()\n"
-        "fast = vggnet.optimize_for_inference(model, dtype=torch.bfloat16)\n"
+        "fast = optimize_for_inference(model, dtype=torch.bfloat16)\n"
         "assert fast._steps is None\n"
         "x = torch.randn(1, 3, 32, 32)\n"
         "out, ref = fast(x), model(x).detach()\n"

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 import vggnet.deploy.quantize
 from tests.conftest import PHOTOS
-from vggnet import optimize_for_inference, vgg11
-from vggnet.data.transforms import ImageClassification, load_image
-from vggnet.deploy.inference import InferenceVGG
+from vggnet import vgg11
+from vggnet.data.decode import load_image
+from vggnet.data.transforms import ImageClassification
+from vggnet.deploy.inference import InferenceVGG, optimize_for_inference
 from vggnet.deploy.quantize import INT8_INSTRUCTIONS, Int8VGG, QuantizeReport, int8_instructions, quantize
 
 SIDE = 64

@@ -21,6 +21,7 @@ import vggnet.hub._admin as vadmin
 import vggnet.hub._cache as vcache
 import vggnet.hub._fetching as hub
 from tests.conftest import Fault, file_sha256, fingerprint, no_hashing, record
+from vggnet import errors
 
 
 def test_without_vggnet_home_the_cache_is_torch_hubs(_isolated_cache):
@@ -54,7 +55,7 @@ def test_a_flipped_byte_is_detected_moved_aside_and_fetched_again(http_server, s
     os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
     if offline:
         monkeypatch.setenv("VGGNET_OFFLINE", "1")
-        with pytest.raises(vcache.ChecksumError, match="moved aside"):
+        with pytest.raises(errors.ChecksumError, match="moved aside"):
             record(url, ckpt).get_state_dict(progress=False)
         assert not cached.exists()
     else:
@@ -73,7 +74,7 @@ def test_offline_a_corrupt_cached_file_does_not_say_retry(http_server, small_che
     weights.get_state_dict(progress=False)
     (cache / ckpt.name).write_bytes(b"x" * ckpt.size)
     monkeypatch.setenv("VGGNET_OFFLINE", "1")
-    with pytest.raises(vcache.ChecksumError) as info:
+    with pytest.raises(errors.ChecksumError) as info:
         weights.get_state_dict(progress=False)
     assert "retry" not in str(info.value) and "Unset VGGNET_OFFLINE" in str(info.value)
 
@@ -90,12 +91,12 @@ def test_verify_file_hashes_afresh_and_reports_progress(small_checkpoints, tmp_p
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(data)
-    vcache._write_stamp(path, ckpt.sha256, checked=True, st=path.stat())  # fits the stat, not the bytes
-    assert vcache._stamped_digest(path) == ckpt.sha256
-    with pytest.raises(vcache.ChecksumError) as caught:
+    vcache.write_stamp(path, ckpt.sha256, checked=True, st=path.stat())  # fits the stat, not the bytes
+    assert vcache.stamped_digest(path) == ckpt.sha256
+    with pytest.raises(errors.ChecksumError) as caught:
         vcache.verify_file(path, ckpt.sha256)
     assert (caught.value.expected, caught.value.actual) == (ckpt.sha256, hashlib.sha256(data).hexdigest())
-    assert path.read_bytes() == data and vcache._stamped_digest(path) == ckpt.sha256  # left as it was
+    assert path.read_bytes() == data and vcache.stamped_digest(path) == ckpt.sha256  # left as it was
 
 
 def test_a_download_without_any_digest_is_stamped_unchecked(http_server, small_checkpoints, cache):
@@ -131,7 +132,7 @@ def test_marking_a_stamp_checked_never_vouches_for_a_file_swapped_in_meanwhile(s
     hub.fetch("https://example.invalid/mine.pth", progress=False)  # hashed and stamped, unchecked
     other = cache / ".other"
     other.write_bytes(b"not the verified bytes")
-    matches = vcache._stamp_matches
+    matches = vcache.stamp_matches
 
     def swap_after_the_match(stamp, st):  # a co-tenant's rename lands between the match and the rewrite
         found = matches(stamp, st)
@@ -139,11 +140,11 @@ def test_marking_a_stamp_checked_never_vouches_for_a_file_swapped_in_meanwhile(s
         return found
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vcache, "_stamp_matches", swap_after_the_match)
-        assert vcache._stamped_digest(dest, expected=ckpt.sha256) == file_sha256(ckpt.path)
-    assert vcache._stamped_digest(dest, expected=ckpt.sha256) is None  # the stamp does not describe the new file
+        patch.setattr(vcache, "stamp_matches", swap_after_the_match)
+        assert vcache.stamped_digest(dest, expected=ckpt.sha256) == file_sha256(ckpt.path)
+    assert vcache.stamped_digest(dest, expected=ckpt.sha256) is None  # the stamp does not describe the new file
     monkeypatch.setenv(vcache.ENV_OFFLINE, "1")
-    with pytest.raises(vcache.ChecksumError, match="moved aside"):  # hashed, refused, set aside
+    with pytest.raises(errors.ChecksumError, match="moved aside"):  # hashed, refused, set aside
         hub.fetch("https://example.invalid/mine.pth", sha256=ckpt.sha256, progress=False)
 
 

@@ -28,7 +28,9 @@ import vggnet.hub._admin as vadmin
 import vggnet.hub._download as download
 import vggnet.hub._fetching as hub
 from tests.conftest import Fault, FaultServer, closed_port, file_sha256, fingerprint, leftovers, record, spawn_python
-from vggnet.models.weights import OFFICIAL_BASE, Weights
+from vggnet import errors
+from vggnet.hub._fetching import OFFICIAL_BASE
+from vggnet.models.weights import Weights
 
 
 def test_a_dropped_connection_is_resumed_with_range(http_server, vgg16_checkpoints, cache):
@@ -76,7 +78,7 @@ def test_retry_after_is_capped(http_server, small_checkpoints, cache, monkeypatc
 def test_retries_are_bounded(http_server, small_checkpoints, cache, fast_retries):
     ckpt = small_checkpoints.zip
     url = http_server.add("/" + ckpt.name, ckpt.path, *[Fault.http(503)] * 10)
-    with pytest.raises(download.DownloadError, match="503") as info:
+    with pytest.raises(errors.DownloadError, match="503") as info:
         hub.fetch(url, progress=False, retries=2)
     assert url in str(info.value) and info.value.status == 503
     assert http_server.count("/" + ckpt.name) == 3
@@ -88,7 +90,7 @@ def test_client_errors_fail_fast(http_server, small_checkpoints, cache, status):
     ckpt = small_checkpoints.zip
     url = http_server.add("/" + ckpt.name, ckpt.path, Fault.http(status))
     started = time.monotonic()
-    with pytest.raises(download.DownloadError) as info:
+    with pytest.raises(errors.DownloadError) as info:
         hub.fetch(url, progress=False)
     assert time.monotonic() - started < 2
     assert str(status) in str(info.value) and url in str(info.value)
@@ -101,7 +103,7 @@ def test_wrong_bytes_raise_checksum_error_and_keep_nothing(http_server, small_ch
     ckpt = small_checkpoints.zip
     wrong = small_checkpoints.legacy.path.read_bytes()
     url = http_server.add("/" + ckpt.name, ckpt.path, Fault.body(wrong))
-    with pytest.raises(hub.ChecksumError, match="no file was kept") as info:
+    with pytest.raises(errors.ChecksumError, match="no file was kept") as info:
         hub.load_state_dict_from_url(url, sha256=ckpt.sha256, progress=False)
     err = info.value
     assert (err.url, err.path, err.expected) == (url, cache / ckpt.name, ckpt.sha256)
@@ -114,7 +116,7 @@ def test_the_full_digest_is_checked_not_only_its_prefix(http_server, small_check
     ckpt = small_checkpoints.zip
     url = http_server.add("/" + ckpt.name, ckpt.path)
     almost = ckpt.sha256[:-1] + ("0" if ckpt.sha256[-1] != "0" else "1")
-    with pytest.raises(hub.ChecksumError):
+    with pytest.raises(errors.ChecksumError):
         hub.fetch(url, sha256=almost, progress=False)
     assert leftovers(cache) == []
 
@@ -129,7 +131,7 @@ def test_bytes_beyond_content_length_are_never_read(http_server, small_checkpoin
 def test_more_bytes_than_the_record_size_stop_the_download(http_server, small_checkpoints, cache):
     ckpt = small_checkpoints.zip
     url = http_server.add("/" + ckpt.name, ckpt.path, Fault.extra(b"x" * (4 << 20), announce=False))
-    with pytest.raises(download.DownloadError, match=f"more than the expected {ckpt.size} bytes"):
+    with pytest.raises(errors.DownloadError, match=f"more than the expected {ckpt.size} bytes"):
         record(url, ckpt, size=ckpt.size).get_state_dict(progress=False)
     assert leftovers(cache) == []
 
@@ -137,7 +139,7 @@ def test_more_bytes_than_the_record_size_stop_the_download(http_server, small_ch
 def test_an_announced_size_other_than_the_record_size_fails_before_reading(http_server, small_checkpoints, cache):
     ckpt = small_checkpoints.zip
     url = http_server.add("/" + ckpt.name, ckpt.path, Fault.length(ckpt.size + 1000))
-    with pytest.raises(download.DownloadError, match=f"announces {ckpt.size + 1000} bytes"):
+    with pytest.raises(errors.DownloadError, match=f"announces {ckpt.size + 1000} bytes"):
         record(url, ckpt, size=ckpt.size).get_state_dict(progress=False)
     assert leftovers(cache) == []
 
@@ -147,7 +149,7 @@ def test_official_records_are_bounded_by_their_mib_figure(http_server, small_che
     http_server.add("/mirror/" + ckpt.name, ckpt.path, Fault.extra(b"x" * (1 << 20), announce=False))
     monkeypatch.setenv("VGGNET_MIRROR", http_server.url("/mirror/"))
     official = Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256, file_size=round(ckpt.size / 2**20, 3))
-    with pytest.raises(download.DownloadError, match="more than the expected"):
+    with pytest.raises(errors.DownloadError, match="more than the expected"):
         official.get_state_dict(progress=False)
     assert leftovers(cache) == []
 
@@ -316,7 +318,7 @@ def response(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
 
 def test_a_redirect_loop_is_a_download_error_naming_the_url(http_server, small_checkpoints, cache):
     url = http_server.add("/loop-1a2b3c4d.pth", b"", *[Fault.redirect("/loop-1a2b3c4d.pth")] * 30)
-    with pytest.raises(download.DownloadError, match=f"{url} redirects more than 10 times"):
+    with pytest.raises(errors.DownloadError, match=f"{url} redirects more than 10 times"):
         hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
     assert leftovers(cache) == []
 
@@ -324,7 +326,7 @@ def test_a_redirect_loop_is_a_download_error_naming_the_url(http_server, small_c
 @pytest.mark.parametrize("target", ["ftp://127.0.0.1/x.pth", "file:///etc/passwd", "gopher://x/y"])
 def test_a_redirect_to_another_scheme_is_refused(http_server, small_checkpoints, cache, target):
     url = http_server.add("/" + small_checkpoints.zip.name, small_checkpoints.zip.path, Fault.redirect(target))
-    with pytest.raises(download.DownloadError, match=f"{url} redirects to '{target}', which is not an http"):
+    with pytest.raises(errors.DownloadError, match=f"{url} redirects to '{target}', which is not an http"):
         hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
     assert leftovers(cache) == []
 
@@ -374,7 +376,7 @@ def test_an_https_to_http_downgrade_is_refused_unless_allowed(http_server, small
                                                               monkeypatch):  # fmt: skip
     ckpt = small_checkpoints.zip
     url = https_redirect(http_server.add("/" + ckpt.name, ckpt.path))
-    with pytest.raises(download.DownloadError, match=f"{url} redirects from https to plain http.*VGGNET_ALLOW_HTTP"):
+    with pytest.raises(errors.DownloadError, match=f"{url} redirects from https to plain http.*VGGNET_ALLOW_HTTP"):
         hub.fetch(url, sha256=ckpt.sha256, progress=False)
     assert http_server.count("/" + ckpt.name) == 0 and leftovers(cache) == []
     monkeypatch.setenv("VGGNET_ALLOW_HTTP_REDIRECT", "1")
@@ -386,7 +388,7 @@ def test_an_untrusted_certificate_fails_fast_with_advice(http_server, small_chec
     url = https_redirect(http_server.add("/" + small_checkpoints.zip.name, small_checkpoints.zip.path))
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     started = time.monotonic()
-    with pytest.raises(download.DownloadError, match=f"cannot download {url}: TLS failed.*VGGNET_MIRROR"):
+    with pytest.raises(errors.DownloadError, match=f"cannot download {url}: TLS failed.*VGGNET_MIRROR"):
         hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
     assert time.monotonic() - started < 10
 
@@ -394,7 +396,7 @@ def test_an_untrusted_certificate_fails_fast_with_advice(http_server, small_chec
 def test_different_content_lengths_are_a_download_error(raw_server, small_checkpoints, cache):
     server = raw_server(response(b"x" * 10, "Content-Length: 10", "Content-Length: 20"))
     url = server.base + "/two-lengths.pth"
-    with pytest.raises(download.DownloadError, match=f"{url}.*Content-Length"):
+    with pytest.raises(errors.DownloadError, match=f"{url}.*Content-Length"):
         hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
     assert leftovers(cache) == []
 
@@ -418,7 +420,7 @@ def test_a_body_cut_short_without_a_length_is_retried(raw_server, small_checkpoi
 
 def test_an_empty_body_is_never_cached(http_server, cache):
     url = http_server.add("/empty.bin", b"")
-    with pytest.raises(download.DownloadError, match=f"{url} sent an empty body"):
+    with pytest.raises(errors.DownloadError, match=f"{url} sent an empty body"):
         hub.fetch(url, progress=False)
     assert leftovers(cache) == []
 
@@ -428,7 +430,7 @@ def test_a_slow_server_is_stopped_by_the_deadline(http_server, cache, monkeypatc
     url = http_server.add("/slow.bin", data, rate=1 << 20)  # 8 s at 1 MiB/s: no read waits near the read timeout
     monkeypatch.setenv("VGGNET_DOWNLOAD_DEADLINE", "2.5")
     started = time.monotonic()
-    with pytest.raises(download.DownloadError, match=f"{url}: the download did not finish within 2.5 s.*DEADLINE"):
+    with pytest.raises(errors.DownloadError, match=f"{url}: the download did not finish within 2.5 s.*DEADLINE"):
         hub.fetch(url, sha256=hashlib.sha256(data).hexdigest(), progress=False)
     assert time.monotonic() - started < 6
     (kept,) = [e for e in vadmin.cached_files() if e.kind == "partial"]  # what arrived, resumed by the next call
@@ -445,7 +447,7 @@ def test_headers_sent_a_byte_at_a_time_are_stopped_by_the_deadline(raw_server, c
     monkeypatch.setenv("VGGNET_DOWNLOAD_DEADLINE", "2")
     fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     started = time.monotonic()
-    with pytest.raises(download.DownloadError, match=f"{url}: the download did not finish within 2 s.*DEADLINE"):
+    with pytest.raises(errors.DownloadError, match=f"{url}: the download did not finish within 2 s.*DEADLINE"):
         hub.fetch(url, sha256="0a1b2c3d" * 8, progress=False, timeout=(5, 1))
     assert time.monotonic() - started < 4
     assert leftovers(cache) == []
@@ -458,7 +460,7 @@ def test_headers_sent_a_byte_at_a_time_are_stopped_by_the_deadline(raw_server, c
 def test_a_download_of_unknown_size_stops_at_the_cap(http_server, small_checkpoints, cache, monkeypatch):
     url = http_server.add("/endless.bin", small_checkpoints.zip.path, Fault.extra(b"", announce=False))
     monkeypatch.setenv("VGGNET_DOWNLOAD_MAX_BYTES", "100000")
-    with pytest.raises(download.DownloadError, match=f"{url} sent more than the expected 100000 bytes.*MAX_BYTES"):
+    with pytest.raises(errors.DownloadError, match=f"{url} sent more than the expected 100000 bytes.*MAX_BYTES"):
         hub.fetch(url, progress=False)
     assert leftovers(cache) == []
     assert download.MAX_BYTES == 2 << 30  # the documented default
@@ -516,7 +518,7 @@ def test_no_network_fails_fast_and_says_what_to_do(small_checkpoints, cache, hos
     netloc = f"127.0.0.1:{closed_port()}" if host == "closed-port" else host
     url = f"http://{netloc}/{small_checkpoints.zip.name}"
     started = time.monotonic()
-    with pytest.raises(download.DownloadError) as info:
+    with pytest.raises(errors.DownloadError) as info:
         hub.fetch(url, sha256=small_checkpoints.zip.sha256, progress=False)
     assert time.monotonic() - started < 10  # no 30-40 s of retries
     message = str(info.value)

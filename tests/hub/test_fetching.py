@@ -18,9 +18,10 @@ import pytest
 import vggnet.hub._admin as vadmin
 import vggnet.hub._cache as vcache
 import vggnet.hub._fetching as hub
-import vggnet.hub._loading as loading
 from tests.conftest import ROOT, Checkpoints, file_sha256, fingerprint, leftovers, no_hashing, record
-from vggnet.models.weights import OFFICIAL_BASE, VGG16_Weights, Weights
+from vggnet import errors
+from vggnet.hub._fetching import OFFICIAL_BASE
+from vggnet.models.weights import VGG16_Weights, Weights
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_the_name_prefix_is_checked_when_no_digest_is_given(http_server, small_c
     ckpt = small_checkpoints.zip
     wrong = "/model-" + ("0" * 8 if not ckpt.sha256.startswith("0" * 8) else "1" * 8) + ".pth"
     url = http_server.add(wrong, ckpt.path)
-    with pytest.raises(hub.ChecksumError):
+    with pytest.raises(errors.ChecksumError):
         hub.load_state_dict_from_url(url, progress=False)
 
 
@@ -86,7 +87,7 @@ def test_local_files_are_verified_in_place(small_checkpoints, cache, monkeypatch
     assert len(list((cache / ".stamps").iterdir())) == 1  # one stamp, keyed by the resolved path
     monkeypatch.setattr(vcache, "hash_file", no_hashing)
     hub.fetch(str(ckpt.path), sha256=ckpt.sha256)  # the stamp vouches for it now
-    with pytest.raises(hub.ChecksumError, match="left where it is"):
+    with pytest.raises(errors.ChecksumError, match="left where it is"):
         hub.fetch(str(ckpt.path), sha256="0" * 64)
     assert ckpt.path.exists()
 
@@ -124,7 +125,7 @@ def test_mirror_over_http(http_server, small_checkpoints, cache, monkeypatch):
     assert http_server.count("/mirror/" + ckpt.name) == 1
     bad = small_checkpoints.legacy  # a mirror holding the wrong bytes under the name is caught
     http_server.add("/mirror/" + bad.name, ckpt.path)
-    with pytest.raises(hub.ChecksumError):
+    with pytest.raises(errors.ChecksumError):
         Weights(url=OFFICIAL_BASE + bad.name, sha256=bad.sha256).get_state_dict(progress=False)
 
 
@@ -136,7 +137,7 @@ def test_mirror_as_a_directory(small_checkpoints, cache, monkeypatch, as_uri):
     state = Weights(url=OFFICIAL_BASE + ckpt.name, sha256=ckpt.sha256).get_state_dict(progress=False)
     assert fingerprint(state) == small_checkpoints.fingerprint
     assert not (cache / ckpt.name).exists()  # used in place
-    with pytest.raises(hub.ChecksumError):
+    with pytest.raises(errors.ChecksumError):
         Weights(url=OFFICIAL_BASE + ckpt.name, sha256="0" * 64).get_state_dict(progress=False)
 
 
@@ -260,13 +261,13 @@ def test_a_local_files_name_is_not_taken_for_a_digest(small_checkpoints, tmp_pat
         with caplog.at_level(logging.WARNING, logger="vggnet.hub._fetching"):
             assert fingerprint(hub.load_state_dict_from_url(source)) == small_checkpoints.fingerprint
         assert "unverified" in caplog.text
-    with pytest.raises(hub.ChecksumError):  # an explicit digest still is
+    with pytest.raises(errors.ChecksumError):  # an explicit digest still is
         hub.fetch(str(local), sha256="0" * 64)
 
 
 def test_a_url_names_digest_mismatch_says_where_the_digest_came_from(http_server, small_checkpoints, cache):
     url = http_server.add("/run-20240101.pth", small_checkpoints.zip.path)
-    with pytest.raises(hub.ChecksumError) as info:
+    with pytest.raises(errors.ChecksumError) as info:
         hub.fetch(url, progress=False)
     message = str(info.value)
     assert "hex part of the file name" in message and "sha256=" in message and "retry" not in message
@@ -279,7 +280,7 @@ def test_a_names_digest_mismatch_offline_keeps_the_offline_advice(http_server, s
     cache.mkdir()
     (cache / "run-20240101.pth").write_bytes(small_checkpoints.zip.path.read_bytes())  # not 20240101...
     monkeypatch.setenv("VGGNET_OFFLINE", "1")
-    with pytest.raises(hub.ChecksumError) as info:
+    with pytest.raises(errors.ChecksumError) as info:
         hub.fetch(url, progress=False)
     message = str(info.value)
     assert "Unset VGGNET_OFFLINE" in message and "retry" not in message and "hex part" not in message
@@ -292,7 +293,7 @@ def test_a_names_digest_mismatch_in_a_mirror_directory_keeps_the_local_advice(sm
     mirror.mkdir()
     shutil.copyfile(small_checkpoints.zip.path, mirror / "run-20240101.pth")
     monkeypatch.setenv("VGGNET_MIRROR", str(mirror))
-    with pytest.raises(hub.ChecksumError) as info:
+    with pytest.raises(errors.ChecksumError) as info:
         hub.fetch(OFFICIAL_BASE + "run-20240101.pth", progress=False)
     message = str(info.value)
     assert "replace it with a good copy" in message and "retry" not in message and "hex part" not in message
@@ -342,11 +343,3 @@ def test_size_is_enforced_for_local_files_too(small_checkpoints, cache):
     with pytest.raises(ValueError, match="size= says"):
         hub.fetch(str(ckpt.path), size=123)  # no digest: the size is all there is to check
     assert hub.fetch(str(ckpt.path), sha256=ckpt.sha256, size=ckpt.size) == ckpt.path
-
-
-def test_the_loading_names_stay_importable_from_the_hub():
-    # users and the README spell them vggnet.hub._fetching.X; loading.py holds them
-    assert [name for name in hub.__all__ if not hasattr(hub, name)] == []
-    assert hub.BadCheckpointError is loading.BadCheckpointError
-    assert hub.UnsafeCheckpointError is loading.UnsafeCheckpointError
-    assert hub.weights_only_load is loading.weights_only_load

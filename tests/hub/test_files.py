@@ -17,6 +17,7 @@ import vggnet.hub._admin as vadmin
 import vggnet.hub._fetching as hub
 import vggnet.hub._files as vfiles
 from tests.conftest import fingerprint, plant_victim
+from vggnet import errors
 
 
 def umask() -> int:
@@ -32,7 +33,7 @@ def test_open_read_reads_a_regular_file_and_refuses_a_link_to_one(tmp_path):
     link.symlink_to(real)
     with vfiles.open_read(real) as f:
         assert f.read() == b"abc"
-    with pytest.raises(vfiles.NotARegularFileError, match="it is a symbolic link") as info:
+    with pytest.raises(errors.NotARegularFileError, match="it is a symbolic link") as info:
         vfiles.open_read(link)
     assert info.value.path == link and "vggnet cache --remove link.bin" in str(info.value)
     with vfiles.open_read(link, follow=True) as f:  # followed only when asked
@@ -55,10 +56,10 @@ def test_open_fd_refuses_a_fifo_at_once_and_a_directory(tmp_path):
         opener.start()
         opener.join(timeout=10)
         assert not opener.is_alive(), f"opening a FIFO with flags {flags} hangs"
-    assert [type(e) for e in outcome] == [vfiles.NotARegularFileError] * 2
+    assert [type(e) for e in outcome] == [errors.NotARegularFileError] * 2
     assert all("it is a FIFO" in str(e) for e in outcome)
     for flags in (os.O_RDONLY, os.O_RDWR):
-        with pytest.raises(vfiles.NotARegularFileError, match="it is a directory"):
+        with pytest.raises(errors.NotARegularFileError, match="it is a directory"):
             vfiles.open_fd(tmp_path, flags)
 
 
@@ -78,15 +79,15 @@ def test_open_fd_creates_with_the_mode_given_but_never_through_a_link(tmp_path):
     assert stat.S_IMODE(lock.stat().st_mode) == 0o644 & ~umask()
     dangling = tmp_path / "n.pth.lock"
     dangling.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(vfiles.NotARegularFileError, match="it is a symbolic link"):
+    with pytest.raises(errors.NotARegularFileError, match="it is a symbolic link"):
         vfiles.open_fd(dangling, os.O_RDONLY | os.O_CREAT)
     assert not (tmp_path / "elsewhere").exists()
 
 
 def test_not_a_regular_file_error_survives_pickling(tmp_path):
-    err = vfiles.NotARegularFileError(tmp_path / "x.pth", "a FIFO")
+    err = errors.NotARegularFileError(tmp_path / "x.pth", "a FIFO")
     back = pickle.loads(pickle.dumps(err))
-    assert type(back) is vfiles.NotARegularFileError and isinstance(back, OSError)
+    assert type(back) is errors.NotARegularFileError and isinstance(back, OSError)
     assert back.path == err.path and str(tmp_path / "x.pth") in str(back)
 
 
@@ -128,7 +129,7 @@ def test_hash_file_hashes_a_name_or_an_open_file_from_its_start(tmp_path):
         assert vfiles.hash_file(f) == hashlib.sha256(data).hexdigest()
     link = tmp_path / "link.bin"
     link.symlink_to(path)
-    with pytest.raises(vfiles.NotARegularFileError):
+    with pytest.raises(errors.NotARegularFileError):
         vfiles.hash_file(link)
     assert vfiles.hash_file(link, follow=True) == hashlib.sha256(data).hexdigest()
 
@@ -143,7 +144,7 @@ def test_copy_hashing_copies_into_a_new_private_file(tmp_path):
         vfiles.copy_hashing(src, dst)
     link = tmp_path / "link.bin"
     link.symlink_to(src)
-    with pytest.raises(vfiles.NotARegularFileError):
+    with pytest.raises(errors.NotARegularFileError):
         vfiles.copy_hashing(link, tmp_path / "other.bin")
 
 

@@ -15,14 +15,17 @@ import torch
 
 import vggnet
 from tests.conftest import randomize_batchnorm
-from vggnet.data.transforms import keras_transforms, load_image
+from vggnet.data.constants import KERAS_MEAN, KERAS_STD
+from vggnet.data.decode import load_image
+from vggnet.data.transforms import ImageClassification, keras_transforms
 from vggnet.hub import _formats as formats
-from vggnet.models.config import KERAS_MEAN, KERAS_STD
+from vggnet.hub import load_state_dict_from_url
+from vggnet.models import layouts
 
 PHOTOS = sorted((Path(__file__).parents[1] / "photos").glob("*.[jp][pn]g"))
 
 
-def photos(preset: vggnet.ImageClassification) -> torch.Tensor:
+def photos(preset: ImageClassification) -> torch.Tensor:
     return torch.stack([preset(load_image(p)) for p in PHOTOS])
 
 
@@ -45,7 +48,7 @@ def vgg11_files(vgg11: vggnet.VGG, tmp_path_factory: pytest.TempPathFactory) -> 
     files = {}
     for layout in ("vggnet", "timm"):
         path = folder / f"{layout}.safetensors"
-        files[layout] = (path, formats.write_state_dict(vgg11.state_dict(), path, layout=layout))  # type: ignore[arg-type]
+        files[layout] = (path, layouts.write_state_dict(vgg11.state_dict(), path, layout=layout))  # type: ignore[arg-type]
     return files
 
 
@@ -55,9 +58,9 @@ def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return vggnet.vgg11(head="gap").state_dict()
 
 
-def at_64(preset: vggnet.ImageClassification) -> vggnet.ImageClassification:
+def at_64(preset: ImageClassification) -> ImageClassification:
     """`preset` cropping 64x64 instead of 224x224 (12 times fewer pixels), the same numbers otherwise."""
-    return vggnet.ImageClassification(crop_size=64, resize_size=72, mean=preset.mean, std=preset.std)
+    return ImageClassification(crop_size=64, resize_size=72, mean=preset.mean, std=preset.std)
 
 
 # --- detection by content --------------------------------------------------------------------------
@@ -76,7 +79,7 @@ def test_detect_format_reads_content_not_suffix(tmp_path: Path) -> None:
     assert formats.detect_format(tmp_path / "c.pth") == "safetensors"
     assert formats.detect_format(tmp_path / "d.bin") == "hdf5"
     for name in ("a.safetensors", "b.pth", "c.pth"):
-        assert torch.equal(formats.read_state_dict(tmp_path / name)["w"], state["w"])
+        assert torch.equal(layouts.read_state_dict(tmp_path / name)["w"], state["w"])
 
 
 @pytest.mark.parametrize("header_size", [0x0280, 0x0380, 0x0580])
@@ -91,7 +94,7 @@ def test_a_safetensors_header_whose_length_looks_like_pickles_protocol_is_still_
     path.write_bytes(header_size.to_bytes(8, "little") + header + data[8 + n :])
     assert path.read_bytes()[0] == 0x80 and 2 <= path.read_bytes()[1] <= 5
     assert formats.detect_format(path) == "safetensors"
-    assert torch.equal(formats.read_state_dict(path)["w"], state["w"])
+    assert torch.equal(layouts.read_state_dict(path)["w"], state["w"])
 
 
 def test_detect_format_refuses_other_files_naming_the_formats(tmp_path: Path) -> None:
@@ -104,13 +107,13 @@ def test_detect_format_refuses_other_files_naming_the_formats(tmp_path: Path) ->
 def test_safetensors_is_read_without_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = small_state()
     path = tmp_path / "vgg11.safetensors"
-    formats.write_state_dict(state, path)
+    layouts.write_state_dict(state, path)
 
     def no_pickle(*args: object, **kwargs: object) -> None:
         raise AssertionError("pickle used for a safetensors file")
 
     monkeypatch.setattr(torch, "load", no_pickle)
-    back = formats.read_state_dict(path)
+    back = layouts.read_state_dict(path)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
@@ -120,9 +123,9 @@ def test_torchvision_to_safetensors_to_vggnet_is_bit_exact(tmp_path: Path) -> No
     torch.manual_seed(0)
     tv = randomize_batchnorm(torchvision.models.vgg11_bn(num_classes=10).eval(), var=(0.5, 2.0))
     path = tmp_path / "vgg11_bn.safetensors"
-    digest = formats.write_state_dict(tv.state_dict(), path)
+    digest = layouts.write_state_dict(tv.state_dict(), path)
     assert digest == formats.file_sha256(path) and len(digest) == 64
-    state = formats.read_state_dict(path)
+    state = layouts.read_state_dict(path)
     model = vggnet.vgg11_bn(num_classes=10, device="meta")  # every value comes from the file
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()
@@ -133,16 +136,16 @@ def test_torchvision_to_safetensors_to_vggnet_is_bit_exact(tmp_path: Path) -> No
 
 def test_write_state_dict_names_the_valid_suffixes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.safetensors.*\.pth"):
-        formats.write_state_dict({"w": torch.zeros(1)}, tmp_path / "x.ckpt")
+        layouts.write_state_dict({"w": torch.zeros(1)}, tmp_path / "x.ckpt")
     assert not list(tmp_path.iterdir())
 
 
 def test_write_state_dict_pth_round_trip(tmp_path: Path) -> None:
     state = small_state()
-    digest = formats.write_state_dict(state, tmp_path / "x.pth")
+    digest = layouts.write_state_dict(state, tmp_path / "x.pth")
     assert formats.detect_format(tmp_path / "x.pth") == "zip"
     assert digest == formats.file_sha256(tmp_path / "x.pth")
-    back = formats.read_state_dict(tmp_path / "x.pth")
+    back = layouts.read_state_dict(tmp_path / "x.pth")
     assert all(torch.equal(back[k], state[k]) for k in state)
     assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]  # no temporary left
 
@@ -156,13 +159,13 @@ def test_timm_parity_on_photos_and_bit_exact_round_trip(arch: str, vgg11: vggnet
     model = vgg11 if arch == "vgg11" else seeded(arch)
     with torch.device("meta"):  # timm's random initialisation would be overwritten anyway
         reference = timm.create_model(arch, pretrained=False).eval()
-    reference.load_state_dict(formats.to_timm(model.state_dict()), strict=True, assign=True)
+    reference.load_state_dict(layouts.to_timm(model.state_dict()), strict=True, assign=True)
     x = photos(at_64(vggnet.get_model_weights(arch).DEFAULT.transforms()))  # the layout is the claim, not the size
     with torch.no_grad():
         ours, theirs = model(x), reference(x)
     assert ours.abs().max() > 0
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-    back = formats.from_timm(reference.state_dict())
+    back = layouts.from_timm(reference.state_dict())
     state = model.state_dict()
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)
@@ -170,13 +173,13 @@ def test_timm_parity_on_photos_and_bit_exact_round_trip(arch: str, vgg11: vggnet
 
 def test_timm_layout_file_is_converted_on_read(vgg11: vggnet.VGG, vgg11_files: dict[str, tuple[Path, str]]) -> None:
     model = vgg11
-    path, _ = vgg11_files["timm"]  # formats.write_state_dict(model.state_dict(), path, layout="timm")
+    path, _ = vgg11_files["timm"]  # layouts.write_state_dict(model.state_dict(), path, layout="timm")
     raw = formats.load_safetensors(path)
-    assert formats.layout_of(raw) == "timm"
+    assert layouts.layout_of(raw) == "timm"
     assert raw["pre_logits.fc1.weight"].shape == (4096, 512, 7, 7)
     assert raw["pre_logits.fc2.weight"].shape == (4096, 4096, 1, 1)
-    state = formats.read_state_dict(path)
-    assert formats.layout_of(state) == "vggnet"
+    state = layouts.read_state_dict(path)
+    assert layouts.layout_of(state) == "vggnet"
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
@@ -261,7 +264,7 @@ def test_keras_vgg16_logits_on_photos(keras: object, tmp_path: Path, layout: str
         check.load_weights(path)  # Keras itself reads the file
         assert all(np.array_equal(a, b) for a, b in zip(check.get_weights(), reference.get_weights()))
     assert formats.detect_format(path) == "hdf5"
-    arch, state = formats.load_keras(path)
+    arch, state = layouts.load_keras(path)
     assert arch == "vgg16"
     model = vggnet.vgg16()
     model.load_state_dict(state, strict=True)
@@ -281,7 +284,7 @@ def test_keras_vgg19_notop_features(keras: object, tmp_path: Path) -> None:
     _randomise(reference, seed=1)
     path = tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
     _write_published_layout(reference, path, "keras2")
-    arch, state = formats.load_keras(path)
+    arch, state = layouts.load_keras(path)
     assert arch == "vgg19" and not any(k.startswith("classifier") for k in state)
     model = vggnet.vgg19(head="gap").eval()  # a notop file fills the features; any head's keys stay missing
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -300,10 +303,10 @@ def test_keras_h5_that_is_not_vgg_is_refused(keras: object, tmp_path: Path) -> N
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["data"] = np.zeros(3)
     with pytest.raises(ValueError, match="neither a 'layer_names' attribute"):
-        formats.load_keras(tmp_path / "x.h5")
+        layouts.load_keras(tmp_path / "x.h5")
     layers = {"block1_conv1": [np.zeros((3, 3, 3, 8)), np.zeros(8)]}
     with pytest.raises(ValueError, match="VGG16 has 13 and a VGG19 16"):
-        formats.from_keras(layers)
+        layouts.from_keras(layers)
 
 
 # --- through the one loader (checkpoint.load, builders, load_state_dict_from_url, records) -------------
@@ -316,7 +319,7 @@ def test_loader_reads_safetensors_files_in_either_layout(
 
     state = vgg11.state_dict()
     for layout in ("vggnet", "timm"):
-        path, _ = vgg11_files[layout]  # formats.write_state_dict(state, path, layout=layout)
+        path, _ = vgg11_files[layout]  # layouts.write_state_dict(state, path, layout=layout)
         loaded = load(path)
         assert loaded.arch == "vgg11" and len(loaded.categories or ()) == 1000
         assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
@@ -326,16 +329,16 @@ def test_loader_reads_safetensors_files_in_either_layout(
 
 def test_safetensors_url_and_record_are_verified_like_every_file(http_server, vgg11, vgg11_files, cache: Path) -> None:  # type: ignore[no-untyped-def]
     model = vgg11
-    path, digest = vgg11_files["vggnet"]  # formats.write_state_dict(model.state_dict(), path)
+    path, digest = vgg11_files["vggnet"]  # layouts.write_state_dict(model.state_dict(), path)
     url = http_server.add("/models/vgg11-mine.safetensors", path)
-    state = vggnet.load_state_dict_from_url(url, sha256=digest)
+    state = load_state_dict_from_url(url, sha256=digest)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     record = vggnet.Weights(url=url, sha256=digest[:8])
     built = vggnet.vgg11(weights=record)
     assert all(torch.equal(built.state_dict()[k], v) for k, v in model.state_dict().items())
     bad = http_server.add("/models/other.safetensors", path)
     with pytest.raises(vggnet.ChecksumError):
-        vggnet.load_state_dict_from_url(bad, sha256="0" * 64)
+        load_state_dict_from_url(bad, sha256="0" * 64)
     assert not (cache / "other.safetensors").exists()
 
 
@@ -352,7 +355,7 @@ def test_loader_reads_keras_notop_with_its_preset_and_a_new_classifier(keras: ob
     loaded = load(path)
     assert loaded.arch == "vgg19" and loaded.categories is None  # no top: no classes
     assert loaded.preset.mean == list(KERAS_MEAN) and loaded.preset.std == list(KERAS_STD)
-    _, state = formats.load_keras(path)
+    _, state = layouts.load_keras(path)
     ours = loaded.model.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in state.items())
     assert ours["classifier.0.weight"].std() > 0  # initialised, not left empty

@@ -25,6 +25,9 @@ import vggnet
 from vggnet.hub import _formats as formats
 from vggnet.hub import _huggingface as hfhub
 from vggnet.hub._huggingface import HubName, parse_hf_hub
+from vggnet.models import layouts
+from vggnet.models.checkpoint import hub_state_dict
+from vggnet.models.sources import hub_arch_of
 
 pytest.importorskip("safetensors")
 
@@ -129,7 +132,7 @@ def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
 def publish(hub: HubServer, tmp_path: Path, repo: str, state: dict[str, torch.Tensor]) -> bytes:
     """Put `state` on the server as `repo`'s model.safetensors, in timm's layout (as timm publishes)."""
     path = tmp_path / f"{repo.replace('/', '--')}.safetensors"
-    formats.write_state_dict(state, path, layout="timm")
+    layouts.write_state_dict(state, path, layout="timm")
     data = path.read_bytes()
     hub.files[f"{repo}/model.safetensors"] = data
     return data
@@ -141,7 +144,7 @@ def load_here(
     """`load_hf_hub(name)` in this process with the Hub variables set; the outcome as `load_in_process` reports it."""
     hf_env(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(cache), **env)
     try:
-        arch, state = hfhub.load_hf_hub(name, sha256=sha256)
+        arch, state = hub_state_dict(name, sha256=sha256)
     except Exception as err:
         return {"error": type(err).__name__, "message": str(err)}
     path = hfhub.hf_hub_file(name)
@@ -154,8 +157,9 @@ def load_in_process(hub: HubServer, cache: Path, name: str, *, sha256: str | Non
     code = f"""
 import json, sys
 from vggnet.hub import _formats as formats, _huggingface as hfhub
+from vggnet.models.checkpoint import hub_state_dict
 try:
-    arch, state = hfhub.load_hf_hub({name!r}, sha256={sha256!r})
+    arch, state = hub_state_dict({name!r}, sha256={sha256!r})
 except Exception as err:
     print(json.dumps({{"error": type(err).__name__, "message": str(err)}}))
     sys.exit(0)
@@ -175,14 +179,15 @@ print(json.dumps({{"arch": arch, "path": str(path), "blob": str(path.resolve())}
 
 
 def test_parse_names() -> None:
-    assert parse_hf_hub("hf-hub:timm/vgg16.tv_in1k") == HubName("timm/vgg16.tv_in1k", None, "vgg16")
-    assert parse_hf_hub("hf-hub:timm/vgg19_bn.tv_in1k@abc") == HubName("timm/vgg19_bn.tv_in1k", "abc", "vgg19_bn")
+    assert parse_hf_hub("hf-hub:timm/vgg16.tv_in1k") == HubName("timm/vgg16.tv_in1k", None)
+    assert parse_hf_hub("hf-hub:timm/vgg19_bn.tv_in1k@abc") == HubName("timm/vgg19_bn.tv_in1k", "abc")
     with pytest.raises(ValueError, match="hf-hub:owner/repository"):
         parse_hf_hub("timm/vgg16.tv_in1k")
     with pytest.raises(ValueError, match="'owner/name'"):
         parse_hf_hub("hf-hub:vgg16")
     with pytest.raises(ValueError, match=r"vgg11, vgg11_bn.*vgg19_bn"):
-        parse_hf_hub("hf-hub:timm/resnet50.a1_in1k")
+        hub_arch_of("hf-hub:timm/resnet50.a1_in1k")
+    assert hub_arch_of("hf-hub:timm/vgg19_bn.tv_in1k@abc") == "vgg19_bn"
 
 
 def test_download_converts_caches_and_works_offline(hub: HubServer, tmp_path: Path, hf_env) -> None:  # type: ignore[no-untyped-def]
@@ -273,7 +278,8 @@ def test_builders_and_the_loader_take_hf_hub_names(hub: HubServer, tmp_path: Pat
 
 
 def test_hf_hub_name_of_another_arch_is_refused_before_any_request(hub: HubServer) -> None:
-    from vggnet.models.checkpoint import ArchMismatch, load
+    from vggnet.errors import ArchMismatch
+    from vggnet.models.checkpoint import load
 
     with pytest.raises(ArchMismatch, match="vgg16 weights, not vgg19"):
         load("hf-hub:timm/vgg16.tv_in1k", arch="vgg19")

@@ -20,6 +20,7 @@ import vggnet.hub._cache as vcache
 import vggnet.hub._fetching as hub
 import vggnet.hub._loading as loading
 from tests.conftest import file_sha256, fingerprint, no_hashing, record
+from vggnet import errors
 
 
 class _Payload:
@@ -52,7 +53,7 @@ def test_a_refused_pickle_names_the_global_and_gives_no_advice_to_drop_weights_o
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     torch.save({"features.0.weight": torch.ones(2), "x": _Payload(marker)}, evil, _use_new_zipfile_serialization=False)
-    with pytest.raises(loading.UnsafeCheckpointError) as info:
+    with pytest.raises(errors.UnsafeCheckpointError) as info:
         hub.load_state_dict_from_url(http_server.add("/evil.pth", evil), sha256=file_sha256(evil), progress=False)
     message = str(info.value)
     assert info.value.reference is not None and info.value.reference in message and "\n" not in message
@@ -123,7 +124,7 @@ def test_a_file_swapped_during_loads_never_loads_other_bytes(
         while loaded + refused < 150 and time.monotonic() - started < 60:
             try:
                 state = hub.load_state_dict_from_url(url, sha256=ckpt.sha256, progress=False)
-            except vcache.ChecksumError:  # it changed after its check: refused, never loaded
+            except errors.ChecksumError:  # it changed after its check: refused, never loaded
                 refused += 1
                 continue
             assert fingerprint(state) == small_checkpoints.fingerprint, f"loaded other bytes after {loaded} loads"
@@ -171,7 +172,7 @@ def test_a_training_checkpoint_is_unwrapped(tmp_path, cache):
 def test_a_file_without_a_state_dict_where_vggnet_looks_says_where_it_is(tmp_path, cache, content, message):
     path = tmp_path / "ckpt.pth"
     torch.save(content, path)
-    with pytest.raises(loading.BadCheckpointError, match=message) as info:
+    with pytest.raises(errors.BadCheckpointError, match=message) as info:
         hub.load_state_dict_from_url(str(path), sha256=file_sha256(path))
     assert isinstance(info.value, TypeError) and len(str(info.value)) < 600 and "\n" not in str(info.value)
 

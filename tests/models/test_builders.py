@@ -240,9 +240,11 @@ def test_arch_of_state_names_the_valid_models():
         state = vggnet.vgg16().state_dict()
     del state["classifier.3.bias"]
     with pytest.raises(ValueError, match=r"^my.pth is not a VGG checkpoint: .* vgg11, vgg11_bn, .*, vgg19_bn$"):
-        vggnet.models.builders.arch_of_state(state, "my.pth")
+        vggnet.models.state_dicts.arch_of_state(state, "my.pth")
     with pytest.raises(ValueError, match=r"^the state dict is not"):
-        vggnet.models.builders.arch_of_state({**state, "classifier.3.bias": torch.zeros(4096), "extra": torch.zeros(1)})
+        vggnet.models.state_dicts.arch_of_state(
+            {**state, "classifier.3.bias": torch.zeros(4096), "extra": torch.zeros(1)}
+        )
 
 
 # --- drop-in: torchvision conventions ---
@@ -410,9 +412,3 @@ def test_positional_progress_is_used_and_bad_positional_calls_are_refused(monkey
         vggnet.vgg11(True, weights="DEFAULT")
     with pytest.raises(ValueError, match="either weights= or the deprecated pretrained="), pytest.warns(UserWarning):
         vggnet.vgg11(True, pretrained=True)
-
-
-def test_arch_of_state_is_still_importable_from_builders():
-    assert (
-        vggnet.models.builders.arch_of_state is vggnet.models.checkpoint.arch_of_state
-    )  # tested in test_state_dicts.py

@@ -7,12 +7,14 @@ import torch
 
 import vggnet
 from tests.conftest import file_sha256, fingerprint, save_seeded_vgg11
-from vggnet import cli
+from vggnet import cli, errors
+from vggnet.errors import ArchMismatch, DeviceError
 from vggnet.models import checkpoint as checkpoint
-from vggnet.models.checkpoint import ArchMismatch, DeviceError, load
+from vggnet.models.checkpoint import load
+from vggnet.models.finetuned import FORMAT
 from vggnet.models.weights import IMAGENET_CATEGORIES, Weights
 from vggnet.train import finetune as finetuning
-from vggnet.train.finetune import FORMAT, save_checkpoint
+from vggnet.train.runs import save_checkpoint
 
 PHOTO = Path(__file__).parents[1] / "photos" / "coffee.jpg"
 MISSING_DEVICE = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: missing on every machine
@@ -39,21 +41,6 @@ def vgg11_files(tmp_path_factory):
 
 
 pytestmark = pytest.mark.usefixtures("cache")  # VGGNET_HOME in tmp_path/cache; TORCH_HOME is private anyway
-
-
-def test_the_names_callers_use_stay_importable_from_checkpoint():
-    # sources.py, state_dicts.py, finetuned.py, checks.py and loading.py hold them; cli and finetune import them here
-    assert [name for name in checkpoint.__all__ if not hasattr(checkpoint, name)] == []
-    assert (
-        checkpoint.classify is vggnet.models.sources.classify and checkpoint.check_device is vggnet.checks.check_device
-    )
-    assert checkpoint.model_from_state is vggnet.models.state_dicts.model_from_state
-    assert checkpoint.read_finetuned is vggnet.models.finetuned.read_finetuned
-    assert (
-        checkpoint.BadCheckpointError
-        is vggnet.hub._loading.BadCheckpointError
-        is vggnet.hub._fetching.BadCheckpointError
-    )
 
 
 # --- everything is checked before anything is fetched ---------------------------------------------
@@ -144,7 +131,7 @@ def test_a_finetuned_checkpoint_brings_its_classes_preset_and_model(vgg11_files)
     with pytest.raises(ArchMismatch, match="holds vgg11 weights, not vgg16"):
         load(tuned, arch="vgg16")
     finetuned = checkpoint.load_finetuned(tuned)
-    assert finetuned.classes == ["ant", "bee", "cicada"] and finetuning.load_finetuned is checkpoint.load_finetuned
+    assert finetuned.classes == ["ant", "bee", "cicada"]
 
 
 @pytest.mark.slow
@@ -196,7 +183,7 @@ def test_a_pickle_carrying_code_is_refused_with_one_line_everywhere(tmp_path, ca
     for path in files:
         calls = [load, lambda p: vggnet.vgg11(weights=str(p)), checkpoint.load_finetuned]
         for call in calls[:2] if "legacy" in path.name else calls:  # (finetune writes zip files only)
-            with pytest.raises(checkpoint.UnsafeCheckpointError) as info:
+            with pytest.raises(errors.UnsafeCheckpointError) as info:
                 call(path)
             message = str(info.value)
             assert (
@@ -222,7 +209,7 @@ def test_nan_in_a_real_vgg_file_is_refused_from_the_library_and_the_cli(vgg11_fi
     bad = tmp_path / "diverged.pth"
     torch.save(state, bad)
     with pytest.raises(
-        checkpoint.BadCheckpointError, match=rf"^{bad} holds NaN or Inf in 1 tensor\(s\): features\.3\.weight \(1 NaN"
+        errors.BadCheckpointError, match=rf"^{bad} holds NaN or Inf in 1 tensor\(s\): features\.3\.weight \(1 NaN"
     ):
         vggnet.vgg11(weights=bad)
     assert cli.main(["predict", str(PHOTO), "--weights", str(bad)]) == 1  # a bad file, as a corrupt one
@@ -248,7 +235,7 @@ def test_a_features_only_record_with_a_nan_classifier_loads_and_only_there(vgg11
         model.features[0].weight, state["features.0.weight"]
     )
     undeclared = Weights(url=str(path), sha256=digest)
-    with pytest.raises(checkpoint.BadCheckpointError, match=r"in 2 tensor\(s\): classifier\.0\.weight \(\d[\d,]* NaN"):
+    with pytest.raises(errors.BadCheckpointError, match=r"in 2 tensor\(s\): classifier\.0\.weight \(\d[\d,]* NaN"):
         vggnet.vgg11(weights=undeclared)
     assert vggnet.VGG16_Weights.IMAGENET1K_FEATURES.value.nonfinite == ("classifier.",)
     assert all(m.value.nonfinite == () for e in vggnet.models.weights.WEIGHTS_ENUMS.values() for m in e

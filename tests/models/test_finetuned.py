@@ -5,11 +5,11 @@ import hashlib
 import pytest
 import torch
 
-from vggnet.hub._loading import BadCheckpointError
+from vggnet.errors import BadCheckpointError
 from vggnet.models import checkpoint as checkpoint
-from vggnet.models.finetuned import backbone_identity, read_finetuned
+from vggnet.models.finetuned import FORMAT, backbone_identity, read_finetuned
 from vggnet.models.sources import classify
-from vggnet.train.finetune import FORMAT, save_checkpoint
+from vggnet.train.runs import save_checkpoint
 
 
 def test_a_finetuned_checkpoint_with_bad_fields_names_them(tmp_path):

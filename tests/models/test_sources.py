@@ -6,8 +6,9 @@ import pytest
 
 import vggnet
 from vggnet import cli
+from vggnet.errors import WeightsFileNotFound
 from vggnet.models import sources as sources
-from vggnet.models.sources import SOURCE_RULES, WeightsFileNotFound, classify
+from vggnet.models.sources import SOURCE_RULES, classify
 from vggnet.models.weights import Weights
 from vggnet.train import finetune as finetuning
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import vggnet
+from vggnet.errors import BadCheckpointError
 from vggnet.hub import _loading as loading
-from vggnet.hub._loading import BadCheckpointError
 from vggnet.models.state_dicts import arch_of_state, load_checkpoint_state
 
 # --- the architecture a state dict is for ----------------------------------------------------------

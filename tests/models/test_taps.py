@@ -11,8 +11,11 @@ from torch import nn
 import vggnet
 from tests.conftest import arch_matrix, randomize_batchnorm, save_seeded_vgg11
 from tests.reference import ARCHS, LAYOUT
-from vggnet.models.taps import feature_names
-from vggnet.models.vgg import TapInfo, adapt_input_conv
+from vggnet.deploy.inference import fold_batchnorm
+from vggnet.models.summary import summarize
+from vggnet.models.taps import TapInfo, feature_names, layer_names, module_names
+from vggnet.models.vgg import adapt_input_conv
+from vggnet.seeing.losses import PerceptualLoss
 
 HEAD = ["avgpool", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
 
@@ -85,7 +88,7 @@ def test_pre_activation_taps_survive_the_in_place_relu():
 def test_pre_activation_taps_survive_on_a_batchnorm_folded_model():
     # fold_batchnorm leaves an Identity between each conv and its in-place ReLU
     model = seeded("vgg11_bn")
-    folded = vggnet.fold_batchnorm(model)
+    folded = fold_batchnorm(model)
     assert isinstance(folded.features[1], nn.Identity) and folded.layer_names()[:3] == ["conv1_1", "bn1_1", "relu1_1"]
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -95,8 +98,8 @@ def test_pre_activation_taps_survive_on_a_batchnorm_folded_model():
         assert torch.equal(taps["conv1_1"].clamp(min=0), taps["relu1_1"])
         torch.testing.assert_close(taps["conv1_1"], model.extract(x, ["bn1_1"])["bn1_1"], atol=1e-5, rtol=1e-5)
         assert folded.extract(x, ["bn1_1", "conv2_1"])["bn1_1"].min() < 0
-        loss = vggnet.PerceptualLoss(folded, layers=["conv1_1"], input_range="normalized")
-        reference = vggnet.PerceptualLoss(model, layers=["bn1_1"], input_range="normalized")
+        loss = PerceptualLoss(folded, layers=["conv1_1"], input_range="normalized")
+        reference = PerceptualLoss(model, layers=["bn1_1"], input_range="normalized")
         y = torch.randn(1, 3, 32, 32)
         torch.testing.assert_close(loss(x, y), reference(x, y), atol=1e-5, rtol=1e-5)
 
@@ -187,7 +190,7 @@ def test_receptive_field_is_where_a_pixel_stops_mattering():
 def variant(arch: str, kind: str) -> vggnet.VGG:
     """Shapes only: a meta-device model, plain, BatchNorm-folded or with one input channel."""
     if kind == "folded":
-        return vggnet.fold_batchnorm(vggnet.get_model(arch, device="meta"))
+        return fold_batchnorm(vggnet.get_model(arch, device="meta"))
     return vggnet.get_model(arch, device="meta", in_chans=1 if kind == "gray" else 3)
 
 
@@ -195,16 +198,16 @@ def variant(arch: str, kind: str) -> vggnet.VGG:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_one_scheme_names_every_module_in_the_model_summary_and_losses(arch, kind):
     model = variant(arch, kind)
-    names = vggnet.layer_names(arch)  # from the config table
-    assert names == [*feature_names(arch), *HEAD] == vggnet.layer_names(model) == model.layer_names()
+    names = layer_names(arch)  # from the config table
+    assert names == [*feature_names(arch), *HEAD] == layer_names(model) == model.layer_names()
     leaves = [path for path, m in model.named_modules() if not list(m.children())]
-    paths = vggnet.module_names(model)
+    paths = module_names(model)
     assert list(paths) == leaves and list(paths.values()) == names  # every module, in forward order
     if kind == "folded" and arch.endswith("_bn"):
         assert all(type(model.get_submodule(p)) is nn.Identity for p, n in paths.items() if n.startswith("bn"))
     info = model.tap_info()
     assert [t.name for t in info] == names
-    rows = vggnet.summarize(arch).layers
+    rows = summarize(arch).layers
     assert [(row.module, row.name) for row in rows] == list(paths.items())
     assert [row.output_shape[1] for row in rows] == [t.channels for t in info]
 
@@ -213,12 +216,12 @@ def test_one_scheme_names_every_module_in_the_model_summary_and_losses(arch, kin
         taps = model.extract(x, names)
     assert list(taps) == names and [taps[t.name].shape[1] for t in info] == [t.channels for t in info]
     convs = feature_names(model.features)
-    loss = vggnet.PerceptualLoss(model, layers=convs, input_range="normalized")
+    loss = PerceptualLoss(model, layers=convs, input_range="normalized")
     with torch.no_grad():
         ours = loss.taps(x)
     assert list(ours) == convs and all(ours[n].shape == taps[n].shape for n in convs)
     with pytest.raises(ValueError, match=r"unknown or non-convolutional layers \['fc6'\]; valid: conv1_1, .*, pool5$"):
-        vggnet.PerceptualLoss(model, layers=["fc6"], input_range="normalized")
+        PerceptualLoss(model, layers=["fc6"], input_range="normalized")
 
 
 @pytest.mark.slow
@@ -254,7 +257,7 @@ def test_names_refuse_what_is_not_a_make_layers_network():
     with pytest.raises(TypeError, match="named taps need `features` to be a make_layers Sequential, not ModuleList"):
         model.layer_names()
     with pytest.raises(ValueError, match="unknown model 'vgg17'; valid: vgg11, "):
-        vggnet.layer_names("vgg17")
+        layer_names("vgg17")
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from torch import nn
 import vggnet
 from tests.conftest import arch_matrix
 from tests.reference import ARCHS, LAYOUT, RECORDS, VGG16_CLASSIFIER_PARAMS, VGG16_CONV_PARAMS, VGG16_FC6_PARAMS
+from vggnet.deploy.inference import fold_batchnorm
 from vggnet.models.config import MIN_SIZE, arch_config
 from vggnet.models.vgg import VGG, make_layers
 
@@ -189,7 +190,7 @@ def dropin_model(kind: str) -> tuple[nn.Module, torch.Tensor]:
         return model.eval(), x
     if kind == "folded":
         model, x = dropin_model("bn")
-        return vggnet.fold_batchnorm(model), x
+        return fold_batchnorm(model), x
     if kind == "gray":
         return vggnet.vgg11(in_chans=1).eval(), torch.randn(2, 1, 32, 32)
     if kind == "headless":

@@ -17,7 +17,8 @@ import vggnet.models.config as config
 import vggnet.models.weights as weights
 from tests.conftest import fingerprint
 from tests.reference import ARCHS, FEATURES, FULL_DIGESTS, RECORDS, SIZES
-from vggnet.models.weights import OFFICIAL_BASE, WEIGHTS_ENUMS, Weights, get_weight, resolve_weights
+from vggnet.hub._fetching import OFFICIAL_BASE
+from vggnet.models.weights import WEIGHTS_ENUMS, Weights, get_weight, resolve_weights
 
 tvm = pytest.importorskip("torchvision.models")
 CATEGORIES = (Path(__file__).parents[2] / "vggnet/data/imagenet_categories.txt").read_text().splitlines()

@@ -10,6 +10,7 @@ import torch
 
 import vggnet
 from tests.conftest import PHOTOS
+from vggnet.data.transforms import ImageClassification
 from vggnet.seeing.explain import Explanation, explain, last_conv, layer_module
 from vggnet.seeing.pictures import jet, overlay
 
@@ -114,7 +115,7 @@ def test_jet_colour_map():
 
 
 def test_a_heat_map_png_over_a_real_photo(vgg11, tmp_path):
-    preset = vggnet.ImageClassification(crop_size=96, resize_size=110)
+    preset = ImageClassification(crop_size=96, resize_size=110)
     x = preset(Image.open(PHOTOS / "chelsea.png"))
     photo = x * torch.tensor(preset.std).view(3, 1, 1) + torch.tensor(preset.mean).view(3, 1, 1)  # (3, 96, 96)
     got: Explanation = explain(vgg11, x)
@@ -174,7 +175,7 @@ def _seeded_vgg11(seed: int) -> vggnet.VGG:
 @pytest.mark.slow
 def test_the_command_writes_the_map_over_the_photo_and_names_the_classes(tmp_path, capsys):
     from vggnet.cli import main
-    from vggnet.data.transforms import load_image
+    from vggnet.data.decode import load_image
 
     out = tmp_path / "cam.png"
     photo = PHOTOS / "chelsea.png"
@@ -182,7 +183,7 @@ def test_the_command_writes_the_map_over_the_photo_and_names_the_classes(tmp_pat
     torch.manual_seed(5)
     assert main([*argv, "--out", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    preset = vggnet.ImageClassification(crop_size=224)
+    preset = ImageClassification(crop_size=224)
     x = preset(load_image(photo))
     want = explain(_seeded_vgg11(5), x, layer="conv4_2", topk=3)
     assert data["layer"] == "conv4_2" and data["method"] == "gradcam" and data["arch"] == "vgg11"

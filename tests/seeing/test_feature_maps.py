@@ -9,6 +9,7 @@ import torch
 
 import vggnet
 from tests.conftest import PHOTOS
+from vggnet.data.transforms import ImageClassification
 from vggnet.seeing.feature_maps import feature_maps
 from vggnet.seeing.pictures import jet
 
@@ -17,7 +18,7 @@ Image = pytest.importorskip("PIL.Image")
 
 @pytest.fixture(scope="module")
 def photo() -> torch.Tensor:
-    return vggnet.ImageClassification(crop_size=64, resize_size=73)(Image.open(PHOTOS / "chelsea.png"))
+    return ImageClassification(crop_size=64, resize_size=73)(Image.open(PHOTOS / "chelsea.png"))
 
 
 @pytest.mark.parametrize("layer", ["relu1_1", "conv3_2", "pool4"])
@@ -84,7 +85,7 @@ def test_the_default_layer_is_the_last_convolution_of_block_3(vgg11, photo):
 @pytest.mark.slow
 def test_the_command_writes_the_grid_of_the_strongest_maps(tmp_path, capsys):
     from vggnet.cli import main
-    from vggnet.data.transforms import load_image
+    from vggnet.data.decode import load_image
 
     out = tmp_path / "grid.png"
     photo = PHOTOS / "rocket.jpg"
@@ -99,7 +100,7 @@ def test_the_command_writes_the_grid_of_the_strongest_maps(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     torch.manual_seed(6)
     model = vggnet.vgg11().eval()
-    want = feature_maps(model, vggnet.ImageClassification(crop_size=224)(load_image(photo)), layer="conv2_1", count=6)
+    want = feature_maps(model, ImageClassification(crop_size=224)(load_image(photo)), layer="conv2_1", count=6)
     assert data["channels"] == want.channels and data["means"] == pytest.approx(want.means)
     assert data["layer"] == "conv2_1" and data["map_size"] == [112, 112]
     with Image.open(out) as png:

@@ -9,7 +9,7 @@ from torch import nn
 
 import vggnet
 from tests.conftest import randomize_batchnorm
-from vggnet.models.weights import IMAGENET_MEAN, IMAGENET_STD
+from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.seeing.losses import PerceptualLoss, gram_matrix
 
 

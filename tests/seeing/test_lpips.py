@@ -239,7 +239,7 @@ def test_cuda_matches_the_lpips_package_on_the_cpu(served, trunk, reference, mon
 @pytest.mark.slow
 def test_the_command_on_a_random_trunk_equals_the_library(capsys):
     from vggnet.cli import main
-    from vggnet.data.transforms import load_image, pil_to_tensor
+    from vggnet.data.decode import load_image, pil_to_tensor
 
     photos = [str(PHOTOS / "chelsea.png"), str(PHOTOS / "coffee.jpg")]
     common = ["--arch", "vgg16", "--weights", "none", "--lin-weights", str(_package_file("0.1")), "--device", "cpu"]

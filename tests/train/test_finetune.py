@@ -14,10 +14,13 @@ import torch
 import vggnet
 from tests.conftest import file_sha256, save_seeded_vgg11, write_set
 from vggnet import cli
-from vggnet.data.transforms import load_image
+from vggnet.data.decode import load_image
+from vggnet.data.images import ImageFolder
 from vggnet.models import weights as weights_module
+from vggnet.models.checkpoint import load_finetuned
+from vggnet.models.finetuned import FORMAT
 from vggnet.models.weights import IMAGENET_CATEGORIES, Weights, WeightsEnum
-from vggnet.train.finetune import FORMAT, FinetuneConfig, ImageFolder, finetune, load_finetuned
+from vggnet.train.finetune import FinetuneConfig, finetune
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -367,7 +370,7 @@ def test_a_run_writes_history_and_curves_and_refuses_to_overwrite(data, tmp_path
     out, plot = tmp_path / "run", tmp_path / "curves.png"
     result = finetune(data, out=out, weights=None, mode="full", head="gap", epochs=2, plot=plot, on_epoch=seen.append,
                       **FAST)  # fmt: skip
-    assert seen == result.history == vggnet.train.finetune.read_history(out)
+    assert seen == result.history == vggnet.train.runs.read_history(out)
     lines = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [sorted(line) for line in lines] == [
         ["epoch", "images_per_s", "lr", "seconds", "train_acc", "train_loss", "val_acc", "val_loss"]
@@ -382,13 +385,13 @@ def test_a_run_writes_history_and_curves_and_refuses_to_overwrite(data, tmp_path
     with pytest.raises(ValueError, match="holds a finished run"):
         finetune(data, out=out, weights=None, mode="full", head="gap", epochs=2, resume=True, **FAST)
     again = finetune(data, out=out, weights=None, mode="full", head="gap", epochs=1, overwrite=True, **FAST)
-    assert len(vggnet.train.finetune.read_history(out)) == 1 and again.history[0].epoch == 1
+    assert len(vggnet.train.runs.read_history(out)) == 1 and again.history[0].epoch == 1
 
 
 @pytest.mark.slow
 def test_a_diverging_loss_stops_the_run_with_advice(data, tmp_path):
     with pytest.raises(
-        vggnet.train.finetune.Diverged, match=r"diverged at epoch 1: train loss nan.*too high: lower it \(--lr 100000\)"
+        vggnet.errors.Diverged, match=r"diverged at epoch 1: train loss nan.*too high: lower it \(--lr 100000\)"
     ):
         finetune(data, out=tmp_path / "x", weights=None, mode="full", head="gap", epochs=3, lr=1e6, **FAST)
     assert not (tmp_path / "x" / "last.pth").exists()

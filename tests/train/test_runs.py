@@ -88,11 +88,3 @@ def test_a_checkpoint_keeps_a_cpu_copy_and_a_probe_only_its_head():
     with torch.no_grad():
         model.classifier[0].weight.add_(1)
     assert not torch.equal(head["classifier.0.weight"], model.classifier[0].weight)  # a copy, not a view
-
-
-def test_the_run_records_are_still_importable_from_finetune():
-    # the paths the README and earlier code use
-    assert (
-        vggnet.train.finetune.read_history is read_history and vggnet.train.finetune.save_checkpoint is save_checkpoint
-    )
-    assert vggnet.train.finetune.EpochStats is EpochStats and vggnet.train.finetune.plot_history is plot_history

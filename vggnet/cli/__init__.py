@@ -31,10 +31,13 @@ from vggnet import __version__
 from vggnet.cli import artifacts, checkpoints, costs, images, perception, training
 from vggnet.cli.args import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SubParsers, UsageError
 from vggnet.cli.output import PROG, error
-from vggnet.hub._loading import BadCheckpointError
-from vggnet.models.sources import WeightsFileNotFound
+from vggnet.errors import BadCheckpointError, WeightsFileNotFound
 
-__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "build_parser",
+    "main",
+]
 
 AddParser = Callable[[SubParsers], None]
 RunCommand = Callable[[argparse.Namespace], int]

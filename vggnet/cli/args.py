@@ -17,9 +17,11 @@ import torch
 import torch.distributed as dist
 
 from vggnet.checks import available_devices, check_device
+from vggnet.data.constants import MAX_SIZE
+from vggnet.errors import ArchMismatch
 from vggnet.models.checkpoint import Loaded, load
-from vggnet.models.config import MAX_SIZE, MIN_SIZE, check_arch
-from vggnet.models.sources import SOURCE_RULES, ArchMismatch
+from vggnet.models.config import MIN_SIZE, check_arch
+from vggnet.models.sources import SOURCE_RULES
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]

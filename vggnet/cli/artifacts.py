@@ -12,7 +12,7 @@ from vggnet.cli.args import EXIT_OK, SubParsers, UsageError, add_command, add_we
 from vggnet.cli.output import print_json
 from vggnet.deploy.convert import convert
 from vggnet.deploy.export import EXPORT_FORMATS, check_export, example_images, export, with_preset
-from vggnet.hub._formats import WRITE_SUFFIXES, file_sha256
+from vggnet.hub import WRITE_SUFFIXES, file_sha256
 from vggnet.models.builders import list_models
 from vggnet.models.checkpoint import load
 from vggnet.models.sources import SOURCE_RULES

@@ -13,9 +13,8 @@ from tqdm import tqdm
 
 from vggnet.cli.args import EXIT_FAILURE, EXIT_OK, SubParsers, UsageError, add_command
 from vggnet.cli.output import PROG, error, mib, print_json, table
-from vggnet.hub._admin import CachedFile, cached_files, remove_cached
-from vggnet.hub._cache import ChecksumError, cache_dir, verify_file
-from vggnet.hub._fetching import add_to_mirror, fetch
+from vggnet.errors import ChecksumError
+from vggnet.hub import CachedFile, add_to_mirror, cache_dir, cached_files, fetch, remove_cached, verify_file
 from vggnet.models import weights as weights
 from vggnet.models.weights import WeightsEnum
 

@@ -17,7 +17,8 @@ from vggnet.cli.args import (
     positive,
     side_arg,
 )
-from vggnet.train.finetune import AUGMENTS, HEADS, MODES, finetune
+from vggnet.models.vgg import HEADS
+from vggnet.train.finetune import AUGMENTS, MODES, finetune
 
 # FinetuneConfig's fields that are `vggnet finetune` options of the same name (a test keeps them in step;
 # `data` is the positional DATA, `progress` is the global --quiet, `on_epoch` is Python's: the CLI prints)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vggnet.checks import check_int
+from vggnet.errors import BadImageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ENV_MAX_PIXELS",
-    "BadImageError",
     "gray_image",
     "load_image",
     "max_image_pixels",
@@ -54,17 +54,6 @@ def pillow() -> Any:
 # (MAX_IMAGE_PIXELS, about 89.5 MP: 256 MiB of RGB), checked from the header before anything is decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
 ENV_MAX_PIXELS = "VGGNET_MAX_IMAGE_PIXELS"
-
-
-class BadImageError(ValueError):
-    """An image that cannot be used (not an image, cut short, over the pixel budget): skip it and go on.
-
-    `path` is the file (None for an image already in memory) and `problem` what is wrong with it.
-    """
-
-    def __init__(self, path: object, problem: str) -> None:
-        self.path, self.problem = path, problem
-        super().__init__(problem if path is None else f"{path}: {problem}")
 
 
 def max_image_pixels() -> int:

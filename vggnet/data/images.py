@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vggnet.data.decode import BadImageError, gray_image, load_image
+from vggnet.data.decode import gray_image, load_image
+from vggnet.errors import BadImageError, NoImages
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -39,7 +40,6 @@ __all__ = [
     "ImageFiles",
     "ImageFolder",
     "LabelledImages",
-    "NoImages",
     "collate",
     "imagenet_synsets",
     "is_image",
@@ -53,10 +53,6 @@ logger = logging.getLogger(__name__)
 
 STDIN = "-"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class NoImages(FileNotFoundError, ValueError):
-    """A named source (file, folder, pattern, list) holds no image: the user's argument to fix."""
 
 
 NUM_IMAGENET_CLASSES = 1000

@@ -29,39 +29,35 @@ from torch import nn
 from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
 
 from vggnet.checks import check_int
-from vggnet.data.decode import (
-    ENV_MAX_PIXELS,
-    BadImageError,
-    gray_image,
-    load_image,
-    max_image_pixels,
-    pil_to_tensor,
-    pillow,
-    rgb_or_gray,
-)
-from vggnet.models.config import (
+from vggnet.data.constants import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    IN_CHANNELS,
     INTERPOLATIONS,
     KERAS_MEAN,
     KERAS_STD,
     MAX_RESIZE,
     MAX_SIZE,
+    RGB,
 )
+from vggnet.data.decode import (
+    ENV_MAX_PIXELS,
+    gray_image,
+    max_image_pixels,
+    pil_to_tensor,
+    pillow,
+    rgb_or_gray,
+)
+from vggnet.errors import BadImageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = [
-    "BadImageError",
     "CROP_PCT",
     "ImageClassification",
     "TrainClassification",
     "create_transform",
     "keras_transforms",
-    "load_image",
-    "pil_to_tensor",
 ]
 # BadImageError, load_image and pil_to_tensor live in decode.py; they stay importable from here, where
 # the README and earlier code name them.
@@ -412,7 +408,7 @@ def create_transform(
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], e.g. 0.875 (224/256), got {crop_pct!r}")
     if channels != len(mean):
-        if channels == 1 and len(mean) == IN_CHANNELS and len(std) == IN_CHANNELS:
+        if channels == 1 and len(mean) == RGB and len(std) == RGB:
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
         else:
             raise ValueError(f"input_size has {channels} channels but mean has {len(mean)} values")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from vggnet.hub._fetching import fetch
-from vggnet.hub._formats import Layout, from_timm, layout_of, read_state_dict, write_state_dict
-from vggnet.hub._huggingface import load_hf_hub
+from vggnet.hub import fetch
+from vggnet.models.checkpoint import hub_state_dict
+from vggnet.models.layouts import Layout, from_timm, layout_of, read_state_dict, write_state_dict
 from vggnet.models.sources import Source, WeightsSource, classify
 
 __all__ = ["Converted", "convert", "read_source"]
@@ -48,7 +48,7 @@ def read_source(
         state = source.record.get_state_dict(progress=progress)
         return source, from_timm(state) if layout_of(state) == "timm" else state
     if source.kind == "hub":
-        return source, load_hf_hub(source.text, sha256=sha256)[1]
+        return source, hub_state_dict(source.text, sha256=sha256)[1]
     path = fetch(source.text, sha256=sha256, progress=progress)  # downloaded or checked in place, verified
     return source, read_state_dict(path)
 

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vggnet.checks import check_int
-from vggnet.models.config import IMAGENET_MEAN, IMAGENET_STD, IN_CHANNELS, MIN_SIZE, POOLED_SIZE
+from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from vggnet.models.config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE
 
 __all__ = ["EXPORT_FORMATS", "WithPreset", "check_export", "example_images", "export", "run_export", "with_preset"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vggnet.hub._cache import _NAME_DIGEST, _dir_error, _read_stamp, _stamp_of, cache_dir
+from vggnet.hub._cache import NAME_DIGEST, cache_dir, dir_error, read_stamp, stamp_of
 from vggnet.hub._files import is_regular
 from vggnet.hub._locks import claim
 
@@ -42,7 +42,7 @@ class CachedFile:
     @property
     def name_digest(self) -> str | None:
         """The SHA-256 prefix in a checkpoint's torch.hub-style name (`name-<hex>.pth`), which `fetch` checks."""
-        match = _NAME_DIGEST.search(self.path.name) if self.kind == "checkpoint" else None
+        match = NAME_DIGEST.search(self.path.name) if self.kind == "checkpoint" else None
         return match.group(1) if match else None
 
     @property
@@ -71,7 +71,7 @@ class Removed:
 
 # vggnet's own names (the module docstring); anything else in a folder is a plain file, whatever its name.
 _PARTIAL = re.compile(r"(.+)\.(?:[0-9a-f]{8,16}|unverified)\.[0-9a-f]{8}\.partial")  # see new_partial
-_CORRUPT = re.compile(r"(.+)\.corrupt-\d{8}-\d{6}-[0-9a-f]{4}")  # see _cached_digest
+_CORRUPT = re.compile(r"(.+)\.corrupt-\d{8}-\d{6}-[0-9a-f]{4}")  # see cached_digest
 
 
 def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFile]:
@@ -91,7 +91,7 @@ def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFil
     except FileNotFoundError:
         return []
     except NotADirectoryError as err:
-        raise _dir_error(where, "it is not a directory") from err
+        raise dir_error(where, "it is not a directory") from err
     present = {entry.name for entry in entries}
     found: list[CachedFile] = []
     for entry in entries:
@@ -106,7 +106,7 @@ def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFil
         except FileNotFoundError:  # removed since the listing
             continue
         path = where / name
-        stamp = _read_stamp(_stamp_of(path)) if regular and f"{name}.stamp" in present else None
+        stamp = read_stamp(stamp_of(path)) if regular and f"{name}.stamp" in present else None
         kind, base = _kind_of(name, stamp)
         related = tuple(where / f"{name}{suffix}" for suffix in (".stamp", ".lock") if f"{name}{suffix}" in present)
         digest = str(stamp["sha256"]) if stamp is not None else None
@@ -149,7 +149,7 @@ def remove_cached(*names: str, folder: str | os.PathLike[str] | None = None, loc
     except OSError as err:
         if isinstance(err, NotADirectoryError) or err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
-        raise _dir_error(
+        raise dir_error(
             where,
             f"cannot remove {Path(err.filename or '').name or 'files'} from it ({err.strerror or err})",
             need="a writable directory to remove files from it",

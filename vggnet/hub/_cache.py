@@ -41,8 +41,8 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
+from vggnet.errors import ChecksumError, NotARegularFileError
 from vggnet.hub._files import (
-    NotARegularFileError,
     Progress,
     copy_hashing,
     create_private,
@@ -54,7 +54,6 @@ from vggnet.hub._files import (
 )
 
 __all__ = [
-    "ChecksumError",
     "cache_dir",
     "file_name_from_url",
     "normalize_digest",
@@ -67,41 +66,11 @@ ENV_HOME = "VGGNET_HOME"
 ENV_OFFLINE = "VGGNET_OFFLINE"
 ENV_MIRROR = "VGGNET_MIRROR"
 
-_NAME_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's "name-<hex>.pth" convention
+NAME_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's "name-<hex>.pth" convention
 _DIGEST = re.compile(r"[0-9a-f]{8,64}")
 
 
-class ChecksumError(RuntimeError):
-    """A file's SHA-256 is not the expected one: it was not kept under its final name, nor loaded.
-
-    A RuntimeError, as torch.hub's "invalid hash value" is, so code written for torch.hub still catches it.
-    """
-
-    def __init__(
-        self, url: str, path: str | os.PathLike[str], expected: str, actual: str, detail: str = "", hint: str = ""
-    ) -> None:
-        self.url = url
-        self.path = Path(path)
-        self.expected = expected
-        self.actual = actual
-        self.detail = detail or "no file was kept"
-        self.hint = hint or _RETRY_HINT
-        what = "SHA-256" if len(expected) == 64 else f"SHA-256 prefix ({len(expected)} hex digits)"
-        super().__init__(
-            f"checksum mismatch for {url} ({self.path}): expected {what} {expected}, got {actual}; {self.detail}. "
-            f"{self.hint}"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.url, str(self.path), self.expected, self.actual, self.detail, self.hint)
-
-
-# What a ChecksumError advises, by where the expected digest came from and whether retrying can help.
-_RETRY_HINT = (
-    "The transfer was corrupted or the file is not the one the record describes: retry, "
-    "and check the URL, the mirror (VGGNET_MIRROR) and the digest."
-)
-_LOCAL_HINT = (
+LOCAL_HINT = (
     "The file is not the one the digest describes: replace it with a good copy, or check the path "
     "(VGGNET_MIRROR, for a mirror) and the digest."
 )
@@ -126,14 +95,14 @@ def cache_dir() -> Path:
     home = os.environ.get(ENV_HOME)
     if home:
         return Path(home).expanduser()
-    return _torch_hub_checkpoints()
+    return torch_hub_checkpoints()
 
 
-def _torch_hub_checkpoints() -> Path:
+def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -144,14 +113,14 @@ def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, pr
     """
     digest = hash_file(Path(path), progress, follow=True)  # the caller's own path; still only a regular file
     if expected is not None and not digest.startswith(expected):
-        raise ChecksumError(str(path), path, expected, digest, detail="the file was left where it is", hint=_LOCAL_HINT)
+        raise ChecksumError(str(path), path, expected, digest, detail="the file was left where it is", hint=LOCAL_HINT)
     return digest
 
 
 # --- names and folders -----------------------------------------------------------------------------
 
 
-def _safe_name(name: str, *, source: str) -> str:
+def safe_name(name: str, *, source: str) -> str:
     """`name` percent-decoded, or a ValueError if it could name anything but a plain file in one folder."""
     decoded = unquote(name)
     bad = (
@@ -175,30 +144,30 @@ def file_name_from_url(url: str) -> str:
 
     The segment is taken before decoding, so "a%2F..%2Fb" is refused, not shortened to "b".
     """
-    return _safe_name(urlsplit(url).path.rsplit("/", 1)[-1], source=repr(url))
+    return safe_name(urlsplit(url).path.rsplit("/", 1)[-1], source=repr(url))
 
 
-def _same_dir(a: Path, b: Path) -> bool:
+def same_dir(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
     except OSError:
         return False
 
 
-def _check_dir(folder: Path, *, create: bool) -> None:
+def check_dir(folder: Path, *, create: bool) -> None:
     """Make sure `folder` can hold the cache (creating it if asked): an error naming it and the fix if not."""
     if folder.exists() and not folder.is_dir():
-        raise _dir_error(folder, "it is not a directory")
+        raise dir_error(folder, "it is not a directory")
     if create:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise _dir_error(folder, f"cannot create it: {err.strerror or err}") from err
+            raise dir_error(folder, f"cannot create it: {err.strerror or err}") from err
 
 
-def _dir_error(folder: Path, problem: str, need: str = "a writable directory") -> OSError:
+def dir_error(folder: Path, problem: str, need: str = "a writable directory") -> OSError:
     home = os.environ.get(ENV_HOME)
-    if _same_dir(folder, cache_dir()):
+    if same_dir(folder, cache_dir()):
         what = f"the cache directory {ENV_HOME}={home}" if home else f"the cache directory {folder} (torch.hub's)"
         fix = f"point {ENV_HOME} at one, or unset it to use torch.hub's" if home else f"set {ENV_HOME} to one"
     else:
@@ -209,11 +178,11 @@ def _dir_error(folder: Path, problem: str, need: str = "a writable directory") -
 # --- what is cached: checked, moved aside, adopted ------------------------------------------------
 
 
-def _matches(digest: str, expected: str | None) -> bool:
+def digest_matches(digest: str, expected: str | None) -> bool:
     return expected is None or digest.startswith(expected)
 
 
-def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
+def cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
     """The digest of a cached file that matches `expected`; a mismatching file is moved aside (None)."""
     try:
         st = os.lstat(dest)
@@ -223,25 +192,25 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
         digest, problem = "", f"it is {kind_of_mode(st.st_mode)}, not a regular file"
     else:
         try:
-            digest = _digest(dest, _stamp_of(dest), expected)
+            digest = file_digest(dest, stamp_of(dest), expected)
         except NotARegularFileError:  # replaced since the lstat
-            return _cached_digest(dest, expected, url)
-        if _matches(digest, expected):
+            return cached_digest(dest, expected, url)
+        if digest_matches(digest, expected):
             return digest
         problem = f"SHA-256 {digest} does not match {expected}"
     # Move aside only the file we checked: another process may have put a good one in place since.
     if os.lstat(dest).st_ino != st.st_ino:
-        return _cached_digest(dest, expected, url)
+        return cached_digest(dest, expected, url)
     aside = dest.with_name(f"{dest.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
     os.replace(dest, aside)
-    _stamp_of(dest).unlink(missing_ok=True)
+    stamp_of(dest).unlink(missing_ok=True)
     logger.warning("%s: %s; moved it aside to %s", dest, problem, aside.name)
     if not digest:
-        if _offline():
+        if is_offline():
             raise NotARegularFileError(dest, f"{kind_of_mode(st.st_mode)} (moved aside to {aside.name})")
         return None
-    assert expected is not None  # _matches is True without an expectation
-    if _offline():
+    assert expected is not None  # digest_matches is True without an expectation
+    if is_offline():
         raise ChecksumError(
             url, dest, expected, digest,
             detail=f"the cached file was moved aside to {aside} and, with {ENV_OFFLINE} set, not fetched again",
@@ -250,7 +219,7 @@ def _cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
     return None
 
 
-def _adopt(src: Path, dest: Path, expected: str) -> str | None:
+def adopt(src: Path, dest: Path, expected: str) -> str | None:
     """Hard-link (or copy) a file from torch.hub's cache into ours, if its digest matches."""
     if not is_regular(src):
         return None
@@ -275,7 +244,7 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
         with open_read(tmp) as held:  # the inode hashed: the stamp describes it, not whatever dest names later
             os.replace(tmp, dest)
             st = os.fstat(held.fileno())  # after the rename, which changes its ctime
-        _write_stamp(dest, digest, checked=True, st=st)
+        write_stamp(dest, digest, checked=True, st=st)
         logger.info("reused %s from torch.hub's cache (SHA-256 verified)", src)
         return digest
     finally:
@@ -285,11 +254,11 @@ def _adopt(src: Path, dest: Path, expected: str) -> str | None:
 # --- stamps and hashing ----------------------------------------------------------------------------
 
 
-def _stamp_of(path: Path) -> Path:
+def stamp_of(path: Path) -> Path:
     return path.with_name(path.name + ".stamp")
 
 
-def _local_stamp(path: Path, stamps: Path) -> Path:
+def local_stamp_path(path: Path, stamps: Path) -> Path:
     """Where the stamp of a local file (the caller's, a mirror directory's) lives: `.stamps/` of the cache."""
     return stamps / f"{hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:32]}.json"
 
@@ -302,7 +271,7 @@ def _stat_fields(st: os.stat_result) -> dict[str, int]:
 _STAMP_MAX = 1 << 16  # bytes: a stamp is a line of JSON
 
 
-def _read_stamp(stamp: Path) -> dict[str, Any] | None:
+def read_stamp(stamp: Path) -> dict[str, Any] | None:
     try:
         with open_read(stamp) as f:
             data = json.loads(f.read(_STAMP_MAX).decode("utf-8"))
@@ -314,7 +283,7 @@ def _read_stamp(stamp: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("sha256"), str) else None
 
 
-def _stamp_matches(stamp: dict[str, Any] | None, path: Path | os.stat_result) -> bool:
+def stamp_matches(stamp: dict[str, Any] | None, path: Path | os.stat_result) -> bool:
     """`stamp` still describes `path` (its lstat: a link is never its target), or an fstat result."""
     try:
         st = path if isinstance(path, os.stat_result) else os.lstat(path)
@@ -324,7 +293,7 @@ def _stamp_matches(stamp: dict[str, Any] | None, path: Path | os.stat_result) ->
     return stamp is not None and stat.S_ISREG(st.st_mode) and all(stamp.get(k) == v for k, v in fields.items())
 
 
-def _write_stamp(
+def write_stamp(
     path: Path, digest: str, stamp: Path | None = None, *, checked: bool, st: os.stat_result, **extra: str
 ) -> None:
     """Record `path`'s stat and digest. A cache we cannot write to only costs a re-hash next time.
@@ -334,7 +303,7 @@ def _write_stamp(
     `st` is the stat of the very file that was hashed or matched, taken before: never `path` looked up
     again, which may name another file by now.
     """
-    stamp = stamp or _stamp_of(path)
+    stamp = stamp or stamp_of(path)
     tmp = temp_name(stamp)
     try:
         data = {"file": str(path), **_stat_fields(st), "sha256": digest, "checked": checked, **extra}
@@ -349,43 +318,43 @@ def _write_stamp(
             tmp.unlink(missing_ok=True)
 
 
-def _stamped_digest(
+def stamped_digest(
     path: Path, stamp_path: Path | None = None, expected: str | None = None, *, st: os.stat_result | None = None
 ) -> str | None:
     """The digest `path`'s stamp records, while the stamp still describes it (or `st`, an open file's fstat).
 
     A stamp whose digest matches `expected` is marked checked, if it was not yet.
     """
-    stamp_path = stamp_path or _stamp_of(path)
+    stamp_path = stamp_path or stamp_of(path)
     if st is None:  # one lstat, for the match and for the rewrite: `path` may name another file in between
         try:
             st = os.lstat(path)
         except OSError:
             return None
-    stamp = _read_stamp(stamp_path)
-    if stamp is None or not _stamp_matches(stamp, st):
+    stamp = read_stamp(stamp_path)
+    if stamp is None or not stamp_matches(stamp, st):
         return None
     digest = str(stamp["sha256"])
     if expected is not None and stamp.get("checked") is not True and digest.startswith(expected):
-        _write_stamp(path, digest, stamp_path, checked=True, st=st)
+        write_stamp(path, digest, stamp_path, checked=True, st=st)
     return digest
 
 
-def _digest(path: Path, stamp_path: Path, expected: str | None, *, follow: bool = False) -> str:
+def file_digest(path: Path, stamp_path: Path, expected: str | None, *, follow: bool = False) -> str:
     """`path`'s full SHA-256: from its stamp while the stamp still describes it, else hashed (and stamped).
 
-    The stamp records whether the digest matched `expected` (see `_write_stamp`). `follow`: the
+    The stamp records whether the digest matched `expected` (see `write_stamp`). `follow`: the
     caller's own file may be reached through a link; a file in the cache never is.
     """
     with open_read(path, follow=follow) as f:
-        return _digest_of(f, path, stamp_path, expected)
+        return open_file_digest(f, path, stamp_path, expected)
 
 
-def _digest_of(f: IO[bytes], path: Path, stamp_path: Path, expected: str | None) -> str:
-    """`_digest` of the open file `f` (named `path`): its stamp must describe this very file (fstat)."""
+def open_file_digest(f: IO[bytes], path: Path, stamp_path: Path, expected: str | None) -> str:
+    """`file_digest` of the open file `f` (named `path`): its stamp must describe this very file (fstat)."""
     st = os.fstat(f.fileno())
-    digest = _stamped_digest(path, stamp_path, expected, st=st)
+    digest = stamped_digest(path, stamp_path, expected, st=st)
     if digest is None:
         digest = hash_file(f)
-        _write_stamp(path, digest, stamp_path, checked=expected is not None and digest.startswith(expected), st=st)
+        write_stamp(path, digest, stamp_path, checked=expected is not None and digest.startswith(expected), st=st)
     return digest

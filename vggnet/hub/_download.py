@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from vggnet.checks import check_int
-from vggnet.hub._cache import ENV_HOME, ENV_MIRROR, ENV_OFFLINE, ChecksumError, _dir_error, _write_stamp
+from vggnet.errors import ChecksumError, DownloadError
+from vggnet.hub._cache import ENV_HOME, ENV_MIRROR, ENV_OFFLINE, dir_error, write_stamp
 from vggnet.hub._deadline import Watch, watched_adapter
 from vggnet.hub._files import CHUNK, publish
 from vggnet.hub._locks import claim, partial_key, partials
@@ -42,7 +43,10 @@ if TYPE_CHECKING:
 # requests (urllib3 probes IPv6 with a socket on import) and tqdm are imported where they are used:
 # importing vggnet touches neither disk nor network.
 
-__all__ = ["DownloadError", "check_limits", "download_file"]
+__all__ = [
+    "check_limits",
+    "download_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,25 +67,6 @@ Timeout = float | tuple[float, float]
 _PROGRESS_RESET = 16 << 20
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")  # "bytes first-last/total"
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-class DownloadError(OSError):
-    """A download failed for good: an HTTP status retrying cannot fix, too many failures, or too many bytes."""
-
-    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_download_error, (str(self), self.url, self.status)
-
-
-def _rebuild_download_error(message: str, url: str, status: int | None) -> DownloadError:
-    return DownloadError(message, url=url, status=status)
 
 
 class _BadContent(DownloadError):
@@ -162,7 +147,7 @@ def download_file(
     try:
         part = open_partial(dest, key, resume=expected is not None, limit=size or max_size)
     except OSError as err:  # a read-only or full disk, no permission
-        raise _dir_error(dest.parent, f"cannot write {dest.name} there: {err.strerror or err}") from err
+        raise dir_error(dest.parent, f"cannot write {dest.name} there: {err.strerror or err}") from err
     keep = expected is not None
     try:
         logger.info("downloading %s to %s", url, dest)
@@ -195,7 +180,7 @@ def download_file(
             keep = False
             raise ChecksumError(url, dest, expected, digest, hint=hint)  # hint "": retry
         publish(part.file, part.path, dest)
-        _write_stamp(dest, digest, checked=expected is not None, st=os.fstat(part.file.fileno()))
+        write_stamp(dest, digest, checked=expected is not None, st=os.fstat(part.file.fileno()))
         for stale in partials(dest, key + "."):  # dead downloads of the same file are of no more use
             f = claim(stale)
             if f is not None:

@@ -21,51 +21,46 @@ from urllib.parse import quote, unquote, urlsplit
 
 import torch
 
+from vggnet.errors import ChecksumError
 from vggnet.hub._cache import (
-    _LOCAL_HINT,
-    _NAME_DIGEST,
     ENV_HOME,
     ENV_MIRROR,
     ENV_OFFLINE,
-    ChecksumError,
-    _adopt,
-    _cached_digest,
-    _check_dir,
-    _digest,
-    _local_stamp,
-    _matches,
-    _offline,
-    _safe_name,
-    _same_dir,
-    _stamped_digest,
-    _torch_hub_checkpoints,
+    LOCAL_HINT,
+    NAME_DIGEST,
+    adopt,
     cache_dir,
+    cached_digest,
+    check_dir,
+    digest_matches,
+    file_digest,
     file_name_from_url,
+    is_offline,
+    local_stamp_path,
     normalize_digest,
-    verify_file,
+    safe_name,
+    same_dir,
+    stamped_digest,
+    torch_hub_checkpoints,
 )
-from vggnet.hub._download import RETRIES, TIMEOUT, DownloadError, Timeout, check_limits, download_file
+from vggnet.hub._download import RETRIES, TIMEOUT, Timeout, check_limits, download_file
 from vggnet.hub._files import temp_name
-from vggnet.hub._loading import BadCheckpointError, MapLocation, UnsafeCheckpointError, load_verified, weights_only_load
+from vggnet.hub._loading import MapLocation, load_verified
 from vggnet.hub._locks import lock
-from vggnet.models.config import OFFICIAL_BASE
 
 __all__ = [
-    "BadCheckpointError",
-    "ChecksumError",
-    "DownloadError",
-    "UnsafeCheckpointError",
+    "OFFICIAL_BASE",
     "add_to_mirror",
-    "cache_dir",
     "fetch",
-    "file_name_from_url",
     "load_state_dict_from_url",
     "load_weights",
-    "verify_file",
-    "weights_only_load",
 ]
 
 logger = logging.getLogger(__name__)
+
+OFFICIAL_BASE = (
+    "https://download.pytorch.org/models/"  # where the official checkpoints live; what VGGNET_MIRROR replaces
+)
 
 
 _NAME_HINT = (
@@ -195,7 +190,7 @@ def _cached_copy(url: str, name: str, expected: str) -> Path | None:
     if not cached.is_file():
         return None
     with lock(cached, create=False):
-        digest = _cached_digest(cached, expected, url)
+        digest = cached_digest(cached, expected, url)
     if digest is None:
         logger.warning("the cached %s does not match its digest; fetching %s instead", cached.name, url)
         return None
@@ -213,7 +208,7 @@ def _fetch_url(
     timeout: Timeout,
     retries: int,
 ) -> tuple[Path, str]:
-    name = _safe_name(file_name, source="file_name") if file_name is not None else file_name_from_url(url)
+    name = safe_name(file_name, source="file_name") if file_name is not None else file_name_from_url(url)
     check_limits(size, timeout, retries)
     from_name = False
     if sha256 is not None:
@@ -221,7 +216,7 @@ def _fetch_url(
     elif _local_path(url) is not None:
         expected = None  # the name of one's own file is no promise: "-20240101." is a date, not a digest
     else:
-        match = _NAME_DIGEST.search(name)
+        match = NAME_DIGEST.search(name)
         expected = match.group(1) if match else None
         from_name = expected is not None
         if expected is None:
@@ -287,8 +282,8 @@ def _look_aside() -> Path | None:
     """torch.hub's checkpoint directory when VGGNET_HOME moved the cache elsewhere, else None."""
     if not os.environ.get(ENV_HOME):
         return None
-    torch_dir = _torch_hub_checkpoints()
-    return None if _same_dir(torch_dir, cache_dir()) else torch_dir
+    torch_dir = torch_hub_checkpoints()
+    return None if same_dir(torch_dir, cache_dir()) else torch_dir
 
 
 # --- the fetch: cache hit, look-aside, offline, or download ----------------------------------------
@@ -317,19 +312,19 @@ def _fetch(
     stamps = dest.parent / ".stamps"
     if local is not None and url == origin:  # the caller's own file: verified where it is
         return local, _verify_local(local, expected, url, size=size, stamps=stamps)
-    digest = _stamped_digest(dest, expected=expected)  # the fast path: no hashing, no lock
-    if digest is not None and _matches(digest, expected):
+    digest = stamped_digest(dest, expected=expected)  # the fast path: no hashing, no lock
+    if digest is not None and digest_matches(digest, expected):
         _warn_unverified(expected, dest)
         return dest, digest
-    offline = _offline()
-    _check_dir(dest.parent, create=local is None and not offline)
+    offline = is_offline()
+    check_dir(dest.parent, create=local is None and not offline)
     with lock(dest, create=False):
-        digest = _cached_digest(dest, expected, url)
+        digest = cached_digest(dest, expected, url)
         if digest is not None:
             _warn_unverified(expected, dest)
             return dest, digest
         if look_aside is not None and expected is not None:
-            digest = _adopt(look_aside / dest.name, dest, expected)
+            digest = adopt(look_aside / dest.name, dest, expected)
             if digest is not None:
                 return dest, digest
         if local is not None:  # a VGGNET_MIRROR directory: checked where it is, not copied
@@ -359,11 +354,11 @@ def _warn_unverified(expected: str | None, path: Path) -> None:
 def _verify_local(path: Path, expected: str | None, url: str, *, size: int | None, stamps: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} (from {url!r}) is not a file")
-    digest = _digest(path, _local_stamp(path, stamps), expected, follow=True)
+    digest = file_digest(path, local_stamp_path(path, stamps), expected, follow=True)
     left = "the file was left where it is and not loaded"
-    if not _matches(digest, expected):
+    if not digest_matches(digest, expected):
         assert expected is not None
-        raise ChecksumError(url, path, expected, digest, detail=left, hint=_LOCAL_HINT)
+        raise ChecksumError(url, path, expected, digest, detail=left, hint=LOCAL_HINT)
     actual = path.stat().st_size
     if size is not None and actual != size:
         raise ValueError(f"{path} has {actual:,} bytes, not the {size:,} that size= says; {left}")

@@ -15,29 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["NotARegularFileError"]
+from vggnet.errors import NotARegularFileError
+
+__all__ = []
 
 Progress = Callable[[int], object]  # called with the byte count of each chunk hashed
 
 CHUNK = 1 << 20
-
-
-class NotARegularFileError(OSError):
-    """A name in the cache is a symbolic link, FIFO, device or directory: vggnet neither reads nor writes through it.
-
-    Someone who can write to a shared cache could otherwise make vggnet write to, or hang on, any
-    file they point at; the fix is to remove the name (`vggnet cache --remove NAME`) and look at who made it.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], what: str = "not a regular file") -> None:
-        self.path = Path(path)
-        super().__init__(
-            f"refusing {self.path}: it is {what}, and vggnet only opens regular files it can check "
-            f"(nothing was read from or written through it); remove it ('vggnet cache --remove {self.path.name}')"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (str(self.path),)
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

@@ -1,4 +1,4 @@
-"""The Hugging Face Hub as a weights source: "hf-hub:timm/vgg16.tv_in1k" -> a verified local file -> a state dict.
+"""The Hugging Face Hub as a weights source: "hf-hub:timm/vgg16.tv_in1k" -> a verified local file.
 
 Downloading is delegated to `huggingface_hub.hf_hub_download` (`pip install 'vggnet[hf]'`), so its
 cache (`HF_HOME`, `HF_HUB_CACHE`), `HF_ENDPOINT`, `HF_HUB_OFFLINE` and token settings apply unchanged.
@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from vggnet.errors import ChecksumError
+from vggnet.hub._cache import normalize_digest
+from vggnet.hub._formats import file_sha256
 
-from vggnet.hub._cache import ChecksumError, normalize_digest
-from vggnet.hub._formats import file_sha256, read_state_dict
-from vggnet.models.config import ARCHS
-
-__all__ = ["HF_PREFIX", "HubName", "hf_hub_file", "is_hf_hub", "load_hf_hub", "parse_hf_hub"]
+__all__ = ["HF_PREFIX", "HubName", "hf_hub_file", "is_hf_hub", "parse_hf_hub"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +37,10 @@ _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 @dataclass(frozen=True)
 class HubName:
-    """A parsed "hf-hub:owner/name[@revision]": the repository, the revision (None: main) and the builder."""
+    """A parsed "hf-hub:owner/name[@revision]": the repository and the revision (None: main)."""
 
     repo_id: str
     revision: str | None
-    arch: str
 
 
 def is_hf_hub(name: str) -> bool:
@@ -52,7 +49,7 @@ def is_hf_hub(name: str) -> bool:
 
 
 def parse_hf_hub(name: str) -> HubName:
-    """ "hf-hub:timm/vgg16_bn.tv_in1k" (or "...@revision") -> HubName; the builder is the repository name up to "."."""
+    """ "hf-hub:timm/vgg16_bn.tv_in1k" (or "...@revision") -> HubName; ValueError for anything else."""
     if not is_hf_hub(name):
         raise ValueError(
             f"{name!r} is not a Hub name; write it as 'hf-hub:owner/repository', e.g. hf-hub:timm/vgg16.tv_in1k"
@@ -60,13 +57,7 @@ def parse_hf_hub(name: str) -> HubName:
     repo_id, _, revision = name[len(HF_PREFIX) :].partition("@")
     if not _REPO.fullmatch(repo_id):
         raise ValueError(f"{name!r}: the repository must be 'owner/name', e.g. hf-hub:timm/vgg16.tv_in1k")
-    arch = repo_id.split("/", 1)[1].split(".", 1)[0]
-    if arch not in ARCHS:
-        raise ValueError(
-            f"{name!r}: cannot tell the architecture from the repository name {repo_id!r} (the part before the "
-            f"first '.' must be one of {', '.join(ARCHS)}, as in timm/vgg16.tv_in1k)"
-        )
-    return HubName(repo_id, revision or None, arch)
+    return HubName(repo_id, revision or None)
 
 
 def _hf_hub_download() -> Any:
@@ -113,11 +104,3 @@ def _drop(blob: Path, pointer: Path) -> None:
     for p in (pointer, blob):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(p)
-
-
-def load_hf_hub(
-    name: str, *, sha256: str | None = None, map_location: str | torch.device = "cpu"
-) -> tuple[str, dict[str, torch.Tensor]]:
-    """(builder name, vggnet state dict) of a timm VGG repository on the Hub, e.g. "hf-hub:timm/vgg16.tv_in1k"."""
-    arch = parse_hf_hub(name).arch
-    return arch, read_state_dict(hf_hub_file(name, sha256=sha256), map_location=map_location)  # timm layout converted

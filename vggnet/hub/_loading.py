@@ -21,24 +21,14 @@ from typing import IO, Any
 
 import torch
 
-from vggnet.hub._cache import (
-    ChecksumError,
-    _digest_of,
-    _local_stamp,
-    _read_stamp,
-    _stamp_matches,
-    _stamp_of,
-    _write_stamp,
-)
+from vggnet.errors import ChecksumError, NotAStateDict, UnsafeCheckpointError
+from vggnet.hub._cache import local_stamp_path, open_file_digest, read_stamp, stamp_matches, stamp_of, write_stamp
 from vggnet.hub._files import create_private, hash_file, open_read, publish, temp_name
 from vggnet.hub._formats import load_safetensors, sniff_format
 from vggnet.hub._locks import lock
 
 __all__ = [
-    "BadCheckpointError",
     "MapLocation",
-    "NotAStateDict",
-    "UnsafeCheckpointError",
     "load_verified",
     "weights_only_load",
 ]
@@ -49,27 +39,6 @@ MapLocation = str | torch.device | None
 
 
 # --- errors ----------------------------------------------------------------------------------------
-
-
-class BadCheckpointError(ValueError):
-    """A checkpoint whose contents vggnet will not load (not a state dict, NaN, sparse or integer weights, ...)."""
-
-
-class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
-    """A checkpoint holding pickled code or objects other than tensors and plain containers; none of it ran."""
-
-    def __init__(self, path: str | os.PathLike[str], reference: str | None = None) -> None:
-        self.path = Path(path)
-        self.reference = reference  # the global it tried to import ("posix.system"), when torch named one
-        holds = f"a reference to {reference}" if reference else "pickled code or objects other than tensors"
-        super().__init__(
-            f"refused to load {path}: it holds {holds} (or is not a PyTorch checkpoint at all); it was read with "
-            "weights_only=True, so none of it ran. Use a checkpoint that holds only tensors (a state dict)"
-        )
-
-
-class NotAStateDict(BadCheckpointError, TypeError):
-    """A checkpoint that holds no state dict where vggnet looks (a TypeError, as before, and a BadCheckpointError)."""
 
 
 # --- the load --------------------------------------------------------------------------------------
@@ -83,9 +52,9 @@ def load_verified(path: Path, digest: str, *, where: Path, map_location: MapLoca
     check and the load cannot change what is loaded.
     """
     local = path.parent != where  # the caller's own file or a mirror directory's, not one in the cache
-    stamp = _local_stamp(path, where / ".stamps") if local else _stamp_of(path)
+    stamp = local_stamp_path(path, where / ".stamps") if local else stamp_of(path)
     with open_read(path, follow=local) as f:
-        actual = _digest_of(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
+        actual = open_file_digest(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
         if actual != digest:
             raise ChecksumError(
                 str(path), path, digest, actual, detail="it changed after it was verified, and was not loaded",
@@ -223,7 +192,7 @@ def _zip_copy(source: IO[bytes], path: Path, digest: str, where: Path) -> IO[byt
 
 def _open_zip_copy(copy: Path, source_digest: str) -> IO[bytes] | None:
     """The zip copy of the file whose digest is `source_digest`, opened, if its stamp vouches for the open file."""
-    stamp = _read_stamp(_stamp_of(copy))
+    stamp = read_stamp(stamp_of(copy))
     if stamp is None or stamp.get("source_sha256") != source_digest:
         return None
     try:
@@ -232,13 +201,13 @@ def _open_zip_copy(copy: Path, source_digest: str) -> IO[bytes] | None:
         logger.debug("cannot open %s: %s", copy, err)
         return None
     st = os.fstat(f.fileno())
-    if _stamp_matches(stamp, st):
+    if stamp_matches(stamp, st):
         return f
     if hash_file(f) != stamp["sha256"]:
         logger.warning("%s changed on disk; converting again", copy)
         f.close()
         return None
-    _write_stamp(copy, str(stamp["sha256"]), checked=True, source_sha256=source_digest, st=st)
+    write_stamp(copy, str(stamp["sha256"]), checked=True, source_sha256=source_digest, st=st)
     return f
 
 
@@ -254,7 +223,7 @@ def _convert(source: IO[bytes], path: Path, copy: Path, digest: str) -> None:
             f.flush()
             written = hash_file(f)  # the digest of what we wrote
             publish(f, tmp, copy)
-            _write_stamp(copy, written, checked=True, source_sha256=digest, st=os.fstat(f.fileno()))
+            write_stamp(copy, written, checked=True, source_sha256=digest, st=os.fstat(f.fileno()))
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("wrote a memory-mappable zip copy of %s in %.1f s", path.name, time.perf_counter() - started)

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from vggnet.hub._files import NotARegularFileError, open_fd
+from vggnet.errors import NotARegularFileError
+from vggnet.hub._files import open_fd
 
 # filelock (Windows only) is imported where it is used: importing vggnet touches neither disk nor network.
 

@@ -43,7 +43,6 @@ from vggnet.models.checkpoint import load
 from vggnet.models.config import IN_CHANNELS, check_arch
 from vggnet.models.interop import pretrained_cfg
 from vggnet.models.sources import WeightsSource
-from vggnet.models.state_dicts import arch_of_state
 from vggnet.models.vgg import HEADS, NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
 from vggnet.models.weights import (
     WEIGHTS_ENUMS,
@@ -61,7 +60,6 @@ from vggnet.models.weights import (
 
 __all__ = [
     "BUILDERS",
-    "arch_of_state",  # in state_dicts.py; importable here as before
     "get_model",
     "get_model_weights",
     "list_models",

@@ -21,52 +21,28 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
-from vggnet.checks import DeviceError, available_devices, check_device, check_int
+from vggnet.checks import check_device, check_int
 from vggnet.data.transforms import ImageClassification, keras_transforms
-from vggnet.hub._fetching import fetch, load_state_dict_from_url
-from vggnet.hub._formats import from_timm, layout_of, load_keras, sniff_format
-from vggnet.hub._huggingface import load_hf_hub
-from vggnet.hub._loading import BadCheckpointError, UnsafeCheckpointError
+from vggnet.errors import ArchMismatch, BadCheckpointError
+from vggnet.hub import fetch, hf_hub_file, load_state_dict_from_url, normalize_digest, sniff_format
 from vggnet.models.config import IN_CHANNELS, arch_config, check_arch
-from vggnet.models.finetuned import FORMAT, Finetuned, _check_finetuned, backbone_identity, read_finetuned
+from vggnet.models.finetuned import FORMAT, Finetuned, check_finetuned, read_finetuned
+from vggnet.models.layouts import from_timm, layout_of, load_keras, read_state_dict
 from vggnet.models.sources import (
-    SOURCE_RULES,
-    WEIGHT_FILE_SUFFIXES,
-    ArchMismatch,
     Source,
-    WeightsFileNotFound,
     WeightsSource,
     check_classifier,
     classify,
+    hub_arch_of,
 )
-from vggnet.models.state_dicts import _arch_of_keys, _first, arch_of_state, load_checkpoint_state, model_from_state
+from vggnet.models.state_dicts import arch_of_keys, arch_of_state, key_list, model_from_state
 from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, init_module, make_layers
-from vggnet.models.weights import IMAGENET_CATEGORIES, normalize_digest
+from vggnet.models.weights import IMAGENET_CATEGORIES
 
 __all__ = [
-    "FORMAT",
-    "BadCheckpointError",
-    "SOURCE_RULES",
-    "WEIGHT_FILE_SUFFIXES",
-    "ArchMismatch",
-    "DeviceError",
-    "Finetuned",
     "Loaded",
-    "Source",
-    "UnsafeCheckpointError",
-    "WeightsFileNotFound",
-    "WeightsSource",
-    "arch_of_state",
-    "available_devices",
-    "backbone_identity",
-    "check_classifier",
-    "check_device",
-    "classify",
     "load",
-    "load_checkpoint_state",
     "load_finetuned",
-    "model_from_state",
-    "read_finetuned",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,12 +122,29 @@ def load(
         categories = record.categories if record.categories is None else _labels(record.categories, model)
         return Loaded(model, record.transforms(), categories, name, source.label, source)
     if source.kind == "hub":
-        name, state = load_hf_hub(source.text, sha256=digest, map_location=dev if dev is not None else "cpu")
+        name, state = hub_state_dict(source.text, sha256=digest, map_location=dev if dev is not None else "cpu")
         model = model_from_state(name, state, dev, kwargs)
         # timm's *.tv_in1k are torchvision's checkpoints: torchvision's preset and ImageNet's classes
         return Loaded(model, ImageClassification(crop_size=224), _labels(IMAGENET_CATEGORIES, model), name, source.text,
                       source)  # fmt: skip
     return _from_file(source, arch, dev, kwargs, digest, progress)
+
+
+def hub_state_dict(
+    name: str, *, sha256: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """The builder and the vggnet-layout state dict of a timm VGG repository on the Hugging Face Hub.
+
+    Args:
+        name: "hf-hub:owner/repository[@revision]", e.g. "hf-hub:timm/vgg16.tv_in1k".
+        sha256: the digest (or 8+ hex digits) the file must have; None checks the one the Hub announces.
+        map_location: where the tensors are loaded.
+
+    Returns:
+        (builder name, state dict), timm's layout converted bit-exactly.
+    """
+    arch = hub_arch_of(name)
+    return arch, read_state_dict(hf_hub_file(name, sha256=sha256), map_location=map_location)
 
 
 def _vggnet_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -236,7 +229,7 @@ def _from_file(
         name = arch_of_state(state, text)
     else:
         name = arch
-        found_arch = _arch_of_keys(state)
+        found_arch = arch_of_keys(state)
         if found_arch is not None and found_arch != arch:
             raise ArchMismatch(text, found_arch, arch)
     model = model_from_state(name, state, device, kwargs, source=text)
@@ -272,7 +265,7 @@ def _finetuned(
     A checkpoint with a "backbone" entry holds only what was trained: the backbone is loaded (and
     verified) from the record, file or URL it names, then the trained tensors are put on it.
     """
-    _check_finetuned(checkpoint, source)
+    check_finetuned(checkpoint, source)
     arch, classes = str(checkpoint["arch"]), list(checkpoint["classes"])
     in_chans = int(checkpoint["in_chans"])
     try:
@@ -311,6 +304,6 @@ def _on_backbone(
     expected = model.state_dict()
     unexpected = sorted(k for k in trained if k not in expected or expected[k].shape != trained[k].shape)
     if unexpected:
-        raise RuntimeError(f"the trained tensors {_first(unexpected)} do not fit {arch} on {name}")
+        raise RuntimeError(f"the trained tensors {key_list(unexpected)} do not fit {arch} on {name}")
     model.load_state_dict({**expected, **trained}, strict=True)
     return model.eval()

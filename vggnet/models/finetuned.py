@@ -1,7 +1,7 @@
 """A checkpoint written by `finetune`: its format, its fields and their checks, and reading one back.
 
 `read_finetuned` tells such a checkpoint (a zip-format file whose "format" is `FORMAT`) from any other
-file without reading the other in full; `_check_finetuned` names every missing or mistyped field. A
+file without reading the other in full; `check_finetuned` names every missing or mistyped field. A
 small checkpoint holds only what was trained and names its backbone (`backbone_identity`). Its model
 is built by `checkpoint.load_finetuned`, since a backbone is loaded through `checkpoint.load` itself.
 """
@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from vggnet.data.transforms import ImageClassification
-from vggnet.hub._loading import BadCheckpointError, weights_only_load
+from vggnet.errors import BadCheckpointError
+from vggnet.hub import weights_only_load
 from vggnet.models.config import ARCHS
 from vggnet.models.sources import Source
 from vggnet.models.vgg import VGG
@@ -61,7 +62,7 @@ _FINETUNED_FIELDS: Mapping[str, type] = {"arch": str, "in_chans": int, "classes"
                                          "state_dict": dict}  # fmt: skip
 
 
-def _check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
+def check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
     """BadCheckpointError naming every field of a fine-tuned checkpoint that is missing or of the wrong type."""
     problems = []
     for key, kind in _FINETUNED_FIELDS.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from vggnet.models.config import IMAGENET_MEAN, IMAGENET_STD
+from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.models.taps import HEAD_NAMES, feature_names
 
 __all__ = ["node_names", "pretrained_cfg"]

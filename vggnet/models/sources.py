@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from vggnet.hub._huggingface import is_hf_hub, parse_hf_hub
+from vggnet.errors import ArchMismatch, WeightsFileNotFound
+from vggnet.hub import is_hf_hub, parse_hf_hub
 from vggnet.models import weights as records
+from vggnet.models.config import ARCHS
 from vggnet.models.weights import Weights, WeightsEnum, own_member
 
 __all__ = [
     "SOURCE_RULES",
     "WEIGHT_FILE_SUFFIXES",
-    "ArchMismatch",
     "Source",
-    "WeightsFileNotFound",
     "WeightsSource",
     "check_classifier",
     "classify",
@@ -56,26 +56,6 @@ WeightsSource = None | str | os.PathLike[str] | Weights | WeightsEnum
 
 
 # --- errors ----------------------------------------------------------------------------------------
-
-
-class ArchMismatch(ValueError):
-    """The weights are for another architecture than the one asked for."""
-
-    def __init__(self, source: str, found: str, wanted: str) -> None:
-        self.source, self.found, self.wanted = source, found, wanted
-        super().__init__(self.explain("arch="))
-
-    def explain(self, option: str) -> str:
-        """The message, the argument spelled as the caller takes it ("arch=" here, "--arch " in the CLI)."""
-        quote = repr if option.endswith("=") else str
-        return (
-            f"{self.source} holds {self.found} weights, not {self.wanted}; they are not for "
-            f"{option}{quote(self.wanted)}: leave {option.strip(' =')} out or pass {option}{quote(self.found)}"
-        )
-
-
-class WeightsFileNotFound(FileNotFoundError):
-    """`weights` names a local file that is not there (or a folder)."""
 
 
 # --- what a source is ------------------------------------------------------------------------------
@@ -116,7 +96,7 @@ def classify(weights: WeightsSource, arch: str | None = None) -> Source:
         )
     text = os.fspath(weights)
     if isinstance(weights, str) and is_hf_hub(text):
-        hub_arch = parse_hf_hub(text).arch
+        hub_arch = hub_arch_of(text)
         if arch is not None and hub_arch != arch:
             raise ArchMismatch(text, hub_arch, arch)
         return Source("hub", text, label=text, arch=hub_arch)
@@ -136,6 +116,28 @@ def classify(weights: WeightsSource, arch: str | None = None) -> Source:
     if Path(text).is_file():  # an existing file named without folder or suffix is still a file
         return Source("file", text)
     return _member(_named(text, arch), arch, text)
+
+
+def hub_arch_of(name: str) -> str:
+    """The builder a Hub repository holds, read from its name: "hf-hub:timm/vgg16_bn.tv_in1k" -> "vgg16_bn".
+
+    Args:
+        name: "hf-hub:owner/repository[@revision]".
+
+    Returns:
+        The builder name, the part of the repository name before its first ".".
+
+    Raises:
+        ValueError: `name` is not a Hub name, or its repository name starts with no builder's name.
+    """
+    repo_id = parse_hf_hub(name).repo_id
+    arch = repo_id.split("/", 1)[1].split(".", 1)[0]
+    if arch not in ARCHS:
+        raise ValueError(
+            f"{name!r}: cannot tell the architecture from the repository name {repo_id!r} (the part before the "
+            f"first '.' must be one of {', '.join(ARCHS)}, as in timm/vgg16.tv_in1k)"
+        )
+    return arch
 
 
 def _existing(text: str, path: Path) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggnet.hub._loading import BadCheckpointError
+from vggnet.errors import BadCheckpointError
 from vggnet.models.config import ARCHS, IN_CHANNELS, arch_config
 from vggnet.models.vgg import VGG, adapt_input_conv, init_module, make_layers
 
@@ -85,7 +85,7 @@ def _head_of_state(state: Mapping[str, torch.Tensor]) -> str:
     return "gap" if gap else "vgg"
 
 
-def _arch_of_keys(state: Mapping[str, torch.Tensor]) -> str | None:
+def arch_of_keys(state: Mapping[str, torch.Tensor]) -> str | None:
     keys = {k for k in state if not k.endswith("num_batches_tracked")}  # the 2017 checkpoints lack them
     head = _head_of_state(state)
     for arch in ARCHS:
@@ -102,7 +102,7 @@ def arch_of_state(state: Mapping[str, torch.Tensor], source: str = "the state di
 
     Raises ValueError naming the valid builders when none fits; `source` names the state dict in that message.
     """
-    arch = _arch_of_keys(state)
+    arch = arch_of_keys(state)
     if arch is None:
         raise ValueError(f"{source} is not a VGG checkpoint: its keys match none of {', '.join(ARCHS)}")
     return arch
@@ -139,8 +139,8 @@ def load_checkpoint_state(
     if missing or unexpected or wrong_shape:
         hint = " (is it a checkpoint of another VGG variant?)" if len(missing) + len(unexpected) > 8 else ""
         raise RuntimeError(
-            f"checkpoint does not fit the model{hint}: missing keys {_first(missing)}; "
-            f"unexpected keys {_first(unexpected)}; shape mismatches {_first(wrong_shape)}"
+            f"checkpoint does not fit the model{hint}: missing keys {key_list(missing)}; "
+            f"unexpected keys {key_list(unexpected)}; shape mismatches {key_list(wrong_shape)}"
         )
     target = torch.device(device) if device is not None else torch.device("cpu")
     full = _checked_values(state, expected, target, nonfinite, source)
@@ -245,7 +245,7 @@ def _check_finite(state: Mapping[str, torch.Tensor], nonfinite: tuple[str, ...],
         )
 
 
-def _first(items: list[str], n: int = 8) -> str:
+def key_list(items: list[str], n: int = 8) -> str:
     shown = [item if len(item) <= 100 else item[:97] + "..." for item in items[:n]]  # the file chose the keys
     return str(shown) + (f" and {len(items) - n} more" if len(items) > n else "")
 

@@ -30,7 +30,13 @@ from vggnet.models.config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Lay
 from vggnet.models.interop import pretrained_cfg
 from vggnet.models.taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
 
-__all__ = ["HEADS", "VGG", "TapInfo", "VGGFeatures", "adapt_input_conv", "make_layers"]
+__all__ = [
+    "HEADS",
+    "VGG",
+    "VGGFeatures",
+    "adapt_input_conv",
+    "make_layers",
+]
 
 # "vgg": fc6-fc8 on the 7x7 pool; "gap": a global average pool and one Linear(512, num_classes) (issue 17);
 # "fc7": the vgg head, named for what `finetune` trains on it (fc8 alone, a linear probe on fc7 features)

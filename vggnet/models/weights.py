@@ -15,30 +15,16 @@ from importlib import resources
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from vggnet.data.constants import CAFFE_MEAN, CAFFE_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from vggnet.data.transforms import ImageClassification
-from vggnet.hub._cache import file_name_from_url, normalize_digest
-from vggnet.hub._fetching import load_weights
-from vggnet.models.config import (
-    CAFFE_MEAN,
-    CAFFE_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INTERPOLATIONS,
-    MIN_SIZE,
-    OFFICIAL_BASE,
-)
+from vggnet.hub import OFFICIAL_BASE, file_name_from_url, load_weights, normalize_digest
+from vggnet.models.config import MIN_SIZE
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "CAFFE_MEAN",
-    "CAFFE_STD",
     "IMAGENET_CATEGORIES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "INTERPOLATIONS",
-    "OFFICIAL_BASE",
     "VGG11_BN_Weights",
     "VGG11_Weights",
     "VGG13_BN_Weights",
@@ -51,7 +37,6 @@ __all__ = [
     "WeightsEnum",
     "get_weight",
     "own_member",
-    "normalize_digest",
 ]
 
 _MiB = 1 << 20

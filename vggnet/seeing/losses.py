@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.models.builders import get_model
-from vggnet.models.config import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.models.taps import feature_layers, feature_names, layer_list, run_taps
 from vggnet.models.vgg import VGG, check_images
 from vggnet.models.weights import WEIGHTS_ENUMS

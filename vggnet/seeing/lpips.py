@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vggnet.hub._fetching import fetch
+from vggnet.hub import fetch
 from vggnet.models.builders import get_model
 from vggnet.models.taps import feature_layers, feature_names
 from vggnet.models.vgg import VGG, check_images

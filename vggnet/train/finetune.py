@@ -50,14 +50,16 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from vggnet.checks import check_device, check_int
+from vggnet.data.constants import MAX_SIZE
 from vggnet.data.distributed import init_distributed
-from vggnet.data.images import ImageFolder, train_and_val
+from vggnet.data.images import train_and_val
 from vggnet.data.transforms import ImageClassification
-from vggnet.hub._fetching import fetch
-from vggnet.models.checkpoint import load, load_finetuned
-from vggnet.models.config import IN_CHANNELS, MAX_SIZE, MIN_SIZE, check_arch
-from vggnet.models.finetuned import FORMAT, Finetuned, backbone_identity
-from vggnet.models.sources import WEIGHT_FILE_SUFFIXES, Source, WeightsSource, check_classifier, classify
+from vggnet.errors import Diverged
+from vggnet.hub import fetch
+from vggnet.models.checkpoint import load
+from vggnet.models.config import IN_CHANNELS, MIN_SIZE, check_arch
+from vggnet.models.finetuned import FORMAT, backbone_identity
+from vggnet.models.sources import Source, WeightsSource, check_classifier, classify
 from vggnet.models.vgg import HEADS
 from vggnet.train.runs import (
     CHECKPOINT_NAME,
@@ -67,7 +69,6 @@ from vggnet.train.runs import (
     checkpoint_state,
     plot_history,
     previous_run,
-    read_history,
     save_checkpoint,
     write_history,
 )
@@ -84,19 +85,8 @@ from vggnet.train.trainers import (
 
 __all__ = [
     "AUGMENTS",
-    "FORMAT",
-    "HEADS",
-    "WEIGHT_FILE_SUFFIXES",
-    "Diverged",
-    "EpochStats",
     "FinetuneConfig",
-    "FinetuneResult",
-    "Finetuned",
-    "ImageFolder",
     "finetune",
-    "load_finetuned",
-    "plot_history",
-    "read_history",
     "run",
 ]
 
@@ -112,10 +102,6 @@ DIVERGED = 3.0  # a training loss above this many times chance level (ln of the 
 Mode = Literal["linear", "full"]
 Head = Literal["vgg", "gap", "fc7"]
 Augment = Literal["none", "light", "standard"]
-
-
-class Diverged(RuntimeError):
-    """The training loss went NaN or far above its start: the learning rate is too high."""
 
 
 # --- the settings of a run ------------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""Layouts: what the keys and shapes of a weights file mean, and turning each into vggnet's.
+
+- "vggnet": torchvision's `features.N`, `classifier.{0,3,6}`, what every vggnet model loads.
+- "timm": timm's VGG keeps `features.N` but runs fc6 and fc7 as convolutions: `pre_logits.fc1` is
+  fc6 as a 7x7 convolution (4096, 512, 7, 7), `pre_logits.fc2` is fc7 as a 1x1 convolution
+  (4096, 4096, 1, 1) and `head.fc` is fc8. Conversion is a reshape both ways, so it is bit-exact.
+- "keras": Keras' `VGG16`/`VGG19` (`block{b}_conv{c}`, `fc1`, `fc2`, `predictions`), in the legacy
+  HDF5 layout of the published `vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5` files or the
+  `.weights.h5` layout Keras 3's `save_weights` writes. Convolution kernels are (3, 3, in, out),
+  dense kernels (in, out), and fc1's rows follow the channels-last flatten of the (7, 7, 512) map.
+  The network was trained on BGR input: `from_keras` permutes conv1_1's input channels so the
+  converted model takes RGB like every other vggnet model (its presets, taps, losses and the CLI
+  all feed RGB), and `data.transforms.keras_transforms` is Keras' `preprocess_input` ("caffe" mode)
+  in RGB order.
+
+Which format a file is and reading its tensors are the store's (`vggnet.hub`); this module gives them meaning.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from vggnet.hub import detect_format, read_keras_layers, read_tensors, write_tensors
+from vggnet.models.config import ARCHS, CONFIGS, HIDDEN, POOLED_SIZE, arch_config
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "Layout",
+    "from_keras",
+    "from_timm",
+    "layout_of",
+    "load_keras",
+    "read_state_dict",
+    "to_timm",
+    "write_state_dict",
+]
+
+Layout = Literal["vggnet", "timm"]
+
+_FC6 = "classifier.0."
+_FC7 = "classifier.3."
+_FC8 = "classifier.6."
+_TIMM = {_FC6: "pre_logits.fc1.", _FC7: "pre_logits.fc2.", _FC8: "head.fc."}
+
+
+def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Any weights file, its format read from its content, as a state dict in vggnet's layout.
+
+    PyTorch files load with `weights_only=True` (zip files memory-mapped); a training checkpoint holding
+    the state dict under "state_dict" or "model" is unwrapped. timm-layout state dicts (a Hub
+    `model.safetensors`) are converted; Keras HDF5 files go through `from_keras`.
+    """
+    if detect_format(path) == "hdf5":
+        return load_keras(path)[1]
+    state = read_tensors(path, map_location)
+    return from_timm(state) if layout_of(state) == "timm" else state
+
+
+def write_state_dict(
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    layout: Layout = "vggnet",
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """Write a vggnet state dict to `path` in the format its suffix names; return the written file's SHA-256.
+
+    Suffixes: .safetensors, or .pth/.pt/.bin (PyTorch's zip format). `layout="timm"` converts first.
+    The file is read back and compared tensor by tensor before the digest is returned.
+    """
+    if layout not in ("vggnet", "timm"):
+        raise ValueError(f"layout must be 'vggnet' or 'timm', got {layout!r}")
+    return write_tensors(to_timm(state) if layout == "timm" else dict(state), path, metadata=metadata)
+
+
+# --- timm's layout ---------------------------------------------------------------------------------
+
+
+def layout_of(state: Mapping[str, torch.Tensor]) -> Layout:
+    """ "timm" for timm's VGG keys (`pre_logits.fc1`, `head.fc`), else "vggnet"."""
+    return "timm" if any(k.startswith(("pre_logits.", "head.fc.")) for k in state) else "vggnet"
+
+
+def to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A vggnet (torchvision) state dict in timm's layout: fc6 as a 7x7 conv, fc7 as a 1x1 conv, fc8 as head.fc."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        prefix = next((p for p in _TIMM if key.startswith(p)), None)
+        if prefix is None:
+            out[key] = value
+            continue
+        name = _TIMM[prefix] + key[len(prefix) :]
+        if key == _FC6 + "weight":
+            value = value.reshape(value.shape[0], -1, POOLED_SIZE, POOLED_SIZE)  # (4096, 25088) -> (4096, 512, 7, 7)
+        elif key == _FC7 + "weight":
+            value = value.reshape(*value.shape, 1, 1)  # (4096, 4096) -> (4096, 4096, 1, 1)
+        out[name] = value
+    return out
+
+
+def from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm VGG state dict in vggnet's (torchvision's) layout; the inverse of `to_timm`, bit-exact."""
+    back = {v: k for k, v in _TIMM.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        prefix = next((p for p in back if key.startswith(p)), None)
+        if prefix is None:
+            out[key] = value
+            continue
+        name = back[prefix] + key[len(prefix) :]
+        if name in (_FC6 + "weight", _FC7 + "weight"):
+            value = value.reshape(value.shape[0], -1)  # (4096, 512, 7, 7) -> (4096, 25088), (4096, 4096, 1, 1) -> ...
+        out[name] = value
+    return out
+
+
+# --- Keras' layout ------------------------------------------------------------------------------------
+
+
+def from_keras(
+    layers: Mapping[str, list[np.ndarray]], source: str = "the Keras weights"
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """(builder name, vggnet state dict) from Keras VGG layers: `block{b}_conv{c}` [+ `fc1`, `fc2`, `predictions`].
+
+    A file without the top (`notop`) gives only `features.*` keys. conv1_1's input channels are
+    reversed (BGR -> RGB): use `transforms.keras_transforms()` as the preset.
+    """
+    convs = sorted(
+        (k for k in layers if k.startswith("block") and "_conv" in k),
+        key=lambda k: tuple(int(p) for p in k[len("block") :].split("_conv")),
+    )
+    arch = next(
+        (a for a, (letter, bn) in ARCHS.items() if not bn and sum(v != "M" for v in CONFIGS[letter]) == len(convs)),
+        None,
+    )
+    if arch is None:
+        raise ValueError(
+            f"{source} has {len(convs)} block*_conv* layers; a Keras VGG16 has 13 and a VGG19 16 "
+            "(VGG11 8, VGG13 10); is it a Keras VGG file?"
+        )
+    row, _ = arch_config(arch)
+    indices = [i for i, v in enumerate(_feature_index(row)) if v]
+    state: dict[str, torch.Tensor] = {}
+    for n, (name, index) in enumerate(zip(convs, indices)):
+        kernel, bias = (torch.from_numpy(a.copy()) for a in layers[name])
+        weight = kernel.permute(3, 2, 0, 1).contiguous()  # (kh, kw, in, out) -> (out, in, kh, kw)
+        if n == 0:
+            weight = weight.flip(1).contiguous()  # BGR -> RGB: the converted model reads RGB
+        state[f"features.{index}.weight"], state[f"features.{index}.bias"] = weight, bias
+    dense = [k for k in ("fc1", "fc2", "predictions") if k in layers]
+    if dense and dense != ["fc1", "fc2", "predictions"]:
+        raise ValueError(f"{source} has the dense layers {dense}; a Keras VGG has fc1, fc2 and predictions, or none")
+    for name, prefix in zip(dense, (_FC6, _FC7, _FC8)):
+        kernel, bias = (torch.from_numpy(a.copy()) for a in layers[name])
+        weight = kernel.t()  # (in, out) -> (out, in)
+        if prefix == _FC6:
+            # Keras flattens the (7, 7, 512) map channels-last, torch the (512, 7, 7) map: reorder fc6's columns.
+            weight = weight.reshape(HIDDEN, POOLED_SIZE, POOLED_SIZE, -1).permute(0, 3, 1, 2).reshape(HIDDEN, -1)
+        state[prefix + "weight"], state[prefix + "bias"] = weight.contiguous(), bias
+    return arch, state
+
+
+def load_keras(path: str | os.PathLike[str]) -> tuple[str, dict[str, torch.Tensor]]:
+    """(builder name, vggnet state dict) of a Keras VGG16/VGG19 `.h5` file (full or notop); see `from_keras`."""
+    return from_keras(read_keras_layers(path), source=str(path))
+
+
+def _feature_index(row: tuple[int | str, ...]) -> list[bool]:
+    """For each module of a non-BN `make_layers(row)`, whether it is a convolution."""
+    flags: list[bool] = []
+    for v in row:
+        flags += [False] if v == "M" else [True, False]  # conv, relu
+    return flags
