@@ -8,7 +8,8 @@ import vggnet
 from vggnet import cli
 from vggnet.errors import WeightsFileNotFound
 from vggnet.models import sources as sources
-from vggnet.models.sources import SOURCE_RULES, classify
+from vggnet.models.config import SOURCE_RULES
+from vggnet.models.sources import classify
 from vggnet.models.weights import Weights
 from vggnet.train import finetune as finetuning
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vggnet.batch.engine import Lines, Output, Session, autocast, complete_lines, slowest, totals
+from vggnet.batch.engine import Session, autocast, slowest, totals
+from vggnet.batch.output import Lines, Output, complete_lines
 from vggnet.checks import check_int
 from vggnet.data.images import list_images, shard
 from vggnet.models.vgg import VGG
@@ -100,7 +101,7 @@ def embed_images(
     paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
     if session.main:
         _check_settings(folder, settings, resume)
-    index = Output(folder / INDEX_NAME, Lines("jsonl"), session)
+    index = Output(folder / INDEX_NAME, Lines("jsonl"), session.ctx)
     done = index.prepare(resume)
     first = session.broadcast(_next_shard(folder, done) if session.main else None)
     todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]

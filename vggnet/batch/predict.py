@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vggnet.batch.engine import Lines, Output, Session, logits_fn, totals
+from vggnet.batch.engine import Session, logits_fn, totals
+from vggnet.batch.output import Lines, Output
 from vggnet.checks import check_int
 from vggnet.data.images import list_images, shard
 from vggnet.models.vgg import VGG
@@ -134,7 +135,7 @@ def predict_images(
     lines = Lines(format, prediction_columns(min(topk, model.num_classes)))
     session = Session(device, batch_size, workers)
     paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
-    out = Output(Path(output), lines, session)
+    out = Output(Path(output), lines, session.ctx)
     done = out.prepare(resume)
     todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
     failed = 0

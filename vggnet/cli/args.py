@@ -20,8 +20,7 @@ from vggnet.checks import available_devices, check_device
 from vggnet.data.constants import MAX_SIZE
 from vggnet.errors import ArchMismatch
 from vggnet.models.checkpoint import Loaded, load
-from vggnet.models.config import MIN_SIZE, check_arch
-from vggnet.models.sources import SOURCE_RULES
+from vggnet.models.config import MIN_SIZE, SOURCE_RULES, check_arch
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]

@@ -15,7 +15,7 @@ from vggnet.deploy.export import EXPORT_FORMATS, check_export, example_images, e
 from vggnet.hub import WRITE_SUFFIXES, file_sha256
 from vggnet.models.builders import list_models
 from vggnet.models.checkpoint import load
-from vggnet.models.sources import SOURCE_RULES
+from vggnet.models.config import SOURCE_RULES
 
 # --- convert ---------------------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from vggnet.batch.embed import EmbedSummary, embed_images
-from vggnet.batch.engine import FORMATS, Session
+from vggnet.batch.engine import Session
 from vggnet.batch.evaluate import Evaluation, evaluate, plot_confusion
+from vggnet.batch.output import FORMATS
 from vggnet.batch.predict import PredictSummary, iter_predictions, predict_images
 from vggnet.cli.args import (
     EXIT_FAILURE,
@@ -32,7 +33,7 @@ from vggnet.cli.output import print_json, print_predictions
 from vggnet.data.images import list_images
 from vggnet.data.transforms import ImageClassification
 from vggnet.models.checkpoint import Loaded
-from vggnet.models.sources import SOURCE_RULES
+from vggnet.models.config import SOURCE_RULES
 
 # --- what the three share --------------------------------------------------------------------------
 

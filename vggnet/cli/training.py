@@ -17,7 +17,7 @@ from vggnet.cli.args import (
     positive,
     side_arg,
 )
-from vggnet.models.vgg import HEADS
+from vggnet.models.config import HEADS
 from vggnet.train.finetune import AUGMENTS, MODES, finetune
 
 # FinetuneConfig's fields that are `vggnet finetune` options of the same name (a test keeps them in step;

@@ -40,10 +40,10 @@ from typing import Any, cast
 
 from vggnet.checks import check_int
 from vggnet.models.checkpoint import load
-from vggnet.models.config import IN_CHANNELS, check_arch
+from vggnet.models.config import HEADS, IN_CHANNELS, check_arch
 from vggnet.models.interop import pretrained_cfg
 from vggnet.models.sources import WeightsSource
-from vggnet.models.vgg import HEADS, NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
+from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
 from vggnet.models.weights import (
     WEIGHTS_ENUMS,
     VGG11_BN_Weights,

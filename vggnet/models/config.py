@@ -1,7 +1,9 @@
-"""The VGG paper's Table 1 as data (Simonyan & Zisserman, 2014, https://arxiv.org/abs/1409.1556).
+"""The VGG paper's Table 1 as data (Simonyan & Zisserman, 2014, https://arxiv.org/abs/1409.1556), and the names
+the models take: builders, heads, what a weights argument may be.
 
 Each configuration is a row of the table: a number is a 3x3 convolution with that many output
-channels, "M" is a 2x2 max-pool with stride 2. This module imports nothing from torch.
+channels, "M" is a 2x2 max-pool with stride 2. This module imports nothing, so the command line
+checks its arguments against these names without importing torch.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ IN_CHANNELS: Final = 3
 POOLED_SIZE: Final = 7  # the adaptive pool's output side: 224 / 2**5
 HIDDEN: Final = 4096  # width of fc6 and fc7
 MIN_SIZE: Final = 32  # five stride-2 max-pools need at least 2**5 px per side
+
+# "vgg": fc6-fc8 on the 7x7 pool; "gap": a global average pool and one Linear(512, num_classes) (issue 17);
+# "fc7": the vgg head, named for what `finetune` trains on it (fc8 alone, a linear probe on fc7 features)
+HEADS: Final = ("vgg", "gap", "fc7")
+
+# What `weights` may be (`sources.classify` follows these rules; every error about a weights argument quotes them)
+WEIGHT_FILE_SUFFIXES: Final = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin", ".safetensors", ".h5")
+RANDOM_NAMES: Final = ("none", "random")
+URL_SCHEMES: Final = ("http", "https", "file")
+SOURCE_RULES: Final = (
+    "a record name (DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), the path of an existing checkpoint "
+    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet finetune checkpoint, safetensors or Keras "
+    "weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
+    "or none for random initialisation"
+)
 
 
 def check_arch(name: str) -> str:

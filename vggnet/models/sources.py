@@ -30,27 +30,15 @@ from urllib.parse import unquote, urlsplit
 from vggnet.errors import ArchMismatch, WeightsFileNotFound
 from vggnet.hub import is_hf_hub, parse_hf_hub
 from vggnet.models import weights as records
-from vggnet.models.config import ARCHS
+from vggnet.models.config import ARCHS, RANDOM_NAMES, SOURCE_RULES, URL_SCHEMES, WEIGHT_FILE_SUFFIXES
 from vggnet.models.weights import Weights, WeightsEnum, own_member
 
 __all__ = [
-    "SOURCE_RULES",
-    "WEIGHT_FILE_SUFFIXES",
     "Source",
     "WeightsSource",
     "check_classifier",
     "classify",
 ]
-
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin", ".safetensors", ".h5")
-RANDOM_NAMES = ("none", "random")
-URL_SCHEMES = ("http", "https", "file")
-SOURCE_RULES = (
-    "a record name (DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), the path of an existing checkpoint "
-    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet finetune checkpoint, safetensors or Keras "
-    "weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
-    "or none for random initialisation"
-)
 
 WeightsSource = None | str | os.PathLike[str] | Weights | WeightsEnum
 

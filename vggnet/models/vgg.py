@@ -26,21 +26,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from vggnet.checks import check_int
-from vggnet.models.config import HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
+from vggnet.models.config import HEADS, HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
 from vggnet.models.interop import pretrained_cfg
 from vggnet.models.taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
 
 __all__ = [
-    "HEADS",
     "VGG",
     "VGGFeatures",
     "adapt_input_conv",
     "make_layers",
 ]
-
-# "vgg": fc6-fc8 on the 7x7 pool; "gap": a global average pool and one Linear(512, num_classes) (issue 17);
-# "fc7": the vgg head, named for what `finetune` trains on it (fc8 alone, a linear probe on fc7 features)
-HEADS = ("vgg", "gap", "fc7")
 
 
 def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:

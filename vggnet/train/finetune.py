@@ -57,10 +57,9 @@ from vggnet.data.transforms import ImageClassification
 from vggnet.errors import Diverged
 from vggnet.hub import fetch
 from vggnet.models.checkpoint import load
-from vggnet.models.config import IN_CHANNELS, MIN_SIZE, check_arch
+from vggnet.models.config import HEADS, IN_CHANNELS, MIN_SIZE, check_arch
 from vggnet.models.finetuned import FORMAT, backbone_identity
 from vggnet.models.sources import Source, WeightsSource, check_classifier, classify
-from vggnet.models.vgg import HEADS
 from vggnet.train.runs import (
     CHECKPOINT_NAME,
     LAST_NAME,
