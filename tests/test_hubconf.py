@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.conftest import fingerprint
+from tests.helpers import fingerprint
 from vggnet.models.weights import Weights
 
 REPO = str(Path(__file__).resolve().parents[1])

@@ -21,6 +21,7 @@ from typing import Any, Final
 __all__ = [
     "EXIT_CODES",
     "EXIT_FAILURE",
+    "EXIT_OK",
     "EXIT_USAGE",
     "ArchMismatch",
     "BadCheckpointError",
@@ -42,6 +43,7 @@ __all__ = [
     "listing",
 ]
 
+EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 
@@ -222,7 +224,7 @@ class Diverged(VggnetError, RuntimeError):
 
 # The one table the command line exits by: the first class of an error's MRO found here decides.
 EXIT_CODES: Final[Mapping[type[BaseException], int]] = MappingProxyType(
-    {UsageError: EXIT_USAGE, VggnetError: EXIT_FAILURE}
+    {UsageError: EXIT_USAGE, VggnetError: EXIT_FAILURE, ValueError: EXIT_USAGE}  # TODO(issue 23): ValueError goes
 )
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import PRESET, bad_paths, read_jsonl, readable, small_model
+from tests.helpers import PRESET, bad_paths, read_jsonl, readable, small_model
 from vggnet.batch.embed import embed_images, read_embeddings
 from vggnet.data.decode import load_image
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.conftest import (
+from tests.helpers import (
     CLASSES,
     PRESET,
     bad_paths,

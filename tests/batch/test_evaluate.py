@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import CLASSES, PRESET, small_model, write_images, write_labelled
+from tests.helpers import CLASSES, PRESET, small_model, write_images, write_labelled
 from vggnet.batch.evaluate import evaluate, plot_confusion
 from vggnet.data.decode import load_image
 

@@ -6,7 +6,7 @@ import tracemalloc
 import pytest
 
 import vggnet
-from tests.conftest import (
+from tests.helpers import (
     CLASSES,
     PRESET,
     bad_paths,

@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vggnet.data.decode import DEFAULT_MAX_PIXELS, ENV_MAX_PIXELS, load_image, max_image_pixels, pil_to_tensor
+from tests.helpers import png_declaring
+from vggnet.data.decode import DEFAULT_MAX_PIXELS, load_image, max_image_pixels, pil_to_tensor
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import BadImageError
+from vggnet.settings import ENV_MAX_PIXELS
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -46,21 +48,6 @@ def test_float_and_out_of_range_32bit_images_are_refused():
 
 
 # --- hostile images (issue 11 item 6) ----------------------------------------------------------------
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose IHDR is patched to declare `width`x`height` (CRC fixed): a decompression bomb's header."""
-    import io
-    import struct
-    import zlib
-
-    buf = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    assert data[12:16] == b"IHDR"  # signature (8), chunk length (4), then the chunk type
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 @pytest.mark.parametrize(

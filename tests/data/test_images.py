@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import write_corrupt, write_images, write_set
+from tests.helpers import write_corrupt, write_images, write_set
 from vggnet.data.images import ImageFiles, ImageFolder, collate, imagenet_synsets, labelled_images, list_images, shard
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import NoImages

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import save_seeded_vgg11
+from tests.helpers import save_seeded_vgg11
 from vggnet.deploy.convert import convert
 from vggnet.hub import _formats as formats
 from vggnet.models import layouts

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import vggnet
-from tests.conftest import arch_matrix, randomize_batchnorm
+from tests.helpers import arch_matrix, randomize_batchnorm
 from tests.reference import ARCHS, LAYOUT
 from vggnet.deploy import inference as inference
 from vggnet.deploy.inference import (

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import vggnet.deploy.quantize
-from tests.conftest import PHOTOS
+from tests.helpers import PHOTOS
 from vggnet import vgg11
 from vggnet.data.decode import load_image
 from vggnet.data.transforms import ImageClassification

@@ -16,7 +16,8 @@ import pytest
 
 import vggnet.hub._admin as vadmin
 import vggnet.hub._fetching as hub
-from tests.conftest import Checkpoints, FaultServer, file_sha256, leftovers, spawn_python
+from tests.helpers import Checkpoints, file_sha256, leftovers, spawn_python
+from tests.server import FaultServer
 
 
 def fill_cache(http_server: FaultServer, checkpoints: Checkpoints, cache: Path) -> None:

@@ -20,7 +20,8 @@ import pytest
 import vggnet.hub._admin as vadmin
 import vggnet.hub._cache as vcache
 import vggnet.hub._fetching as hub
-from tests.conftest import Fault, file_sha256, fingerprint, no_hashing, record
+from tests.helpers import file_sha256, fingerprint, no_hashing, record
+from tests.server import Fault
 from vggnet import errors
 
 

@@ -27,7 +27,8 @@ import pytest
 import vggnet.hub._admin as vadmin
 import vggnet.hub._download as download
 import vggnet.hub._fetching as hub
-from tests.conftest import Fault, FaultServer, closed_port, file_sha256, fingerprint, leftovers, record, spawn_python
+from tests.helpers import closed_port, file_sha256, fingerprint, leftovers, record, spawn_python
+from tests.server import Fault, FaultServer
 from vggnet import errors
 from vggnet.hub._fetching import OFFICIAL_BASE
 from vggnet.models.weights import Weights

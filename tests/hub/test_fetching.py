@@ -18,7 +18,7 @@ import pytest
 import vggnet.hub._admin as vadmin
 import vggnet.hub._cache as vcache
 import vggnet.hub._fetching as hub
-from tests.conftest import ROOT, Checkpoints, file_sha256, fingerprint, leftovers, no_hashing, record
+from tests.helpers import ROOT, Checkpoints, file_sha256, fingerprint, leftovers, no_hashing, record
 from vggnet import errors
 from vggnet.hub._fetching import OFFICIAL_BASE
 from vggnet.models.weights import VGG16_Weights, Weights

@@ -16,7 +16,7 @@ import pytest
 import vggnet.hub._admin as vadmin
 import vggnet.hub._fetching as hub
 import vggnet.hub._files as vfiles
-from tests.conftest import fingerprint, plant_victim
+from tests.helpers import fingerprint, plant_victim
 from vggnet import errors
 
 

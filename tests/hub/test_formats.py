@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.conftest import randomize_batchnorm
+from tests.helpers import randomize_batchnorm
 from vggnet.data.constants import KERAS_MEAN, KERAS_STD
 from vggnet.data.decode import load_image
 from vggnet.data.transforms import ImageClassification, keras_transforms

@@ -19,7 +19,7 @@ import vggnet.hub._admin as vadmin
 import vggnet.hub._cache as vcache
 import vggnet.hub._fetching as hub
 import vggnet.hub._loading as loading
-from tests.conftest import file_sha256, fingerprint, no_hashing, record
+from tests.helpers import file_sha256, fingerprint, no_hashing, record
 from vggnet import errors
 
 

@@ -21,7 +21,7 @@ import pytest
 import vggnet.hub._admin as vadmin
 import vggnet.hub._fetching as hub
 import vggnet.hub._locks as vlocks
-from tests.conftest import file_sha256, leftovers, plant_victim, spawn_python
+from tests.helpers import file_sha256, leftovers, plant_victim, spawn_python
 
 KEY = "0123456789abcdef"
 
@@ -226,7 +226,7 @@ from collections.abc import Iterator
 from pathlib import Path
 import vggnet.hub._fetching as hub
 from vggnet.models.weights import Weights
-from tests.conftest import fingerprint
+from tests.helpers import fingerprint
 url, sha256, size, ready, go = sys.argv[1:]
 Path(ready).touch()
 while not Path(go).exists():

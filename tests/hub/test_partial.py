@@ -15,7 +15,7 @@ import vggnet.hub._admin as vadmin
 import vggnet.hub._fetching as hub
 import vggnet.hub._locks as vlocks
 import vggnet.hub._partial as vpartial
-from tests.conftest import file_sha256, leftovers, plant_victim
+from tests.helpers import file_sha256, leftovers, plant_victim
 
 KEY = "0123456789abcdef"
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import vggnet
-from tests.conftest import file_sha256 as sha256
-from tests.conftest import fingerprint, randomize_batchnorm
+from tests.helpers import file_sha256 as sha256
+from tests.helpers import fingerprint, randomize_batchnorm
 from vggnet import Weights
 from vggnet.models.builders import BUILDERS
 from vggnet.models.config import ARCHS

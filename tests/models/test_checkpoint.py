@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.conftest import file_sha256, fingerprint, save_seeded_vgg11
+from tests.helpers import file_sha256, fingerprint, save_seeded_vgg11
 from vggnet import cli, errors
 from vggnet.errors import ArchMismatch, DeviceError
 from vggnet.models import checkpoint as checkpoint

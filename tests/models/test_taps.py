@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import vggnet
-from tests.conftest import arch_matrix, randomize_batchnorm, save_seeded_vgg11
+from tests.helpers import arch_matrix, randomize_batchnorm, save_seeded_vgg11
 from tests.reference import ARCHS, LAYOUT
 from vggnet.deploy.inference import fold_batchnorm
 from vggnet.models.summary import summarize

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import vggnet
-from tests.conftest import arch_matrix
+from tests.helpers import arch_matrix
 from tests.reference import ARCHS, LAYOUT, RECORDS, VGG16_CLASSIFIER_PARAMS, VGG16_CONV_PARAMS, VGG16_FC6_PARAMS
 from vggnet.deploy.inference import fold_batchnorm
 from vggnet.models.config import MIN_SIZE, arch_config

@@ -15,7 +15,7 @@ import torch
 import vggnet
 import vggnet.models.config as config
 import vggnet.models.weights as weights
-from tests.conftest import fingerprint
+from tests.helpers import fingerprint
 from tests.reference import ARCHS, FEATURES, FULL_DIGESTS, RECORDS, SIZES
 from vggnet.hub._fetching import OFFICIAL_BASE
 from vggnet.models.weights import WEIGHTS_ENUMS, Weights, get_weight, resolve_weights

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.conftest import PHOTOS
+from tests.helpers import PHOTOS
 from vggnet.data.transforms import ImageClassification
 from vggnet.seeing.explain import Explanation, explain, last_conv, layer_module
 from vggnet.seeing.pictures import jet, overlay

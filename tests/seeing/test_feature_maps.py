@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.conftest import PHOTOS
+from tests.helpers import PHOTOS
 from vggnet.data.transforms import ImageClassification
 from vggnet.seeing.feature_maps import feature_maps
 from vggnet.seeing.pictures import jet

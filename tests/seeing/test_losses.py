@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vggnet
-from tests.conftest import randomize_batchnorm
+from tests.helpers import randomize_batchnorm
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.seeing.losses import PerceptualLoss, gram_matrix
 

@@ -13,7 +13,7 @@ import torch
 
 import vggnet
 import vggnet.seeing.lpips as vlpips
-from tests.conftest import PHOTOS
+from tests.helpers import PHOTOS
 from vggnet.seeing.lpips import LPIPS, LPIPS_WEIGHTS
 
 lpips = pytest.importorskip("lpips")  # a test dependency: the reference implementation

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.conftest import file_sha256, save_seeded_vgg11, write_set
+from tests.helpers import file_sha256, save_seeded_vgg11, write_set
 from vggnet import cli
 from vggnet.data.decode import load_image
 from vggnet.data.images import ImageFolder

@@ -1,20 +1,20 @@
 """The `vggnet` command line: argument parsing and printing only; the work is done by library functions.
 
-`COMMANDS` below is the table of contents: each command is an `add_<name>(sub)` / `run_<name>(args)` pair in
-the module named after what its commands deal with. How to add one:
+`COMMANDS` below is the table of contents: each command is an `add_<name>(parser)` / `run_<name>(args)` pair in
+the module named after what its commands deal with, loaded only when that command runs (or shows its help), so
+`vggnet --help` and every argument error answer without importing torch. How to add one:
 
-1. Write the pair in that module (or a new one), in the order of the table. `add_<name>` creates the
-   parser with `add_command(sub, "<name>", help=..., description=...)` and declares its arguments, with
-   the shared types and blocks of `args.py` (`add_weights`, `add_device`, `positive`, ...);
-   `run_<name>(args) -> int` calls one library function and prints the result (`output.py`).
-   Import library modules at the top of the module; keep an import inside a function only for an
-   optional extra that is not a vggnet module (PIL).
-2. Add one line `"<name>": (module.add_<name>, module.run_<name>),` to `COMMANDS`.
-3. Raise `UsageError` for a bad combination of arguments (exit 2). A `ValueError` from the library
-   also exits 2 (unknown model or weight, bad size); `FileNotFoundError`, `OSError`, `RuntimeError`,
-   `ChecksumError`, `DownloadError`, `BadCheckpointError` (an unsafe or unusable checkpoint) exit 1.
-   `main()` prints one line on stderr, with a traceback only under `--debug`. Do not call `sys.exit`
-   and do not catch these yourself.
+1. Write the pair in that module (or a new one), in the order of the table. `add_<name>(p)` sets
+   `p.description` and declares the arguments, with the shared types and blocks of `args.py`
+   (`add_weights`, `add_device`, `positive`, ...); `run_<name>(args) -> int` calls one library function
+   and prints the result (`output.py`). At the top of the module import only what the parser needs and
+   what imports no torch (`vggnet.models.config`, `vggnet.data.constants`, ...); import the library inside
+   `run_<name>`, so that a command imports only what it runs.
+2. Add one line `"<name>": ("<module>", "<one-line help>"),` to `COMMANDS`.
+3. Raise `vggnet.errors.UsageError` for a bad combination of arguments (exit 2). Every other error exits
+   by `vggnet.errors.EXIT_CODES`: 2 for a `UsageError` (a bad value, a missing path, a bad folder layout),
+   1 for anything else. `main()` prints one line on stderr, with a traceback only under `--debug`. Do not
+   call `sys.exit` and do not catch these yourself.
 4. Respect `args.quiet` (no progress bars, no chatter; pass `progress=not args.quiet`) and print
    results to stdout, everything else to stderr. Library code logs; only this package prints.
 """
@@ -22,48 +22,56 @@ the module named after what its commands deal with. How to add one:
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from vggnet import __version__
-from vggnet.cli import artifacts, checkpoints, costs, images, perception, training
-from vggnet.cli.args import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SubParsers, UsageError
+from vggnet.cli.args import common_options
 from vggnet.cli.output import PROG, error
-from vggnet.errors import BadCheckpointError, WeightsFileNotFound
+from vggnet.errors import EXIT_OK, UsageError, exit_code
 
-__all__ = [
-    "COMMANDS",
-    "build_parser",
-    "main",
-]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-AddParser = Callable[[SubParsers], None]
 RunCommand = Callable[[argparse.Namespace], int]
 
-# name -> (declare its arguments, run it); the order is the order of `vggnet --help`.
-COMMANDS: dict[str, tuple[AddParser, RunCommand]] = {
-    "summary": (costs.add_summary, costs.run_summary),
-    "list": (checkpoints.add_list, checkpoints.run_list),
-    "predict": (images.add_predict, images.run_predict),
-    "evaluate": (images.add_evaluate, images.run_evaluate),
-    "embed": (images.add_embed, images.run_embed),
-    "download": (checkpoints.add_download, checkpoints.run_download),
-    "verify": (checkpoints.add_verify, checkpoints.run_verify),
-    "cache": (checkpoints.add_cache, checkpoints.run_cache),
-    "bench": (costs.add_bench, costs.run_bench),
-    "finetune": (training.add_finetune, training.run_finetune),
-    "lpips": (perception.add_lpips, perception.run_lpips),
-    "explain": (perception.add_explain, perception.run_explain),
-    "features": (perception.add_features, perception.run_features),
-    "convert": (artifacts.add_convert, artifacts.run_convert),
-    "export": (artifacts.add_export, artifacts.run_export),
+# name -> (the module of vggnet.cli holding add_<name> and run_<name>, its line in `vggnet --help`);
+# the order is the order of `vggnet --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "summary": ("costs", "per-layer shapes, parameters, MACs and memory of a model (instant, offline)"),
+    "list": ("checkpoints", "every model and its weights: accuracy, size, cost, and whether they are cached"),
+    "predict": ("images", "classify images: top-k labels with probabilities (files, folders, globs, lists; streamed)"),
+    "evaluate": ("images", "accuracy on a labelled folder: acc@1, acc@5, per class, loss, confusion matrix"),
+    "embed": ("images", "features of a named layer (fc7, pool5, ...) for every image, in .npy shards with an index"),
+    "download": ("checkpoints", "prefetch checkpoints into the cache, or build a mirror directory"),
+    "verify": ("checkpoints", "re-hash every cached checkpoint: ok, corrupt or unknown (exit 1 if any is corrupt)"),
+    "cache": ("checkpoints", "what is cached and how big it is; remove files"),
+    "bench": ("costs", "img/s and latency: vggnet eager vs optimize_for_inference vs torchvision, in one run"),
+    "finetune": ("training", "fine-tune a model on your own images (DATA/train/<class>/, DATA/val/<class>/)"),
+    "lpips": ("perception", "the LPIPS perceptual distance between two images"),
+    "explain": ("perception", "where the model looked: a class-activation map over the image (needs vggnet[explain])"),
+    "features": ("perception", "a grid of a layer's strongest feature maps for an image"),
+    "convert": ("artifacts", "write weights in another format (safetensors, .pth) or layout (timm)"),
+    "export": ("artifacts", "export a model to ONNX, torch.export (pt2), TorchScript or AOTInductor"),
 }
 
+# what may stand before the command: the global options, none of which takes a value
+_GLOBAL_FLAGS = frozenset({"--debug", "-q", "--quiet", "--version", "-h", "--help"})
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `vggnet` parser: the global options, then one subparser per entry of `COMMANDS`."""
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The `vggnet` parser: the global options, then one subparser per entry of `COMMANDS`.
+
+    Args:
+        commands: the commands whose arguments are declared (their modules are imported); None: all of them.
+            The others are listed with their help line only.
+
+    Returns:
+        The parser.
+    """
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The VGG family for PyTorch: inspect the architecture, classify images, manage checkpoints.",
@@ -73,19 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add, _ in COMMANDS.values():
-        add(sub)
+    for name, (_, help) in COMMANDS.items():
+        p = sub.add_parser(name, parents=[common_options()], help=help, description=help)
+        if commands is None or name in commands:
+            getattr(_module(name), f"add_{name}")(p)
     return parser
 
 
-def _exit_status(err: BaseException) -> int:
-    """Exit 2 for what the user can fix in the command line, 1 for anything that failed.
+def _module(name: str) -> object:
+    return importlib.import_module(f"vggnet.cli.{COMMANDS[name][0]}")
 
-    A checkpoint vggnet refuses (pickled code, NaN, not a state dict) is a bad file, as a corrupt one: 1.
-    """
-    if isinstance(err, BadCheckpointError):
-        return EXIT_FAILURE
-    return EXIT_USAGE if isinstance(err, (UsageError, ValueError, WeightsFileNotFound)) else EXIT_FAILURE
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command `argv` names: its first argument that is not a global option (None if it names none)."""
+    for arg in argv:
+        if arg not in _GLOBAL_FLAGS:
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def _configure_logging(debug: bool, quiet: bool) -> logging.Handler:
@@ -98,16 +110,25 @@ def _configure_logging(debug: bool, quiet: bool) -> logging.Handler:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `vggnet` command with `argv` (default: sys.argv[1:]) and return its exit status."""
-    parser = build_parser()
+    """Run the `vggnet` command with `argv` and return its exit status (0 done, 1 failed, 2 usage).
+
+    Args:
+        argv: the arguments, without the program name (default `sys.argv[1:]`).
+
+    Returns:
+        The exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = command_of(argv)
+    parser = build_parser([command] if command is not None else [])
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits on --help (0) and on bad arguments (2)
-        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+        return exit_.code if isinstance(exit_.code, int) else 2
     logger = logging.getLogger("vggnet")
     level = logger.level
     handler = _configure_logging(args.debug, args.quiet)
-    _, run = COMMANDS[args.command]
+    run = cast(RunCommand, getattr(_module(args.command), f"run_{args.command}"))
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -122,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(err, UsageError):
             message += f" (see '{PROG} {args.command} --help')"
         error(message)
-        return _exit_status(err)
+        return exit_code(err)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

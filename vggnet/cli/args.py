@@ -3,35 +3,25 @@
 An argument type raises `argparse.ArgumentTypeError` saying what it expected, so a bad value exits 2 before
 anything runs; `UsageError` does the same for a bad combination found later. `--weights`/`--arch`/`--sha256` resolve to
 a model by `checkpoint.load`'s rules, `--device` to a device (this process's GPU under torchrun).
+
+Nothing here imports torch at import time: the argument types answer a bad value at once, and what needs
+torch (a device, a model) imports it when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-
-from vggnet.checks import available_devices, check_device
 from vggnet.data.constants import MAX_SIZE
-from vggnet.errors import ArchMismatch
-from vggnet.models.checkpoint import Loaded, load
+from vggnet.errors import ArchMismatch, UsageError
 from vggnet.models.config import MIN_SIZE, SOURCE_RULES, check_arch
+from vggnet.settings import torchrun
 
 if TYPE_CHECKING:
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
-else:  # not subscriptable at run time
-    SubParsers = argparse._SubParsersAction
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """The arguments make no sense together: exit status 2, the message says what to change."""
+    from vggnet.models.checkpoint import Loaded
 
 
 # Every subcommand takes --debug and --quiet too (`vggnet summary vgg16 --quiet`); SUPPRESS keeps a
@@ -92,6 +82,8 @@ def _most(text: str, side: int) -> None:
 
 def device_arg(text: str) -> str:
     """argparse type for a torch device that exists here (not "meta"), listing the valid ones when not."""
+    from vggnet.checks import available_devices, check_device
+
     try:
         device = check_device(text)
     except ValueError as err:
@@ -133,9 +125,9 @@ def model_arg(text: str) -> str:
 # --- option blocks ---------------------------------------------------------------------------------
 
 
-def add_command(sub: SubParsers, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
-    """The parser of one command, taking the --debug and --quiet every command takes."""
-    return sub.add_parser(name, parents=[_COMMON], help=help, description=description)
+def common_options() -> argparse.ArgumentParser:
+    """The parent parser of every command: the --debug and --quiet every command takes."""
+    return _COMMON
 
 
 def add_weights(p: argparse.ArgumentParser, *, arch: bool = True) -> None:
@@ -158,26 +150,31 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def world() -> int:
     """How many processes torchrun started (1 outside torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return torchrun().world
 
 
 def rank() -> int:
     """This process's rank under torchrun (0 outside torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    return torchrun().rank
 
 
 def run_device(args: argparse.Namespace) -> str:
     """--device, else cuda (this process's GPU under torchrun) when available, else cpu."""
+    import torch
+
     if args.device is not None:
         return str(args.device)
     if not torch.cuda.is_available():
         return "cpu"
-    return f"cuda:{os.environ['LOCAL_RANK']}" if world() > 1 and "LOCAL_RANK" in os.environ else "cuda"
+    launch = torchrun()
+    return f"cuda:{launch.local_rank}" if launch.world > 1 else "cuda"
 
 
 @contextmanager
 def closing_process_group() -> Iterator[None]:
     """Around a library call that may start a process group under torchrun: it is ended however the call ends."""
+    import torch.distributed as dist
+
     try:
         yield
     finally:
@@ -190,6 +187,8 @@ def load_model(args: argparse.Namespace, device: str, *, classifier: bool) -> Lo
 
     `classifier`: fc8 must be usable (a features-only record is refused).
     """
+    from vggnet.models.checkpoint import load
+
     try:  # lpips takes no --sha256
         return load(args.weights, arch=args.arch, device=device, progress=not args.quiet,
                     sha256=getattr(args, "sha256", None), classifier=classifier)  # fmt: skip

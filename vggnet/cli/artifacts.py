@@ -5,30 +5,30 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from vggnet.cli.args import EXIT_OK, SubParsers, UsageError, add_command, add_weights, model_arg, positive, side_arg
+from vggnet.cli.args import add_weights, model_arg, positive, side_arg
 from vggnet.cli.output import print_json
-from vggnet.deploy.convert import convert
-from vggnet.deploy.export import EXPORT_FORMATS, check_export, example_images, export, with_preset
-from vggnet.hub import WRITE_SUFFIXES, file_sha256
-from vggnet.models.builders import list_models
-from vggnet.models.checkpoint import load
-from vggnet.models.config import SOURCE_RULES
+from vggnet.errors import EXIT_OK, UsageError
+from vggnet.models.config import ARCHS, SOURCE_RULES
+
+if TYPE_CHECKING:
+    import torch
+
+# Choices whose home module imports torch, spelled here so that a bad one is answered at once;
+# tests/cli/test_parsers.py keeps them equal to vggnet.deploy.export.EXPORT_FORMATS and vggnet.hub.WRITE_SUFFIXES.
+EXPORT_FORMATS = ("onnx", "pt2", "torchscript", "aoti")
+WRITE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 # --- convert ---------------------------------------------------------------------------------------
 
 
-def add_convert(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "convert",
-        help="write weights in another format (safetensors, .pth) or layout (timm)",
-        description="Read weights from SRC and write them to DST in the format DST's suffix names (.safetensors, "
+def add_convert(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Read weights from SRC and write them to DST in the format DST's suffix names (.safetensors, "
         "or .pth/.pt/.bin for PyTorch's zip format). SRC is "
         f"{SOURCE_RULES}; a file's format (PyTorch zip or pickle, safetensors, Keras .h5) is read from its content. "
-        "The written file is read back and compared, and its SHA-256 printed.",
+        "The written file is read back and compared, and its SHA-256 printed."
     )
     p.add_argument("src", metavar="SRC", help="the weights to read")
     p.add_argument("dst", metavar="DST", help="the file to write (.safetensors, .pth, .pt, .bin)")
@@ -38,10 +38,12 @@ def add_convert(sub: SubParsers) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    if Path(args.dst).suffix.lower() not in WRITE_SUFFIXES:
+    if Path(args.dst).suffix.lower() not in WRITE_SUFFIXES:  # before the library (and torch) is loaded
         raise UsageError(
             f"cannot tell the format of {args.dst!r} from its suffix; use one of {', '.join(WRITE_SUFFIXES)}"
         )
+    from vggnet.deploy.convert import convert
+
     done = convert(args.src, args.dst, layout=args.layout, sha256=args.sha256, progress=not args.quiet)
     if args.json:
         print_json(
@@ -56,16 +58,13 @@ def run_convert(args: argparse.Namespace) -> int:
 # --- export ---------------------------------------------------------------------------------------
 
 
-def add_export(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "export",
-        help="export a model to ONNX, torch.export (pt2), TorchScript or AOTInductor",
-        description="Build ARCH with --weights (" + SOURCE_RULES + ") and write OUT in --format, then run OUT once "
+def add_export(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Build ARCH with --weights (" + SOURCE_RULES + ") and write OUT in --format, then run OUT once "
         "on a random batch against eager PyTorch (onnxruntime for ONNX, when installed) and print the largest "
-        "difference and OUT's SHA-256.",
+        "difference and OUT's SHA-256."
     )
-    p.add_argument("arch", type=model_arg, metavar="ARCH", help=f"one of {', '.join(list_models())}")
+    p.add_argument("arch", type=model_arg, metavar="ARCH", help=f"one of {', '.join(ARCHS)}")
     p.add_argument("out", metavar="OUT", help="the file to write")
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True, dest="fmt", help="what to write")
     add_weights(p, arch=False)
@@ -83,6 +82,12 @@ def add_export(sub: SubParsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from vggnet.deploy.export import check_export, example_images, export, with_preset
+    from vggnet.hub import file_sha256
+    from vggnet.models.checkpoint import load
+
     if args.with_preset and args.fmt == "torchscript":
         raise UsageError("--with-preset works with --format onnx, pt2 or aoti, not torchscript")
     loaded = load(args.weights, arch=args.arch, sha256=args.sha256, progress=not args.quiet)

@@ -7,16 +7,14 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
-from vggnet.cli.args import EXIT_FAILURE, EXIT_OK, SubParsers, UsageError, add_command
 from vggnet.cli.output import PROG, error, mib, print_json, table
-from vggnet.errors import ChecksumError
-from vggnet.hub import CachedFile, add_to_mirror, cache_dir, cached_files, fetch, remove_cached, verify_file
-from vggnet.models import weights as weights
-from vggnet.models.weights import WeightsEnum
+from vggnet.errors import EXIT_FAILURE, EXIT_OK, ChecksumError, UsageError
+
+if TYPE_CHECKING:
+    from vggnet.hub import CachedFile
+    from vggnet.models.weights import WeightsEnum
 
 # --- the records, by name and by file ---------------------------------------------------------------
 # WEIGHTS_ENUMS is read at call time, so that tests can stand in their own records.
@@ -24,11 +22,15 @@ from vggnet.models.weights import WeightsEnum
 
 def _all_weights() -> list[WeightsEnum]:
     """Every distinct record (aliases such as DEFAULT skipped), in the order of the builders."""
+    from vggnet.models import weights
+
     return [member for enum in weights.WEIGHTS_ENUMS.values() for member in enum]
 
 
 def _select_weights(names: Sequence[str]) -> list[WeightsEnum]:
     """Records named by builder ("vgg16": its DEFAULT) or in full ("VGG16_Weights.IMAGENET1K_FEATURES")."""
+    from vggnet.models import weights
+
     enums = weights.WEIGHTS_ENUMS
     by_class = {enum.__name__.lower(): enum for enum in enums.values()}
     chosen: list[WeightsEnum] = []
@@ -52,19 +54,19 @@ def _records_by_file() -> dict[str, WeightsEnum]:
 # --- list -----------------------------------------------------------------------------------------
 
 
-def add_list(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "list",
-        help="every model and its weights: accuracy, size, cost, and whether they are cached",
-        description="Every model and every checkpoint record (VGG16_Weights.IMAGENET1K_FEATURES included) with "
+def add_list(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Every model and every checkpoint record (VGG16_Weights.IMAGENET1K_FEATURES included) with "
         "ImageNet acc@1/acc@5, parameters, GFLOPS (multiply-adds at 224x224), file size, and whether the file "
-        "is already in the cache.",
+        "is already in the cache."
     )
     p.add_argument("--json", action="store_true", help="print a JSON list")
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from vggnet.hub import cache_dir
+    from vggnet.models import weights
+
     where = cache_dir()
     entries = []
     for arch, enum in weights.WEIGHTS_ENUMS.items():
@@ -117,14 +119,11 @@ def run_list(args: argparse.Namespace) -> int:
 # --- download -------------------------------------------------------------------------------------
 
 
-def add_download(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "download",
-        help="prefetch checkpoints into the cache, or build a mirror directory",
-        description="Fetch and verify checkpoints: into the cache (so later loads need no network), or with "
+def add_download(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Fetch and verify checkpoints: into the cache (so later loads need no network), or with "
         "--to into a directory that VGGNET_MIRROR can point at (as a path, or served over HTTP). A model name "
-        "means its DEFAULT weights. VGGNET_MIRROR, if set, is where files are fetched from.",
+        "means its DEFAULT weights. VGGNET_MIRROR, if set, is where files are fetched from."
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="a model (vgg16) or weights (VGG16_Weights.IMAGENET1K_V1)")
     p.add_argument("--all", action="store_true", help="every checkpoint record (9 files, about 4.6 GiB)")
@@ -132,6 +131,8 @@ def add_download(sub: SubParsers) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    from vggnet.hub import add_to_mirror, fetch
+
     if not args.names and not args.all:
         raise UsageError("name the models or weights to download, or pass --all")
     chosen = _all_weights() if args.all else _select_weights(args.names)
@@ -159,20 +160,21 @@ def run_download(args: argparse.Namespace) -> int:
 # --- verify ---------------------------------------------------------------------------------------
 
 
-def add_verify(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "verify",
-        help="re-hash every cached checkpoint: ok, corrupt or unknown (exit 1 if any is corrupt)",
-        description="Hash every checkpoint in the cache (or in DIR, e.g. a mirror built by 'download --to') and "
+def add_verify(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Hash every checkpoint in the cache (or in DIR, e.g. a mirror built by 'download --to') and "
         "compare it with its record, with the digest recorded when it was downloaded and checked, or with the "
-        "digest in its name. 'unknown' means there is nothing to compare with. Exits 1 if any file is corrupt.",
+        "digest in its name. 'unknown' means there is nothing to compare with. Exits 1 if any file is corrupt."
     )
     p.add_argument("folder", nargs="?", type=Path, metavar="DIR", help="default: the cache directory")
     p.add_argument("--json", action="store_true", help="print a JSON list")
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vggnet.hub import cache_dir, cached_files, verify_file
+
     folder = args.folder if args.folder is not None else cache_dir()
     if args.folder is not None and not folder.is_dir():
         raise UsageError(f"{folder} is not a directory; give a cache or mirror directory, or none for the cache")
@@ -245,15 +247,12 @@ _IN_NAME = "the digest in its name"
 # --- cache ----------------------------------------------------------------------------------------
 
 
-def add_cache(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "cache",
-        help="what is cached and how big it is; remove files",
-        description="List the files in the cache directory ($VGGNET_HOME, else torch.hub's checkpoint "
+def add_cache(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "List the files in the cache directory ($VGGNET_HOME, else torch.hub's checkpoint "
         "directory, shared with torchvision) with their sizes, or remove some. Removing a checkpoint also "
         "removes its stamp, its zip copy, partial downloads and copies moved aside as corrupt. Partial files "
-        "and locks a running download holds are kept and reported.",
+        "and locks a running download holds are kept and reported."
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument(
@@ -269,6 +268,8 @@ def add_cache(sub: SubParsers) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
+    from vggnet.hub import cache_dir, cached_files, remove_cached
+
     folder = cache_dir()
     entries = cached_files(folder)
     records = _records_by_file()

@@ -7,28 +7,22 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from vggnet.cli.args import EXIT_OK, SubParsers, add_command, bounded_size_arg, model_arg, positive, size_arg
+from vggnet.cli.args import bounded_size_arg, model_arg, positive, size_arg
 from vggnet.cli.output import print_json
-from vggnet.deploy import bench as bench
-from vggnet.models.builders import list_models
-from vggnet.models.summary import format_summary, plot_summary, summarize
+from vggnet.errors import EXIT_OK
+from vggnet.models.config import ARCHS
 
 # --- summary --------------------------------------------------------------------------------------
 
 
-def add_summary(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "summary",
-        help="per-layer shapes, parameters, MACs and memory of a model (instant, offline)",
-        description="One row per layer (the paper's names: conv1_1 ... pool5, avgpool, fc6 ... fc8) with its "
+def add_summary(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "One row per layer (the paper's names: conv1_1 ... pool5, avgpool, fc6 ... fc8) with its "
         "output shape, receptive field (side, jump and start in input pixels), parameters, multiply-adds and "
         "activation memory, then the totals. Computed on the "
-        "meta device: no weights, no memory, any input size.",
+        "meta device: no weights, no memory, any input size."
     )
-    p.add_argument("arch", type=model_arg, metavar="MODEL", help=f"one of {', '.join(list_models())}")
+    p.add_argument("arch", type=model_arg, metavar="MODEL", help=f"one of {', '.join(ARCHS)}")
     p.add_argument("--input-size", type=size_arg, default=(224, 224), metavar="N|HxW", help="default 224")
     p.add_argument("--batch-size", type=positive, default=1, metavar="B", help="for the activation memory")
     p.add_argument("--num-classes", type=positive, default=1000, metavar="K", help="width of fc8 (default 1000)")
@@ -42,6 +36,8 @@ def add_summary(sub: SubParsers) -> None:
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    from vggnet.models.summary import format_summary, plot_summary, summarize
+
     summary = summarize(args.arch, args.input_size, batch_size=args.batch_size, num_classes=args.num_classes)
     if args.plot is not None:
         plot_summary(summary, args.plot)
@@ -56,14 +52,11 @@ def run_summary(args: argparse.Namespace) -> int:
 _DTYPES = ("float32", "bfloat16", "float16", "int8")
 
 
-def add_bench(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "bench",
-        help="img/s and latency: vggnet eager vs optimize_for_inference vs torchvision, in one run",
-        description="Times vggnet eager, vggnet optimize_for_inference and, when installed, torchvision on "
+def add_bench(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Times vggnet eager, vggnet optimize_for_inference and, when installed, torchvision on "
         "the same random input and weights, in interleaved rounds (median), and the share of the device's "
-        "matmul peak (measured in the same run) each reaches. Random weights: nothing is downloaded.",
+        "matmul peak (measured in the same run) each reaches. Random weights: nothing is downloaded."
     )
     p.add_argument("--arch", type=model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
     p.add_argument("--batch-size", type=positive, default=1, metavar="B", help="default 1")
@@ -88,6 +81,10 @@ def add_bench(sub: SubParsers) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from vggnet.deploy import bench
+
     report = bench.run_bench(
         args.arch,
         batch_size=args.batch_size,

@@ -6,18 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vggnet.batch.embed import EmbedSummary, embed_images
-from vggnet.batch.engine import Session
-from vggnet.batch.evaluate import Evaluation, evaluate, plot_confusion
 from vggnet.batch.output import FORMATS
-from vggnet.batch.predict import PredictSummary, iter_predictions, predict_images
 from vggnet.cli.args import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    SubParsers,
-    UsageError,
-    add_command,
     add_device,
     add_weights,
     closing_process_group,
@@ -30,10 +22,15 @@ from vggnet.cli.args import (
     world,
 )
 from vggnet.cli.output import print_json, print_predictions
-from vggnet.data.images import list_images
-from vggnet.data.transforms import ImageClassification
-from vggnet.models.checkpoint import Loaded
+from vggnet.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from vggnet.models.config import SOURCE_RULES
+
+if TYPE_CHECKING:
+    from vggnet.batch.embed import EmbedSummary
+    from vggnet.batch.evaluate import Evaluation
+    from vggnet.batch.predict import PredictSummary
+    from vggnet.data.transforms import ImageClassification
+    from vggnet.models.checkpoint import Loaded
 
 # --- what the three share --------------------------------------------------------------------------
 
@@ -57,6 +54,8 @@ def _add_image_sources(p: argparse.ArgumentParser, metavar: str) -> None:
 
 def _images(args: argparse.Namespace) -> tuple[list[str], Path | None]:
     """(images, list file): listed here before any weights are fetched; under torchrun, as given (rank 0 lists)."""
+    from vggnet.data.images import list_images
+
     if not args.images and args.from_file is None:
         raise UsageError("name the images: IMAGE ... (files, folders, globs), --from-file LIST, or - for stdin")
     if world() > 1:
@@ -86,12 +85,9 @@ def _finished(args: argparse.Namespace, summary: PredictSummary | EmbedSummary, 
 # --- predict ---------------------------------------------------------------------------------------
 
 
-def add_predict(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "predict",
-        help="classify images: top-k labels with probabilities (files, folders, globs, lists; streamed)",
-        description="Classify images with a model and its weights: the weights' preprocessing, then the top-k "
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Classify images with a model and its weights: the weights' preprocessing, then the top-k "
         "labels with their probabilities. IMAGE is a file, a folder (its images at any depth), a glob pattern "
         "or - (paths one per line on stdin); --from-file reads paths from a list. Images are decoded in "
         "--workers processes while the model runs. Without --output the results go to stdout; with "
@@ -100,7 +96,7 @@ def add_predict(sub: SubParsers) -> None:
         'reported (in FILE with an "error", and on stderr) and the run goes on; the exit status is then 1. '
         f"--weights is {SOURCE_RULES}. The model is the one the weights name (a fine-tuned checkpoint's, a "
         "state dict's keys), else --arch (default vgg16); a plain file's labels are ImageNet's when it has "
-        "1000 outputs.",
+        "1000 outputs."
     )
     _add_image_sources(p, "IMAGE")
     _add_run_options(p, batch_size=16)
@@ -112,6 +108,9 @@ def add_predict(sub: SubParsers) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from vggnet.batch.engine import Session
+    from vggnet.batch.predict import iter_predictions, predict_images
+
     if args.output is None and (args.resume or args.format is not None):
         raise UsageError("--resume and --format are for --output FILE")
     if args.output is not None and args.json:
@@ -157,17 +156,14 @@ def run_predict(args: argparse.Namespace) -> int:
 # --- evaluate --------------------------------------------------------------------------------------
 
 
-def add_evaluate(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "evaluate",
-        help="accuracy on a labelled folder: acc@1, acc@5, per class, loss, confusion matrix",
-        description="Score a model on DATA/<class>/<images> (class index: the weights' own class names when "
+def add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Score a model on DATA/<class>/<images> (class index: the weights' own class names when "
         "the folders are named after them, else the sorted folder order) or on ImageNet's validation layout "
         "(DATA/n01440764/..., synset folders mapped to the 1000 classes), with the weights' preprocessing. "
         "Prints acc@1, acc@5, the mean loss, images/s and per-class accuracy; --plot draws the confusion "
         "matrix. Unreadable images are reported and left out. Under torchrun each process scores its share "
-        f"and the counts are summed. --weights is {SOURCE_RULES}.",
+        f"and the counts are summed. --weights is {SOURCE_RULES}."
     )
     p.add_argument("data", type=Path, metavar="DATA", help="DATA/<class>/<images>, or ImageNet's synset folders")
     _add_run_options(p, batch_size=32)
@@ -176,6 +172,8 @@ def add_evaluate(sub: SubParsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from vggnet.batch.evaluate import evaluate, plot_confusion
+
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {args.plot}: the confusion matrix is drawn as a PNG; name a .png file")
     if not args.data.is_dir():
@@ -221,16 +219,13 @@ def _evaluation_text(result: Evaluation, loaded: Loaded, data: Path) -> str:
 # --- embed -----------------------------------------------------------------------------------------
 
 
-def add_embed(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "embed",
-        help="features of a named layer (fc7, pool5, ...) for every image, in .npy shards with an index",
-        description="Run the model up to --layer for every image and write the features to --out DIR: "
+def add_embed(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Run the model up to --layer for every image and write the features to --out DIR: "
         "features-NNNNNN.npy shards of float32 rows and index.jsonl, one line per image with its shard and "
         "row (or its error). --pool averages a feature map over its height and width, --normalize scales "
         "each row to unit L2 norm. --resume skips the images the index holds; under torchrun each process "
-        f"embeds its share. Read it back with vggnet.batch.embed.read_embeddings(DIR). --weights is {SOURCE_RULES}.",
+        f"embeds its share. Read it back with vggnet.batch.embed.read_embeddings(DIR). --weights is {SOURCE_RULES}."
     )
     _add_image_sources(p, "DATA")
     p.add_argument("--layer", default="fc7", metavar="NAME", help="the tap: fc7 (default), fc6, pool5, relu5_3, ...")
@@ -243,6 +238,8 @@ def add_embed(sub: SubParsers) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    from vggnet.batch.embed import embed_images
+
     images, from_file = _images(args)
     device, loaded, preset = _model(args, classifier=False)  # a features-only record serves here
     names = loaded.model.layer_names()

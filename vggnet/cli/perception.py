@@ -5,45 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from vggnet.cli.args import (
-    EXIT_OK,
-    WEIGHTS_HELP,
-    SubParsers,
-    UsageError,
-    add_command,
-    add_device,
-    add_weights,
-    load_model,
-    model_arg,
-    positive,
-    run_device,
-    size_arg,
-)
+from vggnet.cli.args import WEIGHTS_HELP, add_device, add_weights, load_model, model_arg, positive, run_device, size_arg
 from vggnet.cli.output import print_json, print_predictions, table
-from vggnet.data.decode import load_image, pil_to_tensor
-from vggnet.data.transforms import ImageClassification
-from vggnet.models.checkpoint import Loaded
-from vggnet.seeing.explain import METHODS, explain
-from vggnet.seeing.feature_maps import feature_maps
-from vggnet.seeing.lpips import LPIPS
-from vggnet.seeing.pictures import label, overlay
+from vggnet.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from vggnet.data.transforms import ImageClassification
+    from vggnet.models.checkpoint import Loaded
+
+# Choices whose home module imports torch, spelled here so that a bad one is answered at once;
+# tests/cli/test_parsers.py keeps them equal to vggnet.seeing.explain.METHODS.
+METHODS = ("gradcam",)
 
 # --- lpips -----------------------------------------------------------------------------------------
 
 
-def add_lpips(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "lpips",
-        help="the LPIPS perceptual distance between two images",
-        description="LPIPS (Zhang et al. 2018) between two images of the same size (or both resized with --size): "
+def add_lpips(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "LPIPS (Zhang et al. 2018) between two images of the same size (or both resized with --size): "
         "VGG16's five relu taps, unit-normalised, weighted by the LPIPS project's published linear layers "
         "(fetched once from a pinned URL, SHA-256 checked). 0 for identical images; about 0.1-0.7 for "
-        "perceptibly different ones.",
+        "perceptibly different ones."
     )
     p.add_argument("image1", metavar="IMG1")
     p.add_argument("image2", metavar="IMG2")
@@ -57,6 +43,11 @@ def add_lpips(sub: SubParsers) -> None:
 
 
 def run_lpips(args: argparse.Namespace) -> int:
+    import torch
+
+    from vggnet.data.decode import load_image, pil_to_tensor
+    from vggnet.seeing.lpips import LPIPS
+
     images = [load_image(path) for path in (args.image1, args.image2)]
     if args.size is not None:
         images = [img.resize((args.size[1], args.size[0]), _bilinear()) for img in images]
@@ -94,15 +85,12 @@ def run_lpips(args: argparse.Namespace) -> int:
 # --- explain --------------------------------------------------------------------------------------
 
 
-def add_explain(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "explain",
-        help="where the model looked: a class-activation map over the image (needs vggnet[explain])",
-        description="Grad-CAM (computed by Captum's LayerGradCam: pip install 'vggnet[explain]') of the top "
+def add_explain(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Grad-CAM (computed by Captum's LayerGradCam: pip install 'vggnet[explain]') of the top "
         "class, or of --class K, at a layer (default: the last convolution, conv5_3 in vgg16), drawn in jet "
         "colours over the image as the model saw it (the weights' resize and crop) and written as a PNG; the "
-        "top classes are printed.",
+        "top classes are printed."
     )
     p.add_argument("image", metavar="IMAGE")
     add_weights(p)
@@ -117,6 +105,9 @@ def add_explain(sub: SubParsers) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from vggnet.seeing.explain import explain
+    from vggnet.seeing.pictures import label, overlay
+
     loaded, x = _model_and_image(args, classifier=True)
     result = explain(
         loaded.model,
@@ -156,14 +147,11 @@ def run_explain(args: argparse.Namespace) -> int:
 # --- features -------------------------------------------------------------------------------------
 
 
-def add_features(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "features",
-        help="a grid of a layer's strongest feature maps for an image",
-        description="The channels of a layer with the largest mean activation for an image (after the weights' "
+def add_features(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "The channels of a layer with the largest mean activation for an image (after the weights' "
         "resize and crop), each drawn in jet colours from its own minimum to its maximum, labelled with its "
-        "channel number, written as a PNG grid.",
+        "channel number, written as a PNG grid."
     )
     p.add_argument("image", metavar="IMAGE")
     add_weights(p)
@@ -177,6 +165,8 @@ def add_features(sub: SubParsers) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    from vggnet.seeing.feature_maps import feature_maps
+
     loaded, x = _model_and_image(args, classifier=False)
     maps = feature_maps(loaded.model, x, args.layer, args.count)
     maps.grid(tile=args.tile, columns=args.columns).save(args.out)
@@ -207,6 +197,8 @@ def run_features(args: argparse.Namespace) -> int:
 
 def _model_and_image(args: argparse.Namespace, *, classifier: bool) -> tuple[Loaded, torch.Tensor]:
     """The model --weights names and IMAGE as it sees it (the weights' resize and crop), on --device; --out checked."""
+    from vggnet.data.decode import load_image
+
     _check_png(args.out)
     device = run_device(args)
     loaded = load_model(args, device, classifier=classifier)
@@ -220,6 +212,8 @@ def _check_png(path: Path) -> None:
 
 def _photo(x: torch.Tensor, preset: ImageClassification) -> torch.Tensor:
     """The preprocessed image back in [0, 1]: what the model saw, after the resize and crop."""
+    import torch
+
     mean = torch.tensor(preset.mean, device=x.device).view(-1, 1, 1)
     std = torch.tensor(preset.std, device=x.device).view(-1, 1, 1)
     return (x * std + mean).clamp(0, 1).expand(3, -1, -1).cpu()

@@ -6,19 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from vggnet.cli.args import (
-    EXIT_OK,
-    WEIGHTS_HELP,
-    SubParsers,
-    add_command,
-    add_device,
-    closing_process_group,
-    model_arg,
-    positive,
-    side_arg,
-)
+from vggnet.cli.args import WEIGHTS_HELP, add_device, closing_process_group, model_arg, positive, side_arg
+from vggnet.errors import EXIT_OK
 from vggnet.models.config import HEADS
-from vggnet.train.finetune import AUGMENTS, MODES, finetune
+
+# Choices whose home module imports torch, spelled here so that a bad one is answered at once;
+# tests/cli/test_parsers.py keeps them equal to vggnet.train.finetune's MODES and AUGMENTS.
+MODES = ("linear", "full")
+AUGMENTS = ("none", "light", "standard")
 
 # FinetuneConfig's fields that are `vggnet finetune` options of the same name (a test keeps them in step;
 # `data` is the positional DATA, `progress` is the global --quiet, `on_epoch` is Python's: the CLI prints)
@@ -29,16 +24,13 @@ FINETUNE_OPTIONS = (
 )  # fmt: skip
 
 
-def add_finetune(sub: SubParsers) -> None:
-    p = add_command(
-        sub,
-        "finetune",
-        help="fine-tune a model on your own images (DATA/train/<class>/, DATA/val/<class>/)",
-        description="Fine-tune on an ImageFolder layout: DATA/train/<class>/*.jpg|png and DATA/val/<class>/. "
+def add_finetune(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Fine-tune on an ImageFolder layout: DATA/train/<class>/*.jpg|png and DATA/val/<class>/. "
         "--mode linear freezes the backbone, computes the fc7 features once and trains fc8 on them; --mode full "
         "trains every layer with augmentation. Writes OUT/best.pth (the best validation accuracy), which "
         "`vggnet predict --weights OUT/best.pth` and vggnet.train.finetune.load_finetuned read back. Under torchrun "
-        "it runs data-parallel (DDP), --batch-size per process.",
+        "it runs data-parallel (DDP), --batch-size per process."
     )
     p.add_argument("data", type=Path, metavar="DATA", help="folder holding train/ and val/")
     p.add_argument("--arch", type=model_arg, default="vgg16", metavar="MODEL", help="default vgg16")
@@ -87,6 +79,8 @@ def add_finetune(sub: SubParsers) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from vggnet.train.finetune import finetune
+
     if not args.quiet:  # the per-epoch figures are logged at INFO
         logging.getLogger("vggnet.train.finetune").setLevel(logging.INFO)
     recipe = {name: getattr(args, name) for name in FINETUNE_OPTIONS}

@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vggnet import settings
 from vggnet.checks import check_int
 from vggnet.errors import BadImageError
+from vggnet.settings import ENV_MAX_PIXELS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "ENV_MAX_PIXELS",
     "gray_image",
     "load_image",
     "max_image_pixels",
@@ -53,20 +54,11 @@ def pillow() -> Any:
 # The pixel budget: no image is decoded, nor resized, to more pixels than this. Pillow's own default
 # (MAX_IMAGE_PIXELS, about 89.5 MP: 256 MiB of RGB), checked from the header before anything is decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
-ENV_MAX_PIXELS = "VGGNET_MAX_IMAGE_PIXELS"
 
 
 def max_image_pixels() -> int:
     """The pixel budget: $VGGNET_MAX_IMAGE_PIXELS if set, else DEFAULT_MAX_PIXELS (Pillow's default)."""
-    text = os.environ.get(ENV_MAX_PIXELS, "").strip().replace("_", "")
-    if not text:
-        return DEFAULT_MAX_PIXELS
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(
-            f"{ENV_MAX_PIXELS}={os.environ[ENV_MAX_PIXELS]!r} is not a positive whole number of pixels; "
-            f"set it to e.g. 50000000, or unset it for {DEFAULT_MAX_PIXELS:,}"
-        )
-    return int(text)
+    return settings.max_image_pixels(DEFAULT_MAX_PIXELS)
 
 
 def _over_budget(pixels: int, budget: int, what: str) -> str:

@@ -8,11 +8,12 @@ evaluate, embed) share it; rank 0 alone logs and writes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from vggnet import settings
 
 __all__ = ["Dist", "init_distributed"]
 
@@ -52,10 +53,10 @@ class Dist:
 
 def init_distributed(device: torch.device) -> Dist:
     """The process group torchrun asks for (WORLD_SIZE > 1), initialised once; else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    launch = settings.torchrun()
+    if launch.world <= 1:
         return Dist()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = launch.rank, launch.world, launch.local_rank
     if not dist.is_initialized():
         # Left initialised for the rest of the program: re-initialising under torchrun's store hangs,
         # so a second `finetune` call reuses it. The command line destroys it before exiting.

@@ -40,7 +40,6 @@ from vggnet.data.constants import (
     RGB,
 )
 from vggnet.data.decode import (
-    ENV_MAX_PIXELS,
     gray_image,
     max_image_pixels,
     pil_to_tensor,
@@ -48,6 +47,7 @@ from vggnet.data.decode import (
     rgb_or_gray,
 )
 from vggnet.errors import BadImageError
+from vggnet.settings import ENV_MAX_PIXELS
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggnet import __version__
+from vggnet import __version__, settings
 from vggnet.deploy.inference import default_dtype, onednn_computes, optimize_for_inference
 from vggnet.deploy.quantize import quantize
 from vggnet.models.builders import get_model
@@ -154,18 +154,9 @@ def load_average() -> tuple[float, ...]:
         return ()
 
 
-_KERNEL_SETTINGS = (
-    "ONEDNN_MAX_CPU_ISA",
-    "DNNL_MAX_CPU_ISA",
-    "ATEN_CPU_CAPABILITY",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-)
-
-
 def kernel_settings() -> dict[str, str]:
     """The environment variables set here that change which kernels run (oneDNN's ISA cap, threads)."""
-    return {k: os.environ[k] for k in _KERNEL_SETTINGS if k in os.environ}
+    return settings.kernel_settings()
 
 
 def device_name(device: torch.device) -> str:

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vggnet import settings
 from vggnet.checks import check_int
 from vggnet.data.decode import load_image
 from vggnet.data.images import IMAGE_SUFFIXES, ImageFolder
@@ -86,7 +87,7 @@ def int8_instructions() -> str | None:
     A cap set in ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) is honoured, as oneDNN honours it."""
     if platform.machine().lower() not in _X86:
         return None
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().lower()
+    cap = settings.onednn_isa_cap()
     fastest = _ISA_CAPS[cap] if cap in _ISA_CAPS else INT8_INSTRUCTIONS[0]
     if fastest is None:
         return None

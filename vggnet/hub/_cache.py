@@ -41,6 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
+from vggnet import settings
 from vggnet.errors import ChecksumError, NotARegularFileError
 from vggnet.hub._files import (
     Progress,
@@ -52,6 +53,7 @@ from vggnet.hub._files import (
     open_read,
     temp_name,
 )
+from vggnet.settings import ENV_HOME, ENV_OFFLINE
 
 __all__ = [
     "cache_dir",
@@ -62,9 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ENV_HOME = "VGGNET_HOME"
-ENV_OFFLINE = "VGGNET_OFFLINE"
-ENV_MIRROR = "VGGNET_MIRROR"
 
 NAME_DIGEST = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's "name-<hex>.pth" convention
 _DIGEST = re.compile(r"[0-9a-f]{8,64}")
@@ -92,18 +91,11 @@ def cache_dir() -> Path:
     torch.hub's directory is `$TORCH_HOME/hub/checkpoints` (default `~/.cache/torch/hub/checkpoints`),
     shared with torchvision. Nothing is created here; the first download creates the directory.
     """
-    home = os.environ.get(ENV_HOME)
-    if home:
-        return Path(home).expanduser()
-    return torch_hub_checkpoints()
+    return settings.home() or torch_hub_checkpoints()
 
 
 def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def is_offline() -> bool:
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, progress: Progress | None = None) -> str:
@@ -166,7 +158,7 @@ def check_dir(folder: Path, *, create: bool) -> None:
 
 
 def dir_error(folder: Path, problem: str, need: str = "a writable directory") -> OSError:
-    home = os.environ.get(ENV_HOME)
+    home = settings.home()
     if same_dir(folder, cache_dir()):
         what = f"the cache directory {ENV_HOME}={home}" if home else f"the cache directory {folder} (torch.hub's)"
         fix = f"point {ENV_HOME} at one, or unset it to use torch.hub's" if home else f"set {ENV_HOME} to one"
@@ -206,11 +198,11 @@ def cached_digest(dest: Path, expected: str | None, url: str) -> str | None:
     stamp_of(dest).unlink(missing_ok=True)
     logger.warning("%s: %s; moved it aside to %s", dest, problem, aside.name)
     if not digest:
-        if is_offline():
+        if settings.offline():
             raise NotARegularFileError(dest, f"{kind_of_mode(st.st_mode)} (moved aside to {aside.name})")
         return None
     assert expected is not None  # digest_matches is True without an expectation
-    if is_offline():
+    if settings.offline():
         raise ChecksumError(
             url, dest, expected, digest,
             detail=f"the cached file was moved aside to {aside} and, with {ENV_OFFLINE} set, not fetched again",

@@ -28,13 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from vggnet import settings
 from vggnet.checks import check_int
 from vggnet.errors import ChecksumError, DownloadError
-from vggnet.hub._cache import ENV_HOME, ENV_MIRROR, ENV_OFFLINE, dir_error, write_stamp
+from vggnet.hub._cache import dir_error, write_stamp
 from vggnet.hub._deadline import Watch, watched_adapter
 from vggnet.hub._files import CHUNK, publish
 from vggnet.hub._locks import claim, partial_key, partials
 from vggnet.hub._partial import DiskFull, Partial, open_partial
+from vggnet.settings import ENV_ALLOW_HTTP, ENV_DEADLINE, ENV_HOME, ENV_MAX_BYTES, ENV_MIRROR, ENV_OFFLINE
 
 if TYPE_CHECKING:
     import requests
@@ -58,9 +60,6 @@ DEADLINE = 3600.0  # seconds for a whole download, retries included ($VGGNET_DOW
 MAX_BYTES = 2 << 30  # the most a file of unknown size may have ($VGGNET_DOWNLOAD_MAX_BYTES)
 MAX_REDIRECTS = 10
 
-ENV_DEADLINE = "VGGNET_DOWNLOAD_DEADLINE"
-ENV_MAX_BYTES = "VGGNET_DOWNLOAD_MAX_BYTES"
-ENV_ALLOW_HTTP = "VGGNET_ALLOW_HTTP_REDIRECT"
 
 Timeout = float | tuple[float, float]
 
@@ -81,24 +80,6 @@ class _Retry(Exception):
         self.status = status
         self.retry_after = retry_after
         self.unfixable = unfixable  # no network, or none that reaches the host: retrying will not help
-
-
-def _env_number(name: str, default: float) -> float:
-    """A positive number from the environment variable `name`, else `default`; ValueError naming it if malformed."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{name}={text!r} must be a positive number; set it to one, or unset it for {default:g}")
-    return value
-
-
-def _allow_http() -> bool:
-    return os.environ.get(ENV_ALLOW_HTTP, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
@@ -141,8 +122,8 @@ def download_file(
     import requests
     from tqdm import tqdm
 
-    ends = time.monotonic() + _env_number(ENV_DEADLINE, DEADLINE)
-    cap = int(_env_number(ENV_MAX_BYTES, MAX_BYTES))
+    ends = time.monotonic() + settings.positive_number(ENV_DEADLINE, DEADLINE)
+    cap = int(settings.positive_number(ENV_MAX_BYTES, MAX_BYTES))
     key = partial_key(expected)
     try:
         part = open_partial(dest, key, resume=expected is not None, limit=size or max_size)
@@ -264,7 +245,7 @@ def _stream(
 
 
 def _deadline_error(url: str) -> DownloadError:
-    seconds = _env_number(ENV_DEADLINE, DEADLINE)
+    seconds = settings.positive_number(ENV_DEADLINE, DEADLINE)
     return DownloadError(
         f"giving up on {url}: the download did not finish within {seconds:g} s; what arrived is kept and "
         f"resumed by the next call. Set {ENV_DEADLINE} to allow more time",
@@ -321,7 +302,7 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], timeout: 
             raise DownloadError(
                 f"{url} redirects to {target!r}, which is not an http(s) URL; nothing was downloaded", url=url
             )
-        if was == "https" and scheme == "http" and not _allow_http():
+        if was == "https" and scheme == "http" and not settings.allow_http_redirect():
             raise DownloadError(
                 f"{url} redirects from https to plain http ({target}), where anyone on the way can read and change "
                 f"it; refused. Set {ENV_ALLOW_HTTP}=1 to allow it (a pinned sha256 still checks the bytes)",

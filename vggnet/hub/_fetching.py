@@ -21,11 +21,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 import torch
 
+from vggnet import settings
 from vggnet.errors import ChecksumError
 from vggnet.hub._cache import (
-    ENV_HOME,
-    ENV_MIRROR,
-    ENV_OFFLINE,
     LOCAL_HINT,
     NAME_DIGEST,
     adopt,
@@ -35,7 +33,6 @@ from vggnet.hub._cache import (
     digest_matches,
     file_digest,
     file_name_from_url,
-    is_offline,
     local_stamp_path,
     normalize_digest,
     safe_name,
@@ -47,6 +44,7 @@ from vggnet.hub._download import RETRIES, TIMEOUT, Timeout, check_limits, downlo
 from vggnet.hub._files import temp_name
 from vggnet.hub._loading import MapLocation, load_verified
 from vggnet.hub._locks import lock
+from vggnet.settings import ENV_MIRROR, ENV_OFFLINE
 
 __all__ = [
     "OFFICIAL_BASE",
@@ -261,7 +259,7 @@ def _local_path(url: str) -> Path | None:
 
 def _mirrored(url: str, name: str) -> str:
     """`url` with the official base replaced by $VGGNET_MIRROR (a base URL or a local directory)."""
-    mirror = os.environ.get(ENV_MIRROR)
+    mirror = settings.mirror()
     if not mirror or not url.startswith(OFFICIAL_BASE):
         return url
     scheme = urlsplit(mirror).scheme.lower()
@@ -280,7 +278,7 @@ def _mirrored(url: str, name: str) -> str:
 
 def _look_aside() -> Path | None:
     """torch.hub's checkpoint directory when VGGNET_HOME moved the cache elsewhere, else None."""
-    if not os.environ.get(ENV_HOME):
+    if settings.home() is None:
         return None
     torch_dir = torch_hub_checkpoints()
     return None if same_dir(torch_dir, cache_dir()) else torch_dir
@@ -316,7 +314,7 @@ def _fetch(
     if digest is not None and digest_matches(digest, expected):
         _warn_unverified(expected, dest)
         return dest, digest
-    offline = is_offline()
+    offline = settings.offline()
     check_dir(dest.parent, create=local is None and not offline)
     with lock(dest, create=False):
         digest = cached_digest(dest, expected, url)
@@ -331,7 +329,7 @@ def _fetch(
             if not local.is_file():
                 raise FileNotFoundError(
                     f"{dest.name} is neither in the cache ({dest.parent}) nor in the mirror "
-                    f"{ENV_MIRROR}={os.environ.get(ENV_MIRROR)} (no file {local}): put it there "
+                    f"{ENV_MIRROR}={settings.mirror()} (no file {local}): put it there "
                     f"('vggnet download --to DIR' builds a mirror), or unset {ENV_MIRROR} to download {origin}"
                 )
             return local, _verify_local(local, expected, url, size=size, stamps=stamps)

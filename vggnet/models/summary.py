@@ -21,6 +21,7 @@ import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -219,6 +220,9 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
         )
 
     modules = dict(model.named_modules())
+    for module in modules.values():
+        if isinstance(module, nn.Linear):  # torch's meta kernel for addmm imports its compiler (1 s): shape by hand
+            module.forward = partial(_linear_shape, module)  # type: ignore[method-assign]
     hooks = [modules[path].register_forward_hook(lambda m, i, o, path=path: record(path, m, i, o)) for path in names]
     try:
         with torch.no_grad():
@@ -227,6 +231,11 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
         for hook in hooks:
             hook.remove()
     return Summary(arch, (height, width), batch_size, num_classes, tuple(rows))
+
+
+def _linear_shape(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """What `linear(x)` gives on the meta device, without running it: (..., in) -> (..., out)."""
+    return x.new_empty(*x.shape[:-1], linear.out_features)
 
 
 # --- text ------------------------------------------------------------------------------------------

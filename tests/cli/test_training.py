@@ -1,0 +1,60 @@
+"""finetune (vggnet.cli.training): every FinetuneConfig setting is an option, and the other way round."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vggnet.cli import main
+
+# --- finetune: every FinetuneConfig setting is an option, and the other way round (issue 17) ---------
+
+
+def test_finetune_options_are_the_config_fields():
+    import dataclasses
+
+    from vggnet.cli import build_parser
+    from vggnet.cli.training import FINETUNE_OPTIONS
+    from vggnet.train.finetune import FinetuneConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["finetune"]  # type: ignore[union-attr]
+    dests = {a.dest for a in sub._actions} - {"help", "debug", "quiet"}
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig) if f.init}
+    # DATA is the positional data; progress is the global --quiet; on_epoch is a Python callable (the CLI prints)
+    assert fields - {"progress", "on_epoch"} == dests == set(FINETUNE_OPTIONS) | {"data"}
+
+
+@pytest.mark.slow
+def test_finetune_recipe_flags_from_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    for split, n in (("train", 6), ("val", 2)):
+        for k, name in enumerate(("dark", "light")):
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (40, 36), 40 + 170 * k + 5 * i).save(tmp_path / "d" / split / name / f"{i}.png")
+    out, plot = tmp_path / "run", tmp_path / "curves.png"
+    argv = ["finetune", str(tmp_path / "d"), "--arch", "vgg11", "--weights", "none", "--mode", "full", "--head", "gap",
+            "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--augment", "light",
+            "--no-hflip", "--crop-scale", "0.7", "1", "--label-smoothing", "0.1", "--weight-decay", "1e-4",
+            "--warmup-epochs", "1", "--early-stop", "5", "--seed", "3", "--in-chans", "1", "--out", str(out),
+            "--plot", str(plot)]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    epochs = [line for line in captured.err.splitlines() if "epoch " in line and "images/s" in line]
+    assert len(epochs) == 2 and all("train loss" in e and "val loss" in e and "acc" in e for e in epochs), captured.err
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["in_chans"] == 1 and last["head"] == "gap"
+    assert last["train"]["recipe"] == {
+        "arch": "vgg11", "mode": "full", "head": "gap", "image_size": 32, "in_chans": 1, "batch_size": 4, "seed": 3,
+        "augment": "light", "hflip": False, "crop_scale": [0.7, 1.0], "label_smoothing": 0.1, "weight_decay": 1e-4,
+        "warmup_epochs": 1, "val_split": None, "lr": 0.01, "weights": "none",
+    }  # fmt: skip
+    assert plot.stat().st_size > 0
+    assert main(argv) == 1  # a finished run is not overwritten
+    assert "already holds a run (finished after epoch 2)" in capsys.readouterr().err
+    assert main([*argv, "--epochs", "3", "--resume"]) == 0
+    assert len((out / "history.jsonl").read_text().splitlines()) == 3
+    assert main([*argv, "--head", "fc7"]) == 2
+    assert "head 'fc7' is a linear probe" in capsys.readouterr().err

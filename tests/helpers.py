@@ -1,0 +1,310 @@
+"""What many test modules share: seeded models and checkpoints, image folders, checks on results, processes."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vggnet
+import vggnet.hub._download
+from vggnet.data.decode import load_image
+from vggnet.data.transforms import ImageClassification
+from vggnet.models.config import arch_config
+from vggnet.models.vgg import VGG, make_layers
+from vggnet.models.weights import Weights
+
+# The default run builds real full-size weights for one small and one BatchNorm model; the other six
+# run in the `slow` matrix (CI runs both). Checks that need no real weights (meta device) cover all eight.
+FAST_ARCHS = ("vgg11", "vgg11_bn")
+
+
+def arch_matrix(archs: list[str]) -> list[pytest.param]:
+    """`archs` as pytest parameters, the ones outside FAST_ARCHS marked `slow`."""
+    return [pytest.param(a, marks=() if a in FAST_ARCHS else pytest.mark.slow) for a in archs]
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    path: Path
+    sha256: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """One state dict saved in both serialization formats."""
+
+    zip: CheckpointFile
+    legacy: CheckpointFile
+    fingerprint: str
+    keys: tuple[str, ...]
+
+
+def make_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded state dict with the keys, shapes and dtypes of `arch`'s checkpoints (real tensors)."""
+    row, batch_norm = arch_config(arch)
+    with torch.device("meta"):
+        layout = VGG(make_layers(row, batch_norm), init_weights=False).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, meta in layout.items():
+        if meta.is_floating_point():
+            state[key] = torch.randn(meta.shape, generator=g).mul_(0.01)
+        else:
+            state[key] = torch.zeros(meta.shape, dtype=meta.dtype)
+    return state
+
+
+def fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every key, dtype, shape and byte of a state dict, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+COLOURS = {"blue": (30, 60, 200), "red": (200, 40, 30)}  # sorted names: blue is class 0
+
+
+def write_set(root: Path, per_class: dict[str, int], size: int = 64, seed: int = 0) -> None:
+    """Noisy flat colours, one folder per class: separable by colour, never two identical images."""
+    import numpy as np
+    from PIL import Image  # the tests that call this skip without Pillow
+
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for name, rgb in COLOURS.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+                suffix = ".png" if i % 3 else ".jpg"  # both formats are read
+                Image.fromarray(pixels).save(root / split / name / f"{i}{suffix}")
+
+
+def save_both_formats(state: Mapping[str, torch.Tensor], folder: Path, stem: str) -> Checkpoints:
+    """Save `state` as `<stem>-<hex>.pth` (zip) and `<stem>-legacy-<hex>.pth`, torch.hub-style names."""
+    files = []
+    for suffix, zip_format in (("", True), ("-legacy", False)):
+        tmp = folder / f"{stem}{suffix}.tmp"
+        torch.save(dict(state), tmp, _use_new_zipfile_serialization=zip_format)
+        digest = file_sha256(tmp)
+        path = tmp.rename(folder / f"{stem}{suffix}-{digest[:8]}.pth")
+        path.chmod(0o444)
+        files.append(CheckpointFile(path, digest, path.stat().st_size))
+    return Checkpoints(files[0], files[1], fingerprint(state), tuple(state))
+
+
+PHOTOS = Path(__file__).parent / "photos"  # four real photos (their sources are in photos/SOURCES.md)
+
+
+def randomize_batchnorm(
+    model: torch.nn.Module, mean: float = 0.1, var: tuple[float, float] = (0.5, 1.5), affine: bool = False
+) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics (running mean in +-`mean`, running variance in `var`; with `affine`,
+    weight and bias too), drawn from torch's global generator module by module, so that BatchNorm matters."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-mean, mean)
+                m.running_var.uniform_(*var)
+                if affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def save_seeded_vgg11(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """The full-size state dict `vggnet.vgg11()` builds after `torch.manual_seed(seed)`, saved at `path`."""
+    torch.manual_seed(seed)
+    state = vggnet.vgg11().state_dict()
+    torch.save(state, path)
+    return state
+
+
+def write_images(folder: Path, names: list[str], seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Path]:
+    """Random-noise images (JPEG or PNG by their suffix) at `folder/name`; returns their paths."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_corrupt(path: Path, kind: str = "garbage") -> Path:
+    """An image file that cannot be decoded: bytes that are no image, or a JPEG cut short in its header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "garbage":
+        path.write_bytes(b"this is not an image")
+    else:
+        Image = pytest.importorskip("PIL.Image")
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, format="JPEG")
+        path.write_bytes(buf.getvalue()[:40])
+    return path
+
+
+def write_labelled(root: Path, classes: list[str], per_class: int = 3) -> Path:
+    """root/<class>/<i>.jpg|png noise images, and one unreadable file in the first class."""
+    names = [f"{c}/{i}.{'png' if i % 2 else 'jpg'}" for c in classes for i in range(per_class)]
+    write_images(root, names, seed=1)
+    write_corrupt(root / classes[0] / "zz-broken.png")
+    return root
+
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
+
+
+@functools.cache
+def small_model(num_classes: int = len(CLASSES), seed: int = 0) -> vggnet.VGG:
+    """A seeded vgg11 whose fc8 is scaled up 300x, so that images get clearly different, confident answers.
+
+    Built once per test process (130 M parameters take a while); the tests only read it.
+    """
+    torch.manual_seed(seed)
+    model = vggnet.vgg11(num_classes=num_classes)
+    with torch.no_grad():
+        model.classifier[6].weight.mul_(300)
+    return model.eval()
+
+
+PRESET = ImageClassification(crop_size=32, resize_size=36)
+
+
+def write_photos(root: Path) -> Path:
+    """16 JPEG/PNG images in nested folders, and two files that cannot be read."""
+    names = [f"{d}/{i}.{'png' if i % 3 else 'jpg'}" for d in ("x", "y/z") for i in range(8)]
+    write_images(root, names)
+    write_corrupt(root / "x" / "broken.jpg")
+    write_corrupt(root / "y" / "cut.jpg", "truncated")
+    return root
+
+
+def by_hand(model, paths, k=3):
+    """Top-k (index, probability) per readable image, from the plain eager model."""
+    with torch.inference_mode():
+        probs = model(torch.stack([PRESET(load_image(p)) for p in paths])).softmax(1)
+    top = probs.topk(k, dim=1)
+    return {str(p): list(zip(i, v)) for p, i, v in zip(paths, top.indices.tolist(), top.values.tolist())}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def check_results(records, expected, bad):
+    """One record per image, the readable ones as computed by hand, the unreadable ones with an error."""
+    assert sorted(r["image"] for r in records) == sorted([*expected, *bad])
+    for r in records:
+        if r["image"] in bad:
+            assert set(r) == {"image", "error"} and r["error"]
+            continue
+        want = expected[r["image"]]
+        assert [p["index"] for p in r["predictions"]] == [i for i, _ in want]
+        assert [p["probability"] for p in r["predictions"]] == pytest.approx([v for _, v in want], abs=1e-4)
+        assert [p["label"] for p in r["predictions"]] == [CLASSES[i] for i, _ in want]
+
+
+BAD = ("broken.jpg", "cut.jpg")  # the two files write_photos makes unreadable
+
+
+def readable(photos):
+    return sorted(p for p in photos.rglob("*") if p.is_file() and p.name not in BAD)
+
+
+def bad_paths(photos):
+    return {str(photos / "x" / "broken.jpg"), str(photos / "y" / "cut.jpg")}
+
+
+def torchrun(*args, nproc=2, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record(url: str, ckpt_file: CheckpointFile, **kwargs: object) -> Weights:
+    return Weights(url=url, sha256=ckpt_file.sha256, **kwargs)  # type: ignore[arg-type]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Everything in `folder` but lock files (which filelock may leave behind by design)."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def no_hashing(path: Path) -> str:
+    raise AssertionError(f"{path} was hashed again although its stamp matches")
+
+
+def spawn_python(code: str, *args: object) -> subprocess.Popen[str]:
+    """`python -c code args...` in the checkout, with this test's environment."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def plant_victim(tmp_path: Path) -> tuple[Path, bytes]:
+    """A file of the user's own outside the cache (0600), and its bytes: what a planted link points at."""
+    victim = tmp_path / "victim.txt"
+    content = b"precious data, not a checkpoint\n" * 100
+    victim.write_bytes(content)
+    victim.chmod(0o600)
+    return victim, content
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR is patched to declare `width`x`height` (CRC fixed): a decompression bomb's header."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"  # signature (8), chunk length (4), then the chunk type
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
