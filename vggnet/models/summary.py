@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -220,9 +219,10 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
         )
 
     modules = dict(model.named_modules())
-    for module in modules.values():
-        if isinstance(module, nn.Linear):  # torch's meta kernel for addmm imports its compiler (1 s): shape by hand
-            module.forward = partial(_linear_shape, module)  # type: ignore[method-assign]
+    for module in modules.values():  # shapes by hand: torch's meta kernels import sympy and its compiler (1.5 s)
+        shape = _shape_of(module)
+        if shape is not None:
+            module.forward = shape
     hooks = [modules[path].register_forward_hook(lambda m, i, o, path=path: record(path, m, i, o)) for path in names]
     try:
         with torch.no_grad():
@@ -233,9 +233,31 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
     return Summary(arch, (height, width), batch_size, num_classes, tuple(rows))
 
 
-def _linear_shape(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """What `linear(x)` gives on the meta device, without running it: (..., in) -> (..., out)."""
-    return x.new_empty(*x.shape[:-1], linear.out_features)
+def _shape_of(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A stand-in for `module`'s forward that returns an empty tensor of its output's shape, or None to run it."""
+    if isinstance(module, nn.Linear):  # (..., in) -> (..., out)
+        return lambda x: x.new_empty(*x.shape[:-1], module.out_features)
+    if isinstance(module, nn.BatchNorm2d):
+        return lambda x: x.new_empty(x.shape)
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        size = module.output_size
+        side: tuple[int | None, ...] = (size, size) if isinstance(size, int) else tuple(size or (None, None))
+        return lambda x: x.new_empty(*x.shape[:-2], *(o or i for o, i in zip(side, x.shape[-2:])))
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+        channels = module.out_channels if isinstance(module, nn.Conv2d) else None
+        k, s, p, d = (_pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation))
+        if (isinstance(module, nn.MaxPool2d) and module.ceil_mode) or any(isinstance(v, str) for v in p):
+            return None
+        return lambda x: x.new_empty(
+            *x.shape[:-3],
+            channels or x.shape[-3],
+            *((side + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, side in enumerate(x.shape[-2:])),
+        )
+    return None
+
+
+def _pair(value: object) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value,arg-type]
 
 
 # --- text ------------------------------------------------------------------------------------------
