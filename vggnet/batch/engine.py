@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from vggnet.checks import check_int
+from vggnet.checks import check_choice, check_int
 from vggnet.data.distributed import Dist, init_distributed
 from vggnet.data.images import Batch, ImageFiles, collate
 from vggnet.deploy.inference import optimize_for_inference
@@ -141,8 +141,7 @@ class Lines:
     """How one record per image is written to and read back from an output file."""
 
     def __init__(self, fmt: str, columns: Sequence[str] = ()) -> None:
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        check_choice("format", fmt, FORMATS)
         self.fmt = fmt
         self.columns = list(columns)
 

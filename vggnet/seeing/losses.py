@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vggnet.checks import check_choice
 from vggnet.models.builders import get_model
 from vggnet.models.config import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.models.taps import feature_layers, feature_names, layer_list, run_taps
@@ -77,9 +78,9 @@ class PerceptualLoss(nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("distance", distance, DISTANCES)
-        _check_choice("input_range", input_range, INPUT_RANGES)
-        _check_choice("pool", pool, POOLS)
+        check_choice("distance", distance, DISTANCES, quote=True)
+        check_choice("input_range", input_range, INPUT_RANGES, quote=True)
+        check_choice("pool", pool, POOLS, quote=True)
         if isinstance(model, str):
             model, mean, std = _pretrained(model, mean, std)
         self.layers = layer_list(layers)
@@ -186,11 +187,6 @@ def _pretrained(
 
 def _per_channel(rgb: tuple[float, ...], channels: int) -> tuple[float, ...]:
     return rgb if channels == len(rgb) else (sum(rgb) / len(rgb),) * channels
-
-
-def _check_choice(what: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, valid))}, got {value!r}")
 
 
 def _factors(what: str, factors: Sequence[float] | None, layers: Sequence[str]) -> list[float]:

@@ -49,7 +49,7 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
-from vggnet.checks import check_device, check_int
+from vggnet.checks import check_choice, check_device, check_float, check_int, is_int
 from vggnet.data.distributed import init_distributed
 from vggnet.data.images import ImageFolder, train_and_val
 from vggnet.data.transforms import ImageClassification
@@ -121,11 +121,6 @@ class Diverged(RuntimeError):
 # --- the settings of a run ------------------------------------------------------------------------
 
 
-def _check_float(name: str, value: object, low: float, high: float, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The settings of one run, all checked here, before anything is built, downloaded or written.
@@ -175,10 +170,8 @@ class FinetuneConfig:
     source: Source = field(init=False, repr=False, compare=False)  # what `weights` is, decided once
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        check_choice("mode", self.mode, MODES)
+        check_choice("head", self.head, HEADS)
         if self.head == "fc7" and self.mode != "linear":
             raise ValueError(
                 "head 'fc7' is a linear probe on fc7 features (only fc8 trains), which contradicts mode "
@@ -191,8 +184,8 @@ class FinetuneConfig:
                     f"mode 'linear' computes the features once, without augmentation, so {', '.join(given)} "
                     "cannot apply; use mode 'full' or leave them out"
                 )
-        if self.augment is not None and self.augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.augment is not None:
+            check_choice("augment", self.augment, AUGMENTS)
         if self.crop_scale is not None:
             scale = tuple(self.crop_scale)
             if self.augment == "none":
@@ -215,25 +208,23 @@ class FinetuneConfig:
         check_int("seed", self.seed, least=0)
         if self.early_stop is not None:
             check_int("early_stop", self.early_stop)
-        _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, "in [0, 1), e.g. 0.1")
-        _check_float("weight_decay", self.weight_decay, 0.0, math.inf, "a number >= 0, e.g. 5e-4")
+        check_float("label_smoothing", self.label_smoothing, least=0.0, below=1.0, expected="in [0, 1), e.g. 0.1")
+        check_float("weight_decay", self.weight_decay, least=0.0, below=math.inf, expected="a number >= 0, e.g. 5e-4")
         if self.val_split is not None:
-            _check_float("val_split", self.val_split, 1e-9, 1.0, "between 0 and 1, e.g. 0.2")
+            check_float("val_split", self.val_split, above=0.0, below=1.0, expected="between 0 and 1, e.g. 0.2")
         if self.resume and self.overwrite:
             raise ValueError("resume continues the run in out and overwrite replaces it: pass one of them")
         size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        if not is_int(size, least=MIN_SIZE):
             raise ValueError(
                 f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
                 f"{MIN_SIZE}x{MIN_SIZE} pixels), got {size!r}; 224 is what ImageNet weights were trained at"
             )
         if size > MAX_SIZE:  # checked here too, before any weights are fetched
             raise ValueError(f"image_size must be at most {MAX_SIZE} (the presets' bound), got {size}")
-        lr = self.lr
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
-            raise ValueError(
-                f"lr must be a positive number, got {lr!r}; None uses {DEFAULT_LR[self.mode]} for mode {self.mode!r}"
-            )
+        if self.lr is not None:
+            fix = f"None uses {DEFAULT_LR[self.mode]} for mode {self.mode!r}"
+            check_float("lr", self.lr, above=0.0, below=math.inf, expected="a positive number", fix=fix)
         object.__setattr__(self, "arch", check_arch(self.arch))
         object.__setattr__(self, "source", classify(self.weights, self.arch))
         if self.head != "gap":
