@@ -91,32 +91,9 @@ class PerceptualLoss(nn.Module):
             raise ValueError("give at least one content layer (layers=...) or style layer (style_layers=...)")
         self.distance = distance
         self.input_range = input_range
-
-        names = feature_names(model.features)
-        unknown = [name for name in self.layers + self.style_layers if name not in names]
-        if unknown:
-            raise ValueError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
-        last = max(names.index(name) for name in self.layers + self.style_layers)
-        features = copy.deepcopy(feature_layers(model.features)[: last + 1])
-        if pool == "avg":
-            for i, m in enumerate(features):
-                if isinstance(m, nn.MaxPool2d):
-                    features[i] = nn.AvgPool2d(kernel_size=2, stride=2)
-        features.requires_grad_(False)
-        self.features = features
-        self._names = names[: last + 1]
-
-        # another channel count (in_chans): ImageNet's average over RGB per channel, as `finetune` does
-        channels = model.in_channels
-        mean = tuple(mean) if mean is not None else _per_channel(IMAGENET_MEAN, channels)
-        std = tuple(std) if std is not None else _per_channel(IMAGENET_STD, channels)
-        for what, values in (("mean", mean), ("std", std)):
-            if len(values) != channels:
-                raise ValueError(
-                    f"{what} needs one value per input channel of the model ({channels}), got {len(values)}: "
-                    f"{list(values)}"
-                )
-        self.in_channels = channels
+        self.features, self._names = _truncated(model, self.layers + self.style_layers, pool)
+        self.in_channels = model.in_channels
+        mean, std = _normalization(model.in_channels, mean, std)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         super().train(False)
@@ -183,6 +160,38 @@ def _pretrained(
     model = get_model(arch, weights="DEFAULT")  # an unknown name raises the registry's ValueError
     record = WEIGHTS_ENUMS[arch.lower()].from_name("DEFAULT").value
     return model, record.mean if mean is None else mean, record.std if std is None else std
+
+
+def _truncated(model: VGG, taps: list[str], pool: str) -> tuple[nn.Sequential, list[str]]:
+    """A frozen copy of `model`'s conv part up to the last of `taps` (max-pools made 2x2 average pools for
+    `pool` "avg"), and its layers' names."""
+    names = feature_names(model.features)
+    unknown = [name for name in taps if name not in names]
+    if unknown:
+        raise ValueError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
+    last = max(names.index(name) for name in taps)
+    features = copy.deepcopy(feature_layers(model.features)[: last + 1])
+    if pool == "avg":
+        for i, m in enumerate(features):
+            if isinstance(m, nn.MaxPool2d):
+                features[i] = nn.AvgPool2d(kernel_size=2, stride=2)
+    features.requires_grad_(False)
+    return features, names[: last + 1]
+
+
+def _normalization(
+    channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`mean` and `std` checked to have one value per channel; for None, ImageNet's (averaged over RGB for another
+    channel count, as `finetune` does)."""
+    mean = tuple(mean) if mean is not None else _per_channel(IMAGENET_MEAN, channels)
+    std = tuple(std) if std is not None else _per_channel(IMAGENET_STD, channels)
+    for what, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ValueError(
+                f"{what} needs one value per input channel of the model ({channels}), got {len(values)}: {list(values)}"
+            )
+    return mean, std
 
 
 def _per_channel(rgb: tuple[float, ...], channels: int) -> tuple[float, ...]:
