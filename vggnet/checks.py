@@ -26,15 +26,15 @@ __all__ = [
 
 
 def is_int(value: object, *, least: int | None = None, most: int | None = None) -> bool:
-    """Whether `value` is an int (a bool is not) from `least` to `most`, both included; None: no bound.
+    """Whether `value` is an int from `least` to `most`: the test `check_int` makes, for a caller with its own message.
 
     Args:
-        value: Anything.
-        least: The smallest value allowed.
-        most: The largest value allowed.
+        value: What was given; True and False are not counts here, though Python's bool is an int.
+        least: The smallest value allowed (included); None: no lower bound.
+        most: The largest value allowed (included); None: no upper bound.
 
     Returns:
-        True for a whole number in the range, False otherwise.
+        True for a whole number in the range; False otherwise, for a float such as 2.0 too.
     """
     if isinstance(value, bool) or not isinstance(value, int):
         return False
