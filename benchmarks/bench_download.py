@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 FETCH = "hub.fetch (hash + verify + rename + stamp)"
@@ -104,6 +105,25 @@ def interleaved(
 
 
 def main() -> int:
+    args = _parser().parse_args()
+    if args.serve:
+        root, port_file = args.serve
+        serve(root, port_file, rate=args.rate * 2**20)
+        return 0
+    if args.smoke:
+        args.mib, args.repeat = 16, 1
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-download-"))
+    source = _random_file(workdir / "served", args.mib)
+    runs = _measure(source, workdir, args.rate, args.repeat)
+    results = _report(runs, source.stat().st_size, args.rate, args.repeat)
+    args.out.mkdir(parents=True, exist_ok=True)
+    saved = args.out / (f"bench_download-{args.rate:.0f}MiBps.json" if args.rate else "bench_download.json")
+    saved.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"saved {saved}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=528, help="size of the served file")
     parser.add_argument("--repeat", type=int, default=5)
@@ -112,36 +132,36 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a 16 MiB file, one round (CI)")
     parser.add_argument("--rate", type=float, default=0, help="MiB/s the server sends at (default: unlimited)")
     parser.add_argument("--serve", nargs=2, type=Path, metavar=("ROOT", "PORT_FILE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        root, port_file = args.serve
-        serve(root, port_file, rate=args.rate * 2**20)
-        return 0
-    if args.smoke:
-        args.mib, args.repeat = 16, 1
+    return parser
 
+
+def _random_file(served: Path, mib: int) -> Path:
+    """`mib` MiB of random bytes in `served` (kept from an earlier run when it has the size)."""
+    served.mkdir(parents=True, exist_ok=True)
+    source = served / f"random-{mib}MiB.bin"
+    if not source.exists() or source.stat().st_size != mib << 20:
+        with open(source, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+    return source
+
+
+def _measure(source: Path, workdir: Path, rate: float, repeat: int) -> dict[str, list[float]]:
+    """Seconds of each case in each round, `source` served over 127.0.0.1 by a child process at `rate` MiB/s."""
     from vggnet import hub
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-download-"))
-    served, out = workdir / "served", workdir / "out"
-    served.mkdir(parents=True, exist_ok=True)
+    out = workdir / "out"
     out.mkdir(exist_ok=True)
-    name = f"random-{args.mib}MiB.bin"
-    source = served / name
-    if not source.exists() or source.stat().st_size != args.mib << 20:
-        with open(source, "wb") as f:
-            for _ in range(args.mib):
-                f.write(os.urandom(1 << 20))
     digest = hub.verify_file(source)  # also warms the page cache
     port_file = workdir / "port"
     port_file.unlink(missing_ok=True)
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(served), str(port_file), "--rate", str(args.rate)]
+        [sys.executable, __file__, "--serve", str(source.parent), str(port_file), "--rate", str(rate)]
     )
     try:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{port_file.read_text()}/{name}"
+        url = f"http://127.0.0.1:{port_file.read_text()}/{source.name}"
 
         def clean() -> None:
             for p in out.iterdir():
@@ -150,20 +170,23 @@ def main() -> int:
         size = source.stat().st_size
         cases: dict[str, Callable[[], object]] = {
             FETCH: lambda: hub.fetch(url, sha256=digest, size=size, model_dir=out, progress=False),
-            PLAIN: lambda: plain_download(url, out / name),
+            PLAIN: lambda: plain_download(url, out / source.name),
             HASH: lambda: hub.verify_file(source),
-            "local shutil.copyfile": lambda: shutil.copyfile(source, out / name),
+            "local shutil.copyfile": lambda: shutil.copyfile(source, out / source.name),
         }
-        runs = interleaved(cases, args.repeat, clean)
+        return interleaved(cases, repeat, clean)
     finally:
         server.terminate()
         server.wait()
 
+
+def _report(runs: dict[str, list[float]], size: int, rate: float, repeat: int) -> dict[str, Any]:
+    """Print the figures of the rounds; return them as the JSON file holds them."""
     mib = size / 2**20
     best = {k: min(v) for k, v in runs.items()}
     median = {k: statistics.median(v) for k, v in runs.items()}
-    rate = f"at most {args.rate:.0f} MiB/s" if args.rate else "unthrottled"
-    print(f"{mib:.0f} MiB over 127.0.0.1 ({rate}), {args.repeat} rounds ({os.cpu_count()} CPUs): best / median")
+    limit = f"at most {rate:.0f} MiB/s" if rate else "unthrottled"
+    print(f"{mib:.0f} MiB over 127.0.0.1 ({limit}), {repeat} rounds ({os.cpu_count()} CPUs): best / median")
     for k in runs:
         print(
             f"  {k:45s} {best[k]:6.2f} s {mib / best[k]:6.0f} MiB/s  / {median[k]:6.2f} s {mib / median[k]:6.0f} MiB/s"
@@ -175,13 +198,13 @@ def main() -> int:
     floor = max(best[PLAIN], best[HASH])
     print(f"  hub.fetch against max(plain download, SHA-256 alone), the floor of a hashing download: "
           f"{best[FETCH] / floor - 1:+.1%} (best)")  # fmt: skip
-    if not args.rate:
+    if not rate:
         print(f"  unthrottled loopback leaves no core to spare on {os.cpu_count()} CPUs; try --rate for a real link")
-    results = {
+    return {
         "fetch_over_floor_best": best[FETCH] / floor,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "bytes": size,
-        "server_rate_mib_s": args.rate or None,
+        "server_rate_mib_s": rate or None,
         "runs_s": runs,
         "best_s": best,
         "median_s": median,
@@ -189,11 +212,6 @@ def main() -> int:
         "fetch_over_plain_best": best[FETCH] / best[PLAIN],
         "fetch_over_plain_median": median[FETCH] / median[PLAIN],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    saved = args.out / (f"bench_download-{args.rate:.0f}MiBps.json" if args.rate else "bench_download.json")
-    saved.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"saved {saved}")
-    return 0
 
 
 if __name__ == "__main__":

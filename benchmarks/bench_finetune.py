@@ -140,12 +140,7 @@ def mode_times(arch: str, size: int, epochs: int, per_class: int, batch: int, de
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--budget-s", type=float, default=None, help="start no part after this many seconds")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     budget = Budget(args.budget_s)
 
     arch, batch, size = ("vgg11", 2, 64) if args.smoke else ("vgg16", 32, 224)
@@ -162,28 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     name = "finetune" + ("-smoke" if args.smoke else "")
     save_results(name, report, args.out)  # a run killed in its first part still leaves a file that says so
 
-    def over_budget(part: str) -> bool:
-        if not budget.skip(part=part):
-            return False
-        report["pending"].remove(part)
-        print(f"{part}: skipped, over --budget-s {args.budget_s:.0f}", flush=True)
-        return True
-
     memory = report["activation_memory"]
     for checkpointing in (False, True):
         part = f"memory, checkpointing {'on' if checkpointing else 'off'}"
-        if over_budget(part):
+        if _over_budget(budget, report, part):
             continue
-        if args.device == "cuda":
-            row = activation_memory(arch, batch, size, checkpointing, "cuda")
-        else:
-            row = _memory_in_child(arch, batch, size, checkpointing)
-        print(
-            f"{arch} batch {batch} at {size}, checkpointing={checkpointing}: {row['stored_after_forward_mib']} MiB "
-            f"held after the forward, {row['peak_mib']} MiB peak in the step, {row['step_s']} s",
-            flush=True,
-        )
-        memory.append(row)
+        memory.append(_memory_row(arch, batch, size, checkpointing, args.device))
         if len(memory) == 2:
             off, on = memory
             report["stored_saving"] = round(1 - on["stored_after_forward_mib"] / off["stored_after_forward_mib"], 3)
@@ -191,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         report["pending"].remove(part)
         save_results(name, report, args.out)
 
-    if not over_budget("linear_vs_full"):
+    if not _over_budget(budget, report, "linear_vs_full"):
         report["linear_vs_full"] = mode_times("vgg11", 64, epochs, per_class, tbatch, args.device)
         for row in report["linear_vs_full"]:
             print(f"--mode {row['mode']}: {row['epochs']} epochs on {row['train_images']} images: {row['seconds']} s")
@@ -202,6 +181,38 @@ def main(argv: list[str] | None = None) -> int:
     path = save_results(name, report, args.out)
     print(f"saved {path}")
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no part after this many seconds")
+    return parser
+
+
+def _over_budget(budget: Budget, report: dict[str, Any], part: str) -> bool:
+    """True, with `part` moved from pending to skipped and a line printed, once the budget is spent."""
+    if not budget.skip(part=part):
+        return False
+    report["pending"].remove(part)
+    print(f"{part}: skipped, over --budget-s {budget.seconds:.0f}", flush=True)
+    return True
+
+
+def _memory_row(arch: str, batch: int, size: int, checkpointing: bool, device: str) -> dict[str, Any]:
+    """`activation_memory` on CUDA in this process, on CPU in a fresh child; the figures printed."""
+    if device == "cuda":
+        row = activation_memory(arch, batch, size, checkpointing, "cuda")
+    else:
+        row = _memory_in_child(arch, batch, size, checkpointing)
+    print(
+        f"{arch} batch {batch} at {size}, checkpointing={checkpointing}: {row['stored_after_forward_mib']} MiB "
+        f"held after the forward, {row['peak_mib']} MiB peak in the step, {row['step_s']} s",
+        flush=True,
+    )
+    return row
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -114,18 +115,9 @@ def run_child(which: str, path: Path, sha256: str, env: dict[str, str]) -> dict[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="fresh processes per path and format")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where the checkpoints and cache go (default: a temp dir)"
-    )
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for bench_load.json")
-    parser.add_argument("--smoke", action="store_true", help="one round (CI); the file stays full-size")
-    args = parser.parse_args()
+    args = _parser().parse_args()
     if args.smoke:
         args.repeat = 1
-
-    from vggnet.hub import verify_file
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -139,61 +131,82 @@ def main() -> int:
         "repeat": args.repeat,
     }  # fmt: skip
     for fmt, src in files.items():
-        size = src.stat().st_size
-        digest = verify_file(src)  # the file's SHA-256, hashed afresh
-        cached = cache / src.name
-        if not cached.exists():
-            os.link(src, cached)
-        # First use: hash + stamp (+ the zip copy for a legacy file), then every later call is warm.
-        for stale in cache.glob(src.name + ".*"):
-            stale.unlink()
-        t = time.perf_counter()
-        first = run_child("vggnet", src, digest, env)
-        first_call = time.perf_counter() - t
-        runs: dict[str, list[dict[str, float]]] = {"vggnet": [], "torchvision-style": []}
-        for _ in range(args.repeat):
-            runs["vggnet"].append(run_child("vggnet", src, digest, env))
-            runs["torchvision-style"].append(run_child("torchvision", src, digest, env))
-        summary = {
-            which: {
-                key: statistics.median(r[key] for r in rs) for key in ("build_s", "touch_s", "peak_build", "peak_touch")
-            }
-            | {"impl": rs[0]["impl"]}
-            for which, rs in runs.items()
-        }
-        v, tv = summary["vggnet"], summary["torchvision-style"]
-        results[fmt] = {
-            "file_bytes": size,
-            "first_use": {"build_s": first["build_s"], "process_s": first_call},
-            "median": summary,
-            "runs": runs,
-            "time_ratio": v["build_s"] / tv["build_s"],
-            "time_ratio_after_touch": v["touch_s"] / tv["touch_s"],
-            "peak_over_file": v["peak_build"] / size,
-            "peak_over_file_after_touch": v["peak_touch"] / size,
-            "torchvision_peak_over_file": tv["peak_build"] / size,
-        }
-        mib = 2**20
-        print(f"== {fmt} format, {size / mib:.1f} MiB file, median of {args.repeat} fresh processes")
-        print(f"  first use (hash + stamp{' + zip copy' if fmt == 'legacy' else ''}): {first['build_s']:.2f} s")
-        for which, s in summary.items():
-            print(
-                f"  {which:18s} build {s['build_s'] * 1000:8.1f} ms  peak {s['peak_build'] / mib:7.1f} MiB   "
-                f"| + touch every weight {s['touch_s'] * 1000:8.1f} ms  "
-                f"peak {s['peak_touch'] / mib:7.1f} MiB  ({s['impl']})"
-            )
-        r = results[fmt]
-        print(
-            f"  vggnet / torchvision-style time: {r['time_ratio']:.1%} (target <= 5%), "
-            f"after touching: {r['time_ratio_after_touch']:.1%}; "
-            f"vggnet peak / file: {r['peak_over_file']:.2f}x (target <= 1.3x), "
-            f"after touching {r['peak_over_file_after_touch']:.2f}x"
-        )
+        results[fmt] = figures = _measure(src, cache, env, args.repeat)
+        _print_figures(fmt, figures, args.repeat)
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "bench_load.json"
     saved.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"saved {saved}")
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="fresh processes per path and format")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the checkpoints and cache go (default: a temp dir)"
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for bench_load.json")
+    parser.add_argument("--smoke", action="store_true", help="one round (CI); the file stays full-size")
+    return parser
+
+
+def _measure(src: Path, cache: Path, env: dict[str, str], repeat: int) -> dict[str, Any]:
+    """One format's figures: vggnet's first use of `src`, then `repeat` fresh processes of each path."""
+    from vggnet.hub import verify_file
+
+    size = src.stat().st_size
+    digest = verify_file(src)  # the file's SHA-256, hashed afresh
+    cached = cache / src.name
+    if not cached.exists():
+        os.link(src, cached)
+    # First use: hash + stamp (+ the zip copy for a legacy file), then every later call is warm.
+    for stale in cache.glob(src.name + ".*"):
+        stale.unlink()
+    t = time.perf_counter()
+    first = run_child("vggnet", src, digest, env)
+    first_call = time.perf_counter() - t
+    runs: dict[str, list[dict[str, float]]] = {"vggnet": [], "torchvision-style": []}
+    for _ in range(repeat):
+        runs["vggnet"].append(run_child("vggnet", src, digest, env))
+        runs["torchvision-style"].append(run_child("torchvision", src, digest, env))
+    summary = {
+        which: {
+            key: statistics.median(r[key] for r in rs) for key in ("build_s", "touch_s", "peak_build", "peak_touch")
+        }
+        | {"impl": rs[0]["impl"]}
+        for which, rs in runs.items()
+    }
+    v, tv = summary["vggnet"], summary["torchvision-style"]
+    return {
+        "file_bytes": size,
+        "first_use": {"build_s": first["build_s"], "process_s": first_call},
+        "median": summary,
+        "runs": runs,
+        "time_ratio": v["build_s"] / tv["build_s"],
+        "time_ratio_after_touch": v["touch_s"] / tv["touch_s"],
+        "peak_over_file": v["peak_build"] / size,
+        "peak_over_file_after_touch": v["peak_touch"] / size,
+        "torchvision_peak_over_file": tv["peak_build"] / size,
+    }
+
+
+def _print_figures(fmt: str, r: dict[str, Any], repeat: int) -> None:
+    mib = 2**20
+    print(f"== {fmt} format, {r['file_bytes'] / mib:.1f} MiB file, median of {repeat} fresh processes")
+    print(f"  first use (hash + stamp{' + zip copy' if fmt == 'legacy' else ''}): {r['first_use']['build_s']:.2f} s")
+    for which, s in r["median"].items():
+        print(
+            f"  {which:18s} build {s['build_s'] * 1000:8.1f} ms  peak {s['peak_build'] / mib:7.1f} MiB   "
+            f"| + touch every weight {s['touch_s'] * 1000:8.1f} ms  "
+            f"peak {s['peak_touch'] / mib:7.1f} MiB  ({s['impl']})"
+        )
+    print(
+        f"  vggnet / torchvision-style time: {r['time_ratio']:.1%} (target <= 5%), "
+        f"after touching: {r['time_ratio_after_touch']:.1%}; "
+        f"vggnet peak / file: {r['peak_over_file']:.2f}x (target <= 1.3x), "
+        f"after touching {r['peak_over_file_after_touch']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

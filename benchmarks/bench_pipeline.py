@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (t
 
 from harness import Budget, environment, save_results
 
-from vggnet import get_model
+from vggnet import VGG, get_model
 from vggnet.batch.engine import Session, logits_fn
 from vggnet.batch.evaluate import evaluate
 from vggnet.batch.predict import predict_images
@@ -84,22 +84,9 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--smoke", action="store_true", help="vgg11, tiny images, one round (CI)")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the library's)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, 1 with --smoke)")
-    parser.add_argument("--budget-s", type=float, default=None, help="start no round after this many seconds")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     budget = Budget(args.budget_s)
-
-    if args.smoke:
-        arch, batch, images, image_size, preset = "vgg11", 4, 16, (64, 48), ImageClassification(crop_size=32)
-    else:
-        batch = 128 if args.device == "cuda" else 16
-        arch, images, image_size = "vgg16", batch * (16 if args.device == "cuda" else 8), (500, 375)
-        preset = ImageClassification(crop_size=224)
+    arch, batch, images, image_size, preset = _sizes(args.smoke, args.device)
     rounds = args.rounds or (1 if args.smoke else 3)
     device = torch.device(args.device)
     session = Session(device, batch, args.workers)
@@ -127,33 +114,71 @@ def main(argv: list[str] | None = None) -> int:
                 write_jpegs(data, images, image_size)
                 seconds = time.perf_counter() - tic
                 print(f"wrote {images} JPEGs of {image_size[0]}x{image_size[1]} in {seconds:.1f} s", flush=True)
-            row = {
-                "round": part["round"],
-                "bare model": bare(forward, batch, preset.crop_size, images // batch, device),
-            }
-            summary = predict_images(
-                model, preset, [data], Path(tmp) / "out.jsonl", categories=IMAGENET_CATEGORIES, batch_size=batch,
-                workers=session.workers, device=device, progress=False,
-            )  # fmt: skip
-            row["predict"] = summary.images_per_s
-            row["evaluate"] = evaluate(
-                model, preset, data, batch_size=batch, workers=session.workers, device=device, progress=False
-            ).images_per_s
+            figures = _figures(model, forward, preset, data, Path(tmp) / "out.jsonl", session, images, device)
+            row = {"round": part["round"], **figures}
             report["results"].append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
             print(f"round {part['round']}: " + ", ".join(f"{k} {row[k]:.1f} img/s" for k in FIGURES), flush=True)
             save_results(name, report, args.out)
     if report["results"]:
-        medians = {k: statistics.median(r[k] for r in report["results"]) for k in FIGURES}
-        report["img_per_s"] = medians
-        report["share_of_bare"] = {k: round(medians[k] / medians["bare model"], 3) for k in ("predict", "evaluate")}
-        for k in ("predict", "evaluate"):
-            share = report["share_of_bare"][k]
-            print(f"{k}: {medians[k]:.1f} img/s = {share:.0%} of the bare model's {medians['bare model']:.1f}")
+        _medians(report)
     report["complete"] = True
     report["elapsed_s"] = round(budget.spent(), 1)
     path = save_results(name, report, args.out)
     print(f"results: {path}")
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="vgg11, tiny images, one round (CI)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the library's)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, 1 with --smoke)")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no round after this many seconds")
+    return parser
+
+
+def _sizes(smoke: bool, device: str) -> tuple[str, int, int, tuple[int, int], ImageClassification]:
+    """(arch, batch size, image count, (width, height) of the JPEGs, preset) for the run."""
+    if smoke:
+        return "vgg11", 4, 16, (64, 48), ImageClassification(crop_size=32)
+    batch = 128 if device == "cuda" else 16
+    return "vgg16", batch, batch * (16 if device == "cuda" else 8), (500, 375), ImageClassification(crop_size=224)
+
+
+def _figures(
+    model: VGG,
+    forward: Any,
+    preset: ImageClassification,
+    data: Path,
+    out: Path,
+    session: Session,
+    images: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """One round's images/s: the bare model, then predict (writing to `out`), then evaluate."""
+    batch = session.batch_size
+    row = {"bare model": bare(forward, batch, preset.crop_size, images // batch, device)}
+    summary = predict_images(
+        model, preset, [data], out, categories=IMAGENET_CATEGORIES, batch_size=batch, workers=session.workers,
+        device=device, progress=False,
+    )  # fmt: skip
+    row["predict"] = summary.images_per_s
+    row["evaluate"] = evaluate(
+        model, preset, data, batch_size=batch, workers=session.workers, device=device, progress=False
+    ).images_per_s
+    return row
+
+
+def _medians(report: dict[str, Any]) -> None:
+    """The median of the rounds of each figure and the pipelines' shares of the bare model's, printed and kept."""
+    medians = {k: statistics.median(r[k] for r in report["results"]) for k in FIGURES}
+    report["img_per_s"] = medians
+    report["share_of_bare"] = {k: round(medians[k] / medians["bare model"], 3) for k in ("predict", "evaluate")}
+    for k in ("predict", "evaluate"):
+        share = report["share_of_bare"][k]
+        print(f"{k}: {medians[k]:.1f} img/s = {share:.0%} of the bare model's {medians['bare model']:.1f}")
 
 
 if __name__ == "__main__":

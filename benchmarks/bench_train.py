@@ -65,17 +65,7 @@ def make_step(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--smoke", action="store_true", help="tiny model input and iteration counts (CI)")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
-    parser.add_argument("--arch", default=None, help="default vgg16 (vgg11 with --smoke)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 4 on CPU, 2 with --smoke")
-    parser.add_argument("--iters", type=int, default=None, help="timed steps per candidate")
-    compile_help = "also time torch.compile'd steps (default: on for CUDA, off for CPU and --smoke)"
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=compile_help)
-    parser.add_argument("--budget-s", type=float, default=None, help="start no candidate after this many seconds")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     budget = Budget(args.budget_s)
 
     device = torch.device(args.device)
@@ -88,74 +78,108 @@ def main(argv: list[str] | None = None) -> int:
     autocast = torch.bfloat16 if cuda else None
     if cuda:
         torch.backends.cudnn.benchmark = True
-
-    import torchvision.models  # the peer; this script compares against it
-
-    torch.manual_seed(0)
-    state = vggnet.get_model(arch).state_dict()
-    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch_size,), device=device)
-    build = {"vggnet": vggnet.get_model, "torchvision": torchvision.models.get_model}
-    # eager first: cheap, and the baseline, so that a run cut short during a compile still has them
-    candidates = {"vggnet eager": ("vggnet", False), "torchvision eager": ("torchvision", False)}
-    if compile:
-        candidates |= {"vggnet compile": ("vggnet", True), "torchvision compile": ("torchvision", True)}
+    candidates = _candidates(compile)
+    state, x, y = _inputs(arch, batch_size, size, device)
     data: dict[str, Any] = {
-        "suite": "train",
-        "smoke": args.smoke,
-        **environment(device),
-        "arch": arch,
-        "batch_size": batch_size,
-        "image_size": [size, size],
-        "precision": "bf16 autocast" if autocast else "float32",
-        "memory_format": "channels_last",
-        "optimizer": "SGD(lr=1e-3, momentum=0.9)",
-        "iters": iters,
-        "budget_s": args.budget_s,
-        "complete": False,
-        "results": [],
+        "suite": "train", "smoke": args.smoke, **environment(device), "arch": arch, "batch_size": batch_size,
+        "image_size": [size, size], "precision": "bf16 autocast" if autocast else "float32",
+        "memory_format": "channels_last", "optimizer": "SGD(lr=1e-3, momentum=0.9)", "iters": iters,
+        "budget_s": args.budget_s, "complete": False, "results": [],
         "pending": list(candidates),  # not reached yet: what a killed run lacks
         "skipped": budget.skipped,  # not started: over --budget-s
-    }
+    }  # fmt: skip
     name = "train" + ("-smoke" if args.smoke else "")
     print(f"{arch} training step, batch {batch_size}, {data['precision']}, channels_last on {data['device_name']}")
     steps: dict[str, Callable[[], torch.Tensor]] = {}
     first: dict[str, float] = {}
     losses: dict[str, float] = {}
     save_results(name, data, args.out)  # a run killed in its first candidate still leaves a file that says so
-    for candidate, (library, compiled) in candidates.items():
+    for candidate, (build, compiled) in candidates.items():
         if budget.skip(name=candidate):
             data["pending"].remove(candidate)
             print(f"{candidate:22} skipped: over --budget-s {args.budget_s:.0f}", flush=True)
             continue
         # Each candidate trains its own copy: the same starting weights, its own optimizer state.
-        model = build[library](arch)
-        model.load_state_dict(state)
-        model.to(device).to(memory_format=torch.channels_last).train()
-        step = make_step(model, x, y, autocast=autocast, compile=compiled)
-        tic = time.perf_counter()
-        losses[candidate] = step().item()  # .item() waits for the GPU
-        first[candidate] = time.perf_counter() - tic
-        step()  # warm-up
-        steps[candidate] = step
+        model = build(arch)
+        steps[candidate], losses[candidate], first[candidate] = _ready(model, state, x, y, autocast, compiled)
         # All the candidates ready so far, timed together again (a few seconds at most): the file
         # always holds figures from one set of interleaved rounds.
         times = time_interleaved(steps, device=device, iters=iters, rounds=min(5, iters))
         data["results"] = _rows(times, batch_size, first, losses)
         data["pending"].remove(candidate)
         path = save_results(name, data, args.out)
-        row = data["results"][-1]
-        print(f"{candidate:22} ready; first step {row['first_step_s']:.1f} s; saved {path}", flush=True)
+        print(f"{candidate:22} ready; first step {data['results'][-1]['first_step_s']:.1f} s; saved {path}", flush=True)
 
     data["complete"] = True
     data["elapsed_s"] = round(budget.spent(), 1)
     path = save_results(name, data, args.out)
-    for r in data["results"]:
+    _print_rows(data["results"])
+    print(f"results written to {path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny model input and iteration counts (CI)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
+    parser.add_argument("--arch", default=None, help="default vgg16 (vgg11 with --smoke)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 4 on CPU, 2 with --smoke")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps per candidate")
+    compile_help = "also time torch.compile'd steps (default: on for CUDA, off for CPU and --smoke)"
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=compile_help)
+    parser.add_argument("--budget-s", type=float, default=None, help="start no candidate after this many seconds")
+    return parser
+
+
+def _candidates(compile: bool) -> dict[str, tuple[Callable[[str], nn.Module], bool]]:
+    """name -> (builder, compiled). Eager first: cheap, and the baseline, so that a run cut short during a
+    compile still has them."""
+    import torchvision.models  # the peer; this script compares against it
+
+    vgg, tv = vggnet.get_model, torchvision.models.get_model
+    candidates = {"vggnet eager": (vgg, False), "torchvision eager": (tv, False)}
+    if compile:
+        candidates |= {"vggnet compile": (vgg, True), "torchvision compile": (tv, True)}
+    return candidates
+
+
+def _inputs(
+    arch: str, batch_size: int, size: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The starting weights every candidate copies (seed 0), a channels_last batch of random images, random labels."""
+    torch.manual_seed(0)
+    state = vggnet.get_model(arch).state_dict()
+    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    return state, x, y
+
+
+def _ready(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: torch.dtype | None,
+    compile: bool,
+) -> tuple[Callable[[], torch.Tensor], float, float]:
+    """`model` with `state`, on x's device, channels_last, in train mode: its step (warmed up), first loss and
+    first step's seconds (a compile included)."""
+    model.load_state_dict(state)
+    model.to(x.device).to(memory_format=torch.channels_last).train()
+    step = make_step(model, x, y, autocast=autocast, compile=compile)
+    tic = time.perf_counter()
+    loss = step().item()  # .item() waits for the GPU
+    seconds = time.perf_counter() - tic
+    step()  # warm-up
+    return step, loss, seconds
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
         speedup = r.get("speedup_vs_torchvision_eager")
         print(f"{r['name']:22} {r['img_per_s']:10.1f} img/s {r['step_ms']:10.2f} ms/step  "
               f"{f'{speedup:.2f}x' if speedup else '-':>5}  first step {r['first_step_s']:.1f} s")  # fmt: skip
-    print(f"results written to {path}")
-    return 0
 
 
 def _rows(

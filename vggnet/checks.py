@@ -1,30 +1,131 @@
-"""Argument checks the public functions share, so that one kind of bad value gets one message: counts, devices."""
+"""Argument checks the public functions share, so that one kind of bad value gets one message: counts,
+numbers in a range, choices, devices.
+
+Only `check_device` and `available_devices` need torch, and they import it when called: the command
+line can check its arguments without importing torch.
+"""
 
 from __future__ import annotations
 
-import torch
+import math
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from vggnet.errors import DeviceError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "available_devices",
+    "check_choice",
     "check_device",
+    "check_float",
     "check_int",
+    "is_int",
 ]
 
 
-def check_int(name: str, value: object, *, least: int = 1, what: str = "") -> None:
-    """ValueError unless `value` is a whole number of at least `least` (a bool is not a count).
+def is_int(value: object, *, least: int | None = None, most: int | None = None) -> bool:
+    """Whether `value` is an int from `least` to `most`: the test `check_int` makes, for a caller with its own message.
 
-    `what` says what the number is ("pixels", "the outputs of fc8"); it goes in the message.
+    Args:
+        value: What was given; True and False are not counts here, though Python's bool is an int.
+        least: The smallest value allowed (included); None: no lower bound.
+        most: The largest value allowed (included); None: no upper bound.
+
+    Returns:
+        True for a whole number in the range; False otherwise, for a float such as 2.0 too.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return (least is None or value >= least) and (most is None or value <= most)
+
+
+def check_int(
+    name: str, value: object, *, least: int = 1, most: int | None = None, what: str = "", fix: str = ""
+) -> None:
+    """ValueError unless `value` is a whole number from `least` to `most` (a bool is not a count).
+
+    Args:
+        name: The argument's name, as the caller spells it.
+        value: What was given.
+        least: The smallest value allowed; 1 (the default) reads "a positive integer".
+        most: The largest value allowed; None: no upper bound.
+        what: What the number is ("pixels", "the outputs of fc8"), said in brackets after the range.
+        fix: What to do instead, said after the value given.
+
+    Raises:
+        ValueError: `value` is not an int, is a bool or is out of range; the message names all three.
+    """
+    if is_int(value, least=least, most=most):
+        return
+    if most is not None:
+        kind = f"an integer from {least} to {most}"
+    else:
         kind = "a positive integer" if least == 1 else f"an integer >= {least}"
-        raise ValueError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}")
+    raise ValueError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}{f'; {fix}' if fix else ''}")
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    expected: str,
+    above: float | None = None,
+    least: float | None = None,
+    below: float | None = None,
+    most: float | None = None,
+    fix: str = "",
+) -> None:
+    """ValueError unless `value` is a number (an int or a float; not a bool, not NaN) in the range given.
+
+    `above` and `below` are open bounds, `least` and `most` closed ones; `below=math.inf` refuses
+    infinity too.
+
+    Args:
+        name: The argument's name, as the caller spells it.
+        value: What was given.
+        expected: The valid values as the message says them ("in [0, 1), e.g. 0.1",
+            "a probability between 0 and 1").
+        above: `value` must be greater than this.
+        least: `value` must be at least this.
+        below: `value` must be less than this.
+        most: `value` must be at most this.
+        fix: What to do instead, said after the value given.
+
+    Raises:
+        ValueError: "`name` must be `expected`, got `value`", then `fix`.
+    """
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value):
+        lower = (above is None or value > above) and (least is None or value >= least)
+        if lower and (below is None or value < below) and (most is None or value <= most):
+            return
+    raise ValueError(f"{name} must be {expected}, got {value!r}{f'; {fix}' if fix else ''}")
+
+
+def check_choice(name: str, value: object, choices: Collection[object], *, quote: bool = False) -> None:
+    """ValueError listing `choices` unless `value` is one of them.
+
+    Args:
+        name: The argument's name, as the caller spells it.
+        value: What was given.
+        choices: The valid values, in the order the message lists them.
+        quote: List the choices as Python literals ('0.1', '-1-1'), where bare ones could read as
+            numbers or ranges; else as they are typed on the command line (linear, full).
+
+    Raises:
+        ValueError: "`name` must be one of ..., got `value`".
+    """
+    if value not in choices:
+        listed = ", ".join(repr(c) if quote else str(c) for c in choices)
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
 
 
 def available_devices() -> list[str]:
     """The devices a model can be put on here: cpu, then cuda and cuda:N, then mps."""
+    import torch
+
     found = ["cpu"]
     if torch.cuda.is_available():
         found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
@@ -35,6 +136,8 @@ def available_devices() -> list[str]:
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
     """`device` as a torch.device if this machine has it ("meta" too); DeviceError listing the valid ones if not."""
+    import torch
+
     if device is None:
         return None
     try:

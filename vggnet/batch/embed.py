@@ -23,7 +23,7 @@ from torch import nn
 from vggnet.batch.engine import Session, autocast, slowest, totals
 from vggnet.batch.output import Lines, Output, complete_lines
 from vggnet.checks import check_int
-from vggnet.data.images import list_images, shard
+from vggnet.data.images import Batch, list_images, shard
 from vggnet.models.vgg import VGG
 
 __all__ = ["EmbedSummary", "embed_images", "features_fn", "read_embeddings"]
@@ -105,36 +105,56 @@ def embed_images(
     done = index.prepare(resume)
     first = session.broadcast(_next_shard(folder, done) if session.main else None)
     todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
-    rows: list[torch.Tensor] = []  # this shard's rows, at most shard_size of them
-    pending: list[dict[str, Any]] = []  # index lines waiting for their shard to be written
-    number, failed, dim = first + session.ctx.rank, 0, 0
+    failed, dim = 0, 0
     tic = time.perf_counter()
     with index.writer() as f, session.bar(len(todo), f"embed {layer}", progress) as bar:
+        shards = _Shards(folder, first + session.ctx.rank, session.ctx.world, shard_size, index.lines, f)
         for batch in session.batches(paths, todo, preset):
-            records: dict[int, dict[str, Any]] = {i: {"image": paths[i], "error": msg} for i, msg in batch.errors}
             failed += len(batch.errors)
+            feats = None
             if batch.images is not None:
                 feats = forward(batch.images).cpu()
                 dim = feats.shape[1]
-                for i, row in zip(batch.indices, feats):
-                    records[i] = {"image": paths[i], "shard": _shard_name(number), "row": len(rows)}
-                    rows.append(row)
-                    if len(rows) == shard_size:
-                        pending += [records.pop(j) for j in sorted(records) if j <= i]
-                        _write_shard(folder, number, rows, pending, f)
-                        rows, pending, number = [], [], number + session.ctx.world
-            pending += [records[j] for j in sorted(records)]
-            if not rows:  # only errors wait: nothing to lose
-                f.writelines(index.lines.line(r) for r in pending)
-                pending = []
+            shards.add(paths, batch, feats)
             bar.update(len(batch.indices) + len(batch.errors))
-        _write_shard(folder, number, rows, pending, f)
+        shards.write()
         seconds = time.perf_counter() - tic
     index.merge(paths)
     ran, failed, seconds = totals(session, len(todo), failed, seconds)
     dim = int(slowest(session, float(dim)))  # a rank that read no image saw no width
     per_s = ran / seconds if seconds else 0.0
     return EmbedSummary(str(folder), layer, dim, ran, failed, len(paths) - ran, seconds, per_s, session.ctx.world)
+
+
+class _Shards:
+    """The rows of the shard being filled and the index lines that wait for it: a full shard is written at once.
+
+    Rank r fills shards `first`, `first + step`, ... (step: the world size), so the ranks never share one.
+    """
+
+    def __init__(self, folder: Path, first: int, step: int, size: int, lines: Lines, f: IO[str]) -> None:
+        self.folder, self.number, self.step, self.size, self.lines, self.f = folder, first, step, size, lines, f
+        self.rows: list[torch.Tensor] = []  # this shard's rows, at most `size` of them
+        self.pending: list[dict[str, Any]] = []  # index lines waiting for their shard to be written
+
+    def add(self, paths: Sequence[str], batch: Batch, feats: torch.Tensor | None) -> None:
+        """A batch's rows (`feats`, one per image read) and index lines, in image order, errors included."""
+        records: dict[int, dict[str, Any]] = {i: {"image": paths[i], "error": msg} for i, msg in batch.errors}
+        for i, row in zip(batch.indices, feats if feats is not None else ()):
+            records[i] = {"image": paths[i], "shard": _shard_name(self.number), "row": len(self.rows)}
+            self.rows.append(row)
+            if len(self.rows) == self.size:
+                self.pending += [records.pop(j) for j in sorted(records) if j <= i]
+                self.write()
+                self.rows, self.pending, self.number = [], [], self.number + self.step
+        self.pending += [records[j] for j in sorted(records)]
+        if not self.rows:  # only errors wait: nothing to lose
+            self.f.writelines(self.lines.line(r) for r in self.pending)
+            self.pending = []
+
+    def write(self) -> None:
+        """The shard being filled (if it has rows), then the index lines waiting for it."""
+        _write_shard(self.folder, self.number, self.rows, self.pending, self.f)
 
 
 def _shard_name(number: int) -> str:

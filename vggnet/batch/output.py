@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from vggnet.checks import check_choice
+
 if TYPE_CHECKING:
     from vggnet.data.distributed import Dist
 
@@ -41,8 +43,7 @@ class Lines:
     """How one record per image is written to and read back from an output file."""
 
     def __init__(self, fmt: str, columns: Sequence[str] = ()) -> None:
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        check_choice("format", fmt, FORMATS)
         self.fmt = fmt
         self.columns = list(columns)
 

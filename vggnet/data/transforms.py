@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._jit_internal import is_scripting  # torch.jit.is_scripting, which torch.jit leaves out of __all__
 
-from vggnet.checks import check_int
+from vggnet.checks import check_choice, check_float, check_int
 from vggnet.data.constants import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -165,8 +165,7 @@ class _Preset(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], interpolation: str, antialias: bool) -> None:
         super().__init__()
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        check_choice("interpolation", interpolation, INTERPOLATIONS)
         if len(mean) != len(std) or not mean:
             raise ValueError(f"mean and std need one value per channel, got {len(mean)} and {len(std)}")
         self.mean = list(mean)
@@ -405,8 +404,7 @@ def create_transform(
         if len(dims) != 3 or dims[1] != dims[2]:
             raise ValueError(f"input_size must be N or (C, N, N), got {input_size!r}")
         channels, size = dims[0], dims[1]
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], e.g. 0.875 (224/256), got {crop_pct!r}")
+    check_float("crop_pct", crop_pct, above=0.0, most=1.0, expected="in (0, 1], e.g. 0.875 (224/256)")
     if channels != len(mean):
         if channels == 1 and len(mean) == RGB and len(std) == RGB:
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)

@@ -43,9 +43,10 @@ from torch import nn
 
 from vggnet import __version__, settings
 from vggnet.deploy.inference import default_dtype, onednn_computes, optimize_for_inference
-from vggnet.deploy.quantize import quantize
+from vggnet.deploy.quantize import Int8VGG, quantize
 from vggnet.models.builders import get_model
 from vggnet.models.summary import summarize
+from vggnet.models.vgg import VGG
 
 __all__ = [
     "SCHEMA",
@@ -69,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "vggnet.deploy.bench/1"
 _PEAK = "peak: "
+EAGER = "vggnet eager"
 BASELINE = "torchvision eager"
 INT8 = "vggnet int8"
 
@@ -303,25 +305,12 @@ def run_bench(
         raise ValueError(
             f"iters, rounds, warmup and batch_size must be >= 1, got {iters}, {rounds}, {warmup}, {batch_size}"
         )
-    on_gpu = torch.cuda.is_available() and dtype != torch.int8
-    target = torch.device(device if device is not None else ("cuda" if on_gpu else "cpu"))
-    if dtype == torch.int8 and target.type != "cpu":
-        raise ValueError(f"int8 runs on CPU only (oneDNN's kernels), got device {target}; use --device cpu")
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {target} asked for, but CUDA is not available; use --device cpu")
-    dtype = dtype or default_dtype(target)
-    with_int8 = dtype == torch.int8
-    dtype = torch.float32 if with_int8 else dtype  # the other candidates and the peak in float32
-    compile = compile if compile is not None else target.type == "cuda"
+    target, dtype, with_int8, compile = _settings(device, dtype, compile)
     rounds = min(rounds, iters)
-    if target.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
-
     size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     gflop = 2 * summarize(arch, size).macs / 1e9
     # The peak kernels run in the same interleaved rounds as the models: the same load hits both.
     kernels = peak_kernels(target, dtype)
-
     if compile:
         # torch.compile keeps at most 8 compiled versions of one function (dynamo's recompile_limit),
         # and every optimized model shares InferenceVGG._logits: after 8 configurations in one process
@@ -330,34 +319,103 @@ def run_bench(
     torch.manual_seed(0)
     eager = get_model(arch, device=target).eval().to(dtype)
     x = torch.randn(batch_size, eager.in_channels, *size, device=target, dtype=dtype)
-    models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "vggnet eager": eager,
-        "vggnet optimized": optimize_for_inference(eager, dtype=dtype, batch_size=batch_size, compile=compile),
-    }
-    reference = _torchvision_model(arch) if with_torchvision else None
-    if reference is not None:
-        reference.load_state_dict(eager.state_dict())
-        reference.eval().to(target, dtype)
-        models[BASELINE] = reference
-        models["torchvision channels_last"] = _channels_last(reference)
-        if torchvision_compile if torchvision_compile is not None else compile:
-            models["torchvision channels_last+compile"] = _channels_last(reference, compile=True)
+    models = _candidates(
+        arch, eager, target, dtype, batch_size=batch_size, compile=compile, torchvision=with_torchvision,
+        torchvision_compile=torchvision_compile if torchvision_compile is not None else compile,
+    )  # fmt: skip
     int8_report = None
     if with_int8:
-        images = torch.randn(16, eager.in_channels, *size)  # 8 to calibrate on, 8 held out
-        quantized = quantize(eager, images[:8], held_out=images[8:], batch_size=batch_size)
-        int8_report = asdict(quantized.report) if quantized.report is not None else None
-        models[INT8] = quantized
+        models[INT8], int8_report = _int8_candidate(eager, size, batch_size)
+    first, diffs, times = _measure(models, kernels, x, device=target, warmup=warmup, iters=iters, rounds=rounds)
+    peak, how = best_peak(kernels, {name: times.pop(_PEAK + name) for name in kernels}, dtype)
+    results = tuple(_result(name, t, batch_size, gflop, peak, first[name], diffs[name]) for name, t in times.items())
+    return BenchReport(
+        arch=arch, batch_size=batch_size, image_size=size, device=str(target), device_name=device_name(target),
+        dtype="int8" if with_int8 else dtype_name(dtype), compile=compile, iters=iters, rounds=rounds,
+        threads=torch.get_num_threads(), gflop_per_image=gflop, matmul_peak_tflops=peak, matmul_peak_how=how,
+        results=results, int8=int8_report,
+    )  # fmt: skip
 
+
+def _settings(
+    device: str | torch.device | None, dtype: torch.dtype | None, compile: bool | None
+) -> tuple[torch.device, torch.dtype, bool, bool]:
+    """`run_bench`'s (device, dtype of the float candidates and the peak, int8 or not, compile), defaults filled in.
+
+    ValueError or RuntimeError for a device that cannot run the dtype; on CUDA, cuDNN's benchmark mode is turned on.
+    """
+    on_gpu = torch.cuda.is_available() and dtype != torch.int8
+    target = torch.device(device if device is not None else ("cuda" if on_gpu else "cpu"))
+    if dtype == torch.int8 and target.type != "cpu":
+        raise ValueError(f"int8 runs on CPU only (oneDNN's kernels), got device {target}; use --device cpu")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {target} asked for, but CUDA is not available; use --device cpu")
+    with_int8 = dtype == torch.int8
+    dtype = torch.float32 if with_int8 else dtype or default_dtype(target)  # int8: the others and the peak in float32
+    if target.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+    return target, dtype, with_int8, compile if compile is not None else target.type == "cuda"
+
+
+def _candidates(
+    arch: str,
+    eager: VGG,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    batch_size: int,
+    compile: bool,
+    torchvision: bool,
+    torchvision_compile: bool,
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """`eager` and its optimized copy; with `torchvision`, torchvision's model holding the same weights, as it
+    is, channels_last and (with `torchvision_compile`) channels_last compiled."""
+    models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        EAGER: eager,
+        "vggnet optimized": optimize_for_inference(eager, dtype=dtype, batch_size=batch_size, compile=compile),
+    }
+    reference = _torchvision_model(arch) if torchvision else None
+    if reference is not None:
+        reference.load_state_dict(eager.state_dict())
+        reference.eval().to(device, dtype)
+        models[BASELINE] = reference
+        models["torchvision channels_last"] = _channels_last(reference)
+        if torchvision_compile:
+            models["torchvision channels_last+compile"] = _channels_last(reference, compile=True)
+    return models
+
+
+def _int8_candidate(eager: VGG, size: tuple[int, int], batch_size: int) -> tuple[Int8VGG, dict[str, Any] | None]:
+    """`quantize`d `eager`, calibrated on 8 random images and compared on 8 others; its report as a dict."""
+    images = torch.randn(16, eager.in_channels, *size)
+    quantized = quantize(eager, images[:8], held_out=images[8:], batch_size=batch_size)
+    return quantized, asdict(quantized.report) if quantized.report is not None else None
+
+
+def _measure(
+    models: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    kernels: Mapping[str, PeakKernel],
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    rounds: int,
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """(first call's seconds, max |logit difference| from vggnet eager's, seconds per call in each round).
+
+    Each model is called `warmup` times (the first call timed), then the models and the peak kernels
+    (named `_PEAK` + name) take turns in `time_interleaved`.
+    """
     first: dict[str, float] = {}
     diffs: dict[str, float] = {}
     with torch.inference_mode():
-        expected = eager(x).float()
+        expected = models[EAGER](x).float()
         for name, model in models.items():
-            _synchronize(target)
+            _synchronize(device)
             start = time.perf_counter()
             out = model(x)
-            _synchronize(target)
+            _synchronize(device)
             first[name] = time.perf_counter() - start
             diffs[name] = (out.float() - expected).abs().max().item()
             for _ in range(warmup - 1):
@@ -366,40 +424,24 @@ def run_bench(
         for name, kernel in kernels.items():
             kernel.run()
             calls[_PEAK + name] = kernel.run
-        times = time_interleaved(calls, device=target, iters=iters, rounds=rounds)
-    peak, how = best_peak(kernels, {name: times.pop(_PEAK + name) for name in kernels}, dtype)
-    results = []
-    for name, t in times.items():
-        median = statistics.median(t)
-        tflops = gflop * batch_size / median / 1e3
-        results.append(
-            Result(
-                name=name,
-                img_per_s=batch_size / median,
-                latency_ms=median * 1e3,
-                latency_ms_min=min(t) * 1e3,
-                tflops=tflops,
-                peak_fraction=tflops / peak,
-                first_call_s=first[name],
-                max_abs_diff=diffs[name],
-            )
-        )
-    return BenchReport(
-        arch=arch,
-        batch_size=batch_size,
-        image_size=size,
-        device=str(target),
-        device_name=device_name(target),
-        dtype="int8" if with_int8 else dtype_name(dtype),
-        compile=compile,
-        iters=iters,
-        rounds=rounds,
-        threads=torch.get_num_threads(),
-        gflop_per_image=gflop,
-        matmul_peak_tflops=peak,
-        matmul_peak_how=how,
-        results=tuple(results),
-        int8=int8_report,
+        times = time_interleaved(calls, device=device, iters=iters, rounds=rounds)
+    return first, diffs, times
+
+
+def _result(
+    name: str, times: list[float], batch_size: int, gflop: float, peak: float, first: float, diff: float
+) -> Result:
+    median = statistics.median(times)
+    tflops = gflop * batch_size / median / 1e3
+    return Result(
+        name=name,
+        img_per_s=batch_size / median,
+        latency_ms=median * 1e3,
+        latency_ms_min=min(times) * 1e3,
+        tflops=tflops,
+        peak_fraction=tflops / peak,
+        first_call_s=first,
+        max_abs_diff=diff,
     )
 
 

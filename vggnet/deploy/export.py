@@ -159,6 +159,31 @@ def export(
     `include_preset` the artifact takes uint8 images of any size and `preset` (an `ImageClassification`,
     default the ImageNet preset) supplies crop and resize sizes, mean and std. Returns `out`.
     """
+    _check_arguments(
+        model, fmt, image_size=image_size, batch_size=batch_size, dtype=dtype, include_preset=include_preset
+    )
+    net: nn.Module = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
+    net.requires_grad_(False)
+    if dynamic_size and isinstance(getattr(net, "avgpool", None), nn.AdaptiveAvgPool2d):
+        net.avgpool = AdaptivePoolByMatmul(POOLED_SIZE)
+    batch = 2 if dynamic_batch else batch_size  # an example batch of 1 would be specialised to 1
+    if include_preset:
+        net = with_preset(net, preset)
+    example = example_images(batch, image_size, include_preset=include_preset, dtype=dtype)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        _torchscript(net, example).save(str(out))
+    else:
+        dims = _dynamic_dims(dynamic_batch, dynamic_size)
+        _save_program(torch.export.export(net, (example,), dynamic_shapes=dims, strict=False), fmt, out)
+    return out
+
+
+def _check_arguments(
+    model: nn.Module, fmt: str, *, image_size: int, batch_size: int, dtype: torch.dtype, include_preset: bool
+) -> None:
+    """ValueError naming the fix for arguments `export` cannot write, before anything is copied or traced."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     check_int("batch_size", batch_size)
@@ -173,21 +198,10 @@ def export(
         )
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("the model's parameters are on the meta device: load weights into it before exporting")
-    net: nn.Module = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
-    net.requires_grad_(False)
-    if dynamic_size and isinstance(getattr(net, "avgpool", None), nn.AdaptiveAvgPool2d):
-        net.avgpool = AdaptivePoolByMatmul(POOLED_SIZE)
-    batch = 2 if dynamic_batch else batch_size  # an example batch of 1 would be specialised to 1
-    if include_preset:
-        net = with_preset(net, preset)
-    example = example_images(batch, image_size, include_preset=include_preset, dtype=dtype)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dims = _dynamic_dims(dynamic_batch, dynamic_size)
-    if fmt == "torchscript":
-        _torchscript(net, example).save(str(out))
-        return out
-    program = torch.export.export(net, (example,), dynamic_shapes=dims, strict=False)
+
+
+def _save_program(program: torch.export.ExportedProgram, fmt: str, out: Path) -> None:
+    """Write an exported program as a pt2 file, an AOTInductor package or an ONNX file."""
     if fmt == "pt2":
         torch.export.save(program, out)
     elif fmt == "aoti":
@@ -197,7 +211,6 @@ def export(
         if onnx_program is None:
             raise RuntimeError("torch.onnx.export returned no program")
         _save_onnx(onnx_program.model_proto, out)
-    return out
 
 
 def _save_onnx(proto: Any, out: Path) -> None:

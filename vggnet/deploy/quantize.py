@@ -219,35 +219,39 @@ def quantize(
     if reason is not None and not fallback:
         raise RuntimeError(f"cannot quantize to int8 here: {reason}")
     if reason is not None:
-        logger.warning("int8 falls back to float32: %s", reason)
-        fp32 = optimize_for_inference(model, device="cpu", dtype=torch.float32, batch_size=batch_size)
-        result = Int8VGG(fp32, in_channels=model.in_channels, int8=False)
-        quantize_s = 0.0
+        result, quantize_s = _float32_fallback(model, reason, batch_size), 0.0
     else:
-        if instructions == "avx2":
-            logger.info("no int8 dot-product instructions on this CPU: int8 runs on AVX2 with 7-bit activations")
-        start = time.perf_counter()
-        program = _quantized_program(reference, calib, reduce_range)
-        quantize_s = time.perf_counter() - start
-        result = Int8VGG(program, in_channels=model.in_channels, int8=True)
+        result, quantize_s = _int8_model(reference, calib, instructions, reduce_range)
         result.image_size = image_size
-    result.fallback_reason = reason if not result.int8 else None
     compile_s, figures = _compare(reference, result, evaluation, batch_size)
     result.report = QuantizeReport(
-        int8=result.int8,
-        fallback_reason=result.fallback_reason,
-        instructions=instructions,
-        cpu_capability=capability,
-        reduce_range=reduce_range,
-        calibration_images=sum(len(x) for x, _ in calib),
-        image_size=image_size,
-        batch_size=batch_size,
-        evaluated_on="held_out" if held_out is not None else "calibration",
-        quantize_s=quantize_s,
-        compile_s=compile_s,
-        **figures,
-    )
+        int8=result.int8, fallback_reason=result.fallback_reason, instructions=instructions, cpu_capability=capability,
+        reduce_range=reduce_range, calibration_images=sum(len(x) for x, _ in calib), image_size=image_size,
+        batch_size=batch_size, evaluated_on="held_out" if held_out is not None else "calibration",
+        quantize_s=quantize_s, compile_s=compile_s, **figures,
+    )  # fmt: skip
     logger.info("quantize: %s", result.report)
+    return result
+
+
+def _int8_model(
+    reference: VGG, calib: list[_Batch], instructions: str | None, reduce_range: bool
+) -> tuple[Int8VGG, float]:
+    """`reference` (eval mode, float32, CPU) quantized on `calib`, and the seconds quantizing took."""
+    if instructions == "avx2":
+        logger.info("no int8 dot-product instructions on this CPU: int8 runs on AVX2 with 7-bit activations")
+    start = time.perf_counter()
+    program = _quantized_program(reference, calib, reduce_range)
+    quantize_s = time.perf_counter() - start
+    return Int8VGG(program, in_channels=reference.in_channels, int8=True), quantize_s
+
+
+def _float32_fallback(model: VGG, reason: str, batch_size: int) -> Int8VGG:
+    """The float32 `optimize_for_inference` model in an Int8VGG that says why int8 does not run here."""
+    logger.warning("int8 falls back to float32: %s", reason)
+    fp32 = optimize_for_inference(model, device="cpu", dtype=torch.float32, batch_size=batch_size)
+    result = Int8VGG(fp32, in_channels=model.in_channels, int8=False)
+    result.fallback_reason = reason
     return result
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, cast
 
-from vggnet.checks import check_int
+from vggnet.checks import check_choice, check_float, check_int
 from vggnet.models.checkpoint import load
 from vggnet.models.config import HEADS, IN_CHANNELS, check_arch
 from vggnet.models.interop import pretrained_cfg
@@ -144,11 +144,8 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
         )
     check_int("num_classes", kwargs.get("num_classes", 1), least=0, what=NUM_CLASSES_MEANS)
     check_int("in_chans", kwargs.get("in_chans", IN_CHANNELS))
-    if kwargs.get("head", "vgg") not in HEADS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {kwargs['head']!r}")
-    dropout = kwargs.get("dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout must be a probability between 0 and 1, got {dropout!r}")
+    check_choice("head", kwargs.get("head", "vgg"), HEADS)
+    check_float("dropout", kwargs.get("dropout", 0.0), least=0.0, most=1.0, expected="a probability between 0 and 1")
 
 
 def _vgg(arch: str, weights: WeightsSource, progress: bool, kwargs: dict[str, Any]) -> VGG:

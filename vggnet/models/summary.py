@@ -295,6 +295,24 @@ def _spatial_note(summary: Summary) -> str:
 
 def format_summary(summary: Summary) -> str:
     """The table and the totals `vggnet summary` prints."""
+    height, width = summary.input_size
+    pool5 = summary.pool5
+    lines = [
+        f"{summary.arch} at {height}x{width}, batch {summary.batch_size}, {summary.num_classes} classes "
+        "(computed on the meta device)",
+        "",
+        *_layer_table(summary),
+        "",
+        *_totals(summary),
+        _spatial_note(summary),
+        f"receptive fields: a pool5 unit sees {pool5.receptive_field}x{pool5.receptive_field} input px, "
+        f"its neighbour's square {pool5.jump} px further (field, jump; start: unit 0's centre, pixel 0 = 0)",
+    ]
+    return "\n".join(lines)
+
+
+def _layer_table(summary: Summary) -> list[str]:
+    """One line per layer between rules, under a header, then the total."""
     header = ("layer", "type", "output shape", "field", "jump", "start", "params", "MACs", "activations")
     table = [header]
     for layer in summary.layers:
@@ -314,19 +332,12 @@ def format_summary(summary: Summary) -> str:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
-    height, width = summary.input_size
     rule = "  ".join("-" * w for w in widths)
-    lines = [
-        f"{summary.arch} at {height}x{width}, batch {summary.batch_size}, {summary.num_classes} classes "
-        "(computed on the meta device)",
-        "",
-        line(header),
-        rule,
-        *(line(row) for row in table[1:-1]),
-        rule,
-        line(table[-1]),
-        "",
-    ]
+    return [line(header), rule, *(line(row) for row in table[1:-1]), rule, line(table[-1])]
+
+
+def _totals(summary: Summary) -> list[str]:
+    """Parameters, multiply-adds and activation memory, with their shares."""
     params, macs, largest = summary.params, summary.macs, summary.largest
     head, fc_macs = summary.classifier_params, summary.macs - summary.conv_macs
     param_memory = f"{_mib(summary.param_bytes('float32'))} in fp32, {_mib(summary.param_bytes('bfloat16'))} in bf16"
@@ -346,14 +357,7 @@ def format_summary(summary: Summary) -> str:
         ),
     ]
     value_w = max(len(row[1]) for row in totals)
-    lines += [f"{label:<15} {value:>{value_w}}  {share:>6}  {note}".rstrip() for label, value, share, note in totals]
-    lines.append(_spatial_note(summary))
-    pool5 = summary.pool5
-    lines.append(
-        f"receptive fields: a pool5 unit sees {pool5.receptive_field}x{pool5.receptive_field} input px, "
-        f"its neighbour's square {pool5.jump} px further (field, jump; start: unit 0's centre, pixel 0 = 0)"
-    )
-    return "\n".join(lines)
+    return [f"{label:<15} {value:>{value_w}}  {share:>6}  {note}".rstrip() for label, value, share, note in totals]
 
 
 def _field(layer: LayerInfo) -> tuple[str, str, str]:

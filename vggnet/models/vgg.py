@@ -25,7 +25,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from vggnet.checks import check_int
+from vggnet.checks import check_choice, check_int, is_int
 from vggnet.models.config import HEADS, HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
 from vggnet.models.interop import pretrained_cfg
 from vggnet.models.taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
@@ -81,8 +81,7 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        check_choice("head", head, HEADS)
         self.head = head
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d(1 if head == "gap" else (POOLED_SIZE, POOLED_SIZE))
@@ -386,7 +385,7 @@ class VGGFeatures(nn.Module):
 def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[int]:
     """`out_indices` checked and made sorted and non-negative (None: all); ValueError naming the valid range."""
     picked = list(range(stages)) if out_indices is None else list(out_indices)
-    bad = [i for i in picked if isinstance(i, bool) or not isinstance(i, int) or not -stages <= i < stages]
+    bad = [i for i in picked if not is_int(i, least=-stages, most=stages - 1)]
     if not picked or bad:
         raise ValueError(
             f"out_indices must be stage indices 0-{stages - 1} (the ReLU before pool1-pool5, then pool5), "

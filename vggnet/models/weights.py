@@ -15,6 +15,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from vggnet.checks import check_choice
 from vggnet.data.constants import CAFFE_MEAN, CAFFE_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from vggnet.data.transforms import ImageClassification
 from vggnet.hub import OFFICIAL_BASE, file_name_from_url, load_weights, normalize_digest
@@ -114,8 +115,7 @@ class Weights:
             raise ValueError("url must be an https, http or file:// URL, or a local path")
         if self.size is not None and self.size <= 0:
             raise ValueError(f"size must be a positive byte count, got {self.size}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
         if self.categories is not None and not isinstance(self.categories, _Categories):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vggnet.checks import check_choice, check_int
 from vggnet.models.taps import feature_layers, feature_names
 from vggnet.models.vgg import VGG, check_images
 from vggnet.models.weights import IMAGENET_CATEGORIES
@@ -73,10 +74,8 @@ def explain(
     (default: ImageNet's for a 1000-class model, else "class K"). The model runs in eval mode for
     the call and is left in the mode it had.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ValueError(f"topk must be a positive integer, got {topk!r}")
+    check_choice("method", method, METHODS, quote=True)
+    check_int("topk", topk)
     captum = _captum()
     x = images.unsqueeze(0) if images.dim() == 3 else images
     check_images(x, model.in_channels, "explain")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vggnet.checks import check_choice
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.models.builders import get_model
 from vggnet.models.taps import feature_layers, feature_names, layer_list, run_taps
@@ -77,9 +78,9 @@ class PerceptualLoss(nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("distance", distance, DISTANCES)
-        _check_choice("input_range", input_range, INPUT_RANGES)
-        _check_choice("pool", pool, POOLS)
+        check_choice("distance", distance, DISTANCES, quote=True)
+        check_choice("input_range", input_range, INPUT_RANGES, quote=True)
+        check_choice("pool", pool, POOLS, quote=True)
         if isinstance(model, str):
             model, mean, std = _pretrained(model, mean, std)
         self.layers = layer_list(layers)
@@ -90,32 +91,9 @@ class PerceptualLoss(nn.Module):
             raise ValueError("give at least one content layer (layers=...) or style layer (style_layers=...)")
         self.distance = distance
         self.input_range = input_range
-
-        names = feature_names(model.features)
-        unknown = [name for name in self.layers + self.style_layers if name not in names]
-        if unknown:
-            raise ValueError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
-        last = max(names.index(name) for name in self.layers + self.style_layers)
-        features = copy.deepcopy(feature_layers(model.features)[: last + 1])
-        if pool == "avg":
-            for i, m in enumerate(features):
-                if isinstance(m, nn.MaxPool2d):
-                    features[i] = nn.AvgPool2d(kernel_size=2, stride=2)
-        features.requires_grad_(False)
-        self.features = features
-        self._names = names[: last + 1]
-
-        # another channel count (in_chans): ImageNet's average over RGB per channel, as `finetune` does
-        channels = model.in_channels
-        mean = tuple(mean) if mean is not None else _per_channel(IMAGENET_MEAN, channels)
-        std = tuple(std) if std is not None else _per_channel(IMAGENET_STD, channels)
-        for what, values in (("mean", mean), ("std", std)):
-            if len(values) != channels:
-                raise ValueError(
-                    f"{what} needs one value per input channel of the model ({channels}), got {len(values)}: "
-                    f"{list(values)}"
-                )
-        self.in_channels = channels
+        self.features, self._names = _truncated(model, self.layers + self.style_layers, pool)
+        self.in_channels = model.in_channels
+        mean, std = _normalization(model.in_channels, mean, std)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         super().train(False)
@@ -184,13 +162,40 @@ def _pretrained(
     return model, record.mean if mean is None else mean, record.std if std is None else std
 
 
+def _truncated(model: VGG, taps: list[str], pool: str) -> tuple[nn.Sequential, list[str]]:
+    """A frozen copy of `model`'s conv part up to the last of `taps` (max-pools made 2x2 average pools for
+    `pool` "avg"), and its layers' names."""
+    names = feature_names(model.features)
+    unknown = [name for name in taps if name not in names]
+    if unknown:
+        raise ValueError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
+    last = max(names.index(name) for name in taps)
+    features = copy.deepcopy(feature_layers(model.features)[: last + 1])
+    if pool == "avg":
+        for i, m in enumerate(features):
+            if isinstance(m, nn.MaxPool2d):
+                features[i] = nn.AvgPool2d(kernel_size=2, stride=2)
+    features.requires_grad_(False)
+    return features, names[: last + 1]
+
+
+def _normalization(
+    channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`mean` and `std` checked to have one value per channel; for None, ImageNet's (averaged over RGB for another
+    channel count, as `finetune` does)."""
+    mean = tuple(mean) if mean is not None else _per_channel(IMAGENET_MEAN, channels)
+    std = tuple(std) if std is not None else _per_channel(IMAGENET_STD, channels)
+    for what, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ValueError(
+                f"{what} needs one value per input channel of the model ({channels}), got {len(values)}: {list(values)}"
+            )
+    return mean, std
+
+
 def _per_channel(rgb: tuple[float, ...], channels: int) -> tuple[float, ...]:
     return rgb if channels == len(rgb) else (sum(rgb) / len(rgb),) * channels
-
-
-def _check_choice(what: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, valid))}, got {value!r}")
 
 
 def _factors(what: str, factors: Sequence[float] | None, layers: Sequence[str]) -> list[float]:

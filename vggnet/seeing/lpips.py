@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vggnet.checks import check_choice
 from vggnet.hub import fetch
 from vggnet.models.builders import get_model
 from vggnet.models.taps import feature_layers, feature_names
@@ -107,10 +108,8 @@ class LPIPS(nn.Module):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        if version not in LPIPS_WEIGHTS:
-            raise ValueError(f"version must be one of {', '.join(map(repr, LPIPS_WEIGHTS))}, got {version!r}")
-        if input_range not in INPUT_RANGES:
-            raise ValueError(f"input_range must be one of {', '.join(map(repr, INPUT_RANGES))}, got {input_range!r}")
+        check_choice("version", version, LPIPS_WEIGHTS, quote=True)
+        check_choice("input_range", input_range, INPUT_RANGES, quote=True)
         model = get_model(net, weights="DEFAULT") if isinstance(net, str) else net
         self.version = version
         self.spatial = spatial

@@ -49,17 +49,18 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
-from vggnet.checks import check_device, check_int
+from vggnet.checks import check_choice, check_device, check_float, check_int, is_int
 from vggnet.data.constants import MAX_SIZE
 from vggnet.data.distributed import init_distributed
-from vggnet.data.images import train_and_val
+from vggnet.data.images import ImageFolder, train_and_val
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import Diverged
 from vggnet.hub import fetch
-from vggnet.models.checkpoint import load
+from vggnet.models.checkpoint import Loaded, load
 from vggnet.models.config import HEADS, IN_CHANNELS, MIN_SIZE, check_arch
 from vggnet.models.finetuned import FORMAT, backbone_identity
 from vggnet.models.sources import Source, WeightsSource, check_classifier, classify
+from vggnet.models.vgg import VGG
 from vggnet.train.runs import (
     CHECKPOINT_NAME,
     LAST_NAME,
@@ -104,11 +105,6 @@ Augment = Literal["none", "light", "standard"]
 
 
 # --- the settings of a run ------------------------------------------------------------------------
-
-
-def _check_float(name: str, value: object, low: float, high: float, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -160,10 +156,24 @@ class FinetuneConfig:
     source: Source = field(init=False, repr=False, compare=False)  # what `weights` is, decided once
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        self._check_what_trains()
+        self._check_numbers()
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in out and overwrite replaces it: pass one of them")
+        object.__setattr__(self, "arch", check_arch(self.arch))
+        object.__setattr__(self, "source", classify(self.weights, self.arch))
+        if self.head != "gap":
+            check_classifier(self.source)  # fc8 is trained on fc7: the features-only checkpoint cannot start a run
+        check_device(self.device)
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.plot is not None:
+            object.__setattr__(self, "plot", Path(self.plot))
+
+    def _check_what_trains(self) -> None:
+        """`mode` x `head`, and the augmentation only mode "full" has; `crop_scale` becomes a pair of floats."""
+        check_choice("mode", self.mode, MODES)
+        check_choice("head", self.head, HEADS)
         if self.head == "fc7" and self.mode != "linear":
             raise ValueError(
                 "head 'fc7' is a linear probe on fc7 features (only fc8 trains), which contradicts mode "
@@ -176,8 +186,8 @@ class FinetuneConfig:
                     f"mode 'linear' computes the features once, without augmentation, so {', '.join(given)} "
                     "cannot apply; use mode 'full' or leave them out"
                 )
-        if self.augment is not None and self.augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.augment is not None:
+            check_choice("augment", self.augment, AUGMENTS)
         if self.crop_scale is not None:
             scale = tuple(self.crop_scale)
             if self.augment == "none":
@@ -191,6 +201,9 @@ class FinetuneConfig:
                     f"crop_scale must be (MIN, MAX) with 0 < MIN <= MAX <= 1, e.g. (0.6, 1.0), got {self.crop_scale!r}"
                 )
             object.__setattr__(self, "crop_scale", (float(scale[0]), float(scale[1])))
+
+    def _check_numbers(self) -> None:
+        """Channels, counts, rates and the image size (its upper bound too, before any weights are fetched)."""
         if self.in_chans not in (1, IN_CHANNELS):
             raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {self.in_chans}")
         check_int("epochs", self.epochs)
@@ -200,34 +213,21 @@ class FinetuneConfig:
         check_int("seed", self.seed, least=0)
         if self.early_stop is not None:
             check_int("early_stop", self.early_stop)
-        _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, "in [0, 1), e.g. 0.1")
-        _check_float("weight_decay", self.weight_decay, 0.0, math.inf, "a number >= 0, e.g. 5e-4")
+        check_float("label_smoothing", self.label_smoothing, least=0.0, below=1.0, expected="in [0, 1), e.g. 0.1")
+        check_float("weight_decay", self.weight_decay, least=0.0, below=math.inf, expected="a number >= 0, e.g. 5e-4")
         if self.val_split is not None:
-            _check_float("val_split", self.val_split, 1e-9, 1.0, "between 0 and 1, e.g. 0.2")
-        if self.resume and self.overwrite:
-            raise ValueError("resume continues the run in out and overwrite replaces it: pass one of them")
+            check_float("val_split", self.val_split, above=0.0, below=1.0, expected="between 0 and 1, e.g. 0.2")
         size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        if not is_int(size, least=MIN_SIZE):
             raise ValueError(
                 f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
                 f"{MIN_SIZE}x{MIN_SIZE} pixels), got {size!r}; 224 is what ImageNet weights were trained at"
             )
-        if size > MAX_SIZE:  # checked here too, before any weights are fetched
+        if size > MAX_SIZE:
             raise ValueError(f"image_size must be at most {MAX_SIZE} (the presets' bound), got {size}")
-        lr = self.lr
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
-            raise ValueError(
-                f"lr must be a positive number, got {lr!r}; None uses {DEFAULT_LR[self.mode]} for mode {self.mode!r}"
-            )
-        object.__setattr__(self, "arch", check_arch(self.arch))
-        object.__setattr__(self, "source", classify(self.weights, self.arch))
-        if self.head != "gap":
-            check_classifier(self.source)  # fc8 is trained on fc7: the features-only checkpoint cannot start a run
-        check_device(self.device)
-        object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        if self.plot is not None:
-            object.__setattr__(self, "plot", Path(self.plot))
+        if self.lr is not None:
+            fix = f"None uses {DEFAULT_LR[self.mode]} for mode {self.mode!r}"
+            check_float("lr", self.lr, above=0.0, below=math.inf, expected="a positive number", fix=fix)
 
     @property
     def rate(self) -> float:
@@ -307,78 +307,129 @@ def run(config: FinetuneConfig) -> FinetuneResult:
 
 
 def _finetune(config: FinetuneConfig, session: Session, started: float) -> FinetuneResult:
-    ctx, device = session.ctx, session.device
-    in_chans, image_size = config.in_chans, config.image_size
+    ctx = session.ctx
     torch.manual_seed(config.seed)  # the same fresh fc8 on every rank (DDP broadcasts rank 0's anyway)
     # the layout of DATA, checked before any weights are fetched
     train_files, val_files = train_and_val(config.data, config.val_split, config.seed, gray=config.in_chans == 1)
     classes = train_files.classes
-    # refusals and --overwrite's deletions, once
+    previous, start = _previous_and_start(config, session, len(classes))
+    model = start.model.to(session.device)
+    eval_preset, preprocessing = _eval_preset(config, start.preset)
+    train_eval, val = train_files.with_transform(eval_preset), val_files.with_transform(eval_preset)
+    if ctx.main:
+        logger.info(
+            "fine-tuning %s (%s, head %s, %s) on %d classes: %d training and %d validation images, "
+            "%d process(es) on %s",
+            config.arch, config.mode, config.head, config.source.text, len(classes), len(train_eval), len(val),
+            ctx.world, session.device,
+        )  # fmt: skip
+    small = config.mode == "linear" and config.source.kind != "random"  # checkpoints hold fc8 alone
+    meta = _checkpoint_meta(config, classes, preprocessing, backbone=small and ctx.main)
+    result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
+    if ctx.main:
+        config.out.mkdir(parents=True, exist_ok=True)
+    trainer: Trainer
+    if config.mode == "linear":
+        trainer = _linear_trainer(session, model, train_eval, val)
+    else:
+        augment = train_preset(eval_preset, config.augment, config.hflip, config.crop_scale)
+        trainer = FullTrainer(session, model, train_files.with_transform(augment), val)
+    first, bad_epochs = 1, 0
+    if previous is not None:
+        first, bad_epochs = restore(previous, trainer, result)
+        logger.info("resuming after epoch %d", first - 1)
+    _train_epochs(config, session, trainer, result, meta, small=small, first=first, bad_epochs=bad_epochs)
+    if result.checkpoint is None and (config.out / CHECKPOINT_NAME).is_file():
+        result.checkpoint = config.out / CHECKPOINT_NAME
+    result.seconds = time.perf_counter() - started
+    if ctx.main:
+        if config.plot is not None:
+            plot_history(result.history, config.plot, f"{config.arch} {config.mode} head {config.head}")
+        logger.info(
+            "best val accuracy %.2f%% at epoch %d; checkpoint %s", result.best_val_acc, result.best_epoch,
+            result.checkpoint,
+        )  # fmt: skip
+    return result
+
+
+def _previous_and_start(
+    config: FinetuneConfig, session: Session, num_classes: int
+) -> tuple[dict[str, Any] | None, Loaded]:
+    """The state of the run to resume (None: a fresh start) and the starting weights.
+
+    Rank 0 makes the refusals and --overwrite's deletions, and fetches (and caches) the weights first;
+    the others wait at a barrier, then find the weights in the cache and read last.pth for themselves.
+    """
+    ctx = session.ctx
     previous = (
         previous_run(config.out, config.recipe(), config.epochs, resume=config.resume, overwrite=config.overwrite)
         if ctx.main
         else None
     )
-
-    # Rank 0 fetches (and caches) the weights first; the others then find them in the cache.
     if not ctx.main:
         ctx.barrier()
         if config.resume:
             previous = torch.load(config.out / LAST_NAME, map_location="cpu", weights_only=True)
     start = load(
-        config.weights, arch=config.arch, num_classes=len(classes), in_chans=in_chans,
+        config.weights, arch=config.arch, num_classes=num_classes, in_chans=config.in_chans,
         progress=config.progress and ctx.main, classifier=config.model_head != "gap", head=config.model_head,
     )  # fmt: skip
     if ctx.main:
         ctx.barrier()
-    model = start.model.to(device)
-    mean, std, interpolation = tuple(start.preset.mean), tuple(start.preset.std), start.preset.interpolation
-    if in_chans == 1 and len(mean) == IN_CHANNELS:
+    return previous, start
+
+
+def _eval_preset(config: FinetuneConfig, preset: ImageClassification) -> tuple[ImageClassification, dict[str, Any]]:
+    """The evaluation preset at `image_size` with the starting weights' numbers, and its preprocessing entry."""
+    mean, std, interpolation = tuple(preset.mean), tuple(preset.std), preset.interpolation
+    if config.in_chans == 1 and len(mean) == IN_CHANNELS:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    eval_preset = ImageClassification(crop_size=image_size, mean=mean, std=std, interpolation=interpolation)
-    eval_preset = eval_preset.resized(image_size)  # the shorter side to image_size * 256 / 224 first
+    eval_preset = ImageClassification(crop_size=config.image_size, mean=mean, std=std, interpolation=interpolation)
+    eval_preset = eval_preset.resized(config.image_size)  # the shorter side to image_size * 256 / 224 first
     preprocessing: dict[str, Any] = {
         "crop_size": eval_preset.crop_size, "resize_size": eval_preset.resize_size, "mean": list(mean),
         "std": list(std), "interpolation": interpolation,
     }  # fmt: skip
-    train_eval, val = train_files.with_transform(eval_preset), val_files.with_transform(eval_preset)
-    weights = config.source.text  # as given ("DEFAULT", a path, a URL, "None"): logged and kept in the checkpoint
-    if ctx.main:
-        logger.info(
-            "fine-tuning %s (%s, head %s, %s) on %d classes: %d training and %d validation images, "
-            "%d process(es) on %s",
-            config.arch, config.mode, config.head, weights, len(classes), len(train_eval), len(val), ctx.world, device,
-        )  # fmt: skip
+    return eval_preset, preprocessing
 
+
+def _checkpoint_meta(
+    config: FinetuneConfig, classes: list[str], preprocessing: dict[str, Any], *, backbone: bool
+) -> dict[str, Any]:
+    """What every checkpoint of the run holds besides its epoch and weights; `backbone`: the file's identity too."""
     meta: dict[str, Any] = {
-        "format": FORMAT, "arch": config.arch, "in_chans": in_chans, "head": config.model_head, "classes": classes,
-        "preprocessing": preprocessing, "mode": config.mode, "weights": str(weights),
+        "format": FORMAT, "arch": config.arch, "in_chans": config.in_chans, "head": config.model_head,
+        "classes": classes, "preprocessing": preprocessing, "mode": config.mode,
+        "weights": str(config.source.text),  # as given ("DEFAULT", a path, a URL, "None")
     }  # fmt: skip
-    small = config.mode == "linear" and config.source.kind != "random"
-    if small and ctx.main:
+    if backbone:
         meta["backbone"] = backbone_identity(config.source, _source_file(config.source))
-    result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
-    if ctx.main:
-        config.out.mkdir(parents=True, exist_ok=True)
+    return meta
 
-    trainer: Trainer
-    if config.mode == "linear":
-        trainer = linear = LinearTrainer(session, model, train_eval, val)
-        if ctx.main:
-            logger.info(
-                "cached the features of %d + %d images in %.1f s", len(linear.train_x), len(linear.val_x),
-                linear.cache_seconds,
-            )  # fmt: skip
-    else:
-        augmented = train_files.with_transform(
-            train_preset(eval_preset, config.augment, config.hflip, config.crop_scale)
-        )
-        trainer = FullTrainer(session, model, augmented, val)
-    first, bad_epochs = 1, 0
-    if previous is not None:
-        first, bad_epochs = restore(previous, trainer, result)
-        logger.info("resuming after epoch %d", first - 1)
-    chance = math.log(max(len(classes), 2))
+
+def _linear_trainer(session: Session, model: VGG, train: ImageFolder, val: ImageFolder) -> LinearTrainer:
+    trainer = LinearTrainer(session, model, train, val)
+    if session.ctx.main:
+        logger.info(
+            "cached the features of %d + %d images in %.1f s", len(trainer.train_x), len(trainer.val_x),
+            trainer.cache_seconds,
+        )  # fmt: skip
+    return trainer
+
+
+def _train_epochs(
+    config: FinetuneConfig,
+    session: Session,
+    trainer: Trainer,
+    result: FinetuneResult,
+    meta: dict[str, Any],
+    *,
+    small: bool,
+    first: int,
+    bad_epochs: int,
+) -> None:
+    """Epochs `first` to `config.epochs`, into `result`; rank 0 saves after each. Stops early or on divergence."""
+    chance = math.log(max(len(result.classes), 2))
     for epoch in range(first, config.epochs + 1):
         lr = trainer.optimizer.param_groups[-1]["lr"]
         stats = trainer.epoch(epoch)
@@ -395,38 +446,42 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
         stopped = config.early_stop is not None and bad_epochs >= config.early_stop
         if improved:
             result.best_epoch, result.best_val_acc = epoch, stats.val_acc
-        if ctx.main:
-            state = checkpoint_state(model, head_only=small)
-            entry = {**meta, "epoch": epoch, "val_acc": stats.val_acc, "state_dict": state}
-            if improved:
-                result.checkpoint = config.out / CHECKPOINT_NAME
-                save_checkpoint(entry, result.checkpoint)
-            train_state = {
-                **training_state(trainer, result, epoch, bad_epochs), "recipe": config.recipe(),
-                "stopped_early": stopped, "finished": stopped or epoch == config.epochs,
-            }  # fmt: skip
-            result.last = config.out / LAST_NAME
-            save_checkpoint({**entry, "train": train_state}, result.last)
-            write_history(config.out, result.history)
+        if session.ctx.main:
+            entry = {**meta, "epoch": epoch, "val_acc": stats.val_acc}
+            entry["state_dict"] = checkpoint_state(result.model, head_only=small)
+            _save_epoch(config, trainer, result, entry, improved=improved, stopped=stopped, bad_epochs=bad_epochs)
             logger.info("%s", stats.line(config.epochs))
             if config.on_epoch is not None:
                 config.on_epoch(stats)
         if stopped:
             result.stopped_early = True
-            if ctx.main:
+            if session.ctx.main:
                 logger.info("no better val accuracy for %d epochs: stopping early", bad_epochs)
             break
-    if result.checkpoint is None and (config.out / CHECKPOINT_NAME).is_file():
+
+
+def _save_epoch(
+    config: FinetuneConfig,
+    trainer: Trainer,
+    result: FinetuneResult,
+    entry: dict[str, Any],
+    *,
+    improved: bool,
+    stopped: bool,
+    bad_epochs: int,
+) -> None:
+    """Rank 0 after an epoch: best.pth on a better validation accuracy, last.pth (with the training state), history."""
+    epoch = entry["epoch"]
+    if improved:
         result.checkpoint = config.out / CHECKPOINT_NAME
-    result.seconds = time.perf_counter() - started
-    if ctx.main:
-        if config.plot is not None:
-            plot_history(result.history, config.plot, f"{config.arch} {config.mode} head {config.head}")
-        logger.info(
-            "best val accuracy %.2f%% at epoch %d; checkpoint %s", result.best_val_acc, result.best_epoch,
-            result.checkpoint,
-        )  # fmt: skip
-    return result
+        save_checkpoint(entry, result.checkpoint)
+    train_state = {
+        **training_state(trainer, result, epoch, bad_epochs), "recipe": config.recipe(),
+        "stopped_early": stopped, "finished": stopped or epoch == config.epochs,
+    }  # fmt: skip
+    result.last = config.out / LAST_NAME
+    save_checkpoint({**entry, "train": train_state}, result.last)
+    write_history(config.out, result.history)
 
 
 def _source_file(source: Source) -> Path | None:

@@ -1,0 +1,91 @@
+"""vggnet.checks: the shared argument checks, their messages, and that they load without torch."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vggnet.checks import check_choice, check_float, check_int, is_int
+
+CHECKS = Path(__file__).resolve().parent.parent / "vggnet" / "checks.py"
+
+
+@pytest.mark.parametrize(
+    ("value", "least", "most", "expected"),
+    [
+        (3, None, None, True),
+        (-3, None, None, True),
+        (True, None, None, False),  # a bool is not a count
+        (2.0, None, None, False),
+        ("2", None, None, False),
+        (0, 0, 5, True),
+        (5, 0, 5, True),  # both bounds included
+        (-1, 0, 5, False),
+        (6, 0, 5, False),
+    ],
+)
+def test_is_int_takes_ints_in_range_and_no_bools(value, least, most, expected):
+    assert is_int(value, least=least, most=most) is expected
+
+
+def test_check_int_says_the_range_what_the_number_is_and_the_fix():
+    check_int("n", 1)
+    check_int("n", 0, least=0)
+    check_int("n", 7, least=2, most=7)
+    with pytest.raises(ValueError, match=r"^n must be a positive integer, got 0$"):
+        check_int("n", 0)
+    with pytest.raises(ValueError, match=r"^n must be an integer >= 0 \(workers\), got True$"):
+        check_int("n", True, least=0, what="workers")
+    with pytest.raises(ValueError, match=r"^n must be an integer from 2 to 7, got 8; use 7$"):
+        check_int("n", 8, least=2, most=7, fix="use 7")
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(0.0, False), (0.5, True), (1, True), (1.0000001, False), (True, False), (math.nan, False), ("0.5", False)],
+)
+def test_check_float_open_below_closed_above(value, ok):
+    def check() -> None:
+        check_float("p", value, above=0.0, most=1.0, expected="in (0, 1]", fix="e.g. 0.5")
+
+    if ok:
+        check()
+    else:
+        with pytest.raises(ValueError, match=rf"^p must be in \(0, 1\], got {value!r}; e.g. 0.5$"):
+            check()
+
+
+def test_check_float_bounds_each_kind():
+    check_float("x", 0.0, least=0.0, below=1.0, expected="in [0, 1)")
+    with pytest.raises(ValueError, match=r"x must be in \[0, 1\), got 1.0"):
+        check_float("x", 1.0, least=0.0, below=1.0, expected="in [0, 1)")
+    with pytest.raises(ValueError, match="got inf"):
+        check_float("x", math.inf, above=0.0, below=math.inf, expected="a positive number")
+    with pytest.raises(ValueError, match="got nan"):
+        check_float("x", math.nan, expected="a number")  # NaN is refused even without bounds
+    check_float("x", -5, expected="a number")
+
+
+def test_check_choice_lists_the_choices_bare_or_quoted():
+    check_choice("mode", "full", ("linear", "full"))
+    with pytest.raises(ValueError, match=r"^mode must be one of linear, full, got 'fast'$"):
+        check_choice("mode", "fast", ("linear", "full"))
+    with pytest.raises(ValueError, match=r"^version must be one of '0.1', '0.0', got '0.2'$"):
+        check_choice("version", "0.2", {"0.1": 1, "0.0": 2}, quote=True)  # a mapping: its keys
+
+
+def test_the_checks_load_without_torch():
+    # The command line can check its arguments before torch is imported: checks.py needs it only for devices.
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('checks', {str(CHECKS)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "module.check_int('n', 1); module.check_float('x', 0.5, least=0, most=1, expected='a probability')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
