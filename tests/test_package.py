@@ -111,7 +111,10 @@ def test_only_the_benchmark_can_load_torchvision_and_only_when_asked(tmp_path):
     # installed (issue 6), loading it inside a function at that moment. Nothing else may load it at all.
     loads = [where for path in sorted((ROOT / "vggnet").rglob("*.py")) for where in torchvision_loads(path)]
     assert loads == ["bench.py:_torchvision", "bench.py:_torchvision_model"]
-    assert torchvision_loads(ROOT / "tests" / "models" / "test_vgg.py") == []  # tests use importorskip(...): not a call we count
+    # (tests use importorskip(...): not a call the scanner counts)
+    assert (
+        torchvision_loads(ROOT / "tests" / "models" / "test_vgg.py") == []
+    )  # tests use importorskip(...): not a call we count
     probe = tmp_path / "_probe_torchvision_loads.py"  # the scanner does see each way of loading it
     probe.write_text("import torchvision\ndef f():\n    from torchvision import models\n"
                      "def g():\n    importlib.import_module('torchvision.models')\n")  # fmt: skip

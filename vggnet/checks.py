@@ -11,7 +11,7 @@ import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from vggnet.errors import DeviceError
+from vggnet.errors import DeviceError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +64,7 @@ def check_int(
         kind = f"an integer from {least} to {most}"
     else:
         kind = "a positive integer" if least == 1 else f"an integer >= {least}"
-    raise ValueError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}{f'; {fix}' if fix else ''}")
+    raise UsageError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}{f'; {fix}' if fix else ''}")
 
 
 def check_float(
@@ -101,7 +101,7 @@ def check_float(
         lower = (above is None or value > above) and (least is None or value >= least)
         if lower and (below is None or value < below) and (most is None or value <= most):
             return
-    raise ValueError(f"{name} must be {expected}, got {value!r}{f'; {fix}' if fix else ''}")
+    raise UsageError(f"{name} must be {expected}, got {value!r}{f'; {fix}' if fix else ''}")
 
 
 def check_choice(name: str, value: object, choices: Collection[object], *, quote: bool = False) -> None:
@@ -119,7 +119,7 @@ def check_choice(name: str, value: object, choices: Collection[object], *, quote
     """
     if value not in choices:
         listed = ", ".join(repr(c) if quote else str(c) for c in choices)
-        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+        raise UsageError(f"{name} must be one of {listed}, got {value!r}")
 
 
 def available_devices() -> list[str]:

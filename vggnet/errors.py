@@ -25,18 +25,27 @@ __all__ = [
     "EXIT_USAGE",
     "ArchMismatch",
     "BadCheckpointError",
+    "BadFileError",
     "BadImageError",
+    "CheckpointMismatchError",
     "ChecksumError",
+    "CorruptCheckpointError",
     "DeviceError",
+    "DiskError",
     "Diverged",
     "DownloadError",
     "MissingDependency",
+    "MissingPathError",
     "NoImages",
     "NotARegularFileError",
     "NotAStateDict",
+    "NotCachedError",
+    "OutputExistsError",
     "UnknownWeightsError",
     "UnsafeCheckpointError",
+    "UnsupportedError",
     "UsageError",
+    "UsageTypeError",
     "VggnetError",
     "WeightsFileNotFound",
     "exit_code",
@@ -57,6 +66,10 @@ class VggnetError(Exception):
 
 class UsageError(VggnetError, ValueError):
     """A bad argument, name or combination of them: the message says what is valid and what to change."""
+
+
+class UsageTypeError(UsageError, TypeError):
+    """An argument of the wrong type (a `TypeError`, as Python's own, and a usage error)."""
 
 
 class UnknownWeightsError(UsageError, KeyError):
@@ -96,12 +109,20 @@ class ArchMismatch(UsageError):
         return type(self), (self.source, self.found, self.wanted)
 
 
-class WeightsFileNotFound(UsageError, FileNotFoundError):
+class MissingPathError(UsageError, FileNotFoundError):
+    """A file or folder the caller named is not there (or is the other kind)."""
+
+
+class WeightsFileNotFound(MissingPathError):
     """`weights` names a local file that is not there (or a folder)."""
 
 
-class NoImages(UsageError, FileNotFoundError):
+class NoImages(MissingPathError):
     """A named source (file, folder, pattern, list) holds no image, or a folder is not laid out as needed."""
+
+
+class OutputExistsError(UsageError, FileExistsError):
+    """What would be written is there already: resume it, overwrite it or write elsewhere, as the message says."""
 
 
 # --- what failed at run time (exit 1) -----------------------------------------------------------
@@ -109,6 +130,18 @@ class NoImages(UsageError, FileNotFoundError):
 
 class MissingDependency(VggnetError, ImportError):
     """An optional package a feature needs is not installed; the message names the extra to install."""
+
+
+class UnsupportedError(VggnetError, RuntimeError):
+    """What was asked cannot be done here or with this object (int8 on a CPU without it, training an int8 model)."""
+
+
+class NotCachedError(VggnetError, FileNotFoundError):
+    """A file is neither cached nor mirrored, and may not be downloaded (VGGNET_OFFLINE)."""
+
+
+class DiskError(VggnetError, OSError):
+    """A file could not be written whole (no space left, or it does not read back as written); nothing was kept."""
 
 
 class ChecksumError(VggnetError, RuntimeError):
@@ -180,8 +213,20 @@ class NotARegularFileError(VggnetError, OSError):
         return type(self), (str(self.path),)
 
 
-class BadCheckpointError(VggnetError, ValueError):
+class BadFileError(VggnetError, ValueError):
+    """A file whose contents vggnet cannot use: the message names the file and what is wrong with it."""
+
+
+class BadCheckpointError(BadFileError):
     """A checkpoint whose contents vggnet will not load (not a state dict, NaN, sparse or integer weights, ...)."""
+
+
+class CorruptCheckpointError(BadCheckpointError, RuntimeError):
+    """A checkpoint that cannot be read at all (cut short, not a zip): a `RuntimeError`, as torch.load's."""
+
+
+class CheckpointMismatchError(BadCheckpointError, RuntimeError):
+    """A checkpoint whose tensors do not fit the model: a `RuntimeError`, as `load_state_dict`'s."""
 
 
 class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
@@ -204,7 +249,7 @@ class NotAStateDict(BadCheckpointError, TypeError):
     """A checkpoint that holds no state dict where vggnet looks (a `TypeError`, as before, and a bad checkpoint)."""
 
 
-class BadImageError(VggnetError, ValueError):
+class BadImageError(BadFileError):
     """An image that cannot be used (not an image, cut short, over the pixel budget): skip it and go on.
 
     `path` is the file (None for an image already in memory) and `problem` what is wrong with it.
@@ -224,7 +269,7 @@ class Diverged(VggnetError, RuntimeError):
 
 # The one table the command line exits by: the first class of an error's MRO found here decides.
 EXIT_CODES: Final[Mapping[type[BaseException], int]] = MappingProxyType(
-    {UsageError: EXIT_USAGE, VggnetError: EXIT_FAILURE, ValueError: EXIT_USAGE}  # TODO(issue 23): ValueError goes
+    {UsageError: EXIT_USAGE, VggnetError: EXIT_FAILURE}
 )
 
 

@@ -24,6 +24,7 @@ from vggnet.batch.engine import Session, autocast, slowest, totals
 from vggnet.batch.output import Lines, Output, complete_lines
 from vggnet.checks import check_int
 from vggnet.data.images import Batch, list_images, shard
+from vggnet.errors import UsageError
 from vggnet.models.vgg import VGG
 
 __all__ = ["EmbedSummary", "embed_images", "features_fn", "read_embeddings"]
@@ -56,7 +57,7 @@ def features_fn(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """(N, D) float32 features of `layer` for a batch: globally average-pooled maps, else flattened."""
     if layer not in model.layer_names():
-        raise ValueError(f"no layer {layer!r}; valid: {', '.join(model.layer_names())}")
+        raise UsageError(f"no layer {layer!r}; valid: {', '.join(model.layer_names())}")
     net = model.eval().to(session.device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +185,7 @@ def _check_settings(folder: Path, settings: dict[str, Any], resume: bool) -> Non
     if resume and path.exists():
         held = json.loads(path.read_text(encoding="utf-8"))
         if held != settings:
-            raise ValueError(
+            raise UsageError(
                 f"{folder} holds embeddings made with {held}, this run asks for {settings}; "
                 "resume with the same --layer/--pool/--normalize, or write to another folder"
             )

@@ -22,6 +22,7 @@ from torch import nn
 
 from vggnet.batch.engine import Session, logits_fn, slowest
 from vggnet.data.images import labelled_images, shard
+from vggnet.errors import UsageError
 from vggnet.models.vgg import VGG
 
 __all__ = ["Evaluation", "evaluate", "plot_confusion"]
@@ -81,7 +82,7 @@ def evaluate(
     session = Session(device, batch_size, workers)
     labelled = labelled_images(data, classes, model.num_classes)
     if len(labelled.classes) != model.num_classes:
-        raise ValueError(
+        raise UsageError(
             f"{data} has {len(labelled.classes)} classes, the model {model.num_classes} outputs; "
             f"evaluate a model with {len(labelled.classes)} outputs, or pass its class names as `classes`"
         )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from vggnet.checks import check_choice
+from vggnet.errors import UsageError
 
 if TYPE_CHECKING:
     from vggnet.data.distributed import Dist
@@ -60,7 +61,7 @@ class Lines:
         if self.fmt == "jsonl":
             image = json.loads(line).get("image")
             if not isinstance(image, str):
-                raise ValueError("no image path")
+                raise UsageError("no image path")
             return image
         (row,) = csv.reader([line])
         return row[0]
@@ -148,7 +149,7 @@ class Output:
         if not first:
             self.path.write_text(header, encoding="utf-8")
         elif first != header:
-            raise ValueError(
+            raise UsageError(
                 f"{self.path} has the columns {first.strip()!r}, this run writes {header.strip()!r} "
                 "(another --topk or format?); resume with the same settings, or write to a new output"
             )
@@ -163,7 +164,7 @@ class Output:
             try:
                 held.add(self.lines.key(line))
             except (ValueError, KeyError, AttributeError) as err:
-                raise ValueError(
+                raise UsageError(
                     f"{self.path}, line {number}: not a {self.lines.fmt} record of this command ({err}); "
                     "resume only into an output this command wrote, or start a new one"
                 ) from err

@@ -23,6 +23,7 @@ from vggnet.batch.engine import Session, logits_fn, totals
 from vggnet.batch.output import Lines, Output
 from vggnet.checks import check_int
 from vggnet.data.images import list_images, shard
+from vggnet.errors import UsageError
 from vggnet.models.vgg import VGG
 
 __all__ = ["PredictSummary", "iter_predictions", "predict_images", "prediction_columns", "prediction_record"]
@@ -102,7 +103,7 @@ def iter_predictions(
 def _check_categories(model: VGG, categories: Sequence[str], topk: int) -> None:
     check_int("topk", topk)
     if len(categories) != model.num_classes:
-        raise ValueError(
+        raise UsageError(
             f"{len(categories)} category names for a model with {model.num_classes} outputs; "
             "pass one name per output of fc8"
         )

@@ -39,7 +39,7 @@ def _select_weights(names: Sequence[str]) -> list[WeightsEnum]:
         enum = enums.get(name.lower()) or by_class.get(enum_name.lower())
         if enum is None or (member == "" and name.lower() not in enums):
             valid = [*enums, *(str(m) for m in _all_weights())]
-            raise ValueError(f"unknown model or weights {name!r}; valid: {', '.join(valid)}")
+            raise UsageError(f"unknown model or weights {name!r}; valid: {', '.join(valid)}")
         found = enum.from_name(member) if member else enum.DEFAULT  # type: ignore[attr-defined]
         if found not in chosen:
             chosen.append(found)
@@ -325,4 +325,4 @@ def _cached_name(name: str, entries: Sequence[CachedFile]) -> str:
         return member.value.file_name
     what = f"{member} ({member.value.file_name}) is" if member is not None else f"{name!r} is"
     cached = ", ".join(sorted(e.path.name for e in entries)) or "nothing"
-    raise ValueError(f"{what} not in the cache; cached: {cached}")
+    raise UsageError(f"{what} not in the cache; cached: {cached}")

@@ -25,7 +25,7 @@ import torch
 
 from vggnet import settings
 from vggnet.checks import check_int
-from vggnet.errors import BadImageError
+from vggnet.errors import BadImageError, MissingDependency, UsageError
 from vggnet.settings import ENV_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def pillow() -> Any:
     try:
         from PIL import Image
     except ImportError as err:
-        raise ImportError("reading image files needs Pillow: pip install 'vggnet[image]'") from err
+        raise MissingDependency("reading image files needs Pillow: pip install 'vggnet[image]'") from err
     return Image
 
 
@@ -165,7 +165,7 @@ def _eight_bit(img: Image) -> Image:
     Pillow's own convert clips these modes at 255, so a mid-gray 16-bit PNG would come out white.
     """
     if img.mode == "F":
-        raise ValueError(
+        raise UsageError(
             "a 32-bit float image (Pillow mode 'F') has no known value range; convert it to 8 bits first, "
             "e.g. Image.fromarray((np.asarray(img) * 255).round().clip(0, 255).astype('uint8')) for values in 0-1"
         )
@@ -176,7 +176,7 @@ def _eight_bit(img: Image) -> Image:
     values = np.asarray(img).astype(np.int64)
     low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
     if low < 0 or high > 65535:
-        raise ValueError(
+        raise UsageError(
             f"a 32-bit integer image (Pillow mode 'I') with values {low}..{high}: vggnet reads mode 'I' as "
             "16-bit (0-65535); scale it to 0-255 and save or pass it as an 8-bit image"
         )

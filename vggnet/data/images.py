@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vggnet.data.decode import gray_image, load_image
-from vggnet.errors import BadImageError, NoImages
+from vggnet.errors import BadImageError, NoImages, UsageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -169,7 +169,7 @@ def labelled_images(
         raise NoImages(f"{folder}: no such folder (expected {folder}/<class>/<images>)")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
-        raise ValueError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
+        raise UsageError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
     synsets = imagenet_synsets()
     if classes is not None and set(names) <= set(classes):
         index = {name: list(classes).index(name) for name in names}
@@ -183,7 +183,7 @@ def labelled_images(
         index = {name: i for i, name in enumerate(names)}
         all_classes, layout = names, "sorted"
     else:
-        raise ValueError(
+        raise UsageError(
             f"{folder} has {len(names)} class folders ({_first(names)}) but the model has {num_classes} outputs, "
             f"and the folders are neither among its class names ({_first(classes or [])}) nor ImageNet synsets "
             f"(n01440764, ...); give a model with {len(names)} outputs, or name the folders after its classes"
@@ -195,7 +195,7 @@ def labelled_images(
         paths.extend(str(p) for p in found)
         targets.extend([index[name]] * len(found))
     if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {folder}")
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {folder}")
     return LabelledImages(paths, targets, all_classes, layout)
 
 
@@ -224,9 +224,9 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         self.classes = list(classes) if classes is not None else found
         if sorted(self.classes) != found:
-            raise ValueError(f"{self.root} has the class folders {found}, expected {sorted(self.classes)}")
+            raise UsageError(f"{self.root} has the class folders {found}, expected {sorted(self.classes)}")
         if not self.classes:
-            raise ValueError(f"{self.root} has no class folders; expected {self.root}/<class>/<image files>")
+            raise UsageError(f"{self.root} has no class folders; expected {self.root}/<class>/<image files>")
         self.samples = [
             (path, index)
             for index, name in enumerate(self.classes)
@@ -235,7 +235,7 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         ]
         empty = [name for i, name in enumerate(self.classes) if not any(t == i for _, t in self.samples)]
         if empty:
-            raise ValueError(
+            raise UsageError(
                 f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root} for the classes {empty}; "
                 "add images or remove the empty folders"
             )
@@ -252,9 +252,9 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
             if self.gray:
                 image = gray_image(image)  # the conversion a gray preset applies at prediction time
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for a broken file
-            raise ValueError(f"cannot read the image {path}: {err}; remove or replace it") from err
+            raise UsageError(f"cannot read the image {path}: {err}; remove or replace it") from err
         if self.transform is None:
-            raise ValueError("this ImageFolder has no transform; pass one, e.g. ImageClassification(crop_size=224)")
+            raise UsageError("this ImageFolder has no transform; pass one, e.g. ImageClassification(crop_size=224)")
         return self.transform(image), target
 
     def targets(self) -> list[int]:
@@ -264,13 +264,13 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageFolder, ImageFolder]:
         """(rest, held out): `fraction` of each class's images held out (at least one), chosen with `seed`."""
         if not 0 < fraction < 1:
-            raise ValueError(f"the validation share must be between 0 and 1, e.g. 0.2, got {fraction!r}")
+            raise UsageError(f"the validation share must be between 0 and 1, e.g. 0.2, got {fraction!r}")
         generator = torch.Generator().manual_seed(seed)
         held: list[tuple[Path, int]] = []
         for index, name in enumerate(self.classes):
             own = [s for s in self.samples if s[1] == index]
             if len(own) < 2:
-                raise ValueError(f"{self.root / name} has {len(own)} image(s): a split needs at least 2 a class")
+                raise UsageError(f"{self.root / name} has {len(own)} image(s): a split needs at least 2 a class")
             order = torch.randperm(len(own), generator=generator).tolist()
             n = min(len(own) - 1, max(1, round(len(own) * fraction)))
             held += [own[i] for i in sorted(order[:n])]
@@ -307,7 +307,7 @@ def train_and_val(
     has_val = (data / "val").is_dir()
     if val_split is not None:
         if has_val:
-            raise ValueError(f"{data}/val exists and val_split={val_split} was given; drop one of them")
+            raise UsageError(f"{data}/val exists and val_split={val_split} was given; drop one of them")
         return train.split(val_split, seed)
     if not has_val:
         raise FileNotFoundError(

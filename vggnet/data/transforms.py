@@ -46,7 +46,7 @@ from vggnet.data.decode import (
     pillow,
     rgb_or_gray,
 )
-from vggnet.errors import BadImageError
+from vggnet.errors import BadImageError, UsageError
 from vggnet.settings import ENV_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def _resize_tensor(x: torch.Tensor, size: tuple[int, int], interpolation: str, a
 def _check_size(name: str, value: int, most: int) -> None:
     check_int(name, value, what="pixels")
     if value > most:
-        raise ValueError(
+        raise UsageError(
             f"{name} must be at most {most} pixels (vgg16 keeps 1.2 GiB of activations per image at a "
             f"{MAX_SIZE} px crop, 21x what 224 needs), got {value}"
         )
@@ -167,7 +167,7 @@ class _Preset(nn.Module):
         super().__init__()
         check_choice("interpolation", interpolation, INTERPOLATIONS)
         if len(mean) != len(std) or not mean:
-            raise ValueError(f"mean and std need one value per channel, got {len(mean)} and {len(std)}")
+            raise UsageError(f"mean and std need one value per channel, got {len(mean)} and {len(std)}")
         self.mean = list(mean)
         self.std = list(std)
         self.interpolation = interpolation
@@ -199,11 +199,11 @@ class _Preset(nn.Module):
     def _check_tensor(self, img: torch.Tensor) -> None:
         """ValueError unless `img` is a (C, H, W) or (N, C, H, W) tensor of a dtype the preset reads."""
         if img.dim() not in (3, 4):
-            raise ValueError(
+            raise UsageError(
                 f"expected an image tensor (C, H, W) or a batch (N, C, H, W), got shape {tuple(img.shape)}"
             )
         if not (img.dtype.is_floating_point or img.dtype in SCALES):
-            raise ValueError(
+            raise UsageError(
                 f"image tensors must be uint8 (0-255), uint16 (0-65535) or floating point (0-1), got {img.dtype}; "
                 "convert with x.to(torch.uint8) if it holds 0-255 values, or x.float() / its maximum value"
             )
@@ -226,7 +226,7 @@ class _Preset(nn.Module):
                 expected = "1 channel (gray) or 3 (RGB)"
             elif n == 3:
                 expected = "3 channels (RGB) or 1 (gray)"
-            raise ValueError(
+            raise UsageError(
                 f"the preset reads {expected}, the image has {x.shape[1]}; pass a PIL image "
                 "(any mode is converted) or drop the extra channels, e.g. x[:3] for RGBA"
             )
@@ -402,14 +402,14 @@ def create_transform(
     else:
         dims = tuple(input_size)
         if len(dims) != 3 or dims[1] != dims[2]:
-            raise ValueError(f"input_size must be N or (C, N, N), got {input_size!r}")
+            raise UsageError(f"input_size must be N or (C, N, N), got {input_size!r}")
         channels, size = dims[0], dims[1]
     check_float("crop_pct", crop_pct, above=0.0, most=1.0, expected="in (0, 1], e.g. 0.875 (224/256)")
     if channels != len(mean):
         if channels == 1 and len(mean) == RGB and len(std) == RGB:
             mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
         else:
-            raise ValueError(f"input_size has {channels} channels but mean has {len(mean)} values")
+            raise UsageError(f"input_size has {channels} channels but mean has {len(mean)} values")
     if train:
         return TrainClassification(
             crop_size=size, mean=mean, std=std, interpolation=interpolation, hflip_prob=hflip, scale=scale

@@ -44,6 +44,7 @@ from torch import nn
 from vggnet import __version__, settings
 from vggnet.deploy.inference import default_dtype, onednn_computes, optimize_for_inference
 from vggnet.deploy.quantize import Int8VGG, quantize
+from vggnet.errors import DeviceError, UsageError
 from vggnet.models.builders import get_model
 from vggnet.models.summary import summarize
 from vggnet.models.vgg import VGG
@@ -302,7 +303,7 @@ def run_bench(
     compile it also empties torch.compile's caches first (`torch.compiler.reset()`).
     """
     if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
-        raise ValueError(
+        raise UsageError(
             f"iters, rounds, warmup and batch_size must be >= 1, got {iters}, {rounds}, {warmup}, {batch_size}"
         )
     target, dtype, with_int8, compile = _settings(device, dtype, compile)
@@ -347,9 +348,9 @@ def _settings(
     on_gpu = torch.cuda.is_available() and dtype != torch.int8
     target = torch.device(device if device is not None else ("cuda" if on_gpu else "cpu"))
     if dtype == torch.int8 and target.type != "cpu":
-        raise ValueError(f"int8 runs on CPU only (oneDNN's kernels), got device {target}; use --device cpu")
+        raise UsageError(f"int8 runs on CPU only (oneDNN's kernels), got device {target}; use --device cpu")
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {target} asked for, but CUDA is not available; use --device cpu")
+        raise DeviceError(f"device {target} asked for, but CUDA is not available; use --device cpu")
     with_int8 = dtype == torch.int8
     dtype = torch.float32 if with_int8 else dtype or default_dtype(target)  # int8: the others and the peak in float32
     if target.type == "cuda":

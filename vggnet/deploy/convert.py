@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vggnet.errors import UsageError
 from vggnet.hub import fetch
 from vggnet.models.checkpoint import hub_state_dict
 from vggnet.models.layouts import Layout, from_timm, layout_of, read_state_dict, write_state_dict
@@ -40,10 +41,10 @@ def read_source(
     """The verified state dict, in vggnet's layout, of any weights source but "random"."""
     source = classify(weights)
     if source.kind == "random":
-        raise ValueError("there is nothing to convert in random weights; name a record, a file, a URL or hf-hub: name")
+        raise UsageError("there is nothing to convert in random weights; name a record, a file, a URL or hf-hub: name")
     if source.kind == "record":
         if sha256 is not None:
-            raise ValueError("sha256 is for a checkpoint file or URL; a record carries its own digest")
+            raise UsageError("sha256 is for a checkpoint file or URL; a record carries its own digest")
         assert source.record is not None
         state = source.record.get_state_dict(progress=progress)
         return source, from_timm(state) if layout_of(state) == "timm" else state

@@ -34,6 +34,7 @@ from torch import nn
 
 from vggnet.checks import check_int
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from vggnet.errors import MissingDependency, UnsupportedError, UsageError
 from vggnet.models.config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE
 
 __all__ = ["EXPORT_FORMATS", "WithPreset", "check_export", "example_images", "export", "run_export", "with_preset"]
@@ -185,19 +186,19 @@ def _check_arguments(
 ) -> None:
     """ValueError naming the fix for arguments `export` cannot write, before anything is copied or traced."""
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+        raise UsageError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     check_int("batch_size", batch_size)
     if image_size < MIN_SIZE:
-        raise ValueError(f"image_size must be at least {MIN_SIZE} (five 2x2 max-pools), got {image_size}")
+        raise UsageError(f"image_size must be at least {MIN_SIZE} (five 2x2 max-pools), got {image_size}")
     if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype (torch.float32, float16, bfloat16), got {dtype}")
+        raise UsageError(f"dtype must be a floating-point dtype (torch.float32, float16, bfloat16), got {dtype}")
     if include_preset and fmt == "torchscript":
-        raise ValueError(
+        raise UsageError(
             "the preset can be put inside ONNX and pt2 artifacts, not TorchScript (its resize sizes need symbolic "
             "shapes); export with fmt='onnx' or 'pt2', or apply the preset before a TorchScript model"
         )
     if any(p.is_meta for p in model.parameters()):
-        raise ValueError("the model's parameters are on the meta device: load weights into it before exporting")
+        raise UsageError("the model's parameters are on the meta device: load weights into it before exporting")
 
 
 def _save_program(program: torch.export.ExportedProgram, fmt: str, out: Path) -> None:
@@ -209,7 +210,7 @@ def _save_program(program: torch.export.ExportedProgram, fmt: str, out: Path) ->
     else:  # ONNX from the same program: the exporter's own tracing loses the preset's crop sizes
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         if onnx_program is None:
-            raise RuntimeError("torch.onnx.export returned no program")
+            raise UnsupportedError("torch.onnx.export returned no program")
         _save_onnx(onnx_program.model_proto, out)
 
 
@@ -260,7 +261,7 @@ def run_export(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Te
         try:
             onnxruntime = importlib.import_module("onnxruntime")
         except ImportError as err:
-            raise ImportError("running ONNX files needs onnxruntime: pip install 'vggnet[onnx]'") from err
+            raise MissingDependency("running ONNX files needs onnxruntime: pip install 'vggnet[onnx]'") from err
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (result,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
         return torch.from_numpy(result)
@@ -272,7 +273,7 @@ def run_export(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Te
         elif fmt == "torchscript":
             out = torch.jit.load(str(path))(images)  # type: ignore[no-untyped-call]
         else:
-            raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+            raise UsageError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     return out
 
 
@@ -301,7 +302,7 @@ def check_export(
             expected = model(x)
         got = run_export(path, fmt, x)
         if got.shape != expected.shape:
-            raise RuntimeError(
+            raise UnsupportedError(
                 f"{path} gave shape {tuple(got.shape)} for input {tuple(x.shape)}, eager {tuple(expected.shape)}"
             )
         worst = max(worst, (got.float() - expected.float()).abs().max().item())

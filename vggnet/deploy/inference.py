@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from vggnet.checks import check_int
+from vggnet.errors import DeviceError, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import POOLED_SIZE
 from vggnet.models.vgg import VGG
 
@@ -61,7 +62,7 @@ def fold_batchnorm(model: VGG) -> VGG:
                 continue
             conv = seq[i - 1] if i > 0 else None
             if not isinstance(conv, nn.Conv2d):
-                raise ValueError(
+                raise UsageError(
                     f"cannot fold BatchNorm2d at position {i}: it must follow a Conv2d, "
                     f"it follows {type(conv).__name__ if conv is not None else 'nothing'}"
                 )
@@ -73,7 +74,7 @@ def fold_batchnorm(model: VGG) -> VGG:
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """conv <- bn(conv(x)) with bn's running statistics: w' = w * g / s, b' = (b - mean) * g / s + beta."""
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
+        raise UsageError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
     with torch.no_grad():
         w = conv.weight.double()
         scale = torch.rsqrt(bn.running_var.double() + bn.eps)
@@ -243,7 +244,7 @@ class InferenceVGG(nn.Module):
         """VGG.check_input, and a floating dtype (normalised images, not raw uint8 pixels)."""
         self.net.check_input(x)
         if not x.is_floating_point():
-            raise ValueError(
+            raise UsageError(
                 f"VGG expects normalised floating-point images, got dtype {x.dtype}; "
                 "convert with the weights' transforms() (e.g. vggnet.VGG16_Weights.DEFAULT.transforms())"
             )
@@ -271,7 +272,7 @@ class InferenceVGG(nn.Module):
     def train(self, mode: bool = True) -> InferenceVGG:
         """Only `train(False)`/`eval()`: BatchNorm is folded and dropout gone, so there is no training mode."""
         if mode:
-            raise RuntimeError(
+            raise UnsupportedError(
                 "an optimize_for_inference module is inference-only: train the VGG itself, then optimize it again"
             )
         return super().train(False)
@@ -304,29 +305,29 @@ def optimize_for_inference(
     process-wide `torch.backends.cudnn.benchmark` is left to the caller: turn it on for fixed sizes.
     """
     if not isinstance(model, VGG):
-        raise TypeError(f"optimize_for_inference expects a vggnet VGG, got {type(model).__name__}")
+        raise UsageTypeError(f"optimize_for_inference expects a vggnet VGG, got {type(model).__name__}")
     if batch_size is not None:
         check_int("batch_size", batch_size)
     if any(p.is_meta for p in model.parameters()):
-        raise ValueError(
+        raise UsageError(
             "the model's parameters are on the meta device (no values to optimize): build it with weights, "
             "e.g. vggnet.vgg16(weights='DEFAULT'), or load a state dict into it with load_state_dict(..., assign=True)"
         )
     target = torch.device(device) if device is not None else next(model.parameters()).device
     if target.type == "meta":
-        raise ValueError("device='meta' holds no values to compute with; use device='cpu' or 'cuda'")
+        raise UsageError("device='meta' holds no values to compute with; use device='cpu' or 'cuda'")
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {target} asked for, but CUDA is not available; use device='cpu'")
+        raise DeviceError(f"device {target} asked for, but CUDA is not available; use device='cpu'")
     dtype = dtype if dtype is not None else default_dtype(target)
     if dtype in (torch.int8, torch.qint8, torch.quint8):
         # int8 needs calibration images and an accuracy check: vggnet/quantize.py (issue 16).
-        raise ValueError(
+        raise UsageError(
             f"dtype must be a floating-point dtype here, got {dtype}; int8 needs calibration images: use "
             "vggnet.deploy.quantize.quantize(model, calibration), which calibrates, compares with float32 and falls "
             "back to float32 where oneDNN has no int8 kernels"
         )
     if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        raise UsageError(f"dtype must be a floating-point dtype, got {dtype}")
     compile = compile if compile is not None else target.type == "cuda"
     cuda_graphs = compile and target.type == "cuda" and batch_size is not None and batch_size <= CUDA_GRAPH_MAX_BATCH
 

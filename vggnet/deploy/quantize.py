@@ -51,6 +51,7 @@ from vggnet.data.decode import load_image
 from vggnet.data.images import IMAGE_SUFFIXES, ImageFolder
 from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.inference import optimize_for_inference
+from vggnet.errors import MissingDependency, NoImages, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import MIN_SIZE
 from vggnet.models.vgg import VGG, check_images
 
@@ -138,13 +139,13 @@ class Int8VGG(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         check_images(x, self.in_channels)
         if not x.is_floating_point():
-            raise ValueError(
+            raise UsageError(
                 f"VGG expects normalised floating-point images, got dtype {x.dtype}; "
                 "convert with the weights' transforms() (e.g. vggnet.VGG16_Weights.DEFAULT.transforms())"
             )
         if self.int8 and self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
             h, w = self.image_size
-            raise ValueError(
+            raise UsageError(
                 f"this int8 model was exported for {h}x{w} images, got {x.shape[-2]}x{x.shape[-1]}; "
                 f"resize to {h}x{w} (the calibration preset does), or quantize again with images of this size"
             )
@@ -158,7 +159,7 @@ class Int8VGG(nn.Module):
 
     def train(self, mode: bool = True) -> Int8VGG:
         if mode:
-            raise RuntimeError("a quantized model is inference-only: train the VGG itself, then quantize it again")
+            raise UnsupportedError("a quantized model is inference-only: train the VGG itself, then quantize it again")
         return super().train(False)
 
     def extra_repr(self) -> str:
@@ -203,7 +204,7 @@ def quantize(
     `model` is untouched. Needs torchao (`pip install "vggnet[int8]"`).
     """
     if not isinstance(model, VGG):
-        raise TypeError(f"quantize expects a vggnet VGG, got {type(model).__name__}")
+        raise UsageTypeError(f"quantize expects a vggnet VGG, got {type(model).__name__}")
     check_int("batch_size", batch_size)
     check_int("calibration_batch_size", calibration_batch_size)
     instructions = int8_instructions()
@@ -217,7 +218,7 @@ def quantize(
     image_size = (int(calib[0][0].shape[-2]), int(calib[0][0].shape[-1]))
     reason = _unsupported_reason(instructions, capability)
     if reason is not None and not fallback:
-        raise RuntimeError(f"cannot quantize to int8 here: {reason}")
+        raise UnsupportedError(f"cannot quantize to int8 here: {reason}")
     if reason is not None:
         result, quantize_s = _float32_fallback(model, reason, batch_size), 0.0
     else:
@@ -279,7 +280,7 @@ def _torchao() -> tuple[Any, Any]:
         pt2e = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
         x86 = importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependency(
             f"int8 needs torchao ({err}); install it with: pip install 'vggnet[int8]' (or pip install torchao)"
         ) from err
     return pt2e, x86
@@ -387,14 +388,14 @@ def _batches(source: Calibration, preset: nn.Module | None, batch_size: int, in_
     for x, y in _raw_batches(source, preset, batch_size):
         check_images(x, in_channels, who="quantize's calibration")
         if min(x.shape[-2:]) < MIN_SIZE or not x.is_floating_point():
-            raise ValueError(
+            raise UsageError(
                 f"calibration images must be preprocessed float images of at least {MIN_SIZE}x{MIN_SIZE} "
                 f"pixels, got dtype {x.dtype} and shape {tuple(x.shape)}; apply the weights' transforms() first"
             )
         found = True
         yield x.detach().float().cpu(), (None if y is None else y.cpu())
     if not found:
-        raise ValueError("no calibration images: give a few hundred images like those the model will see")
+        raise UsageError("no calibration images: give a few hundred images like those the model will see")
 
 
 def _raw_batches(source: Calibration, preset: nn.Module | None, batch_size: int) -> Iterator[_Batch]:
@@ -410,11 +411,11 @@ def _raw_batches(source: Calibration, preset: nn.Module | None, batch_size: int)
             elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
                 yield item[0], torch.as_tensor(item[1])
             else:
-                raise TypeError(
+                raise UsageTypeError(
                     f"calibration batches must be image tensors or (images, labels) pairs, got {type(item).__name__}"
                 )
     else:
-        raise TypeError(
+        raise UsageTypeError(
             "calibration must be an (N, C, H, W) tensor, an iterable of batches or a folder, "
             f"got {type(source).__name__}"
         )
@@ -423,7 +424,7 @@ def _raw_batches(source: Calibration, preset: nn.Module | None, batch_size: int)
 def _folder(root: Path, preset: nn.Module, batch_size: int) -> Iterator[_Batch]:
     """A folder's images: with one sub-folder per class (sorted names = class indices) also their labels."""
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder of calibration images")
+        raise NoImages(f"{root}: no such folder of calibration images")
     if any(p.is_dir() for p in root.iterdir()):
         dataset = ImageFolder(root, preset)
         items = [dataset[i] for i in range(len(dataset))]
@@ -433,6 +434,6 @@ def _folder(root: Path, preset: nn.Module, batch_size: int) -> Iterator[_Batch]:
         return
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
+        raise NoImages(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
     for start in range(0, len(files), batch_size):
         yield torch.stack([preset(load_image(p)) for p in files[start : start + batch_size]]), None

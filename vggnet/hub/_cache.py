@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlsplit
 import torch
 
 from vggnet import settings
-from vggnet.errors import ChecksumError, NotARegularFileError
+from vggnet.errors import ChecksumError, NotARegularFileError, UsageError
 from vggnet.hub._files import (
     Progress,
     copy_hashing,
@@ -79,7 +79,7 @@ def normalize_digest(sha256: str) -> str:
     """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
     digest = sha256.lower()
     if not _DIGEST.fullmatch(digest):
-        raise ValueError(
+        raise UsageError(
             f"sha256 must be the 64 hex digits of the file's SHA-256, or at least its first 8, got {sha256!r}"
         )
     return digest
@@ -123,7 +123,7 @@ def safe_name(name: str, *, source: str) -> str:
         or len(decoded.encode("utf-8", "surrogatepass")) > 200  # room for our suffixes within NAME_MAX
     )
     if bad:
-        raise ValueError(
+        raise UsageError(
             f"refusing the file name {decoded!r} taken from {source}: a checkpoint name must be a plain "
             "file name (no path separators, no leading dot, no control characters, at most 200 bytes); "
             "pass file_name= with a name such as 'model-1a2b3c4d.pth'"

@@ -30,7 +30,7 @@ from urllib.parse import urljoin, urlsplit
 
 from vggnet import settings
 from vggnet.checks import check_int
-from vggnet.errors import ChecksumError, DownloadError
+from vggnet.errors import ChecksumError, DiskError, DownloadError, UsageError
 from vggnet.hub._cache import dir_error, write_stamp
 from vggnet.hub._deadline import Watch, watched_adapter
 from vggnet.hub._files import CHUNK, publish
@@ -85,13 +85,13 @@ class _Retry(Exception):
 def check_limits(size: int | None, timeout: Timeout, retries: int) -> None:
     """ValueError for a size, timeout or retry count that makes no sense, before anything is fetched."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise ValueError(f"size must be a positive byte count (or None if unknown), got {size!r}")
+        raise UsageError(f"size must be a positive byte count (or None if unknown), got {size!r}")
     check_int("retries", retries, least=0, what="retries after the first attempt")
     seconds = timeout if isinstance(timeout, tuple) else (timeout, timeout)
     if len(seconds) != 2 or not all(
         isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf") for t in seconds
     ):
-        raise ValueError(
+        raise UsageError(
             f"timeout must be a positive number of seconds or a (connect, read) pair of them, got {timeout!r}"
         )
 
@@ -179,7 +179,7 @@ def download_file(
             if need
             else f"the file's size is unknown (at most {max_size or cap:,} bytes)"
         )
-        raise OSError(
+        raise DiskError(
             errno.ENOSPC,
             f"no room to download {dest.name} into {dest.parent} ({err}): {needs}, and the {part.size:,} bytes "
             f"received were removed. Free space there, or point {ENV_HOME} at a folder with room",

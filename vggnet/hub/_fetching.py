@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote, urlsplit
 import torch
 
 from vggnet import settings
-from vggnet.errors import ChecksumError
+from vggnet.errors import BadCheckpointError, ChecksumError, MissingPathError, NotCachedError, UsageError
 from vggnet.hub._cache import (
     LOCAL_HINT,
     NAME_DIGEST,
@@ -250,11 +250,11 @@ def _local_path(url: str) -> Path | None:
         return None
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file:// URLs must name a local file (file:///path), got {url!r}")
+            raise UsageError(f"file:// URLs must name a local file (file:///path), got {url!r}")
         return Path(unquote(parts.path))
     if scheme == "" or (len(scheme) == 1 and sys.platform == "win32"):  # a plain path, or a drive letter
         return Path(url).expanduser()
-    raise ValueError(f"unsupported URL scheme {parts.scheme!r} in {url!r}; use https, http, file:// or a local path")
+    raise UsageError(f"unsupported URL scheme {parts.scheme!r} in {url!r}; use https, http, file:// or a local path")
 
 
 def _mirrored(url: str, name: str) -> str:
@@ -268,7 +268,7 @@ def _mirrored(url: str, name: str) -> str:
     try:
         folder = _local_path(mirror)  # a directory (or drive letter), else the unsupported scheme
     except ValueError as err:
-        raise ValueError(
+        raise UsageError(
             f"{ENV_MIRROR}={mirror!r} has the unsupported scheme {scheme!r}: set it to a base URL "
             "(https://..., http://..., file:///...) or a local directory, or unset it"
         ) from err
@@ -327,14 +327,14 @@ def _fetch(
                 return dest, digest
         if local is not None:  # a VGGNET_MIRROR directory: checked where it is, not copied
             if not local.is_file():
-                raise FileNotFoundError(
+                raise NotCachedError(
                     f"{dest.name} is neither in the cache ({dest.parent}) nor in the mirror "
                     f"{ENV_MIRROR}={settings.mirror()} (no file {local}): put it there "
                     f"('vggnet download --to DIR' builds a mirror), or unset {ENV_MIRROR} to download {origin}"
                 )
             return local, _verify_local(local, expected, url, size=size, stamps=stamps)
         if offline:
-            raise FileNotFoundError(
+            raise NotCachedError(
                 f"{dest.name} is not in the cache and {ENV_OFFLINE} is set, so it was not downloaded: "
                 f"download {origin} and put it in {dest.parent} (or point {ENV_MIRROR} at a directory holding it)"
             )
@@ -351,7 +351,7 @@ def _warn_unverified(expected: str | None, path: Path) -> None:
 
 def _verify_local(path: Path, expected: str | None, url: str, *, size: int | None, stamps: Path) -> str:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} (from {url!r}) is not a file")
+        raise MissingPathError(f"{path} (from {url!r}) is not a file")
     digest = file_digest(path, local_stamp_path(path, stamps), expected, follow=True)
     left = "the file was left where it is and not loaded"
     if not digest_matches(digest, expected):
@@ -359,7 +359,7 @@ def _verify_local(path: Path, expected: str | None, url: str, *, size: int | Non
         raise ChecksumError(url, path, expected, digest, detail=left, hint=LOCAL_HINT)
     actual = path.stat().st_size
     if size is not None and actual != size:
-        raise ValueError(f"{path} has {actual:,} bytes, not the {size:,} that size= says; {left}")
+        raise BadCheckpointError(f"{path} has {actual:,} bytes, not the {size:,} that size= says; {left}")
     if expected is None:
         logger.warning("%s: loading a local file unverified (no digest to check it against)", path)
     return digest

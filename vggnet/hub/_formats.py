@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from vggnet.errors import BadCheckpointError, DiskError, MissingDependency, UsageError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -88,7 +90,7 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
         return fmt
     with open(path, "rb") as f:
         head = f.read(9)
-    raise ValueError(
+    raise BadCheckpointError(
         f"{path} is not a weights file vggnet reads: its first bytes {head!r} match none of "
         f"{', '.join(FORMATS)} (PyTorch zip or legacy pickle, safetensors, Keras HDF5); "
         "check that the download is complete and is not an HTML error page"
@@ -108,7 +110,9 @@ def _safetensors_torch() -> Any:
     try:
         import safetensors.torch
     except ImportError as err:
-        raise ImportError("safetensors files need the safetensors package: pip install 'vggnet[safetensors]'") from err
+        raise MissingDependency(
+            "safetensors files need the safetensors package: pip install 'vggnet[safetensors]'"
+        ) from err
     return safetensors.torch
 
 
@@ -148,7 +152,7 @@ def read_tensors(path: str | os.PathLike[str], map_location: str | torch.device 
     """
     fmt = detect_format(path)
     if fmt == "hdf5":
-        raise ValueError(f"{path} is a Keras HDF5 file: read it with read_keras_layers")
+        raise UsageError(f"{path} is a Keras HDF5 file: read it with read_keras_layers")
     if fmt == "safetensors":
         return load_safetensors(path, map_location)
     if str(path).endswith(".safetensors"):  # torch.load would hand the name to safetensors: give it the bytes
@@ -162,7 +166,7 @@ def _torch_state(obj: object, path: str | os.PathLike[str]) -> dict[str, torch.T
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
+        raise BadCheckpointError(
             f"{path} does not hold a state dict (a mapping of names to tensors) but a {type(obj).__name__}; "
             "save model.state_dict(), not the model"
         )
@@ -180,7 +184,7 @@ def write_tensors(
     path = Path(path)
     fmt = WRITE_SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(
+        raise UsageError(
             f"cannot tell which format to write from {path.name!r}; use one of the suffixes "
             f"{', '.join(WRITE_SUFFIXES)} (.safetensors for safetensors, the others for PyTorch's zip format)"
         )
@@ -191,7 +195,7 @@ def write_tensors(
         _atomic_write(path, lambda tmp: torch.save(plain, tmp))
     back = load_safetensors(path) if fmt == "safetensors" else torch.load(path, weights_only=True, mmap=True)
     if back.keys() != state.keys() or not all(torch.equal(back[k], state[k].detach().cpu()) for k in state):
-        raise OSError(f"{path} does not read back as what was written; the disk may be full or failing")
+        raise DiskError(f"{path} does not read back as what was written; the disk may be full or failing")
     return file_sha256(path)
 
 
@@ -202,7 +206,7 @@ def _h5py() -> Any:
     try:
         return importlib.import_module("h5py")
     except ImportError as err:
-        raise ImportError("Keras .h5 weight files need h5py: pip install 'vggnet[keras]'") from err
+        raise MissingDependency("Keras .h5 weight files need h5py: pip install 'vggnet[keras]'") from err
 
 
 def _names_attr(group: Any, name: str) -> list[str]:
@@ -239,7 +243,7 @@ def read_keras_layers(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray
                 name = name.decode("utf8") if isinstance(name, bytes) else str(name)
                 layers[name] = [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
         else:
-            raise ValueError(
+            raise BadCheckpointError(
                 f"{path} is an HDF5 file but not Keras weights: it has neither a 'layer_names' attribute "
                 "(Keras 1/2, the published VGG16/VGG19 files) nor a 'layers' group (Keras 3 .weights.h5)"
             )

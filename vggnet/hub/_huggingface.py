@@ -1,6 +1,6 @@
 """The Hugging Face Hub as a weights source: "hf-hub:timm/vgg16.tv_in1k" -> a verified local file.
 
-Downloading is delegated to `huggingface_hub.hf_hub_download` (`pip install 'vggnet[hf]'`), so its
+Downloading is delegated to `huggingface_hub.hf_hub_download` (`pip install 'vggnet[hub]'`), so its
 cache (`HF_HOME`, `HF_HUB_CACHE`), `HF_ENDPOINT`, `HF_HUB_OFFLINE` and token settings apply unchanged.
 
 What the Hub's own checks give: the file is named in its cache by the server's ETag (for LFS files,
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vggnet.errors import ChecksumError
+from vggnet.errors import ChecksumError, MissingDependency, UsageError
 from vggnet.hub._cache import normalize_digest
 from vggnet.hub._formats import file_sha256
 
@@ -51,12 +51,12 @@ def is_hf_hub(name: str) -> bool:
 def parse_hf_hub(name: str) -> HubName:
     """ "hf-hub:timm/vgg16_bn.tv_in1k" (or "...@revision") -> HubName; ValueError for anything else."""
     if not is_hf_hub(name):
-        raise ValueError(
+        raise UsageError(
             f"{name!r} is not a Hub name; write it as 'hf-hub:owner/repository', e.g. hf-hub:timm/vgg16.tv_in1k"
         )
     repo_id, _, revision = name[len(HF_PREFIX) :].partition("@")
     if not _REPO.fullmatch(repo_id):
-        raise ValueError(f"{name!r}: the repository must be 'owner/name', e.g. hf-hub:timm/vgg16.tv_in1k")
+        raise UsageError(f"{name!r}: the repository must be 'owner/name', e.g. hf-hub:timm/vgg16.tv_in1k")
     return HubName(repo_id, revision or None)
 
 
@@ -64,7 +64,7 @@ def _hf_hub_download() -> Any:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as err:
-        raise ImportError("hf-hub: weights need huggingface_hub: pip install 'vggnet[hf]'") from err
+        raise MissingDependency("hf-hub: weights need huggingface_hub: pip install 'vggnet[hub]'") from err
     return hf_hub_download
 
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import torch
 
-from vggnet.errors import ChecksumError, NotAStateDict, UnsafeCheckpointError
+from vggnet.errors import ChecksumError, CorruptCheckpointError, NotAStateDict, UnsafeCheckpointError
 from vggnet.hub._cache import local_stamp_path, open_file_digest, read_stamp, stamp_matches, stamp_of, write_stamp
 from vggnet.hub._files import create_private, hash_file, open_read, publish, temp_name
 from vggnet.hub._formats import load_safetensors, sniff_format
@@ -104,7 +104,9 @@ def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: Map
         raise UnsafeCheckpointError(path, found.group(1) if found else None) from None
     except (RuntimeError, KeyError, EOFError) as err:  # a cut zip; a text file is a KeyError, an empty one EOFError
         detail = str(err).splitlines()[0] if isinstance(err, RuntimeError) and str(err) else type(err).__name__
-        raise RuntimeError(f"{path} could not be read as a PyTorch checkpoint (corrupt, cut short?): {detail}") from err
+        raise CorruptCheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint (corrupt, cut short?): {detail}"
+        ) from err
 
 
 # --- the state dict a checkpoint holds -------------------------------------------------------------

@@ -39,6 +39,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from vggnet.checks import check_choice, check_float, check_int
+from vggnet.errors import UsageError, UsageTypeError
 from vggnet.models.checkpoint import load
 from vggnet.models.config import HEADS, IN_CHANNELS, check_arch
 from vggnet.models.interop import pretrained_cfg
@@ -87,12 +88,12 @@ def _legacy_pretrained(
     """
     if positional:
         if len(positional) > 2:
-            raise TypeError(
+            raise UsageTypeError(
                 f"{arch}() takes at most 2 positional arguments (weights, progress), got {len(positional)}; "
                 "pass the others by keyword"
             )
         if weights is not None:
-            raise TypeError(f"{arch}() got weights both positionally and as weights=; pass it once, by keyword")
+            raise UsageTypeError(f"{arch}() got weights both positionally and as weights=; pass it once, by keyword")
         names = " and ".join(("'weights'", "'progress'")[: len(positional)])
         warnings.warn(
             f"Using {names} as positional parameter(s) is deprecated {_SINCE} and may be removed in the "
@@ -106,7 +107,7 @@ def _legacy_pretrained(
     legacy = isinstance(weights, bool)  # vgg16(True) or weights=True: torchvision's positional pretrained
     if "pretrained" in kwargs:
         if weights is not None:
-            raise ValueError(f"pass either weights= or the deprecated pretrained= to {arch}(), not both")
+            raise UsageError(f"pass either weights= or the deprecated pretrained= to {arch}(), not both")
         weights = kwargs.pop("pretrained")
         legacy = True
         warnings.warn(
@@ -138,7 +139,7 @@ def _check_arguments(kwargs: Mapping[str, Any]) -> None:
     """Refuse a bad argument before any checkpoint is fetched: a typo must not cost a 528 MB download."""
     unknown = sorted(set(kwargs) - set(_ARGUMENTS))
     if unknown:
-        raise TypeError(
+        raise UsageTypeError(
             f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"the builders take weights, progress, {', '.join(_ARGUMENTS)}"
         )

@@ -23,7 +23,7 @@ import torch
 
 from vggnet.checks import check_device, check_int
 from vggnet.data.transforms import ImageClassification, keras_transforms
-from vggnet.errors import ArchMismatch, BadCheckpointError
+from vggnet.errors import ArchMismatch, BadCheckpointError, CheckpointMismatchError, UsageError
 from vggnet.hub import fetch, hf_hub_file, load_state_dict_from_url, normalize_digest, sniff_format
 from vggnet.models.config import IN_CHANNELS, arch_config, check_arch
 from vggnet.models.finetuned import FORMAT, Finetuned, check_finetuned, read_finetuned
@@ -99,7 +99,7 @@ def load(
     digest = normalize_digest(sha256) if sha256 is not None else None
     source = classify(weights, arch)
     if source.kind == "record" and digest is not None:
-        raise ValueError("sha256 is for a checkpoint file or URL; a record carries its own digest")
+        raise UsageError("sha256 is for a checkpoint file or URL; a record carries its own digest")
     if classifier:
         check_classifier(source)
     kwargs = dict(model_kwargs)
@@ -248,7 +248,7 @@ def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.devic
     """
     checkpoint = read_finetuned(path, map_location)
     if checkpoint is None:
-        raise ValueError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
+        raise BadCheckpointError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
     finetuned = _finetuned(checkpoint, map_location, {}, str(path))
     finetuned.model.eval()
     return finetuned
@@ -293,7 +293,7 @@ def _on_backbone(
     if source.kind == "record":
         assert source.record is not None
         if normalize_digest(digest) != source.record.sha256:
-            raise ValueError(
+            raise BadCheckpointError(
                 f"this checkpoint was trained on {name} with SHA-256 {digest}, but that record now has "
                 f"{source.record.sha256}; fine-tune again on the current weights"
             )
@@ -304,6 +304,6 @@ def _on_backbone(
     expected = model.state_dict()
     unexpected = sorted(k for k in trained if k not in expected or expected[k].shape != trained[k].shape)
     if unexpected:
-        raise RuntimeError(f"the trained tensors {key_list(unexpected)} do not fit {arch} on {name}")
+        raise CheckpointMismatchError(f"the trained tensors {key_list(unexpected)} do not fit {arch} on {name}")
     model.load_state_dict({**expected, **trained}, strict=True)
     return model.eval()

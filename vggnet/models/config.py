@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, Literal
 
+from vggnet.errors import UsageError
+
 Layer = int | Literal["M"]
 
 # fmt: off
@@ -62,7 +64,7 @@ def check_arch(name: str) -> str:
     """The builder name `name` spells (any case); the one "unknown model" ValueError, naming the valid ones."""
     key = str(name).lower()
     if key not in ARCHS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(ARCHS)}")
+        raise UsageError(f"unknown model {name!r}; valid: {', '.join(ARCHS)}")
     return key
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vggnet.data.transforms import ImageClassification
-from vggnet.errors import BadCheckpointError
+from vggnet.errors import BadCheckpointError, UsageError
 from vggnet.hub import weights_only_load
 from vggnet.models.config import ARCHS
 from vggnet.models.sources import Source
@@ -92,7 +92,7 @@ def backbone_identity(source: Source, path: Path | None) -> dict[str, str]:
         assert source.record is not None
         return {"weights": source.label, "url": source.record.url, "sha256": source.record.sha256}
     if path is None:
-        raise ValueError(f"a {source.kind} source has no file to identify")
+        raise UsageError(f"a {source.kind} source has no file to identify")
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

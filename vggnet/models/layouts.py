@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from vggnet.errors import BadCheckpointError, UsageError
 from vggnet.hub import detect_format, read_keras_layers, read_tensors, write_tensors
 from vggnet.models.config import ARCHS, CONFIGS, HIDDEN, POOLED_SIZE, arch_config
 
@@ -75,7 +76,7 @@ def write_state_dict(
     The file is read back and compared tensor by tensor before the digest is returned.
     """
     if layout not in ("vggnet", "timm"):
-        raise ValueError(f"layout must be 'vggnet' or 'timm', got {layout!r}")
+        raise UsageError(f"layout must be 'vggnet' or 'timm', got {layout!r}")
     return write_tensors(to_timm(state) if layout == "timm" else dict(state), path, metadata=metadata)
 
 
@@ -140,7 +141,7 @@ def from_keras(
         None,
     )
     if arch is None:
-        raise ValueError(
+        raise BadCheckpointError(
             f"{source} has {len(convs)} block*_conv* layers; a Keras VGG16 has 13 and a VGG19 16 "
             "(VGG11 8, VGG13 10); is it a Keras VGG file?"
         )
@@ -155,7 +156,9 @@ def from_keras(
         state[f"features.{index}.weight"], state[f"features.{index}.bias"] = weight, bias
     dense = [k for k in ("fc1", "fc2", "predictions") if k in layers]
     if dense and dense != ["fc1", "fc2", "predictions"]:
-        raise ValueError(f"{source} has the dense layers {dense}; a Keras VGG has fc1, fc2 and predictions, or none")
+        raise BadCheckpointError(
+            f"{source} has the dense layers {dense}; a Keras VGG has fc1, fc2 and predictions, or none"
+        )
     for name, prefix in zip(dense, (_FC6, _FC7, _FC8)):
         kernel, bias = (torch.from_numpy(a.copy()) for a in layers[name])
         weight = kernel.t()  # (in, out) -> (out, in)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from vggnet.errors import ArchMismatch, WeightsFileNotFound
+from vggnet.errors import ArchMismatch, UsageError, WeightsFileNotFound
 from vggnet.hub import is_hf_hub, parse_hf_hub
 from vggnet.models import weights as records
 from vggnet.models.config import ARCHS, RANDOM_NAMES, SOURCE_RULES, URL_SCHEMES, WEIGHT_FILE_SUFFIXES
@@ -78,7 +78,7 @@ def classify(weights: WeightsSource, arch: str | None = None) -> Source:
     if isinstance(member, WeightsEnum):
         return _member(member, arch)
     if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
+        raise UsageError(
             f"weights must be a record name, a file path, a URL or None, got {type(weights).__name__} {weights!r} "
             "(a weights enum member and a vggnet.Weights record work too)"
         )
@@ -94,7 +94,7 @@ def classify(weights: WeightsSource, arch: str | None = None) -> Source:
             _existing(text, Path(unquote(urlsplit(text).path)))
         return Source("url", text)
     if "://" in text:
-        raise ValueError(f"weights {text!r} has an unsupported URL scheme {scheme!r}; weights is {SOURCE_RULES}")
+        raise UsageError(f"weights {text!r} has an unsupported URL scheme {scheme!r}; weights is {SOURCE_RULES}")
     looks_like_path = isinstance(weights, os.PathLike) or any(sep in text for sep in ("/", os.sep))
     looks_like_path = looks_like_path or text.lower().endswith(WEIGHT_FILE_SUFFIXES) or text.startswith("~")
     if looks_like_path:
@@ -121,7 +121,7 @@ def hub_arch_of(name: str) -> str:
     repo_id = parse_hf_hub(name).repo_id
     arch = repo_id.split("/", 1)[1].split(".", 1)[0]
     if arch not in ARCHS:
-        raise ValueError(
+        raise UsageError(
             f"{name!r}: cannot tell the architecture from the repository name {repo_id!r} (the part before the "
             f"first '.' must be one of {', '.join(ARCHS)}, as in timm/vgg16.tv_in1k)"
         )
@@ -145,11 +145,11 @@ def _named(name: str, arch: str | None) -> WeightsEnum:
     by_name = {enum.__name__: enum for enum in enums.values()}
     if dot and enum_name not in by_name:
         valid = ", ".join(str(m) for enum in enums.values() for m in enum.__members__.values())
-        raise ValueError(f"unknown weights {name!r}; valid: {valid}; weights is {SOURCE_RULES}")
+        raise UsageError(f"unknown weights {name!r}; valid: {valid}; weights is {SOURCE_RULES}")
     try:
         return by_name[enum_name].from_name(member) if dot else enums[arch or "vgg16"].from_name(name)
     except ValueError as err:  # "unknown weights ... for VGG16_Weights; valid: ..."
-        raise ValueError(f"{err}; weights is {SOURCE_RULES}") from None
+        raise UsageError(f"{err}; weights is {SOURCE_RULES}") from None
 
 
 def _member(member: WeightsEnum, arch: str | None, text: str | None = None) -> Source:
@@ -162,7 +162,7 @@ def _member(member: WeightsEnum, arch: str | None, text: str | None = None) -> S
 def check_classifier(source: Source) -> None:
     """ValueError for a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES)."""
     if source.record is not None and source.record.categories is None:
-        raise ValueError(
+        raise UsageError(
             f"{source.label} has no classifier (only `features` holds usable values, fc6 and fc7 are NaN); "
             "use IMAGENET1K_V1"
         )

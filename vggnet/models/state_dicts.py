@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggnet.errors import BadCheckpointError
+from vggnet.errors import BadCheckpointError, CheckpointMismatchError
 from vggnet.models.config import ARCHS, IN_CHANNELS, arch_config
 from vggnet.models.vgg import VGG, adapt_input_conv, init_module, make_layers
 
@@ -104,7 +104,7 @@ def arch_of_state(state: Mapping[str, torch.Tensor], source: str = "the state di
     """
     arch = arch_of_keys(state)
     if arch is None:
-        raise ValueError(f"{source} is not a VGG checkpoint: its keys match none of {', '.join(ARCHS)}")
+        raise BadCheckpointError(f"{source} is not a VGG checkpoint: its keys match none of {', '.join(ARCHS)}")
     return arch
 
 
@@ -138,7 +138,7 @@ def load_checkpoint_state(
     )
     if missing or unexpected or wrong_shape:
         hint = " (is it a checkpoint of another VGG variant?)" if len(missing) + len(unexpected) > 8 else ""
-        raise RuntimeError(
+        raise CheckpointMismatchError(
             f"checkpoint does not fit the model{hint}: missing keys {key_list(missing)}; "
             f"unexpected keys {key_list(unexpected)}; shape mismatches {key_list(wrong_shape)}"
         )

@@ -28,6 +28,7 @@ from xml.sax.saxutils import escape
 import torch
 from torch import nn
 
+from vggnet.errors import MissingDependency, UsageError
 from vggnet.models.config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE, arch_config
 from vggnet.models.receptive import receptive_fields
 from vggnet.models.taps import module_names
@@ -100,7 +101,7 @@ class Summary:
 
     def param_bytes(self, dtype: str = "float32") -> int:
         if dtype not in DTYPE_BYTES:
-            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
+            raise UsageError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
         return self.params * DTYPE_BYTES[dtype]
 
     @property
@@ -139,10 +140,10 @@ def _size(input_size: SizeArg) -> tuple[int, int]:
         height = width = input_size
     else:
         if len(input_size) != 2:
-            raise ValueError(f"input size must be one side or (height, width), got {tuple(input_size)}")
+            raise UsageError(f"input size must be one side or (height, width), got {tuple(input_size)}")
         height, width = (int(side) for side in input_size)
     if min(height, width) < MIN_SIZE:
-        raise ValueError(
+        raise UsageError(
             f"input size {height}x{width} is too small: VGG needs at least {MIN_SIZE} px per side "
             f"(five 2x2 max-pools halve it to 1 px)"
         )
@@ -188,7 +189,7 @@ def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_
     """
     height, width = _size(input_size)
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     row, batch_norm = arch_config(arch)
     with torch.device("meta"):
         model = VGG(make_layers(row, batch_norm), num_classes=num_classes, init_weights=False)
@@ -375,7 +376,7 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _PLOT_FORMATS:
-        raise ValueError(
+        raise UsageError(
             f"cannot draw a {suffix or 'suffix-less'} file {path.name!r}; use one of {', '.join(_PLOT_FORMATS)}"
         )
     if suffix == ".svg":
@@ -384,7 +385,7 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     try:
         Figure = importlib.import_module("matplotlib.figure").Figure
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependency(
             f"writing {path.name} needs matplotlib (pip install matplotlib); an .svg plot needs nothing"
         ) from err
     layers = [layer for layer in summary.layers if layer.macs]

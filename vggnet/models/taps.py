@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from vggnet.errors import UsageError, UsageTypeError
 from vggnet.models.config import arch_config
 
 __all__ = [
@@ -78,7 +79,7 @@ def feature_names(features: str | nn.Module) -> list[str]:
         for m in feature_layers(features):
             kind = _kind(m, kinds[-1] if kinds else None)
             if kind is None:
-                raise TypeError(f"features[{len(kinds)}] is a {type(m).__name__}, which has no VGG layer name")
+                raise UsageTypeError(f"features[{len(kinds)}] is a {type(m).__name__}, which has no VGG layer name")
             kinds.append(kind)
     return _paper_names(kinds)
 
@@ -102,7 +103,7 @@ def module_names(model: Network) -> dict[str, str]:
 def feature_layers(features: nn.Module) -> nn.Sequential:
     """`features` as the flat `make_layers` Sequential the names are read from; TypeError for anything else."""
     if not isinstance(features, nn.Sequential):
-        raise TypeError(
+        raise UsageTypeError(
             f"named taps need `features` to be a make_layers Sequential, not {type(features).__name__}; "
             "build it with vggnet.make_layers"
         )
@@ -163,10 +164,10 @@ def _geometry(name: str, m: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) -> tuple[in
     dilation = m.dilation if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) else 1
     values = [m.kernel_size, m.stride, m.padding, dilation]
     if any(isinstance(v, str) for v in values):
-        raise ValueError(f"{name}: padding {m.padding!r} is not a number; give the layer explicit integer padding")
+        raise UsageError(f"{name}: padding {m.padding!r} is not a number; give the layer explicit integer padding")
     sides = [v if isinstance(v, tuple) else (v, v) for v in values]
     if any(len(set(v)) != 1 for v in sides):
-        raise ValueError(f"{name} is not square ({m}); receptive fields are computed for square layers only")
+        raise UsageError(f"{name} is not square ({m}); receptive fields are computed for square layers only")
     k, s, p, d = (int(v[0]) for v in sides)
     return k, s, p, d
 
@@ -181,10 +182,10 @@ def run_taps(steps: Sequence[Step], x: torch.Tensor, layers: str | Sequence[str]
     names = [name for name, _ in steps]
     layers = layer_list(layers)
     if not layers:
-        raise ValueError(f"no layers asked; pass a list of layer names, e.g. ['relu1_2']; valid: {', '.join(names)}")
+        raise UsageError(f"no layers asked; pass a list of layer names, e.g. ['relu1_2']; valid: {', '.join(names)}")
     unknown = [name for name in layers if name not in names]
     if unknown:
-        raise ValueError(f"unknown layers {unknown}; valid: {', '.join(names)}")
+        raise UsageError(f"unknown layers {unknown}; valid: {', '.join(names)}")
     wanted = set(layers)
     last = max(names.index(name) for name in layers)
     taps: dict[str, torch.Tensor] = {}
@@ -239,7 +240,7 @@ def _paper_names(kinds: Sequence[str]) -> list[str]:
 def _classifier(model: Network) -> nn.Sequential:
     classifier = model.classifier
     if not isinstance(classifier, nn.Sequential) or len(classifier) != len(HEAD_NAMES) - 1:
-        raise TypeError(
+        raise UsageTypeError(
             f"named taps need VGG's classifier, a Sequential of {len(HEAD_NAMES) - 1} modules "
             f"({', '.join(HEAD_NAMES[1:])}), not {classifier}"
         )

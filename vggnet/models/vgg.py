@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from vggnet.checks import check_choice, check_int, is_int
+from vggnet.errors import UsageError, UsageTypeError
 from vggnet.models.config import HEADS, HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
 from vggnet.models.interop import pretrained_cfg
 from vggnet.models.taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
@@ -126,7 +127,7 @@ class VGG(nn.Module):
         """Width of the pre-logits vector that `forward_head(pre_logits=True)` returns (timm's name): 4096."""
         fc7 = self.classifier[3]
         if not isinstance(fc7, nn.Linear):
-            raise TypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
+            raise UsageTypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
         return fc7.out_features
 
     @property
@@ -157,16 +158,16 @@ class VGG(nn.Module):
         """The last Linear layer (fc8)."""
         fc8 = self.classifier[-1]
         if isinstance(fc8, nn.Identity):
-            raise TypeError("the model has no fc8 (num_classes=0); add one with reset_classifier(num_classes)")
+            raise UsageTypeError("the model has no fc8 (num_classes=0); add one with reset_classifier(num_classes)")
         if not isinstance(fc8, nn.Linear):
-            raise TypeError(f"classifier[-1] is a {type(fc8).__name__}, expected the nn.Linear fc8")
+            raise UsageTypeError(f"classifier[-1] is a {type(fc8).__name__}, expected the nn.Linear fc8")
         return fc8
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming what was received and what is needed, before any layer runs."""
         check_images(x, self.in_channels)
         if min(x.shape[2], x.shape[3]) < MIN_SIZE:
-            raise ValueError(
+            raise UsageError(
                 f"VGG needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels (five 2x2 max-pools), "
                 f"got {x.shape[2]}x{x.shape[3]}; resize the input first"
             )
@@ -260,7 +261,7 @@ class VGG(nn.Module):
         _check_num_classes(num_classes)
         fc7 = self.classifier[3]
         if not isinstance(fc7, nn.Linear):
-            raise TypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
+            raise UsageTypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
         fc8 = _fc8(fc7.out_features, num_classes, device=fc7.weight.device, dtype=fc7.weight.dtype)
         init_module(fc8)
         self.classifier[-1] = fc8
@@ -283,7 +284,7 @@ class VGG(nn.Module):
             if stop and names[stop - 1].startswith("drop"):
                 stop -= 1  # a dropout trains with the Linear after it: freeze(upto="fc8") keeps drop7 on
         else:
-            raise ValueError(f"unknown layer {upto!r}; valid: {', '.join(names)}")
+            raise UsageError(f"unknown layer {upto!r}; valid: {', '.join(names)}")
         self.unfreeze()
         self._frozen = stop
         for p in self._frozen_part().parameters():
@@ -387,7 +388,7 @@ def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[in
     picked = list(range(stages)) if out_indices is None else list(out_indices)
     bad = [i for i in picked if not is_int(i, least=-stages, most=stages - 1)]
     if not picked or bad:
-        raise ValueError(
+        raise UsageError(
             f"out_indices must be stage indices 0-{stages - 1} (the ReLU before pool1-pool5, then pool5), "
             f"got {out_indices!r}"
         )
@@ -397,13 +398,13 @@ def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[in
 def check_images(x: torch.Tensor, in_channels: int, who: str = "VGG") -> None:
     """Raise a ValueError, naming the shape received and the fix, unless `x` is an (N, in_channels, H, W) batch."""
     if x.dim() != 4:
-        raise ValueError(
+        raise UsageError(
             f"{who} expects a 4-D batch (N, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}; "
             "add a batch dimension with x.unsqueeze(0) for a single image"
         )
     if x.shape[1] != in_channels:
         hint = "; gray images: x.expand(-1, 3, -1, -1), RGBA: x[:, :3]" if in_channels == 3 else ""
-        raise ValueError(f"{who} expects {in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}){hint}")
+        raise UsageError(f"{who} expects {in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}){hint}")
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -416,7 +417,7 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
       that of the RGB network (exactly when N is a multiple of 3).
     """
     if weight.dim() != 4 or weight.shape[1] != IN_CHANNELS:
-        raise ValueError(f"expected a first-conv weight (O, 3, k, k), got shape {tuple(weight.shape)}")
+        raise UsageError(f"expected a first-conv weight (O, 3, k, k), got shape {tuple(weight.shape)}")
     check_int("in_chans", in_chans)
     gray = weight.sum(dim=1, keepdim=True)
     if in_chans == IN_CHANNELS:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from vggnet.checks import check_choice
 from vggnet.data.constants import CAFFE_MEAN, CAFFE_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from vggnet.data.transforms import ImageClassification
+from vggnet.errors import UnknownWeightsError, UsageError, UsageTypeError
 from vggnet.hub import OFFICIAL_BASE, file_name_from_url, load_weights, normalize_digest
 from vggnet.models.config import MIN_SIZE
 
@@ -107,17 +108,17 @@ class Weights:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha256", normalize_digest(self.sha256))
         if not isinstance(self.nonfinite, (tuple, list)) or not all(isinstance(p, str) and p for p in self.nonfinite):
-            raise ValueError(
+            raise UsageError(
                 f"nonfinite must be a tuple of state-dict key prefixes such as ('classifier.',), got {self.nonfinite!r}"
             )
         object.__setattr__(self, "nonfinite", tuple(self.nonfinite))
         if not self.url:
-            raise ValueError("url must be an https, http or file:// URL, or a local path")
+            raise UsageError("url must be an https, http or file:// URL, or a local path")
         if self.size is not None and self.size <= 0:
-            raise ValueError(f"size must be a positive byte count, got {self.size}")
+            raise UsageError(f"size must be a positive byte count, got {self.size}")
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         if len(self.mean) != len(self.std):
-            raise ValueError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
+            raise UsageError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
         if self.categories is not None and not isinstance(self.categories, _Categories):
             object.__setattr__(self, "categories", tuple(self.categories))
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
@@ -226,11 +227,11 @@ class WeightsEnum(Enum):
             prefix = cls.__name__ + "."
             name = obj[len(prefix) :] if obj.startswith(prefix) else obj
             if name not in cls.__members__:
-                raise KeyError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
+                raise UnknownWeightsError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
             return cls[name]
         member = own_member(obj)
         if not isinstance(member, cls):
-            raise TypeError(
+            raise UsageTypeError(
                 f"expected weights of {cls.__name__} (None, a member or its name: {_member_names(cls)}), "
                 f"got {_describe(obj)}"
             )
@@ -267,7 +268,7 @@ class WeightsEnum(Enum):
         member = cls.__members__.get(short)
         if member is None:
             valid = ", ".join(f"{cls.__name__}.{n}" for n in cls.__members__)
-            raise ValueError(f"unknown weights {name!r} for {cls.__name__}; valid: {valid}")
+            raise UsageError(f"unknown weights {name!r} for {cls.__name__}; valid: {valid}")
         return member
 
 
@@ -393,7 +394,7 @@ def get_weight(name: str) -> WeightsEnum:
     cls = _BY_ENUM_NAME.get(enum_name)
     if cls is None or not member:
         valid = ", ".join(str(m) for cls in WEIGHTS_ENUMS.values() for m in cls.__members__.values())
-        raise ValueError(f"unknown weights {name!r}; valid: {valid}")
+        raise UsageError(f"unknown weights {name!r}; valid: {valid}")
     return cls.from_name(member)
 
 
@@ -421,7 +422,7 @@ def own_member(obj: object) -> object:
             if member.url == url:
                 return member
     official = ", ".join(str(m) for enum in WEIGHTS_ENUMS.values() for m in enum)
-    raise TypeError(
+    raise UsageTypeError(
         f"{obj!r} ({url}) has no vggnet record; vggnet knows {official}. To load that file anyway, pass "
         f"vggnet.Weights(url=..., sha256=...) with its URL and SHA-256"
     )
@@ -440,11 +441,11 @@ def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
     if isinstance(member, WeightsEnum):
         if not isinstance(member, enum):
             valid = ", ".join(str(m) for m in enum.__members__.values())
-            raise ValueError(f"{member} are not weights for {arch}; valid: {valid}")
+            raise UsageError(f"{member} are not weights for {arch}; valid: {valid}")
         return member.value
     if isinstance(weights, str):
         return enum.from_name(weights).value
-    raise TypeError(
+    raise UsageTypeError(
         f"weights must be None, a string, a {enum.__name__} member (vggnet's or torchvision's) or a "
         f"vggnet.Weights record, got {_describe(weights)}"
     )

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vggnet.checks import check_choice, check_int
+from vggnet.errors import MissingDependency, UsageError
 from vggnet.models.taps import feature_layers, feature_names
 from vggnet.models.vgg import VGG, check_images
 from vggnet.models.weights import IMAGENET_CATEGORIES
@@ -81,7 +82,7 @@ def explain(
     check_images(x, model.in_channels, "explain")
     names = category_names(model, categories)
     if target is not None and not 0 <= target < len(names):
-        raise ValueError(f"target must be a class index from 0 to {len(names) - 1}, got {target}")
+        raise UsageError(f"target must be a class index from 0 to {len(names) - 1}, got {target}")
     layer = layer or last_conv(model)
     module = layer_module(model, layer)
     was_training = model.training
@@ -118,7 +119,7 @@ def category_names(model: VGG, categories: Sequence[str] | None) -> Sequence[str
     if categories is None:
         return IMAGENET_CATEGORIES if n == len(IMAGENET_CATEGORIES) else [f"class {i}" for i in range(n)]
     if len(categories) != n:
-        raise ValueError(f"categories has {len(categories)} names for a model with {n} classes (fc8's outputs)")
+        raise UsageError(f"categories has {len(categories)} names for a model with {n} classes (fc8's outputs)")
     return categories
 
 
@@ -127,7 +128,7 @@ def layer_module(model: VGG, layer: str) -> nn.Module:
     layers = list(feature_layers(model.features))
     names = feature_names(model.features)
     if layer not in names:
-        raise ValueError(
+        raise UsageError(
             f"unknown layer {layer!r}: maps need a layer of `features` with a spatial output; valid: {', '.join(names)}"
         )
     return layers[names.index(layer)]
@@ -139,7 +140,7 @@ def last_conv(model: VGG, block: int | None = None) -> str:
     prefix = "conv" if block is None else f"conv{block}_"
     convs = [name for name in names if name.startswith(prefix)]
     if not convs:
-        raise ValueError(f"this VGG has no convolution in block {block}; its blocks are numbered 1 to 5")
+        raise UsageError(f"this VGG has no convolution in block {block}; its blocks are numbered 1 to 5")
     return convs[-1]
 
 
@@ -147,4 +148,4 @@ def _captum() -> Any:
     try:
         return importlib.import_module("captum.attr")  # an optional extra, untyped: imported on first use
     except ImportError as err:
-        raise ImportError("class-activation maps need Captum: pip install 'vggnet[explain]'") from err
+        raise MissingDependency("class-activation maps need Captum: pip install 'vggnet[explain]'") from err

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vggnet.checks import check_int
+from vggnet.errors import UsageError
 from vggnet.models.vgg import VGG
 from vggnet.seeing.explain import last_conv
 from vggnet.seeing.pictures import jet, tile_grid, to_image
@@ -57,7 +58,7 @@ def feature_maps(model: VGG, image: torch.Tensor, layer: str | None = None, coun
     check_int("count", count, what="feature maps to show")
     x = image.unsqueeze(0) if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"feature_maps shows one image: give (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+        raise UsageError(f"feature_maps shows one image: give (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
     was_training = model.training
     model.eval()  # BatchNorm with its running statistics, as in inference
     try:
@@ -66,7 +67,7 @@ def feature_maps(model: VGG, image: torch.Tensor, layer: str | None = None, coun
     finally:
         model.train(was_training)
     if out.dim() != 4:
-        raise ValueError(
+        raise UsageError(
             f"{layer} has no spatial maps (output {tuple(out.shape)}); choose a layer from conv1_1 to pool5"
         )
     maps = out[0].detach().cpu()  # (C, h, w)

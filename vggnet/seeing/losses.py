@@ -16,6 +16,7 @@ from torch import nn
 
 from vggnet.checks import check_choice
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from vggnet.errors import UsageError
 from vggnet.models.builders import get_model
 from vggnet.models.taps import feature_layers, feature_names, layer_list, run_taps
 from vggnet.models.vgg import VGG, check_images
@@ -88,7 +89,7 @@ class PerceptualLoss(nn.Module):
         self.weights = _factors("weights", weights, self.layers)
         self.style_weights = _factors("style_weights", style_weights, self.style_layers)
         if not self.layers and not self.style_layers:
-            raise ValueError("give at least one content layer (layers=...) or style layer (style_layers=...)")
+            raise UsageError("give at least one content layer (layers=...) or style layer (style_layers=...)")
         self.distance = distance
         self.input_range = input_range
         self.features, self._names = _truncated(model, self.layers + self.style_layers, pool)
@@ -110,7 +111,7 @@ class PerceptualLoss(nn.Module):
         """Raise a ValueError naming the problem for a batch the network cannot read as images."""
         check_images(x, self.in_channels, "PerceptualLoss")
         if not x.dtype.is_floating_point:
-            raise ValueError(
+            raise UsageError(
                 f"PerceptualLoss expects floating-point images in input_range {self.input_range!r}, got {x.dtype}; "
                 "convert uint8 images with x.float() / 255"
             )
@@ -132,7 +133,7 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if input.shape != target.shape:
-            raise ValueError(
+            raise UsageError(
                 f"input and target must have the same shape, got {tuple(input.shape)} and {tuple(target.shape)}"
             )
         ours = self.taps(input)
@@ -168,7 +169,7 @@ def _truncated(model: VGG, taps: list[str], pool: str) -> tuple[nn.Sequential, l
     names = feature_names(model.features)
     unknown = [name for name in taps if name not in names]
     if unknown:
-        raise ValueError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
+        raise UsageError(f"unknown or non-convolutional layers {unknown}; valid: {', '.join(names)}")
     last = max(names.index(name) for name in taps)
     features = copy.deepcopy(feature_layers(model.features)[: last + 1])
     if pool == "avg":
@@ -188,7 +189,7 @@ def _normalization(
     std = tuple(std) if std is not None else _per_channel(IMAGENET_STD, channels)
     for what, values in (("mean", mean), ("std", std)):
         if len(values) != channels:
-            raise ValueError(
+            raise UsageError(
                 f"{what} needs one value per input channel of the model ({channels}), got {len(values)}: {list(values)}"
             )
     return mean, std
@@ -202,5 +203,5 @@ def _factors(what: str, factors: Sequence[float] | None, layers: Sequence[str]) 
     if factors is None:
         return [1.0] * len(layers)
     if len(factors) != len(layers):
-        raise ValueError(f"{what} needs one factor per layer: {len(layers)} layers, {len(factors)} factors")
+        raise UsageError(f"{what} needs one factor per layer: {len(layers)} layers, {len(factors)} factors")
     return [float(f) for f in factors]

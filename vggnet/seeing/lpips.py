@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vggnet.checks import check_choice
+from vggnet.errors import BadCheckpointError, UsageError, UsageTypeError
 from vggnet.hub import fetch
 from vggnet.models.builders import get_model
 from vggnet.models.taps import feature_layers, feature_names
@@ -138,7 +139,7 @@ class LPIPS(nn.Module):
         self._check(x, "x")
         self._check(y, "y")
         if x.shape != y.shape:
-            raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise UsageError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
         if self.input_range == "0-1":
             x, y = 2 * x - 1, 2 * y - 1
         if self.version == "0.1":
@@ -166,12 +167,12 @@ class LPIPS(nn.Module):
     def _check(self, x: torch.Tensor, what: str) -> None:
         check_images(x, 3, "LPIPS")
         if not x.dtype.is_floating_point:
-            raise ValueError(
+            raise UsageError(
                 f"LPIPS expects floating-point images in input_range {self.input_range!r}, got {what} of {x.dtype}; "
                 "convert uint8 images with x.float() / 255 and input_range='0-1'"
             )
         if min(x.shape[2:]) < MIN_SIDE:
-            raise ValueError(
+            raise UsageError(
                 f"LPIPS needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels (relu5_3 follows four 2x2 max-pools), "
                 f"got {what} of {x.shape[2]}x{x.shape[3]}"
             )
@@ -180,7 +181,7 @@ class LPIPS(nn.Module):
         expected = [f"lin{k}.model.1.weight" for k in range(len(CHANNELS))]
         missing = sorted(set(expected) - set(state))
         if missing:
-            raise ValueError(
+            raise UsageError(
                 f"the LPIPS linear weights lack {missing} (found {sorted(state)}); pass the lpips project's "
                 "vgg.pth (lpips/weights/v0.1/vgg.pth) or leave lin_weights=None to download it"
             )
@@ -189,7 +190,7 @@ class LPIPS(nn.Module):
                 weight = state[key]
                 shape = (1, CHANNELS[k], 1, 1)
                 if tuple(weight.shape) != shape:
-                    raise ValueError(f"{key} has shape {tuple(weight.shape)}, expected {shape}")
+                    raise BadCheckpointError(f"{key} has shape {tuple(weight.shape)}, expected {shape}")
                 cast(nn.Conv2d, self.lins[k]).weight.copy_(weight)
 
     def extra_repr(self) -> str:
@@ -199,19 +200,19 @@ class LPIPS(nn.Module):
 def _trunk(model: VGG) -> tuple[nn.Sequential, frozenset[int]]:
     """A copy of `features` up to relu5_3 and the indices of the five taps in it."""
     if not isinstance(model, VGG):
-        raise TypeError(f"net must be a VGG or a builder name such as 'vgg16', got {type(model).__name__}")
+        raise UsageTypeError(f"net must be a VGG or a builder name such as 'vgg16', got {type(model).__name__}")
     layers = list(feature_layers(model.features))
     names = feature_names(model.features)
     lacking = [t for t in TAPS if t not in names]
     if lacking:
-        raise ValueError(
+        raise UsageError(
             f"LPIPS reads {', '.join(TAPS)}; this VGG has no {', '.join(lacking)}. "
             "Use vgg16 (the trunk LPIPS was fitted on), vgg16_bn, vgg19 or vgg19_bn"
         )
     indices = [names.index(t) for t in TAPS]
     widths = [next(m.out_channels for m in reversed(layers[: i + 1]) if isinstance(m, nn.Conv2d)) for i in indices]
     if tuple(widths) != CHANNELS:
-        raise ValueError(
+        raise UsageError(
             f"LPIPS' linear layers expect {CHANNELS} channels at {', '.join(TAPS)}, this VGG has {tuple(widths)}"
         )
     return copy.deepcopy(nn.Sequential(*layers[: indices[-1] + 1])), frozenset(indices)
@@ -226,5 +227,7 @@ def _load(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     # The published files are in torch's legacy format with CUDA storages: map them to the CPU.
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not the state dict of the LPIPS linear layers")
+        raise BadCheckpointError(
+            f"{path} holds a {type(state).__name__}, not the state dict of the LPIPS linear layers"
+        )
     return dict(state)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vggnet.data.decode import pil_to_tensor
+from vggnet.errors import MissingDependency, UsageError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -32,7 +33,7 @@ def _pil() -> Any:
         import PIL.ImageDraw
         import PIL.ImageFont
     except ImportError as err:
-        raise ImportError("drawing pictures needs Pillow: pip install 'vggnet[image]'") from err
+        raise MissingDependency("drawing pictures needs Pillow: pip install 'vggnet[image]'") from err
     return PIL
 
 
@@ -46,7 +47,7 @@ def jet(values: torch.Tensor) -> torch.Tensor:
 def to_image(rgb: torch.Tensor) -> Image:
     """(3, H, W) or (H, W, 3) in [0, 1] (clipped) -> an 8-bit RGB PIL image."""
     if rgb.dim() != 3 or 3 not in (rgb.shape[0], rgb.shape[-1]):
-        raise ValueError(f"expected an RGB image (3, H, W) or (H, W, 3), got shape {tuple(rgb.shape)}")
+        raise UsageError(f"expected an RGB image (3, H, W) or (H, W, 3), got shape {tuple(rgb.shape)}")
     hwc = rgb if rgb.shape[-1] == 3 and rgb.shape[0] != 3 else rgb.permute(1, 2, 0)
     data = (hwc.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
     image: Image = _pil().Image.fromarray(data.numpy(), "RGB")
@@ -59,9 +60,9 @@ def overlay(photo: Image | torch.Tensor, heatmap: torch.Tensor, alpha: float = 0
     `photo` is a PIL image or an RGB tensor (3, H, W) in [0, 1]; the map is resized to it (bilinear).
     """
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be between 0 (photo only) and 1 (heat map only), got {alpha}")
+        raise UsageError(f"alpha must be between 0 (photo only) and 1 (heat map only), got {alpha}")
     if heatmap.dim() != 2:
-        raise ValueError(f"expected one heat map (H, W), got shape {tuple(heatmap.shape)}; pick one, e.g. maps[0]")
+        raise UsageError(f"expected one heat map (H, W), got shape {tuple(heatmap.shape)}; pick one, e.g. maps[0]")
     rgb = _as_tensor(photo)
     height, width = rgb.shape[1:]
     heat = heatmap.detach().float().cpu()[None, None]
@@ -85,7 +86,7 @@ def label(image: Image, text: str, *, corner: tuple[int, int] = (0, 0)) -> Image
 def tile_grid(tiles: Sequence[Image], captions: Sequence[str], columns: int | None = None, gap: int = 2) -> Image:
     """Equal-sized tiles in rows of `columns` (default: a near-square grid), each with its caption, on black."""
     if not tiles or len(tiles) != len(captions):
-        raise ValueError(f"need one caption per tile and at least one tile, got {len(tiles)} and {len(captions)}")
+        raise UsageError(f"need one caption per tile and at least one tile, got {len(tiles)} and {len(captions)}")
     columns = columns or math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / columns)
     width, height = tiles[0].size
@@ -101,6 +102,6 @@ def _as_tensor(photo: Image | torch.Tensor) -> torch.Tensor:
     """(3, H, W) float in [0, 1] on the CPU."""
     if isinstance(photo, torch.Tensor):
         if photo.dim() != 3 or photo.shape[0] != 3:
-            raise ValueError(f"expected an RGB photo tensor (3, H, W) in [0, 1], got shape {tuple(photo.shape)}")
+            raise UsageError(f"expected an RGB photo tensor (3, H, W) in [0, 1], got shape {tuple(photo.shape)}")
         return photo.detach().float().cpu().clamp(0, 1)
     return pil_to_tensor(photo.convert("RGB")).float() / 255

@@ -54,7 +54,7 @@ from vggnet.data.constants import MAX_SIZE
 from vggnet.data.distributed import init_distributed
 from vggnet.data.images import ImageFolder, train_and_val
 from vggnet.data.transforms import ImageClassification
-from vggnet.errors import Diverged
+from vggnet.errors import Diverged, UsageError, UsageTypeError
 from vggnet.hub import fetch
 from vggnet.models.checkpoint import Loaded, load
 from vggnet.models.config import HEADS, IN_CHANNELS, MIN_SIZE, check_arch
@@ -159,7 +159,7 @@ class FinetuneConfig:
         self._check_what_trains()
         self._check_numbers()
         if self.resume and self.overwrite:
-            raise ValueError("resume continues the run in out and overwrite replaces it: pass one of them")
+            raise UsageError("resume continues the run in out and overwrite replaces it: pass one of them")
         object.__setattr__(self, "arch", check_arch(self.arch))
         object.__setattr__(self, "source", classify(self.weights, self.arch))
         if self.head != "gap":
@@ -175,14 +175,14 @@ class FinetuneConfig:
         check_choice("mode", self.mode, MODES)
         check_choice("head", self.head, HEADS)
         if self.head == "fc7" and self.mode != "linear":
-            raise ValueError(
+            raise UsageError(
                 "head 'fc7' is a linear probe on fc7 features (only fc8 trains), which contradicts mode "
                 f"{self.mode!r}; use head 'vgg' to train every layer of the vgg head, or mode 'linear'"
             )
         if self.mode == "linear":
             given = [k for k in ("augment", "hflip", "crop_scale") if getattr(self, k) is not None]
             if given:
-                raise ValueError(
+                raise UsageError(
                     f"mode 'linear' computes the features once, without augmentation, so {', '.join(given)} "
                     "cannot apply; use mode 'full' or leave them out"
                 )
@@ -191,13 +191,13 @@ class FinetuneConfig:
         if self.crop_scale is not None:
             scale = tuple(self.crop_scale)
             if self.augment == "none":
-                raise ValueError("augment 'none' makes no random crop; drop crop_scale or use augment 'light'")
+                raise UsageError("augment 'none' makes no random crop; drop crop_scale or use augment 'light'")
             if (
                 len(scale) != 2
                 or not all(isinstance(v, (int, float)) for v in scale)
                 or not 0 < scale[0] <= scale[1] <= 1
             ):
-                raise ValueError(
+                raise UsageError(
                     f"crop_scale must be (MIN, MAX) with 0 < MIN <= MAX <= 1, e.g. (0.6, 1.0), got {self.crop_scale!r}"
                 )
             object.__setattr__(self, "crop_scale", (float(scale[0]), float(scale[1])))
@@ -205,7 +205,7 @@ class FinetuneConfig:
     def _check_numbers(self) -> None:
         """Channels, counts, rates and the image size (its upper bound too, before any weights are fetched)."""
         if self.in_chans not in (1, IN_CHANNELS):
-            raise ValueError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {self.in_chans}")
+            raise UsageError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {self.in_chans}")
         check_int("epochs", self.epochs)
         check_int("batch_size", self.batch_size)
         check_int("workers", self.workers, least=0)
@@ -219,12 +219,12 @@ class FinetuneConfig:
             check_float("val_split", self.val_split, above=0.0, below=1.0, expected="between 0 and 1, e.g. 0.2")
         size = self.image_size
         if not is_int(size, least=MIN_SIZE):
-            raise ValueError(
+            raise UsageError(
                 f"image_size must be an integer of at least {MIN_SIZE} (VGG's five 2x2 max-pools need "
                 f"{MIN_SIZE}x{MIN_SIZE} pixels), got {size!r}; 224 is what ImageNet weights were trained at"
             )
         if size > MAX_SIZE:
-            raise ValueError(f"image_size must be at most {MAX_SIZE} (the presets' bound), got {size}")
+            raise UsageError(f"image_size must be at most {MAX_SIZE} (the presets' bound), got {size}")
         if self.lr is not None:
             fix = f"None uses {DEFAULT_LR[self.mode]} for mode {self.mode!r}"
             check_float("lr", self.lr, above=0.0, below=math.inf, expected="a positive number", fix=fix)
@@ -278,7 +278,9 @@ def finetune(
     known = {f.name for f in dataclasses.fields(FinetuneConfig) if f.init}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise TypeError(f"finetune() got unexpected keyword arguments {unknown}; valid: {', '.join(sorted(known))}")
+        raise UsageTypeError(
+            f"finetune() got unexpected keyword arguments {unknown}; valid: {', '.join(sorted(known))}"
+        )
     config = FinetuneConfig(
         Path(data), arch=arch, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr, mode=mode, head=head,
         image_size=image_size, out=Path(out), device=device, workers=workers, amp=amp, in_chans=in_chans,

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from vggnet.errors import BadCheckpointError, MissingPathError, OutputExistsError, UsageError
 from vggnet.models.vgg import VGG
 
 __all__ = [
@@ -201,17 +202,17 @@ def previous_run(
     last = out / LAST_NAME
     if resume:
         if not last.is_file():
-            raise FileNotFoundError(f"nothing to resume: {last} does not exist; drop resume (--resume) to start a run")
+            raise MissingPathError(f"nothing to resume: {last} does not exist; drop resume (--resume) to start a run")
         state: dict[str, Any] = torch.load(last, map_location="cpu", weights_only=True)
         train = state.get("train")
         if not isinstance(train, dict):
-            raise ValueError(f"{last} has no training state to resume from")
+            raise BadCheckpointError(f"{last} has no training state to resume from")
         different = {k: (v, train["recipe"].get(k)) for k, v in recipe.items() if train["recipe"].get(k) != v}
         if different:
             listed = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (new, old) in sorted(different.items()))
-            raise ValueError(f"{out} holds a run with other settings ({listed}); resume it with the same ones")
+            raise UsageError(f"{out} holds a run with other settings ({listed}); resume it with the same ones")
         if train["epoch"] >= epochs or train.get("stopped_early"):
-            raise ValueError(
+            raise UsageError(
                 f"{out} holds a finished run ({train['epoch']} epochs); pass more epochs to continue it, or "
                 "overwrite (--overwrite) to start again"
             )
@@ -221,7 +222,7 @@ def previous_run(
         if last.is_file():
             train = torch.load(last, map_location="cpu", weights_only=True).get("train") or {}
             finished = f" ({'finished' if train.get('finished') else 'stopped'} after epoch {train.get('epoch')})"
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} already holds a run{finished}: {', '.join(p.name for p in files)}; pass resume (--resume) "
             "to continue it, overwrite (--overwrite) to replace it, or another out (--out)"
         )
