@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import vggnet
+import vggnet.errors
 import vggnet.models.config as config
 import vggnet.models.weights as weights
 from tests.helpers import fingerprint
 from tests.reference import ARCHS, FEATURES, FULL_DIGESTS, RECORDS, SIZES
 from vggnet.hub._fetching import OFFICIAL_BASE
-from vggnet.models.weights import WEIGHTS_ENUMS, Weights, get_weight, resolve_weights
+from vggnet.models.sources import classify
+from vggnet.models.weights import WEIGHTS_ENUMS, Weights, get_weight, weights_by_name
 
 tvm = pytest.importorskip("torchvision.models")
 CATEGORIES = (Path(__file__).parents[2] / "vggnet/data/imagenet_categories.txt").read_text().splitlines()
@@ -87,31 +89,48 @@ def test_presets_equal_torchvisions_settings():
 
 @pytest.mark.parametrize("name", ["DEFAULT", "IMAGENET1K_V1", "VGG16_Weights.IMAGENET1K_V1", "VGG16_Weights.DEFAULT"])
 def test_string_lookups(name):
-    assert resolve_weights("vgg16", name) is vggnet.VGG16_Weights.IMAGENET1K_V1.value
+    assert weights_by_name(name, arch="vgg16") is vggnet.VGG16_Weights.IMAGENET1K_V1
+    assert classify(name, "vgg16").record is vggnet.VGG16_Weights.IMAGENET1K_V1.value
 
 
 def test_lookups_by_member_record_and_registry():
     member = vggnet.VGG19_BN_Weights.DEFAULT
-    assert resolve_weights("vgg19_bn", member) is member.value
+    assert classify(member, "vgg19_bn").record is member.value
     custom = Weights(url="https://example.org/x-0123abcd.pth", sha256="0123ABCD")
-    assert resolve_weights("vgg19_bn", custom) is custom and custom.sha256 == "0123abcd"
-    assert resolve_weights("vgg19_bn", None) is None
+    assert classify(custom, "vgg19_bn").record is custom and custom.sha256 == "0123abcd"
+    assert classify(None, "vgg19_bn").kind == "random"
     assert get_weight("VGG16_Weights.IMAGENET1K_FEATURES") is vggnet.VGG16_Weights.IMAGENET1K_FEATURES
     assert vggnet.get_model_weights(vggnet.vgg13) is vggnet.VGG13_Weights
     assert set(WEIGHTS_ENUMS) == set(vggnet.list_models()) == set(ARCHS)
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown weights 'IMAGENET1K_V2' .*VGG16_Weights.IMAGENET1K_FEATURES"):
-        resolve_weights("vgg16", "IMAGENET1K_V2")
-    with pytest.raises(ValueError, match=r"not weights for vgg11; valid: VGG11_Weights.IMAGENET1K_V1"):
-        resolve_weights("vgg11", vggnet.VGG16_Weights.DEFAULT)
-    with pytest.raises(ValueError, match=r"valid: .*VGG19_BN_Weights.IMAGENET1K_V1"):
+    # one lookup and one error for an unknown name, wherever it is given (a KeyError and a ValueError)
+    calls = [
+        lambda: weights_by_name("IMAGENET1K_V2", arch="vgg16"),
+        lambda: vggnet.VGG16_Weights.verify("IMAGENET1K_V2"),
+        lambda: vggnet.VGG16_Weights.from_name("IMAGENET1K_V2"),
+        lambda: classify("IMAGENET1K_V2", "vgg16"),
+        lambda: vggnet.vgg16(weights="IMAGENET1K_V2"),
+    ]
+    for call in calls:
+        with pytest.raises(
+            vggnet.errors.UnknownWeightsError, match=r"unknown weights 'IMAGENET1K_V2' .*IMAGENET1K_FEATURES"
+        ):
+            call()
+    with pytest.raises(KeyError) as info:
+        weights_by_name("IMAGENET1K_V2")
+    assert isinstance(info.value, ValueError) and str(info.value).startswith("unknown weights")  # not KeyError's quotes
+    with pytest.raises(vggnet.errors.ArchMismatch, match=r"holds vgg16 weights, not vgg11"):
+        classify(vggnet.VGG16_Weights.DEFAULT, "vgg11")
+    with pytest.raises(vggnet.errors.UnknownWeightsError, match=r"valid: .*VGG19_BN_Weights.IMAGENET1K_V1"):
         get_weight("VGG17_Weights.DEFAULT")
+    with pytest.raises(vggnet.errors.UnknownWeightsError, match=r"give the enum's name too"):
+        get_weight("DEFAULT")
     with pytest.raises(ValueError, match=r"unknown model 'vgg17'; valid: vgg11, vgg11_bn"):
         vggnet.get_model("vgg17")
-    with pytest.raises(TypeError, match="weights must be None, a string"):
-        resolve_weights("vgg16", 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="weights must be a record name, a file path"):
+        classify(3, "vgg16")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -272,12 +291,12 @@ def test_verify_and_resolve_take_torchvisions_members(arch, name):
     theirs = tvm.get_model_weights(arch)[name]
     ours = vggnet.get_model_weights(arch)[name]
     assert vggnet.get_model_weights(arch).verify(theirs) is ours
-    assert resolve_weights(arch, theirs) is ours.value
+    assert classify(theirs, arch).record is ours.value
     other = "vgg13" if arch != "vgg13" else "vgg11"
     with pytest.raises(TypeError, match=rf"expected weights of {vggnet.get_model_weights(other).__name__}"):
         vggnet.get_model_weights(other).verify(theirs)
-    with pytest.raises(ValueError, match=rf"{ours} are not weights for {other}; valid: "):
-        resolve_weights(other, theirs)
+    with pytest.raises(ValueError, match=rf"holds {arch} weights, not {other}"):
+        classify(theirs, other)
 
 
 def test_a_torchvision_member_without_a_vggnet_record_is_refused_by_name_and_url():
@@ -286,7 +305,7 @@ def test_a_torchvision_member_without_a_vggnet_record_is_refused_by_name_and_url
     with pytest.raises(TypeError, match=message):
         vggnet.VGG16_Weights.verify(resnet)
     with pytest.raises(TypeError, match=message):
-        resolve_weights("vgg16", resnet)
+        classify(resnet, "vgg16")
     with pytest.raises(TypeError, match="Invalid Weight class"):  # torchvision's verify: the same error type
         tvm.VGG16_Weights.verify(resnet)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vggnet.cli.output import PROG, error, mib, print_json, table
-from vggnet.errors import EXIT_FAILURE, EXIT_OK, ChecksumError, UsageError
+from vggnet.errors import EXIT_FAILURE, EXIT_OK, ChecksumError, UnknownWeightsError, UsageError
 
 if TYPE_CHECKING:
     from vggnet.hub import CachedFile
@@ -30,6 +30,7 @@ def _all_weights() -> list[WeightsEnum]:
 def _select_weights(names: Sequence[str]) -> list[WeightsEnum]:
     """Records named by builder ("vgg16": its DEFAULT) or in full ("VGG16_Weights.IMAGENET1K_FEATURES")."""
     from vggnet.models import weights
+    from vggnet.models.weights import weights_by_name
 
     enums = weights.WEIGHTS_ENUMS
     by_class = {enum.__name__.lower(): enum for enum in enums.values()}
@@ -39,8 +40,8 @@ def _select_weights(names: Sequence[str]) -> list[WeightsEnum]:
         enum = enums.get(name.lower()) or by_class.get(enum_name.lower())
         if enum is None or (member == "" and name.lower() not in enums):
             valid = [*enums, *(str(m) for m in _all_weights())]
-            raise UsageError(f"unknown model or weights {name!r}; valid: {', '.join(valid)}")
-        found = enum.from_name(member) if member else enum.DEFAULT  # type: ignore[attr-defined]
+            raise UnknownWeightsError(f"unknown model or weights {name!r}; valid: {', '.join(valid)}")
+        found = weights_by_name(f"{enum.__name__}.{member or 'DEFAULT'}")
         if found not in chosen:
             chosen.append(found)
     return chosen

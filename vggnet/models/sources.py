@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from vggnet.errors import ArchMismatch, UsageError, WeightsFileNotFound
+from vggnet.errors import ArchMismatch, UnknownWeightsError, UsageError, UsageTypeError, WeightsFileNotFound
 from vggnet.hub import is_hf_hub, parse_hf_hub
 from vggnet.models import weights as records
 from vggnet.models.config import ARCHS, RANDOM_NAMES, SOURCE_RULES, URL_SCHEMES, WEIGHT_FILE_SUFFIXES
-from vggnet.models.weights import Weights, WeightsEnum, own_member
+from vggnet.models.weights import Weights, WeightsEnum, own_member, weights_by_name
 
 __all__ = [
     "Source",
@@ -78,7 +78,7 @@ def classify(weights: WeightsSource, arch: str | None = None) -> Source:
     if isinstance(member, WeightsEnum):
         return _member(member, arch)
     if not isinstance(weights, (str, os.PathLike)):
-        raise UsageError(
+        raise UsageTypeError(
             f"weights must be a record name, a file path, a URL or None, got {type(weights).__name__} {weights!r} "
             "(a weights enum member and a vggnet.Weights record work too)"
         )
@@ -140,16 +140,10 @@ def _existing(text: str, path: Path) -> Path:
 
 def _named(name: str, arch: str | None) -> WeightsEnum:
     """The enum member "VGG16_Weights.IMAGENET1K_V1" names, or "DEFAULT" in `arch`'s enum (vgg16's by default)."""
-    enums = records.WEIGHTS_ENUMS  # read at call time: tests stand in their own records
-    enum_name, dot, member = name.partition(".")
-    by_name = {enum.__name__: enum for enum in enums.values()}
-    if dot and enum_name not in by_name:
-        valid = ", ".join(str(m) for enum in enums.values() for m in enum.__members__.values())
-        raise UsageError(f"unknown weights {name!r}; valid: {valid}; weights is {SOURCE_RULES}")
     try:
-        return by_name[enum_name].from_name(member) if dot else enums[arch or "vgg16"].from_name(name)
-    except ValueError as err:  # "unknown weights ... for VGG16_Weights; valid: ..."
-        raise UsageError(f"{err}; weights is {SOURCE_RULES}") from None
+        return weights_by_name(name, arch=arch)
+    except UnknownWeightsError as err:  # "unknown weights ... for VGG16_Weights; valid: ..."
+        raise UnknownWeightsError(f"{err}; weights is {SOURCE_RULES}") from None
 
 
 def _member(member: WeightsEnum, arch: str | None, text: str | None = None) -> Source:

@@ -13,7 +13,7 @@ from enum import Enum
 from functools import cached_property
 from importlib import resources
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from vggnet.checks import check_choice
 from vggnet.data.constants import CAFFE_MEAN, CAFFE_STD, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
@@ -38,6 +38,7 @@ __all__ = [
     "Weights",
     "WeightsEnum",
     "get_weight",
+    "weights_by_name",
     "own_member",
 ]
 
@@ -224,11 +225,7 @@ class WeightsEnum(Enum):
         if obj is None:
             return None
         if type(obj) is str:
-            prefix = cls.__name__ + "."
-            name = obj[len(prefix) :] if obj.startswith(prefix) else obj
-            if name not in cls.__members__:
-                raise UnknownWeightsError(f"unknown weights {obj!r} for {cls.__name__}; valid: {_member_names(cls)}")
-            return cls[name]
+            return cast(_Member, weights_by_name(obj, enum=cls))
         member = own_member(obj)
         if not isinstance(member, cls):
             raise UsageTypeError(
@@ -262,14 +259,18 @@ class WeightsEnum(Enum):
 
     @classmethod
     def from_name(cls, name: str) -> WeightsEnum:
-        """Resolve "DEFAULT", "IMAGENET1K_V1" or "VGG16_Weights.IMAGENET1K_V1" to a member."""
-        prefix = cls.__name__ + "."
-        short = name[len(prefix) :] if name.startswith(prefix) else name
-        member = cls.__members__.get(short)
-        if member is None:
-            valid = ", ".join(f"{cls.__name__}.{n}" for n in cls.__members__)
-            raise UsageError(f"unknown weights {name!r} for {cls.__name__}; valid: {valid}")
-        return member
+        """The member "DEFAULT", "IMAGENET1K_V1" or "VGG16_Weights.IMAGENET1K_V1" names in this enum.
+
+        Args:
+            name: the member's name, with or without this enum's name before it.
+
+        Returns:
+            The member.
+
+        Raises:
+            UnknownWeightsError: no member of this enum has that name (a KeyError and a ValueError).
+        """
+        return weights_by_name(name, enum=cls)
 
 
 _RECIPE = "https://github.com/pytorch/vision/tree/main/references/classification#alexnet-and-vgg"
@@ -385,17 +386,58 @@ WEIGHTS_ENUMS: Mapping[str, type[WeightsEnum]] = MappingProxyType(
 )
 _BY_ENUM_NAME = {cls.__name__: cls for cls in WEIGHTS_ENUMS.values()}
 
-WeightsArg = None | str | Weights | WeightsEnum
+
+def weights_by_name(name: str, *, arch: str | None = None, enum: type[WeightsEnum] | None = None) -> WeightsEnum:
+    """The record a weights name means: the one place a name is resolved, and the one error for an unknown one.
+
+    Args:
+        name: "VGG16_Weights.IMAGENET1K_V1" (which names its enum), or a member's name alone ("DEFAULT",
+            "IMAGENET1K_V1"), looked up in `enum`, else in `arch`'s enum, else in vgg16's.
+        arch: the builder whose enum a name alone is looked up in.
+        enum: the enum the member must belong to (a name of another enum is then unknown, as in torchvision).
+
+    Returns:
+        The member.
+
+    Raises:
+        UnknownWeightsError: the name is no member's; the message lists the valid names (a KeyError, as
+            torchvision's `verify` raises, and a ValueError, as its `get_weight` does).
+    """
+    enums = WEIGHTS_ENUMS  # the module global, read at call time: tests stand in their own records
+    enum_name, dot, short = name.partition(".")
+    if enum is not None:
+        chosen: type[WeightsEnum] | None = enum
+        short = short if dot and enum_name == enum.__name__ else name
+    elif dot:
+        chosen = next((e for e in enums.values() if e.__name__ == enum_name), None)
+    else:
+        chosen = enums.get(arch or "vgg16")
+        short = name
+    if chosen is None or short not in chosen.__members__:
+        where = f" for {chosen.__name__}" if chosen is not None else ""
+        valid = _member_names(chosen) if chosen is not None else ", ".join(_member_names(e) for e in enums.values())
+        raise UnknownWeightsError(f"unknown weights {name!r}{where}; valid: {valid}")
+    return chosen.__members__[short]
 
 
 def get_weight(name: str) -> WeightsEnum:
-    """The member named like "VGG16_Weights.IMAGENET1K_V1"."""
-    enum_name, _, member = name.partition(".")
-    cls = _BY_ENUM_NAME.get(enum_name)
-    if cls is None or not member:
-        valid = ", ".join(str(m) for cls in WEIGHTS_ENUMS.values() for m in cls.__members__.values())
-        raise UsageError(f"unknown weights {name!r}; valid: {valid}")
-    return cls.from_name(member)
+    """The member named like "VGG16_Weights.IMAGENET1K_V1" (torchvision's function of the same name).
+
+    Args:
+        name: the enum's name, a dot and the member's name.
+
+    Returns:
+        The member.
+
+    Raises:
+        UnknownWeightsError: no such enum or member; the message lists the valid names.
+    """
+    if "." not in name:
+        valid = ", ".join(_member_names(e) for e in WEIGHTS_ENUMS.values())
+        raise UnknownWeightsError(
+            f"unknown weights {name!r}: give the enum's name too, e.g. VGG16_Weights.DEFAULT; valid: {valid}"
+        )
+    return weights_by_name(name)
 
 
 def _member_names(enum: type[WeightsEnum]) -> str:
@@ -425,27 +467,4 @@ def own_member(obj: object) -> object:
     raise UsageTypeError(
         f"{obj!r} ({url}) has no vggnet record; vggnet knows {official}. To load that file anyway, pass "
         f"vggnet.Weights(url=..., sha256=...) with its URL and SHA-256"
-    )
-
-
-def resolve_weights(arch: str, weights: WeightsArg) -> Weights | None:
-    """The record a name, member or record means for `arch` (None for None); strings are looked up in `arch`'s enum.
-
-    torchvision's own members are taken too, matched by URL to vggnet's records. Records only, kept for
-    compatibility: `checkpoint.load` is the one loader of every weights source.
-    """
-    enum = WEIGHTS_ENUMS[arch]
-    if weights is None or isinstance(weights, Weights):
-        return weights
-    member = own_member(weights)
-    if isinstance(member, WeightsEnum):
-        if not isinstance(member, enum):
-            valid = ", ".join(str(m) for m in enum.__members__.values())
-            raise UsageError(f"{member} are not weights for {arch}; valid: {valid}")
-        return member.value
-    if isinstance(weights, str):
-        return enum.from_name(weights).value
-    raise UsageTypeError(
-        f"weights must be None, a string, a {enum.__name__} member (vggnet's or torchvision's) or a "
-        f"vggnet.Weights record, got {_describe(weights)}"
     )
