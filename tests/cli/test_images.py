@@ -192,7 +192,7 @@ def test_predict_names_and_skips_each_bad_image_and_classifies_the_rest(seeded_v
 
     from PIL import Image
 
-    from tests.test_decode import png_declaring
+    from tests.helpers import png_declaring
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -278,6 +278,7 @@ def test_bf16_on_a_cpu_without_onednn_bf16_runs_unfused(tmp_path):
     # the fused path must not be taken there, and the model must still run.
     script = (
         "import torch, vggnet\n"
+        "from vggnet.deploy.inference import optimize_for_inference\n"
         "assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()\n"
         "torch.manual_seed(0)\n"
         "model = vggnet.vgg11(num_classes=10).eval()\n"
