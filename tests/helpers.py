@@ -278,6 +278,31 @@ def spawn_python(code: str, *args: object) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from vggnet.data.outputs import writer_lock
+with writer_lock(Path(sys.argv[1]), Path(sys.argv[2])):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def hold_lock(lock: Path, what: Path) -> subprocess.Popen[str]:
+    """Another process holding the writer lock `lock` of `what` until its stdin is closed (or it is killed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock), str(what)], cwd=ROOT, env=dict(os.environ),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n", proc.communicate()
+    return proc
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    """Let a `hold_lock` process go, and wait for it."""
+    proc.communicate(timeout=30)
+
+
 def plant_victim(tmp_path: Path) -> tuple[Path, bytes]:
     """A file of the user's own outside the cache (0600), and its bytes: what a planted link points at."""
     victim = tmp_path / "victim.txt"

@@ -8,6 +8,7 @@ line can check its arguments without importing torch.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,12 @@ __all__ = [
     "check_device",
     "check_float",
     "check_int",
+    "check_workers",
     "is_int",
+    "max_workers",
 ]
+
+WORKERS_PER_CPU = 4  # data-loading processes per CPU core at most: more only queue for the same cores
 
 
 def is_int(value: object, *, least: int | None = None, most: int | None = None) -> bool:
@@ -65,6 +70,31 @@ def check_int(
     else:
         kind = "a positive integer" if least == 1 else f"an integer >= {least}"
     raise UsageError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}{f'; {fix}' if fix else ''}")
+
+
+def max_workers() -> int:
+    """The most data-loading processes a run may start: `WORKERS_PER_CPU` per CPU core this process may use.
+
+    Returns:
+        4 times the cores this process may run on (its affinity where the system tells it), at least 4.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return WORKERS_PER_CPU * max(cores or 1, 1)
+
+
+def check_workers(name: str, value: object) -> None:
+    """ValueError unless `value` is a count of data-loading processes from 0 to `max_workers()`.
+
+    Args:
+        name: The argument's name, as the caller spells it ("workers", "--workers").
+        value: What was given.
+
+    Raises:
+        ValueError: not an int, negative, or more than `WORKERS_PER_CPU` per core; the message says the bound.
+    """
+    most = max_workers()
+    check_int(name, value, least=0, most=most, what=f"{WORKERS_PER_CPU} per CPU core, {most // WORKERS_PER_CPU} here",
+              fix="each is a process decoding images on the same cores; a few are enough")  # fmt: skip
 
 
 def check_float(

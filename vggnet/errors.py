@@ -34,6 +34,7 @@ __all__ = [
     "DiskError",
     "Diverged",
     "DownloadError",
+    "InUseError",
     "MissingDependency",
     "MissingPathError",
     "NoImages",
@@ -41,6 +42,7 @@ __all__ = [
     "NotAStateDict",
     "NotCachedError",
     "OutputExistsError",
+    "OutputPathError",
     "UnknownWeightsError",
     "UnsafeCheckpointError",
     "UnsupportedError",
@@ -125,6 +127,13 @@ class OutputExistsError(UsageError, FileExistsError):
     """What would be written is there already: resume it, overwrite it or write elsewhere, as the message says."""
 
 
+class OutputPathError(UsageError, OSError):
+    """A destination vggnet will not write: a folder, a symbolic link, a FIFO or a device, or below a file.
+
+    A file is written as a temporary file beside it, then renamed over the name: never through a link.
+    """
+
+
 # --- what failed at run time (exit 1) -----------------------------------------------------------
 
 
@@ -134,6 +143,10 @@ class MissingDependency(VggnetError, ImportError):
 
 class UnsupportedError(VggnetError, RuntimeError):
     """What was asked cannot be done here or with this object (int8 on a CPU without it, training an int8 model)."""
+
+
+class InUseError(VggnetError, BlockingIOError):
+    """Another process is writing the same output or run folder (its lock is held); the message names it."""
 
 
 class NotCachedError(VggnetError, FileNotFoundError):

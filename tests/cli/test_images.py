@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from tests.cli.helpers import (
     make_enum,
     run,
 )
-from tests.helpers import PRESET, small_model, torchrun
+from tests.helpers import PRESET, small_model, torchrun, write_images
 from tests.helpers import file_sha256 as sha256
 from vggnet.cli import main
 from vggnet.data.decode import load_image
@@ -326,7 +328,7 @@ def test_predict_to_a_file_resumes_and_reads_stdin(seven_classes, tmp_path, monk
     assert main(["predict", "--weights", str(weights)]) == 2
     assert "name the images" in capsys.readouterr().err
     assert main(["predict", str(data), "--resume"]) == 2
-    assert "--resume and --format are for --output FILE" in capsys.readouterr().err
+    assert "--resume, --overwrite and --format are for --output FILE" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -345,7 +347,7 @@ def test_embed_command_writes_shards_and_an_index(seven_classes, tmp_path, capsy
     assert sorted(p.name for p in out.glob("*.npy")) == [f"features-00000{i}.npy" for i in range(3)]
     assert main([*argv, "--layer", "pool5", "--pool", "--normalize", "--shard-size", "5", "--resume"]) == 0
     assert "0 images (0 unreadable, 15 already there)" in capsys.readouterr().err
-    assert main([*argv, "--layer", "fc9"]) == 2
+    assert main([*argv, "--layer", "fc9", "--overwrite"]) == 2
     assert "--layer fc9: no such layer in vgg11; valid: conv1_1" in capsys.readouterr().err
 
 
@@ -393,3 +395,97 @@ def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, comm
         assert (b["images"], b["failed"], b["confusion"]) == (a["images"], a["failed"], a["confusion"])
         assert (b["acc1"], b["acc5"], b["per_class"]) == (a["acc1"], a["acc5"], a["per_class"])
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+# --- issue 24: outputs written as checkpoints are, bounds ------------------------------------------
+
+NEVER = "http://127.0.0.1:9/never-0123abcd.pth"  # nothing listens there: a command that fetched it would fail
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["predict", str(PHOTOS), "--output", "{held}"],
+            r"held.jsonl already holds 12 bytes; pass resume \(--resume\)",
+        ),
+        (["predict", str(PHOTOS), "--output", "{link}"], "link.jsonl: it is a symbolic link; vggnet never writes"),
+        (["predict", str(PHOTOS), "--output", "{folder}"], "a-folder: it is a folder; name the file to write in it"),
+        (["predict", str(PHOTOS), "--output", "{held}", "--resume", "--overwrite"], "pass one of them"),
+        (["predict", str(PHOTOS), "--overwrite"], "--resume, --overwrite and --format are for --output FILE"),
+        (["embed", str(PHOTOS), "--out", "{emb}"], r"emb already holds embeddings \(index.jsonl\); pass resume"),
+        (["evaluate", "{folder}", "--plot", "{link_png}"], "link.png: it is a symbolic link"),
+        (["explain", str(PHOTOS / "camera.png"), "--out", "{link_png}"], "link.png: it is a symbolic link"),
+        (["features", str(PHOTOS / "camera.png"), "--out", "{folder_png}"], "folder.png: it is a folder"),
+        (["predict", str(PHOTOS), "--workers", "100000"], r"--workers: an integer from 0 to \d+ \(4 per CPU core"),
+    ],
+)
+def test_outputs_are_checked_before_any_weights_are_fetched(tmp_path, capsys, argv, message):
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"image": 1}')
+    (tmp_path / "victim.txt").write_text("precious")
+    for name in ("link.jsonl", "link.png"):
+        (tmp_path / name).symlink_to(tmp_path / "victim.txt")
+    for name in ("a-folder", "folder.png"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "index.jsonl").write_text("")
+    names = {"held": held, "link": tmp_path / "link.jsonl", "folder": tmp_path / "a-folder", "emb": tmp_path / "emb",
+             "link_png": tmp_path / "link.png", "folder_png": tmp_path / "folder.png"}  # fmt: skip
+    argv = [arg.format(**names) for arg in argv]
+    assert main([*argv, "--weights", NEVER]) == 2
+    err = capsys.readouterr().err  # argparse's errors come after its usage lines: one error line in any case
+    assert re.search(message, err) and len(re.findall("error:", err)) == 1 and "never-0123abcd" not in err, err
+    assert held.read_text() == '{"image": 1}' and (tmp_path / "victim.txt").read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_predict_to_csv_and_jsonl_resumes_any_file_name(seven_classes, tmp_path, capsys):
+    weights, _ = seven_classes
+    folder = tmp_path / "odd"
+    names = ["new\nline.png", 'quote".png', 'comma, and "both",\n.png', "cr\rreturn.png", "plain.png"]
+    write_images(folder, names, size=(40, 40))
+    for fmt in ("csv", "jsonl"):
+        out = tmp_path / f"out.{fmt}"
+        argv = ["predict", str(folder), "--weights", str(weights), *SMALL, "--topk", "2", "--output", str(out)]
+        assert main(argv) == 0
+        whole = out.read_bytes()
+        lines = whole.split(b"\n")
+        out.write_bytes(b"\n".join(lines[: len(lines) // 2]) + b"\n")  # a run killed halfway, maybe mid-record
+        assert main([*argv, "--resume"]) == 0
+        assert records(out) == records(whole), fmt  # each image once, in order, any name
+        assert main(argv) == 2  # not replaced unasked
+        assert main([*argv, "--overwrite"]) == 0 and records(out) == records(whole)
+    capsys.readouterr()
+
+
+def records(out: Path | bytes) -> list[tuple]:
+    """(image, label, probability to 4 places) of each record of a CSV or JSONL output, read by the standard library.
+
+    (A resumed run batches its images otherwise: the last digits of a probability may differ.)
+    """
+    import csv
+    import io
+
+    data = out.read_bytes() if isinstance(out, Path) else out
+    text = data.decode("utf-8", "surrogateescape")
+    if text.startswith("image,"):
+        return [(r[0], r[1], round(float(r[3]), 4)) for r in list(csv.reader(io.StringIO(text, newline="")))[1:]]
+    rows = [json.loads(line) for line in text.split("\n") if line]
+    return [(r["image"], r["predictions"][0]["label"], round(r["predictions"][0]["probability"], 4)) for r in rows]
+
+
+@pytest.mark.slow
+def test_two_predict_resume_processes_never_duplicate_a_line(seven_classes, tmp_path):
+    weights, data = seven_classes
+    out = tmp_path / "out.jsonl"
+    argv = [str(VENV_BIN / "vggnet"), "predict", str(data), "--weights", str(weights), *SMALL, "--output", str(out),
+            "--resume", "--quiet"]  # fmt: skip
+    procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    for code, err in results:  # 1: an unreadable image was recorded, or the other process held the output
+        assert code in (0, 1) and "Traceback" not in err, err
+    refused = [err for _, err in results if "is being written by another vggnet process" in err]
+    images = [json.loads(line)["image"] for line in out.read_text().splitlines()]
+    assert len(images) == len(set(images)) == 15, (results, len(images))  # every image once, whoever wrote it
+    assert len(refused) <= 1

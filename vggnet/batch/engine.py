@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from vggnet.checks import check_int
+from vggnet.checks import check_int, check_workers
 from vggnet.data.distributed import Dist, init_distributed
 from vggnet.data.images import Batch, ImageFiles, collate
 from vggnet.deploy.inference import optimize_for_inference
@@ -47,7 +47,7 @@ class Session:
     ) -> None:
         check_int("batch_size", batch_size)
         if workers is not None:
-            check_int("workers", workers, least=0)
+            check_workers("workers", workers)
         dev = torch.device(device) if device is not None else _default_device()
         self.ctx: Dist = init_distributed(dev)
         if dev.type == "cuda" and self.ctx.on:
@@ -81,10 +81,10 @@ class Session:
         """The images `indices` of `paths`, decoded and preprocessed by the workers, in order."""
         if not indices:
             return
+        workers = min(self.workers, -(-len(indices) // self.batch_size))  # no more processes than batches
         loader = DataLoader(
             Subset(ImageFiles(paths, transform), indices), self.batch_size, collate_fn=collate,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.workers else None,
+            num_workers=workers, pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers else None,
         )  # fmt: skip
         for batch in loader:
             for index, message in batch.errors:

@@ -22,6 +22,7 @@ from torch import nn
 
 from vggnet.batch.engine import Session, logits_fn, slowest
 from vggnet.data.images import labelled_images, shard
+from vggnet.data.outputs import save_png
 from vggnet.errors import UsageError
 from vggnet.models.vgg import VGG
 
@@ -174,9 +175,7 @@ def plot_confusion(
             ImageDraw.Draw(label).text((0, 0), name, fill="black", font=font)
             rotated = label.rotate(90, expand=True)
             canvas.paste(rotated, (margin + i * side + (side - 12) // 2, top - 4 - rotated.height))
-    out = Path(path)
-    canvas.save(out, format="PNG")
-    return out
+    return save_png(canvas, path)  # whole or not at all, never through a link
 
 
 def _text_width(font: Any, text: str) -> int:

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vggnet.batch.engine import Session, logits_fn, totals
-from vggnet.batch.output import Lines, Output
+from vggnet.batch.output import Lines, Output, check_fresh
 from vggnet.checks import check_int
 from vggnet.data.images import list_images, shard
 from vggnet.errors import UsageError
@@ -119,6 +119,7 @@ def predict_images(
     topk: int = 5,
     format: str = "jsonl",
     resume: bool = False,
+    overwrite: bool = False,
     from_file: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
     workers: int | None = None,
@@ -129,27 +130,31 @@ def predict_images(
     """Classify every image `sources` names (files, folders, globs, "-"; see `images.list_images`) into `output`.
 
     One line per image, written as it comes: JSON Lines (`prediction_record`, or an "error" for a file
-    that could not be read) or CSV (`prediction_columns`). Under torchrun each rank does its share and
-    rank 0 merges; the summary is the same on every rank.
+    that could not be read) or CSV (`prediction_columns`). An `output` holding something is continued
+    with `resume`, replaced with `overwrite`, and refused otherwise; one process writes it at a time
+    (another gets `InUseError`). Under torchrun each rank does its share and rank 0 merges; the summary
+    is the same on every rank.
     """
     _check_categories(model, categories, topk)
     lines = Lines(format, prediction_columns(min(topk, model.num_classes)))
+    check_fresh(Path(output), resume=resume, overwrite=overwrite)  # before a worker starts
     session = Session(device, batch_size, workers)
     paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
     out = Output(Path(output), lines, session.ctx)
-    done = out.prepare(resume)
-    todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
-    failed = 0
-    forward = logits_fn(model, session, optimize)
-    tic = time.perf_counter()
-    with out.writer() as f, session.bar(len(todo), "predict", progress) as bar:
-        for record in iter_predictions(
-            model, preset, paths, categories, session, topk=topk, indices=todo, forward=forward, bar=bar
-        ):
-            failed += "error" in record
-            f.write(lines.line(record if format == "jsonl" else _flat(record)))
-        seconds = time.perf_counter() - tic
-    out.merge(paths)
+    with out.claimed():
+        done = out.prepare(resume, overwrite)
+        todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
+        failed = 0
+        forward = logits_fn(model, session, optimize)
+        tic = time.perf_counter()
+        with out.writer() as f, session.bar(len(todo), "predict", progress) as bar:
+            for record in iter_predictions(
+                model, preset, paths, categories, session, topk=topk, indices=todo, forward=forward, bar=bar
+            ):
+                failed += "error" in record
+                f.write(lines.line(record if format == "jsonl" else _flat(record)))
+            seconds = time.perf_counter() - tic
+        out.merge(paths)
     ran, failed, seconds = totals(session, len(todo), failed, seconds)
     per_s = ran / seconds if seconds else 0.0
     return PredictSummary(str(out.path), ran, failed, len(paths) - ran, seconds, per_s, session.ctx.world)

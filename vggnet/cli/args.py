@@ -104,6 +104,18 @@ def count(text: str) -> int:
     return _integer(text, 0, "0 or a positive integer")
 
 
+def workers_arg(text: str) -> int:
+    """argparse type for a number of data-loading processes: 0 up to a few per CPU core (`checks.max_workers`)."""
+    from vggnet.checks import check_workers
+
+    value = count(text)
+    try:
+        check_workers("--workers", value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--workers must be ")) from None
+    return value
+
+
 def _integer(text: str, least: int, expected: str) -> int:
     try:
         value = int(text)

@@ -84,12 +84,17 @@ def add_export(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from vggnet.deploy.export import check_export, example_images, export, with_preset
+    from vggnet.data.outputs import check_output
+    from vggnet.deploy.export import check_export, check_shapes, example_images, export, with_preset
     from vggnet.hub import file_sha256
     from vggnet.models.checkpoint import load
 
     if args.with_preset and args.fmt == "torchscript":
         raise UsageError("--with-preset works with --format onnx, pt2 or aoti, not torchscript")
+    # before any weights are fetched: OUT is a file vggnet may replace, the shapes ones the exporter takes
+    check_output(args.out)
+    check_shapes(dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size, image_size=args.image_size,
+                 batch_size=args.batch_size)  # fmt: skip
     loaded = load(args.weights, arch=args.arch, sha256=args.sha256, progress=not args.quiet)
     dtype = getattr(torch, args.dtype)
     model = loaded.model.eval()

@@ -8,20 +8,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vggnet.batch.output import FORMATS
+from vggnet.batch.output import FORMATS, check_fresh
 from vggnet.cli.args import (
     add_device,
     add_weights,
     closing_process_group,
-    count,
     load_model,
     positive,
     rank,
     run_device,
     side_arg,
+    workers_arg,
     world,
 )
 from vggnet.cli.output import print_json, print_predictions
+from vggnet.data.outputs import check_output
 from vggnet.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from vggnet.models.config import SOURCE_RULES
 
@@ -41,7 +42,7 @@ def _add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     add_device(p)
     p.add_argument("--batch-size", type=positive, default=batch_size, metavar="B", help=f"default {batch_size}")
     workers = "processes decoding images (default: the cores the model leaves, up to 8)"
-    p.add_argument("--workers", type=count, metavar="W", help=workers)
+    p.add_argument("--workers", type=workers_arg, metavar="W", help=workers)
     p.add_argument(
         "--image-size", type=side_arg, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
     )
@@ -105,18 +106,21 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write one line per image to FILE as it comes")
     p.add_argument("--format", choices=FORMATS, help="of --output (default: csv for a .csv FILE, else jsonl)")
     p.add_argument("--resume", action="store_true", help="keep what --output holds; classify only the others")
+    p.add_argument("--overwrite", action="store_true", help="replace what --output holds (else it is refused)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from vggnet.batch.engine import Session
     from vggnet.batch.predict import iter_predictions, predict_images
 
-    if args.output is None and (args.resume or args.format is not None):
-        raise UsageError("--resume and --format are for --output FILE")
+    if args.output is None and (args.resume or args.overwrite or args.format is not None):
+        raise UsageError("--resume, --overwrite and --format are for --output FILE")
     if args.output is not None and args.json:
         raise UsageError("--json prints to stdout; with --output FILE choose --format jsonl or csv")
     if args.output is None and world() > 1:
         raise UsageError("under torchrun, give --output FILE: each process writes its part and rank 0 merges them")
+    if args.output is not None and rank() == 0:  # before any weights are fetched
+        check_fresh(args.output, resume=args.resume, overwrite=args.overwrite)
     images, from_file = _images(args)
     device, classifier, preset = _model(args)
     categories = classifier.categories
@@ -126,8 +130,8 @@ def run_predict(args: argparse.Namespace) -> int:
         with closing_process_group():
             summary = predict_images(
                 classifier.model, preset, images, args.output, categories=categories, topk=args.topk, format=fmt,
-                resume=args.resume, from_file=from_file, batch_size=args.batch_size, workers=args.workers,
-                device=device, progress=not args.quiet,
+                resume=args.resume, overwrite=args.overwrite, from_file=from_file, batch_size=args.batch_size,
+                workers=args.workers, device=device, progress=not args.quiet,
             )  # fmt: skip
         rest = f" in {summary.seconds:.1f} s, {summary.images_per_s:.1f} img/s, {summary.world_size} process(es)"
         return _finished(args, summary, f"{rest}: {summary.output}")
@@ -176,6 +180,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {args.plot}: the confusion matrix is drawn as a PNG; name a .png file")
+    if args.plot is not None:
+        check_output(args.plot)  # before any weights are fetched
     if not args.data.is_dir():
         raise UsageError(f"{args.data}: no such folder; DATA holds one folder of images per class")
     device, loaded, preset = _model(args)
@@ -234,12 +240,15 @@ def add_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", action="store_true", help="L2-normalise each row")
     p.add_argument("--shard-size", type=positive, default=4096, metavar="N", help="rows per .npy file (default 4096)")
     p.add_argument("--resume", action="store_true", help="keep what --out holds; embed only the other images")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (else it is refused)")
     _add_run_options(p, batch_size=32)
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from vggnet.batch.embed import embed_images
+    from vggnet.batch.embed import check_folder, embed_images
 
+    if rank() == 0:  # before any weights are fetched
+        check_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     images, from_file = _images(args)
     device, loaded, preset = _model(args, classifier=False)  # a features-only record serves here
     names = loaded.model.layer_names()
@@ -248,8 +257,8 @@ def run_embed(args: argparse.Namespace) -> int:
     with closing_process_group():
         summary = embed_images(
             loaded.model, preset, images, args.out, layer=args.layer, pool=args.pool, normalize=args.normalize,
-            shard_size=args.shard_size, resume=args.resume, from_file=from_file, batch_size=args.batch_size,
-            workers=args.workers, device=device, progress=not args.quiet,
+            shard_size=args.shard_size, resume=args.resume, overwrite=args.overwrite, from_file=from_file,
+            batch_size=args.batch_size, workers=args.workers, device=device, progress=not args.quiet,
         )  # fmt: skip
     rest = f": {summary.layer} features of {summary.dim} values in {summary.seconds:.1f} s"
     return _finished(args, summary, f"{rest}, {summary.images_per_s:.1f} img/s: {summary.out}")

@@ -105,6 +105,7 @@ def add_explain(p: argparse.ArgumentParser) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from vggnet.data.outputs import save_png
     from vggnet.seeing.explain import explain
     from vggnet.seeing.pictures import label, overlay
 
@@ -121,7 +122,7 @@ def run_explain(args: argparse.Namespace) -> int:
     explained, top = result.explained[0], result.top[0]
     picture = overlay(_photo(x, loaded.preset), result.heatmap[0], alpha=args.alpha)
     label(picture, f"{explained.name} {explained.probability:.1%} ({result.layer})")
-    picture.save(args.out)
+    save_png(picture, args.out)
     predictions = [{"index": p.index, "label": p.name, "probability": p.probability} for p in top]
     if args.json:
         print_json(
@@ -165,11 +166,12 @@ def add_features(p: argparse.ArgumentParser) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    from vggnet.data.outputs import save_png
     from vggnet.seeing.feature_maps import feature_maps
 
     loaded, x = _model_and_image(args, classifier=False)
     maps = feature_maps(loaded.model, x, args.layer, args.count)
-    maps.grid(tile=args.tile, columns=args.columns).save(args.out)
+    save_png(maps.grid(tile=args.tile, columns=args.columns), args.out)
     if args.json:
         print_json(
             {
@@ -206,8 +208,11 @@ def _model_and_image(args: argparse.Namespace, *, classifier: bool) -> tuple[Loa
 
 
 def _check_png(path: Path) -> None:
+    from vggnet.data.outputs import check_output
+
     if path.suffix.lower() != ".png":
         raise UsageError(f"--out {path}: the picture is written as PNG; give a file name ending in .png")
+    check_output(path)  # a folder or a link at --out: refused before any weights are fetched
 
 
 def _photo(x: torch.Tensor, preset: ImageClassification) -> torch.Tensor:

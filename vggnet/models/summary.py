@@ -28,6 +28,7 @@ from xml.sax.saxutils import escape
 import torch
 from torch import nn
 
+from vggnet.data.outputs import atomic_write, check_output, write_text
 from vggnet.errors import MissingDependency, UsageError
 from vggnet.models.config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE, arch_config
 from vggnet.models.receptive import receptive_fields
@@ -379,9 +380,9 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
         raise UsageError(
             f"cannot draw a {suffix or 'suffix-less'} file {path.name!r}; use one of {', '.join(_PLOT_FORMATS)}"
         )
+    check_output(path)
     if suffix == ".svg":
-        path.write_text(_svg(summary), encoding="utf-8")
-        return path
+        return write_text(path, _svg(summary))
     try:
         Figure = importlib.import_module("matplotlib.figure").Figure
     except ImportError as err:
@@ -404,7 +405,8 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
         ax.tick_params(labelsize=8)
     axes[0].invert_yaxis()  # conv1_1 at the top; the axes share y, so once inverts both
     fig.suptitle(_plot_title(summary), fontsize=11)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as f:  # whole or not at all, never through a link
+        fig.savefig(f, dpi=120, format=suffix[1:])
     return path
 
 
