@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -25,6 +26,7 @@ from vggnet import settings
 from vggnet.errors import BadCheckpointError, ChecksumError, MissingPathError, NotCachedError, UsageError
 from vggnet.hub._cache import (
     LOCAL_HINT,
+    LOCAL_STAMPS,
     NAME_DIGEST,
     adopt,
     cache_dir,
@@ -307,7 +309,7 @@ def _fetch(
     expected digest came from); a cached or local file's mismatch keeps its own advice.
     """
     local = _local_path(url)
-    stamps = dest.parent / ".stamps"
+    stamps = dest.parent / LOCAL_STAMPS
     if local is not None and url == origin:  # the caller's own file: verified where it is
         return local, _verify_local(local, expected, url, size=size, stamps=stamps)
     digest = stamped_digest(dest, expected=expected)  # the fast path: no hashing, no lock
@@ -361,5 +363,21 @@ def _verify_local(path: Path, expected: str | None, url: str, *, size: int | Non
     if size is not None and actual != size:
         raise BadCheckpointError(f"{path} has {actual:,} bytes, not the {size:,} that size= says; {left}")
     if expected is None:
-        logger.warning("%s: loading a local file unverified (no digest to check it against)", path)
+        _say_unverified(path)
     return digest
+
+
+# The local files already said to be unverified, by resolved path: a loop that reloads its own checkpoint
+# each epoch hears it once (issue 25).
+_UNVERIFIED: set[str] = set()
+_UNVERIFIED_LOCK = threading.Lock()
+
+
+def _say_unverified(path: Path) -> None:
+    """Log at INFO, once per file per process, that a local file is used with no digest to check it against."""
+    key = os.path.realpath(path)
+    with _UNVERIFIED_LOCK:
+        if key in _UNVERIFIED:
+            return
+        _UNVERIFIED.add(key)
+    logger.info("%s: loading a local file unverified (no digest to check it against; pass sha256= to check it)", path)

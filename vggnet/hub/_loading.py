@@ -22,7 +22,15 @@ from typing import IO, Any
 import torch
 
 from vggnet.errors import ChecksumError, CorruptCheckpointError, NotAStateDict, UnsafeCheckpointError
-from vggnet.hub._cache import local_stamp_path, open_file_digest, read_stamp, stamp_matches, stamp_of, write_stamp
+from vggnet.hub._cache import (
+    LOCAL_STAMPS,
+    local_stamp_path,
+    open_file_digest,
+    read_stamp,
+    stamp_matches,
+    stamp_of,
+    write_stamp,
+)
 from vggnet.hub._files import create_private, hash_file, open_read, publish, temp_name
 from vggnet.hub._formats import load_safetensors, sniff_format
 from vggnet.hub._locks import lock
@@ -52,7 +60,7 @@ def load_verified(path: Path, digest: str, *, where: Path, map_location: MapLoca
     check and the load cannot change what is loaded.
     """
     local = path.parent != where  # the caller's own file or a mirror directory's, not one in the cache
-    stamp = local_stamp_path(path, where / ".stamps") if local else stamp_of(path)
+    stamp = local_stamp_path(path, where / LOCAL_STAMPS) if local else stamp_of(path)
     with open_read(path, follow=local) as f:
         actual = open_file_digest(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
         if actual != digest:
