@@ -27,6 +27,7 @@ __all__ = [
     "BadCheckpointError",
     "BadFileError",
     "BadImageError",
+    "BadKerasFileError",
     "CheckpointMismatchError",
     "ChecksumError",
     "CorruptCheckpointError",
@@ -243,6 +244,15 @@ class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (str(self.path), self.reference)
+
+
+class BadKerasFileError(BadCheckpointError):
+    """A Keras .h5 file vggnet will not read: damaged, not Keras weights, or reaching outside itself.
+
+    HDF5 lets a dataset take its bytes from other files (external storage, external or soft links,
+    virtual datasets) and declare any shape; vggnet reads only plain float arrays stored in the file,
+    of the shape each VGG layer holds. The message names the file and the dataset; nothing was read.
+    """
 
 
 class NotAStateDict(BadCheckpointError, TypeError):

@@ -114,6 +114,16 @@ def write_private_in(dir_fd: int, name: str, data: bytes) -> None:
             os.unlink(tmp, dir_fd=dir_fd)
 
 
+def fd_path(f: IO[bytes]) -> Path | None:
+    """A name for the very file `f` holds open (/proc/self/fd/N), where the system has one.
+
+    Libraries that open files by name (torch.load's mmap, safetensors) read through it the file that
+    was checked, whatever has been renamed over its name since.
+    """
+    path = Path(f"/proc/self/fd/{f.fileno()}")
+    return path if path.exists() else None
+
+
 def is_regular(path: Path) -> bool:
     """`path` is a regular file itself (not a link to one)."""
     try:
