@@ -35,6 +35,7 @@ __all__ = [
     "DiskError",
     "Diverged",
     "DownloadError",
+    "HubResponseError",
     "MissingDependency",
     "MissingPathError",
     "NoImages",
@@ -42,6 +43,7 @@ __all__ = [
     "NotAStateDict",
     "NotCachedError",
     "OutputExistsError",
+    "OutsideCacheError",
     "UnknownWeightsError",
     "UnsafeCheckpointError",
     "UnsupportedError",
@@ -194,6 +196,33 @@ class DownloadError(VggnetError, OSError):
 
 def _rebuild_download_error(message: str, url: str, status: int | None) -> DownloadError:
     return DownloadError(message, url=url, status=status)
+
+
+class HubResponseError(DownloadError):
+    """The Hugging Face Hub's answer about a file cannot be used (no such file, no commit, an ETag that is
+    not a SHA-256): nothing was downloaded or written."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_hub_error, (str(self), self.url, self.status)
+
+
+def _rebuild_hub_error(message: str, url: str, status: int | None) -> HubResponseError:
+    return HubResponseError(message, url=url, status=status)
+
+
+class OutsideCacheError(VggnetError, ValueError):
+    """A name in the Hugging Face cache resolves outside it (a link planted there): nothing is read or written
+    through it. Remove it (or the repository's folder) and download again."""
+
+    def __init__(self, path: str | os.PathLike[str], real: str, cache: str | os.PathLike[str]) -> None:
+        self.path, self.real, self.cache = Path(path), real, Path(cache)
+        super().__init__(
+            f"refusing {path}: it resolves to {real}, outside the Hugging Face cache {cache}; nothing was read "
+            "through it. Remove it (or the repository's folder there) and download again"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self.path), self.real, str(self.cache))
 
 
 class NotARegularFileError(VggnetError, OSError):

@@ -40,7 +40,7 @@ from vggnet.hub._formats import (
     write_tensors,
 )
 from vggnet.hub._hdf5 import read_keras_layers
-from vggnet.hub._huggingface import HF_PREFIX, HubName, hf_hub_file, is_hf_hub, parse_hf_hub
+from vggnet.hub._huggingface import HF_PREFIX, HubFetched, HubName, hf_hub_file, is_hf_hub, load_hf_hub, parse_hf_hub
 from vggnet.hub._loading import MapLocation, VerifiedFile, read_tensors, weights_only_load
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "WRITE_SUFFIXES",
     "CachedFile",
     "Format",
+    "HubFetched",
     "HubName",
     "MapLocation",
     "Removed",
@@ -65,6 +66,7 @@ __all__ = [
     "hf_hub_file",
     "is_hf_hub",
     "load_safetensors",
+    "load_hf_hub",
     "load_state_dict_from_url",
     "load_weights",
     "normalize_digest",

@@ -294,7 +294,7 @@ def _deadline_error(url: str, watch: Watch) -> DownloadError:
     )
 
 
-def _unfixable(err: BaseException) -> str | None:
+def unfixable(err: BaseException) -> str | None:
     """What makes a connection failure one that retrying cannot fix, if it is one."""
     import requests
 
@@ -358,7 +358,7 @@ def _get(
         try:
             resp = session.get(current, headers=sent, stream=True, timeout=timeout, allow_redirects=False)
         except (requests.ConnectionError, requests.Timeout) as err:
-            why = _unfixable(err)
+            why = unfixable(err)
             raise _Retry(
                 f"{why or 'connection failed'} ({type(err).__name__}: {err})", unfixable=why is not None
             ) from err

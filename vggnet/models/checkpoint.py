@@ -23,10 +23,10 @@ import torch
 from vggnet.checks import check_device, check_int
 from vggnet.data.transforms import ImageClassification, keras_transforms
 from vggnet.errors import ArchMismatch, BadCheckpointError, CheckpointMismatchError, UsageError
-from vggnet.hub import VerifiedFile, hf_hub_file, normalize_digest, open_verified, read_tensors
+from vggnet.hub import VerifiedFile, load_hf_hub, normalize_digest, open_verified, read_tensors
 from vggnet.models.config import IN_CHANNELS, arch_config, check_arch
 from vggnet.models.finetuned import FORMAT, Finetuned, check_finetuned, read_finetuned
-from vggnet.models.layouts import from_timm, layout_of, load_keras, read_state_dict
+from vggnet.models.layouts import from_timm, layout_of, load_keras
 from vggnet.models.sources import (
     Source,
     WeightsSource,
@@ -143,7 +143,7 @@ def hub_state_dict(
         (builder name, state dict), timm's layout converted bit-exactly.
     """
     arch = hub_arch_of(name)
-    return arch, read_state_dict(hf_hub_file(name, sha256=sha256), map_location=map_location)
+    return arch, _vggnet_layout(load_hf_hub(name, sha256=sha256, map_location=map_location))
 
 
 def _vggnet_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
