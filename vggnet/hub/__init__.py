@@ -1,8 +1,10 @@
 """The weights store: fetch, verify, cache and read checkpoint files. Plain values in, verified files out.
 
 The flow: a URL -> `fetch` (a cache hit vouched for by a stamp, or a download hashed while it streams)
--> a verified file -> a weights-only load of that same open file -> a state dict. Everything below this
-facade is private to the package, one layer per module, each importing only the ones below it:
+-> a verified file -> `open_verified`: the file opened once and that open file checked against the digest
+-> every reader reads that same open file (a weights-only torch load, safetensors, Keras HDF5 read as
+data) -> a state dict. Everything below this facade is private to the package, one layer per module,
+each importing only the ones below it:
 
 - `_files`: opening without following links, hashing, private temporary files, atomic publishing;
 - `_cache`: the cache folder, its names and the stamps that vouch for its files;
@@ -10,7 +12,7 @@ facade is private to the package, one layer per module, each importing only the 
 - `_partial`, `_deadline`, `_download`: one HTTP transfer, bounded, resumed, verified;
 - `_formats`, `_hdf5`, `_loading`: what format a file is, writing tensors; Keras' HDF5 read strictly as data;
   the verified open file and the weights-only load of it;
-- `_huggingface`: the Hugging Face Hub as a source of files;
+- `_huggingface`: the Hugging Face Hub as a source of files, fetched by `_download` into the Hub's cache layout;
 - `_fetching`: the entry points below (the cache, mirrors, offline use, local files).
 
 What the tensors mean (vggnet's, timm's or Keras' layout) is `vggnet.models.layouts`'; building a model
