@@ -333,3 +333,31 @@ def png_declaring(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+VGG11_CONVS = [("block1_conv1", 3, 64), ("block2_conv1", 64, 128), ("block3_conv1", 128, 256),
+               ("block3_conv2", 256, 256), ("block4_conv1", 256, 512), ("block4_conv2", 512, 512),
+               ("block5_conv1", 512, 512), ("block5_conv2", 512, 512)]  # fmt: skip
+
+
+def write_vgg11_notop(path: Path, seed: int = 0, *, secret: Path | None = None) -> Path:
+    """A Keras-1 layout VGG11 notop file (float16: 18 MB); with `secret`, conv1_1's kernel is that file's bytes.
+
+    The crafted kernel is HDF5 external storage, as an attacker writes it: plain h5py reads the secret through it.
+    """
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n, _, _ in VGG11_CONVS]
+        for name, cin, cout in VGG11_CONVS:
+            group = f.create_group(name)
+            group.attrs["weight_names"] = [f"{name}_W_1:0".encode(), f"{name}_b_1:0".encode()]
+            shape = (3, 3, cin, cout)
+            if secret is not None and name == "block1_conv1":
+                group.create_dataset(f"{name}_W_1:0", shape=shape, dtype="<f2", external=[(str(secret), 0, 3456)])
+            elif secret is not None:
+                group.create_dataset(f"{name}_W_1:0", shape=shape, dtype="<f2")  # never read: declared only
+            else:
+                group[f"{name}_W_1:0"] = rng.standard_normal(shape).astype(np.float16)
+            group[f"{name}_b_1:0"] = rng.standard_normal(cout).astype(np.float16)
+    return path

@@ -27,6 +27,7 @@ __all__ = [
     "BadCheckpointError",
     "BadFileError",
     "BadImageError",
+    "BadKerasFileError",
     "CheckpointMismatchError",
     "ChecksumError",
     "CorruptCheckpointError",
@@ -34,6 +35,7 @@ __all__ = [
     "DiskError",
     "Diverged",
     "DownloadError",
+    "HubResponseError",
     "InUseError",
     "MissingDependency",
     "MissingPathError",
@@ -43,6 +45,7 @@ __all__ = [
     "NotCachedError",
     "OutputExistsError",
     "OutputPathError",
+    "OutsideCacheError",
     "UnknownWeightsError",
     "UnsafeCheckpointError",
     "UnsupportedError",
@@ -208,6 +211,33 @@ def _rebuild_download_error(message: str, url: str, status: int | None) -> Downl
     return DownloadError(message, url=url, status=status)
 
 
+class HubResponseError(DownloadError):
+    """The Hugging Face Hub's answer about a file cannot be used (no such file, no commit, an ETag that is
+    not a SHA-256): nothing was downloaded or written."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_hub_error, (str(self), self.url, self.status)
+
+
+def _rebuild_hub_error(message: str, url: str, status: int | None) -> HubResponseError:
+    return HubResponseError(message, url=url, status=status)
+
+
+class OutsideCacheError(VggnetError, ValueError):
+    """A name in the Hugging Face cache resolves outside it (a link planted there): nothing is read or written
+    through it. Remove it (or the repository's folder) and download again."""
+
+    def __init__(self, path: str | os.PathLike[str], real: str, cache: str | os.PathLike[str]) -> None:
+        self.path, self.real, self.cache = Path(path), real, Path(cache)
+        super().__init__(
+            f"refusing {path}: it resolves to {real}, outside the Hugging Face cache {cache}; nothing was read "
+            "through it. Remove it (or the repository's folder there) and download again"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self.path), self.real, str(self.cache))
+
+
 class NotARegularFileError(VggnetError, OSError):
     """A name is a symbolic link, FIFO, device or directory: vggnet neither reads nor writes through it.
 
@@ -256,6 +286,15 @@ class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (str(self.path), self.reference)
+
+
+class BadKerasFileError(BadCheckpointError):
+    """A Keras .h5 file vggnet will not read: damaged, not Keras weights, or reaching outside itself.
+
+    HDF5 lets a dataset take its bytes from other files (external storage, external or soft links,
+    virtual datasets) and declare any shape; vggnet reads only plain float arrays stored in the file,
+    of the shape each VGG layer holds. The message names the file and the dataset; nothing was read.
+    """
 
 
 class NotAStateDict(BadCheckpointError, TypeError):

@@ -10,8 +10,11 @@ vggnet's own:
 - `VGGNET_ALLOW_HTTP_REDIRECT`: follow a redirect from https to plain http.
 - `VGGNET_MAX_IMAGE_PIXELS`: the pixel budget of one image (default Pillow's).
 
-Read as they are set by others: torchrun's `WORLD_SIZE`, `RANK`, `LOCAL_RANK`, and oneDNN's instruction-set
-cap `ONEDNN_MAX_CPU_ISA` (or `DNNL_MAX_CPU_ISA`). A malformed value is a `UsageError` naming the variable,
+Read as they are set by others: torchrun's `WORLD_SIZE`, `RANK`, `LOCAL_RANK`; oneDNN's instruction-set
+cap `ONEDNN_MAX_CPU_ISA` (or `DNNL_MAX_CPU_ISA`); and huggingface_hub's, for `hf-hub:` names, with the
+meaning huggingface_hub gives them: `HF_ENDPOINT`, `HF_HUB_CACHE` (`HUGGINGFACE_HUB_CACHE`, `HF_HOME`,
+`XDG_CACHE_HOME`), `HF_HUB_OFFLINE` (`TRANSFORMERS_OFFLINE`), `HF_TOKEN` (`HF_TOKEN_PATH`,
+`HF_HUB_DISABLE_IMPLICIT_TOKEN`). A malformed value is a `UsageError` naming the variable,
 what it holds and what it must hold. This module imports only the standard library.
 """
 
@@ -21,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from vggnet.errors import UsageError
 
@@ -35,6 +39,11 @@ __all__ = [
     "KERNEL_SETTINGS",
     "Torchrun",
     "allow_http_redirect",
+    "hf_endpoint",
+    "hf_hub_cache",
+    "hf_offline",
+    "hf_token",
+    "hf_token_path",
     "home",
     "kernel_settings",
     "max_image_pixels",
@@ -88,6 +97,55 @@ def offline() -> bool:
 def allow_http_redirect() -> bool:
     """Whether `VGGNET_ALLOW_HTTP_REDIRECT` allows a redirect from https to plain http."""
     return _flag(ENV_ALLOW_HTTP)
+
+
+HF_DEFAULT_ENDPOINT: Final = "https://huggingface.co"
+
+
+def _hf_home() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.path.expandvars(os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface"))))
+
+
+def hf_hub_cache() -> Path:
+    """huggingface_hub's cache: `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `HF_HOME`/hub.
+
+    `HF_HOME` defaults to `XDG_CACHE_HOME`/huggingface, else ~/.cache/huggingface.
+    """
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    return Path(os.path.expandvars(os.path.expanduser(env))) if env else _hf_home() / "hub"
+
+
+def hf_endpoint() -> str:
+    """`HF_ENDPOINT` without a trailing slash, else https://huggingface.co.
+
+    Raises:
+        UsageError: it is not an http(s) URL with a host.
+    """
+    url = (os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"HF_ENDPOINT={url!r} must be an http(s) URL such as {HF_DEFAULT_ENDPOINT}; fix or unset it")
+    return url
+
+
+def hf_offline() -> bool:
+    """Whether `HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE` or `VGGNET_OFFLINE` is set to 1, true, yes or on."""
+    return _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE") or offline()
+
+
+def hf_token() -> str | None:
+    """`HF_TOKEN`, or None (unset, empty, or `HF_HUB_DISABLE_IMPLICIT_TOKEN` set: no token at all)."""
+    if _flag("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+        return None
+    return os.environ.get("HF_TOKEN", "").strip() or None
+
+
+def hf_token_path() -> Path | None:
+    """Where `hf auth login` saved a token: `HF_TOKEN_PATH`, else `HF_HOME`/token; None if tokens are disabled."""
+    if _flag("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+        return None
+    return Path(os.path.expanduser(os.environ.get("HF_TOKEN_PATH") or _hf_home() / "token"))
 
 
 def positive_number(name: str, default: float) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from vggnet.errors import UsageError
-from vggnet.hub import fetch
+from vggnet.hub import open_verified
 from vggnet.models.checkpoint import hub_state_dict
 from vggnet.models.layouts import Layout, from_timm, layout_of, read_state_dict, write_state_dict
 from vggnet.models.sources import Source, WeightsSource, classify
@@ -50,8 +50,9 @@ def read_source(
         return source, from_timm(state) if layout_of(state) == "timm" else state
     if source.kind == "hub":
         return source, hub_state_dict(source.text, sha256=sha256)[1]
-    path = fetch(source.text, sha256=sha256, progress=progress)  # downloaded or checked in place, verified
-    return source, read_state_dict(path)
+    where = Path(source.text) if source.kind == "file" else source.text
+    with open_verified(where, sha256=sha256, progress=progress) as verified:  # the open file checked is the one read
+        return source, read_state_dict(verified)
 
 
 def convert(

@@ -17,17 +17,16 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import torch
 
 from vggnet.checks import check_device, check_int
 from vggnet.data.transforms import ImageClassification, keras_transforms
 from vggnet.errors import ArchMismatch, BadCheckpointError, CheckpointMismatchError, UsageError
-from vggnet.hub import fetch, hf_hub_file, load_state_dict_from_url, normalize_digest, sniff_format
+from vggnet.hub import VerifiedFile, load_hf_hub, normalize_digest, open_verified, read_tensors
 from vggnet.models.config import IN_CHANNELS, arch_config, check_arch
 from vggnet.models.finetuned import FORMAT, Finetuned, check_finetuned, read_finetuned
-from vggnet.models.layouts import from_timm, layout_of, load_keras, read_state_dict
+from vggnet.models.layouts import from_timm, layout_of, load_keras
 from vggnet.models.sources import (
     Source,
     WeightsSource,
@@ -144,7 +143,7 @@ def hub_state_dict(
         (builder name, state dict), timm's layout converted bit-exactly.
     """
     arch = hub_arch_of(name)
-    return arch, read_state_dict(hf_hub_file(name, sha256=sha256), map_location=map_location)
+    return arch, _vggnet_layout(load_hf_hub(name, sha256=sha256, map_location=map_location))
 
 
 def _vggnet_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,10 +163,10 @@ def _fresh_classifier(arch: str, state: Mapping[str, torch.Tensor]) -> dict[str,
 
 
 def _from_keras(
-    source: Source, path: Path, arch: str | None, device: torch.device | None, kwargs: dict[str, Any]
+    source: Source, verified: VerifiedFile, arch: str | None, device: torch.device | None, kwargs: dict[str, Any]
 ) -> Loaded:
     """A Keras VGG16/VGG19 .h5 file: its model (RGB input, see `formats`), Keras' preset, ImageNet's classes."""
-    found, state = load_keras(path)
+    found, state = load_keras(verified)
     if arch is not None and arch != found:
         raise ArchMismatch(source.text, found, arch)
     notop = not any(k.startswith("classifier.") for k in state)
@@ -203,18 +202,17 @@ def _from_file(
     digest: str | None,
     progress: bool,
 ) -> Loaded:
-    """A local file or a URL: a checkpoint written by `finetune` (its classes and preset), or a state dict."""
+    """A local file or a URL: a checkpoint written by `finetune` (its classes and preset), or a state dict.
+
+    Everything is read from the one open file that was checked against the digest (`hub.open_verified`).
+    """
     text = source.text
-    if source.kind == "url" and urlsplit(text).scheme.lower() != "file":
-        path = fetch(text, sha256=digest, progress=progress)  # cached, verified by sha256 or its name
-    else:
-        path = Path(unquote(urlsplit(text).path)) if source.kind == "url" else Path(text)
-        if digest is not None:
-            fetch(str(path), sha256=digest, progress=progress)  # checked in place; raises ChecksumError
-    if sniff_format(path) == "hdf5":
-        return _from_keras(source, path, arch, device, kwargs)
     map_location = device if device is not None else "cpu"
-    checkpoint = read_finetuned(path, map_location)
+    with open_verified(Path(text) if source.kind == "file" else text, sha256=digest, progress=progress) as verified:
+        if verified.format == "hdf5":
+            return _from_keras(source, verified, arch, device, kwargs)
+        checkpoint = read_finetuned(verified.path, map_location, file=verified.file)
+        state = {} if checkpoint is not None else _vggnet_layout(read_tensors(verified, map_location))
     if checkpoint is not None:
         found = str(checkpoint["arch"])
         if arch is not None and arch != found:
@@ -222,9 +220,6 @@ def _from_file(
         finetuned = _finetuned(checkpoint, device, kwargs, text)
         return Loaded(finetuned.model, finetuned.preset, _labels(finetuned.classes, finetuned.model), found, text,
                       source, finetuned.info)  # fmt: skip
-    state = _vggnet_layout(
-        load_state_dict_from_url(str(path), sha256=digest, map_location=map_location, progress=progress)
-    )
     if arch is None:
         name = arch_of_state(state, text)
     else:

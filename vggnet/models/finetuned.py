@@ -8,12 +8,13 @@ is built by `checkpoint.load_finetuned`, since a backbone is loaded through `che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -43,13 +44,17 @@ class Finetuned:
     info: dict[str, Any]  # mode, epoch, val_acc, weights
 
 
-def read_finetuned(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any] | None:
+def read_finetuned(
+    path: str | os.PathLike[str], map_location: str | torch.device, file: IO[bytes] | None = None
+) -> dict[str, Any] | None:
     """The contents of a checkpoint written by `finetune`, else None (another file is not read in full).
 
     `finetune` writes the zip format, so a legacy-format file is someone else's; a zip file is
-    memory-mapped, so telling a plain 500 MB state dict apart costs no copy of it.
+    memory-mapped, so telling a plain 500 MB state dict apart costs no copy of it. `file`: `path`
+    already open (the file checked against a digest), read instead of opening `path` again.
     """
-    with open(path, "rb") as f:
+    with open(path, "rb") if file is None else contextlib.nullcontext(file) as f:
+        f.seek(0)
         if f.read(4) != _ZIP_MAGIC:
             return None
         # the file whose magic was read is the one loaded; pickled code: UnsafeCheckpointError

@@ -25,7 +25,7 @@ from torch import nn
 
 from vggnet.checks import check_choice
 from vggnet.errors import BadCheckpointError, UsageError, UsageTypeError
-from vggnet.hub import fetch
+from vggnet.hub import load_weights, read_tensors
 from vggnet.models.builders import get_model
 from vggnet.models.taps import feature_layers, feature_names
 from vggnet.models.vgg import VGG, check_images
@@ -61,9 +61,15 @@ class LinearWeights:
         return f"lpips-vgg-v{self.version}-{self.sha256[:8]}.pth"
 
     def get_state_dict(self, progress: bool = True) -> dict[str, torch.Tensor]:
-        """Fetch (or find in the cache), verify and load the file with weights_only=True, on the CPU."""
-        path = fetch(self.url, sha256=self.sha256, size=self.size, file_name=self.file_name, progress=progress)
-        return _load(path)
+        """Fetch (or find in the cache), verify and load the file with weights_only=True, on the CPU.
+
+        The file loaded is the open file checked against the digest (`hub.load_weights`), never the name again.
+        """
+        state = load_weights(
+            self.url, sha256=self.sha256, size=self.size, file_name=self.file_name, progress=progress,
+            map_location="cpu",  # the published files hold CUDA storages
+        )  # fmt: skip
+        return dict(state)
 
 
 # v0.0 is the first release, whose network saw the images unscaled (the "normalization bug" lpips keeps).
@@ -224,10 +230,6 @@ def _unit(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 def _load(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    # The published files are in torch's legacy format with CUDA storages: map them to the CPU.
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise BadCheckpointError(
-            f"{path} holds a {type(state).__name__}, not the state dict of the LPIPS linear layers"
-        )
-    return dict(state)
+    # The published files are in torch's legacy format with CUDA storages: map them to the CPU. One open file,
+    # read weights-only; any problem is one line naming the file (never torch's advice to drop weights_only).
+    return read_tensors(path, "cpu")
