@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING
 from vggnet.batch.output import FORMATS
 from vggnet.cli.args import (
     add_device,
+    add_preset,
     add_weights,
+    check_preset,
     closing_process_group,
     count,
     load_model,
     positive,
     rank,
     run_device,
+    run_preset,
     side_arg,
     world,
 )
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
 
 def _add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
-    """--arch, --weights, --sha256, --device, --batch-size, --workers, --image-size."""
+    """--arch, --weights, --sha256, --device, --batch-size, --workers, --image-size, and the preset's options."""
     add_weights(p)
     add_device(p)
     p.add_argument("--batch-size", type=positive, default=batch_size, metavar="B", help=f"default {batch_size}")
@@ -45,6 +48,7 @@ def _add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument(
         "--image-size", type=side_arg, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
     )
+    add_preset(p)
 
 
 def _add_image_sources(p: argparse.ArgumentParser, metavar: str) -> None:
@@ -64,11 +68,11 @@ def _images(args: argparse.Namespace) -> tuple[list[str], Path | None]:
 
 
 def _model(args: argparse.Namespace, *, classifier: bool = True) -> tuple[str, Loaded, ImageClassification]:
-    """The device, the model --weights names, and its preset at --image-size."""
+    """The device, the model --weights names, and its preset at --image-size or --resize/--crop/--mean/--std."""
+    check_preset(args)
     device = run_device(args)
     loaded = load_model(args, device, classifier=classifier)
-    preset = loaded.preset if args.image_size is None else loaded.preset.resized(args.image_size)
-    return device, loaded, preset
+    return device, loaded, run_preset(args, loaded, args.image_size)
 
 
 def _finished(args: argparse.Namespace, summary: PredictSummary | EmbedSummary, rest: str) -> int:
