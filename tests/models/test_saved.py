@@ -41,7 +41,7 @@ def test_every_loader_reads_back_the_model_its_classes_and_its_preset(model, tmp
     path = save(model, tmp_path / f"digits{suffix}", classes=CLASSES, preset=PRESET, epoch=3, note=("a", 1))
     assert path == tmp_path / f"digits{suffix}" and os.listdir(tmp_path) == [path.name]  # no temporary file left
     loaded = vggnet.load(path)
-    assert (loaded.arch, list(loaded.categories), loaded.model.head) == ("vgg11_bn", CLASSES, "gap")
+    assert (loaded.arch, loaded.classes, loaded.model.head) == ("vgg11_bn", CLASSES, "gap")
     assert loaded.preset.extra_repr() == PRESET.extra_repr()
     assert loaded.info == {"epoch": 3, "note": ["a", 1]}  # free metadata as JSON gives it back
     assert same_outputs(loaded.model, model)

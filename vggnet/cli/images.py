@@ -98,9 +98,10 @@ def add_predict(p: argparse.ArgumentParser) -> None:
         "--output FILE one line per image is written as it comes (JSON Lines, or CSV), --resume skips the "
         "images FILE holds, and under torchrun each process does its share. An unreadable image is "
         'reported (in FILE with an "error", and on stderr) and the run goes on; the exit status is then 1. '
-        f"--weights is {SOURCE_RULES}. The model is the one the weights name (a fine-tuned checkpoint's, a "
-        "state dict's keys), else --arch (default vgg16); a plain file's labels are ImageNet's when it has "
-        "1000 outputs."
+        f"--weights is {SOURCE_RULES}. The model is the one the weights name (a vggnet checkpoint's, a "
+        "state dict's keys), else --arch (default vgg16). A checkpoint written by vggnet.save or vggnet "
+        "finetune brings its labels and preprocessing; a plain state dict's labels are ImageNet's when it has "
+        "1000 outputs, and its preprocessing ImageNet's unless --resize, --crop, --mean, --std say otherwise."
     )
     _add_image_sources(p, "IMAGE")
     _add_run_options(p, batch_size=16)

@@ -64,7 +64,8 @@ class Loaded:
 
     `categories` are the labels of its outputs (None for a record whose classifier is unusable, such as
     VGG16_Weights.IMAGENET1K_FEATURES); `weights` says what was loaded ("VGG16_Weights.IMAGENET1K_V1",
-    a path, a URL, "random"); `info` holds a fine-tuned checkpoint's mode, epoch, val_acc and weights.
+    a path, a URL, "random"); `info` holds a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`;
+    `finetune` records mode, epoch, val_acc and weights there).
     """
 
     model: VGG
@@ -74,6 +75,11 @@ class Loaded:
     weights: str
     source: Source
     info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str] | None:
+        """`categories` as a list: the class names `vggnet.save(model, path, classes=...)` recorded, or assumed."""
+        return None if self.categories is None else list(self.categories)
 
 
 def load(
@@ -348,7 +354,7 @@ def _file_cfg(loaded: Loaded, classes: Sequence[str] | None) -> dict[str, Any]:
     return cfg
 
 
-# --- fine-tuned checkpoints: their model -----------------------------------------------------------
+# --- checkpoints in vggnet's format: load_finetuned, and a small one's backbone -------------------
 
 
 def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Finetuned:
