@@ -489,3 +489,110 @@ def test_two_predict_resume_processes_never_duplicate_a_line(seven_classes, tmp_
     images = [json.loads(line)["image"] for line in out.read_text().splitlines()]
     assert len(images) == len(set(images)) == 15, (results, len(images))  # every image once, whoever wrote it
     assert len(refused) <= 1
+
+
+# --- a checkpoint saved with vggnet.save, and the preset options (issue 25) ----------------------------
+
+DIGITS = ["zero", "one", "two"]
+OWN = ImageClassification(crop_size=32, resize_size=32, mean=[0.3, 0.3, 0.3], std=[0.2, 0.2, 0.2])
+OWN_OPTIONS = ["--resize", "32", "--crop", "32", "--mean", "0.3", "0.3", "0.3", "--std", "0.2", "0.2", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def own_loop(tmp_path_factory):
+    """A gap-head model as a user's loop leaves it, saved by vggnet.save (classes, preset) and as a plain state
+    dict, and a labelled folder of 40x48 images named after its classes."""
+    from tests.helpers import write_images
+
+    folder = tmp_path_factory.mktemp("own")
+    torch.manual_seed(0)
+    model = vggnet.vgg11_bn(head="gap", num_classes=3).eval()
+    with torch.no_grad():
+        model.classifier[0].weight.mul_(30)  # confident, different answers for noise images
+    saved = vggnet.save(model, folder / "mine.safetensors", classes=DIGITS, preset=OWN)
+    plain = folder / "mine-plain.pth"
+    torch.save(model.state_dict(), plain)
+    write_images(folder / "data", [f"{c}/{i}.png" for c in DIGITS for i in range(3)], seed=2)
+    return model, saved, plain, folder / "data"
+
+
+def test_predict_reads_a_saved_checkpoints_classes_and_preset(own_loop, capsys):
+    model, saved, _, data = own_loop
+    paths = sorted(data.glob("*/*.png"))
+    with torch.inference_mode():
+        probs = model(torch.stack([OWN(load_image(p)) for p in paths])).softmax(1)
+    assert main(["predict", *map(str, paths), "--weights", str(saved), "--topk", "3", "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)["results"]
+    assert "assuming" not in captured.err  # the file says what it expects
+    for result, row in zip(results, probs):
+        top = row.topk(3)
+        assert [p["label"] for p in result["predictions"]] == [DIGITS[i] for i in top.indices.tolist()]
+        assert [p["probability"] for p in result["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+    assert len({r["predictions"][0]["label"] for r in results}) > 1
+
+
+def test_the_preset_options_are_checked_before_anything_is_loaded(own_loop, capsys):
+    _, saved, _, data = own_loop
+    argv = ["evaluate", str(data), "--weights", str(saved)]
+    assert main([*argv, "--image-size", "64", "--crop", "32"]) == 2
+    assert "give either it or --resize/--crop" in capsys.readouterr().err
+    assert main([*argv, "--resize", "32", "--crop", "64"]) == 2
+    assert "--crop 64 is larger than --resize 32" in capsys.readouterr().err
+    assert main([*argv, "--mean", "0.5", "0.5"]) == 2
+    assert "--mean takes 3 value(s), one per input channel of the model; got 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_saved_checkpoint_scores_with_its_classes_and_preset(own_loop, capsys):
+    from vggnet.batch.evaluate import evaluate
+
+    model, saved, plain, data = own_loop
+    want = evaluate(model, OWN, data, classes=DIGITS, workers=0, progress=False)
+    assert main(["evaluate", str(data), "--weights", str(saved), "--json", "--workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "classes" and report["confusion"] == want.confusion.tolist()
+    assert report["acc1"] == want.acc1 and report["per_class"] == want.per_class
+
+    # the same model as a plain state dict: ImageNet's preset assumed and said once; the options stand in for it
+    assert main(["evaluate", str(data), "--weights", str(plain), "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["confusion"] != want.confusion.tolist()
+    warned = [line for line in captured.err.splitlines() if "is a plain state dict: assuming ImageNet's" in line]
+    assert len(warned) == 1 and "--resize, --crop, --mean and --std" in warned[0]
+    assert main(["evaluate", str(data), "--weights", str(plain), "--json", "--workers", "0", *OWN_OPTIONS]) == 0
+    captured = capsys.readouterr()
+    unnamed = evaluate(model, OWN, data, workers=0, progress=False)  # no class names: folders in sorted order
+    assert json.loads(captured.out)["confusion"] == unnamed.confusion.tolist()
+    assert "assuming" not in captured.err  # said once per file and process
+
+
+@pytest.mark.slow
+def test_embed_reads_a_saved_checkpoints_preset(tmp_path, capsys):
+    from tests.helpers import write_images
+    from vggnet.batch.embed import read_embeddings
+
+    torch.manual_seed(1)
+    model = vggnet.vgg11(num_classes=2).eval()
+    saved = vggnet.save(model, tmp_path / "m.pth", classes=["a", "b"], preset=OWN)
+    paths = write_images(tmp_path / "images", ["x.png", "y.png"], seed=3)
+    out = tmp_path / "emb"
+    argv = ["embed", *map(str, paths), "--weights", str(saved), "--layer", "fc7", "--out", str(out), "--workers", "0"]
+    assert main(argv) == 0
+    _, rows = read_embeddings(out)
+    with torch.inference_mode():
+        want = model.extract(torch.stack([OWN(load_image(p)) for p in paths]), "fc7")["fc7"]
+    torch.testing.assert_close(torch.from_numpy(rows), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_explain_and_features_take_the_preset_options(seeded_vgg11, tmp_path, capsys):
+    pytest.importorskip("captum")
+    Image = pytest.importorskip("PIL.Image")
+    photo = str(PHOTOS / "coffee.jpg")
+    common = ["--weights", str(seeded_vgg11), "--device", "cpu", "--resize", "64", "--crop", "64", "--json"]
+    assert main(["features", photo, *common, "--layer", "conv1_1", "--out", str(tmp_path / "f.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["map_size"] == [64, 64]  # conv1_1 keeps the 64 px crop
+    assert main(["explain", photo, *common, "--out", str(tmp_path / "e.png")]) == 0
+    with Image.open(tmp_path / "e.png") as picture:
+        assert picture.size == (64, 64)  # drawn over the image as the model saw it

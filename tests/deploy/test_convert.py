@@ -277,3 +277,35 @@ def test_convert_cli_gives_one_line_and_exit_1_for_a_crafted_h5_and_for_pickled_
         assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert str(src) in done.stderr and says in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_export_cli_with_preset_puts_a_saved_checkpoints_own_preset_in_the_graph(tmp_path: Path) -> None:
+    import vggnet
+    from vggnet.data.transforms import ImageClassification
+
+    torch.manual_seed(0)
+    model = vggnet.vgg11_bn(head="gap", num_classes=3).eval()
+    preset = ImageClassification(crop_size=32, resize_size=40, mean=[0.3, 0.3, 0.3], std=[0.2, 0.2, 0.2])
+    saved = vggnet.save(model, tmp_path / "mine.pth", classes=["a", "b", "c"], preset=preset)
+    out = tmp_path / "mine.pt2"
+    done = run("export", "vgg11_bn", str(out), "--format", "pt2", "--weights", str(saved), "--with-preset", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["image_size"] == 32 and report["max_abs_diff"] < 1e-5  # the example side is the file's crop
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)  # the graph's fixed input side
+    with torch.no_grad():
+        want = model(preset(images))  # resized up to 40, then the center 32
+    torch.testing.assert_close(torch.export.load(out).module()(images), want, atol=1e-4, rtol=1e-4)
+
+    resized = run("export", "vgg11_bn", str(tmp_path / "r.pt2"), "--format", "pt2", "--weights", str(saved),
+                  "--with-preset", "--resize", "36", "--crop", "36", "--json")  # fmt: skip
+    assert resized.returncode == 0, resized.stderr
+    assert json.loads(resized.stdout)["image_size"] == 36
+    images = torch.randint(0, 256, (2, 3, 36, 36), dtype=torch.uint8)
+    with torch.no_grad():
+        want = model(ImageClassification(crop_size=36, resize_size=36, mean=[0.3] * 3, std=[0.2] * 3)(images))
+    torch.testing.assert_close(torch.export.load(tmp_path / "r.pt2").module()(images), want, atol=1e-4, rtol=1e-4)
+    refused = run("export", "vgg11_bn", str(tmp_path / "x.pt2"), "--format", "pt2", "--weights", str(saved),
+                  "--resize", "36")  # fmt: skip
+    assert refused.returncode == 2 and "add --with-preset" in refused.stderr

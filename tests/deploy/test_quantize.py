@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import vggnet
 import vggnet.deploy.quantize
 from tests.helpers import PHOTOS
 from vggnet import vgg11
@@ -292,3 +293,18 @@ def test_quantize_leaves_the_model_as_it_was(no_int8):
     quantize(net, photos()[:2])
     assert net.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_folder_is_read_with_the_preset_of_the_checkpoint_the_model_came_from(no_int8, tmp_path):
+    torch.manual_seed(0)
+    mine = vggnet.vgg11_bn(head="gap", num_classes=2).eval()
+    own = ImageClassification(crop_size=48, resize_size=48, mean=[0.3, 0.3, 0.3], std=[0.2, 0.2, 0.2])
+    saved = vggnet.save(mine, tmp_path / "mine.pth", classes=["a", "b"], preset=own)
+    folder = class_folders(tmp_path / "classes")
+    report = quantize(vggnet.vgg11_bn(weights=saved), folder).report  # no preset= given: the file's
+    assert report.image_size == (48, 48) and report.calibration_images == 4
+    assert quantize(mine, folder).report.image_size == (224, 224)  # a model from no file: ImageNet's, as before
+    with torch.inference_mode():
+        expected = mine(torch.stack([own(load_image(p)) for p in sorted(folder.glob("*/*"))])).argmax(1)
+    assert report.accuracy_fp32 == pytest.approx(100 * (expected == torch.tensor([0, 0, 1, 1])).float().mean().item())

@@ -21,7 +21,7 @@ from vggnet.data.decode import load_image
 from vggnet.data.images import ImageFolder
 from vggnet.models import weights as weights_module
 from vggnet.models.checkpoint import load_finetuned
-from vggnet.models.finetuned import FORMAT
+from vggnet.models.saved import FORMAT
 from vggnet.models.weights import IMAGENET_CATEGORIES, Weights, WeightsEnum
 from vggnet.train.finetune import FinetuneConfig, finetune
 
@@ -66,11 +66,11 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
     assert sorted(p.name for p in out.iterdir()) == ["best.pth", "history.jsonl", "last.pth"]  # no temporary file
 
     raw = torch.load(out / "best.pth", weights_only=True)  # tensors, strings, numbers, lists only
-    assert raw["format"] == FORMAT and raw["arch"] == "vgg11" and raw["in_chans"] == 3
-    assert raw["classes"] == ["blue", "red"] and raw["mode"] == "linear" and raw["val_acc"] == 100.0
+    assert raw["format"] == FORMAT and raw["arch"] == "vgg11" and raw["in_chans"] == 3 and raw["num_classes"] == 2
+    assert raw["classes"] == ["blue", "red"] and raw["meta"]["mode"] == "linear" and raw["meta"]["val_acc"] == 100.0
     assert raw["preprocessing"] == {
         "crop_size": 64, "resize_size": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        "interpolation": "bilinear",
+        "interpolation": "bilinear", "antialias": True,
     }  # fmt: skip
     # a linear probe on a named backbone stores only fc8, and the backbone's path and SHA-256 (issue 17)
     assert sorted(raw["state_dict"]) == ["classifier.6.bias", "classifier.6.weight"]
@@ -314,7 +314,9 @@ def test_a_gap_probe_checkpoint_is_small_and_loads_back_everywhere(data, pretrai
     path, _ = pretrained
     result = finetune(data, weights=path, mode="linear", head="gap", epochs=3, out=tmp_path / "gap", **FAST)
     best = result.checkpoint
-    raw = torch.load(best, weights_only=True)
+    raw = torch.load(best, weights_only=True)  # vggnet's format, what vggnet.save writes (issue 25)
+    meta = {"mode": "linear", "weights": str(path), "epoch": result.best_epoch, "val_acc": result.best_val_acc}
+    assert raw["format"] == FORMAT and raw["meta"] == meta
     assert sorted(raw["state_dict"]) == ["classifier.0.bias", "classifier.0.weight"] and raw["head"] == "gap"
     assert raw["backbone"] == {"weights": str(path.resolve()), "url": str(path.resolve()), "sha256": file_sha256(path)}
     assert best.stat().st_size < 64 * 1024  # a 1026-number Linear, not the 507 MB network

@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING
 from vggnet.batch.output import FORMATS, check_fresh
 from vggnet.cli.args import (
     add_device,
+    add_preset,
     add_weights,
+    check_preset,
     closing_process_group,
     load_model,
     positive,
     rank,
     run_device,
+    run_preset,
     side_arg,
     workers_arg,
     world,
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 
 def _add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
-    """--arch, --weights, --sha256, --device, --batch-size, --workers, --image-size."""
+    """--arch, --weights, --sha256, --device, --batch-size, --workers, --image-size, and the preset's options."""
     add_weights(p)
     add_device(p)
     p.add_argument("--batch-size", type=positive, default=batch_size, metavar="B", help=f"default {batch_size}")
@@ -46,6 +49,7 @@ def _add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument(
         "--image-size", type=side_arg, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
     )
+    add_preset(p)
 
 
 def _add_image_sources(p: argparse.ArgumentParser, metavar: str) -> None:
@@ -65,11 +69,11 @@ def _images(args: argparse.Namespace) -> tuple[list[str], Path | None]:
 
 
 def _model(args: argparse.Namespace, *, classifier: bool = True) -> tuple[str, Loaded, ImageClassification]:
-    """The device, the model --weights names, and its preset at --image-size."""
+    """The device, the model --weights names, and its preset at --image-size or --resize/--crop/--mean/--std."""
+    check_preset(args)
     device = run_device(args)
     loaded = load_model(args, device, classifier=classifier)
-    preset = loaded.preset if args.image_size is None else loaded.preset.resized(args.image_size)
-    return device, loaded, preset
+    return device, loaded, run_preset(args, loaded, args.image_size)
 
 
 def _finished(args: argparse.Namespace, summary: PredictSummary | EmbedSummary, rest: str) -> int:
@@ -95,9 +99,10 @@ def add_predict(p: argparse.ArgumentParser) -> None:
         "--output FILE one line per image is written as it comes (JSON Lines, or CSV), --resume skips the "
         "images FILE holds, and under torchrun each process does its share. An unreadable image is "
         'reported (in FILE with an "error", and on stderr) and the run goes on; the exit status is then 1. '
-        f"--weights is {SOURCE_RULES}. The model is the one the weights name (a fine-tuned checkpoint's, a "
-        "state dict's keys), else --arch (default vgg16); a plain file's labels are ImageNet's when it has "
-        "1000 outputs."
+        f"--weights is {SOURCE_RULES}. The model is the one the weights name (a vggnet checkpoint's, a "
+        "state dict's keys), else --arch (default vgg16). A checkpoint written by vggnet.save or vggnet "
+        "finetune brings its labels and preprocessing; a plain state dict's labels are ImageNet's when it has "
+        "1000 outputs, and its preprocessing ImageNet's unless --resize, --crop, --mean, --std say otherwise."
     )
     _add_image_sources(p, "IMAGE")
     _add_run_options(p, batch_size=16)

@@ -53,6 +53,7 @@ from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.inference import optimize_for_inference
 from vggnet.errors import MissingDependency, NoImages, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import MIN_SIZE
+from vggnet.models.saved import preset_of
 from vggnet.models.vgg import VGG, check_images
 
 __all__ = ["INT8_INSTRUCTIONS", "Calibration", "Int8VGG", "QuantizeReport", "int8_instructions", "quantize"]
@@ -195,7 +196,8 @@ def quantize(
       order, whose labels give accuracies) read with `preset`.
     - `held_out`: the same kinds, images not used for calibration, on which the report's agreement
       and accuracy are measured (default: the calibration images, a weaker check).
-    - `preset`: for folders (default `ImageClassification(crop_size=224)`, ImageNet's evaluation preset).
+    - `preset`: for folders (default: the model's own, `model.pretrained_cfg`'s: a vggnet checkpoint's
+      preset for a model built from one, else ImageNet's evaluation preset).
     - `batch_size`: the batch the model is compiled for (others compile again on first use).
     - `fallback`: where `int8_instructions()` is None (no int8 kernels worth running), return the
       float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
@@ -211,6 +213,7 @@ def quantize(
     capability = torch.backends.cpu.get_cpu_capability()
     reduce_range = instructions not in INT8_INSTRUCTIONS[:3] if reduce_range is None else reduce_range
     reference = _cpu_float32_eval(model)
+    preset = preset if preset is not None else preset_of(model)
     calib = list(_batches(calibration, preset, calibration_batch_size, model.in_channels))
     evaluation = calib
     if held_out is not None:

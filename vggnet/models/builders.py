@@ -155,8 +155,9 @@ def _vgg(arch: str, weights: WeightsSource, progress: bool, kwargs: dict[str, An
         return cast(VGG, VGGFeatures(_vgg(arch, weights, progress, kwargs), out_indices))
     _check_arguments(kwargs)
     loaded = load(weights, arch=arch, progress=progress, **kwargs)
-    record = loaded.source.record or WEIGHTS_ENUMS[arch].from_name("DEFAULT").value
-    loaded.model.pretrained_cfg = pretrained_cfg(record, loaded.model.num_classes)
+    if loaded.source.kind not in ("file", "url"):  # a file's preset and class names are its own (set by `load`)
+        record = loaded.source.record or WEIGHTS_ENUMS[arch].from_name("DEFAULT").value
+        loaded.model.pretrained_cfg = pretrained_cfg(record, loaded.model.num_classes)
     return loaded.model
 
 

@@ -54,8 +54,8 @@ RANDOM_NAMES: Final = ("none", "random")
 URL_SCHEMES: Final = ("http", "https", "file")
 SOURCE_RULES: Final = (
     "a record name (DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), the path of an existing checkpoint "
-    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet finetune checkpoint, safetensors or Keras "
-    "weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
+    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet checkpoint (vggnet.save, finetune), "
+    "safetensors or Keras weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
     "or none for random initialisation"
 )
 

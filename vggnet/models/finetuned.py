@@ -1,35 +1,29 @@
-"""A checkpoint written by `finetune`: its format, its fields and their checks, and reading one back.
+"""The checkpoints `finetune` wrote before vggnet's own format (`saved.py`), and what a loaded one gives back.
 
-`read_finetuned` tells such a checkpoint (a zip-format file whose "format" is `FORMAT`) from any other
-file without reading the other in full; `check_finetuned` names every missing or mistyped field. A
-small checkpoint holds only what was trained and names its backbone (`backbone_identity`). Its model
-is built by `checkpoint.load_finetuned`, since a backbone is loaded through `checkpoint.load` itself.
+`FORMAT` ("vggnet.train.finetune/1") is their "format" entry: a zip-format dict of "arch", "in_chans",
+"classes", "preprocessing", "state_dict" (and "head", "mode", "epoch", "val_acc", "weights", "backbone"),
+still read by every loader (`saved.check_header`); `check_finetuned` names every missing or mistyped field.
+`finetune` now writes `saved.FORMAT`. A small checkpoint holds only what was trained and names its
+backbone (`backbone_identity`). `Finetuned` is what `checkpoint.load_finetuned` returns.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import Any
 
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import BadCheckpointError, UsageError
-from vggnet.hub import weights_only_load
 from vggnet.models.config import ARCHS
 from vggnet.models.sources import Source
 from vggnet.models.vgg import VGG
 
-__all__ = ["FORMAT", "Finetuned", "backbone_identity", "read_finetuned"]
+__all__ = ["FORMAT", "Finetuned", "backbone_identity", "check_finetuned"]
 
-FORMAT = "vggnet.train.finetune/1"  # the "format" entry of a checkpoint written by `finetune`
-
-_ZIP_MAGIC = b"PK\x03\x04"
+FORMAT = "vggnet.train.finetune/1"  # the "format" entry of a checkpoint `finetune` wrote before vggnet 0.3
 
 
 @dataclass
@@ -42,24 +36,6 @@ class Finetuned:
     arch: str
     in_chans: int
     info: dict[str, Any]  # mode, epoch, val_acc, weights
-
-
-def read_finetuned(
-    path: str | os.PathLike[str], map_location: str | torch.device, file: IO[bytes] | None = None
-) -> dict[str, Any] | None:
-    """The contents of a checkpoint written by `finetune`, else None (another file is not read in full).
-
-    `finetune` writes the zip format, so a legacy-format file is someone else's; a zip file is
-    memory-mapped, so telling a plain 500 MB state dict apart costs no copy of it. `file`: `path`
-    already open (the file checked against a digest), read instead of opening `path` again.
-    """
-    with open(path, "rb") if file is None else contextlib.nullcontext(file) as f:
-        f.seek(0)
-        if f.read(4) != _ZIP_MAGIC:
-            return None
-        # the file whose magic was read is the one loaded; pickled code: UnsafeCheckpointError
-        checkpoint = weights_only_load(f, Path(path), map_location=map_location, mmap=True)
-    return checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT else None
 
 
 # what a checkpoint written by `finetune` holds besides "format", and the type of each

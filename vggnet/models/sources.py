@@ -9,7 +9,8 @@ one set of rules (`SOURCE_RULES`, quoted in every error):
 - an http(s):// or file:// URL, or a local file: a string with a folder separator, starting with "~",
   or ending in one of `WEIGHT_FILE_SUFFIXES`, a `os.PathLike`, or any existing file. The file is a plain
   state dict in either torch serialization format (or a training checkpoint holding one under
-  "state_dict" or "model"), or a checkpoint written by `vggnet finetune` with its classes and preset,
+  "state_dict" or "model"), or a checkpoint in vggnet's format (`vggnet.save`, `vggnet finetune`; `saved.py`)
+  with its classes and preset,
   or (told by its content, `formats`) a safetensors file in vggnet's or timm's layout, or a Keras
   VGG16/VGG19 `.h5` file (with Keras' preset; a `_notop` file gets a new classifier);
 - "hf-hub:owner/name[@revision]": a timm VGG on the Hugging Face Hub (`hfhub`), e.g. hf-hub:timm/vgg16.tv_in1k.

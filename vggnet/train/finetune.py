@@ -62,7 +62,8 @@ from vggnet.errors import BadCheckpointError, Diverged, UsageError, UsageTypeErr
 from vggnet.hub import fetch
 from vggnet.models.checkpoint import Loaded, load
 from vggnet.models.config import HEADS, IN_CHANNELS, MIN_SIZE, check_arch
-from vggnet.models.finetuned import FORMAT, backbone_identity
+from vggnet.models.finetuned import backbone_identity
+from vggnet.models.saved import header
 from vggnet.models.sources import Source, WeightsSource, check_classifier, classify
 from vggnet.models.state_dicts import key_list
 from vggnet.models.vgg import VGG
@@ -101,8 +102,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Re-exported where users found them before: FORMAT and Finetuned live in finetuned.py (the fields of a
-# fine-tuned checkpoint), load_finetuned in checkpoint.py, WEIGHT_FILE_SUFFIXES in sources.py, ImageFolder
+# Re-exported where users found them before: the checkpoint format lives in saved.py (the older one and
+# Finetuned in finetuned.py), load_finetuned in checkpoint.py, WEIGHT_FILE_SUFFIXES in sources.py, ImageFolder
 # in images.py, and EpochStats, FinetuneResult, read_history and plot_history in runs.py.
 MODES = ("linear", "full")
 AUGMENTS = ("none", "light", "standard")
@@ -337,7 +338,7 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
         )
     previous, start = _previous_and_start(config, session, classes)
     model = start.model.to(session.device)
-    eval_preset, preprocessing = _eval_preset(config, start.preset)
+    eval_preset = _eval_preset(config, start.preset)
     train_eval, val = train_files.with_transform(eval_preset), val_files.with_transform(eval_preset)
     if ctx.main:
         logger.info(
@@ -347,7 +348,7 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
             ctx.world, session.device,
         )  # fmt: skip
     small = config.mode == "linear" and config.source.kind != "random"  # checkpoints hold fc8 alone
-    meta = _checkpoint_meta(config, classes, preprocessing, backbone=small and ctx.main)
+    meta = _checkpoint_meta(config, model, classes, eval_preset, backbone=small and ctx.main)
     result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
     if ctx.main:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -407,32 +408,24 @@ def _previous_and_start(
     return previous, start
 
 
-def _eval_preset(config: FinetuneConfig, preset: ImageClassification) -> tuple[ImageClassification, dict[str, Any]]:
-    """The evaluation preset at `image_size` with the starting weights' numbers, and its preprocessing entry."""
+def _eval_preset(config: FinetuneConfig, preset: ImageClassification) -> ImageClassification:
+    """The evaluation preset at `image_size` with the starting weights' numbers (averaged for gray input)."""
     mean, std, interpolation = tuple(preset.mean), tuple(preset.std), preset.interpolation
     if config.in_chans == 1 and len(mean) == IN_CHANNELS:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     eval_preset = ImageClassification(crop_size=config.image_size, mean=mean, std=std, interpolation=interpolation)
-    eval_preset = eval_preset.resized(config.image_size)  # the shorter side to image_size * 256 / 224 first
-    preprocessing: dict[str, Any] = {
-        "crop_size": eval_preset.crop_size, "resize_size": eval_preset.resize_size, "mean": list(mean),
-        "std": list(std), "interpolation": interpolation,
-    }  # fmt: skip
-    return eval_preset, preprocessing
+    return eval_preset.resized(config.image_size)  # the shorter side to image_size * 256 / 224 first
 
 
 def _checkpoint_meta(
-    config: FinetuneConfig, classes: list[str], preprocessing: dict[str, Any], *, backbone: bool
+    config: FinetuneConfig, model: VGG, classes: list[str], preset: ImageClassification, *, backbone: bool
 ) -> dict[str, Any]:
-    """What every checkpoint of the run holds besides its epoch and weights; `backbone`: the file's identity too."""
-    meta: dict[str, Any] = {
-        "format": FORMAT, "arch": config.arch, "in_chans": config.in_chans, "head": config.model_head,
-        "classes": classes, "preprocessing": preprocessing, "mode": config.mode,
-        "weights": str(config.source.text),  # as given ("DEFAULT", a path, a URL, "None")
-    }  # fmt: skip
-    if backbone:
-        meta["backbone"] = backbone_identity(config.source, _source_file(config.source))
-    return meta
+    """What every checkpoint of the run holds besides its epoch and weights: the header of vggnet's format
+    (`saved.py`), with the mode and starting weights in its "meta"; `backbone`: the file's identity too.
+    """
+    meta = {"mode": config.mode, "weights": str(config.source.text)}  # as given ("DEFAULT", a path, a URL, "None")
+    identity = backbone_identity(config.source, _source_file(config.source)) if backbone else None
+    return header(model, classes=classes, preset=preset, meta=meta, backbone=identity)
 
 
 def _linear_trainer(session: Session, model: VGG, train: ImageFolder, val: ImageFolder) -> LinearTrainer:
@@ -475,7 +468,7 @@ def _train_epochs(
         if improved:
             result.best_epoch, result.best_val_acc = epoch, stats.val_acc
         if session.ctx.main:
-            entry = {**meta, "epoch": epoch, "val_acc": stats.val_acc}
+            entry = {**meta, "meta": {**meta["meta"], "epoch": epoch, "val_acc": stats.val_acc}}
             entry["state_dict"] = checkpoint_state(result.model, head_only=small)
             _save_epoch(config, trainer, result, entry, improved=improved, stopped=stopped, bad_epochs=bad_epochs)
             logger.info("%s", stats.line(config.epochs))
@@ -499,7 +492,7 @@ def _save_epoch(
     bad_epochs: int,
 ) -> None:
     """Rank 0 after an epoch: best.pth on a better validation accuracy, last.pth (with the training state), history."""
-    epoch = entry["epoch"]
+    epoch = entry["meta"]["epoch"]
     if improved:
         result.checkpoint = config.out / CHECKPOINT_NAME
         save_checkpoint(entry, result.checkpoint)

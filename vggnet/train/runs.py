@@ -7,13 +7,13 @@
   draws its curves as a PNG with Pillow.
 - `FinetuneResult` is what `finetune` returns: the history, the best epoch, the files written.
 
-The checkpoints are dicts of tensors, strings, numbers and lists, so `torch.load(..., weights_only=True)`
-reads them: "format", "arch", "in_chans", "head", "classes", "preprocessing" (crop_size, resize_size,
-mean, std, interpolation), "mode", "epoch", "val_acc", "weights" (the starting point) and
-"state_dict". In mode "linear" on weights that can be verified (a record, a file, a URL) the state
-dict holds only the trained Linear, and "backbone" the name and SHA-256 of those weights: kilobytes to
-megabytes instead of 491 MiB, loaded back (and verified) by `load_finetuned`, `checkpoint.load` and
-`vggnet predict` as a full one is.
+The checkpoints are in vggnet's format (`vggnet.models.saved`, what `vggnet.save` writes to a .pth), dicts
+of tensors, strings, numbers and lists that `torch.load(..., weights_only=True)` reads: "format", "arch",
+"head", "in_chans", "num_classes", "classes", "preprocessing" (crop_size, resize_size, mean, std,
+interpolation, antialias), "meta" (mode, epoch, val_acc, weights: the starting point) and "state_dict".
+In mode "linear" on weights that can be verified (a record, a file, a URL) the state dict holds only the
+trained Linear, and "backbone" the name and SHA-256 of those weights: kilobytes to megabytes instead of
+491 MiB, loaded back (and verified) by `vggnet.load`, the builders and `vggnet predict` as a full one is.
 
 An OUT that already holds a run is refused unless the run is resumed or overwritten. One process at a
 time runs in OUT (`run_folder` holds `OUT/.vggnet.lock`; a second gets `InUseError` naming the first);
