@@ -63,15 +63,17 @@ def test_read_saved_tells_a_finetuned_checkpoint_from_other_files(tmp_path):
     assert torch.equal(found.state["classifier.0.weight"], state["classifier.0.weight"])
 
 
-def test_backbone_identity_takes_a_records_digest_and_hashes_a_file(tmp_path):
+def test_backbone_identity_takes_a_records_digest_or_the_loaded_files(tmp_path):
     record = classify("VGG11_Weights.IMAGENET1K_V1")
     assert record.record is not None
     assert backbone_identity(record, None) == {
         "weights": "VGG11_Weights.IMAGENET1K_V1", "url": record.record.url, "sha256": record.record.sha256,
     }  # fmt: skip
     path = tmp_path / "mine.pth"
-    path.write_bytes(b"not read as a checkpoint, only hashed")
+    path.write_bytes(b"not read here: the caller loaded it pinned to its digest")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert backbone_identity(classify(path), path) == {"weights": str(path), "url": str(path), "sha256": digest}
-    with pytest.raises(ValueError, match="a random source has no file to identify"):
+    assert backbone_identity(classify(path), digest) == {"weights": str(path), "url": str(path), "sha256": digest}
+    with pytest.raises(ValueError, match="a file source needs the digest of the file it was loaded from"):
+        backbone_identity(classify(path), None)
+    with pytest.raises(ValueError, match="a random source needs the digest"):
         backbone_identity(classify(None), None)

@@ -88,6 +88,32 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
 
 
 @pytest.mark.slow
+def test_a_probe_never_records_the_digest_of_a_file_it_did_not_load(data, pretrained, tmp_path, monkeypatch):
+    """The backbone's file was hashed by name after the load: a file swapped in between was recorded (issue 24)."""
+    import vggnet.train.finetune as finetune_module
+    from vggnet.errors import ChecksumError
+
+    path, _ = pretrained
+    served = tmp_path / "backbone.pth"
+    os.link(path, served)
+    real_verify = finetune_module.verify_file
+
+    def verify_then_swap(file: Path) -> str:
+        digest = real_verify(file)
+        other = tmp_path / "other.pth"
+        torch.save({"features.0.weight": torch.zeros(1)}, other)
+        os.replace(other, served)  # after the hash, before the load
+        return digest
+
+    monkeypatch.setattr(finetune_module, "verify_file", verify_then_swap)
+    out = tmp_path / "out"
+    with pytest.raises(ChecksumError, match="not loaded"):
+        finetune_module.finetune(data, arch="vgg11", weights=str(served), epochs=1, mode="linear", image_size=64,
+                                 out=out, progress=False)  # fmt: skip
+    assert not (out / "best.pth").exists()
+
+
+@pytest.mark.slow
 def test_url_weights_and_gray_images(data, pretrained, tmp_path, capsys):
     path, state = pretrained
     result = finetune(data, arch="vgg11", weights=path.as_uri(), epochs=2, batch_size=8, mode="linear",

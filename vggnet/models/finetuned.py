@@ -9,10 +9,8 @@ backbone (`backbone_identity`). `Finetuned` is what `checkpoint.load_finetuned` 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vggnet.data.transforms import ImageClassification
@@ -64,19 +62,23 @@ def check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
         )
 
 
-def backbone_identity(source: Source, path: Path | None) -> dict[str, str]:
+def backbone_identity(source: Source, sha256: str | None) -> dict[str, str]:
     """What a small checkpoint records of the weights it was trained on: their name and SHA-256.
 
-    `path` is the file a file or URL source was read from (hashed here); a record carries its digest.
+    Args:
+        source: the weights trained on.
+        sha256: for a file or URL source, the digest of the file the weights were loaded from (the
+            caller pins the load to it); a record carries its own.
+
+    Returns:
+        {"weights": name, "url": url, "sha256": digest}.
+
+    Raises:
+        UsageError: a file or URL source without its digest, or random weights (nothing to identify).
     """
     if source.kind == "record":
         assert source.record is not None
         return {"weights": source.label, "url": source.record.url, "sha256": source.record.sha256}
-    if path is None:
-        raise UsageError(f"a {source.kind} source has no file to identify")
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            hasher.update(chunk)
-    digest = hasher.hexdigest()
-    return {"weights": source.text, "url": source.text, "sha256": digest}
+    if sha256 is None:
+        raise UsageError(f"a {source.kind} source needs the digest of the file it was loaded from")
+    return {"weights": source.text, "url": source.text, "sha256": sha256}

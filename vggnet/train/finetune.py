@@ -59,7 +59,7 @@ from vggnet.data.images import ImageFolder, train_and_val
 from vggnet.data.outputs import check_output
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import BadCheckpointError, Diverged, UsageError, UsageTypeError
-from vggnet.hub import fetch
+from vggnet.hub import fetch, verify_file
 from vggnet.models.checkpoint import Loaded, load
 from vggnet.models.config import HEADS, IN_CHANNELS, MIN_SIZE, check_arch
 from vggnet.models.finetuned import backbone_identity
@@ -336,7 +336,7 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
             f"finetune needs at least 2 classes, and {config.data / 'train'} holds {len(classes)} "
             f"({', '.join(classes)}): a classifier of one class is always right; add a folder per class"
         )
-    previous, start = _previous_and_start(config, session, classes)
+    previous, start, digest = _previous_and_start(config, session, classes)
     model = start.model.to(session.device)
     eval_preset = _eval_preset(config, start.preset)
     train_eval, val = train_files.with_transform(eval_preset), val_files.with_transform(eval_preset)
@@ -348,7 +348,7 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
             ctx.world, session.device,
         )  # fmt: skip
     small = config.mode == "linear" and config.source.kind != "random"  # checkpoints hold fc8 alone
-    meta = _checkpoint_meta(config, model, classes, eval_preset, backbone=small and ctx.main)
+    meta = _checkpoint_meta(config, model, classes, eval_preset, backbone=small and ctx.main, digest=digest)
     result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
     if ctx.main:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -378,11 +378,13 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
 
 def _previous_and_start(
     config: FinetuneConfig, session: Session, classes: list[str]
-) -> tuple[dict[str, Any] | None, Loaded]:
-    """The state of the run to resume (None: a fresh start) and the starting weights.
+) -> tuple[dict[str, Any] | None, Loaded, str | None]:
+    """The state of the run to resume (None: a fresh start), the starting weights and, for a file, their digest.
 
     Rank 0 makes the refusals, and fetches (and caches) the weights first; the others wait at a
-    barrier, then find the weights in the cache and read last.pth for themselves.
+    barrier, then find the weights in the cache and read last.pth for themselves. A linear probe on a
+    file's weights records the file's SHA-256 (its checkpoints hold fc8 alone): the file is hashed first
+    and loaded pinned to that digest, so the digest recorded is that of the bytes loaded.
     """
     ctx = session.ctx
     previous = (
@@ -399,13 +401,21 @@ def _previous_and_start(
             f"{config.out} holds a run on the classes {key_list(previous['classes'], 6)}, {config.data} has "
             f"{key_list(classes, 6)}; resume it on the same data, or start again (--overwrite)"
         )
+    digest = _file_digest(config) if config.mode == "linear" else None
     start = load(
         config.weights, arch=config.arch, num_classes=len(classes), in_chans=config.in_chans,
         progress=config.progress and ctx.main, classifier=config.model_head != "gap", head=config.model_head,
+        sha256=digest,
     )  # fmt: skip
     if ctx.main:
         ctx.barrier()
-    return previous, start
+    return previous, start, digest
+
+
+def _file_digest(config: FinetuneConfig) -> str | None:
+    """The SHA-256 of the file a file or URL source names (downloaded and cached first for http); else None."""
+    path = _source_file(config.source)
+    return None if path is None else verify_file(path)
 
 
 def _eval_preset(config: FinetuneConfig, preset: ImageClassification) -> ImageClassification:
@@ -418,13 +428,19 @@ def _eval_preset(config: FinetuneConfig, preset: ImageClassification) -> ImageCl
 
 
 def _checkpoint_meta(
-    config: FinetuneConfig, model: VGG, classes: list[str], preset: ImageClassification, *, backbone: bool
+    config: FinetuneConfig,
+    model: VGG,
+    classes: list[str],
+    preset: ImageClassification,
+    *,
+    backbone: bool,
+    digest: str | None,
 ) -> dict[str, Any]:
     """What every checkpoint of the run holds besides its epoch and weights: the header of vggnet's format
     (`saved.py`), with the mode and starting weights in its "meta"; `backbone`: the file's identity too.
     """
     meta = {"mode": config.mode, "weights": str(config.source.text)}  # as given ("DEFAULT", a path, a URL, "None")
-    identity = backbone_identity(config.source, _source_file(config.source)) if backbone else None
+    identity = backbone_identity(config.source, digest) if backbone else None
     return header(model, classes=classes, preset=preset, meta=meta, backbone=identity)
 
 
