@@ -309,3 +309,16 @@ def test_export_cli_with_preset_puts_a_saved_checkpoints_own_preset_in_the_graph
     refused = run("export", "vgg11_bn", str(tmp_path / "x.pt2"), "--format", "pt2", "--weights", str(saved),
                   "--resize", "36")  # fmt: skip
     assert refused.returncode == 2 and "add --with-preset" in refused.stderr
+
+
+def test_convert_never_writes_through_a_link_at_dst(tmp_path: Path) -> None:
+    from vggnet.errors import OutputPathError
+
+    src = tmp_path / "src.pth"
+    torch.save({"features.0.weight": torch.randn(64, 3, 3, 3)}, src)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "link.safetensors").symlink_to(victim)
+    with pytest.raises(OutputPathError, match=r"link\.safetensors: it is a symbolic link"):
+        convert(src, tmp_path / "link.safetensors")
+    assert victim.read_text() == "keep me" and (tmp_path / "link.safetensors").is_symlink()

@@ -13,7 +13,14 @@ import torch
 
 import vggnet
 from vggnet.data.transforms import ImageClassification
-from vggnet.errors import BadCheckpointError, DiskError, MissingDependency, MissingPathError, UsageError
+from vggnet.errors import (
+    BadCheckpointError,
+    DiskError,
+    MissingDependency,
+    MissingPathError,
+    OutputPathError,
+    UsageError,
+)
 from vggnet.models import checkpoint, saved
 from vggnet.models.saved import FORMAT, preset_of, read_saved, save
 
@@ -143,7 +150,7 @@ def test_save_refuses_a_model_vggnet_cannot_build_again_and_bad_paths(model, tmp
     with pytest.raises(MissingPathError, match=r"the folder .*nowhere does not exist"):
         save(model, tmp_path / "nowhere" / "m.pth")
     (tmp_path / "folder.pth").mkdir()
-    with pytest.raises(UsageError, match=r"folder\.pth is a folder; name the file to write"):
+    with pytest.raises(UsageError, match=r"folder\.pth: it is a folder; name the file to write in it"):
         save(model, tmp_path / "folder.pth")
 
 
@@ -173,12 +180,13 @@ def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(model, tm
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.pth"]
 
 
-def test_a_link_at_the_destination_is_replaced_not_followed(model, tmp_path):
+def test_a_link_at_the_destination_is_refused_not_followed(model, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     (tmp_path / "m.pth").symlink_to(victim)
-    save(model, tmp_path / "m.pth")
-    assert victim.read_text() == "keep me" and not (tmp_path / "m.pth").is_symlink()
+    with pytest.raises(OutputPathError, match=r"m.pth: it is a symbolic link; vggnet never writes through one"):
+        save(model, tmp_path / "m.pth")
+    assert victim.read_text() == "keep me" and (tmp_path / "m.pth").is_symlink()  # neither followed nor replaced
 
 
 def test_safetensors_is_optional_a_pth_needs_none(model, tmp_path, monkeypatch):

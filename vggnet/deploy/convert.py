@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vggnet.data.outputs import check_output
 from vggnet.errors import UsageError
 from vggnet.hub import open_verified
 from vggnet.models.checkpoint import hub_state_dict
@@ -63,7 +64,23 @@ def convert(
     sha256: str | None = None,
     progress: bool = True,
 ) -> Converted:
-    """Write the weights `weights` names to `dst` (.safetensors, or .pth/.pt/.bin for PyTorch's zip format)."""
+    """Write the weights `weights` names to `dst` (.safetensors, or .pth/.pt/.bin for PyTorch's zip format).
+
+    Args:
+        weights: any weights source but "random" (the loader's rules).
+        dst: the file to write; its suffix names the format. A regular file there is replaced whole.
+        layout: the keys `dst` gets: "vggnet" (torchvision's) or "timm".
+        sha256: the digest (or 8+ hex digits) a file or URL source must have.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        What was written: where, its SHA-256 (of the bytes read back), size, layout, tensor count.
+
+    Raises:
+        OutputPathError: `dst` is a folder, a symbolic link, a FIFO or a device (checked before anything is read).
+        UsageError: random weights, or a digest given for a record.
+    """
+    check_output(dst)
     source, state = read_source(weights, sha256=sha256, progress=progress)
     digest = write_state_dict(state, dst, layout=layout, metadata={"source": source.label or source.text})
     path = Path(dst)

@@ -56,6 +56,7 @@ from torch import nn
 
 from vggnet import __version__
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from vggnet.data.outputs import check_output
 from vggnet.data.transforms import ImageClassification, create_transform
 from vggnet.errors import (
     BadCheckpointError,
@@ -155,8 +156,7 @@ def save(
     net = unwrap(model)
     fields = header(net, classes=classes, preset=preset, meta=meta)
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; name the file to write, e.g. {path / 'model.safetensors'}")
+    check_output(path)  # a folder, a symbolic link, a FIFO there: refused, one line
     if not path.parent.is_dir():
         raise MissingPathError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
     _publish(path, fields, state, container)
