@@ -25,7 +25,16 @@ __all__ = ["Converted", "convert", "read_source"]
 
 @dataclass(frozen=True)
 class Converted:
-    """What `convert` wrote: where, its SHA-256 and size, the layout and the number of tensors."""
+    """What `convert` wrote: where, its SHA-256 and size, the layout and the number of tensors.
+
+    Attributes:
+        source: the weights as named (a record's name, a file, a URL).
+        path: the file written.
+        sha256: its full SHA-256, ready to pin.
+        size: its size in bytes.
+        layout: "vggnet" or "timm": the keys it holds.
+        tensors: how many tensors it holds.
+    """
 
     source: str
     path: Path
@@ -38,7 +47,20 @@ class Converted:
 def read_source(
     weights: WeightsSource, *, sha256: str | None = None, progress: bool = True
 ) -> tuple[Source, dict[str, torch.Tensor]]:
-    """The verified state dict, in vggnet's layout, of any weights source but "random"."""
+    """The verified state dict, in vggnet's layout, of any weights source but "random".
+
+    Args:
+        weights: a record, its name, a file, a URL or an "hf-hub:" name.
+        sha256: the digest (or its first 8+ hex digits) a file or URL must have.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        (what the source is, its state dict).
+
+    Raises:
+        UsageError: random weights, or `sha256` given for a record (which carries its own).
+        ChecksumError: the file does not have the digest.
+    """
     source = classify(weights)
     if source.kind == "random":
         raise UsageError("there is nothing to convert in random weights; name a record, a file, a URL or hf-hub: name")
@@ -62,7 +84,20 @@ def convert(
     sha256: str | None = None,
     progress: bool = True,
 ) -> Converted:
-    """Write the weights `weights` names to `dst` (.safetensors, or .pth/.pt/.bin for PyTorch's zip format)."""
+    """Write the weights `weights` names to `dst` (.safetensors, or .pth/.pt/.bin for PyTorch's zip format).
+
+    The file is written atomically, read back and compared tensor by tensor.
+
+    Args:
+        weights: a record, its name, a file, a URL or an "hf-hub:" name.
+        dst: the file to write; its suffix picks the format.
+        layout: "vggnet" (torchvision's keys) or "timm" (timm's).
+        sha256: the digest (or its first 8+ hex digits) a source file or URL must have.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        What was written, with its SHA-256.
+    """
     source, state = read_source(weights, sha256=sha256, progress=progress)
     digest = write_state_dict(state, dst, layout=layout, metadata={"source": source.label or source.text})
     path = Path(dst)
