@@ -308,3 +308,20 @@ def png_declaring(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for a subprocess that cannot download: an empty cache in `tmp_path`, vggnet and the Hugging
+    Face Hub told they are offline, this checkout first on PYTHONPATH (for the docs' code and the examples)."""
+    root = Path(__file__).parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VGGNET_", "HF_"))}
+    env.update(
+        VGGNET_HOME=str(tmp_path / "cache"),
+        TORCH_HOME=str(tmp_path / "torch"),
+        VGGNET_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")])),
+    )
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    return env
