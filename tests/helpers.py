@@ -361,3 +361,20 @@ def write_vgg11_notop(path: Path, seed: int = 0, *, secret: Path | None = None) 
                 group[f"{name}_W_1:0"] = rng.standard_normal(shape).astype(np.float16)
             group[f"{name}_b_1:0"] = rng.standard_normal(cout).astype(np.float16)
     return path
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for a subprocess that cannot download: an empty cache in `tmp_path`, vggnet and the Hugging
+    Face Hub told they are offline, this checkout first on PYTHONPATH (for the docs' code and the examples)."""
+    root = Path(__file__).parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VGGNET_", "HF_"))}
+    env.update(
+        VGGNET_HOME=str(tmp_path / "cache"),
+        TORCH_HOME=str(tmp_path / "torch"),
+        VGGNET_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")])),
+    )
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    return env

@@ -61,7 +61,8 @@ def check_int(
         fix: What to do instead, said after the value given.
 
     Raises:
-        ValueError: `value` is not an int, is a bool or is out of range; the message names all three.
+        UsageError: (a ValueError) `value` is not an int, is a bool or is out of range; the message names
+            all three.
     """
     if is_int(value, least=least, most=most):
         return
@@ -125,7 +126,7 @@ def check_float(
         fix: What to do instead, said after the value given.
 
     Raises:
-        ValueError: "`name` must be `expected`, got `value`", then `fix`.
+        UsageError: (a ValueError) "`name` must be `expected`, got `value`", then `fix`.
     """
     if not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value):
         lower = (above is None or value > above) and (least is None or value >= least)
@@ -145,7 +146,7 @@ def check_choice(name: str, value: object, choices: Collection[object], *, quote
             numbers or ranges; else as they are typed on the command line (linear, full).
 
     Raises:
-        ValueError: "`name` must be one of ..., got `value`".
+        UsageError: (a ValueError) "`name` must be one of ..., got `value`".
     """
     if value not in choices:
         listed = ", ".join(repr(c) if quote else str(c) for c in choices)
@@ -153,7 +154,11 @@ def check_choice(name: str, value: object, choices: Collection[object], *, quote
 
 
 def available_devices() -> list[str]:
-    """The devices a model can be put on here: cpu, then cuda and cuda:N, then mps."""
+    """The devices a model can be put on here: cpu, then cuda and cuda:N, then mps.
+
+    Returns:
+        Their names as torch.device takes them ("cpu", "cuda", "cuda:0", ...).
+    """
     import torch
 
     found = ["cpu"]
@@ -165,7 +170,18 @@ def available_devices() -> list[str]:
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
-    """`device` as a torch.device if this machine has it ("meta" too); DeviceError listing the valid ones if not."""
+    """`device` as a torch.device if this machine has it ("meta" too).
+
+    Args:
+        device: a device name ("cpu", "cuda:1"), a torch.device, or None.
+
+    Returns:
+        The torch.device; None for None (the caller's default).
+
+    Raises:
+        DeviceError: (a RuntimeError and a usage error) this machine has no such device; the message lists
+            the ones it has.
+    """
     import torch
 
     if device is None:

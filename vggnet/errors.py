@@ -89,7 +89,13 @@ class DeviceError(UsageError, RuntimeError):
 
 
 class ArchMismatch(UsageError):
-    """The weights are for another architecture than the one asked for."""
+    """The weights are for another architecture than the one asked for.
+
+    Args:
+        source: the weights as the caller named them (a file, a record name).
+        found: the architecture the weights are for ("vgg16_bn").
+        wanted: the architecture asked for.
+    """
 
     def __init__(self, source: str, found: str, wanted: str) -> None:
         self.source, self.found, self.wanted = source, found, wanted
@@ -164,6 +170,14 @@ class ChecksumError(VggnetError, RuntimeError):
     """A file's SHA-256 is not the expected one: it was not kept under its final name, nor loaded.
 
     A `RuntimeError`, as torch.hub's "invalid hash value" is, so code written for torch.hub still catches it.
+
+    Args:
+        url: where the file came from (a URL or a local path).
+        path: the file that was hashed.
+        expected: the digest it should have had: 64 hex digits, or a prefix of at least 8.
+        actual: the digest it had (as long as `expected`).
+        detail: what became of the file (default: "no file was kept").
+        hint: what to do next (default: retry, or check the digest).
     """
 
     def __init__(
@@ -193,7 +207,13 @@ RETRY_HINT: Final = (
 
 
 class DownloadError(VggnetError, OSError):
-    """A download failed for good: an HTTP status retrying cannot fix, too many failures, or too many bytes."""
+    """A download failed for good: an HTTP status retrying cannot fix, too many failures, or too many bytes.
+
+    Args:
+        message: the one line shown to the user.
+        url: the URL that failed.
+        status: the HTTP status, when a response was received.
+    """
 
     def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -243,6 +263,10 @@ class NotARegularFileError(VggnetError, OSError):
 
     Someone who can write to a shared cache could otherwise make vggnet write to, or hang on, any
     file they point at; the fix is to remove the name (`vggnet cache --remove NAME`) and look at who made it.
+
+    Args:
+        path: the name that is not a regular file.
+        what: what it is instead ("a symbolic link", "a FIFO", ...).
     """
 
     def __init__(self, path: str | os.PathLike[str], what: str = "not a regular file") -> None:
@@ -273,7 +297,12 @@ class CheckpointMismatchError(BadCheckpointError, RuntimeError):
 
 
 class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
-    """A checkpoint holding pickled code or objects other than tensors and plain containers; none of it ran."""
+    """A checkpoint holding pickled code or objects other than tensors and plain containers; none of it ran.
+
+    Args:
+        path: the checkpoint file.
+        reference: the global its pickle asked for ("posix.system"), when torch named one.
+    """
 
     def __init__(self, path: str | os.PathLike[str], reference: str | None = None) -> None:
         self.path = Path(path)
@@ -304,7 +333,9 @@ class NotAStateDict(BadCheckpointError, TypeError):
 class BadImageError(BadFileError):
     """An image that cannot be used (not an image, cut short, over the pixel budget): skip it and go on.
 
-    `path` is the file (None for an image already in memory) and `problem` what is wrong with it.
+    Args:
+        path: the file (None for an image already in memory).
+        problem: what is wrong with it, in a few words.
     """
 
     def __init__(self, path: object, problem: str) -> None:

@@ -79,23 +79,39 @@ def _flag(name: str) -> bool:
 
 
 def home() -> Path | None:
-    """`VGGNET_HOME` as a path (`~` expanded), or None when unset or empty."""
+    """`VGGNET_HOME` as a path (`~` expanded), or None when unset or empty.
+
+    Returns:
+        The cache directory the user chose, or None for the default (torch.hub's).
+    """
     value = os.environ.get(ENV_HOME)
     return Path(value).expanduser() if value else None
 
 
 def mirror() -> str | None:
-    """`VGGNET_MIRROR` (a base URL or a local directory), or None when unset or empty."""
+    """`VGGNET_MIRROR` (a base URL or a local directory), or None when unset or empty.
+
+    Returns:
+        The mirror as given (checked where it is used), or None.
+    """
     return os.environ.get(ENV_MIRROR) or None
 
 
 def offline() -> bool:
-    """Whether `VGGNET_OFFLINE` is set to 1, true, yes or on."""
+    """Whether `VGGNET_OFFLINE` is set to 1, true, yes or on.
+
+    Returns:
+        True when nothing may be downloaded.
+    """
     return _flag(ENV_OFFLINE)
 
 
 def allow_http_redirect() -> bool:
-    """Whether `VGGNET_ALLOW_HTTP_REDIRECT` allows a redirect from https to plain http."""
+    """Whether `VGGNET_ALLOW_HTTP_REDIRECT` allows a redirect from https to plain http.
+
+    Returns:
+        True when it is set to 1, true, yes or on.
+    """
     return _flag(ENV_ALLOW_HTTP)
 
 
@@ -176,6 +192,12 @@ def positive_number(name: str, default: float) -> float:
 def max_image_pixels(default: int) -> int:
     """`VGGNET_MAX_IMAGE_PIXELS` (underscores allowed: 50_000_000), else `default`.
 
+    Args:
+        default: the budget when the variable is unset or empty.
+
+    Returns:
+        The most pixels an image may have.
+
     Raises:
         UsageError: the variable is not a positive whole number.
     """
@@ -192,18 +214,32 @@ def max_image_pixels(default: int) -> int:
 
 
 def onednn_isa_cap() -> str:
-    """oneDNN's instruction-set cap in lower case (`ONEDNN_MAX_CPU_ISA`, else `DNNL_MAX_CPU_ISA`), or ""."""
+    """oneDNN's instruction-set cap in lower case (`ONEDNN_MAX_CPU_ISA`, else `DNNL_MAX_CPU_ISA`), or "".
+
+    Returns:
+        The cap, e.g. "avx2" or "avx512_core_vnni"; "" when none is set.
+    """
     return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().lower()
 
 
 def kernel_settings() -> dict[str, str]:
-    """The `KERNEL_SETTINGS` variables set here, with their values."""
+    """The `KERNEL_SETTINGS` variables set here, with their values.
+
+    Returns:
+        Variable name -> value, for those set in this process's environment.
+    """
     return {k: os.environ[k] for k in KERNEL_SETTINGS if k in os.environ}
 
 
 @dataclass(frozen=True)
 class Torchrun:
-    """This process's place among the ones torchrun started: 1 process of rank 0 outside torchrun."""
+    """This process's place among the ones torchrun started: 1 process of rank 0 outside torchrun.
+
+    Attributes:
+        world: the number of processes (`WORLD_SIZE`).
+        rank: this process's rank among them (`RANK`).
+        local_rank: its rank on this machine (`LOCAL_RANK`), the GPU it takes.
+    """
 
     world: int = 1
     rank: int = 0
@@ -212,6 +248,9 @@ class Torchrun:
 
 def torchrun() -> Torchrun:
     """`WORLD_SIZE`, `RANK` and `LOCAL_RANK` as torchrun sets them (world 1, rank 0 when unset).
+
+    Returns:
+        This process's place; `Torchrun()` (one process) outside torchrun.
 
     Raises:
         UsageError: a variable is not a whole number, or the rank is not below the world size.

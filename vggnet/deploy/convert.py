@@ -26,7 +26,16 @@ __all__ = ["Converted", "convert", "read_source"]
 
 @dataclass(frozen=True)
 class Converted:
-    """What `convert` wrote: where, its SHA-256 and size, the layout and the number of tensors."""
+    """What `convert` wrote: where, its SHA-256 and size, the layout and the number of tensors.
+
+    Attributes:
+        source: the weights as named (a record's name, a file, a URL).
+        path: the file written.
+        sha256: its full SHA-256, ready to pin.
+        size: its size in bytes.
+        layout: "vggnet" or "timm": the keys it holds.
+        tensors: how many tensors it holds.
+    """
 
     source: str
     path: Path
@@ -39,7 +48,20 @@ class Converted:
 def read_source(
     weights: WeightsSource, *, sha256: str | None = None, progress: bool = True
 ) -> tuple[Source, dict[str, torch.Tensor]]:
-    """The verified state dict, in vggnet's layout, of any weights source but "random"."""
+    """The verified state dict, in vggnet's layout, of any weights source but "random".
+
+    Args:
+        weights: a record, its name, a file, a URL or an "hf-hub:" name.
+        sha256: the digest (or its first 8+ hex digits) a file or URL must have.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        (what the source is, its state dict).
+
+    Raises:
+        UsageError: random weights, or `sha256` given for a record (which carries its own).
+        ChecksumError: the file does not have the digest.
+    """
     source = classify(weights)
     if source.kind == "random":
         raise UsageError("there is nothing to convert in random weights; name a record, a file, a URL or hf-hub: name")
