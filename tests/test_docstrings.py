@@ -187,7 +187,7 @@ def function_problems(func: Callable[..., Any], where: str, *, method: bool = Fa
         if extra:
             problems.append(f"{where}: Args names {', '.join(extra)}, not in the signature")
     if func.__name__ != "__init__" and returns_something(func):
-        kind = "Yields" if inspect.isgeneratorfunction(func) else "Returns"
+        kind = "Yields" if inspect.isgeneratorfunction(inspect.unwrap(func)) else "Returns"
         if kind not in found:
             problems.append(f"{where}: no {kind} section")
     raised = raised_names(func)

@@ -232,8 +232,10 @@ def _rebuild_download_error(message: str, url: str, status: int | None) -> Downl
 
 
 class HubResponseError(DownloadError):
-    """The Hugging Face Hub's answer about a file cannot be used (no such file, no commit, an ETag that is
-    not a SHA-256): nothing was downloaded or written."""
+    """The Hugging Face Hub's answer about a file cannot be used: nothing was downloaded or written.
+
+    No such file, no commit, or an ETag that is not a SHA-256.
+    """
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild_hub_error, (str(self), self.url, self.status)
@@ -244,8 +246,15 @@ def _rebuild_hub_error(message: str, url: str, status: int | None) -> HubRespons
 
 
 class OutsideCacheError(VggnetError, ValueError):
-    """A name in the Hugging Face cache resolves outside it (a link planted there): nothing is read or written
-    through it. Remove it (or the repository's folder) and download again."""
+    """A name in the Hugging Face cache resolves outside it (a link planted there): nothing is read through it.
+
+    Nothing is written through it either. Remove it (or the repository's folder) and download again.
+
+    Args:
+        path: the name in the cache.
+        real: where it resolves.
+        cache: the cache's folder.
+    """
 
     def __init__(self, path: str | os.PathLike[str], real: str, cache: str | os.PathLike[str]) -> None:
         self.path, self.real, self.cache = Path(path), real, Path(cache)

@@ -127,6 +127,9 @@ def hf_hub_cache() -> Path:
     """huggingface_hub's cache: `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `HF_HOME`/hub.
 
     `HF_HOME` defaults to `XDG_CACHE_HOME`/huggingface, else ~/.cache/huggingface.
+
+    Returns:
+        The folder (which may not exist yet).
     """
     env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     return Path(os.path.expandvars(os.path.expanduser(env))) if env else _hf_home() / "hub"
@@ -134,6 +137,9 @@ def hf_hub_cache() -> Path:
 
 def hf_endpoint() -> str:
     """`HF_ENDPOINT` without a trailing slash, else https://huggingface.co.
+
+    Returns:
+        The endpoint's base URL.
 
     Raises:
         UsageError: it is not an http(s) URL with a host.
@@ -146,19 +152,31 @@ def hf_endpoint() -> str:
 
 
 def hf_offline() -> bool:
-    """Whether `HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE` or `VGGNET_OFFLINE` is set to 1, true, yes or on."""
+    """Whether `HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE` or `VGGNET_OFFLINE` is set to 1, true, yes or on.
+
+    Returns:
+        True when any of them is set so.
+    """
     return _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE") or offline()
 
 
 def hf_token() -> str | None:
-    """`HF_TOKEN`, or None (unset, empty, or `HF_HUB_DISABLE_IMPLICIT_TOKEN` set: no token at all)."""
+    """`HF_TOKEN`, or None (unset, empty, or `HF_HUB_DISABLE_IMPLICIT_TOKEN` set: no token at all).
+
+    Returns:
+        The token, stripped, or None.
+    """
     if _flag("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
         return None
     return os.environ.get("HF_TOKEN", "").strip() or None
 
 
 def hf_token_path() -> Path | None:
-    """Where `hf auth login` saved a token: `HF_TOKEN_PATH`, else `HF_HOME`/token; None if tokens are disabled."""
+    """Where `hf auth login` saved a token: `HF_TOKEN_PATH`, else `HF_HOME`/token; None if tokens are disabled.
+
+    Returns:
+        The token file's path (which may not exist), or None.
+    """
     if _flag("HF_HUB_DISABLE_IMPLICIT_TOKEN"):
         return None
     return Path(os.path.expanduser(os.environ.get("HF_TOKEN_PATH") or _hf_home() / "token"))

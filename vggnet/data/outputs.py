@@ -276,6 +276,9 @@ def writer_lock(lock: Path, what: Path) -> Iterator[None]:
         lock: the lock file (made, with its folder, if missing).
         what: the output or folder the lock stands for, named in the message.
 
+    Yields:
+        None, while the lock is held.
+
     Raises:
         InUseError: another process holds the lock (exit 1: wait for it, stop it or write elsewhere).
         OutputPathError: `lock` is a link or anything but a regular file.

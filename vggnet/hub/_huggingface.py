@@ -171,7 +171,11 @@ def load_hf_hub(
 
     Raises:
         BadCheckpointError: the file is not safetensors (a pickle is never loaded from the Hub), or is damaged.
-        And what `hf_hub_file` raises.
+        ChecksumError: the bytes do not match the Hub's SHA-256, or that does not match `sha256`.
+        HubResponseError: the Hub's answer is unusable (no such file, no commit, an ETag that is not a SHA-256).
+        OutsideCacheError: a cached path resolves outside the cache.
+        DownloadError: the transfer failed, or did not finish within $VGGNET_DOWNLOAD_DEADLINE.
+        NotCachedError: offline, and no copy cached.
     """
     hub = parse_hf_hub(name)
     got = hf_hub_fetch(hub.repo_id, filename, revision=hub.revision, sha256=sha256, progress=progress)
@@ -477,7 +481,11 @@ def hf_hub_fetch(
         The snapshot path, the verified blob it names, its SHA-256 and the commit.
 
     Raises:
-        See `hf_hub_file`.
+        ChecksumError: the bytes do not match the Hub's SHA-256, or that does not match `sha256`.
+        HubResponseError: the Hub's answer is unusable (no such file, no commit, an ETag that is not a SHA-256).
+        OutsideCacheError: a cached path resolves outside the cache.
+        DownloadError: the transfer failed, or did not finish within $VGGNET_DOWNLOAD_DEADLINE.
+        NotCachedError: offline, and no copy cached.
     """
     job = _Request(
         _check_repo(repo_id), _check_name("filename", filename), _check_name("revision", revision or "main"),

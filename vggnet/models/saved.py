@@ -85,7 +85,19 @@ _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 @dataclass(frozen=True)
 class Header:
-    """What a checkpoint says about its tensors, checked; None where a dict without "format" does not say."""
+    """What a checkpoint says about its tensors, checked; None where a dict without "format" does not say.
+
+    Attributes:
+        format: the format tag ("vggnet.checkpoint/1", or "finetune" for an older `finetune` file).
+        arch: the architecture ("vgg16_bn", ...).
+        head: the head ("vgg", "gap", "fc7" or "none").
+        in_chans: the input channels.
+        num_classes: the number of outputs (0: features only).
+        classes: the name of each output, in order.
+        preprocessing: the evaluation preset's fields (`ImageClassification`'s arguments).
+        meta: free metadata, JSON values.
+        backbone: the weights the model started from (name and SHA-256), where recorded.
+    """
 
     format: str
     arch: str | None = None
@@ -98,13 +110,22 @@ class Header:
     backbone: dict[str, str] | None = None
 
     def preset(self) -> ImageClassification | None:
-        """The evaluation preset the header records, or None."""
+        """The evaluation preset the header records, or None.
+
+        Returns:
+            An `ImageClassification` built from `preprocessing`, or None when the header has none.
+        """
         return None if self.preprocessing is None else ImageClassification(**self.preprocessing)
 
 
 @dataclass(frozen=True)
 class Saved:
-    """A checkpoint in vggnet's format (or an older `finetune` one) as read: its header and its tensors."""
+    """A checkpoint in vggnet's format (or an older `finetune` one) as read: its header and its tensors.
+
+    Attributes:
+        header: what the file says about the tensors.
+        state: the tensors, keys as vggnet's `VGG` names them.
+    """
 
     header: Header
     state: dict[str, torch.Tensor]
@@ -144,6 +165,7 @@ def save(
         UsageError: a model vggnet cannot build again, classes or a preset that do not fit it, metadata
             that is not JSON, an unknown suffix, or a missing folder.
         MissingDependency: a .safetensors path without the safetensors package.
+        MissingPathError: the destination's folder does not exist.
         DiskError: the file could not be written or does not read back as written; nothing was kept.
     """
     path = Path(path)
@@ -336,8 +358,10 @@ def _check_written(tmp: Path, fields: dict[str, Any], state: dict[str, torch.Ten
 
 
 def preset_of(model: nn.Module) -> ImageClassification:
-    """The evaluation preset `model.pretrained_cfg` describes (timm's keys): a checkpoint file's own for a model
-    built from one (`vggnet.vgg16(weights=path)`), the record's for a record, ImageNet's 256/224 otherwise.
+    """The evaluation preset `model.pretrained_cfg` describes (timm's keys).
+
+    A checkpoint file's own for a model built from one (`vggnet.vgg16(weights=path)`), the record's for a
+    record, ImageNet's 256/224 otherwise.
 
     Args:
         model: a VGG (or any module with timm's `pretrained_cfg`).
