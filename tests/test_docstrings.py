@@ -56,13 +56,6 @@ NOT_YET = {
     "vggnet.deploy.inference",
     "vggnet.deploy.quantize",
     "vggnet.deploy.export",
-    "vggnet.cli.args",
-    "vggnet.cli.artifacts",
-    "vggnet.cli.checkpoints",
-    "vggnet.cli.costs",
-    "vggnet.cli.images",
-    "vggnet.cli.perception",
-    "vggnet.cli.training",
 }
 
 SECTION = re.compile(r"^(\w[\w ]*):\s*$")
