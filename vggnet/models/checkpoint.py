@@ -59,12 +59,21 @@ _IMAGENET_CLASSES = 1000
 
 @dataclass
 class Loaded:
-    """A model built from a weights source, with what it needs to be used.
+    """A model built from a weights source, with what it needs to be used: `preset(image)`, then `model(batch)`.
 
-    `categories` are the labels of its outputs (None for a record whose classifier is unusable, such as
-    VGG16_Weights.IMAGENET1K_FEATURES); `weights` says what was loaded ("VGG16_Weights.IMAGENET1K_V1",
-    a path, a URL, "random"); `info` holds a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`;
-    `finetune` records mode, epoch, val_acc and weights there).
+    Attributes:
+        model: the network with the weights loaded, on the device asked for.
+        preset: the preprocessing the weights expect: a record's own, a vggnet checkpoint's, Keras' for a Keras
+            file, else ImageNet's (assumed for a plain state dict, said once at WARNING).
+        categories: the labels of the outputs: the record's, the checkpoint's classes, ImageNet's for a plain
+            state dict with 1000 outputs; None when there are none to give (a record whose classifier is
+            unusable, such as VGG16_Weights.IMAGENET1K_FEATURES, or a width no labels fit).
+        arch: the builder name the model was built with ("vgg16_bn").
+        weights: what was loaded, for messages and reports: "VGG16_Weights.IMAGENET1K_V1", a path, a URL, an
+            "hf-hub:" name or "random".
+        source: what `sources.classify` made of the weights argument.
+        info: a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`; `finetune` records mode, epoch,
+            val_acc and weights there); empty for other sources.
     """
 
     model: VGG
@@ -93,12 +102,35 @@ def load(
     classifier: bool = False,
     **model_kwargs: Any,
 ) -> Loaded:
-    """Build the model `weights` describes (see the module docstring) on `device`.
+    """Build the model a weights source describes, with its preset and labels, on `device`.
 
-    `arch`: default the source's own, else vgg16. `num_classes`: default the source's; another width
-    gets a fresh fc8. `in_chans`: default the source's (3 for records); a 3-channel first convolution is
-    adapted. `sha256`: the digest (or 8+ hex digits) a file or URL must have. `classifier=True` refuses,
-    before any download, a record whose classifier is unusable. Other keyword arguments go to `VGG`.
+    Every argument (the device included) is checked before anything is fetched; a file or URL is read
+    through the store (`vggnet.hub`), verified, and weights-only.
+
+    Args:
+        weights: None (random initialisation), a record or its name ("DEFAULT", "IMAGENET1K_V1",
+            "VGG16_Weights.IMAGENET1K_V1"), the path of a checkpoint file (a state dict, a vggnet checkpoint
+            written by `vggnet.save` or `finetune`, safetensors, timm's layout, Keras `.h5`), an http(s):// or
+            file:// URL, or a Hugging Face Hub name ("hf-hub:timm/vgg16.tv_in1k").
+        arch: the builder name; default the one the source names (its record, header or keys), else vgg16.
+            One that contradicts the source is refused (`ArchMismatch`).
+        num_classes: the width of fc8; default the source's. Another width gets a freshly initialised fc8.
+        in_chans: input channels; default the source's (3 for records). A pretrained 3-channel first
+            convolution is adapted (`vgg.adapt_input_conv`: for 1, the sum over R, G and B).
+        device: where the model goes ("cpu", "cuda:1", a `torch.device`), checked against this machine's
+            devices; None leaves it on the CPU.
+        progress: show a progress bar on stderr while downloading.
+        sha256: the digest (or its first 8+ hex digits) a file or URL must have; refused for a record, which
+            carries its own.
+        classifier: True refuses, before any download, a record whose classifier is unusable (the features-only
+            VGG16 checkpoint): for callers that need fc8's outputs.
+        **model_kwargs: passed on to `VGG` (dropout, init_weights, ...).
+
+    Returns:
+        The model, its preset, labels, builder name, a description of the weights and the checkpoint's metadata.
+
+    Raises:
+        UsageError: `sha256` was given with a record (exit 2 on the command line).
     """
     arch = check_arch(arch) if arch is not None else None
     dev = check_device(device)
