@@ -47,7 +47,6 @@ NOT_YET = {
     "vggnet.models.builders",
     "vggnet.train.finetune",
     "vggnet.train.trainers",
-    "vggnet.train.runs",
     "vggnet.batch.output",
     "vggnet.batch.embed",
     "vggnet.deploy.inference",
