@@ -47,8 +47,6 @@ NOT_YET = {
     "vggnet.models.builders",
     "vggnet.train.finetune",
     "vggnet.train.trainers",
-    "vggnet.batch.output",
-    "vggnet.batch.embed",
     "vggnet.deploy.inference",
     "vggnet.deploy.quantize",
     "vggnet.deploy.export",
