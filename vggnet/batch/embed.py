@@ -145,7 +145,8 @@ def embed_images(
     Args:
         model: the network (a features-only record serves).
         preset: the preprocessing applied to each decoded image (`Loaded.preset`).
-        sources: image files, folders (their images at any depth) and glob patterns.
+        sources: image files, folders (their images at any depth), glob patterns and "-" (paths one per line
+            on stdin), as `vggnet.data.images.list_images` reads them.
         out: the folder to write; made if missing.
         layer: the tap, one of `model.layer_names()`; default fc7 (4096 values).
         pool: average a (C, H, W) map over H and W (a 4-D tap only).
@@ -156,7 +157,7 @@ def embed_images(
         overwrite: replace the embeddings a folder holds.
         from_file: a text file listing image paths, one per line, read as well as `sources`.
         batch_size: images per forward pass, per process.
-        workers: decoding processes (None: a default for this machine; 0: decode in this process).
+        workers: decoding processes (0: decode in this process; None: up to 8, from the CPU count).
         device: where the model runs; default CUDA (this process's GPU under torchrun) when available.
         progress: show a progress bar on stderr.
 

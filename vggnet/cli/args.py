@@ -405,8 +405,8 @@ def closing_process_group() -> Iterator[None]:
     """End the process group a library call may start under torchrun, however the call ends.
 
     Yields:
-        Nothing; the `with` block runs the library call. On leaving it, an initialized process group is destroyed,
-        so torchrun's processes exit without a warning.
+        Nothing; the `with` block runs the library call. On leaving it, whether the call returned or raised, an
+        initialized process group is destroyed.
     """
     import torch.distributed as dist
 

@@ -66,8 +66,8 @@ class Loaded:
         preset: the preprocessing the weights expect: a record's own, a vggnet checkpoint's, Keras' for a Keras
             file, else ImageNet's (assumed for a plain state dict, said once at WARNING).
         categories: the labels of the outputs: the record's, the checkpoint's classes, ImageNet's for a plain
-            state dict with 1000 outputs; None when there are none to give (a record whose classifier is
-            unusable, such as VGG16_Weights.IMAGENET1K_FEATURES, or a width no labels fit).
+            state dict with 1000 outputs; "class 0", "class 1", ... where the source's labels do not fit fc8
+            (a new head). None for a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES).
         arch: the builder name the model was built with ("vgg16_bn").
         weights: what was loaded, for messages and reports: "VGG16_Weights.IMAGENET1K_V1", a path, a URL, an
             "hf-hub:" name or "random".
