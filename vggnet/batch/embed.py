@@ -136,37 +136,31 @@ def embed_images(
 ) -> EmbedSummary:
     """Write the features of `layer` for every image into the folder `out`, as `.npy` shards with an index.
 
-    The folder gets `features-NNNNNN.npy` shards of float32 rows, `index.jsonl` mapping each image to its
-    shard and row (with the shard's size and SHA-256) or to an "error", and `embed.json` (the settings). A
-    shard is written whole before its index lines, so a killed run loses at most the rows of its unwritten
-    shards, which `resume=True` computes again (and those of a shard found missing, cut or changed). One
-    process writes a folder at a time (`.vggnet.lock`). `read_embeddings(out)` reads it all back.
+    The files (float32 rows in `features-NNNNNN.npy`, `index.jsonl`, `embed.json`), how a killed run resumes
+    and how shards are checked: see the module docstring. `read_embeddings(out)` reads the folder back.
 
     Args:
         model: the network (a features-only record serves).
-        preset: the preprocessing applied to each decoded image (`Loaded.preset`).
-        sources: image files, folders (their images at any depth), glob patterns and "-" (paths one per line
-            on stdin), as `vggnet.data.images.list_images` reads them.
+        preset: the preprocessing of each decoded image (`Loaded.preset`).
+        sources: files, folders (their images at any depth), glob patterns and "-" (paths on stdin).
         out: the folder to write; made if missing.
         layer: the tap, one of `model.layer_names()`; default fc7 (4096 values).
         pool: average a (C, H, W) map over H and W (a 4-D tap only).
         normalize: scale each row to unit L2 norm.
         shard_size: rows per .npy file, at least 1.
-        resume: continue a folder: only the images its index lacks are embedded, with the same layer, pool
-            and normalize (other settings are refused).
-        overwrite: replace the embeddings a folder holds.
-        from_file: a text file listing image paths, one per line, read as well as `sources`.
+        resume: embed only the images the index lacks (same layer, pool and normalize, else refused).
+        overwrite: replace the embeddings the folder holds.
+        from_file: a text file of image paths, one per line.
         batch_size: images per forward pass, per process.
-        workers: decoding processes (0: decode in this process; None: up to 8, from the CPU count).
+        workers: decoding processes (0: in this process; None: up to 8, from the CPU count).
         device: where the model runs; default CUDA (this process's GPU under torchrun) when available.
         progress: show a progress bar on stderr.
 
     Returns:
-        What was done: counts, the feature width, the time, summed over the ranks.
+        What was done (counts, feature width, time), summed over the ranks.
 
     Raises:
-        UsageError: `resume` and `overwrite` both given, `layer` unknown, or a resumed folder written with other
-            settings.
+        UsageError: `resume` with `overwrite`, an unknown `layer`, or a resumed folder of other settings.
         OutputExistsError: `out` holds embeddings and neither `resume` nor `overwrite` was given.
         OutputPathError: `out` is a file.
         InUseError: another process is writing into `out`.

@@ -129,8 +129,7 @@ def run_export(args: argparse.Namespace) -> int:
         0 (`EXIT_OK`), also when onnxruntime is missing and only the check was skipped (a warning says so).
 
     Raises:
-        UsageError: --with-preset with --format torchscript, a preprocessing option without --with-preset, or a bad
-            combination of them, found before any weights are fetched (exit 2).
+        UsageError: --with-preset with torchscript, or a preprocessing option without --with-preset (exit 2).
     """
     import torch
 

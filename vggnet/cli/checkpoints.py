@@ -219,8 +219,7 @@ def run_verify(args: argparse.Namespace) -> int:
         args: the parsed arguments of `vggnet verify` (see `add_verify`).
 
     Returns:
-        0 (`EXIT_OK`) when no file is corrupt ("unknown" files included); 1 (`EXIT_FAILURE`) when any is, each
-        named on stderr with how to fix it.
+        0 (`EXIT_OK`) when no file is corrupt; 1 (`EXIT_FAILURE`) when any is, each named on stderr with the fix.
 
     Raises:
         UsageError: DIR is given and is not a folder (exit 2).

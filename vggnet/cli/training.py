@@ -33,10 +33,7 @@ FINETUNE_OPTIONS = (
 
 
 def add_finetune(p: argparse.ArgumentParser) -> None:
-    """Declare `vggnet finetune`'s description and arguments.
-
-    The arguments: DATA, the model, the recipe, the device and the run folder options (--out, --resume, --overwrite,
-    --plot).
+    """Declare `vggnet finetune`'s description, DATA, and its model, recipe, device and run-folder options.
 
     Args:
         p: the `finetune` subcommand's parser, filled in place.

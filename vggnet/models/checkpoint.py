@@ -102,35 +102,24 @@ def load(
     classifier: bool = False,
     **model_kwargs: Any,
 ) -> Loaded:
-    """Build the model a weights source describes, with its preset and labels, on `device`.
-
-    Every argument (the device included) is checked before anything is fetched; a file or URL is read
-    through the store (`vggnet.hub`), verified, and weights-only.
+    """Build the model a weights source describes, with its preset and labels; every argument is checked before a fetch.
 
     Args:
-        weights: None (random initialisation), a record or its name ("DEFAULT", "IMAGENET1K_V1",
-            "VGG16_Weights.IMAGENET1K_V1"), the path of a checkpoint file (a state dict, a vggnet checkpoint
-            written by `vggnet.save` or `finetune`, safetensors, timm's layout, Keras `.h5`), an http(s):// or
-            file:// URL, or a Hugging Face Hub name ("hf-hub:timm/vgg16.tv_in1k").
-        arch: the builder name; default the one the source names (its record, header or keys), else vgg16.
-            One that contradicts the source is refused (`ArchMismatch`).
-        num_classes: the width of fc8; default the source's. Another width gets a freshly initialised fc8.
-        in_chans: input channels; default the source's (3 for records). A pretrained 3-channel first
-            convolution is adapted (`vgg.adapt_input_conv`: for 1, the sum over R, G and B).
-        device: where the model goes ("cpu", "cuda:1", a `torch.device`), checked against this machine's
-            devices; None leaves it on the CPU.
+        weights: None (random), a record or its name, a checkpoint file, a URL or an "hf-hub:" name (`SOURCE_RULES`).
+        arch: the builder; default the source's own, else vgg16. One the source contradicts is an `ArchMismatch`.
+        num_classes: fc8's width; default the source's. Another width gets a freshly initialised fc8.
+        in_chans: input channels; default the source's (3 for records); a pretrained conv1_1 is adapted.
+        device: where the model goes ("cpu", "cuda:1"), checked against this machine's; None: the CPU.
         progress: show a progress bar on stderr while downloading.
-        sha256: the digest (or its first 8+ hex digits) a file or URL must have; refused for a record, which
-            carries its own.
-        classifier: True refuses, before any download, a record whose classifier is unusable (the features-only
-            VGG16 checkpoint): for callers that need fc8's outputs.
+        sha256: the digest (or its first 8+ hex digits) a file or URL must have.
+        classifier: refuse, before any download, a record whose fc8 is unusable (the features-only VGG16).
         **model_kwargs: passed on to `VGG` (dropout, init_weights, ...).
 
     Returns:
-        The model, its preset, labels, builder name, a description of the weights and the checkpoint's metadata.
+        The model, its preset, labels, builder name, what was loaded and the checkpoint's metadata.
 
     Raises:
-        UsageError: `sha256` was given with a record (exit 2 on the command line).
+        UsageError: `sha256` given with a record, which carries its own digest (exit 2 on the command line).
     """
     arch = check_arch(arch) if arch is not None else None
     dev = check_device(device)
