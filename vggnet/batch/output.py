@@ -80,7 +80,7 @@ class Lines:
 
         Returns:
             The record with its newline: a JSON object kept as UTF-8 (a path with bytes that are not UTF-8 is
-            escaped instead), or a CSV row, quoted where a field holds a newline or a carriage return.
+                escaped instead), or a CSV row, quoted where a field holds a newline or a carriage return.
         """
         if self.fmt == "jsonl":
             text = json.dumps(record, ensure_ascii=False, allow_nan=False)
@@ -119,7 +119,7 @@ class Lines:
 
         Returns:
             An iterator over the records, each with its newline (a CSV record may span lines when a path holds a
-            newline); the header row of a CSV output is the first.
+                newline); the header row of a CSV output is the first.
         """
         return (text for text, _ in records(path, quoted=self.fmt == "csv"))
 
@@ -264,7 +264,7 @@ class Output:
 
         Returns:
             A context manager; entering it on rank 0 raises `InUseError` naming the process that holds the lock.
-            Other ranks hold nothing (rank 0 speaks for the run).
+                Other ranks hold nothing (rank 0 speaks for the run).
         """
         return writer_lock(lock_beside(self.path), self.path) if self.ctx.main else contextlib.nullcontext()
 

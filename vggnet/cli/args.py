@@ -406,7 +406,7 @@ def closing_process_group() -> Iterator[None]:
 
     Yields:
         Nothing; the `with` block runs the library call. On leaving it, whether the call returned or raised, an
-        initialized process group is destroyed.
+            initialized process group is destroyed.
     """
     import torch.distributed as dist
 

@@ -161,7 +161,7 @@ def run_download(args: argparse.Namespace) -> int:
 
     Returns:
         0 (`EXIT_OK`) when every file was fetched and verified; 1 (`EXIT_FAILURE`) when any failed: each failure is
-        reported on stderr and the others are still fetched.
+            reported on stderr and the others are still fetched.
 
     Raises:
         UsageError: neither a name nor --all was given (exit 2).

@@ -129,7 +129,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     Returns:
         0 (`EXIT_OK`) when every image was read; 1 (`EXIT_FAILURE`) when any could not be (each reported, the
-        others still classified).
+            others still classified).
 
     Raises:
         UsageError: --resume, --overwrite or --format without --output, --json with --output, no --output under
@@ -303,7 +303,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
     Returns:
         0 (`EXIT_OK`) when every image was read; 1 (`EXIT_FAILURE`) when any could not be (its index line holds
-        the error).
+            the error).
 
     Raises:
         UsageError: --layer is not a layer of the model; the message lists the valid names (exit 2).

@@ -127,7 +127,7 @@ def read_tensors(
 
     Returns:
         The state dict: the file's mapping of names to tensors, or the one it holds under "state_dict"
-        or "model" (a training checkpoint).
+            or "model" (a training checkpoint).
 
     Raises:
         BadCheckpointError: the file is none of the formats, holds no state dict, is cut short, or

@@ -154,7 +154,7 @@ def from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     Returns:
         A new dict in vggnet's keys (`classifier.0/3/6`), fc6 and fc7 flattened back to (4096, 25088) and
-        (4096, 4096).
+            (4096, 4096).
     """
     back = {v: k for k, v in _TIMM.items()}
     out: dict[str, torch.Tensor] = {}
@@ -180,8 +180,8 @@ def keras_shapes() -> dict[str, tuple[tuple[int | None, ...], ...]]:
 
     Returns:
         Layer name -> (kernel shape, bias shape): `block{b}_conv{c}`: ((3, 3, in, out), (out,)); `fc1`:
-        ((7 * 7 * 512, 4096), (4096,)); `fc2`: ((4096, 4096), (4096,)); `predictions`: ((4096, None), (None,)),
-        None standing for any number of classes.
+            ((7 * 7 * 512, 4096), (4096,)); `fc2`: ((4096, 4096), (4096,)); `predictions`: ((4096, None), (None,)),
+            None standing for any number of classes.
     """
     shapes: dict[str, tuple[tuple[int | None, ...], ...]] = {}
     for row in CONFIGS.values():
