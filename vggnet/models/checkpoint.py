@@ -59,12 +59,21 @@ _IMAGENET_CLASSES = 1000
 
 @dataclass
 class Loaded:
-    """A model built from a weights source, with what it needs to be used.
+    """A model built from a weights source, with what it needs to be used: `preset(image)`, then `model(batch)`.
 
-    `categories` are the labels of its outputs (None for a record whose classifier is unusable, such as
-    VGG16_Weights.IMAGENET1K_FEATURES); `weights` says what was loaded ("VGG16_Weights.IMAGENET1K_V1",
-    a path, a URL, "random"); `info` holds a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`;
-    `finetune` records mode, epoch, val_acc and weights there).
+    Attributes:
+        model: the network with the weights loaded, on the device asked for.
+        preset: the preprocessing the weights expect: a record's own, a vggnet checkpoint's, Keras' for a Keras
+            file, else ImageNet's (assumed for a plain state dict, said once at WARNING).
+        categories: the labels of the outputs: the record's, the checkpoint's classes, ImageNet's for a plain
+            state dict with 1000 outputs; "class 0", "class 1", ... where the source's labels do not fit fc8
+            (a new head). None for a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES).
+        arch: the builder name the model was built with ("vgg16_bn").
+        weights: what was loaded, for messages and reports: "VGG16_Weights.IMAGENET1K_V1", a path, a URL, an
+            "hf-hub:" name or "random".
+        source: what `sources.classify` made of the weights argument.
+        info: a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`; `finetune` records mode, epoch,
+            val_acc and weights there); empty for other sources.
     """
 
     model: VGG
@@ -93,12 +102,24 @@ def load(
     classifier: bool = False,
     **model_kwargs: Any,
 ) -> Loaded:
-    """Build the model `weights` describes (see the module docstring) on `device`.
+    """Build the model a weights source describes, with its preset and labels; every argument is checked before a fetch.
 
-    `arch`: default the source's own, else vgg16. `num_classes`: default the source's; another width
-    gets a fresh fc8. `in_chans`: default the source's (3 for records); a 3-channel first convolution is
-    adapted. `sha256`: the digest (or 8+ hex digits) a file or URL must have. `classifier=True` refuses,
-    before any download, a record whose classifier is unusable. Other keyword arguments go to `VGG`.
+    Args:
+        weights: None (random), a record or its name, a checkpoint file, a URL or an "hf-hub:" name (`SOURCE_RULES`).
+        arch: the builder; default the source's own, else vgg16. One the source contradicts is an `ArchMismatch`.
+        num_classes: fc8's width; default the source's. Another width gets a freshly initialised fc8.
+        in_chans: input channels; default the source's (3 for records); a pretrained conv1_1 is adapted.
+        device: where the model goes ("cpu", "cuda:1"), checked against this machine's; None: the CPU.
+        progress: show a progress bar on stderr while downloading.
+        sha256: the digest (or its first 8+ hex digits) a file or URL must have.
+        classifier: refuse, before any download, a record whose fc8 is unusable (the features-only VGG16).
+        **model_kwargs: passed on to `VGG` (dropout, init_weights, ...).
+
+    Returns:
+        The model, its preset, labels, builder name, what was loaded and the checkpoint's metadata.
+
+    Raises:
+        UsageError: `sha256` given with a record, which carries its own digest (exit 2 on the command line).
     """
     arch = check_arch(arch) if arch is not None else None
     dev = check_device(device)
