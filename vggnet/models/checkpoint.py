@@ -340,8 +340,9 @@ def _say_assumed(loaded: Loaded, what: str, *, preset: bool, labels: bool) -> No
             "ImageNet's labels" if names is IMAGENET_CATEGORIES else f"labels {names[0]!r} ... {names[-1]!r}"
         )
     logger.warning(
-        "%s %s: assuming %s; change the preset with --resize, --crop, --mean and --std on the command line, or "
-        "save the model with vggnet.save(model, path, classes=[...], preset=...) to keep both in the file",
+        "%s %s: assuming %s, unless told otherwise (on the command line --resize, --crop, --mean and --std "
+        "override the preset); save the model with vggnet.save(model, path, classes=[...], preset=...) to keep "
+        "both in the file",
         loaded.weights, what, " and ".join(assumed),
     )  # fmt: skip
 
