@@ -36,6 +36,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 # torch.cpu.get_capabilities() names of what oneDNN's int8 kernels run on, fastest first; all but
 # avx2 have int8 dot products.
 INT8_INSTRUCTIONS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
+_INDUCTOR_INT8 = r"torch\._inductor\.mkldnn_lowerings"  # where that warning comes from
 _X86 = ("x86_64", "amd64", "i386", "i686")
 # oneDNN's ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps -> the fastest of INT8_INSTRUCTIONS each allows
 # (None: no int8 kernels worth running); the AMX caps, "all" and values not listed here cap nothing.
@@ -109,7 +111,7 @@ class QuantizeReport:
     reduce_range: bool  # 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate)
     calibration_images: int
     image_size: tuple[int, int]  # (height, width): the compiled graph takes this size only
-    batch_size: int  # the compiled batch; other batch sizes compile again on first use
+    batch_size: int  # the batch compiled first; batch 1 and all others (one dynamic-batch graph) compile once each
     evaluated_on: str  # "held_out" or "calibration" (no held-out set given: a weaker check)
     evaluated_images: int
     top1_agreement: float  # % of the evaluated images whose int8 top-1 class is float32's
@@ -153,9 +155,10 @@ class Int8VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), _freezing(self.int8):
-            out: torch.Tensor = self.program(x)
+        with torch.inference_mode(), _freezing(self.int8), warnings.catch_warnings():
+            # Inductor's int8 lowering warns about its own torch.tensor(tensor) call at each compile.
+            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning, _INDUCTOR_INT8)
+            out: torch.Tensor = self.program(_program_input(x, dynamic_batch=self.int8))
         return out.float()
 
     def train(self, mode: bool = True) -> Int8VGG:
@@ -165,6 +168,19 @@ class Int8VGG(nn.Module):
 
     def extra_repr(self) -> str:
         return f"int8={self.int8}, image_size={self.image_size}, fallback_reason={self.fallback_reason!r}"
+
+
+def _program_input(x: torch.Tensor, *, dynamic_batch: bool) -> torch.Tensor:
+    """`x` copied, inside inference mode, to a float32 channels-last CPU tensor the compiled graph takes.
+
+    Always a copy made in inference mode: an input made outside it carries another dispatch key, which
+    Dynamo's guards see as a different tensor (a recompile). Batches of 2 or more are marked dynamic, so
+    one graph serves them all; batch 1 keeps a graph of its own (oneDNN's int8 convolution guards on it).
+    """
+    out = torch.empty(x.shape, dtype=torch.float32, memory_format=torch.channels_last).copy_(x)
+    if dynamic_batch and len(out) > 1:
+        torch._dynamo.mark_dynamic(out, 0)
+    return out
 
 
 def _freezing(on: bool) -> contextlib.AbstractContextManager[object]:
@@ -198,7 +214,9 @@ def quantize(
       and accuracy are measured (default: the calibration images, a weaker check).
     - `preset`: for folders (default: the model's own, `model.pretrained_cfg`'s: a vggnet checkpoint's
       preset for a model built from one, else ImageNet's evaluation preset).
-    - `batch_size`: the batch the model is compiled for (others compile again on first use).
+    - `batch_size`: the batch the model is compiled for first. Any batch size runs: every batch of 2
+      or more shares one graph with a dynamic batch dimension, batch 1 gets a graph of its own; each
+      compiles once, on first use.
     - `fallback`: where `int8_instructions()` is None (no int8 kernels worth running), return the
       float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
     - `reduce_range`: 7-bit activations (default: on where the CPU has no int8 dot products, "avx2").
@@ -311,8 +329,9 @@ def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> n
     finally:
         _forget_graphs()  # on failure too: the graphs hold the float32 weights
     _drop_unused_attributes(converted)
-    # A fixed shape: the batch of the first call; freezing is switched on around each call (Int8VGG).
-    compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
+    # Freezing is switched on around each call (Int8VGG).
+    # Batch sizes of 2 or more share one graph (`_program_input` marks the batch dynamic), batch 1 has its own.
+    compiled: nn.Module = torch.compile(converted)  # type: ignore[assignment]
     return compiled
 
 
