@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -397,12 +399,31 @@ def read_last(path: Path) -> dict[str, Any]:
             (one line naming the file, what is wrong and what to do).
     """
     try:
-        with open(path, "rb") as f:
+        with _open_own(path) as f:
             state = weights_only_load(f, path, mmap=False, map_location="cpu")
     except BadCheckpointError as err:
         raise BadCheckpointError(f"{err}; the run cannot be resumed from it: {RESUME_FIX}") from None
     check_last(state, path)
     return dict(state)
+
+
+def _open_own(path: Path) -> IO[bytes]:
+    """A file of the run opened for reading: a regular file, never a link followed nor a FIFO waited on."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.lstat(path).st_mode
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        if fd >= 0:
+            os.close(fd)
+        raise BadCheckpointError(f"{path} is {what}, not the regular file a run writes; {RESUME_FIX}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def check_last(state: object, path: Path) -> None:
