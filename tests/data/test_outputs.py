@@ -16,6 +16,7 @@ from vggnet.data.outputs import (
     check_output,
     lock_beside,
     open_append,
+    open_own,
     remove_leftovers,
     save_png,
     write_text,
@@ -142,3 +143,18 @@ def test_a_lock_file_planted_as_a_link_or_a_fifo_is_refused(tmp_path):
     os.mkfifo(lock_beside(out))
     with pytest.raises(OutputPathError, match="it is a FIFO"), writer_lock(lock_beside(out), out):
         pass
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_file_read_back_is_never_a_link_followed_nor_a_fifo_waited_on(tmp_path):
+    (tmp_path / "own.jsonl").write_text("mine\n")
+    with open_own(tmp_path / "own.jsonl") as f:
+        assert f.read() == b"mine\n"
+    (tmp_path / "secret.txt").write_text("not yours\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "secret.txt")
+    os.mkfifo(tmp_path / "fifo.jsonl")  # no writer: a plain open waits for one forever
+    for name, what in (("link.jsonl", "a symbolic link"), ("fifo.jsonl", "a FIFO")):
+        with pytest.raises(OutputPathError, match=f"cannot read .*{name} back: it is {what}, not a file vggnet wrote"):
+            open_own(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        open_own(tmp_path / "none.jsonl")

@@ -33,7 +33,7 @@ from vggnet.batch.engine import Session, autocast, slowest, totals
 from vggnet.batch.output import Lines, Output, complete_lines
 from vggnet.checks import check_int
 from vggnet.data.images import Batch, list_images, shard
-from vggnet.data.outputs import atomic_write, write_text, writer_lock
+from vggnet.data.outputs import atomic_write, open_own, write_text, writer_lock
 from vggnet.errors import BadFileError, MissingPathError, OutputExistsError, OutputPathError, UsageError
 from vggnet.models.vgg import VGG
 
@@ -319,9 +319,15 @@ def _check_settings(folder: Path, settings: dict[str, Any], resume: bool) -> Non
     write_text(path, json.dumps(settings) + "\n")
 
 
+_SETTINGS_MAX = 1 << 16  # bytes: embed.json is a line of JSON; more is not one embed wrote
+
+
 def _read_settings(path: Path) -> Any:
     try:
-        held = json.loads(path.read_text(encoding="utf-8"))
+        with open_own(path) as f:
+            held = json.loads(f.read(_SETTINGS_MAX).decode("utf-8"))
+    except OutputPathError:
+        raise  # a link or a FIFO planted there: said as such (a ValueError too)
     except (ValueError, UnicodeDecodeError) as err:
         held = err
     if not isinstance(held, dict):

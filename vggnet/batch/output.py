@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from vggnet.checks import check_choice
-from vggnet.data.outputs import check_output, lock_beside, open_append, write_text, writer_lock
+from vggnet.data.outputs import check_output, lock_beside, open_append, open_own, write_text, writer_lock
 from vggnet.errors import BadFileError, OutputExistsError, UsageError
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def records(path: Path, *, quoted: bool) -> Iterator[tuple[str, int]]:
     Yields:
         (record with its newline, byte offset after it).
     """
-    with open(path, "rb") as f:
+    with open_own(path) as f:
         pending: list[bytes] = []
         quotes = offset = 0
         for line in f:
