@@ -106,6 +106,14 @@ def test_a_damaged_index_or_settings_file_is_named_with_its_line(tmp_path):
     (out / "index.jsonl").write_text('{"image": "a.png", "shard": "../../etc/passwd", "row": 0}\n')
     with pytest.raises(ValueError, match=r"line 1: .*the shard '../../etc/passwd' is not a name embed writes"):
         read_embeddings(out)
+    for line, problem in (
+        ('{"shard": "features-000000.npy", "row": 0}', "no image path"),  # was a KeyError
+        ('{"image": {"a": 1}, "shard": "features-000000.npy", "row": 0}', "no image path"),  # was returned as a path
+        ('{"image": "a.png", "shard": "features-000000.npy", "row": true}', "the row 'True' is not a count"),
+    ):
+        (out / "index.jsonl").write_text(line + "\n")
+        with pytest.raises(ValueError, match=rf"line 1: not an index line of vggnet embed \({problem}\)"):
+            read_embeddings(out)
     with pytest.raises(FileExistsError, match="already holds embeddings"):
         check_folder(out, resume=False, overwrite=False)
 

@@ -346,9 +346,11 @@ def _index_records(index: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except ValueError as err:
             record, problem = {}, str(err)
         name, row = record.get("shard"), record.get("row")
-        if not problem and name is not None and not (isinstance(name, str) and _SHARD.fullmatch(name)):
+        if not problem and not isinstance(record.get("image"), str):
+            problem = "no image path"
+        elif not problem and name is not None and not (isinstance(name, str) and _SHARD.fullmatch(name)):
             problem = f"the shard {str(name)[:60]!r} is not a name embed writes (features-NNNNNN.npy)"
-        elif not problem and name is not None and not (isinstance(row, int) and row >= 0):
+        elif not problem and name is not None and not (type(row) is int and row >= 0):  # True is an int, no count
             problem = f"the row {str(row)[:20]!r} is not a count"
         if problem:
             raise BadFileError(
