@@ -86,6 +86,9 @@ def test_a_damaged_record_names_the_file_and_line(tmp_path):
     jsonl.write_text('{"image": "a.png"}\n{"image": "b.png"}{"image": "c.png"}\n')
     with pytest.raises(BadFileError, match=r"preds.jsonl, line 2: not a jsonl record of this command \(Extra data"):
         Output(jsonl, Lines("jsonl"), Dist()).done()
+    jsonl.write_text('{"image": "a.png"}\n' + "[" * 100_000 + "\n")  # was a RecursionError
+    with pytest.raises(BadFileError, match=r"preds.jsonl, line 2: not a jsonl record of this command \(maximum rec"):
+        Output(jsonl, Lines("jsonl"), Dist()).done()
 
 
 def test_one_writer_per_output(tmp_path):

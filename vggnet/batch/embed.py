@@ -328,7 +328,7 @@ def _read_settings(path: Path) -> Any:
             held = json.loads(f.read(_SETTINGS_MAX).decode("utf-8"))
     except OutputPathError:
         raise  # a link or a FIFO planted there: said as such (a ValueError too)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
         held = err
     if not isinstance(held, dict):
         raise BadFileError(
@@ -343,7 +343,7 @@ def _index_records(index: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             record = json.loads(line)
             problem = "" if isinstance(record, dict) else "not a JSON object"
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
             record, problem = {}, str(err)
         name, row = record.get("shard"), record.get("row")
         if not problem and not isinstance(record.get("image"), str):

@@ -328,7 +328,7 @@ class Output:
             if index or not self.lines.header():
                 try:
                     held.add(self.lines.key(text))
-                except (ValueError, KeyError, AttributeError, StopIteration, IndexError) as err:
+                except (ValueError, KeyError, AttributeError, StopIteration, IndexError, RecursionError) as err:
                     raise BadFileError(
                         f"{self.path}, line {number}: not a {self.lines.fmt} record of this command ({err}); "
                         "resume only into an output this command wrote, or start again (--overwrite)"
