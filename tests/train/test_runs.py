@@ -144,6 +144,14 @@ TAMPERED = {
         _edit(lambda s: s["state_dict"]["classifier.0.weight"].fill_(float("nan"))),
         r"is damaged: \['classifier.0.weight'\] hold\(s\) NaN or Inf, which no saved run holds",
     ),
+    "a list as optimizer state": (  # was an AttributeError
+        _edit(lambda s: s["train"]["optimizer"].update(state=[1, 2])),
+        r"cannot be resumed: its optimizer state is not a mapping of parameters to their values",
+    ),
+    "a list in the optimizer state": (  # its NaN went unseen
+        _edit(lambda s: s["train"]["optimizer"].update(state={0: [torch.tensor(float("nan"))]})),
+        r"cannot be resumed: its optimizer state is not a mapping",
+    ),
     "Inf momentum": (
         _edit(lambda s: s["train"]["optimizer"]["state"][0]["momentum_buffer"].fill_(float("inf"))),
         r"is damaged: \['optimizer state 0 momentum_buffer'\] hold\(s\) NaN or Inf",

@@ -481,6 +481,9 @@ def _train_problems(train: Mapping[str, Any]) -> list[str]:
         for s in train["history"]
     ):  # fmt: skip
         problems.append(f"its history does not hold the {train['epoch']} epochs it says it ran")
+    held = train["optimizer"].get("state", {})
+    if not (isinstance(held, dict) and all(isinstance(v, dict) for v in held.values())):
+        problems.append("its optimizer state is not a mapping of parameters to their values")
     odd = [k for k, v in train["recipe"].items() if not isinstance(k, str) or not _recipe_value(v)]
     if odd:
         problems.append(f"the recipe's {key_list([str(k) for k in odd], 4)} are not settings a run takes")
