@@ -120,7 +120,8 @@ def _folder_of(path: Path) -> Path:
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """A binary file that becomes `path` when the block ends without an error, and nothing otherwise.
 
-    An existing file keeps its permission bits; a new one gets 0666 less the umask, as `open` gives.
+    An existing file of ours keeps its permission bits; a new one (or one replacing a link or another user's
+    file) gets 0666 less the umask, as `open` gives.
 
     Args:
         path: the destination; checked by `check_output`, its folder made if missing.
@@ -158,11 +159,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
 
 def _keep_mode(fd: int, path: Path) -> None:
     try:
-        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        st = os.lstat(path)
     except OSError:
         return
-    if os.chmod in os.supports_fd:
-        os.chmod(fd, mode)
+    # only our own regular file's bits: a link planted since says 0777, another user's file what they chose
+    ours = stat.S_ISREG(st.st_mode) and st.st_uid == getattr(os, "geteuid", lambda: st.st_uid)()
+    if ours and os.chmod in os.supports_fd:
+        os.chmod(fd, stat.S_IMODE(st.st_mode))
 
 
 def _rename(tmp: Path, path: Path) -> None:
