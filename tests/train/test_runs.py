@@ -184,6 +184,12 @@ def test_a_fifo_or_a_link_as_last_pth_is_refused_not_waited_on_or_followed(tmp_p
     (out / LAST_NAME).symlink_to(tmp_path / "other" / LAST_NAME)  # another run's file, or /etc/passwd
     with pytest.raises(BadCheckpointError, match=r"last.pth is a symbolic link, not the regular file a run writes"):
         previous_run(out, recipe, 3, resume=True, overwrite=False)
+    (out / LAST_NAME).unlink()
+    write_run(out, 1, recipe)
+    (out / CHECKPOINT_NAME).unlink()
+    (out / CHECKPOINT_NAME).symlink_to("/etc/passwd")  # was resumed, then named as the run's best checkpoint
+    with pytest.raises(OutputPathError, match=r"best.pth: it is a symbolic link"):
+        previous_run(out, recipe, 3, resume=True, overwrite=False)
 
 
 def test_a_resumed_state_must_fit_the_model_key_for_key():

@@ -40,7 +40,7 @@ from typing import IO, Any
 
 import torch
 
-from vggnet.data.outputs import atomic_write, remove_leftovers, save_png, write_text, writer_lock
+from vggnet.data.outputs import atomic_write, check_output, remove_leftovers, save_png, write_text, writer_lock
 from vggnet.errors import BadCheckpointError, MissingPathError, OutputExistsError, OutputPathError, UsageError
 from vggnet.hub import weights_only_load
 from vggnet.models.finetuned import check_finetuned
@@ -311,6 +311,7 @@ def previous_run(
 
     Raises:
         MissingPathError: `resume` and OUT holds no last.pth.
+        OutputPathError: `resume`, and best.pth or history.jsonl is a link, a FIFO or a folder.
         OutputExistsError: OUT holds a run (best.pth, last.pth or history.jsonl) and neither `resume` nor
             `overwrite` was given; the message says how far that run went.
         BadCheckpointError: last.pth cannot be read or does not hold what a run writes.
@@ -323,6 +324,8 @@ def previous_run(
     if resume:
         if not last.is_file():
             raise MissingPathError(f"nothing to resume: {last} does not exist; drop resume (--resume) to start a run")
+        for name in (CHECKPOINT_NAME, HISTORY_NAME):  # a link planted there would be named as the run's best
+            check_output(out / name)
         return _resumable(out, read_last(last), recipe, epochs)
     if files:
         raise OutputExistsError(
