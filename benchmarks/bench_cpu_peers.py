@@ -253,6 +253,12 @@ def build(names: list[str], tv: torch.nn.Module, vm: vggnet.VGG, images: torch.T
             if hasattr(run, attr):
                 info[name]["precision"] = str(getattr(run, attr))
         runs[name] = run
+        r = info[name]
+        print(
+            f"  ready {name:22} build {built_s:6.1f} s, first call {first_s:6.2f} s, "
+            f"top-1 {r['top1_agreement']:6.2f}%, cosine {r['cosine']:.6f} (min {r['min_cosine']:.6f})",
+            flush=True,
+        )
     return runs, info, skipped
 
 
