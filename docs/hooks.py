@@ -319,6 +319,10 @@ def _formats_table(data: dict[str, Any]) -> list[str]:
     lines = ["| weights format | load ms | load + touch ms |", "|---|---:|---:|"]
     for name, r in data["load"].items():
         lines.append(f"| {name} | {_num(r['load_s'] * 1e3, 1)} | {_num(r['load_and_touch_s'] * 1e3, 1)} |")
+    loads = data.get("artifact_load_s", {})
+    if loads:
+        lines += ["", "| exported artifact, loaded by | load ms |", "|---|---:|"]
+        lines += [f"| {name} | {_num(seconds * 1e3, 1)} |" for name, seconds in loads.items()]
     lines += ["", "| runs as | batch 1 ms | vs eager | max abs diff |", "|---|---:|---:|---:|"]
     latency = data["latency_batch1"]
     eager = latency.get("vggnet eager", {}).get("latency_ms")

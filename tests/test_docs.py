@@ -106,11 +106,13 @@ def test_the_peer_and_format_benchmarks_get_tables(tmp_path):
     latency = {name: {"latency_ms": ms} for name, ms in [("vggnet eager", 120.0), ("pt2 (torch.export.load)", 60.0)]}
     formats = {"suite": "formats", "load": {"safetensors (mmap)": {"load_s": 0.01, "load_and_touch_s": 0.2}}}
     formats |= {"latency_batch1": latency, "max_abs_diff": {"pt2 (torch.export.load)": 2e-6}}
+    formats |= {"artifact_load_s": {"pt2 (torch.export.load)": 0.6}}
     (tmp_path / "formats-cpu-2030-01-01.json").write_text(json.dumps(formats))
     text = hooks.speed_tables(tmp_path)
     assert "Not tabulated" not in text
     assert "ISA amx_bf16, avx512_bf16" in text
     assert "| 8 | openvino default | bf16 | 24.2 | 5.90x | 96.9% | 0.99997 | 3.05 -> 3.96 |" in text
+    assert "| pt2 (torch.export.load) | 600.0 |" in text
     assert "| pt2 (torch.export.load) | 60.0 | 2.00x | 2.0e-06 |" in text and "| safetensors (mmap) | 10.0 |" in text
 
 
