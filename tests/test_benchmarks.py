@@ -225,6 +225,15 @@ def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
     assert report.dtype == "bfloat16" and report.matmul_peak_how.endswith("bfloat16")
 
 
+def test_bench_on_cpu_defaults_to_float32_even_where_bf16_is_native(monkeypatch):
+    from vggnet.deploy import bench as bench
+    from vggnet.deploy import inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert inference.default_dtype(torch.device("cpu")) == torch.bfloat16
+    assert bench._settings("cpu", None, None)[1] == torch.float32  # as `vggnet bench --help` says
+
+
 def test_cpu_peak_skips_the_gemms_in_a_dtype_onednn_cannot_compute(monkeypatch):
     # Without native bf16 (oneDNN limited to AVX2) torch's reference GEMMs take far too long
     # (benchmarks/README.md).

@@ -46,9 +46,6 @@ NOT_YET = {
     "vggnet.models.builders",
     "vggnet.train.finetune",
     "vggnet.train.trainers",
-    "vggnet.deploy.inference",
-    "vggnet.deploy.quantize",
-    "vggnet.deploy.export",
 }
 
 SECTION = re.compile(r"^(\w[\w ]*):\s*$")
