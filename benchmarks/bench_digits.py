@@ -11,6 +11,9 @@ wall-clock seconds of the `finetune` call (reading the PNGs included), epochs ru
 trained in (finetune's default: bf16 where the CPU computes it natively, else float32; --amp/--no-amp
 force it), and, for a shared machine, the CPU seconds the process used and the load average after.
 
+Ten epochs by default (15 before bf16): the recommended run reaches 99.44% test accuracy in bf16 by its
+tenth epoch (99.72% in 15 float32 epochs, 98 s on 2 idle cores), for a run of about a minute or less.
+
 --smoke: 12 images a class, one epoch of two runs (checks the machinery, in well under a minute).
 Results go to DIR/digits-cpu-<UTC date>.json (default benchmarks/results/; digits-smoke-... with
 --smoke) with `harness.environment` (load average included). Nothing is asserted.
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny subset, one epoch, two runs")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the JSON")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), help="default: all (the smoke's two with --smoke)")
-    parser.add_argument("--epochs", type=int, default=15, help="default 15 (1 with --smoke)")
+    parser.add_argument("--epochs", type=int, default=10, help="default 10 (1 with --smoke)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     amp_help = "bf16 autocast (default: finetune's, on where the CPU computes bf16 natively)"
