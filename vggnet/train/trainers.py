@@ -195,8 +195,8 @@ class Loaders:
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 itself: AMX-BF16 or AVX512-BF16, and torch's oneDNN using them.
 
-    Where it does, a bf16 autocast training step is about twice as fast as float32's (benchmarks/bench_train.py);
-    elsewhere oneDNN converts bf16 to float32 and back around each operation, which is slower than float32. A
+    Where it does, a bf16 autocast training step is faster than float32's (benchmarks/bench_train.py, "vggnet
+    bf16"); elsewhere oneDNN converts bf16 to float32 and back around each operation, slower than float32. A
     ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) cap below avx512_core_bf16 counts as no.
 
     Returns:
