@@ -1,13 +1,18 @@
 """Small data from random initialisation: scikit-learn's handwritten digits through `vggnet.train.finetune`.
 
-    python benchmarks/bench_digits.py [--smoke] [--out DIR] [--runs NAME ...] [--epochs N] [--threads T]
+    python benchmarks/bench_digits.py [--smoke] [--out DIR] [--runs NAME ...] [--epochs N] [--threads T] [--no-amp]
 
 The 1,797 real 8x8 gray digits of `sklearn.datasets.load_digits` (shipped with scikit-learn, no
 download) are written out as PNGs in an ImageFolder (`train/`, `val/`, `test/`, stratified 60/20/20
 with a fixed seed). Each run is one `finetune` call from random weights at 32x32 with `in_chans=1`;
 its best checkpoint (by validation accuracy) is read back with `load_finetuned` and scored on
 `test/`. Reported per run: test accuracy, the train/validation accuracy gap at the best epoch,
-wall-clock seconds of the `finetune` call (reading the PNGs included), epochs run.
+wall-clock seconds of the `finetune` call (reading the PNGs included), epochs run, the precision it
+trained in (finetune's default: bf16 where the CPU computes it natively, else float32; --amp/--no-amp
+force it), and, for a shared machine, the CPU seconds the process used and the load average after.
+
+Ten epochs by default (15 before bf16): the recommended run reaches 99.44% test accuracy in bf16 by its
+tenth epoch (99.72% in 15 float32 epochs, 98 s on 2 idle cores), for a run of about a minute or less.
 
 --smoke: 12 images a class, one epoch of two runs (checks the machinery, in well under a minute).
 Results go to DIR/digits-cpu-<UTC date>.json (default benchmarks/results/; digits-smoke-... with
@@ -93,13 +98,16 @@ def test_accuracy(checkpoint: Path, test_root: Path) -> float:
     return 100.0 * correct / len(folder)
 
 
-def run_one(name: str, settings: dict[str, Any], data: Path, out: Path, epochs: int, batch: int) -> dict[str, Any]:
+def run_one(
+    name: str, settings: dict[str, Any], data: Path, out: Path, epochs: int, batch: int, amp: bool | None = None
+) -> dict[str, Any]:
+    from vggnet.deploy.bench import load_average
     from vggnet.train.finetune import finetune
 
-    tic = time.perf_counter()
-    result = finetune(data, weights=None, in_chans=1, image_size=32, epochs=epochs, batch_size=batch,
+    tic, cpu = time.perf_counter(), time.process_time()
+    result = finetune(data, weights=None, in_chans=1, image_size=32, epochs=epochs, batch_size=batch, amp=amp,
                       out=out / name, progress=False, plot=out / f"{name}.png", **settings)  # fmt: skip
-    seconds = time.perf_counter() - tic
+    seconds, cpu_seconds = time.perf_counter() - tic, time.process_time() - cpu
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: no checkpoint written")
     best = result.history[result.best_epoch - 1]
@@ -111,9 +119,13 @@ def run_one(name: str, settings: dict[str, Any], data: Path, out: Path, epochs: 
         "train_val_gap": round(best.train_acc - best.val_acc, 2),
         "checkpoint_bytes": result.checkpoint.stat().st_size,
         "images_per_s": round(sum(s.images_per_s for s in result.history) / len(result.history), 1),
+        "precision": torch.load(result.checkpoint, weights_only=True)["meta"].get("precision", "float32"),
+        "cpu_seconds": round(cpu_seconds, 1), "load_average_after": list(load_average()),
+        "val_acc_by_epoch": [round(s.val_acc, 2) for s in result.history],
     }  # fmt: skip
     print(f"{name}: test {figures['test_acc']:.2f}%, val {best.val_acc:.2f}%, train-val gap "
-          f"{figures['train_val_gap']:+.2f}, {seconds:.0f} s, {len(result.history)} epochs", flush=True)  # fmt: skip
+          f"{figures['train_val_gap']:+.2f}, {seconds:.0f} s ({cpu_seconds:.0f} CPU s), {len(result.history)} epochs, "
+          f"{figures['precision']}", flush=True)  # fmt: skip
     return figures
 
 
@@ -122,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny subset, one epoch, two runs")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the JSON")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), help="default: all (the smoke's two with --smoke)")
-    parser.add_argument("--epochs", type=int, default=15, help="default 15 (1 with --smoke)")
+    parser.add_argument("--epochs", type=int, default=10, help="default 10 (1 with --smoke)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    amp_help = "bf16 autocast (default: finetune's, on where the CPU computes bf16 natively)"
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=amp_help)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         results["images"] = write_digits(data, 12 if args.smoke else None)
         print(f"digits: {results['images']} images (train/val/test), {torch.get_num_threads()} threads", flush=True)
         for name in names:
-            results["runs"][name] = run_one(name, RUNS[name], data, Path(tmp) / "runs", epochs, args.batch_size)
+            results["runs"][name] = run_one(
+                name, RUNS[name], data, Path(tmp) / "runs", epochs, args.batch_size, args.amp
+            )
             path = save_results("digits-smoke" if args.smoke else "digits", results, args.out)
     print(f"saved {path}")
     return 0

@@ -1,12 +1,17 @@
 """Fine-tuning step: vggnet against torchvision, eager and compiled, on the same weights and batch.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--smoke] [--out DIR] [--no-compile] [--budget-s S]
+                                     [--bf16 | --no-bf16]
 
 One step = forward, cross-entropy on random labels, backward, SGD (momentum 0.9) update, in train
 mode (dropout on). On CUDA: bf16 autocast, channels_last weights and input, cuDNN benchmark on,
 vgg16 at batch 64. On CPU (sized for 2 cores): float32, channels_last, vgg16 at batch 4, compile
-only with --compile. --smoke: vgg11 at 32x32, batch 2, two steps. The candidates take turns in
-interleaved rounds (median, method of vggnet/bench.py); img/s = batch / step time.
+only with --compile; and, where the CPU computes bf16 natively (`vggnet.train.trainers.native_bf16`,
+or with --bf16), "vggnet bf16": vggnet's step as `vggnet finetune` takes it there (bf16 autocast,
+channels_last) against torchvision's float32 eager step. --smoke: vgg11 at 32x32, batch 2, two steps.
+The candidates take turns in interleaved rounds (median, method of vggnet/bench.py); img/s = batch /
+step time. The file also records the load average after the rounds and the share of the CPUs the
+process had while timing (`cpu_use`: CPU seconds / wall seconds / threads; near 1 on an idle machine).
 
 The candidates are added one at a time, eager ones first (cheap, and the baseline), the compiled
 ones last (a cold torch.compile of forward + backward is slow: benchmarks/README.md). Each time one is
@@ -37,7 +42,11 @@ sys.path.insert(0, str(HERE.parent))  # a checkout without `pip install -e .` (t
 from harness import Budget, environment, save_results
 
 import vggnet
-from vggnet.deploy.bench import time_interleaved
+from vggnet.deploy.bench import load_average, time_interleaved
+from vggnet.train.trainers import native_bf16
+
+# name -> (builder, compiled, autocast dtype or None for the suite's own)
+Candidates = dict[str, tuple[Callable[[str], nn.Module], bool, torch.dtype | None]]
 
 
 def make_step(
@@ -78,34 +87,37 @@ def main(argv: list[str] | None = None) -> int:
     autocast = torch.bfloat16 if cuda else None
     if cuda:
         torch.backends.cudnn.benchmark = True
-    candidates = _candidates(compile)
+    bf16 = not cuda and (args.bf16 if args.bf16 is not None else native_bf16())
+    candidates = _candidates(compile, bf16)
     state, x, y = _inputs(arch, batch_size, size, device)
     data: dict[str, Any] = {
         "suite": "train", "smoke": args.smoke, **environment(device), "arch": arch, "batch_size": batch_size,
         "image_size": [size, size], "precision": "bf16 autocast" if autocast else "float32",
         "memory_format": "channels_last", "optimizer": "SGD(lr=1e-3, momentum=0.9)", "iters": iters,
-        "budget_s": args.budget_s, "complete": False, "results": [],
+        "bf16_candidate": bf16, "budget_s": args.budget_s, "complete": False, "results": [],
         "pending": list(candidates),  # not reached yet: what a killed run lacks
         "skipped": budget.skipped,  # not started: over --budget-s
     }  # fmt: skip
     name = "train" + ("-smoke" if args.smoke else "")
-    print(f"{arch} training step, batch {batch_size}, {data['precision']}, channels_last on {data['device_name']}")
+    also = ", vggnet bf16 in bf16 autocast" if bf16 else ""
+    print(f"{arch} training step, batch {batch_size}, {data['precision']}{also}, channels_last, {data['device_name']}")
     steps: dict[str, Callable[[], torch.Tensor]] = {}
     first: dict[str, float] = {}
     losses: dict[str, float] = {}
     save_results(name, data, args.out)  # a run killed in its first candidate still leaves a file that says so
-    for candidate, (build, compiled) in candidates.items():
+    for candidate, (build, compiled, dtype) in candidates.items():
         if budget.skip(name=candidate):
             data["pending"].remove(candidate)
             print(f"{candidate:22} skipped: over --budget-s {args.budget_s:.0f}", flush=True)
             continue
         # Each candidate trains its own copy: the same starting weights, its own optimizer state.
         model = build(arch)
-        steps[candidate], losses[candidate], first[candidate] = _ready(model, state, x, y, autocast, compiled)
+        steps[candidate], losses[candidate], first[candidate] = _ready(model, state, x, y, dtype or autocast, compiled)
         # All the candidates ready so far, timed together again (a few seconds at most): the file
         # always holds figures from one set of interleaved rounds.
-        times = time_interleaved(steps, device=device, iters=iters, rounds=min(5, iters))
-        data["results"] = _rows(times, batch_size, first, losses)
+        _time_all(data, steps, device, iters, first, losses)
+        for row in data["results"]:
+            row["precision"] = "bf16 autocast" if (candidates[row["name"]][2] or autocast) else "float32"
         data["pending"].remove(candidate)
         path = save_results(name, data, args.out)
         print(f"{candidate:22} ready; first step {data['results'][-1]['first_step_s']:.1f} s; saved {path}", flush=True)
@@ -114,8 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     data["elapsed_s"] = round(budget.spent(), 1)
     path = save_results(name, data, args.out)
     _print_rows(data["results"])
+    print(f"load average {data['load_average']} before, {data.get('load_average_after')} after; "
+          f"this process had {data.get('cpu_use', 0):.0%} of {torch.get_num_threads()} threads' CPU time")  # fmt: skip
     print(f"results written to {path}")
     return 0
+
+
+def _time_all(
+    data: dict[str, Any],
+    steps: dict[str, Callable[[], torch.Tensor]],
+    device: torch.device,
+    iters: int,
+    first: dict[str, float],
+    losses: dict[str, float],
+) -> None:
+    """Time `steps` in interleaved rounds into data["results"], with the load after and the CPU share we had."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    times = time_interleaved(steps, device=device, iters=iters, rounds=min(5, iters))
+    data["cpu_use"] = round((time.process_time() - cpu) / (time.perf_counter() - wall) / torch.get_num_threads(), 2)
+    data["load_average_after"] = list(load_average())
+    data["results"] = _rows(times, data["batch_size"], first, losses)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,18 +159,22 @@ def _parser() -> argparse.ArgumentParser:
     compile_help = "also time torch.compile'd steps (default: on for CUDA, off for CPU and --smoke)"
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=compile_help)
     parser.add_argument("--budget-s", type=float, default=None, help="start no candidate after this many seconds")
+    bf16_help = "on CPU, also time vggnet's bf16 autocast step (default: where bf16 is native, as finetune does)"
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help=bf16_help)
     return parser
 
 
-def _candidates(compile: bool) -> dict[str, tuple[Callable[[str], nn.Module], bool]]:
-    """name -> (builder, compiled). Eager first: cheap, and the baseline, so that a run cut short during a
-    compile still has them."""
+def _candidates(compile: bool, bf16: bool) -> Candidates:
+    """name -> (builder, compiled, autocast). Eager first: cheap, and the baseline, so that a run cut short
+    during a compile still has them; "vggnet bf16" (CPU) right after the float32 baseline it is compared to."""
     import torchvision.models  # the peer; this script compares against it
 
     vgg, tv = vggnet.get_model, torchvision.models.get_model
-    candidates = {"vggnet eager": (vgg, False), "torchvision eager": (tv, False)}
+    candidates: Candidates = {"vggnet eager": (vgg, False, None), "torchvision eager": (tv, False, None)}
+    if bf16:
+        candidates["vggnet bf16"] = (vgg, False, torch.bfloat16)
     if compile:
-        candidates |= {"vggnet compile": (vgg, True), "torchvision compile": (tv, True)}
+        candidates |= {"vggnet compile": (vgg, True, None), "torchvision compile": (tv, True, None)}
     return candidates
 
 
@@ -179,7 +213,8 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         speedup = r.get("speedup_vs_torchvision_eager")
         print(f"{r['name']:22} {r['img_per_s']:10.1f} img/s {r['step_ms']:10.2f} ms/step  "
-              f"{f'{speedup:.2f}x' if speedup else '-':>5}  first step {r['first_step_s']:.1f} s")  # fmt: skip
+              f"{f'{speedup:.2f}x' if speedup else '-':>5}  first step {r['first_step_s']:.1f} s  "
+              f"{r.get('precision', '')}")  # fmt: skip
 
 
 def _rows(

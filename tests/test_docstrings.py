@@ -44,8 +44,6 @@ NOT_YET = {
     "vggnet.models.taps",
     "vggnet.models.interop",
     "vggnet.models.builders",
-    "vggnet.train.finetune",
-    "vggnet.train.trainers",
 }
 
 SECTION = re.compile(r"^(\w[\w ]*):\s*$")
@@ -203,7 +201,9 @@ def class_problems(cls: type, where: str) -> list[str]:
     doc = inspect.cleandoc(cls.__doc__ or "")
     init = vars(cls).get("__init__")
     fields = _fields(cls)
-    if fields or (init is not None and not issubclass(cls, enum.Enum)):
+    # a Protocol cannot be instantiated: its __init__ is typing's placeholder, (*args, **kwargs)
+    protocol = getattr(cls, "_is_protocol", False)
+    if fields or (init is not None and not issubclass(cls, enum.Enum) and not protocol):
         params = fields or parameters(init, skip_first=True)
         documented = set()
         for source in (doc, inspect.cleandoc(getattr(init, "__doc__", None) or "")):

@@ -58,3 +58,28 @@ def test_finetune_recipe_flags_from_the_command_line(tmp_path, capsys):
     assert len((out / "history.jsonl").read_text().splitlines()) == 3
     assert main([*argv, "--head", "fc7"]) == 2
     assert "head 'fc7' is a linear probe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "amp"), [([], None), (["--amp"], True), (["--no-amp"], False)])
+def test_finetune_amp_flag_both_ways_and_the_default_left_to_the_library(tmp_path, monkeypatch, capsys, flags, amp):
+    # None lets the library decide (bf16 on CUDA and where the CPU computes it: tests/train/test_trainers.py)
+    from types import SimpleNamespace
+
+    import vggnet.train.finetune
+
+    seen = {}
+
+    def fake(data, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(rank=0, stopped_early=False, best_val_acc=100.0, best_epoch=1, checkpoint="best.pth")
+
+    monkeypatch.setattr(vggnet.train.finetune, "finetune", fake)
+    assert main(["finetune", str(tmp_path), "--quiet", *flags]) == 0
+    assert seen["amp"] is amp
+    assert "best val accuracy 100.00%" in capsys.readouterr().out
+
+
+def test_finetune_help_says_where_amp_is_on_and_how_to_turn_it_off(capsys):
+    assert main(["finetune", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--amp, --no-amp" in help_text and "native bf16" in help_text and "--no-amp trains in float32" in help_text

@@ -98,3 +98,39 @@ def test_a_restored_trainer_continues_where_the_saved_one_was(tmp_path):
     assert torch.equal(momentum, saved.optimizer.state_dict()["state"][0]["momentum_buffer"])
     assert torch.equal(fresh.generator.get_state(), saved.generator.get_state())
     assert again.history == history and (again.best_epoch, again.best_val_acc) == (1, 75.0)
+
+
+# --- issue 27: bf16 where the CPU has it ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "onednn", "cap", "native"),
+    [
+        ({"amx_bf16": True, "avx512_bf16": True}, True, "", True),  # Sapphire Rapids and later
+        ({"amx_bf16": False, "avx512_bf16": True}, True, "", True),  # Cooper Lake, Zen 4
+        ({"amx_bf16": False, "avx512_bf16": False, "avx512": True}, True, "", False),  # AVX-512 alone converts
+        ({"amx_bf16": True, "avx512_bf16": True}, False, "", False),  # a torch whose oneDNN lacks bf16
+        ({"amx_bf16": True, "avx512_bf16": True}, True, "AVX2", False),  # oneDNN capped below bf16
+        ({"amx_bf16": True, "avx512_bf16": True}, True, "avx512_core_amx", True),
+    ],
+)
+def test_bf16_is_native_only_where_the_cpu_and_onednn_compute_it(monkeypatch, capabilities, onednn, cap, native):
+    from vggnet.train import trainers
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    monkeypatch.setattr(trainers, "onednn_computes", lambda dtype: onednn and dtype == torch.bfloat16)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert trainers.native_bf16() is native
+    assert trainers.default_amp(torch.device("cpu")) is native
+    assert trainers.default_amp(torch.device("cuda")) is True  # as before: bf16 autocast on every GPU
+    assert trainers.default_amp(torch.device("meta")) is False
+
+
+def test_the_trainers_train_channels_last():
+    from vggnet.train import trainers
+
+    batch = trainers._to(torch.randn(2, 1, 32, 32), torch.device("cpu"))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    labels = trainers._to(torch.tensor([1, 0]), torch.device("cpu"))  # not an image batch: left alone
+    assert labels.tolist() == [1, 0]

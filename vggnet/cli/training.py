@@ -61,7 +61,11 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("finetune-out"), metavar="DIR", help="default ./finetune-out")
     add_device(p)
     p.add_argument("--workers", type=workers_arg, default=0, metavar="W", help="data loading processes (default 0)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on for CUDA)")
+    p.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction,
+        help="bf16 autocast (default: on for CUDA and for CPUs with native bf16, AMX-BF16 or AVX512-BF16; "
+        "--no-amp trains in float32)",
+    )  # fmt: skip
     p.add_argument("--in-chans", type=int, choices=(1, 3), default=3, help="1 reads the images as gray (default 3)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seeds init, order and augmentation (default 0)")
     recipe = p.add_argument_group("recipe (--mode full: augmentation)")

@@ -88,6 +88,7 @@ from vggnet.train.trainers import (
     Loaders,
     Session,
     Trainer,
+    default_amp,
     restore,
     train_preset,
     training_state,
@@ -121,18 +122,44 @@ Augment = Literal["none", "light", "standard"]
 class FinetuneConfig:
     """The settings of one run, all checked here, before anything is built, downloaded or written.
 
-    `weights`: anything `checkpoint.load` takes (a record name such as "DEFAULT", an enum member, a
-    `Weights` record, a state dict or `finetune` checkpoint file, a URL, None or "none" for random);
-    the preprocessing of a record or a fine-tuned checkpoint is kept, files and URLs get ImageNet's.
-    `lr`: default 0.05 for "linear", 0.001 for "full". `device`: default CUDA when available (under
-    torchrun, cuda:LOCAL_RANK). `amp`: bf16 autocast, default on for CUDA only. `in_chans`: 3, or 1 to
-    read the images as gray (the first conv is adapted, the mean and std averaged). `batch_size` is per
-    process. `augment` (mode "full" only): "none" (the evaluation preset), "light" (random resized crop
-    of 60-100% of the area, flip) or "standard" (8-100%, flip; the default); `hflip` and `crop_scale`
-    override its flip and crop area. `early_stop`: patience in epochs on the validation accuracy.
-    `val_split`: the share of each class held out for validation when DATA has no val/. `on_epoch` is
-    called with each epoch's `EpochStats` on rank 0 (Python only; the CLI prints the same line).
-    See the module docstring for `head`, `resume`, `overwrite` and `plot`.
+    Attributes:
+        data: the folder holding train/ (and val/, or `val_split`).
+        arch: the architecture, e.g. "vgg16" or "vgg11_bn".
+        weights: anything `checkpoint.load` takes (a record name such as "DEFAULT", an enum member, a
+            `Weights` record, a state dict or `finetune` checkpoint file, a URL, None or "none" for
+            random); the preprocessing of a record or a fine-tuned checkpoint is kept, files and URLs
+            get ImageNet's.
+        epochs: the epochs to run (the cosine schedule reaches 0 there).
+        batch_size: images per batch, per process.
+        lr: the learning rate; None: 0.05 for mode "linear", 0.001 for "full".
+        mode: "linear" (the last Linear on frozen features) or "full" (every layer); see the module docstring.
+        head: "vgg", "gap" or "fc7"; see the module docstring.
+        image_size: the crop's side in pixels.
+        out: the run's folder (best.pth, last.pth, history.jsonl).
+        device: None: CUDA when available (under torchrun, cuda:LOCAL_RANK), else the CPU.
+        workers: data loading processes (0: in the training process).
+        amp: bf16 autocast; None: on for CUDA and for CPUs that compute bf16 natively (AMX-BF16 or
+            AVX512-BF16, `trainers.native_bf16`), off elsewhere. The checkpoints' "meta" records the
+            precision used ("bf16" or "float32").
+        in_chans: 3, or 1 to read the images as gray (the first conv is adapted, the mean and std averaged).
+        progress: progress bars on rank 0, on a terminal.
+        seed: seeds the initialisation, the order and the augmentation.
+        augment: mode "full" only: "none" (the evaluation preset), "light" (random resized crop of
+            60-100% of the area, flip) or "standard" (8-100%, flip; the default).
+        hflip: overrides `augment`'s flip.
+        crop_scale: overrides `augment`'s crop area share, (min, max).
+        label_smoothing: the cross-entropy's, in [0, 1).
+        weight_decay: SGD's.
+        warmup_epochs: epochs of linear warm-up before the cosine.
+        early_stop: patience in epochs on the validation accuracy; None runs every epoch.
+        val_split: the share of each class held out for validation when DATA has no val/.
+        resume: continue the run in `out` (see the module docstring).
+        overwrite: replace the run in `out`, once the new one has written its first checkpoint.
+        plot: a .png to draw the loss and accuracy curves into at the end.
+        on_epoch: called with each epoch's `EpochStats` on rank 0 (Python only; the CLI prints the same line).
+
+    Raises:
+        UsageError: a setting out of range, or settings that contradict each other (one line naming them).
     """
 
     data: Path
@@ -252,7 +279,11 @@ class FinetuneConfig:
         return "gap" if self.head == "gap" else "vgg"
 
     def recipe(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the run it continues."""
+        """The settings a resumed run must share with the run it continues.
+
+        Returns:
+            Setting name -> value (JSON values; `lr` resolved, `weights` as given).
+        """
         names = ("arch", "mode", "head", "image_size", "in_chans", "batch_size", "seed", "augment", "hflip",
                  "crop_scale", "label_smoothing", "weight_decay", "warmup_epochs", "val_split")  # fmt: skip
         values = {name: getattr(self, name) for name in names}
@@ -280,12 +311,33 @@ def finetune(
     seed: int = 0,
     **recipe: Any,
 ) -> FinetuneResult:
-    """Fine-tune `arch` on DATA (see the module docstring and `FinetuneConfig` for the arguments).
+    """Fine-tune `arch` on DATA: `run(FinetuneConfig(data, ...))` (see the module docstring).
 
-    Every other `FinetuneConfig` field (augment, hflip, crop_scale, label_smoothing, weight_decay,
-    warmup_epochs, early_stop, val_split, resume, overwrite, plot, on_epoch) is a keyword here too.
-    Returns the history and the trained model. `weights` may be a `pathlib.Path`, e.g. an earlier
-    `FinetuneResult.checkpoint`, or `vggnet.VGG16_Weights.DEFAULT`.
+    Args:
+        data: the folder holding train/ (and val/).
+        arch: the architecture, e.g. "vgg16".
+        weights: where to start (`FinetuneConfig.weights`), e.g. `vggnet.VGG16_Weights.DEFAULT` or a Path.
+        epochs: the epochs to run.
+        batch_size: images per batch, per process.
+        lr: the learning rate; None: the mode's default.
+        mode: "linear" or "full".
+        head: "vgg", "gap" or "fc7".
+        image_size: the crop's side in pixels.
+        out: the run's folder.
+        device: None: CUDA when available, else the CPU.
+        workers: data loading processes.
+        amp: bf16 autocast; None: on for CUDA and CPUs with native bf16 (`FinetuneConfig.amp`).
+        in_chans: 3, or 1 for gray images.
+        progress: progress bars.
+        seed: seeds the initialisation, the order and the augmentation.
+        **recipe: every other `FinetuneConfig` field (augment, hflip, crop_scale, label_smoothing,
+            weight_decay, warmup_epochs, early_stop, val_split, resume, overwrite, plot, on_epoch).
+
+    Returns:
+        The history, the best epoch, the files written and the trained model.
+
+    Raises:
+        UsageTypeError: a keyword that is no `FinetuneConfig` field.
     """
     known = {f.name for f in dataclasses.fields(FinetuneConfig) if f.init}
     unknown = sorted(set(recipe) - known)
@@ -309,13 +361,21 @@ def _default_device() -> torch.device:
 
 
 def run(config: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune with `config`'s settings (every rank under torchrun); see `finetune`."""
+    """Fine-tune with `config`'s settings (every rank under torchrun); see `finetune`.
+
+    Args:
+        config: the run's settings.
+
+    Returns:
+        The history, the best epoch, the files written and the trained model (on rank 0; the others'
+        hold their own figures and no files).
+    """
     started = time.perf_counter()
     dev = check_device(config.device) or _default_device()
     ctx = init_distributed(dev)
     if dev.type == "cuda" and ctx.on:
         dev = torch.device("cuda", ctx.local_rank)
-    amp = dev.type == "cuda" if config.amp is None else config.amp
+    amp = default_amp(dev) if config.amp is None else config.amp
     session = Session(config, ctx, dev, amp, Loaders(ctx, config.batch_size, config.workers, dev, config.seed))
     if not ctx.main:
         return _finetune(config, session, started)
@@ -343,12 +403,13 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
     if ctx.main:
         logger.info(
             "fine-tuning %s (%s, head %s, %s) on %d classes: %d training and %d validation images, "
-            "%d process(es) on %s",
+            "%d process(es) on %s, %s, channels_last",
             config.arch, config.mode, config.head, config.source.text, len(classes), len(train_eval), len(val),
-            ctx.world, session.device,
+            ctx.world, session.device, _precision(session.amp),
         )  # fmt: skip
     small = config.mode == "linear" and config.source.kind != "random"  # checkpoints hold fc8 alone
     meta = _checkpoint_meta(config, model, classes, eval_preset, backbone=small and ctx.main, digest=digest)
+    meta["meta"]["precision"] = _precision(session.amp)
     result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
     if ctx.main:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -363,6 +424,7 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
         first, bad_epochs = _restore(config, previous, trainer, result, small=small)
         logger.info("resuming after epoch %d", first - 1)
     _train_epochs(config, session, trainer, result, meta, small=small, first=first, bad_epochs=bad_epochs)
+    model.to(memory_format=torch.contiguous_format)  # trained channels_last; handed back as built
     if result.checkpoint is None and (config.out / CHECKPOINT_NAME).is_file():
         result.checkpoint = config.out / CHECKPOINT_NAME
     result.seconds = time.perf_counter() - started
@@ -374,6 +436,11 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
             result.checkpoint,
         )  # fmt: skip
     return result
+
+
+def _precision(amp: bool) -> str:
+    """What a run computes in, as its checkpoints' meta and its log say."""
+    return "bf16" if amp else "float32"
 
 
 def _previous_and_start(

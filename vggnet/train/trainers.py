@@ -8,9 +8,11 @@
 Both take SGD steps through `train_step` (momentum 0.9, `weight_decay`, `label_smoothing`) on a
 learning rate that warms up linearly over `warmup_epochs`, then follows a cosine to 0 at `epochs`.
 Under torchrun each rank reads its shard (`Loaders`), DDP averages the gradients, and an epoch's
-figures are summed over the ranks into one `EpochStats`. On CUDA the forward runs under bf16
-autocast and in channels_last; `_bn` models get SyncBatchNorm under DDP. `restore` puts a resumed
-run's states (from `runs.previous_run`) back.
+figures are summed over the ranks into one `EpochStats`. The model and the batches are channels_last
+(oneDNN's and cuDNN's fast layout for convolutions); with `amp` the forward runs under bf16 autocast,
+which `default_amp` turns on for CUDA and for CPUs that compute bf16 natively (`native_bf16`). `_bn`
+models get SyncBatchNorm under DDP on CUDA. `restore` puts a resumed run's states (from
+`runs.previous_run`) back.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from vggnet import settings
 from vggnet.data.distributed import Dist
 from vggnet.data.images import ImageFolder
 from vggnet.data.transforms import ImageClassification, TrainClassification
+from vggnet.deploy.inference import onednn_computes
 from vggnet.models.vgg import VGG
 from vggnet.train.runs import EpochStats, FinetuneResult
 
@@ -45,6 +49,8 @@ __all__ = [
     "Settings",
     "Trainer",
     "arch_has_bn",
+    "default_amp",
+    "native_bf16",
     "restore",
     "train_preset",
     "train_step",
@@ -52,36 +58,62 @@ __all__ = [
 ]
 
 CROP_SCALES = {"light": (0.6, 1.0), "standard": (0.08, 1.0)}  # random-resized-crop area shares by `augment`
+# torch.cpu.get_capabilities() names of the instructions that compute bf16 (dot products, tiles)
+BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")
+# ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps below avx512_core_bf16: oneDNN then emulates bf16, slowly
+_NO_BF16_CAPS = ("sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni")
 
 
 class Settings(Protocol):
     """What the trainers read of a run's settings (`finetune.FinetuneConfig` holds them, checked)."""
 
     @property
-    def rate(self) -> float: ...
+    def rate(self) -> float:
+        """The learning rate the schedule starts from (after warm-up)."""
+        ...
 
     @property
-    def weight_decay(self) -> float: ...
+    def weight_decay(self) -> float:
+        """SGD's weight decay."""
+        ...
 
     @property
-    def label_smoothing(self) -> float: ...
+    def label_smoothing(self) -> float:
+        """The cross-entropy's label smoothing, in [0, 1)."""
+        ...
 
     @property
-    def epochs(self) -> int: ...
+    def epochs(self) -> int:
+        """The number of epochs the cosine schedule reaches 0 at."""
+        ...
 
     @property
-    def warmup_epochs(self) -> int: ...
+    def warmup_epochs(self) -> int:
+        """The epochs of linear warm-up before the cosine."""
+        ...
 
     @property
-    def seed(self) -> int: ...
+    def seed(self) -> int:
+        """Seeds the shuffling and the augmentation."""
+        ...
 
     @property
-    def progress(self) -> bool: ...
+    def progress(self) -> bool:
+        """Whether progress bars were asked for."""
+        ...
 
 
 @dataclass
 class Session:
-    """What every part of a run shares: its settings, the process group, the device, the loaders."""
+    """What every part of a run shares: its settings, the process group, the device, the loaders.
+
+    Attributes:
+        config: the run's settings.
+        ctx: the process group (a single process outside torchrun).
+        device: where the model trains.
+        amp: whether the forward runs under bf16 autocast (`default_amp` decides when not asked).
+        loaders: the DataLoaders' settings.
+    """
 
     config: Settings
     ctx: Dist
@@ -109,7 +141,15 @@ def _schedule(optimizer: torch.optim.Optimizer, config: Settings) -> torch.optim
 
 @dataclass
 class Loaders:
-    """The DataLoaders of a run: this rank's share of a data set, in batches of `batch_size` per process."""
+    """The DataLoaders of a run: this rank's share of a data set, in batches of `batch_size` per process.
+
+    Attributes:
+        ctx: the process group, which decides this rank's share.
+        batch_size: images per batch, per process.
+        workers: data loading processes (0: in the training process).
+        device: where the batches go (pinned memory for CUDA).
+        seed: seeds DistributedSampler's shuffling.
+    """
 
     ctx: Dist
     batch_size: int
@@ -120,7 +160,16 @@ class Loaders:
     def train(
         self, dataset: ImageFolder, shuffle: bool, generator: torch.Generator
     ) -> tuple[DataLoader[Any], DistributedSampler[Any] | None]:
-        """Every rank gets the same number of batches (DistributedSampler pads by repeating a few images)."""
+        """The training loader: every rank gets the same number of batches (DistributedSampler pads by repeating).
+
+        Args:
+            dataset: the training images.
+            shuffle: reshuffle every epoch.
+            generator: the shuffling's generator (saved with the run, so that a resumed run reshuffles alike).
+
+        Returns:
+            The loader, and the DistributedSampler under torchrun (None outside), whose epoch the trainer sets.
+        """
         sampler: DistributedSampler[Any] | None = None
         if self.ctx.on:
             sampler = DistributedSampler(dataset, self.ctx.world, self.ctx.rank, shuffle=shuffle, seed=self.seed)
@@ -131,9 +180,46 @@ class Loaders:
         return loader, sampler
 
     def val(self, dataset: ImageFolder) -> DataLoader[Any]:
-        """Rank r reads images r, r + world, ...: no padding, so the summed counts are exact."""
+        """The validation loader: rank r reads images r, r + world, ...: no padding, so the summed counts are exact.
+
+        Args:
+            dataset: the validation images.
+
+        Returns:
+            The loader over this rank's share, in order.
+        """
         shard = Subset(dataset, list(range(self.ctx.rank, len(dataset), self.ctx.world)))
         return DataLoader(shard, self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 itself: AMX-BF16 or AVX512-BF16, and torch's oneDNN using them.
+
+    Where it does, a bf16 autocast training step is faster than float32's (benchmarks/bench_train.py, "vggnet
+    bf16"); elsewhere oneDNN converts bf16 to float32 and back around each operation, slower than float32. A
+    ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) cap below avx512_core_bf16 counts as no.
+
+    Returns:
+        True where bf16 is native on this CPU.
+    """
+    if settings.onednn_isa_cap() in _NO_BF16_CAPS:
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    return any(capabilities.get(name) for name in BF16_INSTRUCTIONS) and onednn_computes(torch.bfloat16)
+
+
+def default_amp(device: torch.device) -> bool:
+    """Whether a run on `device` trains under bf16 autocast when `amp` is not given.
+
+    Args:
+        device: where the model trains.
+
+    Returns:
+        True on CUDA, and on a CPU where bf16 is native (`native_bf16`); False elsewhere.
+    """
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and native_bf16()
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
@@ -141,8 +227,9 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on `device`, channels_last as the model (the convolutions' fast layout on CPU and GPU)."""
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def _bar(iterable: Any, ctx: Dist, progress: bool, desc: str) -> Any:
@@ -155,7 +242,20 @@ def train_step(
     net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device,
     amp: bool, smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One SGD step on a batch, shared by both modes; returns its summed loss and correct count (on the device)."""
+    """One SGD step on a batch, shared by both modes.
+
+    Args:
+        net: the module that trains (the model, its head, or their DDP wrapper).
+        optimizer: the optimizer of `net`'s parameters.
+        x: the batch, on `device`.
+        y: its (N,) class indices.
+        device: where `net` is (the autocast's device type).
+        amp: run the forward and the loss under bf16 autocast.
+        smoothing: the cross-entropy's label smoothing.
+
+    Returns:
+        The batch's summed loss (float32) and its count of right answers, both on the device (no host sync).
+    """
     with _autocast(device, amp):
         logits = net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
@@ -174,7 +274,17 @@ class Trainer:
     generator: torch.Generator
 
     def epoch(self, epoch: int) -> EpochStats:
-        """Train one epoch, then validate; the figures are summed over the ranks."""
+        """Train one epoch, then validate; the figures are summed over the ranks.
+
+        Args:
+            epoch: the epoch's number, from 1.
+
+        Returns:
+            The epoch's figures.
+
+        Raises:
+            NotImplementedError: always; the modes' trainers implement it.
+        """
         raise NotImplementedError
 
 
@@ -191,7 +301,14 @@ def _stats(
 
 
 class LinearTrainer(Trainer):
-    """Backbone once over train and val (this rank's shard), then the last Linear on the cached features."""
+    """Backbone once over train and val (this rank's shard), then the last Linear on the cached features.
+
+    Args:
+        session: what the run shares.
+        model: the network; all but its last Linear is frozen.
+        train: the training images (with the evaluation preset: no augmentation).
+        val: the validation images.
+    """
 
     def __init__(self, session: Session, model: VGG, train: ImageFolder, val: ImageFolder) -> None:
         ctx, device, amp, progress = session.ctx, session.device, session.amp, session.progress
@@ -203,6 +320,7 @@ class LinearTrainer(Trainer):
         else:
             model.freeze(upto="fc8")
         model.eval()
+        model.to(memory_format=torch.channels_last)
         loader, _ = session.loaders.train(train, False, torch.Generator().manual_seed(session.config.seed))
         self.train_x, self.train_y = _features(
             model, loader, device, amp, _bar(loader, ctx, progress, "features train")
@@ -263,7 +381,14 @@ def _features(
 
 
 class FullTrainer(Trainer):
-    """Every layer trains on augmented images; DDP averages the gradients over the ranks."""
+    """Every layer trains on augmented images; DDP averages the gradients over the ranks.
+
+    Args:
+        session: what the run shares.
+        model: the network; every layer is unfrozen.
+        train: the training images, through the augmentation (`train_preset`).
+        val: the validation images.
+    """
 
     def __init__(self, session: Session, model: VGG, train: ImageFolder, val: ImageFolder) -> None:
         ctx, device, config = session.ctx, session.device, session.config
@@ -272,8 +397,7 @@ class FullTrainer(Trainer):
         net: nn.Module = model
         if ctx.on and device.type == "cuda" and arch_has_bn(model):
             net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]  # untyped in torch
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)
         if ctx.on:
             net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = net
@@ -316,12 +440,29 @@ class FullTrainer(Trainer):
 
 
 def arch_has_bn(model: nn.Module) -> bool:
-    """Whether `model` has BatchNorm layers (a `_bn` architecture), which DDP on CUDA synchronises."""
+    """Whether `model` has BatchNorm layers (a `_bn` architecture), which DDP on CUDA synchronises.
+
+    Args:
+        model: the network.
+
+    Returns:
+        True if any layer is a BatchNorm2d.
+    """
     return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def training_state(trainer: Trainer, result: FinetuneResult, epoch: int, bad_epochs: int) -> dict[str, Any]:
-    """What `restore` reads back from last.pth's "train" entry: the trainer's states and the run's figures so far."""
+    """What `restore` reads back from last.pth's "train" entry: the trainer's states and the run's figures so far.
+
+    Args:
+        trainer: the run's trainer (its optimizer, schedule and generator).
+        result: the run so far (its history and best epoch).
+        epoch: the epoch just finished.
+        bad_epochs: the epochs since the last better validation accuracy.
+
+    Returns:
+        The training state, of tensors, numbers, lists and dicts that `torch.load(weights_only=True)` reads.
+    """
     return {
         "epoch": epoch, "optimizer": trainer.optimizer.state_dict(), "schedule": trainer.schedule.state_dict(),
         "rng": torch.get_rng_state(), "generator": trainer.generator.get_state(),
@@ -331,7 +472,16 @@ def training_state(trainer: Trainer, result: FinetuneResult, epoch: int, bad_epo
 
 
 def restore(previous: dict[str, Any], trainer: Trainer, result: FinetuneResult) -> tuple[int, int]:
-    """Put last.pth's model, optimizer, schedule and RNG states back; returns (first epoch, bad epochs)."""
+    """Put last.pth's model, optimizer, schedule and RNG states back.
+
+    Args:
+        previous: last.pth's contents, checked (`runs.previous_run`).
+        trainer: the new run's trainer, whose states are replaced.
+        result: the new run's result, which gets the history and the best epoch.
+
+    Returns:
+        The first epoch to run, and the epochs since the last better validation accuracy.
+    """
     train = previous["train"]
     state = trainer.model.state_dict()
     state.update({k: v.to(state[k].device) for k, v in previous["state_dict"].items()})
@@ -353,8 +503,15 @@ def train_preset(
 ) -> nn.Module:
     """What mode "full" reads images through: `augment` ("standard" by default) on `eval_preset`'s crop and numbers.
 
-    "none" is the evaluation preset (flipped half the time if `hflip`); "light" and "standard" are a random
-    resized crop of CROP_SCALES' area share (or `crop_scale`), flipped unless `hflip` is False.
+    Args:
+        eval_preset: the evaluation preset (crop size, mean, std, interpolation).
+        augment: "none" is the evaluation preset; "light" and "standard" a random resized crop of
+            CROP_SCALES' area share; None is "standard".
+        hflip: flip half the images left-right; None flips unless `augment` is "none".
+        crop_scale: the random crop's (min, max) area share, instead of `augment`'s.
+
+    Returns:
+        A transform from a PIL image to a normalised tensor.
     """
     augment = augment or "standard"
     hflip = hflip if hflip is not None else augment != "none"
