@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import vggnet.deploy.quantize
-from tests.helpers import PHOTOS
+from tests.helpers import HEAD_KINDS, PHOTOS, head_model
 from vggnet import vgg11
 from vggnet.data.decode import load_image
 from vggnet.data.transforms import ImageClassification
@@ -292,3 +292,36 @@ def test_quantize_leaves_the_model_as_it_was(no_int8):
     quantize(net, photos()[:2])
     assert net.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+# --- every head, any batch (issue 25) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+@pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
+def test_int8_for_every_head(kind):
+    net = head_model(kind, arch="vgg11")
+    x = photos()[:, :, :32, :32].contiguous()
+    quantized = quantize(net, x, fallback=False)
+    with torch.inference_mode():
+        expected, got = net(x), quantized(x)
+    assert quantized.int8 and got.shape == expected.shape
+    cosine = F.cosine_similarity(got.flatten(1), expected.flatten(1), dim=1)
+    assert (cosine >= 0.99).all(), cosine
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
+def test_int8_takes_any_batch_size_without_compiling_for_each(model, recwarn):
+    images = torch.cat([photos()] * 4)[:, :, :32, :32].contiguous()  # (16, 3, 32, 32)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    quantized = quantize(model, images, fallback=False)
+    with torch.inference_mode():
+        expected = model(images)
+    for batch in (1, 3, 8, 5, 2, 7, 4, 6, 9, 12):  # more sizes than dynamo's recompile_limit (8)
+        got = quantized(images[:batch])
+        assert F.cosine_similarity(got, expected[:batch], dim=1).min() >= 0.99, batch
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # batch 1, then one graph for the others
+    assert [str(w.message) for w in recwarn if w.category is not FutureWarning] == []

@@ -36,6 +36,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ class QuantizeReport:
     reduce_range: bool  # 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate)
     calibration_images: int
     image_size: tuple[int, int]  # (height, width): the compiled graph takes this size only
-    batch_size: int  # the compiled batch; other batch sizes compile again on first use
+    batch_size: int  # the batch of the agreement check; the int8 graph takes any batch (see Int8VGG)
     evaluated_on: str  # "held_out" or "calibration" (no held-out set given: a weaker check)
     evaluated_images: int
     top1_agreement: float  # % of the evaluated images whose int8 top-1 class is float32's
@@ -123,8 +124,9 @@ class QuantizeReport:
 class Int8VGG(nn.Module):
     """A quantized (or, on fallback, float32-optimized) VGG for inference on CPU; `report` says which and how close.
 
-    Takes float images of the calibration size (`report.image_size`) on any device; returns float32
-    logits on the CPU.
+    Takes float images of the calibration size (`report.image_size`) on any device, in batches of any size
+    (the batch dimension is dynamic: a new size does not compile again, but for batch 1 and, with torch's int8
+    kernels, the first batch of 16 or more); returns float32 logits on the CPU.
     """
 
     def __init__(self, program: nn.Module, *, in_channels: int, int8: bool) -> None:
@@ -152,8 +154,12 @@ class Int8VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), _freezing(self.int8):
+        with torch.inference_mode(), _freezing(self.int8), _quiet_inductor():
+            x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
+            if not x.is_inference():  # no copy was made: an inference tensor keeps the compiled guards' dispatch keys
+                x = x.clone(memory_format=torch.channels_last)
+            if self.int8:
+                _dynamic_batch(x)
             out: torch.Tensor = self.program(x)
         return out.float()
 
@@ -164,6 +170,23 @@ class Int8VGG(nn.Module):
 
     def extra_repr(self) -> str:
         return f"int8={self.int8}, image_size={self.image_size}, fallback_reason={self.fallback_reason!r}"
+
+
+def _dynamic_batch(x: torch.Tensor) -> None:
+    """Compile for any batch size: one graph for all (torch keeps batch 1 apart, and its int8 kernels may split
+    the rest at 16: at most three compilations), not one per new size (issue 25)."""
+    import torch._dynamo
+
+    torch._dynamo.mark_dynamic(x, 0)
+
+
+@contextlib.contextmanager
+def _quiet_inductor() -> Iterator[None]:
+    """Inductor's int8 lowering warns at each compilation about its own `torch.tensor(tensor)` (torch 2.14,
+    mkldnn_lowerings.py), which no caller can act on; other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+        yield
 
 
 def _freezing(on: bool) -> contextlib.AbstractContextManager[object]:
@@ -196,7 +219,7 @@ def quantize(
     - `held_out`: the same kinds, images not used for calibration, on which the report's agreement
       and accuracy are measured (default: the calibration images, a weaker check).
     - `preset`: for folders (default `ImageClassification(crop_size=224)`, ImageNet's evaluation preset).
-    - `batch_size`: the batch the model is compiled for (others compile again on first use).
+    - `batch_size`: the batch of the agreement check, compiled first (other sizes share a dynamic-batch graph).
     - `fallback`: where `int8_instructions()` is None (no int8 kernels worth running), return the
       float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
     - `reduce_range`: 7-bit activations (default: on where the CPU has no int8 dot products, "avx2").
@@ -308,8 +331,8 @@ def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> n
     finally:
         _forget_graphs()  # on failure too: the graphs hold the float32 weights
     _drop_unused_attributes(converted)
-    # A fixed shape: the batch of the first call; freezing is switched on around each call (Int8VGG).
-    compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
+    # Int8VGG marks the batch dimension dynamic at each call; freezing is switched on around each call too.
+    compiled: nn.Module = torch.compile(converted)  # type: ignore[assignment]
     return compiled
 
 

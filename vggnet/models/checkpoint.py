@@ -158,7 +158,7 @@ def _fresh_classifier(arch: str, state: Mapping[str, torch.Tensor]) -> dict[str,
     with torch.device("meta"):
         classifier = VGG(make_layers(row, batch_norm), init_weights=False).classifier
     classifier.to_empty(device="cpu")
-    for m in classifier:
+    for m in classifier.children():
         init_module(m)
     return {**{f"classifier.{k}": v for k, v in classifier.state_dict().items()}, **state}
 
