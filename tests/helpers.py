@@ -278,6 +278,31 @@ def spawn_python(code: str, *args: object) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from vggnet.data.outputs import writer_lock
+with writer_lock(Path(sys.argv[1]), Path(sys.argv[2])):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def hold_lock(lock: Path, what: Path) -> subprocess.Popen[str]:
+    """Another process holding the writer lock `lock` of `what` until its stdin is closed (or it is killed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock), str(what)], cwd=ROOT, env=dict(os.environ),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n", proc.communicate()
+    return proc
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    """Let a `hold_lock` process go, and wait for it."""
+    proc.communicate(timeout=30)
+
+
 def plant_victim(tmp_path: Path) -> tuple[Path, bytes]:
     """A file of the user's own outside the cache (0600), and its bytes: what a planted link points at."""
     victim = tmp_path / "victim.txt"
@@ -308,6 +333,51 @@ def png_declaring(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+VGG11_CONVS = [("block1_conv1", 3, 64), ("block2_conv1", 64, 128), ("block3_conv1", 128, 256),
+               ("block3_conv2", 256, 256), ("block4_conv1", 256, 512), ("block4_conv2", 512, 512),
+               ("block5_conv1", 512, 512), ("block5_conv2", 512, 512)]  # fmt: skip
+
+
+def write_vgg11_notop(path: Path, seed: int = 0, *, secret: Path | None = None) -> Path:
+    """A Keras-1 layout VGG11 notop file (float16: 18 MB); with `secret`, conv1_1's kernel is that file's bytes.
+
+    The crafted kernel is HDF5 external storage, as an attacker writes it: plain h5py reads the secret through it.
+    """
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [n.encode() for n, _, _ in VGG11_CONVS]
+        for name, cin, cout in VGG11_CONVS:
+            group = f.create_group(name)
+            group.attrs["weight_names"] = [f"{name}_W_1:0".encode(), f"{name}_b_1:0".encode()]
+            shape = (3, 3, cin, cout)
+            if secret is not None and name == "block1_conv1":
+                group.create_dataset(f"{name}_W_1:0", shape=shape, dtype="<f2", external=[(str(secret), 0, 3456)])
+            elif secret is not None:
+                group.create_dataset(f"{name}_W_1:0", shape=shape, dtype="<f2")  # never read: declared only
+            else:
+                group[f"{name}_W_1:0"] = rng.standard_normal(shape).astype(np.float16)
+            group[f"{name}_b_1:0"] = rng.standard_normal(cout).astype(np.float16)
+    return path
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for a subprocess that cannot download: an empty cache in `tmp_path`, vggnet and the Hugging
+    Face Hub told they are offline, this checkout first on PYTHONPATH (for the docs' code and the examples)."""
+    root = Path(__file__).parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VGGNET_", "HF_"))}
+    env.update(
+        VGGNET_HOME=str(tmp_path / "cache"),
+        TORCH_HOME=str(tmp_path / "torch"),
+        VGGNET_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")])),
+    )
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    return env
 
 
 # --- every head (issue 25): the builders' heads, no fc8, no pooling, and classifiers users put in -------------

@@ -1,7 +1,15 @@
-"""A fault-injecting HTTP server on loopback: files served with the faults a test queues (conftest: `http_server`)."""
+"""HTTP servers on loopback for the tests.
+
+- `FaultServer`: files served with the faults a test queues (conftest: `http_server`).
+- `FakeHub`: the Hugging Face Hub's file routes (`HEAD/GET /{owner}/{name}/resolve/{revision}/{file}`) as the
+  Hub serves LFS files: `X-Repo-Commit`, `X-Linked-Etag` (the file's SHA-256, quoted), `X-Linked-Size`, a
+  git-style `ETag`, optionally a 302 to a "CDN" route `/cdn/{sha256}` (another origin: `localhost` instead of
+  `127.0.0.1`). Every header can be replaced per file to play a hostile Hub; bodies and headers can trickle.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import re
 import socket
@@ -10,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -277,3 +286,146 @@ class _opened:
     def __exit__(self, *exc: object) -> None:
         if self.file is not None:
             self.file.close()
+
+
+# --- a stand-in for the Hugging Face Hub ---------------------------------------------------------
+
+COMMIT_A = "0123456789abcdef0123456789abcdef01234567"
+COMMIT_B = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+@dataclass
+class HubEntry:
+    """One file at one commit, and how the server misbehaves about it."""
+
+    data: bytes
+    headers: dict[str, str | None] = field(default_factory=dict)  # replace (str) or drop (None) a HEAD/GET header
+    body: bytes | None = None  # what GET sends instead of `data` (the headers still describe `data`)
+    trickle: float = 0.0  # seconds between body bytes (0: all at once)
+    trickle_headers: float = 0.0  # seconds between header bytes of the response
+    redirect: bool = False  # answer /resolve with a 302 to the CDN route
+    status: int = 200  # another status (a 503), with an empty body
+
+
+class FakeHub:
+    """The server: `repos[repo_id][commit][filename] = Entry`, `refs[repo_id][name] = commit`."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, dict[str, HubEntry]]] = {}
+        self.refs: dict[str, dict[str, str]] = {}
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        self.not_found_headers: dict[str, str] = {}  # extra headers on a 404
+        self.routes: dict[str, dict[str, str]] = {}  # path -> headers of a 200 with an empty body
+        self.agents: list[tuple[str, str]] = []  # (path, User-Agent)
+        self.closing = threading.Event()
+        self._cdn: dict[str, HubEntry] = {}
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_HEAD(self) -> None:
+                hub._serve(self, body=False)
+
+            def do_GET(self) -> None:
+                hub._serve(self, body=True)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.cdn_base = self.endpoint  # where redirects point: "http://localhost:PORT" is another origin
+
+    def put(self, repo_id: str, filename: str, data: bytes, *, commit: str = COMMIT_A, ref: str | None = "main",
+            **how: Any) -> HubEntry:  # fmt: skip
+        """Publish `data` as `filename` of `repo_id` at `commit` (and point `ref` at that commit)."""
+        entry = HubEntry(data, **how)
+        self.repos.setdefault(repo_id, {}).setdefault(commit, {})[filename] = entry
+        if ref is not None:
+            self.refs.setdefault(repo_id, {})[ref] = commit
+        self._cdn[hashlib.sha256(data).hexdigest()] = entry
+        return entry
+
+    def close(self) -> None:
+        self.closing.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # --- serving ----------------------------------------------------------------------------------
+
+    def _lookup(self, path: str) -> tuple[HubEntry | None, str | None]:
+        parts = path.split("?", 1)[0].lstrip("/").split("/")
+        if parts[0] == "cdn" and len(parts) == 2:
+            return self._cdn.get(parts[1]), None
+        if len(parts) < 5 or parts[2] != "resolve":
+            return None, None
+        repo_id, revision, filename = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
+        commit = self.refs.get(repo_id, {}).get(revision, revision)
+        return self.repos.get(repo_id, {}).get(commit, {}).get(filename), commit
+
+    def _serve(self, h: http.server.BaseHTTPRequestHandler, *, body: bool) -> None:
+        self.requests.append((h.command, h.path, h.headers.get("Authorization")))
+        self.agents.append((h.path, h.headers.get("User-Agent", "")))
+        if h.path.split("?", 1)[0] in self.routes:
+            self._send(h, 200, {"Content-Length": "0", **self.routes[h.path.split("?", 1)[0]]})
+            return
+        entry, commit = self._lookup(h.path)
+        if entry is None:
+            self._send(h, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit or COMMIT_A,
+                                "Content-Length": "0", **self.not_found_headers})  # fmt: skip
+            return
+        if entry.status != 200:
+            self._send(h, entry.status, {"Content-Length": "0"})
+            return
+        sha = hashlib.sha256(entry.data).hexdigest()
+        headers: dict[str, str | None] = {
+            "X-Repo-Commit": commit or COMMIT_A,
+            "ETag": '"0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c"',  # a git pointer's sha1, as the Hub sends
+            "X-Linked-Etag": f'"{sha}"',
+            "X-Linked-Size": str(len(entry.data)),
+            "Content-Length": str(len(entry.data)),
+        }
+        if commit is None:  # the CDN route: plain file headers
+            headers = {"ETag": f'"{sha}"', "Content-Length": str(len(entry.data))}
+        elif entry.redirect:
+            headers["Location"] = f"{self.cdn_base}/cdn/{sha}"
+            headers["Content-Length"] = "0"
+        headers.update(entry.headers if commit is not None else {})
+        status = 302 if commit is not None and entry.redirect else 200
+        if status == 200 and body:
+            payload = entry.body if entry.body is not None else entry.data
+            rng = h.headers.get("Range")
+            if rng and rng.startswith("bytes=") and rng.endswith("-"):
+                start = int(rng[6:-1])
+                headers["Content-Range"] = f"bytes {start}-{len(payload) - 1}/{len(payload)}"
+                payload, status = payload[start:], 206
+            if entry.body is not None or status == 206:
+                headers["Content-Length"] = str(len(payload))
+        else:
+            payload = b""
+        self._send(h, status, headers, entry.trickle_headers)
+        self._write(h, payload, entry.trickle)
+
+    def _send(self, h: http.server.BaseHTTPRequestHandler, status: int, headers: dict[str, str | None],
+              trickle: float = 0.0) -> None:  # fmt: skip
+        lines = [f"HTTP/1.1 {status} X\r\n"] + [f"{k}: {v}\r\n" for k, v in headers.items() if v is not None]
+        self._write(h, ("".join(lines) + "\r\n").encode("latin-1"), trickle)
+
+    def _write(self, h: http.server.BaseHTTPRequestHandler, data: bytes, trickle: float) -> None:
+        try:
+            if not trickle:
+                h.wfile.write(data)
+                h.wfile.flush()
+                return
+            for i in range(len(data)):
+                if self.closing.is_set():
+                    return
+                h.wfile.write(data[i : i + 1])
+                h.wfile.flush()
+                time.sleep(trickle)
+        except OSError:  # the client went away (as a deadline makes it do)
+            h.close_connection = True

@@ -149,11 +149,6 @@ BUDGETED = {
     "train": [{"name": "vggnet eager"}, {"name": "torchvision eager"}],
     "finetune": [{"part": f"memory, checkpointing {on}"} for on in ("off", "on")] + [{"part": "linear_vs_full"}],
     "pipeline": [{"round": 1}],
-    "compile": [
-        {"library": lib, "dtype": "fp32", "mode": mode}
-        for mode in ("compiled", "eager")
-        for lib in ("vggnet", "torchvision")
-    ],
 }
 
 

@@ -1,13 +1,14 @@
 """vggnet.checks: the shared argument checks, their messages, and that they load without torch."""
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vggnet.checks import check_choice, check_float, check_int, is_int
+from vggnet.checks import WORKERS_PER_CPU, check_choice, check_float, check_int, check_workers, is_int, max_workers
 
 CHECKS = Path(__file__).resolve().parent.parent / "vggnet" / "checks.py"
 
@@ -74,6 +75,18 @@ def test_check_choice_lists_the_choices_bare_or_quoted():
         check_choice("mode", "fast", ("linear", "full"))
     with pytest.raises(ValueError, match=r"^version must be one of '0.1', '0.0', got '0.2'$"):
         check_choice("version", "0.2", {"0.1": 1, "0.0": 2}, quote=True)  # a mapping: its keys
+
+
+def test_workers_are_a_few_per_cpu_core():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert max_workers() == WORKERS_PER_CPU * cores
+    check_workers("workers", 0)
+    check_workers("workers", max_workers())
+    most = max_workers()
+    for bad in (most + 1, 100000, -1, 2.0, True):
+        message = rf"^workers must be an integer from 0 to {most} \(4 per CPU core, {cores} here\), got {bad!r}; each"
+        with pytest.raises(ValueError, match=message):
+            check_workers("workers", bad)
 
 
 def test_the_checks_load_without_torch():

@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
 # the weights store's private modules, bottom first (the facade, vggnet.hub itself, sits on top)
 HUB_LAYERS: list[set[str]] = [
     {"vggnet.hub._files", "vggnet.hub._deadline"},
-    {"vggnet.hub._cache", "vggnet.hub._locks", "vggnet.hub._formats"},
+    {"vggnet.hub._cache", "vggnet.hub._locks", "vggnet.hub._formats", "vggnet.hub._hdf5"},
     {"vggnet.hub._admin", "vggnet.hub._partial", "vggnet.hub._loading"},
     {"vggnet.hub._download"},
     {"vggnet.hub._huggingface", "vggnet.hub._fetching"},

@@ -5,7 +5,8 @@
     preprocess = vggnet.VGG16_Weights.DEFAULT.transforms()
 
 This module holds what a user of a model library imports: the eight builders and their weight enums,
-`VGG`, the records, the registry, the errors and `load`. Everything else lives in the package named
+`VGG`, the records, the registry, the errors, `save` and `load` (vggnet's checkpoint format, which brings a
+model's class names and preset with it). Everything else lives in the package named
 after what it is for: `vggnet.models` (the network, taps, summaries), `vggnet.hub` (the weights store),
 `vggnet.data` (images in), `vggnet.train`, `vggnet.batch` (predict, evaluate, embed), `vggnet.seeing`
 (LPIPS, losses, Grad-CAM), `vggnet.deploy` (inference, int8, export) and `vggnet.cli`.
@@ -45,6 +46,7 @@ _HOMES = {
     ),
     "VGG": "vggnet.models.vgg",
     "load": "vggnet.models.checkpoint",
+    "save": "vggnet.models.saved",
     **dict.fromkeys(
         ["VggnetError", "UsageError", "ChecksumError", "DownloadError", "BadCheckpointError"], "vggnet.errors"
     ),
@@ -73,6 +75,7 @@ __all__ = [
     "get_weight",
     "list_models",
     "load",
+    "save",
     "vgg11",
     "vgg11_bn",
     "vgg13",
@@ -113,6 +116,7 @@ if TYPE_CHECKING:  # what type checkers, IDEs and the API reference see
         vgg19_bn,
     )
     from vggnet.models.checkpoint import load
+    from vggnet.models.saved import save
     from vggnet.models.vgg import VGG
     from vggnet.models.weights import (
         VGG11_BN_Weights,

@@ -8,6 +8,7 @@ line can check its arguments without importing torch.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,12 @@ __all__ = [
     "check_device",
     "check_float",
     "check_int",
+    "check_workers",
     "is_int",
+    "max_workers",
 ]
+
+WORKERS_PER_CPU = 4  # data-loading processes per CPU core at most: more only queue for the same cores
 
 
 def is_int(value: object, *, least: int | None = None, most: int | None = None) -> bool:
@@ -56,7 +61,8 @@ def check_int(
         fix: What to do instead, said after the value given.
 
     Raises:
-        ValueError: `value` is not an int, is a bool or is out of range; the message names all three.
+        UsageError: (a ValueError) `value` is not an int, is a bool or is out of range; the message names
+            all three.
     """
     if is_int(value, least=least, most=most):
         return
@@ -65,6 +71,31 @@ def check_int(
     else:
         kind = "a positive integer" if least == 1 else f"an integer >= {least}"
     raise UsageError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}{f'; {fix}' if fix else ''}")
+
+
+def max_workers() -> int:
+    """The most data-loading processes a run may start: `WORKERS_PER_CPU` per CPU core this process may use.
+
+    Returns:
+        4 times the cores this process may run on (its affinity where the system tells it), at least 4.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return WORKERS_PER_CPU * max(cores or 1, 1)
+
+
+def check_workers(name: str, value: object) -> None:
+    """ValueError unless `value` is a count of data-loading processes from 0 to `max_workers()`.
+
+    Args:
+        name: The argument's name, as the caller spells it ("workers", "--workers").
+        value: What was given.
+
+    Raises:
+        ValueError: not an int, negative, or more than `WORKERS_PER_CPU` per core; the message says the bound.
+    """
+    most = max_workers()
+    check_int(name, value, least=0, most=most, what=f"{WORKERS_PER_CPU} per CPU core, {most // WORKERS_PER_CPU} here",
+              fix="each is a process decoding images on the same cores; a few are enough")  # fmt: skip
 
 
 def check_float(
@@ -95,7 +126,7 @@ def check_float(
         fix: What to do instead, said after the value given.
 
     Raises:
-        ValueError: "`name` must be `expected`, got `value`", then `fix`.
+        UsageError: (a ValueError) "`name` must be `expected`, got `value`", then `fix`.
     """
     if not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value):
         lower = (above is None or value > above) and (least is None or value >= least)
@@ -115,7 +146,7 @@ def check_choice(name: str, value: object, choices: Collection[object], *, quote
             numbers or ranges; else as they are typed on the command line (linear, full).
 
     Raises:
-        ValueError: "`name` must be one of ..., got `value`".
+        UsageError: (a ValueError) "`name` must be one of ..., got `value`".
     """
     if value not in choices:
         listed = ", ".join(repr(c) if quote else str(c) for c in choices)
@@ -123,7 +154,11 @@ def check_choice(name: str, value: object, choices: Collection[object], *, quote
 
 
 def available_devices() -> list[str]:
-    """The devices a model can be put on here: cpu, then cuda and cuda:N, then mps."""
+    """The devices a model can be put on here: cpu, then cuda and cuda:N, then mps.
+
+    Returns:
+        Their names as torch.device takes them ("cpu", "cuda", "cuda:0", ...).
+    """
     import torch
 
     found = ["cpu"]
@@ -135,7 +170,18 @@ def available_devices() -> list[str]:
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
-    """`device` as a torch.device if this machine has it ("meta" too); DeviceError listing the valid ones if not."""
+    """`device` as a torch.device if this machine has it ("meta" too).
+
+    Args:
+        device: a device name ("cpu", "cuda:1"), a torch.device, or None.
+
+    Returns:
+        The torch.device; None for None (the caller's default).
+
+    Raises:
+        DeviceError: (a RuntimeError and a usage error) this machine has no such device; the message lists
+            the ones it has.
+    """
     import torch
 
     if device is None:

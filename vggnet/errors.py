@@ -27,6 +27,7 @@ __all__ = [
     "BadCheckpointError",
     "BadFileError",
     "BadImageError",
+    "BadKerasFileError",
     "CheckpointMismatchError",
     "ChecksumError",
     "CorruptCheckpointError",
@@ -34,6 +35,8 @@ __all__ = [
     "DiskError",
     "Diverged",
     "DownloadError",
+    "HubResponseError",
+    "InUseError",
     "MissingDependency",
     "MissingPathError",
     "NoImages",
@@ -41,6 +44,8 @@ __all__ = [
     "NotAStateDict",
     "NotCachedError",
     "OutputExistsError",
+    "OutputPathError",
+    "OutsideCacheError",
     "UnknownWeightsError",
     "UnsafeCheckpointError",
     "UnsupportedError",
@@ -84,7 +89,13 @@ class DeviceError(UsageError, RuntimeError):
 
 
 class ArchMismatch(UsageError):
-    """The weights are for another architecture than the one asked for."""
+    """The weights are for another architecture than the one asked for.
+
+    Args:
+        source: the weights as the caller named them (a file, a record name).
+        found: the architecture the weights are for ("vgg16_bn").
+        wanted: the architecture asked for.
+    """
 
     def __init__(self, source: str, found: str, wanted: str) -> None:
         self.source, self.found, self.wanted = source, found, wanted
@@ -125,6 +136,13 @@ class OutputExistsError(UsageError, FileExistsError):
     """What would be written is there already: resume it, overwrite it or write elsewhere, as the message says."""
 
 
+class OutputPathError(UsageError, OSError):
+    """A destination vggnet will not write: a folder, a symbolic link, a FIFO or a device, or below a file.
+
+    A file is written as a temporary file beside it, then renamed over the name: never through a link.
+    """
+
+
 # --- what failed at run time (exit 1) -----------------------------------------------------------
 
 
@@ -134,6 +152,10 @@ class MissingDependency(VggnetError, ImportError):
 
 class UnsupportedError(VggnetError, RuntimeError):
     """What was asked cannot be done here or with this object (int8 on a CPU without it, training an int8 model)."""
+
+
+class InUseError(VggnetError, BlockingIOError):
+    """Another process is writing the same output or run folder (its lock is held); the message names it."""
 
 
 class NotCachedError(VggnetError, FileNotFoundError):
@@ -148,6 +170,14 @@ class ChecksumError(VggnetError, RuntimeError):
     """A file's SHA-256 is not the expected one: it was not kept under its final name, nor loaded.
 
     A `RuntimeError`, as torch.hub's "invalid hash value" is, so code written for torch.hub still catches it.
+
+    Args:
+        url: where the file came from (a URL or a local path).
+        path: the file that was hashed.
+        expected: the digest it should have had: 64 hex digits, or a prefix of at least 8.
+        actual: the digest it had (as long as `expected`).
+        detail: what became of the file (default: "no file was kept").
+        hint: what to do next (default: retry, or check the digest).
     """
 
     def __init__(
@@ -177,7 +207,13 @@ RETRY_HINT: Final = (
 
 
 class DownloadError(VggnetError, OSError):
-    """A download failed for good: an HTTP status retrying cannot fix, too many failures, or too many bytes."""
+    """A download failed for good: an HTTP status retrying cannot fix, too many failures, or too many bytes.
+
+    Args:
+        message: the one line shown to the user.
+        url: the URL that failed.
+        status: the HTTP status, when a response was received.
+    """
 
     def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -195,11 +231,51 @@ def _rebuild_download_error(message: str, url: str, status: int | None) -> Downl
     return DownloadError(message, url=url, status=status)
 
 
+class HubResponseError(DownloadError):
+    """The Hugging Face Hub's answer about a file cannot be used: nothing was downloaded or written.
+
+    No such file, no commit, or an ETag that is not a SHA-256.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_hub_error, (str(self), self.url, self.status)
+
+
+def _rebuild_hub_error(message: str, url: str, status: int | None) -> HubResponseError:
+    return HubResponseError(message, url=url, status=status)
+
+
+class OutsideCacheError(VggnetError, ValueError):
+    """A name in the Hugging Face cache resolves outside it (a link planted there): nothing is read through it.
+
+    Nothing is written through it either. Remove it (or the repository's folder) and download again.
+
+    Args:
+        path: the name in the cache.
+        real: where it resolves.
+        cache: the cache's folder.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], real: str, cache: str | os.PathLike[str]) -> None:
+        self.path, self.real, self.cache = Path(path), real, Path(cache)
+        super().__init__(
+            f"refusing {path}: it resolves to {real}, outside the Hugging Face cache {cache}; nothing was read "
+            "through it. Remove it (or the repository's folder there) and download again"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self.path), self.real, str(self.cache))
+
+
 class NotARegularFileError(VggnetError, OSError):
     """A name is a symbolic link, FIFO, device or directory: vggnet neither reads nor writes through it.
 
     Someone who can write to a shared cache could otherwise make vggnet write to, or hang on, any
     file they point at; the fix is to remove the name (`vggnet cache --remove NAME`) and look at who made it.
+
+    Args:
+        path: the name that is not a regular file.
+        what: what it is instead ("a symbolic link", "a FIFO", ...).
     """
 
     def __init__(self, path: str | os.PathLike[str], what: str = "not a regular file") -> None:
@@ -230,7 +306,12 @@ class CheckpointMismatchError(BadCheckpointError, RuntimeError):
 
 
 class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
-    """A checkpoint holding pickled code or objects other than tensors and plain containers; none of it ran."""
+    """A checkpoint holding pickled code or objects other than tensors and plain containers; none of it ran.
+
+    Args:
+        path: the checkpoint file.
+        reference: the global its pickle asked for ("posix.system"), when torch named one.
+    """
 
     def __init__(self, path: str | os.PathLike[str], reference: str | None = None) -> None:
         self.path = Path(path)
@@ -245,6 +326,15 @@ class UnsafeCheckpointError(BadCheckpointError, pickle.UnpicklingError):
         return type(self), (str(self.path), self.reference)
 
 
+class BadKerasFileError(BadCheckpointError):
+    """A Keras .h5 file vggnet will not read: damaged, not Keras weights, or reaching outside itself.
+
+    HDF5 lets a dataset take its bytes from other files (external storage, external or soft links,
+    virtual datasets) and declare any shape; vggnet reads only plain float arrays stored in the file,
+    of the shape each VGG layer holds. The message names the file and the dataset; nothing was read.
+    """
+
+
 class NotAStateDict(BadCheckpointError, TypeError):
     """A checkpoint that holds no state dict where vggnet looks (a `TypeError`, as before, and a bad checkpoint)."""
 
@@ -252,7 +342,9 @@ class NotAStateDict(BadCheckpointError, TypeError):
 class BadImageError(BadFileError):
     """An image that cannot be used (not an image, cut short, over the pixel budget): skip it and go on.
 
-    `path` is the file (None for an image already in memory) and `problem` what is wrong with it.
+    Args:
+        path: the file (None for an image already in memory).
+        problem: what is wrong with it, in a few words.
     """
 
     def __init__(self, path: object, problem: str) -> None:

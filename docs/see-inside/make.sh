@@ -1,5 +1,5 @@
 #!/bin/sh
-# Makes the pictures of README's "See inside VGG" from a bundled photo, with the commands it shows.
+# Makes the pictures of docs/seeing.md ("Seeing inside VGG") from a bundled photo, with the commands it shows.
 # WEIGHTS=DEFAULT (the official vgg16 checkpoint: needs it downloaded or a VGGNET_MIRROR) or none
 # (untrained weights, as the committed pictures were made offline).
 set -e

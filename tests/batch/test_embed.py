@@ -1,11 +1,13 @@
 """embed_images and read_embeddings: shards, the index, pooling and normalisation, resume after a crash."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from tests.helpers import PRESET, bad_paths, read_jsonl, readable, small_model
-from vggnet.batch.embed import embed_images, read_embeddings
+from vggnet.batch.embed import check_folder, embed_images, read_embeddings
 from vggnet.data.decode import load_image
 
 
@@ -50,3 +52,57 @@ def test_embed_writes_shards_and_an_index_and_resumes(photos, tmp_path):
     assert fc7.dim == 4096
     with pytest.raises(ValueError, match="no layer 'fc9'; valid: conv1_1"):
         embed_images(model, PRESET, [photos], tmp_path / "bad", layer="fc9", progress=False)
+
+
+# --- issue 24: shards checked on resume, damaged files named, nothing replaced unasked -------------------
+
+
+def by_path(out):
+    paths, rows = read_embeddings(out)
+    return {p: rows[i] for i, p in enumerate(paths)}
+
+
+@pytest.mark.slow
+def test_a_cut_or_changed_shard_is_found_on_resume_and_its_images_embedded_again(photos, tmp_path, caplog):
+    model, out = small_model(), tmp_path / "emb"
+    settings = dict(layer="pool5", pool=True, shard_size=5, workers=0, progress=False)
+    embed_images(model, PRESET, [photos], out, **settings)
+    want = by_path(out)
+    index = read_jsonl(out / "index.jsonl")
+    for r in index:
+        if "shard" in r:  # each line records its shard's size and digest, as the file is
+            assert r["shard_bytes"] == (out / r["shard"]).stat().st_size
+            assert r["shard_sha256"] == hashlib.sha256((out / r["shard"]).read_bytes()).hexdigest()
+    cut, changed = out / "features-000001.npy", out / "features-000002.npy"
+    cut.write_bytes(cut.read_bytes()[:-7])  # a shard cut short
+    raw = bytearray(changed.read_bytes())
+    raw[-1] ^= 1  # a shard changed, same size
+    changed.write_bytes(bytes(raw))
+    resumed = embed_images(model, PRESET, [photos], out, resume=True, **settings)
+    assert (resumed.images, resumed.skipped) == (10, 8)  # the 10 rows of the two shards, not "all already there"
+    assert "features-000001.npy holds 10,361 bytes where the index says 10,368 (cut short" in caplog.text
+    assert "features-000002.npy does not have the SHA-256 the index holds" in caplog.text
+    got = by_path(out)
+    assert got.keys() == want.keys() and all(np.allclose(got[p], want[p], atol=1e-5) for p in want)
+    assert not cut.exists() and not changed.exists()  # replaced by new shards
+    with pytest.raises(FileExistsError, match=r"already holds embeddings .*pass resume \(--resume\)"):
+        embed_images(model, PRESET, [photos], out, **settings)
+    again = embed_images(model, PRESET, [photos], out, overwrite=True, **settings)
+    assert again.skipped == 0 and sorted(p.name for p in out.glob("*.npy")) == [
+        f"features-00000{i}.npy" for i in range(4)
+    ]
+
+
+def test_a_damaged_index_or_settings_file_is_named_with_its_line(tmp_path):
+    out = tmp_path / "emb"
+    out.mkdir()
+    (out / "index.jsonl").write_text(
+        '{"image": "a.png", "shard": "features-000000.npy", "row": 0}\n{"image": "b.png"}{"image": "c.png"}\n'
+    )
+    with pytest.raises(ValueError, match=r"emb/index.jsonl, line 2: not an index line of vggnet embed \(Extra data"):
+        read_embeddings(out)
+    (out / "index.jsonl").write_text('{"image": "a.png", "shard": "../../etc/passwd", "row": 0}\n')
+    with pytest.raises(ValueError, match=r"line 1: .*the shard '../../etc/passwd' is not a name embed writes"):
+        read_embeddings(out)
+    with pytest.raises(FileExistsError, match="already holds embeddings"):
+        check_folder(out, resume=False, overwrite=False)

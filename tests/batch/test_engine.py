@@ -168,3 +168,12 @@ def test_torchrun_two_processes_match_one(photos, tmp_path):
         assert two["confusion"] == one["confusion"]
         assert (two["acc1"], two["acc5"], two["per_class"]) == (one["acc1"], one["acc5"], one["per_class"])
         assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+def test_a_session_takes_a_few_workers_per_core_not_a_hundred_thousand():
+    from vggnet.batch.engine import Session
+    from vggnet.checks import max_workers
+
+    assert Session("cpu", 4, max_workers()).workers == max_workers()
+    with pytest.raises(ValueError, match=r"workers must be an integer from 0 to \d+ \(4 per CPU core"):
+        Session("cpu", 4, 100000)

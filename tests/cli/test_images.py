@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from tests.cli.helpers import (
     make_enum,
     run,
 )
-from tests.helpers import PRESET, small_model, torchrun
+from tests.helpers import PRESET, small_model, torchrun, write_images
 from tests.helpers import file_sha256 as sha256
 from vggnet.cli import main
 from vggnet.data.decode import load_image
@@ -326,7 +328,7 @@ def test_predict_to_a_file_resumes_and_reads_stdin(seven_classes, tmp_path, monk
     assert main(["predict", "--weights", str(weights)]) == 2
     assert "name the images" in capsys.readouterr().err
     assert main(["predict", str(data), "--resume"]) == 2
-    assert "--resume and --format are for --output FILE" in capsys.readouterr().err
+    assert "--resume, --overwrite and --format are for --output FILE" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -345,7 +347,7 @@ def test_embed_command_writes_shards_and_an_index(seven_classes, tmp_path, capsy
     assert sorted(p.name for p in out.glob("*.npy")) == [f"features-00000{i}.npy" for i in range(3)]
     assert main([*argv, "--layer", "pool5", "--pool", "--normalize", "--shard-size", "5", "--resume"]) == 0
     assert "0 images (0 unreadable, 15 already there)" in capsys.readouterr().err
-    assert main([*argv, "--layer", "fc9"]) == 2
+    assert main([*argv, "--layer", "fc9", "--overwrite"]) == 2
     assert "--layer fc9: no such layer in vgg11; valid: conv1_1" in capsys.readouterr().err
 
 
@@ -393,3 +395,204 @@ def test_commands_under_torchrun_match_one_process(seven_classes, tmp_path, comm
         assert (b["images"], b["failed"], b["confusion"]) == (a["images"], a["failed"], a["confusion"])
         assert (b["acc1"], b["acc5"], b["per_class"]) == (a["acc1"], a["acc5"], a["per_class"])
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+# --- issue 24: outputs written as checkpoints are, bounds ------------------------------------------
+
+NEVER = "http://127.0.0.1:9/never-0123abcd.pth"  # nothing listens there: a command that fetched it would fail
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["predict", str(PHOTOS), "--output", "{held}"],
+            r"held.jsonl already holds 12 bytes; pass resume \(--resume\)",
+        ),
+        (["predict", str(PHOTOS), "--output", "{link}"], "link.jsonl: it is a symbolic link; vggnet never writes"),
+        (["predict", str(PHOTOS), "--output", "{folder}"], "a-folder: it is a folder; name the file to write in it"),
+        (["predict", str(PHOTOS), "--output", "{held}", "--resume", "--overwrite"], "pass one of them"),
+        (["predict", str(PHOTOS), "--overwrite"], "--resume, --overwrite and --format are for --output FILE"),
+        (["embed", str(PHOTOS), "--out", "{emb}"], r"emb already holds embeddings \(index.jsonl\); pass resume"),
+        (["evaluate", "{folder}", "--plot", "{link_png}"], "link.png: it is a symbolic link"),
+        (["explain", str(PHOTOS / "camera.png"), "--out", "{link_png}"], "link.png: it is a symbolic link"),
+        (["features", str(PHOTOS / "camera.png"), "--out", "{folder_png}"], "folder.png: it is a folder"),
+        (["predict", str(PHOTOS), "--workers", "100000"], r"--workers: an integer from 0 to \d+ \(4 per CPU core"),
+    ],
+)
+def test_outputs_are_checked_before_any_weights_are_fetched(tmp_path, capsys, argv, message):
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"image": 1}')
+    (tmp_path / "victim.txt").write_text("precious")
+    for name in ("link.jsonl", "link.png"):
+        (tmp_path / name).symlink_to(tmp_path / "victim.txt")
+    for name in ("a-folder", "folder.png"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "index.jsonl").write_text("")
+    names = {"held": held, "link": tmp_path / "link.jsonl", "folder": tmp_path / "a-folder", "emb": tmp_path / "emb",
+             "link_png": tmp_path / "link.png", "folder_png": tmp_path / "folder.png"}  # fmt: skip
+    argv = [arg.format(**names) for arg in argv]
+    assert main([*argv, "--weights", NEVER]) == 2
+    err = capsys.readouterr().err  # argparse's errors come after its usage lines: one error line in any case
+    assert re.search(message, err) and len(re.findall("error:", err)) == 1 and "never-0123abcd" not in err, err
+    assert held.read_text() == '{"image": 1}' and (tmp_path / "victim.txt").read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_predict_to_csv_and_jsonl_resumes_any_file_name(seven_classes, tmp_path, capsys):
+    weights, _ = seven_classes
+    folder = tmp_path / "odd"
+    names = ["new\nline.png", 'quote".png', 'comma, and "both",\n.png', "cr\rreturn.png", "plain.png"]
+    write_images(folder, names, size=(40, 40))
+    for fmt in ("csv", "jsonl"):
+        out = tmp_path / f"out.{fmt}"
+        argv = ["predict", str(folder), "--weights", str(weights), *SMALL, "--topk", "2", "--output", str(out)]
+        assert main(argv) == 0
+        whole = out.read_bytes()
+        lines = whole.split(b"\n")
+        out.write_bytes(b"\n".join(lines[: len(lines) // 2]) + b"\n")  # a run killed halfway, maybe mid-record
+        assert main([*argv, "--resume"]) == 0
+        assert records(out) == records(whole), fmt  # each image once, in order, any name
+        assert main(argv) == 2  # not replaced unasked
+        assert main([*argv, "--overwrite"]) == 0 and records(out) == records(whole)
+    capsys.readouterr()
+
+
+def records(out: Path | bytes) -> list[tuple]:
+    """(image, label, probability to 4 places) of each record of a CSV or JSONL output, read by the standard library.
+
+    (A resumed run batches its images otherwise: the last digits of a probability may differ.)
+    """
+    import csv
+    import io
+
+    data = out.read_bytes() if isinstance(out, Path) else out
+    text = data.decode("utf-8", "surrogateescape")
+    if text.startswith("image,"):
+        return [(r[0], r[1], round(float(r[3]), 4)) for r in list(csv.reader(io.StringIO(text, newline="")))[1:]]
+    rows = [json.loads(line) for line in text.split("\n") if line]
+    return [(r["image"], r["predictions"][0]["label"], round(r["predictions"][0]["probability"], 4)) for r in rows]
+
+
+@pytest.mark.slow
+def test_two_predict_resume_processes_never_duplicate_a_line(seven_classes, tmp_path):
+    weights, data = seven_classes
+    out = tmp_path / "out.jsonl"
+    argv = [str(VENV_BIN / "vggnet"), "predict", str(data), "--weights", str(weights), *SMALL, "--output", str(out),
+            "--resume", "--quiet"]  # fmt: skip
+    procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    for code, err in results:  # 1: an unreadable image was recorded, or the other process held the output
+        assert code in (0, 1) and "Traceback" not in err, err
+    refused = [err for _, err in results if "is being written by another vggnet process" in err]
+    images = [json.loads(line)["image"] for line in out.read_text().splitlines()]
+    assert len(images) == len(set(images)) == 15, (results, len(images))  # every image once, whoever wrote it
+    assert len(refused) <= 1
+
+
+# --- a checkpoint saved with vggnet.save, and the preset options (issue 25) ----------------------------
+
+DIGITS = ["zero", "one", "two"]
+OWN = ImageClassification(crop_size=32, resize_size=32, mean=[0.3, 0.3, 0.3], std=[0.2, 0.2, 0.2])
+OWN_OPTIONS = ["--resize", "32", "--crop", "32", "--mean", "0.3", "0.3", "0.3", "--std", "0.2", "0.2", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def own_loop(tmp_path_factory):
+    """A gap-head model as a user's loop leaves it, saved by vggnet.save (classes, preset) and as a plain state
+    dict, and a labelled folder of 40x48 images named after its classes."""
+    from tests.helpers import write_images
+
+    folder = tmp_path_factory.mktemp("own")
+    torch.manual_seed(0)
+    model = vggnet.vgg11_bn(head="gap", num_classes=3).eval()
+    with torch.no_grad():
+        model.classifier[0].weight.mul_(30)  # confident, different answers for noise images
+    saved = vggnet.save(model, folder / "mine.safetensors", classes=DIGITS, preset=OWN)
+    plain = folder / "mine-plain.pth"
+    torch.save(model.state_dict(), plain)
+    write_images(folder / "data", [f"{c}/{i}.png" for c in DIGITS for i in range(3)], seed=2)
+    return model, saved, plain, folder / "data"
+
+
+def test_predict_reads_a_saved_checkpoints_classes_and_preset(own_loop, capsys):
+    model, saved, _, data = own_loop
+    paths = sorted(data.glob("*/*.png"))
+    with torch.inference_mode():
+        probs = model(torch.stack([OWN(load_image(p)) for p in paths])).softmax(1)
+    assert main(["predict", *map(str, paths), "--weights", str(saved), "--topk", "3", "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)["results"]
+    assert "assuming" not in captured.err  # the file says what it expects
+    for result, row in zip(results, probs):
+        top = row.topk(3)
+        assert [p["label"] for p in result["predictions"]] == [DIGITS[i] for i in top.indices.tolist()]
+        assert [p["probability"] for p in result["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+    assert len({r["predictions"][0]["label"] for r in results}) > 1
+
+
+def test_the_preset_options_are_checked_before_anything_is_loaded(own_loop, capsys):
+    _, saved, _, data = own_loop
+    argv = ["evaluate", str(data), "--weights", str(saved)]
+    assert main([*argv, "--image-size", "64", "--crop", "32"]) == 2
+    assert "give either it or --resize/--crop" in capsys.readouterr().err
+    assert main([*argv, "--resize", "32", "--crop", "64"]) == 2
+    assert "--crop 64 is larger than --resize 32" in capsys.readouterr().err
+    assert main([*argv, "--mean", "0.5", "0.5"]) == 2
+    assert "--mean takes 3 value(s), one per input channel of the model; got 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_saved_checkpoint_scores_with_its_classes_and_preset(own_loop, capsys):
+    from vggnet.batch.evaluate import evaluate
+
+    model, saved, plain, data = own_loop
+    want = evaluate(model, OWN, data, classes=DIGITS, workers=0, progress=False)
+    assert main(["evaluate", str(data), "--weights", str(saved), "--json", "--workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "classes" and report["confusion"] == want.confusion.tolist()
+    assert report["acc1"] == want.acc1 and report["per_class"] == want.per_class
+
+    # the same model as a plain state dict: ImageNet's preset assumed and said once; the options stand in for it
+    assert main(["evaluate", str(data), "--weights", str(plain), "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["confusion"] != want.confusion.tolist()
+    warned = [line for line in captured.err.splitlines() if "is a plain state dict: assuming ImageNet's" in line]
+    assert len(warned) == 1 and "--resize, --crop, --mean and --std" in warned[0]
+    assert main(["evaluate", str(data), "--weights", str(plain), "--json", "--workers", "0", *OWN_OPTIONS]) == 0
+    captured = capsys.readouterr()
+    unnamed = evaluate(model, OWN, data, workers=0, progress=False)  # no class names: folders in sorted order
+    assert json.loads(captured.out)["confusion"] == unnamed.confusion.tolist()
+    assert "assuming" not in captured.err  # said once per file and process
+
+
+@pytest.mark.slow
+def test_embed_reads_a_saved_checkpoints_preset(tmp_path, capsys):
+    from tests.helpers import write_images
+    from vggnet.batch.embed import read_embeddings
+
+    torch.manual_seed(1)
+    model = vggnet.vgg11(num_classes=2).eval()
+    saved = vggnet.save(model, tmp_path / "m.pth", classes=["a", "b"], preset=OWN)
+    paths = write_images(tmp_path / "images", ["x.png", "y.png"], seed=3)
+    out = tmp_path / "emb"
+    argv = ["embed", *map(str, paths), "--weights", str(saved), "--layer", "fc7", "--out", str(out), "--workers", "0"]
+    assert main(argv) == 0
+    _, rows = read_embeddings(out)
+    with torch.inference_mode():
+        want = model.extract(torch.stack([OWN(load_image(p)) for p in paths]), "fc7")["fc7"]
+    torch.testing.assert_close(torch.from_numpy(rows), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_explain_and_features_take_the_preset_options(seeded_vgg11, tmp_path, capsys):
+    pytest.importorskip("captum")
+    Image = pytest.importorskip("PIL.Image")
+    photo = str(PHOTOS / "coffee.jpg")
+    common = ["--weights", str(seeded_vgg11), "--device", "cpu", "--resize", "64", "--crop", "64", "--json"]
+    assert main(["features", photo, *common, "--layer", "conv1_1", "--out", str(tmp_path / "f.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["map_size"] == [64, 64]  # conv1_1 keeps the 64 px crop
+    assert main(["explain", photo, *common, "--out", str(tmp_path / "e.png")]) == 0
+    with Image.open(tmp_path / "e.png") as picture:
+        assert picture.size == (64, 64)  # drawn over the image as the model saw it

@@ -116,3 +116,37 @@ def test_installed_script_exit_codes(tmp_path):
     assert proc.returncode == 1 and "is corrupt" in proc.stderr
     proc = run(script, "list", env={"VGGNET_HOME": str(tmp_path)})
     assert proc.returncode == 0 and proc.stdout.count("\nvgg") == 9
+
+
+NEVER = "http://127.0.0.1:9/never-0123abcd.pth"  # nothing listens there: a command that fetched it would fail
+
+
+def test_export_refuses_its_output_and_shapes_before_any_weights_are_fetched(tmp_path, capsys):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a text file elsewhere")
+    (tmp_path / "link.onnx").symlink_to(victim)
+    (tmp_path / "folder.pt2").mkdir()
+    cases = [
+        (["link.onnx", "--format", "onnx"], "link.onnx: it is a symbolic link; vggnet never writes through one"),
+        (["folder.pt2", "--format", "pt2"], "folder.pt2: it is a folder; name the file to write in it"),
+        (["x.pt2", "--format", "pt2", "--dynamic-size", "--image-size", "63"], "must be from 64 to 8192 px"),
+    ]
+    for args, message in cases:
+        args[0] = str(tmp_path / args[0])
+        assert main(["export", "vgg11", *args, "--weights", NEVER]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert victim.read_text() == "a text file elsewhere"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.pt2", "link.onnx", "notes.txt"]
+
+
+def test_a_library_page_of_text_reaches_the_user_as_one_line(monkeypatch, capsys):
+    import vggnet.cli.costs
+
+    def fails(args):
+        raise RuntimeError("Failed running call_function conv2d\n\nfrom user code:\n   File 'x.py', line 3\n")
+
+    monkeypatch.setattr(vggnet.cli.costs, "run_summary", fails)
+    assert main(["summary", "vgg11"]) == 1
+    err = capsys.readouterr().err
+    assert err == "vggnet: error: RuntimeError: Failed running call_function conv2d (the rest with --debug)\n"

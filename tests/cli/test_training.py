@@ -52,7 +52,7 @@ def test_finetune_recipe_flags_from_the_command_line(tmp_path, capsys):
         "warmup_epochs": 1, "val_split": None, "lr": 0.01, "weights": "none",
     }  # fmt: skip
     assert plot.stat().st_size > 0
-    assert main(argv) == 1  # a finished run is not overwritten
+    assert main(argv) == 2  # a finished run is not overwritten (a usage error: --resume or --overwrite)
     assert "already holds a run (finished after epoch 2)" in capsys.readouterr().err
     assert main([*argv, "--epochs", "3", "--resume"]) == 0
     assert len((out / "history.jsonl").read_text().splitlines()) == 3

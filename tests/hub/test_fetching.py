@@ -258,11 +258,29 @@ def test_a_local_files_name_is_not_taken_for_a_digest(small_checkpoints, tmp_pat
     local = tmp_path / "vgg11-epoch-00000010.pth"
     shutil.copyfile(small_checkpoints.zip.path, local)
     for source in (str(local), local.as_uri()):
-        with caplog.at_level(logging.WARNING, logger="vggnet.hub._fetching"):
+        with caplog.at_level(logging.INFO, logger="vggnet.hub._fetching"):
             assert fingerprint(hub.load_state_dict_from_url(source)) == small_checkpoints.fingerprint
-        assert "unverified" in caplog.text
+    assert "unverified" in caplog.text
     with pytest.raises(errors.ChecksumError):  # an explicit digest still is
         hub.fetch(str(local), sha256="0" * 64)
+
+
+def test_an_unverified_local_file_is_mentioned_once_per_file_at_info(small_checkpoints, tmp_path, cache, caplog):
+    """A loop reloading its own checkpoint each epoch (a new file under the same name each time) hears it once."""
+    ckpt = small_checkpoints.zip
+    last, other = tmp_path / "last.pth", tmp_path / "other.pth"
+    with caplog.at_level(logging.DEBUG, logger="vggnet.hub._fetching"):
+        for epoch in range(3):
+            shutil.copyfile(ckpt.path, tmp_path / "new.pth")
+            os.replace(tmp_path / "new.pth", last)  # as a run saves last.pth
+            hub.load_state_dict_from_url(str(last))
+            hub.load_state_dict_from_url(last.as_uri() if epoch else os.path.join(tmp_path, ".", "last.pth"))
+        shutil.copyfile(ckpt.path, other)
+        hub.fetch(str(other))
+    said = [r for r in caplog.records if "unverified" in r.getMessage()]
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in said] == [("INFO", str(last)), ("INFO", str(other))]
+    hub.fetch(str(last), sha256=ckpt.sha256)  # verified: nothing to say
+    assert len([r for r in caplog.records if "unverified" in r.getMessage()]) == 2
 
 
 def test_a_url_names_digest_mismatch_says_where_the_digest_came_from(http_server, small_checkpoints, cache):

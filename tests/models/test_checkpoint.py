@@ -1,12 +1,13 @@
 """checkpoint.load: every weights source through one loader, one set of rules, every argument checked before a fetch."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 import vggnet
-from tests.helpers import file_sha256, fingerprint, save_seeded_vgg11
+from tests.helpers import file_sha256, fingerprint, save_seeded_vgg11, write_vgg11_notop
 from vggnet import cli, errors
 from vggnet.errors import ArchMismatch, DeviceError
 from vggnet.models import checkpoint as checkpoint
@@ -253,3 +254,13 @@ def test_a_half_precision_vgg_file_loads_as_float32(vgg11_files, tmp_path):
     model = load(path).model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert torch.equal(model.classifier[6].bias, half["classifier.6.bias"].float())
+
+
+def test_a_keras_file_reading_a_private_file_is_refused_before_any_byte_of_it_is_read(tmp_path):
+    """HDF5 external storage made the loader take a private file's bytes as features.0.weight (issue 24)."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(3456))
+    crafted = write_vgg11_notop(tmp_path / "vgg11_notop.h5", secret=secret)
+    for call in (load, lambda p: vggnet.vgg11(weights=str(p))):
+        with pytest.raises(errors.BadKerasFileError, match=r"block1_conv1_W_1:0 stores its data in an external file"):
+            call(crafted)

@@ -11,6 +11,7 @@ import torch
 
 import vggnet
 from tests.reference import ARCHS, RECORDS, VGG16_CLASSIFIER_PARAMS, VGG16_CONV_PARAMS, VGG16_FC6_PARAMS
+from vggnet.errors import OutputPathError
 from vggnet.models.config import CONFIGS, arch_config
 from vggnet.models.summary import format_summary, plot_summary, summarize
 from vggnet.models.taps import feature_names
@@ -229,3 +230,15 @@ def test_receptive_fields_in_the_json_the_table_and_the_plot(tmp_path):
     fields = [el for el in root.iter("{http://www.w3.org/2000/svg}rect") if el.get("class") == "field"]
     titles = [el.find("{http://www.w3.org/2000/svg}title").text for el in fields]
     assert len(fields) == 13 and titles[-1] == "conv5_3: 196 px, jump 16"
+
+
+def test_a_plot_is_written_whole_and_never_through_a_link(tmp_path):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a text file elsewhere")
+    (tmp_path / "plot.svg").symlink_to(victim)
+    with pytest.raises(OutputPathError, match=r"plot.svg: it is a symbolic link; vggnet never writes through one"):
+        plot_summary(summarize("vgg11"), tmp_path / "plot.svg")
+    assert victim.read_text() == "a text file elsewhere"
+    (tmp_path / "plot.svg").unlink()
+    plot_summary(summarize("vgg11"), tmp_path / "plot.svg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "plot.svg"]  # no temporary file left

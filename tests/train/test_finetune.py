@@ -3,9 +3,12 @@
 import dataclasses
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from vggnet.data.decode import load_image
 from vggnet.data.images import ImageFolder
 from vggnet.models import weights as weights_module
 from vggnet.models.checkpoint import load_finetuned
-from vggnet.models.finetuned import FORMAT
+from vggnet.models.saved import FORMAT
 from vggnet.models.weights import IMAGENET_CATEGORIES, Weights, WeightsEnum
 from vggnet.train.finetune import FinetuneConfig, finetune
 
@@ -63,11 +66,11 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
     assert sorted(p.name for p in out.iterdir()) == ["best.pth", "history.jsonl", "last.pth"]  # no temporary file
 
     raw = torch.load(out / "best.pth", weights_only=True)  # tensors, strings, numbers, lists only
-    assert raw["format"] == FORMAT and raw["arch"] == "vgg11" and raw["in_chans"] == 3
-    assert raw["classes"] == ["blue", "red"] and raw["mode"] == "linear" and raw["val_acc"] == 100.0
+    assert raw["format"] == FORMAT and raw["arch"] == "vgg11" and raw["in_chans"] == 3 and raw["num_classes"] == 2
+    assert raw["classes"] == ["blue", "red"] and raw["meta"]["mode"] == "linear" and raw["meta"]["val_acc"] == 100.0
     assert raw["preprocessing"] == {
         "crop_size": 64, "resize_size": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        "interpolation": "bilinear",
+        "interpolation": "bilinear", "antialias": True,
     }  # fmt: skip
     # a linear probe on a named backbone stores only fc8, and the backbone's path and SHA-256 (issue 17)
     assert sorted(raw["state_dict"]) == ["classifier.6.bias", "classifier.6.weight"]
@@ -82,6 +85,32 @@ def test_linear_mode_from_the_command_line_then_load_finetuned(data, pretrained,
     assert finetuned.classes == ["blue", "red"] and finetuned.arch == "vgg11" and not finetuned.model.training
     images = val_images(data)
     assert predict(finetuned, [p for p, _ in images]) == [label for _, label in images]
+
+
+@pytest.mark.slow
+def test_a_probe_never_records_the_digest_of_a_file_it_did_not_load(data, pretrained, tmp_path, monkeypatch):
+    """The backbone's file was hashed by name after the load: a file swapped in between was recorded (issue 24)."""
+    import vggnet.train.finetune as finetune_module
+    from vggnet.errors import ChecksumError
+
+    path, _ = pretrained
+    served = tmp_path / "backbone.pth"
+    os.link(path, served)
+    real_verify = finetune_module.verify_file
+
+    def verify_then_swap(file: Path) -> str:
+        digest = real_verify(file)
+        other = tmp_path / "other.pth"
+        torch.save({"features.0.weight": torch.zeros(1)}, other)
+        os.replace(other, served)  # after the hash, before the load
+        return digest
+
+    monkeypatch.setattr(finetune_module, "verify_file", verify_then_swap)
+    out = tmp_path / "out"
+    with pytest.raises(ChecksumError, match="not loaded"):
+        finetune_module.finetune(data, arch="vgg11", weights=str(served), epochs=1, mode="linear", image_size=64,
+                                 out=out, progress=False)  # fmt: skip
+    assert not (out / "best.pth").exists()
 
 
 @pytest.mark.slow
@@ -147,7 +176,8 @@ def test_bad_arguments_name_the_problem(data, tmp_path):
         ({"epochs": 0}, "epochs must be a positive integer, got 0"),
         ({"epochs": 2.5}, "epochs must be a positive integer, got 2.5"),
         ({"batch_size": True}, "batch_size must be a positive integer, got True"),
-        ({"workers": -1}, "workers must be an integer >= 0, got -1"),
+        ({"workers": -1}, "workers must be an integer from 0 to"),
+        ({"workers": 100000}, r"workers must be an integer from 0 to \d+ \(4 per CPU core, \d+ here\), got 100000"),
         ({"weights": "./nope.pth"}, r"weights file ./nope.pth not found; weights is a record name"),
         ({"weights": "nope.pth"}, "weights file nope.pth not found"),
         ({"weights": Path("runs/nope/best.pth")}, "weights file runs/nope/best.pth not found"),
@@ -310,7 +340,9 @@ def test_a_gap_probe_checkpoint_is_small_and_loads_back_everywhere(data, pretrai
     path, _ = pretrained
     result = finetune(data, weights=path, mode="linear", head="gap", epochs=3, out=tmp_path / "gap", **FAST)
     best = result.checkpoint
-    raw = torch.load(best, weights_only=True)
+    raw = torch.load(best, weights_only=True)  # vggnet's format, what vggnet.save writes (issue 25)
+    meta = {"mode": "linear", "weights": str(path), "epoch": result.best_epoch, "val_acc": result.best_val_acc}
+    assert raw["format"] == FORMAT and raw["meta"] == meta
     assert sorted(raw["state_dict"]) == ["classifier.0.bias", "classifier.0.weight"] and raw["head"] == "gap"
     assert raw["backbone"] == {"weights": str(path.resolve()), "url": str(path.resolve()), "sha256": file_sha256(path)}
     assert best.stat().st_size < 64 * 1024  # a 1026-number Linear, not the 507 MB network
@@ -439,3 +471,117 @@ def test_vggnet_predict_reads_a_small_checkpoint(data, pretrained, tmp_path, cap
     assert [r["predictions"][0]["label"] for r in results] == predict(
         load_finetuned(result.last), [p for p, _ in images]
     )
+
+
+# --- issue 24: run folders safe to share and to repeat ------------------------------------------------
+
+
+def test_a_single_class_is_refused_before_any_weights_are_fetched(tmp_path, capsys):
+    write_set(tmp_path / "d", {"train": 2, "val": 1})
+    for split in ("train", "val"):
+        for extra in (tmp_path / "d" / split).iterdir():
+            if extra.name != "red":
+                shutil.rmtree(extra)
+    never = "http://127.0.0.1:9/never.pth"  # nothing listens there: fetching it would fail otherwise
+    with pytest.raises(ValueError, match=r"finetune needs at least 2 classes, and .*train holds 1 \(red\)"):
+        finetune(tmp_path / "d", weights=never, out=tmp_path / "o", **FAST)
+    assert not (tmp_path / "o").exists()
+    argv = ["finetune", str(tmp_path / "d"), "--weights", never, "--out", str(tmp_path / "o"), "--quiet"]
+    assert cli.main(argv) == 2
+    assert "needs at least 2 classes" in capsys.readouterr().err
+
+
+def old_run(out: Path) -> dict[str, bytes]:
+    """A run's three files (their bytes need not load: nothing may read or remove them), and what they hold."""
+    out.mkdir(parents=True)
+    for name in ("best.pth", "last.pth", "history.jsonl"):
+        (out / name).write_bytes(f"the old run's {name}".encode())
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_overwrite_keeps_the_old_run_when_the_weights_are_not_there(data, tmp_path, http_server):
+    out = tmp_path / "run"
+    before = old_run(out)
+    with pytest.raises(vggnet.errors.DownloadError, match="404"):
+        finetune(data, weights=http_server.url("/missing-0123abcd.pth"), out=out, overwrite=True, **FAST)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # intact, and no lock or temporary file left
+
+
+@pytest.mark.slow
+def test_overwrite_keeps_the_old_run_through_a_diverging_first_epoch_then_replaces_it(data, tmp_path):
+    out = tmp_path / "run"
+    before = old_run(out)
+    settings = dict(FAST, weights=None, mode="full", head="gap", epochs=1)
+    with pytest.raises(vggnet.errors.Diverged, match="diverged at epoch 1"):
+        finetune(data, out=out, overwrite=True, lr=1e6, **settings)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    result = finetune(data, out=out, overwrite=True, **settings)
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # all three replaced, nothing else left
+    assert vggnet.train.runs.read_history(out) == result.history
+    assert torch.load(out / "last.pth", weights_only=True)["train"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_two_finetune_processes_into_one_folder_the_second_is_refused_naming_the_first(data, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "vggnet", "finetune", str(data), "--arch", "vgg11", "--weights", "none",
+            "--mode", "full", "--head", "gap", "--image-size", "32", "--batch-size", "4", "--epochs", "40",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".vggnet.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run([*argv, "--overwrite"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        first.kill()
+        first.communicate()
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"is being written by another vggnet process (pid {first.pid} on " in lines[0]
+
+
+RUN_ARGS = ["--arch", "vgg11", "--weights", "none", "--mode", "full", "--head", "gap", "--image-size", "32",
+            "--batch-size", "4", "--lr", "0.01", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory):
+    """A real two-epoch run (full mode: its last.pth holds the whole network and the optimizer's momentum)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(["finetune", str(data), *RUN_ARGS, "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+def tampered(run: Path, tmp_path: Path, change) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    state = torch.load(out / "last.pth", weights_only=True)
+    change(state)
+    torch.save(state, out / "last.pth")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["state_dict"].pop("features.3.weight"), r"does not fit the model of this run \(missing keys "
+         r"\['features.3.weight'\]\); start the run again \(--overwrite\)"),
+        (lambda s: s["train"].pop("recipe"), "'recipe' is missing from the training state"),
+        (lambda s: s["state_dict"]["features.0.weight"].view(-1)[0].fill_(float("nan")),
+         r"is damaged: \['features.0.weight'\] hold\(s\) NaN or Inf, which no saved run holds"),
+        (lambda s: s["train"]["optimizer"]["param_groups"].pop(), "cannot be resumed: loaded state dict has a"),
+    ],
+    ids=["a missing tensor", "no recipe", "NaN weights", "another optimizer"],
+)  # fmt: skip
+def test_finetune_resume_from_a_tampered_last_pth_is_one_line(data, finished_run, tmp_path, capsys, change, message):
+    out = tampered(finished_run, tmp_path, change)
+    argv = ["finetune", str(data), *RUN_ARGS, "--epochs", "3", "--out", str(out), "--resume"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(out / "last.pth") in err, err
+    assert re.search(message, err), err
+    assert "learning rate" not in err  # damaged weights are not blamed on the learning rate

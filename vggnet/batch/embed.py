@@ -1,16 +1,25 @@
 """Features of a named tap for every image, in `.npy` shards with an index: `vggnet embed`.
 
-`embed_images` writes `features-NNNNNN.npy` (float32 rows) and `index.jsonl` (image -> shard and
-row, or its error) into a folder, resumable, one share per rank under torchrun (the engine:
-`vggnet.batch.engine`); `read_embeddings` reads a folder back.
+`embed_images` writes `features-NNNNNN.npy` (float32 rows), `index.jsonl` (image -> shard, row, and
+the shard's size and SHA-256; or the image's error) and `embed.json` (the settings) into a folder,
+resumable, one share per rank under torchrun (the engine: `vggnet.batch.engine`); `read_embeddings`
+reads a folder back. A folder is written by one process at a time (`.vggnet.lock`). A shard is written
+whole (a temporary file, then a rename) before its index lines; on resume every shard the index
+names is checked against its recorded size and digest, and the images of a missing, cut or changed
+one are embedded again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import re
+import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -24,14 +33,19 @@ from vggnet.batch.engine import Session, autocast, slowest, totals
 from vggnet.batch.output import Lines, Output, complete_lines
 from vggnet.checks import check_int
 from vggnet.data.images import Batch, list_images, shard
-from vggnet.errors import UsageError
+from vggnet.data.outputs import atomic_write, write_text, writer_lock
+from vggnet.errors import BadFileError, MissingPathError, OutputExistsError, OutputPathError, UsageError
 from vggnet.models.vgg import VGG
 
 __all__ = ["EmbedSummary", "embed_images", "features_fn", "read_embeddings"]
 
+logger = logging.getLogger(__name__)
+
 INDEX_NAME = "index.jsonl"
 SETTINGS_NAME = "embed.json"
 SHARD_PREFIX = "features-"
+LOCK_NAME = ".vggnet.lock"
+_SHARD = re.compile(r"features-(\d{6,})\.npy")  # the only names an index may point to: no path, no link out
 
 
 @dataclass
@@ -81,6 +95,7 @@ def embed_images(
     normalize: bool = False,
     shard_size: int = 4096,
     resume: bool = False,
+    overwrite: bool = False,
     from_file: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
     workers: int | None = None,
@@ -92,23 +107,44 @@ def embed_images(
 
     `pool` averages a (C, H, W) map over H and W (a 4-D tap only); `normalize` scales each row to unit
     L2 norm. A shard is written whole before its index lines, so a killed run loses at most the rows
-    of its unwritten shards, which `resume=True` computes again. `read_embeddings(out)` reads it all back.
+    of its unwritten shards, which `resume=True` computes again (and those of a shard found damaged).
+    A folder holding embeddings is continued with `resume`, replaced with `overwrite`, refused otherwise.
+    `read_embeddings(out)` reads it all back.
     """
     check_int("shard_size", shard_size)
-    session = Session(device, batch_size, workers)
     folder = Path(out)
+    check_folder(folder, resume=resume, overwrite=overwrite)  # before a worker starts
+    session = Session(device, batch_size, workers)
     settings = {"layer": layer, "pool": pool, "normalize": normalize}
     forward = features_fn(model, layer, session, pool, normalize)
     paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
-    if session.main:
-        _check_settings(folder, settings, resume)
     index = Output(folder / INDEX_NAME, Lines("jsonl"), session.ctx)
-    done = index.prepare(resume)
-    first = session.broadcast(_next_shard(folder, done) if session.main else None)
-    todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
+    claimed = writer_lock(folder / LOCK_NAME, folder) if session.main else contextlib.nullcontext()
+    with claimed:
+        if session.main:
+            _check_settings(folder, settings, resume)
+        done = index.prepare(resume, overwrite, repair=_drop_damaged_shards)
+        first = session.broadcast(_next_shard(folder) if session.main else None)
+        todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
+        failed, dim, seconds = _embed(
+            session, index, forward, paths, todo, preset, first, shard_size, progress, f"embed {layer}"
+        )
+        index.merge(paths)
+    ran, failed, seconds = totals(session, len(todo), failed, seconds)
+    dim = int(slowest(session, float(dim)))  # a rank that read no image saw no width
+    per_s = ran / seconds if seconds else 0.0
+    return EmbedSummary(str(folder), layer, dim, ran, failed, len(paths) - ran, seconds, per_s, session.ctx.world)
+
+
+def _embed(
+    session: Session, index: Output, forward: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[str],
+    todo: Sequence[int], preset: nn.Module, first: int, shard_size: int, progress: bool, desc: str,
+) -> tuple[int, int, float]:  # fmt: skip
+    """This rank's images `todo` into its shards and index lines: (images failed, feature width, seconds)."""
     failed, dim = 0, 0
     tic = time.perf_counter()
-    with index.writer() as f, session.bar(len(todo), f"embed {layer}", progress) as bar:
+    with index.writer() as f, session.bar(len(todo), desc, progress) as bar:
+        folder = index.path.parent
         shards = _Shards(folder, first + session.ctx.rank, session.ctx.world, shard_size, index.lines, f)
         for batch in session.batches(paths, todo, preset):
             failed += len(batch.errors)
@@ -119,12 +155,33 @@ def embed_images(
             shards.add(paths, batch, feats)
             bar.update(len(batch.indices) + len(batch.errors))
         shards.write()
-        seconds = time.perf_counter() - tic
-    index.merge(paths)
-    ran, failed, seconds = totals(session, len(todo), failed, seconds)
-    dim = int(slowest(session, float(dim)))  # a rank that read no image saw no width
-    per_s = ran / seconds if seconds else 0.0
-    return EmbedSummary(str(folder), layer, dim, ran, failed, len(paths) - ran, seconds, per_s, session.ctx.world)
+    return failed, dim, time.perf_counter() - tic
+
+
+def check_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
+    """Whether embeddings may be written into `folder`: refused if it holds some and neither `resume` nor `overwrite`.
+
+    Args:
+        folder: the `out` folder.
+        resume: continue what it holds.
+        overwrite: replace what it holds.
+
+    Raises:
+        UsageError: both `resume` and `overwrite`.
+        OutputPathError: `folder` is a file.
+        OutputExistsError: it holds an index, settings or shards and neither was given.
+    """
+    if resume and overwrite:
+        raise UsageError("resume continues the embeddings in out and overwrite replaces them: pass one of them")
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"cannot write embeddings into {folder}: it is not a folder; name a folder (--out DIR)")
+    held = [n for n in (INDEX_NAME, SETTINGS_NAME) if (folder / n).exists()] + [p.name for p in _shard_files(folder)]
+    if held and not (resume or overwrite):
+        raise OutputExistsError(
+            f"{folder} already holds embeddings ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''}); pass "
+            "resume (--resume) to embed only the images it lacks, overwrite (--overwrite) to replace them, or "
+            "another out (--out)"
+        )
 
 
 class _Shards:
@@ -154,54 +211,137 @@ class _Shards:
             self.pending = []
 
     def write(self) -> None:
-        """The shard being filled (if it has rows), then the index lines waiting for it."""
-        _write_shard(self.folder, self.number, self.rows, self.pending, self.f)
+        """The shard being filled (if it has rows, whole), then the index lines waiting for it, with its digest."""
+        if self.rows:
+            path = self.folder / _shard_name(self.number)
+            with atomic_write(path) as f:
+                hashing = _Hashing(f)
+                np.save(hashing, torch.stack(self.rows).numpy())
+            for record in self.pending:
+                if "shard" in record:
+                    record |= {"shard_bytes": hashing.size, "shard_sha256": hashing.hasher.hexdigest()}
+        self.f.writelines(self.lines.line(r) for r in self.pending)
+        self.f.flush()
+
+
+class _Hashing:
+    """A binary file that hashes and counts what is written to it."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.hasher, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        self.hasher.update(data)
+        self.size += memoryview(data).nbytes
+        return self.f.write(data)
 
 
 def _shard_name(number: int) -> str:
     return f"{SHARD_PREFIX}{number:06d}.npy"
 
 
-def _write_shard(
-    folder: Path, number: int, rows: list[torch.Tensor], pending: list[dict[str, Any]], f: IO[str]
-) -> None:
-    """Shard `number` (atomically: a temporary file, then rename), then the index lines that point into it."""
-    if rows:
-        path = folder / _shard_name(number)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as out:
-                np.save(out, torch.stack(rows).numpy())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in pending)
-    f.flush()
+def _shard_files(folder: Path) -> list[Path]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(folder / n for n in names if _SHARD.fullmatch(n))
 
 
 def _check_settings(folder: Path, settings: dict[str, Any], resume: bool) -> None:
     """Resuming with another layer, pooling or normalisation would mix two kinds of rows: refuse."""
     path = folder / SETTINGS_NAME
     if resume and path.exists():
-        held = json.loads(path.read_text(encoding="utf-8"))
+        held = _read_settings(path)
         if held != settings:
             raise UsageError(
                 f"{folder} holds embeddings made with {held}, this run asks for {settings}; "
                 "resume with the same --layer/--pool/--normalize, or write to another folder"
             )
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for old in folder.glob(SHARD_PREFIX + "*.npy"):
+    if not resume:  # a fresh folder, or overwrite: the old shards go
+        for old in _shard_files(folder):
             old.unlink()
-    path.write_text(json.dumps(settings) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(settings) + "\n")
 
 
-def _next_shard(folder: Path, done: set[str]) -> int:
+def _read_settings(path: Path) -> Any:
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        held = err
+    if not isinstance(held, dict):
+        raise BadFileError(
+            f"{path}: not the settings vggnet embed writes ({held}); start again with overwrite (--overwrite)"
+        )
+    return held
+
+
+def _index_records(index: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each complete line of an index; BadFileError naming the line of a damaged one."""
+    for number, line in enumerate(complete_lines(index), start=1):
+        try:
+            record = json.loads(line)
+            problem = "" if isinstance(record, dict) else "not a JSON object"
+        except ValueError as err:
+            record, problem = {}, str(err)
+        name, row = record.get("shard"), record.get("row")
+        if not problem and name is not None and not (isinstance(name, str) and _SHARD.fullmatch(name)):
+            problem = f"the shard {str(name)[:60]!r} is not a name embed writes (features-NNNNNN.npy)"
+        elif not problem and name is not None and not (isinstance(row, int) and row >= 0):
+            problem = f"the row {str(row)[:20]!r} is not a count"
+        if problem:
+            raise BadFileError(
+                f"{index}, line {number}: not an index line of vggnet embed ({problem}); "
+                "start again with overwrite (--overwrite)"
+            )
+        yield number, record
+
+
+def _drop_damaged_shards(index: Path) -> None:
+    """Drop the index lines of shards that are missing, cut short or changed: their images are embedded again."""
+    folder = index.parent
+    recorded: dict[str, tuple[Any, Any]] = {}
+    for _, record in _index_records(index):
+        if "shard" in record:
+            recorded.setdefault(record["shard"], (record.get("shard_bytes"), record.get("shard_sha256")))
+    damaged = {name: why for name, (size, digest) in recorded.items() if (why := _damage(folder / name, size, digest))}
+    if not damaged:
+        return
+    for name, why in sorted(damaged.items()):
+        logger.warning("%s %s: its images are embedded again", folder / name, why)
+    kept = [line for (_, record), line in zip(_index_records(index), complete_lines(index))
+            if record.get("shard") not in damaged]  # fmt: skip
+    write_text(index, "".join(kept))
+    for name in damaged:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _damage(path: Path, size: Any, digest: Any) -> str:
+    """What is wrong with a shard against its recorded size and SHA-256 ("" if nothing; old indexes hold neither)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "is missing"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if isinstance(size, int) and st.st_size != size:
+        return f"holds {st.st_size:,} bytes where the index says {size:,} (cut short or changed)"
+    if isinstance(digest, str):
+        hasher = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                hasher.update(chunk)
+        if hasher.hexdigest() != digest:
+            return "does not have the SHA-256 the index holds (changed since it was written)"
+    return ""
+
+
+def _next_shard(folder: Path) -> int:
     """The first free shard number; shards no index line points to (a killed run's last ones) are removed."""
-    used = {json.loads(line).get("shard") for line in complete_lines(folder / INDEX_NAME)}
+    used = {record.get("shard") for _, record in _index_records(folder / INDEX_NAME)}
     numbers = [-1]
-    for path in folder.glob(SHARD_PREFIX + "*.npy"):
+    for path in _shard_files(folder):
         if path.name in used:
             numbers.append(int(path.stem[len(SHARD_PREFIX) :]))
         else:
@@ -210,14 +350,19 @@ def _next_shard(folder: Path, done: set[str]) -> int:
 
 
 def read_embeddings(out: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
-    """(image paths, (N, D) float32 rows) of an `embed_images` folder, in index order; failed images left out."""
+    """(image paths, (N, D) float32 rows) of an `embed_images` folder, in index order; failed images left out.
+
+    Raises:
+        MissingPathError: `out` holds no index.
+        BadFileError: a line of the index, or a shard, is damaged (the message names the file and line).
+    """
     folder = Path(out)
-    if not (folder / INDEX_NAME).is_file():
-        raise FileNotFoundError(f"{folder}: no {INDEX_NAME}; write it with embed_images or `vggnet embed`")
+    index = folder / INDEX_NAME
+    if not index.is_file():
+        raise MissingPathError(f"{folder}: no {INDEX_NAME}; write it with embed_images or `vggnet embed`")
     paths: list[str] = []
     wanted: dict[str, tuple[list[int], list[int]]] = {}  # shard -> (positions in the result, its rows)
-    for line in complete_lines(folder / INDEX_NAME):
-        record = json.loads(line)
+    for _, record in _index_records(index):
         if "shard" in record:
             positions, rows = wanted.setdefault(record["shard"], ([], []))
             positions.append(len(paths))
@@ -225,8 +370,27 @@ def read_embeddings(out: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]
             paths.append(record["image"])
     result: np.ndarray | None = None
     for name, (positions, rows) in wanted.items():
-        shard_rows = np.load(folder / name, mmap_mode="r")  # (rows, D)
+        shard_rows = _open_shard(folder / name, max(rows))  # (rows, D)
         if result is None:
             result = np.empty((len(paths), shard_rows.shape[1]), dtype=shard_rows.dtype)
+        elif shard_rows.shape[1:] != result.shape[1:]:
+            raise BadFileError(
+                f"{folder / name} holds rows of {shard_rows.shape[1]} values, the others {result.shape[1]}"
+            )
         result[positions] = shard_rows[rows]
     return paths, result if result is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _open_shard(path: Path, last_row: int) -> np.ndarray:
+    """A shard memory-mapped, once it is known to be a 2-D array holding row `last_row`."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        raise BadFileError(f"{path} is missing or not a regular file (a link?); embed again (--overwrite)")
+    try:
+        rows: np.ndarray = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise BadFileError(f"{path} cannot be read as a shard of vggnet embed ({err}); embed again") from None
+    if rows.ndim != 2 or rows.shape[0] <= last_row:
+        raise BadFileError(
+            f"{path} holds an array of shape {rows.shape}, the index points to row {last_row}; embed again"
+        )
+    return rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vggnet.batch.engine import Session, logits_fn, slowest
-from vggnet.data.images import labelled_images, shard
+from vggnet.data.images import LabelledImages, labelled_images, shard
+from vggnet.data.outputs import save_png
 from vggnet.errors import UsageError
 from vggnet.models.vgg import VGG
 
@@ -34,23 +35,45 @@ TOPK = 5
 
 @dataclass
 class Evaluation:
-    """The figures of one `evaluate` call, over all ranks. Accuracies are fractions (0-1)."""
+    """The figures of one `evaluate` call, over all ranks. Accuracies are fractions (0-1).
 
-    images: int  # scored (readable) images
-    failed: int  # images that could not be read: left out of every figure
+    Attributes:
+        images: the images scored (readable).
+        failed: the images that could not be read: left out of every figure.
+        acc1: top-1 accuracy.
+        acc5: acc@k with k = min(5, number of classes).
+        loss: the mean cross-entropy.
+        per_class: class name -> acc@1 over its images, for the classes the data holds.
+        confusion: (C, C) int64: row = true class, column = predicted.
+        classes: index -> name, C of them.
+        layout: how folders were mapped to classes: "classes", "imagenet" or "sorted".
+        seconds: the run's wall-clock time (its slowest rank's).
+        images_per_s: images scored per second.
+        world_size: the processes that shared the work.
+    """
+
+    images: int
+    failed: int
     acc1: float
-    acc5: float  # acc@k with k = min(5, number of classes)
-    loss: float  # mean cross-entropy
-    per_class: dict[str, float]  # class name -> acc@1 over its images, for the classes the data holds
-    confusion: torch.Tensor = field(repr=False)  # (C, C) int64: row = true class, column = predicted
-    classes: list[str] = field(repr=False)  # index -> name, C of them
-    layout: str = "sorted"  # how folders were mapped to classes: "classes", "imagenet" or "sorted"
+    acc5: float
+    loss: float
+    per_class: dict[str, float]
+    confusion: torch.Tensor = field(repr=False)
+    classes: list[str] = field(repr=False)
+    layout: str = "sorted"
     seconds: float = 0.0
     images_per_s: float = 0.0
     world_size: int = 1
 
     def to_dict(self, confusion: bool = False) -> dict[str, Any]:
-        """Plain values for JSON; the C x C matrix only when asked (1,000,000 numbers for ImageNet)."""
+        """Plain values for JSON; the C x C matrix only when asked (1,000,000 numbers for ImageNet).
+
+        Args:
+            confusion: add `classes` and the `confusion` matrix as nested lists.
+
+        Returns:
+            A dict `json.dumps` takes.
+        """
         out = {
             "images": self.images, "failed": self.failed, "acc1": self.acc1, "acc5": self.acc5,
             "loss": self.loss, "per_class": self.per_class, "layout": self.layout, "seconds": self.seconds,
@@ -75,9 +98,27 @@ def evaluate(
 ) -> Evaluation:
     """Score `model` (with its evaluation `preset`) on the labelled folder `data`.
 
-    `classes`: the model's class names (a fine-tuned checkpoint's, or ImageNet's); folders named after
-    them get their index, ImageNet synset folders the synset's index, other folders their sorted
-    position. `optimize`: run through `optimize_for_inference` (uncompiled; bf16 on CUDA).
+    Under torchrun each rank scores its share and every rank gets the summed figures.
+
+    Args:
+        model: a vggnet VGG.
+        preset: its evaluation preset (the weights' `transforms()`).
+        data: a folder of class folders, `data/<class>/<images>` (at any depth below the class folder).
+        classes: the model's class names (a fine-tuned checkpoint's, or ImageNet's); folders named after
+            them get their index, ImageNet synset folders the synset's index, other folders their sorted
+            position.
+        batch_size: images per batch, per process.
+        workers: DataLoader worker processes; default the cores the model leaves, up to 8.
+        device: where the model runs; default CUDA when available.
+        optimize: run through `optimize_for_inference` (uncompiled; bf16 on CUDA).
+        progress: show a progress bar (rank 0, on a terminal).
+
+    Returns:
+        The figures, the confusion matrix included.
+
+    Raises:
+        UsageError: the folders are not laid out as needed, or their number of classes is not the model's.
+        NoImages: `data` is not a folder.
     """
     session = Session(device, batch_size, workers)
     labelled = labelled_images(data, classes, model.num_classes)
@@ -86,9 +127,25 @@ def evaluate(
             f"{data} has {len(labelled.classes)} classes, the model {model.num_classes} outputs; "
             f"evaluate a model with {len(labelled.classes)} outputs, or pass its class names as `classes`"
         )
-    n = model.num_classes
-    k = min(TOPK, n)
     forward = logits_fn(model, session, optimize)
+    counts, loss_total, seconds = _score(forward, session, labelled, preset, model.num_classes, progress)
+    n = model.num_classes
+    matrix = counts[: n * n].view(n, n).cpu()
+    hits, failed = int(counts[n * n]), int(counts[n * n + 1])
+    return _figures(matrix, hits, failed, loss_total, labelled.classes, labelled.layout, seconds, session.ctx.world)
+
+
+def _score(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    session: Session,
+    labelled: LabelledImages,
+    preset: nn.Module,
+    n: int,
+    progress: bool,
+) -> tuple[torch.Tensor, float, float]:
+    """This rank's share scored, summed over the ranks: (the flat confusion matrix, then the top-k hits and the
+    failed images; the summed cross-entropy; the slowest rank's seconds)."""
+    k = min(TOPK, n)
     targets = torch.tensor(labelled.targets, dtype=torch.int64)
     confusion = torch.zeros(n * n, dtype=torch.int64, device=session.device)
     topk_hits = torch.zeros((), dtype=torch.int64, device=session.device)
@@ -110,10 +167,7 @@ def evaluate(
     seconds = time.perf_counter() - tic
     counts = session.sum(torch.cat([confusion, topk_hits.view(1), torch.tensor([failed], device=confusion.device)]))
     loss_total = float(session.sum(loss_sum.view(1)).item())
-    matrix = counts[: n * n].view(n, n).cpu()
-    hits, failed = int(counts[n * n]), int(counts[n * n + 1])
-    seconds = slowest(session, seconds)
-    return _figures(matrix, hits, failed, loss_total, labelled.classes, labelled.layout, seconds, session.ctx.world)
+    return counts, loss_total, slowest(session, seconds)
 
 
 def _figures(
@@ -139,9 +193,19 @@ MAX_LABELLED = 40  # class names drawn beside the matrix up to this many classes
 def plot_confusion(
     evaluation: Evaluation, path: str | os.PathLike[str], *, cell: int | None = None, labels: bool = True
 ) -> Path:
-    """The confusion matrix as a PNG: row i = true class i, column j = predicted j, shaded by the share
-    of row i's images (white 0 to dark blue 1); with `labels`, class names on the left and top (up to 40
-    classes). `cell`: pixels per cell (default: up to 24, the matrix at most about 960 px wide).
+    """The confusion matrix as a PNG: row i = true class i, column j = predicted j.
+
+    Each cell is shaded by the share of row i's images (white 0 to dark blue 1), under a title with the
+    accuracies.
+
+    Args:
+        evaluation: what `evaluate` returned.
+        path: the PNG to write.
+        cell: pixels per cell; default up to 24, the matrix at most about 960 px wide.
+        labels: class names on the left and top (up to 40 classes).
+
+    Returns:
+        `path`.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -174,9 +238,7 @@ def plot_confusion(
             ImageDraw.Draw(label).text((0, 0), name, fill="black", font=font)
             rotated = label.rotate(90, expand=True)
             canvas.paste(rotated, (margin + i * side + (side - 12) // 2, top - 4 - rotated.height))
-    out = Path(path)
-    canvas.save(out, format="PNG")
-    return out
+    return save_png(canvas, path)  # whole or not at all, never through a link
 
 
 def _text_width(font: Any, text: str) -> int:

@@ -1,9 +1,14 @@
 """Line-per-image outputs: one record per image, written as it comes, resumable, merged from torchrun's ranks.
 
 - Results are written as they come, one line per image (JSON Lines, or CSV on request), so memory
-  does not grow with the number of images.
-- `resume=True` keeps what the output already holds (a truncated last line from a killed run is cut
+  does not grow with the number of images. A record is complete when its newline is written: a CSV
+  path holding a newline is quoted and spans lines, a JSON one is escaped; both read back as written,
+  whatever bytes the path holds.
+- An output that holds something is started again only with `overwrite=True` (replaced whole, as
+  `vggnet.data.outputs.atomic_write` writes), continued only with `resume=True`, never truncated.
+- `resume=True` keeps what the output already holds (a truncated last record from a killed run is cut
   off) and runs only the images it lacks.
+- One writer per output: `Output.claimed()` holds `.OUTPUT.lock` (the holder is named to a second one).
 - Under `torchrun` (WORLD_SIZE > 1) rank r writes `OUTPUT.partR`, and rank 0 merges the parts into
   OUTPUT in the list's order once every rank is done. A part left by a killed run is taken into OUTPUT
   by the next `resume=True` run, whatever its world size.
@@ -19,17 +24,18 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from vggnet.checks import check_choice
-from vggnet.errors import UsageError
+from vggnet.data.outputs import check_output, lock_beside, open_append, write_text, writer_lock
+from vggnet.errors import BadFileError, OutputExistsError, UsageError
 
 if TYPE_CHECKING:
     from vggnet.data.distributed import Dist
 
-__all__ = ["FORMATS", "Lines", "Output", "complete_lines"]
+__all__ = ["FORMATS", "Lines", "Output", "check_fresh", "complete_lines", "records"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +59,35 @@ class Lines:
 
     def line(self, record: dict[str, Any]) -> str:
         if self.fmt == "jsonl":
-            return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+            text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a path with undecodable bytes: escaped (\udcff), read back as it was
+                text = json.dumps(record, allow_nan=False)
+            return text + "\n"
         return self._csv([_cell(record.get(c)) for c in self.columns])
 
     def key(self, line: str) -> str:
-        """The image path of a complete line; ValueError when the line is not one of ours."""
+        """The image path of a complete record; ValueError when the record is not one of ours."""
         if self.fmt == "jsonl":
             image = json.loads(line).get("image")
             if not isinstance(image, str):
                 raise UsageError("no image path")
             return image
-        (row,) = csv.reader([line])
-        return row[0]
+        return next(csv.reader(io.StringIO(line, newline="")))[0]
+
+    def records(self, path: Path) -> Iterator[str]:
+        """The complete records of `path` (a CSV record may span lines: a path may hold a newline)."""
+        return (text for text, _ in records(path, quoted=self.fmt == "csv"))
 
     @staticmethod
     def _csv(cells: Sequence[str]) -> str:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(cells)
+        # a lone "\r" is no line terminator to the writer, but ends a line for every reader: quote that row
+        if any("\r" in cell for cell in cells):
+            csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(cells)
+        else:
+            csv.writer(buf, lineterminator="\n").writerow(cells)
         return buf.getvalue()
 
 
@@ -79,37 +97,88 @@ def _cell(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def complete_lines(path: Path) -> Iterator[str]:
-    """The lines of `path` that end with a newline (a killed writer's last line is dropped)."""
-    with open(path, encoding="utf-8", newline="") as f:
+def records(path: Path, *, quoted: bool) -> Iterator[tuple[str, int]]:
+    """Each complete record of `path`, and the byte offset just past it; a killed writer's last half is left out.
+
+    A record ends with a newline; with `quoted` (CSV) only a newline outside quotes, which is where an
+    even number of quotes has been seen (a quote inside a field is doubled). Bytes that are not UTF-8
+    (a file name's) come back as the surrogates Python names them with.
+
+    Args:
+        path: a JSON Lines or CSV output.
+        quoted: CSV: a quoted field may hold newlines.
+
+    Yields:
+        (record with its newline, byte offset after it).
+    """
+    with open(path, "rb") as f:
+        pending: list[bytes] = []
+        quotes = offset = 0
         for line in f:
-            if line.endswith("\n"):
-                yield line
-
-
-def _cut_partial_line(path: Path) -> None:
-    """Truncate `path` after its last newline: what a run killed mid-write leaves is not half a record."""
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        step, end = 1 << 16, size
-        while end > 0:
-            start = max(0, end - step)
-            f.seek(start)
-            chunk = f.read(end - start)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                if start + cut + 1 < size:
-                    logger.warning("%s: dropped an incomplete last line (%d bytes)", path, size - start - cut - 1)
-                    f.truncate(start + cut + 1)
+            if not line.endswith(b"\n"):
                 return
-            end = start
-        f.truncate(0)
+            offset += len(line)
+            pending.append(line)
+            quotes += line.count(b'"') if quoted else 0
+            if quotes % 2 == 0:
+                yield b"".join(pending).decode("utf-8", "surrogateescape"), offset
+                pending, quotes = [], 0
+
+
+def complete_lines(path: Path) -> Iterator[str]:
+    """The lines of `path` that end with a newline (a killed writer's last line is dropped); JSON Lines.
+
+    Args:
+        path: a JSON Lines file.
+
+    Returns:
+        Its complete lines, each with its newline.
+    """
+    return (text for text, _ in records(path, quoted=False))
+
+
+def _cut_partial_record(path: Path, quoted: bool) -> None:
+    """Truncate `path` after its last complete record: what a run killed mid-write leaves is not half a record."""
+    end = max((offset for _, offset in records(path, quoted=quoted)), default=0)
+    size = path.stat().st_size
+    if end < size:
+        logger.warning("%s: dropped an incomplete last record (%d bytes)", path, size - end)
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.ftruncate(fd, end)
+        finally:
+            os.close(fd)
+
+
+def check_fresh(path: Path, *, resume: bool, overwrite: bool) -> None:
+    """Whether `path` may be written: OutputExistsError if it holds something and neither `resume` nor `overwrite`.
+
+    Args:
+        path: the output file.
+        resume: keep what it holds and add to it.
+        overwrite: replace what it holds.
+
+    Raises:
+        UsageError: both `resume` and `overwrite`.
+        OutputPathError: `path` is a folder, a link or another thing that is not a file.
+        OutputExistsError: `path` holds something and neither was given; an empty file may be written.
+    """
+    if resume and overwrite:
+        raise UsageError("resume keeps what the output holds and overwrite replaces it: pass one of them")
+    check_output(path)
+    if resume or overwrite:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        size = path.stat().st_size
+        if size:
+            raise OutputExistsError(
+                f"{path} already holds {size:,} bytes; pass resume (--resume) to add only what it lacks, "
+                "overwrite (--overwrite) to replace it, or write to another file"
+            )
 
 
 class Output:
-    """OUTPUT and its per-rank parts: preparing (fresh or resumed), writing, merging."""
+    """OUTPUT and its per-rank parts: claiming, preparing (fresh or resumed), writing, merging."""
 
     def __init__(self, path: Path, lines: Lines, ctx: Dist) -> None:
         self.path = path
@@ -117,26 +186,42 @@ class Output:
         self.ctx = ctx
 
     def parts(self) -> list[Path]:
-        found = self.path.parent.glob(self.path.name + PART + "*")
-        return sorted((p for p in found if p.name[len(self.path.name) + len(PART) :].isdigit()), key=_part_number)
+        prefix = self.path.name + PART  # listed, not globbed: the name may hold [ or *
+        try:
+            names = os.listdir(self.path.parent)
+        except FileNotFoundError:
+            return []
+        found = [self.path.with_name(n) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()]
+        return sorted(found, key=_part_number)
 
     def part(self, rank: int) -> Path:
         return self.path.with_name(f"{self.path.name}{PART}{rank}")
 
-    def prepare(self, resume: bool) -> set[str]:
-        """Rank 0 readies OUTPUT (emptied, or repaired and joined by old parts); every rank gets what it holds."""
+    def claimed(self) -> contextlib.AbstractContextManager[None]:
+        """Rank 0 holds OUTPUT's lock (`.OUTPUT.lock`) for the whole run: one writer per output."""
+        return writer_lock(lock_beside(self.path), self.path) if self.ctx.main else contextlib.nullcontext()
+
+    def prepare(self, resume: bool, overwrite: bool = False, repair: Callable[[Path], None] | None = None) -> set[str]:
+        """Rank 0 readies OUTPUT (fresh, or repaired and joined by old parts); every rank gets what it holds.
+
+        An OUTPUT holding something is refused unless `resume` or `overwrite` (see `check_fresh`).
+        `repair(OUTPUT)` runs on rank 0 once a resumed OUTPUT is whole, before the records are read.
+        """
         if self.ctx.main:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_fresh(self.path, resume=resume, overwrite=overwrite)
             if resume and self.path.exists():
-                _cut_partial_line(self.path)
+                open_append(self.path).close()  # a file of one name, never a link: it is cut and appended to
+                _cut_partial_record(self.path, self.lines.fmt == "csv")
                 self._check_header()
             else:
-                self.path.write_text(self.lines.header(), encoding="utf-8")
-            with open(self.path, "a", encoding="utf-8", newline="") as out:
+                write_text(self.path, self.lines.header())  # replaced whole, never through a link
+            with open_append(self.path) as out:
                 for part in self.parts():  # a killed torchrun run's results: kept when resuming
                     if resume:
-                        out.writelines(complete_lines(part))
+                        out.writelines(self.lines.records(part))
                     part.unlink()
+            if resume and repair is not None:
+                repair(self.path)
         self.ctx.barrier()
         return self.done() if resume else set()
 
@@ -144,10 +229,9 @@ class Output:
         header = self.lines.header()
         if not header:
             return
-        with open(self.path, encoding="utf-8", newline="") as f:
-            first = f.readline()
+        first = next(self.lines.records(self.path), "")
         if not first:
-            self.path.write_text(header, encoding="utf-8")
+            write_text(self.path, header)
         elif first != header:
             raise UsageError(
                 f"{self.path} has the columns {first.strip()!r}, this run writes {header.strip()!r} "
@@ -155,26 +239,26 @@ class Output:
             )
 
     def done(self) -> set[str]:
-        """The images OUTPUT holds a line for (results and errors alike)."""
+        """The images OUTPUT holds a record for (results and errors alike)."""
         held: set[str] = set()
-        lines = complete_lines(self.path)
-        if self.lines.header():
-            next(lines, None)
-        for number, line in enumerate(lines, start=2 if self.lines.header() else 1):
-            try:
-                held.add(self.lines.key(line))
-            except (ValueError, KeyError, AttributeError) as err:
-                raise UsageError(
-                    f"{self.path}, line {number}: not a {self.lines.fmt} record of this command ({err}); "
-                    "resume only into an output this command wrote, or start a new one"
-                ) from err
+        number = 1  # the line a record starts on (a CSV record may span lines)
+        for index, text in enumerate(self.lines.records(self.path)):
+            if index or not self.lines.header():
+                try:
+                    held.add(self.lines.key(text))
+                except (ValueError, KeyError, AttributeError, StopIteration, IndexError) as err:
+                    raise BadFileError(
+                        f"{self.path}, line {number}: not a {self.lines.fmt} record of this command ({err}); "
+                        "resume only into an output this command wrote, or start again (--overwrite)"
+                    ) from None
+            number += text.count("\n")
         return held
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[IO[str]]:
         """This rank's file, opened for appending: OUTPUT itself in one process, else its part."""
         target = self.part(self.ctx.rank) if self.ctx.on else self.path
-        with open(target, "a", encoding="utf-8", newline="", buffering=1) as f:  # a line per image, as it comes
+        with open_append(target) as f:  # a line per image, as it comes
             yield f
 
     def merge(self, paths: Sequence[str]) -> None:
@@ -184,9 +268,9 @@ class Output:
         if not ctx.on or not ctx.main:
             return
         parts = [self.part(r) for r in range(ctx.world)]
-        with contextlib.ExitStack() as stack, open(self.path, "a", encoding="utf-8", newline="") as out:
+        with contextlib.ExitStack() as stack, open_append(self.path) as out:
             readers = [
-                _Peek(complete_lines(p), self.lines) if p.exists() else _Peek(iter(()), self.lines) for p in parts
+                _Peek(self.lines.records(p), self.lines) if p.exists() else _Peek(iter(()), self.lines) for p in parts
             ]
             for reader in readers:
                 stack.callback(reader.close)

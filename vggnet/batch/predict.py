@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from vggnet.batch.engine import Session, logits_fn, totals
-from vggnet.batch.output import Lines, Output
+from vggnet.batch.output import Lines, Output, check_fresh
 from vggnet.checks import check_int
 from vggnet.data.images import list_images, shard
 from vggnet.errors import UsageError
@@ -31,22 +31,44 @@ __all__ = ["PredictSummary", "iter_predictions", "predict_images", "prediction_c
 
 @dataclass
 class PredictSummary:
-    """What a `predict_images` run did, summed over the ranks."""
+    """What a `predict_images` run did, summed over the ranks.
+
+    Attributes:
+        output: the file written.
+        images: the images run now, read or not.
+        failed: those that could not be read (their lines hold an "error").
+        skipped: those already in the output (resume).
+        seconds: the run's wall-clock time (its slowest rank's).
+        images_per_s: images run per second.
+        world_size: the processes that shared the work.
+    """
 
     output: str
-    images: int  # run now, read or not
-    failed: int  # could not be read (their lines hold an "error")
-    skipped: int  # already in the output (resume)
+    images: int
+    failed: int
+    skipped: int
     seconds: float
     images_per_s: float
     world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, for JSON.
+
+        Returns:
+            Field name -> value.
+        """
         return asdict(self)
 
 
 def prediction_columns(topk: int) -> list[str]:
-    """The CSV columns: image, then label_i, index_i, probability_i for i = 1..topk, then error."""
+    """The CSV columns: image, then label_i, index_i, probability_i for i = 1..topk, then error.
+
+    Args:
+        topk: the classes per image.
+
+    Returns:
+        The column names, in order.
+    """
     ranks = [f"{name}_{i}" for i in range(1, topk + 1) for name in ("label", "index", "probability")]
     return ["image", *ranks, "error"]
 
@@ -54,9 +76,29 @@ def prediction_columns(topk: int) -> list[str]:
 def prediction_record(
     image: str, probs: Sequence[float], indices: Sequence[int], categories: Sequence[str]
 ) -> dict[str, Any]:
-    """{"image": path, "predictions": [{"index", "label", "probability"}, ...]}, best first."""
+    """{"image": path, "predictions": [{"index", "label", "probability"}, ...]}, best first.
+
+    Args:
+        image: the image's path.
+        probs: the top classes' probabilities, best first.
+        indices: their class indices.
+        categories: the class names, in index order.
+
+    Returns:
+        One JSON Lines record.
+    """
     predictions = [{"index": i, "label": categories[i], "probability": p} for p, i in zip(probs, indices)]
     return {"image": image, "predictions": predictions}
+
+
+def _write(records: Iterator[dict[str, Any]], f: IO[str], lines: Lines) -> tuple[int, float]:
+    """Write each record as one line of `lines`' format, as it comes; (how many were errors, seconds taken)."""
+    tic = time.perf_counter()
+    failed = 0
+    for record in records:
+        failed += "error" in record
+        f.write(lines.line(record if lines.fmt == "jsonl" else _flat(record)))
+    return failed, time.perf_counter() - tic
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +124,23 @@ def iter_predictions(
 ) -> Iterator[dict[str, Any]]:
     """One record per image of `paths` (those at `indices`, default all), in order, as they are computed.
 
-    A record is `prediction_record(...)`, or `{"image": path, "error": message}` for an unreadable file.
-    `forward`: a `logits_fn(model, session, optimize)` made beforehand (default: made here).
+    Args:
+        model: a vggnet VGG.
+        preset: its evaluation preset.
+        paths: every image of the run.
+        categories: one class name per output of fc8.
+        session: the run's session (device, batch size, workers, rank).
+        topk: classes per image.
+        indices: the images to run (default all).
+        optimize: run through `optimize_for_inference` (when `forward` is not given).
+        forward: a `logits_fn(model, session, optimize)` made beforehand (default: made here).
+        bar: a progress bar to advance by the images done.
+
+    Yields:
+        `prediction_record(...)`, or `{"image": path, "error": message}` for an unreadable file.
+
+    Raises:
+        UsageError: not one category per output, or `topk` under 1.
     """
     _check_categories(model, categories, topk)
     k = min(topk, model.num_classes)
@@ -119,6 +176,7 @@ def predict_images(
     topk: int = 5,
     format: str = "jsonl",
     resume: bool = False,
+    overwrite: bool = False,
     from_file: str | os.PathLike[str] | None = None,
     batch_size: int = 32,
     workers: int | None = None,
@@ -126,30 +184,51 @@ def predict_images(
     optimize: bool = True,
     progress: bool = True,
 ) -> PredictSummary:
-    """Classify every image `sources` names (files, folders, globs, "-"; see `images.list_images`) into `output`.
+    """Classify every image `sources` names into `output`, one line per image, written as it comes.
 
-    One line per image, written as it comes: JSON Lines (`prediction_record`, or an "error" for a file
-    that could not be read) or CSV (`prediction_columns`). Under torchrun each rank does its share and
-    rank 0 merges; the summary is the same on every rank.
+    Args:
+        model: a vggnet VGG.
+        preset: its evaluation preset (the weights' `transforms()`).
+        sources: files, folders (their images at any depth), glob patterns and "-" (paths on stdin).
+        output: the file to write.
+        categories: one class name per output of fc8.
+        topk: classes per image.
+        format: "jsonl" (`prediction_record`, or an "error" for an unreadable file) or "csv" (`prediction_columns`).
+        resume: keep the lines `output` holds and run only the other images.
+        overwrite: replace what `output` holds (without `resume` or `overwrite`, an `output` holding
+            something is refused; one process writes it at a time, another gets `InUseError`).
+        from_file: a text file of image paths, one per line.
+        batch_size: images per batch, per process.
+        workers: DataLoader worker processes; default the cores the model leaves, up to 8.
+        device: where the model runs; default CUDA when available.
+        optimize: run through `optimize_for_inference` (uncompiled; bf16 on CUDA).
+        progress: show a progress bar (rank 0, on a terminal).
+
+    Returns:
+        What the run did, the same on every rank (under torchrun each rank does its share, rank 0 merges).
+
+    Raises:
+        UsageError: not one category per output, `topk` under 1, an unknown format, or other columns to resume.
+        OutputExistsError: `output` holds something, and neither `resume` nor `overwrite` was given.
+        InUseError: another process writes `output`.
+        NoImages: a source matches no image.
     """
     _check_categories(model, categories, topk)
     lines = Lines(format, prediction_columns(min(topk, model.num_classes)))
+    check_fresh(Path(output), resume=resume, overwrite=overwrite)  # before a worker starts
     session = Session(device, batch_size, workers)
     paths: list[str] = session.broadcast(list_images(sources, from_file=from_file) if session.main else None)
     out = Output(Path(output), lines, session.ctx)
-    done = out.prepare(resume)
-    todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
-    failed = 0
-    forward = logits_fn(model, session, optimize)
-    tic = time.perf_counter()
-    with out.writer() as f, session.bar(len(todo), "predict", progress) as bar:
-        for record in iter_predictions(
-            model, preset, paths, categories, session, topk=topk, indices=todo, forward=forward, bar=bar
-        ):
-            failed += "error" in record
-            f.write(lines.line(record if format == "jsonl" else _flat(record)))
-        seconds = time.perf_counter() - tic
-    out.merge(paths)
+    with out.claimed():
+        done = out.prepare(resume, overwrite)
+        todo = [i for i in shard(len(paths), session.ctx.rank, session.ctx.world) if paths[i] not in done]
+        forward = logits_fn(model, session, optimize)
+        with out.writer() as f, session.bar(len(todo), "predict", progress) as bar:
+            records = iter_predictions(
+                model, preset, paths, categories, session, topk=topk, indices=todo, forward=forward, bar=bar
+            )
+            failed, seconds = _write(records, f, lines)
+        out.merge(paths)
     ran, failed, seconds = totals(session, len(todo), failed, seconds)
     per_s = ran / seconds if seconds else 0.0
     return PredictSummary(str(out.path), ran, failed, len(paths) - ran, seconds, per_s, session.ctx.world)

@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         message = str(err) or type(err).__name__
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        if len(lines) > 1:  # a library's page of text (torch's, say): its first line, the rest under --debug
+            message = f"{type(err).__name__}: {lines[0]} (the rest with --debug)"
         if isinstance(err, UsageError):
             message += f" (see '{PROG} {args.command} --help')"
         error(message)

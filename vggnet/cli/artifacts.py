@@ -7,10 +7,19 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vggnet.cli.args import add_weights, model_arg, positive, side_arg
+from vggnet.cli.args import (
+    add_preset,
+    add_weights,
+    check_preset,
+    model_arg,
+    positive,
+    preset_given,
+    run_preset,
+    side_arg,
+)
 from vggnet.cli.output import print_json
 from vggnet.errors import EXIT_OK, UsageError
-from vggnet.models.config import ARCHS, SOURCE_RULES
+from vggnet.models.config import ARCHS, MIN_SIZE, SOURCE_RULES
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +71,8 @@ def add_export(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Build ARCH with --weights (" + SOURCE_RULES + ") and write OUT in --format, then run OUT once "
         "on a random batch against eager PyTorch (onnxruntime for ONNX, when installed) and print the largest "
-        "difference and OUT's SHA-256."
+        "difference and OUT's SHA-256. --with-preset puts the weights' preset (a vggnet checkpoint's own; see "
+        "the preprocessing options) inside the graph, which then takes uint8 images of any size."
     )
     p.add_argument("arch", type=model_arg, metavar="ARCH", help=f"one of {', '.join(ARCHS)}")
     p.add_argument("out", metavar="OUT", help="the file to write")
@@ -72,37 +82,49 @@ def add_export(p: argparse.ArgumentParser) -> None:
         "--dynamic-batch", action=argparse.BooleanOptionalAction, default=True, help="any batch size (default on)"
     )
     p.add_argument("--dynamic-size", action="store_true", help="any height and width from 64 px (ONNX, pt2, aoti)")
-    p.add_argument("--image-size", type=side_arg, default=224, metavar="N", help="the input side (default 224)")
+    size = "the input side (default: the preset's crop, 224 for ImageNet's; at least 64 with --dynamic-size)"
+    p.add_argument("--image-size", type=side_arg, metavar="N", help=size)
     p.add_argument("--batch-size", type=positive, default=1, metavar="B", help="the batch with --no-dynamic-batch")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="weights' dtype")
     p.add_argument(
         "--with-preset", action="store_true", help="take uint8 images: resize, crop and normalize inside the graph"
     )
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    add_preset(p)
 
 
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from vggnet.deploy.export import check_export, example_images, export, with_preset
+    from vggnet.data.outputs import check_output
+    from vggnet.deploy.export import check_export, check_shapes, example_images, export, with_preset
     from vggnet.hub import file_sha256
     from vggnet.models.checkpoint import load
 
     if args.with_preset and args.fmt == "torchscript":
         raise UsageError("--with-preset works with --format onnx, pt2 or aoti, not torchscript")
+    if preset_given(args) and not args.with_preset:
+        raise UsageError("--resize, --crop, --mean and --std shape the preset put in the graph: add --with-preset")
+    check_preset(args, image_size=False)
+    # before any weights are fetched: OUT is a file vggnet may replace, the shapes ones the exporter takes
+    check_output(args.out)
+    check_shapes(dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size, image_size=args.image_size,
+                 batch_size=args.batch_size)  # fmt: skip
     loaded = load(args.weights, arch=args.arch, sha256=args.sha256, progress=not args.quiet)
+    preset = run_preset(args, loaded)
+    # the example's side: a dynamic one starts at 64 px (see deploy/export.py)
+    size = args.image_size or max(preset.crop_size, 2 * MIN_SIZE if args.dynamic_size else 0)
     dtype = getattr(torch, args.dtype)
     model = loaded.model.eval()
     path = export(
         model, args.out, args.fmt, dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
-        image_size=args.image_size, batch_size=args.batch_size, dtype=dtype, include_preset=args.with_preset,
-        preset=loaded.preset,
+        image_size=size, batch_size=args.batch_size, dtype=dtype, include_preset=args.with_preset, preset=preset,
     )  # fmt: skip
     reference: torch.nn.Module = model.to(dtype)
     if args.with_preset:
-        reference = with_preset(reference, loaded.preset)
+        reference = with_preset(reference, preset)
     batch = 2 if args.dynamic_batch else args.batch_size
-    images = example_images(batch, args.image_size, include_preset=args.with_preset, dtype=dtype, seed=1)
+    images = example_images(batch, size, include_preset=args.with_preset, dtype=dtype, seed=1)
     try:
         diff: float | None = check_export(path, args.fmt, reference, [images])
     except ImportError as err:  # onnxruntime is optional: the file is written, only the check is skipped
@@ -111,7 +133,7 @@ def run_export(args: argparse.Namespace) -> int:
     report = {
         "arch": loaded.arch, "weights": loaded.weights, "format": args.fmt, "path": str(path),
         "sha256": file_sha256(path), "bytes": path.stat().st_size, "dynamic_batch": args.dynamic_batch,
-        "dynamic_size": args.dynamic_size, "image_size": args.image_size, "dtype": args.dtype,
+        "dynamic_size": args.dynamic_size, "image_size": size, "dtype": args.dtype,
         "with_preset": args.with_preset, "max_abs_diff": diff,
     }  # fmt: skip
     if args.json:

@@ -8,20 +8,24 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vggnet.batch.output import FORMATS
+from vggnet.batch.output import FORMATS, check_fresh
 from vggnet.cli.args import (
     add_device,
+    add_preset,
     add_weights,
+    check_preset,
     closing_process_group,
-    count,
     load_model,
     positive,
     rank,
     run_device,
+    run_preset,
     side_arg,
+    workers_arg,
     world,
 )
 from vggnet.cli.output import print_json, print_predictions
+from vggnet.data.outputs import check_output
 from vggnet.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from vggnet.models.config import SOURCE_RULES
 
@@ -36,15 +40,16 @@ if TYPE_CHECKING:
 
 
 def _add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
-    """--arch, --weights, --sha256, --device, --batch-size, --workers, --image-size."""
+    """--arch, --weights, --sha256, --device, --batch-size, --workers, --image-size, and the preset's options."""
     add_weights(p)
     add_device(p)
     p.add_argument("--batch-size", type=positive, default=batch_size, metavar="B", help=f"default {batch_size}")
     workers = "processes decoding images (default: the cores the model leaves, up to 8)"
-    p.add_argument("--workers", type=count, metavar="W", help=workers)
+    p.add_argument("--workers", type=workers_arg, metavar="W", help=workers)
     p.add_argument(
         "--image-size", type=side_arg, metavar="N", help="crop size (default: the weights', 224); resize to N*256/224"
     )
+    add_preset(p)
 
 
 def _add_image_sources(p: argparse.ArgumentParser, metavar: str) -> None:
@@ -64,11 +69,11 @@ def _images(args: argparse.Namespace) -> tuple[list[str], Path | None]:
 
 
 def _model(args: argparse.Namespace, *, classifier: bool = True) -> tuple[str, Loaded, ImageClassification]:
-    """The device, the model --weights names, and its preset at --image-size."""
+    """The device, the model --weights names, and its preset at --image-size or --resize/--crop/--mean/--std."""
+    check_preset(args)
     device = run_device(args)
     loaded = load_model(args, device, classifier=classifier)
-    preset = loaded.preset if args.image_size is None else loaded.preset.resized(args.image_size)
-    return device, loaded, preset
+    return device, loaded, run_preset(args, loaded, args.image_size)
 
 
 def _finished(args: argparse.Namespace, summary: PredictSummary | EmbedSummary, rest: str) -> int:
@@ -94,9 +99,10 @@ def add_predict(p: argparse.ArgumentParser) -> None:
         "--output FILE one line per image is written as it comes (JSON Lines, or CSV), --resume skips the "
         "images FILE holds, and under torchrun each process does its share. An unreadable image is "
         'reported (in FILE with an "error", and on stderr) and the run goes on; the exit status is then 1. '
-        f"--weights is {SOURCE_RULES}. The model is the one the weights name (a fine-tuned checkpoint's, a "
-        "state dict's keys), else --arch (default vgg16); a plain file's labels are ImageNet's when it has "
-        "1000 outputs."
+        f"--weights is {SOURCE_RULES}. The model is the one the weights name (a vggnet checkpoint's, a "
+        "state dict's keys), else --arch (default vgg16). A checkpoint written by vggnet.save or vggnet "
+        "finetune brings its labels and preprocessing; a plain state dict's labels are ImageNet's when it has "
+        "1000 outputs, and its preprocessing ImageNet's unless --resize, --crop, --mean, --std say otherwise."
     )
     _add_image_sources(p, "IMAGE")
     _add_run_options(p, batch_size=16)
@@ -105,18 +111,21 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write one line per image to FILE as it comes")
     p.add_argument("--format", choices=FORMATS, help="of --output (default: csv for a .csv FILE, else jsonl)")
     p.add_argument("--resume", action="store_true", help="keep what --output holds; classify only the others")
+    p.add_argument("--overwrite", action="store_true", help="replace what --output holds (else it is refused)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from vggnet.batch.engine import Session
     from vggnet.batch.predict import iter_predictions, predict_images
 
-    if args.output is None and (args.resume or args.format is not None):
-        raise UsageError("--resume and --format are for --output FILE")
+    if args.output is None and (args.resume or args.overwrite or args.format is not None):
+        raise UsageError("--resume, --overwrite and --format are for --output FILE")
     if args.output is not None and args.json:
         raise UsageError("--json prints to stdout; with --output FILE choose --format jsonl or csv")
     if args.output is None and world() > 1:
         raise UsageError("under torchrun, give --output FILE: each process writes its part and rank 0 merges them")
+    if args.output is not None and rank() == 0:  # before any weights are fetched
+        check_fresh(args.output, resume=args.resume, overwrite=args.overwrite)
     images, from_file = _images(args)
     device, classifier, preset = _model(args)
     categories = classifier.categories
@@ -126,8 +135,8 @@ def run_predict(args: argparse.Namespace) -> int:
         with closing_process_group():
             summary = predict_images(
                 classifier.model, preset, images, args.output, categories=categories, topk=args.topk, format=fmt,
-                resume=args.resume, from_file=from_file, batch_size=args.batch_size, workers=args.workers,
-                device=device, progress=not args.quiet,
+                resume=args.resume, overwrite=args.overwrite, from_file=from_file, batch_size=args.batch_size,
+                workers=args.workers, device=device, progress=not args.quiet,
             )  # fmt: skip
         rest = f" in {summary.seconds:.1f} s, {summary.images_per_s:.1f} img/s, {summary.world_size} process(es)"
         return _finished(args, summary, f"{rest}: {summary.output}")
@@ -176,6 +185,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {args.plot}: the confusion matrix is drawn as a PNG; name a .png file")
+    if args.plot is not None:
+        check_output(args.plot)  # before any weights are fetched
     if not args.data.is_dir():
         raise UsageError(f"{args.data}: no such folder; DATA holds one folder of images per class")
     device, loaded, preset = _model(args)
@@ -234,12 +245,15 @@ def add_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", action="store_true", help="L2-normalise each row")
     p.add_argument("--shard-size", type=positive, default=4096, metavar="N", help="rows per .npy file (default 4096)")
     p.add_argument("--resume", action="store_true", help="keep what --out holds; embed only the other images")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (else it is refused)")
     _add_run_options(p, batch_size=32)
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from vggnet.batch.embed import embed_images
+    from vggnet.batch.embed import check_folder, embed_images
 
+    if rank() == 0:  # before any weights are fetched
+        check_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     images, from_file = _images(args)
     device, loaded, preset = _model(args, classifier=False)  # a features-only record serves here
     names = loaded.model.layer_names()
@@ -248,8 +262,8 @@ def run_embed(args: argparse.Namespace) -> int:
     with closing_process_group():
         summary = embed_images(
             loaded.model, preset, images, args.out, layer=args.layer, pool=args.pool, normalize=args.normalize,
-            shard_size=args.shard_size, resume=args.resume, from_file=from_file, batch_size=args.batch_size,
-            workers=args.workers, device=device, progress=not args.quiet,
+            shard_size=args.shard_size, resume=args.resume, overwrite=args.overwrite, from_file=from_file,
+            batch_size=args.batch_size, workers=args.workers, device=device, progress=not args.quiet,
         )  # fmt: skip
     rest = f": {summary.layer} features of {summary.dim} values in {summary.seconds:.1f} s"
     return _finished(args, summary, f"{rest}, {summary.images_per_s:.1f} img/s: {summary.out}")

@@ -7,7 +7,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vggnet.cli.args import WEIGHTS_HELP, add_device, add_weights, load_model, model_arg, positive, run_device, size_arg
+from vggnet.cli.args import (
+    WEIGHTS_HELP,
+    add_device,
+    add_preset,
+    add_weights,
+    check_preset,
+    load_model,
+    model_arg,
+    positive,
+    run_device,
+    run_preset,
+    size_arg,
+)
 from vggnet.cli.output import print_json, print_predictions, table
 from vggnet.errors import EXIT_OK, UsageError
 
@@ -102,13 +114,15 @@ def add_explain(p: argparse.ArgumentParser) -> None:
     add_device(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="where to write the picture")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    add_preset(p)
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from vggnet.data.outputs import save_png
     from vggnet.seeing.explain import explain
     from vggnet.seeing.pictures import label, overlay
 
-    loaded, x = _model_and_image(args, classifier=True)
+    loaded, preset, x = _model_and_image(args, classifier=True)
     result = explain(
         loaded.model,
         x,
@@ -119,9 +133,9 @@ def run_explain(args: argparse.Namespace) -> int:
         categories=loaded.categories,
     )
     explained, top = result.explained[0], result.top[0]
-    picture = overlay(_photo(x, loaded.preset), result.heatmap[0], alpha=args.alpha)
+    picture = overlay(_photo(x, preset), result.heatmap[0], alpha=args.alpha)
     label(picture, f"{explained.name} {explained.probability:.1%} ({result.layer})")
-    picture.save(args.out)
+    save_png(picture, args.out)
     predictions = [{"index": p.index, "label": p.name, "probability": p.probability} for p in top]
     if args.json:
         print_json(
@@ -162,14 +176,16 @@ def add_features(p: argparse.ArgumentParser) -> None:
     add_device(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="where to write the grid")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    add_preset(p)
 
 
 def run_features(args: argparse.Namespace) -> int:
+    from vggnet.data.outputs import save_png
     from vggnet.seeing.feature_maps import feature_maps
 
-    loaded, x = _model_and_image(args, classifier=False)
+    loaded, _, x = _model_and_image(args, classifier=False)
     maps = feature_maps(loaded.model, x, args.layer, args.count)
-    maps.grid(tile=args.tile, columns=args.columns).save(args.out)
+    save_png(maps.grid(tile=args.tile, columns=args.columns), args.out)
     if args.json:
         print_json(
             {
@@ -195,19 +211,24 @@ def run_features(args: argparse.Namespace) -> int:
 # --- the pictures ---------------------------------------------------------------------------------
 
 
-def _model_and_image(args: argparse.Namespace, *, classifier: bool) -> tuple[Loaded, torch.Tensor]:
-    """The model --weights names and IMAGE as it sees it (the weights' resize and crop), on --device; --out checked."""
+def _model_and_image(args: argparse.Namespace, *, classifier: bool) -> tuple[Loaded, ImageClassification, torch.Tensor]:
+    """The model --weights names, its preset (the preset options applied) and IMAGE through it, on --device."""
     from vggnet.data.decode import load_image
 
     _check_png(args.out)
+    check_preset(args, image_size=False)
     device = run_device(args)
     loaded = load_model(args, device, classifier=classifier)
-    return loaded, loaded.preset(load_image(args.image)).to(device)
+    preset = run_preset(args, loaded)
+    return loaded, preset, preset(load_image(args.image)).to(device)
 
 
 def _check_png(path: Path) -> None:
+    from vggnet.data.outputs import check_output
+
     if path.suffix.lower() != ".png":
         raise UsageError(f"--out {path}: the picture is written as PNG; give a file name ending in .png")
+    check_output(path)  # a folder or a link at --out: refused before any weights are fetched
 
 
 def _photo(x: torch.Tensor, preset: ImageClassification) -> torch.Tensor:

@@ -6,7 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from vggnet.cli.args import WEIGHTS_HELP, add_device, closing_process_group, model_arg, positive, side_arg
+from vggnet.cli.args import (
+    WEIGHTS_HELP,
+    add_device,
+    closing_process_group,
+    model_arg,
+    positive,
+    side_arg,
+    workers_arg,
+)
 from vggnet.errors import EXIT_OK
 from vggnet.models.config import HEADS
 
@@ -47,7 +55,7 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=side_arg, default=224, metavar="N", help="crop size (default 224)")
     p.add_argument("--out", type=Path, default=Path("finetune-out"), metavar="DIR", help="default ./finetune-out")
     add_device(p)
-    p.add_argument("--workers", type=int, default=0, metavar="W", help="data loading processes (default 0)")
+    p.add_argument("--workers", type=workers_arg, default=0, metavar="W", help="data loading processes (default 0)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on for CUDA)")
     p.add_argument("--in-chans", type=int, choices=(1, 3), default=3, help="1 reads the images as gray (default 3)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seeds init, order and augmentation (default 0)")
@@ -74,7 +82,9 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
     )
     runs = p.add_argument_group("runs")
     runs.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pth")
-    runs.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
+    runs.add_argument(
+        "--overwrite", action="store_true", help="replace the run OUT holds (kept until the new run's first checkpoint)"
+    )
     runs.add_argument("--plot", type=Path, metavar="PNG", help="draw the loss and accuracy curves into PNG")
 
 

@@ -43,7 +43,14 @@ __all__ = [
 
 
 def pillow() -> Any:
-    """PIL.Image, or an ImportError saying how to install Pillow."""
+    """PIL.Image, imported on first use (importing vggnet does not import Pillow).
+
+    Returns:
+        The `PIL.Image` module.
+
+    Raises:
+        MissingDependency: (an ImportError) Pillow is not installed; the message says how to install it.
+    """
     try:
         from PIL import Image
     except ImportError as err:
@@ -57,7 +64,11 @@ DEFAULT_MAX_PIXELS = 89_478_485
 
 
 def max_image_pixels() -> int:
-    """The pixel budget: $VGGNET_MAX_IMAGE_PIXELS if set, else DEFAULT_MAX_PIXELS (Pillow's default)."""
+    """The pixel budget: $VGGNET_MAX_IMAGE_PIXELS if set, else DEFAULT_MAX_PIXELS (Pillow's default).
+
+    Returns:
+        The most pixels an image may have, before and after resizing.
+    """
     return settings.max_image_pixels(DEFAULT_MAX_PIXELS)
 
 
@@ -75,9 +86,20 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, ZeroDi
 def load_image(path: str | os.PathLike[str] | Any, *, max_pixels: int | None = None) -> Image:
     """Open an image file as RGB with Pillow (gray, palette, alpha and 16-bit images are converted).
 
-    The header's size is checked against `max_pixels` (default `max_image_pixels()`) before any pixel
-    is decoded. A file that is not a readable image within the budget (or is a FIFO or a device) raises
-    `BadImageError` naming it; a missing or unreadable file raises the OSError `open` gives.
+    The header's size is checked against the pixel budget before any pixel is decoded.
+
+    Args:
+        path: the file (only a regular file is read: a FIFO or a device named like an image is refused,
+            not waited on), or an open binary file object.
+        max_pixels: the budget in pixels (width x height); default `max_image_pixels()`.
+
+    Returns:
+        The image, 8-bit RGB (16-bit gray scaled to 8 bits, not clipped).
+
+    Raises:
+        BadImageError: not an image Pillow can identify, cut short, over the budget, a FIFO or a device, a
+            float or 32-bit image; the message names the file and the problem.
+        OSError: the file is missing or unreadable (as `open` raises it).
     """
     pil = pillow()
     budget = max_image_pixels() if max_pixels is None else max_pixels
@@ -133,7 +155,14 @@ def _open_regular(path: str | os.PathLike[str]) -> Any:
 
 
 def gray_image(img: Image) -> Image:
-    """An image's luminance as an 8-bit "L" image: what gray presets and `ImageFolder(gray=True)` see."""
+    """An image's luminance as an 8-bit "L" image: what gray presets and `ImageFolder(gray=True)` see.
+
+    Args:
+        img: a PIL image of any mode but "F" (16-bit gray is scaled, not clipped).
+
+    Returns:
+        The "L" image: Pillow's ITU-R 601-2 luma of its RGB form.
+    """
     img = _eight_bit(img)
     if img.mode == "L":
         return img
@@ -144,7 +173,14 @@ def gray_image(img: Image) -> Image:
 
 
 def pil_to_tensor(img: Image) -> torch.Tensor:
-    """A PIL image as a uint8 tensor (C, H, W): (1, H, W) for "L" and 16-bit gray images, RGB otherwise."""
+    """A PIL image as a uint8 tensor (C, H, W): (1, H, W) for "L" and 16-bit gray images, RGB otherwise.
+
+    Args:
+        img: a PIL image (modes other than RGB and gray are converted to RGB).
+
+    Returns:
+        A contiguous uint8 tensor, a copy of the pixels.
+    """
     import numpy as np
 
     img = rgb_or_gray(img)
@@ -154,7 +190,14 @@ def pil_to_tensor(img: Image) -> torch.Tensor:
 
 
 def rgb_or_gray(img: Image) -> Image:
-    """8-bit "RGB" or "L": 16-bit gray becomes "L", "RGB" and "L" stay, every other mode becomes "RGB"."""
+    """8-bit "RGB" or "L": 16-bit gray becomes "L", "RGB" and "L" stay, every other mode becomes "RGB".
+
+    Args:
+        img: a PIL image.
+
+    Returns:
+        The image in mode "RGB" or "L" (itself when it already is).
+    """
     img = _eight_bit(img)
     return img if img.mode in ("RGB", "L") else img.convert("RGB")
 

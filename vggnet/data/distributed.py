@@ -20,7 +20,13 @@ __all__ = ["Dist", "init_distributed"]
 
 @dataclass
 class Dist:
-    """This process's place under torchrun: its rank among `world` processes (rank 0, world 1 alone)."""
+    """This process's place under torchrun: its rank among `world` processes (rank 0, world 1 alone).
+
+    Attributes:
+        rank: this process's rank, 0 to world - 1.
+        world: the number of processes.
+        local_rank: its rank on this machine (the GPU it uses).
+    """
 
     rank: int = 0
     world: int = 1
@@ -42,7 +48,14 @@ class Dist:
             dist.barrier()
 
     def sum(self, *values: float) -> list[float]:
-        """Sums over ranks (float64 on the process group's device)."""
+        """Sums over ranks (float64 on the process group's device).
+
+        Args:
+            *values: this rank's numbers (counts, seconds); every rank passes as many.
+
+        Returns:
+            Each value summed over the ranks, as floats; the values themselves alone.
+        """
         if not self.on:
             return list(values)
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
@@ -52,7 +65,15 @@ class Dist:
 
 
 def init_distributed(device: torch.device) -> Dist:
-    """The process group torchrun asks for (WORLD_SIZE > 1), initialised once; else a single process."""
+    """The process group torchrun asks for (WORLD_SIZE > 1), initialised once; else a single process.
+
+    Args:
+        device: the device this process runs on: NCCL for CUDA (which also becomes the current CUDA device),
+            gloo otherwise.
+
+    Returns:
+        This process's rank, world size and local rank.
+    """
     launch = settings.torchrun()
     if launch.world <= 1:
         return Dist()

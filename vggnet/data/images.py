@@ -60,13 +60,24 @@ NUM_IMAGENET_CLASSES = 1000
 
 @cache
 def imagenet_synsets() -> tuple[str, ...]:
-    """The 1000 ImageNet WordNet ids in class-index order (n01440764, tench, is class 0); read on first use."""
+    """The 1000 ImageNet WordNet ids in class-index order (n01440764, tench, is class 0); read on first use.
+
+    Returns:
+        The synsets, index i being class i.
+    """
     text = resources.files("vggnet").joinpath("data/imagenet_synsets.txt").read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line)
 
 
 def is_image(path: Path) -> bool:
-    """A file whose suffix is one of IMAGE_SUFFIXES (case-insensitive)."""
+    """A file whose suffix is one of IMAGE_SUFFIXES (case-insensitive).
+
+    Args:
+        path: the path to look at (the file is not opened).
+
+    Returns:
+        True for an existing regular file with an image suffix.
+    """
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
@@ -94,8 +105,19 @@ def list_images(
 
     A source is a file (taken as it is, whatever its suffix), a folder (its images at any depth,
     sorted), a glob pattern (`photos/**/*.jpg`, matches sorted) or "-" (paths one per line from
-    `stdin`, default sys.stdin). `from_file` is a text file of paths, one per line, read the same way.
-    Raises NoImages (a FileNotFoundError and a ValueError) naming the source that matched nothing.
+    `stdin`, default sys.stdin). Blank lines and lines starting with # are skipped in lists.
+
+    Args:
+        sources: files, folders, glob patterns and "-".
+        from_file: a text file of paths, one per line.
+        stdin: where "-" reads paths from (default sys.stdin).
+
+    Returns:
+        The image paths, as strings, each once, in the order named.
+
+    Raises:
+        NoImages: (a FileNotFoundError and a ValueError) nothing is named, or a source matches nothing; the
+            message names it.
     """
     named: list[str] = [os.fspath(s) for s in sources]
     if from_file is not None:
@@ -146,7 +168,14 @@ def _expand(source: str) -> list[str]:
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Image paths with their class indices, and the names of all the classes the indices refer to."""
+    """Image paths with their class indices, and the names of all the classes the indices refer to.
+
+    Attributes:
+        paths: the images, class by class, sorted within a class.
+        targets: the class index of each image.
+        classes: index -> name; its length is the number of outputs the model must have.
+        layout: "classes" (folders named after given classes), "imagenet" (synsets) or "sorted".
+    """
 
     paths: list[str]
     targets: list[int]
@@ -163,6 +192,19 @@ def labelled_images(
     fine-tuned checkpoint stores) when every folder is one of them; its ImageNet index when every
     folder is an ImageNet synset (`n01440764` ...) and the model has 1000 outputs; else its position
     in the sorted folder names, which must then be `num_classes` many.
+
+    Args:
+        root: the folder holding one folder per class.
+        classes: the model's class names, in output order, if it has any.
+        num_classes: the model's number of outputs, if known.
+
+    Returns:
+        The images with their class indices and the class names.
+
+    Raises:
+        NoImages: `root` is not a folder.
+        UsageError: no class folders, no images, or class folders that fit neither `classes`, ImageNet nor
+            `num_classes`.
     """
     folder = Path(root)
     if not folder.is_dir():
@@ -207,8 +249,18 @@ def _first(items: Sequence[str], n: int = 5) -> str:
 class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     """`root/<class>/<image>` read with Pillow; items are (transform(image), class index).
 
-    `classes` fixes the class order (and which folders must exist); by default the sorted folder names.
-    A class without images is a ValueError naming it. An image Pillow cannot read raises naming its path.
+    A class without images is a `UsageError` (a ValueError) naming it. An image Pillow cannot read raises
+    naming its path when it is read: nothing is skipped silently.
+
+    Args:
+        root: the folder holding one folder per class.
+        transform: what turns a PIL image into a tensor (a preset); needed before items are read.
+        classes: the class order, and which folders must exist; by default the sorted folder names.
+        gray: read the images as luminance ("L"), as a 1-channel preset sees them.
+
+    Raises:
+        FileNotFoundError: `root` is not a folder.
+        UsageError: the class folders are not `classes`, there are none, or one holds no image.
     """
 
     def __init__(
@@ -258,11 +310,26 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         return self.transform(image), target
 
     def targets(self) -> list[int]:
-        """The class index of every image, in order."""
+        """The class index of every image, in order.
+
+        Returns:
+            One index per item.
+        """
         return [t for _, t in self.samples]
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageFolder, ImageFolder]:
-        """(rest, held out): `fraction` of each class's images held out (at least one), chosen with `seed`."""
+        """(rest, held out): `fraction` of each class's images held out (at least one), chosen with `seed`.
+
+        Args:
+            fraction: the share of each class to hold out, between 0 and 1 (exclusive).
+            seed: seeds the choice: the same seed, the same split.
+
+        Returns:
+            Two folders over the same files and transform: the rest, and the held-out images.
+
+        Raises:
+            UsageError: `fraction` is out of range, or a class has fewer than 2 images.
+        """
         if not 0 < fraction < 1:
             raise UsageError(f"the validation share must be between 0 and 1, e.g. 0.2, got {fraction!r}")
         generator = torch.Generator().manual_seed(seed)
@@ -284,7 +351,14 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         return subset
 
     def with_transform(self, transform: Callable[[Any], torch.Tensor]) -> ImageFolder:
-        """The same images through another transform."""
+        """The same images through another transform.
+
+        Args:
+            transform: the new transform (a preset).
+
+        Returns:
+            A new folder; this one is unchanged.
+        """
         copy = self._with(self.samples)
         copy.transform = transform
         return copy
@@ -296,6 +370,19 @@ def train_and_val(
     """DATA/train and DATA/val (or `val_split` of each class of DATA/train, chosen with `seed`), no transform yet.
 
     The layout is all checked here, so that `finetune` refuses a bad DATA before any weights are read.
+
+    Args:
+        data: the folder holding train/ (and val/).
+        val_split: without val/, the share of each class of train/ to hold out.
+        seed: seeds that choice.
+        gray: read the images as luminance.
+
+    Returns:
+        (train, val) folders, val with train's classes.
+
+    Raises:
+        FileNotFoundError: train/ is missing, or val/ without `val_split`.
+        UsageError: both val/ and `val_split`, or a folder that `ImageFolder` refuses.
     """
     if not (data / "train").is_dir():
         raise FileNotFoundError(
@@ -321,7 +408,14 @@ def train_and_val(
 
 
 class ImageFiles(Dataset[tuple[int, torch.Tensor | str]]):
-    """Item i is `(i, transform(load_image(paths[i])))`, or `(i, "why it failed")` for an unreadable file."""
+    """Item i is `(i, transform(load_image(paths[i])))`, or `(i, "why it failed")` for an unreadable file.
+
+    Decoding happens in the DataLoader's workers; a bad file is reported, not fatal.
+
+    Args:
+        paths: the image files.
+        transform: the preset each image goes through.
+    """
 
     def __init__(self, paths: Sequence[str], transform: nn.Module) -> None:
         self.paths = paths
@@ -341,15 +435,28 @@ class ImageFiles(Dataset[tuple[int, torch.Tensor | str]]):
 
 
 class Batch(NamedTuple):
-    """What `collate` makes of a list of `ImageFiles` items."""
+    """What `collate` makes of a list of `ImageFiles` items.
 
-    indices: list[int]  # of the images in `images`, in order
-    images: torch.Tensor | None  # (N, C, H, W), None when no image of the batch could be read
-    errors: list[tuple[int, str]]  # (index, message) of the images that could not be read
+    Attributes:
+        indices: the indices of the images in `images`, in order.
+        images: (N, C, H, W), None when no image of the batch could be read.
+        errors: (index, message) of the images that could not be read.
+    """
+
+    indices: list[int]
+    images: torch.Tensor | None
+    errors: list[tuple[int, str]]
 
 
 def collate(items: Sequence[tuple[int, torch.Tensor | str]]) -> Batch:
-    """Stack the images that were read; keep the failures apart."""
+    """Stack the images that were read; keep the failures apart.
+
+    Args:
+        items: `ImageFiles` items: (index, image tensor) or (index, error message).
+
+    Returns:
+        The batch.
+    """
     good = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
     errors = [(i, x) for i, x in items if isinstance(x, str)]
     images = torch.stack([x for _, x in good]) if good else None
@@ -357,5 +464,14 @@ def collate(items: Sequence[tuple[int, torch.Tensor | str]]) -> Batch:
 
 
 def shard(n: int, rank: int, world: int) -> range:
-    """Rank `rank`'s share of n items: rank, rank + world, ...; the shares cover 0..n-1 once each."""
+    """Rank `rank`'s share of n items: rank, rank + world, ...; the shares cover 0..n-1 once each.
+
+    Args:
+        n: the number of items.
+        rank: this process's rank.
+        world: the number of processes.
+
+    Returns:
+        The indices this rank takes (no padding: shares differ by at most one).
+    """
     return range(rank, n, world)

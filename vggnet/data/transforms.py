@@ -247,6 +247,17 @@ class ImageClassification(_Preset):
     Accepts a PIL image, a uint8, uint16 or float tensor (C, H, W) or a batch (N, C, H, W) and returns
     float32 of the same rank. Gray input is replicated to 3 channels when the preset has 3 means; colour
     input is turned into luminance when it has 1.
+
+    Args:
+        crop_size: the side of the square center crop, in pixels (at most 1024).
+        resize_size: the shorter side after resizing (at most 1170); default round(crop_size / 0.875).
+        mean: one value per channel, on the 0-1 scale (3 values: RGB; 1 value: a gray model).
+        std: one value per channel, on the 0-1 scale.
+        interpolation: "bilinear" (torchvision's), "bicubic" or "nearest".
+        antialias: antialias the resize of tensors, as PIL does (torchvision's default).
+
+    Raises:
+        UsageError: a size out of range, or mean and std of different lengths.
     """
 
     def __init__(
@@ -278,7 +289,14 @@ class ImageClassification(_Preset):
         return self._finish(_center_crop(x.unsqueeze(0), self.crop_size), True)
 
     def resized(self, crop_size: int) -> ImageClassification:
-        """A copy of this preset cropping `crop_size` px after resizing the shorter side to crop_size*256/224."""
+        """A copy of this preset cropping `crop_size` px after resizing the shorter side to crop_size*256/224.
+
+        Args:
+            crop_size: the new crop side in pixels.
+
+        Returns:
+            A new preset with the same mean, std and interpolation.
+        """
         return ImageClassification(
             crop_size=crop_size,
             resize_size=round(crop_size * 256 / 224),
@@ -308,6 +326,16 @@ class TrainClassification(_Preset):
     """Training preset: random resized crop (scale 0.08-1, ratio 3/4-4/3), horizontal flip, normalize.
 
     Random draws come from torch's generator, so `torch.manual_seed` makes them repeatable.
+
+    Args:
+        crop_size: the side of the square output, in pixels.
+        mean: one value per channel, on the 0-1 scale.
+        std: one value per channel, on the 0-1 scale.
+        interpolation: "bilinear", "bicubic" or "nearest".
+        hflip_prob: the probability of a horizontal flip (0 for digits or text).
+        scale: the range of the crop's share of the image's area.
+        ratio: the range of the crop's aspect ratio (width / height).
+        antialias: antialias the resize of tensors.
     """
 
     def __init__(
@@ -330,7 +358,15 @@ class TrainClassification(_Preset):
         self.ratio = ratio
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """(top, left, h, w) of a random crop; after 10 failed draws, the central crop at the clamped ratio."""
+        """(top, left, h, w) of a random crop; after 10 failed draws, the central crop at the clamped ratio.
+
+        Args:
+            height: the image's height in pixels.
+            width: the image's width in pixels.
+
+        Returns:
+            The crop's top row, left column, height and width.
+        """
         area = height * width
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
@@ -376,6 +412,13 @@ def keras_transforms(crop_size: int = 224, resize_size: int = 256) -> ImageClass
 
     Keras subtracts the BGR means (103.939, 116.779, 123.68) from 0-255 BGR pixels; the conversion moved
     the BGR order into conv1_1, so this preset subtracts the same means in RGB order on the 0-255 scale.
+
+    Args:
+        crop_size: the center crop's side in pixels.
+        resize_size: the shorter side after resizing.
+
+    Returns:
+        The preset.
     """
     return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=KERAS_MEAN, std=KERAS_STD)
 
@@ -396,6 +439,23 @@ def create_transform(
     Evaluation: resize the shorter side to round(N / crop_pct), centre-crop N. Training: a random resized
     crop of N (area share `scale`) flipped with probability `hflip`. A 1-channel `input_size` with
     ImageNet's 3 means averages them, as gray fine-tuning does.
+
+    Args:
+        input_size: the crop side N, or (channels, N, N).
+        train: the training preset instead of the evaluation one.
+        crop_pct: the share of the resized image the evaluation crop keeps, in (0, 1].
+        mean: one value per channel, on the 0-1 scale.
+        std: one value per channel, on the 0-1 scale.
+        interpolation: "bilinear", "bicubic" or "nearest".
+        hflip: the training preset's flip probability.
+        scale: the training preset's range of crop area shares.
+
+    Returns:
+        An `ImageClassification`, or a `TrainClassification` with `train=True`.
+
+    Raises:
+        UsageError: `input_size` is not N or (C, N, N), `crop_pct` is out of range, or the channels and the
+            means disagree.
     """
     if isinstance(input_size, int):
         size, channels = input_size, len(mean)

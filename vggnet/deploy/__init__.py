@@ -1,1 +1,8 @@
-"""TODO"""
+"""Deployment: faster inference, int8 on CPUs, files that run without vggnet, weights in other formats.
+
+- `inference`: `fold_batchnorm` and `optimize_for_inference` (channels_last, fused oneDNN calls, compiled).
+- `quantize`: static int8 on CPUs (PT2E with torchao's x86 Inductor quantizer), checked against float32.
+- `export`: ONNX, torch.export (pt2), AOTInductor and TorchScript artifacts, checked against eager.
+- `convert`: weights from any source written as safetensors or PyTorch zip, in vggnet's or timm's layout.
+- `bench`: interleaved timing against torchvision (what `vggnet bench` and benchmarks/ use).
+"""

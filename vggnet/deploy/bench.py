@@ -78,20 +78,56 @@ INT8 = "vggnet int8"
 
 @dataclass(frozen=True)
 class Result:
-    """One candidate's figures."""
+    """One candidate's figures.
+
+    Attributes:
+        name: the candidate ("vggnet eager", "vggnet optimized", "torchvision eager", ...).
+        img_per_s: images per second, from the median round.
+        latency_ms: one batch, median round.
+        latency_ms_min: one batch, fastest round.
+        tflops: achieved, from the median round.
+        peak_fraction: tflops / the run's measured peak.
+        first_call_s: the first call, compilation included.
+        max_abs_diff: the largest |logit difference| from vggnet eager on the same input.
+    """
 
     name: str
     img_per_s: float
-    latency_ms: float  # one batch, median round
-    latency_ms_min: float  # one batch, fastest round
-    tflops: float  # achieved, from the median round
-    peak_fraction: float  # tflops / the run's measured matmul peak
-    first_call_s: float  # the first call, compilation included
-    max_abs_diff: float  # largest |logit difference| from vggnet eager on the same input
+    latency_ms: float
+    latency_ms_min: float
+    tflops: float
+    peak_fraction: float
+    first_call_s: float
+    max_abs_diff: float
 
 
 @dataclass(frozen=True)
 class BenchReport:
+    """What `run_bench` measured, and on what: `vggnet bench --json` writes it (schema `SCHEMA`).
+
+    Attributes:
+        arch: the builder measured.
+        batch_size: images per call.
+        image_size: (height, width) of the random input.
+        device: where it ran ("cpu", "cuda:0").
+        device_name: the GPU's name, or the CPU's model, count, threads and capability.
+        dtype: "float32", "bfloat16", "float16" or "int8".
+        compile: whether the candidates were compiled.
+        iters: calls timed per candidate, spread over the rounds.
+        rounds: interleaved rounds; the figures are the median round's.
+        threads: torch's CPU threads.
+        gflop_per_image: 2 x the multiply-adds of one image.
+        matmul_peak_tflops: the fastest dense kernel measured in the same rounds.
+        matmul_peak_how: which kernel that was.
+        results: one per candidate.
+        date: when, in UTC (ISO 8601).
+        versions: vggnet's, torch's, Python's, torchvision's, CUDA's.
+        load_average: the machine's 1, 5 and 15 minute load averages.
+        environment: settings that change which kernels run (e.g. oneDNN capped at AVX2).
+        int8: with dtype int8, the `QuantizeReport` as a dict.
+        schema: the format of this record.
+    """
+
     arch: str
     batch_size: int
     image_size: tuple[int, int]  # (height, width)
@@ -118,16 +154,33 @@ class BenchReport:
     schema: str = SCHEMA
 
     def result(self, name: str) -> Result | None:
+        """The figures of one candidate.
+
+        Args:
+            name: the candidate's name.
+
+        Returns:
+            Its result, or None when it did not run.
+        """
         return next((r for r in self.results if r.name == name), None)
 
     def speedups(self) -> dict[str, float]:
-        """img/s of every candidate divided by torchvision eager's (empty without torchvision)."""
+        """img/s of every candidate divided by torchvision eager's (empty without torchvision).
+
+        Returns:
+            Candidate name -> speed-up.
+        """
         base = self.result(BASELINE)
         if base is None:
             return {}
         return {r.name: r.img_per_s / base.img_per_s for r in self.results}
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON, with `speedup_vs_torchvision_eager` added.
+
+        Returns:
+            What `vggnet bench --json` prints.
+        """
         data = asdict(self)
         data["versions"] = dict(self.versions)
         data["load_average"] = list(self.load_average)
@@ -138,7 +191,11 @@ class BenchReport:
 
 
 def versions() -> dict[str, str]:
-    """vggnet's, torch's and Python's versions; torchvision's when installed, CUDA's and cuDNN's on CUDA."""
+    """vggnet's, torch's and Python's versions; torchvision's when installed, CUDA's and cuDNN's on CUDA.
+
+    Returns:
+        Name -> version.
+    """
     found = {"vggnet": __version__, "torch": torch.__version__, "python": platform.python_version()}
     peer = _torchvision()
     if peer is not None:
@@ -150,7 +207,11 @@ def versions() -> dict[str, str]:
 
 
 def load_average() -> tuple[float, ...]:
-    """The system's 1, 5 and 15 minute load averages (empty where the platform has none)."""
+    """The system's 1, 5 and 15 minute load averages (empty where the platform has none).
+
+    Returns:
+        The three averages, rounded to 2 decimals.
+    """
     try:
         return tuple(round(x, 2) for x in os.getloadavg())
     except (AttributeError, OSError):  # not on every platform
@@ -158,12 +219,23 @@ def load_average() -> tuple[float, ...]:
 
 
 def kernel_settings() -> dict[str, str]:
-    """The environment variables set here that change which kernels run (oneDNN's ISA cap, threads)."""
+    """The environment variables set here that change which kernels run (oneDNN's ISA cap, threads).
+
+    Returns:
+        Variable -> value.
+    """
     return settings.kernel_settings()
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name; for a CPU its model, CPU count, torch's threads and torch's CPU capability."""
+    """The GPU's name; for a CPU its model, CPU count, torch's threads and torch's CPU capability.
+
+    Args:
+        device: the device measured.
+
+    Returns:
+        One line, e.g. "AMD EPYC 9R45, 2 CPUs, 2 threads, AVX512".
+    """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
@@ -183,7 +255,19 @@ def _synchronize(device: torch.device) -> None:
 def time_interleaved(
     fns: Mapping[str, Callable[[], object]], *, device: torch.device, iters: int, rounds: int
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function, one figure per round, the functions taking turns each round."""
+    """Seconds per call of each function, one figure per round, the functions taking turns each round.
+
+    Interleaving means a change of load on a shared machine hits every function alike.
+
+    Args:
+        fns: name -> a function to time (called with no argument).
+        device: synchronised before and after each function's calls (CUDA runs asynchronously).
+        iters: calls per function in all, spread over the rounds (at least one per round).
+        rounds: how many rounds.
+
+    Returns:
+        Name -> seconds per call, one figure per round.
+    """
     per_round = max(1, iters // rounds)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
@@ -199,7 +283,13 @@ def time_interleaved(
 
 @dataclass(frozen=True)
 class PeakKernel:
-    """A dense kernel whose speed bounds what the network can reach."""
+    """A dense kernel whose speed bounds what the network can reach.
+
+    Attributes:
+        label: what it is, as reports say it.
+        flop: floating-point operations per call.
+        run: one call.
+    """
 
     label: str
     flop: int
@@ -207,9 +297,20 @@ class PeakKernel:
 
 
 def peak_kernels(device: torch.device, dtype: torch.dtype, size: int | None = None) -> dict[str, PeakKernel]:
-    """A size x size matmul; on CPU also the same GEMM as a 1x1 convolution and a 3x3 convolution of
-    256 channels at 56x56 (an implicit GEMM), all run by oneDNN: on AVX-512 CPUs its direct
-    convolution kernels can beat any GEMM call, and they are what VGG runs on."""
+    """The kernels whose fastest defines the peak: a matmul; on CPU also 1x1 and 3x3 convolutions.
+
+    On CPU the same GEMM runs as a 1x1 convolution, and a 3x3 convolution of 256 channels at 56x56 (an
+    implicit GEMM) joins them, all run by oneDNN: on AVX-512 CPUs its direct convolution kernels can beat
+    any GEMM call, and they are what VGG runs on.
+
+    Args:
+        device: where to run them.
+        dtype: their dtype.
+        size: the matmul's side (default 8192 on CUDA, 2048 on CPU).
+
+    Returns:
+        Name ("matmul", "1x1", "3x3") -> kernel.
+    """
     size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -238,7 +339,16 @@ def peak_kernels(device: torch.device, dtype: torch.dtype, size: int | None = No
 def best_peak(
     kernels: Mapping[str, PeakKernel], times: Mapping[str, list[float]], dtype: torch.dtype
 ) -> tuple[float, str]:
-    """(TFLOP/s, how) of the fastest kernel, from its median time."""
+    """(TFLOP/s, how) of the fastest kernel, from its median time.
+
+    Args:
+        kernels: what `peak_kernels` returned.
+        times: name -> seconds per call, one figure per round.
+        dtype: the kernels' dtype, named in `how`.
+
+    Returns:
+        (the peak in TFLOP/s, which kernel and dtype reached it).
+    """
     speed = {name: kernels[name].flop / statistics.median(times[name]) for name in kernels}
     best = max(speed, key=lambda name: speed[name])
     return speed[best] / 1e12, f"{kernels[best].label}, {dtype_name(dtype)}"
@@ -247,7 +357,17 @@ def best_peak(
 def matmul_peak(
     device: torch.device, dtype: torch.dtype | None = None, *, size: int | None = None, rounds: int | None = None
 ) -> tuple[float, str]:
-    """(TFLOP/s, how) of the fastest of `peak_kernels` (bf16 on CUDA, float32 elsewhere by default)."""
+    """(TFLOP/s, how) of the fastest of `peak_kernels` (bf16 on CUDA, float32 elsewhere by default).
+
+    Args:
+        device: where to measure.
+        dtype: the kernels' dtype.
+        size: the matmul's side.
+        rounds: interleaved rounds (default 3 on CPU, 20 on CUDA).
+
+    Returns:
+        (the peak in TFLOP/s, which kernel and dtype reached it).
+    """
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     kernels = peak_kernels(device, dtype, size)
     with torch.inference_mode():
@@ -287,46 +407,48 @@ def run_bench(
     compile: bool | None = None,
     iters: int = 20,
     rounds: int = 5,
-    warmup: int = 3,  # with CUDA graphs: compile and warm up, record, replay
+    warmup: int = 3,
     image_size: int | tuple[int, int] = 224,
     with_torchvision: bool = True,
     torchvision_compile: bool | None = None,
 ) -> BenchReport:
     """Measure vggnet eager, vggnet optimized and (when importable) torchvision on one random input.
 
-    `device` defaults to CUDA when available (CPU for int8); `dtype` to the device's fast dtype (bf16
-    on recent GPUs, float32 on CPU); `compile` to on for CUDA and off for CPU. With compile,
-    torchvision is also measured compiled (channels_last + torch.compile, the best it does with flags
-    alone) unless `torchvision_compile` is False. `dtype` int8 (CPU only) adds "vggnet int8" to
-    float32 candidates (module docstring). On CUDA this turns on `torch.backends.cudnn.benchmark` for
-    the process (the input size is fixed), as any benchmark of fixed-size convolutions should. With
-    compile it also empties torch.compile's caches first (`torch.compiler.reset()`).
+    On CUDA this turns on `torch.backends.cudnn.benchmark` for the process (the input size is fixed), as any
+    benchmark of fixed-size convolutions should; with compile it empties torch.compile's caches first.
+
+    Args:
+        arch: the builder to measure (random weights).
+        batch_size: images per call.
+        device: where to run; default CUDA when available (CPU for int8).
+        dtype: default the device's fast dtype (bf16 on recent GPUs, float32 on CPU); torch.int8 (CPU only)
+            adds "vggnet int8" to the float32 candidates (the module docstring says how).
+        compile: torch.compile the candidates; default on for CUDA, off for CPU.
+        iters: timed calls per candidate.
+        rounds: interleaved rounds (at most `iters`).
+        warmup: untimed calls first (with CUDA graphs: compile and warm up, record, replay).
+        image_size: the input's side, or (height, width).
+        with_torchvision: measure torchvision too (eager, channels_last), when it is installed.
+        torchvision_compile: measure torchvision compiled too (channels_last + torch.compile, the best it
+            does with flags alone); default: as `compile`.
+
+    Returns:
+        The figures of every candidate, with the machine, date and versions.
+
+    Raises:
+        UsageError: a count under 1.
     """
-    if iters < 1 or rounds < 1 or warmup < 1 or batch_size < 1:
-        raise UsageError(
-            f"iters, rounds, warmup and batch_size must be >= 1, got {iters}, {rounds}, {warmup}, {batch_size}"
-        )
+    _check_counts(iters=iters, rounds=rounds, warmup=warmup, batch_size=batch_size)
     target, dtype, with_int8, compile = _settings(device, dtype, compile)
     rounds = min(rounds, iters)
     size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     gflop = 2 * summarize(arch, size).macs / 1e9
     # The peak kernels run in the same interleaved rounds as the models: the same load hits both.
     kernels = peak_kernels(target, dtype)
-    if compile:
-        # torch.compile keeps at most 8 compiled versions of one function (dynamo's recompile_limit),
-        # and every optimized model shares InferenceVGG._logits: after 8 configurations in one process
-        # the next would silently run uncompiled. Each bench starts from an empty cache instead.
-        torch.compiler.reset()
-    torch.manual_seed(0)
-    eager = get_model(arch, device=target).eval().to(dtype)
-    x = torch.randn(batch_size, eager.in_channels, *size, device=target, dtype=dtype)
-    models = _candidates(
-        arch, eager, target, dtype, batch_size=batch_size, compile=compile, torchvision=with_torchvision,
-        torchvision_compile=torchvision_compile if torchvision_compile is not None else compile,
-    )  # fmt: skip
-    int8_report = None
-    if with_int8:
-        models[INT8], int8_report = _int8_candidate(eager, size, batch_size)
+    tv_compile = torchvision_compile if torchvision_compile is not None else compile
+    models, x, int8_report = _models(
+        arch, target, dtype, size, batch_size, compile, with_torchvision, tv_compile, with_int8
+    )
     first, diffs, times = _measure(models, kernels, x, device=target, warmup=warmup, iters=iters, rounds=rounds)
     peak, how = best_peak(kernels, {name: times.pop(_PEAK + name) for name in kernels}, dtype)
     results = tuple(_result(name, t, batch_size, gflop, peak, first[name], diffs[name]) for name, t in times.items())
@@ -336,6 +458,43 @@ def run_bench(
         threads=torch.get_num_threads(), gflop_per_image=gflop, matmul_peak_tflops=peak, matmul_peak_how=how,
         results=results, int8=int8_report,
     )  # fmt: skip
+
+
+def _check_counts(**counts: int) -> None:
+    """UsageError unless every count is at least 1, naming them all."""
+    if min(counts.values()) < 1:
+        got = ", ".join(f"{name}={value}" for name, value in counts.items())
+        raise UsageError(f"{', '.join(counts)} must be >= 1, got {got}")
+
+
+def _models(
+    arch: str,
+    target: torch.device,
+    dtype: torch.dtype,
+    size: tuple[int, int],
+    batch_size: int,
+    compile: bool,
+    torchvision: bool,
+    torchvision_compile: bool,
+    with_int8: bool,
+) -> tuple[dict[str, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor, dict[str, Any] | None]:
+    """The candidates `run_bench` times (seeded random weights), their input, and the int8 model's report."""
+    if compile:
+        # torch.compile keeps at most 8 compiled versions of one function (dynamo's recompile_limit),
+        # and every optimized model shares InferenceVGG._logits: after 8 configurations in one process
+        # the next would silently run uncompiled. Each bench starts from an empty cache instead.
+        torch.compiler.reset()
+    torch.manual_seed(0)
+    eager = get_model(arch, device=target).eval().to(dtype)
+    x = torch.randn(batch_size, eager.in_channels, *size, device=target, dtype=dtype)
+    models = _candidates(
+        arch, eager, target, dtype, batch_size=batch_size, compile=compile, torchvision=torchvision,
+        torchvision_compile=torchvision_compile,
+    )  # fmt: skip
+    int8_report = None
+    if with_int8:
+        models[INT8], int8_report = _int8_candidate(eager, size, batch_size)
+    return models, x, int8_report
 
 
 def _settings(
@@ -459,7 +618,14 @@ def _channels_last(model: nn.Module, compile: bool = False) -> Callable[[torch.T
 
 
 def format_report(report: BenchReport) -> str:
-    """A table of the candidates with img/s, latency, speed-up over torchvision eager and peak share."""
+    """A table of the candidates with img/s, latency, speed-up over torchvision eager and peak share.
+
+    Args:
+        report: what `run_bench` returned.
+
+    Returns:
+        The text `vggnet bench` prints.
+    """
     speedups = report.speedups()
     lines = [
         f"{report.arch}, batch {report.batch_size}, {report.image_size[0]}x{report.image_size[1]}, {report.dtype}, "
@@ -483,7 +649,14 @@ def format_report(report: BenchReport) -> str:
 
 
 def format_int8(q: Mapping[str, Any]) -> str:
-    """One paragraph from a QuantizeReport dict: what ran, how close to float32, what it cost."""
+    """One paragraph from a QuantizeReport dict: what ran, how close to float32, what it cost.
+
+    Args:
+        q: a `QuantizeReport` as a dict (`BenchReport.int8`).
+
+    Returns:
+        One line of text.
+    """
     if not q["int8"]:
         return f"vggnet int8: float32 fallback: {q['fallback_reason']}"
     accuracy = (

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from vggnet.data.outputs import check_output
 from vggnet.errors import UsageError
-from vggnet.hub import fetch
+from vggnet.hub import open_verified
 from vggnet.models.checkpoint import hub_state_dict
 from vggnet.models.layouts import Layout, from_timm, layout_of, read_state_dict, write_state_dict
 from vggnet.models.sources import Source, WeightsSource, classify
@@ -25,7 +26,16 @@ __all__ = ["Converted", "convert", "read_source"]
 
 @dataclass(frozen=True)
 class Converted:
-    """What `convert` wrote: where, its SHA-256 and size, the layout and the number of tensors."""
+    """What `convert` wrote: where, its SHA-256 and size, the layout and the number of tensors.
+
+    Attributes:
+        source: the weights as named (a record's name, a file, a URL).
+        path: the file written.
+        sha256: its full SHA-256, ready to pin.
+        size: its size in bytes.
+        layout: "vggnet" or "timm": the keys it holds.
+        tensors: how many tensors it holds.
+    """
 
     source: str
     path: Path
@@ -38,7 +48,20 @@ class Converted:
 def read_source(
     weights: WeightsSource, *, sha256: str | None = None, progress: bool = True
 ) -> tuple[Source, dict[str, torch.Tensor]]:
-    """The verified state dict, in vggnet's layout, of any weights source but "random"."""
+    """The verified state dict, in vggnet's layout, of any weights source but "random".
+
+    Args:
+        weights: a record, its name, a file, a URL or an "hf-hub:" name.
+        sha256: the digest (or its first 8+ hex digits) a file or URL must have.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        (what the source is, its state dict).
+
+    Raises:
+        UsageError: random weights, or `sha256` given for a record (which carries its own).
+        ChecksumError: the file does not have the digest.
+    """
     source = classify(weights)
     if source.kind == "random":
         raise UsageError("there is nothing to convert in random weights; name a record, a file, a URL or hf-hub: name")
@@ -50,8 +73,9 @@ def read_source(
         return source, from_timm(state) if layout_of(state) == "timm" else state
     if source.kind == "hub":
         return source, hub_state_dict(source.text, sha256=sha256)[1]
-    path = fetch(source.text, sha256=sha256, progress=progress)  # downloaded or checked in place, verified
-    return source, read_state_dict(path)
+    where = Path(source.text) if source.kind == "file" else source.text
+    with open_verified(where, sha256=sha256, progress=progress) as verified:  # the open file checked is the one read
+        return source, read_state_dict(verified)
 
 
 def convert(
@@ -62,7 +86,23 @@ def convert(
     sha256: str | None = None,
     progress: bool = True,
 ) -> Converted:
-    """Write the weights `weights` names to `dst` (.safetensors, or .pth/.pt/.bin for PyTorch's zip format)."""
+    """Write the weights `weights` names to `dst` (.safetensors, or .pth/.pt/.bin for PyTorch's zip format).
+
+    Args:
+        weights: any weights source but "random" (the loader's rules).
+        dst: the file to write; its suffix names the format. A regular file there is replaced whole.
+        layout: the keys `dst` gets: "vggnet" (torchvision's) or "timm".
+        sha256: the digest (or 8+ hex digits) a file or URL source must have.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        What was written: where, its SHA-256 (of the bytes read back), size, layout, tensor count.
+
+    Raises:
+        OutputPathError: `dst` is a folder, a symbolic link, a FIFO or a device (checked before anything is read).
+        UsageError: random weights, or a digest given for a record.
+    """
+    check_output(dst)
     source, state = read_source(weights, sha256=sha256, progress=progress)
     digest = write_state_dict(state, dst, layout=layout, metadata={"source": source.label or source.text})
     path = Path(dst)

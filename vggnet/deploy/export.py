@@ -16,17 +16,23 @@
 `include_preset=True` puts the evaluation preset inside the graph (`WithPreset`): the artifact then
 takes uint8 images (N, 3, H, W), resizes the shorter side (bilinear, antialiased), center-crops,
 normalizes and classifies, in tensor operations only.
+
+The artifact is written as a checkpoint is (`vggnet.data.outputs.atomic_write`): a temporary file
+beside OUT, fsynced, renamed over OUT; a folder or a link at OUT is refused, never written through.
+The shapes are checked (`check_shapes`) before anything is traced, and what the exporters raise is
+one line naming OUT (`UnsupportedError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +40,20 @@ from torch import nn
 
 from vggnet.checks import check_int
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from vggnet.errors import MissingDependency, UnsupportedError, UsageError
+from vggnet.data.outputs import atomic_write, check_output
+from vggnet.errors import MissingDependency, UnsupportedError, UsageError, VggnetError
 from vggnet.models.config import IN_CHANNELS, MIN_SIZE
 
-__all__ = ["EXPORT_FORMATS", "WithPreset", "check_export", "example_images", "export", "run_export", "with_preset"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "WithPreset",
+    "check_export",
+    "check_shapes",
+    "example_images",
+    "export",
+    "run_export",
+    "with_preset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +189,8 @@ def export(
     _check_arguments(
         model, fmt, image_size=image_size, batch_size=batch_size, dtype=dtype, include_preset=include_preset
     )
+    check_shapes(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, image_size=image_size, batch_size=batch_size)
+    out = check_output(out)
     net: nn.Module = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
     net.requires_grad_(False)
     pool = getattr(net, "avgpool", None)
@@ -182,14 +200,47 @@ def export(
     if include_preset:
         net = with_preset(net, preset)
     example = example_images(batch, image_size, include_preset=include_preset, dtype=dtype)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "torchscript":
-        _torchscript(net, example).save(str(out))
-    else:
-        dims = _dynamic_dims(dynamic_batch, dynamic_size)
-        _save_program(torch.export.export(net, (example,), dynamic_shapes=dims, strict=False), fmt, out)
+    with atomic_write(out) as f, _one_line(f"could not export the model to {out} ({fmt}; nothing was written)"):
+        if fmt == "torchscript":
+            torch.jit.save(_torchscript(net, example), f)
+        else:
+            dims = _dynamic_dims(dynamic_batch, dynamic_size)
+            _save_program(torch.export.export(net, (example,), dynamic_shapes=dims, strict=False), fmt, f)
     return out
+
+
+def check_shapes(*, dynamic_batch: bool, dynamic_size: bool, image_size: int, batch_size: int) -> None:
+    """UsageError for an example input the exporter cannot take, before anything is traced.
+
+    Args:
+        dynamic_batch: the batch dimension is dynamic (1 to 4096); the example then has 2 images.
+        dynamic_size: height and width are dynamic, from 64 to 8192 px.
+        image_size: the example's side (with `dynamic_size`, inside the dynamic range).
+        batch_size: the fixed batch without `dynamic_batch` (at most 4096).
+
+    Raises:
+        UsageError: naming the bound and the fix.
+    """
+    if dynamic_size and not _MIN_DYNAMIC_SIDE <= image_size <= _MAX_SIDE:
+        raise UsageError(
+            f"with a dynamic size the example's side (image_size, --image-size) must be from {_MIN_DYNAMIC_SIDE} "
+            f"to {_MAX_SIDE} px (torch.export fixes a 1x1 pool5 map below {_MIN_DYNAMIC_SIDE}), got {image_size}; "
+            f"pass an image_size from {_MIN_DYNAMIC_SIDE}, or export a fixed size without dynamic_size"
+        )
+    if not dynamic_batch:
+        check_int("batch_size", batch_size, most=_MAX_BATCH, fix="or export a dynamic batch")
+
+
+@contextlib.contextmanager
+def _one_line(what: str) -> Iterator[None]:
+    """An exporter's failure (often a page of trace) as one UnsupportedError line: `what`, then its first line."""
+    try:
+        yield
+    except (VggnetError, OSError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # torch.export, onnx and inductor raise many types, with many lines
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        raise UnsupportedError(f"{what}: {type(err).__name__}: {first[:300]}") from err
 
 
 def _check_arguments(
@@ -212,12 +263,12 @@ def _check_arguments(
         raise UsageError("the model's parameters are on the meta device: load weights into it before exporting")
 
 
-def _save_program(program: torch.export.ExportedProgram, fmt: str, out: Path) -> None:
-    """Write an exported program as a pt2 file, an AOTInductor package or an ONNX file."""
+def _save_program(program: torch.export.ExportedProgram, fmt: str, out: IO[bytes]) -> None:
+    """Write an exported program as a pt2 file, an AOTInductor package or an ONNX file into the open file `out`."""
     if fmt == "pt2":
         torch.export.save(program, out)
     elif fmt == "aoti":
-        torch._inductor.aoti_compile_and_package(program, package_path=str(out))
+        torch._inductor.aoti_compile_and_package(program, package_path=out)
     else:  # ONNX from the same program: the exporter's own tracing loses the preset's crop sizes
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         if onnx_program is None:
@@ -225,9 +276,8 @@ def _save_program(program: torch.export.ExportedProgram, fmt: str, out: Path) ->
         _save_onnx(onnx_program.model_proto, out)
 
 
-def _save_onnx(proto: Any, out: Path) -> None:
+def _save_onnx(proto: Any, out: IO[bytes]) -> None:
     """Save with the dynamic dimensions named batch, height and width (the program calls them s0, s1, ...)."""
-    onnx = importlib.import_module("onnx")
     graph = proto.graph
     names = {}
     for dim, name in zip(graph.input[0].type.tensor_type.shape.dim, ("batch", None, "height", "width")):
@@ -237,7 +287,8 @@ def _save_onnx(proto: Any, out: Path) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in names:
                 dim.dim_param = names[dim.dim_param]
-    onnx.save(proto, str(out))  # one file: every VGG is below protobuf's 2 GB
+    # one file (every VGG is below protobuf's 2 GB), the bytes onnx.save writes: it cannot take an fd-named file
+    out.write(proto.SerializeToString())
 
 
 def _dynamic_dims(dynamic_batch: bool, dynamic_size: bool) -> tuple[dict[int, Any], ...] | None:
@@ -273,10 +324,11 @@ def run_export(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Te
             onnxruntime = importlib.import_module("onnxruntime")
         except ImportError as err:
             raise MissingDependency("running ONNX files needs onnxruntime: pip install 'vggnet[onnx]'") from err
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (result,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+        with _one_line(f"{path} does not run in onnxruntime"):
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            (result,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
         return torch.from_numpy(result)
-    with torch.no_grad():
+    with torch.no_grad(), _one_line(f"{path} does not load or run as a {fmt} artifact"):
         if fmt == "pt2":
             out: torch.Tensor = torch.export.load(path).module()(images)
         elif fmt == "aoti":

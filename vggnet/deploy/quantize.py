@@ -36,7 +36,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.inference import optimize_for_inference
 from vggnet.errors import MissingDependency, NoImages, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import MIN_SIZE
+from vggnet.models.saved import preset_of
 from vggnet.models.vgg import VGG, check_images
 
 __all__ = ["INT8_INSTRUCTIONS", "Calibration", "Int8VGG", "QuantizeReport", "int8_instructions", "quantize"]
@@ -109,7 +109,7 @@ class QuantizeReport:
     reduce_range: bool  # 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate)
     calibration_images: int
     image_size: tuple[int, int]  # (height, width): the compiled graph takes this size only
-    batch_size: int  # the batch of the agreement check; the int8 graph takes any batch (see Int8VGG)
+    batch_size: int  # the compiled batch; other batch sizes compile again on first use
     evaluated_on: str  # "held_out" or "calibration" (no held-out set given: a weaker check)
     evaluated_images: int
     top1_agreement: float  # % of the evaluated images whose int8 top-1 class is float32's
@@ -124,9 +124,8 @@ class QuantizeReport:
 class Int8VGG(nn.Module):
     """A quantized (or, on fallback, float32-optimized) VGG for inference on CPU; `report` says which and how close.
 
-    Takes float images of the calibration size (`report.image_size`) on any device, in batches of any size
-    (the batch dimension is dynamic: a new size does not compile again, but for batch 1 and, with torch's int8
-    kernels, the first batch of 16 or more); returns float32 logits on the CPU.
+    Takes float images of the calibration size (`report.image_size`) on any device; returns float32
+    logits on the CPU.
     """
 
     def __init__(self, program: nn.Module, *, in_channels: int, int8: bool) -> None:
@@ -154,12 +153,8 @@ class Int8VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        with torch.inference_mode(), _freezing(self.int8), _quiet_inductor():
-            x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
-            if not x.is_inference():  # no copy was made: an inference tensor keeps the compiled guards' dispatch keys
-                x = x.clone(memory_format=torch.channels_last)
-            if self.int8:
-                _dynamic_batch(x)
+        x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), _freezing(self.int8):
             out: torch.Tensor = self.program(x)
         return out.float()
 
@@ -170,23 +165,6 @@ class Int8VGG(nn.Module):
 
     def extra_repr(self) -> str:
         return f"int8={self.int8}, image_size={self.image_size}, fallback_reason={self.fallback_reason!r}"
-
-
-def _dynamic_batch(x: torch.Tensor) -> None:
-    """Compile for any batch size: one graph for all (torch keeps batch 1 apart, and its int8 kernels may split
-    the rest at 16: at most three compilations), not one per new size (issue 25)."""
-    import torch._dynamo
-
-    torch._dynamo.mark_dynamic(x, 0)
-
-
-@contextlib.contextmanager
-def _quiet_inductor() -> Iterator[None]:
-    """Inductor's int8 lowering warns at each compilation about its own `torch.tensor(tensor)` (torch 2.14,
-    mkldnn_lowerings.py), which no caller can act on; other warnings pass."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-        yield
 
 
 def _freezing(on: bool) -> contextlib.AbstractContextManager[object]:
@@ -218,8 +196,9 @@ def quantize(
       order, whose labels give accuracies) read with `preset`.
     - `held_out`: the same kinds, images not used for calibration, on which the report's agreement
       and accuracy are measured (default: the calibration images, a weaker check).
-    - `preset`: for folders (default `ImageClassification(crop_size=224)`, ImageNet's evaluation preset).
-    - `batch_size`: the batch of the agreement check, compiled first (other sizes share a dynamic-batch graph).
+    - `preset`: for folders (default: the model's own, `model.pretrained_cfg`'s: a vggnet checkpoint's
+      preset for a model built from one, else ImageNet's evaluation preset).
+    - `batch_size`: the batch the model is compiled for (others compile again on first use).
     - `fallback`: where `int8_instructions()` is None (no int8 kernels worth running), return the
       float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
     - `reduce_range`: 7-bit activations (default: on where the CPU has no int8 dot products, "avx2").
@@ -234,6 +213,7 @@ def quantize(
     capability = torch.backends.cpu.get_cpu_capability()
     reduce_range = instructions not in INT8_INSTRUCTIONS[:3] if reduce_range is None else reduce_range
     reference = _cpu_float32_eval(model)
+    preset = preset if preset is not None else preset_of(model)
     calib = list(_batches(calibration, preset, calibration_batch_size, model.in_channels))
     evaluation = calib
     if held_out is not None:
@@ -331,8 +311,8 @@ def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> n
     finally:
         _forget_graphs()  # on failure too: the graphs hold the float32 weights
     _drop_unused_attributes(converted)
-    # Int8VGG marks the batch dimension dynamic at each call; freezing is switched on around each call too.
-    compiled: nn.Module = torch.compile(converted)  # type: ignore[assignment]
+    # A fixed shape: the batch of the first call; freezing is switched on around each call (Int8VGG).
+    compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
     return compiled
 
 

@@ -50,8 +50,11 @@ from vggnet.hub._files import (
     hash_file,
     is_regular,
     kind_of_mode,
+    open_dir,
+    open_fd,
     open_read,
     temp_name,
+    write_private_in,
 )
 from vggnet.settings import ENV_HOME, ENV_OFFLINE
 
@@ -261,18 +264,61 @@ def _stat_fields(st: os.stat_result) -> dict[str, int]:
 
 
 _STAMP_MAX = 1 << 16  # bytes: a stamp is a line of JSON
+LOCAL_STAMPS = ".stamps"  # the folder of the local files' stamps, in the cache folder
+_DIR_FDS = os.open in os.supports_dir_fd and os.stat in os.supports_dir_fd
 
 
 def read_stamp(stamp: Path) -> dict[str, Any] | None:
+    """The JSON a stamp holds, or None (none, unreadable, or not reached the way `_stamp_folder` allows)."""
     try:
-        with open_read(stamp) as f:
+        folder = _stamp_folder(stamp, create=False)
+    except OSError as err:  # none yet, or a link in place of `.stamps`
+        _log_folder(stamp, err, "reading")
+        return None
+    try:
+        with os.fdopen(open_fd(Path(stamp.name), dir_fd=folder), "rb") as f:
             data = json.loads(f.read(_STAMP_MAX).decode("utf-8"))
     except NotARegularFileError as err:
         logger.warning("%s", err)
         return None
     except (OSError, ValueError):
         return None
+    finally:
+        _close(folder)
     return data if isinstance(data, dict) and isinstance(data.get("sha256"), str) else None
+
+
+def _stamp_folder(stamp: Path, *, create: bool) -> int | None:
+    """The open folder `stamp` is written in (None where the system has no directory descriptors).
+
+    The cache's `.stamps/` (the local files' stamps) is vggnet's own: a link in its place is
+    never followed, so no stamp is read from or written to wherever it points. The folder of a
+    `NAME.stamp` is the cache folder itself, which the user may well reach through a link.
+    """
+    folder = stamp.parent
+    if create:
+        with contextlib.suppress(FileExistsError):  # a dangling link in its place: open_dir names it below
+            folder.mkdir(parents=True, exist_ok=True)
+    if not _DIR_FDS:
+        if folder.name == LOCAL_STAMPS and folder.is_symlink():
+            raise NotARegularFileError(folder, "a symbolic link")
+        return None
+    return open_dir(folder, follow=folder.name != LOCAL_STAMPS)
+
+
+def _close(folder: int | None) -> None:
+    if folder is not None:
+        os.close(folder)
+
+
+def _log_folder(stamp: Path, err: OSError, doing: str) -> None:
+    if isinstance(err, NotARegularFileError):  # stamps only save hashing: the file is hashed instead
+        logger.debug(
+            "not %s %s: %s is a link or not a folder, so it is not vggnet's folder of stamps (remove it)",
+            doing, stamp.name, stamp.parent,
+        )  # fmt: skip
+    elif not isinstance(err, FileNotFoundError):
+        logger.debug("cannot open %s: %s", stamp.parent, err)
 
 
 def stamp_matches(stamp: dict[str, Any] | None, path: Path | os.stat_result) -> bool:
@@ -296,15 +342,30 @@ def write_stamp(
     again, which may name another file by now.
     """
     stamp = stamp or stamp_of(path)
-    tmp = temp_name(stamp)
+    data = {"file": str(path), **_stat_fields(st), "sha256": digest, "checked": checked, **extra}
     try:
-        data = {"file": str(path), **_stat_fields(st), "sha256": digest, "checked": checked, **extra}
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        with create_private(tmp) as f:
-            f.write(json.dumps(data).encode("utf-8"))
-        os.replace(tmp, stamp)
+        folder = _stamp_folder(stamp, create=True)
+    except OSError as err:  # a link in place of `.stamps`, a read-only cache
+        _log_folder(stamp, err, "writing")
+        return
+    try:
+        if folder is not None:
+            write_private_in(folder, stamp.name, json.dumps(data).encode("utf-8"))
+        else:
+            _write_by_name(stamp, json.dumps(data).encode("utf-8"))
     except OSError as err:
         logger.debug("could not write %s: %s", stamp, err)
+    finally:
+        _close(folder)
+
+
+def _write_by_name(stamp: Path, data: bytes) -> None:
+    """`write_private_in` where the system has no directory descriptors (Windows)."""
+    tmp = temp_name(stamp)
+    try:
+        with create_private(tmp) as f:
+            f.write(data)
+        os.replace(tmp, stamp)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -27,23 +27,26 @@ class Watch:
     """One download's deadline: at `ends`, shut every connection the download has open, so that whatever
     waits on one (a TLS handshake, headers sent a byte at a time, a slow body) returns at once."""
 
-    def __init__(self, ends: float) -> None:
+    def __init__(self, ends: float, seconds: float | None = None) -> None:
         self.ends = ends
+        self.seconds = max(0.0, ends - time.monotonic()) if seconds is None else seconds  # the budget, for messages
         self.expired = threading.Event()
         self._lock = threading.Lock()
         # connection -> a duplicate of its socket's descriptor: a TLS wrap detaches the socket object
         # urllib3 made, the duplicate stays valid from connect to close, and shutting it shuts the connection
         self._socks: dict[object, socket.socket] = {}
-        self._timer = threading.Timer(max(0.0, ends - time.monotonic()), self._cut)
-        self._timer.daemon = True
+        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> Watch:
+        self._timer = threading.Timer(max(0.0, self.ends - time.monotonic()), self._cut)  # fires at `ends`
+        self._timer.daemon = True
         self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self._timer.join()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer.join()
         with self._lock:
             for sock in self._socks.values():
                 sock.close()

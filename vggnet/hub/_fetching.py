@@ -12,10 +12,13 @@ cache directory under `.stamps/`. A `VGGNET_MIRROR` directory is the same, after
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -25,6 +28,7 @@ from vggnet import settings
 from vggnet.errors import BadCheckpointError, ChecksumError, MissingPathError, NotCachedError, UsageError
 from vggnet.hub._cache import (
     LOCAL_HINT,
+    LOCAL_STAMPS,
     NAME_DIGEST,
     adopt,
     cache_dir,
@@ -42,7 +46,7 @@ from vggnet.hub._cache import (
 )
 from vggnet.hub._download import RETRIES, TIMEOUT, Timeout, check_limits, download_file
 from vggnet.hub._files import temp_name
-from vggnet.hub._loading import MapLocation, load_verified
+from vggnet.hub._loading import MapLocation, VerifiedFile, load_verified, open_checked, open_unchecked
 from vggnet.hub._locks import lock
 from vggnet.settings import ENV_MIRROR, ENV_OFFLINE
 
@@ -52,6 +56,7 @@ __all__ = [
     "fetch",
     "load_state_dict_from_url",
     "load_weights",
+    "open_verified",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,15 +83,17 @@ def load_weights(
     max_size: int | None = None,
     progress: bool = True,
     map_location: MapLocation = None,
+    file_name: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """The state dict of a published checkpoint: found in the cache or downloaded, verified, loaded weights-only.
 
     `sha256` is the full digest or a hex prefix (at least 8 digits); `size` is the exact byte count and
     `max_size` an upper bound, when known. Files under the official base URL are fetched from
     `VGGNET_MIRROR` when it is set. With `VGGNET_HOME` set, a file of the same name in torch.hub's
-    cache is reused (hard-linked or copied in) once its digest matches. `Weights.get_state_dict` calls this.
+    cache is reused (hard-linked or copied in) once its digest matches. `file_name`: the cache name,
+    where the URL's last segment is not unique. `Weights.get_state_dict` calls this.
     """
-    name = file_name_from_url(url)
+    name = safe_name(file_name, source="file_name") if file_name is not None else file_name_from_url(url)
     where = cache_dir()
     path, digest = _fetch(
         _mirrored(url, name),
@@ -151,6 +158,45 @@ def load_state_dict_from_url(
     )  # fmt: skip
     where = Path(model_dir) if model_dir is not None else cache_dir()
     return load_verified(path, digest, where=where, map_location=map_location)
+
+
+@contextlib.contextmanager
+def open_verified(
+    url: str | os.PathLike[str], *, sha256: str | None = None, progress: bool = True
+) -> Iterator[VerifiedFile]:
+    """A weights file fetched and verified as `fetch` does, opened once: read it through the `VerifiedFile`.
+
+    The open file is the one checked against the digest (its stamp describes that very file, else it is
+    hashed), so a file renamed over the name in between is never read under the good file's digest.
+    A local file given without `sha256` is opened once and read as it is (said once, at INFO).
+
+    Args:
+        url: https, http, `file://` or a local path (a path object is always one).
+        sha256: the full digest or a prefix of at least 8 hex digits (see `fetch`).
+        progress: show a progress bar while downloading.
+
+    Yields:
+        The open file, its path, its digest (None for an unpinned local file) and format.
+
+    Raises:
+        ChecksumError: the file is not the one the digest names, or changed after it was verified.
+        MissingPathError: a local file that is not there.
+        DownloadError, NotCachedError: as `fetch`.
+    """
+    local = Path(url) if isinstance(url, os.PathLike) else _local_path(url)
+    if local is not None and sha256 is None:
+        if not local.is_file():
+            raise MissingPathError(f"{local} (from {url!r}) is not a file")
+        _say_unverified(local)
+        with open_unchecked(local) as verified:
+            yield verified
+        return
+    path, digest = _fetch_url(
+        os.fspath(url), sha256=sha256, size=None, model_dir=None, file_name=None, progress=progress,
+        timeout=TIMEOUT, retries=RETRIES,
+    )  # fmt: skip
+    with open_checked(path, digest, where=cache_dir()) as verified:
+        yield verified
 
 
 def add_to_mirror(
@@ -307,7 +353,7 @@ def _fetch(
     expected digest came from); a cached or local file's mismatch keeps its own advice.
     """
     local = _local_path(url)
-    stamps = dest.parent / ".stamps"
+    stamps = dest.parent / LOCAL_STAMPS
     if local is not None and url == origin:  # the caller's own file: verified where it is
         return local, _verify_local(local, expected, url, size=size, stamps=stamps)
     digest = stamped_digest(dest, expected=expected)  # the fast path: no hashing, no lock
@@ -361,5 +407,21 @@ def _verify_local(path: Path, expected: str | None, url: str, *, size: int | Non
     if size is not None and actual != size:
         raise BadCheckpointError(f"{path} has {actual:,} bytes, not the {size:,} that size= says; {left}")
     if expected is None:
-        logger.warning("%s: loading a local file unverified (no digest to check it against)", path)
+        _say_unverified(path)
     return digest
+
+
+# The local files already said to be unverified, by resolved path: a loop that reloads its own checkpoint
+# each epoch hears it once (issue 25).
+_UNVERIFIED: set[str] = set()
+_UNVERIFIED_LOCK = threading.Lock()
+
+
+def _say_unverified(path: Path) -> None:
+    """Log at INFO, once per file per process, that a local file is used with no digest to check it against."""
+    key = os.path.realpath(path)
+    with _UNVERIFIED_LOCK:
+        if key in _UNVERIFIED:
+            return
+        _UNVERIFIED.add(key)
+    logger.info("%s: loading a local file unverified (no digest to check it against; pass sha256= to check it)", path)

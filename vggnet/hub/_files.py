@@ -6,6 +6,7 @@ The low layer under `cache.py` and `locks.py`: it knows nothing of cache folders
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -27,6 +28,7 @@ CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 def kind_of_mode(mode: int) -> str:
@@ -41,19 +43,22 @@ def kind_of_mode(mode: int) -> str:
     return next((what for test, what in kinds if test(mode)), "not a regular file")
 
 
-def open_fd(path: Path, flags: int = os.O_RDONLY, *, follow: bool = False, mode: int = 0o600) -> int:
+def open_fd(
+    path: Path, flags: int = os.O_RDONLY, *, follow: bool = False, mode: int = 0o600, dir_fd: int | None = None
+) -> int:
     """`os.open(path, flags)` of a regular file, else `NotARegularFileError`.
 
     Without `follow`, a symbolic link is refused rather than followed (O_NOFOLLOW); O_NONBLOCK makes
     opening a FIFO return at once instead of waiting for a writer; fstat then refuses anything that
     is not a regular file, so nothing is ever read from, written through or waited on but a file.
+    `dir_fd`: `path` is a name in that open directory (see `open_dir`).
     """
     try:
-        fd = os.open(path, flags | _NONBLOCK | _BINARY | (0 if follow else _NOFOLLOW), mode)
+        fd = os.open(path, flags | _NONBLOCK | _BINARY | (0 if follow else _NOFOLLOW), mode, dir_fd=dir_fd)
     except OSError as err:
         if err.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link (O_NOFOLLOW), a FIFO without reader
             try:
-                what = kind_of_mode(os.lstat(path).st_mode)
+                what = kind_of_mode(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode)
             except OSError:
                 what = "not a regular file"
             raise NotARegularFileError(path, what) from err
@@ -73,6 +78,50 @@ def open_fd(path: Path, flags: int = os.O_RDONLY, *, follow: bool = False, mode:
 def open_read(path: Path, *, follow: bool = False) -> IO[bytes]:
     """`path` opened for reading as `open_fd` does: a regular file, not followed through a link."""
     return os.fdopen(open_fd(path, follow=follow), "rb")
+
+
+def open_dir(folder: Path, *, follow: bool = True) -> int:
+    """A descriptor of the directory `folder`, for `open_fd` and `write_private_in`; close it.
+
+    Without `follow`, `folder` itself must not be a symbolic link (`NotARegularFileError`): a folder
+    vggnet made is never reached through a link someone else put in its place.
+    """
+    try:
+        return os.open(folder, os.O_RDONLY | _DIRECTORY | (0 if follow else _NOFOLLOW))
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):  # a link (O_NOFOLLOW), or not a directory
+            try:
+                what = kind_of_mode(os.lstat(folder).st_mode)
+            except OSError:
+                what = "not a directory"
+            raise NotARegularFileError(folder, what) from err
+        raise
+
+
+def write_private_in(dir_fd: int, name: str, data: bytes) -> None:
+    """Write `data` as `name` in the open directory `dir_fd`: a private temporary file (0600), renamed over `name`.
+
+    Every name is taken in that directory itself, whatever its path names by then.
+    """
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY, 0o600, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+
+
+def fd_path(f: IO[bytes]) -> Path | None:
+    """A name for the very file `f` holds open (/proc/self/fd/N), where the system has one.
+
+    Libraries that open files by name (torch.load's mmap, safetensors) read through it the file that
+    was checked, whatever has been renamed over its name since.
+    """
+    path = Path(f"/proc/self/fd/{f.fileno()}")
+    return path if path.exists() else None
 
 
 def is_regular(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Weight files by format: which one a file is (read from its content), and reading and writing tensors.
+"""Weight files by format: which one a file is (read from its content), and writing tensors.
 
 A file's format is read from its first bytes, never from its name:
 
@@ -7,29 +7,26 @@ A file's format is read from its first bytes, never from its name:
 - "safetensors": an 8-byte little-endian header length, then a JSON header starting with "{".
 - "hdf5": Keras' weight files, "\\x89HDF\\r\\n\\x1a\\n".
 
-The two PyTorch formats are loaded with `weights_only=True`; safetensors files are memory-mapped and
-hold no pickle at all (the `safetensors` package, `pip install 'vggnet[safetensors]'`); HDF5 needs
-`h5py` (`pip install 'vggnet[keras]'`) and is read as named arrays (`read_keras_layers`). What the
-keys mean (vggnet's, timm's or Keras' layout) is `vggnet.models.layouts`'.
+The two PyTorch formats are loaded with `weights_only=True` (`_loading`); safetensors files are
+memory-mapped and hold no pickle at all (the `safetensors` package, `pip install 'vggnet[safetensors]'`);
+HDF5 needs `h5py` (`pip install 'vggnet[keras]'`) and is read as named arrays, strictly (`_hdf5`). What
+the keys mean (vggnet's, timm's or Keras' layout) is `vggnet.models.layouts`'.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, Any, Literal
 
 import torch
 
-from vggnet.errors import BadCheckpointError, DiskError, MissingDependency, UsageError
-
-if TYPE_CHECKING:
-    import numpy as np
+from vggnet.errors import BadCheckpointError, DiskError, MissingDependency, MissingPathError, UsageError
+from vggnet.hub._files import fd_path, hash_file, open_read
 
 __all__ = [
     "FORMATS",
@@ -38,8 +35,6 @@ __all__ = [
     "detect_format",
     "file_sha256",
     "load_safetensors",
-    "read_keras_layers",
-    "read_tensors",
     "save_safetensors",
     "sniff_format",
     "write_tensors",
@@ -63,11 +58,16 @@ _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on 
 # --- formats -----------------------------------------------------------------------------------------
 
 
-def sniff_format(path: str | os.PathLike[str]) -> Format | None:
-    """The format of a weights file, read from its first bytes; None when it is none of `FORMATS`."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-        size = os.fstat(f.fileno()).st_size
+def sniff_format(source: str | os.PathLike[str] | IO[bytes]) -> Format | None:
+    """The format of a weights file (a path, or a file open for reading), read from its first bytes.
+
+    Args:
+        source: the file; an open one is read from its start, and left at its start.
+
+    Returns:
+        One of `FORMATS`, or None when it is none of them.
+    """
+    head, size = _head(source)
     if head.startswith(_ZIP):
         return "zip"
     if head.startswith(_HDF5):
@@ -83,15 +83,36 @@ def sniff_format(path: str | os.PathLike[str]) -> Format | None:
     return None
 
 
-def detect_format(path: str | os.PathLike[str]) -> Format:
-    """The format of a weights file, read from its first bytes ("zip", "pickle", "safetensors", "hdf5")."""
-    fmt = sniff_format(path)
+def _head(source: str | os.PathLike[str] | IO[bytes]) -> tuple[bytes, int]:
+    """The first 9 bytes of a file and its size."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return _head(f)
+    source.seek(0)
+    head = source.read(9)
+    source.seek(0)
+    return head, os.fstat(source.fileno()).st_size
+
+
+def detect_format(source: str | os.PathLike[str] | IO[bytes], name: str | os.PathLike[str] | None = None) -> Format:
+    """The format of a weights file, read from its first bytes ("zip", "pickle", "safetensors", "hdf5").
+
+    Args:
+        source: a path, or a file open for reading (read from its start, and left there).
+        name: what the message calls the file (default: `source`'s path).
+
+    Returns:
+        The format.
+
+    Raises:
+        BadCheckpointError: the file is none of `FORMATS` (an HTML error page, a cut download).
+    """
+    fmt = sniff_format(source)
     if fmt is not None:
         return fmt
-    with open(path, "rb") as f:
-        head = f.read(9)
+    head, _ = _head(source)
     raise BadCheckpointError(
-        f"{path} is not a weights file vggnet reads: its first bytes {head!r} match none of "
+        f"{name or source} is not a weights file vggnet reads: its first bytes {head!r} match none of "
         f"{', '.join(FORMATS)} (PyTorch zip or legacy pickle, safetensors, Keras HDF5); "
         "check that the download is complete and is not an HTML error page"
     )
@@ -106,7 +127,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return hasher.hexdigest()
 
 
-def _safetensors_torch() -> Any:
+def safetensors_torch() -> Any:
+    """`safetensors.torch`, or MissingDependency naming the extra to install."""
     try:
         import safetensors.torch
     except ImportError as err:
@@ -118,133 +140,109 @@ def _safetensors_torch() -> Any:
 
 def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """A safetensors file's tensors, memory-mapped (no pickle involved)."""
-    state: dict[str, torch.Tensor] = _safetensors_torch().load_file(os.fspath(path), device=str(device))
+    state: dict[str, torch.Tensor] = safetensors_torch().load_file(os.fspath(path), device=str(device))
     return state
 
 
 def save_safetensors(
     state: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write `state` as safetensors, atomically (a temporary file in the same folder, then a rename)."""
-    st = _safetensors_torch()
-    # safetensors refuses views that share storage or are not contiguous: give it plain tensors.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    _atomic_write(
-        Path(path), lambda tmp: st.save_file(tensors, os.fspath(tmp), metadata={"format": "pt", **(metadata or {})})
-    )
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def read_tensors(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The tensors of a PyTorch or safetensors file, its format read from its content, keys as stored.
-
-    PyTorch files load with `weights_only=True` (zip files memory-mapped); a training checkpoint holding
-    the state dict under "state_dict" or "model" is unwrapped. Keras HDF5 files are `read_keras_layers`'.
-    """
-    fmt = detect_format(path)
-    if fmt == "hdf5":
-        raise UsageError(f"{path} is a Keras HDF5 file: read it with read_keras_layers")
-    if fmt == "safetensors":
-        return load_safetensors(path, map_location)
-    if str(path).endswith(".safetensors"):  # torch.load would hand the name to safetensors: give it the bytes
-        with open(path, "rb") as f:
-            return _torch_state(torch.load(f, map_location=map_location, weights_only=True), path)
-    return _torch_state(torch.load(path, map_location=map_location, weights_only=True, mmap=fmt == "zip"), path)
-
-
-def _torch_state(obj: object, path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BadCheckpointError(
-            f"{path} does not hold a state dict (a mapping of names to tensors) but a {type(obj).__name__}; "
-            "save model.state_dict(), not the model"
-        )
-    return dict(obj)
+    """Write `state` as safetensors, atomically (a temporary file in the same folder, fsynced, then a rename)."""
+    write_tensors(state, path, metadata=metadata, fmt="safetensors")
 
 
 def write_tensors(
-    state: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    fmt: Literal["zip", "safetensors"] | None = None,
 ) -> str:
     """Write `state` to `path` in the format its suffix names, read it back, and return the file's SHA-256.
 
-    Suffixes: .safetensors, or .pth/.pt/.bin (PyTorch's zip format). The file is written to a temporary
-    name and renamed; it is read back and compared tensor by tensor before the digest is returned.
+    The file is written to a private temporary name in `path`'s folder and synced; that file is read
+    back and compared tensor by tensor, bit for bit (a NaN is the NaN that was written), and hashed,
+    then renamed over `path` (a link there is replaced, never followed). The digest is of those bytes.
+
+    Args:
+        state: the tensors, by name.
+        path: the destination: .safetensors, or .pth/.pt/.bin (PyTorch's zip format).
+        metadata: strings for the safetensors header ("format": "pt" is added).
+        fmt: the format, instead of the suffix's.
+
+    Returns:
+        The written file's SHA-256.
+
+    Raises:
+        UsageError: an unknown suffix, or `path` is a folder.
+        MissingPathError: `path`'s folder does not exist.
+        DiskError: the file could not be written whole, or does not read back as written.
     """
     path = Path(path)
-    fmt = WRITE_SUFFIXES.get(path.suffix.lower())
+    fmt = fmt or WRITE_SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise UsageError(
             f"cannot tell which format to write from {path.name!r}; use one of the suffixes "
             f"{', '.join(WRITE_SUFFIXES)} (.safetensors for safetensors, the others for PyTorch's zip format)"
         )
-    if fmt == "safetensors":
-        save_safetensors(state, path, metadata)
-    else:
-        plain = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        _atomic_write(path, lambda tmp: torch.save(plain, tmp))
-    back = load_safetensors(path) if fmt == "safetensors" else torch.load(path, weights_only=True, mmap=True)
-    if back.keys() != state.keys() or not all(torch.equal(back[k], state[k].detach().cpu()) for k in state):
-        raise DiskError(f"{path} does not read back as what was written; the disk may be full or failing")
-    return file_sha256(path)
-
-
-# --- Keras HDF5 files -------------------------------------------------------------------------------------------
-
-
-def _h5py() -> Any:
+    _check_destination(path)
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    write = _safetensors_writer(plain, metadata) if fmt == "safetensors" else lambda tmp: torch.save(plain, tmp)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        return importlib.import_module("h5py")
-    except ImportError as err:
-        raise MissingDependency("Keras .h5 weight files need h5py: pip install 'vggnet[keras]'") from err
+        try:
+            write(tmp)
+        except OSError as err:
+            raise DiskError(err.errno, f"cannot write {path}: {err.strerror or err}; nothing was kept") from err
+        with open_read(tmp) as f:
+            os.fsync(f.fileno())
+            back = _read_back(f, tmp, fmt)
+            if back.keys() != plain.keys() or not all(same_bits(back[k], plain[k]) for k in plain):
+                raise DiskError(f"{path} does not read back as what was written; the disk may be full or failing")
+            del back
+            digest = hash_file(f)  # the bytes read back, under the name they get next
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return digest
 
 
-def _names_attr(group: Any, name: str) -> list[str]:
-    """A list-of-names attribute, joined when Keras split it into `name0`, `name1`, ... (HDF5's header limit)."""
-    if name in group.attrs:
-        values = list(group.attrs[name])
-    else:
-        values, i = [], 0
-        while f"{name}{i}" in group.attrs:
-            values += list(group.attrs[f"{name}{i}"])
-            i += 1
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+def _check_destination(path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; name the file to write in it, e.g. {path / 'model.safetensors'}")
+    if not path.parent.is_dir():
+        raise MissingPathError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
 
 
-def read_keras_layers(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
-    """Layer name -> its weight arrays in Keras' order (kernel, bias), for the layers that have weights."""
-    import numpy as np
+def _safetensors_writer(plain: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None) -> Callable[[Path], Any]:
+    st = safetensors_torch()
+    # safetensors refuses views that share storage: give it plain tensors of their own.
+    tensors = {k: v.clone() for k, v in plain.items()}
+    return lambda tmp: st.save_file(tensors, os.fspath(tmp), metadata={"format": "pt", **(metadata or {})})
 
-    layers: dict[str, list[np.ndarray]] = {}
-    with _h5py().File(path, "r") as f:
-        root = f.get("model_weights", f)  # a whole model saved as .h5 keeps its weights in a group
-        if "layer_names" in root.attrs:  # Keras 1/2 legacy layout, as the published files
-            for name in _names_attr(root, "layer_names"):
-                group = root[name]
-                arrays = [np.asarray(group[w]) for w in _names_attr(group, "weight_names")]
-                if arrays:
-                    layers[name] = arrays
-        elif "layers" in root:  # Keras 3 `.weights.h5`: layers/<class name>/vars/{0,1}, the layer's name an attribute
-            for group in root["layers"].values():
-                if "vars" not in group or not len(group["vars"]):
-                    continue
-                vars_ = group["vars"]
-                name = vars_.attrs.get("name", "")
-                name = name.decode("utf8") if isinstance(name, bytes) else str(name)
-                layers[name] = [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
-        else:
-            raise BadCheckpointError(
-                f"{path} is an HDF5 file but not Keras weights: it has neither a 'layer_names' attribute "
-                "(Keras 1/2, the published VGG16/VGG19 files) nor a 'layers' group (Keras 3 .weights.h5)"
-            )
-    return layers
+
+def _read_back(f: IO[bytes], tmp: Path, fmt: str) -> dict[str, torch.Tensor]:
+    """The tensors of the file vggnet just wrote, read through its open descriptor."""
+    named = fd_path(f)
+    if fmt == "safetensors":
+        if named is not None:
+            return load_safetensors(named)
+        f.seek(0)
+        loaded: dict[str, torch.Tensor] = safetensors_torch().load(f.read())
+        return loaded
+    f.seek(0)
+    back = torch.load(named or f, weights_only=True, mmap=named is not None)
+    return dict(back)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same dtype, shape and bytes: NaN equals the same NaN, -0.0 is not 0.0.
+
+    torch.equal says NaN != NaN, so a file holding one (the features-only VGG16 record's classifier)
+    would never read back as written.
+    """
+    a, b = a.detach().cpu(), b.detach().cpu()
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))

@@ -1,35 +1,55 @@
 """torch.load, weights only, of a verified open file: the loading half of the hub.
 
-`load_verified` opens the file `hub.fetch` verified once, checks that open file against its digest
-(a stamp matched by fstat, else hashed) and loads that same open file (memory-mapped through
-/proc/self/fd/N where the system has it), so a rename between the check and the load cannot change
-what is loaded (issue 11). A pickle asking for code is refused before any of it runs; a checkpoint
-must hold a state dict where vggnet looks. Legacy-format (pre-1.6) files are loaded through a
-verified zip-format copy, written once, so that later loads can memory-map them.
+`open_checked` opens the file `hub.fetch` verified once, checks that open file against its digest
+(a stamp matched by fstat, else hashed) and hands it on as a `VerifiedFile`; everything that reads
+weights then reads that same open file (memory-mapped through /proc/self/fd/N where the system has
+it), so a rename between the check and the read cannot change what is read (issues 11, 24). A pickle
+asking for code is refused before any of it runs; a checkpoint must hold a state dict where vggnet
+looks. Legacy-format (pre-1.6) files are loaded through a verified zip-format copy, written once,
+so that later loads can memory-map them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from vggnet.errors import ChecksumError, CorruptCheckpointError, NotAStateDict, UnsafeCheckpointError
-from vggnet.hub._cache import local_stamp_path, open_file_digest, read_stamp, stamp_matches, stamp_of, write_stamp
-from vggnet.hub._files import create_private, hash_file, open_read, publish, temp_name
-from vggnet.hub._formats import load_safetensors, sniff_format
+from vggnet.errors import (
+    ChecksumError,
+    CorruptCheckpointError,
+    NotAStateDict,
+    UnsafeCheckpointError,
+    UsageError,
+    VggnetError,
+)
+from vggnet.hub._cache import (
+    LOCAL_STAMPS,
+    local_stamp_path,
+    open_file_digest,
+    read_stamp,
+    stamp_matches,
+    stamp_of,
+    write_stamp,
+)
+from vggnet.hub._files import create_private, fd_path, hash_file, open_read, publish, temp_name
+from vggnet.hub._formats import Format, load_safetensors, safetensors_torch, sniff_format
 from vggnet.hub._locks import lock
 
 __all__ = [
     "MapLocation",
+    "VerifiedFile",
     "load_verified",
+    "read_tensors",
     "weights_only_load",
 ]
 
@@ -38,21 +58,35 @@ logger = logging.getLogger(__name__)
 MapLocation = str | torch.device | None
 
 
-# --- errors ----------------------------------------------------------------------------------------
+# --- the verified open file ------------------------------------------------------------------------
 
 
-# --- the load --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A weights file opened once and checked against its digest: read it through `file`, never by `path` again.
+
+    `sha256` is the digest the open file matched (None for a local file given without one: opened once
+    and read as it is); `format` its format read from its first bytes (None: none vggnet reads);
+    `where` the cache folder holding its stamp and, for a legacy-format file, its zip copy.
+    """
+
+    file: IO[bytes]
+    path: Path
+    sha256: str | None
+    format: Format | None
+    where: Path | None
 
 
-def load_verified(path: Path, digest: str, *, where: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
-    """Load the file `hub.fetch` verified; legacy-format files go through a verified zip copy so they can be mmapped.
+@contextlib.contextmanager
+def open_checked(path: Path, digest: str, *, where: Path) -> Iterator[VerifiedFile]:
+    """`path` opened once, that open file checked against `digest`; ChecksumError if it is not that file (any more).
 
-    The file is opened once: that open file is checked against `digest` (through a stamp that
-    describes this very file, else hashed) and that same file is loaded, so a rename between the
-    check and the load cannot change what is loaded.
+    The stamp of a file in `where` (the cache) is `NAME.stamp`; any other file is the caller's own or a
+    mirror's (reached through a link if need be), its stamp in `where/.stamps`. A stamp counts only
+    while it describes the open file (fstat), else the open file is hashed.
     """
     local = path.parent != where  # the caller's own file or a mirror directory's, not one in the cache
-    stamp = local_stamp_path(path, where / ".stamps") if local else stamp_of(path)
+    stamp = local_stamp_path(path, where / LOCAL_STAMPS) if local else stamp_of(path)
     with open_read(path, follow=local) as f:
         actual = open_file_digest(f, path, stamp, None)  # None: a stamp is not marked checked for an unpinned file
         if actual != digest:
@@ -60,29 +94,81 @@ def load_verified(path: Path, digest: str, *, where: Path, map_location: MapLoca
                 str(path), path, digest, actual, detail="it changed after it was verified, and was not loaded",
                 hint="Something else is writing to this file: load again, and find what replaces it.",
             )  # fmt: skip
-        named = _fd_path(f) or path  # the very file just verified (Linux), else its name
-        fmt = sniff_format(named)
-        if fmt == "safetensors":  # memory-mapped by safetensors, without pickle
-            return load_safetensors(named, "cpu" if map_location is None else map_location)
-        if fmt == "zip":
-            return _state_dict(weights_only_load(f, path, mmap=True, map_location=map_location), path)
-        copy = _zip_copy(f, path, digest, where)
-        if copy is None:
-            return _state_dict(weights_only_load(f, path, mmap=False, map_location=map_location), path)
-    copy_path = where / f"{path.name}.zip"
-    with copy:
-        return _state_dict(weights_only_load(copy, copy_path, mmap=True, map_location=map_location), copy_path)
+        yield VerifiedFile(f, path, digest, sniff_format(f), where)
+
+
+@contextlib.contextmanager
+def open_unchecked(path: Path) -> Iterator[VerifiedFile]:
+    """The caller's own file, given without a digest: opened once (through a link if need be) and read as it is."""
+    with open_read(path, follow=True) as f:
+        yield VerifiedFile(f, path, None, sniff_format(f), None)
+
+
+def load_verified(path: Path, digest: str, *, where: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
+    """Load the file `hub.fetch` verified, from the open file checked against `digest` (see `open_checked`)."""
+    with open_checked(path, digest, where=where) as verified:
+        return read_tensors(verified, map_location)
+
+
+def read_tensors(
+    source: str | os.PathLike[str] | VerifiedFile, map_location: MapLocation = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The state dict a PyTorch or safetensors file holds, its format read from its content, keys as stored.
+
+    Args:
+        source: a `VerifiedFile` (read through its open file), or a path, opened once and read as it is.
+        map_location: where the tensors go (torch.load's argument).
+
+    Returns:
+        The state dict: the file's mapping of names to tensors, or the one it holds under "state_dict"
+        or "model" (a training checkpoint).
+
+    Raises:
+        BadCheckpointError: the file is none of the formats, holds no state dict, is cut short, or
+            (UnsafeCheckpointError) holds pickled code, none of which ran. One line naming the file.
+        UsageError: a Keras HDF5 file, which `read_keras_layers` reads.
+    """
+    if not isinstance(source, VerifiedFile):
+        with open_unchecked(Path(source)) as opened:
+            return read_tensors(opened, map_location)
+    f, path, fmt = source.file, source.path, source.format
+    if fmt == "hdf5":
+        raise UsageError(f"{path} is a Keras HDF5 file: read it with read_keras_layers")
+    if fmt == "safetensors":  # memory-mapped by safetensors, without pickle
+        return _safetensors(f, path, "cpu" if map_location is None else map_location)
+    if fmt == "zip":
+        return _state_dict(weights_only_load(f, path, mmap=True, map_location=map_location), path)
+    if fmt == "pickle" and source.where is not None and source.sha256 is not None:
+        copy = _zip_copy(f, path, source.sha256, source.where)
+        if copy is not None:
+            copy_path = source.where / f"{path.name}.zip"
+            with copy:
+                return _state_dict(weights_only_load(copy, copy_path, mmap=True, map_location=map_location), copy_path)
+    # a legacy file read once, or none of the formats: torch.load says what it is not, in one line
+    return _state_dict(weights_only_load(f, path, mmap=False, map_location=map_location), path)
+
+
+def _safetensors(f: IO[bytes], path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of the open safetensors file `f`: memory-mapped through /proc/self/fd, else read whole."""
+    named = fd_path(f)
+    try:
+        if named is not None:
+            return load_safetensors(named, device)
+        f.seek(0)
+        state: dict[str, torch.Tensor] = safetensors_torch().load(f.read())
+        return {k: v.to(device) for k, v in state.items()}
+    except (VggnetError, OSError):
+        raise
+    except Exception as err:  # SafetensorError (a bad header, offsets past the end), torch's own on a bad dtype
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorruptCheckpointError(
+            f"{path} could not be read as a safetensors file (corrupt, cut short?): {detail}"
+        ) from None
 
 
 # --- torch.load, weights only ----------------------------------------------------------------------
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def _fd_path(f: IO[bytes]) -> Path | None:
-    """A name for the very file `f` holds open (/proc/self/fd/N), where the system has one."""
-    path = Path(f"/proc/self/fd/{f.fileno()}")
-    return path if path.exists() else None
 
 
 def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
@@ -93,16 +179,18 @@ def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: Map
     asking for code gives one line naming the file, not torch's advice.
     """
     f.seek(0)
-    fd_path = _fd_path(f) if mmap else None
+    named = fd_path(f) if mmap else None
     try:
-        if fd_path is not None:
-            return torch.load(fd_path, map_location=map_location, weights_only=True, mmap=True)
+        if named is not None:
+            return torch.load(named, map_location=map_location, weights_only=True, mmap=True)
         return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = _GLOBAL.search(str(err))
         # `from None`: torch's text suggests weights_only=False, the one thing never to do with this file
         raise UnsafeCheckpointError(path, found.group(1) if found else None) from None
-    except (RuntimeError, KeyError, EOFError) as err:  # a cut zip; a text file is a KeyError, an empty one EOFError
+    except (VggnetError, OSError):
+        raise
+    except Exception as err:  # a cut zip (RuntimeError); a text file is a KeyError, an empty one EOFError; any other
         detail = str(err).splitlines()[0] if isinstance(err, RuntimeError) and str(err) else type(err).__name__
         raise CorruptCheckpointError(
             f"{path} could not be read as a PyTorch checkpoint (corrupt, cut short?): {detail}"

@@ -191,8 +191,9 @@ def _vgg(
     loaded = load(weights, arch=arch, progress=progress, num_classes=num_classes, in_chans=in_chans, device=device,
                   **kwargs)  # fmt: skip
     model = loaded.model
-    record = loaded.source.record or WEIGHTS_ENUMS[arch].from_name("DEFAULT").value
-    model.pretrained_cfg = pretrained_cfg(record, model.num_classes, model.head)
+    if loaded.source.kind not in ("file", "url"):  # a file's preset and class names are its own (set by `load`)
+        record = loaded.source.record or WEIGHTS_ENUMS[arch].from_name("DEFAULT").value
+        model.pretrained_cfg = pretrained_cfg(record, model.num_classes, model.head)
     if picked is not None:  # timm's option (issue 12); like timm's, the builders still say VGG
         return cast(VGG, VGGFeatures(model, picked))
     return model

@@ -1,7 +1,9 @@
 """Any weights source -> a model, its preset and its categories: the one loader behind builders, finetune, predict.
 
 What a source may be is `sources.py`'s (`classify`, the rules `SOURCE_RULES` quotes in every error);
-what a state dict must hold is `state_dicts.py`'s; what a fine-tuned checkpoint holds is `finetuned.py`'s.
+what a state dict must hold is `state_dicts.py`'s; what vggnet's own checkpoints hold (`vggnet.save`, `finetune`)
+is `saved.py`'s: such a file brings its classes and preset. A file that records neither (a plain state dict) is
+assumed to expect ImageNet's preset and labels, which is said once per file at WARNING.
 `load` checks every argument, the device included, before anything is fetched, then reads the source
 (through `hub.py`, verified) and builds the model the source names. A fine-tuned checkpoint's model is
 built here too: a small one names the backbone it was trained on, which is loaded through `load` again.
@@ -17,17 +19,18 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import torch
 
 from vggnet.checks import check_device, check_int
+from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.data.transforms import ImageClassification, keras_transforms
 from vggnet.errors import ArchMismatch, BadCheckpointError, CheckpointMismatchError, UsageError
-from vggnet.hub import fetch, hf_hub_file, load_state_dict_from_url, normalize_digest, sniff_format
+from vggnet.hub import VerifiedFile, load_hf_hub, normalize_digest, open_verified, read_tensors
 from vggnet.models.config import IN_CHANNELS, arch_config, check_arch
-from vggnet.models.finetuned import FORMAT, Finetuned, check_finetuned, read_finetuned
-from vggnet.models.layouts import from_timm, layout_of, load_keras, read_state_dict
+from vggnet.models.finetuned import Finetuned
+from vggnet.models.layouts import from_timm, layout_of, load_keras
+from vggnet.models.saved import FORMAT, Header, Saved, read_saved
 from vggnet.models.sources import (
     Source,
     WeightsSource,
@@ -36,7 +39,7 @@ from vggnet.models.sources import (
     hub_arch_of,
 )
 from vggnet.models.state_dicts import arch_of_keys, arch_of_state, key_list, model_from_state
-from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, init_module, make_layers
+from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, init_module, make_layers, pretrained_cfg
 from vggnet.models.weights import IMAGENET_CATEGORIES
 
 __all__ = [
@@ -59,7 +62,8 @@ class Loaded:
 
     `categories` are the labels of its outputs (None for a record whose classifier is unusable, such as
     VGG16_Weights.IMAGENET1K_FEATURES); `weights` says what was loaded ("VGG16_Weights.IMAGENET1K_V1",
-    a path, a URL, "random"); `info` holds a fine-tuned checkpoint's mode, epoch, val_acc and weights.
+    a path, a URL, "random"); `info` holds a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`;
+    `finetune` records mode, epoch, val_acc and weights there).
     """
 
     model: VGG
@@ -69,6 +73,11 @@ class Loaded:
     weights: str
     source: Source
     info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str] | None:
+        """`categories` as a list: the class names `vggnet.save(model, path, classes=...)` recorded, or assumed."""
+        return None if self.categories is None else list(self.categories)
 
 
 def load(
@@ -144,7 +153,7 @@ def hub_state_dict(
         (builder name, state dict), timm's layout converted bit-exactly.
     """
     arch = hub_arch_of(name)
-    return arch, read_state_dict(hf_hub_file(name, sha256=sha256), map_location=map_location)
+    return arch, _vggnet_layout(load_hf_hub(name, sha256=sha256, map_location=map_location))
 
 
 def _vggnet_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,10 +173,10 @@ def _fresh_classifier(arch: str, state: Mapping[str, torch.Tensor]) -> dict[str,
 
 
 def _from_keras(
-    source: Source, path: Path, arch: str | None, device: torch.device | None, kwargs: dict[str, Any]
+    source: Source, verified: VerifiedFile, arch: str | None, device: torch.device | None, kwargs: dict[str, Any]
 ) -> Loaded:
     """A Keras VGG16/VGG19 .h5 file: its model (RGB input, see `formats`), Keras' preset, ImageNet's classes."""
-    found, state = load_keras(path)
+    found, state = load_keras(verified)
     if arch is not None and arch != found:
         raise ArchMismatch(source.text, found, arch)
     notop = not any(k.startswith("classifier.") for k in state)
@@ -203,28 +212,19 @@ def _from_file(
     digest: str | None,
     progress: bool,
 ) -> Loaded:
-    """A local file or a URL: a checkpoint written by `finetune` (its classes and preset), or a state dict."""
+    """A local file or a URL: a checkpoint written by `finetune` (its classes and preset), or a state dict.
+
+    Everything is read from the one open file that was checked against the digest (`hub.open_verified`).
+    """
     text = source.text
-    if source.kind == "url" and urlsplit(text).scheme.lower() != "file":
-        path = fetch(text, sha256=digest, progress=progress)  # cached, verified by sha256 or its name
-    else:
-        path = Path(unquote(urlsplit(text).path)) if source.kind == "url" else Path(text)
-        if digest is not None:
-            fetch(str(path), sha256=digest, progress=progress)  # checked in place; raises ChecksumError
-    if sniff_format(path) == "hdf5":
-        return _from_keras(source, path, arch, device, kwargs)
     map_location = device if device is not None else "cpu"
-    checkpoint = read_finetuned(path, map_location)
-    if checkpoint is not None:
-        found = str(checkpoint["arch"])
-        if arch is not None and arch != found:
-            raise ArchMismatch(text, found, arch)
-        finetuned = _finetuned(checkpoint, device, kwargs, text)
-        return Loaded(finetuned.model, finetuned.preset, _labels(finetuned.classes, finetuned.model), found, text,
-                      source, finetuned.info)  # fmt: skip
-    state = _vggnet_layout(
-        load_state_dict_from_url(str(path), sha256=digest, map_location=map_location, progress=progress)
-    )
+    with open_verified(Path(text) if source.kind == "file" else text, sha256=digest, progress=progress) as verified:
+        if verified.format == "hdf5":
+            return _from_keras(source, verified, arch, device, kwargs)
+        saved = read_saved(verified, map_location)
+        state = {} if saved is not None else _vggnet_layout(read_tensors(verified, map_location))
+    if saved is not None:
+        return _from_saved(saved, source, arch, device, kwargs)
     if arch is None:
         name = arch_of_state(state, text)
     else:
@@ -234,54 +234,146 @@ def _from_file(
             raise ArchMismatch(text, found_arch, arch)
     model = model_from_state(name, state, device, kwargs, source=text)
     # files are assumed to expect ImageNet's preset; 1000 outputs are ImageNet's classes
-    return Loaded(model, ImageClassification(crop_size=224), _labels(IMAGENET_CATEGORIES, model), name, text, source)
+    loaded = Loaded(model, ImageClassification(crop_size=224), _labels(IMAGENET_CATEGORIES, model), name, text, source)
+    _say_assumed(loaded, "is a plain state dict", preset=True, labels=True)
+    model.pretrained_cfg = _file_cfg(loaded, None)
+    return loaded
 
 
-# --- fine-tuned checkpoints: their model -----------------------------------------------------------
+# --- vggnet's own checkpoints (saved.py) and finetune's older ones ---------------------------------
+
+
+def _from_saved(saved: Saved, source: Source, arch: str | None, device: torch.device | None,
+                kwargs: dict[str, Any]) -> Loaded:  # fmt: skip
+    """The model of a checkpoint in vggnet's format, with its classes and preset (assumed where it has none)."""
+    header, text = saved.header, source.text
+    found = header.arch or arch_of_state(saved.state, text)
+    if arch is not None and arch != found:
+        raise ArchMismatch(text, found, arch)
+    model = _saved_model(found, header, saved.state, device, kwargs, text)
+    preset = header.preset()
+    labels = _labels(header.classes if header.classes is not None else IMAGENET_CATEGORIES, model)
+    loaded = Loaded(model, preset or ImageClassification(crop_size=224), labels, found, text, source, header.meta)
+    unnamed = header.classes is None and model.num_classes > 0
+    if preset is None or unnamed:
+        _say_assumed(
+            loaded,
+            f"records no {'preset' if preset is None else 'class names'}"
+            + (" and no class names" if preset is None and unnamed else ""),
+            preset=preset is None,
+            labels=unnamed,
+        )
+    model.pretrained_cfg = _file_cfg(loaded, header.classes)
+    return loaded
+
+
+def _saved_model(
+    arch: str, header: Header, state: dict[str, torch.Tensor], device: str | torch.device | None,
+    kwargs: dict[str, Any], source: str,
+) -> VGG:  # fmt: skip
+    """The model (eval mode) a header and its tensors describe; `kwargs` (num_classes, in_chans, head) override."""
+    _check_fits(header, state, source)
+    given = {"num_classes": header.num_classes, "in_chans": header.in_chans, "head": header.head}
+    kwargs = {**{k: v for k, v in given.items() if v is not None}, **kwargs}
+    if header.backbone is None:
+        return model_from_state(arch, state, device, kwargs, source=source).eval()
+    return _on_backbone(arch, header.backbone, state, device, kwargs)
+
+
+def _check_fits(header: Header, state: dict[str, torch.Tensor], source: str) -> None:
+    """BadCheckpointError when the tensors contradict the header: fc8's inputs or outputs, the first conv's channels."""
+    vgg_fc8, gap_fc8 = state.get("classifier.6.weight"), state.get("classifier.0.weight")
+    # the tensors' own head: one Linear on the 512 pooled channels is "gap" (state_dicts.py reads it so too)
+    gap = gap_fc8 is not None and gap_fc8.dim() == 2 and gap_fc8.shape[1] == 512 and "classifier.3.weight" not in state
+    fc8 = gap_fc8 if gap else vgg_fc8
+    outputs = 0 if fc8 is None or fc8.dim() != 2 else fc8.shape[0]
+    problems = []
+    if header.head is not None and (header.head == "gap") != gap:
+        problems.append(f"its head is {header.head!r} but the tensors are of a {'gap' if gap else 'vgg'} head")
+    named = header.num_classes if header.num_classes is not None else len(header.classes or []) or None
+    if named is not None and outputs != named and not (fc8 is None and header.backbone is not None):
+        problems.append(f"it names {named} outputs but fc8 has {outputs}")
+    first = state.get("features.0.weight")
+    if header.in_chans is not None and first is not None and first.dim() == 4 and first.shape[1] != header.in_chans:
+        problems.append(f"it says in_chans {header.in_chans} but the first convolution reads {first.shape[1]}")
+    if problems:
+        raise BadCheckpointError(f"{source} does not hold what its header says: {'; '.join(problems)}; nothing loaded")
+
+
+_ASSUMED: set[str] = set()  # the files whose missing preset or labels were already reported in this process
+
+
+def _say_assumed(loaded: Loaded, what: str, *, preset: bool, labels: bool) -> None:
+    """Say once per file, at WARNING, what a file that does not record them is assumed to expect."""
+    if loaded.weights in _ASSUMED:
+        return
+    _ASSUMED.add(loaded.weights)
+    p = loaded.preset
+    norm = "ImageNet's mean and std" if (tuple(p.mean), tuple(p.std)) == (IMAGENET_MEAN, IMAGENET_STD) else (
+        f"mean {p.mean}, std {p.std}")  # fmt: skip
+    assumed = [f"ImageNet's preset (resize {p.resize_size}, crop {p.crop_size}, {norm})"] if preset else []
+    names = loaded.categories or []
+    if labels and names:
+        assumed.append(
+            "ImageNet's labels" if names is IMAGENET_CATEGORIES else f"labels {names[0]!r} ... {names[-1]!r}"
+        )
+    logger.warning(
+        "%s %s: assuming %s; change the preset with --resize, --crop, --mean and --std on the command line, or "
+        "save the model with vggnet.save(model, path, classes=[...], preset=...) to keep both in the file",
+        loaded.weights, what, " and ".join(assumed),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _FilePreset:
+    """What `pretrained_cfg` reads off a record, for a file: its name and its preset's numbers."""
+
+    url: str
+    crop_size: int
+    resize_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    interpolation: str
+
+
+def _file_cfg(loaded: Loaded, classes: Sequence[str] | None) -> dict[str, Any]:
+    """timm's `pretrained_cfg` of a file's model: its preset, and its class names as `label_names`."""
+    p = loaded.preset
+    cfg = pretrained_cfg(
+        _FilePreset(loaded.weights, p.crop_size, p.resize_size, p.mean, p.std, p.interpolation),
+        loaded.model.num_classes,
+        loaded.model.head,
+    )
+    if classes is not None and len(classes) == loaded.model.num_classes:
+        cfg["label_names"] = tuple(classes)
+    return cfg
+
+
+# --- checkpoints in vggnet's format: load_finetuned, and a small one's backbone -------------------
 
 
 def load_finetuned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Finetuned:
-    """Load a checkpoint written by `finetune` (or `vggnet finetune`): model in eval mode, classes, preset.
+    """Load a checkpoint in vggnet's format (`vggnet.save`, `finetune`), or an older `finetune` one.
 
-    Reads with `torch.load(weights_only=True)`; raises ValueError for a file that is not such a checkpoint
-    (a plain state dict, say), naming what is missing.
+    Args:
+        path: the checkpoint.
+        map_location: where its tensors go.
+
+    Returns:
+        The model in eval mode, its classes and preset (assumed where the file records none), arch and info.
+
+    Raises:
+        BadCheckpointError: a file in no such format (a plain state dict, say), or a field missing or wrong.
     """
-    checkpoint = read_finetuned(path, map_location)
-    if checkpoint is None:
-        raise BadCheckpointError(f"{path} is not a checkpoint written by vggnet finetune (no format {FORMAT!r})")
-    finetuned = _finetuned(checkpoint, map_location, {}, str(path))
-    finetuned.model.eval()
-    return finetuned
-
-
-def _finetuned(
-    checkpoint: Mapping[str, Any],
-    device: str | torch.device | None,
-    kwargs: dict[str, Any],
-    source: str = "the fine-tuned checkpoint",
-) -> Finetuned:
-    """The model of a fine-tuned checkpoint (eval mode; its own fc8 and in_chans unless `kwargs` say otherwise).
-
-    A checkpoint with a "backbone" entry holds only what was trained: the backbone is loaded (and
-    verified) from the record, file or URL it names, then the trained tensors are put on it.
-    """
-    check_finetuned(checkpoint, source)
-    arch, classes = str(checkpoint["arch"]), list(checkpoint["classes"])
-    in_chans = int(checkpoint["in_chans"])
-    try:
-        preset = ImageClassification(**checkpoint["preprocessing"])
-    except (TypeError, ValueError) as err:
-        raise BadCheckpointError(f"{source}: its preprocessing is not a valid preset ({err})") from None
-    head = str(checkpoint.get("head", "vgg"))
-    kwargs = {"num_classes": len(classes), "in_chans": in_chans, "head": head, **kwargs}
-    in_chans = kwargs["in_chans"]
-    backbone = checkpoint.get("backbone")
-    if backbone is None:
-        model = model_from_state(arch, checkpoint["state_dict"], device, kwargs, source=source).eval()
-    else:
-        model = _on_backbone(arch, backbone, checkpoint["state_dict"], device, kwargs)
-    info = {k: checkpoint.get(k) for k in ("mode", "epoch", "val_acc", "weights")}  # the head: model.head
-    return Finetuned(model, classes, preset, arch, in_chans, info)
+    saved = read_saved(path, map_location)
+    if saved is None:
+        raise BadCheckpointError(
+            f"{path} is not a checkpoint written by vggnet finetune or vggnet.save (no format {FORMAT!r})"
+        )
+    loaded = _from_saved(saved, Source("file", str(path)), None, torch.device(map_location), {})
+    model = loaded.model.eval()
+    return Finetuned(model, list(loaded.categories or []), loaded.preset, loaded.arch, model.in_channels,
+                     dict(loaded.info))  # fmt: skip
 
 
 def _on_backbone(

@@ -57,14 +57,24 @@ RANDOM_NAMES: Final = ("none", "random")
 URL_SCHEMES: Final = ("http", "https", "file")
 SOURCE_RULES: Final = (
     "a record name (DEFAULT, IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1), the path of an existing checkpoint "
-    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet finetune checkpoint, safetensors or Keras "
-    "weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
+    f"file ({', '.join(WEIGHT_FILE_SUFFIXES)}: a state dict, a vggnet checkpoint (vggnet.save, finetune), "
+    "safetensors or Keras weights), an http(s):// or file:// URL, a Hugging Face Hub name (hf-hub:timm/vgg16.tv_in1k), "
     "or none for random initialisation"
 )
 
 
 def check_arch(name: str) -> str:
-    """The builder name `name` spells (any case); the one "unknown model" ValueError, naming the valid ones."""
+    """The builder name `name` spells (any case); the one "unknown model" error, naming the valid ones.
+
+    Args:
+        name: a model name as a user typed it ("VGG16", "vgg16_bn").
+
+    Returns:
+        The builder name in lower case.
+
+    Raises:
+        UsageError: (a ValueError) no builder has that name; the message lists them.
+    """
     key = str(name).lower()
     if key not in ARCHS:
         raise UsageError(f"unknown model {name!r}; valid: {', '.join(ARCHS)}")
@@ -72,6 +82,13 @@ def check_arch(name: str) -> str:
 
 
 def arch_config(arch: str) -> tuple[tuple[Layer, ...], bool]:
-    """The layer row and batch_norm flag of a builder name such as "vgg16_bn"."""
+    """The layer row and batch_norm flag of a builder name such as "vgg16_bn".
+
+    Args:
+        arch: a builder name.
+
+    Returns:
+        (the row of Table 1: channel counts and "M" for max-pools, whether BatchNorm follows each conv).
+    """
     letter, batch_norm = ARCHS[check_arch(arch)]
     return CONFIGS[letter], batch_norm

@@ -1,34 +1,27 @@
-"""A checkpoint written by `finetune`: its format, its fields and their checks, and reading one back.
+"""The checkpoints `finetune` wrote before vggnet's own format (`saved.py`), and what a loaded one gives back.
 
-`read_finetuned` tells such a checkpoint (a zip-format file whose "format" is `FORMAT`) from any other
-file without reading the other in full; `check_finetuned` names every missing or mistyped field. A
-small checkpoint holds only what was trained and names its backbone (`backbone_identity`). Its model
-is built by `checkpoint.load_finetuned`, since a backbone is loaded through `checkpoint.load` itself.
+`FORMAT` ("vggnet.train.finetune/1") is their "format" entry: a zip-format dict of "arch", "in_chans",
+"classes", "preprocessing", "state_dict" (and "head", "mode", "epoch", "val_acc", "weights", "backbone"),
+still read by every loader (`saved.check_header`); `check_finetuned` names every missing or mistyped field.
+`finetune` now writes `saved.FORMAT`. A small checkpoint holds only what was trained and names its
+backbone (`backbone_identity`). `Finetuned` is what `checkpoint.load_finetuned` returns.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import BadCheckpointError, UsageError
-from vggnet.hub import weights_only_load
 from vggnet.models.config import ARCHS
 from vggnet.models.sources import Source
 from vggnet.models.vgg import VGG
 
-__all__ = ["FORMAT", "Finetuned", "backbone_identity", "read_finetuned"]
+__all__ = ["FORMAT", "Finetuned", "backbone_identity", "check_finetuned"]
 
-FORMAT = "vggnet.train.finetune/1"  # the "format" entry of a checkpoint written by `finetune`
-
-_ZIP_MAGIC = b"PK\x03\x04"
+FORMAT = "vggnet.train.finetune/1"  # the "format" entry of a checkpoint `finetune` wrote before vggnet 0.3
 
 
 @dataclass
@@ -41,20 +34,6 @@ class Finetuned:
     arch: str
     in_chans: int
     info: dict[str, Any]  # mode, epoch, val_acc, weights
-
-
-def read_finetuned(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any] | None:
-    """The contents of a checkpoint written by `finetune`, else None (another file is not read in full).
-
-    `finetune` writes the zip format, so a legacy-format file is someone else's; a zip file is
-    memory-mapped, so telling a plain 500 MB state dict apart costs no copy of it.
-    """
-    with open(path, "rb") as f:
-        if f.read(4) != _ZIP_MAGIC:
-            return None
-        # the file whose magic was read is the one loaded; pickled code: UnsafeCheckpointError
-        checkpoint = weights_only_load(f, Path(path), map_location=map_location, mmap=True)
-    return checkpoint if isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT else None
 
 
 # what a checkpoint written by `finetune` holds besides "format", and the type of each
@@ -83,19 +62,23 @@ def check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
         )
 
 
-def backbone_identity(source: Source, path: Path | None) -> dict[str, str]:
+def backbone_identity(source: Source, sha256: str | None) -> dict[str, str]:
     """What a small checkpoint records of the weights it was trained on: their name and SHA-256.
 
-    `path` is the file a file or URL source was read from (hashed here); a record carries its digest.
+    Args:
+        source: the weights trained on.
+        sha256: for a file or URL source, the digest of the file the weights were loaded from (the
+            caller pins the load to it); a record carries its own.
+
+    Returns:
+        {"weights": name, "url": url, "sha256": digest}.
+
+    Raises:
+        UsageError: a file or URL source without its digest, or random weights (nothing to identify).
     """
     if source.kind == "record":
         assert source.record is not None
         return {"weights": source.label, "url": source.record.url, "sha256": source.record.sha256}
-    if path is None:
-        raise UsageError(f"a {source.kind} source has no file to identify")
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            hasher.update(chunk)
-    digest = hasher.hexdigest()
-    return {"weights": source.text, "url": source.text, "sha256": digest}
+    if sha256 is None:
+        raise UsageError(f"a {source.kind} source needs the digest of the file it was loaded from")
+    return {"weights": source.text, "url": source.text, "sha256": sha256}

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from vggnet.errors import BadCheckpointError, UsageError
-from vggnet.hub import detect_format, read_keras_layers, read_tensors, write_tensors
-from vggnet.models.config import ARCHS, CONFIGS, HIDDEN, POOLED_SIZE, arch_config
+from vggnet.hub import VerifiedFile, detect_format, read_keras_layers, read_tensors, write_tensors
+from vggnet.models.config import ARCHS, CONFIGS, HIDDEN, IN_CHANNELS, POOLED_SIZE, Layer, arch_config
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +35,7 @@ __all__ = [
     "Layout",
     "from_keras",
     "from_timm",
+    "keras_shapes",
     "layout_of",
     "load_keras",
     "read_state_dict",
@@ -50,16 +51,26 @@ _FC8 = "classifier.6."
 _TIMM = {_FC6: "pre_logits.fc1.", _FC7: "pre_logits.fc2.", _FC8: "head.fc."}
 
 
-def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def read_state_dict(
+    source: str | os.PathLike[str] | VerifiedFile, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Any weights file, its format read from its content, as a state dict in vggnet's layout.
 
     PyTorch files load with `weights_only=True` (zip files memory-mapped); a training checkpoint holding
     the state dict under "state_dict" or "model" is unwrapped. timm-layout state dicts (a Hub
     `model.safetensors`) are converted; Keras HDF5 files go through `from_keras`.
+
+    Args:
+        source: a path, or a `hub.open_verified` file (read through the open file that was checked).
+        map_location: where the tensors go.
+
+    Returns:
+        The state dict, in vggnet's keys.
     """
-    if detect_format(path) == "hdf5":
-        return load_keras(path)[1]
-    state = read_tensors(path, map_location)
+    fmt = source.format if isinstance(source, VerifiedFile) else detect_format(source)
+    if fmt == "hdf5":
+        return load_keras(source)[1]
+    state = read_tensors(source, map_location)
     return from_timm(state) if layout_of(state) == "timm" else state
 
 
@@ -124,31 +135,61 @@ def from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --- Keras' layout ------------------------------------------------------------------------------------
 
 
+def keras_shapes() -> dict[str, tuple[tuple[int | None, ...], ...]]:
+    """The shapes of the weights each Keras VGG layer holds (kernel, bias), VGG11 to VGG19, from Table 1.
+
+    `block{b}_conv{c}`: ((3, 3, in, out), (out,)); `fc1`: ((7 * 7 * 512, 4096), (4096,)); `fc2`: ((4096,
+    4096), (4096,)); `predictions`: ((4096, None), (None,)), any number of classes. `read_keras_layers`
+    refuses a dataset of another shape before reading a byte of it.
+    """
+    shapes: dict[str, tuple[tuple[int | None, ...], ...]] = {}
+    for row in CONFIGS.values():
+        convs = _keras_convs(row)
+        for name, (cin, cout) in convs.items():
+            shapes[name] = ((3, 3, cin, cout), (cout,))  # the same in every row: Table 1's widths by block
+        _, width = list(convs.values())[-1]  # what fc1 flattens: the last convolution's 512 channels
+    shapes["fc1"] = ((POOLED_SIZE * POOLED_SIZE * width, HIDDEN), (HIDDEN,))
+    shapes["fc2"] = ((HIDDEN, HIDDEN), (HIDDEN,))
+    shapes["predictions"] = ((HIDDEN, None), (None,))
+    return shapes
+
+
+def _keras_convs(row: tuple[Layer, ...]) -> dict[str, tuple[int, int]]:
+    """Keras' names of a row's convolutions (`block{b}_conv{c}`, blocks ended by each pool), with (in, out) channels."""
+    convs: dict[str, tuple[int, int]] = {}
+    block, conv, channels = 1, 0, IN_CHANNELS
+    for v in row:
+        if v == "M":
+            block, conv = block + 1, 0
+            continue
+        conv += 1
+        convs[f"block{block}_conv{conv}"] = (channels, int(v))
+        channels = int(v)
+    return convs
+
+
 def from_keras(
     layers: Mapping[str, list[np.ndarray]], source: str = "the Keras weights"
 ) -> tuple[str, dict[str, torch.Tensor]]:
     """(builder name, vggnet state dict) from Keras VGG layers: `block{b}_conv{c}` [+ `fc1`, `fc2`, `predictions`].
 
-    A file without the top (`notop`) gives only `features.*` keys. conv1_1's input channels are
-    reversed (BGR -> RGB): use `transforms.keras_transforms()` as the preset.
+    The convolutions must be exactly one architecture's. A file without the top (`notop`) gives only
+    `features.*` keys. conv1_1's input channels are reversed (BGR -> RGB): use `transforms.keras_transforms()`.
     """
-    convs = sorted(
-        (k for k in layers if k.startswith("block") and "_conv" in k),
-        key=lambda k: tuple(int(p) for p in k[len("block") :].split("_conv")),
-    )
+    convs = [k for k in layers if k.startswith("block") and "_conv" in k]
     arch = next(
-        (a for a, (letter, bn) in ARCHS.items() if not bn and sum(v != "M" for v in CONFIGS[letter]) == len(convs)),
+        (a for a, (letter, bn) in ARCHS.items() if not bn and set(_keras_convs(CONFIGS[letter])) == set(convs)),
         None,
     )
     if arch is None:
         raise BadCheckpointError(
-            f"{source} has {len(convs)} block*_conv* layers; a Keras VGG16 has 13 and a VGG19 16 "
-            "(VGG11 8, VGG13 10); is it a Keras VGG file?"
+            f"{source} has {len(convs)} block*_conv* layers ({', '.join(sorted(convs)[:4])}...); a Keras VGG16 has "
+            "13 and a VGG19 16 (VGG11 8, VGG13 10), block1_conv1 to block5_conv3 or _conv4; is it a Keras VGG file?"
         )
     row, _ = arch_config(arch)
     indices = [i for i, v in enumerate(_feature_index(row)) if v]
     state: dict[str, torch.Tensor] = {}
-    for n, (name, index) in enumerate(zip(convs, indices)):
+    for n, (name, index) in enumerate(zip(_keras_convs(row), indices)):
         kernel, bias = (torch.from_numpy(a.copy()) for a in layers[name])
         weight = kernel.permute(3, 2, 0, 1).contiguous()  # (kh, kw, in, out) -> (out, in, kh, kw)
         if n == 0:
@@ -169,12 +210,28 @@ def from_keras(
     return arch, state
 
 
-def load_keras(path: str | os.PathLike[str]) -> tuple[str, dict[str, torch.Tensor]]:
-    """(builder name, vggnet state dict) of a Keras VGG16/VGG19 `.h5` file (full or notop); see `from_keras`."""
-    return from_keras(read_keras_layers(path), source=str(path))
+def load_keras(source: str | os.PathLike[str] | VerifiedFile) -> tuple[str, dict[str, torch.Tensor]]:
+    """(builder name, vggnet state dict) of a Keras VGG16/VGG19 `.h5` file (full or notop); see `from_keras`.
+
+    The file is read strictly as data (`hub.read_keras_layers`): every dataset must be stored in the
+    file, a plain float array of the shape its layer holds (`keras_shapes`), else `BadKerasFileError`.
+
+    Args:
+        source: a path, or a `hub.open_verified` file (read through the open file that was checked).
+
+    Returns:
+        (builder name, state dict).
+    """
+    if isinstance(source, VerifiedFile):
+        name = str(source.path)
+        layers = read_keras_layers(source.file, keras_shapes(), name=name)
+    else:
+        name = str(source)
+        layers = read_keras_layers(source, keras_shapes())
+    return from_keras(layers, source=name)
 
 
-def _feature_index(row: tuple[int | str, ...]) -> list[bool]:
+def _feature_index(row: tuple[Layer, ...]) -> list[bool]:
     """For each module of a non-BN `make_layers(row)`, whether it is a convolution."""
     flags: list[bool] = []
     for v in row:

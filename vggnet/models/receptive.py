@@ -28,7 +28,14 @@ __all__ = ["ReceptiveField", "receptive_fields"]
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """One layer of `features`: its field's side, the jump (effective stride) and unit 0's centre, in input pixels."""
+    """One layer of `features`: its field's side, the jump (effective stride) and unit 0's centre, in input pixels.
+
+    Attributes:
+        name: the layer's paper name (conv1_1 ... pool5).
+        size: the side of the input square one unit sees.
+        jump: input pixels between neighbouring units (the effective stride).
+        start: the input coordinate of unit 0's centre (pixel 0's centre is 0).
+    """
 
     name: str
     size: int
@@ -40,6 +47,12 @@ def receptive_fields(model: VGG | str) -> list[ReceptiveField]:
     """The receptive field of every layer of `features` (conv1_1 ... pool5), from a model or a builder name.
 
     fc6 onwards are left out: the adaptive pool gives them the whole image.
+
+    Args:
+        model: a vggnet VGG, or a builder name such as "vgg16" (nothing is built but on the meta device).
+
+    Returns:
+        One record per layer of `features`, in order.
     """
     if isinstance(model, str):
         row, batch_norm = arch_config(model)  # an unknown name raises the ValueError listing the valid ones

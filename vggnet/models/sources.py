@@ -9,7 +9,8 @@ one set of rules (`SOURCE_RULES`, quoted in every error):
 - an http(s):// or file:// URL, or a local file: a string with a folder separator, starting with "~",
   or ending in one of `WEIGHT_FILE_SUFFIXES`, a `os.PathLike`, or any existing file. The file is a plain
   state dict in either torch serialization format (or a training checkpoint holding one under
-  "state_dict" or "model"), or a checkpoint written by `vggnet finetune` with its classes and preset,
+  "state_dict" or "model"), or a checkpoint in vggnet's format (`vggnet.save`, `vggnet finetune`; `saved.py`)
+  with its classes and preset,
   or (told by its content, `formats`) a safetensors file in vggnet's or timm's layout, or a Keras
   VGG16/VGG19 `.h5` file (with Keras' preset; a `_notop` file gets a new classifier);
 - "hf-hub:owner/name[@revision]": a timm VGG on the Hugging Face Hub (`hfhub`), e.g. hf-hub:timm/vgg16.tv_in1k.
@@ -53,9 +54,12 @@ WeightsSource = None | str | os.PathLike[str] | Weights | WeightsEnum
 class Source:
     """What a `weights` argument names, decided without reading or fetching anything.
 
-    `kind` is "random", "record", "file" (`text` is the expanded path), "url" or "hub" (an hf-hub: name). For a record,
-    `record` is it and `label` its name ("VGG16_Weights.IMAGENET1K_V1", or the record's URL); `arch`
-    is the architecture the source names, where it names one.
+    Attributes:
+        kind: "random", "record", "file", "url" or "hub" (an hf-hub: name).
+        text: the argument as text; for a file, the expanded path.
+        record: for a record, the record.
+        label: how messages name it: a record's name ("VGG16_Weights.IMAGENET1K_V1"), or its URL.
+        arch: the architecture the source names, where it names one.
     """
 
     kind: Literal["random", "record", "file", "url", "hub"]
@@ -66,9 +70,22 @@ class Source:
 
 
 def classify(weights: WeightsSource, arch: str | None = None) -> Source:
-    """Decide what `weights` is (see the module docstring); raises for a missing file or an unknown name.
+    """Decide what `weights` is (see the module docstring) without reading or fetching anything.
 
-    `arch` picks the enum a short record name ("DEFAULT") is looked up in (vgg16 when None).
+    Args:
+        weights: None, a record, a record's name, a file, a URL or an "hf-hub:" name.
+        arch: the architecture asked for; it picks the enum a short record name ("DEFAULT") is looked up
+            in (vgg16's when None) and must match the one the weights name.
+
+    Returns:
+        What the source is, with its record and architecture where it names them.
+
+    Raises:
+        UsageTypeError: `weights` is of no type a weights argument takes.
+        UsageError: an unsupported URL scheme, or a Hub name whose architecture cannot be told.
+        ArchMismatch: the weights name another architecture than `arch`.
+        WeightsFileNotFound: a file that is not there (or a folder).
+        UnknownWeightsError: a name no record has; the message lists the valid ones.
     """
     if weights is None:
         return Source("random", "None")
@@ -154,7 +171,14 @@ def _member(member: WeightsEnum, arch: str | None, text: str | None = None) -> S
 
 
 def check_classifier(source: Source) -> None:
-    """ValueError for a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES)."""
+    """Refuse a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES) where logits are needed.
+
+    Args:
+        source: what `classify` returned.
+
+    Raises:
+        UsageError: (a ValueError) the record has no classifier; the message names the one to use.
+    """
     if source.record is not None and source.record.categories is None:
         raise UsageError(
             f"{source.label} has no classifier (only `features` holds usable values, fc6 and fc7 are NaN); "

@@ -42,8 +42,22 @@ def model_from_state(
 ) -> VGG:
     """Build `arch` on the meta device and assign a checkpoint's state dict (new head and in_chans handled).
 
-    `kwargs` go to `VGG`, except `in_chans` (default: the checkpoint's own). The tensors are checked as
-    `load_checkpoint_state` says; `nonfinite` and `source` are passed on to it.
+    Args:
+        arch: the builder name the state dict is for.
+        state: the checkpoint's tensors, in vggnet's layout.
+        device: where the model's tensors go (default: where they are, the CPU).
+        kwargs: what goes to `VGG` (`num_classes`, `head`, `dropout`), and `in_chans` (default: the
+            checkpoint's own; 3 channels are adapted to another count). Changed in place: `num_classes`,
+            `head` and `init_weights` are filled in.
+        nonfinite: state-dict key prefixes whose tensors may hold NaN or Inf.
+        source: how messages name the checkpoint.
+
+    Returns:
+        The model, every tensor assigned from `state` but a fresh fc8 when `num_classes` differs.
+
+    Raises:
+        BadCheckpointError: a tensor fails the checks of `load_checkpoint_state`.
+        CheckpointMismatchError: the keys or shapes do not fit `arch`.
     """
     _check_tensors(state, source)  # before reading shapes: every value a tensor
     first = state.get(_FIRST)
@@ -100,7 +114,15 @@ def arch_of_keys(state: Mapping[str, torch.Tensor]) -> str | None:
 def arch_of_state(state: Mapping[str, torch.Tensor], source: str = "the state dict") -> str:
     """The builder whose checkpoints have exactly `state`'s keys (fc8's width and the input channels may differ).
 
-    Raises ValueError naming the valid builders when none fits; `source` names the state dict in that message.
+    Args:
+        state: a state dict in vggnet's layout.
+        source: how the message names the state dict.
+
+    Returns:
+        The builder name ("vgg16_bn").
+
+    Raises:
+        BadCheckpointError: (a ValueError) no builder's keys fit; the message names them all.
     """
     arch = arch_of_keys(state)
     if arch is None:
@@ -123,8 +145,22 @@ def load_checkpoint_state(
     modules named by the `fresh` key prefixes, which are created on `device` and initialised. Every
     tensor must be dense, on the CPU or `device` (where it is then moved), floating point (cast to the
     model's dtype; integers only for `num_batches_tracked`) and finite, except under the `nonfinite`
-    key prefixes (a record's `Weights.nonfinite`). Otherwise BadCheckpointError names the tensors and
-    nothing is assigned; `source` names the checkpoint in the messages.
+    key prefixes (a record's `Weights.nonfinite`).
+
+    Args:
+        model: a VGG built on the meta device.
+        state: the checkpoint's tensors.
+        device: where the tensors go; default the CPU.
+        fresh: key prefixes of modules the checkpoint does not provide (a new fc8): created on `device` and
+            initialised.
+        nonfinite: key prefixes whose tensors may hold NaN or Inf.
+        source: how messages name the checkpoint.
+
+    Raises:
+        BadCheckpointError: a tensor that is sparse, quantized, on another device, of an integer dtype or
+            not finite; the message names the tensors, and nothing is assigned.
+        CheckpointMismatchError: (a RuntimeError, as `load_state_dict`'s) missing, unexpected or misshaped
+            keys, listed sorted.
     """
     _check_tensors(state, source)
     expected = model.state_dict()

@@ -28,6 +28,7 @@ from xml.sax.saxutils import escape
 import torch
 from torch import nn
 
+from vggnet.data.outputs import atomic_write, check_output, write_text
 from vggnet.errors import MissingDependency, UsageError
 from vggnet.models.config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE, arch_config
 from vggnet.models.receptive import receptive_fields
@@ -44,32 +45,58 @@ SizeArg = int | Sequence[int]
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One module of the network, as it runs at the summary's input size."""
+    """One module of the network, as it runs at the summary's input size.
 
-    name: str  # the paper's name: conv1_1, relu1_1, pool1, ..., avgpool, fc6, relu6, drop6, ..., fc8
-    module: str  # its state-dict path: features.0, avgpool, classifier.0
-    type: str  # the module's class: Conv2d, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Linear, Dropout
-    detail: str  # what the class alone does not say: "3->64, 3x3", "2x2 stride 2", "25088->4096"
-    output_shape: tuple[int, ...]  # with the batch dimension first
+    Attributes:
+        name: the paper's name: conv1_1, relu1_1, pool1, ..., avgpool, fc6, relu6, drop6, ..., fc8.
+        module: its state-dict path: features.0, avgpool, classifier.0.
+        type: the module's class: Conv2d, BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d, Linear, Dropout.
+        detail: what the class alone does not say: "3->64, 3x3", "2x2 stride 2", "25088->4096".
+        output_shape: with the batch dimension first.
+        params: its parameters.
+        macs: its multiply-adds per image.
+        activation_bytes: its output, for the whole batch, in float32.
+        shares_input: the output is the input tensor itself (in-place ReLU, eval-mode dropout).
+        receptive_field: the side of the input square one unit sees, in pixels (None from avgpool on).
+        jump: input pixels between neighbouring units (the effective stride).
+        start: the input coordinate of unit 0's square's centre (pixel 0's centre is 0).
+    """
+
+    name: str
+    module: str
+    type: str
+    detail: str
+    output_shape: tuple[int, ...]
     params: int
-    macs: int  # per image
-    activation_bytes: int  # the output, for the whole batch, in float32
-    shares_input: bool  # the output is the input tensor itself (in-place ReLU, eval-mode dropout)
-    receptive_field: int | None = None  # side of the input square one unit sees, in pixels
-    jump: int | None = None  # input pixels between neighbouring units (the effective stride)
-    start: float | None = None  # input coordinate of unit 0's square's centre (pixel 0's centre is 0)
+    macs: int
+    activation_bytes: int
+    shares_input: bool
+    receptive_field: int | None = None
+    jump: int | None = None
+    start: float | None = None
 
 
 @dataclass(frozen=True)
 class Summary:
+    """What `summarize` computed: one `LayerInfo` per module, and the totals `vggnet summary` prints.
+
+    Attributes:
+        arch: the builder name.
+        input_size: (height, width) in pixels.
+        batch_size: the batch the activation memory is for.
+        num_classes: fc8's outputs.
+        layers: every module in forward order.
+    """
+
     arch: str
-    input_size: tuple[int, int]  # (height, width)
+    input_size: tuple[int, int]
     batch_size: int
     num_classes: int
     layers: tuple[LayerInfo, ...]
 
     @property
     def params(self) -> int:
+        """Parameters of the whole network."""
         return sum(layer.params for layer in self.layers)
 
     @property
@@ -79,10 +106,12 @@ class Summary:
 
     @property
     def conv_macs(self) -> int:
+        """Multiply-adds per image of the convolutions."""
         return sum(layer.macs for layer in self.layers if layer.type == "Conv2d")
 
     @property
     def conv_params(self) -> int:
+        """Parameters of the convolutions."""
         return sum(layer.params for layer in self.layers if layer.type == "Conv2d")
 
     @property
@@ -97,15 +126,28 @@ class Summary:
 
     @property
     def pool5(self) -> LayerInfo:
+        """The last max-pool: its output is what the classifier (after the adaptive pool) reads."""
         return next(layer for layer in self.layers if layer.name == "pool5")
 
     def param_bytes(self, dtype: str = "float32") -> int:
+        """The parameters' size in memory.
+
+        Args:
+            dtype: "float32", "bfloat16", "float16" or another key of `DTYPE_BYTES`.
+
+        Returns:
+            Bytes.
+
+        Raises:
+            UsageError: an unknown dtype; the message lists the known ones.
+        """
         if dtype not in DTYPE_BYTES:
             raise UsageError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPE_BYTES)}")
         return self.params * DTYPE_BYTES[dtype]
 
     @property
     def input_bytes(self) -> int:
+        """The input batch's size in float32, in bytes."""
         return self.batch_size * IN_CHANNELS * self.input_size[0] * self.input_size[1] * DTYPE_BYTES[_ACTIVATION_DTYPE]
 
     @property
@@ -114,7 +156,11 @@ class Summary:
         return sum(layer.activation_bytes for layer in self.layers if not layer.shares_input)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data: the totals, the shares, and one object per layer."""
+        """Plain JSON-ready data: the totals, the shares, and one object per layer.
+
+        Returns:
+            What `vggnet summary --json` prints.
+        """
         return {
             "arch": self.arch,
             "input_size": list(self.input_size),
@@ -182,10 +228,19 @@ def _macs(module: nn.Module, output_shape: tuple[int, ...]) -> int:
 
 
 def summarize(arch: str, input_size: SizeArg = 224, *, batch_size: int = 1, num_classes: int = 1000) -> Summary:
-    """Per-layer shapes, parameters, multiply-adds and activation memory of `arch` at `input_size`.
+    """Per-layer shapes, parameters, multiply-adds and activation memory of `arch`, on the meta device (instant).
 
-    `input_size` is one side (a square) or (height, width), at least 32 px each. Runs on the meta
-    device: nothing is allocated, and any size costs the same few milliseconds.
+    Args:
+        arch: a builder name ("vgg16", "vgg19_bn").
+        input_size: one side (a square) or (height, width), at least 32 px each.
+        batch_size: the batch the activation memory is computed for.
+        num_classes: fc8's outputs.
+
+    Returns:
+        The per-layer records and their totals.
+
+    Raises:
+        UsageError: an unknown architecture (the valid names listed), a size under 32 px or a batch under 1.
     """
     height, width = _size(input_size)
     if batch_size < 1:
@@ -295,7 +350,14 @@ def _spatial_note(summary: Summary) -> str:
 
 
 def format_summary(summary: Summary) -> str:
-    """The table and the totals `vggnet summary` prints."""
+    """The table and the totals `vggnet summary` prints.
+
+    Args:
+        summary: what `summarize` returned.
+
+    Returns:
+        Plain text, one line per layer then the totals.
+    """
     height, width = summary.input_size
     pool5 = summary.pool5
     lines = [
@@ -372,16 +434,28 @@ _PLOT_FORMATS = (".svg", ".png", ".pdf")  # .svg is written directly, the others
 
 
 def plot_summary(summary: Summary, path: str | Path) -> Path:
-    """Draw parameters, MACs and receptive field per layer: SVG written directly, PNG and PDF with matplotlib."""
+    """Draw parameters, MACs and receptive field per layer: SVG written directly, PNG and PDF with matplotlib.
+
+    Args:
+        summary: what `summarize` returned.
+        path: the file to write; its suffix (.svg, .png, .pdf) picks the format.
+
+    Returns:
+        `path`.
+
+    Raises:
+        UsageError: another suffix.
+        MissingDependency: a PNG or PDF without matplotlib installed.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _PLOT_FORMATS:
         raise UsageError(
             f"cannot draw a {suffix or 'suffix-less'} file {path.name!r}; use one of {', '.join(_PLOT_FORMATS)}"
         )
+    check_output(path)
     if suffix == ".svg":
-        path.write_text(_svg(summary), encoding="utf-8")
-        return path
+        return write_text(path, _svg(summary))
     try:
         Figure = importlib.import_module("matplotlib.figure").Figure
     except ImportError as err:
@@ -404,7 +478,8 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
         ax.tick_params(labelsize=8)
     axes[0].invert_yaxis()  # conv1_1 at the top; the axes share y, so once inverts both
     fig.suptitle(_plot_title(summary), fontsize=11)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as f:  # whole or not at all, never through a link
+        fig.savefig(f, dpi=120, format=suffix[1:])
     return path
 
 

@@ -80,12 +80,32 @@ IMAGENET_CATEGORIES: Sequence[str] = _Categories()
 class Weights:
     """A checkpoint: where it lives, its digest, and how to use it.
 
-    `url` is https, http, `file://` or a local path. `sha256` is the full 64-hex digest, or a hex
-    prefix (at least 8 digits) where only that is known; the whole file is hashed either way.
-    `size` is the exact byte count when known; `file_size` is the size in MiB as torchvision
-    reports it. `metrics` maps "acc@1"/"acc@5" to ImageNet-1K accuracies. `nonfinite` lists the
-    state-dict key prefixes whose tensors may hold NaN or Inf (the features-only VGG16's classifier);
-    anywhere else a NaN or Inf refuses the checkpoint.
+    Every field but `url` and `sha256` is optional. Records are checked when made.
+
+    Attributes:
+        url: https, http, `file://` or a local path.
+        sha256: the full 64-hex digest, or a hex prefix (at least 8 digits) where only that is known; the
+            whole file is hashed either way.
+        size: the exact byte count, when known (enforced while downloading).
+        categories: the class names, in output order.
+        crop_size: the evaluation crop's side in pixels.
+        resize_size: the shorter side before the crop.
+        mean: the normalisation's mean per channel, on the 0-1 scale.
+        std: the normalisation's standard deviation per channel, on the 0-1 scale.
+        interpolation: "bilinear", "bicubic" or "nearest".
+        metrics: "acc@1" and "acc@5" on ImageNet-1K, in percent.
+        num_params: the model's parameter count.
+        min_size: the smallest input (height, width) the model takes.
+        gflops: multiply-adds per 224x224 image, in billions.
+        file_size: the file's size in MiB, as torchvision reports it.
+        recipe: where the training recipe is described.
+        docs: a note on what the weights are (torchvision's `_docs`).
+        nonfinite: the state-dict key prefixes whose tensors may hold NaN or Inf (the features-only VGG16's
+            classifier); anywhere else a NaN or Inf refuses the checkpoint.
+
+    Raises:
+        UsageError: a digest that is not 8 to 64 hex digits, an empty URL, a size under 1, an unknown
+            interpolation, or mean and std of different lengths.
     """
 
     url: str
@@ -148,6 +168,7 @@ class Weights:
 
     @property
     def full_digest(self) -> bool:
+        """Whether `sha256` is the full digest rather than a prefix."""
         return len(self.sha256) == 64
 
     @property
@@ -165,7 +186,11 @@ class Weights:
         }
 
     def transforms(self) -> ImageClassification:
-        """The evaluation preset these weights expect."""
+        """The evaluation preset these weights expect.
+
+        Returns:
+            A new `ImageClassification` with this record's sizes, mean, std and interpolation.
+        """
         return ImageClassification(
             crop_size=self.crop_size,
             resize_size=self.resize_size,
@@ -179,7 +204,18 @@ class Weights:
     ) -> dict[str, torch.Tensor]:
         """Fetch (or find in the cache), verify and load the checkpoint with weights_only=True.
 
-        `check_hash` is taken for torchvision's callers; the file is verified whatever its value.
+        Args:
+            progress: show a progress bar while downloading.
+            map_location: where the tensors go (as torch.load's); default the CPU.
+            check_hash: taken for torchvision's callers; the file is verified whatever its value.
+
+        Returns:
+            The state dict.
+
+        Raises:
+            ChecksumError: the file is not the one the digest names; nothing is kept.
+            DownloadError: the download failed for good.
+            NotCachedError: offline (`VGGNET_OFFLINE`) and not cached or mirrored.
         """
         return load_weights(
             self.url,
@@ -219,8 +255,16 @@ class WeightsEnum(Enum):
     def verify(cls: type[_Member], obj: object) -> _Member | None:
         """None, a member, or its name ("DEFAULT", "VGG16_Weights.DEFAULT") -> None or the member, as torchvision.
 
-        torchvision's own member for the same file is taken too (matched by URL). An unknown name is a
-        KeyError and anything else a TypeError, torchvision's error types.
+        Args:
+            obj: what a builder's `weights` received; torchvision's own member for the same file is taken too
+                (matched by URL).
+
+        Returns:
+            None for None, else this enum's member.
+
+        Raises:
+            UnknownWeightsError: (a KeyError, torchvision's type) an unknown name.
+            UsageTypeError: (a TypeError, torchvision's type) anything else: another enum's member, a number.
         """
         if obj is None:
             return None
@@ -236,19 +280,35 @@ class WeightsEnum(Enum):
 
     @property
     def url(self) -> str:
+        """The record's URL."""
         return self.value.url
 
     @property
     def meta(self) -> dict[str, Any]:
+        """The record's metadata under torchvision's keys (`categories`, `num_params`, `_metrics`, ...)."""
         return self.value.meta
 
     def transforms(self) -> ImageClassification:
+        """The evaluation preset these weights expect.
+
+        Returns:
+            A new `ImageClassification` with the record's sizes, mean, std and interpolation.
+        """
         return self.value.transforms()
 
     def get_state_dict(
         self, progress: bool = True, map_location: str | torch.device | None = None, *, check_hash: bool = True
     ) -> dict[str, torch.Tensor]:
-        """The verified state dict (`check_hash` is taken for torchvision's callers; vggnet always verifies)."""
+        """The verified state dict, from the cache or downloaded (see `Weights.get_state_dict`).
+
+        Args:
+            progress: show a progress bar while downloading.
+            map_location: where the tensors go (as torch.load's); default the CPU.
+            check_hash: taken for torchvision's callers; vggnet always verifies.
+
+        Returns:
+            The state dict.
+        """
         return self.value.get_state_dict(progress=progress, map_location=map_location, check_hash=check_hash)
 
     def __repr__(self) -> str:
@@ -304,30 +364,44 @@ def _imagenet(
 
 # fmt: off
 class VGG11_Weights(WeightsEnum):
+    """vgg11's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights), also DEFAULT."""
+
     IMAGENET1K_V1 = _imagenet("vgg11-8a719046.pth", sha256="8a719046", num_params=132_863_336,
                               acc1=69.020, acc5=88.628, gflops=7.609, mib=506.840)
     DEFAULT = IMAGENET1K_V1
 
 
 class VGG11_BN_Weights(WeightsEnum):
+    """vgg11_bn's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights), also DEFAULT."""
+
     IMAGENET1K_V1 = _imagenet("vgg11_bn-6002323d.pth", sha256="6002323d", num_params=132_868_840,
                               acc1=70.370, acc5=89.810, gflops=7.609, mib=506.881)
     DEFAULT = IMAGENET1K_V1
 
 
 class VGG13_Weights(WeightsEnum):
+    """vgg13's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights), also DEFAULT."""
+
     IMAGENET1K_V1 = _imagenet("vgg13-19584684.pth", sha256="19584684", num_params=133_047_848,
                               acc1=69.928, acc5=89.246, gflops=11.308, mib=507.545)
     DEFAULT = IMAGENET1K_V1
 
 
 class VGG13_BN_Weights(WeightsEnum):
+    """vgg13_bn's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights), also DEFAULT."""
+
     IMAGENET1K_V1 = _imagenet("vgg13_bn-abd245e5.pth", sha256="abd245e5", num_params=133_053_736,
                               acc1=71.586, acc5=90.374, gflops=11.308, mib=507.590)
     DEFAULT = IMAGENET1K_V1
 
 
 class VGG16_Weights(WeightsEnum):
+    """vgg16's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights, also DEFAULT) and IMAGENET1K_FEATURES.
+
+    IMAGENET1K_FEATURES (ported from the SSD project) holds valid `features` only: its classifier is NaN,
+    it has no categories, and its preset expects Caffe-style input (0-255 pixels minus the means).
+    """
+
     IMAGENET1K_V1 = _imagenet("vgg16-397923af.pth", num_params=138_357_544,
                               sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
                               size=553_433_881, acc1=71.592, acc5=90.382, gflops=15.470, mib=527.796)
@@ -353,6 +427,8 @@ class VGG16_Weights(WeightsEnum):
 
 
 class VGG16_BN_Weights(WeightsEnum):
+    """vgg16_bn's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights), also DEFAULT."""
+
     IMAGENET1K_V1 = _imagenet("vgg16_bn-6c64b313.pth", num_params=138_365_992,
                               sha256="6c64b3138f2f4fcb3bcc4cafde11619c4f440eb1631787e93a682fd88305888a",
                               acc1=73.360, acc5=91.516, gflops=15.470, mib=527.866)
@@ -360,12 +436,16 @@ class VGG16_BN_Weights(WeightsEnum):
 
 
 class VGG19_Weights(WeightsEnum):
+    """vgg19's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights), also DEFAULT."""
+
     IMAGENET1K_V1 = _imagenet("vgg19-dcbb9e9d.pth", sha256="dcbb9e9d", size=574_673_361,
                               num_params=143_667_240, acc1=72.376, acc5=90.876, gflops=19.632, mib=548.051)
     DEFAULT = IMAGENET1K_V1
 
 
 class VGG19_BN_Weights(WeightsEnum):
+    """vgg19_bn's checkpoints: IMAGENET1K_V1 (torchvision's ImageNet-1K weights), also DEFAULT."""
+
     IMAGENET1K_V1 = _imagenet("vgg19_bn-c79401a0.pth", sha256="c79401a0", size=574_769_405,
                               num_params=143_678_248, acc1=74.218, acc5=91.842, gflops=19.632, mib=548.143)
     DEFAULT = IMAGENET1K_V1
@@ -451,8 +531,17 @@ def _describe(obj: object) -> str:
 def own_member(obj: object) -> object:
     """vggnet's member for torchvision's (any enum member whose `url` is one of vggnet's records); else `obj`.
 
-    Matched by URL, so torchvision is never imported. A member with a URL vggnet has no record of is a
-    TypeError, as torchvision's `verify` makes of another model's member.
+    Matched by URL, so torchvision is never imported.
+
+    Args:
+        obj: anything a `weights` argument received.
+
+    Returns:
+        vggnet's member for an enum member of another library with one of vggnet's URLs; else `obj` itself.
+
+    Raises:
+        UsageTypeError: (a TypeError, as torchvision's `verify` raises for another model's member) an enum
+            member with a URL vggnet has no record of.
     """
     if isinstance(obj, WeightsEnum) or not isinstance(obj, Enum):
         return obj

@@ -29,7 +29,13 @@ METHODS = ("gradcam",)
 
 @dataclass(frozen=True)
 class Prediction:
-    """One class of the model's answer: its index, name and softmax probability."""
+    """One class of the model's answer: its index, name and softmax probability.
+
+    Attributes:
+        index: the class index (fc8's output).
+        name: the class name.
+        probability: its softmax probability, 0-1.
+    """
 
     index: int
     name: str
@@ -40,10 +46,14 @@ class Prediction:
 class Explanation:
     """The maps of a batch and what they explain.
 
-    `cam`: (N, h, w) Grad-CAM at the layer's resolution, as Captum returns it (ReLU applied).
-    `heatmap`: (N, H, W) the same, bilinearly upsampled to the images and divided by each map's
-    maximum, so it lies in [0, 1] (all zeros where the class has no positive evidence at that layer).
-    `explained`: the class each map explains, with its probability; `top`: each image's most probable classes.
+    Attributes:
+        layer: the layer the maps were taken at.
+        method: "gradcam".
+        cam: (N, h, w) Grad-CAM at the layer's resolution, as Captum returns it (ReLU applied).
+        heatmap: (N, H, W) the same, bilinearly upsampled to the images and divided by each map's maximum,
+            so it lies in [0, 1] (all zeros where the class has no positive evidence at that layer).
+        explained: the class each map explains, with its probability.
+        top: each image's most probable classes, best first.
     """
 
     layer: str
@@ -70,10 +80,24 @@ def explain(
 ) -> Explanation:
     """Grad-CAM of `target` (default: each image's top class) at `layer` for preprocessed `images` (N, 3, H, W).
 
-    `layer` is any named layer of `features` (conv1_1 ... pool5, see `model.layer_names()`); the
-    default is the last convolution (conv5_3 in vgg16), the usual choice. `categories` names the classes
-    (default: ImageNet's for a 1000-class model, else "class K"). The model runs in eval mode for
-    the call and is left in the mode it had.
+    The model runs in eval mode for the call and is left in the mode it had.
+
+    Args:
+        model: a vggnet VGG.
+        images: a preprocessed image (C, H, W) or batch (N, C, H, W).
+        layer: any named layer of `features` (conv1_1 ... pool5, see `model.layer_names()`); default the
+            last convolution (conv5_3 in vgg16), the usual choice.
+        target: the class to explain in every image; default each image's top class.
+        topk: how many of each image's top classes to name.
+        method: "gradcam" (the only one so far).
+        categories: the class names; default ImageNet's for a 1000-class model, else "class K".
+
+    Returns:
+        The maps and the classes they explain.
+
+    Raises:
+        UsageError: an unknown method or layer, a `target` out of range, or `categories` of the wrong length.
+        MissingDependency: Captum is not installed (`pip install "vggnet[explain]"`).
     """
     check_choice("method", method, METHODS, quote=True)
     check_int("topk", topk)
@@ -105,7 +129,16 @@ def explain(
 
 
 def top_classes(probs: torch.Tensor, k: int, names: Sequence[str]) -> list[list[Prediction]]:
-    """The `k` most probable classes of each row of `probs` (N, classes), named."""
+    """The `k` most probable classes of each row of `probs` (N, classes), named.
+
+    Args:
+        probs: (N, classes) probabilities.
+        k: how many classes per row (at most the number of classes).
+        names: the class names, in index order.
+
+    Returns:
+        One list per row, best first.
+    """
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
     return [
         [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(row_p, row_i)]

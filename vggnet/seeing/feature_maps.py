@@ -27,15 +27,30 @@ __all__ = ["FeatureMaps", "feature_maps"]
 
 @dataclass(frozen=True)
 class FeatureMaps:
-    """The `count` strongest channels of one layer for one image, strongest first, and their grid."""
+    """The `count` strongest channels of one layer for one image, strongest first, and their grid.
+
+    Attributes:
+        layer: the layer's name.
+        channels: the channel numbers, strongest first.
+        means: each channel's mean activation.
+        maps: (count, h, w): the channels' maps, as the layer produced them.
+    """
 
     layer: str
     channels: list[int]
-    means: list[float]  # each channel's mean activation
-    maps: torch.Tensor  # (count, h, w): the channels' maps, as the layer produced them
+    means: list[float]
+    maps: torch.Tensor
 
     def grid(self, tile: int = 96, columns: int | None = None) -> Image:
-        """The maps as `tile` x `tile` px tiles in rows of `columns` (default near-square), each labelled "#channel"."""
+        """The maps as `tile` x `tile` px tiles in rows of `columns` (default near-square), each labelled "#channel".
+
+        Args:
+            tile: a tile's side in pixels, at least 16 (the maps are enlarged without smoothing).
+            columns: tiles per row; default a near-square grid.
+
+        Returns:
+            An RGB PIL image.
+        """
         check_int("tile", tile, least=16, what="pixels per tile side")
         tiles = []
         for m in self.maps.float():
@@ -49,10 +64,20 @@ class FeatureMaps:
 def feature_maps(model: VGG, image: torch.Tensor, layer: str | None = None, count: int = 16) -> FeatureMaps:
     """The `count` channels of `layer` with the largest mean activation for one preprocessed image.
 
-    `image` is (3, H, W) or (1, 3, H, W), normalized as the model's weights expect.
-    `layer` is any named tap with a spatial output (conv1_1 ... pool5; see `model.layer_names()`),
-    by default the last convolution of block 3 (conv3_3 in vgg16): textures and parts. The model
-    runs in eval mode for the call and is left in the mode it had.
+    The model runs in eval mode for the call and is left in the mode it had.
+
+    Args:
+        model: a vggnet VGG.
+        image: (3, H, W) or (1, 3, H, W), normalized as the model's weights expect.
+        layer: any named tap with a spatial output (conv1_1 ... pool5; see `model.layer_names()`); default
+            the last convolution of block 3 (conv3_3 in vgg16): textures and parts.
+        count: how many channels to keep.
+
+    Returns:
+        The strongest channels' maps and means.
+
+    Raises:
+        UsageError: more than one image, or a layer without spatial maps (fc6 onwards).
     """
     layer = layer or last_conv(model, block=3)
     check_int("count", count, what="feature maps to show")

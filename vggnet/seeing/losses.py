@@ -35,6 +35,12 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
     Autocast is switched off inside: in bfloat16 or float16 the sums over H*W lose most of their
     digits (or overflow), which is the usual reason style losses go wrong under mixed precision.
+
+    Args:
+        features: a batch of feature maps (N, C, H, W), any float dtype.
+
+    Returns:
+        (N, C, C) float32.
     """
     n, c, h, w = features.shape
     with torch.autocast(device_type=features.device.type, enabled=False):
@@ -45,21 +51,29 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 class PerceptualLoss(nn.Module):
     """loss(input, target): weighted content distances on VGG taps plus optional Gram-matrix style terms.
 
-    - `model`: a VGG (its conv part is copied, the model itself is left untouched) or a builder name
-      such as "vgg16", which loads that builder's DEFAULT weights and uses their mean and std.
-    - `layers`: content taps by name (see `VGG.layer_names()`; only the conv part, conv1_1 ... pool5);
-      a single string is one name.
-      `weights`: one factor per content tap (default 1 each).
-    - `distance`: "l1" (mean absolute) or "l2" (mean squared) between feature maps.
-    - `style_layers`, `style_weights`: taps whose Gram matrices are compared by mean squared error,
-      computed in float32 even under autocast.
-    - `input_range`: what the images hold: "0-1", "-1-1" (both are mapped to 0-1 and normalized with
-      `mean`/`std`, ImageNet's by default) or "normalized" (used as given).
-    - `pool`: "avg" replaces the max-pools by 2x2 average pools, as Gatys et al. do for style.
-
     The network is frozen (requires_grad=False) and always in eval mode, whatever `train()` is
     called with. Gradients flow to `input`; `target` is treated as a constant. `input` and `target`
     are float batches (N, C, H, W) with the model's channel count; anything else is refused.
+
+    Args:
+        model: a VGG (its conv part is copied, the model itself is left untouched) or a builder name such
+            as "vgg16", which loads that builder's DEFAULT weights and uses their mean and std.
+        layers: content taps by name (see `VGG.layer_names()`; only the conv part, conv1_1 ... pool5); a
+            single string is one name.
+        weights: one factor per content tap (default 1 each).
+        distance: "l1" (mean absolute) or "l2" (mean squared) between feature maps.
+        style_layers: taps whose Gram matrices are compared by mean squared error, computed in float32
+            even under autocast.
+        style_weights: one factor per style tap (default 1 each).
+        input_range: what the images hold: "0-1", "-1-1" (both are mapped to 0-1 and normalized with
+            `mean`/`std`) or "normalized" (used as given).
+        pool: "avg" replaces the max-pools by 2x2 average pools, as Gatys et al. do for style.
+        mean: one value per input channel; default the weights' (a builder name) or ImageNet's.
+        std: one value per input channel; default the weights' (a builder name) or ImageNet's.
+
+    Raises:
+        UsageError: an unknown distance, input range, pool or layer, no layer at all, factors or mean/std
+            of the wrong length.
     """
 
     mean: torch.Tensor
@@ -108,7 +122,14 @@ class PerceptualLoss(nn.Module):
         return self
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError naming the problem for a batch the network cannot read as images."""
+        """Refuse a batch the network cannot read as images, naming the problem.
+
+        Args:
+            x: a batch (N, C, H, W) of float images in `input_range`.
+
+        Raises:
+            UsageError: (a ValueError) not 4-D, another channel count, under 32 px, or not floating point.
+        """
         check_images(x, self.in_channels, "PerceptualLoss")
         if not x.dtype.is_floating_point:
             raise UsageError(
@@ -117,7 +138,14 @@ class PerceptualLoss(nn.Module):
             )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images in `input_range` to what the network was trained on."""
+        """Map images in `input_range` to what the network was trained on.
+
+        Args:
+            x: a batch in `input_range`.
+
+        Returns:
+            The batch normalized with `mean` and `std` (as it is for "normalized").
+        """
         if self.input_range == "normalized":
             return x
         if self.input_range == "-1-1":
@@ -125,13 +153,32 @@ class PerceptualLoss(nn.Module):
         return (x - self.mean) / self.std
 
     def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The content and style taps of `x` (given in `input_range`)."""
+        """The content and style taps of `x` (given in `input_range`).
+
+        Args:
+            x: a batch of float images (N, C, H, W).
+
+        Returns:
+            Tap name -> its output, for every content and style layer.
+        """
         self.check_input(x)
         steps = [(name, [m]) for name, m in zip(self._names, self.features)]
         wanted = list(dict.fromkeys(self.layers + self.style_layers))
         return run_taps(steps, self.normalize(x), wanted)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of `input` against `target`.
+
+        Args:
+            input: the images being optimised (N, C, H, W), in `input_range`; gradients flow to them.
+            target: the reference images, the same shape; treated as a constant.
+
+        Returns:
+            A float32 scalar: the weighted content distances plus the weighted style terms.
+
+        Raises:
+            UsageError: the shapes differ, or a batch is not images the network can read.
+        """
         if input.shape != target.shape:
             raise UsageError(
                 f"input and target must have the same shape, got {tuple(input.shape)} and {tuple(target.shape)}"

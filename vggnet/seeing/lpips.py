@@ -25,7 +25,7 @@ from torch import nn
 
 from vggnet.checks import check_choice
 from vggnet.errors import BadCheckpointError, UsageError, UsageTypeError
-from vggnet.hub import fetch
+from vggnet.hub import load_weights, read_tensors
 from vggnet.models.builders import get_model
 from vggnet.models.taps import feature_layers, feature_names
 from vggnet.models.vgg import VGG, check_images
@@ -48,7 +48,14 @@ LinearState = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class LinearWeights:
-    """One version of the published LPIPS linear layers for the VGG trunk: its file, digest and size."""
+    """One version of the published LPIPS linear layers for the VGG trunk: its file, digest and size.
+
+    Attributes:
+        version: "0.1" or "0.0".
+        url: the file at a pinned commit of the LPIPS repository.
+        sha256: its full digest.
+        size: its size in bytes.
+    """
 
     version: str
     url: str
@@ -61,9 +68,20 @@ class LinearWeights:
         return f"lpips-vgg-v{self.version}-{self.sha256[:8]}.pth"
 
     def get_state_dict(self, progress: bool = True) -> dict[str, torch.Tensor]:
-        """Fetch (or find in the cache), verify and load the file with weights_only=True, on the CPU."""
-        path = fetch(self.url, sha256=self.sha256, size=self.size, file_name=self.file_name, progress=progress)
-        return _load(path)
+        """Fetch (or find in the cache), verify and load the file with weights_only=True, on the CPU.
+
+        Args:
+            progress: show a progress bar while downloading.
+
+        Returns:
+            lpips' keys (`lin0.model.1.weight` ... `lin4.model.1.weight`) -> their (1, C, 1, 1) weights.
+        The file loaded is the open file checked against the digest (`hub.load_weights`), never the name again.
+        """
+        state = load_weights(
+            self.url, sha256=self.sha256, size=self.size, file_name=self.file_name, progress=progress,
+            map_location="cpu",  # the published files hold CUDA storages
+        )  # fmt: skip
+        return dict(state)
 
 
 # v0.0 is the first release, whose network saw the images unscaled (the "normalization bug" lpips keeps).
@@ -82,18 +100,26 @@ LPIPS_WEIGHTS: Mapping[str, LinearWeights] = MappingProxyType(
 class LPIPS(nn.Module):
     """lpips(x, y): the LPIPS distance of each pair of images, (N,), or an (N, 1, H, W) map with `spatial=True`.
 
-    - `net`: a builder name, loaded with its DEFAULT (official) weights, or a VGG of your own; it needs
-      the five taps relu1_2 ... relu5_3 with 64, 128, 256, 512, 512 channels (vgg16, vgg16_bn, vgg19,
-      vgg19_bn). The published linear layers were fitted on the official vgg16. Its convolutions are
-      copied; the model itself is left untouched.
-    - `version`: "0.1" (current) or "0.0" (the first release, which fed the images unscaled).
-    - `input_range`: "-1-1" (LPIPS' own convention) or "0-1" (mapped to [-1, 1] first, lpips'
-      `normalize=True`).
-    - `lin_weights`: the linear layers from a file path or a state dict (lpips' keys
-      `lin0.model.1.weight` ... `lin4.model.1.weight`) instead of the pinned download.
-
     The network is frozen and always in eval mode; gradients flow to both inputs, so it works as a
     loss (`lpips(output, target).mean()`). lpips' `LPIPS` returns (N, 1, 1, 1) where this returns (N,).
+
+    Args:
+        net: a builder name, loaded with its DEFAULT (official) weights, or a VGG of your own; it needs the
+            five taps relu1_2 ... relu5_3 with 64, 128, 256, 512, 512 channels (vgg16, vgg16_bn, vgg19,
+            vgg19_bn). The published linear layers were fitted on the official vgg16. Its convolutions are
+            copied; the model itself is left untouched.
+        version: "0.1" (current) or "0.0" (the first release, which fed the images unscaled).
+        spatial: return a map (N, 1, H, W) of where the images differ instead of one distance per pair.
+        input_range: "-1-1" (LPIPS' own convention) or "0-1" (mapped to [-1, 1] first, lpips'
+            `normalize=True`).
+        lin_weights: the linear layers from a file path or a state dict (lpips' keys `lin0.model.1.weight`
+            ... `lin4.model.1.weight`) instead of the pinned download.
+        progress: show a progress bar while downloading.
+
+    Raises:
+        UsageError: an unknown version or input range, a VGG without the five taps, or linear weights
+            that lack a layer.
+        BadCheckpointError: linear weights of the wrong shape, or a file that holds no state dict.
     """
 
     shift: torch.Tensor
@@ -136,6 +162,18 @@ class LPIPS(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The LPIPS distance of each pair (x[i], y[i]).
+
+        Args:
+            x: a float batch (N, 3, H, W) in `input_range`, at least 16x16.
+            y: a batch of the same shape.
+
+        Returns:
+            (N,) distances, or (N, 1, H, W) maps with `spatial=True`.
+
+        Raises:
+            UsageError: the shapes differ, or a batch is not float images of at least 16x16 pixels.
+        """
         self._check(x, "x")
         self._check(y, "y")
         if x.shape != y.shape:
@@ -156,7 +194,14 @@ class LPIPS(nn.Module):
         return total if self.spatial else total.flatten()
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """relu1_2 ... relu5_3 of an already scaled batch."""
+        """relu1_2 ... relu5_3 of an already scaled batch.
+
+        Args:
+            x: a batch as the trunk reads it (after the version's scaling).
+
+        Returns:
+            The five taps' outputs, in order.
+        """
         outs = []
         for i, m in enumerate(self.features):
             x = m(x)
@@ -224,10 +269,6 @@ def _unit(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 def _load(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    # The published files are in torch's legacy format with CUDA storages: map them to the CPU.
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise BadCheckpointError(
-            f"{path} holds a {type(state).__name__}, not the state dict of the LPIPS linear layers"
-        )
-    return dict(state)
+    # The published files are in torch's legacy format with CUDA storages: map them to the CPU. One open file,
+    # read weights-only; any problem is one line naming the file (never torch's advice to drop weights_only).
+    return read_tensors(path, "cpu")

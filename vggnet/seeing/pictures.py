@@ -38,14 +38,33 @@ def _pil() -> Any:
 
 
 def jet(values: torch.Tensor) -> torch.Tensor:
-    """(...) values in [0, 1] (clipped) -> (..., 3) RGB in [0, 1] by the jet colour map."""
+    """(...) values in [0, 1] (clipped) -> (..., 3) RGB in [0, 1] by the jet colour map.
+
+    Dark blue - cyan - yellow - dark red, as three linear ramps: no matplotlib needed.
+
+    Args:
+        values: a tensor of any shape; values outside [0, 1] are clipped.
+
+    Returns:
+        The colours, one more dimension of 3 at the end.
+    """
     v = values.float().clamp(0, 1).unsqueeze(-1)
     centres = torch.tensor(_JET_CENTRES, device=v.device)
     return (1.5 - (4 * v - centres).abs()).clamp(0, 1)
 
 
 def to_image(rgb: torch.Tensor) -> Image:
-    """(3, H, W) or (H, W, 3) in [0, 1] (clipped) -> an 8-bit RGB PIL image."""
+    """(3, H, W) or (H, W, 3) in [0, 1] (clipped) -> an 8-bit RGB PIL image.
+
+    Args:
+        rgb: the colours, channels first or last.
+
+    Returns:
+        The image.
+
+    Raises:
+        UsageError: the tensor is not 3-D with 3 channels.
+    """
     if rgb.dim() != 3 or 3 not in (rgb.shape[0], rgb.shape[-1]):
         raise UsageError(f"expected an RGB image (3, H, W) or (H, W, 3), got shape {tuple(rgb.shape)}")
     hwc = rgb if rgb.shape[-1] == 3 and rgb.shape[0] != 3 else rgb.permute(1, 2, 0)
@@ -57,7 +76,16 @@ def to_image(rgb: torch.Tensor) -> Image:
 def overlay(photo: Image | torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5) -> Image:
     """The photo with `heatmap` ((H, W) in [0, 1]) in jet colours blended over it: (1 - alpha) photo + alpha colour.
 
-    `photo` is a PIL image or an RGB tensor (3, H, W) in [0, 1]; the map is resized to it (bilinear).
+    Args:
+        photo: a PIL image, or an RGB tensor (3, H, W) in [0, 1].
+        heatmap: (H, W) in [0, 1]; resized to the photo (bilinear).
+        alpha: the map's weight, from 0 (the photo only) to 1 (the map only).
+
+    Returns:
+        A new RGB image the size of the photo.
+
+    Raises:
+        UsageError: `alpha` out of range, a heat map that is not 2-D, or a photo tensor that is not RGB.
     """
     if not 0 <= alpha <= 1:
         raise UsageError(f"alpha must be between 0 (photo only) and 1 (heat map only), got {alpha}")
@@ -73,7 +101,16 @@ def overlay(photo: Image | torch.Tensor, heatmap: torch.Tensor, alpha: float = 0
 
 
 def label(image: Image, text: str, *, corner: tuple[int, int] = (0, 0)) -> Image:
-    """`image` with `text` written in white on a black box at `corner` (in place; returned for chaining)."""
+    """`image` with `text` written in white on a black box at `corner` (in place; returned for chaining).
+
+    Args:
+        image: a PIL image, drawn on in place.
+        text: one line, in Pillow's default font.
+        corner: (x, y) of the box's top-left corner, in pixels.
+
+    Returns:
+        `image`.
+    """
     pil = _pil()
     draw = pil.ImageDraw.Draw(image)
     font = pil.ImageFont.load_default(size=FONT_SIZE)
@@ -84,7 +121,20 @@ def label(image: Image, text: str, *, corner: tuple[int, int] = (0, 0)) -> Image
 
 
 def tile_grid(tiles: Sequence[Image], captions: Sequence[str], columns: int | None = None, gap: int = 2) -> Image:
-    """Equal-sized tiles in rows of `columns` (default: a near-square grid), each with its caption, on black."""
+    """Equal-sized tiles in rows of `columns` (default: a near-square grid), each with its caption, on black.
+
+    Args:
+        tiles: PIL images of one size.
+        captions: one caption per tile, written at its top-left corner.
+        columns: tiles per row; default a near-square grid.
+        gap: black pixels between tiles.
+
+    Returns:
+        One RGB image.
+
+    Raises:
+        UsageError: no tiles, or not one caption per tile.
+    """
     if not tiles or len(tiles) != len(captions):
         raise UsageError(f"need one caption per tile and at least one tile, got {len(tiles)} and {len(captions)}")
     columns = columns or math.ceil(math.sqrt(len(tiles)))

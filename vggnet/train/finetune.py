@@ -19,6 +19,9 @@ is NaN, or more than 3x chance level, raises `Diverged` advising a lower `lr`, i
 After every epoch rank 0 writes OUT/last.pth, OUT/best.pth (on a better validation accuracy) and
 OUT/history.jsonl (`runs.py` says what they hold); `resume=True` continues a run with the same history
 as an uninterrupted one, and an OUT that already holds a run is refused unless `resume` or `overwrite`.
+One process runs in OUT at a time (a second is refused, naming the first); `overwrite` keeps the old
+run until the new one writes its first checkpoint, so a failed start (a 404, a diverging first epoch)
+leaves it as it was. DATA must hold at least two classes.
 
 Feedback from Python: `on_epoch(stats)` is called on rank 0 after every epoch with its `EpochStats`, and
 `FinetuneResult.history` holds them all; the module also logs them at INFO (the CLI shows that on
@@ -49,26 +52,33 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
-from vggnet.checks import check_choice, check_device, check_float, check_int, is_int
+from vggnet.checks import check_choice, check_device, check_float, check_int, check_workers, is_int
 from vggnet.data.constants import MAX_SIZE
 from vggnet.data.distributed import init_distributed
 from vggnet.data.images import ImageFolder, train_and_val
+from vggnet.data.outputs import check_output
 from vggnet.data.transforms import ImageClassification
-from vggnet.errors import Diverged, UsageError, UsageTypeError
-from vggnet.hub import fetch
+from vggnet.errors import BadCheckpointError, Diverged, UsageError, UsageTypeError
+from vggnet.hub import fetch, verify_file
 from vggnet.models.checkpoint import Loaded, load
 from vggnet.models.config import HEADS, IN_CHANNELS, MIN_SIZE, check_arch
-from vggnet.models.finetuned import FORMAT, backbone_identity
+from vggnet.models.finetuned import backbone_identity
+from vggnet.models.saved import header
 from vggnet.models.sources import Source, WeightsSource, check_classifier, classify
+from vggnet.models.state_dicts import key_list
 from vggnet.models.vgg import VGG
 from vggnet.train.runs import (
     CHECKPOINT_NAME,
     LAST_NAME,
+    RESUME_FIX,
     EpochStats,
     FinetuneResult,
+    check_resumed_state,
     checkpoint_state,
     plot_history,
     previous_run,
+    read_last,
+    run_folder,
     save_checkpoint,
     write_history,
 )
@@ -92,8 +102,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Re-exported where users found them before: FORMAT and Finetuned live in finetuned.py (the fields of a
-# fine-tuned checkpoint), load_finetuned in checkpoint.py, WEIGHT_FILE_SUFFIXES in sources.py, ImageFolder
+# Re-exported where users found them before: the checkpoint format lives in saved.py (the older one and
+# Finetuned in finetuned.py), load_finetuned in checkpoint.py, WEIGHT_FILE_SUFFIXES in sources.py, ImageFolder
 # in images.py, and EpochStats, FinetuneResult, read_history and plot_history in runs.py.
 MODES = ("linear", "full")
 AUGMENTS = ("none", "light", "standard")
@@ -169,6 +179,8 @@ class FinetuneConfig:
         object.__setattr__(self, "out", Path(self.out))
         if self.plot is not None:
             object.__setattr__(self, "plot", Path(self.plot))
+            if self.plot.suffix.lower() != ".png":
+                raise UsageError(f"plot {self.plot}: the curves are drawn as a PNG; name a .png file")
 
     def _check_what_trains(self) -> None:
         """`mode` x `head`, and the augmentation only mode "full" has; `crop_scale` becomes a pair of floats."""
@@ -208,7 +220,7 @@ class FinetuneConfig:
             raise UsageError(f"finetune reads RGB or gray images: in_chans must be 1 or 3, got {self.in_chans}")
         check_int("epochs", self.epochs)
         check_int("batch_size", self.batch_size)
-        check_int("workers", self.workers, least=0)
+        check_workers("workers", self.workers)
         check_int("warmup_epochs", self.warmup_epochs, least=0)
         check_int("seed", self.seed, least=0)
         if self.early_stop is not None:
@@ -305,7 +317,12 @@ def run(config: FinetuneConfig) -> FinetuneResult:
         dev = torch.device("cuda", ctx.local_rank)
     amp = dev.type == "cuda" if config.amp is None else config.amp
     session = Session(config, ctx, dev, amp, Loaders(ctx, config.batch_size, config.workers, dev, config.seed))
-    return _finetune(config, session, started)
+    if not ctx.main:
+        return _finetune(config, session, started)
+    if config.plot is not None:
+        check_output(config.plot)  # a folder or a link there: refused before anything runs
+    with run_folder(config.out):  # rank 0 alone writes OUT, and one run at a time
+        return _finetune(config, session, started)
 
 
 def _finetune(config: FinetuneConfig, session: Session, started: float) -> FinetuneResult:
@@ -314,9 +331,14 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
     # the layout of DATA, checked before any weights are fetched
     train_files, val_files = train_and_val(config.data, config.val_split, config.seed, gray=config.in_chans == 1)
     classes = train_files.classes
-    previous, start = _previous_and_start(config, session, len(classes))
+    if len(classes) < 2:
+        raise UsageError(
+            f"finetune needs at least 2 classes, and {config.data / 'train'} holds {len(classes)} "
+            f"({', '.join(classes)}): a classifier of one class is always right; add a folder per class"
+        )
+    previous, start, digest = _previous_and_start(config, session, classes)
     model = start.model.to(session.device)
-    eval_preset, preprocessing = _eval_preset(config, start.preset)
+    eval_preset = _eval_preset(config, start.preset)
     train_eval, val = train_files.with_transform(eval_preset), val_files.with_transform(eval_preset)
     if ctx.main:
         logger.info(
@@ -326,7 +348,7 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
             ctx.world, session.device,
         )  # fmt: skip
     small = config.mode == "linear" and config.source.kind != "random"  # checkpoints hold fc8 alone
-    meta = _checkpoint_meta(config, classes, preprocessing, backbone=small and ctx.main)
+    meta = _checkpoint_meta(config, model, classes, eval_preset, backbone=small and ctx.main, digest=digest)
     result = FinetuneResult(model=model, classes=classes, rank=ctx.rank, world_size=ctx.world)
     if ctx.main:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +360,7 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
         trainer = FullTrainer(session, model, train_files.with_transform(augment), val)
     first, bad_epochs = 1, 0
     if previous is not None:
-        first, bad_epochs = restore(previous, trainer, result)
+        first, bad_epochs = _restore(config, previous, trainer, result, small=small)
         logger.info("resuming after epoch %d", first - 1)
     _train_epochs(config, session, trainer, result, meta, small=small, first=first, bad_epochs=bad_epochs)
     if result.checkpoint is None and (config.out / CHECKPOINT_NAME).is_file():
@@ -355,12 +377,14 @@ def _finetune(config: FinetuneConfig, session: Session, started: float) -> Finet
 
 
 def _previous_and_start(
-    config: FinetuneConfig, session: Session, num_classes: int
-) -> tuple[dict[str, Any] | None, Loaded]:
-    """The state of the run to resume (None: a fresh start) and the starting weights.
+    config: FinetuneConfig, session: Session, classes: list[str]
+) -> tuple[dict[str, Any] | None, Loaded, str | None]:
+    """The state of the run to resume (None: a fresh start), the starting weights and, for a file, their digest.
 
-    Rank 0 makes the refusals and --overwrite's deletions, and fetches (and caches) the weights first;
-    the others wait at a barrier, then find the weights in the cache and read last.pth for themselves.
+    Rank 0 makes the refusals, and fetches (and caches) the weights first; the others wait at a
+    barrier, then find the weights in the cache and read last.pth for themselves. A linear probe on a
+    file's weights records the file's SHA-256 (its checkpoints hold fc8 alone): the file is hashed first
+    and loaded pinned to that digest, so the digest recorded is that of the bytes loaded.
     """
     ctx = session.ctx
     previous = (
@@ -371,42 +395,53 @@ def _previous_and_start(
     if not ctx.main:
         ctx.barrier()
         if config.resume:
-            previous = torch.load(config.out / LAST_NAME, map_location="cpu", weights_only=True)
+            previous = read_last(config.out / LAST_NAME)
+    if previous is not None and previous["classes"] != classes:
+        raise UsageError(
+            f"{config.out} holds a run on the classes {key_list(previous['classes'], 6)}, {config.data} has "
+            f"{key_list(classes, 6)}; resume it on the same data, or start again (--overwrite)"
+        )
+    digest = _file_digest(config) if config.mode == "linear" else None
     start = load(
-        config.weights, arch=config.arch, num_classes=num_classes, in_chans=config.in_chans,
+        config.weights, arch=config.arch, num_classes=len(classes), in_chans=config.in_chans,
         progress=config.progress and ctx.main, classifier=config.model_head != "gap", head=config.model_head,
+        sha256=digest,
     )  # fmt: skip
     if ctx.main:
         ctx.barrier()
-    return previous, start
+    return previous, start, digest
 
 
-def _eval_preset(config: FinetuneConfig, preset: ImageClassification) -> tuple[ImageClassification, dict[str, Any]]:
-    """The evaluation preset at `image_size` with the starting weights' numbers, and its preprocessing entry."""
+def _file_digest(config: FinetuneConfig) -> str | None:
+    """The SHA-256 of the file a file or URL source names (downloaded and cached first for http); else None."""
+    path = _source_file(config.source)
+    return None if path is None else verify_file(path)
+
+
+def _eval_preset(config: FinetuneConfig, preset: ImageClassification) -> ImageClassification:
+    """The evaluation preset at `image_size` with the starting weights' numbers (averaged for gray input)."""
     mean, std, interpolation = tuple(preset.mean), tuple(preset.std), preset.interpolation
     if config.in_chans == 1 and len(mean) == IN_CHANNELS:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     eval_preset = ImageClassification(crop_size=config.image_size, mean=mean, std=std, interpolation=interpolation)
-    eval_preset = eval_preset.resized(config.image_size)  # the shorter side to image_size * 256 / 224 first
-    preprocessing: dict[str, Any] = {
-        "crop_size": eval_preset.crop_size, "resize_size": eval_preset.resize_size, "mean": list(mean),
-        "std": list(std), "interpolation": interpolation,
-    }  # fmt: skip
-    return eval_preset, preprocessing
+    return eval_preset.resized(config.image_size)  # the shorter side to image_size * 256 / 224 first
 
 
 def _checkpoint_meta(
-    config: FinetuneConfig, classes: list[str], preprocessing: dict[str, Any], *, backbone: bool
+    config: FinetuneConfig,
+    model: VGG,
+    classes: list[str],
+    preset: ImageClassification,
+    *,
+    backbone: bool,
+    digest: str | None,
 ) -> dict[str, Any]:
-    """What every checkpoint of the run holds besides its epoch and weights; `backbone`: the file's identity too."""
-    meta: dict[str, Any] = {
-        "format": FORMAT, "arch": config.arch, "in_chans": config.in_chans, "head": config.model_head,
-        "classes": classes, "preprocessing": preprocessing, "mode": config.mode,
-        "weights": str(config.source.text),  # as given ("DEFAULT", a path, a URL, "None")
-    }  # fmt: skip
-    if backbone:
-        meta["backbone"] = backbone_identity(config.source, _source_file(config.source))
-    return meta
+    """What every checkpoint of the run holds besides its epoch and weights: the header of vggnet's format
+    (`saved.py`), with the mode and starting weights in its "meta"; `backbone`: the file's identity too.
+    """
+    meta = {"mode": config.mode, "weights": str(config.source.text)}  # as given ("DEFAULT", a path, a URL, "None")
+    identity = backbone_identity(config.source, digest) if backbone else None
+    return header(model, classes=classes, preset=preset, meta=meta, backbone=identity)
 
 
 def _linear_trainer(session: Session, model: VGG, train: ImageFolder, val: ImageFolder) -> LinearTrainer:
@@ -449,7 +484,7 @@ def _train_epochs(
         if improved:
             result.best_epoch, result.best_val_acc = epoch, stats.val_acc
         if session.ctx.main:
-            entry = {**meta, "epoch": epoch, "val_acc": stats.val_acc}
+            entry = {**meta, "meta": {**meta["meta"], "epoch": epoch, "val_acc": stats.val_acc}}
             entry["state_dict"] = checkpoint_state(result.model, head_only=small)
             _save_epoch(config, trainer, result, entry, improved=improved, stopped=stopped, bad_epochs=bad_epochs)
             logger.info("%s", stats.line(config.epochs))
@@ -473,7 +508,7 @@ def _save_epoch(
     bad_epochs: int,
 ) -> None:
     """Rank 0 after an epoch: best.pth on a better validation accuracy, last.pth (with the training state), history."""
-    epoch = entry["epoch"]
+    epoch = entry["meta"]["epoch"]
     if improved:
         result.checkpoint = config.out / CHECKPOINT_NAME
         save_checkpoint(entry, result.checkpoint)
@@ -484,6 +519,19 @@ def _save_epoch(
     result.last = config.out / LAST_NAME
     save_checkpoint({**entry, "train": train_state}, result.last)
     write_history(config.out, result.history)
+
+
+def _restore(
+    config: FinetuneConfig, previous: dict[str, Any], trainer: Trainer, result: FinetuneResult, *, small: bool
+) -> tuple[int, int]:
+    """`restore` of last.pth once its tensors fit the model; any state torch refuses is one line naming the file."""
+    last = config.out / LAST_NAME
+    check_resumed_state(previous["state_dict"], trainer.model.state_dict(), last, head_only=small)
+    try:
+        return restore(previous, trainer, result)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:  # the optimizer's, the RNG's states
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise BadCheckpointError(f"{last} cannot be resumed: {detail}; {RESUME_FIX}") from err
 
 
 def _source_file(source: Source) -> Path | None:

@@ -7,31 +7,42 @@
   draws its curves as a PNG with Pillow.
 - `FinetuneResult` is what `finetune` returns: the history, the best epoch, the files written.
 
-The checkpoints are dicts of tensors, strings, numbers and lists, so `torch.load(..., weights_only=True)`
-reads them: "format", "arch", "in_chans", "head", "classes", "preprocessing" (crop_size, resize_size,
-mean, std, interpolation), "mode", "epoch", "val_acc", "weights" (the starting point) and
-"state_dict". In mode "linear" on weights that can be verified (a record, a file, a URL) the state
-dict holds only the trained Linear, and "backbone" the name and SHA-256 of those weights: kilobytes to
-megabytes instead of 491 MiB, loaded back (and verified) by `load_finetuned`, `checkpoint.load` and
-`vggnet predict` as a full one is.
+The checkpoints are in vggnet's format (`vggnet.models.saved`, what `vggnet.save` writes to a .pth), dicts
+of tensors, strings, numbers and lists that `torch.load(..., weights_only=True)` reads: "format", "arch",
+"head", "in_chans", "num_classes", "classes", "preprocessing" (crop_size, resize_size, mean, std,
+interpolation, antialias), "meta" (mode, epoch, val_acc, weights: the starting point) and "state_dict".
+In mode "linear" on weights that can be verified (a record, a file, a URL) the state dict holds only the
+trained Linear, and "backbone" the name and SHA-256 of those weights: kilobytes to megabytes instead of
+491 MiB, loaded back (and verified) by `vggnet.load`, the builders and `vggnet predict` as a full one is.
 
-An OUT that already holds a run is refused unless the run is resumed or overwritten.
+An OUT that already holds a run is refused unless the run is resumed or overwritten. One process at a
+time runs in OUT (`run_folder` holds `OUT/.vggnet.lock`; a second gets `InUseError` naming the first);
+a run starts by removing the temporary files a killed save left. `overwrite` keeps the old run's files
+until the new run writes its first checkpoint over them. A `last.pth` to resume goes through the checks
+of `check_last` (the fields and their types, finite values) and of `check_resumed_state` (the tensors
+fit the model); each failure is one line naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vggnet.errors import BadCheckpointError, MissingPathError, OutputExistsError, UsageError
+from vggnet.data.outputs import atomic_write, remove_leftovers, save_png, write_text, writer_lock
+from vggnet.errors import BadCheckpointError, MissingPathError, OutputExistsError, OutputPathError, UsageError
+from vggnet.hub import weights_only_load
+from vggnet.models.finetuned import check_finetuned
+from vggnet.models.state_dicts import key_list
 from vggnet.models.vgg import VGG
 
 __all__ = [
@@ -40,17 +51,24 @@ __all__ = [
     "LAST_NAME",
     "EpochStats",
     "FinetuneResult",
+    "check_last",
+    "check_resumed_state",
     "checkpoint_state",
     "plot_history",
     "previous_run",
     "read_history",
+    "read_last",
+    "run_folder",
     "save_checkpoint",
     "write_history",
 ]
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_NAME = "best.pth"
 LAST_NAME = "last.pth"
 HISTORY_NAME = "history.jsonl"
+LOCK_NAME = ".vggnet.lock"  # held by the one process running in OUT
 
 
 @dataclass
@@ -93,29 +111,43 @@ class FinetuneResult:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace (a reader never sees half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write atomically: a temporary file in the same folder, fsynced, then renamed (a reader never sees half).
+
+    A link at `path` is replaced, never written through (`vggnet.data.outputs.atomic_write`).
+    """
+    with atomic_write(path) as f:
+        torch.save(checkpoint, f)
 
 
 def write_history(out: Path, history: Sequence[EpochStats]) -> Path:
     """Write OUT/history.jsonl (one JSON line per epoch) as `save_checkpoint` writes: whole or not at all."""
-    path = out / HISTORY_NAME
-    _write_text(path, "".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in history))
-    return path
+    return write_text(out / HISTORY_NAME, "".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in history))
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextlib.contextmanager
+def run_folder(out: Path) -> Iterator[None]:
+    """Hold OUT for one run: its lock, made with the folder if missing; the temporary files of a killed save removed.
+
+    A folder this made and the run left empty (it failed before its first checkpoint) is removed again.
+
+    Args:
+        out: the run folder.
+
+    Raises:
+        InUseError: another process runs in OUT (the message names its pid and host).
+        OutputPathError: OUT is a file.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"cannot run in {out}: it is not a folder; name a folder (--out DIR)")
+    made = not out.exists()
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with writer_lock(out / LOCK_NAME, out):
+            remove_leftovers(out, (CHECKPOINT_NAME, LAST_NAME, HISTORY_NAME))
+            yield
     finally:
-        tmp.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
 
 
 def _head_names(model: VGG) -> set[str]:
@@ -181,9 +213,7 @@ def plot_history(history: Sequence[EpochStats], path: str | os.PathLike[str], ti
                 draw.line(points, fill=colour, width=2)
             for x, y in points:
                 draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-    out = Path(path)
-    image.save(out)
-    return out
+    return save_png(image, path)  # whole or not at all, never through a link
 
 
 def previous_run(
@@ -191,39 +221,203 @@ def previous_run(
 ) -> dict[str, Any] | None:
     """The training state in OUT/last.pth to resume, for a run of `recipe` to `epochs`; None to start afresh.
 
-    Refuses to overwrite a run unless `overwrite` (which deletes its files here), and to resume one with
-    another recipe, or one already finished.
+    Refuses to start over a run unless `overwrite` (whose files the new run's first checkpoint then
+    replaces; nothing is deleted here), and to resume one with another recipe, or one already finished.
+    A last.pth to resume is read and checked by `read_last`.
     """
     files = [out / name for name in (LAST_NAME, CHECKPOINT_NAME, HISTORY_NAME) if (out / name).exists()]
     if overwrite:
-        for path in files:
-            path.unlink()
         return None
     last = out / LAST_NAME
     if resume:
         if not last.is_file():
             raise MissingPathError(f"nothing to resume: {last} does not exist; drop resume (--resume) to start a run")
-        state: dict[str, Any] = torch.load(last, map_location="cpu", weights_only=True)
-        train = state.get("train")
-        if not isinstance(train, dict):
-            raise BadCheckpointError(f"{last} has no training state to resume from")
-        different = {k: (v, train["recipe"].get(k)) for k, v in recipe.items() if train["recipe"].get(k) != v}
-        if different:
-            listed = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (new, old) in sorted(different.items()))
-            raise UsageError(f"{out} holds a run with other settings ({listed}); resume it with the same ones")
-        if train["epoch"] >= epochs or train.get("stopped_early"):
-            raise UsageError(
-                f"{out} holds a finished run ({train['epoch']} epochs); pass more epochs to continue it, or "
-                "overwrite (--overwrite) to start again"
-            )
-        return state
+        return _resumable(out, read_last(last), recipe, epochs)
     if files:
-        finished = ""
-        if last.is_file():
-            train = torch.load(last, map_location="cpu", weights_only=True).get("train") or {}
-            finished = f" ({'finished' if train.get('finished') else 'stopped'} after epoch {train.get('epoch')})"
         raise OutputExistsError(
-            f"{out} already holds a run{finished}: {', '.join(p.name for p in files)}; pass resume (--resume) "
+            f"{out} already holds a run{_how_far(last)}: {', '.join(p.name for p in files)}; pass resume (--resume) "
             "to continue it, overwrite (--overwrite) to replace it, or another out (--out)"
         )
     return None
+
+
+def _resumable(out: Path, state: dict[str, Any], recipe: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """`state` if the run it holds can go on to `epochs` with `recipe`; else why not, in one line."""
+    train, last = state["train"], out / LAST_NAME
+    held = train["recipe"]
+    mistyped = [
+        k for k, v in recipe.items() if k in held and _kind(held[k]) not in (_kind(v), "none") and v is not None
+    ]
+    if mistyped:
+        listed = ", ".join(f"{k} ({held[k]!r:.40})" for k in sorted(mistyped))
+        verb = "is" if len(mistyped) == 1 else "are"
+        raise BadCheckpointError(
+            f"{last} is damaged: its recipe's {listed} {verb} not of the type a run writes; {RESUME_FIX}"
+        )
+    different = {k: (v, held.get(k)) for k, v in recipe.items() if held.get(k) != v}
+    if different:
+        listed = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (new, old) in sorted(different.items()))
+        raise UsageError(f"{out} holds a run with other settings ({listed}); resume it with the same ones")
+    if train["epoch"] >= epochs or train.get("stopped_early"):
+        raise UsageError(
+            f"{out} holds a finished run ({train['epoch']} epochs); pass more epochs to continue it, or "
+            "overwrite (--overwrite) to start again"
+        )
+    return state
+
+
+def _kind(value: object) -> str:
+    """What a recipe value is, as far as a resumed run cares: an int may stand for a float (lr=1 is 1.0)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "flag"
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _how_far(last: Path) -> str:
+    """ " (finished after epoch N)" from last.pth, or "" if there is none or it cannot be read."""
+    try:
+        train = read_last(last)["train"]
+    except (OSError, BadCheckpointError):
+        return ""
+    return f" ({'finished' if train.get('finished') else 'stopped'} after epoch {train.get('epoch')})"
+
+
+# --- what a last.pth must hold to be resumed ---------------------------------------------------------
+
+RESUME_FIX = "start the run again (--overwrite), or put back a good copy of it"
+# what the "train" entry of last.pth holds, and the type of each (`trainers.training_state` writes it)
+_TRAIN_FIELDS: Mapping[str, type | tuple[type, ...]] = {
+    "epoch": int, "optimizer": dict, "schedule": dict, "rng": torch.Tensor, "generator": torch.Tensor,
+    "history": list, "best_epoch": int, "best_val_acc": (int, float), "bad_epochs": int, "recipe": dict,
+}  # fmt: skip
+
+
+def read_last(path: Path) -> dict[str, Any]:
+    """OUT/last.pth read (weights only) and checked by `check_last`: what `restore` may put back.
+
+    Args:
+        path: the run's last.pth.
+
+    Returns:
+        Its contents.
+
+    Raises:
+        BadCheckpointError: the file cannot be read, or does not hold what a run's last.pth holds
+            (one line naming the file, what is wrong and what to do).
+    """
+    try:
+        with open(path, "rb") as f:
+            state = weights_only_load(f, path, mmap=False, map_location="cpu")
+    except BadCheckpointError as err:
+        raise BadCheckpointError(f"{err}; the run cannot be resumed from it: {RESUME_FIX}") from None
+    check_last(state, path)
+    return dict(state)
+
+
+def check_last(state: object, path: Path) -> None:
+    """BadCheckpointError unless `state` holds what `finetune` writes to last.pth, every value finite.
+
+    The checkpoint's fields (`check_finetuned`), the training state's fields and their types, the
+    history's epochs, the recipe's values (numbers, names, flags, lists) and every tensor's values
+    (NaN or Inf: a damaged file, since a run that diverges stops before it saves).
+
+    Args:
+        state: what last.pth holds.
+        path: last.pth, named in the message.
+
+    Raises:
+        BadCheckpointError: one line naming the file, the first problems found and what to do.
+    """
+    if not isinstance(state, dict):
+        raise BadCheckpointError(f"{path} holds a {type(state).__name__}, not a run's last.pth; {RESUME_FIX}")
+    try:
+        check_finetuned(state, str(path))
+    except BadCheckpointError as err:
+        raise BadCheckpointError(f"{str(err).split('; nothing was loaded')[0]}; {RESUME_FIX}") from None
+    train = state.get("train")
+    problems = ["'train' (the training state) is missing"] if not isinstance(train, dict) else _train_problems(train)
+    if problems:
+        raise BadCheckpointError(f"{path} cannot be resumed: {'; '.join(problems[:4])}; {RESUME_FIX}")
+    odd = [str(k) for k, v in state["state_dict"].items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if odd:
+        raise BadCheckpointError(
+            f"{path} is damaged: its state dict's {key_list(odd, 4)} are not tensors; {RESUME_FIX}"
+        )
+    flagged = _nonfinite(state)
+    if flagged:
+        raise BadCheckpointError(
+            f"{path} is damaged: {key_list(flagged, 4)} hold(s) NaN or Inf, which no saved run holds (a run "
+            f"that diverges stops before it saves); {RESUME_FIX}"
+        )
+
+
+def _train_problems(train: Mapping[str, Any]) -> list[str]:
+    """What is missing from, or of the wrong type in, last.pth's training state."""
+    problems = []
+    for key, kind in _TRAIN_FIELDS.items():
+        value = train.get(key)
+        if key not in train:
+            problems.append(f"{key!r} is missing from the training state")
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            problems.append(f"{key!r} is a {type(value).__name__}")
+    if problems:
+        return problems
+    names = {f.name for f in dataclasses.fields(EpochStats)}
+    if train["epoch"] < 1 or len(train["history"]) != train["epoch"] or not all(
+        isinstance(s, dict) and {"epoch", "train_loss", "val_acc", "seconds"} <= s.keys() <= names
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in s.values())
+        for s in train["history"]
+    ):  # fmt: skip
+        problems.append(f"its history does not hold the {train['epoch']} epochs it says it ran")
+    odd = [k for k, v in train["recipe"].items() if not isinstance(k, str) or not _recipe_value(v)]
+    if odd:
+        problems.append(f"the recipe's {key_list([str(k) for k in odd], 4)} are not settings a run takes")
+    return problems
+
+
+def _recipe_value(value: object) -> bool:
+    """A setting's value as `FinetuneConfig.recipe` writes it: None, a flag, a number, a name, or a list of numbers."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def _nonfinite(state: Mapping[str, Any]) -> list[str]:
+    """The keys of the floating-point tensors of the model and the optimizer state that hold NaN or Inf."""
+    tensors = dict(state["state_dict"])
+    for number, values in state["train"]["optimizer"].get("state", {}).items():
+        if isinstance(values, dict):
+            tensors.update({f"optimizer state {number} {name}": v for name, v in values.items()})
+    return [
+        key
+        for key, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def check_resumed_state(
+    state: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], path: Path, *, head_only: bool
+) -> None:
+    """BadCheckpointError unless last.pth's state dict fits the model being resumed, key for key and shape for shape.
+
+    Args:
+        state: last.pth's "state_dict".
+        model: the model's own state dict.
+        path: last.pth, named in the message.
+        head_only: the run saves the last Linear only (a linear probe on verified weights): only its keys.
+    """
+    unexpected = sorted(k for k in state if k not in model)
+    missing = [] if head_only else sorted(k for k in model if k not in state and not k.endswith("num_batches_tracked"))
+    shapes = sorted(
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(model[k].shape)} in the model"
+        for k in state
+        if k in model and state[k].shape != model[k].shape
+    )
+    if unexpected or missing or shapes:
+        found = [f"missing keys {key_list(missing, 4)}" if missing else "", f"unexpected keys {key_list(unexpected, 4)}"
+                 if unexpected else "", f"other shapes {key_list(shapes, 2)}" if shapes else ""]  # fmt: skip
+        raise BadCheckpointError(
+            f"{path} does not fit the model of this run ({'; '.join(f for f in found if f)}); {RESUME_FIX}"
+        )
