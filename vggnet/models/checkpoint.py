@@ -271,9 +271,10 @@ def _saved_model(
     arch: str, header: Header, state: dict[str, torch.Tensor], device: str | torch.device | None,
     kwargs: dict[str, Any], source: str,
 ) -> VGG:  # fmt: skip
-    """The model (eval mode) a header and its tensors describe; `kwargs` (num_classes, in_chans, head) override."""
+    """The model (eval mode) a header and its tensors describe; `kwargs` (num_classes, in_chans, head, ...) override."""
     _check_fits(header, state, source)
-    given = {"num_classes": header.num_classes, "in_chans": header.in_chans, "head": header.head}
+    given = {"num_classes": header.num_classes, "in_chans": header.in_chans, "head": header.head,
+             "global_pool": header.global_pool}  # fmt: skip
     kwargs = {**{k: v for k, v in given.items() if v is not None}, **kwargs}
     if header.backbone is None:
         return model_from_state(arch, state, device, kwargs, source=source).eval()
@@ -288,7 +289,8 @@ def _check_fits(header: Header, state: dict[str, torch.Tensor], source: str) -> 
     fc8 = gap_fc8 if gap else vgg_fc8
     outputs = 0 if fc8 is None or fc8.dim() != 2 else fc8.shape[0]
     problems = []
-    if header.head is not None and (header.head == "gap") != gap:
+    headless = not any(k.startswith("classifier.") for k in state)  # gap with num_classes=0 has no tensors there
+    if header.head is not None and (header.head == "gap") != gap and not headless:
         problems.append(f"its head is {header.head!r} but the tensors are of a {'gap' if gap else 'vgg'} head")
     named = header.num_classes if header.num_classes is not None else len(header.classes or []) or None
     if named is not None and outputs != named and not (fc8 is None and header.backbone is not None):
