@@ -18,7 +18,8 @@ import torch
 
 import vggnet
 from vggnet.errors import MissingDependency
-from vggnet.models.interop import register_timm
+from vggnet.models.interop import node_names, register_timm
+from vggnet.models.taps import module_names
 
 ROOT = Path(__file__).parents[2]
 VENDORED = ROOT / "tests" / "vendor" / "timm_test_models.py"
@@ -92,3 +93,12 @@ def test_timms_own_test_models_pass_for_vggnets_registered_models(tmp_path):
         ran.setdefault(test, set()).add(name)
     names = set(register_timm())
     assert ran == {test: names for test in TIMM_TESTS}  # every such test, for every registered name
+
+
+@pytest.mark.parametrize("head", ["vgg", "gap", "fc7"])
+def test_node_names_follow_the_head(head):
+    with torch.device("meta"):
+        model = vggnet.vgg11(head=head, num_classes=10)
+    assert node_names("vgg11", head) == {name: path for path, name in module_names(model).items()}
+    with pytest.raises(ValueError, match="head must be one of"):
+        node_names("vgg11", "max")

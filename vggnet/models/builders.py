@@ -660,7 +660,11 @@ BUILDERS: Mapping[str, Callable[..., VGG]] = MappingProxyType(
 
 
 def list_models() -> list[str]:
-    """The builder names, in the paper's order."""
+    """The builder names, in the paper's order.
+
+    Returns:
+        ["vgg11", "vgg11_bn", ..., "vgg19_bn"].
+    """
     return list(BUILDERS)
 
 
@@ -685,8 +689,16 @@ def get_model(
     Args:
         name: a builder name, any case ("vgg16", "VGG16_BN"; see `list_models`).
         weights: what the builder's `weights` takes (a record name such as "DEFAULT", a file, a URL, ...).
-        progress, num_classes, head, in_chans, dropout: as for the builders (see `vgg16`).
-        init_weights, global_pool, features_only, out_indices, device: as for the builders.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights); 0: no fc8.
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear) or "fc7"; None: the weights' own.
+        in_chans: input channels; None: the weights' own (3).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does.
+        global_pool: "avg" (pool as the head was built) or "" (no pooling; needs num_classes=0).
+        features_only: a `VGGFeatures` returning the stage outputs (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "meta").
         pretrained: torchvision's deprecated form of weights (True: IMAGENET1K_V1), with its UserWarning.
 
     Returns:
@@ -706,7 +718,17 @@ def get_model(
 
 
 def get_model_weights(name: str | Callable[..., VGG]) -> type[WeightsEnum]:
-    """The weights enum of a builder, given its name or the builder itself."""
+    """The weights enum of a builder, given its name or the builder itself.
+
+    Args:
+        name: a builder name, any case, or the builder.
+
+    Returns:
+        The builder's weights enum (`VGG16_Weights` for "vgg16").
+
+    Raises:
+        UsageError: an unknown name (the valid ones listed).
+    """
     if callable(name):
         name = getattr(name, "__name__", "")
     return WEIGHTS_ENUMS[check_arch(name)]

@@ -6,21 +6,35 @@ timm's `pretrained_cfg` dict of a model is `vggnet.models.vgg.pretrained_cfg`'s 
 
 from __future__ import annotations
 
+from vggnet.checks import check_choice
 from vggnet.errors import MissingDependency
-from vggnet.models.taps import HEAD_NAMES, feature_names
+from vggnet.models.config import HEADS
+from vggnet.models.taps import GAP_HEAD_NAMES, HEAD_NAMES, feature_names
 
 __all__ = ["node_names", "register_timm"]
 
 
-def node_names(arch: str) -> dict[str, str]:
+def node_names(arch: str, head: str = "vgg") -> dict[str, str]:
     """Paper name -> torchvision node name for `arch`: {"conv1_1": "features.0", ..., "fc8": "classifier.6"}.
 
     These are the names `torchvision.models.feature_extraction.create_feature_extractor` takes and
-    the state-dict prefixes; they hold for torchvision's own VGG too. Unknown arch: ValueError.
+    the state-dict prefixes; they hold for torchvision's own VGG too.
+
+    Args:
+        arch: a builder name ("vgg16_bn").
+        head: "vgg" or "fc7" (avgpool, fc6 ... fc8), or "gap" (gap: "avgpool", fc: "classifier.0").
+
+    Returns:
+        name -> node name, in forward order.
+
+    Raises:
+        UsageError: an unknown arch or head (a ValueError).
     """
+    check_choice("head", head, HEADS)
     names = {name: f"features.{i}" for i, name in enumerate(feature_names(arch))}
-    names[HEAD_NAMES[0]] = "avgpool"
-    return names | {name: f"classifier.{i}" for i, name in enumerate(HEAD_NAMES[1:])}
+    after = GAP_HEAD_NAMES if head == "gap" else HEAD_NAMES
+    names[after[0]] = "avgpool"
+    return names | {name: f"classifier.{i}" for i, name in enumerate(after[1:])}
 
 
 def register_timm() -> list[str]:

@@ -74,7 +74,14 @@ class Network(Protocol):
 
 @dataclass(frozen=True)
 class TapInfo:
-    """One tap: output channels, stride and receptive field side in input pixels (None from avgpool on)."""
+    """One tap: output channels, stride and receptive field side in input pixels (None after pool5).
+
+    Attributes:
+        name: the layer's name (`layer_names`).
+        channels: its output channels; a flattened tap's width (512 * 7 * 7 after the vgg head's pool).
+        stride: input pixels per output step; None after pool5 (the head sees the whole image).
+        receptive_field: the side of the input square one output sees; None after pool5.
+    """
 
     name: str
     channels: int
@@ -83,7 +90,17 @@ class TapInfo:
 
 
 def feature_names(features: str | nn.Module) -> list[str]:
-    """The paper's name of every layer of `features`: a builder name ("vgg16_bn") or a `make_layers` Sequential."""
+    """The paper's name of every layer of `features`: a builder name ("vgg16_bn") or a `make_layers` Sequential.
+
+    Args:
+        features: a builder name, or a `make_layers` Sequential.
+
+    Returns:
+        conv1_1, [bn1_1,] relu1_1, ..., pool5, one per layer.
+
+    Raises:
+        UsageTypeError: a module that is not a flat Sequential of VGG's layers (a TypeError).
+    """
     if isinstance(features, str):
         row, batch_norm = arch_config(features)
         kinds = [kind for v in row for kind in (("pool",) if v == "M" else _conv_kinds(batch_norm))]
@@ -98,14 +115,28 @@ def feature_names(features: str | nn.Module) -> list[str]:
 
 
 def layer_names(source: str | Network) -> list[str]:
-    """Every layer's name in forward order, for a builder name or a model: conv1_1, ..., pool5, avgpool, ..., fc8."""
+    """Every layer's name in forward order, for a builder name or a model: conv1_1, ..., pool5, avgpool, ..., fc8.
+
+    Args:
+        source: a builder name (the vgg head's names), or a model (the names of its head, `head_layers`).
+
+    Returns:
+        The names, in forward order.
+    """
     if isinstance(source, str):
         return [*feature_names(source), *HEAD_NAMES]
     return list(module_names(source).values())
 
 
 def module_names(model: Network) -> dict[str, str]:
-    """Each named module's state-dict path -> its name: {"features.0": "conv1_1", ..., "classifier.6": "fc8"}."""
+    """Each named module's state-dict path -> its name: {"features.0": "conv1_1", ..., "classifier.6": "fc8"}.
+
+    Args:
+        model: a VGG (or anything with its parts).
+
+    Returns:
+        path -> name, in forward order.
+    """
     names = {f"features.{i}": name for i, name in enumerate(feature_names(model.features))}
     return names | {path: name for name, path, _ in head_layers(model)}
 
@@ -115,6 +146,12 @@ def head_layers(model: Network) -> list[tuple[str, str, nn.Module]]:
 
     See the module docstring: the paper's names for the vgg head, gap and fc for the gap head, the
     state-dict path for the modules of a classifier the user replaced, nothing without pooling.
+
+    Args:
+        model: a VGG (or anything with its parts; `head` and `global_pool` read where set).
+
+    Returns:
+        (name, path, module) per layer, in forward order.
     """
     if getattr(model, "global_pool", "avg") == "":
         return []
@@ -140,7 +177,17 @@ def _paper_head(children: Sequence[nn.Module], gap: bool) -> list[str] | None:
 
 
 def feature_layers(features: nn.Module) -> nn.Sequential:
-    """`features` as the flat `make_layers` Sequential the names are read from; TypeError for anything else."""
+    """`features` as the flat `make_layers` Sequential the names are read from; TypeError for anything else.
+
+    Args:
+        features: a model's `features`.
+
+    Returns:
+        `features` itself.
+
+    Raises:
+        UsageTypeError: not an nn.Sequential (a TypeError).
+    """
     if not isinstance(features, nn.Sequential):
         raise UsageTypeError(
             f"named taps need `features` to be a make_layers Sequential, not {type(features).__name__}; "
@@ -150,7 +197,14 @@ def feature_layers(features: nn.Module) -> nn.Sequential:
 
 
 def tap_steps(model: Network) -> list[Step]:
-    """(name, the callables that produce it from the previous tap) for every tap of `model`."""
+    """(name, the callables that produce it from the previous tap) for every tap of `model`.
+
+    Args:
+        model: a VGG (or anything with its parts).
+
+    Returns:
+        One step per name of `layer_names(model)`.
+    """
     out: list[Step] = [(name, [m]) for name, m in zip(feature_names(model.features), feature_layers(model.features))]
     for i, (name, _, m) in enumerate(head_layers(model)):
         out.append((name, [_flatten, m] if i == 1 else [m]))  # the flatten belongs to the first classifier layer
@@ -162,6 +216,12 @@ def tap_info(model: Network) -> list[TapInfo]:
 
     The pool after pool5 and the classifier see the whole (adaptively pooled) image: their stride and
     receptive field are None. A flattened tap's channels are its width (512 * 7 * 7 for the vgg head's pool).
+
+    Args:
+        model: a VGG (or anything with its parts).
+
+    Returns:
+        One `TapInfo` per name of `layer_names(model)`.
     """
     names = feature_names(model.features)
     layers = feature_layers(model.features)
@@ -181,7 +241,17 @@ def tap_info(model: Network) -> list[TapInfo]:
 
 
 def pool_cells(pool: nn.Module) -> int:
-    """How many values per channel a pool gives: 49 for the 7x7 adaptive pool, 1 for a global one."""
+    """How many values per channel a pool gives: 49 for the 7x7 adaptive pool, 1 for a global one.
+
+    Args:
+        pool: a model's `avgpool`.
+
+    Returns:
+        Output height times width.
+
+    Raises:
+        UsageTypeError: a pool whose output size depends on the input (a TypeError).
+    """
     if not isinstance(pool, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         raise UsageTypeError(
             f"avgpool is a {type(pool).__name__}: the width after it depends on the input; "
@@ -201,6 +271,13 @@ def field_geometry(layers: Sequence[object], names: Sequence[str] = ()) -> list[
     For kernel k, stride s, padding p, dilation d: size += d(k-1) jump; start += (d(k-1)/2 - p) jump;
     jump *= s. Layers other than convolutions and pools leave the field as it is. `names` name the
     layers in the error for one the recurrence cannot take (padding "same", a non-square kernel).
+
+    Args:
+        layers: the layers in forward order.
+        names: their names, for the error.
+
+    Returns:
+        (size, jump, start) after each layer.
     """
     out: list[tuple[int, int, float]] = []
     size, jump, start = 1, 1, 0.0
@@ -227,12 +304,31 @@ def _geometry(name: str, m: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) -> tuple[in
 
 
 def layer_list(layers: str | Sequence[str]) -> list[str]:
-    """A single name is a list of one."""
+    """A single name is a list of one.
+
+    Args:
+        layers: a name or several.
+
+    Returns:
+        The names as a list.
+    """
     return [layers] if isinstance(layers, str) else list(layers)
 
 
 def run_taps(steps: Sequence[Step], x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
-    """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next operation is in place)."""
+    """Run `steps` up to the last of `layers`, keeping those outputs (cloned where the next operation is in place).
+
+    Args:
+        steps: `tap_steps` of a model.
+        x: the input batch.
+        layers: the names wanted, a name or several.
+
+    Returns:
+        name -> output, in the order asked.
+
+    Raises:
+        UsageError: no name, or names that are no step (the valid ones listed).
+    """
     names = [name for name, _ in steps]
     layers = layer_list(layers)
     if not layers:

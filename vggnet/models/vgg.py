@@ -72,6 +72,16 @@ def pretrained_cfg(record: Preprocessing | None, num_classes: int = 1000, head: 
     As in timm it describes the weights, not later changes: `crop_pct` is crop / resize (224 / 256 =
     0.875), `input_size` is (channels of `mean`, crop, crop), `num_classes` the head's outputs and
     `classifier` its last Linear (classifier.6; classifier.0 for the gap head).
+
+    Args:
+        record: what the weights expect (a `vggnet.Weights`, or any object with its preset fields); None:
+            torchvision's ImageNet preset.
+        num_classes: the outputs of the head.
+        head: "vgg", "gap" or "fc7".
+
+    Returns:
+        timm's keys: url, num_classes, input_size, pool_size, crop_pct, crop_mode, fixed_input_size,
+        interpolation, mean, std, first_conv, classifier, license.
     """
     crop, resize = (record.crop_size, record.resize_size) if record is not None else (224, 256)
     mean, std = (record.mean, record.std) if record is not None else (IMAGENET_MEAN, IMAGENET_STD)
@@ -93,7 +103,16 @@ def pretrained_cfg(record: Preprocessing | None, num_classes: int = 1000, head: 
 
 
 def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:
-    """One flat Sequential: per number a 3x3 conv (+ BatchNorm) + in-place ReLU, per "M" a 2x2 max-pool."""
+    """One flat Sequential: per number a 3x3 conv (+ BatchNorm) + in-place ReLU, per "M" a 2x2 max-pool.
+
+    Args:
+        cfg: a row of the paper's table (`config.CONFIGS`): channels, or "M" for a max-pool.
+        batch_norm: a BatchNorm2d after each convolution.
+        in_channels: the input channels of the first convolution.
+
+    Returns:
+        The `features` Sequential, torchvision's modules in torchvision's order.
+    """
     layers: list[nn.Module] = []
     for v in cfg:
         if v == "M":
@@ -244,7 +263,14 @@ class VGG(nn.Module):
         self.pretrained_cfg = cfg
 
     def get_classifier(self) -> nn.Linear:
-        """The last Linear layer (fc8; fc for the gap head)."""
+        """The last Linear layer (fc8; fc for the gap head).
+
+        Returns:
+            The Linear that gives the logits.
+
+        Raises:
+            UsageTypeError: the model has no fc8 (num_classes=0) or its classifier ends with another module.
+        """
         modules = _modules_of(self.classifier)
         fc8 = modules[-1] if modules else None
         if fc8 is None or isinstance(fc8, nn.Identity):
@@ -254,7 +280,14 @@ class VGG(nn.Module):
         return fc8
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError naming what was received and what is needed, before any layer runs."""
+        """Raise a ValueError naming what was received and what is needed, before any layer runs.
+
+        Args:
+            x: the batch a forward would get.
+
+        Raises:
+            UsageError: not an (N, in_channels, H, W) batch, or a side under 32 pixels (a ValueError).
+        """
         check_images(x, self.in_channels)
         if min(x.shape[2], x.shape[3]) < MIN_SIZE:
             raise UsageError(
@@ -263,7 +296,14 @@ class VGG(nn.Module):
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last convolutional block's output after pool5: (N, 512, H/32, W/32)."""
+        """The last convolutional block's output after pool5: (N, 512, H/32, W/32).
+
+        Args:
+            x: an (N, in_channels, H, W) batch, sides of at least 32 pixels.
+
+        Returns:
+            pool5's map.
+        """
         if not is_scripting():
             if _eager():
                 self.check_input(x)
@@ -286,6 +326,13 @@ class VGG(nn.Module):
 
         With `head="gap"`, `pre_logits` gives the pooled (N, 512) features; with global_pool="" the map
         comes back as it is. TorchScript runs the classifier, not `pre_logits` (it reads the modules by type).
+
+        Args:
+            x: pool5's (N, 512, H/32, W/32) map.
+            pre_logits: stop before the last layer (fc8, or the gap head's fc).
+
+        Returns:
+            The logits (N, num_classes), the pre-logits features, or the map itself without pooling.
         """
         if self.global_pool == "":
             return x  # no pooling, no classifier: pool5's (N, 512, H/32, W/32) map, as timm's global_pool=""
@@ -303,6 +350,14 @@ class VGG(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a batch: `forward_head(forward_features(x))`.
+
+        Args:
+            x: an (N, in_channels, H, W) batch, sides of at least 32 pixels.
+
+        Returns:
+            (N, num_classes) logits; the pre-logits features with num_classes=0; pool5's map with global_pool="".
+        """
         return self.forward_head(self.forward_features(x))
 
     # --- named taps ------------------------------------------------------------------------------
@@ -312,6 +367,9 @@ class VGG(nn.Module):
 
         The vgg head: avgpool, fc6, relu6, drop6, fc7, relu7, drop7, fc8 (no fc8 with num_classes=0); the
         gap head: gap, fc; a classifier of the user's: "classifier" or "classifier.0", "classifier.1", ...
+
+        Returns:
+            The names, in the order the forward runs them.
         """
         return layer_names(self)
 
@@ -323,6 +381,16 @@ class VGG(nn.Module):
         A tap that the next layer's in-place ReLU would overwrite (conv4_3, bn4_3, fc6, ...; Identity
         steps left by `fold_batchnorm` are looked past) is cloned when taken, so it holds the
         pre-activation values.
+
+        Args:
+            x: an (N, in_channels, H, W) batch, sides of at least 32 pixels.
+            layers: a name of `layer_names()`, or several.
+
+        Returns:
+            name -> that layer's output, in the order asked.
+
+        Raises:
+            UsageError: a bad batch, or a name that is no layer (the valid ones listed).
         """
         self.check_input(x)
         return run_taps(tap_steps(self), x, layers)
@@ -331,6 +399,9 @@ class VGG(nn.Module):
         """Channels, stride and receptive field (in input pixels) of every tap, computed from the layers.
 
         The taps after pool5 see the whole (adaptively pooled) image: their stride and receptive field are None.
+
+        Returns:
+            One `TapInfo` per name of `layer_names()`, in order.
         """
         return tap_info(self)
 
@@ -416,8 +487,9 @@ class VGG(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The stage outputs of `feature_info` (timm's signature and return): index 0-4 the ReLU before
-        each max-pool, index 5 pool5.
+        """The stage outputs of `feature_info` with the final map, timm's signature and return.
+
+        The stages: index 0-4 the ReLU before each max-pool, index 5 pool5.
 
         Args:
             x: an (N, C, H, W) batch.
@@ -429,6 +501,9 @@ class VGG(nn.Module):
 
         Returns:
             (forward_features' output, [stage outputs]) or, with intermediates_only, the list.
+
+        Raises:
+            UsageError: an output_fmt other than "NCHW", bad indices, or a bad batch.
         """
         if output_fmt != "NCHW":
             raise UsageError(f"output_fmt must be 'NCHW' (VGG's only layout), got {output_fmt!r}")
@@ -450,11 +525,18 @@ class VGG(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the layers `forward_intermediates(indices=...)` does not need (timm's method); the kept indices.
+        """Drop the layers `forward_intermediates(indices=...)` does not need (timm's method).
 
         `features` ends at the last stage kept; `prune_head` (or a cut before pool5) removes the pool and
         the classifier: the model then returns its last stage's map (global_pool "", num_classes 0).
-        `prune_norm` is timm's option and changes nothing (VGG has no final norm).
+
+        Args:
+            indices: the stages to keep, as `forward_intermediates` takes them.
+            prune_norm: timm's option; VGG has no final norm, so it changes nothing.
+            prune_head: remove the pool and the classifier.
+
+        Returns:
+            The kept stage indices.
         """
         ends = self._stage_ends()
         kept = take_indices(indices, len(ends))
@@ -473,6 +555,12 @@ class VGG(nn.Module):
 
         Fine (timm's VGG): the first convolution, then one group per layer of `features`; coarse: block 1,
         then one group per conv block (the groups of `param_groups`). The classifier is the last group.
+
+        Args:
+            coarse: one group per conv block instead of one per layer.
+
+        Returns:
+            timm's matcher: {"stem": regex, "blocks": regex or [(regex, (index,)), ...]}.
         """
         if not coarse:
             return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."}
@@ -491,6 +579,12 @@ class VGG(nn.Module):
         as in inference whatever `train()` is called with: its BatchNorm layers keep using (and no longer
         update) their running statistics, its dropouts are off. `freeze` replaces an earlier call;
         `unfreeze` undoes it. Any head: the names are `layer_names()`'.
+
+        Args:
+            upto: the first layer left trainable, a name of `layer_names()`; None: freeze all of `features`.
+
+        Raises:
+            UsageError: a name that is no layer (the valid ones listed).
         """
         steps = tap_steps(self)
         names = [name for name, _ in steps]
@@ -533,6 +627,14 @@ class VGG(nn.Module):
         `decay` (block k: lr * decay ** (6 - k)). Frozen parameters and empty groups are left out. Each group
         is a dict with "name", "params", "lr" and "weight_decay", ready for
         `torch.optim.SGD(model.param_groups(0.01, decay=0.5))`.
+
+        Args:
+            lr: the classifier's learning rate.
+            decay: the factor from one group to the block below it.
+            weight_decay: every group's weight decay.
+
+        Returns:
+            The groups, block1 first.
         """
         parts = [*self._blocks(), self.classifier]
         groups = []
@@ -550,6 +652,9 @@ class VGG(nn.Module):
 
         Applies to `forward`/`forward_features` while gradients are enabled; BatchNorm running
         statistics are updated once per step, as without checkpointing.
+
+        Args:
+            enable: on (True) or off.
         """
         self.grad_checkpointing = enable
 
@@ -574,6 +679,13 @@ class VGGFeatures(nn.Module):
     (relu1_1 or relu1_2, ..., relu5_3 or relu5_4; strides 1 to 16), index 5 pool5 (stride 32).
     `out_indices` picks some of them (default all six, as timm); the layers after the last one
     picked are dropped. State-dict keys stay `features.N`.
+
+    Args:
+        model: the VGG whose `features` it takes (shared, not copied).
+        out_indices: the stages to return, 0-5 (negative from the end); None: all six.
+
+    Raises:
+        UsageError: bad out_indices (a ValueError).
     """
 
     def __init__(self, model: VGG, out_indices: Sequence[int] | None = None) -> None:
@@ -587,6 +699,14 @@ class VGGFeatures(nn.Module):
         self._in_channels = model.in_channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The chosen stages' outputs.
+
+        Args:
+            x: an (N, in_channels, H, W) batch.
+
+        Returns:
+            One (N, C, H / stride, W / stride) map per stage of `feature_info`, in order.
+        """
         if not is_scripting():  # TorchScript drops this block, unseen, only when the test stands alone
             self._check_input(x)
         outs: list[torch.Tensor] = []
@@ -614,7 +734,18 @@ def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[in
 
 
 def take_indices(indices: int | Sequence[int] | None, stages: int) -> list[int]:
-    """timm's `indices` of `forward_intermediates`: the last n stages for an int n, these (sorted) for a list."""
+    """timm's `indices` of `forward_intermediates`: the last n stages for an int n, these (sorted) for a list.
+
+    Args:
+        indices: a number of stages, a list of stage indices (negative from the end), or None (all).
+        stages: how many stages there are.
+
+    Returns:
+        The stage indices, sorted and non-negative.
+
+    Raises:
+        UsageError: a number out of 1-stages, or an index out of range (a ValueError).
+    """
     if isinstance(indices, bool) or not isinstance(indices, int):
         return stage_indices([indices] if isinstance(indices, bool) else indices, stages)
     if not 1 <= indices <= stages:
@@ -642,6 +773,16 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
       same gray image through the 1-channel adaptation (colour cannot be mapped onto two channels).
     - N > 3: R, G, B repeated cyclically and scaled by 3/N, so the response to N equal channels stays
       that of the RGB network (exactly when N is a multiple of 3).
+
+    Args:
+        weight: the (O, 3, k, k) weight.
+        in_chans: the input channels wanted, 1 or more.
+
+    Returns:
+        The (O, in_chans, k, k) weight (`weight` itself for 3).
+
+    Raises:
+        UsageError: a weight that is not (O, 3, k, k), or a bad in_chans.
     """
     if weight.dim() != 4 or weight.shape[1] != IN_CHANNELS:
         raise UsageError(f"expected a first-conv weight (O, 3, k, k), got shape {tuple(weight.shape)}")
