@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from vggnet.checks import check_device, check_int
+from vggnet.checks import check_choice, check_device, check_float, check_int
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.data.transforms import ImageClassification, keras_transforms
 from vggnet.errors import ArchMismatch, BadCheckpointError, CheckpointMismatchError, UsageError
 from vggnet.hub import VerifiedFile, load_hf_hub, normalize_digest, open_verified, read_tensors
-from vggnet.models.config import IN_CHANNELS, arch_config, check_arch
+from vggnet.models.config import GLOBAL_POOLS, HEADS, IN_CHANNELS, arch_config, check_arch
 from vggnet.models.finetuned import Finetuned
 from vggnet.models.layouts import from_timm, layout_of, load_keras
 from vggnet.models.saved import FORMAT, Header, Saved, read_saved
@@ -86,37 +86,71 @@ def load(
     arch: str | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
+    head: str | None = None,
+    global_pool: str | None = None,
+    dropout: float | None = None,
+    init_weights: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
     sha256: str | None = None,
     classifier: bool = False,
-    **model_kwargs: Any,
 ) -> Loaded:
     """Build the model `weights` describes (see the module docstring) on `device`.
 
-    `arch`: default the source's own, else vgg16. `num_classes`: default the source's; another width
-    gets a fresh fc8. `in_chans`: default the source's (3 for records); a 3-channel first convolution is
-    adapted. `sha256`: the digest (or 8+ hex digits) a file or URL must have. `classifier=True` refuses,
-    before any download, a record whose classifier is unusable. Other keyword arguments go to `VGG`.
+    Args:
+        weights: what to load: None (random), a record or its name, a file, a URL, an "hf-hub:" name.
+        arch: the builder; None: the source's own, else vgg16.
+        num_classes: None: the source's; another width gets a fresh fc8; 0: no fc8.
+        in_chans: None: the source's (3 for records); a 3-channel first convolution is adapted.
+        head: "vgg", "gap" or "fc7"; None: the source's.
+        global_pool: "avg" or "" (no pooling, with num_classes=0); None: the source's ("avg").
+        dropout: the vgg head's dropout probability; None: 0.5.
+        init_weights: initialise as torchvision does before the weights are assigned; None: True.
+        device: where the model is built and the tensors loaded.
+        progress: show a progress bar while downloading.
+        sha256: the digest (or 8+ hex digits) a file or URL must have.
+        classifier: refuse, before any download, a record whose classifier is unusable.
+
+    Returns:
+        The model, its preset, its class names and what was loaded (`Loaded`).
+
+    Raises:
+        UsageError: a bad argument, before anything is fetched (a ValueError).
     """
     arch = check_arch(arch) if arch is not None else None
     dev = check_device(device)
-    if num_classes is not None:
-        check_int("num_classes", num_classes, least=0, what=NUM_CLASSES_MEANS)
-    if in_chans is not None:
-        check_int("in_chans", in_chans)
+    given = {"num_classes": num_classes, "in_chans": in_chans, "head": head, "global_pool": global_pool,
+             "dropout": dropout, "init_weights": init_weights}  # fmt: skip
+    kwargs = _model_arguments(given)
     digest = normalize_digest(sha256) if sha256 is not None else None
     source = classify(weights, arch)
     if source.kind == "record" and digest is not None:
         raise UsageError("sha256 is for a checkpoint file or URL; a record carries its own digest")
     if classifier:
         check_classifier(source)
-    kwargs = dict(model_kwargs)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if in_chans is not None:
-        kwargs["in_chans"] = in_chans
+    return _load_source(source, arch, dev, kwargs, digest, progress)
 
+
+def _model_arguments(given: dict[str, Any]) -> dict[str, Any]:
+    """The arguments for `VGG` that were given (None: the source's or VGG's), checked before any download."""
+    if given["num_classes"] is not None:
+        check_int("num_classes", given["num_classes"], least=0, what=NUM_CLASSES_MEANS)
+    if given["in_chans"] is not None:
+        check_int("in_chans", given["in_chans"])
+    if given["head"] is not None:
+        check_choice("head", given["head"], HEADS)
+    if given["global_pool"] is not None:
+        check_choice("global_pool", given["global_pool"], GLOBAL_POOLS, quote=True)
+    if given["dropout"] is not None:
+        check_float("dropout", given["dropout"], least=0.0, most=1.0, expected="a probability between 0 and 1")
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _load_source(
+    source: Source, arch: str | None, dev: torch.device | None, kwargs: dict[str, Any], digest: str | None,
+    progress: bool,
+) -> Loaded:  # fmt: skip
+    """`load` once its arguments are checked: the model `source` describes."""
     if source.kind == "random":
         name = arch or "vgg16"
         model = _random_model(name, dev, kwargs)
