@@ -292,6 +292,17 @@ def _inference_table(data: dict[str, Any]) -> list[str]:
     return _bench_table(data["runs"])
 
 
+def _startup_table(data: dict[str, Any]) -> list[str]:
+    lines = ["| case | median s | fastest s | vs `import torch` | imports torch |", "|---|---:|---:|---:|---|"]
+    torch_s = data["cases"]["import torch"]["median_s"]
+    for case, r in data["cases"].items():
+        lines.append(
+            f"| `{case}` | {_num(r['median_s'], 3)} | {_num(r['min_s'], 3)} | "
+            f"{r['median_s'] - torch_s:+.3f} s | {'yes' if r['imports_torch'] else 'no'} |"
+        )
+    return lines
+
+
 def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]] | None:
     """The table maker for a results file, by its schema or suite; None for a shape this page does not know."""
     if str(data.get("schema", "")).startswith("vggnet.") and "results" in data:
@@ -317,6 +328,8 @@ def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[st
         return _load_table
     if name.startswith("finetune-"):
         return _finetune_table
+    if name.startswith("startup-"):
+        return _startup_table
     return None
 
 

@@ -239,3 +239,36 @@ def test_the_import_graph_scanner_sees_cycles_and_hidden_imports(tmp_path):
     assert graph["vggnet.sub.n"]["module"] == {"vggnet.sub.m"}
     cycle = import_cycle(graph)
     assert cycle is not None and {"vggnet.sub.m", "vggnet.sub.n"} <= set(cycle)
+
+
+MAX_CODE_LINES = 60  # a function's own code, its docstring aside: one screen
+
+
+def long_functions(package: Path, limit: int = MAX_CODE_LINES) -> list[str]:
+    """Every function whose code (from `def` to its end, less its docstring) runs past `limit` lines."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length = node.end_lineno - node.lineno + 1 if node.end_lineno else 0
+            first = node.body[0]
+            if ast.get_docstring(node, clean=False) is not None:
+                length -= (first.end_lineno or first.lineno) - first.lineno + 1
+            if length > limit:
+                found.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_no_function_runs_past_a_screen_of_code():
+    for folder in ("vggnet", "benchmarks", "examples"):  # the benchmarks' `main` included
+        assert long_functions(ROOT / folder) == []
+
+
+def test_the_length_check_sees_a_long_function_and_not_its_docstring(tmp_path):
+    package = tmp_path / "vggnet"
+    package.mkdir()
+    doc = '    """One line.\n\n' + "    More.\n" * 80 + '    """\n'
+    body = "".join(f"    x{i} = {i}\n" for i in range(61))
+    (package / "a.py").write_text(f"def documented():\n{doc}    return 1\n\n\ndef long():\n{body}")
+    assert long_functions(package) == ["vggnet/a.py:88 long: 62 lines"]

@@ -50,7 +50,19 @@ _SHARD = re.compile(r"features-(\d{6,})\.npy")  # the only names an index may po
 
 @dataclass
 class EmbedSummary:
-    """What an `embed_images` run did, summed over the ranks."""
+    """What an `embed_images` run did, summed over the ranks.
+
+    Attributes:
+        out: the folder written.
+        layer: the tap the features come from ("fc7", "pool5", ...).
+        dim: features per image (0 when no image of this run could be read).
+        images: images this run embedded (or tried to: failures included).
+        failed: images that could not be read; the index holds their error.
+        skipped: images left alone because a resumed folder already held them.
+        seconds: the slowest rank's time embedding.
+        images_per_s: `images` / `seconds`.
+        world_size: how many processes shared the images (1 outside torchrun).
+    """
 
     out: str
     layer: str
@@ -63,13 +75,33 @@ class EmbedSummary:
     world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
+        """Give the summary as a JSON-ready dict.
+
+        Returns:
+            Field name -> value, as `--json` prints it.
+        """
         return asdict(self)
 
 
 def features_fn(
     model: VGG, layer: str, session: Session, pool: bool, normalize: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(N, D) float32 features of `layer` for a batch: globally average-pooled maps, else flattened."""
+    """Make the function that turns a preprocessed batch into one row of features per image.
+
+    Args:
+        model: the network; it is put in eval mode and moved to `session.device`.
+        layer: the tap, one of `model.layer_names()` ("fc7", "pool5", "relu5_3", ...).
+        session: the run's session: the batch is moved to its device and run there (in bf16 on CUDA GPUs that have it).
+        pool: average a (C, H, W) map over H and W, giving C values; without it the map is flattened to
+            C*H*W values. A 2-D tap (fc6, fc7) is unchanged.
+        normalize: scale each row to unit L2 norm.
+
+    Returns:
+        A function from an (N, 3, H, W) batch to (N, D) float32 features.
+
+    Raises:
+        UsageError: `layer` is not a layer of the model; the message lists the valid names.
+    """
     if layer not in model.layer_names():
         raise UsageError(f"no layer {layer!r}; valid: {', '.join(model.layer_names())}")
     net = model.eval().to(session.device)
@@ -102,14 +134,36 @@ def embed_images(
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> EmbedSummary:
-    """Features of `layer` for every image into the folder `out`: `features-NNNNNN.npy` shards of float32
-    rows, and `index.jsonl` mapping each image to its shard and row (or to an "error").
+    """Write the features of `layer` for every image into the folder `out`, as `.npy` shards with an index.
 
-    `pool` averages a (C, H, W) map over H and W (a 4-D tap only); `normalize` scales each row to unit
-    L2 norm. A shard is written whole before its index lines, so a killed run loses at most the rows
-    of its unwritten shards, which `resume=True` computes again (and those of a shard found damaged).
-    A folder holding embeddings is continued with `resume`, replaced with `overwrite`, refused otherwise.
-    `read_embeddings(out)` reads it all back.
+    The files (float32 rows in `features-NNNNNN.npy`, `index.jsonl`, `embed.json`), how a killed run resumes
+    and how shards are checked: see the module docstring. `read_embeddings(out)` reads the folder back.
+
+    Args:
+        model: the network (a features-only record serves).
+        preset: the preprocessing of each decoded image (`Loaded.preset`).
+        sources: files, folders (their images at any depth), glob patterns and "-" (paths on stdin).
+        out: the folder to write; made if missing.
+        layer: the tap, one of `model.layer_names()`; default fc7 (4096 values).
+        pool: average a (C, H, W) map over H and W (a 4-D tap only).
+        normalize: scale each row to unit L2 norm.
+        shard_size: rows per .npy file, at least 1.
+        resume: embed only the images the index lacks (same layer, pool and normalize, else refused).
+        overwrite: replace the embeddings the folder holds.
+        from_file: a text file of image paths, one per line.
+        batch_size: images per forward pass, per process.
+        workers: decoding processes (0: in this process; None: up to 8, from the CPU count).
+        device: where the model runs; default CUDA (this process's GPU under torchrun) when available.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        What was done (counts, feature width, time), summed over the ranks.
+
+    Raises:
+        UsageError: `resume` with `overwrite`, an unknown `layer`, or a resumed folder of other settings.
+        OutputExistsError: `out` holds embeddings and neither `resume` nor `overwrite` was given.
+        OutputPathError: `out` is a file.
+        InUseError: another process is writing into `out`.
     """
     check_int("shard_size", shard_size)
     folder = Path(out)
@@ -350,10 +404,19 @@ def _next_shard(folder: Path) -> int:
 
 
 def read_embeddings(out: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
-    """(image paths, (N, D) float32 rows) of an `embed_images` folder, in index order; failed images left out.
+    """Read an `embed_images` folder back, in index order; images that failed are left out.
+
+    The rows are copied out of memory-mapped shards; a shard that is missing, a link, or too short for the
+    rows the index names is refused.
+
+    Args:
+        out: the folder `embed_images` (or `vggnet embed --out`) wrote.
+
+    Returns:
+        (image paths, (N, D) float32 array), row i being the features of path i; (N = 0: a (0, 0) array).
 
     Raises:
-        MissingPathError: `out` holds no index.
+        MissingPathError: `out` holds no index.jsonl.
         BadFileError: a line of the index, or a shard, is damaged (the message names the file and line).
     """
     folder = Path(out)

@@ -47,7 +47,16 @@ PART = ".part"  # OUTPUT.part0, OUTPUT.part1, ...: one per rank until rank 0 mer
 
 
 class Lines:
-    """How one record per image is written to and read back from an output file."""
+    """How one record per image is written to and read back from an output file.
+
+    Args:
+        fmt: "jsonl" (one JSON object per line) or "csv" (a header row, then one row per image).
+        columns: the CSV columns, in order; the first is the image path, which `key` reads back.
+            Unused for JSON Lines.
+
+    Raises:
+        UsageError: `fmt` is not one of `FORMATS`.
+    """
 
     def __init__(self, fmt: str, columns: Sequence[str] = ()) -> None:
         check_choice("format", fmt, FORMATS)
@@ -55,9 +64,24 @@ class Lines:
         self.columns = list(columns)
 
     def header(self) -> str:
+        """Give the text an output starts with.
+
+        Returns:
+            The CSV header row with its newline; "" for JSON Lines, which has none.
+        """
         return self._csv(self.columns) if self.fmt == "csv" else ""
 
     def line(self, record: dict[str, Any]) -> str:
+        """Format one image's record as the text to append.
+
+        Args:
+            record: the image's fields ("image" and the results, or "error"); CSV writes the `columns` only, an
+                absent one as an empty cell and floats to 6 significant digits.
+
+        Returns:
+            The record with its newline: a JSON object kept as UTF-8 (a path with bytes that are not UTF-8 is
+                escaped instead), or a CSV row, quoted where a field holds a newline or a carriage return.
+        """
         if self.fmt == "jsonl":
             text = json.dumps(record, ensure_ascii=False, allow_nan=False)
             try:
@@ -68,7 +92,18 @@ class Lines:
         return self._csv([_cell(record.get(c)) for c in self.columns])
 
     def key(self, line: str) -> str:
-        """The image path of a complete record; ValueError when the record is not one of ours."""
+        """Read back the image path of a complete record, so that a resumed run skips that image.
+
+        Args:
+            line: one record as `records` yields it.
+
+        Returns:
+            The image path, exactly as it was written.
+
+        Raises:
+            UsageError: a JSON record without a string "image" (not a record of this command). Text that is not
+                JSON or CSV raises the parser's ValueError (`Output.done` turns both into a BadFileError).
+        """
         if self.fmt == "jsonl":
             image = json.loads(line).get("image")
             if not isinstance(image, str):
@@ -77,7 +112,15 @@ class Lines:
         return next(csv.reader(io.StringIO(line, newline="")))[0]
 
     def records(self, path: Path) -> Iterator[str]:
-        """The complete records of `path` (a CSV record may span lines: a path may hold a newline)."""
+        """Read the complete records of an output; a killed writer's unfinished last record is left out.
+
+        Args:
+            path: an output file in this format.
+
+        Returns:
+            An iterator over the records, each with its newline (a CSV record may span lines when a path holds a
+                newline); the header row of a CSV output is the first.
+        """
         return (text for text, _ in records(path, quoted=self.fmt == "csv"))
 
     @staticmethod
@@ -178,7 +221,13 @@ def check_fresh(path: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 class Output:
-    """OUTPUT and its per-rank parts: claiming, preparing (fresh or resumed), writing, merging."""
+    """OUTPUT and its per-rank parts under torchrun: claiming, preparing (fresh or resumed), writing, merging.
+
+    Args:
+        path: the output file (OUTPUT); under torchrun rank r writes OUTPUT.partR beside it.
+        lines: how its records are written and read.
+        ctx: this process's place in the run (rank, world size, barriers); one process alone is rank 0 of 1.
+    """
 
     def __init__(self, path: Path, lines: Lines, ctx: Dist) -> None:
         self.path = path
@@ -186,6 +235,11 @@ class Output:
         self.ctx = ctx
 
     def parts(self) -> list[Path]:
+        """List the per-rank parts (OUTPUT.part0, OUTPUT.part1, ...) beside OUTPUT, a killed run's included.
+
+        Returns:
+            Their paths, in rank order; empty when there are none (or OUTPUT's folder does not exist).
+        """
         prefix = self.path.name + PART  # listed, not globbed: the name may hold [ or *
         try:
             names = os.listdir(self.path.parent)
@@ -195,17 +249,37 @@ class Output:
         return sorted(found, key=_part_number)
 
     def part(self, rank: int) -> Path:
+        """Name the part a rank writes under torchrun.
+
+        Args:
+            rank: the process's rank.
+
+        Returns:
+            OUTPUT.part<rank>, beside OUTPUT.
+        """
         return self.path.with_name(f"{self.path.name}{PART}{rank}")
 
     def claimed(self) -> contextlib.AbstractContextManager[None]:
-        """Rank 0 holds OUTPUT's lock (`.OUTPUT.lock`) for the whole run: one writer per output."""
+        """Hold OUTPUT's lock (`.OUTPUT.lock`) on rank 0 for the whole run: one writer per output.
+
+        Returns:
+            A context manager; entering it on rank 0 raises `InUseError` naming the process that holds the lock.
+                Other ranks hold nothing (rank 0 speaks for the run).
+        """
         return writer_lock(lock_beside(self.path), self.path) if self.ctx.main else contextlib.nullcontext()
 
     def prepare(self, resume: bool, overwrite: bool = False, repair: Callable[[Path], None] | None = None) -> set[str]:
-        """Rank 0 readies OUTPUT (fresh, or repaired and joined by old parts); every rank gets what it holds.
+        """Ready OUTPUT on rank 0 (fresh, or resumed with a killed run's parts); every rank learns what it holds.
 
-        An OUTPUT holding something is refused unless `resume` or `overwrite` (see `check_fresh`).
-        `repair(OUTPUT)` runs on rank 0 once a resumed OUTPUT is whole, before the records are read.
+        Args:
+            resume: keep what OUTPUT holds: a truncated last record is cut off, the CSV header checked, old parts'
+                records appended. Without it OUTPUT is written afresh (the header only) and old parts are deleted.
+            overwrite: replace what OUTPUT holds; without it (or `resume`) an OUTPUT holding something is refused
+                (`check_fresh`).
+            repair: run on rank 0 with OUTPUT's path once a resumed OUTPUT is whole, before its records are read.
+
+        Returns:
+            The images OUTPUT already holds a record for (results and errors), to be skipped; empty for a fresh run.
         """
         if self.ctx.main:
             check_fresh(self.path, resume=resume, overwrite=overwrite)
@@ -239,7 +313,15 @@ class Output:
             )
 
     def done(self) -> set[str]:
-        """The images OUTPUT holds a record for (results and errors alike)."""
+        """Read which images OUTPUT holds a record for (results and errors alike).
+
+        Returns:
+            Their paths, as written.
+
+        Raises:
+            BadFileError: a record is not one this command writes (a file another tool wrote, or damaged); the
+                message names the line and says to resume only into this command's output or to --overwrite.
+        """
         held: set[str] = set()
         number = 1  # the line a record starts on (a CSV record may span lines)
         for index, text in enumerate(self.lines.records(self.path)):
@@ -256,13 +338,24 @@ class Output:
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[IO[str]]:
-        """This rank's file, opened for appending: OUTPUT itself in one process, else its part."""
+        """Open this rank's file for appending, one record per image as it comes.
+
+        Yields:
+            OUTPUT itself in one process, else this rank's part; opened without following a link and closed on exit.
+        """
         target = self.part(self.ctx.rank) if self.ctx.on else self.path
         with open_append(target) as f:  # a line per image, as it comes
             yield f
 
     def merge(self, paths: Sequence[str]) -> None:
-        """Rank 0 appends the parts to OUTPUT in the order of `paths` (rank r holds paths r, r + world, ...)."""
+        """Append the ranks' parts to OUTPUT on rank 0, in the order of the image list, and delete them.
+
+        Every rank waits at a barrier first; in one process nothing is done (the records went to OUTPUT).
+
+        Args:
+            paths: the image list every rank was given, in order (rank r ran paths r, r + world, ...); an image a
+                part lacks is already in OUTPUT (resumed) and is skipped.
+        """
         ctx = self.ctx
         ctx.barrier()
         if not ctx.on or not ctx.main:

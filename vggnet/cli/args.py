@@ -40,7 +40,18 @@ WEIGHTS_HELP = f"{SOURCE_RULES} (default DEFAULT)"
 
 
 def size_arg(text: str) -> tuple[int, int]:
-    """argparse type for "224" or "224x320" (height x width)."""
+    """Parse an image size for argparse: "224" (square) or "224x320" (height x width).
+
+    Args:
+        text: the option's value; "x" or "*" separates height and width, case-insensitive.
+
+    Returns:
+        (height, width) in pixels, each at least `MIN_SIZE`.
+
+    Raises:
+        ArgumentTypeError: the text is not N or HxW, or a side is under `MIN_SIZE` (VGG's five 2x2 max-pools);
+            argparse exits 2 with the message.
+    """
     parts = text.lower().replace("*", "x").split("x")
     try:
         sides = [int(p) for p in parts]
@@ -60,7 +71,17 @@ def size_arg(text: str) -> tuple[int, int]:
 
 
 def side_arg(text: str) -> int:
-    """argparse type for one side in pixels: VGG's five 2x2 max-pools need at least MIN_SIZE; at most MAX_SIZE."""
+    """Parse one side in pixels for argparse, from `MIN_SIZE` (VGG's five 2x2 max-pools) to `MAX_SIZE`.
+
+    Args:
+        text: the option's value, a positive integer.
+
+    Returns:
+        The side in pixels.
+
+    Raises:
+        ArgumentTypeError: the side is under `MIN_SIZE` (or not a positive integer, or over `MAX_SIZE`).
+    """
     value = positive(text)
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(f"VGG needs at least {MIN_SIZE} px (five 2x2 max-pools), got {text!r}")
@@ -69,7 +90,14 @@ def side_arg(text: str) -> int:
 
 
 def bounded_size_arg(text: str) -> tuple[int, int]:
-    """`size_arg` for sizes that are run, not just computed on the meta device: each side at most MAX_SIZE."""
+    """Parse an image size that is run, not only computed on the meta device: at most `MAX_SIZE` per side.
+
+    Args:
+        text: "N" or "HxW" in pixels.
+
+    Returns:
+        (height, width) in pixels.
+    """
     sides = size_arg(text)
     _most(text, max(sides))
     return sides
@@ -83,7 +111,17 @@ def _most(text: str, side: int) -> None:
 
 
 def resize_arg(text: str) -> int:
-    """argparse type for the side an image is resized to: from MIN_SIZE to MAX_RESIZE pixels."""
+    """Parse the side an image's shorter side is resized to, for argparse: from `MIN_SIZE` to `MAX_RESIZE` pixels.
+
+    Args:
+        text: the option's value, a positive integer.
+
+    Returns:
+        The side in pixels.
+
+    Raises:
+        ArgumentTypeError: the value is outside `MIN_SIZE`..`MAX_RESIZE` (or not a positive integer).
+    """
     value = positive(text)
     if not MIN_SIZE <= value <= MAX_RESIZE:
         raise argparse.ArgumentTypeError(f"expected {MIN_SIZE} to {MAX_RESIZE} px (five 2x2 max-pools), got {text!r}")
@@ -91,7 +129,17 @@ def resize_arg(text: str) -> int:
 
 
 def finite_float(text: str) -> float:
-    """argparse type for a finite number ("0.485", "-1", "1e-3")."""
+    """Parse a finite number for argparse ("0.485", "-1", "1e-3").
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The number.
+
+    Raises:
+        ArgumentTypeError: the text is not a number, or is nan or infinite.
+    """
     try:
         value = float(text)
     except ValueError:
@@ -102,7 +150,17 @@ def finite_float(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    """argparse type for a finite number above 0."""
+    """Parse a finite number above 0 for argparse (a --std value).
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The number.
+
+    Raises:
+        ArgumentTypeError: the number is 0 or below (or not finite).
+    """
     value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
@@ -110,7 +168,17 @@ def positive_float(text: str) -> float:
 
 
 def device_arg(text: str) -> str:
-    """argparse type for a torch device that exists here (not "meta"), listing the valid ones when not."""
+    """Parse a torch device that exists on this machine, for argparse; the error lists the valid ones.
+
+    Args:
+        text: "cpu", "cuda", "cuda:1", "mps", ...
+
+    Returns:
+        The text as given, once checked (torch is imported only here, when the option is given).
+
+    Raises:
+        ArgumentTypeError: the device is unknown or absent here, or is "meta" (which holds no values to run with).
+    """
     from vggnet.checks import available_devices, check_device
 
     try:
@@ -124,17 +192,41 @@ def device_arg(text: str) -> str:
 
 
 def positive(text: str) -> int:
-    """argparse type for a positive integer."""
+    """Parse a positive integer for argparse (a batch size, a number of epochs).
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The integer, at least 1.
+    """
     return _integer(text, 1, "a positive integer")
 
 
 def count(text: str) -> int:
-    """argparse type for a count that may be 0."""
+    """Parse a count that may be 0 for argparse.
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The integer, at least 0.
+    """
     return _integer(text, 0, "0 or a positive integer")
 
 
 def workers_arg(text: str) -> int:
-    """argparse type for a number of data-loading processes: 0 up to a few per CPU core (`checks.max_workers`)."""
+    """Parse a number of data-loading processes for argparse: 0 (load in this process) up to `checks.max_workers`.
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The number of worker processes.
+
+    Raises:
+        ArgumentTypeError: the number is above what this machine's cores allow (or not a count).
+    """
     from vggnet.checks import check_workers
 
     value = count(text)
@@ -156,7 +248,17 @@ def _integer(text: str, least: int, expected: str) -> int:
 
 
 def model_arg(text: str) -> str:
-    """argparse type for a builder name, case-insensitive, listing the valid ones when unknown."""
+    """Parse a builder name for argparse, case-insensitive ("VGG16_bn" is vgg16_bn).
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The builder name in lower case, one of `vggnet.models.config.ARCHS`.
+
+    Raises:
+        ArgumentTypeError: the name is unknown; the message lists the valid names.
+    """
     try:
         return check_arch(text)
     except ValueError as err:
@@ -167,12 +269,21 @@ def model_arg(text: str) -> str:
 
 
 def common_options() -> argparse.ArgumentParser:
-    """The parent parser of every command: the --debug and --quiet every command takes."""
+    """Return the parent parser of every command, which adds the --debug and --quiet every command takes.
+
+    Returns:
+        The shared parent parser (add_help off; its defaults never overwrite the values given before the command).
+    """
     return _COMMON
 
 
 def add_weights(p: argparse.ArgumentParser, *, arch: bool = True) -> None:
-    """--arch (unless the command takes the model as an argument), --weights and --sha256: the model to load."""
+    """Declare the model to load: --arch (unless the command takes the model as an argument), --weights and --sha256.
+
+    Args:
+        p: the command's parser.
+        arch: whether to declare --arch; False for a command whose positional MODEL names the builder.
+    """
     if arch:
         p.add_argument(
             "--arch", type=model_arg, metavar="MODEL", help="the model (default: the weights' own, else vgg16)"
@@ -182,7 +293,11 @@ def add_weights(p: argparse.ArgumentParser, *, arch: bool = True) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    """--device, checked against the devices this machine has."""
+    """Declare --device, checked against the devices this machine has (`device_arg`).
+
+    Args:
+        p: the command's parser.
+    """
     p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
@@ -197,7 +312,13 @@ PRESET_HELP = (
 
 
 def add_preset(p: argparse.ArgumentParser) -> None:
-    """--resize, --crop, --mean, --std: the preset a checkpoint that records none (a plain state dict) needs."""
+    """Declare --resize, --crop, --mean and --std: the preprocessing for a checkpoint that records none.
+
+    See `PRESET_HELP` for how they combine with the weights' own preset.
+
+    Args:
+        p: the command's parser; the options go into a "preprocessing" group.
+    """
     group = p.add_argument_group("preprocessing", PRESET_HELP)
     group.add_argument("--resize", type=resize_arg, metavar="N", help="resize the shorter side to N px")
     group.add_argument("--crop", type=side_arg, metavar="N", help="then center-crop N x N px")
@@ -206,14 +327,27 @@ def add_preset(p: argparse.ArgumentParser) -> None:
 
 
 def preset_given(args: argparse.Namespace) -> bool:
-    """Whether any of --resize, --crop, --mean, --std was given."""
+    """Tell whether any of --resize, --crop, --mean, --std was given.
+
+    Args:
+        args: the parsed arguments of a command that called `add_preset`.
+
+    Returns:
+        True when at least one of the four options was given.
+    """
     return any(getattr(args, name) is not None for name in ("resize", "crop", "mean", "std"))
 
 
 def check_preset(args: argparse.Namespace, *, image_size: bool = True) -> None:
-    """UsageError for a combination of the preset options that can be refused before anything is loaded.
+    """Refuse a combination of the preset options that is wrong whatever the weights are, before anything is loaded.
 
-    `image_size`: the command's --image-size is a crop (predict, evaluate, embed), which --crop replaces.
+    Args:
+        args: the parsed arguments of a command that called `add_preset`.
+        image_size: True for a command whose --image-size is a crop (predict, evaluate, embed): --crop replaces it,
+            so giving it with --resize or --crop is refused.
+
+    Raises:
+        UsageError: --image-size given with --resize or --crop, or --crop larger than --resize (exit 2).
     """
     if image_size and getattr(args, "image_size", None) is not None and (args.resize or args.crop):
         raise UsageError(
@@ -230,17 +364,32 @@ def check_preset(args: argparse.Namespace, *, image_size: bool = True) -> None:
 
 
 def world() -> int:
-    """How many processes torchrun started (1 outside torchrun)."""
+    """Return how many processes torchrun started.
+
+    Returns:
+        The world size, 1 outside torchrun.
+    """
     return torchrun().world
 
 
 def rank() -> int:
-    """This process's rank under torchrun (0 outside torchrun)."""
+    """Return this process's rank under torchrun.
+
+    Returns:
+        The rank, 0 outside torchrun (the process that prints the results).
+    """
     return torchrun().rank
 
 
 def run_device(args: argparse.Namespace) -> str:
-    """--device, else cuda (this process's GPU under torchrun) when available, else cpu."""
+    """Pick the device a command runs on: --device, else CUDA when available, else the CPU.
+
+    Args:
+        args: the parsed arguments of a command that called `add_device`.
+
+    Returns:
+        The device name: --device as given, "cuda" (under torchrun "cuda:LOCAL_RANK", this process's GPU) or "cpu".
+    """
     import torch
 
     if args.device is not None:
@@ -253,7 +402,12 @@ def run_device(args: argparse.Namespace) -> str:
 
 @contextmanager
 def closing_process_group() -> Iterator[None]:
-    """Around a library call that may start a process group under torchrun: it is ended however the call ends."""
+    """End the process group a library call may start under torchrun, however the call ends.
+
+    Yields:
+        Nothing; the `with` block runs the library call. On leaving it, whether the call returned or raised, an
+            initialized process group is destroyed.
+    """
     import torch.distributed as dist
 
     try:
@@ -264,9 +418,18 @@ def closing_process_group() -> Iterator[None]:
 
 
 def load_model(args: argparse.Namespace, device: str, *, classifier: bool) -> Loaded:
-    """The model, preset and labels --weights names (checkpoint.load's rules); --arch defaults to the source's own.
+    """Load the model, preset and labels that --weights names, by `vggnet.models.checkpoint.load`'s rules.
 
-    `classifier`: fc8 must be usable (a features-only record is refused).
+    Args:
+        args: the parsed arguments of a command that called `add_weights` (--sha256 may be absent: lpips has none).
+        device: where to put the model ("cpu", "cuda", ...).
+        classifier: True when the command uses fc8's outputs (predict, evaluate): a features-only record is refused.
+
+    Returns:
+        The loaded model with its preset, class names, architecture and source; --arch defaults to the source's own.
+
+    Raises:
+        UsageError: --arch contradicts the architecture the weights record (exit 2); the message names both.
     """
     from vggnet.models.checkpoint import load
 
@@ -278,9 +441,21 @@ def load_model(args: argparse.Namespace, device: str, *, classifier: bool) -> Lo
 
 
 def run_preset(args: argparse.Namespace, loaded: Loaded, image_size: int | None = None) -> ImageClassification:
-    """The preset to run with: the weights' own, at --image-size `image_size`, with --resize/--crop/--mean/--std.
+    """Build the preprocessing to run with: the weights' own preset, changed by --resize, --crop, --mean and --std.
 
-    See `PRESET_HELP`; --mean and --std take one value per input channel of the model.
+    See `PRESET_HELP`: one of --resize/--crop alone keeps the preset's crop/resize ratio; both are taken as given.
+
+    Args:
+        args: the parsed arguments of a command that called `add_preset`.
+        loaded: what `load_model` returned; its preset is the starting point and its model gives the channel count.
+        image_size: --image-size, the crop side (the resize follows the preset's ratio); None keeps the preset's.
+
+    Returns:
+        The preset: unchanged when none of the four options was given.
+
+    Raises:
+        UsageError: --resize alone gives a crop under `MIN_SIZE`, or --mean/--std has not one value per input
+            channel of the model (exit 2).
     """
     from vggnet.data.transforms import ImageClassification
 

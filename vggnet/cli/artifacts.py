@@ -33,6 +33,13 @@ WRITE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def add_convert(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet convert`'s description and arguments.
+
+    The arguments: SRC, DST, --layout, --sha256, --json.
+
+    Args:
+        p: the `convert` subcommand's parser, filled in place.
+    """
     p.description = (
         "Read weights from SRC and write them to DST in the format DST's suffix names (.safetensors, "
         "or .pth/.pt/.bin for PyTorch's zip format). SRC is "
@@ -47,6 +54,18 @@ def add_convert(p: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    """Convert SRC's weights to DST's format and layout, then print DST's SHA-256 (or a JSON object).
+
+    Args:
+        args: the parsed arguments of `vggnet convert` (see `add_convert`).
+
+    Returns:
+        0 (`EXIT_OK`); a file that cannot be read or written raises (exit 1 through `main`).
+
+    Raises:
+        UsageError: DST's suffix names no format vggnet writes (.safetensors, .pth, .pt, .bin); checked before torch
+            is imported (exit 2).
+    """
     if Path(args.dst).suffix.lower() not in WRITE_SUFFIXES:  # before the library (and torch) is loaded
         raise UsageError(
             f"cannot tell the format of {args.dst!r} from its suffix; use one of {', '.join(WRITE_SUFFIXES)}"
@@ -68,6 +87,13 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def add_export(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet export`'s description and arguments.
+
+    The arguments: ARCH, OUT, --format, the weights, the shapes, --dtype, --with-preset and the preprocessing options.
+
+    Args:
+        p: the `export` subcommand's parser, filled in place.
+    """
     p.description = (
         "Build ARCH with --weights (" + SOURCE_RULES + ") and write OUT in --format, then run OUT once "
         "on a random batch against eager PyTorch (onnxruntime for ONNX, when installed) and print the largest "
@@ -94,6 +120,17 @@ def add_export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Export ARCH with its weights to OUT, run OUT once against eager PyTorch, print the difference and SHA-256.
+
+    Args:
+        args: the parsed arguments of `vggnet export` (see `add_export`).
+
+    Returns:
+        0 (`EXIT_OK`), also when onnxruntime is missing and only the check was skipped (a warning says so).
+
+    Raises:
+        UsageError: --with-preset with torchscript, or a preprocessing option without --with-preset (exit 2).
+    """
     import torch
 
     from vggnet.data.outputs import check_output

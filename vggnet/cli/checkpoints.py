@@ -56,6 +56,13 @@ def _records_by_file() -> dict[str, WeightsEnum]:
 
 
 def add_list(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet list`'s description and arguments.
+
+    The arguments: only --json.
+
+    Args:
+        p: the `list` subcommand's parser, filled in place.
+    """
     p.description = (
         "Every model and every checkpoint record (VGG16_Weights.IMAGENET1K_FEATURES included) with "
         "ImageNet acc@1/acc@5, parameters, GFLOPS (multiply-adds at 224x224), file size, and whether the file "
@@ -65,6 +72,14 @@ def add_list(p: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """Print every model and checkpoint record with its accuracy, cost, file size and whether it is cached.
+
+    Args:
+        args: the parsed arguments of `vggnet list` (see `add_list`).
+
+    Returns:
+        0 (`EXIT_OK`); nothing is downloaded.
+    """
     from vggnet.hub import cache_dir
     from vggnet.models import weights
 
@@ -121,6 +136,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def add_download(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet download`'s description and arguments.
+
+    The arguments: NAME..., --all, --to DIR.
+
+    Args:
+        p: the `download` subcommand's parser, filled in place.
+    """
     p.description = (
         "Fetch and verify checkpoints: into the cache (so later loads need no network), or with "
         "--to into a directory that VGGNET_MIRROR can point at (as a path, or served over HTTP). A model name "
@@ -132,6 +154,18 @@ def add_download(p: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    """Fetch and verify the named checkpoints into the cache, or into the mirror folder --to names.
+
+    Args:
+        args: the parsed arguments of `vggnet download` (see `add_download`).
+
+    Returns:
+        0 (`EXIT_OK`) when every file was fetched and verified; 1 (`EXIT_FAILURE`) when any failed: each failure is
+            reported on stderr and the others are still fetched.
+
+    Raises:
+        UsageError: neither a name nor --all was given (exit 2).
+    """
     from vggnet.hub import add_to_mirror, fetch
 
     if not args.names and not args.all:
@@ -162,6 +196,13 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def add_verify(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet verify`'s description and arguments.
+
+    The arguments: the optional DIR and --json.
+
+    Args:
+        p: the `verify` subcommand's parser, filled in place.
+    """
     p.description = (
         "Hash every checkpoint in the cache (or in DIR, e.g. a mirror built by 'download --to') and "
         "compare it with its record, with the digest recorded when it was downloaded and checked, or with the "
@@ -172,6 +213,17 @@ def add_verify(p: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    """Re-hash every checkpoint in the cache (or DIR) and compare it with its record, stamp or name.
+
+    Args:
+        args: the parsed arguments of `vggnet verify` (see `add_verify`).
+
+    Returns:
+        0 (`EXIT_OK`) when no file is corrupt; 1 (`EXIT_FAILURE`) when any is, each named on stderr with the fix.
+
+    Raises:
+        UsageError: DIR is given and is not a folder (exit 2).
+    """
     from tqdm import tqdm
 
     from vggnet.hub import cache_dir, cached_files, verify_file
@@ -249,6 +301,13 @@ _IN_NAME = "the digest in its name"
 
 
 def add_cache(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet cache`'s description and arguments.
+
+    The arguments: --remove NAME... or --clear, and --json.
+
+    Args:
+        p: the `cache` subcommand's parser, filled in place.
+    """
     p.description = (
         "List the files in the cache directory ($VGGNET_HOME, else torch.hub's checkpoint "
         "directory, shared with torchvision) with their sizes, or remove some. Removing a checkpoint also "
@@ -269,6 +328,14 @@ def add_cache(p: argparse.ArgumentParser) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
+    """List the cache's files with their sizes and weights, or remove the ones --remove or --clear select.
+
+    Args:
+        args: the parsed arguments of `vggnet cache` (see `add_cache`).
+
+    Returns:
+        0 (`EXIT_OK`); files a running download holds are kept and named on stderr.
+    """
     from vggnet.hub import cache_dir, cached_files, remove_cached
 
     folder = cache_dir()

@@ -16,6 +16,13 @@ from vggnet.models.config import ARCHS
 
 
 def add_summary(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet summary`'s description and arguments.
+
+    The arguments: MODEL, --input-size, --batch-size, --num-classes, --json, --plot.
+
+    Args:
+        p: the `summary` subcommand's parser, filled in place.
+    """
     p.description = (
         "One row per layer (the paper's names: conv1_1 ... pool5, avgpool, fc6 ... fc8) with its "
         "output shape, receptive field (side, jump and start in input pixels), parameters, multiply-adds and "
@@ -36,6 +43,14 @@ def add_summary(p: argparse.ArgumentParser) -> None:
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    """Print a model's per-layer table (shapes, receptive field, parameters, MACs, memory), or JSON.
+
+    Args:
+        args: the parsed arguments of `vggnet summary` (see `add_summary`).
+
+    Returns:
+        0 (`EXIT_OK`); computed on the meta device, nothing is downloaded. --plot also writes the picture.
+    """
     from vggnet.models.summary import format_summary, plot_summary, summarize
 
     summary = summarize(args.arch, args.input_size, batch_size=args.batch_size, num_classes=args.num_classes)
@@ -53,6 +68,14 @@ _DTYPES = ("float32", "bfloat16", "float16", "int8")
 
 
 def add_bench(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet bench`'s description and arguments.
+
+    The arguments: --arch, --batch-size, --image-size, --device, --dtype, --compile, --iters, --rounds,
+    --no-torchvision, --json.
+
+    Args:
+        p: the `bench` subcommand's parser, filled in place.
+    """
     p.description = (
         "Times vggnet eager, vggnet optimize_for_inference and, when installed, torchvision on "
         "the same random input and weights, in interleaved rounds (median), and the share of the device's "
@@ -81,6 +104,14 @@ def add_bench(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """Time vggnet eager, vggnet optimized and torchvision on random weights, and print the report.
+
+    Args:
+        args: the parsed arguments of `vggnet bench` (see `add_bench`).
+
+    Returns:
+        0 (`EXIT_OK`).
+    """
     import torch
 
     from vggnet.deploy import bench

@@ -91,6 +91,13 @@ def _finished(args: argparse.Namespace, summary: PredictSummary | EmbedSummary, 
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet predict`'s description and arguments.
+
+    The arguments: the images, the model and run options, --topk, --json, and --output/--format/--resume/--overwrite.
+
+    Args:
+        p: the `predict` subcommand's parser, filled in place.
+    """
     p.description = (
         "Classify images with a model and its weights: the weights' preprocessing, then the top-k "
         "labels with their probabilities. IMAGE is a file, a folder (its images at any depth), a glob pattern "
@@ -115,6 +122,19 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """Classify the images and print their top-k labels, or write one line per image to --output.
+
+    Args:
+        args: the parsed arguments of `vggnet predict` (see `add_predict`).
+
+    Returns:
+        0 (`EXIT_OK`) when every image was read; 1 (`EXIT_FAILURE`) when any could not be (each reported, the
+            others still classified).
+
+    Raises:
+        UsageError: --resume, --overwrite or --format without --output, --json with --output, no --output under
+            torchrun, or no image named (exit 2).
+    """
     from vggnet.batch.engine import Session
     from vggnet.batch.predict import iter_predictions, predict_images
 
@@ -166,6 +186,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet evaluate`'s description and arguments.
+
+    The arguments: DATA, the model and run options, --json, --plot.
+
+    Args:
+        p: the `evaluate` subcommand's parser, filled in place.
+    """
     p.description = (
         "Score a model on DATA/<class>/<images> (class index: the weights' own class names when "
         "the folders are named after them, else the sorted folder order) or on ImageNet's validation layout "
@@ -181,6 +208,17 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """Score the model on a labelled folder and print acc@1, acc@5, the loss and per-class accuracy.
+
+    Args:
+        args: the parsed arguments of `vggnet evaluate` (see `add_evaluate`).
+
+    Returns:
+        0 (`EXIT_OK`); unreadable images are reported and left out of the counts. Under torchrun only rank 0 prints.
+
+    Raises:
+        UsageError: --plot does not name a .png file, or DATA is not a folder (exit 2).
+    """
     from vggnet.batch.evaluate import evaluate, plot_confusion
 
     if args.plot is not None and args.plot.suffix.lower() != ".png":
@@ -231,6 +269,14 @@ def _evaluation_text(result: Evaluation, loaded: Loaded, data: Path) -> str:
 
 
 def add_embed(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet embed`'s description and arguments.
+
+    The arguments: the images, --layer, --out, --pool, --normalize, --shard-size, --resume, --overwrite and the model
+    and run options.
+
+    Args:
+        p: the `embed` subcommand's parser, filled in place.
+    """
     p.description = (
         "Run the model up to --layer for every image and write the features to --out DIR: "
         "features-NNNNNN.npy shards of float32 rows and index.jsonl, one line per image with its shard and "
@@ -250,6 +296,18 @@ def add_embed(p: argparse.ArgumentParser) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> int:
+    """Write the --layer features of every image to --out as .npy shards with an index.jsonl.
+
+    Args:
+        args: the parsed arguments of `vggnet embed` (see `add_embed`).
+
+    Returns:
+        0 (`EXIT_OK`) when every image was read; 1 (`EXIT_FAILURE`) when any could not be (its index line holds
+            the error).
+
+    Raises:
+        UsageError: --layer is not a layer of the model; the message lists the valid names (exit 2).
+    """
     from vggnet.batch.embed import check_folder, embed_images
 
     if rank() == 0:  # before any weights are fetched

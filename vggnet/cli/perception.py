@@ -37,6 +37,13 @@ METHODS = ("gradcam",)
 
 
 def add_lpips(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet lpips`'s description and arguments.
+
+    The arguments: IMG1, IMG2, the trunk, --version, --lin-weights, --size, --device, --json.
+
+    Args:
+        p: the `lpips` subcommand's parser, filled in place.
+    """
     p.description = (
         "LPIPS (Zhang et al. 2018) between two images of the same size (or both resized with --size): "
         "VGG16's five relu taps, unit-normalised, weighted by the LPIPS project's published linear layers "
@@ -55,6 +62,17 @@ def add_lpips(p: argparse.ArgumentParser) -> None:
 
 
 def run_lpips(args: argparse.Namespace) -> int:
+    """Print the LPIPS distance between two images (0 for identical ones).
+
+    Args:
+        args: the parsed arguments of `vggnet lpips` (see `add_lpips`).
+
+    Returns:
+        0 (`EXIT_OK`).
+
+    Raises:
+        UsageError: the images differ in size and --size was not given (exit 2).
+    """
     import torch
 
     from vggnet.data.decode import load_image, pil_to_tensor
@@ -98,6 +116,14 @@ def run_lpips(args: argparse.Namespace) -> int:
 
 
 def add_explain(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet explain`'s description and arguments.
+
+    The arguments: IMAGE, the weights, --layer, --method, --class, --topk, --alpha, --device, --out, --json and the
+    preprocessing options.
+
+    Args:
+        p: the `explain` subcommand's parser, filled in place.
+    """
     p.description = (
         "Grad-CAM (computed by Captum's LayerGradCam: pip install 'vggnet[explain]') of the top "
         "class, or of --class K, at a layer (default: the last convolution, conv5_3 in vgg16), drawn in jet "
@@ -118,6 +144,14 @@ def add_explain(p: argparse.ArgumentParser) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    """Draw the Grad-CAM heat map of the top class (or --class) over the image into --out, and print the top classes.
+
+    Args:
+        args: the parsed arguments of `vggnet explain` (see `add_explain`).
+
+    Returns:
+        0 (`EXIT_OK`).
+    """
     from vggnet.data.outputs import save_png
     from vggnet.seeing.explain import explain
     from vggnet.seeing.pictures import label, overlay
@@ -162,6 +196,14 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def add_features(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet features`'s description and arguments.
+
+    The arguments: IMAGE, the weights, --layer, --count, --tile, --columns, --device, --out, --json and the
+    preprocessing options.
+
+    Args:
+        p: the `features` subcommand's parser, filled in place.
+    """
     p.description = (
         "The channels of a layer with the largest mean activation for an image (after the weights' "
         "resize and crop), each drawn in jet colours from its own minimum to its maximum, labelled with its "
@@ -180,6 +222,14 @@ def add_features(p: argparse.ArgumentParser) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    """Draw a grid of a layer's strongest feature maps for the image into --out, and print their channels.
+
+    Args:
+        args: the parsed arguments of `vggnet features` (see `add_features`).
+
+    Returns:
+        0 (`EXIT_OK`).
+    """
     from vggnet.data.outputs import save_png
     from vggnet.seeing.feature_maps import feature_maps
 

@@ -33,6 +33,11 @@ FINETUNE_OPTIONS = (
 
 
 def add_finetune(p: argparse.ArgumentParser) -> None:
+    """Declare `vggnet finetune`'s description, DATA, and its model, recipe, device and run-folder options.
+
+    Args:
+        p: the `finetune` subcommand's parser, filled in place.
+    """
     p.description = (
         "Fine-tune on an ImageFolder layout: DATA/train/<class>/*.jpg|png and DATA/val/<class>/. "
         "--mode linear freezes the backbone, computes the fc7 features once and trains fc8 on them; --mode full "
@@ -89,6 +94,14 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune on DATA by `vggnet.train.finetune.finetune` and print the best validation accuracy and checkpoint.
+
+    Args:
+        args: the parsed arguments of `vggnet finetune` (see `add_finetune`).
+
+    Returns:
+        0 (`EXIT_OK`); under torchrun only rank 0 prints.
+    """
     from vggnet.train.finetune import finetune
 
     if not args.quiet:  # the per-epoch figures are logged at INFO

@@ -26,7 +26,21 @@ __all__ = ["CachedFile", "Removed", "cached_files", "remove_cached"]
 
 @dataclass(frozen=True)
 class CachedFile:
-    """A file in a cache or mirror folder, with the stamp and lock that serve it (see the module docstring)."""
+    """A file in a cache or mirror folder, with the stamp and lock that serve it, as `cached_files` lists it.
+
+    Attributes:
+        path: the file.
+        kind: "checkpoint" (any file but vggnet's bookkeeping), "zip copy" (the zip-format copy vggnet made of a
+            legacy file), "partial" (an unfinished download), "corrupt" (a copy moved aside when its digest did
+            not match), "lock" (one whose checkpoint is not there and no partial download explains: left by a
+            failed download), or "not a regular file" (a link, FIFO or device: never opened).
+        base: the name of the checkpoint it belongs to (its own name for a checkpoint).
+        size: its size in bytes.
+        related: its NAME.stamp and NAME.lock, where present: removed with it.
+        sha256: the digest its stamp recorded when it was last hashed; None without a stamp.
+        checked: that digest matched an expected one (or is of a zip copy vggnet wrote), so `vggnet verify` can
+            compare against it.
+    """
 
     path: Path
     # "checkpoint" (any file but vggnet's bookkeeping), "zip copy", "partial", "corrupt", "lock" (one whose
@@ -59,13 +73,19 @@ class CachedFile:
 
 @dataclass(frozen=True)
 class Removed:
-    """What `remove_cached` deleted, and what it left because another live process holds it."""
+    """What `remove_cached` deleted, and what it left because another live process holds it.
+
+    Attributes:
+        files: the entries deleted, each with its stamp and lock.
+        skipped: what was left in place: the partial file of a running download, a lock a process holds.
+    """
 
     files: tuple[CachedFile, ...]
     skipped: tuple[Path, ...]  # the partial file of a running download, a lock a process holds
 
     @property
     def freed(self) -> int:
+        """The bytes the deleted files took (their sizes summed)."""
         return sum(entry.size for entry in self.files)
 
 
@@ -75,14 +95,23 @@ _CORRUPT = re.compile(r"(.+)\.corrupt-\d{8}-\d{6}-[0-9a-f]{4}")  # see cached_di
 
 
 def cached_files(folder: str | os.PathLike[str] | None = None) -> list[CachedFile]:
-    """The files in `folder` (default: the cache directory) in name order, each with its stamp and lock.
+    """List the files of a cache or mirror folder in name order, each with its stamp and lock.
 
     Only vggnet's own names are taken for bookkeeping: `NAME.<digest>.<id>.partial`,
     `NAME.corrupt-<time>-<id>`, and `NAME.zip` with the stamp vggnet wrote for it. Any other file
-    (torch.hub's own `*.partial` included) is a "checkpoint" of its own name. Hidden files
-    (temporaries, the local files' `.stamps/`) and directories are left out; a name that is a link,
-    FIFO or device is listed as "not a regular file" (and never opened). A missing folder holds
-    nothing, and a file in its place is an error naming it (and VGGNET_HOME, when that is what points there).
+    (torch.hub's own `*.partial` included) is a "checkpoint" of its own name. Hidden files (temporaries,
+    the local files' `.stamps/`) and directories are left out; a name that is a link, FIFO or device is
+    listed as "not a regular file" and never opened.
+
+    Args:
+        folder: the folder to list; None for the cache directory (`cache_dir()`).
+
+    Returns:
+        One `CachedFile` per file; empty when the folder does not exist.
+
+    Raises:
+        OSError: a file stands where the folder should be; the message names it (and VGGNET_HOME when that is
+            what points there).
     """
     where = cache_dir() if folder is None else Path(folder)
     try:
@@ -134,14 +163,21 @@ def _kind_of(name: str, stamp: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def remove_cached(*names: str, folder: str | os.PathLike[str] | None = None, local_stamps: bool = False) -> Removed:
-    """Delete `names` (as `cached_files` lists them) from `folder` (default: the cache directory).
+    """Delete files from a cache or mirror folder by the names `cached_files` lists.
 
-    A checkpoint's name takes all that belongs to it: stamp, lock, zip copy, partial downloads,
-    corrupt copies. The name of a zip copy, partial or corrupt copy takes only that file (and its
-    stamp and lock). What another live process holds (the partial file of a running download, a
-    held lock) is left in place and listed in `skipped`. `local_stamps=True` also forgets the
-    digests recorded for local files (`.stamps/`), which are then hashed again on their next use.
-    Names that are not in the folder are ignored.
+    A checkpoint's name takes all that belongs to it: stamp, lock, zip copy, partial downloads and
+    corrupt copies. The name of a zip copy, partial or corrupt copy takes only that file (and its stamp
+    and lock). What another live process holds (the partial file of a running download, a held lock) is
+    left in place.
+
+    Args:
+        *names: file names as listed (`CachedFile.path.name`); names that are not in the folder are ignored.
+        folder: the folder; None for the cache directory.
+        local_stamps: also forget the digests recorded for local files (`.stamps/`), which are then hashed
+            again on their next use (`vggnet cache --clear`).
+
+    Returns:
+        What was deleted and what was left because a process holds it.
     """
     where = cache_dir() if folder is None else Path(folder)
     try:

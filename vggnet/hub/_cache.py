@@ -79,7 +79,17 @@ LOCAL_HINT = (
 
 
 def normalize_digest(sha256: str) -> str:
-    """A SHA-256 digest or hex prefix in lower case; ValueError unless it has 8 to 64 hex digits."""
+    """Check a SHA-256 digest or hex prefix and give it in lower case.
+
+    Args:
+        sha256: the full 64 hex digits, or a prefix of at least 8; any case.
+
+    Returns:
+        The digest in lower case.
+
+    Raises:
+        UsageError: it is not 8 to 64 hex digits (a ValueError; exit 2 on the command line).
+    """
     digest = sha256.lower()
     if not _DIGEST.fullmatch(digest):
         raise UsageError(
@@ -89,10 +99,13 @@ def normalize_digest(sha256: str) -> str:
 
 
 def cache_dir() -> Path:
-    """Where checkpoints are cached: $VGGNET_HOME, else torch.hub's checkpoint directory.
+    """Say where checkpoints are cached: $VGGNET_HOME, else torch.hub's checkpoint directory.
 
     torch.hub's directory is `$TORCH_HOME/hub/checkpoints` (default `~/.cache/torch/hub/checkpoints`),
     shared with torchvision. Nothing is created here; the first download creates the directory.
+
+    Returns:
+        The cache directory (it may not exist yet).
     """
     return settings.home() or torch_hub_checkpoints()
 
@@ -102,9 +115,19 @@ def torch_hub_checkpoints() -> Path:
 
 
 def verify_file(path: str | os.PathLike[str], expected: str | None = None, *, progress: Progress | None = None) -> str:
-    """`path`'s full SHA-256, hashed afresh: no stamp is trusted or written. `progress` sees each chunk's size.
+    """Hash a file afresh (no stamp is trusted or written) and compare it with an expected digest.
 
-    Raises `ChecksumError` (with `.actual`) if the digest does not start with `expected`, a digest or its prefix.
+    Args:
+        path: the file; a link is followed (it is the caller's own path), but only a regular file is read.
+        expected: the full digest or a prefix it must start with, in lower case; None only hashes.
+        progress: called with each chunk's size in bytes while hashing (a progress bar's `update`).
+
+    Returns:
+        The file's full SHA-256, 64 lower-case hex digits.
+
+    Raises:
+        ChecksumError: the digest does not start with `expected`; `.actual` holds the digest found. The file
+            is left where it is.
     """
     digest = hash_file(Path(path), progress, follow=True)  # the caller's own path; still only a regular file
     if expected is not None and not digest.startswith(expected):
@@ -135,9 +158,15 @@ def safe_name(name: str, *, source: str) -> str:
 
 
 def file_name_from_url(url: str) -> str:
-    """The file name a URL is cached under: its last path segment, percent-decoded; ValueError if hostile.
+    """Give the file name a URL is cached under: its last path segment, percent-decoded.
 
     The segment is taken before decoding, so "a%2F..%2Fb" is refused, not shortened to "b".
+
+    Args:
+        url: the checkpoint's URL.
+
+    Returns:
+        A plain file name (no separator, no leading dot, no control characters, at most 200 bytes).
     """
     return safe_name(urlsplit(url).path.rsplit("/", 1)[-1], source=repr(url))
 

@@ -85,13 +85,23 @@ def load_weights(
     map_location: MapLocation = None,
     file_name: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The state dict of a published checkpoint: found in the cache or downloaded, verified, loaded weights-only.
+    """Load the state dict of a published checkpoint: found in the cache or downloaded, verified, weights-only.
 
-    `sha256` is the full digest or a hex prefix (at least 8 digits); `size` is the exact byte count and
-    `max_size` an upper bound, when known. Files under the official base URL are fetched from
-    `VGGNET_MIRROR` when it is set. With `VGGNET_HOME` set, a file of the same name in torch.hub's
-    cache is reused (hard-linked or copied in) once its digest matches. `file_name`: the cache name,
-    where the URL's last segment is not unique. `Weights.get_state_dict` calls this.
+    Files under the official base URL are fetched from `VGGNET_MIRROR` when it is set. With `VGGNET_HOME`
+    set, a file of the same name in torch.hub's cache is reused (hard-linked or copied in) once its digest
+    matches. `Weights.get_state_dict` calls this.
+
+    Args:
+        url: the checkpoint's URL.
+        sha256: the full digest or a hex prefix of at least 8 digits; the file must match it.
+        size: the exact byte count, when known: a download of another size is refused.
+        max_size: an upper bound on the byte count, when the exact one is not known.
+        progress: show a progress bar on stderr while downloading.
+        map_location: where the tensors go (as in `torch.load`); None keeps them where they were saved.
+        file_name: the name in the cache, where the URL's last segment is not unique.
+
+    Returns:
+        The state dict, read from the very open file that was checked against `sha256`.
     """
     name = safe_name(file_name, source="file_name") if file_name is not None else file_name_from_url(url)
     where = cache_dir()
@@ -121,14 +131,34 @@ def fetch(
     timeout: Timeout = TIMEOUT,
     retries: int = RETRIES,
 ) -> Path:
-    """The path of a verified copy of `url`: a cache hit, a fresh download, or a local file checked in place.
+    """Give the path of a verified copy of `url`: a cache hit, a fresh download, or a local file checked in place.
 
-    `url` is https, http, `file://` or a local path (verified where it is, not copied). `sha256` is the
-    full digest or a hex prefix of at least 8 digits; without it the prefix in a torch.hub-style name
-    (`name-<hex>.pth`) is checked, and with neither a warning says nothing could be verified. `size`
-    (bytes), when known, is enforced. `timeout` is (connect, read) seconds or one number for both;
-    `retries` bounds the retries after connection errors, 5xx and 429. Raises `ChecksumError`,
-    `DownloadError`, `FileNotFoundError` (offline and not cached) or `ValueError` (a hostile name).
+    Without `sha256` the prefix in a torch.hub-style name (`name-<hex>.pth`) is checked, and with neither a
+    warning says nothing could be verified. A download goes to a private temporary file in the cache,
+    hashed while it streams, and is renamed into place only once its digest matches; a partial download is
+    resumed. With `VGGNET_OFFLINE` set nothing is downloaded.
+
+    Args:
+        url: https, http, `file://` or a local path (verified where it is, not copied).
+        sha256: the full digest or a hex prefix of at least 8 digits.
+        size: the exact byte count, when known; enforced.
+        model_dir: the folder to cache into; default the cache directory (`cache_dir()`).
+        file_name: the name to cache under; default the URL's last path segment.
+        progress: show a progress bar on stderr while downloading.
+        timeout: (connect, read) seconds, or one number for both; the read timeout is the longest silence
+            between two reads (`VGGNET_DOWNLOAD_DEADLINE` bounds a whole download, retries included).
+        retries: how many times a download is retried after connection errors, 5xx and 429 answers.
+
+    Returns:
+        The verified file's path.
+
+    Raises:
+        ChecksumError: the file's digest does not match; nothing is kept under its name (a cached copy that
+            stopped matching is moved aside as NAME.corrupt-*), a local file is left where it is.
+        DownloadError: the server failed or refused after the retries.
+        NotCachedError: `VGGNET_OFFLINE` is set and the file is not cached (a FileNotFoundError).
+        MissingPathError: a local path or `file://` URL names no file.
+        UsageError: a hostile file name, an unsupported URL scheme, or a bad `sha256`.
     """
     path, _ = _fetch_url(
         url, sha256=sha256, size=size, model_dir=model_dir, file_name=file_name,
@@ -146,11 +176,23 @@ def load_state_dict_from_url(
     progress: bool = True,
     file_name: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """torch.hub's function of the same name, stricter: verified (see `fetch`), weights only, memory-mapped.
+    """Load a state dict from a URL as torch.hub's function of that name does, but verified, weights-only, mmapped.
 
     The checkpoint must be a state dict (a mapping of names to tensors); a dict that holds one under
-    "state_dict" or "model" (a training checkpoint) is unwrapped. A checkpoint carrying pickled code
-    is refused before any of it runs.
+    "state_dict" or "model" (a training checkpoint) is unwrapped. A checkpoint carrying pickled code is
+    refused before any of it runs.
+
+    Args:
+        url: https, http, `file://` or a local path, fetched as `fetch` does.
+        sha256: the full digest or a hex prefix of at least 8 digits; without it, the prefix in a
+            torch.hub-style name is checked (see `fetch`).
+        model_dir: the folder to cache into; default the cache directory.
+        map_location: where the tensors go (as in `torch.load`); None keeps them where they were saved.
+        progress: show a progress bar on stderr while downloading.
+        file_name: the name to cache under; default the URL's last path segment.
+
+    Returns:
+        The state dict.
     """
     path, digest = _fetch_url(
         url, sha256=sha256, size=None, model_dir=model_dir, file_name=file_name,
@@ -202,10 +244,21 @@ def open_verified(
 def add_to_mirror(
     url: str, folder: str | os.PathLike[str], *, sha256: str, size: int | None = None, progress: bool = True
 ) -> Path:
-    """The file at `url`, verified, under its own name in `folder`, a directory `VGGNET_MIRROR` can point at.
+    """Put the file at `url`, verified, under its own name in `folder`, a directory `VGGNET_MIRROR` can point at.
 
-    A copy in the cache that matches `sha256` is hard-linked (or copied); otherwise (none, or one
-    that no longer matches and is moved aside) the file is downloaded straight into `folder`.
+    A copy in the cache that matches `sha256` is hard-linked (or copied); otherwise (none, or one that no
+    longer matches and is moved aside) the file is downloaded straight into `folder`. `vggnet download --to`
+    calls this.
+
+    Args:
+        url: the checkpoint's URL; its last path segment is the name in `folder`.
+        folder: the mirror directory; made if missing.
+        sha256: the full digest or a hex prefix of at least 8 digits.
+        size: the exact byte count, when known.
+        progress: show a progress bar on stderr while downloading.
+
+    Returns:
+        The verified file in `folder`.
     """
     folder = Path(folder)
     name = file_name_from_url(url)

@@ -119,7 +119,14 @@ def detect_format(source: str | os.PathLike[str] | IO[bytes], name: str | os.Pat
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The full SHA-256 of a file, in hex."""
+    """Hash a whole file with SHA-256.
+
+    Args:
+        path: the file to read.
+
+    Returns:
+        Its SHA-256, 64 lower-case hex digits.
+    """
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -139,7 +146,15 @@ def safetensors_torch() -> Any:
 
 
 def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors, memory-mapped (no pickle involved)."""
+    """Read a safetensors file's tensors, memory-mapped (no pickle involved).
+
+    Args:
+        path: the .safetensors file.
+        device: where the tensors go ("cpu", "cuda:0", ...).
+
+    Returns:
+        Name -> tensor, as stored.
+    """
     state: dict[str, torch.Tensor] = safetensors_torch().load_file(os.fspath(path), device=str(device))
     return state
 
@@ -147,7 +162,16 @@ def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = 
 def save_safetensors(
     state: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write `state` as safetensors, atomically (a temporary file in the same folder, fsynced, then a rename)."""
+    """Write a state dict as safetensors, atomically (a temporary file in the same folder, fsynced, then a rename).
+
+    The file is read back and compared before it is renamed into place; a link at `path` is replaced,
+    never written through.
+
+    Args:
+        state: name -> tensor; each is written contiguous, on the CPU.
+        path: the file to write.
+        metadata: string pairs for the safetensors header ("format": "pt" is added).
+    """
     write_tensors(state, path, metadata=metadata, fmt="safetensors")
 
 

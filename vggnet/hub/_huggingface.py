@@ -83,7 +83,12 @@ _REFETCH = "Delete the file (or the repository, with `hf cache rm`) and download
 
 @dataclass(frozen=True)
 class HubName:
-    """A parsed "hf-hub:owner/name[@revision]": the repository and the revision (None: main)."""
+    """A parsed "hf-hub:owner/name[@revision]".
+
+    Attributes:
+        repo_id: "owner/name", e.g. "timm/vgg16.tv_in1k".
+        revision: a branch, tag or commit; None for the repository's main branch.
+    """
 
     repo_id: str
     revision: str | None
@@ -101,7 +106,15 @@ class _HubFile:
 
 @dataclass(frozen=True)
 class HubFetched:
-    """A verified file in the Hub cache: `path` is `snapshots/<commit>/<file>`, `blob` the regular file it names."""
+    """A verified file in the Hub cache.
+
+    Attributes:
+        path: `snapshots/<commit>/<file>`, the name Hugging Face's own tools read (a link to its blob, as
+            huggingface_hub lays it out).
+        blob: the regular file `blobs/<sha256>` that `path` names.
+        sha256: the file's SHA-256, checked against the one the Hub announced (or the one asked for).
+        commit: the commit the revision resolved to.
+    """
 
     path: Path
     blob: Path
@@ -110,12 +123,30 @@ class HubFetched:
 
 
 def is_hf_hub(name: str) -> bool:
-    """Whether a weights argument names a Hugging Face Hub repository ("hf-hub:...")."""
+    """Tell whether a weights argument names a Hugging Face Hub repository.
+
+    Args:
+        name: a weights argument.
+
+    Returns:
+        True when it starts with "hf-hub:" (whether the rest is valid is `parse_hf_hub`'s to say).
+    """
     return name.startswith(HF_PREFIX)
 
 
 def parse_hf_hub(name: str) -> HubName:
-    """ "hf-hub:timm/vgg16_bn.tv_in1k" (or "...@revision") -> HubName; UsageError for anything else."""
+    """Parse "hf-hub:timm/vgg16_bn.tv_in1k" (or "...@revision") into a repository and a revision.
+
+    Args:
+        name: "hf-hub:owner/repository", optionally followed by "@revision".
+
+    Returns:
+        The repository and revision (None: main).
+
+    Raises:
+        UsageError: `name` does not start with "hf-hub:", the repository is not "owner/name" (".." and "--"
+            are refused too), or the revision is not a plain name.
+    """
     if not is_hf_hub(name):
         raise UsageError(
             f"{name!r} is not a Hub name; write it as 'hf-hub:owner/repository', e.g. hf-hub:timm/vgg16.tv_in1k"

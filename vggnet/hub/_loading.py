@@ -65,9 +65,15 @@ MapLocation = str | torch.device | None
 class VerifiedFile:
     """A weights file opened once and checked against its digest: read it through `file`, never by `path` again.
 
-    `sha256` is the digest the open file matched (None for a local file given without one: opened once
-    and read as it is); `format` its format read from its first bytes (None: none vggnet reads);
-    `where` the cache folder holding its stamp and, for a legacy-format file, its zip copy.
+    Attributes:
+        file: the open file, positioned anywhere; readers seek as they need.
+        path: its name, for messages (a file renamed over that name since is never read).
+        sha256: the digest the open file matched; None for a local file given without one (opened once and read
+            as it is).
+        format: its format, read from its first bytes ("zip", "pickle", "safetensors", "hdf5"); None: none vggnet
+            reads.
+        where: the cache folder holding its stamp and, for a legacy-format file, its zip copy; None for an
+            unchecked local file.
     """
 
     file: IO[bytes]
@@ -121,7 +127,7 @@ def read_tensors(
 
     Returns:
         The state dict: the file's mapping of names to tensors, or the one it holds under "state_dict"
-        or "model" (a training checkpoint).
+            or "model" (a training checkpoint).
 
     Raises:
         BadCheckpointError: the file is none of the formats, holds no state dict, is cut short, or
@@ -172,11 +178,24 @@ _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def weights_only_load(f: IO[bytes], path: Path, *, mmap: bool, map_location: MapLocation) -> Any:
-    """torch.load of the open file `f` (named `path`), weights only; memory-mapped through /proc/self/fd if asked.
+    """Run torch.load on the open file `f` with `weights_only=True`, memory-mapped through /proc/self/fd if asked.
 
-    torch.load memory-maps only a named file: /proc/self/fd/N names the very file `f` holds open,
-    whatever has been renamed since. Elsewhere the file is read through `f`, without mmap. A pickle
-    asking for code gives one line naming the file, not torch's advice.
+    torch.load memory-maps only a named file: /proc/self/fd/N names the very file `f` holds open, whatever
+    has been renamed since. Elsewhere the file is read through `f`, without mmap.
+
+    Args:
+        f: the open file; it is read from its start.
+        path: its name, for messages.
+        mmap: memory-map the tensors (a zip-format file) instead of reading them into memory.
+        map_location: where the tensors go (as in `torch.load`); None keeps them where they were saved.
+
+    Returns:
+        What the file holds: tensors, and dicts, lists, strings and numbers of them.
+
+    Raises:
+        UnsafeCheckpointError: the pickle asks for code (a global that is not a tensor type); one line naming
+            the file and the global, not torch's advice to load it unsafely.
+        CorruptCheckpointError: the file cannot be read as a PyTorch checkpoint (cut short, not one at all).
     """
     f.seek(0)
     named = fd_path(f) if mmap else None

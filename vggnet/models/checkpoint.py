@@ -58,12 +58,21 @@ _IMAGENET_CLASSES = 1000
 
 @dataclass
 class Loaded:
-    """A model built from a weights source, with what it needs to be used.
+    """A model built from a weights source, with what it needs to be used: `preset(image)`, then `model(batch)`.
 
-    `categories` are the labels of its outputs (None for a record whose classifier is unusable, such as
-    VGG16_Weights.IMAGENET1K_FEATURES); `weights` says what was loaded ("VGG16_Weights.IMAGENET1K_V1",
-    a path, a URL, "random"); `info` holds a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`;
-    `finetune` records mode, epoch, val_acc and weights there).
+    Attributes:
+        model: the network with the weights loaded, on the device asked for.
+        preset: the preprocessing the weights expect: a record's own, a vggnet checkpoint's, Keras' for a Keras
+            file, else ImageNet's (assumed for a plain state dict, said once at WARNING).
+        categories: the labels of the outputs: the record's, the checkpoint's classes, ImageNet's for a plain
+            state dict with 1000 outputs; "class 0", "class 1", ... where the source's labels do not fit fc8
+            (a new head). None for a record whose classifier is unusable (VGG16_Weights.IMAGENET1K_FEATURES).
+        arch: the builder name the model was built with ("vgg16_bn").
+        weights: what was loaded, for messages and reports: "VGG16_Weights.IMAGENET1K_V1", a path, a URL, an
+            "hf-hub:" name or "random".
+        source: what `sources.classify` made of the weights argument.
+        info: a vggnet checkpoint's free metadata (`vggnet.save(..., **meta)`; `finetune` records mode, epoch,
+            val_acc and weights there); empty for other sources.
     """
 
     model: VGG
@@ -95,27 +104,28 @@ def load(
     sha256: str | None = None,
     classifier: bool = False,
 ) -> Loaded:
-    """Build the model `weights` describes (see the module docstring) on `device`.
+    """Build the model a weights source describes, with its preset and labels; every argument is checked before a fetch.
 
     Args:
-        weights: what to load: None (random), a record or its name, a file, a URL, an "hf-hub:" name.
-        arch: the builder; None: the source's own, else vgg16.
-        num_classes: None: the source's; another width gets a fresh fc8; 0: no fc8.
-        in_chans: None: the source's (3 for records); a 3-channel first convolution is adapted.
-        head: "vgg", "gap" or "fc7"; None: the source's.
-        global_pool: "avg" or "" (no pooling, with num_classes=0); None: the source's ("avg").
-        dropout: the vgg head's dropout probability; None: 0.5.
-        init_weights: initialise as torchvision does before the weights are assigned; None: True.
-        device: where the model is built and the tensors loaded.
-        progress: show a progress bar while downloading.
-        sha256: the digest (or 8+ hex digits) a file or URL must have.
-        classifier: refuse, before any download, a record whose classifier is unusable.
+        weights: None (random), a record or its name, a checkpoint file, a URL or an "hf-hub:" name (`SOURCE_RULES`).
+        arch: the builder; default the source's own, else vgg16. One the source contradicts is an `ArchMismatch`.
+        num_classes: fc8's width; default the source's. Another width gets a freshly initialised fc8; 0: no fc8.
+        in_chans: input channels; default the source's (3 for records); a pretrained conv1_1 is adapted.
+        head: "vgg", "gap" or "fc7"; default the source's.
+        global_pool: "avg" or "" (no pooling, only with num_classes=0); default the source's ("avg").
+        dropout: the vgg head's dropout probability; default 0.5.
+        init_weights: initialise as torchvision does before the weights are assigned; default True.
+        device: where the model goes ("cpu", "cuda:1"), checked against this machine's; None: the CPU.
+        progress: show a progress bar on stderr while downloading.
+        sha256: the digest (or its first 8+ hex digits) a file or URL must have.
+        classifier: refuse, before any download, a record whose fc8 is unusable (the features-only VGG16).
 
     Returns:
-        The model, its preset, its class names and what was loaded (`Loaded`).
+        The model, its preset, labels, builder name, what was loaded and the checkpoint's metadata.
 
     Raises:
-        UsageError: a bad argument, before anything is fetched (a ValueError).
+        UsageError: a bad argument, or `sha256` given with a record, which carries its own digest (exit 2 on
+            the command line); all before anything is fetched.
     """
     arch = check_arch(arch) if arch is not None else None
     dev = check_device(device)
@@ -354,8 +364,9 @@ def _say_assumed(loaded: Loaded, what: str, *, preset: bool, labels: bool) -> No
             "ImageNet's labels" if names is IMAGENET_CATEGORIES else f"labels {names[0]!r} ... {names[-1]!r}"
         )
     logger.warning(
-        "%s %s: assuming %s; change the preset with --resize, --crop, --mean and --std on the command line, or "
-        "save the model with vggnet.save(model, path, classes=[...], preset=...) to keep both in the file",
+        "%s %s: assuming %s, unless told otherwise (on the command line --resize, --crop, --mean and --std "
+        "override the preset); save the model with vggnet.save(model, path, classes=[...], preset=...) to keep "
+        "both in the file",
         loaded.weights, what, " and ".join(assumed),
     )  # fmt: skip
 

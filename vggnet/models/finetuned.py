@@ -26,7 +26,17 @@ FORMAT = "vggnet.train.finetune/1"  # the "format" entry of a checkpoint `finetu
 
 @dataclass
 class Finetuned:
-    """A fine-tuned checkpoint loaded back: `preset(image)` then `model(batch)`, labels from `classes`."""
+    """A fine-tuned checkpoint loaded back: `preset(image)` then `model(batch)`, labels from `classes`.
+
+    Attributes:
+        model: the network with the trained weights, in eval mode on the device it was loaded to.
+        classes: the class names, in the order of the model's outputs (the folders `finetune` trained on).
+        preset: the preprocessing the model was trained and validated with (resize, crop, mean, std).
+        arch: the builder name, one of `vggnet.models.config.ARCHS`.
+        in_chans: 3 for RGB input, 1 for a model trained on gray images.
+        info: what else the checkpoint records: "mode", "epoch", "val_acc", "weights" (and "head", "backbone"
+            when written).
+    """
 
     model: VGG
     classes: list[str]
@@ -42,7 +52,17 @@ _FINETUNED_FIELDS: Mapping[str, type] = {"arch": str, "in_chans": int, "classes"
 
 
 def check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
-    """BadCheckpointError naming every field of a fine-tuned checkpoint that is missing or of the wrong type."""
+    """Check that a checkpoint `finetune` wrote has every field a loader needs, each of the right type.
+
+    Args:
+        checkpoint: the dict read from the file (its "format" says `FORMAT`).
+        source: the file's name, for the message.
+
+    Raises:
+        BadCheckpointError: "arch", "in_chans", "classes", "preprocessing" or "state_dict" is missing or of the
+            wrong type, "classes" is not a non-empty list of names, or "arch" is not a vggnet builder; the message
+            names every problem at once and nothing is loaded.
+    """
     problems = []
     for key, kind in _FINETUNED_FIELDS.items():
         value = checkpoint.get(key)

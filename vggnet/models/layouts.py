@@ -81,10 +81,23 @@ def write_state_dict(
     layout: Layout = "vggnet",
     metadata: Mapping[str, str] | None = None,
 ) -> str:
-    """Write a vggnet state dict to `path` in the format its suffix names; return the written file's SHA-256.
+    """Write a vggnet state dict to `path` in the format its suffix names, read it back, and return its SHA-256.
 
-    Suffixes: .safetensors, or .pth/.pt/.bin (PyTorch's zip format). `layout="timm"` converts first.
-    The file is read back and compared tensor by tensor before the digest is returned.
+    The file is written to a private temporary file and renamed into place; it is read back and compared
+    tensor by tensor before the digest is returned.
+
+    Args:
+        state: a state dict in vggnet's (torchvision's) keys.
+        path: the file to write: .safetensors, or .pth/.pt/.bin for PyTorch's zip format.
+        layout: "vggnet" writes the keys as they are; "timm" converts them first (`to_timm`), for timm's
+            `vgg16.tv_in1k`-style models.
+        metadata: string pairs stored in a safetensors header (ignored by the PyTorch format).
+
+    Returns:
+        The written file's SHA-256, 64 lower-case hex digits.
+
+    Raises:
+        UsageError: `layout` is neither "vggnet" nor "timm".
     """
     if layout not in ("vggnet", "timm"):
         raise UsageError(f"layout must be 'vggnet' or 'timm', got {layout!r}")
@@ -95,12 +108,29 @@ def write_state_dict(
 
 
 def layout_of(state: Mapping[str, torch.Tensor]) -> Layout:
-    """ "timm" for timm's VGG keys (`pre_logits.fc1`, `head.fc`), else "vggnet"."""
+    """Tell which layout a state dict's keys are in.
+
+    Args:
+        state: a state dict (only its keys are read).
+
+    Returns:
+        "timm" when a key starts with timm's `pre_logits.` or `head.fc.`, else "vggnet".
+    """
     return "timm" if any(k.startswith(("pre_logits.", "head.fc.")) for k in state) else "vggnet"
 
 
 def to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A vggnet (torchvision) state dict in timm's layout: fc6 as a 7x7 conv, fc7 as a 1x1 conv, fc8 as head.fc."""
+    """Convert a vggnet (torchvision) state dict to timm's VGG layout, bit-exact.
+
+    fc6 becomes `pre_logits.fc1`, a 7x7 convolution (4096, 512, 7, 7); fc7 `pre_logits.fc2`, a 1x1 convolution
+    (4096, 4096, 1, 1); fc8 `head.fc`. Other keys (`features.N`) are kept; the tensors are reshaped, not copied.
+
+    Args:
+        state: a state dict in vggnet's keys.
+
+    Returns:
+        A new dict in timm's keys.
+    """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         prefix = next((p for p in _TIMM if key.startswith(p)), None)
@@ -117,7 +147,15 @@ def to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A timm VGG state dict in vggnet's (torchvision's) layout; the inverse of `to_timm`, bit-exact."""
+    """Convert a timm VGG state dict to vggnet's (torchvision's) layout: the inverse of `to_timm`, bit-exact.
+
+    Args:
+        state: a state dict with timm's `pre_logits.fc1`, `pre_logits.fc2` and `head.fc` keys.
+
+    Returns:
+        A new dict in vggnet's keys (`classifier.0/3/6`), fc6 and fc7 flattened back to (4096, 25088) and
+            (4096, 4096).
+    """
     back = {v: k for k, v in _TIMM.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -136,11 +174,14 @@ def from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def keras_shapes() -> dict[str, tuple[tuple[int | None, ...], ...]]:
-    """The shapes of the weights each Keras VGG layer holds (kernel, bias), VGG11 to VGG19, from Table 1.
+    """Give the shapes of the weights each Keras VGG layer holds (kernel, bias), VGG11 to VGG19, from Table 1.
 
-    `block{b}_conv{c}`: ((3, 3, in, out), (out,)); `fc1`: ((7 * 7 * 512, 4096), (4096,)); `fc2`: ((4096,
-    4096), (4096,)); `predictions`: ((4096, None), (None,)), any number of classes. `read_keras_layers`
-    refuses a dataset of another shape before reading a byte of it.
+    `read_keras_layers` refuses a dataset of another shape before reading a byte of it.
+
+    Returns:
+        Layer name -> (kernel shape, bias shape): `block{b}_conv{c}`: ((3, 3, in, out), (out,)); `fc1`:
+            ((7 * 7 * 512, 4096), (4096,)); `fc2`: ((4096, 4096), (4096,)); `predictions`: ((4096, None), (None,)),
+            None standing for any number of classes.
     """
     shapes: dict[str, tuple[tuple[int | None, ...], ...]] = {}
     for row in CONFIGS.values():
@@ -171,10 +212,23 @@ def _keras_convs(row: tuple[Layer, ...]) -> dict[str, tuple[int, int]]:
 def from_keras(
     layers: Mapping[str, list[np.ndarray]], source: str = "the Keras weights"
 ) -> tuple[str, dict[str, torch.Tensor]]:
-    """(builder name, vggnet state dict) from Keras VGG layers: `block{b}_conv{c}` [+ `fc1`, `fc2`, `predictions`].
+    """Turn Keras VGG layers into a builder name and a vggnet state dict.
 
-    The convolutions must be exactly one architecture's. A file without the top (`notop`) gives only
-    `features.*` keys. conv1_1's input channels are reversed (BGR -> RGB): use `transforms.keras_transforms()`.
+    The convolutions must be exactly one architecture's (VGG11, 13, 16 or 19 without BatchNorm). A file without
+    the top (`notop`) gives only `features.*` keys. conv1_1's input channels are reversed (BGR -> RGB), so the
+    model takes RGB: preprocess with `transforms.keras_transforms()`.
+
+    Args:
+        layers: layer name -> [kernel, bias] as Keras stores them: `block{b}_conv{c}` and, with the top, `fc1`,
+            `fc2` and `predictions` (what `hub.read_keras_layers` returns).
+        source: what the layers came from, for the messages (a file name).
+
+    Returns:
+        (builder name, e.g. "vgg16"; state dict in vggnet's keys).
+
+    Raises:
+        BadCheckpointError: the convolutions match no VGG architecture, or the dense layers are not all three of
+            fc1, fc2 and predictions (nor none); nothing is converted.
     """
     convs = [k for k in layers if k.startswith("block") and "_conv" in k]
     arch = next(

@@ -73,7 +73,18 @@ LOCK_NAME = ".vggnet.lock"  # held by the one process running in OUT
 
 @dataclass
 class EpochStats:
-    """One epoch's figures (accuracies in percent; images/s over the training pass)."""
+    """One epoch's figures, as `finetune` logs them and OUT/history.jsonl holds them (one JSON line each).
+
+    Attributes:
+        epoch: the epoch's number, from 1.
+        train_loss: the mean training loss over the epoch, summed over the ranks.
+        val_acc: the validation accuracy (acc@1) after the epoch, in percent.
+        seconds: the epoch's wall time in seconds.
+        train_acc: the training accuracy over the epoch, in percent (on the augmented images).
+        val_loss: the mean validation loss.
+        lr: the learning rate the epoch started with (the last parameter group's, the head's).
+        images_per_s: the training pass's throughput, in images per second.
+    """
 
     epoch: int
     train_loss: float
@@ -85,7 +96,14 @@ class EpochStats:
     images_per_s: float = 0.0
 
     def line(self, epochs: int) -> str:
-        """The one-line summary the CLI shows on stderr."""
+        """Format the epoch as the one line `vggnet finetune` shows on stderr.
+
+        Args:
+            epochs: the run's number of epochs, shown as "epoch 3/10".
+
+        Returns:
+            The line: losses, accuracies, learning rate, time and throughput.
+        """
         return (
             f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {self.train_acc:.2f}%, "
             f"val loss {self.val_loss:.4f} acc {self.val_acc:.2f}%, lr {self.lr:.3g}, {self.seconds:.1f} s, "
@@ -95,7 +113,21 @@ class EpochStats:
 
 @dataclass
 class FinetuneResult:
-    """What `finetune` returns on every rank (only rank 0 wrote `checkpoint`)."""
+    """What `finetune` returns on every rank (only rank 0 wrote `checkpoint`, `last` and the history).
+
+    Attributes:
+        model: the trained network as after the last epoch (not the best one; not DDP-wrapped).
+        classes: the class names in the order of the model's outputs.
+        history: one `EpochStats` per epoch run, resumed epochs included.
+        best_epoch: the epoch of the best validation accuracy (0 before any epoch).
+        best_val_acc: that accuracy in percent (-1 before any epoch).
+        checkpoint: OUT/best.pth, the best epoch's checkpoint; None when no epoch was run.
+        seconds: the run's wall time.
+        rank: this process's rank under torchrun (0 alone).
+        world_size: how many processes trained (1 alone).
+        last: OUT/last.pth, the latest checkpoint with the training state `--resume` continues from.
+        stopped_early: True when early stopping ended the run before its last epoch.
+    """
 
     model: VGG  # the trained network (not DDP-wrapped), as after the last epoch
     classes: list[str]
@@ -111,27 +143,44 @@ class FinetuneResult:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, fsynced, then renamed (a reader never sees half).
+    """Write a checkpoint atomically: a temporary file in the same folder, fsynced, then renamed into place.
 
-    A link at `path` is replaced, never written through (`vggnet.data.outputs.atomic_write`).
+    A reader never sees half a file; a link at `path` is replaced, never written through
+    (`vggnet.data.outputs.atomic_write`).
+
+    Args:
+        checkpoint: what to save (`torch.save`): tensors, strings, numbers, lists and dicts, so that
+            `weights_only=True` reads it back.
+        path: the file to write (OUT/best.pth, OUT/last.pth).
     """
     with atomic_write(path) as f:
         torch.save(checkpoint, f)
 
 
 def write_history(out: Path, history: Sequence[EpochStats]) -> Path:
-    """Write OUT/history.jsonl (one JSON line per epoch) as `save_checkpoint` writes: whole or not at all."""
+    """Write OUT/history.jsonl, one JSON line per epoch, whole or not at all (as `save_checkpoint` writes).
+
+    Args:
+        out: the run folder.
+        history: the epochs so far.
+
+    Returns:
+        The path written.
+    """
     return write_text(out / HISTORY_NAME, "".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in history))
 
 
 @contextlib.contextmanager
 def run_folder(out: Path) -> Iterator[None]:
-    """Hold OUT for one run: its lock, made with the folder if missing; the temporary files of a killed save removed.
+    """Hold OUT for one run: lock it (making the folder if missing) and remove the temporary files of a killed save.
 
     A folder this made and the run left empty (it failed before its first checkpoint) is removed again.
 
     Args:
         out: the run folder.
+
+    Yields:
+        Nothing; the run happens inside the `with` block, with OUT/.vggnet.lock held until it ends.
 
     Raises:
         InUseError: another process runs in OUT (the message names its pid and host).
@@ -157,9 +206,15 @@ def _head_names(model: VGG) -> set[str]:
 
 
 def checkpoint_state(model: VGG, head_only: bool = False) -> dict[str, torch.Tensor]:
-    """A CPU copy of the state dict for a checkpoint; with `head_only`, the last Linear's alone.
+    """Copy a model's state dict to the CPU for a checkpoint, or only its last Linear's.
 
-    `head_only` is for a linear probe on a backbone the checkpoint names, which loading fetches again.
+    Args:
+        model: the model being trained (not DDP-wrapped).
+        head_only: keep only the last Linear's weight and bias: for a linear probe on a backbone the checkpoint
+            names (and loading fetches and verifies again), kilobytes instead of 491 MiB.
+
+    Returns:
+        Key -> contiguous CPU tensor, detached copies that later training steps do not change.
     """
     names = _head_names(model) if head_only else None
     return {
@@ -170,14 +225,32 @@ def checkpoint_state(model: VGG, head_only: bool = False) -> dict[str, torch.Ten
 
 
 def read_history(path: str | os.PathLike[str]) -> list[EpochStats]:
-    """The epochs of a `history.jsonl` (or of the run folder holding one)."""
+    """Read the epochs of a run's `history.jsonl`.
+
+    Args:
+        path: the history file, or the run folder holding one.
+
+    Returns:
+        One `EpochStats` per line, in order.
+    """
     path = Path(path)
     path = path / HISTORY_NAME if path.is_dir() else path
     return [EpochStats(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_history(history: Sequence[EpochStats], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Draw loss and accuracy (train and val) per epoch as a PNG with Pillow; returns the path."""
+    """Draw loss and accuracy (train and val) per epoch as a PNG, with Pillow.
+
+    The file is written whole or not at all, never through a link.
+
+    Args:
+        history: the epochs to draw (`FinetuneResult.history`, `read_history`).
+        path: the PNG to write.
+        title: the line above the panels; default "N epochs".
+
+    Returns:
+        The path written.
+    """
     from PIL import Image, ImageDraw  # lazy: Pillow is needed only to draw
 
     width, height, margin = 900, 380, 50
@@ -219,11 +292,27 @@ def plot_history(history: Sequence[EpochStats], path: str | os.PathLike[str], ti
 def previous_run(
     out: Path, recipe: dict[str, Any], epochs: int, *, resume: bool, overwrite: bool
 ) -> dict[str, Any] | None:
-    """The training state in OUT/last.pth to resume, for a run of `recipe` to `epochs`; None to start afresh.
+    """Decide how a run starts in OUT: afresh, over the run OUT holds, or from OUT/last.pth.
 
-    Refuses to start over a run unless `overwrite` (whose files the new run's first checkpoint then
-    replaces; nothing is deleted here), and to resume one with another recipe, or one already finished.
-    A last.pth to resume is read and checked by `read_last`.
+    Nothing is deleted here: with `overwrite` the old run's files stay until the new run's first checkpoint
+    replaces them.
+
+    Args:
+        out: the run folder.
+        recipe: the new run's settings (`FinetuneConfig.recipe`); a resumed run must have the same ones.
+        epochs: the epochs the new run goes to; a resumed run must not have reached them.
+        resume: continue the run in OUT from its last.pth.
+        overwrite: start afresh even if OUT holds a run.
+
+    Returns:
+        The training state read from OUT/last.pth (checked by `read_last`) to resume; None to start afresh.
+
+    Raises:
+        MissingPathError: `resume` and OUT holds no last.pth.
+        OutputExistsError: OUT holds a run (best.pth, last.pth or history.jsonl) and neither `resume` nor
+            `overwrite` was given; the message says how far that run went.
+        BadCheckpointError: last.pth cannot be read or does not hold what a run writes.
+        UsageError: the run to resume had other settings, or is finished (more epochs are needed).
     """
     files = [out / name for name in (LAST_NAME, CHECKPOINT_NAME, HISTORY_NAME) if (out / name).exists()]
     if overwrite:
@@ -400,13 +489,17 @@ def _nonfinite(state: Mapping[str, Any]) -> list[str]:
 def check_resumed_state(
     state: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor], path: Path, *, head_only: bool
 ) -> None:
-    """BadCheckpointError unless last.pth's state dict fits the model being resumed, key for key and shape for shape.
+    """Check that last.pth's state dict fits the model being resumed, key for key and shape for shape.
 
     Args:
         state: last.pth's "state_dict".
         model: the model's own state dict.
         path: last.pth, named in the message.
         head_only: the run saves the last Linear only (a linear probe on verified weights): only its keys.
+
+    Raises:
+        BadCheckpointError: keys are missing or unexpected, or shapes differ; one line naming the file, the
+            first few keys and what to do.
     """
     unexpected = sorted(k for k in state if k not in model)
     missing = [] if head_only else sorted(k for k in model if k not in state and not k.endswith("num_batches_tracked"))
