@@ -1,14 +1,18 @@
 """Weight formats and exported graphs, side by side in one run, on CPU.
 
-    python benchmarks/bench_formats.py [--arch vgg16] [--repeat 5] [--out DIR] [--smoke]
+    python benchmarks/bench_formats.py [--arch vgg16] [--rounds 5] [--out DIR | --json PATH] [--smoke]
 
 1. Load time from a warm page cache of the same seeded weights as safetensors and as PyTorch's zip
    (pickle) format, into a model built on the meta device (`load_state_dict(assign=True)`):
    safetensors (`safetensors.torch.load_file`, memory-mapped), zip with `torch.load(mmap=True)`, zip
    with a plain `torch.load`. Memory-mapped tensors are read on first use, so the time after touching
    every weight once (a sum over each) is reported too. Median of `--repeat` rounds, paths interleaved.
-2. Latency at batch 1 (224x224, float32): onnxruntime's CPU provider on the exported ONNX file against
-   vggnet's `optimize_for_inference` and plain eager, interleaved rounds, median round.
+2. The exported artifacts (ONNX, pt2, TorchScript; `vggnet.deploy.export`): export time, and the time
+   to load each as a deployment would (an onnxruntime session, `torch.export.load(...).module()`,
+   `torch.jit.load`), median of `--repeat` rounds.
+3. Latency at batch 1 (224x224, float32): each artifact (onnxruntime's CPU provider, the pt2 program,
+   TorchScript) against vggnet's `optimize_for_inference(dtype=float32)` and plain eager, interleaved
+   rounds, median round, with each one's largest logit difference from eager.
 
 Figures are printed and saved as `formats-cpu-<date>.json` (`formats-smoke-cpu-...` with --smoke: vgg11,
 64x64 images, one round); nothing is asserted.
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +39,7 @@ from harness import environment, save_results
 
 import vggnet
 from vggnet import hub
-from vggnet.deploy.export import export, run_export
+from vggnet.deploy.export import export
 from vggnet.deploy.inference import optimize_for_inference
 from vggnet.models.layouts import write_state_dict
 
@@ -107,10 +112,11 @@ def time_latency(candidates: dict[str, Callable[[], object]], rounds: int, iters
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="vgg16", choices=vggnet.list_models())
-    parser.add_argument("--repeat", type=int, default=5, help="rounds per measurement")
+    parser.add_argument("--repeat", "--rounds", type=int, default=5, help="rounds per measurement")
     parser.add_argument("--iters", type=int, default=3, help="batch-1 calls per latency round")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON file")
+    parser.add_argument("--json", type=Path, default=None, help="the results file (default: in --out)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temp dir)")
     parser.add_argument("--smoke", action="store_true", help="vgg11, 64x64, one round: checks the machinery")
     args = parser.parse_args()
@@ -147,35 +153,68 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             f"  {name:28s} {r['load_s'] * 1000:9.1f} ms   + touch every weight {r['load_and_touch_s'] * 1000:9.1f} ms"
         )
 
-    t0 = time.perf_counter()
-    onnx_path = export(model, workdir / f"{args.arch}.onnx", "onnx", dynamic_batch=False, image_size=args.image_size)
-    results["onnx_export_s"] = time.perf_counter() - t0
+    artifacts = {fmt: export_timed(model, workdir, args, fmt, results) for fmt in ("onnx", "pt2", "torchscript")}
+    runners = time_artifact_loads(artifacts, args.repeat, results)
     x = torch.randn(1, 3, args.image_size, args.image_size)
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     fast = optimize_for_inference(model, device="cpu", dtype=torch.float32)
-    feed = {"images": x.numpy()}
-    candidates: dict[str, Callable[[], object]] = {
-        "onnxruntime CPU": lambda: session.run(None, feed),
-        "vggnet optimize_for_inference": lambda: fast(x),
-        "vggnet eager": lambda: model(x),
-    }
+    candidates: dict[str, Callable[[], object]] = {name: partial(run, x) for name, run in runners.items()}
+    candidates["vggnet optimize_for_inference (float32)"] = partial(fast, x)
+    candidates["vggnet eager"] = partial(model, x)
     with torch.inference_mode():
         latency = time_latency(candidates, args.repeat, args.iters)
         reference = model(x)
         results["max_abs_diff"] = {
-            "onnxruntime CPU": (run_export(onnx_path, "onnx", x) - reference).abs().max().item(),
-            "vggnet optimize_for_inference": (fast(x) - reference).abs().max().item(),
+            name: (torch.as_tensor(call()) - reference).abs().max().item() for name, call in candidates.items()
         }
     results["latency_batch1"] = latency
     print(f"== batch 1, {args.image_size}x{args.image_size} float32, median of {args.repeat} rounds of {args.iters}")
+    eager = latency["vggnet eager"]["latency_ms"]
     for name, r in latency.items():
-        print(f"  {name:30s} {r['latency_ms']:9.1f} ms   (fastest round {r['latency_ms_min']:.1f} ms)")
+        ratio = eager / r["latency_ms"]
+        print(f"  {name:40s} {r['latency_ms']:9.1f} ms  {ratio:5.2f}x eager  (fastest round {r['latency_ms_min']:.1f})")
 
-    saved = save_results("formats-smoke" if args.smoke else "formats", results, args.out)
+    if args.json is not None:
+        saved = save_results(args.json.stem, results, args.json.parent, dated=False)
+    else:
+        saved = save_results("formats-smoke" if args.smoke else "formats", results, args.out)
     print(f"saved {saved}")
     return 0
+
+
+def export_timed(model: vggnet.VGG, workdir: Path, args: argparse.Namespace, fmt: str, results: dict) -> Path:
+    """`model` exported as `fmt` (static batch 1), its export time recorded under `export_s`."""
+    suffix = {"onnx": "onnx", "pt2": "pt2", "torchscript": "pt"}[fmt]
+    t0 = time.perf_counter()
+    path = export(model, workdir / f"{args.arch}.{suffix}", fmt, dynamic_batch=False, image_size=args.image_size)
+    results.setdefault("export_s", {})[fmt] = time.perf_counter() - t0
+    return path
+
+
+def time_artifact_loads(artifacts: dict[str, Path], repeat: int, results: dict) -> dict[str, Callable]:
+    """Load each artifact `repeat` times, the formats interleaved; record the median; return a runner each."""
+    import onnxruntime
+
+    def onnx(path: Path) -> Callable:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+    loaders: dict[str, tuple[str, Callable[[Path], Callable]]] = {
+        "onnxruntime (ONNX)": ("onnx", onnx),
+        "pt2 (torch.export.load)": ("pt2", lambda path: torch.export.load(path).module()),
+        "TorchScript (torch.jit.load)": ("torchscript", lambda path: torch.jit.load(str(path))),
+    }
+    times: dict[str, list[float]] = {name: [] for name in loaders}
+    runners: dict[str, Callable] = {}
+    for _ in range(repeat):
+        for name, (fmt, load) in loaders.items():
+            t0 = time.perf_counter()
+            runners[name] = load(artifacts[fmt])
+            times[name].append(time.perf_counter() - t0)
+    results["artifact_load_s"] = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"== artifacts: export s {results['export_s']}")
+    for name, seconds in results["artifact_load_s"].items():
+        print(f"  load {name:30s} {seconds * 1000:9.1f} ms")
+    return runners
 
 
 if __name__ == "__main__":

@@ -63,11 +63,14 @@ class Budget:
         return True
 
 
-def save_results(name: str, data: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> Path:
-    """Write `data` as `<out_dir>/<name>-<device type>-<UTC date>.json` (creating the folder); return the path."""
+def save_results(name: str, data: Mapping[str, Any], out_dir: str | os.PathLike[str], *, dated: bool = True) -> Path:
+    """Write `data` as `<out_dir>/<name>-<device type>-<UTC date>.json` (creating the folder); return the path.
+
+    With `dated=False` the file is `<out_dir>/<name>.json` (a script's `--json PATH`).
+    """
     device = torch.device(str(data.get("device", "cpu"))).type
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    path = Path(out_dir) / f"{name}-{device}-{date}.json"
+    path = Path(out_dir) / (f"{name}-{device}-{date}.json" if dated else f"{name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Through a temporary file and a rename: a run killed while writing leaves the previous version whole.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -303,6 +303,49 @@ def _startup_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu_peers_table(data: dict[str, Any]) -> list[str]:
+    """bench_cpu_peers.py: every peer at each batch size, with the ISA and the load around each."""
+    m = data["machine"]
+    lines = [
+        f"CPU {m['cpu_model']}; ISA {', '.join(m['isa'])}; OpenVINO {m.get('openvino', '')} "
+        f"(default precision {m.get('openvino_default_precision', '?')}); weights {data['weights']}, "
+        f"{data['images']} photo crops at {data['image_size']} px.",
+        "",
+        "| batch | candidate | precision | ms per batch | vs torchvision fp32 | top-1 agreement | cosine | load |",
+        "|---:|---|---|---:|---:|---:|---:|---|",
+    ]
+    for b in data["batches"]:
+        load = f"{b['load_before'][0]:.2f} -> {b['load_after'][0]:.2f}"
+        for r in b["rows"]:
+            lines.append(
+                f"| {b['batch']} | {r['name']} | {r.get('precision', '')} | {_num(r['ms'], 1)} | "
+                f"{_num(r['speedup_vs_torchvision'])}x | {_num(r['top1_agreement'], 1)}% | "
+                f"{_num(r['cosine'], 5)} | {load} |"
+            )
+    return lines
+
+
+def _formats_table(data: dict[str, Any]) -> list[str]:
+    """bench_formats.py: load time per weights format, then latency per exported format against eager."""
+    lines = ["| weights format | load ms | load + touch ms |", "|---|---:|---:|"]
+    for name, r in data["load"].items():
+        lines.append(f"| {name} | {_num(r['load_s'] * 1e3, 1)} | {_num(r['load_and_touch_s'] * 1e3, 1)} |")
+    loads = data.get("artifact_load_s", {})
+    if loads:
+        lines += ["", "| exported artifact, loaded by | load ms |", "|---|---:|"]
+        lines += [f"| {name} | {_num(seconds * 1e3, 1)} |" for name, seconds in loads.items()]
+    lines += ["", "| runs as | batch 1 ms | vs eager | max abs diff |", "|---|---:|---:|---:|"]
+    latency = data["latency_batch1"]
+    eager = latency.get("vggnet eager", {}).get("latency_ms")
+    for name, r in latency.items():
+        ratio = eager / r["latency_ms"] if eager else None
+        diff = data.get("max_abs_diff", {}).get(name)
+        lines.append(
+            f"| {name} | {_num(r['latency_ms'], 1)} | {_num(ratio)}x | {'' if diff is None else f'{diff:.1e}'} |"
+        )
+    return lines
+
+
 def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]] | None:
     """The table maker for a results file, by its schema or suite; None for a shape this page does not know."""
     if str(data.get("schema", "")).startswith("vggnet.") and "results" in data:
@@ -315,6 +358,8 @@ def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[st
         "cpu_paths": _cpu_paths_table,
         "train": _train_table,
         "int8-isa-cap": lambda d: _bench_table(list(d["runs"].values())),
+        "cpu_peers": _cpu_peers_table,
+        "formats": _formats_table,
     }
     if suite == "int8" and "runs" not in data:
         return _int8_accuracy_table

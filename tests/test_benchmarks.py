@@ -23,6 +23,7 @@ BENCHMARKS = ROOT / "benchmarks"
 # The scripts import their harness as a sibling module, as `python benchmarks/bench_x.py` lets them.
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_compile  # noqa: E402
 import bench_train  # noqa: E402
 import gpu_suite  # noqa: E402
 from harness import Budget, environment, save_results  # noqa: E402
@@ -149,7 +150,19 @@ BUDGETED = {
     "train": [{"name": "vggnet eager"}, {"name": "torchvision eager"}],
     "finetune": [{"part": f"memory, checkpointing {on}"} for on in ("off", "on")] + [{"part": "linear_vs_full"}],
     "pipeline": [{"round": 1}],
+    "compile": [{"library": lib, "precision": "fp32", "repeat": 1} for lib in ("vggnet", "torchvision")],
 }
+
+
+def test_compile_runs_alternate_which_library_compiles_first():
+    """Each run is a fresh process with its own cache; the order still alternates, so load drifts hit both."""
+    runs = bench_compile._plan(["fp32", "bf16"], repeats=2)
+    assert [(r["library"], r["precision"], r["repeat"]) for r in runs] == [
+        ("vggnet", "fp32", 1), ("torchvision", "fp32", 1), ("vggnet", "bf16", 1), ("torchvision", "bf16", 1),
+        ("torchvision", "fp32", 2), ("vggnet", "fp32", 2), ("torchvision", "bf16", 2), ("vggnet", "bf16", 2),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="unknown precisions"):
+        bench_compile._plan(["fp16"], repeats=1)
 
 
 @pytest.mark.parametrize("suite", list(BUDGETED))
@@ -210,6 +223,15 @@ def test_every_candidate_runs_in_the_asked_dtype(monkeypatch):
     report = run_bench("vgg11", dtype=torch.bfloat16, iters=1, rounds=1, image_size=32, with_torchvision=False)
     assert [kwargs["dtype"] for kwargs in asked] == [torch.bfloat16]
     assert report.dtype == "bfloat16" and report.matmul_peak_how.endswith("bfloat16")
+
+
+def test_bench_on_cpu_defaults_to_float32_even_where_bf16_is_native(monkeypatch):
+    from vggnet.deploy import bench as bench
+    from vggnet.deploy import inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert inference.default_dtype(torch.device("cpu")) == torch.bfloat16
+    assert bench._settings("cpu", None, None)[1] == torch.float32  # as `vggnet bench --help` says
 
 
 def test_cpu_peak_skips_the_gemms_in_a_dtype_onednn_cannot_compute(monkeypatch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import shlex
 import subprocess
@@ -93,6 +94,26 @@ def test_the_speed_page_shows_every_results_file(tmp_path):
     assert "Not tabulated" not in text  # every file of the repository has a table
     (tmp_path / "new-suite.json").write_text('{"suite": "unheard of", "date": "2030-01-01"}')
     assert "`benchmarks/results/new-suite.json`" in hooks.speed_tables(tmp_path)  # listed, not a build error
+
+
+def test_the_peer_and_format_benchmarks_get_tables(tmp_path):
+    machine = {"cpu_model": "Xeon X", "isa": ["amx_bf16", "avx512_bf16"], "openvino": "2026.4.1"}
+    row = {"name": "openvino default", "precision": "bf16", "ms": 24.2, "speedup_vs_torchvision": 5.9}
+    row |= {"top1_agreement": 96.9, "cosine": 0.99997}
+    batch = {"batch": 8, "load_before": [3.05, 3, 3], "load_after": [3.96, 3, 3], "rows": [row]}
+    peers = {"suite": "cpu_peers", "machine": machine, "weights": "seeded random", "images": 32, "image_size": 224}
+    (tmp_path / "cpu_peers-cpu-2030-01-01.json").write_text(json.dumps({**peers, "batches": [batch]}))
+    latency = {name: {"latency_ms": ms} for name, ms in [("vggnet eager", 120.0), ("pt2 (torch.export.load)", 60.0)]}
+    formats = {"suite": "formats", "load": {"safetensors (mmap)": {"load_s": 0.01, "load_and_touch_s": 0.2}}}
+    formats |= {"latency_batch1": latency, "max_abs_diff": {"pt2 (torch.export.load)": 2e-6}}
+    formats |= {"artifact_load_s": {"pt2 (torch.export.load)": 0.6}}
+    (tmp_path / "formats-cpu-2030-01-01.json").write_text(json.dumps(formats))
+    text = hooks.speed_tables(tmp_path)
+    assert "Not tabulated" not in text
+    assert "ISA amx_bf16, avx512_bf16" in text
+    assert "| 8 | openvino default | bf16 | 24.2 | 5.90x | 96.9% | 0.99997 | 3.05 -> 3.96 |" in text
+    assert "| pt2 (torch.export.load) | 600.0 |" in text
+    assert "| pt2 (torch.export.load) | 60.0 | 2.00x | 2.0e-06 |" in text and "| safetensors (mmap) | 10.0 |" in text
 
 
 def test_the_layout_page_shows_each_package_and_layer():

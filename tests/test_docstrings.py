@@ -42,9 +42,6 @@ ROOT = Path(__file__).parents[1]
 NOT_YET = {
     "vggnet.train.finetune",
     "vggnet.train.trainers",
-    "vggnet.deploy.inference",
-    "vggnet.deploy.quantize",
-    "vggnet.deploy.export",
 }
 
 SECTION = re.compile(r"^(\w[\w ]*):\s*$")

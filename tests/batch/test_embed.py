@@ -1,14 +1,16 @@
 """embed_images and read_embeddings: shards, the index, pooling and normalisation, resume after a crash."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from tests.helpers import PRESET, bad_paths, read_jsonl, readable, small_model
-from vggnet.batch.embed import check_folder, embed_images, read_embeddings
+from vggnet.batch.embed import _check_settings, check_folder, embed_images, read_embeddings
 from vggnet.data.decode import load_image
+from vggnet.errors import OutputPathError
 
 
 @pytest.mark.slow
@@ -104,5 +106,30 @@ def test_a_damaged_index_or_settings_file_is_named_with_its_line(tmp_path):
     (out / "index.jsonl").write_text('{"image": "a.png", "shard": "../../etc/passwd", "row": 0}\n')
     with pytest.raises(ValueError, match=r"line 1: .*the shard '../../etc/passwd' is not a name embed writes"):
         read_embeddings(out)
+    for line, problem in (
+        ('{"shard": "features-000000.npy", "row": 0}', "no image path"),  # was a KeyError
+        ('{"image": {"a": 1}, "shard": "features-000000.npy", "row": 0}', "no image path"),  # was returned as a path
+        ('{"image": "a.png", "shard": "features-000000.npy", "row": true}', "the row 'True' is not a count"),
+        ("[" * 100_000, "maximum recursion depth exceeded"),  # was a RecursionError
+    ):
+        (out / "index.jsonl").write_text(line + "\n")
+        with pytest.raises(ValueError, match=rf"line 1: not an index line of vggnet embed \({problem}"):
+            read_embeddings(out)
     with pytest.raises(FileExistsError, match="already holds embeddings"):
         check_folder(out, resume=False, overwrite=False)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_settings_planted_as_a_fifo_or_a_link_to_an_endless_file_are_refused(tmp_path):
+    for plant in (lambda p: os.mkfifo(p), lambda p: p.symlink_to("/dev/zero")):  # hung; read until memory ran out
+        out = tmp_path / f"emb{len(os.listdir(tmp_path))}"
+        out.mkdir()
+        plant(out / "embed.json")
+        with pytest.raises(OutputPathError, match=r"embed.json back: it is a (FIFO|symbolic link)"):
+            _check_settings(out, {"layer": "fc7"}, resume=True)
+
+
+def test_settings_nested_too_deep_are_named_not_a_recursion_error(tmp_path):
+    (tmp_path / "embed.json").write_text("[" * 60_000)
+    with pytest.raises(ValueError, match=r"embed.json: not the settings vggnet embed writes \(maximum recursion"):
+        _check_settings(tmp_path, {"layer": "fc7"}, resume=True)

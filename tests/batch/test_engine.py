@@ -177,3 +177,17 @@ def test_a_session_takes_a_few_workers_per_core_not_a_hundred_thousand():
     assert Session("cpu", 4, max_workers()).workers == max_workers()
     with pytest.raises(ValueError, match=r"workers must be an integer from 0 to \d+ \(4 per CPU core"):
         Session("cpu", 4, 100000)
+
+
+def test_batch_logits_stay_float32_on_cpu_where_optimize_for_inference_would_pick_bf16(monkeypatch):
+    from vggnet.batch.engine import Session, logits_fn
+    from vggnet.deploy import inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    model = vggnet.vgg11(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    got = logits_fn(model, Session(device="cpu", batch_size=2, workers=0))(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())

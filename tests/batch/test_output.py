@@ -86,6 +86,9 @@ def test_a_damaged_record_names_the_file_and_line(tmp_path):
     jsonl.write_text('{"image": "a.png"}\n{"image": "b.png"}{"image": "c.png"}\n')
     with pytest.raises(BadFileError, match=r"preds.jsonl, line 2: not a jsonl record of this command \(Extra data"):
         Output(jsonl, Lines("jsonl"), Dist()).done()
+    jsonl.write_text('{"image": "a.png"}\n' + "[" * 100_000 + "\n")  # was a RecursionError
+    with pytest.raises(BadFileError, match=r"preds.jsonl, line 2: not a jsonl record of this command \(maximum rec"):
+        Output(jsonl, Lines("jsonl"), Dist()).done()
 
 
 def test_one_writer_per_output(tmp_path):
@@ -112,6 +115,21 @@ def test_a_resumed_output_is_never_a_link_or_another_file_s_second_name(tmp_path
     assert victim.read_text() == '{"image": "a.png"}\n{"image": "half'
     assert Output(twin, Lines("jsonl"), Dist()).prepare(resume=False, overwrite=True) == set()  # a new file
     assert victim.read_text() == '{"image": "a.png"}\n{"image": "half' and twin.read_text() == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_part_planted_as_a_link_or_a_fifo_is_refused_on_resume_not_read(tmp_path):
+    out = tmp_path / "preds.jsonl"
+    out.write_text('{"image": "a.png"}\n')
+    (tmp_path / "secret.jsonl").write_text('{"image": "TOP SECRET"}\n')
+    (tmp_path / "preds.jsonl.part0").symlink_to(tmp_path / "secret.jsonl")  # its lines went into the output
+    with pytest.raises(OutputPathError, match=r"preds.jsonl.part0 back: it is a symbolic link"):
+        Output(out, Lines("jsonl"), Dist()).prepare(resume=True)
+    assert "SECRET" not in out.read_text()
+    (tmp_path / "preds.jsonl.part0").unlink()
+    os.mkfifo(tmp_path / "preds.jsonl.part1")  # the resume waited for a writer forever
+    with pytest.raises(OutputPathError, match=r"preds.jsonl.part1 back: it is a FIFO"):
+        Output(out, Lines("jsonl"), Dist()).prepare(resume=True)
 
 
 def test_parts_are_found_whatever_the_output_is_called(tmp_path):

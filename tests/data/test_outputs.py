@@ -11,11 +11,13 @@ import sys
 import pytest
 
 from tests.helpers import ROOT, hold_lock, plant_victim, release
+from vggnet.data import outputs
 from vggnet.data.outputs import (
     atomic_write,
     check_output,
     lock_beside,
     open_append,
+    open_own,
     remove_leftovers,
     save_png,
     write_text,
@@ -142,3 +144,37 @@ def test_a_lock_file_planted_as_a_link_or_a_fifo_is_refused(tmp_path):
     os.mkfifo(lock_beside(out))
     with pytest.raises(OutputPathError, match="it is a FIFO"), writer_lock(lock_beside(out), out):
         pass
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_file_read_back_is_never_a_link_followed_nor_a_fifo_waited_on(tmp_path):
+    (tmp_path / "own.jsonl").write_text("mine\n")
+    with open_own(tmp_path / "own.jsonl") as f:
+        assert f.read() == b"mine\n"
+    (tmp_path / "secret.txt").write_text("not yours\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "secret.txt")
+    os.mkfifo(tmp_path / "fifo.jsonl")  # no writer: a plain open waits for one forever
+    for name, what in (("link.jsonl", "a symbolic link"), ("fifo.jsonl", "a FIFO")):
+        with pytest.raises(OutputPathError, match=f"cannot read .*{name} back: it is {what}, not a file vggnet wrote"):
+            open_own(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        open_own(tmp_path / "none.jsonl")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a file away")
+def test_another_users_file_or_a_link_planted_at_the_destination_lends_it_no_mode(tmp_path):
+    path = tmp_path / "preds.csv"
+    path.write_text("theirs\n")
+    path.chmod(0o666)
+    os.chown(path, 65534, 65534)  # a co-tenant's world-writable file, in a folder both may write to
+    old = os.umask(0o022)
+    try:
+        write_text(path, "mine\n")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.stat().st_uid == os.geteuid()
+        path.unlink()
+        path.symlink_to(tmp_path / "elsewhere")  # a link swapped in after the check: its bits read 0777
+        with atomic_write(tmp_path / "other.csv") as f:
+            outputs._keep_mode(f.fileno(), path)
+        assert stat.S_IMODE((tmp_path / "other.csv").stat().st_mode) == 0o644  # was made world-writable
+    finally:
+        os.umask(old)

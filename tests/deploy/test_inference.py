@@ -131,7 +131,7 @@ def test_optimized_matches_eager_in_fp32_and_bf16(arch):
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         ref = model(x)
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     assert fast.dtype == torch.float32 and fast.device.type == "cpu" and not fast.compiled
     assert_close_fp32(fast(x), ref)
     half = optimize_for_inference(model, dtype=torch.bfloat16)
@@ -143,7 +143,7 @@ def test_optimized_matches_eager_in_fp32_and_bf16(arch):
 @pytest.mark.slow
 def test_optimized_is_folded_channels_last_frozen_and_leaves_the_model_alone():
     model = seeded_model("vgg11_bn").train()
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     assert isinstance(fast, InferenceVGG) and isinstance(fast, nn.Module)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     assert all(not p.requires_grad for p in fast.parameters())
@@ -166,7 +166,7 @@ def test_optimized_is_folded_channels_last_frozen_and_leaves_the_model_alone():
 @pytest.mark.slow
 def test_optimized_matches_eager_at_any_size_from_32(height, width):
     model = seeded_model("vgg11_bn")
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     x = torch.randn(1, 3, height, width)
     with torch.no_grad():
         assert_close_fp32(fast(x), model(x))
@@ -175,7 +175,7 @@ def test_optimized_matches_eager_at_any_size_from_32(height, width):
 @pytest.mark.slow
 def test_the_adaptive_pool_runs_only_when_the_map_is_not_already_7x7():
     model = seeded_model("vgg11")
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     calls = []
     fast.net.avgpool.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
@@ -190,7 +190,7 @@ def test_the_adaptive_pool_runs_only_when_the_map_is_not_already_7x7():
 def test_a_replaced_pool_is_always_run():
     model = seeded_model("vgg11")
     model.avgpool = nn.Sequential(nn.AdaptiveAvgPool2d(7), nn.Hardtanh(-0.01, 0.01))
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert_close_fp32(fast(x), model(x))
@@ -201,9 +201,10 @@ def test_a_replaced_pool_is_always_run():
 @pytest.mark.slow
 def test_the_onednn_classifier_matches_the_plain_one_and_runs_at_any_batch(batch, monkeypatch):
     model = seeded_model("vgg11")
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     assert fast._onednn_classifier
-    assert not optimize_for_inference(model, dtype=torch.bfloat16)._onednn_classifier  # F.linear is oneDNN there
+    half = optimize_for_inference(model, dtype=torch.bfloat16)
+    assert half._onednn_classifier == torch.ops.mkldnn._is_mkldnn_bf16_supported()  # with prepacked weights
     x = torch.randn(batch, 25088)
     with torch.no_grad():
         expected = model.classifier(x)
@@ -211,9 +212,9 @@ def test_the_onednn_classifier_matches_the_plain_one_and_runs_at_any_batch(batch
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     seen = []
 
-    def spy(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def spy(classifier: nn.Module, x: torch.Tensor, packed: dict | None = None) -> torch.Tensor:
         seen.append(x.shape[0])
-        return _onednn_head(classifier, x)
+        return _onednn_head(classifier, x, packed)
 
     monkeypatch.setattr(inference, "_onednn_head", spy)
     fast(torch.randn(batch, 3, 32, 32))
@@ -224,7 +225,7 @@ def test_the_onednn_classifier_matches_the_plain_one_and_runs_at_any_batch(batch
 @pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
 @pytest.mark.slow
 def test_on_cpu_each_convolution_runs_with_its_relu_fused(arch):
-    fast = optimize_for_inference(seeded_model(arch))
+    fast = optimize_for_inference(seeded_model(arch), dtype=torch.float32)
     assert fast._steps is not None
     fused = [m for m, relu_fused in fast._steps if relu_fused]
     assert len(fused) == 13 and all(isinstance(m, nn.Conv2d) for m in fused)
@@ -250,6 +251,47 @@ def test_dtypes_onednn_does_not_compute_here_run_on_torchs_kernels(dtype):
         assert_close_low_precision(out, ref)
 
 
+def test_on_a_cpu_with_native_bf16_the_default_is_bf16_and_the_repr_says_so(monkeypatch):
+    model = seeded_model("vgg11")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    fast = optimize_for_inference(model)
+    assert fast.dtype == torch.bfloat16
+    assert "dtype=torch.bfloat16 (this CPU's default" in repr(fast) and "dtype=torch.float32 for float32" in repr(fast)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close_low_precision(fast(x), model(x))
+    exact = optimize_for_inference(model, dtype=torch.float32)  # float32 one argument away, and no note
+    assert exact.dtype == torch.float32 and "default" not in repr(exact).splitlines()[1]
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert optimize_for_inference(model).dtype == torch.float32
+
+
+def test_native_bf16_follows_the_cpus_instructions():
+    caps = torch.cpu.get_capabilities()
+    native = bool(caps.get("avx512_bf16") or caps.get("amx_bf16")) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert inference.cpu_has_native_bf16() == native
+    assert inference.default_dtype(torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_are_prepacked_once_and_any_shape_still_matches(dtype):
+    # Without prepacking oneDNN reorders each weight on every call (a third of a bf16 batch 1).
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN computes no bf16 here")
+    model = seeded_model("vgg11_bn")
+    fast = optimize_for_inference(model, dtype=dtype, batch_size=2)
+    assert sorted(fast._packed_convs) == [i for i, (m, fused) in enumerate(fast._steps or []) if fused]
+    assert len(fast._packed_convs) == 8 and sorted(fast._packed_linears) == [0, 3, 6]
+    assert all(w.is_mkldnn for w in [*fast._packed_convs.values(), *fast._packed_linears.values()])
+    assert set(fast.state_dict()) == {f"net.{k}" for k in fold_batchnorm(model).state_dict()}  # copies: not state
+    check = assert_close_fp32 if dtype == torch.float32 else assert_close_low_precision
+    for shape in [(2, 3, 32, 32), (3, 3, 40, 56)]:  # the packed batch and another
+        x = torch.randn(shape)
+        with torch.no_grad():
+            check(fast(x), model(x))
+
+
 def test_onednn_computes_float32_always_and_float64_never():
     assert inference.onednn_computes(torch.float32)
     assert not inference.onednn_computes(torch.float64)
@@ -259,7 +301,7 @@ def test_onednn_computes_float32_always_and_float64_never():
 @pytest.mark.slow
 def test_the_input_is_copied_asynchronously_only_towards_a_gpu(monkeypatch):
     # A GPU-to-CPU copy with non_blocking=True may not have landed when the CPU kernels read it.
-    fast = optimize_for_inference(seeded_model("vgg11"))
+    fast = optimize_for_inference(seeded_model("vgg11"), dtype=torch.float32)
     calls = []
     real_to = torch.Tensor.to
 
@@ -284,6 +326,7 @@ def test_bf16_on_a_cpu_without_onednn_bf16_runs_unfused(tmp_path):
         "model = vggnet.vgg11(num_classes=10).eval()\n"
         "fast = optimize_for_inference(model, dtype=torch.bfloat16)\n"
         "assert fast._steps is None\n"
+        "assert optimize_for_inference(model).dtype == torch.float32  # no native bf16: float32 by default\n"
         "x = torch.randn(1, 3, 32, 32)\n"
         "out, ref = fast(x), model(x).detach()\n"
         "assert (out - ref).abs().max() <= 0.05 * ref.abs().max(), (out, ref)\n"
@@ -298,7 +341,7 @@ def test_convolutions_that_cannot_take_their_relu_run_as_they_are():
     model = seeded_model("vgg11")
     model.features[1] = nn.Tanh()  # conv1 no longer followed by a ReLU
     model.features[3].padding_mode = "reflect"  # conv2 pads with something oneDNN does not
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     assert fast._steps is not None
     assert [relu_fused for m, relu_fused in fast._steps if isinstance(m, nn.Conv2d)] == [False, False] + [True] * 6
     x = torch.randn(2, 3, 64, 48)
@@ -309,7 +352,7 @@ def test_convolutions_that_cannot_take_their_relu_run_as_they_are():
 @pytest.mark.slow
 def test_input_is_converted_and_the_output_keeps_its_dtype():
     model = seeded_model("vgg11")
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, dtype=torch.float32)
     x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
     out = fast(x)
     assert out.dtype == torch.float64
@@ -331,7 +374,7 @@ def test_input_is_converted_and_the_output_keeps_its_dtype():
 )
 @pytest.mark.slow
 def test_optimized_refuses_bad_input_clearly(shape, dtype, message):
-    fast = optimize_for_inference(seeded_model("vgg11"))
+    fast = optimize_for_inference(seeded_model("vgg11"), dtype=torch.float32)
     with pytest.raises(ValueError, match=message):
         fast(torch.zeros(shape, dtype=dtype))
 
@@ -371,7 +414,7 @@ def test_cuda_graphs_are_only_planned_for_cuda():
 @pytest.mark.slow
 def test_compiled_on_cpu_matches_eager():
     model = seeded_model("vgg11_bn")
-    fast = optimize_for_inference(model, compile=True, batch_size=2)
+    fast = optimize_for_inference(model, dtype=torch.float32, compile=True, batch_size=2)
     assert fast.compiled and not fast.cuda_graphs
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():

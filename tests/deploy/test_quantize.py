@@ -310,7 +310,28 @@ def test_a_folder_is_read_with_the_preset_of_the_checkpoint_the_model_came_from(
     assert report.accuracy_fp32 == pytest.approx(100 * (expected == torch.tensor([0, 0, 1, 1])).float().mean().item())
 
 
-# --- every head (issue 25) ----- -------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
+def test_new_batch_sizes_compile_at_most_once_more_and_say_nothing(recwarn, caplog):
+    """Issue 25: the int8 graph was compiled for one batch size, and every new one compiled again,
+    with Inductor's warnings; a batch made outside inference mode compiled again too."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    quantized = quantize(vgg11(num_classes=2).eval(), x[:2], fallback=False)  # compiled at batch 1
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    recwarn.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        outs = {n: quantized(x[:n]) for n in (1, 3, 8)}  # made outside inference mode, as a user's are
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 1  # one dynamic-batch graph for 3, 8
+    assert [str(w.message) for w in recwarn] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert {n: tuple(out.shape) for n, out in outs.items()} == {1: (1, 2), 3: (3, 2), 8: (8, 2)}
+    torch.testing.assert_close(outs[8][:3], outs[3])  # the same graph, the same images
+
+
+# --- every head (issue 25) -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", HEAD_KINDS)

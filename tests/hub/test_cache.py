@@ -236,3 +236,10 @@ def test_a_link_in_place_of_the_stamps_folder_is_neither_written_nor_read_throug
     assert not (tmp_path / "nowhere").exists() and (cache / ".stamps").is_symlink()
     assert "not writing" in caplog.text and "not vggnet's folder of stamps" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= 30]  # stamps only save time: nothing to warn about
+
+
+def test_a_stamp_nested_too_deep_is_no_stamp_not_a_recursion_error(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    vcache.stamp_of(weights).write_text("[" * 60_000)  # under the 64 KiB a stamp may take
+    assert vcache.read_stamp(vcache.stamp_of(weights)) is None

@@ -408,6 +408,22 @@ def test_refuses_a_huge_declared_shape_before_reading(tmp_path: Path, layout: st
     refused(path, f"dataset {DSET}", "past max_bytes=2147483648", expected=lax)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "chunked"])
+def test_refuses_a_dataset_never_written_whatever_shape_it_declares(tmp_path: Path, layout: str) -> None:
+    shape = (4096, 2000)  # fc8 of 2000 classes: 33 MB of HDF5's fill value from a file of 11 KB
+
+    def write(group: Any, w: str) -> None:
+        group.create_dataset(w, shape=shape, dtype="<f4", chunks=(4096, 200) if layout == "chunked" else None)
+
+    path = crafted(tmp_path, write)
+    assert path.stat().st_size < 20_000 and plain_h5py_reads(path) == bytes(4096 * 2000 * 4)
+    lax = {"block1_conv1": ((4096, None), (64,))}  # as keras_shapes() leaves fc8's classes open
+    if layout == "contiguous":
+        refused(path, f"dataset {DSET} stores 0 of its 32768000 bytes (never written", expected=lax)
+    else:
+        refused(path, f"dataset {DSET} has 0 chunks stored of the 10 its shape takes", expected=lax)
+
+
 def _deflate_bomb(tmp_path: Path, megabytes: int) -> Path:
     """A 4 KB-per-chunk dataset whose one chunk inflates to `megabytes` MB; the file is 1/1000 of that."""
 

@@ -252,6 +252,19 @@ def test_the_user_may_still_ask_for_another_head_width_then_the_labels_are_gener
     assert loaded.preset.crop_size == 32
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [b'{"vggnet": {"arch": "vgg11"}}', b'{"vggnet": 5}', b'{"vggnet": "' + b"[" * 100_000 + b'"}'],
+    ids=["an object", "a number", "nested deep"],
+)
+def test_a_crafted_safetensors_header_is_a_bad_checkpoint_naming_the_file(tmp_path, metadata):
+    header = b'{"__metadata__": ' + metadata + b', "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}'
+    path = tmp_path / "crafted.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))  # was a TypeError, a RecursionError
+    with pytest.raises(BadCheckpointError, match=r"crafted.safetensors: its safetensors header is not JSON"):
+        read_saved(path)
+
+
 # --- every head (issue 25) --------------------------------------------------------------------------------
 
 REBUILDABLE = [k for k in HEAD_KINDS if k not in ("identity", "own")]

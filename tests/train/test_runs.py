@@ -12,7 +12,15 @@ import torch
 import vggnet
 import vggnet.train.finetune
 from tests.helpers import hold_lock, release
-from vggnet.errors import EXIT_FAILURE, BadCheckpointError, DiskError, InUseError, OutputPathError, exit_code
+from vggnet.errors import (
+    EXIT_FAILURE,
+    BadCheckpointError,
+    DiskError,
+    InUseError,
+    OutputExistsError,
+    OutputPathError,
+    exit_code,
+)
 from vggnet.models.finetuned import FORMAT
 from vggnet.train.runs import (
     CHECKPOINT_NAME,
@@ -136,6 +144,14 @@ TAMPERED = {
         _edit(lambda s: s["state_dict"]["classifier.0.weight"].fill_(float("nan"))),
         r"is damaged: \['classifier.0.weight'\] hold\(s\) NaN or Inf, which no saved run holds",
     ),
+    "a list as optimizer state": (  # was an AttributeError
+        _edit(lambda s: s["train"]["optimizer"].update(state=[1, 2])),
+        r"cannot be resumed: its optimizer state is not a mapping of parameters to their values",
+    ),
+    "a list in the optimizer state": (  # its NaN went unseen
+        _edit(lambda s: s["train"]["optimizer"].update(state={0: [torch.tensor(float("nan"))]})),
+        r"cannot be resumed: its optimizer state is not a mapping",
+    ),
     "Inf momentum": (
         _edit(lambda s: s["train"]["optimizer"]["state"][0]["momentum_buffer"].fill_(float("inf"))),
         r"is damaged: \['optimizer state 0 momentum_buffer'\] hold\(s\) NaN or Inf",
@@ -154,6 +170,26 @@ def test_a_tampered_last_pth_is_one_line_naming_the_file_and_what_to_do(tmp_path
     text = str(err.value)
     assert "\n" not in text and str(out / LAST_NAME) in text and exit_code(err.value) == EXIT_FAILURE
     assert text.endswith("start the run again (--overwrite), or put back a good copy of it")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_or_a_link_as_last_pth_is_refused_not_waited_on_or_followed(tmp_path):
+    out, recipe = tmp_path / "run", {"arch": "vgg11", "lr": 0.01}
+    out.mkdir()
+    os.mkfifo(out / LAST_NAME)  # no writer: a plain open() waits for one forever
+    with pytest.raises(OutputExistsError, match=r"already holds a run: last\.pth; pass resume"):
+        previous_run(out, recipe, 3, resume=False, overwrite=False)
+    (out / LAST_NAME).unlink()
+    write_run(tmp_path / "other", 1, recipe)
+    (out / LAST_NAME).symlink_to(tmp_path / "other" / LAST_NAME)  # another run's file, or /etc/passwd
+    with pytest.raises(BadCheckpointError, match=r"last.pth is a symbolic link, not the regular file a run writes"):
+        previous_run(out, recipe, 3, resume=True, overwrite=False)
+    (out / LAST_NAME).unlink()
+    write_run(out, 1, recipe)
+    (out / CHECKPOINT_NAME).unlink()
+    (out / CHECKPOINT_NAME).symlink_to("/etc/passwd")  # was resumed, then named as the run's best checkpoint
+    with pytest.raises(OutputPathError, match=r"best.pth: it is a symbolic link"):
+        previous_run(out, recipe, 3, resume=True, overwrite=False)
 
 
 def test_a_resumed_state_must_fit_the_model_key_for_key():

@@ -33,7 +33,7 @@ from vggnet.batch.engine import Session, autocast, slowest, totals
 from vggnet.batch.output import Lines, Output, complete_lines
 from vggnet.checks import check_int
 from vggnet.data.images import Batch, list_images, shard
-from vggnet.data.outputs import atomic_write, write_text, writer_lock
+from vggnet.data.outputs import atomic_write, open_own, write_text, writer_lock
 from vggnet.errors import BadFileError, MissingPathError, OutputExistsError, OutputPathError, UsageError
 from vggnet.models.vgg import VGG
 
@@ -319,10 +319,16 @@ def _check_settings(folder: Path, settings: dict[str, Any], resume: bool) -> Non
     write_text(path, json.dumps(settings) + "\n")
 
 
+_SETTINGS_MAX = 1 << 16  # bytes: embed.json is a line of JSON; more is not one embed wrote
+
+
 def _read_settings(path: Path) -> Any:
     try:
-        held = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
+        with open_own(path) as f:
+            held = json.loads(f.read(_SETTINGS_MAX).decode("utf-8"))
+    except OutputPathError:
+        raise  # a link or a FIFO planted there: said as such (a ValueError too)
+    except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
         held = err
     if not isinstance(held, dict):
         raise BadFileError(
@@ -337,12 +343,14 @@ def _index_records(index: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             record = json.loads(line)
             problem = "" if isinstance(record, dict) else "not a JSON object"
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
             record, problem = {}, str(err)
         name, row = record.get("shard"), record.get("row")
-        if not problem and name is not None and not (isinstance(name, str) and _SHARD.fullmatch(name)):
+        if not problem and not isinstance(record.get("image"), str):
+            problem = "no image path"
+        elif not problem and name is not None and not (isinstance(name, str) and _SHARD.fullmatch(name)):
             problem = f"the shard {str(name)[:60]!r} is not a name embed writes (features-NNNNNN.npy)"
-        elif not problem and name is not None and not (isinstance(row, int) and row >= 0):
+        elif not problem and name is not None and not (type(row) is int and row >= 0):  # True is an int, no count
             problem = f"the row {str(row)[:20]!r} is not a count"
         if problem:
             raise BadFileError(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from vggnet.checks import check_choice
-from vggnet.data.outputs import check_output, lock_beside, open_append, write_text, writer_lock
+from vggnet.data.outputs import check_output, lock_beside, open_append, open_own, write_text, writer_lock
 from vggnet.errors import BadFileError, OutputExistsError, UsageError
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def records(path: Path, *, quoted: bool) -> Iterator[tuple[str, int]]:
     Yields:
         (record with its newline, byte offset after it).
     """
-    with open(path, "rb") as f:
+    with open_own(path) as f:
         pending: list[bytes] = []
         quotes = offset = 0
         for line in f:
@@ -328,7 +328,7 @@ class Output:
             if index or not self.lines.header():
                 try:
                     held.add(self.lines.key(text))
-                except (ValueError, KeyError, AttributeError, StopIteration, IndexError) as err:
+                except (ValueError, KeyError, AttributeError, StopIteration, IndexError, RecursionError) as err:
                     raise BadFileError(
                         f"{self.path}, line {number}: not a {self.lines.fmt} record of this command ({err}); "
                         "resume only into an output this command wrote, or start again (--overwrite)"

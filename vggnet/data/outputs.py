@@ -8,6 +8,8 @@
   fsynced; removed in `finally` otherwise. A rename replaces a link planted meanwhile, never what it
   points to. What cannot be written (no space, no permission, a read-only disk) is a `DiskError`.
 - `open_append(path)`: a file written as it comes (predict's lines), opened without following a link.
+- `open_own(path)`: a file vggnet wrote, opened to be read back (resumed): a regular file, never a link
+  followed, nor a FIFO waited on.
 - `writer_lock(lock, what)`: an exclusive flock on the file `lock`, held while one process writes `what`;
   a second writer is refused at once (`InUseError`) with the holder's pid and host, which the lock
   file holds. A holder that dies releases it with its file descriptors.
@@ -38,6 +40,7 @@ __all__ = [
     "check_output",
     "lock_beside",
     "open_append",
+    "open_own",
     "remove_leftovers",
     "save_png",
     "write_text",
@@ -117,7 +120,8 @@ def _folder_of(path: Path) -> Path:
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """A binary file that becomes `path` when the block ends without an error, and nothing otherwise.
 
-    An existing file keeps its permission bits; a new one gets 0666 less the umask, as `open` gives.
+    An existing file of ours keeps its permission bits; a new one (or one replacing a link or another user's
+    file) gets 0666 less the umask, as `open` gives.
 
     Args:
         path: the destination; checked by `check_output`, its folder made if missing.
@@ -155,11 +159,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
 
 def _keep_mode(fd: int, path: Path) -> None:
     try:
-        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        st = os.lstat(path)
     except OSError:
         return
-    if os.chmod in os.supports_fd:
-        os.chmod(fd, mode)
+    # only our own regular file's bits: a link planted since says 0777, another user's file what they chose
+    ours = stat.S_ISREG(st.st_mode) and st.st_uid == getattr(os, "geteuid", lambda: st.st_uid)()
+    if ours and os.chmod in os.supports_fd:
+        os.chmod(fd, stat.S_IMODE(st.st_mode))
 
 
 def _rename(tmp: Path, path: Path) -> None:
@@ -247,6 +253,39 @@ def open_append(path: Path, *, errors: str = "surrogateescape") -> IO[str]:
             "vggnet appends only to a file of one name: copy it, or write elsewhere"
         )
     return open(fd, "a", encoding="utf-8", errors=errors, newline="", buffering=1)
+
+
+def open_own(path: Path) -> IO[bytes]:
+    """A file vggnet wrote, opened to be read back: a regular file, never through a link, never waiting on a FIFO.
+
+    What a resumed run reads (its parts, its settings) could otherwise be a link someone planted to
+    another file, whose lines would be copied into the output, or a FIFO that hangs the run.
+
+    Args:
+        path: the file to read.
+
+    Returns:
+        The open binary file.
+
+    Raises:
+        OutputPathError: `path` is a link, a FIFO, a folder or anything but a regular file (remove it).
+        OSError: it cannot be opened (FileNotFoundError, PermissionError, ...).
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once, to be refused, instead of waiting for a writer
+    try:
+        fd = os.open(path, os.O_RDONLY | nonblock | _NOFOLLOW | _CLOEXEC | _BINARY)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        what = _kind(os.lstat(path).st_mode)
+        raise OutputPathError(f"cannot read {path} back: it is {what}, not a file vggnet wrote; remove it")
+    if nonblock:
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 # --- one writer at a time --------------------------------------------------------------------------

@@ -511,7 +511,10 @@ def _settings(
     if target.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {target} asked for, but CUDA is not available; use --device cpu")
     with_int8 = dtype == torch.int8
-    dtype = torch.float32 if with_int8 else dtype or default_dtype(target)  # int8: the others and the peak in float32
+    # int8: the others and the peak in float32. On CPU float32 unless asked, as --help says, although
+    # optimize_for_inference picks bf16 on CPUs with native bf16: every candidate runs in this one dtype.
+    fallback = default_dtype(target) if target.type == "cuda" else torch.float32
+    dtype = torch.float32 if with_int8 else dtype or fallback
     if target.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     return target, dtype, with_int8, compile if compile is not None else target.type == "cuda"

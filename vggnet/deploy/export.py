@@ -73,6 +73,13 @@ class WithPreset(nn.Module):
     Pixel for pixel what `ImageClassification` does to a uint8 tensor (bilinear antialiased resize of the
     shorter side to `resize_size`, rounded back to 0-255, center crop, scale, normalize), so eager outputs
     equal `model(preset(images))` exactly. Float input is taken as 0-1 and not rounded.
+
+    Args:
+        model: the classifier that takes the normalised crops.
+        crop_size: the side of the centre crop, in pixels.
+        resize_size: the shorter side after the resize, before the crop.
+        mean: the per-channel mean subtracted (0-1 scale).
+        std: the per-channel standard deviation divided by (0-1 scale).
     """
 
     mean: torch.Tensor
@@ -95,6 +102,14 @@ class WithPreset(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """`model`'s output for images preprocessed in the graph.
+
+        Args:
+            images: (N, 3, H, W) uint8 pixels, or floats in 0-1, of any size.
+
+        Returns:
+            What `model` returns for the preprocessed crops.
+        """
         integer = not images.is_floating_point()
         x = images.to(torch.float32)
         height, width = x.shape[-2], x.shape[-1]
@@ -146,7 +161,15 @@ class AdaptivePoolByMatmul(nn.Module):
 
 
 def with_preset(model: nn.Module, preset: Any = None) -> WithPreset:
-    """`WithPreset` with the sizes, mean and std of `preset` (an `ImageClassification`; None: ImageNet's)."""
+    """`model` behind its preprocessing, for an artifact that takes uint8 images.
+
+    Args:
+        model: the classifier.
+        preset: an `ImageClassification` whose sizes, mean and std are used (None: ImageNet's).
+
+    Returns:
+        The `WithPreset` module, in eval mode.
+    """
     settings = {} if preset is None else {k: getattr(preset, k) for k in ("crop_size", "resize_size", "mean", "std")}
     return WithPreset(model, **settings).eval()
 
@@ -181,10 +204,28 @@ def export(
 ) -> Path:
     """Write `model` (a VGG, in eval mode; it is not modified) as an ONNX file, a pt2 program or TorchScript.
 
-    `image_size` is the side of the example input (the fixed size unless `dynamic_size`), `batch_size` the
-    fixed batch without `dynamic_batch`; with
-    `include_preset` the artifact takes uint8 images of any size and `preset` (an `ImageClassification`,
-    default the ImageNet preset) supplies crop and resize sizes, mean and std. Returns `out`.
+    The file is written whole or not at all (a temporary file renamed into place).
+
+    Args:
+        model: the VGG (or any image classifier) to export; copied, moved to the CPU and `dtype`.
+        out: the file to write.
+        fmt: "onnx", "pt2" (torch.export), "torchscript" or "aoti" (an AOTInductor package).
+        dynamic_batch: the artifact takes any batch size (else `batch_size` only).
+        dynamic_size: the artifact takes any image size (else `image_size` only).
+        image_size: the side of the example input, the fixed size unless `dynamic_size`.
+        batch_size: the fixed batch without `dynamic_batch`.
+        dtype: the floating dtype of the weights and inputs.
+        include_preset: the artifact takes uint8 images of any size and preprocesses them itself.
+        preset: with `include_preset`, an `ImageClassification` giving the crop and resize sizes, mean
+            and std (default: the ImageNet preset).
+
+    Returns:
+        `out`, as a Path.
+
+    Raises:
+        UsageError: a bad format, size, batch or dtype, or a model without weights (meta device).
+        OutputPathError: `out` is a folder, a symbolic link or not a regular file.
+        UnsupportedError: the exporter failed (its first line is in the message; nothing was written).
     """
     _check_arguments(
         model, fmt, image_size=image_size, batch_size=batch_size, dtype=dtype, include_preset=include_preset
@@ -316,8 +357,22 @@ def _torchscript(net: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModul
 
 
 def run_export(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Tensor) -> torch.Tensor:
-    """An exported artifact's output for `images`, run as a deployment would: onnxruntime (CPU), torch.export.load
-    or torch.jit.load."""
+    """An exported artifact's output for `images`, run as a deployment would.
+
+    Args:
+        path: the artifact `export` wrote.
+        fmt: its format: "onnx" (run in onnxruntime, CPU), "pt2" (`torch.export.load`), "aoti"
+            (`aoti_load_package`) or "torchscript" (`torch.jit.load`).
+        images: the input batch, as the artifact takes it.
+
+    Returns:
+        The artifact's output.
+
+    Raises:
+        MissingDependency: an ONNX file without onnxruntime installed.
+        UsageError: an unknown format.
+        UnsupportedError: the artifact does not load or run.
+    """
     path = Path(path)
     if fmt == "onnx":
         try:
@@ -343,7 +398,18 @@ def run_export(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Te
 def example_images(
     batch: int, image_size: int, *, include_preset: bool = False, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> torch.Tensor:
-    """A seeded input of the kind an artifact takes: uint8 images with the preset inside, else normalised floats."""
+    """A seeded input of the kind an artifact takes.
+
+    Args:
+        batch: the number of images.
+        image_size: their side, in pixels.
+        include_preset: uint8 images (for an artifact with the preset inside), else normalised floats.
+        dtype: the floats' dtype.
+        seed: the generator's seed.
+
+    Returns:
+        A (batch, 3, image_size, image_size) tensor.
+    """
     g = torch.Generator().manual_seed(seed)
     shape = (batch, IN_CHANNELS, image_size, image_size)
     if include_preset:
@@ -357,7 +423,20 @@ def check_export(
     model: nn.Module,
     inputs: Sequence[torch.Tensor],
 ) -> float:
-    """The largest absolute difference between the artifact's and `model`'s (eager) outputs over `inputs`."""
+    """The largest absolute difference between the artifact's and `model`'s (eager) outputs over `inputs`.
+
+    Args:
+        path: the artifact.
+        fmt: its format (as for `run_export`).
+        model: the model it was exported from (put in eval mode).
+        inputs: the batches to compare on.
+
+    Returns:
+        The largest absolute difference of any output element.
+
+    Raises:
+        UnsupportedError: the artifact gave an output of another shape, or does not load or run.
+    """
     worst = 0.0
     model = model.eval()
     for x in inputs:

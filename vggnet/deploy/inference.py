@@ -9,8 +9,12 @@ benchmarks/README.md):
 - on CPU (not compiled), each convolution runs with its ReLU fused in as one oneDNN call, and in
   float32 fc6-fc8 run on oneDNN's linear with the ReLU fused in instead of the BLAS behind F.linear
   (MKL) (benchmarks/bench_cpu_paths.py); only in dtypes this CPU's oneDNN computes (`onednn_computes`).
-- bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 on CPU unless asked (bf16 pays on CPUs
-  with AVX512_BF16).
+- on CPU (not compiled), every convolution and linear weight is reordered once, at construction,
+  into oneDNN's blocked layout; otherwise oneDNN reorders each weight on every call, which is a third
+  of the time of a bf16 batch 1 (ONEDNN_VERBOSE shows a `reorder` before each convolution).
+- bf16 on CUDA GPUs that have it, fp16 on older ones; on CPUs that compute bf16 natively (AVX512_BF16
+  or AMX-BF16) bf16 too, as OpenVINO does (`cpu_has_native_bf16`); float32 on other CPUs. float32 is
+  always one argument away (`dtype=torch.float32`).
 - torch.compile (on by default on CUDA, opt-in on CPU, where it gains little for VGG because the
   convolutions are oneDNN calls either way): it fuses the ReLU and max-pool passes. With a small fixed
   `batch_size` on CUDA it also records CUDA graphs (mode "reduce-overhead"), which removes the kernel
@@ -33,7 +37,14 @@ from vggnet.errors import DeviceError, UnsupportedError, UsageError, UsageTypeEr
 from vggnet.models.config import POOLED_SIZE
 from vggnet.models.vgg import VGG
 
-__all__ = ["CUDA_GRAPH_MAX_BATCH", "InferenceVGG", "default_dtype", "fold_batchnorm", "optimize_for_inference"]
+__all__ = [
+    "CUDA_GRAPH_MAX_BATCH",
+    "InferenceVGG",
+    "cpu_has_native_bf16",
+    "default_dtype",
+    "fold_batchnorm",
+    "optimize_for_inference",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +61,16 @@ def fold_batchnorm(model: VGG) -> VGG:
     `model` itself is not modified. Each folded BatchNorm is replaced by `nn.Identity`, so the
     convolutions keep their `features.N` indices and state-dict keys while the BatchNorm keys go.
     Folding uses the running statistics, which is what eval mode computes; the folded copy matches
-    `model.eval()` within float32 rounding (the arithmetic is done in float64). A model without
-    BatchNorm comes back as a plain eval-mode copy.
+    `model.eval()` within float32 rounding (the arithmetic is done in float64).
+
+    Args:
+        model: a VGG, with or without BatchNorm (without, it comes back as a plain eval-mode copy).
+
+    Returns:
+        The folded eval-mode copy.
+
+    Raises:
+        UsageError: a BatchNorm2d that does not follow a Conv2d, or one without running statistics.
     """
     folded = copy.deepcopy(model).eval()
     for seq in folded.modules():
@@ -120,19 +139,22 @@ def _has_onednn(net: VGG) -> bool:
     )
 
 
-def _onednn_head(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _onednn_head(classifier: nn.Module, x: torch.Tensor, packed: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The eval-mode classifier with oneDNN's linear, each ReLU fused into the linear before it.
 
     For float32 on CPU, where torch's F.linear goes through the BLAS (MKL), which is slower on fc6-fc8
-    (benchmarks/bench_cpu_paths.py).
+    (benchmarks/bench_cpu_paths.py); in bf16, F.linear is oneDNN's but reorders its weight on every
+    call. `packed` maps a child's index to its weight already in oneDNN's layout (`_pack_linears`).
     """
+    packed = packed or {}
     modules = list(classifier.children()) if isinstance(classifier, nn.Sequential) else [classifier]
     i = 0
     while i < len(modules):
         m = modules[i]
         if isinstance(m, nn.Linear):
             fuse = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
-            x = torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "relu" if fuse else "none", [], "")
+            weight = packed.get(i, m.weight)
+            x = torch.ops.mkldnn._linear_pointwise(x, weight, m.bias, "relu" if fuse else "none", [], "")
             i += 2 if fuse else 1
             continue
         if not isinstance(m, nn.Dropout):  # eval-mode dropout is the identity
@@ -143,6 +165,12 @@ def _onednn_head(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # One step of the feature extractor: a module to call, or a convolution to run with its ReLU fused in.
 _Step = tuple[nn.Module, bool]
+
+
+def _in_channels(net: VGG) -> int:
+    """The input channels of the first convolution (3 for RGB)."""
+    first = next((m for m in net.features.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
 
 
 def _fused_steps(features: nn.Module) -> list[_Step]:
@@ -166,24 +194,93 @@ def _fused_steps(features: nn.Module) -> list[_Step]:
     return steps
 
 
-def _run_steps(steps: list[_Step], x: torch.Tensor) -> torch.Tensor:
-    """The feature extractor, with each fused step one oneDNN convolution+ReLU call."""
-    for m, relu_fused in steps:
+def _run_steps(steps: list[_Step], x: torch.Tensor, packed: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """The feature extractor, with each fused step one oneDNN convolution+ReLU call.
+
+    `packed` maps a step's index to its convolution weight already in oneDNN's blocked layout.
+    """
+    packed = packed or {}
+    for i, (m, relu_fused) in enumerate(steps):
         if relu_fused:
             assert isinstance(m, nn.Conv2d)
+            weight = packed.get(i, m.weight)
             x = torch.ops.mkldnn._convolution_pointwise(
-                x, m.weight, m.bias, m.padding, m.stride, m.dilation, m.groups, "relu", [], ""
+                x, weight, m.bias, m.padding, m.stride, m.dilation, m.groups, "relu", [], ""
             )
         else:
             x = m(x)
     return x
 
 
+def _pack_convolutions(steps: list[_Step], in_channels: int, batch: int, size: int) -> dict[int, torch.Tensor]:
+    """Each fused convolution's weight reordered once into oneDNN's blocked layout, by step index.
+
+    The layout is the one oneDNN picks for a (batch, C, size, size) input; any other input still gets
+    correct results (oneDNN reorders again when the layouts differ), only slower.
+    """
+    packed: dict[int, torch.Tensor] = {}
+    c, h, w = in_channels, size, size
+    for i, (m, relu_fused) in enumerate(steps):
+        if isinstance(m, nn.Conv2d):
+            if relu_fused:
+                weight = m.weight.contiguous(memory_format=torch.channels_last)
+                args = (list(m.padding), list(m.stride), list(m.dilation), m.groups, [batch, c, h, w])
+                packed[i] = torch.ops.mkldnn._reorder_convolution_weight(weight, *args)
+            c = m.out_channels
+            h, w = _conv_out(h, m, 0), _conv_out(w, m, 1)
+        elif isinstance(m, nn.MaxPool2d):
+            h, w = max(h // 2, 1), max(w // 2, 1)  # VGG's 2x2, stride 2 pools; only a layout hint elsewhere
+    return packed
+
+
+def _conv_out(n: int, conv: nn.Conv2d, dim: int) -> int:
+    """The output length along `dim` of `conv` for an input of length `n`."""
+    pad = conv.padding[dim] if isinstance(conv.padding, tuple) else 0
+    span = conv.dilation[dim] * (conv.kernel_size[dim] - 1) + 1
+    return max((n + 2 * int(pad) - span) // conv.stride[dim] + 1, 1)
+
+
+def _pack_linears(classifier: nn.Module, batch: int) -> dict[int, torch.Tensor]:
+    """Each nn.Linear weight of `classifier` reordered once into oneDNN's layout, by child index."""
+    children = classifier.children() if isinstance(classifier, nn.Sequential) else [classifier]
+    return {
+        i: torch.ops.mkldnn._reorder_linear_weight(m.weight, batch)
+        for i, m in enumerate(children)
+        if isinstance(m, nn.Linear)
+    }
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: AVX512_BF16 or AMX-BF16, with oneDNN able to use it.
+
+    Plain AVX-512 only emulates bf16 (converting to float32), where bf16 gains little over float32;
+    with the native instructions a VGG runs 3-5 times faster in bf16 (benchmarks/bench_cpu_peers.py).
+
+    Returns:
+        True where `optimize_for_inference` picks bf16 on this CPU by default.
+    """
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    caps: dict[str, object] = get_capabilities() if get_capabilities is not None else {}
+    native = bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    return native and onednn_computes(torch.bfloat16)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA GPUs with bf16 (Ampere and later), fp16 on older ones, float32 elsewhere."""
+    """The dtype `optimize_for_inference` runs in on `device` unless told otherwise.
+
+    Args:
+        device: where the model will run.
+
+    Returns:
+        bf16 on CUDA GPUs with native bf16 (Ampere and later), fp16 on older ones; bf16 on CPUs with
+        native bf16 (`cpu_has_native_bf16`: AVX512_BF16 or AMX, where it runs 3-5 times faster and
+        agrees with float32 to a logit cosine above 0.999); float32 elsewhere.
+    """
     if device.type == "cuda":
         # including_emulation=False: pre-Ampere GPUs "support" bf16 only by emulating it, slowly.
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return torch.float32
 
 
@@ -191,15 +288,31 @@ class InferenceVGG(nn.Module):
     """A prepared VGG for inference only: validates and converts its input, runs without autograd.
 
     The input may be any floating dtype on any device: it is moved to the module's device, dtype and
-    channels_last layout; the logits come back in the input's dtype, on the module's device.
-    `net` is the folded, converted VGG (its state dict keeps the `features.N` and `classifier.N` keys).
+    channels_last layout; the logits come back in the input's dtype, on the module's device. Build it
+    with `optimize_for_inference`, which folds and converts the model first.
+
+    Args:
+        net: the folded, converted VGG (its state dict keeps the `features.N` and `classifier.N` keys).
+        compile: torch.compile the forward.
+        cuda_graphs: compile with CUDA graphs (mode "reduce-overhead"); only with `compile` on CUDA.
+        static_shapes: compile for one input shape (`dynamic=False`).
+        batch_size: the batch the oneDNN weight layouts are chosen for (default 1); others run too.
+        dtype_note: why the model runs in its dtype, shown by `repr` (e.g. this CPU's native bf16).
     """
 
     def __init__(
-        self, net: VGG, *, compile: bool = False, cuda_graphs: bool = False, static_shapes: bool = False
+        self,
+        net: VGG,
+        *,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        static_shapes: bool = False,
+        batch_size: int | None = None,
+        dtype_note: str = "",
     ) -> None:
         super().__init__()
         self.net = net
+        self.dtype_note = dtype_note
         pool = net.avgpool
         # The pool is an identity only when it is the stock 7x7 adaptive average pool.
         self._pool_is_7x7 = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (
@@ -213,37 +326,61 @@ class InferenceVGG(nn.Module):
         # of a packed copy of the classifier's weights). On CUDA freezing gained nothing.
         self._freezing = compile and self.device.type == "cpu"
         onednn = _has_onednn(net)
-        # Compiled, inductor fuses the ReLUs itself; bf16's F.linear is already oneDNN's.
-        self._onednn_classifier = onednn and self.dtype == torch.float32 and (self._freezing or not compile)
+        # Compiled, inductor fuses the ReLUs itself and prepacks the weights (freezing).
+        self._onednn_classifier = onednn and (not compile or (self._freezing and self.dtype == torch.float32))
         self._steps = _fused_steps(net.features) if onednn and not compile else None
+        self._packed_convs, self._packed_linears = self._prepack(batch_size or 1)
         self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
         if compile:
             # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
             mode = "reduce-overhead" if cuda_graphs else None
             self._run = torch.compile(self._logits, mode=mode, dynamic=False if static_shapes else None)
 
+    def _prepack(self, batch: int) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """The oneDNN-layout copies of the convolution and linear weights (none off the fused path).
+
+        Chosen for `batch` images of 224 px; other shapes stay correct (oneDNN reorders as needed). The
+        copies cost as much memory again as the weights.
+        """
+        if self._steps is None:
+            return {}, {}
+        with torch.no_grad():
+            convs = _pack_convolutions(self._steps, _in_channels(self.net), batch, 224)
+            linears = _pack_linears(self.net.classifier, batch) if self._onednn_classifier else {}
+        return convs, linears
+
     @property
     def device(self) -> torch.device:
+        """Where the model runs (its parameters' device)."""
         return next(self.net.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (its parameters' dtype)."""
         return next(self.net.parameters()).dtype
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.net.features(x) if self._steps is None else _run_steps(self._steps, x)  # (N, 512, H/32, W/32)
+        # (N, 3, H, W) -> (N, 512, H/32, W/32)
+        x = self.net.features(x) if self._steps is None else _run_steps(self._steps, x, self._packed_convs)
         if self.net.global_pool == "":  # no pooling and no classifier: the map itself, as VGG.forward_head
             return x
         if not (self._pool_is_7x7 and x.shape[-2:] == (POOLED_SIZE, POOLED_SIZE)):
             x = self.net.avgpool(x)
         x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)
         if self._onednn_classifier:
-            return _onednn_head(self.net.classifier, x)
+            return _onednn_head(self.net.classifier, x, self._packed_linears)
         out: torch.Tensor = self.net.classifier(x)
         return out
 
     def check_input(self, x: torch.Tensor) -> None:
-        """VGG.check_input, and a floating dtype (normalised images, not raw uint8 pixels)."""
+        """VGG.check_input, and a floating dtype (normalised images, not raw uint8 pixels).
+
+        Args:
+            x: a batch of images, (N, C, H, W).
+
+        Raises:
+            UsageError: `x` is not a batch of images the model takes, or not floating point.
+        """
         self.net.check_input(x)
         if not x.is_floating_point():
             raise UsageError(
@@ -252,6 +389,17 @@ class InferenceVGG(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch of normalised images.
+
+        Args:
+            x: (N, C, H, W) floating-point images, H and W at least 32, on any device.
+
+        Returns:
+            (N, num_classes) logits in `x`'s dtype, on the module's device.
+
+        Raises:
+            UsageError: `x` is not a batch of normalised images the model takes.
+        """
         self.check_input(x)
         out_dtype = x.dtype
         # Asynchronous only towards a GPU: a GPU-to-CPU copy must have landed before CPU kernels read it.
@@ -272,7 +420,17 @@ class InferenceVGG(nn.Module):
         return patch
 
     def train(self, mode: bool = True) -> InferenceVGG:
-        """Only `train(False)`/`eval()`: BatchNorm is folded and dropout gone, so there is no training mode."""
+        """Only `train(False)`/`eval()`: BatchNorm is folded and dropout gone, so there is no training mode.
+
+        Args:
+            mode: must be False.
+
+        Returns:
+            This module, in eval mode.
+
+        Raises:
+            UnsupportedError: `mode` is True.
+        """
         if mode:
             raise UnsupportedError(
                 "an optimize_for_inference module is inference-only: train the VGG itself, then optimize it again"
@@ -280,7 +438,18 @@ class InferenceVGG(nn.Module):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return f"device={self.device}, dtype={self.dtype}, compiled={self.compiled}, cuda_graphs={self.cuda_graphs}"
+        """The device, the dtype (and why, when it was chosen for this machine), compiled, CUDA graphs."""
+        note = f" ({self.dtype_note})" if self.dtype_note else ""
+        return (
+            f"device={self.device}, dtype={self.dtype}{note}, compiled={self.compiled}, cuda_graphs={self.cuda_graphs}"
+        )
+
+
+def _dtype_note(device: torch.device, dtype: torch.dtype) -> str:
+    """What `repr` says about a dtype `optimize_for_inference` chose itself."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return "this CPU's default: it computes bf16 natively (AVX512_BF16/AMX); dtype=torch.float32 for float32"
+    return f"the default on {device.type}"
 
 
 def optimize_for_inference(
@@ -293,19 +462,53 @@ def optimize_for_inference(
 ) -> InferenceVGG:
     """An inference-only copy of `model` that runs as fast as this machine allows; `model` is untouched.
 
-    - `device`: where to run (default: where `model`'s parameters are).
-    - `dtype`: default bf16 on CUDA GPUs that have it, fp16 on older GPUs, float32 on CPU.
-    - `batch_size`: the batch you will feed, if fixed. On CUDA with compile and a batch up to
-      `CUDA_GRAPH_MAX_BATCH`, the forward is recorded as CUDA graphs. Other batch sizes still work.
-    - `compile`: torch.compile the forward (default: on for CUDA, off for CPU). The first call of each
-      new input shape compiles (tens of seconds); later calls are fast. All optimized models share one
-      compiled function, and torch.compile keeps at most 8 versions of it per process (dynamo's
-      `recompile_limit`); past that the forward runs uncompiled (torch logs a warning). Many models or
-      shapes in one process: call `torch.compiler.reset()` between them, or raise the limit.
-
     Any input of at least 32x32 pixels works; bad input is refused like `VGG` refuses it. The
     process-wide `torch.backends.cudnn.benchmark` is left to the caller: turn it on for fixed sizes.
+
+    Args:
+        model: a vggnet VGG with weights (not on the meta device).
+        device: where to run (default: where `model`'s parameters are).
+        dtype: default `default_dtype(device)`: bf16 on CUDA GPUs that have it, fp16 on older GPUs, bf16
+            on CPUs that compute it natively (AVX512_BF16 or AMX, as OpenVINO does; the repr says so),
+            float32 on other CPUs. `torch.float32` for full precision.
+        batch_size: the batch you will feed, if fixed. On CPU the oneDNN weight layouts are chosen for
+            it; on CUDA with compile and a batch up to `CUDA_GRAPH_MAX_BATCH`, the forward is recorded as
+            CUDA graphs. Other batch sizes still work.
+        compile: torch.compile the forward (default: on for CUDA, off for CPU). The first call of each
+            new input shape compiles (tens of seconds); later calls are fast. All optimized models share
+            one compiled function, and torch.compile keeps at most 8 versions of it per process (dynamo's
+            `recompile_limit`); past that the forward runs uncompiled (torch logs a warning). Many models
+            or shapes in one process: call `torch.compiler.reset()` between them, or raise the limit.
+
+    Returns:
+        The prepared `InferenceVGG`.
+
+    Raises:
+        UsageTypeError: `model` is not a vggnet VGG.
+        UsageError: a bad `batch_size` or `dtype` (int8 needs `vggnet.deploy.quantize.quantize`), or no
+            weights (meta device).
+        DeviceError: CUDA asked for where there is none.
     """
+    target = _check_arguments(model, device, dtype, batch_size)
+    note = "" if dtype is not None else _dtype_note(target, default_dtype(target))
+    dtype = dtype if dtype is not None else default_dtype(target)
+    compile = compile if compile is not None else target.type == "cuda"
+    cuda_graphs = compile and target.type == "cuda" and batch_size is not None and batch_size <= CUDA_GRAPH_MAX_BATCH
+
+    net = fold_batchnorm(model)
+    net.requires_grad_(False)
+    net.to(device=target, dtype=dtype).to(memory_format=torch.channels_last)
+    logger.debug(
+        "optimize_for_inference: device=%s dtype=%s compile=%s cuda_graphs=%s", target, dtype, compile, cuda_graphs
+    )
+    static = batch_size is not None
+    return InferenceVGG(
+        net, compile=compile, cuda_graphs=cuda_graphs, static_shapes=static, batch_size=batch_size, dtype_note=note
+    )
+
+
+def _check_arguments(model: VGG, device: DeviceArg, dtype: torch.dtype | None, batch_size: int | None) -> torch.device:
+    """optimize_for_inference's refusals; returns the target device."""
     if not isinstance(model, VGG):
         raise UsageTypeError(f"optimize_for_inference expects a vggnet VGG, got {type(model).__name__}")
     if batch_size is not None:
@@ -320,7 +523,6 @@ def optimize_for_inference(
         raise UsageError("device='meta' holds no values to compute with; use device='cpu' or 'cuda'")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {target} asked for, but CUDA is not available; use device='cpu'")
-    dtype = dtype if dtype is not None else default_dtype(target)
     if dtype in (torch.int8, torch.qint8, torch.quint8):
         # int8 needs calibration images and an accuracy check: vggnet/quantize.py (issue 16).
         raise UsageError(
@@ -328,15 +530,6 @@ def optimize_for_inference(
             "vggnet.deploy.quantize.quantize(model, calibration), which calibrates, compares with float32 and falls "
             "back to float32 where oneDNN has no int8 kernels"
         )
-    if not dtype.is_floating_point:
+    if dtype is not None and not dtype.is_floating_point:
         raise UsageError(f"dtype must be a floating-point dtype, got {dtype}")
-    compile = compile if compile is not None else target.type == "cuda"
-    cuda_graphs = compile and target.type == "cuda" and batch_size is not None and batch_size <= CUDA_GRAPH_MAX_BATCH
-
-    net = fold_batchnorm(model)
-    net.requires_grad_(False)
-    net.to(device=target, dtype=dtype).to(memory_format=torch.channels_last)
-    logger.debug(
-        "optimize_for_inference: device=%s dtype=%s compile=%s cuda_graphs=%s", target, dtype, compile, cuda_graphs
-    )
-    return InferenceVGG(net, compile=compile, cuda_graphs=cuda_graphs, static_shapes=batch_size is not None)
+    return target

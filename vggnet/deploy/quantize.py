@@ -36,6 +36,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 # torch.cpu.get_capabilities() names of what oneDNN's int8 kernels run on, fastest first; all but
 # avx2 have int8 dot products.
 INT8_INSTRUCTIONS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
+_INDUCTOR_INT8 = r"torch\._inductor\.mkldnn_lowerings"  # where that warning comes from
 _X86 = ("x86_64", "amd64", "i386", "i686")
 # oneDNN's ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps -> the fastest of INT8_INSTRUCTIONS each allows
 # (None: no int8 kernels worth running); the AMX caps, "all" and values not listed here cap nothing.
@@ -84,9 +86,14 @@ _Batch = tuple[torch.Tensor, torch.Tensor | None]  # (images, labels or None)
 
 
 def int8_instructions() -> str | None:
-    """What oneDNN's int8 kernels run on here, fastest first: "amx_int8", "avx512_vnni", "avx_vnni" (int8 dot
-    products), "avx2" (16-bit sums); None where there is none of them (not x86, or no AVX2): no int8 then.
-    A cap set in ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) is honoured, as oneDNN honours it."""
+    """What oneDNN's int8 kernels run on here.
+
+    A cap set in ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) is honoured, as oneDNN honours it.
+
+    Returns:
+        The fastest of "amx_int8", "avx512_vnni", "avx_vnni" (int8 dot products) and "avx2" (16-bit
+        sums) this CPU has; None where there is none of them (not x86, or no AVX2): no int8 then.
+    """
     if platform.machine().lower() not in _X86:
         return None
     cap = settings.onednn_isa_cap()
@@ -100,7 +107,27 @@ def int8_instructions() -> str | None:
 
 @dataclass(frozen=True)
 class QuantizeReport:
-    """What `quantize` did and how close int8 stays to float32 (percentages in 0-100)."""
+    """What `quantize` did and how close int8 stays to float32 (percentages in 0-100).
+
+    Attributes:
+        int8: False where the float32 fallback runs (see `fallback_reason`).
+        fallback_reason: why int8 does not run here, or None.
+        instructions: `int8_instructions()` of this CPU.
+        cpu_capability: torch's ATen kernels: "AVX2", "AVX512", ...
+        reduce_range: 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate).
+        calibration_images: how many images calibrated the ranges.
+        image_size: (height, width): the compiled graph takes this size only.
+        batch_size: the compiled batch; other batch sizes compile again on first use.
+        evaluated_on: "held_out", or "calibration" (no held-out set given: a weaker check).
+        evaluated_images: how many images the figures below come from.
+        top1_agreement: % of the evaluated images whose int8 top-1 class is float32's.
+        cosine: mean cosine similarity of the int8 and float32 logits.
+        min_cosine: the worst image's.
+        accuracy_fp32: % top-1 against the labels, where the evaluation images have them.
+        accuracy_int8: the same for int8.
+        quantize_s: seconds of export, calibration and conversion.
+        compile_s: seconds of Inductor's compilation (the first call); shorter once its kernel cache holds it.
+    """
 
     int8: bool  # False: the float32 fallback runs (see fallback_reason)
     fallback_reason: str | None
@@ -109,7 +136,7 @@ class QuantizeReport:
     reduce_range: bool  # 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate)
     calibration_images: int
     image_size: tuple[int, int]  # (height, width): the compiled graph takes this size only
-    batch_size: int  # the compiled batch; other batch sizes compile again on first use
+    batch_size: int  # the batch compiled first; batch 1 and all others (one dynamic-batch graph) compile once each
     evaluated_on: str  # "held_out" or "calibration" (no held-out set given: a weaker check)
     evaluated_images: int
     top1_agreement: float  # % of the evaluated images whose int8 top-1 class is float32's
@@ -125,7 +152,12 @@ class Int8VGG(nn.Module):
     """A quantized (or, on fallback, float32-optimized) VGG for inference on CPU; `report` says which and how close.
 
     Takes float images of the calibration size (`report.image_size`) on any device; returns float32
-    logits on the CPU.
+    logits on the CPU. Built by `quantize`.
+
+    Args:
+        program: the compiled int8 graph, or the float32 `InferenceVGG` of a fallback.
+        in_channels: the channels the input images have.
+        int8: whether `program` is int8 (False: the float32 fallback).
     """
 
     def __init__(self, program: nn.Module, *, in_channels: int, int8: bool) -> None:
@@ -138,6 +170,14 @@ class Int8VGG(nn.Module):
         self.image_size: tuple[int, int] | None = None
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Refuse what the model cannot take, with the fix.
+
+        Args:
+            x: a batch of images, (N, C, H, W).
+
+        Raises:
+            UsageError: not a batch of floating-point images, or (int8) not of the calibration size.
+        """
         check_images(x, self.in_channels)
         if not x.is_floating_point():
             raise UsageError(
@@ -152,10 +192,22 @@ class Int8VGG(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch of normalised images.
+
+        Args:
+            x: (N, C, H, W) floating-point images of the calibration size, on any device.
+
+        Returns:
+            (N, num_classes) float32 logits on the CPU.
+
+        Raises:
+            UsageError: `x` is not a batch the model takes (see `check_input`).
+        """
         self.check_input(x)
-        x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), _freezing(self.int8):
-            out: torch.Tensor = self.program(x)
+        with torch.inference_mode(), _freezing(self.int8), warnings.catch_warnings():
+            # Inductor's int8 lowering warns about its own torch.tensor(tensor) call at each compile.
+            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning, _INDUCTOR_INT8)
+            out: torch.Tensor = self.program(_program_input(x, dynamic_batch=self.int8))
         return out.float()
 
     def train(self, mode: bool = True) -> Int8VGG:
@@ -165,6 +217,19 @@ class Int8VGG(nn.Module):
 
     def extra_repr(self) -> str:
         return f"int8={self.int8}, image_size={self.image_size}, fallback_reason={self.fallback_reason!r}"
+
+
+def _program_input(x: torch.Tensor, *, dynamic_batch: bool) -> torch.Tensor:
+    """`x` copied, inside inference mode, to a float32 channels-last CPU tensor the compiled graph takes.
+
+    Always a copy made in inference mode: an input made outside it carries another dispatch key, which
+    Dynamo's guards see as a different tensor (a recompile). Batches of 2 or more are marked dynamic, so
+    one graph serves them all; batch 1 keeps a graph of its own (oneDNN's int8 convolution guards on it).
+    """
+    out = torch.empty(x.shape, dtype=torch.float32, memory_format=torch.channels_last).copy_(x)
+    if dynamic_batch and len(out) > 1:
+        torch._dynamo.mark_dynamic(out, 0)
+    return out
 
 
 def _freezing(on: bool) -> contextlib.AbstractContextManager[object]:
@@ -190,20 +255,35 @@ def quantize(
 ) -> Int8VGG:
     """An int8 copy of `model` for CPU inference, calibrated on `calibration` and checked against float32.
 
-    - `calibration`: a few hundred images like the ones the model will see: an (N, C, H, W) tensor
-      of preprocessed images, an iterable of such batches (or of (images, labels) pairs, e.g. a
-      DataLoader), or a folder of image files (flat, or one sub-folder per class in the model's class
-      order, whose labels give accuracies) read with `preset`.
-    - `held_out`: the same kinds, images not used for calibration, on which the report's agreement
-      and accuracy are measured (default: the calibration images, a weaker check).
-    - `preset`: for folders (default: the model's own, `model.pretrained_cfg`'s: a vggnet checkpoint's
-      preset for a model built from one, else ImageNet's evaluation preset).
-    - `batch_size`: the batch the model is compiled for (others compile again on first use).
-    - `fallback`: where `int8_instructions()` is None (no int8 kernels worth running), return the
-      float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
-    - `reduce_range`: 7-bit activations (default: on where the CPU has no int8 dot products, "avx2").
-
     `model` is untouched. Needs torchao (`pip install "vggnet[int8]"`).
+
+    Args:
+        model: a vggnet VGG.
+        calibration: a few hundred images like the ones the model will see: an (N, C, H, W) tensor of
+            preprocessed images, an iterable of such batches (or of (images, labels) pairs, e.g. a
+            DataLoader), or a folder of image files (flat, or one sub-folder per class in the model's
+            class order, whose labels give accuracies) read with `preset`.
+        held_out: the same kinds, images not used for calibration, on which the report's agreement and
+            accuracy are measured (default: the calibration images, a weaker check).
+        preset: for folders (default: the model's own, `model.pretrained_cfg`'s: a vggnet checkpoint's
+            preset for a model built from one, else ImageNet's evaluation preset).
+        batch_size: the batch the model is compiled for first. Any batch size runs: every batch of 2 or
+            more shares one graph with a dynamic batch dimension, batch 1 gets a graph of its own; each
+            compiles once, on first use.
+        calibration_batch_size: the batch calibration and evaluation images are fed in.
+        fallback: where `int8_instructions()` is None (no int8 kernels worth running), return the
+            float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
+        reduce_range: 7-bit activations (default: on where the CPU has no int8 dot products, "avx2").
+
+    Returns:
+        The `Int8VGG`, its `report` filled in.
+
+    Raises:
+        UsageTypeError: `model` is not a vggnet VGG, or `calibration` is of a kind not listed above.
+        UsageError: a bad batch size, or no calibration images.
+        NoImages: a calibration folder that is missing or holds no images.
+        MissingDependency: torchao is not installed.
+        UnsupportedError: no int8 kernels here and `fallback=False`.
     """
     if not isinstance(model, VGG):
         raise UsageTypeError(f"quantize expects a vggnet VGG, got {type(model).__name__}")
@@ -311,8 +391,9 @@ def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> n
     finally:
         _forget_graphs()  # on failure too: the graphs hold the float32 weights
     _drop_unused_attributes(converted)
-    # A fixed shape: the batch of the first call; freezing is switched on around each call (Int8VGG).
-    compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
+    # Freezing is switched on around each call (Int8VGG).
+    # Batch sizes of 2 or more share one graph (`_program_input` marks the batch dynamic), batch 1 has its own.
+    compiled: nn.Module = torch.compile(converted)  # type: ignore[assignment]
     return compiled
 
 

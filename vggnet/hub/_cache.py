@@ -310,7 +310,7 @@ def read_stamp(stamp: Path) -> dict[str, Any] | None:
     except NotARegularFileError as err:
         logger.warning("%s", err)
         return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     finally:
         _close(folder)

@@ -320,6 +320,10 @@ class _Reader:
         self.left -= prod(found) * dtype.itemsize
         if self.left < 0:
             self.fail(where, f"takes the weights read past max_bytes={self.max_bytes}", "raise max_bytes if right")
+        if layout != h5d.CHUNKED and dset.get_storage_size() < prod(found) * dtype.itemsize:
+            # never written: HDF5 would hand back its fill value, any size from a file of a few bytes
+            size = f"{dset.get_storage_size()} of its {prod(found) * dtype.itemsize} bytes"
+            self.fail(where, f"stores {size} (never written: HDF5 would make up the rest)", _RESAVE)
         out = np.empty(found, dtype)
         if layout == h5d.CHUNKED:
             self.chunks(dset, plist, where, out)
@@ -336,6 +340,9 @@ class _Reader:
         grid = [-(-s // c) for s, c in zip(out.shape, chunk)]
         if prod(grid) > MAX_CHUNKS:
             self.fail(where, f"is cut into {prod(grid)} chunks, more than {MAX_CHUNKS}", "repack it with larger chunks")
+        stored = dset.get_num_chunks()
+        if stored != prod(grid):  # a chunk never written is HDF5's fill value, read from nothing
+            self.fail(where, f"has {stored} chunks stored of the {prod(grid)} its shape takes", _RESAVE)
         filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]  # (code, flags, cd_values, name)
         for code, _, _, name in filters:
             if code not in (h5z.FILTER_DEFLATE, h5z.FILTER_SHUFFLE, h5z.FILTER_FLETCHER32):
@@ -354,9 +361,6 @@ class _Reader:
         size = prod(chunk) * out.itemsize
         checksums = 4 * sum(code == h5z.FILTER_FLETCHER32 for code, *_ in filters)
         bound = size + (size >> 12) + (size >> 14) + (size >> 25) + 13 + checksums  # zlib's compressBound + checksums
-        stored = dset.get_num_chunks()
-        if stored != prod(grid):
-            self.fail(where, f"has {stored} chunks stored of the {prod(grid)} its shape takes", _RESAVE)
         infos: list[Any] = []
         if hasattr(dset, "chunk_iter"):  # HDF5 1.14+: one pass over the chunk index
             dset.chunk_iter(infos.append)

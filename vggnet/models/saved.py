@@ -442,8 +442,8 @@ def _safetensors_fields(f: IO[bytes], path: Path) -> dict[str, Any] | None:
     raw = f.read(min(n, _SAFETENSORS_MAX_HEADER))
     try:
         text = (json.loads(raw).get("__metadata__") or {}).get(METADATA_KEY)
-        fields = None if text is None else json.loads(text)
-    except (ValueError, AttributeError) as err:
+        fields = None if text is None else json.loads(text)  # TypeError: not a string, as safetensors requires
+    except (ValueError, AttributeError, TypeError, RecursionError) as err:  # RecursionError: "[[[[..." nested deep
         raise BadCheckpointError(f"{path}: its safetensors header is not JSON ({err}); nothing was loaded") from None
     if fields is not None and not isinstance(fields, dict):
         raise BadCheckpointError(f"{path}: its {METADATA_KEY!r} metadata is not a JSON object; nothing was loaded")

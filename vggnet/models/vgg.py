@@ -318,7 +318,7 @@ class VGG(nn.Module):
         for block in self._blocks():
             # Non-reentrant checkpointing recomputes the block in backward; the recomputation must not
             # update BatchNorm's running statistics a second time.
-            x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_recompute_contexts, block))
+            x = checkpoint(block, x, use_reentrant=False, **_recompute_options(block))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -827,6 +827,17 @@ def _fc8(in_features: int, num_classes: int, **device_dtype: Any) -> nn.Module:
 def _eager() -> bool:
     """False while FX-tracing, exporting or compiling (is_compiling covers export): shape checks do not trace."""
     return not (torch.compiler.is_compiling() or is_fx_symbolic_tracing())
+
+
+def _recompute_options(block: nn.Module) -> dict[str, Any]:
+    """`checkpoint`'s context_fn keeping BatchNorm statistics, in eager mode only.
+
+    Compiled, the recomputation is the partitioner's and reruns no buffer update; a context_fn bound to
+    the block would also break the graph (Dynamo needs it to be a constant), issue 25.
+    """
+    if torch.compiler.is_compiling():
+        return {}
+    return {"context_fn": partial(_recompute_contexts, block)}
 
 
 def _recompute_contexts(

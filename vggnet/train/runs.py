@@ -27,18 +27,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from vggnet.data.outputs import atomic_write, remove_leftovers, save_png, write_text, writer_lock
+from vggnet.data.outputs import atomic_write, check_output, remove_leftovers, save_png, write_text, writer_lock
 from vggnet.errors import BadCheckpointError, MissingPathError, OutputExistsError, OutputPathError, UsageError
 from vggnet.hub import weights_only_load
 from vggnet.models.finetuned import check_finetuned
@@ -309,6 +311,7 @@ def previous_run(
 
     Raises:
         MissingPathError: `resume` and OUT holds no last.pth.
+        OutputPathError: `resume`, and best.pth or history.jsonl is a link, a FIFO or a folder.
         OutputExistsError: OUT holds a run (best.pth, last.pth or history.jsonl) and neither `resume` nor
             `overwrite` was given; the message says how far that run went.
         BadCheckpointError: last.pth cannot be read or does not hold what a run writes.
@@ -321,6 +324,8 @@ def previous_run(
     if resume:
         if not last.is_file():
             raise MissingPathError(f"nothing to resume: {last} does not exist; drop resume (--resume) to start a run")
+        for name in (CHECKPOINT_NAME, HISTORY_NAME):  # a link planted there would be named as the run's best
+            check_output(out / name)
         return _resumable(out, read_last(last), recipe, epochs)
     if files:
         raise OutputExistsError(
@@ -397,12 +402,31 @@ def read_last(path: Path) -> dict[str, Any]:
             (one line naming the file, what is wrong and what to do).
     """
     try:
-        with open(path, "rb") as f:
+        with _open_own(path) as f:
             state = weights_only_load(f, path, mmap=False, map_location="cpu")
     except BadCheckpointError as err:
         raise BadCheckpointError(f"{err}; the run cannot be resumed from it: {RESUME_FIX}") from None
     check_last(state, path)
     return dict(state)
+
+
+def _open_own(path: Path) -> IO[bytes]:
+    """A file of the run opened for reading: a regular file, never a link followed nor a FIFO waited on."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.lstat(path).st_mode
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        if fd >= 0:
+            os.close(fd)
+        raise BadCheckpointError(f"{path} is {what}, not the regular file a run writes; {RESUME_FIX}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def check_last(state: object, path: Path) -> None:
@@ -460,6 +484,9 @@ def _train_problems(train: Mapping[str, Any]) -> list[str]:
         for s in train["history"]
     ):  # fmt: skip
         problems.append(f"its history does not hold the {train['epoch']} epochs it says it ran")
+    held = train["optimizer"].get("state", {})
+    if not (isinstance(held, dict) and all(isinstance(v, dict) for v in held.values())):
+        problems.append("its optimizer state is not a mapping of parameters to their values")
     odd = [k for k, v in train["recipe"].items() if not isinstance(k, str) or not _recipe_value(v)]
     if odd:
         problems.append(f"the recipe's {key_list([str(k) for k in odd], 4)} are not settings a run takes")
