@@ -378,3 +378,51 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     )
     (tmp_path / "cache").mkdir(exist_ok=True)
     return env
+
+
+# --- every head (issue 25): the builders' heads, no fc8, no pooling, and classifiers users put in -------------
+
+VGG_HEAD = ["avgpool", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
+# head kind -> the names of its layers after pool5 (the taps `layer_names` must end with)
+HEAD_TAPS: dict[str, list[str]] = {
+    "vgg": VGG_HEAD,
+    "gap": ["gap", "fc"],
+    "fc7": VGG_HEAD,
+    "headless": VGG_HEAD[:-1],  # num_classes=0: no fc8
+    "gap_headless": ["gap"],
+    "unpooled": [],  # num_classes=0, global_pool="": the model returns pool5's map
+    "identity": ["avgpool", "classifier"],  # torchvision's model.classifier = nn.Identity()
+    "own": ["avgpool", "classifier.0", "classifier.1", "classifier.2", "classifier.3"],  # a Sequential of one's own
+    "tv_fc8": VGG_HEAD,  # torchvision's model.classifier[6] = nn.Linear(4096, 10)
+}
+HEAD_KINDS = list(HEAD_TAPS)
+
+
+@functools.cache
+def _head_model(kind: str, arch: str, seed: int) -> VGG:
+    torch.manual_seed(seed)
+    options: dict[str, dict[str, object]] = {
+        "gap": {"head": "gap"},
+        "fc7": {"head": "fc7"},
+        "headless": {"num_classes": 0},
+        "gap_headless": {"head": "gap", "num_classes": 0},
+        "unpooled": {"num_classes": 0, "global_pool": ""},
+    }
+    model = vggnet.get_model(arch, **{"num_classes": 10, **options.get(kind, {})})  # type: ignore[arg-type]
+    if kind == "identity":
+        model.classifier = torch.nn.Identity()
+    elif kind == "own":
+        layers = [torch.nn.Linear(25088, 64), torch.nn.ReLU(True), torch.nn.Dropout(0.3), torch.nn.Linear(64, 10)]
+        model.classifier = torch.nn.Sequential(*layers)
+    elif kind == "tv_fc8":
+        model.classifier[6] = torch.nn.Linear(4096, 10)
+    randomize_batchnorm(model, affine=True)
+    return model.eval()
+
+
+def head_model(kind: str, arch: str = "vgg11_bn", seed: int = 0) -> VGG:
+    """A seeded eval-mode `arch` with the head `kind` of HEAD_TAPS and non-trivial BatchNorm; a fresh copy each call
+    (the first one per process is built, the others copied)."""
+    import copy
+
+    return copy.deepcopy(_head_model(kind, arch, seed))

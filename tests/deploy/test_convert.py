@@ -129,6 +129,22 @@ def test_export_cli_pt2_with_preset(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_export_cli_dynamic_size_of_a_gap_checkpoint_without_an_image_size(tmp_path: Path) -> None:
+    import vggnet
+
+    torch.manual_seed(0)
+    model = vggnet.vgg11(head="gap", num_classes=3).eval()
+    src = vggnet.save(model, tmp_path / "gap.pth", classes=["a", "b", "c"])
+    out = tmp_path / "gap.pt2"
+    done = run("export", "vgg11", str(out), "--format", "pt2", "--weights", str(src), "--dynamic-size", "--json")
+    assert done.returncode == 0, done.stderr  # was: '<=' not supported between instances of 'int' and 'NoneType'
+    assert json.loads(done.stdout)["image_size"] == 224
+    x = torch.randn(2, 3, 96, 160)  # pool5 3x5: the gap head averages it all
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(out).module()(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
 def test_export_cli_refuses_bad_combinations(tmp_path: Path) -> None:
     done = run(
         "export", "vgg11", str(tmp_path / "x.ts"), "--format", "torchscript", "--with-preset", "--weights", "none"

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import vggnet
+from tests.helpers import HEAD_KINDS, head_model
 from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.export import AdaptivePoolByMatmul, WithPreset, check_export, export, run_export
 from vggnet.errors import EXIT_FAILURE, EXIT_USAGE, OutputPathError, UnsupportedError, exit_code
@@ -60,6 +61,7 @@ def run_without_vggnet(code: str) -> str:
 def test_matmul_pool_is_the_adaptive_pool(side: tuple[int, int]) -> None:
     x = torch.randn(2, 5, *side)
     torch.testing.assert_close(AdaptivePoolByMatmul(7)(x), F.adaptive_avg_pool2d(x, 7))
+    torch.testing.assert_close(AdaptivePoolByMatmul(1)(x), F.adaptive_avg_pool2d(x, 1))  # the gap head's
 
 
 def test_with_preset_equals_the_preset_then_the_model(model: vggnet.VGG) -> None:
@@ -238,3 +240,15 @@ def test_aoti_package_dynamic_batch(model: vggnet.VGG, tmp_path: Path) -> None:
     """AOTInductor compiles native code with the machine's C++ compiler: minutes on 2 cores."""
     path = export(model, tmp_path / "vgg11.aoti.pt2", "aoti", image_size=64)
     assert check_export(path, "aoti", model, inputs([(1, 3, 64, 64), (3, 3, 64, 64)])) < 1e-4
+
+
+# --- every head (issue 25) --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_export_with_dynamic_size_for_every_head(kind, tmp_path):
+    net = head_model(kind, arch="vgg11")
+    out = export(net, tmp_path / "model.pt2", "pt2", dynamic_size=True, image_size=64)
+    sizes = [(1, 3, 64, 64), (3, 3, 96, 128)]  # pool5 maps 2x2 and 3x4: the gap head's pool averages them all
+    assert check_export(out, "pt2", net, inputs(sizes)) < 1e-4

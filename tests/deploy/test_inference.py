@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import vggnet
-from tests.helpers import arch_matrix, randomize_batchnorm
+from tests.helpers import HEAD_KINDS, arch_matrix, head_model, randomize_batchnorm
 from tests.reference import ARCHS, LAYOUT
 from vggnet.deploy import inference as inference
 from vggnet.deploy.inference import (
@@ -479,3 +479,23 @@ def test_a_folded_model_keeps_its_layer_names_and_can_be_put_back_in_train_mode(
         torch.testing.assert_close(folded.extract(x, ["bn3_1"])["bn3_1"], model.extract(x, ["bn3_1"])["bn3_1"])
     folded.train()
     assert folded.training
+
+
+# --- every head (issue 25) --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_fold_batchnorm_and_optimize_for_inference_for_every_head(kind):
+    model = head_model(kind)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold_batchnorm(model)
+        assert folded.layer_names() == model.layer_names()
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)
+    fast = optimize_for_inference(model, dtype=torch.float32)
+    got = fast(x)
+    assert got.shape == expected.shape  # (2, 10); (2, 4096) or (2, 512) without fc8; the map without pooling
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import vggnet
 import vggnet.deploy.quantize
-from tests.helpers import PHOTOS
+from tests.helpers import HEAD_KINDS, PHOTOS, head_model
 from vggnet import vgg11
 from vggnet.data.decode import load_image
 from vggnet.data.transforms import ImageClassification
@@ -329,3 +329,20 @@ def test_new_batch_sizes_compile_at_most_once_more_and_say_nothing(recwarn, capl
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert {n: tuple(out.shape) for n, out in outs.items()} == {1: (1, 2), 3: (3, 2), 8: (8, 2)}
     torch.testing.assert_close(outs[8][:3], outs[3])  # the same graph, the same images
+
+
+# --- every head (issue 25) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+@pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
+def test_int8_for_every_head(kind):
+    net = head_model(kind, arch="vgg11")
+    x = photos()[:, :, :32, :32].contiguous()
+    quantized = quantize(net, x, fallback=False)
+    with torch.inference_mode():
+        expected, got = net(x), quantized(x)
+    assert quantized.int8 and got.shape == expected.shape
+    cosine = F.cosine_similarity(got.flatten(1), expected.flatten(1), dim=1)
+    assert (cosine >= 0.99).all(), cosine

@@ -1,7 +1,9 @@
 """Builders with weights: strict loading on the meta device, both serialization formats, new heads, devices."""
 
+import inspect
 import logging
 import warnings
+from typing import Literal, get_args
 
 import pytest
 import torch
@@ -413,3 +415,41 @@ def test_positional_progress_is_used_and_bad_positional_calls_are_refused(monkey
         vggnet.vgg11(True, weights="DEFAULT")
     with pytest.raises(ValueError, match="either weights= or the deprecated pretrained="), pytest.warns(UserWarning):
         vggnet.vgg11(True, pretrained=True)
+
+
+# --- real signatures (issue 25) ------------------------------------------------------------------------------
+
+ARGUMENTS = ["weights", "progress", "num_classes", "head", "in_chans", "dropout", "init_weights", "global_pool",
+             "features_only", "out_indices", "device"]  # fmt: skip
+
+
+def documented(doc: str) -> list[str]:
+    """The names an Args: section lists (a line "name: ..." or "a, b, c: ..." four spaces in)."""
+    args = doc.split("Args:")[1].split("Returns:")[0]
+    names = []
+    for line in args.splitlines():
+        if line.startswith("        ") and not line.startswith("         ") and ":" in line:
+            names += [n.strip() for n in line.split(":")[0].split(",") if n.strip()]
+    return names
+
+
+@pytest.mark.parametrize("arch", list(BUILDERS))
+def test_builders_show_every_argument_with_its_type_default_and_description(arch):
+    builder = BUILDERS[arch]
+    params = inspect.signature(builder).parameters  # what help() and IDEs show (functools.wraps keeps it)
+    assert list(params) == ARGUMENTS
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.annotation is not inspect.Parameter.empty
+               for p in params.values())  # fmt: skip
+    assert params["dropout"].default == 0.5 and params["global_pool"].default == "avg"
+    assert get_args(params["head"].annotation)[0] == Literal["vgg", "gap", "fc7"]
+    assert documented(builder.__doc__) == ARGUMENTS and "Raises:" in builder.__doc__
+    assert vggnet.get_model_weights(builder).__name__ in str(params["weights"].annotation)
+
+
+def test_get_model_shows_the_builders_arguments():
+    params = inspect.signature(vggnet.get_model).parameters
+    assert list(params) == ["name", *ARGUMENTS, "pretrained"]
+    assert all(p.annotation is not inspect.Parameter.empty for p in params.values())
+    assert set(documented(vggnet.get_model.__doc__)) == set(params)
+    model = vggnet.get_model("vgg11", head="gap", num_classes=3, device="meta", global_pool="avg")
+    assert (model.head, model.num_classes) == ("gap", 3)

@@ -264,3 +264,21 @@ def test_a_keras_file_reading_a_private_file_is_refused_before_any_byte_of_it_is
     for call in (load, lambda p: vggnet.vgg11(weights=str(p))):
         with pytest.raises(errors.BadKerasFileError, match=r"block1_conv1_W_1:0 stores its data in an external file"):
             call(crafted)
+
+
+# --- a real signature (issue 25) ------------------------------------------------------------------------------
+
+
+def test_load_shows_every_argument_and_refuses_a_bad_one_before_any_download():
+    import inspect
+
+    params = inspect.signature(vggnet.load).parameters
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in params.values())  # no **kwargs left
+    assert {"head", "global_pool", "dropout", "init_weights"} <= set(params)
+    never = "http://127.0.0.1:9/never-0123abcd.pth"  # nothing listens there: a download would fail otherwise
+    for kwargs, message in (({"head": "max"}, "head must be one of"), ({"global_pool": "max"}, "global_pool"),
+                            ({"dropout": 2.0}, "dropout")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            load(never, **kwargs)
+    model = load(None, arch="vgg11", head="gap", num_classes=0, global_pool="", device="meta").model
+    assert (model.head, model.num_classes, model.global_pool) == ("gap", 0, "")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import vggnet
+from tests.helpers import HEAD_KINDS, head_model
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import (
     BadCheckpointError,
@@ -225,6 +226,8 @@ def test_a_dict_of_vggnets_fields_without_a_format_is_read_not_taken_for_a_state
          "its head is 'vgg' but the tensors are of a gap head"),
         ({"format": FORMAT, "arch": "vgg11_bn", "head": "gap", "in_chans": 1, "num_classes": 3},
          "it says in_chans 1 but the first convolution reads 3"),
+        ({"format": FORMAT, "arch": "vgg11_bn", "head": "gap", "in_chans": 3, "num_classes": 3, "global_pool": "max"},
+         "'global_pool' is 'max', not 'avg' or '' (with num_classes 0)"),
     ],
 )  # fmt: skip
 def test_a_header_that_is_wrong_is_refused_in_one_line_naming_it(model, tmp_path, fields, message):
@@ -260,3 +263,33 @@ def test_a_crafted_safetensors_header_is_a_bad_checkpoint_naming_the_file(tmp_pa
     path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))  # was a TypeError, a RecursionError
     with pytest.raises(BadCheckpointError, match=r"crafted.safetensors: its safetensors header is not JSON"):
         read_saved(path)
+
+
+# --- every head (issue 25) --------------------------------------------------------------------------------
+
+REBUILDABLE = [k for k in HEAD_KINDS if k not in ("identity", "own")]
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_save_then_load_gives_the_same_model_for_every_head(kind, tmp_path):
+    model = head_model(kind, arch="vgg11")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    if kind not in REBUILDABLE:  # a classifier of the user's: no builder makes it again; the error says what to do
+        with pytest.raises(vggnet.UsageError, match=r"save model\.state_dict"):
+            save(model, tmp_path / "m.pth")
+        return
+    classes = [f"c{i}" for i in range(model.num_classes)] or None
+    back = vggnet.load(save(model, tmp_path / "m.pth", classes=classes)).model.eval()
+    assert (back.head, back.global_pool, back.num_classes) == (model.head, model.global_pool, model.num_classes)
+    assert back.layer_names() == model.layer_names()
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+def test_a_gap_model_without_classes_and_an_unpooled_one_load_back(tmp_path):
+    torch.manual_seed(0)
+    for kwargs in ({"head": "gap", "num_classes": 0}, {"num_classes": 0, "global_pool": ""}):
+        path = save(vggnet.vgg11(**kwargs), tmp_path / "m.pth")
+        back = vggnet.load(path).model
+        assert (back.head, back.global_pool) == (kwargs.get("head", "vgg"), kwargs.get("global_pool", "avg"))

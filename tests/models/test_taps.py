@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import vggnet
-from tests.helpers import arch_matrix, randomize_batchnorm, save_seeded_vgg11
+from tests.helpers import HEAD_KINDS, HEAD_TAPS, arch_matrix, head_model, randomize_batchnorm, save_seeded_vgg11
 from tests.reference import ARCHS, LAYOUT
 from vggnet.deploy.inference import fold_batchnorm
 from vggnet.models.summary import summarize
@@ -373,3 +373,125 @@ def test_in_chans_without_weights_builds_that_many_inputs():
     assert model.features[0].weight.shape == (64, 4, 3, 3) and model.in_channels == 4
     with pytest.raises(ValueError, match="expects 4 input channels, got 3"):
         model(torch.empty(1, 3, 32, 32, device="meta"))
+
+
+# --- every head with every tap helper (issue 25): the names follow the head ------------------------------
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+def forward_values(model: vggnet.VGG, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """model(x), and each named module's output as the forward computed it (cloned before any in-place ReLU)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, output: torch.Tensor) -> None:  # returns None: a hook's return value replaces the output
+        seen[name] = output.clone()
+
+    hooks = [
+        model.get_submodule(path).register_forward_hook(lambda m, i, o, name=name: keep(name, o))
+        for path, name in module_names(model).items()
+    ]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, seen
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_layer_names_follow_the_head(kind):
+    model = head_model(kind)
+    names = model.layer_names()
+    assert names == [*feature_names(model.features), *HEAD_TAPS[kind]]
+    assert list(module_names(model).values()) == names
+    for path in module_names(model):
+        model.get_submodule(path)  # every name is a module of the model
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_extract_gives_the_forwards_own_values_for_every_head(kind):
+    model = head_model(kind)
+    out, seen = forward_values(model, X)
+    names = model.layer_names()
+    with torch.no_grad():
+        taps = model.extract(X, names)
+    assert list(taps) == names == list(seen)
+    for name in names:
+        assert torch.equal(taps[name], seen[name]), name
+    assert torch.equal(taps[names[-1]].flatten(1), out.flatten(1))  # the last tap is the output
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_tap_info_matches_the_taps_for_every_head(kind):
+    model = head_model(kind)
+    info = model.tap_info()
+    with torch.no_grad():
+        taps = model.extract(X, model.layer_names())
+    assert [t.name for t in info] == list(taps)
+    assert [t.channels for t in info] == [taps[t.name].shape[1] for t in info]
+    head = info[len(feature_names(model.features)) :]
+    assert all(t.stride is None and t.receptive_field is None for t in head)
+
+
+def trainable(model: nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def params_from(model: vggnet.VGG, upto: str) -> set[str]:
+    """What freeze(upto=...) leaves trainable: the parameters of the named layers from `upto` on, and those of
+    no named layer (fc6 and fc7 of a model without pooling, which the forward does not run)."""
+    paths = list(module_names(model))
+    start = list(module_names(model).values()).index(upto)
+
+    def params(chosen: list[str]) -> set[str]:
+        return {f"{path}.{name}" for path in chosen for name, _ in model.get_submodule(path).named_parameters()}
+
+    return params(paths[start:]) | ({name for name, _ in model.named_parameters()} - params(paths))
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_freeze_and_unfreeze_by_name_for_every_head(kind):
+    model = head_model(kind)
+    last = model.layer_names()[-1]
+    for upto in ("conv4_1", last):
+        model.freeze(upto=upto)
+        assert trainable(model) == params_from(model, upto), upto
+    model.freeze()
+    head = {n for n, _ in model.named_parameters() if not n.startswith("features.")}
+    assert trainable(model) == head
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert not any(m.training for m in model.features)  # frozen BatchNorm keeps its statistics
+    out = model(X)
+    used = head if model.global_pool else set()  # without pooling fc6 and fc7 are kept but not run
+    if used:  # no fc8, an Identity or no pooling leave nothing to train
+        out.sum().backward()
+    assert all(p.grad is None for p in model.features.parameters())
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in used)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items() if k.startswith("features."))
+    model.unfreeze()
+    assert trainable(model) == {n for n, _ in model.named_parameters()}
+    assert all(m.training for m in model.modules())
+
+
+def test_the_gap_head_takes_every_tap_helper():
+    """The quick representative of the matrix above: the head the README recommends for small data."""
+    model = head_model("gap")
+    assert model.layer_names()[-3:] == ["pool5", "gap", "fc"]
+    out, seen = forward_values(model, X)
+    with torch.no_grad():
+        taps = model.extract(X, ["relu5_2", "gap", "fc"])
+    assert torch.equal(taps["gap"], seen["gap"]) and torch.equal(taps["fc"], out)
+    assert [(t.name, t.channels) for t in model.tap_info()[-2:]] == [("gap", 512), ("fc", 10)]
+    model.freeze(upto="conv4_1")
+    assert trainable(model) == params_from(model, "conv4_1")
+    model.freeze(upto="fc")
+    assert trainable(model) == {"classifier.0.weight", "classifier.0.bias"}
+    model.reset_classifier(0)
+    assert model.layer_names()[-1] == "gap" and model(X).shape == (2, 512)

@@ -1,11 +1,13 @@
 """The network: layout, parameter and MAC counts, init and output parity with torchvision, refusals."""
 
+import logging
+
 import pytest
 import torch
 from torch import nn
 
 import vggnet
-from tests.helpers import arch_matrix
+from tests.helpers import HEAD_KINDS, arch_matrix, head_model
 from tests.reference import ARCHS, LAYOUT, RECORDS, VGG16_CLASSIFIER_PARAMS, VGG16_CONV_PARAMS, VGG16_FC6_PARAMS
 from vggnet.deploy.inference import fold_batchnorm
 from vggnet.models.config import MIN_SIZE, arch_config
@@ -426,6 +428,157 @@ def test_pretrained_cfg_has_timms_keys_and_values():
     assert cfg["num_classes"] == 10 and cfg["url"] == vggnet.VGG16_Weights.DEFAULT.url
     assert isinstance(model.get_submodule(cfg["classifier"]), nn.Linear)
     assert isinstance(model.get_submodule(cfg["first_conv"]), nn.Conv2d)
-    caffe = vggnet.models.interop.pretrained_cfg(vggnet.VGG16_Weights.IMAGENET1K_FEATURES.value)
+    caffe = vggnet.models.vgg.pretrained_cfg(vggnet.VGG16_Weights.IMAGENET1K_FEATURES.value)
     assert caffe["mean"] == vggnet.VGG16_Weights.IMAGENET1K_FEATURES.value.mean and caffe["num_classes"] == 1000
     assert vggnet.vgg11(features_only=True).pretrained_cfg["input_size"] == (3, 224, 224)
+
+
+# --- every head with every model helper (issue 25) ------------------------------------------------------------
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_reset_classifier_to_zero_and_to_n_for_every_head(kind):
+    model = head_model(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        features = model.forward_features(X)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and torch.equal(model(X), pre_logits)
+        assert pre_logits.shape[1] == model.head_hidden_size
+        model.reset_classifier(5)  # without pooling ("unpooled"), the classifier brings the pool back
+        fc8 = model.get_classifier()
+        assert model.num_classes == 5 and (fc8.in_features, fc8.out_features) == (model.head_hidden_size, 5)
+        pooled = model.forward_head(features, pre_logits=True)
+        assert torch.equal(pooled, pre_logits) or kind == "unpooled"
+        assert torch.equal(model(X), nn.functional.linear(pooled, fc8.weight, fc8.bias))
+        model.reset_classifier(0, "")  # no pooling, no classifier: the feature map
+        assert torch.equal(model(X), features) and model.layer_names()[-1] == "pool5"
+    assert torch.count_nonzero(fc8.bias) == 0 and 0.005 < fc8.weight.std().item() < 0.015  # torchvision's init
+    fc8_keys = {f"{name}.{leaf}" for name, m in model.named_modules() if m is fc8 for leaf in ("weight", "bias")}
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k in after and k not in fc8_keys)
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_param_groups_cover_every_head(kind):
+    model = head_model(kind)
+    groups = model.param_groups(0.1, decay=0.5)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each parameter once
+    classifier = {id(p) for p in model.classifier.parameters()}
+    assert [g["name"] for g in groups] == [f"block{k}" for k in range(1, 6)] + (["classifier"] if classifier else [])
+    assert {id(p) for p in groups[-1]["params"]} == classifier or not classifier
+    model.freeze()
+    assert [g["name"] for g in model.param_groups(0.1)] == (["classifier"] if classifier else [])
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_gradient_checkpointing_gives_the_same_gradients_for_every_head(kind):
+    grads = []
+    for enable in (False, True):
+        model = head_model(kind).train()
+        model.set_grad_checkpointing(enable)
+        torch.manual_seed(1)  # the same dropout masks
+        model(X).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert list(grads[0]) == list(grads[1]) and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.slow
+def test_fx_then_script_gives_eager_outputs_for_every_head(kind):
+    model = head_model(kind)
+    scripted = torch.jit.script(torch.fx.symbolic_trace(model))
+    with torch.no_grad():
+        assert_same_outputs(scripted(X), model(X))
+
+
+def timm_model(arch: str, ours: VGG, **kwargs):
+    timm = pytest.importorskip("timm")
+    theirs = timm.create_model(arch, pretrained=False, **kwargs).eval()
+    theirs.load_state_dict(timm_state(ours.state_dict()))
+    return theirs
+
+
+@pytest.mark.parametrize("indices", [None, 2, [0, 5], [-1], [1, 3]])
+@pytest.mark.slow
+def test_forward_intermediates_is_timms(indices):
+    torch.manual_seed(0)
+    ours = vggnet.vgg11_bn().eval()
+    randomize_bn = __import__("tests.helpers", fromlist=["randomize_batchnorm"]).randomize_batchnorm
+    randomize_bn(ours)
+    theirs = timm_model("vgg11_bn", ours)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, taps = ours.forward_intermediates(x, indices=indices)
+        their_final, their_taps = theirs.forward_intermediates(x, indices=indices)
+        assert_same_outputs(final, their_final)
+        assert_same_outputs(taps, their_taps)
+        assert_same_outputs(final, ours.forward_features(x))
+        early = ours.forward_intermediates(x, indices=indices, stop_early=True, intermediates_only=True)
+        assert_same_outputs(early, theirs.forward_intermediates(x, indices=indices, stop_early=True,
+                                                                intermediates_only=True))  # fmt: skip
+    with pytest.raises(ValueError, match="output_fmt must be 'NCHW'"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.slow
+def test_prune_intermediate_layers_keeps_the_taps_and_drops_the_rest():
+    torch.manual_seed(0)
+    model = vggnet.vgg11().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, intermediates_only=True)
+        assert model.prune_intermediate_layers([2]) == [2]
+        assert model.num_classes == 0 and not any(k.startswith("classifier") for k in model.state_dict())
+        assert_same_outputs(model(x), taps[2])  # the model now ends at relu3_2's map
+        assert model.num_features == model.head_hidden_size == 256
+        assert model.forward_intermediates(x, indices=[2], intermediates_only=True)[0].shape == taps[2].shape
+
+
+def test_group_matcher_gives_timms_groups():
+    timm = pytest.importorskip("timm")
+    group_parameters = timm.models.group_parameters
+    with torch.device("meta"):
+        model = vggnet.vgg11_bn()
+    fine = group_parameters(model, model.group_matcher(coarse=False))
+    assert len(fine) == 1 + 7 + 8 + 1  # features.0, the other convolutions and the BatchNorms of vgg11_bn, the head
+    coarse = group_parameters(model, model.group_matcher(coarse=True))
+    blocks = [g for g in model.param_groups(0.1)]
+    assert [sorted(params) for params in coarse.values()] == [
+        sorted(n for n, p in model.named_parameters() if any(p is q for q in group["params"])) for group in blocks
+    ]
+
+
+def test_default_cfg_is_settable_as_timm_sets_it():
+    with torch.device("meta"):
+        model = vggnet.vgg11()
+    cfg = {"num_classes": 1000, "input_size": (3, 224, 224)}
+    model.default_cfg = cfg  # what timm's build_model_with_cfg does
+    assert model.pretrained_cfg is cfg and model.default_cfg is cfg
+    assert model.in_chans == 3
+    assert vggnet.vgg11(head="gap", device="meta").pretrained_cfg["classifier"] == "classifier.0"
+
+
+def test_global_pool_avg_and_none(caplog):
+    model = head_model("unpooled")
+    assert model.global_pool == "" and model.num_classes == 0
+    with torch.no_grad():
+        assert torch.equal(model(X), model.forward_features(X))
+    with pytest.raises(ValueError, match=r"global_pool='' \(no pooling\) returns the feature map"):
+        vggnet.vgg11(global_pool="", device="meta")  # 1000 classes
+    with pytest.raises(ValueError, match="global_pool must be one of 'avg', ''"):
+        vggnet.vgg11(global_pool="max", device="meta")
+    with pytest.raises(ValueError, match=r"global_pool='' \(no pooling\)"):
+        model.reset_classifier(5, "")
+    with caplog.at_level(logging.INFO, logger="vggnet.models.vgg"):
+        model.reset_classifier(5)  # keeps the pooling, but a classifier needs one
+    assert model.global_pool == "avg" and model(X).shape == (2, 5) and "'avg' again" in caplog.text

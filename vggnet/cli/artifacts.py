@@ -145,8 +145,9 @@ def run_export(args: argparse.Namespace) -> int:
     check_preset(args, image_size=False)
     # before any weights are fetched: OUT is a file vggnet may replace, the shapes ones the exporter takes
     check_output(args.out)
-    check_shapes(dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size, image_size=args.image_size,
-                 batch_size=args.batch_size)  # fmt: skip
+    # no --image-size: the preset's crop, known once the weights are read; `export` checks that one
+    check_shapes(dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
+                 image_size=args.image_size or 2 * MIN_SIZE, batch_size=args.batch_size)  # fmt: skip
     loaded = load(args.weights, arch=args.arch, sha256=args.sha256, progress=not args.quiet)
     preset = run_preset(args, loaded)
     # the example's side: a dynamic one starts at 64 px (see deploy/export.py)

@@ -42,7 +42,7 @@ from vggnet.checks import check_int
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.data.outputs import atomic_write, check_output
 from vggnet.errors import MissingDependency, UnsupportedError, UsageError, VggnetError
-from vggnet.models.config import IN_CHANNELS, MIN_SIZE, POOLED_SIZE
+from vggnet.models.config import IN_CHANNELS, MIN_SIZE
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -152,6 +152,8 @@ class AdaptivePoolByMatmul(nn.Module):
         return matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output_size == 1:  # the gap head's global pool: a mean (the matrices put a modulo guard on the size)
+            return x.mean(dim=(-2, -1), keepdim=True)
         rows = self._matrix(x.shape[-2], x)  # (7, H)
         cols = self._matrix(x.shape[-1], x)  # (7, W)
         pooled: torch.Tensor = rows @ x @ cols.t()  # (N, C, H, W) -> (N, C, 7, 7)
@@ -170,6 +172,14 @@ def with_preset(model: nn.Module, preset: Any = None) -> WithPreset:
     """
     settings = {} if preset is None else {k: getattr(preset, k) for k in ("crop_size", "resize_size", "mean", "std")}
     return WithPreset(model, **settings).eval()
+
+
+def _side(output_size: Any) -> int:
+    """The side of a square adaptive pool's output; the matmul pool is square."""
+    sides = [output_size, output_size] if isinstance(output_size, int) else list(output_size)
+    if sides[0] is None or sides[0] != sides[-1]:
+        raise UnsupportedError(f"dynamic_size needs a square adaptive pool, the model has output size {output_size}")
+    return int(sides[0])
 
 
 def _crop_start(side: Any, crop: int) -> Any:
@@ -224,8 +234,9 @@ def export(
     out = check_output(out)
     net: nn.Module = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
     net.requires_grad_(False)
-    if dynamic_size and isinstance(getattr(net, "avgpool", None), nn.AdaptiveAvgPool2d):
-        net.avgpool = AdaptivePoolByMatmul(POOLED_SIZE)
+    pool = getattr(net, "avgpool", None)
+    if dynamic_size and isinstance(pool, nn.AdaptiveAvgPool2d):
+        net.avgpool = AdaptivePoolByMatmul(_side(pool.output_size))  # 7 for the vgg head, 1 for the gap head
     batch = 2 if dynamic_batch else batch_size  # an example batch of 1 would be specialised to 1
     if include_preset:
         net = with_preset(net, preset)

@@ -362,6 +362,8 @@ class InferenceVGG(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # (N, 3, H, W) -> (N, 512, H/32, W/32)
         x = self.net.features(x) if self._steps is None else _run_steps(self._steps, x, self._packed_convs)
+        if self.net.global_pool == "":  # no pooling and no classifier: the map itself, as VGG.forward_head
+            return x
         if not (self._pool_is_7x7 and x.shape[-2:] == (POOLED_SIZE, POOLED_SIZE)):
             x = self.net.avgpool(x)
         x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088)

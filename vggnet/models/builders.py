@@ -1,50 +1,36 @@
 """The eight builders and the model registry.
 
-Shared arguments of every builder (documented once here):
+Every builder takes the same keyword arguments, each in its signature and docstring (issue 25): `weights`,
+`progress`, `num_classes`, `head`, `in_chans`, `dropout`, `init_weights`, `global_pool`, `features_only`,
+`out_indices`, `device`. What `weights` may be is `sources.py`'s rules (`checkpoint.load` reads it); with
+weights the model is built on the meta device and the checkpoint's tensors are assigned, so no time is
+spent on a random initialisation that would be thrown away. Every argument is checked before a
+checkpoint is fetched, so a typo costs no download.
 
-- `weights`: None (random initialisation), a member of the builder's enum, its name as a string
-  ("DEFAULT", "IMAGENET1K_V1", "VGG16_Weights.IMAGENET1K_V1"), a user's own `Weights` record, a
-  checkpoint file or a URL: anything `checkpoint.load` takes (the rules are in sources.py).
-  With weights the model is built on the meta device and the checkpoint's tensors are assigned,
-  so no time is spent on a random initialisation that would be thrown away.
-- `progress`: show a progress bar while downloading.
-- `device`: where the parameters are created ("cpu", "cuda", "cuda:1", "meta"); a checkpoint is
-  loaded straight onto it. A device this machine lacks is refused before anything is fetched.
-- `num_classes`: with weights whose last layer has another size, every other layer is loaded and
-  fc8 is freshly initialised (logged at INFO).
-- `in_chans`: input channels (default 3). With weights, a 3-channel first convolution is adapted by
-  `model.adapt_input_conv` (1 channel: the sum over RGB; see there for 2 and N > 3).
-- `head`: "vgg" (fc6-fc8, the default), "gap" (global average pool + one Linear(512, num_classes):
-  thousands of parameters instead of 123M, for small data or small images; with weights, `features`
-  is loaded and the new Linear freshly initialised) or "fc7" (the vgg head; the name `finetune` uses
-  for a linear probe on fc7 features).
-- other keyword arguments go to `VGG` (`dropout`, `init_weights`).
-- `weights` also takes torchvision's own members (`torchvision.models.VGG16_Weights.DEFAULT`),
-  matched by URL to vggnet's records.
-- torchvision's legacy calls work as in torchvision, each with its UserWarning: `pretrained=True/False`
-  (`weights=<enum>.IMAGENET1K_V1` / `weights=None`), `vgg16(True)` and `weights=True` (the same), and
-  `weights` and `progress` passed positionally.
-- `features_only=True` (timm's option): a `model.VGGFeatures` returning the six stage outputs of
-  `VGG.feature_info` instead of logits; `out_indices` picks some of them.
-
-Every argument is checked before a checkpoint is fetched, so a typo costs no download.
+torchvision's legacy calls work as in torchvision, each with its UserWarning: `pretrained=True/False`
+(`weights=<enum>.IMAGENET1K_V1` / `weights=None`), `vgg16(True)` and `weights=True` (the same), and
+`weights` and `progress` passed positionally. `_legacy_interface` turns them into keywords before the
+builder runs, as torchvision's `handle_legacy_interface` does, so the signatures stay keyword-only.
 """
 
 # No `from __future__ import annotations` here: the builders' annotations must be objects at run time,
 # for tools that read them as torchvision's `get_model_weights` does (the enum inside `weights`' union).
+import functools
+import inspect
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, ParamSpec, cast
+
+import torch
 
 from vggnet.checks import check_choice, check_float, check_int
 from vggnet.errors import UsageError, UsageTypeError
 from vggnet.models.checkpoint import load
-from vggnet.models.config import HEADS, IN_CHANNELS, check_arch
-from vggnet.models.interop import pretrained_cfg
+from vggnet.models.config import GLOBAL_POOLS, HEADS, check_arch
 from vggnet.models.sources import WeightsSource
-from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, VGGFeatures, stage_indices
+from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, VGGFeatures, pretrained_cfg, stage_indices
 from vggnet.models.weights import (
     WEIGHTS_ENUMS,
     VGG11_BN_Weights,
@@ -74,6 +60,10 @@ __all__ = [
     "vgg19_bn",
 ]
 
+Head = Literal["vgg", "gap", "fc7"]  # config.HEADS
+GlobalPool = Literal["avg", ""]  # config.GLOBAL_POOLS
+DeviceArg = str | torch.device | None
+P = ParamSpec("P")
 
 _SINCE = "since torchvision 0.13"
 
@@ -117,7 +107,7 @@ def _legacy_pretrained(
             stacklevel=3,
         )
     if not legacy:
-        return cast(WeightsSource, weights), progress  # resolve_weights checks what it really is
+        return cast(WeightsSource, weights), progress  # classify checks what it really is
     enum = WEIGHTS_ENUMS[arch]
     chosen = enum["IMAGENET1K_V1"] if weights else None
     message = (
@@ -131,34 +121,82 @@ def _legacy_pretrained(
     return chosen, progress
 
 
-# The keyword arguments a builder takes besides weights and progress.
-_ARGUMENTS = ("device", "num_classes", "in_chans", "dropout", "init_weights", "features_only", "head")
+def _legacy_interface(builder: Callable[P, VGG]) -> Callable[P, VGG]:
+    """`builder` also taking torchvision's legacy calls (see the module docstring); its signature is kept.
+
+    An unknown keyword is refused here, naming the valid ones, after the legacy warnings and before anything runs.
+    """
+    arch = builder.__name__
+    valid = list(inspect.signature(builder).parameters)
+    call = cast(Callable[..., VGG], builder)
+
+    @functools.wraps(builder)
+    def wrapper(*positional: Any, **kwargs: Any) -> VGG:
+        if positional or "pretrained" in kwargs or isinstance(kwargs.get("weights"), bool):
+            weights, progress = kwargs.pop("weights", None), kwargs.pop("progress", True)
+            kwargs["weights"], kwargs["progress"] = _legacy_pretrained(arch, positional, weights, progress, kwargs)
+        unknown = sorted(set(kwargs) - set(valid))  # after the warnings, as torchvision's builders
+        if unknown:
+            raise UsageTypeError(
+                f"{arch}() got an unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; the builders take {', '.join(valid)}"
+            )
+        return call(**kwargs)
+
+    return cast(Callable[P, VGG], wrapper)
 
 
-def _check_arguments(kwargs: Mapping[str, Any]) -> None:
+def _check_arguments(
+    num_classes: int | None, head: str | None, in_chans: int | None, dropout: float, global_pool: str
+) -> None:
     """Refuse a bad argument before any checkpoint is fetched: a typo must not cost a 528 MB download."""
-    unknown = sorted(set(kwargs) - set(_ARGUMENTS))
-    if unknown:
-        raise UsageTypeError(
-            f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"the builders take weights, progress, {', '.join(_ARGUMENTS)}"
+    if num_classes is not None:
+        check_int("num_classes", num_classes, least=0, what=NUM_CLASSES_MEANS)
+    if in_chans is not None:
+        check_int("in_chans", in_chans)
+    if head is not None:
+        check_choice("head", head, HEADS)
+    check_float("dropout", dropout, least=0.0, most=1.0, expected="a probability between 0 and 1")
+    check_choice("global_pool", global_pool, GLOBAL_POOLS, quote=True)
+    if global_pool == "" and num_classes != 0:
+        raise UsageError(
+            "global_pool='' (no pooling) returns the feature map, which no classifier can take: "
+            "pass num_classes=0 with it, or global_pool='avg'"
         )
-    check_int("num_classes", kwargs.get("num_classes", 1), least=0, what=NUM_CLASSES_MEANS)
-    check_int("in_chans", kwargs.get("in_chans", IN_CHANNELS))
-    check_choice("head", kwargs.get("head", "vgg"), HEADS)
-    check_float("dropout", kwargs.get("dropout", 0.0), least=0.0, most=1.0, expected="a probability between 0 and 1")
 
 
-def _vgg(arch: str, weights: WeightsSource, progress: bool, kwargs: dict[str, Any]) -> VGG:
-    if kwargs.pop("features_only", False):  # timm's option (issue 12); like timm's, the builders still say VGG
-        out_indices = stage_indices(kwargs.pop("out_indices", None))  # checked before any download
-        return cast(VGG, VGGFeatures(_vgg(arch, weights, progress, kwargs), out_indices))
-    _check_arguments(kwargs)
-    loaded = load(weights, arch=arch, progress=progress, **kwargs)
+def _vgg(
+    arch: str,
+    *,
+    weights: WeightsSource,
+    progress: bool,
+    num_classes: int | None,
+    head: str | None,
+    in_chans: int | None,
+    dropout: float,
+    init_weights: bool,
+    global_pool: str,
+    features_only: bool,
+    out_indices: Sequence[int] | None,
+    device: DeviceArg,
+) -> VGG:
+    """The one builder behind the eight: arguments checked, then `checkpoint.load`."""
+    _check_arguments(num_classes, head, in_chans, dropout, global_pool)
+    if out_indices is not None and not features_only:
+        raise UsageTypeError("out_indices picks the stages of features_only=True; pass features_only=True with it")
+    picked = stage_indices(out_indices) if features_only else None  # checked before any download
+    kwargs: dict[str, Any] = {"dropout": dropout, "init_weights": init_weights, "global_pool": global_pool}
+    if head is not None:
+        kwargs["head"] = head
+    loaded = load(weights, arch=arch, progress=progress, num_classes=num_classes, in_chans=in_chans, device=device,
+                  **kwargs)  # fmt: skip
+    model = loaded.model
     if loaded.source.kind not in ("file", "url"):  # a file's preset and class names are its own (set by `load`)
         record = loaded.source.record or WEIGHTS_ENUMS[arch].from_name("DEFAULT").value
-        loaded.model.pretrained_cfg = pretrained_cfg(record, loaded.model.num_classes)
-    return loaded.model
+        model.pretrained_cfg = pretrained_cfg(record, model.num_classes, model.head)
+    if picked is not None:  # timm's option (issue 12); like timm's, the builders still say VGG
+        return cast(VGG, VGGFeatures(model, picked))
+    return model
 
 
 # What a builder's `weights` takes besides its own enum's members (a union, so that the annotation reads
@@ -166,62 +204,454 @@ def _vgg(arch: str, weights: WeightsSource, progress: bool, kwargs: dict[str, An
 _OtherSource = str | os.PathLike[str] | Weights | None
 
 
-# fmt: off
+@_legacy_interface
 def vgg11(
-    *positional: object, weights: VGG11_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG11_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-11 (configuration A), 8 convolutions; see the module docstring for the arguments."""
-    return _vgg("vgg11", *_legacy_pretrained("vgg11", positional, weights, progress, kwargs), kwargs)
+    """VGG-11 (configuration A, 8 convolutions) from Very Deep Convolutional Networks (arXiv:1409.1556).
+
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG11_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg11.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg11", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
 
 
+@_legacy_interface
 def vgg11_bn(
-    *positional: object, weights: VGG11_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG11_BN_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-11 with BatchNorm after every convolution."""
-    return _vgg("vgg11_bn", *_legacy_pretrained("vgg11_bn", positional, weights, progress, kwargs), kwargs)
+    """VGG-11 with BatchNorm after every convolution.
+
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG11_BN_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg11_bn.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg11_bn", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
 
 
+@_legacy_interface
 def vgg13(
-    *positional: object, weights: VGG13_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG13_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-13 (configuration B), 10 convolutions."""
-    return _vgg("vgg13", *_legacy_pretrained("vgg13", positional, weights, progress, kwargs), kwargs)
+    """VGG-13 (configuration B, 10 convolutions) from Very Deep Convolutional Networks (arXiv:1409.1556).
+
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG13_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg13.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg13", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
 
 
+@_legacy_interface
 def vgg13_bn(
-    *positional: object, weights: VGG13_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG13_BN_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-13 with BatchNorm after every convolution."""
-    return _vgg("vgg13_bn", *_legacy_pretrained("vgg13_bn", positional, weights, progress, kwargs), kwargs)
+    """VGG-13 with BatchNorm after every convolution.
+
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG13_BN_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg13_bn.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg13_bn", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
 
 
+@_legacy_interface
 def vgg16(
-    *positional: object, weights: VGG16_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG16_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-16 (configuration D), 13 convolutions; also takes VGG16_Weights.IMAGENET1K_FEATURES."""
-    return _vgg("vgg16", *_legacy_pretrained("vgg16", positional, weights, progress, kwargs), kwargs)
+    """VGG-16 (configuration D, 13 convolutions) from Very Deep Convolutional Networks (arXiv:1409.1556).
+
+    `weights` also takes VGG16_Weights.IMAGENET1K_FEATURES (Caffe-style input, no usable classifier).
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG16_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg16.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg16", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
 
 
+@_legacy_interface
 def vgg16_bn(
-    *positional: object, weights: VGG16_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG16_BN_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-16 with BatchNorm after every convolution."""
-    return _vgg("vgg16_bn", *_legacy_pretrained("vgg16_bn", positional, weights, progress, kwargs), kwargs)
+    """VGG-16 with BatchNorm after every convolution.
+
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG16_BN_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg16_bn.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg16_bn", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
 
 
+@_legacy_interface
 def vgg19(
-    *positional: object, weights: VGG19_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG19_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-19 (configuration E), 16 convolutions."""
-    return _vgg("vgg19", *_legacy_pretrained("vgg19", positional, weights, progress, kwargs), kwargs)
+    """VGG-19 (configuration E, 16 convolutions) from Very Deep Convolutional Networks (arXiv:1409.1556).
+
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG19_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg19.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg19", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
 
 
+@_legacy_interface
 def vgg19_bn(
-    *positional: object, weights: VGG19_BN_Weights | _OtherSource = None, progress: bool = True, **kwargs: Any
+    *,
+    weights: VGG19_BN_Weights | _OtherSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
 ) -> VGG:
-    """VGG-19 with BatchNorm after every convolution."""
-    return _vgg("vgg19_bn", *_legacy_pretrained("vgg19_bn", positional, weights, progress, kwargs), kwargs)
-# fmt: on
+    """VGG-19 with BatchNorm after every convolution.
+
+    torchvision's legacy forms still work, with its UserWarning: pretrained=True/False, and weights and
+    progress given positionally.
+
+    Args:
+        weights: None (random initialisation), a member of VGG19_BN_Weights or its name ("DEFAULT",
+            "IMAGENET1K_V1"), torchvision's member, a `vggnet.Weights` record, a checkpoint file or URL, or a
+            Hugging Face Hub name ("hf-hub:timm/vgg19_bn.tv_in1k"); see `vggnet.load`.
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights). Another width gets a
+            freshly initialised fc8 (logged at INFO); 0 removes fc8 (the model returns the pre-logits features).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear(512, num_classes), for small data or
+            small images), "fc7" (the vgg head, named for finetune's linear probe); None: the weights' own.
+        in_chans: input channels; None: the weights' own (3). A 3-channel first convolution is adapted
+            (`vggnet.models.vgg.adapt_input_conv`: 1 channel gets the sum over RGB).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does (weights, when given, replace every tensor anyway).
+        global_pool: "avg" (pool as the head was built) or "" (no pooling: the model returns pool5's map;
+            needs num_classes=0), timm's argument.
+        features_only: a `VGGFeatures` returning the stage outputs of `VGG.feature_info` (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "cuda:1", "meta").
+
+    Returns:
+        The model, in training mode (a `VGGFeatures` with features_only=True).
+
+    Raises:
+        UsageError: a bad argument (a ValueError; a TypeError for an unknown one), before any download.
+        DeviceError: a device this machine does not have.
+        ChecksumError: downloaded weights whose SHA-256 is not the expected one (nothing is kept).
+        DownloadError: weights that cannot be fetched.
+        BadCheckpointError: a checkpoint that is not a VGG or does not fit the model asked for.
+    """
+    return _vgg(
+        "vgg19_bn", weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans,
+        dropout=dropout, init_weights=init_weights, global_pool=global_pool, features_only=features_only,
+        out_indices=out_indices, device=device,
+    )  # fmt: skip
+
 
 # builder name -> builder, in the paper's order: the registry every list of names comes from
 BUILDERS: Mapping[str, Callable[..., VGG]] = MappingProxyType(
@@ -230,17 +660,75 @@ BUILDERS: Mapping[str, Callable[..., VGG]] = MappingProxyType(
 
 
 def list_models() -> list[str]:
-    """The builder names, in the paper's order."""
+    """The builder names, in the paper's order.
+
+    Returns:
+        ["vgg11", "vgg11_bn", ..., "vgg19_bn"].
+    """
     return list(BUILDERS)
 
 
-def get_model(name: str, **config: Any) -> VGG:
-    """Build a model by name: get_model("vgg16", weights="DEFAULT")."""
-    return BUILDERS[check_arch(name)](**config)
+def get_model(
+    name: str,
+    *,
+    weights: WeightsSource = None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    head: Head | None = None,
+    in_chans: int | None = None,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    global_pool: GlobalPool = "avg",
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    device: DeviceArg = None,
+    pretrained: bool | None = None,
+) -> VGG:
+    """Build a model by name: get_model("vgg16", weights="DEFAULT"); the builders' arguments, by keyword.
+
+    Args:
+        name: a builder name, any case ("vgg16", "VGG16_BN"; see `list_models`).
+        weights: what the builder's `weights` takes (a record name such as "DEFAULT", a file, a URL, ...).
+        progress: show a progress bar while downloading.
+        num_classes: outputs of fc8; None: the weights' own (1000 without weights); 0: no fc8.
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear) or "fc7"; None: the weights' own.
+        in_chans: input channels; None: the weights' own (3).
+        dropout: probability of the vgg head's two dropouts.
+        init_weights: initialise as torchvision does.
+        global_pool: "avg" (pool as the head was built) or "" (no pooling; needs num_classes=0).
+        features_only: a `VGGFeatures` returning the stage outputs (timm's option).
+        out_indices: with features_only, the stages to return (0-5; default all six).
+        device: where parameters are created and weights loaded ("cpu", "cuda", "meta").
+        pretrained: torchvision's deprecated form of weights (True: IMAGENET1K_V1), with its UserWarning.
+
+    Returns:
+        The model the builder returns.
+
+    Raises:
+        UsageError: an unknown name (listing the valid ones) or a bad argument, before any download; and
+            whatever the builder raises (see `vgg16`).
+    """
+    builder = BUILDERS[check_arch(name)]
+    legacy = {} if pretrained is None else {"pretrained": pretrained}
+    return builder(
+        weights=weights, progress=progress, num_classes=num_classes, head=head, in_chans=in_chans, dropout=dropout,
+        init_weights=init_weights, global_pool=global_pool, features_only=features_only, out_indices=out_indices,
+        device=device, **legacy,
+    )  # fmt: skip
 
 
 def get_model_weights(name: str | Callable[..., VGG]) -> type[WeightsEnum]:
-    """The weights enum of a builder, given its name or the builder itself."""
+    """The weights enum of a builder, given its name or the builder itself.
+
+    Args:
+        name: a builder name, any case, or the builder.
+
+    Returns:
+        The builder's weights enum (`VGG16_Weights` for "vgg16").
+
+    Raises:
+        UsageError: an unknown name (the valid ones listed).
+    """
     if callable(name):
         name = getattr(name, "__name__", "")
     return WEIGHTS_ENUMS[check_arch(name)]

@@ -22,14 +22,13 @@ from typing import Any
 
 import torch
 
-from vggnet.checks import check_device, check_int
+from vggnet.checks import check_choice, check_device, check_float, check_int
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.data.transforms import ImageClassification, keras_transforms
 from vggnet.errors import ArchMismatch, BadCheckpointError, CheckpointMismatchError, UsageError
 from vggnet.hub import VerifiedFile, load_hf_hub, normalize_digest, open_verified, read_tensors
-from vggnet.models.config import IN_CHANNELS, arch_config, check_arch
+from vggnet.models.config import GLOBAL_POOLS, HEADS, IN_CHANNELS, arch_config, check_arch
 from vggnet.models.finetuned import Finetuned
-from vggnet.models.interop import pretrained_cfg
 from vggnet.models.layouts import from_timm, layout_of, load_keras
 from vggnet.models.saved import FORMAT, Header, Saved, read_saved
 from vggnet.models.sources import (
@@ -40,7 +39,7 @@ from vggnet.models.sources import (
     hub_arch_of,
 )
 from vggnet.models.state_dicts import arch_of_keys, arch_of_state, key_list, model_from_state
-from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, init_module, make_layers
+from vggnet.models.vgg import NUM_CLASSES_MEANS, VGG, init_module, make_layers, pretrained_cfg
 from vggnet.models.weights import IMAGENET_CATEGORIES
 
 __all__ = [
@@ -96,49 +95,72 @@ def load(
     arch: str | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
+    head: str | None = None,
+    global_pool: str | None = None,
+    dropout: float | None = None,
+    init_weights: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
     sha256: str | None = None,
     classifier: bool = False,
-    **model_kwargs: Any,
 ) -> Loaded:
     """Build the model a weights source describes, with its preset and labels; every argument is checked before a fetch.
 
     Args:
         weights: None (random), a record or its name, a checkpoint file, a URL or an "hf-hub:" name (`SOURCE_RULES`).
         arch: the builder; default the source's own, else vgg16. One the source contradicts is an `ArchMismatch`.
-        num_classes: fc8's width; default the source's. Another width gets a freshly initialised fc8.
+        num_classes: fc8's width; default the source's. Another width gets a freshly initialised fc8; 0: no fc8.
         in_chans: input channels; default the source's (3 for records); a pretrained conv1_1 is adapted.
+        head: "vgg", "gap" or "fc7"; default the source's.
+        global_pool: "avg" or "" (no pooling, only with num_classes=0); default the source's ("avg").
+        dropout: the vgg head's dropout probability; default 0.5.
+        init_weights: initialise as torchvision does before the weights are assigned; default True.
         device: where the model goes ("cpu", "cuda:1"), checked against this machine's; None: the CPU.
         progress: show a progress bar on stderr while downloading.
         sha256: the digest (or its first 8+ hex digits) a file or URL must have.
         classifier: refuse, before any download, a record whose fc8 is unusable (the features-only VGG16).
-        **model_kwargs: passed on to `VGG` (dropout, init_weights, ...).
 
     Returns:
         The model, its preset, labels, builder name, what was loaded and the checkpoint's metadata.
 
     Raises:
-        UsageError: `sha256` given with a record, which carries its own digest (exit 2 on the command line).
+        UsageError: a bad argument, or `sha256` given with a record, which carries its own digest (exit 2 on
+            the command line); all before anything is fetched.
     """
     arch = check_arch(arch) if arch is not None else None
     dev = check_device(device)
-    if num_classes is not None:
-        check_int("num_classes", num_classes, least=0, what=NUM_CLASSES_MEANS)
-    if in_chans is not None:
-        check_int("in_chans", in_chans)
+    given = {"num_classes": num_classes, "in_chans": in_chans, "head": head, "global_pool": global_pool,
+             "dropout": dropout, "init_weights": init_weights}  # fmt: skip
+    kwargs = _model_arguments(given)
     digest = normalize_digest(sha256) if sha256 is not None else None
     source = classify(weights, arch)
     if source.kind == "record" and digest is not None:
         raise UsageError("sha256 is for a checkpoint file or URL; a record carries its own digest")
     if classifier:
         check_classifier(source)
-    kwargs = dict(model_kwargs)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if in_chans is not None:
-        kwargs["in_chans"] = in_chans
+    return _load_source(source, arch, dev, kwargs, digest, progress)
 
+
+def _model_arguments(given: dict[str, Any]) -> dict[str, Any]:
+    """The arguments for `VGG` that were given (None: the source's or VGG's), checked before any download."""
+    if given["num_classes"] is not None:
+        check_int("num_classes", given["num_classes"], least=0, what=NUM_CLASSES_MEANS)
+    if given["in_chans"] is not None:
+        check_int("in_chans", given["in_chans"])
+    if given["head"] is not None:
+        check_choice("head", given["head"], HEADS)
+    if given["global_pool"] is not None:
+        check_choice("global_pool", given["global_pool"], GLOBAL_POOLS, quote=True)
+    if given["dropout"] is not None:
+        check_float("dropout", given["dropout"], least=0.0, most=1.0, expected="a probability between 0 and 1")
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _load_source(
+    source: Source, arch: str | None, dev: torch.device | None, kwargs: dict[str, Any], digest: str | None,
+    progress: bool,
+) -> Loaded:  # fmt: skip
+    """`load` once its arguments are checked: the model `source` describes."""
     if source.kind == "random":
         name = arch or "vgg16"
         model = _random_model(name, dev, kwargs)
@@ -189,7 +211,7 @@ def _fresh_classifier(arch: str, state: Mapping[str, torch.Tensor]) -> dict[str,
     with torch.device("meta"):
         classifier = VGG(make_layers(row, batch_norm), init_weights=False).classifier
     classifier.to_empty(device="cpu")
-    for m in classifier:
+    for m in classifier.children():
         init_module(m)
     return {**{f"classifier.{k}": v for k, v in classifier.state_dict().items()}, **state}
 
@@ -293,9 +315,10 @@ def _saved_model(
     arch: str, header: Header, state: dict[str, torch.Tensor], device: str | torch.device | None,
     kwargs: dict[str, Any], source: str,
 ) -> VGG:  # fmt: skip
-    """The model (eval mode) a header and its tensors describe; `kwargs` (num_classes, in_chans, head) override."""
+    """The model (eval mode) a header and its tensors describe; `kwargs` (num_classes, in_chans, head, ...) override."""
     _check_fits(header, state, source)
-    given = {"num_classes": header.num_classes, "in_chans": header.in_chans, "head": header.head}
+    given = {"num_classes": header.num_classes, "in_chans": header.in_chans, "head": header.head,
+             "global_pool": header.global_pool}  # fmt: skip
     kwargs = {**{k: v for k, v in given.items() if v is not None}, **kwargs}
     if header.backbone is None:
         return model_from_state(arch, state, device, kwargs, source=source).eval()
@@ -310,7 +333,8 @@ def _check_fits(header: Header, state: dict[str, torch.Tensor], source: str) -> 
     fc8 = gap_fc8 if gap else vgg_fc8
     outputs = 0 if fc8 is None or fc8.dim() != 2 else fc8.shape[0]
     problems = []
-    if header.head is not None and (header.head == "gap") != gap:
+    headless = not any(k.startswith("classifier.") for k in state)  # gap with num_classes=0 has no tensors there
+    if header.head is not None and (header.head == "gap") != gap and not headless:
         problems.append(f"its head is {header.head!r} but the tensors are of a {'gap' if gap else 'vgg'} head")
     named = header.num_classes if header.num_classes is not None else len(header.classes or []) or None
     if named is not None and outputs != named and not (fc8 is None and header.backbone is not None):
@@ -365,6 +389,7 @@ def _file_cfg(loaded: Loaded, classes: Sequence[str] | None) -> dict[str, Any]:
     cfg = pretrained_cfg(
         _FilePreset(loaded.weights, p.crop_size, p.resize_size, p.mean, p.std, p.interpolation),
         loaded.model.num_classes,
+        loaded.model.head,
     )
     if classes is not None and len(classes) == loaded.model.num_classes:
         cfg["label_names"] = tuple(classes)

@@ -47,6 +47,9 @@ MIN_SIZE: Final = 32  # five stride-2 max-pools need at least 2**5 px per side
 # "vgg": fc6-fc8 on the 7x7 pool; "gap": a global average pool and one Linear(512, num_classes) (issue 17);
 # "fc7": the vgg head, named for what `finetune` trains on it (fc8 alone, a linear probe on fc7 features)
 HEADS: Final = ("vgg", "gap", "fc7")
+# timm's global_pool: "avg" pools as the head was built (the 7x7 adaptive average pool before fc6, or the gap
+# head's global one); "" does not pool: the model returns pool5's map (only without a classifier, as in timm)
+GLOBAL_POOLS: Final = ("avg", "")
 
 # What `weights` may be (`sources.classify` follows these rules; every error about a weights argument quotes them)
 WEIGHT_FILE_SUFFIXES: Final = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin", ".safetensors", ".h5")

@@ -10,6 +10,8 @@ The header (JSON types; `header` makes it, `check_header` checks one field by fi
   naming it; fields added later that an older reader may ignore do not change it.
 - "arch": the builder, one of vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn.
 - "head": "vgg" (fc6-fc8), "gap" (a global average pool and one Linear(512, N)) or "fc7".
+- "global_pool" (optional, written only when not "avg"): "avg" (pool as the head was built) or "" (no
+  pooling: the model returns pool5's map; num_classes is then 0), timm's argument.
 - "in_chans": the input channels of the first convolution (an integer >= 1).
 - "num_classes": the outputs of fc8 (an integer >= 0; 0: no fc8, the model returns relu7's 4096 values).
 - "classes": the name of each output, in order (num_classes strings), or null when none were given.
@@ -67,7 +69,7 @@ from vggnet.errors import (
     UsageTypeError,
 )
 from vggnet.hub import WRITE_SUFFIXES, VerifiedFile, open_verified, read_tensors, sniff_format, weights_only_load
-from vggnet.models.config import ARCHS, CONFIGS, HEADS, Layer
+from vggnet.models.config import ARCHS, CONFIGS, GLOBAL_POOLS, HEADS, Layer
 from vggnet.models.finetuned import FORMAT as FINETUNE_FORMAT
 from vggnet.models.finetuned import check_finetuned
 from vggnet.models.vgg import VGG, make_layers
@@ -97,6 +99,7 @@ class Header:
         preprocessing: the evaluation preset's fields (`ImageClassification`'s arguments).
         meta: free metadata, JSON values.
         backbone: the weights the model started from (name and SHA-256), where recorded.
+        global_pool: "avg" or "" (no pooling), where recorded.
     """
 
     format: str
@@ -108,6 +111,7 @@ class Header:
     preprocessing: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     backbone: dict[str, str] | None = None
+    global_pool: str | None = None
 
     def preset(self) -> ImageClassification | None:
         """The evaluation preset the header records, or None.
@@ -234,6 +238,8 @@ def header(
     }  # fmt: skip
     if backbone is not None:
         fields["backbone"] = {k: str(backbone[k]) for k in ("weights", "url", "sha256")}
+    if model.global_pool != "avg":  # written only where it is not the default: older readers read the rest
+        fields["global_pool"] = model.global_pool
     return fields
 
 
@@ -251,7 +257,7 @@ def arch_of_model(model: VGG) -> str:
         if CONFIGS[letter] == tuple(row) and bn == batch_norm:
             with torch.device("meta"):
                 built = VGG(make_layers(CONFIGS[letter], bn, model.in_channels), model.num_classes,
-                            init_weights=False, head=model.head)  # fmt: skip
+                            init_weights=False, head=model.head, global_pool=model.global_pool)  # fmt: skip
             expected = built.state_dict()
             found = model.state_dict()
             if {k: v.shape for k, v in expected.items()} == {k: v.shape for k, v in found.items()}:
@@ -477,7 +483,7 @@ def check_header(obj: Mapping[str, Any], source: str, container: str = "zip") ->
         )
     return Header(
         FORMAT, obj.get("arch"), obj.get("head"), obj.get("in_chans"), obj.get("num_classes"), obj.get("classes"),
-        obj.get("preprocessing"), dict(obj.get("meta") or {}), obj.get("backbone"),
+        obj.get("preprocessing"), dict(obj.get("meta") or {}), obj.get("backbone"), obj.get("global_pool"),
     )  # fmt: skip
 
 
@@ -495,7 +501,7 @@ def _unknown_format(fmt: object, source: str) -> str:
 _FIELDS: Mapping[str, tuple[type | tuple[type, ...], bool]] = {
     "arch": (str, True), "head": (str, True), "in_chans": (int, True), "num_classes": (int, True),
     "classes": ((list, type(None)), False), "preprocessing": ((dict, type(None)), False), "meta": (dict, False),
-    "backbone": (dict, False),
+    "backbone": (dict, False), "global_pool": (str, False),
 }  # fmt: skip
 
 
@@ -522,6 +528,9 @@ def _value_problems(obj: Mapping[str, Any]) -> list[str]:
         problems.append(f"'arch' is {arch[:40]!r}, not one of {', '.join(ARCHS)}")
     if head is not None and head not in HEADS:
         problems.append(f"'head' is {head[:40]!r}, not one of {', '.join(HEADS)}")
+    pool = obj.get("global_pool")
+    if pool is not None and (pool not in GLOBAL_POOLS or (pool == "" and obj.get("num_classes"))):
+        problems.append(f"'global_pool' is {pool[:40]!r}, not 'avg' or '' (with num_classes 0)")
     for key, least in (("in_chans", 1), ("num_classes", 0)):
         if obj.get(key, least) < least:
             problems.append(f"{key!r} is {obj[key]}, under {least}")

@@ -5,18 +5,24 @@ same `torch.manual_seed` a fresh model holds bit-for-bit the parameters torchvis
 
 Beside the forward pass the network carries what fine-tuning and feature work need (issue 4):
 named taps (`layer_names`, `extract`, `tap_info`), new heads (`reset_classifier`), freezing,
-per-block learning rates (`param_groups`) and gradient checkpointing per conv block.
+per-block learning rates (`param_groups`) and gradient checkpointing per conv block; with every head
+(issue 25): "vgg", "gap", "fc7", no fc8 (num_classes=0), no pooling (global_pool=""), and a classifier
+the user put in. And timm's conventions: `forward_intermediates`, `prune_intermediate_layers`,
+`group_matcher`, `reset_classifier(num_classes, global_pool)`, a settable `default_cfg`.
 
 Tap names are the paper's (conv1_1, [bn1_1,] relu1_1, ..., pool5, avgpool, fc6, relu6, drop6, fc7,
-relu7, drop7, fc8); `vggnet.models.taps` computes them and runs the taps, the methods here delegate to it.
+relu7, drop7, fc8); after pool5 they follow the head (gap, fc for the gap head; see `taps.head_layers`).
+`vggnet.models.taps` computes them and runs the taps, the methods here delegate to it.
+
+No `from __future__ import annotations` here: FX records `forward`'s annotations as it finds them, and
+strings ('torch.Tensor') make `torch.jit.script(torch.fx.symbolic_trace(model))` fail (issue 25).
 """
 
-from __future__ import annotations
-
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -26,21 +32,87 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from vggnet.checks import check_choice, check_int, is_int
+from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.errors import UsageError, UsageTypeError
-from vggnet.models.config import HEADS, HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
-from vggnet.models.interop import pretrained_cfg
-from vggnet.models.taps import TapInfo, feature_layers, layer_names, run_taps, tap_info, tap_steps
+from vggnet.models.config import GLOBAL_POOLS, HEADS, HIDDEN, IN_CHANNELS, MIN_SIZE, POOLED_SIZE, Layer
+from vggnet.models.taps import TapInfo, feature_layers, layer_names, pool_cells, run_taps, tap_info, tap_steps
 
 __all__ = [
     "VGG",
     "VGGFeatures",
     "adapt_input_conv",
     "make_layers",
+    "pretrained_cfg",
+    "take_indices",
 ]
+
+logger = logging.getLogger(__name__)
+
+
+class Preprocessing(Protocol):
+    """What `pretrained_cfg` reads off a weights record (`vggnet.Weights` has these fields)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def crop_size(self) -> int: ...
+    @property
+    def resize_size(self) -> int: ...
+    @property
+    def mean(self) -> Sequence[float]: ...
+    @property
+    def std(self) -> Sequence[float]: ...
+    @property
+    def interpolation(self) -> str: ...
+
+
+def pretrained_cfg(record: Preprocessing | None, num_classes: int = 1000, head: str = "vgg") -> dict[str, Any]:
+    """timm's `pretrained_cfg` keys describing `record`'s weights (None: torchvision's ImageNet preset).
+
+    As in timm it describes the weights, not later changes: `crop_pct` is crop / resize (224 / 256 =
+    0.875), `input_size` is (channels of `mean`, crop, crop), `num_classes` the head's outputs and
+    `classifier` its last Linear (classifier.6; classifier.0 for the gap head).
+
+    Args:
+        record: what the weights expect (a `vggnet.Weights`, or any object with its preset fields); None:
+            torchvision's ImageNet preset.
+        num_classes: the outputs of the head.
+        head: "vgg", "gap" or "fc7".
+
+    Returns:
+        timm's keys: url, num_classes, input_size, pool_size, crop_pct, crop_mode, fixed_input_size,
+        interpolation, mean, std, first_conv, classifier, license.
+    """
+    crop, resize = (record.crop_size, record.resize_size) if record is not None else (224, 256)
+    mean, std = (record.mean, record.std) if record is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    return {
+        "url": record.url if record is not None else "",
+        "num_classes": num_classes,
+        "input_size": (len(mean), crop, crop),
+        "pool_size": (crop // 32, crop // 32),
+        "crop_pct": crop / resize,
+        "crop_mode": "center",
+        "fixed_input_size": False,  # any side of at least 32 px (the adaptive pool)
+        "interpolation": record.interpolation if record is not None else "bilinear",
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "first_conv": "features.0",
+        "classifier": "classifier.0" if head == "gap" else "classifier.6",
+        "license": "bsd-3-clause",
+    }
 
 
 def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int = IN_CHANNELS) -> nn.Sequential:
-    """One flat Sequential: per number a 3x3 conv (+ BatchNorm) + in-place ReLU, per "M" a 2x2 max-pool."""
+    """One flat Sequential: per number a 3x3 conv (+ BatchNorm) + in-place ReLU, per "M" a 2x2 max-pool.
+
+    Args:
+        cfg: a row of the paper's table (`config.CONFIGS`): channels, or "M" for a max-pool.
+        batch_norm: a BatchNorm2d after each convolution.
+        in_channels: the input channels of the first convolution.
+
+    Returns:
+        The `features` Sequential, torchvision's modules in torchvision's order.
+    """
     layers: list[nn.Module] = []
     for v in cfg:
         if v == "M":
@@ -55,20 +127,33 @@ def make_layers(cfg: Sequence[Layer], batch_norm: bool = False, in_channels: int
 
 
 class VGG(nn.Module):
-    """`features`, a 7x7 adaptive average pool, and the three fully connected layers fc6, fc7, fc8.
+    """`features`, an adaptive average pool, and the classifier: fc6, fc7, fc8 or, with `head="gap"`, one Linear.
 
     State-dict keys are those of the official checkpoints: `features.N.*` and
     `classifier.{0,3,6}.*`. With `num_classes=0` fc8 is an `nn.Identity` (no keys) and the model
     returns relu7, the (N, 4096) pooled feature vector, as timm's do.
 
-    The model scripts, FX-traces, exports and compiles with fullgraph=True (issue 12); the input
-    checks run only for eager callers. `head="gap"` replaces pool and classifier by a 1x1 average
-    pool and `classifier.0`, one Linear(512, num_classes) (no named taps after pool5 then); see `HEADS`.
+    The model scripts, FX-traces (and then scripts), exports and compiles with fullgraph=True (issues 12,
+    25); the input checks run only for eager callers. `head="gap"` replaces pool and classifier by a
+    global average pool and `classifier.0`, one Linear(512, num_classes); see `HEADS`. Layer names
+    follow the head (`vggnet.models.taps`): fc6 ... fc8 for the vgg head, gap and fc for the gap head.
+
+    Args:
+        features: the convolutional layers, a `make_layers` Sequential for the named taps.
+        num_classes: outputs of the last Linear; 0 for none (the model returns the pre-logits features).
+        init_weights: initialise as torchvision does (False leaves PyTorch's defaults, for loading weights).
+        dropout: probability of the two dropouts of the vgg head (the gap head has none).
+        head: "vgg" (fc6-fc8), "gap" (global average pool + one Linear) or "fc7" (the vgg head).
+        global_pool: "avg" (the head's own average pool) or "" (no pooling: the model returns pool5's
+            (N, 512, H/32, W/32) map; only with num_classes=0, as timm's linear heads).
+
+    Raises:
+        UsageError: a bad num_classes, dropout, head or global_pool (a ValueError).
     """
 
     # Properties TorchScript must not compile (they read modules by type or build dicts).
     __jit_unused_properties__ = (
-        "in_channels", "num_classes", "num_features", "head_hidden_size", "feature_info", "default_cfg"
+        "in_channels", "in_chans", "num_classes", "num_features", "head_hidden_size", "feature_info", "default_cfg"
     )  # fmt: skip
     __jit_ignored_attributes__ = ("pretrained_cfg",)  # timm's description of the expected input (a dict of Any)
 
@@ -79,14 +164,20 @@ class VGG(nn.Module):
         init_weights: bool = True,
         dropout: float = 0.5,
         head: str = "vgg",
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
         check_choice("head", head, HEADS)
+        _check_global_pool(global_pool, num_classes)
         self.head = head
+        self.global_pool = global_pool
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d(1 if head == "gap" else (POOLED_SIZE, POOLED_SIZE))
-        self.classifier = (
+        # typed Module: users may put any module here (torchvision's nn.Identity()); no annotation, which TorchScript
+        # would warn about
+        self.classifier = cast(
+            nn.Module,
             nn.Sequential(_fc8(512, num_classes))
             if head == "gap"
             else nn.Sequential(
@@ -97,14 +188,14 @@ class VGG(nn.Module):
                 nn.ReLU(True),
                 nn.Dropout(p=dropout),
                 _fc8(HIDDEN, num_classes),
-            )
+            ),
         )
         self.grad_checkpointing = False
         self._frozen = 0  # number of leading taps frozen by `freeze`
         if init_weights:
             for m in self.modules():
                 init_module(m)
-        self.pretrained_cfg = pretrained_cfg(None, num_classes)  # the builders put their checkpoint's
+        self.pretrained_cfg = pretrained_cfg(None, num_classes, head)  # the builders put their checkpoint's
 
     @property
     def in_channels(self) -> int:
@@ -113,29 +204,41 @@ class VGG(nn.Module):
         return first.in_channels
 
     @property
+    def in_chans(self) -> int:
+        """timm's name of `in_channels`."""
+        return self.in_channels
+
+    @property
     def num_classes(self) -> int:
-        """Outputs of fc8; 0 when the model has no fc8 and returns the 4096 features of relu7."""
-        return 0 if isinstance(self.classifier[-1], nn.Identity) else self.get_classifier().out_features
+        """Outputs of the classifier's last Linear; 0 when the classifier ends with an Identity or is empty.
+
+        0 means no fc8: the model returns the pre-logits features (relu7's 4096 for the vgg head).
+        """
+        modules = _modules_of(self.classifier)
+        linears = [m for m in modules if isinstance(m, nn.Linear)]
+        if not modules or isinstance(modules[-1], nn.Identity) or not linears:
+            return 0
+        return linears[-1].out_features
 
     @property
     def num_features(self) -> int:
-        """Channels of `forward_features`' output (timm's name): 512."""
+        """Channels of `forward_features`' output (timm's name): 512 (fewer after `prune_intermediate_layers`)."""
         return [m for m in self.features.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
     @property
     def head_hidden_size(self) -> int:
-        """Width of the pre-logits vector that `forward_head(pre_logits=True)` returns (timm's name): 4096."""
-        fc7 = self.classifier[3]
-        if not isinstance(fc7, nn.Linear):
-            raise UsageTypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
-        return fc7.out_features
+        """Width of the pre-logits vector `forward_head(pre_logits=True)` returns (timm's name).
+
+        4096 for the vgg head, 512 for the gap head; `num_features` without pooling (global_pool="").
+        """
+        return self.num_features if self.global_pool == "" else self._pre_logits_width()
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
         """timm's stage list: the ReLU before each max-pool, then pool5; `num_chs`, `reduction`, `module`.
 
         The `module` entries are state-dict / torchvision node names (`features.3`); these are the taps
-        `VGGFeatures` (the builders' `features_only=True`) returns.
+        `VGGFeatures` (the builders' `features_only=True`) and `forward_intermediates` return.
         """
         info: list[dict[str, Any]] = []
         channels, stride = self.in_channels, 1
@@ -146,25 +249,45 @@ class VGG(nn.Module):
             elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
                 info.append({"num_chs": channels, "reduction": stride, "module": f"features.{i - 1}"})
                 stride *= m.stride if isinstance(m.stride, int) else m.stride[0]
-        info.append({"num_chs": channels, "reduction": stride, "module": f"features.{len(layers) - 1}"})
+        if not info or info[-1]["module"] != f"features.{len(layers) - 1}":  # pruned at a ReLU: it is the last
+            info.append({"num_chs": channels, "reduction": stride, "module": f"features.{len(layers) - 1}"})
         return info
 
     @property
     def default_cfg(self) -> dict[str, Any]:
-        """timm's older name of `pretrained_cfg`."""
+        """timm's older name of `pretrained_cfg`; settable, as timm's `build_model_with_cfg` sets it."""
         return self.pretrained_cfg
 
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
+
     def get_classifier(self) -> nn.Linear:
-        """The last Linear layer (fc8)."""
-        fc8 = self.classifier[-1]
-        if isinstance(fc8, nn.Identity):
+        """The last Linear layer (fc8; fc for the gap head).
+
+        Returns:
+            The Linear that gives the logits.
+
+        Raises:
+            UsageTypeError: the model has no fc8 (num_classes=0) or its classifier ends with another module.
+        """
+        modules = _modules_of(self.classifier)
+        fc8 = modules[-1] if modules else None
+        if fc8 is None or isinstance(fc8, nn.Identity):
             raise UsageTypeError("the model has no fc8 (num_classes=0); add one with reset_classifier(num_classes)")
         if not isinstance(fc8, nn.Linear):
-            raise UsageTypeError(f"classifier[-1] is a {type(fc8).__name__}, expected the nn.Linear fc8")
+            raise UsageTypeError(f"the classifier ends with a {type(fc8).__name__}, expected the nn.Linear fc8")
         return fc8
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError naming what was received and what is needed, before any layer runs."""
+        """Raise a ValueError naming what was received and what is needed, before any layer runs.
+
+        Args:
+            x: the batch a forward would get.
+
+        Raises:
+            UsageError: not an (N, in_channels, H, W) batch, or a side under 32 pixels (a ValueError).
+        """
         check_images(x, self.in_channels)
         if min(x.shape[2], x.shape[3]) < MIN_SIZE:
             raise UsageError(
@@ -173,7 +296,14 @@ class VGG(nn.Module):
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last convolutional block's output after pool5: (N, 512, H/32, W/32)."""
+        """The last convolutional block's output after pool5: (N, 512, H/32, W/32).
+
+        Args:
+            x: an (N, in_channels, H, W) batch, sides of at least 32 pixels.
+
+        Returns:
+            pool5's map.
+        """
         if not is_scripting():
             if _eager():
                 self.check_input(x)
@@ -192,28 +322,55 @@ class VGG(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Adaptive pool and classifier on a `forward_features` map; `pre_logits` stops at relu7 (N, 4096).
+        """Pool and classifier on a `forward_features` map; `pre_logits` stops before fc8: relu7's (N, 4096).
 
-        With `head="gap"`, `pre_logits` gives the pooled (N, 512) features.
+        With `head="gap"`, `pre_logits` gives the pooled (N, 512) features; with global_pool="" the map
+        comes back as it is. TorchScript runs the classifier, not `pre_logits` (it reads the modules by type).
+
+        Args:
+            x: pool5's (N, 512, H/32, W/32) map.
+            pre_logits: stop before the last layer (fc8, or the gap head's fc).
+
+        Returns:
+            The logits (N, num_classes), the pre-logits features, or the map itself without pooling.
         """
+        if self.global_pool == "":
+            return x  # no pooling, no classifier: pool5's (N, 512, H/32, W/32) map, as timm's global_pool=""
         x = self.avgpool(x)
         x = torch.flatten(x, 1)  # (N, 512, 7, 7) -> (N, 25088); gap: (N, 512, 1, 1) -> (N, 512)
-        if not pre_logits:  # any classifier, e.g. the nn.Identity torchvision users put in its place
-            logits: torch.Tensor = self.classifier(x)
-            return logits
-        last = len(self.classifier) - 1
-        for i, layer in enumerate(self.classifier):  # a loop, not classifier[:-1]: TorchScript cannot slice
-            if i != last:
-                x = layer(x)
+        if pre_logits:
+            return self._pre_logits(x)
+        logits: torch.Tensor = self.classifier(x)  # any classifier, e.g. the nn.Identity torchvision users put there
+        return logits
+
+    @torch.jit.unused
+    def _pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in _modules_of(self.classifier)[:-1]:  # a bare module (no Sequential) is fc8 itself
+            x = layer(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a batch: `forward_head(forward_features(x))`.
+
+        Args:
+            x: an (N, in_channels, H, W) batch, sides of at least 32 pixels.
+
+        Returns:
+            (N, num_classes) logits; the pre-logits features with num_classes=0; pool5's map with global_pool="".
+        """
         return self.forward_head(self.forward_features(x))
 
     # --- named taps ------------------------------------------------------------------------------
 
     def layer_names(self) -> list[str]:
-        """Every tap name in order: conv1_1, [bn1_1,] relu1_1, ..., pool5, avgpool, fc6, relu6, drop6, ..., fc8."""
+        """Every tap name in order: conv1_1, [bn1_1,] relu1_1, ..., pool5, then the head's (see `taps.head_layers`).
+
+        The vgg head: avgpool, fc6, relu6, drop6, fc7, relu7, drop7, fc8 (no fc8 with num_classes=0); the
+        gap head: gap, fc; a classifier of the user's: "classifier" or "classifier.0", "classifier.1", ...
+
+        Returns:
+            The names, in the order the forward runs them.
+        """
         return layer_names(self)
 
     def extract(self, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
@@ -224,6 +381,16 @@ class VGG(nn.Module):
         A tap that the next layer's in-place ReLU would overwrite (conv4_3, bn4_3, fc6, ...; Identity
         steps left by `fold_batchnorm` are looked past) is cloned when taken, so it holds the
         pre-activation values.
+
+        Args:
+            x: an (N, in_channels, H, W) batch, sides of at least 32 pixels.
+            layers: a name of `layer_names()`, or several.
+
+        Returns:
+            name -> that layer's output, in the order asked.
+
+        Raises:
+            UsageError: a bad batch, or a name that is no layer (the valid ones listed).
         """
         self.check_input(x)
         return run_taps(tap_steps(self), x, layers)
@@ -231,7 +398,10 @@ class VGG(nn.Module):
     def tap_info(self) -> list[TapInfo]:
         """Channels, stride and receptive field (in input pixels) of every tap, computed from the layers.
 
-        avgpool onwards see the whole (adaptively pooled) image: their stride and receptive field are None.
+        The taps after pool5 see the whole (adaptively pooled) image: their stride and receptive field are None.
+
+        Returns:
+            One `TapInfo` per name of `layer_names()`, in order.
         """
         return tap_info(self)
 
@@ -252,19 +422,152 @@ class VGG(nn.Module):
 
     # --- new heads ------------------------------------------------------------------------------
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace fc8 by a freshly initialised Linear(4096, num_classes) (torchvision's N(0, 0.01) init).
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace fc8 by a freshly initialised Linear(width, num_classes) (torchvision's N(0, 0.01) init).
 
-        Every other tensor is kept; the new fc8 gets fc7's device and dtype. `num_classes=0` removes fc8
-        (an `nn.Identity`): the model then returns relu7's (N, 4096) features, as timm's does.
+        fc8 is the classifier's last layer, a Linear or an Identity (for a bare Linear or Identity
+        classifier, the classifier itself); `width` is what reaches it: 4096 for the vgg head, 512 for
+        the gap head. Every other tensor is kept; the new layer gets the model's device and dtype.
+
+        Args:
+            num_classes: outputs of the new fc8; 0 removes it (an `nn.Identity`): the model then returns
+                the pre-logits features, (N, 4096) relu7 for the vgg head, as timm's does.
+            global_pool: "avg" (pool, as built) or "" (no pooling: the model returns pool5's map; only with
+                num_classes=0); None keeps the current one. A classifier needs the pool, so
+                reset_classifier(n > 0) on a model without pooling puts "avg" back (logged at INFO).
+
+        Raises:
+            UsageError: a bad num_classes or global_pool (a ValueError).
+            UsageTypeError: a classifier that does not end with a Linear or an Identity (a TypeError).
         """
         _check_num_classes(num_classes)
-        fc7 = self.classifier[3]
-        if not isinstance(fc7, nn.Linear):
-            raise UsageTypeError(f"classifier[3] is a {type(fc7).__name__}, expected the nn.Linear fc7")
-        fc8 = _fc8(fc7.out_features, num_classes, device=fc7.weight.device, dtype=fc7.weight.dtype)
+        pool = self.global_pool if global_pool is None else global_pool
+        if global_pool is not None:
+            _check_global_pool(global_pool, num_classes)
+        elif pool == "" and num_classes:
+            logger.info("reset_classifier(%d): a classifier needs the pool, global_pool is 'avg' again", num_classes)
+            pool = "avg"
+        modules = _modules_of(self.classifier)
+        width = self._pre_logits_width() if num_classes else 0
+        ref = next(self.parameters())
+        fc8 = _fc8(width, num_classes, device=ref.device, dtype=ref.dtype)
         init_module(fc8)
-        self.classifier[-1] = fc8
+        fc8.train(self.training)
+        classifier = self.classifier
+        if isinstance(classifier, nn.Sequential) and modules:
+            classifier[len(modules) - 1] = fc8
+        elif isinstance(classifier, nn.Sequential):
+            classifier.append(fc8)
+        else:
+            self.classifier = fc8
+        self.global_pool = pool
+
+    def _pre_logits_width(self) -> int:
+        """Width of what reaches fc8: the Linear's in_features, else the last Linear's outputs or the pool's."""
+        modules = _modules_of(self.classifier)
+        last = modules[-1] if modules else None
+        if isinstance(last, nn.Linear):
+            return last.in_features
+        if last is not None and not isinstance(last, nn.Identity):
+            raise UsageTypeError(
+                f"the classifier ends with a {type(last).__name__}, not a Linear or Identity: "
+                "set model.classifier yourself, e.g. to nn.Linear(in_features, num_classes)"
+            )
+        linears = [m for m in modules if isinstance(m, nn.Linear)]
+        return linears[-1].out_features if linears else self.num_features * pool_cells(self.avgpool)
+
+    # --- timm's intermediate features ---------------------------------------------------------------
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stage outputs of `feature_info` with the final map, timm's signature and return.
+
+        The stages: index 0-4 the ReLU before each max-pool, index 5 pool5.
+
+        Args:
+            x: an (N, C, H, W) batch.
+            indices: the last n stages for an int, these stages for a list (negative from the end), all for None.
+            norm: timm's option; VGG has no final norm, so it changes nothing.
+            stop_early: stop after the last stage asked for (the first returned tensor is then that stage's).
+            output_fmt: "NCHW", the only layout.
+            intermediates_only: return the list of stage outputs alone.
+
+        Returns:
+            (forward_features' output, [stage outputs]) or, with intermediates_only, the list.
+
+        Raises:
+            UsageError: an output_fmt other than "NCHW", bad indices, or a bad batch.
+        """
+        if output_fmt != "NCHW":
+            raise UsageError(f"output_fmt must be 'NCHW' (VGG's only layout), got {output_fmt!r}")
+        if _eager():
+            self.check_input(x)
+        ends = self._stage_ends()
+        wanted = {ends[i] for i in take_indices(indices, len(ends))}
+        layers = self._layers()
+        last = max(wanted) if stop_early else len(layers) - 1
+        intermediates = []
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i in wanted:  # a ReLU before a pool, or pool5: nothing later overwrites it in place
+                intermediates.append(x)
+            if i == last:
+                break
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the layers `forward_intermediates(indices=...)` does not need (timm's method).
+
+        `features` ends at the last stage kept; `prune_head` (or a cut before pool5) removes the pool and
+        the classifier: the model then returns its last stage's map (global_pool "", num_classes 0).
+
+        Args:
+            indices: the stages to keep, as `forward_intermediates` takes them.
+            prune_norm: timm's option; VGG has no final norm, so it changes nothing.
+            prune_head: remove the pool and the classifier.
+
+        Returns:
+            The kept stage indices.
+        """
+        ends = self._stage_ends()
+        kept = take_indices(indices, len(ends))
+        cut = max(kept) < len(ends) - 1
+        self.features = self._layers()[: ends[max(kept)] + 1]  # the same modules: keys stay features.N
+        if prune_head or cut:
+            self.classifier = nn.Sequential()
+            self.global_pool = ""
+        return kept
+
+    def _stage_ends(self) -> list[int]:
+        return [int(d["module"].split(".")[1]) for d in self.feature_info]
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups (layer-wise decay, `timm.optim`): regexes over the state-dict keys.
+
+        Fine (timm's VGG): the first convolution, then one group per layer of `features`; coarse: block 1,
+        then one group per conv block (the groups of `param_groups`). The classifier is the last group.
+
+        Args:
+            coarse: one group per conv block instead of one per layer.
+
+        Returns:
+            timm's matcher: {"stem": regex, "blocks": regex or [(regex, (index,)), ...]}.
+        """
+        if not coarse:
+            return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."}
+        index = {id(m): i for i, m in enumerate(self._layers())}
+        blocks = [sorted(index[id(m)] for m in block) for block in self._blocks()]
+        pattern = [rf"^features\.(?:{'|'.join(map(str, block))})\." for block in blocks]
+        return {"stem": pattern[0], "blocks": [(p, (k,)) for k, p in enumerate(pattern[1:])]}
 
     # --- training helpers -----------------------------------------------------------------------
 
@@ -272,16 +575,24 @@ class VGG(nn.Module):
         """Freeze every layer before the tap named `upto` (like slicing `[:upto]`); None: all of `features`.
 
         `freeze(upto="conv4_1")` trains conv4_1 onwards; `freeze(upto="fc8")` trains only fc8 (a linear
-        probe). Frozen parameters get requires_grad=False, and the frozen part runs as in inference
-        whatever `train()` is called with: its BatchNorm layers keep using (and no longer update) their
-        running statistics, its dropouts are off. `freeze` replaces an earlier call; `unfreeze` undoes it.
+        probe; "fc" with the gap head). Frozen parameters get requires_grad=False, and the frozen part runs
+        as in inference whatever `train()` is called with: its BatchNorm layers keep using (and no longer
+        update) their running statistics, its dropouts are off. `freeze` replaces an earlier call;
+        `unfreeze` undoes it. Any head: the names are `layer_names()`'.
+
+        Args:
+            upto: the first layer left trainable, a name of `layer_names()`; None: freeze all of `features`.
+
+        Raises:
+            UsageError: a name that is no layer (the valid ones listed).
         """
-        names = self.layer_names()
+        steps = tap_steps(self)
+        names = [name for name, _ in steps]
         if upto is None:
             stop = len(self._layers())
         elif upto in names:
             stop = names.index(upto)
-            if stop and names[stop - 1].startswith("drop"):
+            if stop and isinstance(steps[stop - 1][1][-1], nn.Dropout):
                 stop -= 1  # a dropout trains with the Linear after it: freeze(upto="fc8") keeps drop7 on
         else:
             raise UsageError(f"unknown layer {upto!r}; valid: {', '.join(names)}")
@@ -298,7 +609,7 @@ class VGG(nn.Module):
             p.requires_grad_(True)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> VGG:
+    def train(self, mode: bool = True) -> "VGG":
         super().train(mode)
         if mode and self._frozen:  # only a frozen model needs the tap table (and a make_layers `features`)
             self._frozen_part().eval()
@@ -311,10 +622,19 @@ class VGG(nn.Module):
     def param_groups(self, lr: float, decay: float = 1.0, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer parameter groups per block with layer-wise learning rates.
 
-        Six groups, "block1" ... "block5" (the conv blocks) and "classifier" (fc6-fc8); the classifier
-        gets `lr`, each block below the previous one's times `decay` (block k: lr * decay ** (6 - k)).
-        Frozen parameters and empty groups are left out. Each group is a dict with "name", "params",
-        "lr" and "weight_decay", ready for `torch.optim.SGD(model.param_groups(0.01, decay=0.5))`.
+        Six groups, "block1" ... "block5" (the conv blocks) and "classifier" (fc6-fc8, the gap head's fc or
+        a classifier of the user's); the classifier gets `lr`, each block below the previous one's times
+        `decay` (block k: lr * decay ** (6 - k)). Frozen parameters and empty groups are left out. Each group
+        is a dict with "name", "params", "lr" and "weight_decay", ready for
+        `torch.optim.SGD(model.param_groups(0.01, decay=0.5))`.
+
+        Args:
+            lr: the classifier's learning rate.
+            decay: the factor from one group to the block below it.
+            weight_decay: every group's weight decay.
+
+        Returns:
+            The groups, block1 first.
         """
         parts = [*self._blocks(), self.classifier]
         groups = []
@@ -332,6 +652,9 @@ class VGG(nn.Module):
 
         Applies to `forward`/`forward_features` while gradients are enabled; BatchNorm running
         statistics are updated once per step, as without checkpointing.
+
+        Args:
+            enable: on (True) or off.
         """
         self.grad_checkpointing = enable
 
@@ -356,6 +679,13 @@ class VGGFeatures(nn.Module):
     (relu1_1 or relu1_2, ..., relu5_3 or relu5_4; strides 1 to 16), index 5 pool5 (stride 32).
     `out_indices` picks some of them (default all six, as timm); the layers after the last one
     picked are dropped. State-dict keys stay `features.N`.
+
+    Args:
+        model: the VGG whose `features` it takes (shared, not copied).
+        out_indices: the stages to return, 0-5 (negative from the end); None: all six.
+
+    Raises:
+        UsageError: bad out_indices (a ValueError).
     """
 
     def __init__(self, model: VGG, out_indices: Sequence[int] | None = None) -> None:
@@ -369,6 +699,14 @@ class VGGFeatures(nn.Module):
         self._in_channels = model.in_channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The chosen stages' outputs.
+
+        Args:
+            x: an (N, in_channels, H, W) batch.
+
+        Returns:
+            One (N, C, H / stride, W / stride) map per stage of `feature_info`, in order.
+        """
         if not is_scripting():  # TorchScript drops this block, unseen, only when the test stands alone
             self._check_input(x)
         outs: list[torch.Tensor] = []
@@ -395,6 +733,26 @@ def stage_indices(out_indices: Sequence[int] | None, stages: int = 6) -> list[in
     return sorted({i % stages for i in picked})
 
 
+def take_indices(indices: int | Sequence[int] | None, stages: int) -> list[int]:
+    """timm's `indices` of `forward_intermediates`: the last n stages for an int n, these (sorted) for a list.
+
+    Args:
+        indices: a number of stages, a list of stage indices (negative from the end), or None (all).
+        stages: how many stages there are.
+
+    Returns:
+        The stage indices, sorted and non-negative.
+
+    Raises:
+        UsageError: a number out of 1-stages, or an index out of range (a ValueError).
+    """
+    if isinstance(indices, bool) or not isinstance(indices, int):
+        return stage_indices([indices] if isinstance(indices, bool) else indices, stages)
+    if not 1 <= indices <= stages:
+        raise UsageError(f"indices must be a number of stages 1-{stages} or a list of stage indices, got {indices}")
+    return list(range(stages - indices, stages))
+
+
 def check_images(x: torch.Tensor, in_channels: int, who: str = "VGG") -> None:
     """Raise a ValueError, naming the shape received and the fix, unless `x` is an (N, in_channels, H, W) batch."""
     if x.dim() != 4:
@@ -415,6 +773,16 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
       same gray image through the 1-channel adaptation (colour cannot be mapped onto two channels).
     - N > 3: R, G, B repeated cyclically and scaled by 3/N, so the response to N equal channels stays
       that of the RGB network (exactly when N is a multiple of 3).
+
+    Args:
+        weight: the (O, 3, k, k) weight.
+        in_chans: the input channels wanted, 1 or more.
+
+    Returns:
+        The (O, in_chans, k, k) weight (`weight` itself for 3).
+
+    Raises:
+        UsageError: a weight that is not (O, 3, k, k), or a bad in_chans.
     """
     if weight.dim() != 4 or weight.shape[1] != IN_CHANNELS:
         raise UsageError(f"expected a first-conv weight (O, 3, k, k), got shape {tuple(weight.shape)}")
@@ -435,6 +803,20 @@ NUM_CLASSES_MEANS = "the outputs of fc8, e.g. 10 for ten classes; 0 for no fc8"
 
 def _check_num_classes(num_classes: int) -> None:
     check_int("num_classes", num_classes, least=0, what=NUM_CLASSES_MEANS)
+
+
+def _check_global_pool(global_pool: str, num_classes: int) -> None:
+    check_choice("global_pool", global_pool, GLOBAL_POOLS, quote=True)
+    if global_pool == "" and num_classes:
+        raise UsageError(
+            f"global_pool='' (no pooling) returns the feature map, which no classifier can take: "
+            f"pass num_classes=0 with it, or global_pool='avg' for num_classes={num_classes}"
+        )
+
+
+def _modules_of(classifier: nn.Module) -> list[nn.Module]:
+    """A Sequential's modules; any other classifier is a list of one."""
+    return list(classifier) if isinstance(classifier, nn.Sequential) else [classifier]
 
 
 def _fc8(in_features: int, num_classes: int, **device_dtype: Any) -> nn.Module:
