@@ -7,6 +7,7 @@ AVX-512 VNNI, AVX-VNNI or AVX2), so also on this project's AVX2 machines, only s
 """
 
 import gc
+import itertools
 import logging
 import shutil
 import sys
@@ -19,12 +20,19 @@ import torch.nn.functional as F
 
 import vggnet
 import vggnet.deploy.quantize
-from tests.helpers import HEAD_KINDS, PHOTOS, head_model
+from tests.helpers import HEAD_KINDS, PHOTOS, head_model, spawn_python
 from vggnet import vgg11
 from vggnet.data.decode import load_image
 from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.inference import InferenceVGG, optimize_for_inference
-from vggnet.deploy.quantize import INT8_INSTRUCTIONS, Int8VGG, QuantizeReport, int8_instructions, quantize
+from vggnet.deploy.quantize import (
+    GRAPH_BATCHES,
+    INT8_INSTRUCTIONS,
+    Int8VGG,
+    QuantizeReport,
+    int8_instructions,
+    quantize,
+)
 
 SIDE = 64
 PRESET = ImageClassification(crop_size=SIDE, resize_size=73)
@@ -314,21 +322,60 @@ def test_a_folder_is_read_with_the_preset_of_the_checkpoint_the_model_came_from(
 @pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
 def test_new_batch_sizes_compile_at_most_once_more_and_say_nothing(recwarn, caplog):
     """Issue 25: the int8 graph was compiled for one batch size, and every new one compiled again,
-    with Inductor's warnings; a batch made outside inference mode compiled again too."""
+    with Inductor's warnings; a batch made outside inference mode compiled again too. Issue 27: batches
+    run in pieces of 8, 4, 2 and 1 images, each a static graph compiled once, so no size compiles twice."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    x = torch.randn(8, 3, 32, 32)
+    x = torch.randn(15, 3, 32, 32)
     quantized = quantize(vgg11(num_classes=2).eval(), x[:2], fallback=False)  # compiled at batch 1
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     recwarn.clear()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         outs = {n: quantized(x[:n]) for n in (1, 3, 8)}  # made outside inference mode, as a user's are
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 1  # one dynamic-batch graph for 3, 8
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2  # 3 = 2 + 1, then 8
+        outs |= {n: quantized(x[:n]) for n in (5, 7, 15, 3)}  # only 5 = 4 + 1 compiles (the graph for 4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 3
     assert [str(w.message) for w in recwarn] == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-    assert {n: tuple(out.shape) for n, out in outs.items()} == {1: (1, 2), 3: (3, 2), 8: (8, 2)}
-    torch.testing.assert_close(outs[8][:3], outs[3])  # the same graph, the same images
+    assert {n: tuple(out.shape) for n, out in outs.items()} == {n: (n, 2) for n in (1, 3, 8, 5, 7, 15)}
+    torch.testing.assert_close(outs[8][:3], outs[3])  # the same images, whatever pieces they ran in
+    torch.testing.assert_close(outs[15][:8], outs[8])
+    torch.testing.assert_close(outs[7], outs[8][:7])  # 4 + 2 + 1 against 8
+
+
+@pytest.mark.parametrize(("n", "pieces"), [(1, [1]), (3, [2, 1]), (8, [8]), (15, [8, 4, 2, 1]), (17, [8, 8, 1])])
+def test_batches_run_in_pieces_of_the_compiled_sizes(n, pieces):
+    stops = list(itertools.accumulate(pieces))
+    assert vggnet.deploy.quantize._graph_batches(n) == list(zip([0, *stops[:-1]], stops, strict=True))
+    assert stops[-1] == n and set(pieces) <= set(GRAPH_BATCHES)
+
+
+REORDERS = """
+import os, sys, torch
+from vggnet import vgg11
+from vggnet.deploy.quantize import quantize
+torch.manual_seed(0)
+x = torch.randn(8, 3, 64, 64)
+quantized = quantize(vgg11(num_classes=2).eval(), x[:2], fallback=False)
+quantized(x), quantized(x)
+sys.stdout.flush()
+os.write(1, b"--- warm\\n")
+quantized(x)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(int8_instructions() != "amx_int8", reason="measured on AMX: other CPUs' oneDNN kernels differ")
+def test_a_warm_int8_call_reorders_no_weights(monkeypatch):
+    """Issue 27: with one dynamic-batch graph, Inductor prepacked the int8 convolution weights for no
+    batch in particular and oneDNN reordered them on every call (vgg16 batch 8: 9 reorders, 3x slower)."""
+    monkeypatch.setenv("ONEDNN_VERBOSE", "1")
+    out, err = spawn_python(REORDERS).communicate(timeout=600)
+    assert "--- warm" in out, err[-2000:]
+    warm = out.split("--- warm", 1)[1].splitlines()
+    assert sum(",exec," in line and ",convolution," in line for line in warm) == 8  # oneDNN's int8 kernels ran
+    assert [line for line in warm if ",reorder," in line] == []
 
 
 # --- every head (issue 25) -------------------------------------------------------------------
