@@ -303,6 +303,24 @@ def _startup_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _compile_table(data: dict[str, Any]) -> list[str]:
+    """bench_compile.py: seconds per compiled fine-tuning epoch, each library in a fresh process."""
+    lines = [
+        f"{data['arch']}, {data['image_size']}x{data['image_size']}, batch {data['batch_size']}, "
+        f"{data['steps_per_epoch']} steps an epoch.",
+        "",
+        "| library | precision | head-only epoch s | unfreeze epoch s | steady epoch s | eager epoch s | graphs |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in data["runs"]:
+        graphs = ", ".join(f"{k} {v}" for k, v in r["graphs"].items())
+        lines.append(
+            f"| {r['library']} | {r['precision']} | {_num(r['head_only_s'])} | {_num(r['unfreeze_s'])} | "
+            f"{_num(r['steady_s'])} | {_num(r['eager_s'])} | {graphs} |"
+        )
+    return lines
+
+
 def _cpu_peers_table(data: dict[str, Any]) -> list[str]:
     """bench_cpu_peers.py: every peer at each batch size, with the ISA and the load around each."""
     m = data["machine"]
@@ -357,6 +375,7 @@ def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[st
         "pipeline": _pipeline_table,
         "cpu_paths": _cpu_paths_table,
         "train": _train_table,
+        "compile": _compile_table,
         "int8-isa-cap": lambda d: _bench_table(list(d["runs"].values())),
         "cpu_peers": _cpu_peers_table,
         "formats": _formats_table,
