@@ -24,6 +24,8 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
 - `_isolated_cache` (autouse): every test gets its own empty TORCH_HOME (so torch.hub's cache and
   vggnet's default cache are private to it), no VGGNET_HOME / VGGNET_MIRROR / VGGNET_OFFLINE, and
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
+- `_compiled_code_released` (autouse): after a test that compiled a graph, torch.compile's caches are
+  reset, so a worker does not keep every compiled model's weights (it ran out of memory).
 - `arch_matrix(archs)`: parametrize full-size checks over `archs`, all but FAST_ARCHS marked `slow`.
 - `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
   Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`,
@@ -38,8 +40,11 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +91,36 @@ def small_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
     }
     state["classifier.6.weight"] = torch.randn(100, 512, generator=g)
     return save_both_formats(state, tmp_path_factory.mktemp("small-checkpoints"), "small")
+
+
+_LIBC = ctypes.CDLL("libc.so.6") if sys.platform == "linux" else None
+
+
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _graphs_compiled() -> int:
+    if "torch._dynamo" not in sys.modules:  # nothing compiled yet: importing the compiler costs seconds
+        return 0
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+@pytest.fixture(autouse=True)
+def _compiled_code_released() -> Iterator[None]:
+    """After a test that compiled, drop torch.compile's caches (each compiled model's graphs and frozen
+    weights); after a test that left the process big, hand freed memory back to the system. Without
+    them a worker of the slow matrix grew past 17 GB and was killed for memory."""
+    before = _graphs_compiled()
+    yield
+    if _graphs_compiled() != before:
+        torch._dynamo.reset()
+    if _resident_bytes() > 2 << 30:  # a big test's memory goes back to the system, not kept for the next
+        gc.collect()
+        _LIBC and _LIBC.malloc_trim(0)
 
 
 @pytest.fixture(autouse=True)
