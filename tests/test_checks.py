@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from vggnet.checks import WORKERS_PER_CPU, check_choice, check_float, check_int, check_workers, is_int, max_workers
+from vggnet.checks import (
+    WORKERS_PER_CPU,
+    check_choice,
+    check_float,
+    check_int,
+    check_workers,
+    field_problems,
+    is_int,
+    max_workers,
+)
 
 CHECKS = Path(__file__).resolve().parent.parent / "vggnet" / "checks.py"
 
@@ -102,3 +111,14 @@ def test_the_checks_load_without_torch():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+def test_field_problems_names_every_missing_or_mistyped_field_and_takes_no_bool_for_an_int():
+    fields = {"arch": str, "in_chans": int, "classes": list, "epoch": int}
+    record = {"arch": 16, "in_chans": True, "classes": ["a"]}
+    assert field_problems(record, fields, " from the file") == [
+        "'arch' is an int, not a str",
+        "'in_chans' is a bool, not an int",
+        "'epoch' is missing from the file",
+    ]
+    assert field_problems({"arch": "vgg16", "in_chans": 3, "classes": [], "epoch": 1}, fields) == []

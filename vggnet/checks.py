@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Collection
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 from vggnet.errors import DeviceError, UsageError
 
@@ -24,6 +24,7 @@ __all__ = [
     "check_float",
     "check_int",
     "check_workers",
+    "field_problems",
     "is_int",
     "max_workers",
 ]
@@ -194,3 +195,30 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     if dev is None or (dev.type not in ("cpu", "meta") and str(dev) not in available_devices()):
         raise DeviceError(f"no device {str(device)!r} here; valid: {', '.join(available_devices())}")
     return dev
+
+
+def field_problems(record: Mapping[str, Any], fields: Mapping[str, type], where: str = "") -> list[str]:
+    """What is missing from `record`, or of another type than `fields` says, one phrase per field.
+
+    A bool never passes for an int (Python counts it as one); a file's dict is checked before it is used.
+
+    Args:
+        record: the mapping read from a file.
+        fields: each required key and the type its value must have.
+        where: appended to "is missing" (e.g. " from the training state").
+
+    Returns:
+        Phrases such as "'arch' is missing" and "'in_chans' is a str, not an int"; empty when all is well.
+    """
+    problems = []
+    for key, kind in fields.items():
+        if key not in record:
+            problems.append(f"{key!r} is missing{where}")
+        elif not isinstance(record[key], kind) or isinstance(record[key], bool):
+            problems.append(f"{key!r} is {_a(type(record[key]).__name__)}, not {_a(kind.__name__)}")
+    return problems
+
+
+def _a(noun: str) -> str:
+    """`noun` with its indefinite article: "an int", "a str"."""
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vggnet.checks import field_problems
 from vggnet.data.transforms import ImageClassification
 from vggnet.errors import BadCheckpointError, UsageError
 from vggnet.models.config import ARCHS
@@ -63,13 +64,7 @@ def check_finetuned(checkpoint: Mapping[str, Any], source: str) -> None:
             wrong type, "classes" is not a non-empty list of names, or "arch" is not a vggnet builder; the message
             names every problem at once and nothing is loaded.
     """
-    problems = []
-    for key, kind in _FINETUNED_FIELDS.items():
-        value = checkpoint.get(key)
-        if key not in checkpoint:
-            problems.append(f"{key!r} is missing")
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            problems.append(f"{key!r} is a {type(value).__name__}, not {'an' if kind is int else 'a'} {kind.__name__}")
+    problems = field_problems(checkpoint, _FINETUNED_FIELDS)
     classes, arch = checkpoint.get("classes"), checkpoint.get("arch")
     if isinstance(classes, list) and not (classes and all(isinstance(c, str) for c in classes)):
         problems.append("'classes' is not a non-empty list of names")

@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import torch
 
+from vggnet.checks import field_problems
 from vggnet.data.outputs import atomic_write, check_output, remove_leftovers, save_png, write_text, writer_lock
 from vggnet.errors import BadCheckpointError, MissingPathError, OutputExistsError, OutputPathError, UsageError
 from vggnet.hub import weights_only_load
@@ -468,13 +469,7 @@ def check_last(state: object, path: Path) -> None:
 
 def _train_problems(train: Mapping[str, Any]) -> list[str]:
     """What is missing from, or of the wrong type in, last.pth's training state."""
-    problems = []
-    for key, kind in _TRAIN_FIELDS.items():
-        value = train.get(key)
-        if key not in train:
-            problems.append(f"{key!r} is missing from the training state")
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            problems.append(f"{key!r} is a {type(value).__name__}")
+    problems = field_problems(train, _TRAIN_FIELDS, " from the training state")
     if problems:
         return problems
     names = {f.name for f in dataclasses.fields(EpochStats)}
