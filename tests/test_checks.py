@@ -114,11 +114,12 @@ def test_the_checks_load_without_torch():
 
 
 def test_field_problems_names_every_missing_or_mistyped_field_and_takes_no_bool_for_an_int():
-    fields = {"arch": str, "in_chans": int, "classes": list, "epoch": int}
-    record = {"arch": 16, "in_chans": True, "classes": ["a"]}
+    fields = {"arch": str, "in_chans": int, "classes": list, "epoch": int, "acc": (int, float)}
+    record = {"arch": 16, "in_chans": True, "classes": ["a"], "acc": "99%"}
     assert field_problems(record, fields, " from the file") == [
         "'arch' is an int, not a str",
         "'in_chans' is a bool, not an int",
         "'epoch' is missing from the file",
+        "'acc' is a str, not an int or float",
     ]
-    assert field_problems({"arch": "vgg16", "in_chans": 3, "classes": [], "epoch": 1}, fields) == []
+    assert field_problems({"arch": "vgg16", "in_chans": 3, "classes": [], "epoch": 1, "acc": 0.5}, fields) == []

@@ -197,14 +197,16 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     return dev
 
 
-def field_problems(record: Mapping[str, Any], fields: Mapping[str, type], where: str = "") -> list[str]:
+def field_problems(
+    record: Mapping[str, Any], fields: Mapping[str, type | tuple[type, ...]], where: str = ""
+) -> list[str]:
     """What is missing from `record`, or of another type than `fields` says, one phrase per field.
 
     A bool never passes for an int (Python counts it as one); a file's dict is checked before it is used.
 
     Args:
         record: the mapping read from a file.
-        fields: each required key and the type its value must have.
+        fields: each required key and the type (or types) its value must have.
         where: appended to "is missing" (e.g. " from the training state").
 
     Returns:
@@ -215,7 +217,8 @@ def field_problems(record: Mapping[str, Any], fields: Mapping[str, type], where:
         if key not in record:
             problems.append(f"{key!r} is missing{where}")
         elif not isinstance(record[key], kind) or isinstance(record[key], bool):
-            problems.append(f"{key!r} is {_a(type(record[key]).__name__)}, not {_a(kind.__name__)}")
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            problems.append(f"{key!r} is {_a(type(record[key]).__name__)}, not {_a(names)}")
     return problems
 
 
