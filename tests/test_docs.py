@@ -1,6 +1,6 @@
 """The documentation's promises: what it generates matches the code, and the code it shows runs.
 
-- The generated parts (docs/hooks.py): the models table, the command reference (every command and
+- The generated parts (docs/hooks.py): the models table (tests/test_readme.py), the command reference (every command and
   option of the parsers), the speed tables (every results file), the layout and the changelog.
 - Every ```python block of README.md and docs/ runs, offline, in a fresh process (slow), unless the
   line before it is `<!-- not run: REASON -->`; the blocks that include an example file are the
@@ -26,7 +26,6 @@ from types import ModuleType
 import pytest
 
 from tests.helpers import offline_env
-from tests.test_readme import models_table
 
 ROOT = Path(__file__).parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -66,10 +65,6 @@ PYTHON = [(where, code) for where, code, reason in blocks("python") if reason is
 
 
 # --- generated parts -------------------------------------------------------------------------------
-
-
-def test_the_site_generates_the_readme_models_table():
-    assert hooks.models_table() == models_table()
 
 
 def test_the_command_reference_has_every_command_and_option():

@@ -3,32 +3,28 @@
 import re
 from pathlib import Path
 
-import vggnet
+from tests.test_docs import hooks
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def models_table() -> str:
-    rows = [
-        "| model | weights | params | GFLOPS | acc@1 | acc@5 | file MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for arch in vggnet.list_models():
-        for name, member in vggnet.get_model_weights(arch).__members__.items():
-            if name == "DEFAULT":
-                continue
-            w = member.value
-            acc1, acc5 = (f"{w.metrics[k]:.3f}" if w.metrics[k] == w.metrics[k] else "n/a" for k in ("acc@1", "acc@5"))
-            rows.append(
-                f"| `{arch}` | `{member}` | {w.num_params:,} | {w.gflops:.3f} | {acc1} | {acc5} | {w.file_size:.3f} |"
-            )
-    return "\n".join(rows)
-
-
 def test_models_table_is_generated_from_the_records():
-    assert models_table() in README, (
-        "regenerate with: python -c 'from tests.test_readme import models_table as t; print(t())'"
+    # the docs' own table (docs/hooks.py), made from the records: the README shows the same
+    assert hooks.models_table() in README, (
+        "regenerate with: python -c 'from tests.test_docs import hooks; print(hooks.models_table())'"
+    )
+    # two rows as ../shared/reference/checkpoints.md gives them, with the IMAGENET1K_FEATURES row between
+    table = hooks.models_table().splitlines()
+    vgg16 = table.index(
+        "| `vgg16` | `VGG16_Weights.IMAGENET1K_V1` | 138,357,544 | 15.470 | 71.592 | 90.382 | 527.796 |"
+    )
+    assert table[vgg16 + 1] == (
+        "| `vgg16` | `VGG16_Weights.IMAGENET1K_FEATURES` | 138,357,544 | 15.470 | n/a | n/a | 527.802 |"
+    )
+    assert (
+        table[-1]
+        == "| `vgg19_bn` | `VGG19_BN_Weights.IMAGENET1K_V1` | 143,678,248 | 19.632 | 74.218 | 91.842 | 548.143 |"
     )
 
 
