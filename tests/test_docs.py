@@ -1,7 +1,8 @@
 """The documentation's promises: what it generates matches the code, and the code it shows runs.
 
-- The generated parts (docs/hooks.py): the models table (tests/test_readme.py), the command reference (every command and
-  option of the parsers), the speed tables (every results file), the layout and the changelog.
+- The generated parts (docs/hooks.py): the models table (its rows: tests/test_readme.py), the command
+  reference (every command and option of the parsers), the speed tables (every results file), the
+  layout and the changelog.
 - Every ```python block of README.md and docs/ runs, offline, in a fresh process (slow), unless the
   line before it is `<!-- not run: REASON -->`; the blocks that include an example file are the
   examples' own tests (tests/test_examples.py).
