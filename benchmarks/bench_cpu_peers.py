@@ -52,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
 
-from harness import environment, save_results
+from harness import environment, save_run
 
 import vggnet
 from vggnet.data.decode import load_image
@@ -354,11 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_batch(names, bs, args, (tv, vm), images)
         results["batches"].append(r)
         print_batch(r, args.image_size)
-    if args.json is not None:
-        saved = save_results(args.json.stem, results, args.json.parent, dated=False)
-    else:
-        saved = save_results("cpu_peers-smoke" if args.smoke else "cpu_peers", results, args.out)
-    print(f"saved {saved}")
+    save_run("cpu_peers", results, args)
     return 0
 
 

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
 
-from harness import environment, save_results
+from harness import environment, save_run
 
 import vggnet
 from vggnet import hub
@@ -173,11 +173,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         ratio = eager / r["latency_ms"]
         print(f"  {name:40s} {r['latency_ms']:9.1f} ms  {ratio:5.2f}x eager  (fastest round {r['latency_ms_min']:.1f})")
 
-    if args.json is not None:
-        saved = save_results(args.json.stem, results, args.json.parent, dated=False)
-    else:
-        saved = save_results("formats-smoke" if args.smoke else "formats", results, args.out)
-    print(f"saved {saved}")
+    save_run("formats", results, args)
     return 0
 
 

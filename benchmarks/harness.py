@@ -8,6 +8,7 @@ of the wheel; the measuring itself (`run_bench`, `time_interleaved`, the peak ke
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
@@ -77,3 +78,16 @@ def save_results(name: str, data: Mapping[str, Any], out_dir: str | os.PathLike[
     tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def save_run(suite: str, data: Mapping[str, Any], args: argparse.Namespace) -> Path:
+    """Write a script's results where its options say, print the path and return it.
+
+    `--json PATH` names the file; otherwise it is dated in `--out`, as `<suite>-smoke-...` under `--smoke`.
+    """
+    if args.json is not None:
+        saved = save_results(args.json.stem, data, args.json.parent, dated=False)
+    else:
+        saved = save_results(f"{suite}-smoke" if args.smoke else suite, data, args.out)
+    print(f"saved {saved}")
+    return saved
