@@ -79,6 +79,26 @@ def test_finetune_amp_flag_both_ways_and_the_default_left_to_the_library(tmp_pat
     assert "best val accuracy 100.00%" in capsys.readouterr().out
 
 
+def test_finetune_quiet_is_quiet_after_a_loud_run_in_the_same_process(tmp_path, monkeypatch, capsys):
+    # a run without --quiet logs its epochs at INFO; that level must not outlive it: CI's xdist order once let a
+    # later --quiet run print its header line above its one-line error
+    import logging
+    from types import SimpleNamespace
+
+    import vggnet.train.finetune
+
+    def fake(data, **kwargs):
+        logging.getLogger("vggnet.train.finetune").info("fine-tuning header")
+        return SimpleNamespace(rank=0, stopped_early=False, best_val_acc=100.0, best_epoch=1, checkpoint="best.pth")
+
+    monkeypatch.setattr(vggnet.train.finetune, "finetune", fake)
+    assert main(["finetune", str(tmp_path)]) == 0
+    assert "fine-tuning header" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path), "--quiet"]) == 0
+    assert "fine-tuning header" not in capsys.readouterr().err
+    assert logging.getLogger("vggnet.train.finetune").level == logging.NOTSET  # put back as it was
+
+
 def test_finetune_help_says_where_amp_is_on_and_how_to_turn_it_off(capsys):
     assert main(["finetune", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())

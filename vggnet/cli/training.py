@@ -108,13 +108,18 @@ def run_finetune(args: argparse.Namespace) -> int:
     """
     from vggnet.train.finetune import finetune
 
-    if not args.quiet:  # the per-epoch figures are logged at INFO
-        logging.getLogger("vggnet.train.finetune").setLevel(logging.INFO)
     recipe = {name: getattr(args, name) for name in FINETUNE_OPTIONS}
     if args.crop_scale is not None:
         recipe["crop_scale"] = tuple(args.crop_scale)
-    with closing_process_group():
-        result = finetune(args.data, progress=not args.quiet, **recipe)
+    # the per-epoch figures are logged at INFO; --quiet leaves the level to the `vggnet` logger's (ERROR)
+    log = logging.getLogger("vggnet.train.finetune")
+    level = log.level
+    log.setLevel(logging.NOTSET if args.quiet else logging.INFO)
+    try:
+        with closing_process_group():
+            result = finetune(args.data, progress=not args.quiet, **recipe)
+    finally:
+        log.setLevel(level)  # a caller's own setting (or the next main() in this process) is not overridden
     if result.rank == 0:  # the per-epoch figures went to stderr as they came
         stopped = " (stopped early)" if result.stopped_early else ""
         print(
