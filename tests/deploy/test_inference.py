@@ -292,6 +292,47 @@ def test_weights_are_prepacked_once_and_any_shape_still_matches(dtype):
             check(fast(x), model(x))
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype", "expected"),
+    [
+        ((8, 3, 224, 224), torch.bfloat16, 2),  # conv1_1's output: 6.4 MB an image
+        ((8, 3, 224, 224), torch.float32, 1),  # 12.8 MB
+        ((8, 3, 64, 64), torch.float32, 8),  # 1 MB: the whole batch
+        ((100, 3, 64, 64), torch.float32, 16),
+        ((2, 3, 1024, 1024), torch.bfloat16, 1),  # never fewer than one
+        ((8, 1, 224, 224), torch.bfloat16, 2),  # the first convolution's output decides, not the input
+    ],
+)
+def test_images_per_chunk_keeps_the_largest_activation_within_chunk_bytes(shape, dtype, expected):
+    with torch.device("meta"):
+        features = vggnet.vgg16(in_chans=shape[1]).features
+    assert inference.images_per_chunk(features, shape, dtype) == expected
+    per_image = 64 * shape[2] * shape[3] * torch.empty((), dtype=dtype).element_size()
+    assert expected == 1 or expected * per_image <= inference.CHUNK_BYTES
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_a_large_batch_runs_its_features_in_chunks_and_the_classifier_once_with_the_same_logits(monkeypatch):
+    # the chunks keep each activation a heap block (not a fresh mmap, page-faulted in on every call)
+    model = seeded_model("vgg11_bn")
+    x = torch.randn(5, 3, 32, 32)
+    whole = optimize_for_inference(model, dtype=torch.float32)
+    with torch.no_grad():
+        expected = whole(x)
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 2 * 64 * 32 * 32 * 4)  # two images' conv1_1 output
+    seen, heads = [], []
+    run_steps, head = inference._run_steps, inference._onednn_head
+    monkeypatch.setattr(
+        inference, "_run_steps", lambda steps, x, packed: seen.append(len(x)) or run_steps(steps, x, packed)
+    )
+    monkeypatch.setattr(inference, "_onednn_head", lambda c, x, packed: heads.append(len(x)) or head(c, x, packed))
+    chunked = optimize_for_inference(model, dtype=torch.float32, batch_size=5)
+    with torch.no_grad():
+        got = chunked(x)
+    assert seen == [2, 2, 1] and heads == [5]  # fc6's weights read once for the batch
+    assert_close_fp32(got, expected)
+
+
 def test_onednn_computes_float32_always_and_float64_never():
     assert inference.onednn_computes(torch.float32)
     assert not inference.onednn_computes(torch.float64)
