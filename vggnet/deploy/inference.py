@@ -337,7 +337,8 @@ class InferenceVGG(nn.Module):
         compile: torch.compile the forward.
         cuda_graphs: compile with CUDA graphs (mode "reduce-overhead"); only with `compile` on CUDA.
         static_shapes: compile for one input shape (`dynamic=False`).
-        batch_size: the batch the oneDNN weight layouts are chosen for (default 1); others run too.
+        batch_size: the batch the oneDNN weight layouts are chosen for (default 1), as the convolutions take
+            it (`images_per_chunk` images at a time at 224 px); others run too.
         dtype_note: why the model runs in its dtype, shown by `repr` (e.g. this CPU's native bf16).
     """
 
@@ -524,7 +525,7 @@ def optimize_for_inference(
             on CPUs that compute it natively (AVX512_BF16 or AMX, as OpenVINO does; the repr says so),
             float32 on other CPUs. `torch.float32` for full precision.
         batch_size: the batch you will feed, if fixed. On CPU the oneDNN weight layouts are chosen for
-            it; on CUDA with compile and a batch up to `CUDA_GRAPH_MAX_BATCH`, the forward is recorded as
+            it (for the chunks of it the convolutions take, `images_per_chunk`); on CUDA with compile and a batch up to `CUDA_GRAPH_MAX_BATCH`, the forward is recorded as
             CUDA graphs. Other batch sizes still work.
         compile: torch.compile the forward (default: on for CUDA, off for CPU). The first call of each
             new input shape compiles (tens of seconds); later calls are fast. All optimized models share
