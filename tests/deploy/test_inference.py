@@ -307,7 +307,7 @@ def test_images_per_chunk_keeps_the_largest_activation_within_chunk_bytes(shape,
     with torch.device("meta"):
         features = vggnet.vgg16(in_chans=shape[1]).features
     assert inference.images_per_chunk(features, shape, dtype) == expected
-    per_image = 64 * shape[2] * shape[3] * torch.empty((), dtype=dtype).element_size()
+    per_image = 64 * shape[2] * shape[3] * dtype.itemsize
     assert expected == 1 or expected * per_image <= inference.CHUNK_BYTES
 
 

@@ -400,7 +400,7 @@ for kind in sys.argv[1:]:
     del net, quantized, expected, got  # this kind's model and int8 graph go before the next is built
     torch._dynamo.reset()
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    getattr(ctypes.CDLL(None), "malloc_trim", lambda pad: 0)(0)  # glibc hands the freed pages back
 """
 # three processes of three kinds: one process per kind spent a third of the matrix starting Python and torch;
 # nine kinds in one (a test worker) grew past 17 GB; three, freed between kinds, peaked at 4.6 GB

@@ -270,7 +270,7 @@ def images_per_chunk(features: nn.Module, shape: tuple[int, int, int, int], dtyp
     """
     n, c, h, w = shape
     largest = max(math.prod(s) for s in _input_shapes(_fused_steps(features), c, h, w))
-    per_image = largest * torch.empty((), dtype=dtype).element_size()
+    per_image = largest * dtype.itemsize
     return max(1, min(n, CHUNK_BYTES // max(per_image, 1)))
 
 
@@ -525,8 +525,9 @@ def optimize_for_inference(
             on CPUs that compute it natively (AVX512_BF16 or AMX, as OpenVINO does; the repr says so),
             float32 on other CPUs. `torch.float32` for full precision.
         batch_size: the batch you will feed, if fixed. On CPU the oneDNN weight layouts are chosen for
-            it (for the chunks of it the convolutions take, `images_per_chunk`); on CUDA with compile and a batch up to `CUDA_GRAPH_MAX_BATCH`, the forward is recorded as
-            CUDA graphs. Other batch sizes still work.
+            it (for the chunks of it the convolutions take, `images_per_chunk`); on CUDA with compile and
+            a batch up to `CUDA_GRAPH_MAX_BATCH`, the forward is recorded as CUDA graphs. Other batch
+            sizes still work.
         compile: torch.compile the forward (default: on for CUDA, off for CPU). The first call of each
             new input shape compiles (tens of seconds); later calls are fast. All optimized models share
             one compiled function, and torch.compile keeps at most 8 versions of it per process (dynamo's
