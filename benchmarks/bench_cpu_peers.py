@@ -121,11 +121,11 @@ def _onnxruntime(tv: torch.nn.Module, vm: vggnet.VGG, calib: torch.Tensor, bs: i
 
     from vggnet.deploy.export import export
 
-    folder = Path(tempfile.mkdtemp(prefix="vggnet-peers-"))
-    path = export(vm, folder / "vgg.onnx", "onnx", dynamic_batch=False, batch_size=bs, image_size=size)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="vggnet-peers-") as folder:  # the session holds the model once made
+        path = export(vm, Path(folder) / "vgg.onnx", "onnx", dynamic_batch=False, batch_size=bs, image_size=size)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 

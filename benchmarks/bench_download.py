@@ -31,11 +31,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from harness import work_folder
 
 HERE = Path(__file__).resolve().parent
 FETCH = "hub.fetch (hash + verify + rename + stamp)"
@@ -112,10 +113,10 @@ def main() -> int:
         return 0
     if args.smoke:
         args.mib, args.repeat = 16, 1
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-download-"))
-    source = _random_file(workdir / "served", args.mib)
-    runs = _measure(source, workdir, args.rate, args.repeat)
-    results = _report(runs, source.stat().st_size, args.rate, args.repeat)
+    with work_folder(args.workdir, "vggnet-bench-download-") as workdir:
+        source = _random_file(workdir / "served", args.mib)
+        runs = _measure(source, workdir, args.rate, args.repeat)
+        results = _report(runs, source.stat().st_size, args.rate, args.repeat)
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / (f"bench_download-{args.rate:.0f}MiBps.json" if args.rate else "bench_download.json")
     saved.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

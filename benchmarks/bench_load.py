@@ -30,12 +30,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from harness import work_folder
 
 HERE = Path(__file__).resolve().parent
 
@@ -119,20 +119,19 @@ def main() -> int:
     if args.smoke:
         args.repeat = 1
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vggnet-bench-load-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    cache = workdir / "cache"
-    cache.mkdir(exist_ok=True)
-    files = generate(workdir)
-    env = {**os.environ, "VGGNET_HOME": str(cache), "VGGNET_OFFLINE": "1"}
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__},
         "repeat": args.repeat,
     }  # fmt: skip
-    for fmt, src in files.items():
-        results[fmt] = figures = _measure(src, cache, env, args.repeat)
-        _print_figures(fmt, figures, args.repeat)
+    with work_folder(args.workdir, "vggnet-bench-load-") as workdir:
+        cache = workdir / "cache"
+        cache.mkdir(exist_ok=True)
+        files = generate(workdir)
+        env = {**os.environ, "VGGNET_HOME": str(cache), "VGGNET_OFFLINE": "1"}
+        for fmt, src in files.items():
+            results[fmt] = figures = _measure(src, cache, env, args.repeat)
+            _print_figures(fmt, figures, args.repeat)
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "bench_load.json"
     saved.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -9,12 +9,15 @@ of the wheel; the measuring itself (`run_bench`, `time_interleaved`, the peak ke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +94,20 @@ def save_run(suite: str, data: Mapping[str, Any], args: argparse.Namespace) -> P
         saved = save_results(f"{suite}-smoke" if args.smoke else suite, data, args.out)
     print(f"saved {saved}")
     return saved
+
+
+@contextlib.contextmanager
+def work_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """`given` (created if missing, kept), or a temporary folder removed afterwards, however the run ends.
+
+    The scripts write full-size checkpoints (hundreds of MB) there; a temporary one is never left behind.
+    """
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -365,7 +365,8 @@ def write_vgg11_notop(path: Path, seed: int = 0, *, secret: Path | None = None) 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """An environment for a subprocess that cannot download: an empty cache in `tmp_path`, vggnet and the Hugging
-    Face Hub told they are offline, this checkout first on PYTHONPATH (for the docs' code and the examples)."""
+    Face Hub told they are offline, this checkout first on PYTHONPATH (for the docs' code and the examples), and
+    TMPDIR in `tmp_path`, so that what the docs' code writes with `tempfile` goes with the test's folder."""
     root = Path(__file__).parents[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VGGNET_", "HF_"))}
     env.update(
@@ -374,9 +375,11 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
         VGGNET_OFFLINE="1",
         HF_HUB_OFFLINE="1",
         HF_HOME=str(tmp_path / "hf"),
+        TMPDIR=str(tmp_path / "tmp"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")])),
     )
     (tmp_path / "cache").mkdir(exist_ok=True)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
     return env
 
 
