@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from vggnet import __version__
+from vggnet.checks import field_problems
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.data.outputs import check_output
 from vggnet.data.transforms import ImageClassification, create_transform
@@ -507,14 +508,11 @@ _FIELDS: Mapping[str, tuple[type | tuple[type, ...], bool]] = {
 
 def _problems(obj: Mapping[str, Any], versioned: bool, tensors: bool) -> list[str]:
     """What is missing or wrong in a header, one phrase each."""
-    problems = []
     fields = {**_FIELDS, "state_dict": (dict, True)} if tensors else _FIELDS
-    for key, (kind, required) in fields.items():
-        if key not in obj:
-            if required and (versioned or key == "state_dict"):
-                problems.append(f"{key!r} is missing")
-        elif not isinstance(obj[key], kind) or isinstance(obj[key], bool):
-            problems.append(f"{key!r} is a {type(obj[key]).__name__}")
+    # the fields present, and those a versioned header must have: each missing or of the wrong type is named
+    checked = {k: kind for k, (kind, required) in fields.items()
+               if k in obj or (required and (versioned or k == "state_dict"))}  # fmt: skip
+    problems = field_problems(obj, checked)
     if problems:
         return problems
     return _value_problems(obj)
