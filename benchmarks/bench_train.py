@@ -6,7 +6,7 @@
 One step = forward, cross-entropy on random labels, backward, SGD (momentum 0.9) update, in train
 mode (dropout on). On CUDA: bf16 autocast, channels_last weights and input, cuDNN benchmark on,
 vgg16 at batch 64. On CPU (sized for 2 cores): float32, channels_last, vgg16 at batch 4, compile
-only with --compile; and, where the CPU computes bf16 natively (`vggnet.train.trainers.native_bf16`,
+only with --compile; and, where the CPU computes bf16 natively (`vggnet.deploy.inference.cpu_has_native_bf16`,
 or with --bf16), "vggnet bf16": vggnet's step as `vggnet finetune` takes it there (bf16 autocast,
 channels_last) against torchvision's float32 eager step. --smoke: vgg11 at 32x32, batch 2, two steps.
 The candidates take turns in interleaved rounds (median, method of vggnet/bench.py); img/s = batch /
@@ -43,7 +43,7 @@ from harness import Budget, environment, save_results
 
 import vggnet
 from vggnet.deploy.bench import load_average, time_interleaved
-from vggnet.train.trainers import native_bf16
+from vggnet.deploy.inference import cpu_has_native_bf16
 
 # name -> (builder, compiled, autocast dtype or None for the suite's own)
 Candidates = dict[str, tuple[Callable[[str], nn.Module], bool, torch.dtype | None]]
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     autocast = torch.bfloat16 if cuda else None
     if cuda:
         torch.backends.cudnn.benchmark = True
-    bf16 = not cuda and (args.bf16 if args.bf16 is not None else native_bf16())
+    bf16 = not cuda and (args.bf16 if args.bf16 is not None else cpu_has_native_bf16())
     candidates = _candidates(compile, bf16)
     state, x, y = _inputs(arch, batch_size, size, device)
     data: dict[str, Any] = {

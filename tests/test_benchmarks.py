@@ -16,8 +16,7 @@ import torch
 
 from vggnet.cli import main
 from vggnet.deploy.bench import SCHEMA, matmul_peak, run_bench, time_interleaved
-from vggnet.deploy.inference import optimize_for_inference
-from vggnet.train.trainers import native_bf16
+from vggnet.deploy.inference import cpu_has_native_bf16, optimize_for_inference
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -149,7 +148,7 @@ def test_environment_records_where_and_when():
 BUDGETED = {
     "inference": [{"arch": "vgg11", "batch_size": 1}, {"arch": "vgg11", "batch_size": 2}],
     "train": [{"name": "vggnet eager"}, {"name": "torchvision eager"}]
-    + ([{"name": "vggnet bf16"}] if native_bf16() else []),  # bf16 is timed where the CPU computes it
+    + ([{"name": "vggnet bf16"}] if cpu_has_native_bf16() else []),  # bf16 is timed where the CPU computes it
     "finetune": [{"part": f"memory, checkpointing {on}"} for on in ("off", "on")] + [{"part": "linear_vs_full"}],
     "pipeline": [{"round": 1}],
     "compile": [{"library": lib, "precision": "fp32", "repeat": 1} for lib in ("vggnet", "torchvision")],

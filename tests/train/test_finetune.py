@@ -597,7 +597,7 @@ def test_finetune_resume_from_a_tampered_last_pth_is_one_line(data, finished_run
 def test_amp_defaults_to_bf16_exactly_where_the_cpu_has_it_and_the_run_records_it(data, tmp_path, monkeypatch, native):
     from vggnet.train import trainers
 
-    monkeypatch.setattr(trainers, "native_bf16", lambda: native)
+    monkeypatch.setattr(trainers, "cpu_has_native_bf16", lambda: native)
     autocast = []
     real = trainers._autocast
     monkeypatch.setattr(trainers, "_autocast", lambda device, amp: autocast.append(amp) or real(device, amp))

@@ -115,13 +115,14 @@ def test_a_restored_trainer_continues_where_the_saved_one_was(tmp_path):
     ],
 )
 def test_bf16_is_native_only_where_the_cpu_and_onednn_compute_it(monkeypatch, capabilities, onednn, cap, native):
+    from vggnet.deploy import inference
     from vggnet.train import trainers
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
-    monkeypatch.setattr(trainers, "onednn_computes", lambda dtype: onednn and dtype == torch.bfloat16)
+    monkeypatch.setattr(inference, "onednn_computes", lambda dtype: onednn and dtype == torch.bfloat16)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    assert trainers.native_bf16() is native
+    assert inference.cpu_has_native_bf16() is native
     assert trainers.default_amp(torch.device("cpu")) is native
     assert trainers.default_amp(torch.device("cuda")) is True  # as before: bf16 autocast on every GPU
     assert trainers.default_amp(torch.device("meta")) is False

@@ -37,12 +37,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from vggnet import settings
 from vggnet.checks import check_int
 from vggnet.errors import DeviceError, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import POOLED_SIZE
 from vggnet.models.vgg import VGG
 
 __all__ = [
+    "BF16_INSTRUCTIONS",
+    "CHUNK_BYTES",
     "CUDA_GRAPH_MAX_BATCH",
     "InferenceVGG",
     "cpu_has_native_bf16",
@@ -64,6 +67,10 @@ DeviceArg = str | torch.device | None
 # allocation is a fresh mmap. vgg16 at 224 px takes 2 images at a time in bf16 (6.4 MB per image out of
 # conv1_1), 1 in float32; chunks of 1, 2, 4 and 8 bf16 images ran a batch of 8 in 107, 97, 139, 150 ms.
 CHUNK_BYTES = 16 << 20
+# torch.cpu.get_capabilities() names of the instructions that compute bf16 (dot products, tiles)
+BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")
+# ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps below avx512_core_bf16: oneDNN then emulates bf16, slowly
+_NO_BF16_CAPS = ("sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni")
 
 
 def fold_batchnorm(model: VGG) -> VGG:
@@ -294,16 +301,19 @@ def _pack_linears(classifier: nn.Module, batch: int) -> dict[int, torch.Tensor]:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively: AVX512_BF16 or AMX-BF16, with oneDNN able to use it.
 
-    Plain AVX-512 only emulates bf16 (converting to float32), where bf16 gains little over float32;
-    with the native instructions a VGG runs 3-5 times faster in bf16 (benchmarks/bench_cpu_peers.py).
+    Plain AVX-512 only emulates bf16 (converting to float32), where bf16 gains little over float32 and a
+    training step is slower; with the native instructions a VGG runs 3-5 times faster in bf16
+    (benchmarks/bench_cpu_peers.py, bench_train.py). A ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) cap below
+    avx512_core_bf16 counts as no.
 
     Returns:
-        True where `optimize_for_inference` picks bf16 on this CPU by default.
+        True where `optimize_for_inference` picks bf16 and fine-tuning bf16 autocast on this CPU by default.
     """
+    if settings.onednn_isa_cap() in _NO_BF16_CAPS:
+        return False
     get_capabilities = getattr(torch.cpu, "get_capabilities", None)
     caps: dict[str, object] = get_capabilities() if get_capabilities is not None else {}
-    native = bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-    return native and onednn_computes(torch.bfloat16)
+    return any(caps.get(name) for name in BF16_INSTRUCTIONS) and onednn_computes(torch.bfloat16)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

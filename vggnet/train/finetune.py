@@ -139,7 +139,7 @@ class FinetuneConfig:
         device: None: CUDA when available (under torchrun, cuda:LOCAL_RANK), else the CPU.
         workers: data loading processes (0: in the training process).
         amp: bf16 autocast; None: on for CUDA and for CPUs that compute bf16 natively (AMX-BF16 or
-            AVX512-BF16, `trainers.native_bf16`), off elsewhere. The checkpoints' "meta" records the
+            AVX512-BF16, `deploy.inference.cpu_has_native_bf16`), off elsewhere. The checkpoints' "meta" records the
             precision used ("bf16" or "float32").
         in_chans: 3, or 1 to read the images as gray (the first conv is adapted, the mean and std averaged).
         progress: progress bars on rank 0, on a terminal.

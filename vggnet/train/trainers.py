@@ -10,7 +10,7 @@ learning rate that warms up linearly over `warmup_epochs`, then follows a cosine
 Under torchrun each rank reads its shard (`Loaders`), DDP averages the gradients, and an epoch's
 figures are summed over the ranks into one `EpochStats`. The model and the batches are channels_last
 (oneDNN's and cuDNN's fast layout for convolutions); with `amp` the forward runs under bf16 autocast,
-which `default_amp` turns on for CUDA and for CPUs that compute bf16 natively (`native_bf16`). `_bn`
+which `default_amp` turns on for CUDA and for CPUs that compute bf16 natively (`cpu_has_native_bf16`). `_bn`
 models get SyncBatchNorm under DDP on CUDA. `restore` puts a resumed run's states (from
 `runs.previous_run`) back.
 """
@@ -33,11 +33,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from vggnet import settings
 from vggnet.data.distributed import Dist
 from vggnet.data.images import ImageFolder
 from vggnet.data.transforms import ImageClassification, TrainClassification
-from vggnet.deploy.inference import onednn_computes
+from vggnet.deploy.inference import cpu_has_native_bf16
 from vggnet.models.vgg import VGG
 from vggnet.train.runs import EpochStats, FinetuneResult
 
@@ -50,7 +49,6 @@ __all__ = [
     "Trainer",
     "arch_has_bn",
     "default_amp",
-    "native_bf16",
     "restore",
     "train_preset",
     "train_step",
@@ -58,10 +56,6 @@ __all__ = [
 ]
 
 CROP_SCALES = {"light": (0.6, 1.0), "standard": (0.08, 1.0)}  # random-resized-crop area shares by `augment`
-# torch.cpu.get_capabilities() names of the instructions that compute bf16 (dot products, tiles)
-BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")
-# ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps below avx512_core_bf16: oneDNN then emulates bf16, slowly
-_NO_BF16_CAPS = ("sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni")
 
 
 class Settings(Protocol):
@@ -192,22 +186,6 @@ class Loaders:
         return DataLoader(shard, self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda")
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 itself: AMX-BF16 or AVX512-BF16, and torch's oneDNN using them.
-
-    Where it does, a bf16 autocast training step is faster than float32's (benchmarks/bench_train.py, "vggnet
-    bf16"); elsewhere oneDNN converts bf16 to float32 and back around each operation, slower than float32. A
-    ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) cap below avx512_core_bf16 counts as no.
-
-    Returns:
-        True where bf16 is native on this CPU.
-    """
-    if settings.onednn_isa_cap() in _NO_BF16_CAPS:
-        return False
-    capabilities = torch.cpu.get_capabilities()
-    return any(capabilities.get(name) for name in BF16_INSTRUCTIONS) and onednn_computes(torch.bfloat16)
-
-
 def default_amp(device: torch.device) -> bool:
     """Whether a run on `device` trains under bf16 autocast when `amp` is not given.
 
@@ -215,11 +193,12 @@ def default_amp(device: torch.device) -> bool:
         device: where the model trains.
 
     Returns:
-        True on CUDA, and on a CPU where bf16 is native (`native_bf16`); False elsewhere.
+        True on CUDA, and on a CPU where bf16 is native (`deploy.inference.cpu_has_native_bf16`); False
+            elsewhere.
     """
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and native_bf16()
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
