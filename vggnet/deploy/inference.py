@@ -19,10 +19,17 @@ benchmarks/README.md):
   convolutions are oneDNN calls either way): it fuses the ReLU and max-pool passes. With a small fixed
   `batch_size` on CUDA it also records CUDA graphs (mode "reduce-overhead"), which removes the kernel
   launch overhead that dominates batch 1.
-- on CPU (not compiled), the convolutions and pools take a large batch a few images at a time
-  (`images_per_chunk`), then the classifier takes the whole batch: an activation over glibc's largest
-  heap block (32 MiB) is mapped afresh and page-faulted in on every call, which cost vgg16 a third of a
-  bf16 batch of 8 at 224 px (150 -> 97 ms); fc6's weights are still read once per batch.
+- on CPU (not compiled), the first convolutions and pools take a large batch a few images at a time
+  (`images_per_chunk`), the steps from `whole_batch_from` on and the classifier the whole batch: an
+  activation over glibc's largest heap block (32 MiB) is mapped afresh and page-faulted in on every
+  call, which cost vgg16 a third of a bf16 batch of 8 at 224 px (150 -> 97 ms), while the deeper
+  weights and fc6's are still read once per batch.
+- on CPU with glibc, its mmap threshold is raised to 32 MiB before the first call
+  (`keep_activations_on_heap`), as glibc does itself once a process frees a block that large: until
+  then activations of a few MiB were mapped afresh or handed back to the kernel on every call (a
+  fresh process page-faulted 146 MiB per bf16 batch of 8 and ran it in 178 ms instead of 128).
+- on CPU (not compiled), VGG's 2x2 max-pools are a maximum of strided views (`_max_pool_2x2`): ATen's
+  writes int64 indices too, which took twice the time in bf16.
 - the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
 """
 
@@ -30,8 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import functools
 import logging
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -52,7 +62,9 @@ __all__ = [
     "default_dtype",
     "fold_batchnorm",
     "images_per_chunk",
+    "keep_activations_on_heap",
     "optimize_for_inference",
+    "whole_batch_from",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +79,8 @@ DeviceArg = str | torch.device | None
 # allocation is a fresh mmap. vgg16 at 224 px takes 2 images at a time in bf16 (6.4 MB per image out of
 # conv1_1), 1 in float32; chunks of 1, 2, 4 and 8 bf16 images ran a batch of 8 in 107, 97, 139, 150 ms.
 CHUNK_BYTES = 16 << 20
+# glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, mallopt(3))
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 # torch.cpu.get_capabilities() names of the instructions that compute bf16 (dot products, tiles)
 BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")
 # ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps below avx512_core_bf16: oneDNN then emulates bf16, slowly
@@ -212,22 +226,54 @@ def _fused_steps(features: nn.Module) -> list[_Step]:
     return steps
 
 
-def _run_steps(steps: list[_Step], x: torch.Tensor, packed: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+def _run_steps(
+    steps: list[_Step], x: torch.Tensor, packed: dict[int, torch.Tensor] | None = None, start: int = 0
+) -> torch.Tensor:
     """The feature extractor, with each fused step one oneDNN convolution+ReLU call.
 
-    `packed` maps a step's index to its convolution weight already in oneDNN's blocked layout.
+    `packed` maps a step's index to its convolution weight already in oneDNN's blocked layout; `steps`
+    are the steps from index `start` on.
     """
     packed = packed or {}
-    for i, (m, relu_fused) in enumerate(steps):
+    for i, (m, relu_fused) in enumerate(steps, start):
         if relu_fused:
             assert isinstance(m, nn.Conv2d)
             weight = packed.get(i, m.weight)
             x = torch.ops.mkldnn._convolution_pointwise(
                 x, weight, m.bias, m.padding, m.stride, m.dilation, m.groups, "relu", [], ""
             )
+        elif _halves(m) and min(x.shape[-2:]) >= 2:
+            x = _max_pool_2x2(x)
         else:
             x = m(x)
     return x
+
+
+def _halves(m: nn.Module) -> bool:
+    """Whether `m` is VGG's max-pool: 2x2, stride 2, no padding or dilation, floor mode, no indices."""
+    return (
+        isinstance(m, nn.MaxPool2d)
+        and m.kernel_size in (2, (2, 2))
+        and m.stride in (2, (2, 2))
+        and m.padding in (0, (0, 0))
+        and m.dilation in (1, (1, 1))
+        and not m.ceil_mode
+        and not m.return_indices
+    )
+
+
+def _max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """VGG's 2x2 max-pool as the maximum of four strided views: the same values (NaN included).
+
+    ATen's CPU max-pool also writes the int64 index of each maximum, even without autograd: four times
+    the bytes of a bf16 output. This took half its time on bf16 (conv1_2's output, 2 images: 0.81 ms
+    against 1.65) and 0.95 against 1.32 ms in float32.
+    """
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row or column is dropped
+    x = x[..., :h, :w]
+    top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
+    bottom = torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2])
+    return torch.maximum(top, bottom, out=top)
 
 
 def _input_shapes(steps: list[_Step], c: int, h: int, w: int) -> list[tuple[int, int, int]]:
@@ -281,6 +327,31 @@ def images_per_chunk(features: nn.Module, shape: tuple[int, int, int, int], dtyp
     return max(1, min(n, CHUNK_BYTES // max(per_image, 1)))
 
 
+def whole_batch_from(features: nn.Module, shape: tuple[int, int, int, int], dtype: torch.dtype) -> int:
+    """The first fused step of `features` from which `InferenceVGG` runs a batch whole on CPU.
+
+    The steps before it take `images_per_chunk` images at a time; from it on every activation of the
+    whole batch is within `CHUNK_BYTES`, so the deeper convolutions, which hold nine tenths of VGG's
+    convolution weights, read them once per batch rather than once per chunk (vgg16 bf16, batch 8 at
+    224 px: 108.5 ms against 117.0 with every step chunked). In VGG it always follows a pool (or is 0).
+
+    Args:
+        features: the feature extractor (a folded VGG's `features`).
+        shape: the batch, (N, C, H, W).
+        dtype: the dtype it computes in.
+
+    Returns:
+        An index into the fused steps (their count where even the last activation is too large).
+    """
+    n, c, h, w = shape
+    steps = _fused_steps(features)
+    sizes = [math.prod(s) * dtype.itemsize * n for s in _input_shapes(steps, c, h, w)]  # what step i takes in
+    first = len(steps)
+    while first > 0 and max(sizes[first - 1 :]) <= CHUNK_BYTES:
+        first -= 1
+    return first
+
+
 def _conv_out(n: int, conv: nn.Conv2d, dim: int) -> int:
     """The output length along `dim` of `conv` for an input of length `n`."""
     pad = conv.padding[dim] if isinstance(conv.padding, tuple) else 0
@@ -296,6 +367,32 @@ def _pack_linears(classifier: nn.Module, batch: int) -> dict[int, torch.Tensor]:
         for i, m in enumerate(children)
         if isinstance(m, nn.Linear)
     }
+
+
+@functools.cache
+def keep_activations_on_heap() -> bool:
+    """Raise glibc's mmap threshold to its largest dynamic value, once per process.
+
+    glibc serves a block at or above its mmap threshold (128 KiB at start) with a fresh mmap, which the
+    kernel page-faults in on first touch; freeing such a block raises the threshold to the block's size
+    (at most 32 MiB) and the heap's trim threshold to twice that (mallopt(3)). Which sizes a process has
+    freed so far therefore decided whether VGG's activations were reused from the heap or mapped and
+    page-faulted in again on every call. Freeing one block just under 32 MiB does what glibc would do
+    after any such free, and leaves its adaptive behaviour on (an explicit `mallopt` would turn it off).
+    Nothing is done elsewhere: other C libraries, or a malloc preloaded in glibc's place, only see one
+    allocation freed.
+
+    Returns:
+        True where the process runs on glibc (the block was allocated and freed), False elsewhere.
+    """
+    if not (hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")):
+        return False
+    libc = ctypes.CDLL(None)  # the process's own malloc, the one torch's CPU allocator calls
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free(libc.malloc(GLIBC_MMAP_THRESHOLD_MAX - (64 << 10)))  # under the maximum with glibc's header
+    return True
 
 
 def cpu_has_native_bf16() -> bool:
@@ -397,9 +494,14 @@ class InferenceVGG(nn.Module):
         if self._steps is None:
             return {}, {}
         c = _in_channels(self.net)
-        chunk = images_per_chunk(self.net.features, (batch, c, 224, 224), self.dtype)  # what the convolutions see
+        shape = (batch, c, 224, 224)
+        chunk = images_per_chunk(self.net.features, shape, self.dtype)  # what the first convolutions see
+        whole_from = whole_batch_from(self.net.features, shape, self.dtype) if chunk < batch else 0
         with torch.no_grad():
-            convs = _pack_convolutions(self._steps, c, chunk, 224)
+            convs = _pack_convolutions(self._steps[:whole_from], c, chunk, 224)
+            if whole_from < len(self._steps):
+                tail = _pack_convolutions(self._steps, c, batch, 224)
+                convs.update({i: w for i, w in tail.items() if i >= whole_from})
             linears = _pack_linears(self.net.classifier, batch) if self._onednn_classifier else {}
         return convs, linears
 
@@ -427,13 +529,16 @@ class InferenceVGG(nn.Module):
         return out
 
     def _run_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused feature extractor over `x`, `images_per_chunk` images at a time."""
+        """The fused feature extractor over `x`: `images_per_chunk` images at a time through the first
+        steps, then the whole batch from `whole_batch_from` on."""
         assert self._steps is not None
-        n = images_per_chunk(self.net.features, (x.shape[0], x.shape[1], x.shape[2], x.shape[3]), x.dtype)
+        shape = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        n = images_per_chunk(self.net.features, shape, x.dtype)
         if n >= x.shape[0]:
             return _run_steps(self._steps, x, self._packed_convs)
-        parts = [x[i : i + n] for i in range(0, x.shape[0], n)]
-        return torch.cat([_run_steps(self._steps, part, self._packed_convs) for part in parts])
+        k = whole_batch_from(self.net.features, shape, x.dtype)
+        head = [_run_steps(self._steps[:k], x[i : i + n], self._packed_convs) for i in range(0, x.shape[0], n)]
+        return _run_steps(self._steps[k:], torch.cat(head), self._packed_convs, start=k)
 
     def check_input(self, x: torch.Tensor) -> None:
         """VGG.check_input, and a floating dtype (normalised images, not raw uint8 pixels).
@@ -465,6 +570,8 @@ class InferenceVGG(nn.Module):
         """
         self.check_input(x)
         out_dtype = x.dtype
+        if self.device.type == "cpu":
+            keep_activations_on_heap()
         # Asynchronous only towards a GPU: a GPU-to-CPU copy must have landed before CPU kernels read it.
         non_blocking = self.device.type == "cuda"
         x = x.to(self.device, self.dtype, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)

@@ -51,7 +51,7 @@ from vggnet.checks import check_int
 from vggnet.data.decode import load_image
 from vggnet.data.images import IMAGE_SUFFIXES, ImageFolder
 from vggnet.data.transforms import ImageClassification
-from vggnet.deploy.inference import optimize_for_inference
+from vggnet.deploy.inference import keep_activations_on_heap, optimize_for_inference
 from vggnet.errors import MissingDependency, NoImages, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import MIN_SIZE
 from vggnet.models.saved import preset_of
@@ -208,6 +208,7 @@ class Int8VGG(nn.Module):
             UsageError: `x` is not a batch the model takes (see `check_input`).
         """
         self.check_input(x)
+        keep_activations_on_heap()
         with torch.inference_mode(), _freezing(self.int8), warnings.catch_warnings():
             # Inductor's int8 lowering warns about its own torch.tensor(tensor) call at each compile.
             warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning, _INDUCTOR_INT8)
