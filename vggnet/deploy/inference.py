@@ -269,11 +269,17 @@ def _max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     the bytes of a bf16 output. This took half its time on bf16 (conv1_2's output, 2 images: 0.81 ms
     against 1.65) and 0.95 against 1.32 ms in float32.
     """
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row or column is dropped
-    x = x[..., :h, :w]
-    top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
-    bottom = torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2])
-    return torch.maximum(top, bottom, out=top)
+    n, c, h, w = x.shape
+    sn, sc, sh, sw = x.stride()
+    offset = x.storage_offset()
+
+    def corner(row: int, col: int) -> torch.Tensor:  # one view per op (x[..., 0::2, 1::2] dispatches two)
+        # floor mode: h // 2 rows, so an odd last row (or column) is never read
+        return x.as_strided((n, c, h // 2, w // 2), (sn, sc, 2 * sh, 2 * sw), offset + row * sh + col * sw)
+
+    out = torch.maximum(corner(0, 0), corner(0, 1))
+    torch.maximum(out, corner(1, 0), out=out)
+    return torch.maximum(out, corner(1, 1), out=out)
 
 
 def _input_shapes(steps: list[_Step], c: int, h: int, w: int) -> list[tuple[int, int, int]]:
