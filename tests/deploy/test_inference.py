@@ -404,7 +404,7 @@ def test_onednn_computes_float32_always_and_float64_never():
     assert inference.onednn_computes(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-_GLIBC = hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+_GLIBC = inference._on_glibc()
 _MALLINFO = """
 import ctypes
 class Info(ctypes.Structure):
@@ -422,6 +422,22 @@ def mapped(mib):  # whether glibc serves a block of `mib` MiB with its own mmap
     libc.free(block)
     return after > before
 """
+
+
+@pytest.mark.parametrize("confstr", [ValueError("unrecognized configuration name"), OSError(22, "EINVAL"), None, ""])
+def test_without_glibc_keep_activations_on_heap_does_nothing(monkeypatch, confstr):
+    # macOS has no CS_GNU_LIBC_VERSION (ValueError), musl may refuse it or answer nothing
+    def fake(name):
+        if isinstance(confstr, Exception):
+            raise confstr
+        return confstr
+
+    monkeypatch.setattr(inference.os, "confstr", fake)
+    monkeypatch.setattr(inference.ctypes, "CDLL", lambda *a: pytest.fail("no C library should be touched"))
+    assert inference._on_glibc() is False
+    assert inference.keep_activations_on_heap.__wrapped__() is False
+    monkeypatch.delattr(inference.os, "confstr")  # Windows
+    assert inference._on_glibc() is False
 
 
 @pytest.mark.skipif(not _GLIBC, reason="glibc's mmap threshold")

@@ -391,7 +391,7 @@ def keep_activations_on_heap() -> bool:
     Returns:
         True where the process runs on glibc (the block was allocated and freed), False elsewhere.
     """
-    if not (hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")):
+    if not _on_glibc():
         return False
     libc = ctypes.CDLL(None)  # the process's own malloc, the one torch's CPU allocator calls
     libc.malloc.restype = ctypes.c_void_p
@@ -399,6 +399,14 @@ def keep_activations_on_heap() -> bool:
     libc.free.argtypes = [ctypes.c_void_p]
     libc.free(libc.malloc(GLIBC_MMAP_THRESHOLD_MAX - (64 << 10)))  # under the maximum with glibc's header
     return True
+
+
+def _on_glibc() -> bool:
+    """Whether this process's C library is glibc (confstr names it; elsewhere the name is unknown or empty)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or no such name (macOS, musl)
+        return False
 
 
 def cpu_has_native_bf16() -> bool:
