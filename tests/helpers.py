@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,9 +248,11 @@ def bad_paths(photos):
 
 
 def torchrun(*args, nproc=2, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    # TMPDIR: torchrun makes a torchelastic_* folder there and leaves it; this one goes with the run
+    with tempfile.TemporaryDirectory(prefix="vggnet-torchrun-") as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": tmp}
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.helpers import file_sha256, save_seeded_vgg11, write_set
+from tests.helpers import file_sha256, save_seeded_vgg11, torchrun, write_set
 from vggnet import cli
 from vggnet.data.decode import load_image
 from vggnet.data.images import ImageFolder
@@ -274,10 +274,7 @@ DDP_SCRIPT = textwrap.dedent(
 def test_torchrun_two_processes_on_cpu(data, pretrained, tmp_path):
     script, out = tmp_path / "ddp.py", tmp_path / "out"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), str(data), str(pretrained[0]), str(out)]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = torchrun(str(script), str(data), str(pretrained[0]), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for mode in ("linear", "full"):
