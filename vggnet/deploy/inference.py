@@ -298,15 +298,19 @@ def _input_shapes(steps: list[_Step], c: int, h: int, w: int) -> list[tuple[int,
     return shapes
 
 
-def _pack_convolutions(steps: list[_Step], in_channels: int, batch: int, size: int) -> dict[int, torch.Tensor]:
-    """Each fused convolution's weight reordered once into oneDNN's blocked layout, by step index.
+def _pack_convolutions(
+    steps: list[_Step], in_channels: int, batch: int, size: int, start: int = 0, stop: int | None = None
+) -> dict[int, torch.Tensor]:
+    """Each fused convolution's weight among `steps[start:stop]` reordered once into oneDNN's blocked
+    layout, by step index.
 
     The layout is the one oneDNN picks for a (batch, C, size, size) input; any other input still gets
     correct results (oneDNN reorders again when the layouts differ), only slower.
     """
     packed: dict[int, torch.Tensor] = {}
-    for i, ((m, relu_fused), (c, h, w)) in enumerate(zip(steps, _input_shapes(steps, in_channels, size, size))):
-        if isinstance(m, nn.Conv2d) and relu_fused:
+    shapes = _input_shapes(steps, in_channels, size, size)
+    for i, ((m, relu_fused), (c, h, w)) in enumerate(zip(steps, shapes)):
+        if start <= i < (len(steps) if stop is None else stop) and isinstance(m, nn.Conv2d) and relu_fused:
             weight = m.weight.contiguous(memory_format=torch.channels_last)
             args = (list(m.padding), list(m.stride), list(m.dilation), m.groups, [batch, c, h, w])
             packed[i] = torch.ops.mkldnn._reorder_convolution_weight(weight, *args)
@@ -314,7 +318,7 @@ def _pack_convolutions(steps: list[_Step], in_channels: int, batch: int, size: i
 
 
 def images_per_chunk(features: nn.Module, shape: tuple[int, int, int, int], dtype: torch.dtype) -> int:
-    """How many images of a batch `InferenceVGG` runs through `features` at once on CPU.
+    """How many images of a batch `InferenceVGG` runs through the first steps of `features` at once on CPU.
 
     As many as keep the largest activation within `CHUNK_BYTES` (at least 1, at most the batch): a
     larger one would be a fresh mmap of the allocator, page-faulted in on every call.
@@ -327,10 +331,7 @@ def images_per_chunk(features: nn.Module, shape: tuple[int, int, int, int], dtyp
     Returns:
         The chunk size, from 1 to N.
     """
-    n, c, h, w = shape
-    largest = max(math.prod(s) for s in _input_shapes(_fused_steps(features), c, h, w))
-    per_image = largest * dtype.itemsize
-    return max(1, min(n, CHUNK_BYTES // max(per_image, 1)))
+    return _chunk_plan(_fused_steps(features), shape, dtype)[0]
 
 
 def whole_batch_from(features: nn.Module, shape: tuple[int, int, int, int], dtype: torch.dtype) -> int:
@@ -349,13 +350,18 @@ def whole_batch_from(features: nn.Module, shape: tuple[int, int, int, int], dtyp
     Returns:
         An index into the fused steps (their count where even the last activation is too large).
     """
+    return _chunk_plan(_fused_steps(features), shape, dtype)[1]
+
+
+def _chunk_plan(steps: list[_Step], shape: tuple[int, int, int, int], dtype: torch.dtype) -> tuple[int, int]:
+    """(`images_per_chunk`, `whole_batch_from`) of `steps` for a batch of `shape`, from one walk of the shapes."""
     n, c, h, w = shape
-    steps = _fused_steps(features)
-    sizes = [math.prod(s) * dtype.itemsize * n for s in _input_shapes(steps, c, h, w)]  # what step i takes in
+    per_image = [math.prod(s) * dtype.itemsize for s in _input_shapes(steps, c, h, w)]  # what step i takes in
+    images = max(1, min(n, CHUNK_BYTES // max(max(per_image), 1)))
     first = len(steps)
-    while first > 0 and max(sizes[first - 1 :]) <= CHUNK_BYTES:
+    while first > 0 and max(per_image[first - 1 :]) * n <= CHUNK_BYTES:
         first -= 1
-    return first
+    return images, first
 
 
 def _conv_out(n: int, conv: nn.Conv2d, dim: int) -> int:
@@ -508,14 +514,11 @@ class InferenceVGG(nn.Module):
         if self._steps is None:
             return {}, {}
         c = _in_channels(self.net)
-        shape = (batch, c, 224, 224)
-        chunk = images_per_chunk(self.net.features, shape, self.dtype)  # what the first convolutions see
-        whole_from = whole_batch_from(self.net.features, shape, self.dtype) if chunk < batch else 0
+        chunk, whole_from = _chunk_plan(self._steps, (batch, c, 224, 224), self.dtype)
         with torch.no_grad():
-            convs = _pack_convolutions(self._steps[:whole_from], c, chunk, 224)
-            if whole_from < len(self._steps):
-                tail = _pack_convolutions(self._steps, c, batch, 224)
-                convs.update({i: w for i, w in tail.items() if i >= whole_from})
+            # the first steps packed for the chunks they take, the rest for the whole batch
+            convs = _pack_convolutions(self._steps, c, chunk, 224, stop=whole_from)
+            convs.update(_pack_convolutions(self._steps, c, batch, 224, start=whole_from))
             linears = _pack_linears(self.net.classifier, batch) if self._onednn_classifier else {}
         return convs, linears
 
@@ -546,11 +549,9 @@ class InferenceVGG(nn.Module):
         """The fused feature extractor over `x`: `images_per_chunk` images at a time through the first
         steps, then the whole batch from `whole_batch_from` on."""
         assert self._steps is not None
-        shape = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        n = images_per_chunk(self.net.features, shape, x.dtype)
-        if n >= x.shape[0]:
+        n, k = _chunk_plan(self._steps, (x.shape[0], x.shape[1], x.shape[2], x.shape[3]), x.dtype)
+        if k == 0:
             return _run_steps(self._steps, x, self._packed_convs)
-        k = whole_batch_from(self.net.features, shape, x.dtype)
         head = [_run_steps(self._steps[:k], x[i : i + n], self._packed_convs) for i in range(0, x.shape[0], n)]
         return _run_steps(self._steps[k:], torch.cat(head), self._packed_convs, start=k)
 
