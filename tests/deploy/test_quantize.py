@@ -142,7 +142,7 @@ def test_int8_keeps_float32_top1_and_logits_on_real_photos(int8_photos):
     x = photos()
     with torch.inference_mode():
         expected = net(x)
-        got = torch.cat([quantized(image[None]) for image in x])  # the compiled batch: 1
+        got = torch.cat([quantized(image[None]) for image in x])  # the packed batch: 1
     assert got.dtype == torch.float32 and got.shape == (4, 2)
     cosine = F.cosine_similarity(got, expected, dim=1)
     assert (cosine >= MIN_COSINE).all(), cosine
@@ -320,22 +320,24 @@ def test_a_folder_is_read_with_the_preset_of_the_checkpoint_the_model_came_from(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
-def test_new_batch_sizes_compile_at_most_once_more_and_say_nothing(recwarn, caplog):
+def test_new_batch_sizes_pack_at_most_once_more_and_say_nothing(recwarn, caplog):
     """Issue 25: the int8 graph was compiled for one batch size, and every new one compiled again,
-    with Inductor's warnings; a batch made outside inference mode compiled again too. Issue 27: batches
-    run in pieces of 8, 4, 2 and 1 images, each a static graph compiled once, so no size compiles twice."""
-    torch._dynamo.reset()
+    with Inductor's warnings. Issue 27: batches run in pieces of 8, 4, 2 and 1 images, and the weights
+    are packed once per piece size (nothing is compiled), so no size is packed twice."""
     torch.manual_seed(0)
     x = torch.randn(15, 3, 32, 32)
-    quantized = quantize(vgg11(num_classes=2).eval(), x[:2], fallback=False)  # compiled at batch 1
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    quantized = quantize(vgg11(num_classes=2).eval(), x[:2], fallback=False)  # packed for batch 1
+    packed = quantized.program.programs
+    assert set(packed) == {(1, 3, 32, 32)}
     recwarn.clear()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        outs = {n: quantized(x[:n]) for n in (1, 3, 8)}  # made outside inference mode, as a user's are
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2  # 3 = 2 + 1, then 8
-        outs |= {n: quantized(x[:n]) for n in (5, 7, 15, 3)}  # only 5 = 4 + 1 compiles (the graph for 4)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 3
+        outs = {n: quantized(x[:n]) for n in (1, 3, 8)}  # 3 = 2 + 1, then 8
+        assert sorted(shape[0] for shape in packed) == [1, 2, 8]
+        programs = dict(packed)
+        outs |= {n: quantized(x[:n]) for n in (5, 7, 15, 3)}  # only 5 = 4 + 1 packs (for 4)
+    assert sorted(shape[0] for shape in packed) == [1, 2, 4, 8]
+    assert all(packed[shape] is program for shape, program in programs.items())  # none packed again
     assert [str(w.message) for w in recwarn] == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert {n: tuple(out.shape) for n, out in outs.items()} == {n: (n, 2) for n in (1, 3, 8, 5, 7, 15)}
@@ -345,7 +347,7 @@ def test_new_batch_sizes_compile_at_most_once_more_and_say_nothing(recwarn, capl
 
 
 @pytest.mark.parametrize(("n", "pieces"), [(1, [1]), (3, [2, 1]), (8, [8]), (15, [8, 4, 2, 1]), (17, [8, 8, 1])])
-def test_batches_run_in_pieces_of_the_compiled_sizes(n, pieces):
+def test_batches_run_in_pieces_of_the_packed_sizes(n, pieces):
     stops = list(itertools.accumulate(pieces))
     assert vggnet.deploy.quantize._graph_batches(n) == list(zip([0, *stops[:-1]], stops, strict=True))
     assert stops[-1] == n and set(pieces) <= set(GRAPH_BATCHES)
@@ -394,11 +396,13 @@ for kind in sys.argv[1:]:
     with torch.inference_mode():
         expected, got = net(x), quantized(x)
     assert quantized.int8 and got.shape == expected.shape, (kind, got.shape, expected.shape)
+    program = quantized.program.programs[tuple(x.shape)]  # 4 images: one piece
+    calls = {node.target for node in program.graph.nodes}
+    assert not calls & {torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}, (kind, calls)  # all oneDNN's
     cosine = F.cosine_similarity(got.flatten(1), expected.flatten(1), dim=1)
     assert (cosine >= 0.99).all(), (kind, cosine)
     print("ok", kind, flush=True)
-    del net, quantized, expected, got  # this kind's model and int8 graph go before the next is built
-    torch._dynamo.reset()
+    del net, quantized, expected, got  # this kind's model and int8 program go before the next is built
     gc.collect()
     getattr(ctypes.CDLL(None), "malloc_trim", lambda pad: 0)(0)  # glibc hands the freed pages back
 """

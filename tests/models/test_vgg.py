@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import vggnet
+import vggnet.models.interop
 from tests.helpers import HEAD_KINDS, arch_matrix, head_model
 from tests.reference import ARCHS, LAYOUT, RECORDS, VGG16_CLASSIFIER_PARAMS, VGG16_CONV_PARAMS, VGG16_FC6_PARAMS
 from vggnet.deploy.inference import fold_batchnorm

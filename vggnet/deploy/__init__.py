@@ -2,6 +2,7 @@
 
 - `inference`: `fold_batchnorm` and `optimize_for_inference` (channels_last, fused oneDNN calls, compiled).
 - `quantize`: static int8 on CPUs (PT2E with torchao's x86 Inductor quantizer), checked against float32.
+- `onednn`: the converted int8 graph run as direct calls to oneDNN's int8 operators (what `quantize` returns runs).
 - `export`: ONNX, torch.export (pt2), AOTInductor and TorchScript artifacts, checked against eager.
 - `convert`: weights from any source written as safetensors or PyTorch zip, in vggnet's or timm's layout.
 - `bench`: interleaved timing against torchvision (what `vggnet bench` and benchmarks/ use).

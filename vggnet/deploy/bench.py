@@ -671,7 +671,7 @@ def format_int8(q: Mapping[str, Any]) -> str:
         f"vggnet int8 on {q['instructions']}{' (7-bit activations)' if q['reduce_range'] else ''}, calibrated on "
         f"{q['calibration_images']} images: top-1 agreement with float32 {q['top1_agreement']:.2f}%, logit cosine "
         f"{q['cosine']:.5f} (min {q['min_cosine']:.5f}) on {q['evaluated_images']} {q['evaluated_on']} images"
-        f"{accuracy}; quantize {q['quantize_s']:.1f} s, compile {q['compile_s']:.1f} s"
+        f"{accuracy}; quantize {q['quantize_s']:.1f} s, first call {q['compile_s']:.1f} s"
     )
 
 

@@ -1,14 +1,17 @@
 """Static int8 on CPUs: calibrated, checked against float32, compiled; float32 where the CPU has no int8 dot products.
 
 `vggnet.deploy.quantize.quantize(model, calibration)` runs PyTorch's PT2E flow with torchao's x86 Inductor quantizer
-(`pip install "vggnet[int8]"`):
+(`pip install "vggnet[int8]"`), then lowers the converted graph to oneDNN's int8 operators itself:
 
-    torch.export -> prepare_pt2e(X86InductorQuantizer) -> calibrate -> convert_pt2e -> torch.compile (freezing)
+    torch.export -> prepare_pt2e(X86InductorQuantizer) -> calibrate -> convert_pt2e -> vggnet.deploy.onednn.lower
 
 Every convolution and fully connected layer becomes oneDNN's int8 kernel: weights int8 per output
 channel (symmetric), activations uint8 per tensor with ranges observed on the calibration images
-(histogram observer). Inductor's `freezing` is what makes it fast: it turns the int8 weights into
-constants and prepacks them for oneDNN; without it the same graph ran slower than float32 (issue 16).
+(histogram observer). The weights are packed for oneDNN once per batch size (without packing, the same
+graph ran slower than float32: issue 16). The calls and packed weights are the ones Inductor's int8
+lowering (`torch.compile` with freezing) produces, and so are the logits, bit for bit; but nothing is
+compiled, so a model is ready in the time packing takes instead of seconds to minutes of compilation in
+every process, with nothing cached on disk (issue 27).
 
 The int8 kernels are fastest on CPUs with int8 dot-product instructions (AMX, AVX-512 VNNI,
 AVX-VNNI: `int8_instructions`). On AVX2 without them oneDNN multiplies through 16-bit intermediate
@@ -19,15 +22,12 @@ an x86 CPU, or no AVX2), `quantize` returns the float32 `optimize_for_inference`
 reason in `fallback_reason` and a logged warning; `fallback=False` raises instead.
 
 The result carries a `QuantizeReport`: top-1 agreement and logit cosine with the float32 model,
-accuracy of both when the evaluation images have labels, calibration size, time to quantize and to
-compile. All of it runs again in every process: Inductor's FX graph cache skips the frozen int8
-graph (its prepacked oneDNN weights do not pickle: "mkldnn tensors unpickleable", torch 2.14); only
-its on-disk cache of compiled C++ kernels carries over, which shortens a later process's compile.
+accuracy of both when the evaluation images have labels, calibration size, time to quantize and the
+time of the first call (which packs the weights for its batch size).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import logging
@@ -36,7 +36,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from vggnet.data.decode import load_image
 from vggnet.data.images import IMAGE_SUFFIXES, ImageFolder
 from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.inference import keep_activations_on_heap, optimize_for_inference
+from vggnet.deploy.onednn import Int8Program
 from vggnet.errors import MissingDependency, NoImages, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import MIN_SIZE
 from vggnet.models.saved import preset_of
@@ -66,9 +66,8 @@ logger = logging.getLogger(__name__)
 # torch.cpu.get_capabilities() names of what oneDNN's int8 kernels run on, fastest first; all but
 # avx2 have int8 dot products.
 INT8_INSTRUCTIONS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
-# The batch sizes the int8 graphs are compiled for (powers of two, largest first): see _graph_batches.
+# The batch sizes the int8 weights are packed for (powers of two, largest first): see _graph_batches.
 GRAPH_BATCHES = (8, 4, 2, 1)
-_INDUCTOR_INT8 = r"torch\._inductor\.mkldnn_lowerings"  # where that warning comes from
 _X86 = ("x86_64", "amd64", "i386", "i686")
 # oneDNN's ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) caps -> the fastest of INT8_INSTRUCTIONS each allows
 # (None: no int8 kernels worth running); the AMX caps, "all" and values not listed here cap nothing.
@@ -120,8 +119,8 @@ class QuantizeReport:
         cpu_capability: torch's ATen kernels: "AVX2", "AVX512", ...
         reduce_range: 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate).
         calibration_images: how many images calibrated the ranges.
-        image_size: (height, width): the compiled graph takes this size only.
-        batch_size: the compiled batch; other batch sizes compile again on first use.
+        image_size: (height, width): the int8 model takes this size only.
+        batch_size: the batch the weights were packed for first; pieces of other sizes pack theirs on first use.
         evaluated_on: "held_out", or "calibration" (no held-out set given: a weaker check).
         evaluated_images: how many images the figures below come from.
         top1_agreement: % of the evaluated images whose int8 top-1 class is float32's.
@@ -130,7 +129,8 @@ class QuantizeReport:
         accuracy_fp32: % top-1 against the labels, where the evaluation images have them.
         accuracy_int8: the same for int8.
         quantize_s: seconds of export, calibration and conversion.
-        compile_s: seconds of Inductor's compilation (the first call); shorter once its kernel cache holds it.
+        compile_s: seconds of the first call, which lowers the graph to oneDNN calls and packs the weights for
+            its batch size (the int8 model is not compiled: see the module's docstring).
     """
 
     int8: bool  # False: the float32 fallback runs (see fallback_reason)
@@ -139,8 +139,8 @@ class QuantizeReport:
     cpu_capability: str  # torch's ATen kernels: "AVX2", "AVX512", ...
     reduce_range: bool  # 7-bit activations, for CPUs without int8 dot products (their 16-bit sums saturate)
     calibration_images: int
-    image_size: tuple[int, int]  # (height, width): the compiled graph takes this size only
-    batch_size: int  # the batch compiled first; each of the graphs for 1, 2, 4 and 8 images compiles once, on first use
+    image_size: tuple[int, int]  # (height, width): the int8 model takes this size only
+    batch_size: int  # the batch packed first; the weights for pieces of 1, 2, 4 and 8 images are packed on first use
     evaluated_on: str  # "held_out" or "calibration" (no held-out set given: a weaker check)
     evaluated_images: int
     top1_agreement: float  # % of the evaluated images whose int8 top-1 class is float32's
@@ -149,7 +149,7 @@ class QuantizeReport:
     accuracy_fp32: float | None  # % top-1 against the labels, where the evaluation images have them
     accuracy_int8: float | None
     quantize_s: float  # export, calibration and conversion
-    compile_s: float  # Inductor's compilation (the first call); shorter once its C++ kernel cache holds it
+    compile_s: float  # the first call: the graph lowered and the weights packed for its batch size
 
 
 class Int8VGG(nn.Module):
@@ -159,14 +159,14 @@ class Int8VGG(nn.Module):
     logits on the CPU. Built by `quantize`.
 
     Args:
-        program: the compiled int8 graph, or the float32 `InferenceVGG` of a fallback.
+        program: the int8 program (`vggnet.deploy.onednn.Int8Program`), or the float32 `InferenceVGG` of a fallback.
         in_channels: the channels the input images have.
         int8: whether `program` is int8 (False: the float32 fallback).
     """
 
     def __init__(self, program: nn.Module, *, in_channels: int, int8: bool) -> None:
         super().__init__()
-        self.program = program  # the compiled int8 graph, or the float32 InferenceVGG
+        self.program = program  # the Int8Program, or the float32 InferenceVGG
         self.in_channels = in_channels
         self.int8 = int8
         self.fallback_reason: str | None = None
@@ -209,9 +209,7 @@ class Int8VGG(nn.Module):
         """
         self.check_input(x)
         keep_activations_on_heap()
-        with torch.inference_mode(), _freezing(self.int8), warnings.catch_warnings():
-            # Inductor's int8 lowering warns about its own torch.tensor(tensor) call at each compile.
-            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning, _INDUCTOR_INT8)
+        with torch.inference_mode():
             if not self.int8:
                 out: torch.Tensor = self.program(_program_input(x))
             else:  # an empty batch runs as it is
@@ -229,37 +227,24 @@ class Int8VGG(nn.Module):
 
 
 def _program_input(x: torch.Tensor) -> torch.Tensor:
-    """`x` copied, inside inference mode, to a float32 channels-last CPU tensor the compiled graph takes.
-
-    Always a copy made in inference mode: an input made outside it carries another dispatch key, which
-    Dynamo's guards see as a different tensor (a recompile).
-    """
+    """`x` copied to a float32 channels-last CPU tensor: the layout oneDNN's convolutions run in."""
     return torch.empty(x.shape, dtype=torch.float32, memory_format=torch.channels_last).copy_(x)
 
 
 def _graph_batches(n: int) -> list[tuple[int, int]]:
     """(start, stop) of the pieces a batch of `n` runs in: runs of GRAPH_BATCHES[0] images, then the rest in
-    binary (7 = 4 + 2 + 1), so at most len(GRAPH_BATCHES) static-batch graphs ever compile and no image is padded.
+    binary (7 = 4 + 2 + 1), so the weights are packed for at most len(GRAPH_BATCHES) batch sizes and no image
+    is padded.
 
-    Static, not one dynamic-batch graph: with the batch unknown at compile time, Inductor prepacks the
-    int8 convolution weights for no batch in particular, and oneDNN reordered those of conv5-conv13 on
-    every call and ran the rest 3x slower (vgg16, batch 8, AMX: 347 ms a call against 64 ms static).
+    Packed per batch size, not once for any: weights packed for no batch in particular (Inductor's
+    dynamic-batch graph did that) were reordered by oneDNN on every call, conv5-conv13's, and the rest
+    ran 3x slower (vgg16, batch 8, AMX: 347 ms a call against 64 ms).
     """
     sizes = [GRAPH_BATCHES[0]] * (n // GRAPH_BATCHES[0])
     rest = n % GRAPH_BATCHES[0]
     sizes += [size for size in GRAPH_BATCHES[1:] if rest & size]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return [(start, start + size) for start, size in zip(starts, sizes, strict=True)]
-
-
-def _freezing(on: bool) -> contextlib.AbstractContextManager[object]:
-    """Inductor's freezing for a call that may compile (torch.compile's `options` drop it)."""
-    if not on:
-        return contextlib.nullcontext()
-    import torch._inductor.config as inductor_config
-
-    patch: contextlib.AbstractContextManager[object] = inductor_config.patch(freezing=True)
-    return patch
 
 
 def quantize(
@@ -287,8 +272,8 @@ def quantize(
             accuracy are measured (default: the calibration images, a weaker check).
         preset: for folders (default: the model's own, `model.pretrained_cfg`'s: a vggnet checkpoint's
             preset for a model built from one, else ImageNet's evaluation preset).
-        batch_size: the batch the model is compiled for first. Any batch size runs, in pieces of 8, 4,
-            2 and 1 images (`GRAPH_BATCHES`), each piece size a static graph compiled once, on first use.
+        batch_size: the batch the weights are packed for first. Any batch size runs, in pieces of 8, 4,
+            2 and 1 images (`GRAPH_BATCHES`), the weights packed for each piece size once, on first use.
         calibration_batch_size: the batch calibration and evaluation images are fed in.
         fallback: where `int8_instructions()` is None (no int8 kernels worth running), return the
             float32 `optimize_for_inference` model with `fallback_reason` set and a warning; False raises.
@@ -388,8 +373,8 @@ def _torchao() -> tuple[Any, Any]:
     return pt2e, x86
 
 
-def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> nn.Module:
-    """export -> prepare -> calibrate -> convert -> torch.compile; the compilation itself happens on first call."""
+def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> Int8Program:
+    """export -> prepare -> calibrate -> convert, run as oneDNN calls (packed on each batch size's first call)."""
     pt2e, x86 = _torchao()
     example = calib[0][0][:1].float()
     # Exported with a batch of 2 and a dynamic batch dimension, so calibration takes any batch size
@@ -410,11 +395,7 @@ def _quantized_program(model: VGG, calib: list[_Batch], reduce_range: bool) -> n
     finally:
         _forget_graphs()  # on failure too: the graphs hold the float32 weights
     _drop_unused_attributes(converted)
-    # Freezing is switched on around each call (Int8VGG).
-    # A static graph per size in GRAPH_BATCHES (Int8VGG.forward cuts batches into them): dynamic=False,
-    # or Dynamo would make the batch dynamic at the second size (see _graph_batches for why not).
-    compiled: nn.Module = torch.compile(converted, dynamic=False)  # type: ignore[assignment]
-    return compiled
+    return Int8Program(converted)
 
 
 # functools.cache'd on the module they are given (torchao 0.18, torch 2.14): each holds every graph the
@@ -457,7 +438,7 @@ def _compare(
         compile_s = math.nan
         for chunk in _chunks(images, batch_size):
             n = len(chunk)
-            if n < batch_size:  # padded to the compiled batch rather than compiling for a new one
+            if n < batch_size:  # padded to the packed batch rather than packing for a new one
                 chunk = torch.cat([chunk, chunk[-1:].expand(batch_size - n, -1, -1, -1)])
             start = time.perf_counter()
             outs.append(candidate(chunk)[:n])

@@ -1,0 +1,176 @@
+"""The int8 program: a converted PT2E graph lowered to oneDNN's int8 calls.
+
+The claims: its logits are Inductor's, bit for bit (the same calls and packed weights, nothing compiled);
+every convolution and fully connected layer of every head becomes a oneDNN call (test_quantize's head
+matrix checks that); 7-bit activations stay within 7 bits; and what it cannot fuse runs as the converted
+graph runs it.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from vggnet import vgg11_bn
+from vggnet.deploy.onednn import Int8Program, adaptive_avg_pool_uint8, lower
+from vggnet.deploy.quantize import int8_instructions, quantize
+
+pytestmark = [
+    pytest.mark.skipif(int8_instructions() is None, reason="oneDNN has no int8 kernels on this CPU"),
+]
+torchao = pytest.importorskip("torchao", reason="int8 needs torchao: pip install 'vggnet[int8]'")
+
+ONEDNN_CALLS = (torch.ops.onednn.qconv_pointwise.default, torch.ops.onednn.qlinear_pointwise.default)
+FLOAT_LAYERS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+
+
+def converted_graph(model: nn.Module, x: torch.Tensor, reduce_range: bool = False) -> torch.fx.GraphModule:
+    """`model` through torchao's PT2E flow with the x86 Inductor quantizer, calibrated on `x`.
+
+    For small models only: torchao's caches keep every graph they see (quantize empties them; a VGG here
+    would keep its float32 weights, and every later test would pay for the memory).
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    batch = torch.export.Dim("batch", min=1, max=64)  # any batch, as quantize exports it
+    exported = torch.export.export(model.eval(), (x,), dynamic_shapes=({0: batch},)).module()
+    config = x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+    prepared = prepare_pt2e(exported, x86.X86InductorQuantizer().set_global(config))
+    with torch.no_grad():
+        prepared(x)
+    return convert_pt2e(prepared)
+
+
+def converted_vgg(x: torch.Tensor, reduce_range: bool = False) -> torch.fx.GraphModule:
+    """vgg11_bn (3 classes, seeded) as `quantize` converts it, calibrated on `x`."""
+    torch.manual_seed(0)
+    quantized = quantize(vgg11_bn(num_classes=3).eval(), x, fallback=False, reduce_range=reduce_range)
+    return quantized.program.converted
+
+
+@pytest.fixture(scope="module")
+def vgg_graph() -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    """vgg11_bn converted on two 32x32 images, and those images (channels-last)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    return converted_vgg(x), x
+
+
+def targets(program: torch.fx.GraphModule) -> list[object]:
+    return [node.target for node in program.graph.nodes if node.op == "call_function"]
+
+
+class Unfusable(nn.Module):
+    """A convolution whose result is not quantized (sigmoid follows), then a linear layer: the float-out
+    call and the nodes that run as the converted graph runs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.sigmoid(self.conv(x)).flatten(1))
+
+
+def test_what_cannot_be_fused_runs_as_the_converted_graph_runs_it():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    converted = converted_graph(Unfusable(), x)
+    program = lower(converted, x)
+    calls = targets(program)
+    assert torch.ops.onednn.qconv_pointwise.default in calls  # float32 out: sigmoid reads it
+    assert torch.ops.aten.sigmoid.default in calls
+    assert not set(FLOAT_LAYERS) & set(calls)
+    with torch.inference_mode():
+        expected, got = converted(x), program(x)
+    assert got.dtype == torch.float32 and got.shape == (4, 5)
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=0)  # int8 arithmetic against its float emulation
+
+
+def test_vgg_becomes_onednn_calls_and_keeps_the_emulated_logits(vgg_graph):
+    converted, x = vgg_graph
+    program = lower(converted, x)
+    calls = targets(program)
+    assert calls.count(torch.ops.onednn.qconv_pointwise.default) == 8  # batch norm folded into them
+    assert calls.count(torch.ops.onednn.qlinear_pointwise.default) == 3
+    assert calls.count(torch.ops.quantized.max_pool2d.default) == 5
+    assert not set(FLOAT_LAYERS) & set(calls)
+    assert torch.ops.quantized_decomposed.dequantize_per_tensor.default not in calls  # uint8 from input to fc8
+    with torch.inference_mode():
+        expected, got = converted(x), program(x)
+    scale = expected.abs().max().item()
+    assert (got - expected).abs().max().item() < 0.05 * scale
+
+
+def test_int8_program_packs_once_per_shape(vgg_graph):
+    converted, x = vgg_graph
+    program = Int8Program(converted)
+    x = torch.cat([x, x[:1]])  # 3 images: the graph takes any batch
+    with torch.inference_mode():
+        first = program(x)
+        lowered = program.programs[tuple(x.shape)]
+        torch.testing.assert_close(program(x), first, atol=0, rtol=0)
+        alone = program(x[:1])
+    assert program.programs[tuple(x.shape)] is lowered
+    assert set(program.programs) == {(3, 3, 32, 32), (1, 3, 32, 32)}
+    torch.testing.assert_close(alone, first[:1])  # packed for another batch, the same image's logits
+
+
+class Uint8Outputs(torch.fx.Interpreter):
+    """Runs a lowered program, keeping the uint8 result of every oneDNN call."""
+
+    def __init__(self, module: torch.fx.GraphModule) -> None:
+        super().__init__(module)
+        self.outputs: list[torch.Tensor] = []
+
+    def call_function(self, target, args, kwargs):
+        out = super().call_function(target, args, kwargs)
+        if target in ONEDNN_CALLS and out.dtype == torch.uint8:
+            self.outputs.append(out)
+        return out
+
+
+@pytest.mark.slow
+def test_seven_bit_activations_stay_within_seven_bits():
+    """reduce_range (CPUs without int8 dot products): every activation in [0, 127], as the converted graph
+    clamps them, including values past the calibrated range (images 3x brighter than calibration's)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    converted = converted_vgg(x, reduce_range=True)
+    bright = 3 * x
+    program = lower(converted, bright)
+    interpreter = Uint8Outputs(program)
+    with torch.inference_mode():
+        got = interpreter.run(bright)
+        expected = converted(bright)
+    assert len(interpreter.outputs) == 10  # 8 convolutions, fc6, fc7
+    assert max(int(out.max()) for out in interpreter.outputs) == 127  # clamped, and reaching the bound
+    assert (got - expected).abs().max().item() < 0.05 * expected.abs().max().item()
+
+
+def test_adaptive_average_pool_of_uint8_values():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 4, 7, 7), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    assert adaptive_avg_pool_uint8(x, (7, 7), 0.1, 3) is x  # VGG's 7x7 pool at 224x224: nothing to do
+    got = adaptive_avg_pool_uint8(x, (1, 1), 0.1, 3)
+    expected = torch.clamp(torch.round(((x.float() - 3) * 0.1).mean((2, 3), keepdim=True) / 0.1) + 3, 0, 255)
+    assert got.dtype == torch.uint8 and torch.equal(got, expected.to(torch.uint8))
+
+
+@pytest.mark.slow
+def test_the_logits_are_inductors_bit_for_bit():
+    """The same int8 graph compiled by Inductor (torch.compile with freezing, as quantize did before)."""
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    quantized = quantize(vgg11_bn(num_classes=3).eval(), x, batch_size=2, fallback=False)
+    converted = quantized.program.converted
+    images = x[:2].contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    with torch.inference_mode(), inductor_config.patch(freezing=True):
+        compiled = torch.compile(converted, dynamic=False)(images)
+        got = quantized.program(images)
+    torch._dynamo.reset()
+    assert torch.equal(got, compiled)
