@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vggnet import vgg11_bn
-from vggnet.deploy.onednn import Int8Program, adaptive_avg_pool_uint8, lower
+from vggnet.deploy.onednn import Int8Program, adaptive_avg_pool_uint8, lower, quantize_uint8
 from vggnet.deploy.quantize import int8_instructions, quantize
 
 pytestmark = [
@@ -147,6 +147,20 @@ def test_seven_bit_activations_stay_within_seven_bits():
     assert len(interpreter.outputs) == 10  # 8 convolutions, fc6, fc7
     assert max(int(out.max()) for out in interpreter.outputs) == 127  # clamped, and reaching the bound
     assert (got - expected).abs().max().item() < 0.05 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("qmax", [255, 127])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7), (5, 11)])
+def test_quantize_uint8_is_pt2es_quantize_bit_for_bit(shape, qmax):
+    torch.manual_seed(0)
+    scale, zero_point = 0.02, 113
+    x = torch.randn(shape) * 4  # past both ends of the range
+    x.view(-1)[:40] = (torch.arange(40) - 20 + 0.5) * scale  # halfway between two steps: ties round to even
+    expected = torch.ops.quantized_decomposed.quantize_per_tensor.default(x, scale, zero_point, 0, qmax, torch.uint8)
+    got = quantize_uint8(x, scale, zero_point, 0, qmax)
+    assert torch.equal(got, expected) and int(got.max()) == qmax and int(got.min()) == 0
+    if len(shape) == 4:
+        assert got.is_contiguous(memory_format=torch.channels_last)  # what oneDNN's convolutions take
 
 
 def test_adaptive_average_pool_of_uint8_values():
