@@ -166,10 +166,14 @@ def test_quantize_uint8_is_pt2es_quantize_bit_for_bit(shape, qmax):
 def test_adaptive_average_pool_of_uint8_values():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (2, 4, 7, 7), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-    assert adaptive_avg_pool_uint8(x, (7, 7), 0.1, 3) is x  # VGG's 7x7 pool at 224x224: nothing to do
-    got = adaptive_avg_pool_uint8(x, (1, 1), 0.1, 3)
-    expected = torch.clamp(torch.round(((x.float() - 3) * 0.1).mean((2, 3), keepdim=True) / 0.1) + 3, 0, 255)
-    assert got.dtype == torch.uint8 and torch.equal(got, expected.to(torch.uint8))
+    assert adaptive_avg_pool_uint8(x, (7, 7), 0.1, 3, 0, 255) is x  # VGG's 7x7 pool at 224x224: nothing to do
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    for qmax in (255, 127):
+        got = adaptive_avg_pool_uint8(x, (2, 3), 0.1, 3, 0, qmax)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(dequantize(x, 0.1, 3, 0, 255, torch.uint8), (2, 3))
+        assert torch.equal(got, quantize(pooled, 0.1, 3, 0, qmax, torch.uint8))  # as the converted graph does it
+    assert int(got.max()) == 127  # averages of 0-255 clamped to 7 bits
 
 
 @pytest.mark.slow

@@ -220,7 +220,8 @@ def _fuse_pool(q: fx.Node) -> _Fused | None:
             return graph.call_function(torch.flatten, (x, *op.args[1:]))
         if op.target == _ADAPTIVE_AVG_POOL:
             size = tuple(op.args[1])  # type: ignore[arg-type]  # the output size, a list of two ints
-            return graph.call_function(adaptive_avg_pool_uint8, (x, size, out.scale, out.zero_point))
+            qparams = (out.scale, out.zero_point, out.qmin, out.qmax)
+            return graph.call_function(adaptive_avg_pool_uint8, (x, size, *qparams))
         return graph.call_function(torch.ops.quantized.max_pool2d.default, (x, *_pool_arguments(op)))
 
     return _Fused(q, [q, op], emit)
@@ -235,7 +236,9 @@ def _pool_arguments(op: fx.Node) -> tuple[list[int], list[int], list[int], list[
     return kernel, stride, list(padding) * (2 // len(padding)), list(dilation) * (2 // len(dilation)), bool(ceil_mode)
 
 
-def adaptive_avg_pool_uint8(x: torch.Tensor, size: tuple[int, int], scale: float, zero_point: int) -> torch.Tensor:
+def adaptive_avg_pool_uint8(
+    x: torch.Tensor, size: tuple[int, int], scale: float, zero_point: int, qmin: int, qmax: int
+) -> torch.Tensor:
     """Adaptive average pooling of uint8 values `(q - zero_point) * scale`, as uint8 values of the same scale.
 
     Args:
@@ -243,14 +246,17 @@ def adaptive_avg_pool_uint8(x: torch.Tensor, size: tuple[int, int], scale: float
         size: the output's (height, width).
         scale: the quantization scale of input and output.
         zero_point: their zero point.
+        qmin: the smallest uint8 value of the output.
+        qmax: the largest (127 for 7-bit activations).
 
     Returns:
-        `x` itself where it is of that size already (VGG's 7x7 pool at 224x224 pixels), else the pooled values.
+        `x` itself where it is of that size already (VGG's 7x7 pool at 224x224 pixels), else the pooled values,
+        dequantized, pooled and quantized as the converted graph does it.
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     pooled = torch.nn.functional.adaptive_avg_pool2d((x.float() - zero_point) * scale, (size[0], size[1]))
-    return torch.clamp(torch.round(pooled / scale) + zero_point, 0, 255).to(torch.uint8)
+    return quantize_uint8(pooled, scale, zero_point, qmin, qmax)
 
 
 def _fuse_quantize(q: fx.Node) -> _Fused | None:
