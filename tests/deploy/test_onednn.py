@@ -6,13 +6,19 @@ matrix checks that); 7-bit activations stay within 7 bits; and what it cannot fu
 graph runs it.
 """
 
+import copy
+import pickle
+import threading
+
 import pytest
 import torch
 from torch import nn
 
+import vggnet.deploy.onednn
 from vggnet import vgg11_bn
 from vggnet.deploy.onednn import Int8Program, adaptive_avg_pool_uint8, lower, quantize_uint8
 from vggnet.deploy.quantize import int8_instructions, quantize
+from vggnet.errors import UnsupportedError
 
 pytestmark = [
     pytest.mark.skipif(int8_instructions() is None, reason="oneDNN has no int8 kernels on this CPU"),
@@ -62,7 +68,8 @@ def targets(program: torch.fx.GraphModule) -> list[object]:
 
 class Unfusable(nn.Module):
     """A convolution whose result is not quantized (sigmoid follows), then a linear layer: the float-out
-    call and the nodes that run as the converted graph runs them."""
+    call and the nodes that run as the converted graph runs them, a view among them (it needs the
+    contiguous layout the converted graph has, not the channels-last one oneDNN writes)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,7 +77,8 @@ class Unfusable(nn.Module):
         self.fc = nn.Linear(8 * 8 * 8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.sigmoid(self.conv(x)).flatten(1))
+        y = torch.sigmoid(self.conv(x))
+        return self.fc(y.view(y.size(0), -1))
 
 
 def test_what_cannot_be_fused_runs_as_the_converted_graph_runs_it():
@@ -80,7 +88,7 @@ def test_what_cannot_be_fused_runs_as_the_converted_graph_runs_it():
     program = lower(converted, x)
     calls = targets(program)
     assert torch.ops.onednn.qconv_pointwise.default in calls  # float32 out: sigmoid reads it
-    assert torch.ops.aten.sigmoid.default in calls
+    assert torch.ops.aten.sigmoid.default in calls and torch.ops.aten.view.default in calls
     assert not set(FLOAT_LAYERS) & set(calls)
     with torch.inference_mode():
         expected, got = converted(x), program(x)
@@ -115,6 +123,55 @@ def test_int8_program_packs_once_per_shape(vgg_graph):
     assert program.programs[tuple(x.shape)] is lowered
     assert set(program.programs) == {(3, 3, 32, 32), (1, 3, 32, 32)}
     torch.testing.assert_close(alone, first[:1])  # packed for another batch, the same image's logits
+
+
+def test_a_copy_packs_again_and_gives_the_same_logits(vgg_graph):
+    """Packed weights are oneDNN's opaque tensors, which cannot be copied: a deep copy packs its own."""
+    converted, x = vgg_graph
+    program = Int8Program(converted)
+    with torch.inference_mode():
+        expected = program(x)
+        clone = copy.deepcopy(program)
+        assert clone.programs == {} and clone.converted is not converted
+        torch.testing.assert_close(clone(x), expected, atol=0, rtol=0)
+
+
+def test_saving_an_int8_program_is_refused_with_the_way_out(vgg_graph, tmp_path):
+    program = Int8Program(vgg_graph[0])
+    with pytest.raises(UnsupportedError, match=r"cannot be saved or pickled: save the float32 model"):
+        torch.save(program, tmp_path / "int8.pt")
+    with pytest.raises(UnsupportedError, match="cannot be saved"):
+        pickle.dumps(program)
+
+
+def test_first_calls_from_two_threads_pack_each_for_its_own_batch(vgg_graph, monkeypatch):
+    """The shapes each lowering packs for are its own, whatever another thread lowers at the same time."""
+    converted, x = vgg_graph
+    seen: list[tuple[int, int]] = []  # (the batch being lowered, the batch a weight was packed for)
+    lowering = threading.local()
+    lower, pack = vggnet.deploy.onednn.lower, vggnet.deploy.onednn._pack
+
+    def spy_lower(graph, example):
+        lowering.batch = len(example)
+        return lower(graph, example)
+
+    def spy_pack(graph, layer, input_shape):
+        seen.append((lowering.batch, input_shape[0]))
+        return pack(graph, layer, input_shape)
+
+    monkeypatch.setattr(vggnet.deploy.onednn, "lower", spy_lower)
+    monkeypatch.setattr(vggnet.deploy.onednn, "_pack", spy_pack)
+    for _ in range(2):
+        program = Int8Program(converted)
+        batches = [x.repeat(4, 1, 1, 1), x[:1]]  # 8 images and 1
+        threads = [threading.Thread(target=program, args=(batch,)) for batch in batches]
+        with torch.inference_mode():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert sorted(shape[0] for shape in program.programs) == [1, 8]
+    assert len(seen) == 2 * 2 * 11 and all(batch == packed for batch, packed in seen)
 
 
 class Uint8Outputs(torch.fx.Interpreter):
@@ -183,7 +240,9 @@ def test_the_logits_are_inductors_bit_for_bit():
 
     torch.manual_seed(0)
     x = torch.randn(4, 3, 32, 32)
-    quantized = quantize(vgg11_bn(num_classes=3).eval(), x, batch_size=2, fallback=False)
+    # 8-bit activations: with 7 bits, torchao's fusion for Inductor drops the quantize's 0-127 clamp,
+    # which the lowering keeps (test_seven_bit_activations_stay_within_seven_bits)
+    quantized = quantize(vgg11_bn(num_classes=3).eval(), x, batch_size=2, fallback=False, reduce_range=False)
     converted = quantized.program.converted
     images = x[:2].contiguous(memory_format=torch.channels_last)
     torch._dynamo.reset()

@@ -12,25 +12,34 @@ computes in float32 between quantize and dequantize nodes; `lower` rewrites it f
     quantize (of float values: the input)               quantize_uint8, channels-last
 
 These are the operators and packed weights Inductor's int8 lowering (`torch.compile` with freezing) emits
-for the same graph, and the logits are the same bit for bit; called from a straight-line Python program,
-they need no compilation (vgg16: a first call of about 0.5 s instead of seconds to minutes), and a call
-takes within 1% of the compiled one's time (issue 27). Anything else runs as the converted graph runs it:
-dequantized, in float32.
+for the same graph, and with 8-bit activations the logits are the same bit for bit. Called from a
+straight-line Python program, they need no compilation (vgg16: a first call of about 0.5 s instead of
+seconds to minutes), and a call takes within 1% of the compiled one's time (issue 27). Anything else runs
+as the converted graph runs it: dequantized, in float32.
 Weights are packed for the batch size given, as oneDNN reorders weights packed for another shape on
 every call.
 
 Activation ranges narrower than uint8's (7-bit `reduce_range` on CPUs without int8 dot products) are
-kept by a hardtanh post-op that clamps to the range before quantizing, so no value leaves it.
+kept by a hardtanh post-op that clamps to the range before quantizing, so no value leaves it, as the
+converted graph says. torchao's fusion for Inductor drops that clamp, so there the two differ: vgg11_bn at
+32x32, 7 bits, logits within 3e-8 of the converted graph's here, up to 1.8e-3 (of 0.09) compiled.
+
+Nodes copied from the converted graph read a fused call's result contiguous, as they would there (oneDNN
+writes channels-last, and a copied `view` would fail on it). Lowering runs one at a time per program.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
+
+from vggnet.errors import UnsupportedError
 
 __all__ = ["Int8Program", "adaptive_avg_pool_uint8", "lower", "quantize_uint8"]
 
@@ -339,18 +348,29 @@ def lower(converted: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
         attributes[name] = _pack(converted, layer, shapes[layer.op])
         return new.get_attr(name)
 
+    # What a fused call returns is laid out as oneDNN wrote it (channels-last); a node copied from the
+    # converted graph reads it contiguous, as it does there (a view of it would fail otherwise).
+    fused_values: dict[fx.Node, fx.Node] = {}
+
+    def copied_input(node: fx.Node) -> fx.Node:
+        found = value(node)
+        if found in fused_values and fused_values[found] is found:
+            fused_values[found] = new.call_method("contiguous", (found,))
+        return fused_values.get(found, found)
+
     fusions = _fusions(old, pack)
     for node in old.nodes:
         fused = fusions.get(node)
         if fused is not None:
             if node is fused.anchor:
-                env[node] = fused.emit(new, value)
+                result = env[node] = fused.emit(new, value)
+                fused_values[result] = result  # replaced by its contiguous copy once a copied node reads it
             continue
         if node.op == "get_attr":
             continue  # copied where it is read (value)
         if node.op == "call_module":
             attributes[str(node.target)] = converted.get_submodule(str(node.target))
-        env[node] = new.node_copy(node, value)
+        env[node] = new.node_copy(node, copied_input)
     program = fx.GraphModule(attributes, new)
     program.graph.eliminate_dead_code()  # the dequantize nodes the fused calls replaced
     used = {node.target for node in program.graph.nodes if node.op in ("get_attr", "call_module")}
@@ -365,18 +385,34 @@ def _attribute(module: nn.Module, target: str) -> Any:
     return getattr(module.get_submodule(owner) if owner else module, name)
 
 
+class _Shapes(fx.Interpreter):
+    """Runs a graph on fake tensors, keeping each node's output shape here rather than in the shared graph."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.shapes: dict[fx.Node, list[int]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            self.shapes[n] = list(result.shape)
+        return result
+
+
 def _input_shapes(converted: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, list[int]]:
-    """The shape of the input of every conv2d/linear node, found by running `converted` on fake tensors."""
+    """The shape of the input of every conv2d/linear node, found by running `converted` on fake tensors.
+
+    Nothing is written into `converted` (FakeTensorProp would write into its nodes' meta, which another
+    thread lowering for another shape reads).
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    FakeTensorProp(converted, mode).propagate(mode.from_tensor(example))
-    return {
-        node: list(node.args[0].meta["val"].shape)
-        for node in converted.graph.nodes
-        if _call(node, _CONV, _LINEAR) is not None
-    }
+    interpreter = _Shapes(converted)
+    with mode:
+        interpreter.run(mode.from_tensor(example))
+    layers = [node for node in converted.graph.nodes if _call(node, _CONV, _LINEAR) is not None]
+    return {node: interpreter.shapes[node.args[0]] for node in layers}
 
 
 def _pack(converted: fx.GraphModule, layer: _Layer, input_shape: list[int]) -> torch.Tensor:
@@ -403,7 +439,22 @@ class Int8Program(nn.Module):
     def __init__(self, converted: fx.GraphModule) -> None:
         super().__init__()
         self.converted = converted
-        self.programs: dict[tuple[int, ...], fx.GraphModule] = {}
+        self.programs: dict[tuple[int, ...], fx.GraphModule] = {}  # packed weights: not copied, not saved
+        self._lowering = threading.Lock()  # one lowering at a time: two threads' first calls of one shape pack once
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Refused: packed weights and the exported graph's code do not pickle (torch.save, multiprocessing)."""
+        raise UnsupportedError(
+            "an int8 model cannot be saved or pickled: save the float32 model (vggnet.save) and quantize it again "
+            "where it is loaded, or export it (vggnet export --format onnx)"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Int8Program:
+        """A copy of the converted graph whose programs are packed again on first use (packed weights are
+        oneDNN's opaque tensors, which cannot be copied)."""
+        clone = Int8Program(copy.deepcopy(self.converted, memo))
+        clone.train(self.training)
+        return clone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The converted graph's output for `x`.
@@ -417,6 +468,8 @@ class Int8Program(nn.Module):
         shape = tuple(x.shape)
         program = self.programs.get(shape)
         if program is None:
-            program = self.programs[shape] = lower(self.converted, x)
+            with self._lowering:
+                program = self.programs.get(shape) or lower(self.converted, x)
+                self.programs[shape] = program
         out: torch.Tensor = program(x)
         return out

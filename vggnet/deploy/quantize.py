@@ -9,7 +9,8 @@ Every convolution and fully connected layer becomes oneDNN's int8 kernel: weight
 channel (symmetric), activations uint8 per tensor with ranges observed on the calibration images
 (histogram observer). The weights are packed for oneDNN once per batch size (without packing, the same
 graph ran slower than float32: issue 16). The calls and packed weights are the ones Inductor's int8
-lowering (`torch.compile` with freezing) produces, and so are the logits, bit for bit; but nothing is
+lowering (`torch.compile` with freezing) produces, and so are the logits, bit for bit with 8-bit
+activations (with 7 bits the lowering keeps the converted graph's clamp, which Inductor drops); but nothing is
 compiled, so a model is ready in the time packing takes instead of seconds to minutes of compilation in
 every process, with nothing cached on disk (issue 27).
 
