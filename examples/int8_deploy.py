@@ -4,7 +4,7 @@
     python examples/int8_deploy.py --smoke                           # a random vgg11_bn, 20 digits a class: CI
 
 `quantize` (pip install "vggnet[int8]": torchao) exports the model, calibrates every convolution and
-linear layer on the calibration images, converts them to oneDNN's int8 kernels and compiles the graph.
+linear layer on the calibration images and converts them to oneDNN's int8 kernels (nothing is compiled).
 Its report gives the top-1 agreement and logit cosine with float32 on held-out images, both accuracies
 where the folders give labels, and the one-time cost. The calibration and held-out folders hold one
 sub-folder per class, in the model's class order (here the digits 0-9).
@@ -27,7 +27,7 @@ from vggnet.deploy.quantize import int8_instructions, quantize
 
 
 def images_per_second(model: torch.nn.Module, batch: torch.Tensor, rounds: int) -> float:
-    """Images per second of `model` on `batch`, after one warm-up call (which compiles the int8 graph)."""
+    """Images per second of `model` on `batch`, after one warm-up call (which packs the int8 weights for its batch)."""
     with torch.inference_mode():
         model(batch)
         tic = time.perf_counter()
