@@ -1,4 +1,4 @@
-"""Static int8 on CPUs: calibrated, checked against float32, compiled; float32 where the CPU has no int8 dot products.
+"""Static int8 on CPUs: calibrated, checked against float32, run as oneDNN calls; float32 without int8 kernels.
 
 `vggnet.deploy.quantize.quantize(model, calibration)` runs PyTorch's PT2E flow with torchao's x86 Inductor quantizer
 (`pip install "vggnet[int8]"`), then lowers the converted graph to oneDNN's int8 operators itself:
@@ -211,11 +211,12 @@ class Int8VGG(nn.Module):
         self.check_input(x)
         keep_activations_on_heap()
         with torch.inference_mode():
+            x = _program_input(x)
             if not self.int8:
-                out: torch.Tensor = self.program(_program_input(x))
+                out: torch.Tensor = self.program(x)
             else:  # an empty batch runs as it is
                 pieces = _graph_batches(len(x)) or [(0, 0)]
-                out = torch.cat([self.program(_program_input(x[i:j])) for i, j in pieces])
+                out = torch.cat([self.program(x[i:j]) for i, j in pieces])
         return out.float()
 
     def train(self, mode: bool = True) -> Int8VGG:
