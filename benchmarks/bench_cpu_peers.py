@@ -211,6 +211,28 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, smoke: str) -> None:
+    """The options both CPU scripts take: input size, weights, where the results go, `--smoke` (help: `smoke`)."""
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--weights", default=None, help="vgg16 weights (default: seeded random ones)")
+    parser.add_argument("--json", type=Path, default=None, help="the results file (default: in --out)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the results file")
+    parser.add_argument("--smoke", action="store_true", help=smoke)
+
+
+def results_header(suite: str, args: argparse.Namespace) -> dict[str, Any]:
+    """How a CPU script's results file opens: the suite, where and when, the machine, the model and input size."""
+    return {
+        "suite": suite,
+        "smoke": args.smoke,
+        **environment(torch.device("cpu")),
+        "machine": machine(),
+        "arch": "vgg16",
+        "weights": args.weights or "seeded random",
+        "image_size": args.image_size,
+    }
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -322,11 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=None, help="calls per round (default 3 at batch 1, else 1)")
     parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=None, help="these (and torchvision)")
     parser.add_argument("--per-photo", type=int, default=8, help="crops per photo (4 photos)")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--weights", default=None, help="vgg16 weights (default: seeded random ones)")
-    parser.add_argument("--json", type=Path, default=None, help="the results file (default: in --out)")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the results file")
-    parser.add_argument("--smoke", action="store_true", help="64 px, batch 1, one round: checks the machinery")
+    add_run_arguments(parser, smoke="64 px, batch 1, one round: checks the machinery")
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch, args.rounds, args.calls, args.image_size, args.per_photo = [1], 1, 1, 64, 2
@@ -338,17 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     tv = torchvision.models.vgg16().eval()
     tv.load_state_dict(vm.state_dict())
     images = photos(args.per_photo, args.image_size)
-    results: dict[str, Any] = {
-        "suite": "cpu_peers",
-        "smoke": args.smoke,
-        **environment(torch.device("cpu")),
-        "machine": machine(),
-        "arch": "vgg16",
-        "weights": args.weights or "seeded random",
-        "image_size": args.image_size,
-        "images": len(images),
-        "batches": [],
-    }
+    results = {**results_header("cpu_peers", args), "images": len(images), "batches": []}
     print(results["machine"], flush=True)
     for bs in args.batch:
         r = run_batch(names, bs, args, (tv, vm), images)

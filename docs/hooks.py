@@ -343,6 +343,30 @@ def _cpu_peers_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu_layers_table(data: dict[str, Any]) -> list[str]:
+    """bench_cpu_layers.py: each path's wall time against oneDNN's own, then the fixed cost of one oneDNN call."""
+    lines = [
+        f"CPU {data['machine']['cpu_model']}; {data['calls']} timed and {data['calls']} verbose calls each, medians.",
+        "",
+        "| path | dtype | batch | wall ms | oneDNN ms | outside oneDNN ms | primitives per call | oneDNN ms by kind |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in data["rows"]:
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["onednn_ms_by_kind"].items(), key=lambda kv: -kv[1]))
+        lines.append(
+            f"| {r['path']} | {r['dtype']} | {r['batch']} | {_num(r['wall_ms'])} | {_num(r['onednn_ms'])} | "
+            f"{_num(r['outside_onednn_ms'])} | {r['primitives_per_call']} | {kinds} |"
+        )
+    probe = data["fixed_cost_probe"]
+    lines += [
+        "",
+        f"| one {probe['channels']}-channel 3x3 convolution on {probe['map']}x{probe['map']} | wall µs | oneDNN µs |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {k} | {_num(r['wall_us'], 1)} | {_num(r['onednn_us'], 1)} |" for k, r in probe["by_dtype"].items()]
+    return lines
+
+
 def _formats_table(data: dict[str, Any]) -> list[str]:
     """bench_formats.py: load time per weights format, then latency per exported format against eager."""
     lines = ["| weights format | load ms | load + touch ms |", "|---|---:|---:|"]
@@ -378,6 +402,7 @@ def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[st
         "compile": _compile_table,
         "int8-isa-cap": lambda d: _bench_table(list(d["runs"].values())),
         "cpu_peers": _cpu_peers_table,
+        "cpu_layers": _cpu_layers_table,
         "formats": _formats_table,
     }
     if suite == "int8" and "runs" not in data:

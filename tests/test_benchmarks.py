@@ -360,3 +360,61 @@ def test_bench_int8_json_schema_carries_the_agreement_figures(capsys):
     assert q["accuracy_fp32"] is None  # random images have no labels
     if q["int8"]:
         assert q["cosine"] > 0.99 and int8["max_abs_diff"] > 0 and q["compile_s"] > 0
+
+
+# --- where the time goes (issue 27) ----------------------------------------------------------------
+
+
+def test_cpu_layers_reads_onednn_own_figures_from_a_real_call(tmp_path):
+    import bench_cpu_layers
+
+    x = torch.randn(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 8, 3, 3)
+    one = [1, 1]
+    with torch.inference_mode():
+        run = lambda: torch.ops.mkldnn._convolution_pointwise(x, w, None, one, one, one, 1, "relu", [], "")  # noqa: E731
+        run()
+        done = bench_cpu_layers.verbose_call(run, tmp_path)
+    convs = [p for p in done if p["kind"] == "convolution"]
+    assert len(convs) == 1 and convs[0]["ms"] > 0 and "ic8oc8" in convs[0]["problem"]
+    print("standard output is back")  # fd 1 restored: pytest still captures it, nothing went to the log
+    assert "standard output is back" not in (tmp_path / "verbose.log").read_text()
+
+
+def test_cpu_layers_parses_exec_lines_only_with_or_without_a_timestamp():
+    import bench_cpu_layers
+
+    text = "\n".join(
+        [
+            "onednn_verbose,v1,info,oneDNN v3.7.1",
+            "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg,forward,src,attr,alg,mb1_ic8,0.5",
+            "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512,forward,src,attr,alg,mb1_ic8,0.25",
+            "onednn_verbose,1733500000.1,v1,primitive,exec,cpu,reorder,jit:uni,undef,src,attr,,64x64,0.125",
+            "something else entirely",
+        ]
+    )
+    assert bench_cpu_layers.parse_verbose(text) == [
+        {"kind": "convolution", "impl": "brg_conv_fwd:avx512", "problem": "mb1_ic8", "ms": 0.25},
+        {"kind": "reorder", "impl": "jit:uni", "problem": "64x64", "ms": 0.125},
+    ]
+
+
+def test_cpu_layers_takes_the_median_of_calls_that_ran_the_usual_primitives():
+    import bench_cpu_layers
+
+    def call(*ms: float) -> list[dict]:
+        return [{"kind": "convolution", "impl": "i", "problem": f"p{i}", "ms": t} for i, t in enumerate(ms)]
+
+    odd = call(9.0, 9.0, 9.0)  # a call with an extra reorder, say: left out, not lined up wrongly
+    rows = bench_cpu_layers.per_primitive([call(1.0, 4.0), odd, call(3.0, 2.0), call(2.0, 3.0)])
+    assert [(r["problem"], r["ms"]) for r in rows] == [("p0", 2.0), ("p1", 3.0)]
+
+
+def test_cpu_layers_profile_puts_the_per_call_cost_outside_onednn():
+    import bench_cpu_layers
+
+    runs = bench_cpu_layers.tiny_calls()
+    assert "float32" in runs
+    r = bench_cpu_layers.profile(runs["float32"], calls=5)
+    assert r["primitives_per_call"] == 1 and set(r["onednn_ms_by_kind"]) == {"convolution"}
+    assert 0 < r["onednn_ms"] < r["wall_ms"] and r["outside_onednn_ms"] == pytest.approx(r["wall_ms"] - r["onednn_ms"])

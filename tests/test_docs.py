@@ -112,6 +112,17 @@ def test_the_peer_and_format_benchmarks_get_tables(tmp_path):
     assert "| pt2 (torch.export.load) | 60.0 | 2.00x | 2.0e-06 |" in text and "| safetensors (mmap) | 10.0 |" in text
 
 
+def test_the_layer_benchmark_gets_a_table(tmp_path):
+    row = {"path": "int8", "dtype": "int8", "batch": 1, "wall_ms": 15.77, "onednn_ms": 12.97, "outside_onednn_ms": 2.8}
+    row |= {"primitives_per_call": 18, "onednn_ms_by_kind": {"matmul": 4.92, "convolution": 7.91}}
+    probe = {"channels": 16, "map": 4, "by_dtype": {"bfloat16": {"wall_us": 59.2, "onednn_us": 5.1}}}
+    data = {"suite": "cpu_layers", "machine": {"cpu_model": "Xeon X"}, "calls": 20, "rows": [row]}
+    (tmp_path / "cpu_layers-cpu-2030-01-01.json").write_text(json.dumps({**data, "fixed_cost_probe": probe}))
+    text = hooks.speed_tables(tmp_path)
+    assert "| int8 | int8 | 1 | 15.77 | 12.97 | 2.80 | 18 | convolution 7.91, matmul 4.92 |" in text
+    assert "| one 16-channel 3x3 convolution on 4x4 |" in text and "| bfloat16 | 59.2 | 5.1 |" in text
+
+
 def test_the_layout_page_shows_each_package_and_layer():
     layout, layers = hooks.layout(), hooks.layers()
     for package in hooks.PACKAGES:
