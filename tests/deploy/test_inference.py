@@ -346,9 +346,9 @@ def test_a_large_batch_runs_its_features_in_chunks_and_the_classifier_once_with_
     seen, heads = [], []
     run_steps, head = inference._run_steps, inference._onednn_head
 
-    def spy_steps(steps, x, packed, start=0):
+    def spy_steps(steps, x, packed, start=0, int_pools=False):
         seen.append((len(x), start, len(steps)))
-        return run_steps(steps, x, packed, start)
+        return run_steps(steps, x, packed, start, int_pools)
 
     monkeypatch.setattr(inference, "_run_steps", spy_steps)
     monkeypatch.setattr(inference, "_onednn_head", lambda c, x, packed: heads.append(len(x)) or head(c, x, packed))
@@ -379,10 +379,84 @@ def test_the_2x2_max_pool_gives_atens_values_nan_included_and_layout(dtype, shap
     )
 
 
+BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(BITS[t.dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 64, 32, 32), (1, 3, 5, 7), (3, 16, 9, 4)])
+def test_the_integer_pool_gives_the_float_pools_bits_on_what_a_fused_relu_writes(dtype, shape):
+    x = torch.randn(shape).relu().mul(1e3).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, :2, :2] = torch.tensor([[0.0, 1e-40], [float("inf"), 3.0]]).to(dtype)  # +0, denormal, +inf
+    x[-1, -1, -2:, -2:] = 0.0
+    got, expected = inference._max_pool_2x2(x, as_int=True), inference._max_pool_2x2(x)
+    assert torch.equal(bits(got), bits(expected)) and got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_integer_pool_orders_negatives_backwards_which_is_why_it_needs_the_sign_bit_clear():
+    x = torch.tensor([-1.0, -2.0, -0.0, 0.5]).view(1, 1, 2, 2)
+    assert inference._max_pool_2x2(x, as_int=True).item() == 0.5  # a positive still wins
+    x = torch.tensor([-1.0, -2.0, -3.0, -4.0]).view(1, 1, 2, 2)
+    assert inference._max_pool_2x2(x, as_int=True).item() == -4.0  # not the maximum: bits, not values
+    assert inference._max_pool_2x2(x).item() == -1.0
+
+
+def test_has_sign_bit_sees_negative_zero_and_negative_nans():
+    # NaNs by their bits: CPython's float("nan") has the sign bit set on x86 (inf * 0, the CPU's default NaN)
+    nans = torch.tensor([0x7FC00000, 0xFFC00001 - (1 << 32)], dtype=torch.int32).view(torch.float32)
+    positive_nan, negative_nan = nans[:1], nans[1:]
+    assert inference._has_sign_bit(torch.tensor([0.0, -0.0]))
+    assert inference._has_sign_bit(negative_nan)
+    assert inference._has_sign_bit(torch.tensor([1.0, -2.0]).to(torch.bfloat16))
+    assert not inference._has_sign_bit(torch.cat([torch.tensor([0.0, 1.0, float("inf")]), positive_nan]))
+    assert not inference._has_sign_bit(torch.tensor([0x7FC0, 0, 0x7F80], dtype=torch.int16).view(torch.bfloat16))
+
+
+def test_onednns_fused_relu_clears_the_sign_bit_here_and_the_probe_can_say_no(monkeypatch):
+    assert inference.fused_relu_clears_sign(torch.float32)  # the JIT kernels: max(x, 0)
+    assert inference.fused_relu_clears_sign(torch.bfloat16) == inference.onednn_computes(torch.bfloat16)
+    assert not inference.fused_relu_clears_sign(torch.float64)
+    seen = []
+    monkeypatch.setattr(inference, "_has_sign_bit", lambda y: seen.append(y) or True)
+    inference.fused_relu_clears_sign.cache_clear()
+    try:
+        assert not inference.fused_relu_clears_sign(torch.float32)
+        (y,) = seen  # the probe's output: NaNs and negatives before the ReLU, none after it
+        assert y.shape == (1, 64, 8, 8) and not torch.isnan(y).any() and (y >= 0).all() and (y == 0).any()
+        model = optimize_for_inference(seeded_model("vgg11"), dtype=torch.float32)
+        assert not model._int_pools
+    finally:
+        inference.fused_relu_clears_sign.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_integer_pools_leave_every_logit_bit_unchanged(dtype, monkeypatch):
+    if not inference.fused_relu_clears_sign(dtype):
+        pytest.skip(f"oneDNN's fused ReLU here leaves sign bits in {dtype}")
+    model = seeded_model("vgg11")
+    x = torch.randn(5, 3, 64, 64)
+    x[0, :, 3, 3], x[1, 0, 10, 11], x[2, 2, 5:9, 5:9] = float("inf"), float("-inf"), float("nan")
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 2 * 64 * 64 * 64 * dtype.itemsize)  # chunks, then whole
+    fast = optimize_for_inference(model, dtype=dtype, batch_size=5)
+    plain = optimize_for_inference(model, dtype=dtype, batch_size=5)
+    plain._int_pools = False
+    taken = []
+    real = inference._max_pool_2x2
+    monkeypatch.setattr(inference, "_max_pool_2x2", lambda x, as_int=False: taken.append(as_int) or real(x, as_int))
+    with torch.no_grad():
+        got, expected = fast(x), plain(x)
+    assert fast._int_pools and taken == [True] * (3 * 2 + 3) + [False] * (3 * 2 + 3)  # 3 chunks x 2 pools, then 3
+    assert torch.equal(bits(got), bits(expected))
+
+
 def test_only_vggs_own_pools_take_the_strided_maximum(monkeypatch):
     taken = []
     real = inference._max_pool_2x2
-    monkeypatch.setattr(inference, "_max_pool_2x2", lambda x: taken.append(x.shape) or real(x))
+    monkeypatch.setattr(inference, "_max_pool_2x2", lambda x, as_int=False: taken.append(x.shape) or real(x, as_int))
     x = torch.randn(1, 4, 6, 6)
     pools = [
         nn.MaxPool2d(2, 2),
