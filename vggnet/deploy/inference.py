@@ -31,9 +31,10 @@ benchmarks/README.md):
 - on CPU (not compiled), VGG's 2x2 max-pools are a maximum of strided views (`_max_pool_2x2`): ATen's
   writes int64 indices too, which took twice the time in bf16.
 - on CPU (not compiled), a pool right after a convolution with its ReLU fused in compares the values'
-  bits as integers of the same width: oneDNN's fused ReLU writes no value with the sign bit set (a NaN
-  or a negative becomes +0; `fused_relu_clears_sign` checks it once per dtype), and such floats order
-  as their bits do, so the result is the same, bit for bit. ATen's bf16 maximum goes through float32;
+  bits as integers of the same width where oneDNN's kernel for that convolution writes no value with
+  the sign bit set (its JIT kernels make a NaN or a negative +0; `integer_pools` checks each such
+  convolution once, see `fused_relu_clears_sign`): such floats order as their bits do, so the result
+  is the same, bit for bit. ATen's bf16 maximum goes through float32;
   on int16 the five pools of vgg16 took 0.50 ms instead of 1.27 at batch 1 and 4.8 instead of 12.5 at
   batch 8 (float32 on int32: 1.19 against 1.29 and 14.9 against 16.5).
 - the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
@@ -69,6 +70,7 @@ __all__ = [
     "fold_batchnorm",
     "fused_relu_clears_sign",
     "images_per_chunk",
+    "integer_pools",
     "keep_activations_on_heap",
     "optimize_for_inference",
     "whole_batch_from",
@@ -240,16 +242,15 @@ def _run_steps(
     x: torch.Tensor,
     packed: dict[int, torch.Tensor] | None = None,
     start: int = 0,
-    int_pools: bool = False,
+    int_pools: frozenset[int] = frozenset(),
 ) -> torch.Tensor:
     """The feature extractor, with each fused step one oneDNN convolution+ReLU call.
 
     `packed` maps a step's index to its convolution weight already in oneDNN's blocked layout; `steps`
-    are the steps from index `start` on. With `int_pools` (`fused_relu_clears_sign` of `x`'s dtype), a
-    2x2 pool right after a fused step compares the values' bits as integers.
+    are the steps from index `start` on. The 2x2 pools at the indices in `int_pools` (`integer_pools`)
+    compare the values' bits as integers.
     """
     packed = packed or {}
-    after_relu = False
     for i, (m, relu_fused) in enumerate(steps, start):
         if relu_fused:
             assert isinstance(m, nn.Conv2d)
@@ -258,10 +259,9 @@ def _run_steps(
                 x, weight, m.bias, m.padding, m.stride, m.dilation, m.groups, "relu", [], ""
             )
         elif _halves(m) and min(x.shape[-2:]) >= 2:
-            x = _max_pool_2x2(x, as_int=int_pools and after_relu)
+            x = _max_pool_2x2(x, as_int=i in int_pools)
         else:
             x = m(x)
-        after_relu = relu_fused
     return x
 
 
@@ -287,7 +287,8 @@ def _max_pool_2x2(x: torch.Tensor, as_int: bool = False) -> torch.Tensor:
 
     With `as_int`, the maximum is taken over the bits read as signed integers of the same width, which
     orders floats whose sign bit is clear (+0 to +inf, and NaN above) as their values: only for such
-    input, as oneDNN's fused ReLU writes (`fused_relu_clears_sign`).
+    input, as oneDNN's fused ReLU writes where `fused_relu_clears_sign` holds. Elsewhere it is wrong:
+    negatives order backwards, and a NaN with the sign bit set loses to any other value.
     """
     if as_int and x.dtype.itemsize in _SAME_WIDTH_INT:
         return _strided_max(x.view(_SAME_WIDTH_INT[x.dtype.itemsize])).view(x.dtype)
@@ -309,38 +310,86 @@ def _strided_max(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(out, corner(1, 1), out=out)
 
 
-@functools.cache
-def fused_relu_clears_sign(dtype: torch.dtype) -> bool:
+def fused_relu_clears_sign(dtype: torch.dtype, conv: nn.Conv2d | None = None, size: int = 8) -> bool:
     """Whether oneDNN's convolution with its ReLU fused in writes no value with the sign bit set, in `dtype`.
 
-    Its JIT kernels take max(x, 0), which gives +0 for a negative, for -0 and for a NaN; a reference
-    kernel may keep a NaN or write -0. Checked once per dtype on a 64-channel 3x3 convolution (the kind
-    of kernel VGG's layers get) whose input holds infinities and NaNs of both signs, so that its sums
-    hold NaNs and negatives before the ReLU.
+    oneDNN picks its kernel by dtype, shapes and the CPU's instructions, and not every kernel's ReLU
+    clears the sign bit: the JIT convolutions take max(x, 0), which gives +0 for a negative, for -0 and
+    for a NaN; the GEMM-based one (which a convolution with few input channels gets on CPUs without
+    AVX2, or under ONEDNN_MAX_CPU_ISA=AVX) writes -0 and keeps NaNs. So the check runs `conv`'s own
+    geometry (channels, kernel, stride, padding, dilation, groups; VGG's 64-channel 3x3 by default) on
+    a `size` x `size` input holding infinities and NaNs, whose sums hold NaNs and negatives before the
+    ReLU, with the weight packed for that shape as `InferenceVGG` packs its own. Cached per dtype,
+    geometry and size.
 
     Args:
-        dtype: the dtype the convolutions run in.
+        dtype: the dtype the convolution runs in.
+        conv: the convolution whose kernel to check (only its geometry is used); None for VGG's 3x3.
+        size: the input's height and width.
 
     Returns:
-        True where the output had no sign bit set: `InferenceVGG` then takes the pools after fused
-        convolutions on the bits as integers (`_max_pool_2x2`); False where oneDNN does not compute
-        `dtype` or the probe fails.
+        True where the output had no sign bit set: `InferenceVGG` then takes a pool right after that
+        convolution on the bits as integers (`_max_pool_2x2`); False where it had one, or oneDNN does
+        not compute `dtype`.
     """
+    geometry: tuple[object, ...]
+    if conv is None:
+        geometry = (64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    else:
+        padding = (0, 0) if isinstance(conv.padding, str) else tuple(conv.padding)
+        channels = (conv.in_channels, conv.out_channels)
+        geometry = (*channels, conv.kernel_size, conv.stride, padding, conv.dilation, conv.groups)
+    return _probe_fused_relu(dtype, geometry, size)
+
+
+@functools.cache
+def _probe_fused_relu(dtype: torch.dtype, geometry: tuple[object, ...], size: int) -> bool:
+    """`fused_relu_clears_sign` for a (in, out, kernel, stride, padding, dilation, groups) geometry."""
     if dtype.itemsize not in _SAME_WIDTH_INT or not onednn_computes(dtype):
         return False
-    c, size, one = 64, 8, [1, 1]
+    c_in, c_out, kernel, stride, padding, dilation, groups = geometry
+    assert isinstance(c_in, int) and isinstance(c_out, int) and isinstance(groups, int)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, c, size, size, generator=gen)
+    x = torch.randn(1, c_in, size, size, generator=gen)
     x[0, :, 0, 0], x[0, :, 0, 1] = math.inf, -math.inf
-    x[0, 3, 4, 4], x[0, 5, 6, 6] = math.nan, -math.nan
-    w = torch.randn(c, c, 3, 3, generator=gen)
+    x[0, -1, size // 2, size // 2], x[0, 0, -1, -1] = math.nan, -math.nan
+    w = torch.randn(c_out, c_in // groups, *kernel, generator=gen)  # type: ignore[misc]
     x, w = (t.to(dtype).contiguous(memory_format=torch.channels_last) for t in (x, w))
+    args = (list(padding), list(stride), list(dilation), groups)  # type: ignore[call-overload]
     try:
         with torch.no_grad():
-            y = torch.ops.mkldnn._convolution_pointwise(x, w, None, one, one, one, 1, "relu", [], "")
-    except RuntimeError:  # no oneDNN convolution for this dtype here after all
+            packed = torch.ops.mkldnn._reorder_convolution_weight(w, *args, [1, c_in, size, size])
+            y = torch.ops.mkldnn._convolution_pointwise(x, packed, None, *args, "relu", [], "")
+    except RuntimeError:  # no oneDNN convolution for this dtype or geometry here after all
         return False
     return not _has_sign_bit(y)
+
+
+def integer_pools(features: nn.Module, dtype: torch.dtype, in_channels: int = 3) -> frozenset[int]:
+    """The fused steps of `features` (their indices, as `InferenceVGG` runs them) at which a 2x2 pool may
+    compare the values' bits as integers.
+
+    Each such pool comes right after a convolution with its ReLU fused in for which
+    `fused_relu_clears_sign` holds both at 8x8 and at the size the layer gets from a 224 px image.
+
+    Args:
+        features: a folded VGG's feature extractor.
+        dtype: the dtype it runs in.
+        in_channels: the image's channels.
+
+    Returns:
+        The indices of those pools among the fused steps.
+    """
+    steps = _fused_steps(features)
+    shapes = _input_shapes(steps, in_channels, 224, 224)
+    pools = set()
+    for i in range(1, len(steps)):
+        (conv, fused), (pool, _) = steps[i - 1], steps[i]
+        if not (fused and _halves(pool) and isinstance(conv, nn.Conv2d)):
+            continue
+        if all(fused_relu_clears_sign(dtype, conv, size) for size in {8, shapes[i - 1][1]}):
+            pools.add(i)
+    return frozenset(pools)
 
 
 def _has_sign_bit(x: torch.Tensor) -> bool:
@@ -571,7 +620,8 @@ class InferenceVGG(nn.Module):
         # Compiled, inductor fuses the ReLUs itself and prepacks the weights (freezing).
         self._onednn_classifier = onednn and (not compile or (self._freezing and self.dtype == torch.float32))
         self._steps = _fused_steps(net.features) if onednn and not compile else None
-        self._int_pools = self._steps is not None and fused_relu_clears_sign(self.dtype)
+        int_pools = integer_pools(net.features, self.dtype, _in_channels(net)) if self._steps is not None else None
+        self._int_pools = int_pools or frozenset()
         self._packed_convs, self._packed_linears = self._prepack(batch_size or 1)
         self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
         if compile:
