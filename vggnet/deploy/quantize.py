@@ -51,7 +51,7 @@ from vggnet.checks import check_int
 from vggnet.data.decode import load_image
 from vggnet.data.images import IMAGE_SUFFIXES, ImageFolder
 from vggnet.data.transforms import ImageClassification
-from vggnet.deploy.inference import keep_activations_on_heap, optimize_for_inference
+from vggnet.deploy.inference import keep_activations_on_heap, mark_non_finite, optimize_for_inference
 from vggnet.deploy.onednn import Int8Program
 from vggnet.errors import MissingDependency, NoImages, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import MIN_SIZE
@@ -216,7 +216,7 @@ class Int8VGG(nn.Module):
                 out: torch.Tensor = self.program(x)
             else:  # an empty batch runs as it is
                 pieces = _graph_batches(len(x)) or [(0, 0)]
-                out = torch.cat([self.program(x[i:j]) for i, j in pieces])
+                out = mark_non_finite(x, torch.cat([self.program(x[i:j]) for i, j in pieces]))
         return out.float()
 
     def train(self, mode: bool = True) -> Int8VGG:
