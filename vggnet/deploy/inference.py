@@ -34,9 +34,11 @@ benchmarks/README.md):
   bits as integers of the same width where oneDNN's kernel for that convolution writes no value with
   the sign bit set (its JIT kernels make a NaN or a negative +0; `integer_pools` checks each such
   convolution once, see `fused_relu_clears_sign`): such floats order as their bits do, so the result
-  is the same, bit for bit. ATen's bf16 maximum goes through float32;
-  on int16 the five pools of vgg16 took 0.50 ms instead of 1.27 at batch 1 and 4.8 instead of 12.5 at
-  batch 8 (float32 on int32: 1.19 against 1.29 and 14.9 against 16.5).
+  is the same, bit for bit. ATen's bf16 maximum goes through float32; on int16 the five pools of vgg16
+  took 0.50 ms instead of 1.27 at batch 1 and 4.8 instead of 12.5 at batch 8 (float32 on int32: 1.19
+  against 1.29 and 14.9 against 16.5).
+- on CPU (not compiled), an image holding a NaN or an infinity gets NaN logits, as in eager
+  (`mark_non_finite`): oneDNN's fused ReLU turns a NaN into 0.
 - the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
 """
 
@@ -367,11 +369,11 @@ def _probe_fused_relu(dtype: torch.dtype, geometry: tuple[object, ...], size: in
 
 
 def integer_pools(features: nn.Module, dtype: torch.dtype, in_channels: int = 3) -> frozenset[int]:
-    """The fused steps of `features` (their indices, as `InferenceVGG` runs them) at which a 2x2 pool may
-    compare the values' bits as integers.
+    """The indices of the fused steps of `features` that are 2x2 pools which may compare bits as integers.
 
-    Each such pool comes right after a convolution with its ReLU fused in for which
-    `fused_relu_clears_sign` holds both at 8x8 and at the size the layer gets from a 224 px image.
+    The indices are those `InferenceVGG` runs the steps by. Each such pool comes right after a
+    convolution with its ReLU fused in for which `fused_relu_clears_sign` holds both at 8x8 and at the
+    size the layer gets from a 224 px image.
 
     Args:
         features: a folded VGG's feature extractor.
@@ -727,7 +729,8 @@ class InferenceVGG(nn.Module):
             x: (N, C, H, W) floating-point images, H and W at least 32, on any device.
 
         Returns:
-            (N, num_classes) logits in `x`'s dtype, on the module's device.
+            (N, num_classes) logits in `x`'s dtype, on the module's device; NaN throughout the row of an
+            image that holds a NaN or an infinity, as eager VGG gives.
 
         Raises:
             UsageError: `x` is not a batch of normalised images the model takes.

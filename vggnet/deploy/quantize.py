@@ -203,7 +203,8 @@ class Int8VGG(nn.Module):
             x: (N, C, H, W) floating-point images of the calibration size, on any device.
 
         Returns:
-            (N, num_classes) float32 logits on the CPU.
+            (N, num_classes) float32 logits on the CPU; NaN throughout the row of an image that holds a
+            NaN or an infinity (quantizing would turn it into numbers).
 
         Raises:
             UsageError: `x` is not a batch the model takes (see `check_input`).
