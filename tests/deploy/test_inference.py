@@ -2,10 +2,13 @@
 
 import ast
 import copy
+import ctypes
+import gc
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -380,6 +383,22 @@ def test_the_2x2_max_pool_gives_atens_values_nan_included_and_layout(dtype, shap
     )
 
 
+@pytest.fixture
+def trimmed() -> Iterator[None]:
+    """Hand what the test freed back to the system: glibc keeps freed model-sized blocks, and a process
+    past the conftest's 2 GiB mark collects garbage after every later test (a minute of the quick run)."""
+    yield
+    gc.collect()
+    if inference._on_glibc():
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def small_vgg11(**kwargs: object) -> vggnet.VGG:
+    """A seeded vgg11 with a small head (the pools are in the features), built afresh: nothing kept between tests."""
+    torch.manual_seed(0)
+    return vggnet.vgg11(**({"num_classes": 10, "head": "gap"} | kwargs)).eval()
+
+
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 # the dtypes this CPU's oneDNN computes, where optimize_for_inference may take integer pools
 ONEDNN_DTYPES = [d for d in BITS if inference.onednn_computes(d)]
@@ -422,6 +441,7 @@ def test_has_sign_bit_sees_negative_zero_and_negative_nans():
     assert not inference._has_sign_bit(torch.tensor([0x7FC0, 0, 0x7F80], dtype=torch.int16).view(torch.bfloat16))
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_onednns_fused_relu_clears_the_sign_bit_here_and_the_probe_can_say_no(monkeypatch):
     assert inference.fused_relu_clears_sign(torch.float32)  # the JIT kernels: max(x, 0)
     assert inference.fused_relu_clears_sign(torch.float32, nn.Conv2d(3, 64, 3, padding=1), 224)
@@ -435,12 +455,13 @@ def test_onednns_fused_relu_clears_the_sign_bit_here_and_the_probe_can_say_no(mo
         (y,) = seen  # the probe's output: NaNs and negatives before the ReLU, none after it, -0 included
         assert y.shape == (1, 64, 8, 8) and not torch.isnan(y).any() and (y.view(torch.int32) >= 0).all()
         assert (y == 0).any() and (y > 0).any()
-        model = optimize_for_inference(head_model("gap", "vgg11"), dtype=torch.float32)
+        model = optimize_for_inference(small_vgg11(), dtype=torch.float32)
         assert model._int_pools == frozenset()
     finally:
         inference._probe_fused_relu.cache_clear()
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_each_pool_is_checked_against_the_convolution_before_it(monkeypatch):
     checked = []
     real = inference.fused_relu_clears_sign
@@ -450,16 +471,17 @@ def test_each_pool_is_checked_against_the_convolution_before_it(monkeypatch):
         return real(dtype, conv, size) and conv.out_channels != 128  # no for conv2 only
 
     monkeypatch.setattr(inference, "fused_relu_clears_sign", spy)
-    model = optimize_for_inference(head_model("gap", "vgg11"), dtype=torch.float32)
+    model = optimize_for_inference(small_vgg11(), dtype=torch.float32)
     # vgg11's fused steps: conv1 pool conv2 pool conv3 conv4 pool conv5 conv6 pool conv7 conv8 pool
     assert model._int_pools == frozenset({1, 6, 9, 12})
     # each convolution before a pool, once per geometry (conv6 and conv8 share one), at 8x8
     assert sorted(set(checked)) == [(3, 64, 8), (64, 128, 8), (256, 256, 8), (512, 512, 8)]
 
 
+@pytest.mark.usefixtures("trimmed")
 @pytest.mark.parametrize("dtype", ONEDNN_DTYPES)
 def test_the_integer_pools_leave_every_logit_bit_unchanged(dtype, monkeypatch):
-    model = head_model("gap", "vgg11")  # the pools are in the features: a small head keeps the test quick
+    model = small_vgg11()  # the pools are in the features: a small head keeps the test quick
     x = torch.randn(5, 3, 64, 64)
     x[0, :, 3, 3], x[1, 0, 10, 11], x[2, 2, 5:9, 5:9] = float("inf"), float("-inf"), float("nan")
     monkeypatch.setattr(inference, "CHUNK_BYTES", 2 * 64 * 64 * 64 * dtype.itemsize)  # chunks, then whole
@@ -516,9 +538,10 @@ def test_a_kernel_that_keeps_sign_bits_gets_the_float_pool():
     assert 1 not in pools and pools  # not after conv1; after the 64-channel and wider ones, bits
 
 
+@pytest.mark.usefixtures("trimmed")
 @pytest.mark.parametrize("dtype", ONEDNN_DTYPES)
 def test_an_image_that_is_not_finite_gets_nan_logits_as_in_eager_the_others_their_own(dtype):
-    model = head_model("gap", "vgg11")
+    model = small_vgg11()
     x = torch.randn(4, 3, 32, 32)
     x[1, 0, 5, 5], x[2, 2, 7, 7], x[3, 1, 0, 0] = math.nan, math.inf, -math.inf
     fast = optimize_for_inference(model, dtype=dtype)
@@ -530,8 +553,9 @@ def test_an_image_that_is_not_finite_gets_nan_logits_as_in_eager_the_others_thei
     torch.testing.assert_close(got[:1], alone, rtol=rtol, atol=atol)
 
 
+@pytest.mark.usefixtures("trimmed")
 def test_a_feature_map_of_an_image_that_is_not_finite_is_nan_throughout():
-    model = head_model("unpooled", "vgg11")
+    model = small_vgg11(num_classes=0, global_pool="")
     x = torch.randn(2, 3, 32, 32)
     x[1, 0, 3, 3] = math.nan
     with torch.no_grad():
