@@ -127,16 +127,17 @@ def profile(run: Callable[[], object], calls: int) -> dict[str, Any]:
             traces.append(verbose_call(run, Path(tmp)))
     wall = statistics.median(walls)
     onednn = statistics.median(sum(p["ms"] for p in trace) for trace in traces)
+    primitives = per_primitive(traces)
     by_kind: dict[str, float] = {}
-    for p in per_primitive(traces):
+    for p in primitives:
         by_kind[p["kind"]] = by_kind.get(p["kind"], 0.0) + p["ms"]
     return {
         "wall_ms": wall,
         "onednn_ms": onednn,
         "outside_onednn_ms": wall - onednn,
-        "primitives_per_call": len(per_primitive(traces)),
+        "primitives_per_call": len(primitives),
         "onednn_ms_by_kind": by_kind,
-        "primitives": per_primitive(traces),
+        "primitives": primitives,
     }
 
 
