@@ -16,7 +16,8 @@ batch size, in one process:
 
 Then the fixed cost of one oneDNN call from PyTorch: a 3x3 convolution of 16 channels on a 4x4 map,
 whose arithmetic takes a few microseconds, in float32, bf16 (where oneDNN computes it) and int8, its
-median wall time against oneDNN's execution time.
+median wall time against oneDNN's execution time; in float32 and bf16 also as a oneDNN Graph program
+(`vggnet.deploy.onednn_graph`), the way `optimize_for_inference` runs a batch it takes whole.
 
 oneDNN writes its verbose lines with C's stdio, so they are read from a file that standard output is
 pointed at during each verbose call; POSIX only. The verbose calls are slower than the timed ones (the
@@ -79,7 +80,8 @@ def parse_verbose(text: str) -> list[dict[str, Any]]:
     """The primitives one call executed, in order: kind, implementation, problem and ms, from oneDNN's lines.
 
     A line reads `onednn_verbose[,timestamp],v1,primitive,exec,cpu,<kind>,<impl>,...,<problem>,<ms>`;
-    lines of other kinds (creation, info) are skipped.
+    lines of other kinds (creation, info) are skipped, and so are a oneDNN Graph partition's `graph,exec`
+    lines, whose time is that of the primitives they ran, which have lines of their own.
     """
     done = []
     for line in text.splitlines():
@@ -87,6 +89,8 @@ def parse_verbose(text: str) -> list[dict[str, Any]]:
         if not fields[0].startswith("onednn_verbose") or "exec" not in fields[:5]:
             continue
         at = fields.index("exec")
+        if fields[at - 1] != "primitive":
+            continue
         done.append({"kind": fields[at + 2], "impl": fields[at + 3], "problem": fields[-2], "ms": float(fields[-1])})
     return done
 
@@ -171,9 +175,25 @@ def tiny_calls() -> dict[str, Callable[[], object]]:
         calls[str(dtype).removeprefix("torch.")] = lambda x=x, packed=packed: torch.ops.mkldnn._convolution_pointwise(
             x, packed, None, one, one, one, 1, "relu", [], ""
         )
+        graph = _tiny_graph(x)
+        if graph is not None:
+            calls[f"{str(dtype).removeprefix('torch.')} oneDNN Graph"] = graph
     if hasattr(torch.ops.onednn, "qconv_pointwise"):
         calls["int8"] = _tiny_int8(shape)
     return calls
+
+
+def _tiny_graph(x: torch.Tensor) -> Callable[[], object] | None:
+    """The same convolution+ReLU as a oneDNN Graph program, as `optimize_for_inference` runs a whole batch."""
+    from vggnet.deploy import onednn_graph
+
+    if not onednn_graph.onednn_graph_available():
+        return None
+    channels = x.shape[1]
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    module = torch.nn.Sequential(conv, torch.nn.ReLU()).eval().to(x.dtype)
+    program = onednn_graph.make_program(module, x)
+    return None if program is None else lambda: program(x)
 
 
 def _tiny_int8(shape: list[int]) -> Callable[[], object]:

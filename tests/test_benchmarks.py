@@ -381,7 +381,7 @@ def test_cpu_layers_reads_onednn_own_figures_from_a_real_call(tmp_path):
     assert "standard output is back" not in (tmp_path / "verbose.log").read_text()
 
 
-def test_cpu_layers_parses_exec_lines_only_with_or_without_a_timestamp():
+def test_cpu_layers_parses_primitive_exec_lines_only_with_or_without_a_timestamp():
     import bench_cpu_layers
 
     text = "\n".join(
@@ -390,6 +390,8 @@ def test_cpu_layers_parses_exec_lines_only_with_or_without_a_timestamp():
             "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg,forward,src,attr,alg,mb1_ic8,0.5",
             "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512,forward,src,attr,alg,mb1_ic8,0.25",
             "onednn_verbose,1733500000.1,v1,primitive,exec,cpu,reorder,jit:uni,undef,src,attr,,64x64,0.125",
+            # a oneDNN Graph partition's own line, around the primitive's above: counted once, not twice
+            "onednn_verbose,v1,graph,exec,cpu,100059,convolution_post_ops,aten::_convolution,data,in0,fpm,conv,dnnl_backend,0.3",
             "something else entirely",
         ]
     )

@@ -1,0 +1,242 @@
+"""oneDNN Graph programs: the eager fused path's logits bit for bit, made when and only where they should be."""
+
+import copy
+import ctypes
+import gc
+import logging
+import pickle
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import vggnet
+from tests.helpers import HEAD_KINDS, head_model
+from vggnet.deploy import inference, onednn_graph
+from vggnet.deploy.inference import InferenceVGG, optimize_for_inference
+
+pytestmark = pytest.mark.skipif(not onednn_graph.onednn_graph_available(), reason="needs TorchScript's oneDNN fuser")
+DTYPES = [d for d in (torch.float32, torch.bfloat16) if inference.onednn_computes(d)]
+
+
+@pytest.fixture
+def trimmed() -> Iterator[None]:
+    """Hand freed model-sized blocks back to the system (the conftest's 2 GiB mark)."""
+    yield
+    gc.collect()
+    if inference._on_glibc():
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def small_vgg11(**kwargs: object) -> vggnet.VGG:
+    torch.manual_seed(0)
+    return vggnet.vgg11(**({"num_classes": 10, "head": "gap"} | kwargs)).eval()
+
+
+def programs(model: InferenceVGG) -> onednn_graph.Programs:
+    assert model._programs is not None
+    return model._programs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_whole_batch_runs_as_a_program_from_its_second_call_with_the_eager_logits_bit_for_bit(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch, trimmed: None
+) -> None:
+    net = small_vgg11()
+    x = torch.randn(2, 3, 64, 64)
+    graph = optimize_for_inference(net, dtype=dtype, batch_size=2)
+    eager = optimize_for_inference(net, dtype=dtype, batch_size=2, onednn_graph=False)
+    assert "onednn_graph=True" in repr(graph) and "onednn_graph=False" in repr(eager)
+    expected = eager(x)
+    assert torch.equal(graph(x), expected) and len(programs(graph)) == 0  # a shape's first call runs eagerly
+    assert torch.equal(graph(x), expected) and len(programs(graph)) == 1
+    (program,) = [p for p in programs(graph)._programs.values() if p is not None]
+    xs = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    assert "oneDNNFusionGroup" in str(program.graph_for(xs))
+
+    def no_eager(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("the eager path ran")
+
+    monkeypatch.setattr(inference, "_run_steps", no_eager)
+    assert torch.equal(graph(x), expected) and len(programs(graph)) == 1  # the program ran, and no new one
+
+
+def test_a_batch_the_fused_path_takes_in_chunks_runs_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 64 * 64 * 64 * 4)  # one float32 image's conv1 output
+    net = small_vgg11()
+    graph, eager = (
+        optimize_for_inference(net, dtype=torch.float32),
+        optimize_for_inference(net, dtype=torch.float32, onednn_graph=False),
+    )
+    one, three = torch.randn(1, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    for _ in range(3):
+        assert torch.equal(graph(three), eager(three))
+    assert len(programs(graph)) == 0
+    graph(one)
+    graph(one)
+    assert len(programs(graph)) == 1  # the whole batch of one
+
+
+def test_at_most_max_programs_shapes_get_one_and_the_others_run_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onednn_graph, "MAX_PROGRAMS", 2)
+    net = small_vgg11()
+    graph, eager = (
+        optimize_for_inference(net, dtype=torch.float32),
+        optimize_for_inference(net, dtype=torch.float32, onednn_graph=False),
+    )
+    for size in (32, 48, 64):
+        x = torch.randn(1, 3, size, size)
+        for _ in range(2):
+            assert torch.equal(graph(x), eager(x))
+    assert len(programs(graph)) == 2
+    assert [key[0] for key in programs(graph)._programs] == [(1, 3, 32, 32), (1, 3, 48, 48)]
+
+
+@pytest.mark.parametrize("was", [False, True])
+def test_the_fusers_process_wide_switch_is_set_back(was: bool) -> None:
+    net = small_vgg11()
+    graph = optimize_for_inference(net, dtype=torch.float32)
+    x = torch.randn(1, 3, 32, 32)
+    torch.jit.enable_onednn_fusion(was)
+    try:
+        graph(x)
+        graph(x)
+        assert len(programs(graph)) == 1
+        assert torch.jit.onednn_fusion_enabled() is was
+    finally:
+        torch.jit.enable_onednn_fusion(False)
+
+
+def test_a_trace_that_fails_leaves_the_shape_eager_and_the_switch_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tracing failed")
+
+    monkeypatch.setattr(torch.jit, "trace", fail)
+    net = small_vgg11()
+    graph, eager = (
+        optimize_for_inference(net, dtype=torch.float32),
+        optimize_for_inference(net, dtype=torch.float32, onednn_graph=False),
+    )
+    x = torch.randn(1, 3, 32, 32)
+    with caplog.at_level(logging.INFO, logger="vggnet.deploy.onednn_graph"):
+        for _ in range(3):
+            assert torch.equal(graph(x), eager(x))
+    assert len(programs(graph)) == 0 and list(programs(graph)._programs.values()) == [None]
+    assert "no oneDNN Graph program for (1, 3, 32, 32): tracing failed" in caplog.text
+    assert caplog.text.count("no oneDNN Graph program") == 1  # tried once per shape
+    assert torch.jit.onednn_fusion_enabled() is False
+
+
+def test_a_program_that_fuses_nothing_is_not_kept() -> None:
+    module = nn.Sequential(nn.Flatten(), nn.Identity()).eval()
+    assert onednn_graph.make_program(module, torch.randn(1, 3, 4, 4)) is None
+
+
+class ScaledLinear(nn.Linear):
+    """A subclass whose forward is not nn.Linear's: its trace would still be right, but it is not vouched for."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def test_a_model_holding_a_module_the_library_does_not_know_gets_no_programs() -> None:
+    net = small_vgg11()
+    net.classifier = ScaledLinear(512, 10)
+    assert not onednn_graph.traceable(net)
+    graph = optimize_for_inference(net, dtype=torch.float32)
+    assert graph._programs is None and "onednn_graph=False" in repr(graph)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(graph(x), graph(x), rtol=0, atol=0)
+
+
+def test_float64_and_compiled_models_have_no_programs() -> None:
+    net = small_vgg11()
+    assert not optimize_for_inference(net, dtype=torch.float64).onednn_graph  # not oneDNN's fused path
+    assert not optimize_for_inference(net, dtype=torch.float32, compile=True).onednn_graph
+
+
+def test_copies_of_the_programs_make_their_own_for_their_own_weights(trimmed: None) -> None:
+    graph = optimize_for_inference(small_vgg11(), dtype=torch.float32)
+    x = torch.randn(1, 3, 32, 32)
+    graph(x)
+    before = graph(x)
+    made = programs(graph)
+    key = next(iter(made._programs))
+    for clone in (copy.deepcopy(made), pickle.loads(pickle.dumps(made))):
+        assert len(clone) == 0 and clone.net is not graph.net
+        with torch.no_grad():
+            for p in clone.net.classifier.parameters():
+                p.mul_(2)
+        xs = x.contiguous(memory_format=torch.channels_last)
+        for _ in range(2):
+            program = clone.get(xs, pool=key[-1])
+        assert program is not None and len(clone) == 1
+        with torch.no_grad():
+            assert not torch.equal(program(xs), before)  # it computes its own weights
+    assert torch.equal(graph(x), before)
+
+
+def test_an_image_that_is_not_finite_gets_nan_logits_through_a_program() -> None:
+    net = small_vgg11()
+    graph, eager = (
+        optimize_for_inference(net, dtype=torch.float32),
+        optimize_for_inference(net, dtype=torch.float32, onednn_graph=False),
+    )
+    x = torch.randn(2, 3, 32, 32)
+    x[1, 0, 5, 5] = float("nan")
+    graph(x)
+    got = graph(x)
+    assert len(programs(graph)) == 1
+    assert got[1].isnan().all() and torch.equal(got[0], eager(x)[0])
+
+
+def test_two_threads_calling_a_shape_make_one_program() -> None:
+    net = small_vgg11()
+    graph = optimize_for_inference(net, dtype=torch.float32)
+    x = torch.randn(1, 3, 32, 32)
+    expected = graph(x)  # the first call: no program yet
+    results: list[torch.Tensor] = []
+    threads = [threading.Thread(target=lambda: results.append(graph(x))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(programs(graph)) == 1 and all(torch.equal(r, expected) for r in results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_every_head_runs_as_a_program_with_the_eager_logits_bit_for_bit(
+    kind: str, dtype: torch.dtype, trimmed: None
+) -> None:
+    net = head_model(kind)
+    # eager with its weights packed for the batch, as the program's are (packed for 1, bf16 fc6-fc7 round
+    # differently at batch 2: oneDNN reorders them for another kernel)
+    graph = optimize_for_inference(net, dtype=dtype, batch_size=2)
+    eager = optimize_for_inference(net, dtype=dtype, batch_size=2, onednn_graph=False)
+    x = torch.randn(2, 3, 64, 64)
+    graph(x)
+    assert torch.equal(graph(x), eager(x))
+    assert len(programs(graph)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vgg16_at_224_px_skips_the_identity_pool_in_its_program_with_the_eager_logits(
+    dtype: torch.dtype, trimmed: None
+) -> None:
+    torch.manual_seed(0)
+    net = vggnet.vgg16().eval()
+    graph = optimize_for_inference(net, dtype=dtype)
+    eager = optimize_for_inference(net, dtype=dtype, onednn_graph=False)
+    x = torch.randn(1, 3, 224, 224)
+    graph(x)
+    assert torch.equal(graph(x), eager(x))
+    ((key, program),) = programs(graph)._programs.items()
+    assert key[-1] is False  # no pool: the map is already 7x7
+    assert program is not None and "adaptive_avg_pool2d" not in str(program.graph)

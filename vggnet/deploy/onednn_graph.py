@@ -1,0 +1,190 @@
+"""oneDNN Graph programs: a folded VGG traced once per input shape and run by TorchScript's oneDNN fuser.
+
+Eager PyTorch reaches oneDNN through ideep, which builds each convolution's descriptors and attributes
+again on every call: 30-40 µs a call besides the arithmetic (a 16-channel 3x3 convolution on a 4x4 map,
+bf16, 2 threads: 41.5 µs a call eagerly, 13.2 µs as a oneDNN Graph partition). TorchScript's oneDNN
+fuser (LLGA, `torch.jit.enable_onednn_fusion`) compiles each convolution with its ReLU, each max-pool
+and each linear into a oneDNN Graph partition once, and runs them with what it compiled. vgg16 on the
+2-core Xeon (AMX), both in one process taking turns: bf16 batch 1 8% faster (24.3 against 26.4 ms),
+batch 2 7%, batch 4 3% (chunked, as the eager path runs it), float32 batch 1 4%; the logits the same,
+bit for bit, as the eager path's with its weights packed for that batch. At batch 8 the eager path,
+which takes the first layers two images at a time, was faster (141 against 187 ms), so `InferenceVGG`
+uses a program only for a batch its fused path runs whole (`whole_batch_from` 0).
+
+A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the
+fuser on: about 1 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's
+first call runs eagerly. A program holds oneDNN's own copy of the weights (211 MB more for vgg16 in
+bf16). The fuser's switch is process-wide: it is on only while a program is made, under a lock, and set
+back after, so other TorchScript code in the process runs unfused except in a thread that happens to
+run it during those calls.
+
+TorchScript is deprecated in PyTorch 2.x; where it is missing, a model holds a module whose trace would
+not be its computation (`traceable`), or making a program fails, the eager path runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from vggnet.models.vgg import VGG
+
+__all__ = ["MAX_PROGRAMS", "Programs", "onednn_graph_available", "traceable"]
+
+logger = logging.getLogger(__name__)
+
+# Input shapes a model keeps a program for; further shapes run eagerly.
+MAX_PROGRAMS = 4
+# Shapes called once that a model remembers (forgotten all at once past this)
+_MAX_SEEN = 64
+# Calls with the fuser on: TorchScript's profiling executor profiles, then fuses (one call sufficed)
+_WARM_CALLS = 2
+# The modules whose trace is exactly their computation (no Python control flow, no state): exact types
+_PLAIN = (
+    nn.AdaptiveAvgPool2d,
+    nn.Conv2d,
+    nn.Dropout,
+    nn.Flatten,
+    nn.Identity,
+    nn.Linear,
+    nn.MaxPool2d,
+    nn.ReLU,
+    nn.Sequential,
+)
+_fuser = threading.Lock()  # the fuser's switch is process-wide: one program made at a time
+
+
+def onednn_graph_available() -> bool:
+    """Whether this torch has TorchScript's oneDNN fuser and oneDNN.
+
+    Returns:
+        True where `torch.jit.enable_onednn_fusion` exists and oneDNN is built in.
+    """
+    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+
+
+def traceable(net: VGG) -> bool:
+    """Whether every module of `net` is one whose trace is its computation (exact types, not subclasses).
+
+    Args:
+        net: a folded VGG.
+
+    Returns:
+        True if its features, pool and classifier hold only convolutions, ReLUs, pools, linears,
+        dropouts, flattens, identities and sequentials.
+    """
+    parts = (net.features, net.avgpool, net.classifier)
+    return all(type(m) in _PLAIN for part in parts for m in part.modules())
+
+
+class _Logits(nn.Module):
+    """What `InferenceVGG` computes for one input shape, as plain modules: the thing traced."""
+
+    def __init__(self, net: VGG, *, pool: bool) -> None:
+        super().__init__()
+        self.features = net.features
+        self.avgpool = net.avgpool if pool else nn.Identity()
+        self.classifier = net.classifier
+        self.head = net.global_pool != ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        if not self.head:  # global_pool="": pool5's map, as VGG.forward_head
+            return x
+        logits: torch.Tensor = self.classifier(torch.flatten(self.avgpool(x), 1))  # (N, 512, 7, 7) -> (N, 25088)
+        return logits
+
+
+class Programs:
+    """One model's oneDNN Graph programs by input shape: made on a shape's second call, never copied or saved.
+
+    A shape's first call runs eagerly: a shape seen once (the last, partial batch of a dataset) is not
+    worth the second it takes to make a program.
+
+    Args:
+        net: the folded VGG the programs compute.
+    """
+
+    def __init__(self, net: VGG) -> None:
+        self.net = net
+        self._programs: dict[tuple[Any, ...], torch.jit.ScriptModule | None] = {}
+        self._seen: set[tuple[Any, ...]] = set()  # shapes called once, up to _MAX_SEEN
+        self._making = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Programs:
+        """No programs: a copy makes its own, for its own copy of the net."""
+        return Programs(copy.deepcopy(self.net, memo))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The net alone: a program (TorchScript holding oneDNN's compiled partitions) does not pickle."""
+        return {"net": self.net}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["net"])  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        """How many shapes have a program."""
+        return sum(program is not None for program in self._programs.values())
+
+    def get(self, x: torch.Tensor, *, pool: bool) -> torch.jit.ScriptModule | None:
+        """The program for `x`'s shape, made now if this is its second call; None: run `x` eagerly.
+
+        Args:
+            x: the batch about to run (its shape, dtype and layout are what the program is made for).
+            pool: whether the adaptive average pool runs (False where the map is already its output size).
+
+        Returns:
+            The program, or None: the shape's first call, `MAX_PROGRAMS` shapes already have one, or
+            making it failed.
+        """
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), pool)
+        if key in self._programs:
+            return self._programs[key]
+        with self._making:
+            if key not in self._programs:
+                if len(self._programs) >= MAX_PROGRAMS:
+                    return None
+                if key not in self._seen:
+                    self._seen = self._seen if len(self._seen) < _MAX_SEEN else set()
+                    self._seen.add(key)
+                    return None
+                self._programs[key] = make_program(_Logits(self.net, pool=pool), x)
+        return self._programs[key]
+
+
+def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:
+    """`module` traced, frozen and run with TorchScript's oneDNN fuser on until it is fused for `example`.
+
+    Args:
+        module: an eval-mode module of `_PLAIN` modules.
+        example: an input of the shape, dtype and layout the program will take.
+
+    Returns:
+        The program; None where TorchScript fails on it or fused nothing (logged).
+    """
+    with _fuser:
+        was = torch.jit.onednn_fusion_enabled()  # type: ignore[no-untyped-call]
+        try:
+            torch.jit.enable_onednn_fusion(True)
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # torch.jit.trace and freeze are deprecated (FutureWarning)
+                traced = torch.jit.trace(module.eval(), example)  # type: ignore[no-untyped-call]
+                program: torch.jit.ScriptModule = torch.jit.freeze(traced)
+                for _ in range(_WARM_CALLS):
+                    program(example)
+                fused = "oneDNNFusionGroup" in str(program.graph_for(example))
+        except RuntimeError as err:
+            logger.info("no oneDNN Graph program for %s: %s; running eagerly", tuple(example.shape), err)
+            return None
+        finally:
+            torch.jit.enable_onednn_fusion(was)
+    if not fused:
+        logger.info("oneDNN Graph fused nothing for %s; running eagerly", tuple(example.shape))
+        return None
+    return program
