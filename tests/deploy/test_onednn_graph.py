@@ -63,20 +63,23 @@ def test_a_whole_batch_runs_as_a_program_from_its_second_call_with_the_eager_log
     assert torch.equal(graph(x), expected) and len(programs(graph)) == 1  # the program ran, and no new one
 
 
-def test_a_batch_the_fused_path_takes_in_chunks_runs_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_the_fused_path_takes_in_chunks_runs_in_the_same_chunks_with_the_eager_logits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(inference, "CHUNK_BYTES", 64 * 64 * 64 * 4)  # one float32 image's conv1 output
     net = small_vgg11()
-    graph, eager = (
-        optimize_for_inference(net, dtype=torch.float32),
-        optimize_for_inference(net, dtype=torch.float32, onednn_graph=False),
-    )
-    one, three = torch.randn(1, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    graph = optimize_for_inference(net, dtype=torch.float32, batch_size=3)
+    eager = optimize_for_inference(net, dtype=torch.float32, batch_size=3, onednn_graph=False)
+    x = torch.randn(3, 3, 64, 64)
+    assert inference.images_per_chunk(graph.net.features, (3, 3, 64, 64), torch.float32) == 1
+    assert inference.whole_batch_from(graph.net.features, (3, 3, 64, 64), torch.float32) > 0
     for _ in range(3):
-        assert torch.equal(graph(three), eager(three))
-    assert len(programs(graph)) == 0
-    graph(one)
-    graph(one)
-    assert len(programs(graph)) == 1  # the whole batch of one
+        assert torch.equal(graph(x), eager(x))
+    ((key, program),) = programs(graph)._programs.items()
+    assert key[-1] == onednn_graph.Plan(1, inference.whole_batch_from(graph.net.features, x.shape, torch.float32), True)
+    assert program is not None
+    code = str(program.graph)
+    assert "aten::split" in code and "aten::cat" in code  # three images one at a time, then the batch
 
 
 def test_at_most_max_programs_shapes_get_one_and_the_others_run_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,7 +176,7 @@ def test_copies_of_the_programs_make_their_own_for_their_own_weights(trimmed: No
                 p.mul_(2)
         xs = x.contiguous(memory_format=torch.channels_last)
         for _ in range(2):
-            program = clone.get(xs, pool=key[-1])
+            program = clone.get(xs, key[-1])
         assert program is not None and len(clone) == 1
         with torch.no_grad():
             assert not torch.equal(program(xs), before)  # it computes its own weights
@@ -238,5 +241,20 @@ def test_vgg16_at_224_px_skips_the_identity_pool_in_its_program_with_the_eager_l
     graph(x)
     assert torch.equal(graph(x), eager(x))
     ((key, program),) = programs(graph)._programs.items()
-    assert key[-1] is False  # no pool: the map is already 7x7
+    assert key[-1].pool is False  # no pool: the map is already 7x7
     assert program is not None and "adaptive_avg_pool2d" not in str(program.graph)
+
+
+@pytest.mark.slow
+def test_vgg16_batch_8_at_224_px_runs_in_the_eager_paths_chunks_with_its_logits(trimmed: None) -> None:
+    dtype = DTYPES[-1]  # bf16 where oneDNN computes it: two images at a time through the first steps
+    torch.manual_seed(0)
+    net = vggnet.vgg16().eval()
+    graph = optimize_for_inference(net, dtype=dtype, batch_size=8)
+    eager = optimize_for_inference(net, dtype=dtype, batch_size=8, onednn_graph=False)
+    x = torch.randn(8, 3, 224, 224)
+    graph(x)
+    assert torch.equal(graph(x), eager(x))
+    ((key, program),) = programs(graph)._programs.items()
+    assert key[-1].whole_from > 0 and key[-1].chunk < 8
+    assert program is not None and "aten::cat" in str(program.graph)

@@ -39,9 +39,10 @@ benchmarks/README.md):
   against 1.29 and 14.9 against 16.5).
 - on CPU (not compiled), an image holding a NaN or an infinity gets NaN logits, as in eager
   (`mark_non_finite`): oneDNN's fused ReLU turns a NaN into 0.
-- on CPU (not compiled), a batch the fused path takes whole runs, from its shape's second call, as a
-  oneDNN Graph program (`vggnet.deploy.onednn_graph`): oneDNN's partitions compiled once, where eager
-  PyTorch builds each call's descriptors again (30-40 µs a call); vgg16 bf16 batch 1 8% faster.
+- on CPU (not compiled), a batch runs, from its shape's second call, as a oneDNN Graph program
+  (`vggnet.deploy.onednn_graph`) that takes it in the same chunks: oneDNN's partitions compiled once,
+  where eager PyTorch builds each call's descriptors again (30-40 µs a call); vgg16 bf16 batch 1 8%
+  faster, batch 8 5%.
 - the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
 """
 
@@ -61,7 +62,7 @@ from torch import nn
 
 from vggnet import settings
 from vggnet.checks import check_int
-from vggnet.deploy.onednn_graph import Programs, onednn_graph_available, traceable
+from vggnet.deploy.onednn_graph import Plan, Programs, onednn_graph_available, traceable
 from vggnet.errors import DeviceError, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import POOLED_SIZE
 from vggnet.models.vgg import VGG
@@ -270,6 +271,11 @@ def _run_steps(
         else:
             x = m(x)
     return x
+
+
+def _step_modules(steps: list[_Step]) -> list[nn.Module]:
+    """`steps` as modules, one per step: a convolution with its ReLU fused becomes Sequential(conv, ReLU)."""
+    return [nn.Sequential(m, nn.ReLU()) if relu_fused else m for m, relu_fused in steps]
 
 
 def _halves(m: nn.Module) -> bool:
@@ -620,8 +626,8 @@ class InferenceVGG(nn.Module):
         batch_size: the batch the oneDNN weight layouts are chosen for (default 1), as the convolutions take
             it (`images_per_chunk` images at a time at 224 px); others run too.
         dtype_note: why the model runs in its dtype, shown by `repr` (e.g. this CPU's native bf16).
-        onednn_graph: on the fused CPU path, run a batch it takes whole as a oneDNN Graph program made for
-            its shape (`vggnet.deploy.onednn_graph`), where this torch has TorchScript's oneDNN fuser.
+        onednn_graph: on the fused CPU path, run batches as oneDNN Graph programs made for their shapes
+            (`vggnet.deploy.onednn_graph`), where this torch has TorchScript's oneDNN fuser.
     """
 
     def __init__(
@@ -658,7 +664,7 @@ class InferenceVGG(nn.Module):
         self._int_pools = int_pools or frozenset()
         self._packed_convs, self._packed_linears = self._prepack(batch_size or 1)
         graphs = onednn_graph and self._steps is not None and onednn_graph_available() and traceable(net)
-        self._programs = Programs(net) if graphs else None
+        self._programs = Programs(net, _step_modules(self._steps)) if graphs and self._steps is not None else None
         self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
         if compile:
             # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
@@ -762,22 +768,22 @@ class InferenceVGG(nn.Module):
 
     @property
     def onednn_graph(self) -> bool:
-        """Whether batches the fused CPU path takes whole run as oneDNN Graph programs."""
+        """Whether batches run as oneDNN Graph programs (from each shape's second call)."""
         return self._programs is not None
 
     def _program_for(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The oneDNN Graph program for `x` (channels-last, the model's dtype), or None: run it eagerly.
 
-        Only a batch the fused path takes whole gets one: one it takes a few images at a time ran faster
-        eagerly (vgg16, bf16, batch 8: 141 against 187 ms).
+        The program takes the batch as the eager path does: `images_per_chunk` images at a time through
+        the first steps, then whole (made whole throughout, batch 8 ran slower than eagerly: 187
+        against 141 ms for vgg16 in bf16).
         """
         if self._programs is None or self._steps is None:
             return None
         n, c, h, w = x.shape
-        if _chunk_plan(self._steps, (n, c, h, w), x.dtype)[1] != 0:
-            return None
+        chunk, whole_from = _chunk_plan(self._steps, (n, c, h, w), x.dtype)
         pooled = _input_shapes(self._steps, c, h, w)[-1][1:] == (POOLED_SIZE, POOLED_SIZE)
-        return self._programs.get(x, pool=not (self._pool_is_7x7 and pooled))
+        return self._programs.get(x, Plan(chunk, whole_from, pool=not (self._pool_is_7x7 and pooled)))
 
     def _compile_config(self) -> contextlib.AbstractContextManager[object]:
         """Inductor settings for a call that may compile (torch.compile's `options` drop `freezing`)."""
@@ -851,11 +857,10 @@ def optimize_for_inference(
             one compiled function, and torch.compile keeps at most 8 versions of it per process (dynamo's
             `recompile_limit`); past that the forward runs uncompiled (torch logs a warning). Many models
             or shapes in one process: call `torch.compiler.reset()` between them, or raise the limit.
-        onednn_graph: on CPU, not compiled: run each batch the fused path takes whole (vgg16 at 224 px:
-            1 or 2 images in bf16, 1 in float32) as a oneDNN Graph program, made on the second call of
-            its shape (about 1 s) through TorchScript's oneDNN fuser, with the same logits, bit for bit,
-            and 4-8% faster (`vggnet.deploy.onednn_graph`; 211 MB more memory for vgg16 in bf16).
-            False: eager oneDNN calls only.
+        onednn_graph: on CPU, not compiled: run each batch as a oneDNN Graph program, made on the
+            second call of its shape (about 1 s; at most 4 shapes) through TorchScript's oneDNN fuser,
+            with the eager path's logits, bit for bit, 2-8% faster (`vggnet.deploy.onednn_graph`; 211 MB
+            more memory for vgg16 in bf16). False: eager oneDNN calls only.
 
     Returns:
         The prepared `InferenceVGG`.

@@ -4,12 +4,13 @@ Eager PyTorch reaches oneDNN through ideep, which builds each convolution's desc
 again on every call: 30-40 µs a call besides the arithmetic (a 16-channel 3x3 convolution on a 4x4 map,
 bf16, 2 threads: 41.5 µs a call eagerly, 13.2 µs as a oneDNN Graph partition). TorchScript's oneDNN
 fuser (LLGA, `torch.jit.enable_onednn_fusion`) compiles each convolution with its ReLU, each max-pool
-and each linear into a oneDNN Graph partition once, and runs them with what it compiled. vgg16 on the
-2-core Xeon (AMX), both in one process taking turns: bf16 batch 1 8% faster (24.3 against 26.4 ms),
-batch 2 7%, batch 4 3% (chunked, as the eager path runs it), float32 batch 1 4%; the logits the same,
-bit for bit, as the eager path's with its weights packed for that batch. At batch 8 the eager path,
-which takes the first layers two images at a time, was faster (141 against 187 ms), so `InferenceVGG`
-uses a program only for a batch its fused path runs whole (`whole_batch_from` 0).
+and each linear into a oneDNN Graph partition once, and runs them with what it compiled.
+
+A program takes a batch as the eager path does (`Plan`: a few images at a time through the first steps,
+then the whole batch; made whole throughout, vgg16 ran a bf16 batch of 8 in 187 ms against 141
+eagerly). vgg16 on the 2-core Xeon (AMX), program and eager path in one process taking turns: bf16
+batch 1 8% faster (24.3 against 26.4 ms), batch 8 5% (107.0 against 112.3 ms, 40 rounds); float32 batch
+1 4%; the logits the same, bit for bit, as the eager path's with its weights packed for that batch.
 
 A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the
 fuser on: about 1 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's
@@ -28,6 +29,7 @@ import copy
 import logging
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,7 +37,7 @@ from torch import nn
 
 from vggnet.models.vgg import VGG
 
-__all__ = ["MAX_PROGRAMS", "Programs", "onednn_graph_available", "traceable"]
+__all__ = ["MAX_PROGRAMS", "Plan", "Programs", "make_program", "onednn_graph_available", "traceable"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +85,38 @@ def traceable(net: VGG) -> bool:
     return all(type(m) in _PLAIN for part in parts for m in part.modules())
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How the eager path runs one batch, which its program repeats.
+
+    Args:
+        chunk: the images at a time through the steps before `whole_from`.
+        whole_from: the first step that takes the whole batch (0: all do).
+        pool: whether the adaptive average pool runs (False where the map is already its output size).
+    """
+
+    chunk: int
+    whole_from: int
+    pool: bool
+
+
 class _Logits(nn.Module):
     """What `InferenceVGG` computes for one input shape, as plain modules: the thing traced."""
 
-    def __init__(self, net: VGG, *, pool: bool) -> None:
+    def __init__(self, net: VGG, steps: list[nn.Module], plan: Plan, batch: int) -> None:
         super().__init__()
-        self.features = net.features
-        self.avgpool = net.avgpool if pool else nn.Identity()
+        self.head = nn.Sequential(*steps[: plan.whole_from])
+        self.tail = nn.Sequential(*steps[plan.whole_from :])
+        self.chunk = plan.chunk if plan.whole_from > 0 and plan.chunk < batch else 0  # 0: the whole batch at once
+        self.avgpool = net.avgpool if plan.pool else nn.Identity()
         self.classifier = net.classifier
-        self.head = net.global_pool != ""
+        self.pooled = net.global_pool != ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        if not self.head:  # global_pool="": pool5's map, as VGG.forward_head
+        # the first steps a few images at a time where the eager path takes them so, the rest the whole batch
+        x = torch.cat([self.head(part) for part in torch.split(x, self.chunk)]) if self.chunk else self.head(x)
+        x = self.tail(x)
+        if not self.pooled:  # global_pool="": pool5's map, as VGG.forward_head
             return x
         logits: torch.Tensor = self.classifier(torch.flatten(self.avgpool(x), 1))  # (N, 512, 7, 7) -> (N, 25088)
         return logits
@@ -109,41 +130,44 @@ class Programs:
 
     Args:
         net: the folded VGG the programs compute.
+        steps: its features as the eager path runs them, one module per step (a convolution and its
+            ReLU as one Sequential), so that a `Plan`'s step indices mean the same here.
     """
 
-    def __init__(self, net: VGG) -> None:
+    def __init__(self, net: VGG, steps: list[nn.Module]) -> None:
         self.net = net
+        self.steps = steps
         self._programs: dict[tuple[Any, ...], torch.jit.ScriptModule | None] = {}
         self._seen: set[tuple[Any, ...]] = set()  # shapes called once, up to _MAX_SEEN
         self._making = threading.Lock()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Programs:
         """No programs: a copy makes its own, for its own copy of the net."""
-        return Programs(copy.deepcopy(self.net, memo))
+        return Programs(copy.deepcopy(self.net, memo), copy.deepcopy(self.steps, memo))
 
     def __getstate__(self) -> dict[str, Any]:
-        """The net alone: a program (TorchScript holding oneDNN's compiled partitions) does not pickle."""
-        return {"net": self.net}
+        """The net and steps alone: a program (TorchScript holding oneDNN's partitions) does not pickle."""
+        return {"net": self.net, "steps": self.steps}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["net"])  # type: ignore[misc]
+        self.__init__(state["net"], state["steps"])  # type: ignore[misc]
 
     def __len__(self) -> int:
         """How many shapes have a program."""
         return sum(program is not None for program in self._programs.values())
 
-    def get(self, x: torch.Tensor, *, pool: bool) -> torch.jit.ScriptModule | None:
+    def get(self, x: torch.Tensor, plan: Plan) -> torch.jit.ScriptModule | None:
         """The program for `x`'s shape, made now if this is its second call; None: run `x` eagerly.
 
         Args:
             x: the batch about to run (its shape, dtype and layout are what the program is made for).
-            pool: whether the adaptive average pool runs (False where the map is already its output size).
+            plan: how the eager path runs this batch (a function of its shape and dtype).
 
         Returns:
             The program, or None: the shape's first call, `MAX_PROGRAMS` shapes already have one, or
             making it failed.
         """
-        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), pool)
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), plan)
         if key in self._programs:
             return self._programs[key]
         with self._making:
@@ -154,7 +178,7 @@ class Programs:
                     self._seen = self._seen if len(self._seen) < _MAX_SEEN else set()
                     self._seen.add(key)
                     return None
-                self._programs[key] = make_program(_Logits(self.net, pool=pool), x)
+                self._programs[key] = make_program(_Logits(self.net, self.steps, plan, len(x)), x)
         return self._programs[key]
 
 
