@@ -1,38 +1,42 @@
-"""oneDNN Graph programs: the eager fused path's logits bit for bit, made when and only where they should be."""
+"""oneDNN Graph programs: the eager fused path's logits bit for bit, made when and only where they should be.
+
+A program keeps its model's weights until the process exits (TorchScript's process-wide registry), so
+the tests here use a tiny VGG, and the ones on full-size models run in a subprocess of their own.
+"""
 
 import copy
-import ctypes
-import gc
+import json
 import logging
 import pickle
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import vggnet
-from tests.helpers import HEAD_KINDS, head_model
+from tests.helpers import HEAD_KINDS
 from vggnet.deploy import inference, onednn_graph
-from vggnet.deploy.inference import InferenceVGG, optimize_for_inference
+from vggnet.deploy.inference import InferenceVGG
+from vggnet.models.vgg import make_layers
 
 pytestmark = pytest.mark.skipif(not onednn_graph.onednn_graph_available(), reason="needs TorchScript's oneDNN fuser")
 DTYPES = [d for d in (torch.float32, torch.bfloat16) if inference.onednn_computes(d)]
 
 
-@pytest.fixture
-def trimmed() -> Iterator[None]:
-    """Hand freed model-sized blocks back to the system (the conftest's 2 GiB mark)."""
-    yield
-    gc.collect()
-    if inference._on_glibc():
-        ctypes.CDLL(None).malloc_trim(0)
-
-
 def small_vgg11(**kwargs: object) -> vggnet.VGG:
+    """A seeded tiny VGG (16, 32 and 512 channels, three pools) with the gap head: 158k parameters."""
     torch.manual_seed(0)
-    return vggnet.vgg11(**({"num_classes": 10, "head": "gap"} | kwargs)).eval()
+    net = vggnet.VGG(make_layers([16, "M", 32, "M", 512, "M"]), **({"num_classes": 10, "head": "gap"} | kwargs))
+    return net.eval()
+
+
+def optimize_for_inference(net: vggnet.VGG, **kwargs: object) -> InferenceVGG:
+    """Programs on, unless the test says otherwise (they are opt-in)."""
+    return inference.optimize_for_inference(net, **({"onednn_graph": True} | kwargs))  # type: ignore[arg-type]
 
 
 def programs(model: InferenceVGG) -> onednn_graph.Programs:
@@ -42,7 +46,7 @@ def programs(model: InferenceVGG) -> onednn_graph.Programs:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_whole_batch_runs_as_a_program_from_its_second_call_with_the_eager_logits_bit_for_bit(
-    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch, trimmed: None
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net = small_vgg11()
     x = torch.randn(2, 3, 64, 64)
@@ -66,7 +70,7 @@ def test_a_whole_batch_runs_as_a_program_from_its_second_call_with_the_eager_log
 def test_a_batch_the_fused_path_takes_in_chunks_runs_in_the_same_chunks_with_the_eager_logits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(inference, "CHUNK_BYTES", 64 * 64 * 64 * 4)  # one float32 image's conv1 output
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 16 * 64 * 64 * 4)  # one float32 image's conv1 output
     net = small_vgg11()
     graph = optimize_for_inference(net, dtype=torch.float32, batch_size=3)
     eager = optimize_for_inference(net, dtype=torch.float32, batch_size=3, onednn_graph=False)
@@ -162,7 +166,7 @@ def test_float64_and_compiled_models_have_no_programs() -> None:
     assert not optimize_for_inference(net, dtype=torch.float32, compile=True).onednn_graph
 
 
-def test_copies_of_the_programs_make_their_own_for_their_own_weights(trimmed: None) -> None:
+def test_copies_of_the_programs_make_their_own_for_their_own_weights() -> None:
     graph = optimize_for_inference(small_vgg11(), dtype=torch.float32)
     x = torch.randn(1, 3, 32, 32)
     graph(x)
@@ -211,50 +215,79 @@ def test_two_threads_calling_a_shape_make_one_program() -> None:
     assert len(programs(graph)) == 1 and all(torch.equal(r, expected) for r in results)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", HEAD_KINDS)
-def test_every_head_runs_as_a_program_with_the_eager_logits_bit_for_bit(
-    kind: str, dtype: torch.dtype, trimmed: None
-) -> None:
+def test_programs_are_opt_in() -> None:
+    plain = inference.optimize_for_inference(small_vgg11(), dtype=torch.float32)
+    assert plain._programs is None and "onednn_graph=False" in repr(plain)
+    x = torch.randn(1, 3, 32, 32)
+    plain(x)
+    plain(x)
+    assert plain._programs is None
+
+
+def in_a_subprocess(script: str) -> dict:
+    """Run `script` in a fresh interpreter (its programs' memory goes with it); it prints one JSON line."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+_HEADS = """
+import json, sys, torch
+sys.path.insert(0, ".")
+from tests.helpers import HEAD_KINDS, head_model
+from vggnet.deploy.inference import optimize_for_inference
+dtype = getattr(torch, sys.argv[1] if len(sys.argv) > 1 else "{dtype}")
+out = {{}}
+for kind in HEAD_KINDS:
     net = head_model(kind)
     # eager with its weights packed for the batch, as the program's are (packed for 1, bf16 fc6-fc7 round
     # differently at batch 2: oneDNN reorders them for another kernel)
-    graph = optimize_for_inference(net, dtype=dtype, batch_size=2)
-    eager = optimize_for_inference(net, dtype=dtype, batch_size=2, onednn_graph=False)
+    graph = optimize_for_inference(net, dtype=dtype, batch_size=2, onednn_graph=True)
+    eager = optimize_for_inference(net, dtype=dtype, batch_size=2)
     x = torch.randn(2, 3, 64, 64)
     graph(x)
-    assert torch.equal(graph(x), eager(x))
-    assert len(programs(graph)) == 1
+    out[kind] = [torch.equal(graph(x), eager(x)), len(graph._programs)]
+    del graph, eager, net
+print(json.dumps(out))
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_vgg16_at_224_px_skips_the_identity_pool_in_its_program_with_the_eager_logits(
-    dtype: torch.dtype, trimmed: None
-) -> None:
-    torch.manual_seed(0)
-    net = vggnet.vgg16().eval()
-    graph = optimize_for_inference(net, dtype=dtype)
-    eager = optimize_for_inference(net, dtype=dtype, onednn_graph=False)
-    x = torch.randn(1, 3, 224, 224)
-    graph(x)
-    assert torch.equal(graph(x), eager(x))
-    ((key, program),) = programs(graph)._programs.items()
-    assert key[-1].pool is False  # no pool: the map is already 7x7
-    assert program is not None and "adaptive_avg_pool2d" not in str(program.graph)
+def test_every_head_runs_as_a_program_with_the_eager_logits_bit_for_bit(dtype: torch.dtype) -> None:
+    got = in_a_subprocess(_HEADS.format(dtype=str(dtype).removeprefix("torch.")))
+    assert got == {kind: [True, 1] for kind in HEAD_KINDS}
+
+
+_VGG16 = """
+import json, torch, vggnet
+from vggnet.deploy.inference import optimize_for_inference
+dtype, batch = getattr(torch, "{dtype}"), {batch}
+torch.manual_seed(0)
+net = vggnet.vgg16().eval()
+graph = optimize_for_inference(net, dtype=dtype, batch_size=batch, onednn_graph=True)
+eager = optimize_for_inference(net, dtype=dtype, batch_size=batch)
+x = torch.randn(batch, 3, 224, 224)
+graph(x)
+same = torch.equal(graph(x), eager(x))
+((key, program),) = graph._programs._programs.items()
+plan = key[-1]
+code = str(program.graph)
+print(json.dumps({{"same": same, "pool": plan.pool, "chunk": plan.chunk, "whole_from": plan.whole_from,
+                  "avgpool": "adaptive_avg_pool2d" in code, "cat": "aten::cat" in code}}))
+"""
 
 
 @pytest.mark.slow
-def test_vgg16_batch_8_at_224_px_runs_in_the_eager_paths_chunks_with_its_logits(trimmed: None) -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vgg16_at_224_px_skips_the_identity_pool_in_its_program_with_the_eager_logits(dtype: torch.dtype) -> None:
+    got = in_a_subprocess(_VGG16.format(dtype=str(dtype).removeprefix("torch."), batch=1))
+    assert got["same"] and got["pool"] is False and not got["avgpool"]  # the map is already 7x7
+
+
+@pytest.mark.slow
+def test_vgg16_batch_8_at_224_px_runs_in_the_eager_paths_chunks_with_its_logits() -> None:
     dtype = DTYPES[-1]  # bf16 where oneDNN computes it: two images at a time through the first steps
-    torch.manual_seed(0)
-    net = vggnet.vgg16().eval()
-    graph = optimize_for_inference(net, dtype=dtype, batch_size=8)
-    eager = optimize_for_inference(net, dtype=dtype, batch_size=8, onednn_graph=False)
-    x = torch.randn(8, 3, 224, 224)
-    graph(x)
-    assert torch.equal(graph(x), eager(x))
-    ((key, program),) = programs(graph)._programs.items()
-    assert key[-1].whole_from > 0 and key[-1].chunk < 8
-    assert program is not None and "aten::cat" in str(program.graph)
+    got = in_a_subprocess(_VGG16.format(dtype=str(dtype).removeprefix("torch."), batch=8))
+    assert got["same"] and got["whole_from"] > 0 and got["chunk"] < 8 and got["cat"]

@@ -14,10 +14,19 @@ batch 1 8% faster (24.3 against 26.4 ms), batch 8 5% (107.0 against 112.3 ms, 40
 
 A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the
 fuser on: about 1 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's
-first call runs eagerly. A program holds oneDNN's own copy of the weights (211 MB more for vgg16 in
-bf16). The fuser's switch is process-wide: it is on only while a program is made, under a lock, and set
-back after, so other TorchScript code in the process runs unfused except in a thread that happens to
-run it during those calls.
+first call runs eagerly. The fuser's switch is process-wide: it is on only while a program is made,
+under a lock, and set back after, so other TorchScript code in the process runs unfused except in a
+thread that happens to run it during those calls.
+
+Programs are opt-in (`optimize_for_inference(..., onednn_graph=True)`) because of what they cost in
+memory: TorchScript registers every traced module's types in its process-wide compilation unit, and
+the frozen methods there hold the weights as constants (the model's own tensors, not copies), so a
+program keeps the model's weights, and oneDNN's compiled partitions, until the process exits, even
+after the model is deleted: 368 MB per program for vgg16 in bf16 (272 MB of weights, the rest
+oneDNN's), measured as the resident memory left after deleting three models in turn. Tracing into a
+compilation unit of one's own does not help (torch.jit.trace puts modules in the global one). For a
+model that serves for the life of the process this costs nothing more; a process that builds many
+models should leave programs off.
 
 TorchScript is deprecated in PyTorch 2.x; where it is missing, a model holds a module whose trace would
 not be its computation (`traceable`), or making a program fails, the eager path runs.
