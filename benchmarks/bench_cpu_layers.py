@@ -2,8 +2,8 @@
 
     python benchmarks/bench_cpu_layers.py [--batch 1 8] [--calls 20] [--only default int8] [--json PATH] [--smoke]
 
-For each path (`fp32`, `default`: bf16 where the CPU computes it natively, `int8`: needs torchao) and
-batch size, in one process:
+For each path (`fp32`, `default`: bf16 where the CPU computes it natively, `graph`: the default as
+oneDNN Graph programs, `onednn_graph=True`, `int8`: needs torchao) and batch size, in one process:
 
 - wall: the median of `--calls` timed calls, after two warm-up calls;
 - oneDNN: as many calls again, taking turns with the timed ones, each with oneDNN's verbose mode on
@@ -51,7 +51,7 @@ from harness import save_run
 import vggnet
 
 Run = Callable[[torch.Tensor], torch.Tensor]
-PATHS = ("fp32", "default", "int8")
+PATHS = ("fp32", "default", "graph", "int8")
 TINY = (16, 4)  # channels, map size of the fixed-cost probe
 
 
@@ -153,6 +153,8 @@ def build(path: str, vm: vggnet.VGG, calib: torch.Tensor, bs: int) -> Run:
         return optimize_for_inference(vm, dtype=torch.float32, batch_size=bs)
     if path == "default":
         return optimize_for_inference(vm, batch_size=bs)
+    if path == "graph":  # the default dtype as oneDNN Graph programs (made on the warm-up calls)
+        return optimize_for_inference(vm, batch_size=bs, onednn_graph=True)
     from vggnet.deploy.quantize import quantize
 
     return quantize(vm, calib, batch_size=bs, fallback=False)

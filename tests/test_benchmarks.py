@@ -420,3 +420,16 @@ def test_cpu_layers_profile_puts_the_per_call_cost_outside_onednn():
     r = bench_cpu_layers.profile(runs["float32"], calls=5)
     assert r["primitives_per_call"] == 1 and set(r["onednn_ms_by_kind"]) == {"convolution"}
     assert 0 < r["onednn_ms"] < r["wall_ms"] and r["outside_onednn_ms"] == pytest.approx(r["wall_ms"] - r["onednn_ms"])
+
+
+def test_cpu_layers_times_the_small_convolution_as_a_onednn_graph_program_once_per_primitive():
+    import bench_cpu_layers
+
+    from vggnet.deploy import onednn_graph
+
+    if not onednn_graph.onednn_graph_available():
+        pytest.skip("needs TorchScript's oneDNN fuser")
+    runs = bench_cpu_layers.tiny_calls()
+    r = bench_cpu_layers.profile(runs["float32 oneDNN Graph"], calls=3)
+    # its partition's own `graph,exec` line is left out: one convolution, counted once
+    assert r["primitives_per_call"] == 1 and set(r["onednn_ms_by_kind"]) == {"convolution"}
