@@ -80,7 +80,7 @@ def test_a_batch_the_fused_path_takes_in_chunks_runs_in_the_same_chunks_with_the
     for _ in range(3):
         assert torch.equal(graph(x), eager(x))
     ((key, program),) = programs(graph)._programs.items()
-    assert key[-1] == onednn_graph.Plan(1, inference.whole_batch_from(graph.net.features, x.shape, torch.float32), True)
+    assert key[-1] == onednn_graph.Plan(1, inference.whole_batch_from(graph.net.features, x.shape, torch.float32))
     assert program is not None
     code = str(program.graph)
     assert "aten::split" in code and "aten::cat" in code  # three images one at a time, then the batch
@@ -116,25 +116,24 @@ def test_the_fusers_process_wide_switch_is_set_back(was: bool) -> None:
         torch.jit.enable_onednn_fusion(False)
 
 
-def test_a_trace_that_fails_leaves_the_shape_eager_and_the_switch_as_it_was(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("error", [RuntimeError, TypeError, torch.jit.Error])
+def test_a_trace_that_fails_leaves_the_model_eager_and_the_switch_as_it_was(
+    error: type[Exception], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def fail(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("tracing failed")
+        raise error("tracing failed")
 
     monkeypatch.setattr(torch.jit, "trace", fail)
     net = small_vgg11()
-    graph, eager = (
-        optimize_for_inference(net, dtype=torch.float32),
-        optimize_for_inference(net, dtype=torch.float32, onednn_graph=False),
-    )
-    x = torch.randn(1, 3, 32, 32)
-    with caplog.at_level(logging.INFO, logger="vggnet.deploy.onednn_graph"):
-        for _ in range(3):
+    graph = optimize_for_inference(net, dtype=torch.float32)
+    eager = optimize_for_inference(net, dtype=torch.float32, onednn_graph=False)
+    with caplog.at_level(logging.WARNING, logger="vggnet.deploy.onednn_graph"):
+        for size in (32, 32, 32, 48, 48):  # a second shape is not tried again
+            x = torch.randn(1, 3, size, size)
             assert torch.equal(graph(x), eager(x))
-    assert len(programs(graph)) == 0 and list(programs(graph)._programs.values()) == [None]
-    assert "no oneDNN Graph program for (1, 3, 32, 32): tracing failed" in caplog.text
-    assert caplog.text.count("no oneDNN Graph program") == 1  # tried once per shape
+    assert len(programs(graph)) == 0 and not graph.onednn_graph and "onednn_graph=False" in repr(graph)
+    assert "no oneDNN Graph program for (1, 3, 32, 32): tracing failed; running eagerly" in caplog.text
+    assert caplog.text.count("no oneDNN Graph program") == 1  # tried once for the model
     assert torch.jit.onednn_fusion_enabled() is False
 
 
@@ -224,6 +223,48 @@ def test_programs_are_opt_in() -> None:
     assert plain._programs is None
 
 
+def test_the_pool_is_skipped_as_the_eager_path_skips_it_on_the_real_map() -> None:
+    # pools that round up (padding 1): 58 px -> 29 -> 15 -> 8, where halving would say 7 and skip the pool
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for cin, cout in ((3, 16), (16, 32), (32, 512)):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2, padding=1)]
+    net = vggnet.VGG(nn.Sequential(*layers), num_classes=10).eval()
+    net.classifier = nn.Identity()  # the 7x7 pool's output, flattened
+    graph = optimize_for_inference(net, dtype=torch.float32)
+    eager = optimize_for_inference(net, dtype=torch.float32, onednn_graph=False)
+    for size in (58, 56):  # 56 -> 28 -> 14 -> 7: the pool is skipped, in both
+        x = torch.randn(1, 3, size, size)
+        for _ in range(2):
+            got = graph(x)
+            assert got.shape == (1, 512 * 7 * 7) and torch.equal(got, eager(x))
+    assert len(programs(graph)) == 2
+
+
+def test_under_cpu_autocast_calls_run_eagerly_as_the_fused_path_ignores_autocast() -> None:
+    net = small_vgg11()
+    graph = optimize_for_inference(net, dtype=torch.float32)
+    eager = optimize_for_inference(net, dtype=torch.float32, onednn_graph=False)
+    x = torch.randn(1, 3, 32, 32)
+    graph(x)
+    graph(x)
+    assert len(programs(graph)) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = graph(x), eager(x)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+def test_a_net_with_hooks_gets_no_program_and_its_hooks_run_every_call() -> None:
+    net = small_vgg11()
+    graph = optimize_for_inference(net, dtype=torch.float32)
+    calls: list[int] = []
+    graph.net.avgpool.register_forward_hook(lambda module, args, out: calls.append(1))
+    x = torch.randn(1, 3, 32, 32)
+    for _ in range(3):
+        graph(x)
+    assert len(programs(graph)) == 0 and len(calls) == 3
+
+
 def in_a_subprocess(script: str) -> dict:
     """Run `script` in a fresh interpreter (its programs' memory goes with it); it prints one JSON line."""
     root = Path(__file__).resolve().parents[2]
@@ -274,7 +315,7 @@ same = torch.equal(graph(x), eager(x))
 ((key, program),) = graph._programs._programs.items()
 plan = key[-1]
 code = str(program.graph)
-print(json.dumps({{"same": same, "pool": plan.pool, "chunk": plan.chunk, "whole_from": plan.whole_from,
+print(json.dumps({{"same": same, "chunk": plan.chunk, "whole_from": plan.whole_from,
                   "avgpool": "adaptive_avg_pool2d" in code, "cat": "aten::cat" in code}}))
 """
 
@@ -283,7 +324,7 @@ print(json.dumps({{"same": same, "pool": plan.pool, "chunk": plan.chunk, "whole_
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vgg16_at_224_px_skips_the_identity_pool_in_its_program_with_the_eager_logits(dtype: torch.dtype) -> None:
     got = in_a_subprocess(_VGG16.format(dtype=str(dtype).removeprefix("torch."), batch=1))
-    assert got["same"] and got["pool"] is False and not got["avgpool"]  # the map is already 7x7
+    assert got["same"] and not got["avgpool"]  # the map is already 7x7
 
 
 @pytest.mark.slow

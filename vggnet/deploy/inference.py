@@ -665,7 +665,9 @@ class InferenceVGG(nn.Module):
         self._int_pools = int_pools or frozenset()
         self._packed_convs, self._packed_linears = self._prepack(batch_size or 1)
         graphs = onednn_graph and self._steps is not None and onednn_graph_available() and traceable(net)
-        self._programs = Programs(net, _step_modules(self._steps)) if graphs and self._steps is not None else None
+        skip = (POOLED_SIZE, POOLED_SIZE) if self._pool_is_7x7 else None  # the map size at which the pool is skipped
+        steps = _step_modules(self._steps) if graphs and self._steps is not None else None
+        self._programs = Programs(net, steps, skip) if steps is not None else None
         self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
         if compile:
             # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
@@ -769,22 +771,21 @@ class InferenceVGG(nn.Module):
 
     @property
     def onednn_graph(self) -> bool:
-        """Whether batches run as oneDNN Graph programs (from each shape's second call)."""
-        return self._programs is not None
+        """Whether batches run as oneDNN Graph programs (from each shape's second call; False once one failed)."""
+        return self._programs is not None and not self._programs.failed
 
     def _program_for(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The oneDNN Graph program for `x` (channels-last, the model's dtype), or None: run it eagerly.
 
         The program takes the batch as the eager path does: `images_per_chunk` images at a time through
         the first steps, then whole (made whole throughout, batch 8 ran slower than eagerly: 187
-        against 141 ms for vgg16 in bf16).
+        against 141 ms for vgg16 in bf16). Under CPU autocast, which the eager path ignores, TorchScript
+        would run another, unfused version with autocast's casts: such calls run eagerly.
         """
-        if self._programs is None or self._steps is None:
+        if self._programs is None or self._steps is None or torch.is_autocast_enabled("cpu"):
             return None
         n, c, h, w = x.shape
-        chunk, whole_from = _chunk_plan(self._steps, (n, c, h, w), x.dtype)
-        pooled = _input_shapes(self._steps, c, h, w)[-1][1:] == (POOLED_SIZE, POOLED_SIZE)
-        return self._programs.get(x, Plan(chunk, whole_from, pool=not (self._pool_is_7x7 and pooled)))
+        return self._programs.get(x, Plan(*_chunk_plan(self._steps, (n, c, h, w), x.dtype)))
 
     def _compile_config(self) -> contextlib.AbstractContextManager[object]:
         """Inductor settings for a call that may compile (torch.compile's `options` drop `freezing`)."""

@@ -15,18 +15,26 @@ batch 1 8% faster (24.3 against 26.4 ms), batch 8 5% (107.0 against 112.3 ms, 40
 A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the
 fuser on: about 1 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's
 first call runs eagerly. The fuser's switch is process-wide: it is on only while a program is made,
-under a lock, and set back after, so other TorchScript code in the process runs unfused except in a
-thread that happens to run it during those calls.
+under a lock, and set back after; TorchScript code that another thread runs for the first time in
+that window is fused too, and stays so. Python's warning filters are process-wide as well: while a
+program is made they ignore the deprecation warnings of `torch.jit.trace` and `freeze`, in every thread.
+
+A program calls no hooks, so a net with forward hooks or pre-hooks on its modules gets none (hooks added
+after a program was made are not called by it), and under CPU autocast, which the eager fused path
+ignores, calls run eagerly. Changing the weights of an optimized model's net is not supported: the
+eager path packed its own copies when it was built, and a program may or may not see the change
+(oneDNN packs the constants it caches); optimize the model again instead. A program that fails or
+fuses nothing is logged as a warning, and the model then makes no more.
 
 Programs are opt-in (`optimize_for_inference(..., onednn_graph=True)`) because of what they cost in
 memory: TorchScript registers every traced module's types in its process-wide compilation unit, and
-the frozen methods there hold the weights as constants (the model's own tensors, not copies), so a
-program keeps the model's weights, and oneDNN's compiled partitions, until the process exits, even
-after the model is deleted: 368 MB per program for vgg16 in bf16 (272 MB of weights, the rest
-oneDNN's), measured as the resident memory left after deleting three models in turn. Tracing into a
-compilation unit of one's own does not help (torch.jit.trace puts modules in the global one). For a
-model that serves for the life of the process this costs nothing more; a process that builds many
-models should leave programs off.
+the frozen methods there hold the weight tensors as constants (the net's own, not copies; oneDNN
+packs its copies on the first calls), so a program keeps its model's weights, and oneDNN's compiled
+partitions, until the process exits, even after the model is deleted: 368 MB per program for vgg16 in
+bf16 (272 MB of weights, the rest oneDNN's), measured as the resident memory left after deleting three
+models in turn. Tracing into a compilation unit of one's own does not help (torch.jit.trace puts
+modules in the global one). For a model that serves for the life of the process this costs nothing
+more; a process that builds many models should leave programs off.
 
 TorchScript is deprecated in PyTorch 2.x; where it is missing, a model holds a module whose trace would
 not be its computation (`traceable`), or making a program fails, the eager path runs.
@@ -101,23 +109,22 @@ class Plan:
     Args:
         chunk: the images at a time through the steps before `whole_from`.
         whole_from: the first step that takes the whole batch (0: all do).
-        pool: whether the adaptive average pool runs (False where the map is already its output size).
     """
 
     chunk: int
     whole_from: int
-    pool: bool
 
 
 class _Logits(nn.Module):
     """What `InferenceVGG` computes for one input shape, as plain modules: the thing traced."""
 
-    def __init__(self, net: VGG, steps: list[nn.Module], plan: Plan, batch: int) -> None:
+    def __init__(self, net: VGG, steps: list[nn.Module], plan: Plan, batch: int, *, skip_pool: tuple[int, int] | None):
         super().__init__()
         self.head = nn.Sequential(*steps[: plan.whole_from])
         self.tail = nn.Sequential(*steps[plan.whole_from :])
         self.chunk = plan.chunk if plan.whole_from > 0 and plan.chunk < batch else 0  # 0: the whole batch at once
-        self.avgpool = net.avgpool if plan.pool else nn.Identity()
+        self.avgpool = net.avgpool
+        self.skip_pool = skip_pool
         self.classifier = net.classifier
         self.pooled = net.global_pool != ""
 
@@ -127,7 +134,10 @@ class _Logits(nn.Module):
         x = self.tail(x)
         if not self.pooled:  # global_pool="": pool5's map, as VGG.forward_head
             return x
-        logits: torch.Tensor = self.classifier(torch.flatten(self.avgpool(x), 1))  # (N, 512, 7, 7) -> (N, 25088)
+        # decided on the real map while tracing (one shape per program), as the eager path decides each call
+        if self.skip_pool is None or tuple(x.shape[-2:]) != self.skip_pool:
+            x = self.avgpool(x)
+        logits: torch.Tensor = self.classifier(torch.flatten(x, 1))  # (N, 512, 7, 7) -> (N, 25088)
         return logits
 
 
@@ -141,29 +151,33 @@ class Programs:
         net: the folded VGG the programs compute.
         steps: its features as the eager path runs them, one module per step (a convolution and its
             ReLU as one Sequential), so that a `Plan`'s step indices mean the same here.
+        skip_pool: the map size (H, W) at which the eager path skips the adaptive average pool (its
+            output size), or None where it never does.
     """
 
-    def __init__(self, net: VGG, steps: list[nn.Module]) -> None:
+    def __init__(self, net: VGG, steps: list[nn.Module], skip_pool: tuple[int, int] | None = None) -> None:
         self.net = net
         self.steps = steps
-        self._programs: dict[tuple[Any, ...], torch.jit.ScriptModule | None] = {}
+        self.skip_pool = skip_pool
+        self.failed = False  # a program failed or fused nothing: no more are tried for this model
+        self._programs: dict[tuple[Any, ...], torch.jit.ScriptModule] = {}
         self._seen: set[tuple[Any, ...]] = set()  # shapes called once, up to _MAX_SEEN
         self._making = threading.Lock()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Programs:
         """No programs: a copy makes its own, for its own copy of the net."""
-        return Programs(copy.deepcopy(self.net, memo), copy.deepcopy(self.steps, memo))
+        return Programs(copy.deepcopy(self.net, memo), copy.deepcopy(self.steps, memo), self.skip_pool)
 
     def __getstate__(self) -> dict[str, Any]:
         """The net and steps alone: a program (TorchScript holding oneDNN's partitions) does not pickle."""
-        return {"net": self.net, "steps": self.steps}
+        return {"net": self.net, "steps": self.steps, "skip_pool": self.skip_pool}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["net"], state["steps"])  # type: ignore[misc]
+        self.__init__(state["net"], state["steps"], state["skip_pool"])  # type: ignore[misc]
 
     def __len__(self) -> int:
         """How many shapes have a program."""
-        return sum(program is not None for program in self._programs.values())
+        return len(self._programs)
 
     def get(self, x: torch.Tensor, plan: Plan) -> torch.jit.ScriptModule | None:
         """The program for `x`'s shape, made now if this is its second call; None: run `x` eagerly.
@@ -173,22 +187,32 @@ class Programs:
             plan: how the eager path runs this batch (a function of its shape and dtype).
 
         Returns:
-            The program, or None: the shape's first call, `MAX_PROGRAMS` shapes already have one, or
-            making it failed.
+            The program, or None: the shape's first call, `MAX_PROGRAMS` shapes already have one, a
+            module of the net has hooks (a program would not call them), or a program of this model
+            failed or fused nothing (logged once; none is tried again).
         """
         key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), plan)
-        if key in self._programs:
-            return self._programs[key]
+        program = self._programs.get(key)
+        if program is not None or self.failed or len(self._programs) >= MAX_PROGRAMS:
+            return program
         with self._making:
-            if key not in self._programs:
-                if len(self._programs) >= MAX_PROGRAMS:
-                    return None
-                if key not in self._seen:
-                    self._seen = self._seen if len(self._seen) < _MAX_SEEN else set()
-                    self._seen.add(key)
-                    return None
-                self._programs[key] = make_program(_Logits(self.net, self.steps, plan, len(x)), x)
-        return self._programs[key]
+            if key in self._programs or self.failed or _has_hooks(self.net):
+                return self._programs.get(key)
+            if key not in self._seen:
+                self._seen = self._seen if len(self._seen) < _MAX_SEEN else set()
+                self._seen.add(key)
+                return None
+            made = make_program(_Logits(self.net, self.steps, plan, len(x), skip_pool=self.skip_pool), x)
+            if made is None:
+                self.failed = True
+                return None
+            self._programs[key] = made
+            return made
+
+
+def _has_hooks(net: nn.Module) -> bool:
+    """Whether a module of `net` has forward hooks or pre-hooks, module-level ones (a trace calls none)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
 def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:
@@ -199,7 +223,7 @@ def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMo
         example: an input of the shape, dtype and layout the program will take.
 
     Returns:
-        The program; None where TorchScript fails on it or fused nothing (logged).
+        The program; None where TorchScript fails on it or fused nothing (logged as a warning).
     """
     with _fuser:
         was = torch.jit.onednn_fusion_enabled()  # type: ignore[no-untyped-call]
@@ -207,17 +231,17 @@ def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMo
             torch.jit.enable_onednn_fusion(True)
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # torch.jit.trace and freeze are deprecated (FutureWarning)
-                traced = torch.jit.trace(module.eval(), example)  # type: ignore[no-untyped-call]
+                traced = torch.jit.trace(module.eval(), example, check_trace=False)  # type: ignore[no-untyped-call]
                 program: torch.jit.ScriptModule = torch.jit.freeze(traced)
                 for _ in range(_WARM_CALLS):
                     program(example)
                 fused = "oneDNNFusionGroup" in str(program.graph_for(example))
-        except RuntimeError as err:
-            logger.info("no oneDNN Graph program for %s: %s; running eagerly", tuple(example.shape), err)
+        except Exception as err:  # TorchScript raises RuntimeError, torch.jit.Error and others: all mean no program
+            logger.warning("no oneDNN Graph program for %s: %s; running eagerly", tuple(example.shape), err)
             return None
         finally:
             torch.jit.enable_onednn_fusion(was)
     if not fused:
-        logger.info("oneDNN Graph fused nothing for %s; running eagerly", tuple(example.shape))
+        logger.warning("oneDNN Graph fused nothing for %s; running eagerly", tuple(example.shape))
         return None
     return program
