@@ -17,7 +17,7 @@ oneDNN Graph programs, `onednn_graph=True`, `int8`: needs torchao) and batch siz
 Then the fixed cost of one oneDNN call from PyTorch: a 3x3 convolution of 16 channels on a 4x4 map,
 whose arithmetic takes a few microseconds, in float32, bf16 (where oneDNN computes it) and int8, its
 median wall time against oneDNN's execution time; in float32 and bf16 also as a oneDNN Graph program
-(`vggnet.deploy.onednn_graph`), the way `optimize_for_inference` runs a batch it takes whole.
+(`vggnet.deploy.onednn_graph`), the way `optimize_for_inference(..., onednn_graph=True)` runs a batch.
 
 oneDNN writes its verbose lines with C's stdio, so they are read from a file that standard output is
 pointed at during each verbose call; POSIX only. The verbose calls are slower than the timed ones (the
@@ -186,7 +186,7 @@ def tiny_calls() -> dict[str, Callable[[], object]]:
 
 
 def _tiny_graph(x: torch.Tensor) -> Callable[[], object] | None:
-    """The same convolution+ReLU as a oneDNN Graph program, as `optimize_for_inference` runs a whole batch."""
+    """The same convolution+ReLU as a oneDNN Graph program, as `optimize_for_inference` runs one with onednn_graph."""
     from vggnet.deploy import onednn_graph
 
     if not onednn_graph.onednn_graph_available():

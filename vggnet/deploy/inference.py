@@ -664,10 +664,10 @@ class InferenceVGG(nn.Module):
         int_pools = integer_pools(net.features, self.dtype) if self._steps is not None else None
         self._int_pools = int_pools or frozenset()
         self._packed_convs, self._packed_linears = self._prepack(batch_size or 1)
-        graphs = onednn_graph and self._steps is not None and onednn_graph_available() and traceable(net)
-        skip = (POOLED_SIZE, POOLED_SIZE) if self._pool_is_7x7 else None  # the map size at which the pool is skipped
-        steps = _step_modules(self._steps) if graphs and self._steps is not None else None
-        self._programs = Programs(net, steps, skip) if steps is not None else None
+        self._programs: Programs | None = None  # oneDNN Graph programs, on the fused path where asked for
+        if onednn_graph and self._steps is not None and onednn_graph_available() and traceable(net):
+            skip = (POOLED_SIZE, POOLED_SIZE) if self._pool_is_7x7 else None  # the map at which the pool is skipped
+            self._programs = Programs(net, _step_modules(self._steps), skip)
         self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
         if compile:
             # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
