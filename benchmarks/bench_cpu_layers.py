@@ -2,8 +2,9 @@
 
     python benchmarks/bench_cpu_layers.py [--batch 1 8] [--calls 20] [--only default int8] [--json PATH] [--smoke]
 
-For each path (`fp32`, `default`: bf16 where the CPU computes it natively, `graph`: the default as
-oneDNN Graph programs, `onednn_graph=True`, `int8`: needs torchao) and batch size, in one process:
+For each path (`fp32`, `default`: bf16 where the CPU computes it natively, both with their oneDNN Graph
+programs; `eager`: the default without them, `onednn_graph=False`; `int8`: needs torchao) and batch
+size, in one process:
 
 - wall: the median of `--calls` timed calls, after two warm-up calls;
 - oneDNN: as many calls again, taking turns with the timed ones, each with oneDNN's verbose mode on
@@ -17,7 +18,7 @@ oneDNN Graph programs, `onednn_graph=True`, `int8`: needs torchao) and batch siz
 Then the fixed cost of one oneDNN call from PyTorch: a 3x3 convolution of 16 channels on a 4x4 map,
 whose arithmetic takes a few microseconds, in float32, bf16 (where oneDNN computes it) and int8, its
 median wall time against oneDNN's execution time; in float32 and bf16 also as a oneDNN Graph program
-(`vggnet.deploy.onednn_graph`), the way `optimize_for_inference(..., onednn_graph=True)` runs a batch.
+(`vggnet.deploy.onednn_graph`), the way `optimize_for_inference` runs a batch from its shape's second call.
 
 oneDNN writes its verbose lines with C's stdio, so they are read from a file that standard output is
 pointed at during each verbose call; POSIX only. The verbose calls are slower than the timed ones (the
@@ -51,7 +52,7 @@ from harness import save_run
 import vggnet
 
 Run = Callable[[torch.Tensor], torch.Tensor]
-PATHS = ("fp32", "default", "graph", "int8")
+PATHS = ("fp32", "default", "eager", "int8")
 TINY = (16, 4)  # channels, map size of the fixed-cost probe
 
 
@@ -153,8 +154,8 @@ def build(path: str, vm: vggnet.VGG, calib: torch.Tensor, bs: int) -> Run:
         return optimize_for_inference(vm, dtype=torch.float32, batch_size=bs)
     if path == "default":
         return optimize_for_inference(vm, batch_size=bs)
-    if path == "graph":  # the default dtype as oneDNN Graph programs (made on the warm-up calls)
-        return optimize_for_inference(vm, batch_size=bs, onednn_graph=True)
+    if path == "eager":  # the default dtype without oneDNN Graph programs
+        return optimize_for_inference(vm, batch_size=bs, onednn_graph=False)
     from vggnet.deploy.quantize import quantize
 
     return quantize(vm, calib, batch_size=bs, fallback=False)
@@ -186,7 +187,7 @@ def tiny_calls() -> dict[str, Callable[[], object]]:
 
 
 def _tiny_graph(x: torch.Tensor) -> Callable[[], object] | None:
-    """The same convolution+ReLU as a oneDNN Graph program, as `optimize_for_inference` runs one with onednn_graph."""
+    """The same convolution+ReLU as a oneDNN Graph program, as `optimize_for_inference` runs one."""
     from vggnet.deploy import onednn_graph
 
     if not onednn_graph.onednn_graph_available():

@@ -1,16 +1,18 @@
 """oneDNN Graph programs: the eager fused path's logits bit for bit, made when and only where they should be.
 
-A program keeps its model's weights until the process exits (TorchScript's process-wide registry), so
-the tests here use a tiny VGG, and the ones on full-size models run in a subprocess of their own.
+The tests here use a tiny VGG; the ones on full-size models run in a subprocess of their own, so that
+oneDNN's caches go with it.
 """
 
 import copy
+import gc
 import json
 import logging
 import pickle
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,7 @@ def small_vgg11(**kwargs: object) -> vggnet.VGG:
 
 
 def optimize_for_inference(net: vggnet.VGG, **kwargs: object) -> InferenceVGG:
-    """Programs on, unless the test says otherwise (they are opt-in)."""
+    """Programs on (the default), unless the test says otherwise."""
     return inference.optimize_for_inference(net, **({"onednn_graph": True} | kwargs))  # type: ignore[arg-type]
 
 
@@ -214,13 +216,39 @@ def test_two_threads_calling_a_shape_make_one_program() -> None:
     assert len(programs(graph)) == 1 and all(torch.equal(r, expected) for r in results)
 
 
-def test_programs_are_opt_in() -> None:
-    plain = inference.optimize_for_inference(small_vgg11(), dtype=torch.float32)
-    assert plain._programs is None and "onednn_graph=False" in repr(plain)
+def test_programs_are_on_by_default_and_off_when_asked() -> None:
     x = torch.randn(1, 3, 32, 32)
-    plain(x)
-    plain(x)
-    assert plain._programs is None
+    default = inference.optimize_for_inference(small_vgg11(), dtype=torch.float32)
+    plain = inference.optimize_for_inference(small_vgg11(), dtype=torch.float32, onednn_graph=False)
+    assert "onednn_graph=True" in repr(default) and "onednn_graph=False" in repr(plain)
+    for _ in range(2):
+        default(x), plain(x)
+    assert len(programs(default)) == 1 and plain._programs is None
+
+
+@pytest.mark.parametrize("with_programs", [True, False])
+def test_a_deleted_model_frees_its_weights_at_once_with_or_without_programs(with_programs: bool) -> None:
+    # traced and frozen in TorchScript's process-wide unit, a program's constants (the net's own tensors)
+    # would stay there until the process exits; in a unit of its own they go with the model, and with
+    # no reference cycle they go when the last reference does, not at the next cyclic collection
+    graph = optimize_for_inference(small_vgg11(), dtype=torch.float32, onednn_graph=with_programs)
+    x = torch.randn(1, 3, 32, 32)
+    graph(x), graph(x)
+    if with_programs:
+        (program,) = programs(graph)._programs.values()
+        weights = {p.untyped_storage().data_ptr() for p in graph.net.parameters()}
+        constants = [n.output().toIValue() for n in program.graph.nodes() if n.kind() == "prim::Constant"]
+        tensors = [c for c in constants if isinstance(c, torch.Tensor)]
+        assert tensors and all(t.untyped_storage().data_ptr() in weights for t in tensors)  # the same, not copies
+        del program, constants, tensors
+    alive = [weakref.ref(p) for p in graph.net.parameters()]
+    gc.collect()
+    gc.disable()
+    try:
+        del graph
+        assert all(ref() is None for ref in alive)
+    finally:
+        gc.enable()
 
 
 def test_the_pool_is_skipped_as_the_eager_path_skips_it_on_the_real_map() -> None:
@@ -285,7 +313,7 @@ for kind in HEAD_KINDS:
     # eager with its weights packed for the batch, as the program's are (packed for 1, bf16 fc6-fc7 round
     # differently at batch 2: oneDNN reorders them for another kernel)
     graph = optimize_for_inference(net, dtype=dtype, batch_size=2, onednn_graph=True)
-    eager = optimize_for_inference(net, dtype=dtype, batch_size=2)
+    eager = optimize_for_inference(net, dtype=dtype, batch_size=2, onednn_graph=False)
     x = torch.randn(2, 3, 64, 64)
     graph(x)
     out[kind] = [torch.equal(graph(x), eager(x)), len(graph._programs)]
@@ -308,7 +336,7 @@ dtype, batch = getattr(torch, "{dtype}"), {batch}
 torch.manual_seed(0)
 net = vggnet.vgg16().eval()
 graph = optimize_for_inference(net, dtype=dtype, batch_size=batch, onednn_graph=True)
-eager = optimize_for_inference(net, dtype=dtype, batch_size=batch)
+eager = optimize_for_inference(net, dtype=dtype, batch_size=batch, onednn_graph=False)
 x = torch.randn(batch, 3, 224, 224)
 graph(x)
 same = torch.equal(graph(x), eager(x))

@@ -39,11 +39,10 @@ benchmarks/README.md):
   against 1.29 and 14.9 against 16.5).
 - on CPU (not compiled), an image holding a NaN or an infinity gets NaN logits, as in eager
   (`mark_non_finite`): oneDNN's fused ReLU turns a NaN into 0.
-- on CPU (not compiled), with `onednn_graph=True`, a batch runs, from its shape's second call, as a
-  oneDNN Graph program (`vggnet.deploy.onednn_graph`) that takes it in the same chunks: oneDNN's
-  partitions compiled once, where eager PyTorch builds each call's descriptors again (30-40 µs a
-  call); vgg16 bf16 batch 1 8% faster, batch 8 5%. Opt-in: a program's memory stays until the process
-  exits.
+- on CPU (not compiled), a batch runs, from its shape's second call, as a oneDNN Graph program
+  (`vggnet.deploy.onednn_graph`; `onednn_graph=False` turns them off) that takes it in the same chunks:
+  oneDNN's partitions compiled once, where eager PyTorch builds each call's descriptors again (30-40 µs
+  a call); vgg16 bf16 batch 1 8% faster, batch 8 5%, for 285 MB more memory while the model lives.
 - the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
 """
 
@@ -640,7 +639,7 @@ class InferenceVGG(nn.Module):
         static_shapes: bool = False,
         batch_size: int | None = None,
         dtype_note: str = "",
-        onednn_graph: bool = False,
+        onednn_graph: bool = True,
     ) -> None:
         super().__init__()
         self.net = net
@@ -668,7 +667,9 @@ class InferenceVGG(nn.Module):
         if onednn_graph and self._steps is not None and onednn_graph_available() and traceable(net):
             skip = (POOLED_SIZE, POOLED_SIZE) if self._pool_is_7x7 else None  # the map at which the pool is skipped
             self._programs = Programs(net, _step_modules(self._steps), skip)
-        self._run: Callable[[torch.Tensor], torch.Tensor] = self._logits
+        # None: self._logits, called as a method (a bound method kept here would be a reference cycle,
+        # leaving the model and its programs to the cyclic garbage collector)
+        self._run: Callable[[torch.Tensor], torch.Tensor] | None = None
         if compile:
             # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
             mode = "reduce-overhead" if cuda_graphs else None
@@ -763,7 +764,8 @@ class InferenceVGG(nn.Module):
         x = x.to(self.device, self.dtype, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._compile_config():
             program = self._program_for(x)
-            out = program(x) if program is not None else self._run(x)
+            run = program if program is not None else self._run or self._logits
+            out = run(x)
             if self._steps is not None:  # oneDNN's fused ReLU turns a NaN into 0
                 out = mark_non_finite(x, out)
         # A CUDA graph's output lives in a static buffer that the next replay overwrites.
@@ -837,7 +839,7 @@ def optimize_for_inference(
     dtype: torch.dtype | None = None,
     batch_size: int | None = None,
     compile: bool | None = None,
-    onednn_graph: bool = False,
+    onednn_graph: bool = True,
 ) -> InferenceVGG:
     """An inference-only copy of `model` that runs as fast as this machine allows; `model` is untouched.
 
@@ -860,11 +862,11 @@ def optimize_for_inference(
             `recompile_limit`); past that the forward runs uncompiled (torch logs a warning). Many models
             or shapes in one process: call `torch.compiler.reset()` between them, or raise the limit.
         onednn_graph: on CPU, not compiled: run each batch as a oneDNN Graph program, made on the
-            second call of its shape (about 1 s; at most 4 shapes) through TorchScript's oneDNN fuser,
-            with the eager path's logits, bit for bit, 2-8% faster (`vggnet.deploy.onednn_graph`). For a
-            model that lives as long as the process: TorchScript registers what it traces process-wide,
-            so a program keeps the model's weights and oneDNN's compiled partitions until the process
-            exits, even after the model is deleted (368 MB per program for vgg16 in bf16).
+            second call of its shape (about 0.4 s for vgg16; at most 4 shapes) through TorchScript's oneDNN
+            fuser, 2-8% faster (`vggnet.deploy.onednn_graph`), with the logits the eager path gives with
+            its weights packed for that batch (`batch_size`), bit for bit. A program holds oneDNN's
+            packed copy of the weights (285 MB for vgg16 in bf16) until the model is deleted. False:
+            the eager path alone.
 
     Returns:
         The prepared `InferenceVGG`.

@@ -26,15 +26,15 @@ eager path packed its own copies when it was built, and a program may or may not
 (oneDNN packs the constants it caches); optimize the model again instead. A program that fails or
 fuses nothing is logged as a warning, and the model then makes no more.
 
-Programs are opt-in (`optimize_for_inference(..., onednn_graph=True)`) because of what they cost in
-memory: TorchScript registers every traced module's types in its process-wide compilation unit, and
-the frozen methods there hold the weight tensors as constants (the net's own, not copies; oneDNN
-packs its copies on the first calls), so a program keeps its model's weights, and oneDNN's compiled
-partitions, until the process exits, even after the model is deleted: 368 MB per program for vgg16 in
-bf16 (272 MB of weights, the rest oneDNN's), measured as the resident memory left after deleting three
-models in turn. Tracing into a compilation unit of one's own does not help (torch.jit.trace puts
-modules in the global one). For a model that serves for the life of the process this costs nothing
-more; a process that builds many models should leave programs off.
+Programs are on by default (`optimize_for_inference(..., onednn_graph=False)` turns them off). What they
+cost in memory, measured for vgg16 in bf16 on the 2-core Xeon: a live model with a program for one shape
+held 285 MB more than without (oneDNN's packed copies of the weights); deleting it gave back all but
+about 2.5 MB (the traced code TorchScript keeps), and the process kept about 300 MB of oneDNN's once,
+however many models came and went (three at a time or one after another). That is because a program
+lives in a TorchScript compilation unit of its own (`in_own_unit`): traced and frozen in TorchScript's
+process-wide unit, as `torch.jit.trace` and `freeze` put them, the frozen methods hold the net's weight
+tensors as constants until the process exits (368 MB per vgg16 bf16 program, which got a test worker
+killed for memory when programs were first made the default).
 
 TorchScript is deprecated in PyTorch 2.x; where it is missing, a model holds a module whose trace would
 not be its computation (`traceable`), or making a program fails, the eager path runs.
@@ -43,6 +43,7 @@ not be its computation (`traceable`), or making a program fails, the eager path 
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import threading
 import warnings
@@ -54,7 +55,7 @@ from torch import nn
 
 from vggnet.models.vgg import VGG
 
-__all__ = ["MAX_PROGRAMS", "Plan", "Programs", "make_program", "onednn_graph_available", "traceable"]
+__all__ = ["MAX_PROGRAMS", "Plan", "Programs", "in_own_unit", "make_program", "onednn_graph_available", "traceable"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,43 @@ def _has_hooks(net: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
+def in_own_unit(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """`traced` again, its types in a compilation unit of its own that goes with it, holding the same tensors.
+
+    `torch.jit.trace` registers a module's types in TorchScript's process-wide compilation unit, and
+    `torch.jit.freeze` makes the frozen copy's types (whose methods hold the tensors as constants) in
+    the unit of the module it freezes: frozen there, a program would keep its tensors until the process
+    exits. `torch.jit.load` makes a unit for each module it loads, freed with the module. So `traced`
+    is saved to memory with its tensors swapped for empty ones (its types and code alone, a few kB),
+    loaded back, and given its own tensors again (not copies). What stays in the process-wide unit is
+    the traced types' code.
+
+    Args:
+        traced: a module from `torch.jit.trace`; its tensors are left empty.
+
+    Returns:
+        A module computing what `traced` did, with `traced`'s tensors.
+    """
+    tensors = traced.state_dict(keep_vars=True)
+    for name, tensor in tensors.items():
+        _set_tensor(traced, name, torch.empty(0, dtype=tensor.dtype))
+    saved = io.BytesIO()
+    torch.jit.save(traced, saved)
+    saved.seek(0)
+    loaded: torch.jit.ScriptModule = torch.jit.load(saved, map_location="cpu")  # type: ignore[no-untyped-call]
+    for name, tensor in tensors.items():
+        _set_tensor(loaded, name, tensor)
+    return loaded
+
+
+def _set_tensor(module: torch.jit.ScriptModule, name: str, tensor: torch.Tensor) -> None:
+    """Set the parameter or buffer `name` ("features.0.weight") of a TorchScript module to `tensor`."""
+    *path, leaf = name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    module._c.setattr(leaf, tensor)
+
+
 def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:
     """`module` traced, frozen and run with TorchScript's oneDNN fuser on until it is fused for `example`.
 
@@ -232,7 +270,7 @@ def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMo
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # torch.jit.trace and freeze are deprecated (FutureWarning)
                 traced = torch.jit.trace(module.eval(), example, check_trace=False)  # type: ignore[no-untyped-call]
-                program: torch.jit.ScriptModule = torch.jit.freeze(traced)
+                program: torch.jit.ScriptModule = torch.jit.freeze(in_own_unit(traced))
                 for _ in range(_WARM_CALLS):
                     program(example)
                 fused = "oneDNNFusionGroup" in str(program.graph_for(example))
