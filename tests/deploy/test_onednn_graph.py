@@ -88,6 +88,18 @@ def test_a_batch_the_fused_path_takes_in_chunks_runs_in_the_same_chunks_with_the
     assert "aten::split" in code and "aten::cat" in code  # three images one at a time, then the batch
 
 
+def test_only_the_prepared_batch_size_gets_programs_so_no_call_depends_on_whether_one_exists() -> None:
+    # weights packed for one batch and called with another, oneDNN reorders them for a kernel whose
+    # logits may differ in the last bits from a program's: such batches stay eager, every call alike
+    net = small_vgg11()
+    graph = optimize_for_inference(net, dtype=torch.float32, batch_size=2)
+    for n in (1, 3, 2):
+        x = torch.randn(n, 3, 32, 32)
+        first = graph(x)
+        assert all(torch.equal(graph(x), first) for _ in range(2))
+    assert [key[0] for key in programs(graph)._programs] == [(2, 3, 32, 32)]
+
+
 def test_at_most_max_programs_shapes_get_one_and_the_others_run_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onednn_graph, "MAX_PROGRAMS", 2)
     net = small_vgg11()
@@ -191,8 +203,8 @@ def test_copies_of_the_programs_make_their_own_for_their_own_weights() -> None:
 def test_an_image_that_is_not_finite_gets_nan_logits_through_a_program() -> None:
     net = small_vgg11()
     graph, eager = (
-        optimize_for_inference(net, dtype=torch.float32),
-        optimize_for_inference(net, dtype=torch.float32, onednn_graph=False),
+        optimize_for_inference(net, dtype=torch.float32, batch_size=2),
+        optimize_for_inference(net, dtype=torch.float32, batch_size=2, onednn_graph=False),
     )
     x = torch.randn(2, 3, 32, 32)
     x[1, 0, 5, 5] = float("nan")

@@ -164,7 +164,11 @@ def logits_fn(model: VGG, session: Session, optimize: bool = True) -> Callable[[
         # float32 on CPU, bf16 on CUDA GPUs that have it (optimize_for_inference's CPU default, bf16 on
         # CPUs with native bf16, would change predictions and embeddings by a rounding step).
         dtype = torch.float32 if session.device.type == "cpu" else None
-        fast = optimize_for_inference(model, device=session.device, dtype=dtype, compile=False)
+        # packed for the session's batches, which then run as oneDNN Graph programs from the second on,
+        # with the first's logits bit for bit
+        fast = optimize_for_inference(
+            model, device=session.device, dtype=dtype, batch_size=session.batch_size, compile=False
+        )
         return lambda x: fast(x.to(session.device, non_blocking=True)).float()
     net = model.eval().to(session.device)
 

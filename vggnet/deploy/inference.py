@@ -39,8 +39,9 @@ benchmarks/README.md):
   against 1.29 and 14.9 against 16.5).
 - on CPU (not compiled), an image holding a NaN or an infinity gets NaN logits, as in eager
   (`mark_non_finite`): oneDNN's fused ReLU turns a NaN into 0.
-- on CPU (not compiled), a batch runs, from its shape's second call, as a oneDNN Graph program
-  (`vggnet.deploy.onednn_graph`; `onednn_graph=False` turns them off) that takes it in the same chunks:
+- on CPU (not compiled), a batch of `batch_size` images runs, from its shape's second call, as a oneDNN
+  Graph program (`vggnet.deploy.onednn_graph`; `onednn_graph=False` turns them off) that takes it in the
+  same chunks, with the same logits, bit for bit:
   oneDNN's partitions compiled once, where eager PyTorch builds each call's descriptors again (30-40 µs
   a call); vgg16 bf16 batch 1 8% faster, batch 8 5%, for 285 MB more memory while the model lives.
 - the adaptive average pool is skipped when the feature map is already 7x7 (224-255 px input).
@@ -662,7 +663,8 @@ class InferenceVGG(nn.Module):
         self._steps = _fused_steps(net.features) if onednn and not compile else None
         int_pools = integer_pools(net.features, self.dtype) if self._steps is not None else None
         self._int_pools = int_pools or frozenset()
-        self._packed_convs, self._packed_linears = self._prepack(batch_size or 1)
+        self._batch = batch_size or 1  # what the weights are packed for, and the one batch size programs run
+        self._packed_convs, self._packed_linears = self._prepack(self._batch)
         self._programs: Programs | None = None  # oneDNN Graph programs, on the fused path where asked for
         if onednn_graph and self._steps is not None and onednn_graph_available() and traceable(net):
             skip = (POOLED_SIZE, POOLED_SIZE) if self._pool_is_7x7 else None  # the map at which the pool is skipped
@@ -781,12 +783,16 @@ class InferenceVGG(nn.Module):
 
         The program takes the batch as the eager path does: `images_per_chunk` images at a time through
         the first steps, then whole (made whole throughout, batch 8 ran slower than eagerly: 187
-        against 141 ms for vgg16 in bf16). Under CPU autocast, which the eager path ignores, TorchScript
-        would run another, unfused version with autocast's casts: such calls run eagerly.
+        against 141 ms for vgg16 in bf16). Only batches of the size the eager path's weights are packed
+        for (`batch_size`) get one: its logits are then the eager path's, bit for bit, so a shape's
+        first call (eager) and later ones (the program) agree; with weights packed for another batch,
+        oneDNN reorders them for a kernel of its own, whose bf16 logits differed in the last bits.
+        Under CPU autocast, which the eager path ignores, TorchScript would run another, unfused
+        version with autocast's casts: such calls run eagerly.
         """
-        if self._programs is None or self._steps is None or torch.is_autocast_enabled("cpu"):
-            return None
         n, c, h, w = x.shape
+        if self._programs is None or self._steps is None or n != self._batch or torch.is_autocast_enabled("cpu"):
+            return None
         return self._programs.get(x, Plan(*_chunk_plan(self._steps, (n, c, h, w), x.dtype)))
 
     def _compile_config(self) -> contextlib.AbstractContextManager[object]:
@@ -861,12 +867,12 @@ def optimize_for_inference(
             one compiled function, and torch.compile keeps at most 8 versions of it per process (dynamo's
             `recompile_limit`); past that the forward runs uncompiled (torch logs a warning). Many models
             or shapes in one process: call `torch.compiler.reset()` between them, or raise the limit.
-        onednn_graph: on CPU, not compiled: run each batch as a oneDNN Graph program, made on the
-            second call of its shape (about 0.4 s for vgg16; at most 4 shapes) through TorchScript's oneDNN
-            fuser, 2-8% faster (`vggnet.deploy.onednn_graph`), with the logits the eager path gives with
-            its weights packed for that batch (`batch_size`), bit for bit. A program holds oneDNN's
-            packed copy of the weights (285 MB for vgg16 in bf16) until the model is deleted. False:
-            the eager path alone.
+        onednn_graph: on CPU, not compiled: run each batch of `batch_size` images (default 1) as a
+            oneDNN Graph program, made on the second call of its shape (about 0.4 s for vgg16; at most 4
+            image sizes) through TorchScript's oneDNN fuser, 2-8% faster (`vggnet.deploy.onednn_graph`),
+            with the eager path's logits, bit for bit; other batch sizes run eagerly. A program holds
+            oneDNN's packed copy of the weights (285 MB for vgg16 in bf16) until the model is deleted.
+            False: the eager path alone.
 
     Returns:
         The prepared `InferenceVGG`.
