@@ -433,3 +433,27 @@ def test_cpu_layers_times_the_small_convolution_as_a_onednn_graph_program_once_p
     r = bench_cpu_layers.profile(runs["float32 oneDNN Graph"], calls=3)
     # its partition's own `graph,exec` line is left out: one convolution, counted once
     assert r["primitives_per_call"] == 1 and set(r["onednn_ms_by_kind"]) == {"convolution"}
+
+
+def test_every_candidate_is_called_twice_before_the_timed_rounds_even_with_one_warmup_call(monkeypatch):
+    # an optimized model makes its oneDNN Graph program on a shape's second call: never a timed one
+    from vggnet.deploy import bench
+
+    calls: dict[str, int] = {}
+    before_timing: dict[str, int] = {}
+
+    def candidate(name: str):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            calls[name] = calls.get(name, 0) + 1
+            return x.sum(dim=(1, 2, 3)).unsqueeze(1)
+
+        return run
+
+    def interleaved(fns, **kwargs):
+        before_timing.update(calls)
+        return {name: [0.0] for name in fns}
+
+    monkeypatch.setattr(bench, "time_interleaved", interleaved)
+    models = {bench.EAGER: candidate(bench.EAGER), "vggnet optimized": candidate("vggnet optimized")}
+    bench._measure(models, {}, torch.zeros(1, 3, 8, 8), device=torch.device("cpu"), warmup=1, iters=1, rounds=1)
+    assert before_timing == {"vggnet optimized": 2, bench.EAGER: 3}  # eager also gives the expected logits

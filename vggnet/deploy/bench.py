@@ -3,8 +3,9 @@
 Method (the same for every figure `vggnet bench` and `benchmarks/` print):
 
 - Every candidate holds the same weights and gets the same random input, in the same dtype.
-- Each candidate is called `warmup` times first (the first call, which includes any compilation,
-  is reported as `first_call_s`), then the candidates are timed in interleaved rounds (A B C A B C
+- Each candidate is called `warmup` times first, at least twice (the first call, which includes any
+  compilation, is reported as `first_call_s`; an optimized model makes its oneDNN Graph program on the
+  second), then the candidates are timed in interleaved rounds (A B C A B C
   ...) so that a change in machine load hits all of them alike. A round times `iters // rounds`
   consecutive calls, with the device synchronised before and after; the figure is the median
   round, and `latency_ms` is the time of one batch in it.
@@ -426,7 +427,7 @@ def run_bench(
         compile: torch.compile the candidates; default on for CUDA, off for CPU.
         iters: timed calls per candidate.
         rounds: interleaved rounds (at most `iters`).
-        warmup: untimed calls first (with CUDA graphs: compile and warm up, record, replay).
+        warmup: untimed calls first, at least 2 made (with CUDA graphs: compile and warm up, record, replay).
         image_size: the input's side, or (height, width).
         with_torchvision: measure torchvision too (eager, channels_last), when it is installed.
         torchvision_compile: measure torchvision compiled too (channels_last + torch.compile, the best it
@@ -567,7 +568,7 @@ def _measure(
 ) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
     """(first call's seconds, max |logit difference| from vggnet eager's, seconds per call in each round).
 
-    Each model is called `warmup` times (the first call timed), then the models and the peak kernels
+    Each model is called `warmup` times, at least twice (the first call timed), then the models and the peak kernels
     (named `_PEAK` + name) take turns in `time_interleaved`.
     """
     first: dict[str, float] = {}
@@ -581,7 +582,7 @@ def _measure(
             _synchronize(device)
             first[name] = time.perf_counter() - start
             diffs[name] = (out.float() - expected).abs().max().item()
-            for _ in range(warmup - 1):
+            for _ in range(max(warmup, 2) - 1):  # an optimized model makes its oneDNN Graph program on the 2nd
                 model(x)
         calls: dict[str, Callable[[], object]] = {name: partial(model, x) for name, model in models.items()}
         for name, kernel in kernels.items():
