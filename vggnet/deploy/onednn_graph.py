@@ -31,9 +31,10 @@ fuses nothing is logged as a warning, and the model then makes no more.
 Programs are on by default (`optimize_for_inference(..., onednn_graph=False)` turns them off). What they
 cost in memory, measured for vgg16 in bf16 on the 2-core Xeon: a live model with a program for one shape
 held 285 MB more than without (oneDNN's packed copies of the weights); deleting it gave back all but
-about 2.5 MB (the traced code TorchScript keeps), and the process kept about 300 MB of oneDNN's once,
+about 2.5 MB (the traced code TorchScript keeps) at once (`make_program` collects the reference cycle
+that `torch.jit.trace` leaves holding the traced module), and the process kept about 300 MB of oneDNN's once,
 however many models came and went (three at a time or one after another). That is because a program
-lives in a TorchScript compilation unit of its own (`in_own_unit`): traced and frozen in TorchScript's
+lives in a TorchScript compilation unit of its own (`_in_own_unit`): traced and frozen in TorchScript's
 process-wide unit, as `torch.jit.trace` and `freeze` put them, the frozen methods hold the net's weight
 tensors as constants until the process exits (368 MB per vgg16 bf16 program, which got a test worker
 killed for memory when programs were first made the default).
@@ -45,6 +46,7 @@ not be its computation (`traceable`), or making a program fails, the eager path 
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import logging
 import threading
@@ -57,7 +59,7 @@ from torch import nn
 
 from vggnet.models.vgg import VGG
 
-__all__ = ["MAX_PROGRAMS", "Plan", "Programs", "in_own_unit", "make_program", "onednn_graph_available", "traceable"]
+__all__ = ["MAX_PROGRAMS", "Plan", "Programs", "make_program", "onednn_graph_available", "traceable"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class Programs:
     """One model's oneDNN Graph programs by input shape: made on a shape's second call, never copied or saved.
 
     A shape's first call runs eagerly: a shape seen once (the last, partial batch of a dataset) is not
-    worth the second it takes to make a program.
+    worth the time it takes to make a program (about 0.4 s for vgg16).
 
     Args:
         net: the folded VGG the programs compute.
@@ -218,7 +220,7 @@ def _has_hooks(net: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
-def in_own_unit(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+def _in_own_unit(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """`traced` again, its types in a compilation unit of its own that goes with it, holding the same tensors.
 
     `torch.jit.trace` registers a module's types in TorchScript's process-wide compilation unit, and
@@ -228,6 +230,10 @@ def in_own_unit(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     is saved to memory with its tensors swapped for empty ones (its types and code alone, a few kB),
     loaded back, and given its own tensors again (not copies). What stays in the process-wide unit is
     the traced types' code.
+
+    For traces of `_PLAIN` modules only: every tensor of theirs is a parameter or a buffer (a plain
+    tensor attribute would be traced in as a copy), and none is shared with a TorchScript module of
+    the caller's (whose tensors would be left empty).
 
     Args:
         traced: a module from `torch.jit.trace`; its tensors are left empty.
@@ -265,6 +271,16 @@ def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMo
     Returns:
         The program; None where TorchScript fails on it or fused nothing (logged as a warning).
     """
+    try:
+        return _make_program(module, example)
+    finally:
+        # torch.jit.trace leaves a reference cycle (a closure of its own and a dict) that holds `module`,
+        # and through it the weights: collected now, they go with the model, not at some later collection
+        gc.collect()
+
+
+def _make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:
+    """`make_program`, but for the collection of what tracing leaves behind."""
     with _fuser:
         was = torch.jit.onednn_fusion_enabled()  # type: ignore[no-untyped-call]
         try:
@@ -272,7 +288,7 @@ def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMo
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # torch.jit.trace and freeze are deprecated (FutureWarning)
                 traced = torch.jit.trace(module.eval(), example, check_trace=False)  # type: ignore[no-untyped-call]
-                program: torch.jit.ScriptModule = torch.jit.freeze(in_own_unit(traced))
+                program: torch.jit.ScriptModule = torch.jit.freeze(_in_own_unit(traced))
                 for _ in range(_WARM_CALLS):
                     program(example)
                 fused = "oneDNNFusionGroup" in str(program.graph_for(example))
