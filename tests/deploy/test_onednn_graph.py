@@ -9,18 +9,15 @@ import gc
 import json
 import logging
 import pickle
-import subprocess
-import sys
 import threading
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import vggnet
-from tests.helpers import HEAD_KINDS
+from tests.helpers import HEAD_KINDS, spawn_python
 from vggnet.deploy import inference, onednn_graph
 from vggnet.deploy.inference import InferenceVGG
 from vggnet.models.vgg import make_layers
@@ -308,10 +305,10 @@ def test_a_net_with_hooks_gets_no_program_and_its_hooks_run_every_call() -> None
 
 def in_a_subprocess(script: str) -> dict:
     """Run `script` in a fresh interpreter (its programs' memory goes with it); it prints one JSON line."""
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    proc = spawn_python(script)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 _HEADS = """
