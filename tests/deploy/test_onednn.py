@@ -136,6 +136,18 @@ def test_a_copy_packs_again_and_gives_the_same_logits(vgg_graph):
         torch.testing.assert_close(clone(x), expected, atol=0, rtol=0)
 
 
+def test_an_int8_program_is_in_eval_mode_and_stays_there_without_asking_the_exported_graph(vgg_graph):
+    """torch.export's modules refuse .train() and .eval() ("not supported for exported models")."""
+    converted, x = vgg_graph
+    program = Int8Program(converted)
+    assert not program.training and program.eval() is program and not program.training
+    with pytest.raises(UnsupportedError, match="inference-only: train the VGG itself, then quantize it again"):
+        program.train()
+    assert not program.training and not copy.deepcopy(program).training
+    with torch.inference_mode():
+        program(x)
+
+
 def test_saving_an_int8_program_is_refused_with_the_way_out(vgg_graph, tmp_path):
     program = Int8Program(vgg_graph[0])
     with pytest.raises(UnsupportedError, match=r"cannot be saved or pickled: save the float32 model"):

@@ -2,6 +2,9 @@
 
 - `inference`: `fold_batchnorm` and `optimize_for_inference` (channels_last, fused oneDNN calls, compiled).
 - `quantize`: static int8 on CPUs (PT2E with torchao's x86 Inductor quantizer), checked against float32.
+- `packed`: `PackedModel`, the base of both: refuses what would leave their packed weights behind (`.half()`,
+  `load_state_dict`, pickling), with the fix.
+- `onednn_graph`: the oneDNN Graph programs an optimized model runs its batches of `batch_size` as (CPU).
 - `onednn`: the converted int8 graph run as direct calls to oneDNN's int8 operators (what `quantize` returns runs).
 - `export`: ONNX, torch.export (pt2), AOTInductor and TorchScript artifacts, checked against eager.
 - `convert`: weights from any source written as safetensors or PyTorch zip, in vggnet's or timm's layout.

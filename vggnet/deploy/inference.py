@@ -57,6 +57,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,6 +65,7 @@ from torch import nn
 from vggnet import settings
 from vggnet.checks import check_int
 from vggnet.deploy.onednn_graph import Plan, Programs, onednn_graph_available, traceable
+from vggnet.deploy.packed import PackedModel
 from vggnet.errors import DeviceError, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import POOLED_SIZE
 from vggnet.models.vgg import VGG
@@ -614,12 +616,14 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-class InferenceVGG(nn.Module):
+class InferenceVGG(PackedModel):
     """A prepared VGG for inference only: validates and converts its input, runs without autograd.
 
     The input may be any floating dtype on any device: it is moved to the module's device, dtype and
     channels_last layout; the logits come back in the input's dtype, on the module's device. Build it
-    with `optimize_for_inference`, which folds and converts the model first.
+    with `optimize_for_inference`, which folds and converts the model first. Its weights are packed for
+    its device and dtype: converting it (`.half()`, `.to(...)`), loading a state dict into it or pickling
+    it is refused with the fix (`vggnet.deploy.packed`); `copy.deepcopy` works.
 
     Args:
         net: the folded, converted VGG (its state dict keeps the `features.N` and `classifier.N` keys).
@@ -647,6 +651,14 @@ class InferenceVGG(nn.Module):
         super().__init__()
         self.net = net
         self.dtype_note = dtype_note
+        self._settings: dict[str, Any] = {  # what a deep copy is made with
+            "compile": compile,
+            "cuda_graphs": cuda_graphs,
+            "static_shapes": static_shapes,
+            "batch_size": batch_size,
+            "dtype_note": dtype_note,
+            "onednn_graph": onednn_graph,
+        }
         pool = net.avgpool
         # The pool is an identity only when it is the stock 7x7 adaptive average pool.
         self._pool_is_7x7 = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (
@@ -696,6 +708,25 @@ class InferenceVGG(nn.Module):
             convs.update(_pack_convolutions(self._steps, c, batch, 224, start=whole_from))
             linears = _pack_linears(self.net.classifier, batch) if self._onednn_classifier else {}
         return convs, linears
+
+    remake = "optimize the VGG again (optimize_for_inference(model, device=..., dtype=...))"
+
+    def prepared_for(self) -> str:
+        """The device and dtype the weights were packed for.
+
+        Returns:
+            e.g. "cpu, torch.bfloat16".
+        """
+        return f"{self.device}, {self.dtype}"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> InferenceVGG:
+        """A copy made from a copy of the prepared VGG, its packed weights and programs made again.
+
+        oneDNN's packed tensors cannot be copied themselves ("Cannot access storage of OpaqueTensorImpl").
+        """
+        clone = InferenceVGG(copy.deepcopy(self.net, memo), **self._settings)
+        memo[id(self)] = clone
+        return clone
 
     @property
     def device(self) -> torch.device:

@@ -441,6 +441,7 @@ class Int8Program(nn.Module):
         self.converted = converted
         self.programs: dict[tuple[int, ...], fx.GraphModule] = {}  # packed weights: not copied, not saved
         self._lowering = threading.Lock()  # one lowering at a time: two threads' first calls of one shape pack once
+        self.training = False  # inference only (see train)
 
     def __getstate__(self) -> dict[str, Any]:
         """Refused: packed weights and the exported graph's code do not pickle (torch.save, multiprocessing)."""
@@ -452,9 +453,24 @@ class Int8Program(nn.Module):
     def __deepcopy__(self, memo: dict[int, Any]) -> Int8Program:
         """A copy of the converted graph whose programs are packed again on first use (packed weights are
         oneDNN's opaque tensors, which cannot be copied)."""
-        clone = Int8Program(copy.deepcopy(self.converted, memo))
-        clone.train(self.training)
-        return clone
+        return Int8Program(copy.deepcopy(self.converted, memo))
+
+    def train(self, mode: bool = True) -> Int8Program:
+        """Only eval mode, without asking the converted graph: an exported program refuses `.train()` and `.eval()`.
+
+        Args:
+            mode: must be False.
+
+        Returns:
+            This module.
+
+        Raises:
+            UnsupportedError: `mode` is True.
+        """
+        if mode:
+            raise UnsupportedError("an int8 model is inference-only: train the VGG itself, then quantize it again")
+        self.training = False
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The converted graph's output for `x`.

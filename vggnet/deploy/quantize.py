@@ -53,6 +53,7 @@ from vggnet.data.images import IMAGE_SUFFIXES, ImageFolder
 from vggnet.data.transforms import ImageClassification
 from vggnet.deploy.inference import keep_activations_on_heap, mark_non_finite, optimize_for_inference
 from vggnet.deploy.onednn import Int8Program
+from vggnet.deploy.packed import PackedModel
 from vggnet.errors import MissingDependency, NoImages, UnsupportedError, UsageError, UsageTypeError
 from vggnet.models.config import MIN_SIZE
 from vggnet.models.saved import preset_of
@@ -153,11 +154,13 @@ class QuantizeReport:
     compile_s: float  # the first call: the graph lowered and the weights packed for its batch size
 
 
-class Int8VGG(nn.Module):
+class Int8VGG(PackedModel):
     """A quantized (or, on fallback, float32-optimized) VGG for inference on CPU; `report` says which and how close.
 
     Takes float images of the calibration size (`report.image_size`) on any device; returns float32
-    logits on the CPU. Built by `quantize`.
+    logits on the CPU. Built by `quantize`. Its weights are packed: converting it (`.half()`, `.to(...)`),
+    loading a state dict into it or pickling it is refused with the fix (`vggnet.deploy.packed`);
+    `copy.deepcopy` works.
 
     Args:
         program: the int8 program (`vggnet.deploy.onednn.Int8Program`), or the float32 `InferenceVGG` of a fallback.
@@ -173,6 +176,16 @@ class Int8VGG(nn.Module):
         self.fallback_reason: str | None = None
         self.report: QuantizeReport | None = None  # set by quantize
         self.image_size: tuple[int, int] | None = None
+
+    remake = "quantize the VGG again (vggnet.deploy.quantize.quantize(model, calibration))"
+
+    def prepared_for(self) -> str:
+        """What the weights were packed for.
+
+        Returns:
+            "the CPU, in int8", or in float32 where the model fell back.
+        """
+        return "the CPU, in int8" if self.int8 else "the CPU, in float32 (the fallback)"
 
     def check_input(self, x: torch.Tensor) -> None:
         """Refuse what the model cannot take, with the fix.
