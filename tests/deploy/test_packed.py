@@ -60,6 +60,7 @@ MAKERS: dict[str, Callable[[pytest.MonkeyPatch], PackedModel]] = {
     "float32 eager": lambda mp: inference.optimize_for_inference(small_vgg(), dtype=torch.float32, onednn_graph=False),
     "own head": lambda mp: inference.optimize_for_inference(own_head(), dtype=torch.float32),
     "unpooled": lambda mp: inference.optimize_for_inference(small_vgg(num_classes=0, global_pool="")),
+    "compiled": lambda mp: inference.optimize_for_inference(small_vgg(), dtype=torch.float32, compile=True),
     "int8": lambda mp: _int8(small_vgg()),
     "int8 own head": lambda mp: _int8(own_head()),
     "int8 fallback": _int8_fallback,
@@ -99,7 +100,9 @@ def test_a_conversion_that_would_change_a_tensor_is_refused_and_the_model_still_
     dtype = next(model.parameters()).dtype
     if conversion == "to bfloat16 and back" and dtype == torch.bfloat16:
         conversion = "half"  # .bfloat16() changes nothing on a bf16 model
-    with pytest.raises(UnsupportedError, match=r"cannot be converted .*its weights were packed for .* again \("):
+    change = {"to meta": "to meta", "to_empty": "to new tensors"}.get(conversion, "to torch.")
+    refused = rf"cannot be converted {change}.*: its weights were packed for .* when it was made; .* again \("
+    with pytest.raises(UnsupportedError, match=refused):
         CONVERSIONS[conversion](model)
     assert next(model.parameters()).dtype == dtype
     assert torch.equal(logits(model), before)
@@ -128,6 +131,16 @@ def test_loading_a_state_dict_even_its_own_is_refused_and_the_model_still_works(
     assert torch.equal(logits(model), before)
 
 
+def test_loading_a_state_dict_into_a_module_holding_it_is_refused_too(packed):
+    """nn.Module.load_state_dict asks each module for its part: the packed one refuses it."""
+    model, before = packed
+    holder = nn.Sequential(nn.Identity(), model)
+    changed = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in holder.state_dict().items()}
+    with pytest.raises(UnsupportedError, match=r"cannot load a state dict"):
+        holder.load_state_dict(changed)
+    assert torch.equal(logits(model), before)
+
+
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_saving_or_pickling_is_refused_with_the_fix(packed, how):
     model, before = packed
@@ -150,3 +163,36 @@ def test_a_deep_copy_works_on_its_own_weights_and_a_shallow_copy_shares_them(pac
     shallow = copy.copy(clone)
     assert next(shallow.parameters()) is next(clone.parameters())
     assert torch.equal(logits(shallow), before)
+
+
+def test_a_deep_copy_keeps_hooks_and_attributes_of_ones_own(packed):
+    model, before = packed
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, out: calls.append(len(out)))
+    model.note = {"trained on": "digits"}
+    clone = copy.deepcopy(model)
+    assert clone.note == model.note and clone.note is not model.note
+    assert torch.equal(logits(clone), before) and calls == [len(before)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64])
+def test_a_model_with_nothing_packed_converts_loads_and_pickles_as_any_module(dtype):
+    """float64 runs on torch's own kernels: nothing is packed, so nothing is refused."""
+    model = inference.optimize_for_inference(small_vgg(), dtype=dtype)
+    assert not model.is_packed()
+    before = logits(model)
+    restored = pickle.loads(pickle.dumps(model))
+    assert torch.equal(logits(restored), before)
+    restored.load_state_dict({k: v * 2 if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    assert not torch.equal(logits(restored), before)  # it computes what it holds
+    assert next(model.to(torch.float32).parameters()).dtype == torch.float32
+
+
+def test_export_refuses_a_packed_model_and_says_to_export_the_vgg(tmp_path):
+    from vggnet.deploy.export import export
+    from vggnet.errors import UsageTypeError
+
+    model = inference.optimize_for_inference(small_vgg(), dtype=torch.float32)
+    with pytest.raises(UsageTypeError, match=r"export takes the VGG, got an InferenceVGG .* export the VGG itself"):
+        export(model, tmp_path / "vgg.onnx")
+    assert not list(tmp_path.iterdir())

@@ -41,7 +41,8 @@ from torch import nn
 from vggnet.checks import check_int
 from vggnet.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vggnet.data.outputs import atomic_write, check_output
-from vggnet.errors import MissingDependency, UnsupportedError, UsageError, VggnetError
+from vggnet.deploy.packed import PackedModel
+from vggnet.errors import MissingDependency, UnsupportedError, UsageError, UsageTypeError, VggnetError
 from vggnet.models.config import IN_CHANNELS, MIN_SIZE
 
 __all__ = [
@@ -302,6 +303,11 @@ def _check_arguments(
         )
     if any(p.is_meta for p in model.parameters()):
         raise UsageError("the model's parameters are on the meta device: load weights into it before exporting")
+    if isinstance(model, PackedModel):  # packed for this process's oneDNN; the exporters trace plain modules
+        raise UsageTypeError(
+            f"export takes the VGG, got an {type(model).__name__} made from one; export the VGG itself (the "
+            "artifact's runtime optimizes it), in the dtype you want (dtype=...)"
+        )
 
 
 def _save_program(program: torch.export.ExportedProgram, fmt: str, out: IO[bytes]) -> None:

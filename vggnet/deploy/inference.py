@@ -99,6 +99,8 @@ DeviceArg = str | torch.device | None
 # allocation is a fresh mmap. vgg16 at 224 px takes 2 images at a time in bf16 (6.4 MB per image out of
 # conv1_1), 1 in float32; chunks of 1, 2, 4 and 8 bf16 images ran a batch of 8 in 107, 97, 139, 150 ms.
 CHUNK_BYTES = 16 << 20
+# What InferenceVGG._make_packed makes from the weights (made again for a deep copy, never copied)
+_MADE_FROM_WEIGHTS = ("_packed_convs", "_packed_linears", "_programs", "_run")
 # Input shapes a model remembers its chunk plan for (forgotten all at once past this)
 _MAX_PLANS = 64
 # glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, mallopt(3))
@@ -651,14 +653,8 @@ class InferenceVGG(PackedModel):
         super().__init__()
         self.net = net
         self.dtype_note = dtype_note
-        self._settings: dict[str, Any] = {  # what a deep copy is made with
-            "compile": compile,
-            "cuda_graphs": cuda_graphs,
-            "static_shapes": static_shapes,
-            "batch_size": batch_size,
-            "dtype_note": dtype_note,
-            "onednn_graph": onednn_graph,
-        }
+        self._static_shapes = static_shapes
+        self._wants_programs = onednn_graph
         pool = net.avgpool
         # The pool is an identity only when it is the stock 7x7 adaptive average pool.
         self._pool_is_7x7 = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (
@@ -678,19 +674,27 @@ class InferenceVGG(PackedModel):
         int_pools = integer_pools(net.features, self.dtype) if self._steps is not None else None
         self._int_pools = int_pools or frozenset()
         self._batch = batch_size or 1  # what the weights are packed for, and the one batch size programs run
+        self._plans: dict[tuple[tuple[int, ...], torch.dtype], tuple[int, int]] = {}  # see _plan
+        self._make_packed()
+
+    def _make_packed(self) -> None:
+        """What is made from the prepared net's weights: their oneDNN copies, the programs, the compiled forward.
+
+        Made when the model is, and again for a deep copy (oneDNN's packed tensors cannot be copied).
+        """
         self._packed_convs, self._packed_linears = self._prepack(self._batch)
         self._programs: Programs | None = None  # oneDNN Graph programs, on the fused path where asked for
-        self._plans: dict[tuple[tuple[int, ...], torch.dtype], tuple[int, int]] = {}  # see _plan
-        if onednn_graph and self._steps is not None and onednn_graph_available() and traceable(net):
+        if self._wants_programs and self._steps is not None and onednn_graph_available() and traceable(self.net):
             skip = (POOLED_SIZE, POOLED_SIZE) if self._pool_is_7x7 else None  # the map at which the pool is skipped
-            self._programs = Programs(net, _step_modules(self._steps), skip)
+            self._programs = Programs(self.net, _step_modules(self._steps), skip)
         # None: self._logits, called as a method (a bound method kept here would be a reference cycle,
         # leaving the model and its programs to the cyclic garbage collector)
         self._run: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if compile:
+        if self.compiled:
             # "reduce-overhead" is inductor plus CUDA graphs; a known batch size compiles for it alone.
-            mode = "reduce-overhead" if cuda_graphs else None
-            self._run = torch.compile(self._logits, mode=mode, dynamic=False if static_shapes else None)
+            mode = "reduce-overhead" if self.cuda_graphs else None
+            dynamic = False if self._static_shapes else None
+            self._run = torch.compile(self._logits, mode=mode, dynamic=dynamic)
 
     def _prepack(self, batch: int) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """The oneDNN-layout copies of the convolution and linear weights (none off the fused path).
@@ -719,13 +723,24 @@ class InferenceVGG(PackedModel):
         """
         return f"{self.device}, {self.dtype}"
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> InferenceVGG:
-        """A copy made from a copy of the prepared VGG, its packed weights and programs made again.
+    def is_packed(self) -> bool:
+        """Whether the weights have copies the parameters do not show (what makes conversions unsafe).
 
-        oneDNN's packed tensors cannot be copied themselves ("Cannot access storage of OpaqueTensorImpl").
+        Returns:
+            True on the fused CPU path (oneDNN's copies, the programs) and where compiled (frozen or
+            captured weights); False otherwise (float64 on CPU, or CUDA without compile), where the model
+            may be converted, loaded into and pickled as any module.
         """
-        clone = InferenceVGG(copy.deepcopy(self.net, memo), **self._settings)
+        return self._steps is not None or self.compiled
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> InferenceVGG:
+        """A copy of everything but what `_make_packed` makes (hooks and your own attributes included), which
+        is made again from the copied weights (oneDNN's packed tensors cannot be copied)."""
+        clone = type(self).__new__(type(self))
         memo[id(self)] = clone
+        state = {k: v for k, v in self.__dict__.items() if k not in _MADE_FROM_WEIGHTS}
+        clone.__dict__.update(copy.deepcopy(state, memo))
+        clone._make_packed()
         return clone
 
     @property

@@ -1,24 +1,28 @@
 """The base of the models whose weights are packed once, when they are made: `InferenceVGG` and `Int8VGG`.
 
 Such a model holds copies of its weights that its parameters do not show: oneDNN's blocked layouts,
-frozen oneDNN Graph programs, int8 weights packed per batch size. Changing the parameters afterwards left
-those copies behind: `.half()` or `.to(torch.float64)` made the next call fail inside oneDNN ("could not
-create a primitive descriptor"), and a `load_state_dict` with the model's own keys changed the parameters
-while the packed copies kept computing with the old weights. So `PackedModel` refuses, with the fix:
+frozen oneDNN Graph programs, int8 weights packed per batch size, a compiled forward. Changing the
+parameters afterwards left those copies behind: after `.half()` the next call failed inside oneDNN
+("could not create a primitive descriptor"), and a `load_state_dict` with the model's own keys changed
+the parameters while the packed copies kept computing with the old weights. So, where a model holds
+packed copies (`is_packed`), `PackedModel` refuses, with the fix:
 
-- a conversion that would change a tensor (`.to()`, `.half()`, `.double()`, `.cuda()`, `to_empty()`, ...);
-  one that changes nothing (`.to("cpu")` on the CPU, `.float()` on a float32 model) is fine;
-- `load_state_dict`;
+- a conversion that would change a tensor (`.to()`, `.half()`, `.double()`, `.cuda()`, `to_empty()`, a
+  new memory format); one that changes nothing (`.to("cpu")` on the CPU, `.float()` on a float32 model)
+  is fine;
+- loading a state dict, into the model itself or into anything holding it (`nn.Module.load_state_dict`
+  asks each module for its part: `_load_from_state_dict`);
 - pickling (`torch.save`, multiprocessing): oneDNN's opaque tensors have no storage to save.
 
-`copy.deepcopy` makes a working copy (`InferenceVGG` makes its packed copies again for the copy).
+`copy.deepcopy` makes a working copy. Reaching inside (the prepared VGG an optimized model runs is its
+`net`) is not guarded: change the VGG you made the model from, and make it again.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,10 +35,19 @@ __all__ = ["PackedModel"]
 class PackedModel(nn.Module):
     """A module whose weights were packed for one device and dtype when it was made; see the module docstring.
 
-    Subclasses say how to make one again (`remake`) and what it was made for (`prepared_for`).
+    Subclasses say how to make one again (`remake`), what it was made for (`prepared_for`) and whether
+    it holds packed copies at all (`is_packed`).
     """
 
     remake = "make it again from the VGG"  # the fix each refusal ends with
+
+    def is_packed(self) -> bool:
+        """Whether the model holds copies of its weights that its parameters do not show.
+
+        Returns:
+            True here; a subclass that sometimes packs nothing says so.
+        """
+        return True
 
     def prepared_for(self) -> str:
         """Where and in what the model computes, as the refusals name it.
@@ -57,40 +70,51 @@ class PackedModel(nn.Module):
         return UnsupportedError(f"{type(self).__name__} {what}: {fix}{self.remake}")
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedModel:
-        """nn.Module's conversions (`.to()` and the rest), where `fn` leaves every tensor as it is; else refused.
+        """nn.Module's conversions (`.to()` and the rest), where `fn` leaves every tensor as it is or nothing is
+        packed; else refused.
 
         Raises:
-            UnsupportedError: `fn` would convert a parameter or buffer.
+            UnsupportedError: `fn` would replace a parameter or buffer of a packed model.
         """
-        for t in _tensors(self, recurse):
-            if fn(t) is not t:  # Tensor.to() returns the tensor itself where nothing changes
+        for t in _tensors(self, recurse) if self.is_packed() else ():
+            converted = fn(t)
+            if converted is not t:  # Tensor.to() returns the tensor itself where nothing changes
                 raise self.refusal(
-                    "cannot be converted (.to(), .half(), .cuda(), to_empty())",
+                    f"cannot be converted {_change(t, converted)}",
                     f"its weights were packed for {self.prepared_for()} when it was made; ",
                 )
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         return self
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> NoReturn:
-        """Refused: the packed copies of the weights would keep the old ones.
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Refused where the model is packed: its packed copies would keep the old weights.
+
+        `nn.Module.load_state_dict`, on this model or on one holding it, asks each module for its part here.
 
         Raises:
-            UnsupportedError: always, with the fix.
+            UnsupportedError: the model is packed.
         """
-        raise self.refusal(
-            "cannot load a state dict", "its weights were packed when it was made; load it into the VGG, then "
-        )
+        if self.is_packed():
+            raise self.refusal(
+                "cannot load a state dict", "its weights were packed when it was made; load it into the VGG, then "
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def __getstate__(self) -> NoReturn:
-        """Refused: oneDNN's packed tensors cannot be saved (`torch.save`, pickle, multiprocessing).
+    def __getstate__(self) -> dict[str, Any]:
+        """The state pickle saves, where nothing is packed; else refused.
+
+        Returns:
+            The module's attributes, as pickle takes them by default.
 
         Raises:
-            UnsupportedError: always, with the fix.
+            UnsupportedError: the model is packed (oneDNN's packed tensors cannot be saved).
         """
-        raise self.refusal(
-            "cannot be saved or pickled (oneDNN's packed weights have no storage to save)",
-            "save the VGG (vggnet.save) and, where it is loaded, ",
-        )
+        if self.is_packed():
+            raise self.refusal(
+                "cannot be saved or pickled (oneDNN's packed weights have no storage to save)",
+                "save the VGG (vggnet.save) and, where it is loaded, ",
+            )
+        return dict(self.__dict__)
 
     def __copy__(self) -> PackedModel:
         """A shallow copy, as `copy.copy` makes of any module (it would otherwise fall back on pickling)."""
@@ -104,6 +128,15 @@ class PackedModel(nn.Module):
         memo[id(self)] = clone
         clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return clone
+
+
+def _change(before: torch.Tensor, after: torch.Tensor) -> str:
+    """What a conversion would have done to a tensor, as the refusal says it ("to torch.float16")."""
+    if after.device != before.device:
+        return f"to {after.device}"
+    if after.dtype != before.dtype:
+        return f"to {after.dtype}"
+    return "to new tensors (another memory format, or to_empty())"
 
 
 def _tensors(module: nn.Module, recurse: bool) -> Iterator[torch.Tensor]:
