@@ -156,7 +156,8 @@ def _ov_type(value: Any) -> str:
     return str(name()) if callable(name) else str(value)
 
 
-def _ov_model(tv: torch.nn.Module, bs: int, size: int) -> Any:
+def ov_model(tv: torch.nn.Module, bs: int, size: int) -> Any:
+    """torchvision's model `tv` converted to OpenVINO for (bs, 3, size, size) inputs."""
     import openvino as ov
 
     shape = (bs, 3, size, size)
@@ -165,7 +166,7 @@ def _ov_model(tv: torch.nn.Module, bs: int, size: int) -> Any:
 
 def _openvino(config: dict[str, str]) -> Factory:
     def make(tv: torch.nn.Module, vm: vggnet.VGG, calib: torch.Tensor, bs: int, size: int) -> Run:
-        return _ov_compile(_ov_model(tv, bs, size), config)
+        return _ov_compile(ov_model(tv, bs, size), config)
 
     return make
 
@@ -174,7 +175,7 @@ def _openvino_int8(tv: torch.nn.Module, vm: vggnet.VGG, calib: torch.Tensor, bs:
     import nncf
 
     data = [calib[i : i + bs].numpy() for i in range(0, len(calib) - bs + 1, bs)]
-    quantized = nncf.quantize(_ov_model(tv, bs, size), nncf.Dataset(data), subset_size=len(data) * bs)
+    quantized = nncf.quantize(ov_model(tv, bs, size), nncf.Dataset(data), subset_size=len(data) * bs)
     return _ov_compile(quantized, {})
 
 

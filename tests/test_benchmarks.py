@@ -457,3 +457,26 @@ def test_every_candidate_is_called_twice_before_the_timed_rounds_even_with_one_w
     models = {bench.EAGER: candidate(bench.EAGER), "vggnet optimized": candidate("vggnet optimized")}
     bench._measure(models, {}, torch.zeros(1, 3, 8, 8), device=torch.device("cpu"), warmup=1, iters=1, rounds=1)
     assert before_timing == {"vggnet optimized": 2, bench.EAGER: 3}  # eager also gives the expected logits
+
+
+def test_int8_layers_pairs_the_layers_by_kind_and_order_and_keeps_the_rest_apart():
+    import bench_int8_layers
+
+    ours = {
+        "quantize_uint8": 0.1,
+        "qconv_pointwise_default": 1.0,
+        "max_pool2d_default": 0.2,
+        "qconv_pointwise_default_1": 2.0,
+        "flatten": 0.05,
+        "qlinear_pointwise_default": 3.0,
+    }
+    theirs = {"Subgraph x/fq": 0.07, "Reorder abcd_acdb___module.features.0/aten::_convolution/Convolution": 0.04,
+              "Convolution __module.features.0": 1.1, "Convolution __module.features.2": 1.9,
+              "MaxPool __module.features.4": 0.3, "FullyConnected __module.classifier.0": 2.5}  # fmt: skip
+    rows = {r["layer"]: (r["vggnet_ms"], r["openvino_ms"]) for r in bench_int8_layers._table(ours, theirs)}
+    assert rows["conv 1"] == (1.0, 1.1) and rows["conv 2"] == (2.0, 1.9)
+    assert rows["pool 1"] == (0.2, 0.3) and rows["fc 1"] == (3.0, 2.5)
+    # a reorder named after the convolution it feeds is not that convolution
+    assert rows["other: Reorder abcd_acdb___module.features.0/aten::_convolution/Convolution"] == (None, 0.04)
+    assert rows["other: quantize_uint8"] == (0.1, None) and rows["other: flatten"] == (0.05, None)
+    assert list(rows)[:4] == ["conv 1", "conv 2", "pool 1", "fc 1"]
