@@ -367,6 +367,20 @@ def _cpu_layers_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _int8_layers_table(data: dict[str, Any]) -> list[str]:
+    """bench_int8_layers.py: vggnet's and OpenVINO's int8 layer by layer, per batch size, with each side's wall."""
+    lines = [f"CPU {data['machine']['cpu_model']}; medians over the rounds, each layer timed inside whole passes.", ""]
+    for b in data["batches"]:
+        walls = ", ".join(f"{k} {_num(v)}" for k, v in b["wall_ms"].items())
+        lines += [f"Batch {b['batch']}, {b['rounds']} rounds; wall ms per pass: {walls}.", ""]
+        lines += ["| layer | vggnet ms | OpenVINO ms |", "|---|---:|---:|"]
+        for r in b["layers"]:
+            ours, theirs = ("" if v is None else _num(v, 3) for v in (r["vggnet_ms"], r["openvino_ms"]))
+            lines.append(f"| {_cell(r['layer'])} | {ours} | {theirs} |")
+        lines.append("")
+    return lines
+
+
 def _formats_table(data: dict[str, Any]) -> list[str]:
     """bench_formats.py: load time per weights format, then latency per exported format against eager."""
     lines = ["| weights format | load ms | load + touch ms |", "|---|---:|---:|"]
@@ -403,6 +417,7 @@ def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[st
         "int8-isa-cap": lambda d: _bench_table(list(d["runs"].values())),
         "cpu_peers": _cpu_peers_table,
         "cpu_layers": _cpu_layers_table,
+        "int8_layers": _int8_layers_table,
         "formats": _formats_table,
     }
     if suite == "int8" and "runs" not in data:
