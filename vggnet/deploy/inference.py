@@ -57,7 +57,6 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +65,7 @@ from vggnet import settings
 from vggnet.checks import check_int
 from vggnet.deploy.onednn_graph import Plan, Programs, onednn_graph_available, traceable
 from vggnet.deploy.packed import PackedModel
-from vggnet.errors import DeviceError, UnsupportedError, UsageError, UsageTypeError
+from vggnet.errors import DeviceError, UsageError, UsageTypeError
 from vggnet.models.config import POOLED_SIZE
 from vggnet.models.vgg import VGG
 
@@ -99,8 +98,6 @@ DeviceArg = str | torch.device | None
 # allocation is a fresh mmap. vgg16 at 224 px takes 2 images at a time in bf16 (6.4 MB per image out of
 # conv1_1), 1 in float32; chunks of 1, 2, 4 and 8 bf16 images ran a batch of 8 in 107, 97, 139, 150 ms.
 CHUNK_BYTES = 16 << 20
-# What InferenceVGG._make_packed makes from the weights (made again for a deep copy, never copied)
-_MADE_FROM_WEIGHTS = ("_packed_convs", "_packed_linears", "_programs", "_run")
 # Input shapes a model remembers its chunk plan for (forgotten all at once past this)
 _MAX_PLANS = 64
 # glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, mallopt(3))
@@ -675,9 +672,11 @@ class InferenceVGG(PackedModel):
         self._int_pools = int_pools or frozenset()
         self._batch = batch_size or 1  # what the weights are packed for, and the one batch size programs run
         self._plans: dict[tuple[tuple[int, ...], torch.dtype], tuple[int, int]] = {}  # see _plan
-        self._make_packed()
+        self._repack()
 
-    def _make_packed(self) -> None:
+    _made_from_weights = ("_packed_convs", "_packed_linears", "_programs", "_run")
+
+    def _repack(self) -> None:
         """What is made from the prepared net's weights: their oneDNN copies, the programs, the compiled forward.
 
         Made when the model is, and again for a deep copy (oneDNN's packed tensors cannot be copied).
@@ -732,16 +731,6 @@ class InferenceVGG(PackedModel):
             may be converted, loaded into and pickled as any module.
         """
         return self._steps is not None or self.compiled
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> InferenceVGG:
-        """A copy of everything but what `_make_packed` makes (hooks and your own attributes included), which
-        is made again from the copied weights (oneDNN's packed tensors cannot be copied)."""
-        clone = type(self).__new__(type(self))
-        memo[id(self)] = clone
-        state = {k: v for k, v in self.__dict__.items() if k not in _MADE_FROM_WEIGHTS}
-        clone.__dict__.update(copy.deepcopy(state, memo))
-        clone._make_packed()
-        return clone
 
     @property
     def device(self) -> torch.device:
@@ -864,24 +853,6 @@ class InferenceVGG(PackedModel):
 
         patch: contextlib.AbstractContextManager[object] = inductor_config.patch(freezing=True)
         return patch
-
-    def train(self, mode: bool = True) -> InferenceVGG:
-        """Only `train(False)`/`eval()`: BatchNorm is folded and dropout gone, so there is no training mode.
-
-        Args:
-            mode: must be False.
-
-        Returns:
-            This module, in eval mode.
-
-        Raises:
-            UnsupportedError: `mode` is True.
-        """
-        if mode:
-            raise UnsupportedError(
-                "an optimize_for_inference module is inference-only: train the VGG itself, then optimize it again"
-            )
-        return super().train(False)
 
     def extra_repr(self) -> str:
         """The device, the dtype (and why, when it was chosen for this machine), compiled, CUDA graphs."""

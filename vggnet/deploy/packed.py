@@ -40,6 +40,11 @@ class PackedModel(nn.Module):
     """
 
     remake = "make it again from the VGG"  # the fix each refusal ends with
+    # attributes made from the weights: not deep-copied, but made again for the copy by `_repack`
+    _made_from_weights: tuple[str, ...] = ()
+
+    def _repack(self) -> None:
+        """Make the attributes named in `_made_from_weights` from this model's weights (for a deep copy)."""
 
     def is_packed(self) -> bool:
         """Whether the model holds copies of its weights that its parameters do not show.
@@ -68,6 +73,22 @@ class PackedModel(nn.Module):
             The UnsupportedError to raise, one line.
         """
         return UnsupportedError(f"{type(self).__name__} {what}: {fix}{self.remake}")
+
+    def train(self, mode: bool = True) -> PackedModel:
+        """Only `train(False)`/`eval()`: the model is prepared for inference (BatchNorm folded, dropout gone).
+
+        Args:
+            mode: must be False.
+
+        Returns:
+            This module, in eval mode.
+
+        Raises:
+            UnsupportedError: `mode` is True.
+        """
+        if mode:
+            raise self.refusal("is inference-only", "train the VGG itself, then ")
+        return super().train(False)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedModel:
         """nn.Module's conversions (`.to()` and the rest), where `fn` leaves every tensor as it is or nothing is
@@ -123,10 +144,14 @@ class PackedModel(nn.Module):
         return clone
 
     def __deepcopy__(self, memo: dict[int, Any]) -> PackedModel:
-        """A copy whose children copy themselves (pickling, which deepcopy would fall back on, is refused)."""
+        """A copy of everything (hooks and your own attributes included) but what is made from the weights,
+        which is made again from the copied ones (`_repack`): oneDNN's packed tensors cannot be copied, and
+        pickling, which deepcopy would fall back on, is refused."""
         clone = type(self).__new__(type(self))
         memo[id(self)] = clone
-        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        state = {k: v for k, v in self.__dict__.items() if k not in self._made_from_weights}
+        clone.__dict__.update(copy.deepcopy(state, memo))
+        clone._repack()
         return clone
 
 

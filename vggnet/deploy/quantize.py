@@ -233,11 +233,6 @@ class Int8VGG(PackedModel):
                 out = mark_non_finite(x, torch.cat([self.program(x[i:j]) for i, j in pieces]))
         return out.float()
 
-    def train(self, mode: bool = True) -> Int8VGG:
-        if mode:
-            raise UnsupportedError("a quantized model is inference-only: train the VGG itself, then quantize it again")
-        return super().train(False)
-
     def extra_repr(self) -> str:
         return f"int8={self.int8}, image_size={self.image_size}, fallback_reason={self.fallback_reason!r}"
 
