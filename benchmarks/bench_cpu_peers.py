@@ -135,11 +135,15 @@ def _onnxruntime(tv: torch.nn.Module, vm: vggnet.VGG, calib: torch.Tensor, bs: i
     return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
+def ov_config(config: dict[str, str]) -> dict[str, str]:
+    """OpenVINO's CPU settings for every OpenVINO candidate (latency, this process's threads), plus `config`."""
+    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(torch.get_num_threads()), **config}
+
+
 def _ov_compile(model: Any, config: dict[str, str]) -> Run:
     import openvino as ov
 
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(torch.get_num_threads()), **config}
-    compiled = ov.Core().compile_model(model, "CPU", config)
+    compiled = ov.Core().compile_model(model, "CPU", ov_config(config))
     request = compiled.create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -171,12 +175,16 @@ def _openvino(config: dict[str, str]) -> Factory:
     return make
 
 
-def _openvino_int8(tv: torch.nn.Module, vm: vggnet.VGG, calib: torch.Tensor, bs: int, size: int) -> Run:
+def ov_int8_model(tv: torch.nn.Module, calib: torch.Tensor, bs: int, size: int) -> Any:
+    """torchvision's model `tv` in OpenVINO, quantized by NNCF on the batches of `bs` images in `calib`."""
     import nncf
 
     data = [calib[i : i + bs].numpy() for i in range(0, len(calib) - bs + 1, bs)]
-    quantized = nncf.quantize(ov_model(tv, bs, size), nncf.Dataset(data), subset_size=len(data) * bs)
-    return _ov_compile(quantized, {})
+    return nncf.quantize(ov_model(tv, bs, size), nncf.Dataset(data), subset_size=len(data) * bs)
+
+
+def _openvino_int8(tv: torch.nn.Module, vm: vggnet.VGG, calib: torch.Tensor, bs: int, size: int) -> Run:
+    return _ov_compile(ov_int8_model(tv, calib, bs, size), {})
 
 
 CANDIDATES: dict[str, Factory] = {

@@ -31,7 +31,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from bench_cpu_peers import add_run_arguments, ov_model, photos, results_header
+from bench_cpu_peers import add_run_arguments, ov_config, ov_int8_model, photos, results_header
 from harness import save_run
 from torch import fx
 
@@ -80,17 +80,14 @@ def _numbered(names: list[str], kind_of: Any) -> list[tuple[str, str]]:
 
 
 def _openvino(vm: vggnet.VGG, images: torch.Tensor, bs: int, size: int) -> Any:
-    """OpenVINO's NNCF int8 vgg16 with per-node profiling, as an infer request (as bench_cpu_peers builds it)."""
-    import nncf
+    """OpenVINO's NNCF int8 vgg16 as bench_cpu_peers builds it, with per-node profiling, as an infer request."""
     import openvino as ov
     import torchvision
 
     tv = torchvision.models.vgg16().eval()
     tv.load_state_dict(vm.state_dict())
-    data = [images[i : i + bs].numpy() for i in range(0, len(images) - bs + 1, bs)]
-    quantized = nncf.quantize(ov_model(tv, bs, size), nncf.Dataset(data), subset_size=len(data) * bs)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(torch.get_num_threads()), "PERF_COUNT": "YES"}
-    return ov.Core().compile_model(quantized, "CPU", config).create_infer_request()
+    quantized = ov_int8_model(tv, images, bs, size)
+    return ov.Core().compile_model(quantized, "CPU", ov_config({"PERF_COUNT": "YES"})).create_infer_request()
 
 
 def _ov_layers(request: Any) -> list[tuple[str, float]]:
