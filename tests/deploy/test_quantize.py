@@ -410,6 +410,10 @@ for kind in sys.argv[1:]:
         expected, got = net(x), quantized(x)
     assert quantized.int8 and got.shape == expected.shape, (kind, got.shape, expected.shape)
     program = quantized.program.programs[tuple(x.shape)]  # 4 images: one piece
+    run = quantized.program.runs[tuple(x.shape)]
+    assert type(run).__name__ == "ScriptedGraph", (kind, run)  # TorchScript runs it, not FX
+    with torch.inference_mode():
+        assert torch.equal(run(x), program(x)), kind  # with FX's bits
     calls = {node.target for node in program.graph.nodes}
     assert not calls & {torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}, (kind, calls)  # all oneDNN's
     cosine = F.cosine_similarity(got.flatten(1), expected.flatten(1), dim=1)

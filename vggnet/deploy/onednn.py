@@ -13,9 +13,11 @@ computes in float32 between quantize and dequantize nodes; `lower` rewrites it f
 
 These are the operators and packed weights Inductor's int8 lowering (`torch.compile` with freezing) emits
 for the same graph, and with 8-bit activations the logits are the same bit for bit. Called from a
-straight-line Python program, they need no compilation (vgg16: a first call of about 0.5 s instead of
-seconds to minutes), and a call takes within 1% of the compiled one's time (issue 27). Anything else runs
-as the converted graph runs it: dequantized, in float32.
+straight-line program, they need no compilation by Inductor (vgg16: a first call of about 0.5 s instead
+of seconds to minutes), and through FX a call took within 1% of the compiled one's time (issue 27).
+`Int8Program` runs each program as a TorchScript function written from it (`vggnet.deploy.torchscript`:
+7-9% faster than FX at batch 1, the logits the same bit for bit), and through FX where it has none.
+Anything else runs as the converted graph runs it: dequantized, in float32.
 Weights are packed for the batch size given, as oneDNN reorders weights packed for another shape on
 every call.
 
@@ -39,9 +41,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from vggnet.deploy.torchscript import script_graph
 from vggnet.errors import UnsupportedError
 
-__all__ = ["Int8Program", "adaptive_avg_pool_uint8", "lower", "quantize_uint8"]
+__all__ = ["HELPERS", "Int8Program", "adaptive_avg_pool_uint8", "lower", "quantize_uint8"]
 
 _aten = torch.ops.aten
 _RELUS = (_aten.relu.default, _aten.relu_.default)
@@ -246,7 +249,7 @@ def _pool_arguments(op: fx.Node) -> tuple[list[int], list[int], list[int], list[
 
 
 def adaptive_avg_pool_uint8(
-    x: torch.Tensor, size: tuple[int, int], scale: float, zero_point: int, qmin: int, qmax: int
+    x: torch.Tensor, size: list[int], scale: float, zero_point: int, qmin: int, qmax: int
 ) -> torch.Tensor:
     """Adaptive average pooling of uint8 values `(q - zero_point) * scale`, as uint8 values of the same scale.
 
@@ -262,7 +265,7 @@ def adaptive_avg_pool_uint8(
         `x` itself where it is of that size already (VGG's 7x7 pool at 224x224 pixels), else the pooled values,
         dequantized, pooled and quantized as the converted graph does it.
     """
-    if tuple(x.shape[-2:]) == tuple(size):
+    if x.shape[-2] == size[0] and x.shape[-1] == size[1]:  # (written so that TorchScript compiles it)
         return x
     pooled = torch.nn.functional.adaptive_avg_pool2d((x.float() - zero_point) * scale, (size[0], size[1]))
     return quantize_uint8(pooled, scale, zero_point, qmin, qmax)
@@ -429,6 +432,13 @@ def _pack(converted: fx.GraphModule, layer: _Layer, input_shape: list[int]) -> t
     return packed
 
 
+# The Python functions `lower` puts in a program, by name: TorchScript compiles them for the program's function
+HELPERS: dict[str, Callable[..., Any]] = {
+    "quantize_uint8": quantize_uint8,
+    "adaptive_avg_pool_uint8": adaptive_avg_pool_uint8,
+}
+
+
 class Int8Program(nn.Module):
     """A converted int8 graph run through `lower`: one program per batch size, each packed on first use.
 
@@ -440,6 +450,8 @@ class Int8Program(nn.Module):
         super().__init__()
         self.converted = converted
         self.programs: dict[tuple[int, ...], fx.GraphModule] = {}  # packed weights: not copied, not saved
+        # what a call runs: each program's TorchScript function, or the program where it has none
+        self.runs: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
         self._lowering = threading.Lock()  # one lowering at a time: two threads' first calls of one shape pack once
         self.training = False  # inference only (see train)
 
@@ -482,10 +494,15 @@ class Int8Program(nn.Module):
             What the converted graph returns (the logits).
         """
         shape = tuple(x.shape)
-        program = self.programs.get(shape)
-        if program is None:
+        run = self.runs.get(shape)
+        if run is None:
             with self._lowering:
-                program = self.programs.get(shape) or lower(self.converted, x)
-                self.programs[shape] = program
-        out: torch.Tensor = program(x)
-        return out
+                run = self.runs.get(shape) or self._make(x)
+        return run(x)
+
+    def _make(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The program for `x`'s shape, packed, and what runs it (its TorchScript function, or FX)."""
+        shape = tuple(x.shape)
+        program = self.programs[shape] = lower(self.converted, x)
+        run = self.runs[shape] = script_graph(program, x, HELPERS) or program
+        return run
