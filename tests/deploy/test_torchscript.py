@@ -9,6 +9,8 @@ written back exactly; the function goes with its model.
 import gc
 import logging
 import operator
+import re
+import threading
 import weakref
 
 import pytest
@@ -17,6 +19,7 @@ from torch import fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import vggnet
+import vggnet.deploy.onednn
 from vggnet.deploy.onednn import HELPERS
 from vggnet.deploy.quantize import int8_instructions, quantize
 from vggnet.deploy.torchscript import ScriptedGraph, Unscriptable, script_graph, torchscript_source
@@ -55,9 +58,55 @@ def test_an_int8_model_runs_as_torchscript_with_the_fx_programs_bits(kwargs, sid
             got = model(x)
             for shape, run in model.program.runs.items():
                 assert isinstance(run, ScriptedGraph), (shape, run)
-                piece = torch.randn(shape, generator=torch.Generator().manual_seed(2))
-                assert torch.equal(run(piece), model.program.programs[shape](piece))
+                for piece in later_inputs(shape):  # not the input the function was checked on
+                    assert torch.equal(run(piece), model.program.programs[shape](piece))
         assert got.shape[0] == n
+
+
+def later_inputs(shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Inputs of `shape` as a model's later calls pass them: new values, channels-last, a slice of a batch."""
+    g = torch.Generator().manual_seed(2)
+    batch = torch.randn((2 * shape[0], *shape[1:]), generator=g)
+    return [
+        torch.randn(shape, generator=g) * 3,
+        torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last),
+        batch[shape[0] :],  # a view at an offset, as Int8VGG's pieces are
+    ]
+
+
+@int8
+def test_without_a_function_the_fx_program_runs(monkeypatch, caplog):
+    """A program the writer cannot write (here: its input quantization, with the helpers withheld) runs through FX."""
+    pytest.importorskip("torchao", reason="int8 needs torchao")
+    x = images(2)
+    expected = quantize(small_vgg(), images(4), fallback=False)(x)
+    monkeypatch.setattr(vggnet.deploy.onednn, "HELPERS", {})
+    model = quantize(small_vgg(), images(4), fallback=False)
+    with caplog.at_level(logging.WARNING, logger="vggnet.deploy.torchscript"):
+        got = model(x)
+    assert "a call of 'quantize_uint8'" in caplog.text and "runs through FX" in caplog.text
+    assert model.program.runs and all(run is model.program.programs[shape] for shape, run in model.program.runs.items())
+    assert torch.equal(got, expected)
+
+
+@int8
+def test_first_calls_from_two_threads_make_one_function_each_shape():
+    pytest.importorskip("torchao", reason="int8 needs torchao")
+    model = quantize(small_vgg(), images(4), fallback=False)
+    results: dict[int, torch.Tensor] = {}
+
+    def call(i: int) -> None:
+        with torch.inference_mode():
+            results[i] = model.program(images(1 + i % 2).contiguous(memory_format=torch.channels_last))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(model.program.runs) == {(1, 3, 32, 32), (2, 3, 32, 32)}
+    assert all(isinstance(run, ScriptedGraph) for run in model.program.runs.values())
+    assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
 
 
 @int8
@@ -72,6 +121,19 @@ def test_the_function_goes_with_its_model():
     del model, run
     gc.collect()
     assert unit() is None
+
+
+@int8
+def test_the_process_wide_unit_does_not_grow_with_programs():
+    pytest.importorskip("torchao", reason="int8 needs torchao")
+    model = quantize(small_vgg(), images(4), fallback=False)
+    with torch.inference_mode():
+        model(images(1))  # the helpers compiled, once per process
+    functions = len(torch.jit._state._python_cu.get_functions())
+    (program,) = model.program.programs.values()
+    for _ in range(3):
+        assert script_graph(program, images(1), HELPERS) is not None
+    assert len(torch.jit._state._python_cu.get_functions()) == functions
 
 
 # --- graphs written by hand -------------------------------------------------------------------------------
@@ -133,6 +195,9 @@ def _two_inputs() -> fx.GraphModule:
         (lambda: one_call(torch.ops.aten.add.Tensor, "x", torch.device("cpu")), "a constant of type device"),
         (lambda: one_call(torch.ops.aten.pad.default, "x", [1, 1], 'constant")\nimport os #'), "the string constant"),
         (lambda: one_call(torch.ops.aten.pad.default, "x", [1, 1], "constant"), None),
+        (lambda: _with_kwargs({"other=x.mul(2), alpha": 1}), "the name 'other=x.mul(2), alpha'"),
+        (lambda: _with_kwargs({"alpha": 2}), None),
+        (lambda: one_call(torch.ops.aten.mul.Tensor, "x", _Sneaky(2)), "a constant of type _Sneaky"),
     ],
     ids=[
         "a Python operator",
@@ -143,6 +208,9 @@ def _two_inputs() -> fx.GraphModule:
         "a device",
         "a string that is not a word",
         "(a word)",
+        "a keyword that is not a name",
+        "(a keyword)",
+        "an int of another type",
     ],
 )
 def test_what_the_writer_cannot_write_runs_through_fx_with_a_one_line_warning(make, reason, caplog):
@@ -150,13 +218,33 @@ def test_what_the_writer_cannot_write_runs_through_fx_with_a_one_line_warning(ma
     if reason is None:  # the control: the same shape of graph, written
         assert script_graph(graph, torch.randn(3)) is not None
         return
-    with pytest.raises(Unscriptable, match=reason):
+    with pytest.raises(Unscriptable, match=re.escape(reason)):
         torchscript_source(graph)
     with caplog.at_level(logging.WARNING, logger="vggnet.deploy.torchscript"):
         assert script_graph(graph, torch.randn(3)) is None
     (record,) = caplog.records
     assert "runs through FX" in record.getMessage() and reason in record.getMessage()
     assert "\n" not in record.getMessage()
+
+
+def _with_kwargs(kwargs: dict[str, object]) -> fx.GraphModule:
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(torch.ops.aten.add.Tensor, (x, x), kwargs))  # type: ignore[arg-type]
+    return fx.GraphModule(nn.Module(), graph)
+
+
+class _Sneaky(int):
+    def __repr__(self) -> str:
+        return "__import__('os').getpid()"
+
+
+def test_an_output_that_is_not_a_plain_tensor_is_refused(caplog):
+    """The bit check itself must not fail (nor crash) on what a graph returns: it refuses it, and FX runs."""
+    graph = one_call(torch.ops.aten.quantize_per_tensor.default, "x", 0.1, 0, torch.quint8)
+    with caplog.at_level(logging.WARNING, logger="vggnet.deploy.torchscript"):
+        assert script_graph(graph, torch.randn(3)) is None
+    assert "differs from FX" in caplog.text
 
 
 def differs_when_scripted(x: torch.Tensor) -> torch.Tensor:

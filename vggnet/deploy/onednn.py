@@ -16,7 +16,8 @@ for the same graph, and with 8-bit activations the logits are the same bit for b
 straight-line program, they need no compilation by Inductor (vgg16: a first call of about 0.5 s instead
 of seconds to minutes), and through FX a call took within 1% of the compiled one's time (issue 27).
 `Int8Program` runs each program as a TorchScript function written from it (`vggnet.deploy.torchscript`:
-7-9% faster than FX at batch 1, the logits the same bit for bit), and through FX where it has none.
+FX took 1.07-1.09 times as long at batch 1, the logits the same bit for bit), and through FX where it
+has none.
 Anything else runs as the converted graph runs it: dequantized, in float32.
 Weights are packed for the batch size given, as oneDNN reorders weights packed for another shape on
 every call.

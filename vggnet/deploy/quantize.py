@@ -131,8 +131,9 @@ class QuantizeReport:
         accuracy_fp32: % top-1 against the labels, where the evaluation images have them.
         accuracy_int8: the same for int8.
         quantize_s: seconds of export, calibration and conversion.
-        compile_s: seconds of the first call, which lowers the graph to oneDNN calls and packs the weights for
-            its batch size (the int8 model is not compiled: see the module's docstring).
+        compile_s: seconds of the first call, which lowers the graph to oneDNN calls, packs the weights for
+            its batch size and writes the program out as a TorchScript function, checked against the graph
+            (Inductor compiles nothing: see the module's docstring).
     """
 
     int8: bool  # False: the float32 fallback runs (see fallback_reason)

@@ -6,29 +6,39 @@ attribute lookups and the conversion of its arguments, on one core while the oth
 cannot trace the graph (`qconv_pointwise`'s `Scalar?[]` argument has no traced form) and cannot script
 FX's generated code (the exported graph's guard and pytree calls), but it compiles the same calls
 written out as its own source, with the empty `Scalar?[]` list typed. vgg16 int8 on the 2-core Xeon
-(AMX), both runs of one program taking turns in one process: batch 1 15.0-16.3 ms against
-16.3-17.8 through FX (7-9% faster), batch 8 63.4-65.3 against 66.2-66.8 (2-5%); the logits the same,
-bit for bit. In `benchmarks/bench_cpu_peers.py` (vggnet int8 and OpenVINO's NNCF int8 only, 11
-rounds, two runs each way, 06:00 UTC) OpenVINO's time over vggnet's went from 0.842-0.848 through FX to
-0.904-0.905 at batch 1.
+(AMX), both runs of one program taking turns in one process: batch 1 14.3-16.3 ms against
+15.5-17.8 through FX (FX 1.07-1.09 times as long), batch 8 63.4-65.3 against 66.2-66.8 (1.02-1.05);
+the logits the same, bit for bit. A batch size's first call takes longer (vgg16: 0.45 s at batch 1
+against 0.36-0.38 through FX, 0.69-0.71 s at batch 8 against 0.43-0.45): the function compiled, and
+run three times and the FX program once on that batch, to check it. In `benchmarks/bench_cpu_peers.py`
+(vggnet int8 and OpenVINO's NNCF int8 only, 11 rounds, two runs each way, 06:00 UTC) OpenVINO's time
+over vggnet's went from 0.842-0.848 through FX to 0.904-0.905 at batch 1.
 
 `script_graph` writes the source from the graph it is given, node by node: oneDNN's and ATen's
 operators by name (TorchScript picks the overload from the arguments), the Python functions the caller
-names (the int8 program's `quantize_uint8` and `adaptive_avg_pool_uint8`, compiled by TorchScript from
-their Python), constants as literals, tensors passed in as a list. Nothing is read from a file, and
-nothing of the graph becomes code but its operators' names and its constants: numbers, None, dtypes,
+names (the int8 program's `quantize_uint8` and `adaptive_avg_pool_uint8`), constants as literals,
+tensors passed in as a list. Nothing of the graph becomes code but its operators' names, its methods'
+and keywords' names (identifiers only) and its constants: numbers of the built-in types, None, dtypes,
 memory formats and strings of letters, digits and underscores. A graph it cannot write, a compilation
 that fails, or a function whose output on the example differs from the graph's by one bit is logged
-as a warning, and the graph runs through FX as before. The function lives in a compilation unit of
-its own, freed with the program (TorchScript's process-wide unit keeps nothing of it but the two
-helpers, compiled once).
+as a warning, and the graph runs through FX as before.
+
+The function is checked on the first input of its shape only, so a helper must compute the same from
+data in Python and in TorchScript (the int8 helpers branch on shapes alone, which a program fixes).
+TorchScript compiles a helper from its Python source, once per process (`torch.jit.script`, whose
+deprecation warning is silenced for that call): an install without the package's `.py` files gets no
+function, and FX runs the program, as the warning says. The function lives in a compilation unit of its
+own, freed with the program; TorchScript's process-wide unit keeps only the compiled helpers (and
+`torch.nn.functional.adaptive_avg_pool2d`, which one of them calls), however many programs are made.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +57,7 @@ _SKIPPED_MODULES = ("_guards_fn",)
 # Calls made at creation: TorchScript's profiling executor profiles the first and optimizes after, so
 # that a user's calls find the function ready, and its output is checked after the executor's changes
 _WARM_CALLS = 3
+_compiling = threading.Lock()  # helpers are compiled once per process, one at a time
 
 
 class Unscriptable(ValueError):
@@ -119,9 +130,9 @@ class _Writer:
         schema = getattr(target, "_schema", None)
         types = [str(a.type) for a in schema.arguments] if schema is not None else []
         args = [self._value(a, types[i] if i < len(types) else None) for i, a in enumerate(node.args)]
-        args += [f"{k}={self._value(v, None)}" for k, v in node.kwargs.items()]
+        args += [f"{_identifier(k)}={self._value(v, None)}" for k, v in node.kwargs.items()]
         if node.op == "call_method":
-            return f"{args[0]}.{target}({', '.join(args[1:])})"
+            return f"{args[0]}.{_identifier(str(target))}({', '.join(args[1:])})"
         if isinstance(target, torch._ops.OpOverload):
             namespace, name = schema.name.split("::") if schema is not None else ("", "")
             return f"torch.ops.{namespace}.{name}({', '.join(args)})"  # the overload: TorchScript picks it
@@ -150,15 +161,22 @@ class _Writer:
         return self._value(value, None)
 
 
+def _identifier(name: str) -> str:
+    """`name` where it is a plain identifier (a method's or a keyword's name), else Unscriptable."""
+    if not (name.isidentifier() and name.isascii()):
+        raise Unscriptable(f"the name {name!r}")
+    return name
+
+
 def _literal(value: Any) -> str:
     """A constant argument as TorchScript source: numbers, None, dtypes, memory formats and plain words only."""
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or type(value) in (bool, int):  # not a subclass, whose repr could be anything
         return repr(value)
     if isinstance(value, str):
         if not re.fullmatch(r"\w*", value, re.ASCII):  # an operator's mode ("relu", ""): nothing to escape
             raise Unscriptable(f"the string constant {value!r}")
         return f'"{value}"'
-    if isinstance(value, float):
+    if type(value) is float:
         if not math.isfinite(value):
             raise Unscriptable(f"the non-finite constant {value}")
         return repr(value)  # the shortest repr reads back as the same double
@@ -207,27 +225,40 @@ def script_graph(graph: fx.GraphModule, example: torch.Tensor, helpers: Helpers 
     try:
         source, tensors = torchscript_source(graph, helpers)
         unit = torch.jit.CompilationUnit()
-        with warnings.catch_warnings():  # torch.jit.script, which compiles the helpers, is deprecated
-            warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
-            unit.define(source, ({"torch": torch} | (helpers or {})).get)
+        unit.define(source, ({"torch": torch} | _compiled(helpers or {})).get)
         scripted = ScriptedGraph(unit.run, unit, tensors)
         with torch.inference_mode():
             expected = graph(example)
-            outputs = [scripted(example) for _ in range(_WARM_CALLS)]
+            same = all(_same(scripted(example), expected) for _ in range(_WARM_CALLS))
     except Exception as err:  # Unscriptable, and TorchScript's RuntimeError and others: all mean FX runs it
         reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         shape = tuple(example.shape)
         logger.warning("no TorchScript function for the graph of %s (%s); it runs through FX", shape, reason)
         return None
-    if not all(_same(out, expected) for out in outputs):
+    if not same:
         logger.warning("the TorchScript function for the graph of %s differs from FX; it runs through FX",
                        tuple(example.shape))  # fmt: skip
         return None
     return scripted
 
 
+def _compiled(helpers: Helpers) -> dict[str, Any]:
+    """Each helper compiled by TorchScript, by name (compiled once per process, then reused)."""
+    with _compiling:
+        return {name: _script(fn) for name, fn in helpers.items()}
+
+
+@functools.cache
+def _script(fn: Callable[..., Any]) -> Any:
+    """`fn` compiled by TorchScript, its deprecation warning silenced (under `_compiling`, once per function)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        return torch.jit.script(fn)
+
+
 def _same(a: Any, b: Any) -> bool:
-    """Whether two outputs are tensors of the same bits (a NaN where the other has the same NaN)."""
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or (a.dtype, a.shape) != (b.dtype, b.shape):
+    """Whether two outputs are plain tensors of the same bits (a NaN where the other has the same NaN)."""
+    plain = [isinstance(t, torch.Tensor) and t.layout == torch.strided and not t.is_quantized for t in (a, b)]
+    if not all(plain) or (a.dtype, a.shape) != (b.dtype, b.shape):
         return False
     return bool(torch.equal(a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8)))
