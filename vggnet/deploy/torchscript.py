@@ -11,7 +11,7 @@ written out as its own source, with the empty `Scalar?[]` list typed. vgg16 int8
 the logits the same, bit for bit. A batch size's first call takes longer (vgg16: 0.45 s at batch 1
 against 0.36-0.38 through FX, 0.69-0.71 s at batch 8 against 0.43-0.45): the function compiled, and
 run three times and the FX program once on that batch, to check it. In `benchmarks/bench_cpu_peers.py`
-(vggnet int8 and OpenVINO's NNCF int8 only, 11 rounds, two runs each way, 06:00 UTC) OpenVINO's time
+(vggnet int8 and OpenVINO's NNCF int8 only, 11 rounds, two runs each way, 05:20-05:29 UTC) OpenVINO's time
 over vggnet's went from 0.842-0.848 through FX to 0.904-0.905 at batch 1.
 
 `script_graph` writes the source from the graph it is given, node by node: oneDNN's and ATen's
