@@ -8,9 +8,10 @@ whole forward pass each per round (a layer's time depends on what ran before it:
 come from whichever cache the layers before left them in), and each layer's figure is its median over
 the rounds:
 
-- vggnet: the int8 program `quantize` runs (an FX graph of oneDNN calls, `vggnet.deploy.onednn`), run
-  node by node with a clock around each call (a few µs per node more than a plain call; both walls
-  are recorded);
+- vggnet: the int8 program `quantize` makes (an FX graph of oneDNN calls, `vggnet.deploy.onednn`), run
+  node by node through FX with a clock around each call (a few µs per node more than a plain call);
+  the model's own call, which runs the program as a TorchScript function (`vggnet.deploy.torchscript`),
+  is timed whole, and both walls are recorded;
 - OpenVINO: its own per-node profile (`PERF_COUNT`, `real_time`) of the pass just run.
 
 Layers are matched by kind and order: the 13 convolutions (each with its ReLU and requantization), the
