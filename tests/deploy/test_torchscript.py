@@ -265,6 +265,12 @@ def test_a_function_whose_bits_differ_from_the_graph_is_not_used(caplog):
     assert "differs from FX" in caplog.text
 
 
+def test_a_helper_is_named_by_an_identifier():
+    graph = one_call(differs_when_scripted, "x")
+    with pytest.raises(Unscriptable, match="the name 'f\\(x\\) or g'"):
+        torchscript_source(graph, {"f(x) or g": differs_when_scripted})
+
+
 def test_what_torchscript_cannot_compile_runs_through_fx(caplog):
     graph = one_call(untyped, "x", 2.0)
     with caplog.at_level(logging.WARNING, logger="vggnet.deploy.torchscript"):

@@ -79,7 +79,8 @@ def torchscript_source(graph: fx.GraphModule, helpers: Helpers | None = None) ->
     Raises:
         Unscriptable: a node has no TorchScript form here (named in the message).
     """
-    writer = _Writer(graph, {fn: name for name, fn in (helpers or {}).items()} | {torch.flatten: "torch.flatten"})
+    names = {fn: ".".join(map(_identifier, name.split("."))) for name, fn in (helpers or {}).items()}
+    writer = _Writer(graph, names | {torch.flatten: "torch.flatten"})
     for node in graph.graph.nodes:
         writer.write(node)
     if writer.result is None:
