@@ -17,6 +17,7 @@ from vggnet.checks import (
     field_problems,
     is_int,
     max_workers,
+    same_bits,
 )
 
 CHECKS = Path(__file__).resolve().parent.parent / "vggnet" / "checks.py"
@@ -123,3 +124,25 @@ def test_field_problems_names_every_missing_or_mistyped_field_and_takes_no_bool_
         "'acc' is a str, not an int or float",
     ]
     assert field_problems({"arch": "vgg16", "in_chans": 3, "classes": [], "epoch": 1, "acc": 0.5}, fields) == []
+
+
+def test_same_bits_compares_bytes_not_values():
+    import torch
+
+    nan = torch.tensor([math.nan, 1.0])
+    assert same_bits(nan, nan.clone())  # torch.equal says NaN != NaN
+    assert not torch.equal(nan, nan.clone())
+    assert not same_bits(torch.tensor([-0.0]), torch.tensor([0.0]))  # equal values, other bits
+    assert not same_bits(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+    assert not same_bits(torch.zeros(2), torch.zeros(1, 2))
+    assert same_bits(torch.arange(6.0).view(2, 3).t(), torch.arange(6.0).view(2, 3).t().contiguous())
+
+
+def test_same_bits_refuses_what_is_not_a_dense_tensor():
+    """A quantized tensor's bytes viewed as uint8 crashed the process (torch 2.14): it is not the same, safely."""
+    import torch
+
+    q = torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.quint8)
+    assert not same_bits(q, q)
+    assert not same_bits(torch.ones(2).to_sparse(), torch.ones(2).to_sparse())
+    assert not same_bits([1.0], [1.0]) and not same_bits(torch.ones(1), 1.0)

@@ -1,8 +1,8 @@
 """Argument checks the public functions share, so that one kind of bad value gets one message: counts,
-numbers in a range, choices, devices.
+numbers in a range, choices, devices; and `same_bits`, the one bit-for-bit comparison of tensors.
 
-Only `check_device` and `available_devices` need torch, and they import it when called: the command
-line can check its arguments without importing torch.
+Only `check_device`, `available_devices` and `same_bits` need torch, and they import it when called: the
+command line can check its arguments without importing torch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "field_problems",
     "is_int",
     "max_workers",
+    "same_bits",
 ]
 
 WORKERS_PER_CPU = 4  # data-loading processes per CPU core at most: more only queue for the same cores
@@ -195,6 +196,32 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     if dev is None or (dev.type not in ("cpu", "meta") and str(dev) not in available_devices()):
         raise DeviceError(f"no device {str(device)!r} here; valid: {', '.join(available_devices())}")
     return dev
+
+
+def same_bits(a: Any, b: Any) -> bool:
+    """Whether `a` and `b` are dense tensors of the same dtype, shape and bytes.
+
+    NaN equals the same NaN and -0.0 is not 0.0, where `torch.equal` says NaN != NaN (a file holding one,
+    as the features-only VGG16 record's classifier does, would never read back as written). Anything but
+    two dense (strided, not quantized) tensors is not the same: a quantized tensor's bytes cannot be
+    viewed as uint8 (torch 2.14 crashed the process on it).
+
+    Args:
+        a: a tensor (or anything else, which is not the same).
+        b: the other.
+
+    Returns:
+        True only for two dense tensors with the same dtype, shape and bytes (on any devices).
+    """
+    import torch
+
+    dense = [isinstance(t, torch.Tensor) and t.layout == torch.strided and not t.is_quantized for t in (a, b)]
+    if not all(dense):
+        return False
+    a, b = a.detach().cpu(), b.detach().cpu()
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def field_problems(

@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from vggnet.checks import same_bits
+
 __all__ = ["ScriptedGraph", "Unscriptable", "script_graph", "torchscript_source"]
 
 logger = logging.getLogger(__name__)
@@ -230,7 +232,7 @@ def script_graph(graph: fx.GraphModule, example: torch.Tensor, helpers: Helpers 
         scripted = ScriptedGraph(unit.run, unit, tensors)
         with torch.inference_mode():
             expected = graph(example)
-            same = all(_same(scripted(example), expected) for _ in range(_WARM_CALLS))
+            same = all(same_bits(scripted(example), expected) for _ in range(_WARM_CALLS))
     except Exception as err:  # Unscriptable, and TorchScript's RuntimeError and others: all mean FX runs it
         reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         shape = tuple(example.shape)
@@ -255,11 +257,3 @@ def _script(fn: Callable[..., Any]) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
         return torch.jit.script(fn)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether two outputs are plain tensors of the same bits (a NaN where the other has the same NaN)."""
-    plain = [isinstance(t, torch.Tensor) and t.layout == torch.strided and not t.is_quantized for t in (a, b)]
-    if not all(plain) or (a.dtype, a.shape) != (b.dtype, b.shape):
-        return False
-    return bool(torch.equal(a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8)))

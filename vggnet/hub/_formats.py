@@ -25,6 +25,7 @@ from typing import IO, Any, Literal
 
 import torch
 
+from vggnet.checks import same_bits
 from vggnet.errors import BadCheckpointError, DiskError, MissingDependency, MissingPathError, UsageError
 from vggnet.hub._files import fd_path, hash_file, open_read
 
@@ -258,15 +259,3 @@ def _read_back(f: IO[bytes], tmp: Path, fmt: str) -> dict[str, torch.Tensor]:
     f.seek(0)
     back = torch.load(named or f, weights_only=True, mmap=named is not None)
     return dict(back)
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors hold the same dtype, shape and bytes: NaN equals the same NaN, -0.0 is not 0.0.
-
-    torch.equal says NaN != NaN, so a file holding one (the features-only VGG16 record's classifier)
-    would never read back as written.
-    """
-    a, b = a.detach().cpu(), b.detach().cpu()
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
