@@ -37,8 +37,8 @@ def own_head() -> vggnet.VGG:
     return net.eval()
 
 
-def images(n: int = 2) -> torch.Tensor:
-    return torch.randn(n, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+def images(n: int = 2, side: int = SIDE) -> torch.Tensor:
+    return torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(1))
 
 
 def _int8(net: vggnet.VGG) -> PackedModel:

@@ -20,20 +20,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import vggnet
 import vggnet.deploy.onednn
+from tests.deploy.test_packed import images, small_vgg
 from vggnet.deploy.onednn import HELPERS
 from vggnet.deploy.quantize import int8_instructions, quantize
 from vggnet.deploy.torchscript import ScriptedGraph, Unscriptable, script_graph, torchscript_source
-from vggnet.models.vgg import make_layers
-
-
-def small_vgg(**kwargs: object) -> vggnet.VGG:
-    torch.manual_seed(0)
-    return vggnet.VGG(make_layers([16, "M", 32, "M", 512, "M"]), **({"num_classes": 3, "head": "gap"} | kwargs)).eval()
-
-
-def images(n: int, side: int = 32) -> torch.Tensor:
-    return torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(1))
-
 
 int8 = pytest.mark.skipif(int8_instructions() is None, reason="oneDNN has no int8 kernels on this CPU")
 
