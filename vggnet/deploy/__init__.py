@@ -7,6 +7,7 @@
 - `onednn_graph`: the oneDNN Graph programs an optimized model runs its batches of `batch_size` as (CPU).
 - `onednn`: the converted int8 graph run as direct calls to oneDNN's int8 operators (what `quantize` returns runs).
 - `torchscript`: such a program written out as one TorchScript function, which runs it without Python between calls.
+- `huge_pages`: the weights a program packs once moved into transparent huge pages (Linux), best effort.
 - `export`: ONNX, torch.export (pt2), AOTInductor and TorchScript artifacts, checked against eager.
 - `convert`: weights from any source written as safetensors or PyTorch zip, in vggnet's or timm's layout.
 - `bench`: interleaved timing against torchvision (what `vggnet bench` and benchmarks/ use).

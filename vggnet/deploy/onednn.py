@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from vggnet.deploy.huge_pages import advise_huge_pages
 from vggnet.deploy.torchscript import script_graph
 from vggnet.errors import UnsupportedError
 
@@ -349,7 +350,8 @@ def lower(converted: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
 
     def pack(layer: _Layer) -> fx.Node:
         name = f"_packed_{layer.op.name}"
-        attributes[name] = _pack(converted, layer, shapes[layer.op])
+        attributes[name] = packed = _pack(converted, layer, shapes[layer.op])
+        advise_huge_pages([packed])  # read whole on every call: see huge_pages
         return new.get_attr(name)
 
     # What a fused call returns is laid out as oneDNN wrote it (channels-last); a node copied from the
