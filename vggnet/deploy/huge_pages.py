@@ -1,17 +1,19 @@
 """Transparent huge pages for the weights a packed model reads on every call (Linux).
 
-A VGG pass streams all of its weights (138 MB in int8, most of them the first fully connected layer's)
-through a cache too small to keep them from one call to the next. Mapped in 4 KiB pages, that stream
-needs a new page translation every 4 KiB and the CPU's prefetchers stop at each page's end; in 2 MiB
-pages neither happens. Measured on a 2-core Xeon (AMX, kernel 6.18), the vgg16 int8 pass at batch 1 took
-12.4-13.2 ms with its packed weights in huge pages against 13.1-14.4 ms without (five processes each).
+A VGG pass streams all of its weights (vgg16's int8 weights are 132 MiB packed, fc6's 98 of them) through
+a cache too small to keep them from one call to the next. Mapped in 4 KiB pages, that stream needs a new
+address translation every 4 KiB, and the CPU's prefetchers stop at each page's end; in 2 MiB pages
+neither happens (the speed page, docs/speed.md, has the figures).
 
 glibc and PyTorch's CPU allocator map small pages unless told otherwise (PyTorch's
-`THP_MEM_ALLOC_ENABLE=1` does it for every tensor of a process, read once when torch starts), so a model
-that packs its weights once asks the kernel to move just those into huge pages: `madvise(MADV_COLLAPSE)`
-(Linux 6.1 and later) over the whole 2 MiB pages inside each packed tensor, or `MADV_HUGEPAGE` on older
-kernels, where the kernel's khugepaged collapses them in its own time. The contents do not change; the
-system's setting is kept: nothing is done where transparent huge pages are `never`.
+`THP_MEM_ALLOC_ENABLE=1` does it for each allocation of 2 MiB or more in a process, read at its first),
+so a model that packs its weights once asks the kernel to move just those into huge pages:
+`madvise(MADV_COLLAPSE)` over the whole 2 MiB pages inside each packed tensor (Linux 6.1 and later), or
+`MADV_HUGEPAGE` on older kernels, where the kernel's khugepaged collapses them in its own time. The
+contents do not change. The system's setting is kept: nothing is done where transparent huge pages are
+`never` (for all sizes, or for this page size), and a range the process marked `MADV_NOHUGEPAGE` is left
+so. `MADV_COLLAPSE` may reclaim or compact memory to find free huge pages, whatever the `defrag` setting
+says, which is part of the time it takes (about 2.3 ms a MiB moved, measured on the 2-core Xeon).
 """
 
 from __future__ import annotations
@@ -20,63 +22,99 @@ import ctypes
 import errno
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
-_log = logging.getLogger(__name__)
+__all__ = ["MADV_COLLAPSE", "MADV_HUGEPAGE", "advise_huge_pages", "huge_page_size"]
+
+logger = logging.getLogger(__name__)
 
 MADV_HUGEPAGE = 14  # <asm-generic/mman-common.h>
-MADV_COLLAPSE = 25
+MADV_COLLAPSE = 25  # Linux 6.1
 THP_SETTINGS = Path("/sys/kernel/mm/transparent_hugepage")
+
+Madvise = Callable[[int, int, int], int]
 
 
 @functools.lru_cache(maxsize=1)
 def huge_page_size() -> int:
     """The size of a transparent huge page here, in bytes; 0 where there are none to ask for.
 
+    Read once per process: a later change of the system's setting is not seen.
+
     Returns:
-        The kernel's PMD page size (2 MiB on x86-64) on Linux with transparent huge pages `always` or
-        `madvise`; 0 elsewhere, or where the system's setting is `never`.
+        The kernel's PMD page size (2 MiB on x86-64) on Linux where transparent huge pages of that size
+        are `always` or `madvise` (the per-size setting where the kernel has one, else the global one);
+        0 elsewhere.
     """
     if not sys.platform.startswith("linux"):
         return 0
     try:
-        mode = (THP_SETTINGS / "enabled").read_text()
         size = int((THP_SETTINGS / "hpage_pmd_size").read_text())
+        mode = (THP_SETTINGS / "enabled").read_text()
     except (OSError, ValueError):
         return 0
+    per_size = THP_SETTINGS / f"hugepages-{size // 1024}kB" / "enabled"  # Linux 6.8 and later
+    if per_size.is_file():
+        try:
+            own = per_size.read_text()
+        except OSError:
+            return 0
+        mode = mode if "[inherit]" in own else own
     return 0 if "[never]" in mode else size
 
 
 @functools.lru_cache(maxsize=1)
-def _madvise() -> Callable[[int, int, int], int] | None:
+def _madvise() -> Madvise | None:
+    """libc's madvise, which sets errno for ctypes.get_errno; None where it cannot be had."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError, TypeError):
         return None
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     return madvise
 
 
-def _memory(tensor: torch.Tensor) -> tuple[int, int]:
-    """(address, bytes) of the memory behind `tensor`: a dense tensor's storage, or oneDNN's packed buffer."""
-    if tensor.is_mkldnn:
-        return int(torch.ops.mkldnn.data_ptr(tensor)), int(torch.ops.mkldnn._nbytes(tensor))
-    storage = tensor.untyped_storage()
-    return storage.data_ptr(), storage.nbytes()
+def _collapses() -> bool:
+    """Whether this kernel knows MADV_COLLAPSE (6.1 and later): if so, EINVAL from it is a refusal."""
+    try:
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (6, 1)
+
+
+def _memory(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """(address, bytes) of the memory behind `tensor` (a dense tensor's whole storage, or oneDNN's packed
+    buffer), or None for a tensor without such memory (sparse, quantized, on another device, a subclass)."""
+    if tensor.device.type != "cpu" or tensor.is_quantized:
+        return None
+    try:
+        if tensor.is_mkldnn:
+            return int(torch.ops.mkldnn.data_ptr(tensor)), int(torch.ops.mkldnn._nbytes(tensor))
+        if tensor.layout != torch.strided:
+            return None
+        storage = tensor.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):  # a wrapper subclass, a fake tensor
+        return None
 
 
 def advise_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
     """Ask the kernel to map the memory of CPU `tensors` in transparent huge pages, best effort.
 
-    Only the whole huge pages inside each tensor's memory are named, so no byte of anything else is;
-    tensors smaller than a huge page, on another device, or without memory of their own are left as they
-    are, and a refusal (no memory free in huge pages, a container's policy) only costs the speed-up.
+    Only the whole huge pages inside each tensor's memory are named (a view names those of its whole
+    storage), so no byte of anything else is, and each range once. Tensors smaller than a huge page,
+    without dense memory of their own (sparse, quantized, another device) or on a system without huge
+    pages are left as they are; a refusal (no huge page free, a container's policy) only costs the
+    speed-up.
 
     Args:
         tensors: the tensors, typically weights packed once and read by every call.
@@ -84,26 +122,32 @@ def advise_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
     Returns:
         How many bytes the kernel took the advice for (0 where huge pages are unavailable or refused).
     """
-    size, madvise = huge_page_size(), _madvise()
-    if not size or madvise is None:
+    size = huge_page_size()
+    madvise = _madvise() if size else None
+    if madvise is None:
         return 0
-    advised = 0
+    ranges = set()
     for tensor in tensors:
-        if tensor.device.type != "cpu" or tensor.is_sparse or tensor.is_quantized:
+        memory = _memory(tensor)
+        if memory is None:
             continue
-        address, nbytes = _memory(tensor)
+        address, nbytes = memory
         start, end = -(-address // size) * size, (address + nbytes) // size * size
         if address and end > start:
-            advised += _advise(madvise, start, end - start)
-    return advised
+            ranges.add((start, end - start))
+    return sum(_advise(madvise, start, length) for start, length in sorted(ranges))
 
 
-def _advise(madvise: Callable[[int, int, int], int], start: int, length: int) -> int:
-    """`length` bytes from `start` collapsed into huge pages now, else (a kernel before 6.1, no huge page free
-    this moment) marked for khugepaged to collapse later; the bytes advised, 0 where both were refused."""
-    for advice in (MADV_COLLAPSE, MADV_HUGEPAGE):
-        if madvise(start, length, advice) == 0:
-            return length
-        code = ctypes.get_errno()
-        _log.debug("madvise(%d) of %d bytes refused: %s", advice, length, errno.errorcode.get(code, code))
+def _advise(madvise: Madvise, start: int, length: int) -> int:
+    """`length` bytes from `start` collapsed into huge pages now, else marked for khugepaged to collapse in
+    its own time (a kernel before 6.1, or no huge page free this moment); the bytes advised, 0 if refused."""
+    if madvise(start, length, MADV_COLLAPSE) == 0:
+        return length
+    code = ctypes.get_errno()
+    if code == errno.EINVAL and _collapses():  # the range is marked MADV_NOHUGEPAGE (or THP is off for it)
+        logger.debug("MADV_COLLAPSE of %d bytes refused (EINVAL): left as it is", length)
+        return 0
+    if madvise(start, length, MADV_HUGEPAGE) == 0:
+        return length
+    logger.debug("madvise of %d bytes refused: %s", length, errno.errorcode.get(ctypes.get_errno(), code))
     return 0
