@@ -19,7 +19,13 @@ from torch import nn
 import vggnet.deploy.huge_pages as huge_pages
 import vggnet.deploy.onednn
 from tests.deploy.test_packed import images, small_vgg
-from vggnet.deploy.huge_pages import MADV_COLLAPSE, MADV_HUGEPAGE, advise_huge_pages, huge_page_size
+from vggnet.deploy.huge_pages import (
+    MADV_COLLAPSE,
+    MADV_HUGEPAGE,
+    advise_huge_pages,
+    advise_new_mappings,
+    huge_page_size,
+)
 from vggnet.deploy.quantize import int8_instructions, quantize
 
 MiB = 1 << 20
@@ -224,3 +230,81 @@ def test_every_weight_an_int8_program_packs_is_advised_and_mapped_in_huge_pages(
     assert nbytes >= 25088 * 512
     if max(collapsed, default=0) >= 8 * MiB:  # fc6's pages were collapsed when it was packed
         assert anon_huge_bytes(address, address + nbytes) >= nbytes - 4 * MiB
+
+
+# --- memory mapped while a block runs (oneDNN Graph's packed copies) ---------------------------------
+
+
+def test_minus_keeps_only_what_was_not_taken():
+    taken = [(10, 20), (30, 40)]
+    assert huge_pages._minus((0, 50), taken) == [(0, 10), (20, 30), (40, 50)]
+    assert huge_pages._minus((12, 18), taken) == []
+    assert huge_pages._minus((15, 35), taken) == [(20, 30)]
+    assert huge_pages._minus((40, 45), taken) == [(40, 45)]
+
+
+def test_only_the_new_parts_of_large_new_mappings_are_named(kernel, monkeypatch):
+    old, grown = (100 * MiB, 140 * MiB), (100 * MiB, 180 * MiB)  # an old mapping the kernel merged a new one into
+    small, large = (300 * MiB, 308 * MiB), (401 * MiB + 4096, 437 * MiB)  # a thread's stack; an unaligned block
+    maps = iter([[old], [grown, small, large]])
+    monkeypatch.setattr(huge_pages, "_anonymous_mappings", lambda: next(maps))
+    with advise_new_mappings() as advised:
+        assert advised.bytes == 0
+    assert sorted((start, start + length) for start, length, _ in kernel.calls) == [
+        (140 * MiB, 180 * MiB),
+        (402 * MiB, 436 * MiB),
+    ]
+    assert advised.bytes == 40 * MiB + 34 * MiB
+
+
+def test_no_huge_pages_means_the_maps_are_not_read(monkeypatch):
+    def refuse():
+        raise AssertionError("maps read where there are no huge pages")
+
+    monkeypatch.setattr(huge_pages, "huge_page_size", lambda: 0)
+    monkeypatch.setattr(huge_pages, "_anonymous_mappings", refuse)
+    with advise_new_mappings() as advised:
+        pass
+    assert advised.bytes == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_the_maps_list_a_private_anonymous_mapping_and_not_a_file(tmp_path):
+    region = mmap.mmap(-1, 20 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    (tmp_path / "f").write_bytes(b"\0" * (4 * MiB))
+    with open(tmp_path / "f", "r+b") as f:
+        mapped_file = mmap.mmap(f.fileno(), 4 * MiB)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        file_address = ctypes.addressof(ctypes.c_char.from_buffer(mapped_file))
+        ranges = huge_pages._anonymous_mappings()
+        assert any(low <= address and address + 20 * MiB <= high for low, high in ranges)
+        assert not any(low <= file_address < high for low, high in ranges)
+        assert ranges == sorted(ranges)
+        del address, file_address
+        mapped_file.close()
+    region.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_block_that_maps_memory_gets_it_in_huge_pages_and_nothing_older_is_named(monkeypatch):
+    real = huge_pages._madvise()
+    if real is None or not huge_page_size():
+        pytest.skip("needs Linux with transparent huge pages not `never`")
+    recorder = Kernel(real=real)
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: recorder)
+    older = mmap.mmap(-1, 40 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    older_address = ctypes.addressof(ctypes.c_char.from_buffer(older))
+    with advise_new_mappings() as advised:
+        region = mmap.mmap(-1, 40 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        region.write(bytes(range(256)) * (40 * MiB // 256))
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    for start, length, _ in recorder.calls:
+        assert not (start < older_address + 40 * MiB and older_address < start + length)
+    assert any(address <= start and start + length <= address + 40 * MiB for start, length, _ in recorder.calls)
+    if MADV_COLLAPSE in recorder.succeeded:
+        assert advised.bytes >= 38 * MiB
+        assert anon_huge_bytes(address, address + 40 * MiB) >= 38 * MiB
+    assert region[: 256 * 4] == bytes(range(256)) * 4
+    del address, older_address
+    region.close()
+    older.close()

@@ -4,6 +4,7 @@ The tests here use a tiny VGG; the ones on full-size models run in a subprocess 
 oneDNN's caches go with it.
 """
 
+import contextlib
 import copy
 import gc
 import json
@@ -370,3 +371,25 @@ def test_vgg16_batch_8_at_224_px_runs_in_the_eager_paths_chunks_with_its_logits(
     dtype = DTYPES[-1]  # bf16 where oneDNN computes it: two images at a time through the first steps
     got = in_a_subprocess(_VGG16.format(dtype=str(dtype).removeprefix("torch."), batch=8))
     assert got["same"] and got["whole_from"] > 0 and got["chunk"] < 8 and got["cat"]
+
+
+def test_making_a_program_advises_what_onednn_maps_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vggnet.deploy import huge_pages
+
+    blocks: list[int] = []  # the bytes each block advised
+
+    @contextlib.contextmanager
+    def spy():  # type: ignore[no-untyped-def]
+        with huge_pages.advise_new_mappings() as advised:
+            yield advised
+        blocks.append(advised.bytes)
+
+    monkeypatch.setattr(onednn_graph, "advise_new_mappings", spy)
+    model = optimize_for_inference(small_vgg11(), dtype=DTYPES[-1], batch_size=1)
+    x = torch.randn(1, 3, 64, 64)
+    model(x)
+    assert blocks == []  # a shape's first call runs eagerly: no program, nothing advised
+    model(x)
+    assert len(programs(model)) == 1 and len(blocks) == 1  # the program's warm calls ran inside the block
+    model(x)
+    assert len(blocks) == 1

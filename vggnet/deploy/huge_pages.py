@@ -9,7 +9,9 @@ glibc and PyTorch's CPU allocator map small pages unless told otherwise (PyTorch
 `THP_MEM_ALLOC_ENABLE=1` does it for each allocation of 2 MiB or more in a process, read at its first),
 so a model that packs its weights once asks the kernel to move just those into huge pages:
 `madvise(MADV_COLLAPSE)` over the whole 2 MiB pages inside each packed tensor (Linux 6.1 and later), or
-`MADV_HUGEPAGE` on older kernels, where the kernel's khugepaged collapses them in its own time. The
+`MADV_HUGEPAGE` on older kernels, where the kernel's khugepaged collapses them in its own time. Where the
+packed copies are not exposed (oneDNN Graph's, inside an optimized model's programs),
+`advise_new_mappings` names the large anonymous memory mapped while they were made instead. The
 contents do not change. The system's setting is kept: nothing is done where transparent huge pages are
 `never` (for all sizes, or for this page size), and a range the process marked `MADV_NOHUGEPAGE` is left
 so. `MADV_COLLAPSE` may reclaim or compact memory to find free huge pages, whatever the `defrag` setting
@@ -18,24 +20,35 @@ says, which is part of the time it takes (about 2.3 ms a MiB moved, measured on 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["MADV_COLLAPSE", "MADV_HUGEPAGE", "advise_huge_pages", "huge_page_size"]
+__all__ = [
+    "MADV_COLLAPSE",
+    "MADV_HUGEPAGE",
+    "MIN_NEW_MAPPING",
+    "NewMappings",
+    "advise_huge_pages",
+    "advise_new_mappings",
+    "huge_page_size",
+]
 
 logger = logging.getLogger(__name__)
 
 MADV_HUGEPAGE = 14  # <asm-generic/mman-common.h>
 MADV_COLLAPSE = 25  # Linux 6.1
 THP_SETTINGS = Path("/sys/kernel/mm/transparent_hugepage")
+# The smallest new mapping `advise_new_mappings` names: a thread's stack (8 MiB by default) stays as it is
+MIN_NEW_MAPPING = 16 << 20
 
 Madvise = Callable[[int, int, int], int]
 
@@ -136,6 +149,72 @@ def advise_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
         if address and end > start:
             ranges.add((start, end - start))
     return sum(_advise(madvise, start, length) for start, length in sorted(ranges))
+
+
+class NewMappings:
+    """What `advise_new_mappings` advised: `bytes`, set when its block ends (0 until then)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+@contextlib.contextmanager
+def advise_new_mappings() -> Iterator[NewMappings]:
+    """Advise, when the block ends, the private anonymous memory mapped during it and still mapped then.
+
+    For memory a library allocates and keeps without handing it out: oneDNN Graph's packed copies of a
+    program's weights (glibc maps each block of 32 MiB or more on its own), which PyTorch does not expose.
+    Only the address ranges that were not mapped when the block began are named, in whole huge pages, and
+    only in mappings of `MIN_NEW_MAPPING` bytes or more; the heap and the stacks are not. Another thread's
+    large allocation made during the block is advised too, which changes how its memory is mapped, not
+    what it holds.
+
+    Yields:
+        A `NewMappings` whose `bytes` says, once the block is over, how many bytes the kernel took the
+        advice for.
+    """
+    result = NewMappings()
+    size = huge_page_size()
+    madvise = _madvise() if size else None
+    before = _anonymous_mappings() if madvise is not None else []
+    yield result
+    if madvise is None:
+        return
+    mappings = [(low, high) for low, high in _anonymous_mappings() if high - low >= MIN_NEW_MAPPING]
+    ranges = [part for mapping in mappings for part in _minus(mapping, before)]
+    whole = [(-(-start // size) * size, end // size * size) for start, end in ranges]
+    result.bytes = sum(_advise(madvise, start, end - start) for start, end in whole if end > start)
+
+
+def _anonymous_mappings() -> list[tuple[int, int]]:
+    """The process's private, read-write, anonymous mappings as sorted (start, end), from /proc/self/maps
+    (a mapping of a file, the heap and the stacks have a name there; these have none)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 5 and fields[1].startswith("rw") and fields[1].endswith("p") and fields[4] == "0":
+            low, _, high = fields[0].partition("-")
+            ranges.append((int(low, 16), int(high, 16)))
+    return sorted(ranges)
+
+
+def _minus(span: tuple[int, int], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of `span` outside every range of `taken` (sorted, not overlapping each other)."""
+    start, end = span
+    parts = []
+    for low, high in taken:
+        if high <= start or low >= end:
+            continue
+        if low > start:
+            parts.append((start, low))
+        start = max(start, high)
+    if start < end:
+        parts.append((start, end))
+    return parts
 
 
 def _advise(madvise: Madvise, start: int, length: int) -> int:

@@ -12,14 +12,15 @@ eagerly). vgg16 on the 2-core Xeon (AMX), program and eager path in one process 
 batch 1 8% faster (24.3 against 26.4 ms), batch 8 5% (107.0 against 112.3 ms, 40 rounds); float32 batch
 1 4%; the logits the same, bit for bit, as the eager path's with its weights packed for that batch.
 
-A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the fuser
-on: about 0.4 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's first
-call runs eagerly. `InferenceVGG` asks for programs only for batches of the size its eager weights are
-packed for, where the two give the same logits, bit for bit. The fuser's switch is process-wide: it is
-on only while a program is made, under a lock, and set back after; TorchScript code that another thread
-runs for the first time in that window is fused too, and stays so. Python's warning filters are
-process-wide as well: while a program is made they ignore the deprecation warnings of `torch.jit.trace` and
-`freeze`, in every thread.
+A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the fuser on:
+about 0.4 s for vgg16; then oneDNN's packed copies of the weights, mapped during the warm-up calls, are moved
+into huge pages, `huge_pages.advise_new_mappings`: about 0.6 s more in bf16) and kept with the model, at most
+`MAX_PROGRAMS` per model; a shape's first call runs eagerly. `InferenceVGG` asks for programs only for batches
+of the size its eager weights are packed for, where the two give the same logits, bit for bit. The fuser's
+switch is process-wide: it is on only while a program is made, under a lock, and set back after; TorchScript
+code that another thread runs for the first time in that window is fused too, and stays so. Python's warning
+filters are process-wide as well: while a program is made they ignore the deprecation warnings of
+`torch.jit.trace` and `freeze`, in every thread.
 
 A program calls no hooks, so a net with forward hooks or pre-hooks on its modules gets none (hooks added
 after a program was made are not called by it), and under CPU autocast, which the eager fused path
@@ -57,6 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vggnet.deploy.huge_pages import advise_new_mappings
 from vggnet.models.vgg import VGG
 
 __all__ = ["MAX_PROGRAMS", "Plan", "Programs", "make_program", "onednn_graph_available", "traceable"]
@@ -289,8 +291,9 @@ def _make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
                 warnings.simplefilter("ignore")  # torch.jit.trace and freeze are deprecated (FutureWarning)
                 traced = torch.jit.trace(module.eval(), example, check_trace=False)  # type: ignore[no-untyped-call]
                 program: torch.jit.ScriptModule = torch.jit.freeze(_in_own_unit(traced))
-                for _ in range(_WARM_CALLS):
-                    program(example)
+                with advise_new_mappings():  # oneDNN's packed copies of the weights, read whole on every call
+                    for _ in range(_WARM_CALLS):
+                        program(example)
                 fused = "oneDNNFusionGroup" in str(program.graph_for(example))
         except Exception as err:  # TorchScript raises RuntimeError, torch.jit.Error and others: all mean no program
             logger.warning("no oneDNN Graph program for %s: %s; running eagerly", tuple(example.shape), err)
