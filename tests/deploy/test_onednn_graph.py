@@ -4,7 +4,6 @@ The tests here use a tiny VGG; the ones on full-size models run in a subprocess 
 oneDNN's caches go with it.
 """
 
-import contextlib
 import copy
 import gc
 import json
@@ -373,23 +372,43 @@ def test_vgg16_batch_8_at_224_px_runs_in_the_eager_paths_chunks_with_its_logits(
     assert got["same"] and got["whole_from"] > 0 and got["chunk"] < 8 and got["cat"]
 
 
-def test_making_a_program_advises_what_onednn_maps_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_making_a_program_advises_what_onednn_maps_for_it_after_the_fusers_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from vggnet.deploy import huge_pages
 
-    blocks: list[int] = []  # the bytes each block advised
+    seen: list[tuple[bool, bool]] = []  # at each advice: (the fuser on, its lock held)
 
-    @contextlib.contextmanager
-    def spy():  # type: ignore[no-untyped-def]
-        with huge_pages.advise_new_mappings() as advised:
-            yield advised
-        blocks.append(advised.bytes)
+    class Spy(huge_pages.NewMappings):
+        def advise(self) -> int:
+            seen.append((torch.jit.onednn_fusion_enabled(), onednn_graph._fuser.locked()))  # type: ignore[no-untyped-call]
+            return super().advise()
 
-    monkeypatch.setattr(onednn_graph, "advise_new_mappings", spy)
+    monkeypatch.setattr(onednn_graph, "NewMappings", Spy)
     model = optimize_for_inference(small_vgg11(), dtype=DTYPES[-1], batch_size=1)
     x = torch.randn(1, 3, 64, 64)
     model(x)
-    assert blocks == []  # a shape's first call runs eagerly: no program, nothing advised
+    assert seen == []  # a shape's first call runs eagerly: no program, nothing advised
     model(x)
-    assert len(programs(model)) == 1 and len(blocks) == 1  # the program's warm calls ran inside the block
+    assert len(programs(model)) == 1 and seen == [(False, False)]
     model(x)
-    assert len(blocks) == 1
+    assert len(seen) == 1
+
+
+def test_a_program_that_fuses_nothing_advises_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vggnet.deploy import huge_pages
+
+    advised: list[int] = []
+
+    class Spy(huge_pages.NewMappings):
+        def advise(self) -> int:
+            advised.append(1)
+            return 0
+
+    monkeypatch.setattr(onednn_graph, "NewMappings", Spy)
+    monkeypatch.setattr(torch.jit, "enable_onednn_fusion", lambda on: None)  # the fuser never on: nothing fused
+    assert (
+        onednn_graph.make_program(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(), torch.randn(1, 3, 16, 16))
+        is None
+    )
+    assert advised == []

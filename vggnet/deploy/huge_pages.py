@@ -11,23 +11,24 @@ so a model that packs its weights once asks the kernel to move just those into h
 `madvise(MADV_COLLAPSE)` over the whole 2 MiB pages inside each packed tensor (Linux 6.1 and later), or
 `MADV_HUGEPAGE` on older kernels, where the kernel's khugepaged collapses them in its own time. Where the
 packed copies are not exposed (oneDNN Graph's, inside an optimized model's programs),
-`advise_new_mappings` names the large anonymous memory mapped while they were made instead. The
+`NewMappings` names the large anonymous memory mapped while they were made instead. The
 contents do not change. The system's setting is kept: nothing is done where transparent huge pages are
-`never` (for all sizes, or for this page size), and a range the process marked `MADV_NOHUGEPAGE` is left
-so. `MADV_COLLAPSE` may reclaim or compact memory to find free huge pages, whatever the `defrag` setting
-says, which is part of the time it takes (about 2.3 ms a MiB moved, measured on the 2-core Xeon).
+`never` (for all sizes, or for this page size), and on Linux 6.1 and later a range the process marked
+`MADV_NOHUGEPAGE` is left so. `MADV_COLLAPSE` may reclaim or compact memory to find free huge pages,
+whatever the `defrag` setting says, which is part of the time it takes (about 2.3 ms a MiB moved,
+measured on the 2-core Xeon).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,10 +37,11 @@ __all__ = [
     "MADV_COLLAPSE",
     "MADV_HUGEPAGE",
     "MIN_NEW_MAPPING",
+    "Mapping",
     "NewMappings",
     "advise_huge_pages",
-    "advise_new_mappings",
     "huge_page_size",
+    "parse_mappings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ logger = logging.getLogger(__name__)
 MADV_HUGEPAGE = 14  # <asm-generic/mman-common.h>
 MADV_COLLAPSE = 25  # Linux 6.1
 THP_SETTINGS = Path("/sys/kernel/mm/transparent_hugepage")
-# The smallest new mapping `advise_new_mappings` names: a thread's stack (8 MiB by default) stays as it is
+# The smallest new part of a mapping `NewMappings` names: a thread's stack (8 MiB by default) stays as it is
 MIN_NEW_MAPPING = 16 << 20
 
 Madvise = Callable[[int, int, int], int]
@@ -151,55 +153,110 @@ def advise_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
     return sum(_advise(madvise, start, length) for start, length in sorted(ranges))
 
 
+@dataclass(frozen=True)
+class Mapping:
+    """A private, read-write, anonymous mapping of the process, from /proc/self/smaps.
+
+    Args:
+        start: its first address.
+        end: the address after its last.
+        resident: its bytes in memory (Rss).
+        no_huge: marked MADV_NOHUGEPAGE (VmFlags `nh`).
+    """
+
+    start: int
+    end: int
+    resident: int
+    no_huge: bool
+
+
 class NewMappings:
-    """What `advise_new_mappings` advised: `bytes`, set when its block ends (0 until then)."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-
-@contextlib.contextmanager
-def advise_new_mappings() -> Iterator[NewMappings]:
-    """Advise, when the block ends, the private anonymous memory mapped during it and still mapped then.
+    """The private anonymous memory mapped from now until `advise`, moved into huge pages then.
 
     For memory a library allocates and keeps without handing it out: oneDNN Graph's packed copies of a
-    program's weights (glibc maps each block of 32 MiB or more on its own), which PyTorch does not expose.
-    Only the address ranges that were not mapped when the block began are named, in whole huge pages, and
-    only in mappings of `MIN_NEW_MAPPING` bytes or more; the heap and the stacks are not. Another thread's
-    large allocation made during the block is advised too, which changes how its memory is mapped, not
-    what it holds.
-
-    Yields:
-        A `NewMappings` whose `bytes` says, once the block is over, how many bytes the kernel took the
-        advice for.
+    program's weights, which PyTorch does not expose (with glibc's default settings each block of 32 MiB
+    or more is a mapping of its own). What is named: the parts of mappings that were not mapped at
+    creation, each of `MIN_NEW_MAPPING` bytes or more, in whole huge pages, of mappings that are resident
+    (Rss within a huge page of their size, so nothing is filled in) and not marked MADV_NOHUGEPAGE. The
+    heap, named mappings and threads' stacks (8 MiB by default) are not. Another thread's large block
+    allocated meanwhile is advised too, which changes how its memory is mapped, not what it holds; an
+    allocator that reuses its address space (jemalloc, tcmalloc) leaves nothing new to name.
     """
-    result = NewMappings()
-    size = huge_page_size()
-    madvise = _madvise() if size else None
-    before = _anonymous_mappings() if madvise is not None else []
-    yield result
-    if madvise is None:
-        return
-    mappings = [(low, high) for low, high in _anonymous_mappings() if high - low >= MIN_NEW_MAPPING]
-    ranges = [part for mapping in mappings for part in _minus(mapping, before)]
-    whole = [(-(-start // size) * size, end // size * size) for start, end in ranges]
-    result.bytes = sum(_advise(madvise, start, end - start) for start, end in whole if end > start)
+
+    def __init__(self) -> None:
+        size = huge_page_size()
+        self._madvise = _madvise() if size else None
+        self._before: list[tuple[int, int]] = []
+        if self._madvise is not None:
+            self._before = [(m.start, m.end) for m in _read_mappings(Path("/proc/self/maps"))]
+
+    def advise(self) -> int:
+        """Ask the kernel to move the new memory into huge pages (best effort, as `advise_huge_pages`).
+
+        Returns:
+            How many bytes the kernel took the advice for; 0 where there are no huge pages, or the
+            process's mappings could not be read (logged).
+        """
+        if self._madvise is None:
+            return 0
+        size = huge_page_size()
+        try:
+            mappings = _read_mappings(Path("/proc/self/smaps"))
+        except (OSError, ValueError) as err:
+            logger.warning("could not read this process's mappings (%s): no huge pages for them", err)
+            return 0
+        parts = [
+            part
+            for m in mappings
+            if not m.no_huge and m.resident + size >= m.end - m.start
+            for part in _minus((m.start, m.end), self._before)
+            if part[1] - part[0] >= MIN_NEW_MAPPING
+        ]
+        whole = [(-(-start // size) * size, end // size * size) for start, end in parts]
+        advised = sum(_advise(self._madvise, start, end - start) for start, end in whole if end > start)
+        logger.debug("%d new bytes advised into huge pages", advised)
+        return advised
 
 
-def _anonymous_mappings() -> list[tuple[int, int]]:
-    """The process's private, read-write, anonymous mappings as sorted (start, end), from /proc/self/maps
-    (a mapping of a file, the heap and the stacks have a name there; these have none)."""
+def _read_mappings(path: Path) -> list[Mapping]:
+    """The process's private, read-write, anonymous mappings, sorted, from `path` (/proc/self/maps, or
+    /proc/self/smaps for their resident bytes and flags)."""
     try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
+        text = path.read_text()
     except OSError:
-        return []
-    ranges = []
-    for line in lines:
+        if path.name == "maps":
+            return []
+        raise
+    return parse_mappings(text)
+
+
+def parse_mappings(text: str) -> list[Mapping]:
+    """The private, read-write, anonymous mappings listed in `text`, sorted by address.
+
+    Args:
+        text: the contents of /proc/<pid>/maps or /proc/<pid>/smaps. A mapping with a name (a file, the
+            heap, a stack, a `[anon:...]` label) is not anonymous here.
+
+    Returns:
+        The mappings; from maps (no Rss, no flags), each counted resident and unmarked.
+    """
+    found: list[Mapping] = []
+    anonymous = False  # whether the lines being read describe a mapping of `found`
+    for line in text.splitlines():
         fields = line.split()
-        if len(fields) == 5 and fields[1].startswith("rw") and fields[1].endswith("p") and fields[4] == "0":
-            low, _, high = fields[0].partition("-")
-            ranges.append((int(low, 16), int(high, 16)))
-    return sorted(ranges)
+        if not fields:
+            continue
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's first line
+            perms = fields[1] if len(fields) > 1 else ""
+            anonymous = len(fields) == 5 and perms.startswith("rw") and perms.endswith("p") and fields[4] == "0"
+            if anonymous:
+                low, high = (int(address, 16) for address in fields[0].split("-"))
+                found.append(Mapping(low, high, resident=high - low, no_huge=False))
+        elif anonymous and fields[0] == "Rss:":
+            found[-1] = replace(found[-1], resident=int(fields[1]) * 1024)
+        elif anonymous and fields[0] == "VmFlags:":
+            found[-1] = replace(found[-1], no_huge="nh" in fields[1:])
+    return sorted(found, key=lambda m: m.start)
 
 
 def _minus(span: tuple[int, int], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
