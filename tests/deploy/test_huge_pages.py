@@ -281,6 +281,13 @@ def test_no_huge_pages_means_the_maps_are_not_read(monkeypatch):
     assert huge_pages.NewMappings().advise() == 0
 
 
+def test_maps_that_cannot_be_parsed_mean_nothing_is_advised(kernel, monkeypatch, caplog):
+    monkeypatch.setattr(huge_pages, "_read_mappings", lambda path: huge_pages.parse_mappings("zz-10 rw-p 0 00:00 0\n"))
+    with caplog.at_level("WARNING", logger="vggnet.deploy.huge_pages"):
+        new = huge_pages.NewMappings()
+    assert new.advise() == 0 and kernel.calls == [] and "could not read" in caplog.text
+
+
 def test_unreadable_mappings_cost_the_speed_up_not_the_program(kernel, monkeypatch, caplog):
     reads = iter([[], OSError("permission denied")])
 

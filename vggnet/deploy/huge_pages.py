@@ -188,7 +188,11 @@ class NewMappings:
         self._madvise = _madvise() if size else None
         self._before: list[tuple[int, int]] = []
         if self._madvise is not None:
-            self._before = [(m.start, m.end) for m in _read_mappings(Path("/proc/self/maps"))]
+            try:
+                self._before = [(m.start, m.end) for m in _read_mappings(Path("/proc/self/maps"))]
+            except ValueError as err:  # a line not in the format read: advise nothing rather than guess
+                logger.warning("could not read this process's mappings (%s): no huge pages for them", err)
+                self._madvise = None
 
     def advise(self) -> int:
         """Ask the kernel to move the new memory into huge pages (best effort, as `advise_huge_pages`).
