@@ -8,13 +8,14 @@ neither happens (the speed page, docs/speed.md, has the figures).
 glibc and PyTorch's CPU allocator map small pages unless told otherwise (PyTorch's
 `THP_MEM_ALLOC_ENABLE=1` does it for each allocation of 2 MiB or more in a process, read at its first),
 so a model that packs its weights once asks the kernel to move just those into huge pages:
-`madvise(MADV_COLLAPSE)` over the whole 2 MiB pages inside each packed tensor (Linux 6.1 and later), or
-`MADV_HUGEPAGE` on older kernels, where the kernel's khugepaged collapses them in its own time. Where the
+`madvise(MADV_COLLAPSE)` over the whole 2 MiB pages inside each packed tensor (Linux 6.1 and later; on
+older kernels, or where no huge page is free at that moment, nothing: `MADV_HUGEPAGE` would leave the move to
+the kernel's khugepaged, at some later time, during calls). Where the
 packed copies are not exposed (oneDNN Graph's, inside an optimized model's programs),
 `NewMappings` names the large anonymous memory mapped while they were made instead. The
 contents do not change. The system's setting is kept: nothing is done where transparent huge pages are
-`never` (for all sizes, or for this page size), and on Linux 6.1 and later a range the process marked
-`MADV_NOHUGEPAGE` is left so. `MADV_COLLAPSE` may reclaim or compact memory to find free huge pages,
+`never` (for all sizes, or for this page size), and a range the process marked `MADV_NOHUGEPAGE` is
+left so. `MADV_COLLAPSE` may reclaim or compact memory to find free huge pages,
 whatever the `defrag` setting says, which is part of the time it takes (about 2.3 ms a MiB moved,
 measured on the 2-core Xeon).
 """
@@ -25,7 +26,6 @@ import ctypes
 import errno
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -35,7 +35,6 @@ import torch
 
 __all__ = [
     "MADV_COLLAPSE",
-    "MADV_HUGEPAGE",
     "MIN_NEW_MAPPING",
     "Mapping",
     "NewMappings",
@@ -46,8 +45,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MADV_HUGEPAGE = 14  # <asm-generic/mman-common.h>
-MADV_COLLAPSE = 25  # Linux 6.1
+MADV_COLLAPSE = 25  # <asm-generic/mman-common.h>, Linux 6.1
 THP_SETTINGS = Path("/sys/kernel/mm/transparent_hugepage")
 # The smallest new part of a mapping `NewMappings` names: a thread's stack (8 MiB by default) stays as it is
 MIN_NEW_MAPPING = 16 << 20
@@ -95,15 +93,6 @@ def _madvise() -> Madvise | None:
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     return madvise
-
-
-def _collapses() -> bool:
-    """Whether this kernel knows MADV_COLLAPSE (6.1 and later): if so, EINVAL from it is a refusal."""
-    try:
-        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
-    except ValueError:
-        return True
-    return (major, minor) >= (6, 1)
 
 
 def _memory(tensor: torch.Tensor) -> tuple[int, int] | None:
@@ -279,15 +268,10 @@ def _minus(span: tuple[int, int], taken: list[tuple[int, int]]) -> list[tuple[in
 
 
 def _advise(madvise: Madvise, start: int, length: int) -> int:
-    """`length` bytes from `start` collapsed into huge pages now, else marked for khugepaged to collapse in
-    its own time (a kernel before 6.1, or no huge page free this moment); the bytes advised, 0 if refused."""
+    """`length` bytes from `start` collapsed into huge pages now; the bytes moved, 0 if refused (a kernel
+    before 6.1, no huge page free this moment, a range marked MADV_NOHUGEPAGE, a container's policy)."""
     if madvise(start, length, MADV_COLLAPSE) == 0:
         return length
     code = ctypes.get_errno()
-    if code == errno.EINVAL and _collapses():  # the range is marked MADV_NOHUGEPAGE (or THP is off for it)
-        logger.debug("MADV_COLLAPSE of %d bytes refused (EINVAL): left as it is", length)
-        return 0
-    if madvise(start, length, MADV_HUGEPAGE) == 0:
-        return length
-    logger.debug("madvise of %d bytes refused: %s", length, errno.errorcode.get(ctypes.get_errno(), code))
+    logger.debug("MADV_COLLAPSE of %d bytes refused: %s", length, errno.errorcode.get(code, code))
     return 0
