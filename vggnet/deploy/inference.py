@@ -900,7 +900,7 @@ def optimize_for_inference(
             `recompile_limit`); past that the forward runs uncompiled (torch logs a warning). Many models
             or shapes in one process: call `torch.compiler.reset()` between them, or raise the limit.
         onednn_graph: on CPU, not compiled: run each batch of `batch_size` images (default 1) as a
-            oneDNN Graph program, made on the second call of its shape (about 1 s for vgg16 in bf16; at most 4
+            oneDNN Graph program, made on the second call of its shape (about 0.4 s for vgg16; at most 4
             image sizes) through TorchScript's oneDNN fuser, 2-8% faster (`vggnet.deploy.onednn_graph`),
             with the eager path's logits, bit for bit; other batch sizes run eagerly. A program holds
             oneDNN's packed copy of the weights (285 MB for vgg16 in bf16) until the model is deleted.

@@ -13,14 +13,12 @@ batch 1 8% faster (24.3 against 26.4 ms), batch 8 5% (107.0 against 112.3 ms, 40
 1 4%; the logits the same, bit for bit, as the eager path's with its weights packed for that batch.
 
 A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the fuser on:
-about 0.4 s for vgg16; then oneDNN's packed copies of the weights, mapped during the warm-up calls, are moved
-into huge pages, `huge_pages.NewMappings`: about 0.6 s more in bf16) and kept with the model, at most
-`MAX_PROGRAMS` per model; a shape's first call runs eagerly. `InferenceVGG` asks for programs only for batches
-of the size its eager weights are packed for, where the two give the same logits, bit for bit. The fuser's
-switch is process-wide: it is on only while a program is made, under a lock, and set back after; TorchScript
-code that another thread runs for the first time in that window is fused too, and stays so. Python's warning
-filters are process-wide as well: while a program is made they ignore the deprecation warnings of
-`torch.jit.trace` and `freeze`, in every thread.
+about 0.4 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's first call runs
+eagerly. `InferenceVGG` asks for programs only for batches of the size its eager weights are packed for, where
+the two give the same logits, bit for bit. The fuser's switch is process-wide: it is on only while a program
+is made, under a lock, and set back after; TorchScript code that another thread runs for the first time in
+that window is fused too, and stays so. Python's warning filters are process-wide as well: while a program is
+made they ignore the deprecation warnings of `torch.jit.trace` and `freeze`, in every thread.
 
 A program calls no hooks, so a net with forward hooks or pre-hooks on its modules gets none (hooks added
 after a program was made are not called by it), and under CPU autocast, which the eager fused path
@@ -58,7 +56,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggnet.deploy.huge_pages import NewMappings
 from vggnet.models.vgg import VGG
 
 __all__ = ["MAX_PROGRAMS", "Plan", "Programs", "make_program", "onednn_graph_available", "traceable"]
@@ -152,7 +149,7 @@ class Programs:
     """One model's oneDNN Graph programs by input shape: made on a shape's second call, never copied or saved.
 
     A shape's first call runs eagerly: a shape seen once (the last, partial batch of a dataset) is not
-    worth the time it takes to make a program (about 1 s for vgg16 in bf16).
+    worth the time it takes to make a program (about 0.4 s for vgg16).
 
     Args:
         net: the folded VGG the programs compute.
@@ -291,7 +288,6 @@ def _make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
                 warnings.simplefilter("ignore")  # torch.jit.trace and freeze are deprecated (FutureWarning)
                 traced = torch.jit.trace(module.eval(), example, check_trace=False)  # type: ignore[no-untyped-call]
                 program: torch.jit.ScriptModule = torch.jit.freeze(_in_own_unit(traced))
-                new_memory = NewMappings()  # oneDNN's packed copies of the weights, made by the first calls
                 for _ in range(_WARM_CALLS):
                     program(example)
                 fused = "oneDNNFusionGroup" in str(program.graph_for(example))
@@ -303,5 +299,4 @@ def _make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
     if not fused:
         logger.warning("oneDNN Graph fused nothing for %s; running eagerly", tuple(example.shape))
         return None
-    new_memory.advise()  # read whole on every call: into huge pages, outside the lock and the fuser's window
     return program
