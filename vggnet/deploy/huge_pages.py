@@ -136,7 +136,7 @@ def advise_huge_pages(tensors: Iterable[torch.Tensor]) -> int:
         if memory is None:
             continue
         address, nbytes = memory
-        start, end = -(-address // size) * size, (address + nbytes) // size * size
+        start, end = _whole_pages(address, address + nbytes, size)
         if address and end > start:
             ranges.add((start, end - start))
     return sum(_advise(madvise, start, length) for start, length in sorted(ranges))
@@ -205,7 +205,7 @@ class NewMappings:
             for part in _minus((m.start, m.end), self._before)
             if part[1] - part[0] >= MIN_NEW_MAPPING
         ]
-        whole = [(-(-start // size) * size, end // size * size) for start, end in parts]
+        whole = [_whole_pages(start, end, size) for start, end in parts]
         advised = sum(_advise(self._madvise, start, end - start) for start, end in whole if end > start)
         logger.debug("%d new bytes advised into huge pages", advised)
         return advised
@@ -250,6 +250,11 @@ def parse_mappings(text: str) -> list[Mapping]:
         elif anonymous and fields[0] == "VmFlags:":
             found[-1] = replace(found[-1], no_huge="nh" in fields[1:])
     return sorted(found, key=lambda m: m.start)
+
+
+def _whole_pages(start: int, end: int, size: int) -> tuple[int, int]:
+    """The whole pages of `size` bytes inside [start, end), as (first, after last); empty if first >= after."""
+    return -(-start // size) * size, end // size * size
 
 
 def _minus(span: tuple[int, int], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:

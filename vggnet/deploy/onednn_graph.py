@@ -12,13 +12,14 @@ eagerly). vgg16 on the 2-core Xeon (AMX), program and eager path in one process 
 batch 1 8% faster (24.3 against 26.4 ms), batch 8 5% (107.0 against 112.3 ms, 40 rounds); float32 batch
 1 4%; the logits the same, bit for bit, as the eager path's with its weights packed for that batch.
 
-A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the fuser on:
-about 0.4 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's first call runs
-eagerly. `InferenceVGG` asks for programs only for batches of the size its eager weights are packed for, where
-the two give the same logits, bit for bit. The fuser's switch is process-wide: it is on only while a program
-is made, under a lock, and set back after; TorchScript code that another thread runs for the first time in
-that window is fused too, and stays so. Python's warning filters are process-wide as well: while a program is
-made they ignore the deprecation warnings of `torch.jit.trace` and `freeze`, in every thread.
+A program is made on the second call of an input shape (trace, freeze, two warm-up calls with the fuser
+on: about 0.4 s for vgg16) and kept with the model, at most `MAX_PROGRAMS` per model; a shape's first
+call runs eagerly. `InferenceVGG` asks for programs only for batches of the size its eager weights are
+packed for, where the two give the same logits, bit for bit. The fuser's switch is process-wide: it is
+on only while a program is made, under a lock, and set back after; TorchScript code that another thread
+runs for the first time in that window is fused too, and stays so. Python's warning filters are
+process-wide as well: while a program is made they ignore the deprecation warnings of `torch.jit.trace` and
+`freeze`, in every thread.
 
 A program calls no hooks, so a net with forward hooks or pre-hooks on its modules gets none (hooks added
 after a program was made are not called by it), and under CPU autocast, which the eager fused path
