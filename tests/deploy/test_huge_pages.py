@@ -11,7 +11,6 @@ import ctypes
 import errno
 import mmap
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +19,7 @@ from torch import nn
 import vggnet.deploy.huge_pages as huge_pages
 import vggnet.deploy.onednn
 from tests.deploy.test_packed import images, small_vgg
-from vggnet.deploy.huge_pages import (
-    MADV_COLLAPSE,
-    advise_huge_pages,
-    huge_page_size,
-)
+from vggnet.deploy.huge_pages import MADV_COLLAPSE, advise_huge_pages, huge_page_size
 from vggnet.deploy.quantize import int8_instructions, quantize
 
 MiB = 1 << 20
@@ -221,151 +216,3 @@ def test_every_weight_an_int8_program_packs_is_advised_and_mapped_in_huge_pages(
     assert nbytes >= 25088 * 512
     if max(collapsed, default=0) >= 8 * MiB:  # fc6's pages were collapsed when it was packed
         assert anon_huge_bytes(address, address + nbytes) >= nbytes - 4 * MiB
-
-
-# --- memory mapped while a block runs (oneDNN Graph's packed copies) ---------------------------------
-
-
-def test_minus_keeps_only_what_was_not_taken():
-    taken = [(10, 20), (30, 40)]
-    assert huge_pages._minus((0, 50), taken) == [(0, 10), (20, 30), (40, 50)]
-    assert huge_pages._minus((12, 18), taken) == []
-    assert huge_pages._minus((15, 35), taken) == [(20, 30)]
-    assert huge_pages._minus((40, 45), taken) == [(40, 45)]
-
-
-def mapping(start_mib: float, end_mib: float, resident_mib: float | None = None, no_huge: bool = False):
-    start, end = int(start_mib * MiB), int(end_mib * MiB)
-    resident = end - start if resident_mib is None else int(resident_mib * MiB)
-    return huge_pages.Mapping(start, end, resident, no_huge)
-
-
-def test_only_large_new_resident_parts_of_mappings_are_named(kernel, monkeypatch):
-    before = [mapping(100, 140), mapping(500, 540)]
-    after = [
-        mapping(100, 180),  # an old mapping the kernel merged a new 40 MiB block into: the new part
-        mapping(300, 308),  # a thread's stack
-        mapping(401 + 1 / 256, 437),  # an unaligned block: its whole huge pages
-        mapping(496, 540),  # a 4 MiB piece merged into an old mapping: too small
-        mapping(600, 700, resident_mib=10),  # mostly unpopulated: collapsing would fill it in
-        mapping(800, 900, no_huge=True),  # marked MADV_NOHUGEPAGE
-    ]
-    reads = iter([before, after])
-    monkeypatch.setattr(huge_pages, "_read_mappings", lambda path: next(reads))
-    new = huge_pages.NewMappings()
-    advised = new.advise()
-    assert sorted((start, start + length) for start, length, _ in kernel.calls) == [
-        (140 * MiB, 180 * MiB),
-        (402 * MiB, 436 * MiB),
-    ]
-    assert advised == 40 * MiB + 34 * MiB
-
-
-def test_no_huge_pages_means_the_maps_are_not_read(monkeypatch):
-    def refuse(path):
-        raise AssertionError("maps read where there are no huge pages")
-
-    monkeypatch.setattr(huge_pages, "huge_page_size", lambda: 0)
-    monkeypatch.setattr(huge_pages, "_read_mappings", refuse)
-    assert huge_pages.NewMappings().advise() == 0
-
-
-def test_maps_that_cannot_be_parsed_mean_nothing_is_advised(kernel, monkeypatch, caplog):
-    monkeypatch.setattr(huge_pages, "_read_mappings", lambda path: huge_pages.parse_mappings("zz-10 rw-p 0 00:00 0\n"))
-    with caplog.at_level("WARNING", logger="vggnet.deploy.huge_pages"):
-        new = huge_pages.NewMappings()
-    assert new.advise() == 0 and kernel.calls == [] and "could not read" in caplog.text
-
-
-def test_unreadable_mappings_cost_the_speed_up_not_the_program(kernel, monkeypatch, caplog):
-    reads = iter([[], OSError("permission denied")])
-
-    def read(path):
-        found = next(reads)
-        if isinstance(found, Exception):
-            raise found
-        return found
-
-    monkeypatch.setattr(huge_pages, "_read_mappings", read)
-    new = huge_pages.NewMappings()
-    with caplog.at_level("WARNING", logger="vggnet.deploy.huge_pages"):
-        assert new.advise() == 0
-    assert kernel.calls == [] and "could not read this process's mappings" in caplog.text
-
-
-SMAPS = """\
-55d0a0000000-55d0a4000000 rw-p 00000000 00:00 0                          [heap]
-Size:              65536 kB
-Rss:               65536 kB
-VmFlags: rd wr mr mw me ac sd
-7f0000000000-7f0004000000 rw-p 00000000 00:00 0
-Size:              65536 kB
-Rss:               65532 kB
-VmFlags: rd wr mr mw me ac sd
-7f0010000000-7f0014000000 rw-p 00000000 00:00 0
-Size:              65536 kB
-Rss:                   0 kB
-VmFlags: rd wr mr mw me nh sd
-7f0020000000-7f0024000000 rw-p 00000000 00:00 0                          [anon:glibc: malloc]
-Rss:               65536 kB
-7f0030000000-7f0034000000 rw-p 00000000 08:01 1234                       /tmp/a file (deleted)
-Rss:               65536 kB
-7f0040000000-7f0044000000 ---p 00000000 00:00 0
-Rss:                   0 kB
-7f0050000000-7f0054000000 rw-s 00000000 00:01 77                         /dev/zero (deleted)
-7f0060000000-7f0064000000 rwxp 00000000 00:00 0
-
-7ffd00000000-7ffd00800000 rw-p 00000000 00:00 0                          [stack]
-"""
-
-
-def test_the_parser_keeps_private_anonymous_read_write_mappings_with_their_rss_and_flags():
-    found = huge_pages.parse_mappings(SMAPS)
-    assert found == [
-        huge_pages.Mapping(0x7F0000000000, 0x7F0004000000, 65532 * 1024, False),
-        huge_pages.Mapping(0x7F0010000000, 0x7F0014000000, 0, True),
-        huge_pages.Mapping(0x7F0060000000, 0x7F0064000000, 64 * MiB, False),  # from maps: no Rss line
-    ]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_the_maps_list_a_private_anonymous_mapping_and_not_a_file(tmp_path):
-    region = mmap.mmap(-1, 20 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    (tmp_path / "f").write_bytes(b"\0" * (4 * MiB))
-    with open(tmp_path / "f", "r+b") as f:
-        mapped_file = mmap.mmap(f.fileno(), 4 * MiB)
-        address = ctypes.addressof(ctypes.c_char.from_buffer(region))
-        file_address = ctypes.addressof(ctypes.c_char.from_buffer(mapped_file))
-        for path in ("/proc/self/maps", "/proc/self/smaps"):
-            ranges = [(m.start, m.end) for m in huge_pages._read_mappings(Path(path))]
-            assert any(low <= address and address + 20 * MiB <= high for low, high in ranges)
-            assert not any(low <= file_address < high for low, high in ranges)
-            assert ranges == sorted(ranges)
-        mapped_file.close()
-    region.close()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_memory_mapped_meanwhile_gets_huge_pages_and_nothing_older_is_named(monkeypatch):
-    real = huge_pages._madvise()
-    if real is None or not huge_page_size():
-        pytest.skip("needs Linux with transparent huge pages not `never`")
-    recorder = Kernel(real=real)
-    monkeypatch.setattr(huge_pages, "_madvise", lambda: recorder)
-    older = mmap.mmap(-1, 40 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    older.write(b"\1" * (40 * MiB))
-    older_address = ctypes.addressof(ctypes.c_char.from_buffer(older))
-    new = huge_pages.NewMappings()
-    region = mmap.mmap(-1, 40 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.write(bytes(range(256)) * (40 * MiB // 256))
-    advised = new.advise()
-    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
-    for start, length, _ in recorder.calls:
-        assert not (start < older_address + 40 * MiB and older_address < start + length)
-    own = [i for i, (start, _, advice) in enumerate(recorder.calls) if address <= start < address + 40 * MiB]
-    assert own, recorder.calls
-    if recorder.calls[own[0]][2] == MADV_COLLAPSE and recorder.results[own[0]] == 0:  # collapsed now
-        assert advised >= 38 * MiB and anon_huge_bytes(address, address + 40 * MiB) >= 38 * MiB
-    assert region[: 256 * 4] == bytes(range(256)) * 4
-    region.close()
-    older.close()
