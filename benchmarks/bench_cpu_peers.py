@@ -11,9 +11,9 @@ centre crop plus random resized crops and flips at 224x224, ImageNet normalisati
 
 - agreement with torchvision float32 eager on every photo crop (fed in chunks of the batch): top-1
   agreement, mean and min logit cosine, max |logit difference|;
-- speed: one warm-up call each, then the candidates take turns (A B C ... A B C ...) for `--rounds`
-  rounds, each round timing `--calls` calls of one candidate; the figure is the median round, and
-  every speed-up is torchvision's median over the candidate's median in the same run;
+- speed: one warm-up call each, then the candidates take turns for `--rounds` rounds, in another
+  (seeded) order each round, each round timing `--calls` calls of one candidate; the figure is the
+  median round, and every speed-up is torchvision's median over the candidate's median in the same run;
 - the machine: CPU model, ISA (torch's capabilities, OpenVINO's OPTIMIZATION_CAPABILITIES and the
   precision its default compile picks), the load average before and after each batch size.
 
@@ -39,6 +39,7 @@ import argparse
 import gc
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -301,16 +302,25 @@ def build(names: list[str], tv: torch.nn.Module, vm: vggnet.VGG, images: torch.T
 
 
 def time_rounds(runs: dict[str, Run], x: torch.Tensor, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, one entry per round, the candidates taking turns."""
+    """Seconds per call of each candidate, one entry per round, the candidates taking turns.
+
+    Each round takes them in another order (seeded: the same in every run), so that each follows each other
+    about as often: a candidate's first call of a round finds the cache and the cores as the one before left
+    them (torchvision's float32 pass streams 528 MB of weights through the cache; another runtime's threads
+    may still be spinning), and in one fixed order that would fall on the same candidates every round.
+    """
     times: dict[str, list[float]] = {name: [] for name in runs}
+    orders = random.Random(0)
     with torch.inference_mode():
         for run in runs.values():
             run(x)
         for _ in range(rounds):
-            for name, run in runs.items():
+            names = list(runs)
+            orders.shuffle(names)
+            for name in names:
                 t0 = time.perf_counter()
                 for _ in range(calls):
-                    run(x)
+                    runs[name](x)
                 times[name].append((time.perf_counter() - t0) / calls)
     return times
 
