@@ -12,8 +12,10 @@ centre crop plus random resized crops and flips at 224x224, ImageNet normalisati
 - agreement with torchvision float32 eager on every photo crop (fed in chunks of the batch): top-1
   agreement, mean and min logit cosine, max |logit difference|;
 - speed: one warm-up call each, then the candidates take turns for `--rounds` rounds, in another
-  (seeded) order each round, each round timing `--calls` calls of one candidate; the figure is the
-  median round, and every speed-up is torchvision's median over the candidate's median in the same run;
+  (seeded) order each round; a turn is 50 ms of idle cores (other runtimes' threads spin a while after
+  their calls), one untimed call (which brings the candidate's weights, code and threads back after the
+  others'), then `--calls` timed calls; the figure is the median round, and every speed-up is
+  torchvision's median over the candidate's median in the same run;
 - the machine: CPU model, ISA (torch's capabilities, OpenVINO's OPTIMIZATION_CAPABILITIES and the
   precision its default compile picks), the load average before and after each batch size.
 
@@ -301,13 +303,19 @@ def build(names: list[str], tv: torch.nn.Module, vm: vggnet.VGG, images: torch.T
     return runs, info, skipped
 
 
+# Seconds the cores are left idle before each candidate's turn: the threads of the one before (PyTorch's
+# OpenMP, onnxruntime's, OpenVINO's TBB) spin a while waiting for more work, on the same cores.
+SETTLE_S = 0.05
+
+
 def time_rounds(runs: dict[str, Run], x: torch.Tensor, rounds: int, calls: int) -> dict[str, list[float]]:
     """Seconds per call of each candidate, one entry per round, the candidates taking turns.
 
-    Each round takes them in another order (seeded: the same in every run), so that each follows each other
-    about as often: a candidate's first call of a round finds the cache and the cores as the one before left
-    them (torchvision's float32 pass streams 528 MB of weights through the cache; another runtime's threads
-    may still be spinning), and in one fixed order that would fall on the same candidates every round.
+    Each candidate's turn times it as it runs alone, warm: the cores idle for SETTLE_S seconds, so that no
+    other runtime's threads are still spinning on them; one call untimed, which brings its weights, code and
+    threads back after the others' turns (the cost of that call is the in-process comparison's, not the
+    runtime's); then `calls` timed calls. Each round takes the candidates in another order (seeded: the
+    same in every run), so that whatever a turn leaves behind falls on each of them alike.
     """
     times: dict[str, list[float]] = {name: [] for name in runs}
     orders = random.Random(0)
@@ -318,6 +326,8 @@ def time_rounds(runs: dict[str, Run], x: torch.Tensor, rounds: int, calls: int) 
             names = list(runs)
             orders.shuffle(names)
             for name in names:
+                time.sleep(SETTLE_S)
+                runs[name](x)
                 t0 = time.perf_counter()
                 for _ in range(calls):
                     runs[name](x)

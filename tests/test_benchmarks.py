@@ -483,23 +483,28 @@ def test_int8_layers_pairs_the_layers_by_kind_and_order_and_keeps_the_rest_apart
     assert list(rows)[:4] == ["conv 1", "conv 2", "pool 1", "fc 1"]
 
 
-def test_cpu_peers_rounds_take_the_candidates_in_changing_orders_each_after_each_other():
-    """In one fixed order a candidate's first call would always follow the same one (the cache and cores as
-    that one left them): each round shuffles the order, the same in every run."""
+def test_cpu_peers_times_each_candidate_warm_after_idle_cores_in_changing_orders(monkeypatch):
+    """A turn: the cores idle (other runtimes' threads spin a while after their calls), one untimed call, the
+    timed calls. In one fixed order a candidate's turn would always follow the same one: each round
+    shuffles the order, the same in every run."""
     import bench_cpu_peers
 
     names = ["torchvision fp32", "vggnet int8", "openvino int8 (nncf)", "onnxruntime fp32"]
-    seen: list[str] = []
-    runs = {name: (lambda x, name=name: seen.append(name)) for name in names}
+    steps: list[str] = []
+    runs = {name: (lambda x, name=name: steps.append(name)) for name in names}
+    monkeypatch.setattr(bench_cpu_peers.time, "sleep", lambda seconds: steps.append(f"idle {seconds}"))
     times = bench_cpu_peers.time_rounds(runs, torch.zeros(1), rounds=12, calls=2)
     assert {name: len(rounds) for name, rounds in times.items()} == dict.fromkeys(names, 12)
-    timed = seen[len(names) :]  # after one warm-up call each, in the order given
-    assert seen[: len(names)] == names and len(timed) == 12 * len(names) * 2
-    orders = [tuple(timed[i : i + 2 * len(names) : 2]) for i in range(0, len(timed), 2 * len(names))]
+    assert steps[: len(names)] == names  # one warm-up call each, in the order given
+    turns = [steps[i : i + 4] for i in range(len(names), len(steps), 4)]
+    assert len(turns) == 12 * len(names)
+    assert all(turn == [f"idle {bench_cpu_peers.SETTLE_S}", *[turn[1]] * 3] for turn in turns)
+    orders = [tuple(turn[1] for turn in turns[i : i + len(names)]) for i in range(0, len(turns), len(names))]
     assert all(sorted(order) == sorted(names) for order in orders) and len(set(orders)) > 6
     after = [pair for order in orders for pair in itertools.pairwise(order)]
     assert len(set(after)) >= 10  # of the 12 pairs of 4 candidates
     assert all(len({a for a, b in after if b == name}) >= 2 for name in names)  # after 2 others at least
     again: list[str] = []
+    monkeypatch.setattr(bench_cpu_peers.time, "sleep", lambda seconds: again.append(f"idle {seconds}"))
     bench_cpu_peers.time_rounds({name: (lambda x, n=name: again.append(n)) for name in names}, torch.zeros(1), 12, 2)
-    assert again == seen  # seeded
+    assert again == steps  # seeded
