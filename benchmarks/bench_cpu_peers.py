@@ -12,10 +12,10 @@ centre crop plus random resized crops and flips at 224x224, ImageNet normalisati
 - agreement with torchvision float32 eager on every photo crop (fed in chunks of the batch): top-1
   agreement, mean and min logit cosine, max |logit difference|;
 - speed: one warm-up call each, then the candidates take turns for `--rounds` rounds, in another
-  (seeded) order each round; a turn is 50 ms of idle cores (other runtimes' threads spin a while after
-  their calls), one untimed call (which brings the candidate's weights, code and threads back after the
-  others'), then `--calls` timed calls; the figure is the median round, and every speed-up is
-  torchvision's median over the candidate's median in the same run;
+  order each round (drawn from `--seed`, recorded); a turn is 50 ms of idle cores (other runtimes'
+  threads spin a while after their calls), one untimed call (which brings the candidate's code, threads
+  and address translations back after the others'), then `--calls` timed calls; the figure is the
+  median round, and every speed-up is torchvision's median over the candidate's median in the same run;
 - the machine: CPU model, ISA (torch's capabilities, OpenVINO's OPTIMIZATION_CAPABILITIES and the
   precision its default compile picks), the load average before and after each batch size.
 
@@ -308,17 +308,20 @@ def build(names: list[str], tv: torch.nn.Module, vm: vggnet.VGG, images: torch.T
 SETTLE_S = 0.05
 
 
-def time_rounds(runs: dict[str, Run], x: torch.Tensor, rounds: int, calls: int) -> dict[str, list[float]]:
+def time_rounds(
+    runs: dict[str, Run], x: torch.Tensor, rounds: int, calls: int, seed: str = "0"
+) -> dict[str, list[float]]:
     """Seconds per call of each candidate, one entry per round, the candidates taking turns.
 
     Each candidate's turn times it as it runs alone, warm: the cores idle for SETTLE_S seconds, so that no
-    other runtime's threads are still spinning on them; one call untimed, which brings its weights, code and
-    threads back after the others' turns (the cost of that call is the in-process comparison's, not the
-    runtime's); then `calls` timed calls. Each round takes the candidates in another order (seeded: the
-    same in every run), so that whatever a turn leaves behind falls on each of them alike.
+    other runtime's threads are still spinning on them; one call untimed, which brings its code, threads
+    and address translations back after the others' turns (the cost of that call is the in-process
+    comparison's, not the runtime's); then `calls` timed calls. Each round takes the candidates in another
+    order, drawn from `seed` (the same orders for the same seed), so that whatever a turn leaves behind
+    falls on each of them alike.
     """
     times: dict[str, list[float]] = {name: [] for name in runs}
-    orders = random.Random(0)
+    orders = random.Random(seed)
     with torch.inference_mode():
         for run in runs.values():
             run(x)
@@ -342,7 +345,8 @@ def run_batch(
     load_before = list(os.getloadavg())
     runs, info, skipped = build(names, *models, images, bs, args.image_size)
     calls = args.calls if args.calls else (3 if bs == 1 else 1)
-    times = time_rounds(runs, images[:bs].contiguous(), args.rounds, calls)
+    seed = f"{args.seed}-{bs}"  # another set of orders for each batch size
+    times = time_rounds(runs, images[:bs].contiguous(), args.rounds, calls, seed)
     base = statistics.median(times[BASE]) if BASE in times else None
     rows = []
     for name, ts in times.items():
@@ -358,7 +362,9 @@ def run_batch(
             }
         )
     load = {"load_before": load_before, "load_after": list(os.getloadavg())}
-    return {"batch": bs, "rounds": args.rounds, "calls": calls, **load, "rows": rows, "skipped": skipped}
+    timing = {"order": "shuffled each round", "seed": seed, "settle_s": SETTLE_S, "untimed_calls": 1}
+    figures = {"rows": rows, "skipped": skipped}
+    return {"batch": bs, "rounds": args.rounds, "calls": calls, "timing": timing, **load, **figures}
 
 
 def print_batch(r: dict[str, Any], size: int) -> None:
@@ -378,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=None, help="calls per round (default 3 at batch 1, else 1)")
+    parser.add_argument("--seed", type=int, default=0, help="draws the rounds' orders (recorded in the results)")
     parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=None, help="these (and torchvision)")
     parser.add_argument("--per-photo", type=int, default=8, help="crops per photo (4 photos)")
     add_run_arguments(parser, smoke="64 px, batch 1, one round: checks the machinery")

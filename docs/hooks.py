@@ -329,6 +329,8 @@ def _cpu_peers_table(data: dict[str, Any]) -> list[str]:
         f"(default precision {m.get('openvino_default_precision', '?')}); weights {data['weights']}, "
         f"{data['images']} photo crops at {data['image_size']} px.",
         "",
+        _peers_timing(data["batches"][0].get("timing")),
+        "",
         "| batch | candidate | precision | ms per batch | vs torchvision fp32 | top-1 agreement | cosine | load |",
         "|---:|---|---|---:|---:|---:|---:|---|",
     ]
@@ -341,6 +343,17 @@ def _cpu_peers_table(data: dict[str, Any]) -> list[str]:
                 f"{_num(r['cosine'], 5)} | {load} |"
             )
     return lines
+
+
+def _peers_timing(timing: dict[str, Any] | None) -> str:
+    """How bench_cpu_peers.py timed a run: files written before it recorded that took the fixed order."""
+    if timing is None:
+        return "Timing: the candidates in one fixed order, each turn timed at once (before 2026-12-07 11:49 UTC)."
+    pause = f"{timing['settle_s'] * 1000:.0f} ms of idle cores" if timing["settle_s"] else "no pause"
+    return (
+        f"Timing: the order {timing['order']} (seed {timing['seed']}); before each turn {pause} and "
+        f"{timing['untimed_calls']} untimed call(s)."
+    )
 
 
 def _cpu_layers_table(data: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -486,16 +487,26 @@ def test_int8_layers_pairs_the_layers_by_kind_and_order_and_keeps_the_rest_apart
 def test_cpu_peers_times_each_candidate_warm_after_idle_cores_in_changing_orders(monkeypatch):
     """A turn: the cores idle (other runtimes' threads spin a while after their calls), one untimed call, the
     timed calls. In one fixed order a candidate's turn would always follow the same one: each round
-    shuffles the order, the same in every run."""
+    shuffles the order, the same for the same seed."""
     import bench_cpu_peers
 
     names = ["torchvision fp32", "vggnet int8", "openvino int8 (nncf)", "onnxruntime fp32"]
     steps: list[str] = []
-    runs = {name: (lambda x, name=name: steps.append(name)) for name in names}
-    monkeypatch.setattr(bench_cpu_peers.time, "sleep", lambda seconds: steps.append(f"idle {seconds}"))
-    times = bench_cpu_peers.time_rounds(runs, torch.zeros(1), rounds=12, calls=2)
-    assert {name: len(rounds) for name, rounds in times.items()} == dict.fromkeys(names, 12)
-    assert steps[: len(names)] == names  # one warm-up call each, in the order given
+    clock = [0.0]  # advanced one second by each call of a candidate: a timed call takes 1 s
+
+    def candidate(name):
+        def run(x):
+            steps.append(name)
+            clock[0] += 1.0
+
+        return run
+
+    fake_time = types.SimpleNamespace(sleep=lambda s: steps.append(f"idle {s}"), perf_counter=lambda: clock[0])
+    monkeypatch.setattr(bench_cpu_peers, "time", fake_time)  # this module's clock only
+    runs = {name: candidate(name) for name in names}
+    times = bench_cpu_peers.time_rounds(runs, torch.zeros(1), rounds=12, calls=2, seed="7")
+    assert times == {name: [1.0] * 12 for name in names}  # the untimed call is not counted
+    assert bench_cpu_peers.SETTLE_S > 0 and steps[: len(names)] == names  # one warm-up call each, in order
     turns = [steps[i : i + 4] for i in range(len(names), len(steps), 4)]
     assert len(turns) == 12 * len(names)
     assert all(turn == [f"idle {bench_cpu_peers.SETTLE_S}", *[turn[1]] * 3] for turn in turns)
@@ -504,7 +515,10 @@ def test_cpu_peers_times_each_candidate_warm_after_idle_cores_in_changing_orders
     after = [pair for order in orders for pair in itertools.pairwise(order)]
     assert len(set(after)) >= 10  # of the 12 pairs of 4 candidates
     assert all(len({a for a, b in after if b == name}) >= 2 for name in names)  # after 2 others at least
-    again: list[str] = []
-    monkeypatch.setattr(bench_cpu_peers.time, "sleep", lambda seconds: again.append(f"idle {seconds}"))
-    bench_cpu_peers.time_rounds({name: (lambda x, n=name: again.append(n)) for name in names}, torch.zeros(1), 12, 2)
-    assert again == steps  # seeded
+    first = list(steps)
+    steps.clear()
+    bench_cpu_peers.time_rounds(runs, torch.zeros(1), rounds=12, calls=2, seed="7")
+    assert steps == first  # the same seed, the same orders
+    steps.clear()
+    bench_cpu_peers.time_rounds(runs, torch.zeros(1), rounds=12, calls=2, seed="8")
+    assert steps != first

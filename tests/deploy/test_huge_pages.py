@@ -36,7 +36,6 @@ class Kernel:
         self.real = real
         self.succeeded: list[int] = []
         self.errors: list[int] = []  # the errno of each refused call
-        self.results: list[int] = []  # each call's return value, in order
 
     def __call__(self, start: int, length: int, advice: int) -> int:
         self.calls.append((start, length, advice))
@@ -45,7 +44,6 @@ class Kernel:
         else:
             ctypes.set_errno(self.answers.get(advice, 0))
             result = -1 if self.answers.get(advice, 0) else 0
-        self.results.append(result)
         if result == 0:
             self.succeeded.append(advice)
         else:

@@ -6,6 +6,7 @@ import ctypes
 import gc
 import math
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -648,22 +649,30 @@ def test_keep_activations_on_heap_raises_glibcs_mmap_threshold_in_a_fresh_proces
 @pytest.mark.slow
 @pytest.mark.skipif(not (_GLIBC and inference.cpu_has_native_bf16()), reason="measured with glibc, in bf16")
 def test_a_warm_call_in_a_fresh_process_page_faults_nothing():
-    # Measured: without keep_activations_on_heap, a fresh process page-faulted 76,500 pages (300 MiB) in
-    # two bf16 batch-8 vgg16 calls, and ran each in 178 ms instead of 128.
+    # Nothing a warm call allocates is mapped afresh: a block over glibc's largest heap block (32 MiB), or
+    # under a threshold left low (keep_activations_on_heap, tested above; without it a fresh process once
+    # page-faulted 76,500 pages in two bf16 batch-8 vgg16 calls, 178 ms each instead of 128), would be on
+    # every call (a 40 MiB block per call: 10,241 faults each). Under the load of the whole suite a call
+    # now and then faults one activation in afresh (3,136 pages, one 12.8 MB bf16 tensor, in one CI run;
+    # 5,056 and 6,272 in two calls in others), so the median of five calls is what counts.
     script = (
         "import resource, torch, vggnet\n"
         "from vggnet.deploy.inference import optimize_for_inference\n"
         "fast = optimize_for_inference(vggnet.vgg16().eval(), dtype=torch.bfloat16, batch_size=8)\n"
         "x = torch.randn(8, 3, 224, 224)\n"
+        "faults = []\n"
         "with torch.inference_mode():\n"
         "    fast(x); fast(x)\n"
-        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "    fast(x); fast(x)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "    for _ in range(5):\n"
+        "        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "        fast(x)\n"
+        "        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(*faults)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.split()[-1]) < 256, f"{done.stdout.split()[-1]} page faults in two warm calls"
+    faults = [int(count) for count in done.stdout.split()[-5:]]
+    assert statistics.median(faults) < 128, f"page faults in five warm calls: {faults}"
 
 
 @pytest.mark.slow

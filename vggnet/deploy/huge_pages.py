@@ -17,9 +17,10 @@ memory to find free huge pages, whatever the `defrag` setting says, which is par
 (about 2.3 ms a MiB moved, measured on the 2-core Xeon).
 
 Only the int8 model's packed weights are advised: oneDNN Graph's copies inside an optimized model's
-programs are not exposed, and naming the memory mapped while a program was made instead (measured in
-issue 27: bf16 batch 1 a little faster, float32 and batch 8 not) made warm batch-8 calls page-fault
-thousands of times in two CI runs, so it was taken out (docs/speed.md).
+programs are not exposed. Naming the memory mapped while a program was made instead (measured in issue
+27: bf16 batch 1 a little faster, float32 and batch 8 not) was taken out after CI runs in which warm
+batch-8 calls page-faulted; a later run without it did too, so that was likely not the cause
+(docs/speed.md).
 """
 
 from __future__ import annotations
