@@ -329,7 +329,7 @@ def _cpu_peers_table(data: dict[str, Any]) -> list[str]:
         f"(default precision {m.get('openvino_default_precision', '?')}); weights {data['weights']}, "
         f"{data['images']} photo crops at {data['image_size']} px.",
         "",
-        _peers_timing(data["batches"][0].get("timing")),
+        _peers_timing([b.get("timing") for b in data["batches"]]),
         "",
         "| batch | candidate | precision | ms per batch | vs torchvision fp32 | top-1 agreement | cosine | load |",
         "|---:|---|---|---:|---:|---:|---:|---|",
@@ -345,13 +345,16 @@ def _cpu_peers_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _peers_timing(timing: dict[str, Any] | None) -> str:
-    """How bench_cpu_peers.py timed a run: files written before it recorded that took the fixed order."""
+def _peers_timing(timings: list[dict[str, Any] | None]) -> str:
+    """How bench_cpu_peers.py timed a run (each batch size's orders drawn from its own seed): files written
+    before it recorded that took the fixed order."""
+    timing = timings[0]
     if timing is None:
         return "Timing: the candidates in one fixed order, each turn timed at once (before 2026-12-07 11:49 UTC)."
     pause = f"{timing['settle_s'] * 1000:.0f} ms of idle cores" if timing["settle_s"] else "no pause"
+    seeds = ", ".join(dict.fromkeys(str(t["seed"]) for t in timings if t))
     return (
-        f"Timing: the order {timing['order']} (seed {timing['seed']}); before each turn {pause} and "
+        f"Timing: the order {timing['order']} (seed {seeds}); before each turn {pause} and "
         f"{timing['untimed_calls']} untimed call(s)."
     )
 

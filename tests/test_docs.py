@@ -112,10 +112,11 @@ def test_the_peer_and_format_benchmarks_get_tables(tmp_path):
     assert "| pt2 (torch.export.load) | 60.0 | 2.00x | 2.0e-06 |" in text and "| safetensors (mmap) | 10.0 |" in text
     assert "Timing: the candidates in one fixed order" in text  # a file from before the timing was recorded
     timing = {"order": "shuffled each round", "seed": "0-8", "settle_s": 0.05, "untimed_calls": 1}
-    timed = {**peers, "batches": [batch | {"timing": timing}]}
+    one = batch | {"batch": 1, "timing": timing | {"seed": "0-1"}}
+    timed = {**peers, "batches": [one, batch | {"timing": timing}]}
     (tmp_path / "cpu_peers-cpu-2030-01-01.json").write_text(json.dumps(timed))
     text = hooks.speed_tables(tmp_path)
-    assert "order shuffled each round (seed 0-8); before each turn 50 ms of idle cores and 1 untimed" in text
+    assert "order shuffled each round (seed 0-1, 0-8); before each turn 50 ms of idle cores and 1 untimed" in text
 
 
 def test_the_layer_benchmark_gets_a_table(tmp_path):
