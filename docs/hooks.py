@@ -240,6 +240,29 @@ def _cpu_paths_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _winograd_tables(data: dict[str, Any]) -> list[str]:
+    """bench_winograd.py: each layer direct against Winograd, then the whole model with and without it."""
+    lines = [
+        "| layer | batch | direct ms | Winograd ms | direct / Winograd | Winograd's error | direct's error "
+        "| model takes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in data["layers"]:
+        ms, err = r["ms"], r["relative_error"]
+        lines.append(
+            f"| {r['layer']} | {r['batch_size']} | {_num(ms['direct'])} | {_num(ms['winograd'])} | "
+            f"{_num(r['direct_over_winograd'])}x | {err['winograd']:.1e} | {err['direct']:.1e} | "
+            f"{'Winograd' if r['model_takes_winograd'] else 'direct'} |"
+        )
+    lines += ["", "| whole model | batch | ms | speed-up | error vs eager |", "|---|---:|---:|---:|---:|"]
+    for r in data["models"]:
+        lines.append(
+            f"| {data['arch']} {r['name']} | {r['batch_size']} | {_num(r['ms'], 1)} | "
+            f"{_num(r['speedup_vs_direct'])}x | {r['relative_error_vs_eager']:.1e} |"
+        )
+    return lines
+
+
 def _train_table(data: dict[str, Any]) -> list[str]:
     what = (
         f"{data['arch']} {data['precision']} {data['memory_format']}, batch {data['batch_size']}, {data['optimizer']}"
@@ -435,6 +458,7 @@ def _kind(name: str, data: dict[str, Any]) -> Callable[[dict[str, Any]], list[st
         "cpu_layers": _cpu_layers_table,
         "int8_layers": _int8_layers_table,
         "formats": _formats_table,
+        "winograd": _winograd_tables,
     }
     if suite == "int8" and "runs" not in data:
         return _int8_accuracy_table

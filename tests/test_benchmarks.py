@@ -19,6 +19,7 @@ import torch
 from vggnet.cli import main
 from vggnet.deploy.bench import SCHEMA, matmul_peak, run_bench, time_interleaved
 from vggnet.deploy.inference import cpu_has_native_bf16, optimize_for_inference
+from vggnet.deploy.winograd import MAX_RELATIVE_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -27,6 +28,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import bench_compile  # noqa: E402
 import bench_train  # noqa: E402
+import bench_winograd  # noqa: E402
 import gpu_suite  # noqa: E402
 from harness import Budget, environment, save_results  # noqa: E402
 
@@ -522,3 +524,13 @@ def test_cpu_peers_times_each_candidate_warm_after_idle_cores_in_changing_orders
     steps.clear()
     bench_cpu_peers.time_rounds(runs, torch.zeros(1), rounds=12, calls=2, seed="8")
     assert steps != first
+
+
+def test_winograd_rows_time_both_ways_and_say_what_the_model_takes(capsys):
+    taken = bench_winograd.layer_row(128, 256, 16, 2, iters=1, rounds=1)  # 32 tiles
+    assert taken["model_takes_winograd"] is True and set(taken["ms"]) == {"direct", "winograd"}
+    assert 0 < taken["relative_error"]["winograd"] <= MAX_RELATIVE_ERROR
+    assert taken["direct_over_winograd"] == taken["ms"]["direct"] / taken["ms"]["winograd"]
+    skipped = bench_winograd.layer_row(64, 64, 16, 2, iters=1, rounds=1)  # too few channels
+    assert skipped["model_takes_winograd"] is False and 0 < skipped["relative_error"]["winograd"] <= MAX_RELATIVE_ERROR
+    assert "<- taken" in capsys.readouterr().out

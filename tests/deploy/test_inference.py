@@ -351,9 +351,9 @@ def test_a_large_batch_runs_its_features_in_chunks_and_the_classifier_once_with_
     seen, heads = [], []
     run_steps, head = inference._run_steps, inference._onednn_head
 
-    def spy_steps(steps, x, packed, start=0, int_pools=False):
+    def spy_steps(steps, x, packed, start=0, int_pools=False, winograd=None):
         seen.append((len(x), start, len(steps)))
-        return run_steps(steps, x, packed, start, int_pools)
+        return run_steps(steps, x, packed, start, int_pools, winograd)
 
     monkeypatch.setattr(inference, "_run_steps", spy_steps)
     monkeypatch.setattr(inference, "_onednn_head", lambda c, x, packed: heads.append(len(x)) or head(c, x, packed))
