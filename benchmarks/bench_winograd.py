@@ -87,7 +87,7 @@ def layer_row(c_in: int, c_out: int, size: int, batch: int, *, iters: int, round
         "ms": ms,
         "direct_over_winograd": ms["direct"] / ms["winograd"],
         "relative_error": errors,
-        "model_takes_winograd": applies(conv, torch.float32) and wins(x.shape),
+        "model_takes_winograd": applies(conv, torch.float32) and wins(x.shape, c_out),
     }
     print(
         f"{row['layer']:22} b{batch:<2} direct {ms['direct']:8.2f} ms  winograd {ms['winograd']:8.2f} ms  "

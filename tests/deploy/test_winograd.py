@@ -12,7 +12,7 @@ import vggnet
 from vggnet.deploy import inference
 from vggnet.deploy.inference import optimize_for_inference
 from vggnet.deploy.winograd import (
-    MAX_PIXELS,
+    MAX_BYTES,
     MAX_RELATIVE_ERROR,
     MIN_CHANNELS,
     MIN_TILES,
@@ -143,13 +143,15 @@ def test_winograd_applies_from_min_channels_as_the_harmonic_mean():
     assert not applies(Conv(256, 256, 3, padding=1), torch.float32)  # a subclass may compute otherwise
 
 
-def test_winograd_wins_from_min_tiles_up_to_max_pixels():
-    assert wins((8, 512, 28, 28)) and wins((1, 256, 56, 56)) and wins((8, 256, 56, 56)) and wins((2, 1, 64, 64))
-    assert not wins((3, 128, 112, 112)) and not wins((9, 256, 56, 56)) and not wins((1, 1, MAX_PIXELS + 1, 1))
-    assert wins((1, 1, MAX_PIXELS, 1)) and MAX_PIXELS == 25_088
-    assert not wins((1, 512, 14, 14)) and wins((2, 512, 14, 14))  # 16 and 32 tiles of 4x4
-    assert not wins((8, 512, 4, 4)) and wins((8, 512, 7, 7)) and wins((8, 512, 5, 5))  # 8, 32 and 32
-    assert MIN_TILES == 32
+def test_winograd_wins_from_min_tiles_while_its_largest_buffer_stays_on_the_heap():
+    assert MIN_TILES == 32 and MAX_BYTES == 32 << 20  # glibc's largest heap block
+    assert wins((8, 512, 28, 28), 512) and wins((1, 256, 56, 56), 256) and wins((1, 128, 56, 56), 256)
+    assert not wins((8, 256, 56, 56), 256)  # 36 x 1,568 tiles x 256 x 4 bytes: 57.8 MB
+    # 36 x tiles x the larger channel count x 4 bytes: 441 tiles of 512 channels fit, 484 do not
+    assert wins((1, 512, 84, 84), 512) and not wins((1, 512, 88, 88), 512)
+    assert wins((1, 256, 84, 84), 512) and not wins((1, 256, 88, 88), 512) and wins((1, 256, 88, 88), 256)
+    assert not wins((1, 512, 14, 14), 512) and wins((2, 512, 14, 14), 512)  # 16 and 32 tiles of 4x4
+    assert not wins((8, 512, 4, 4), 512) and wins((8, 512, 7, 7), 512) and wins((8, 512, 5, 5), 512)  # 8, 32, 32
 
 
 def winograd_vgg(**kwargs: object) -> vggnet.VGG:
@@ -172,14 +174,14 @@ def test_the_optimized_model_computes_the_steps_winograd_wins_by_it_and_the_othe
         return real(self, x)
 
     monkeypatch.setattr(inference.WinogradConvReLU, "forward", spy)
-    small, large = torch.randn(2, 3, 64, 64), torch.randn(1, 3, 448, 448)
+    small, large = torch.randn(2, 3, 64, 64), torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         got, ref = fast(small), model(small)
         assert calls == [(2, 128, 32, 32), (2, 256, 16, 16)]
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
         calls.clear()
-        got, ref = fast(large), model(large)  # 224x224: over MAX_PIXELS, directly; 112x112: Winograd
-        assert calls == [(1, 256, 112, 112)]
+        got, ref = fast(large), model(large)  # 128x128: a buffer over MAX_BYTES, directly; 64x64: Winograd
+        assert calls == [(1, 256, 64, 64)]
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
@@ -236,3 +238,22 @@ def test_the_module_takes_the_direct_convolution_where_winograd_would_not_win():
         assert not torch.equal(m(x), winograd(layer, x))
         y = torch.cat([x, x])  # 32 tiles
         assert torch.equal(m(y), winograd(layer, y))
+
+
+@pytest.mark.skipif(not inference.onednn_graph_available(), reason="needs TorchScript's oneDNN fuser")
+def test_a_chunked_batch_runs_winograd_in_the_same_chunks_in_its_program_bit_for_bit(monkeypatch):
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 16 * 128 * 128 * 4)  # one float32 image's conv1 output
+    model = winograd_vgg()
+    x = torch.randn(3, 3, 128, 128)
+    fast = optimize_for_inference(model, dtype=torch.float32, batch_size=3)
+    # one image at a time through all seven steps, both Winograd convolutions (64x64 and 32x32 maps) among them
+    assert inference.images_per_chunk(fast.net.features, tuple(x.shape), torch.float32) == 1
+    assert fast._plan(x.contiguous(memory_format=torch.channels_last)) == (1, 7)
+    with torch.no_grad():
+        eager, made, again = fast(x), fast(x), fast(x)
+        ref = model(x)
+    assert torch.equal(eager, made) and torch.equal(made, again)
+    ((program),) = fast._programs._programs.values()
+    code = str(program.graph)
+    assert "aten::split" in code and code.count("aten::bmm") == 6  # both Winograd convolutions in each of 3 chunks
+    torch.testing.assert_close(again, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())

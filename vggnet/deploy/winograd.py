@@ -12,19 +12,19 @@ four large calls into PyTorch's BLAS and a few copies.
 What it gains depends on the channels and the shape (`applies`, `wins`). The products save work in
 proportion to C_in x C_out per tile, the transforms cost in proportion to C_in + C_out, so the rule is
 on their ratio, the channels' harmonic mean (`MIN_CHANNELS`). On the 2-core Xeon (AVX-512), each layer
-alone against oneDNN's direct convolution with its weight packed for the shape (2026-12-07; the
-committed figures are `bench_winograd.py`'s): 512 channels at 28x28 took 7.1 ms against 11.6 on one
-image and 47-52 against 87-92 on eight; 256 at 56x56 7.7-8.3 against 11.5 on one and 64 against 86 on
-eight; 128 to 256 at 56x56 on eight 40 against 47; but 128 to 128 at 112x112 (harmonic mean 128)
-11.5-13.1 against 11.1-12.1, 64 to 128 6.0-6.8 against 5.5-6.1, and 64 at 224x224 21.4 against 11.7.
-With fewer than `MIN_TILES` tiles the products are too short to pay for the transforms (512 channels
-at 14x14 on one image: 16 tiles, from 0.68 to 1.07 times as fast in three measurements), and
-`MAX_PIXELS` is the largest input measured to win.
+alone against oneDNN's direct convolution with its weight packed for the shape
+(`benchmarks/bench_winograd.py`, `winograd-cpu-2026-12-07.json`): 512 channels at 28x28 took 6.4-6.6 ms
+against 11.0-11.2 on one image and 40-47 against 81-87 on eight; 256 at 56x56 8.1-8.2 against 11.3-11.8
+on one; but 128 to 128 at 112x112 (harmonic mean 128) 12.2 against 11.5, 64 to 128 6.8 against 5.9,
+and 64 at 224x224 48 against 12. With fewer than `MIN_TILES` tiles the products are too short to pay
+for the transforms (512 channels at 14x14 on one image, 16 tiles: 3.6-3.9 against 3.1-3.4 ms), and a
+buffer over `MAX_BYTES` is page-faulted in on every call (256 channels at 56x56 on eight images:
+101-107 against 89-93 ms).
 
 The rounding differs from the direct convolution's: the transforms add and subtract multiples of the
 input (up to 25 of them for an entry), so the result's largest error, relative to the largest output,
-was 3e-6 to 9e-6 for vgg16's layers in float32 (the direct convolution's 3e-7 to 3e-6, both against
-float64); `MAX_RELATIVE_ERROR` (1e-4) is what the tests demand. bf16 and int8 keep the direct
+was 4.7e-6 to 8.6e-6 for the vgg16 layers it takes, in float32 (the direct convolution's 1.5e-6 to
+3.5e-6, both against float64); `MAX_RELATIVE_ERROR` (1e-4) is what the tests demand. bf16 and int8 keep the direct
 convolution: in bf16 the transformed values would round to 8 bits of mantissa, and oneDNN's AMX kernels
 are faster there anyway.
 
@@ -42,15 +42,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAX_PIXELS", "MAX_RELATIVE_ERROR", "MIN_CHANNELS", "MIN_TILES", "WinogradConvReLU", "applies", "wins"]
+__all__ = ["MAX_BYTES", "MAX_RELATIVE_ERROR", "MIN_CHANNELS", "MIN_TILES", "WinogradConvReLU", "applies", "wins"]
 
 # The largest error the tests allow, relative to the largest output (float32 against float64).
 MAX_RELATIVE_ERROR = 1e-4
 # The least harmonic mean of the input and output channels, 2 C_in C_out / (C_in + C_out), for which
 # Winograd pays: 128 to 256 (171) won, 128 to 128 (128) and 64 to 128 (85) lost.
 MIN_CHANNELS = 160
-# The most pixels in one call (images x height x width) measured to win: 8 images of 56x56.
-MAX_PIXELS = 8 * 56 * 56
+# The largest buffer of one call (36 entries x tiles x the larger channel count, float32): glibc's largest
+# heap block (`vggnet.deploy.inference.keep_activations_on_heap`). A larger one is a fresh mmap, page-faulted
+# in on every call: 8 images of 256 channels at 56x56 (57.8 MB) ran 0.76-0.78 times as fast as directly.
+MAX_BYTES = 32 << 20
 # Fewer 4x4 output tiles in one call, and the 36 products are too short to pay for the transforms:
 # 512 channels at 14x14 on 1 image (16 tiles) won or lost by chance, on 2 (32 tiles) and at 7x7 on 8 won.
 MIN_TILES = 32
@@ -107,18 +109,20 @@ def applies(conv: nn.Module, dtype: torch.dtype) -> bool:
     )
 
 
-def wins(shape: torch.Size | tuple[int, ...]) -> bool:
-    """Whether an input of `shape` (N, C, H, W) is one Winograd computes faster than the direct convolution.
+def wins(shape: torch.Size | tuple[int, ...], out_channels: int) -> bool:
+    """Whether an input of `shape` is one Winograd computes faster than the direct convolution.
 
     Args:
-        shape: the convolution's input shape.
+        shape: the convolution's input shape, (N, C_in, H, W).
+        out_channels: the convolution's output channels.
 
     Returns:
-        True where the output has at most `MAX_PIXELS` pixels in all and makes at least `MIN_TILES` tiles
-        of 4x4 (measured on the 2-core Xeon: above).
+        True where the output makes at least `MIN_TILES` tiles of 4x4 and Winograd's largest buffer
+        stays within `MAX_BYTES` (measured on the 2-core Xeon: above).
     """
-    n, _, h, w = shape
-    return n * h * w <= MAX_PIXELS and n * -(-h // _TILE) * -(-w // _TILE) >= MIN_TILES
+    n, c, h, w = shape
+    tiles = n * -(-h // _TILE) * -(-w // _TILE)
+    return tiles >= MIN_TILES and _SPAN * _SPAN * tiles * max(c, out_channels) * 4 <= MAX_BYTES
 
 
 def _kron(rows: Sequence[Sequence[float]]) -> torch.Tensor:
@@ -218,6 +222,6 @@ class WinogradConvReLU(nn.Module):
         Returns:
             (N, C_out, H, W), channels_last where Winograd computed it.
         """
-        if wins(x.shape):
+        if wins(x.shape, self.conv.out_channels):
             return conv3x3_relu(x, self.u, self.conv.bias, self.b, self.a)
         return F.relu(self.conv(x))
