@@ -5,9 +5,12 @@
 Layer by layer: each of vgg16's 13 convolutions (with its ReLU) at 224 px, on 1 and on 8 images, two
 ways taking turns: the direct convolution as `optimize_for_inference` calls it (one oneDNN call, its
 weight packed for that shape, the ReLU fused) and `vggnet.deploy.winograd`'s Winograd, with the largest
-error of each against the float64 convolution, relative to the largest output; and whether the model
-takes Winograd for that layer and shape (`applies` and `wins`). Whole model: vgg16 optimized in float32
-with Winograd and without (`winograd=False`), each with its oneDNN Graph program, at batch 1 and 8.
+error of each against the float64 convolution, relative to the largest output; and whether the rule
+takes Winograd for that layer at that shape (`applies` and `wins`). In the model, float32 batches of 8
+at 224 px take the layers before pool3 one image at a time (`images_per_chunk`), so there the batch-1
+rows are the calls it makes. Whole model: vgg16 optimized in float32
+with Winograd and without (`winograd=False`), each with its oneDNN Graph program, at batch 1 and 8,
+each call warm (after 50 ms of idle cores and one untimed call, as `bench_cpu_peers.py` times).
 
 Seeded random weights at He scale; the input of each layer is non-negative (a ReLU's output). The
 candidates take turns in interleaved rounds (the median of the rounds; vggnet/deploy/bench.py). Results
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,7 @@ VGG16_LAYERS = [
     (512, 512, 14),
 ]
 SMOKE_LAYERS = [(3, 64, 32), (128, 128, 16), (512, 512, 4)]
+SETTLE_S = 0.05  # idle cores before each whole-model turn
 
 
 def relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
@@ -87,15 +92,30 @@ def layer_row(c_in: int, c_out: int, size: int, batch: int, *, iters: int, round
         "ms": ms,
         "direct_over_winograd": ms["direct"] / ms["winograd"],
         "relative_error": errors,
-        "model_takes_winograd": applies(conv, torch.float32) and wins(x.shape, c_out),
+        "rule_takes_winograd": applies(conv, torch.float32) and wins(x.shape, c_out),
     }
     print(
         f"{row['layer']:22} b{batch:<2} direct {ms['direct']:8.2f} ms  winograd {ms['winograd']:8.2f} ms  "
         f"{row['direct_over_winograd']:5.2f}x  error {errors['winograd']:.1e} (direct {errors['direct']:.1e})"
-        f"{'  <- taken' if row['model_takes_winograd'] else ''}",
+        f"{'  <- the rule takes it' if row['rule_takes_winograd'] else ''}",
         flush=True,
     )
     return row
+
+
+def warm_turns(fns: dict[str, Callable[[], object]], *, rounds: int) -> dict[str, list[float]]:
+    """Seconds of one warm call of each function per round, taking turns: before each timed call the
+    cores idle for `SETTLE_S` and one call goes untimed (the other model's pass has just evicted this
+    one's weights from the cache), as `bench_cpu_peers.py` times; every other round in reverse order."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in list(fns.items())[:: -1 if r % 2 else 1]:
+            time.sleep(SETTLE_S)
+            fn()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def model_rows(arch: str, size: int, batch: int, *, iters: int, rounds: int) -> list[dict[str, Any]]:
@@ -113,8 +133,7 @@ def model_rows(arch: str, size: int, batch: int, *, iters: int, rounds: int) -> 
             for _ in range(3):  # eager, then the program made, then the program
                 out = m(x)
         errors = {name: relative_error(m(x), ref.double()) for name, m in models.items()}
-        fns = {name: (lambda m=m: m(x)) for name, m in models.items()}
-        times = time_interleaved(fns, device=torch.device("cpu"), iters=iters, rounds=rounds)
+        times = warm_turns({name: (lambda m=m: m(x)) for name, m in models.items()}, rounds=rounds)
     del out
     rows = []
     base = statistics.median(times["direct"])

@@ -244,7 +244,7 @@ def _winograd_tables(data: dict[str, Any]) -> list[str]:
     """bench_winograd.py: each layer direct against Winograd, then the whole model with and without it."""
     lines = [
         "| layer | batch | direct ms | Winograd ms | direct / Winograd | Winograd's error | direct's error "
-        "| model takes |",
+        "| the rule at this shape |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["layers"]:
@@ -252,7 +252,7 @@ def _winograd_tables(data: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['layer']} | {r['batch_size']} | {_num(ms['direct'])} | {_num(ms['winograd'])} | "
             f"{_num(r['direct_over_winograd'])}x | {err['winograd']:.1e} | {err['direct']:.1e} | "
-            f"{'Winograd' if r['model_takes_winograd'] else 'direct'} |"
+            f"{'Winograd' if r['rule_takes_winograd'] else 'direct'} |"
         )
     lines += ["", "| whole model | batch | ms | speed-up | error vs eager |", "|---|---:|---:|---:|---:|"]
     for r in data["models"]:

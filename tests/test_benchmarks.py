@@ -528,9 +528,9 @@ def test_cpu_peers_times_each_candidate_warm_after_idle_cores_in_changing_orders
 
 def test_winograd_rows_time_both_ways_and_say_what_the_model_takes(capsys):
     taken = bench_winograd.layer_row(128, 256, 16, 2, iters=1, rounds=1)  # 32 tiles
-    assert taken["model_takes_winograd"] is True and set(taken["ms"]) == {"direct", "winograd"}
+    assert taken["rule_takes_winograd"] is True and set(taken["ms"]) == {"direct", "winograd"}
     assert 0 < taken["relative_error"]["winograd"] <= MAX_RELATIVE_ERROR
     assert taken["direct_over_winograd"] == taken["ms"]["direct"] / taken["ms"]["winograd"]
     skipped = bench_winograd.layer_row(64, 64, 16, 2, iters=1, rounds=1)  # too few channels
-    assert skipped["model_takes_winograd"] is False and 0 < skipped["relative_error"]["winograd"] <= MAX_RELATIVE_ERROR
-    assert "<- taken" in capsys.readouterr().out
+    assert skipped["rule_takes_winograd"] is False and 0 < skipped["relative_error"]["winograd"] <= MAX_RELATIVE_ERROR
+    assert "<- the rule takes it" in capsys.readouterr().out

@@ -135,7 +135,7 @@ def test_the_winograd_benchmark_gets_its_tables(tmp_path):
     layer |= {"direct_over_winograd": 1.8756, "relative_error": {"direct": 3.1e-6, "winograd": 5.9e-6}}
     model = {"name": "winograd", "batch_size": 1, "ms": 91.94, "speedup_vs_direct": 1.124}
     model |= {"relative_error_vs_eager": 1.9e-6}
-    data = {"suite": "winograd", "arch": "vgg16", "layers": [layer | {"model_takes_winograd": True}], "models": [model]}
+    data = {"suite": "winograd", "arch": "vgg16", "layers": [layer | {"rule_takes_winograd": True}], "models": [model]}
     (tmp_path / "winograd-cpu-2030-01-01.json").write_text(json.dumps(data))
     text = hooks.speed_tables(tmp_path)
     assert "| 512->512 @ 28x28 | 8 | 90.50 | 48.25 | 1.88x | 5.9e-06 | 3.1e-06 | Winograd |" in text

@@ -19,6 +19,7 @@ from vggnet.deploy.winograd import (
     WinogradConvReLU,
     applies,
     conv3x3_relu,
+    exact_float32,
     transform_weight,
     wins,
 )
@@ -255,5 +256,54 @@ def test_a_chunked_batch_runs_winograd_in_the_same_chunks_in_its_program_bit_for
     assert torch.equal(eager, made) and torch.equal(made, again)
     ((program),) = fast._programs._programs.values()
     code = str(program.graph)
-    assert "aten::split" in code and code.count("aten::bmm") == 6  # both Winograd convolutions in each of 3 chunks
+    assert "aten::split" in code and code.count("aten::bmm") == 18  # 3 per Winograd convolution, 2 of them, 3 chunks
     torch.testing.assert_close(again, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_exact_float32_is_false_under_cpu_autocast_and_reduced_matmul_precision():
+    was = torch.get_float32_matmul_precision()
+    try:
+        assert exact_float32()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not exact_float32()
+        torch.set_float32_matmul_precision("medium")  # bf16 products for float32 on oneDNN
+        assert not exact_float32()
+        torch.set_float32_matmul_precision("high")  # TF32: nothing on CPUs
+        assert exact_float32()
+    finally:
+        torch.set_float32_matmul_precision(was)
+
+
+@pytest.mark.parametrize("setting", ["autocast", "medium precision"])
+def test_where_products_would_not_be_float32_the_convolutions_run_directly(setting, monkeypatch):
+    model = winograd_vgg()
+    x = torch.randn(2, 3, 64, 64)
+    fast = optimize_for_inference(model, dtype=torch.float32, batch_size=2)
+    direct = optimize_for_inference(model, dtype=torch.float32, batch_size=2, winograd=False, onednn_graph=False)
+    layer = fast._winograd[3]
+    was = torch.get_float32_matmul_precision()
+    with torch.no_grad():
+        ref, exact = model(x), fast(x)
+        fast(x)  # a program made, with Winograd in it
+        assert len(fast._programs) == 1
+        y = torch.rand(2, 128, 32, 32).contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting == "autocast"):
+                if setting == "medium precision":
+                    torch.set_float32_matmul_precision("medium")
+                got = fast(x)
+                alone, expected = layer(y), F.relu(layer.conv(y))
+        finally:
+            torch.set_float32_matmul_precision(was)
+        assert torch.equal(got, direct(x))  # the eager path's direct convolutions, no program
+        assert torch.equal(alone, expected)
+        assert not torch.equal(got, exact)  # Winograd's rounding otherwise
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_with_autograd_on_the_module_runs_directly():
+    layer = conv(128, 256)
+    m = WinogradConvReLU(layer)
+    x = torch.rand(2, 128, 16, 16).contiguous(memory_format=torch.channels_last)
+    out = m(x)  # grad enabled: conv3x3_relu's out= would refuse the bias that requires grad
+    assert out.requires_grad and torch.equal(out, F.relu(layer(x)))

@@ -65,7 +65,7 @@ from vggnet import settings
 from vggnet.checks import check_int
 from vggnet.deploy.onednn_graph import Plan, Programs, onednn_graph_available, traceable
 from vggnet.deploy.packed import PackedModel
-from vggnet.deploy.winograd import WinogradConvReLU, applies, wins
+from vggnet.deploy.winograd import WinogradConvReLU, applies, exact_float32, wins
 from vggnet.errors import DeviceError, UsageError, UsageTypeError
 from vggnet.models.config import POOLED_SIZE
 from vggnet.models.vgg import VGG
@@ -785,7 +785,8 @@ class InferenceVGG(PackedModel):
         steps, then the whole batch from `whole_batch_from` on."""
         assert self._steps is not None
         n, k = self._plan(x)
-        packed, int_pools, winograd = self._packed_convs, self._int_pools, self._winograd
+        packed, int_pools = self._packed_convs, self._int_pools
+        winograd = self._winograd if exact_float32() else {}  # its products must be float32: else directly
         if k == 0:
             return _run_steps(self._steps, x, packed, int_pools=int_pools, winograd=winograd)
         head = [
@@ -859,9 +860,13 @@ class InferenceVGG(PackedModel):
         first call (eager) and later ones (the program) agree; with weights packed for another batch,
         oneDNN reorders them for a kernel of its own, whose bf16 logits differed in the last bits.
         Under CPU autocast, which the eager path ignores, TorchScript would run another, unfused
-        version with autocast's casts: such calls run eagerly.
+        version with autocast's casts: such calls run eagerly. So do calls where Winograd's products
+        would not be float32 (`exact_float32`: autocast, or float32 matmul precision "medium"), whose
+        eager path then takes the direct convolutions.
         """
         if self._programs is None or len(x) != self._batch or torch.is_autocast_enabled("cpu"):
+            return None
+        if self._winograd and not exact_float32():
             return None
         return self._programs.get(x, Plan(*self._plan(x)))
 
@@ -939,12 +944,15 @@ def optimize_for_inference(
             with the eager path's logits, bit for bit; other batch sizes run eagerly. A program holds
             oneDNN's packed copy of the weights (285 MB for vgg16 in bf16) until the model is deleted.
             False: the eager path alone.
-        winograd: on CPU in float32, not compiled: compute the 3x3 convolutions with 128 or more input
-            channels by Winograd F(4x4, 3x3) where the map is small enough for it to pay
-            (`vggnet.deploy.winograd`): vgg16 ran 1.19x as fast at batch 1 and 1.23x at batch 8, within
-            a relative error of 1e-4 of the exact convolution (under 1e-5 measured), at the cost of a
-            transformed copy of those weights (four times their size: 231 MB for vgg16). False: oneDNN's
-            direct convolutions throughout.
+        winograd: on CPU in float32, not compiled: compute the 3x3 convolutions whose input and output
+            channels have a harmonic mean of at least 160 (vgg16's from conv3_1 on) by Winograd F(4x4,
+            3x3) in the calls where it pays (at least 32 tiles of 4x4, every buffer within 32 MiB;
+            `vggnet.deploy.winograd`), except under CPU autocast or a reduced float32 matmul
+            precision (then directly): vgg16 ran 1.14x as fast at batch 1 and 1.23x at batch 8 (2-core
+            Xeon), within a relative error of 1e-4 of the exact convolution (about 1e-5 measured), at the
+            cost of a transformed copy of those weights (four times their size: 231 MB for vgg16) and
+            0.5-0.6 s more to build (0.78-0.91 s against 0.27-0.28 for vgg16). False: oneDNN's direct
+            convolutions throughout.
 
     Returns:
         The prepared `InferenceVGG`.

@@ -231,7 +231,8 @@ def _in_own_unit(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     loaded back, and given its own tensors again (not copies). What stays in the process-wide unit is
     the traced types' code.
 
-    For traces of `_PLAIN` modules only: every tensor of theirs is a parameter or a buffer (a plain
+    For traces of `_PLAIN` modules and `WinogradConvReLU` only: every tensor of theirs is a parameter or a
+    buffer, non-persistent ones included (a plain
     tensor attribute would be traced in as a copy), and none is shared with a TorchScript module of
     the caller's (whose tensors would be left empty).
 
@@ -265,7 +266,7 @@ def make_program(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMo
     """`module` traced, frozen and run with TorchScript's oneDNN fuser on until it is fused for `example`.
 
     Args:
-        module: an eval-mode module of `_PLAIN` modules.
+        module: an eval-mode module of `_PLAIN` modules and `vggnet.deploy.winograd.WinogradConvReLU`s.
         example: an input of the shape, dtype and layout the program will take.
 
     Returns:

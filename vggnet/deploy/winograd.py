@@ -7,23 +7,30 @@ direct convolution needs 144: the 6x6 input tiles are transformed (`B^T d B`), m
 transformed once (`G g G^T`), as 36 matrix products of (tiles, C_in) by (C_in, C_out), and the 36
 products transformed back to the 4x4 tile (`A^T m A`). The three transforms are each one matrix
 product over the tile's entries here, and the 36 products one batched matrix product, so the work is
-four large calls into PyTorch's BLAS and a few copies.
+four large `torch.bmm` calls and a few copies. All four are `bmm`, which TorchScript's oneDNN fuser
+leaves alone, so a program (`vggnet.deploy.onednn_graph`) runs the same kernels as the eager path and
+gives its bits (`aten::matmul` and `mm` it would hand to oneDNN's own matmul).
+
+The products must be float32: CPU autocast would run them in bf16, and so would PyTorch's reduced
+float32 matmul precision (`torch.set_float32_matmul_precision("medium")`, oneDNN's `fp32_precision =
+"bf16"`), which gave errors of 4e-2 of a layer's largest output. Under either (`exact_float32`) the
+convolutions run directly, as they do with autograd on.
 
 What it gains depends on the channels and the shape (`applies`, `wins`). The products save work in
 proportion to C_in x C_out per tile, the transforms cost in proportion to C_in + C_out, so the rule is
 on their ratio, the channels' harmonic mean (`MIN_CHANNELS`). On the 2-core Xeon (AVX-512), each layer
 alone against oneDNN's direct convolution with its weight packed for the shape
-(`benchmarks/bench_winograd.py`, `winograd-cpu-2026-12-07.json`): 512 channels at 28x28 took 6.4-6.6 ms
-against 11.0-11.2 on one image and 40-47 against 81-87 on eight; 256 at 56x56 8.1-8.2 against 11.3-11.8
-on one; but 128 to 128 at 112x112 (harmonic mean 128) 12.2 against 11.5, 64 to 128 6.8 against 5.9,
-and 64 at 224x224 48 against 12. With fewer than `MIN_TILES` tiles the products are too short to pay
-for the transforms (512 channels at 14x14 on one image, 16 tiles: 3.6-3.9 against 3.1-3.4 ms), and a
-buffer over `MAX_BYTES` is page-faulted in on every call (256 channels at 56x56 on eight images:
-101-107 against 89-93 ms).
+(`benchmarks/bench_winograd.py`, `winograd-cpu-2026-12-07.json`): 512 channels at 28x28 took 9.7-9.8 ms
+against 12.8-13.2 on one image and 58-61 against 98-100 on eight; 256 at 56x56 9.0-10.3 against
+13.0-13.1 on one; but 128 to 128 at 112x112 (harmonic mean 128) 14.4 against 13.5, 64 to 128 8.4
+against 7.2, and 64 at 224x224 29 against 14. With fewer than `MIN_TILES` tiles the products are too
+short to pay for the transforms (512 channels at 14x14 on one image, 16 tiles: 4.9-5.4 against 3.8-4.0
+ms), and a buffer over `MAX_BYTES` is page-faulted in on every call (256 channels at 56x56 on eight
+images: 140-147 against 100-102 ms).
 
 The rounding differs from the direct convolution's: the transforms add and subtract multiples of the
 input (up to 25 of them for an entry), so the result's largest error, relative to the largest output,
-was 4.7e-6 to 8.6e-6 for the vgg16 layers it takes, in float32 (the direct convolution's 1.5e-6 to
+was 4.7e-6 to 8.6e-6 for the vgg16 layers it takes, in float32 (the direct convolution's 1.7e-6 to
 3.5e-6, both against float64); `MAX_RELATIVE_ERROR` (1e-4) is what the tests demand. bf16 and int8 keep the direct
 convolution: in bf16 the transformed values would round to 8 bits of mantissa, and oneDNN's AMX kernels
 are faster there anyway.
@@ -42,7 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAX_BYTES", "MAX_RELATIVE_ERROR", "MIN_CHANNELS", "MIN_TILES", "WinogradConvReLU", "applies", "wins"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_RELATIVE_ERROR",
+    "MIN_CHANNELS",
+    "MIN_TILES",
+    "WinogradConvReLU",
+    "applies",
+    "exact_float32",
+    "wins",
+]
 
 # The largest error the tests allow, relative to the largest output (float32 against float64).
 MAX_RELATIVE_ERROR = 1e-4
@@ -125,6 +141,21 @@ def wins(shape: torch.Size | tuple[int, ...], out_channels: int) -> bool:
     return tiles >= MIN_TILES and _SPAN * _SPAN * tiles * max(c, out_channels) * 4 <= MAX_BYTES
 
 
+def exact_float32() -> bool:
+    """Whether float32 matrix products run in float32 now (Winograd's products must).
+
+    Returns:
+        False under CPU autocast or with PyTorch's float32 matmul precision reduced to bf16 ("medium");
+        True otherwise (TF32 does not touch CPUs).
+    """
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    onednn = getattr(torch.backends.mkldnn, "matmul", None)
+    if onednn is not None and hasattr(onednn, "fp32_precision"):
+        return str(onednn.fp32_precision) != "bf16"
+    return torch.get_float32_matmul_precision() != "medium"
+
+
 def _kron(rows: Sequence[Sequence[float]]) -> torch.Tensor:
     """The transform over a flattened tile: `M^T t M` for a (k, k) tile `t` is `kron(M^T, M^T) @ t.flatten()`."""
     m = torch.tensor(rows, dtype=torch.float64)
@@ -167,11 +198,15 @@ def conv3x3_relu(
     s_n, s_c, s_h, s_w = padded.stride()
     # (6, 6, N, rows, cols, C): each tile's 36 entries, the tiles overlapping by 2 pixels
     shape, strides = (_SPAN, _SPAN, n, rows, cols, c), (s_h, s_w, s_n, _TILE * s_h, _TILE * s_w, s_c)
-    tiles = padded.as_strided(shape, strides).reshape(_SPAN * _SPAN, -1)
-    v = (b @ tiles).view(_SPAN * _SPAN, n * rows * cols, c)  # (36, tiles, C_in)
+    tiles = padded.as_strided(shape, strides).reshape(1, _SPAN * _SPAN, -1)
+    del padded
+    v = torch.bmm(b.unsqueeze(0), tiles).view(_SPAN * _SPAN, n * rows * cols, c)  # (36, tiles, C_in)
+    del tiles
     m = torch.bmm(v, u)  # (36, tiles, C_out)
+    del v
     c_out = m.shape[-1]
-    y = (a @ m.view(_SPAN * _SPAN, -1)).view(_TILE, _TILE, n, rows, cols, c_out)
+    y = torch.bmm(a.unsqueeze(0), m.view(1, _SPAN * _SPAN, -1)).view(_TILE, _TILE, n, rows, cols, c_out)
+    del m  # each buffer freed once used: 4x less memory held at once
     # (4, 4, N, rows, cols, C_out) -> (N, rows, 4, cols, 4, C_out): the tiles in place, in one copy
     out = torch.empty(n, rows, _TILE, cols, _TILE, c_out, dtype=x.dtype, device=x.device)
     if bias is None:
@@ -191,10 +226,12 @@ def conv3x3_relu(
 class WinogradConvReLU(nn.Module):
     """A convolution and its ReLU: by Winograd F(4x4, 3x3) for the shapes it `wins`, directly otherwise.
 
-    For inference (under `torch.no_grad` or inference mode). Built from a convolution that `applies`; the
-    transformed weight is a buffer (four times the weight:
-    36 entries for 9), computed once. The choice is made per call from the input's shape, so a trace
-    (`vggnet.deploy.onednn_graph`) keeps the one its shape got.
+    Built from a convolution that `applies`; the transformed weight is a buffer (four times the weight:
+    36 entries for 9), computed once (vgg16: 0.5-0.6 s for its nine). The choice is made per call
+    from the input's shape, so a trace (`vggnet.deploy.onednn_graph`) keeps the one its shape got. With
+    autograd on, or where float32 products would not be float32 (`exact_float32`), the convolution runs
+    directly, its ReLU then `F.relu`'s (which keeps -0 and NaNs; `InferenceVGG` runs its own direct
+    path instead).
 
     Args:
         conv: the convolution (kept as `conv`, sharing its parameters).
@@ -210,8 +247,9 @@ class WinogradConvReLU(nn.Module):
         with torch.no_grad():
             self.register_buffer("u", transform_weight(conv.weight), persistent=False)
         dtype = conv.weight.dtype
-        self.register_buffer("b", _kron(_BT).to(dtype), persistent=False)
-        self.register_buffer("a", _kron(_AT).to(dtype), persistent=False)
+        device = conv.weight.device
+        self.register_buffer("b", _kron(_BT).to(device, dtype), persistent=False)
+        self.register_buffer("a", _kron(_AT).to(device, dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of `x` and its ReLU.
@@ -222,6 +260,6 @@ class WinogradConvReLU(nn.Module):
         Returns:
             (N, C_out, H, W), channels_last where Winograd computed it.
         """
-        if wins(x.shape, self.conv.out_channels):
+        if wins(x.shape, self.conv.out_channels) and not torch.is_grad_enabled() and exact_float32():
             return conv3x3_relu(x, self.u, self.conv.bias, self.b, self.a)
         return F.relu(self.conv(x))
