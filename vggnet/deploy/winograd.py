@@ -31,9 +31,9 @@ images: 140-147 against 100-102 ms).
 The rounding differs from the direct convolution's: the transforms add and subtract multiples of the
 input (up to 25 of them for an entry), so the result's largest error, relative to the largest output,
 was 4.7e-6 to 8.6e-6 for the vgg16 layers it takes, in float32 (the direct convolution's 1.7e-6 to
-3.5e-6, both against float64); `MAX_RELATIVE_ERROR` (1e-4) is what the tests demand. bf16 and int8 keep the direct
-convolution: in bf16 the transformed values would round to 8 bits of mantissa, and oneDNN's AMX kernels
-are faster there anyway.
+3.5e-6, both against float64); `MAX_RELATIVE_ERROR` (1e-4) is what the tests demand. bf16 and int8
+keep the direct convolution: in bf16 the transformed values would round to 8 bits of mantissa, and
+oneDNN's AMX kernels are faster there anyway.
 
 The ReLU here is oneDNN's: a negative, -0 and a NaN become +0 (`torch.relu` keeps -0 and NaNs, sign bit
 and all), so the integer max-pools that follow (`vggnet.deploy.inference`) see no value with its sign
@@ -67,10 +67,11 @@ MAX_RELATIVE_ERROR = 1e-4
 MIN_CHANNELS = 160
 # The largest buffer of one call (36 entries x tiles x the larger channel count, float32): glibc's largest
 # heap block (`vggnet.deploy.inference.keep_activations_on_heap`). A larger one is a fresh mmap, page-faulted
-# in on every call: 8 images of 256 channels at 56x56 (57.8 MB) ran 0.76-0.78 times as fast as directly.
+# in on every call: 8 images of 256 channels at 56x56 (57.8 MB) ran 0.63-0.89 times as fast as directly.
 MAX_BYTES = 32 << 20
 # Fewer 4x4 output tiles in one call, and the 36 products are too short to pay for the transforms:
-# 512 channels at 14x14 on 1 image (16 tiles) won or lost by chance, on 2 (32 tiles) and at 7x7 on 8 won.
+# 512 channels at 14x14 on 1 image (16 tiles) ran 0.61-0.85 times as fast as directly in four runs; on 2
+# images (32 tiles), and at 7x7 on 8, Winograd won.
 MIN_TILES = 32
 
 _TILE = 4  # output pixels per tile side
