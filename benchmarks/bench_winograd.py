@@ -42,24 +42,19 @@ from vggnet.deploy.bench import time_interleaved
 from vggnet.deploy.inference import keep_activations_on_heap, optimize_for_inference
 from vggnet.deploy.winograd import WinogradConvReLU, applies, conv3x3_relu, wins
 
-# vgg16's convolutions at 224 px: (input channels, output channels, map size)
-VGG16_LAYERS = [
-    (3, 64, 224),
-    (64, 64, 224),
-    (64, 128, 112),
-    (128, 128, 112),
-    (128, 256, 56),
-    (256, 256, 56),
-    (256, 256, 56),
-    (256, 512, 28),
-    (512, 512, 28),
-    (512, 512, 28),
-    (512, 512, 14),
-    (512, 512, 14),
-    (512, 512, 14),
-]
 SMOKE_LAYERS = [(3, 64, 32), (128, 128, 16), (512, 512, 4)]
 SETTLE_S = 0.05  # idle cores before each whole-model turn
+
+
+def conv_layers(arch: str, size: int) -> list[tuple[int, int, int]]:
+    """Each convolution of `arch`'s features as (input channels, output channels, map size) at `size` px."""
+    layers = []
+    for m in vggnet.get_model(arch).features:
+        if isinstance(m, nn.Conv2d):
+            layers.append((m.in_channels, m.out_channels, size))
+        elif isinstance(m, nn.MaxPool2d):
+            size //= 2
+    return layers
 
 
 def relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
@@ -173,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = [
         layer_row(c_in, c_out, size, batch, **timing)
         for batch in (1, 8)
-        for c_in, c_out, size in (SMOKE_LAYERS if args.smoke else VGG16_LAYERS)
+        for c_in, c_out, size in (SMOKE_LAYERS if args.smoke else conv_layers("vgg16", 224))
     ]
     arch, size = ("vgg11", 32) if args.smoke else ("vgg16", 224)
     models = [row for batch in (1, 8) for row in model_rows(arch, size, batch, **timing)]
