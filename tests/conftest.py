@@ -26,9 +26,8 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
 - `_compiled_code_released` (autouse): after a test that compiled a graph, torch.compile's caches are
   reset, so a worker does not keep every compiled model's weights (it ran out of memory).
-- `_module_garbage_collected` (autouse, per module): in a process over 2 GiB, a full collection at each
-  module's end, then the survivors frozen (`gc.freeze`), so the collections after each test scan only what
-  tests made since.
+- `_module_garbage_collected` (autouse, per module): a full collection at each module's end, then the
+  survivors frozen (`gc.freeze`), so the collections after each test scan only what tests made since.
 - Under pytest-xdist (`-n N`), each worker and the processes its tests start use cores // N threads.
 - `arch_matrix(archs)`: parametrize full-size checks over `archs`, all but FAST_ARCHS marked `slow`.
 - `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
@@ -132,26 +131,19 @@ def _release_memory() -> None:
     _LIBC and _LIBC.malloc_trim(0)
 
 
-# A process past this size hands memory back after each test (a worker of the slow matrix is, most of the time)
-_BIG_PROCESS = 2 << 30
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _module_garbage_collected() -> Iterator[None]:
-    """In a big process, once per test module, after its fixtures are gone: every object collected, then
-    the survivors frozen.
+    """Once per test module, after its fixtures are gone: every object collected, then the survivors frozen.
 
     Frozen objects (torch's, the peers' and pytest's own: about half a million once timm, onnx and torchao
     are imported) are left out of every later collection, so the per-test collection below scans only what
     tests made since. A full collection took 0.3-1 s, after each of the slow matrix's 570 tests: teardowns
-    took 800 of its 4,370 s. Garbage made of frozen objects waits for the next big module's end. A small
-    process (most of the quick run) collects nothing here: 90 modules' full collections would cost a minute.
+    took 800 of its 4,370 s. Garbage made of frozen objects waits for the next module's end.
     """
     yield
-    if _resident_bytes() > _BIG_PROCESS:
-        gc.unfreeze()
-        _release_memory()
-        gc.freeze()
+    gc.unfreeze()
+    _release_memory()
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +155,7 @@ def _compiled_code_released() -> Iterator[None]:
     yield
     if _graphs_compiled() != before:
         torch._dynamo.reset()
-    if _resident_bytes() > _BIG_PROCESS:  # a big test's memory goes back to the system, not kept for the next
+    if _resident_bytes() > 2 << 30:  # a big test's memory goes back to the system, not kept for the next
         _release_memory()
 
 
