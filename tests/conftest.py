@@ -21,6 +21,8 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
   (torch.hub-style `vgg16-<sha256[:8]>.pth`), sha256 and size; `.fingerprint` is `fingerprint()`
   of the tensors, to compare anything loaded against what was saved. Read-only: copy, don't edit.
 - `small_checkpoints` (session): the same for a tiny state dict, where the size does not matter.
+- `module_folders` (module): `module_folders.mktemp(name)` makes folders for a module's shared files, all
+  removed when the module ends (tmp_path_factory's stay until the session ends: keep the disk's peak low).
 - `_isolated_cache` (autouse): every test gets its own empty TORCH_HOME (so torch.hub's cache and
   vggnet's default cache are private to it), no VGGNET_HOME / VGGNET_MIRROR / VGGNET_OFFLINE, and
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
@@ -56,7 +58,7 @@ import torch
 
 import vggnet
 import vggnet.hub._download
-from tests.helpers import Checkpoints, make_state_dict, save_both_formats, write_photos
+from tests.helpers import Checkpoints, ModuleFolders, make_state_dict, save_both_formats, write_photos
 from tests.server import FaultServer
 from vggnet.models.vgg import VGG
 
@@ -180,8 +182,20 @@ def vgg11() -> VGG:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    return write_photos(tmp_path_factory.mktemp("photos"))
+def module_folders(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ModuleFolders]:
+    """Folders for one module's shared files (`module_folders.mktemp(name)`), all removed when the module ends.
+
+    Module fixtures write full-size checkpoints (about 0.5 GB each): under tmp_path_factory they stayed until
+    the session's end, 3.7 GB at the quick run's peak, and a CI machine's disk filled up.
+    """
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield ModuleFolders(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def photos(module_folders: ModuleFolders) -> Path:
+    return write_photos(module_folders.mktemp("photos"))
 
 
 @pytest.fixture

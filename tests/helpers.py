@@ -58,6 +58,19 @@ class Checkpoints:
     keys: tuple[str, ...]
 
 
+class ModuleFolders:
+    """The `module_folders` fixture: new folders under one test module's own, which is removed when the module ends."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        """A new, empty folder `name` (each name once per module), as `tmp_path_factory.mktemp` makes one."""
+        folder = self.root / name
+        folder.mkdir()
+        return folder
+
+
 def make_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """A seeded state dict with the keys, shapes and dtypes of `arch`'s checkpoints (real tensors)."""
     row, batch_norm = arch_config(arch)

@@ -31,8 +31,8 @@ def hand_figures(model, root: Path, classes: list[str]):
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
-    return write_labelled(tmp_path_factory.mktemp("labelled"), CLASSES)
+def labelled(module_folders):
+    return write_labelled(module_folders.mktemp("labelled"), CLASSES)
 
 
 @pytest.mark.parametrize("optimize", [True, False])

@@ -17,16 +17,14 @@ from vggnet.models.weights import Weights
 
 
 @pytest.fixture(scope="module")
-def seeded_vgg11(tmp_path_factory) -> Path:
+def seeded_vgg11(module_folders) -> Path:
     """A full-size vgg11 checkpoint (torchvision's initialisation, seed 0) whose fc8 is scaled up 300x,
     so that images get clearly different, confident answers; saved as `vgg11-<sha256[:8]>.pth`."""
     torch.manual_seed(0)
     model = vggnet.vgg11()
     with torch.no_grad():
         model.classifier[6].weight.mul_(300)
-    path = save_hub_style(model.state_dict(), tmp_path_factory.mktemp("seeded"), "vgg11")
-    yield path
-    path.unlink()
+    return save_hub_style(model.state_dict(), module_folders.mktemp("seeded"), "vgg11")
 
 
 @pytest.fixture
@@ -51,9 +49,9 @@ def fake_records(tmp_path, monkeypatch, http_server):
 
 
 @pytest.fixture(scope="module")
-def seven_classes(tmp_path_factory):
+def seven_classes(module_folders):
     """A plain state dict of the seeded 7-class small_model (conftest), and a labelled folder with a corrupt file."""
-    folder = tmp_path_factory.mktemp("seven")
+    folder = module_folders.mktemp("seven")
     weights = folder / "vgg11-seven.pth"
     torch.save(small_model().state_dict(), weights)
     data = write_labelled(folder / "data", CLASSES, per_class=2)

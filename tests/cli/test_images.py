@@ -499,12 +499,12 @@ OWN_OPTIONS = ["--resize", "32", "--crop", "32", "--mean", "0.3", "0.3", "0.3", 
 
 
 @pytest.fixture(scope="module")
-def own_loop(tmp_path_factory):
+def own_loop(module_folders):
     """A gap-head model as a user's loop leaves it, saved by vggnet.save (classes, preset) and as a plain state
     dict, and a labelled folder of 40x48 images named after its classes."""
     from tests.helpers import write_images
 
-    folder = tmp_path_factory.mktemp("own")
+    folder = module_folders.mktemp("own")
     torch.manual_seed(0)
     model = vggnet.vgg11_bn(head="gap", num_classes=3).eval()
     with torch.no_grad():

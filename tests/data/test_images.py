@@ -79,8 +79,8 @@ def test_labelled_images_sorted_named_and_imagenet_layouts(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
+def data(module_folders):
+    root = module_folders.mktemp("colours")
     write_set(root, {"train": 8, "val": 4})
     return root
 

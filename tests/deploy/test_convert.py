@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import save_seeded_vgg11, write_vgg11_notop
+from tests.helpers import ModuleFolders, save_seeded_vgg11, write_vgg11_notop
 from vggnet.deploy.convert import convert
 from vggnet.hub import _formats as formats
 from vggnet.models import layouts
@@ -26,8 +26,8 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def vgg11_pth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
-    path = tmp_path_factory.mktemp("src") / "vgg11-mine.pth"
+def vgg11_pth(module_folders: ModuleFolders) -> tuple[Path, dict[str, torch.Tensor]]:
+    path = module_folders.mktemp("src") / "vgg11-mine.pth"
     return path, save_seeded_vgg11(path, seed=0)
 
 

@@ -127,12 +127,12 @@ def test_a_cap_leaves_only_what_the_cpu_has_below_it(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def int8_photos(tmp_path_factory):
+def int8_photos(module_folders):
     """vgg11 (seeded), quantized on the four photos as class folders and checked on them with labels."""
     pytest.importorskip("torchao", reason="int8 needs torchao: pip install 'vggnet[int8]'")
     torch.manual_seed(0)
     net = vgg11(num_classes=2).eval()
-    folder = class_folders(tmp_path_factory.mktemp("photos"))
+    folder = class_folders(module_folders.mktemp("photos"))
     return net, quantize(net, folder, held_out=folder, preset=PRESET, fallback=False)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import vggnet
-from tests.helpers import randomize_batchnorm
+from tests.helpers import ModuleFolders, randomize_batchnorm
 from vggnet.data.constants import KERAS_MEAN, KERAS_STD
 from vggnet.data.decode import load_image
 from vggnet.data.transforms import ImageClassification, keras_transforms
@@ -42,9 +42,9 @@ def vgg11() -> vggnet.VGG:
 
 
 @pytest.fixture(scope="module")
-def vgg11_files(vgg11: vggnet.VGG, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+def vgg11_files(vgg11: vggnet.VGG, module_folders: ModuleFolders) -> dict[str, tuple[Path, str]]:
     """The vgg11 as safetensors in either layout: layout -> (path, the sha256 write_state_dict returned)."""
-    folder = tmp_path_factory.mktemp("vgg11-safetensors")
+    folder = module_folders.mktemp("vgg11-safetensors")
     files = {}
     for layout in ("vggnet", "timm"):
         path = folder / f"{layout}.safetensors"

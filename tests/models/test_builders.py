@@ -18,9 +18,9 @@ from vggnet.models.config import ARCHS
 
 
 @pytest.fixture(scope="module")
-def vgg11_bn_files(tmp_path_factory):
+def vgg11_bn_files(module_folders):
     """A full-size seeded vgg11_bn state dict in both formats; the legacy one lacks num_batches_tracked, as in 2017."""
-    folder = tmp_path_factory.mktemp("vgg11_bn")
+    folder = module_folders.mktemp("vgg11_bn")
     torch.manual_seed(7)
     state = randomize_batchnorm(vggnet.vgg11_bn(), mean=1, var=(0.5, 2)).state_dict()
     zip_path, legacy_path = folder / "zip.pth", folder / "legacy.pth"

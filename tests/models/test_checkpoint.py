@@ -22,9 +22,9 @@ MISSING_DEVICE = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: m
 
 
 @pytest.fixture(scope="module")
-def vgg11_files(tmp_path_factory):
+def vgg11_files(module_folders):
     """A seeded full-size vgg11 state dict, and a fine-tuned checkpoint (3 classes, its own preset) made from it."""
-    folder = tmp_path_factory.mktemp("vgg11")
+    folder = module_folders.mktemp("vgg11")
     plain = folder / "vgg11-plain.pth"
     state = save_seeded_vgg11(plain, seed=3)
     tuned_state = {**state, "classifier.6.weight": state["classifier.6.weight"][:3], "classifier.6.bias": torch.ones(3)}

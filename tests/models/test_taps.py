@@ -336,8 +336,8 @@ def test_adaptation_refuses_what_it_cannot_adapt():
 
 
 @pytest.fixture(scope="module")
-def vgg11_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vgg11") / "vgg11-own.pth"
+def vgg11_file(module_folders):
+    path = module_folders.mktemp("vgg11") / "vgg11-own.pth"
     state = save_seeded_vgg11(path, seed=3)
     return state, vggnet.Weights(url=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 

@@ -30,16 +30,16 @@ Image = pytest.importorskip("PIL.Image")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
+def data(module_folders):
+    root = module_folders.mktemp("colours")
     write_set(root, {"train": 8, "val": 4})
     return root
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(module_folders):
     """A seeded vgg11 with an ImageNet-sized head standing in for downloaded weights (no network here)."""
-    path = tmp_path_factory.mktemp("weights") / "vgg11-local.pth"
+    path = module_folders.mktemp("weights") / "vgg11-local.pth"
     return path, save_seeded_vgg11(path, seed=11)
 
 
@@ -547,9 +547,9 @@ RUN_ARGS = ["--arch", "vgg11", "--weights", "none", "--mode", "full", "--head", 
 
 
 @pytest.fixture(scope="module")
-def finished_run(data, tmp_path_factory):
+def finished_run(data, module_folders):
     """A real two-epoch run (full mode: its last.pth holds the whole network and the optimizer's momentum)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
+    out = module_folders.mktemp("finished") / "run"
     assert cli.main(["finetune", str(data), *RUN_ARGS, "--epochs", "2", "--out", str(out)]) == 0
     return out
 
