@@ -2,6 +2,7 @@
 
     python benchmarks/bench_compile.py [--device cpu|cuda] [--smoke] [--out DIR] [--budget-s S]
         [--arch A] [--image-size N] [--batch-size N] [--steps N] [--precisions fp32,bf16] [--repeats N]
+        [--backend inductor|aot_eager]
 
 A fine-tuning-like loop, the same for both libraries: the same seeded weights, a fixed random batch,
 SGD (momentum 0.9), cross-entropy, train mode. Each "epoch" is --steps steps; timed are
@@ -21,7 +22,9 @@ and torchvision's graphs are nearly the same, and in one process (or with a shar
 compile would reuse the first one's kernels.
 The runs alternate between the libraries (vggnet first in odd repeats, torchvision first in even ones),
 so that a change of load hits both. Defaults: vgg16 at 224x224, batch 4, 3 steps per epoch, float32 and
-bf16, one repeat. --smoke: vgg11 at 32x32, batch 2, 1 step, float32 only (checks the machinery).
+bf16, one repeat, Inductor. --smoke: vgg11 at 32x32, batch 2, 1 step, float32 only, and the `aot_eager`
+backend (Dynamo's graphs and recompiles as with Inductor, without Inductor's minutes of C++ code
+generation on two cores): it checks the machinery, not the timings.
 
 Results go to DIR/compile-<device>-<UTC date>.json (default benchmarks/results/), headed by
 `harness.environment` (machine, versions, load average), rewritten after each run, with `complete`,
@@ -59,6 +62,7 @@ LIBRARIES = ("vggnet", "torchvision")
 PHASES = ("head_only_s", "unfreeze_s", "steady_s", "eager_s")
 COLUMNS = (*PHASES, "unfreeze_compile_s")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+BACKENDS = ("inductor", "aot_eager")  # aot_eager: Dynamo and AOTAutograd without code generation (the smoke's)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     runs = _plan(args.precisions.split(","), args.repeats)
     data: dict[str, Any] = {
-        "suite": "compile", "smoke": args.smoke, **environment(device), "arch": args.arch,
+        "suite": "compile", "smoke": args.smoke, **environment(device), "arch": args.arch, "backend": args.backend,
         "batch_size": args.batch_size, "image_size": [args.image_size] * 2, "steps_per_epoch": args.steps,
         "optimizer": "SGD(lr=1e-3, momentum=0.9)", "budget_s": args.budget_s, "complete": False, "runs": [],
         "pending": [dict(r) for r in runs], "skipped": budget.skipped,
@@ -105,7 +109,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     x, y = _batch(args.batch_size, args.image_size, device)
     autocast = PRECISIONS[args.precision]
     freeze(model)
-    compiled = _epoch_fn(torch.compile(model), model, x, y, autocast, device)
+    compiled = _epoch_fn(torch.compile(model, backend=args.backend), model, x, y, autocast, device)
     out: dict[str, Any] = {"graphs": {}}
     for phase in PHASES[:3]:
         if phase == "unfreeze_s":
@@ -194,7 +198,7 @@ def _in_fresh_process(args: argparse.Namespace, run: dict[str, Any]) -> dict[str
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
         options = {"--library": run["library"], "--precision": run["precision"], "--device": args.device,
                    "--arch": args.arch, "--image-size": args.image_size, "--batch-size": args.batch_size,
-                   "--steps": args.steps}  # fmt: skip
+                   "--steps": args.steps, "--backend": args.backend}  # fmt: skip
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *(str(v) for o in options.items() for v in o)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -234,12 +238,13 @@ def _defaults(args: argparse.Namespace) -> None:
     args.batch_size = args.batch_size or (2 if smoke else 4)
     args.steps = args.steps or (1 if smoke else 3)
     args.precisions = args.precisions or ("fp32" if smoke else "fp32,bf16")
+    args.backend = args.backend or ("aot_eager" if smoke else "inductor")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="vgg11, 32x32, batch 2, 1 step, fp32 (CI)")
+    parser.add_argument("--smoke", action="store_true", help="vgg11, 32x32, batch 2, 1 step, fp32, aot_eager (CI)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON (default %(default)s)")
     parser.add_argument("--arch", default=None, help="default vgg16 (vgg11 with --smoke)")
     parser.add_argument("--image-size", type=int, default=None, help="default 224 (32 with --smoke)")
@@ -247,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default 3, 1 with --smoke)")
     parser.add_argument("--precisions", default=None, help="comma-separated, of fp32,bf16 (default both)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per library and precision (default 1)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="default inductor (aot_eager with --smoke)")
     parser.add_argument("--budget-s", type=float, default=None, help="start no run after this many seconds")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one run, in a child process
     parser.add_argument("--library", choices=LIBRARIES, help=argparse.SUPPRESS)
