@@ -15,7 +15,8 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
   served normally (Range supported, 206/416 as a real server would). `rate=` slows every transfer
   of that path down to so many bytes per second.
 - `vgg16_checkpoints` (session): a real, seeded, full-size vgg16 state dict (138,357,544 float32
-  parameters, about 528 MiB) saved once per session in both torch serialization formats:
+  parameters, about 528 MiB) saved once per run (pytest-xdist's workers share it) in both torch
+  serialization formats:
   `.zip` (torch.save's default) and `.legacy` (`_use_new_zipfile_serialization=False`, the format
   of six of the eight official files). Each is a `CheckpointFile` with path, name
   (torch.hub-style `vgg16-<sha256[:8]>.pth`), sha256 and size; `.fingerprint` is `fingerprint()`
@@ -55,6 +56,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 import vggnet
 import vggnet.hub._download
@@ -92,11 +94,25 @@ def http_server(_fault_server: FaultServer) -> FaultServer:
 
 @pytest.fixture(scope="session")
 def vgg16_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkpoints]:
-    """Full-size seeded vgg16 weights (~528 MiB) in both formats, generated once per session."""
-    folder = tmp_path_factory.mktemp("vgg16-checkpoints")
-    checkpoints = save_both_formats(make_state_dict("vgg16", seed=16), folder, "vgg16")
+    """Full-size seeded vgg16 weights (~528 MiB) in both formats, generated once per run.
+
+    Under pytest-xdist the workers share one copy (1 GB less on disk at the slow matrix's peak): the first
+    to ask writes it into the run's folder, under a file lock, and pytest removes that folder after a run
+    that passed.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp("vgg16-checkpoints")
+        yield save_both_formats(make_state_dict("vgg16", seed=16), folder, "vgg16")
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    folder = tmp_path_factory.getbasetemp().parent / "vgg16-checkpoints"  # the run's, above each worker's
+    with FileLock(f"{folder}.lock"):
+        made = folder / "checkpoints.json"
+        if not made.exists():
+            folder.mkdir()
+            made.write_text(save_both_formats(make_state_dict("vgg16", seed=16), folder, "vgg16").to_json())
+        checkpoints = Checkpoints.from_json(made.read_text())
     yield checkpoints
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

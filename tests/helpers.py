@@ -57,6 +57,19 @@ class Checkpoints:
     fingerprint: str
     keys: tuple[str, ...]
 
+    def to_json(self) -> str:
+        """The record as JSON, for another process (`from_json`)."""
+        pairs = (("zip", self.zip), ("legacy", self.legacy))
+        files = {name: {"path": str(f.path), "sha256": f.sha256, "size": f.size} for name, f in pairs}
+        return json.dumps({**files, "fingerprint": self.fingerprint, "keys": list(self.keys)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Checkpoints:
+        """The record `to_json` wrote."""
+        data = json.loads(text)
+        files = [CheckpointFile(Path(data[n]["path"]), data[n]["sha256"], data[n]["size"]) for n in ("zip", "legacy")]
+        return cls(*files, data["fingerprint"], tuple(data["keys"]))
+
 
 class ModuleFolders:
     """The `module_folders` fixture: new folders under one test module's own, which is removed when the module ends."""
