@@ -32,6 +32,8 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
 - `_module_garbage_collected` (autouse, per module): a full collection at each module's end, then the
   survivors frozen (`gc.freeze`), so the collections after each test scan only what tests made since.
 - Under pytest-xdist (`-n N`), each worker and the processes its tests start use cores // N threads.
+- Each test process and the processes its tests start compile into a private Inductor cache
+  (TORCHINDUCTOR_CACHE_DIR), removed when the process ends.
 - `arch_matrix(archs)`: parametrize full-size checks over `archs`, all but FAST_ARCHS marked `slow`.
 - `cache`: VGGNET_HOME pointed at a fresh folder for one test; `fast_retries`: download backoff of 10 ms.
   Helpers for the cache, download and hub tests: `record`, `leftovers`, `no_hashing`, `spawn_python`,
@@ -51,6 +53,7 @@ import gc
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,18 +67,30 @@ from tests.helpers import Checkpoints, ModuleFolders, make_state_dict, save_both
 from tests.server import FaultServer
 from vggnet.models.vgg import VGG
 
+_INDUCTOR_CACHE = pytest.StashKey[str]()
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, each worker (and each process its tests start) computes on its share of the cores.
+    """Each test process computes on its share of the cores and compiles into an Inductor cache of its own.
 
-    Two workers of torch's default thread count on two cores oversubscribe them (OpenMP's threads wait
-    for each other); one thread each ran the slow export and convert tests 11% faster.
+    Under pytest-xdist, two workers of torch's default thread count on two cores oversubscribe them (OpenMP's
+    threads wait for each other); one thread each ran the slow export and convert tests 11% faster.
+    Inductor's cache (kernels, precompiled headers of 150 MB each, compiled models with their weights) went
+    into the machine's /tmp/torchinductor_<user> and stayed (3.8 GB after four runs); now it is a folder of
+    this process's (its subprocesses inherit it), removed at its end.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the processes tests spawn
+    config.stash[_INDUCTOR_CACHE] = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The process's Inductor cache goes with it."""
+    if _INDUCTOR_CACHE in config.stash:
+        shutil.rmtree(config.stash[_INDUCTOR_CACHE], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
