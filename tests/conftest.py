@@ -111,9 +111,9 @@ def http_server(_fault_server: FaultServer) -> FaultServer:
 def vgg16_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkpoints]:
     """Full-size seeded vgg16 weights (~528 MiB) in both formats, generated once per run.
 
-    Under pytest-xdist the workers share one copy (1 GB less on disk at the slow matrix's peak): the first
-    to ask writes it into the run's folder, under a file lock, and pytest removes that folder after a run
-    that passed.
+    Under pytest-xdist the workers share one copy (1 GB on disk, not 1 GB per worker): the first to ask
+    writes it into the run's folder, under a file lock, and pytest removes that folder after a run that
+    passed.
     """
     if "PYTEST_XDIST_WORKER" not in os.environ:
         folder = tmp_path_factory.mktemp("vgg16-checkpoints")
