@@ -170,6 +170,17 @@ def test_compile_runs_alternate_which_library_compiles_first():
         bench_compile._plan(["fp16"], repeats=1)
 
 
+@pytest.mark.parametrize(
+    ("argv", "backend"),
+    [([], "inductor"), (["--smoke"], "aot_eager"), (["--smoke", "--backend", "inductor"], "inductor")],
+)
+def test_compile_times_inductor_and_its_smoke_compiles_without_code_generation(argv, backend):
+    """The smoke checks the machinery (graphs, the recompile on unfreezing) with aot_eager; timings are Inductor's."""
+    args = bench_compile._parser().parse_args(argv)
+    bench_compile._defaults(args)
+    assert args.backend == backend
+
+
 @pytest.mark.parametrize("suite", list(BUDGETED))
 @pytest.mark.slow
 def test_benchmark_past_its_budget_starts_nothing_and_says_so(suite, tmp_path):
