@@ -115,9 +115,13 @@ def vgg16_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chec
     writes it into the run's folder, under a file lock, and pytest removes that folder after a run that
     passed.
     """
+
+    def write(folder: Path) -> Checkpoints:
+        return save_both_formats(make_state_dict("vgg16", seed=16), folder, "vgg16")
+
     if "PYTEST_XDIST_WORKER" not in os.environ:
         folder = tmp_path_factory.mktemp("vgg16-checkpoints")
-        yield save_both_formats(make_state_dict("vgg16", seed=16), folder, "vgg16")
+        yield write(folder)
         shutil.rmtree(folder, ignore_errors=True)
         return
     folder = tmp_path_factory.getbasetemp().parent / "vgg16-checkpoints"  # the run's, above each worker's
@@ -125,7 +129,7 @@ def vgg16_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chec
         made = folder / "checkpoints.json"
         if not made.exists():
             folder.mkdir()
-            made.write_text(save_both_formats(make_state_dict("vgg16", seed=16), folder, "vgg16").to_json())
+            made.write_text(write(folder).to_json())
         checkpoints = Checkpoints.from_json(made.read_text())
     yield checkpoints
 
