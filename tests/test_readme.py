@@ -31,7 +31,7 @@ def test_models_table_is_generated_from_the_records():
 def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     setup = re.search(r"^(pip install -e \"\.\[test\]\")$", README, re.M)
-    test = re.search(r"^(python -m pytest)$", README, re.M)
+    test = re.search(r"^(python -m pytest -n 2)$", README, re.M)
     slow = re.search(r"^(python -m pytest -m slow\b.*)$", README, re.M)
     assert setup and test and slow
     assert {setup.group(1), test.group(1), slow.group(1)} <= set(ci.splitlines())
