@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import io
@@ -430,8 +431,22 @@ HEAD_TAPS: dict[str, list[str]] = {
 HEAD_KINDS = list(HEAD_TAPS)
 
 
+SURGERY = ("identity", "own", "tv_fc8")  # torchvision-style changes to the default head's model
+
+
 @functools.cache
 def _head_model(kind: str, arch: str, seed: int) -> VGG:
+    if kind in SURGERY:  # a copy of the default head's model (built once: fc6's init alone takes about a second)
+        model = copy.deepcopy(_head_model("vgg", arch, seed))
+        torch.manual_seed(seed + 1)  # the new layers' weights
+        if kind == "identity":
+            model.classifier = torch.nn.Identity()
+        elif kind == "own":
+            layers = [torch.nn.Linear(25088, 64), torch.nn.ReLU(True), torch.nn.Dropout(0.3), torch.nn.Linear(64, 10)]
+            model.classifier = torch.nn.Sequential(*layers)
+        else:
+            model.classifier[6] = torch.nn.Linear(4096, 10)
+        return model.eval()
     torch.manual_seed(seed)
     options: dict[str, dict[str, object]] = {
         "gap": {"head": "gap"},
@@ -441,13 +456,6 @@ def _head_model(kind: str, arch: str, seed: int) -> VGG:
         "unpooled": {"num_classes": 0, "global_pool": ""},
     }
     model = vggnet.get_model(arch, **{"num_classes": 10, **options.get(kind, {})})  # type: ignore[arg-type]
-    if kind == "identity":
-        model.classifier = torch.nn.Identity()
-    elif kind == "own":
-        layers = [torch.nn.Linear(25088, 64), torch.nn.ReLU(True), torch.nn.Dropout(0.3), torch.nn.Linear(64, 10)]
-        model.classifier = torch.nn.Sequential(*layers)
-    elif kind == "tv_fc8":
-        model.classifier[6] = torch.nn.Linear(4096, 10)
     randomize_batchnorm(model, affine=True)
     return model.eval()
 
@@ -455,6 +463,4 @@ def _head_model(kind: str, arch: str, seed: int) -> VGG:
 def head_model(kind: str, arch: str = "vgg11_bn", seed: int = 0) -> VGG:
     """A seeded eval-mode `arch` with the head `kind` of HEAD_TAPS and non-trivial BatchNorm; a fresh copy each call
     (the first one per process is built, the others copied)."""
-    import copy
-
     return copy.deepcopy(_head_model(kind, arch, seed))
