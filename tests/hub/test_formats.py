@@ -249,11 +249,20 @@ def test_keras_preset_equals_preprocess_input(keras: object) -> None:
     np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy(), theirs, rtol=0, atol=1e-4)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("layout", ["keras1", "keras2", "keras3"])
-def test_keras_vgg16_logits_on_photos(keras: object, tmp_path: Path, layout: str) -> None:
+@pytest.fixture(scope="module")
+def keras_vgg16(keras: object) -> tuple[object, np.ndarray]:
+    """Keras' VGG16 with random weights and its logits on the photos, built once for the three layouts."""
     reference = keras.applications.VGG16(weights=None, classifier_activation=None)  # type: ignore[attr-defined]
     _randomise(reference, seed=0)
+    return reference, _keras_logits(keras, reference, _photos_uint8(224))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["keras1", "keras2", "keras3"])
+def test_keras_vgg16_logits_on_photos(
+    keras: object, keras_vgg16: tuple[object, np.ndarray], tmp_path: Path, layout: str
+) -> None:
+    reference, theirs = keras_vgg16
     if layout == "keras3":
         path = tmp_path / "vgg16.weights.h5"
         reference.save_weights(path)
@@ -273,7 +282,6 @@ def test_keras_vgg16_logits_on_photos(keras: object, tmp_path: Path, layout: str
     x = keras_transforms(resize_size=224)(torch.from_numpy(images).permute(0, 3, 1, 2))
     with torch.no_grad():
         ours = model(x).numpy()
-    theirs = _keras_logits(keras, reference, images)
     assert np.abs(theirs).max() > 1  # the random network is far from silent
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
     assert len({int(i) for i in ours.argmax(1)}) > 1 or len(PHOTOS) == 1
