@@ -29,8 +29,9 @@ Fixtures (import the helper classes with `from .conftest import Fault, fingerpri
   NO_PROXY for loopback, so no test ever reads or writes the user's real cache or goes through a proxy.
 - `_compiled_code_released` (autouse): after a test that compiled a graph, torch.compile's caches are
   reset, so a worker does not keep every compiled model's weights (it ran out of memory).
-- `_module_garbage_collected` (autouse, per module): a full collection at each module's end, then the
-  survivors frozen (`gc.freeze`), so the collections after each test scan only what tests made since.
+- `_module_garbage_collected` (autouse, per module): at each module's end, the models `small_model` and
+  `head_model` keep are dropped, a full collection runs, then the survivors are frozen (`gc.freeze`), so
+  the collections after each test scan only what tests made since.
 - Under pytest-xdist (`-n N`), each worker and the processes its tests start use cores // N threads.
 - Each test process and the processes its tests start compile into a private Inductor cache
   (TORCHINDUCTOR_CACHE_DIR), removed when the process ends.
@@ -63,7 +64,7 @@ from filelock import FileLock
 
 import vggnet
 import vggnet.hub._download
-from tests.helpers import Checkpoints, ModuleFolders, make_state_dict, save_both_formats, write_photos
+from tests.helpers import Checkpoints, ModuleFolders, forget_models, make_state_dict, save_both_formats, write_photos
 from tests.server import FaultServer
 from vggnet.models.vgg import VGG
 
@@ -178,6 +179,7 @@ def _module_garbage_collected() -> Iterator[None]:
     took 800 of its 4,370 s. Garbage made of frozen objects waits for the next module's end.
     """
     yield
+    forget_models()
     gc.unfreeze()
     _release_memory()
     gc.freeze()

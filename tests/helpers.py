@@ -217,7 +217,7 @@ CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 def small_model(num_classes: int = len(CLASSES), seed: int = 0) -> vggnet.VGG:
     """A seeded vgg11 whose fc8 is scaled up 300x, so that images get clearly different, confident answers.
 
-    Built once per test process (130 M parameters take a while); the tests only read it.
+    Built once per test module (130 M parameters take a while: see `forget_models`); the tests only read it.
     """
     torch.manual_seed(seed)
     model = vggnet.vgg11(num_classes=num_classes)
@@ -462,5 +462,15 @@ def _head_model(kind: str, arch: str, seed: int) -> VGG:
 
 def head_model(kind: str, arch: str = "vgg11_bn", seed: int = 0) -> VGG:
     """A seeded eval-mode `arch` with the head `kind` of HEAD_TAPS and non-trivial BatchNorm; a fresh copy each call
-    (the first one per process is built, the others copied)."""
+    (the first one per test module is built, the others copied: see `forget_models`)."""
     return copy.deepcopy(_head_model(kind, arch, seed))
+
+
+def forget_models() -> None:
+    """Drop the models `small_model` and `head_model` keep (conftest calls it at each test module's end).
+
+    Kept for the whole run, they held 2-4 GB in each pytest-xdist worker (four full-size heads a
+    architecture, three small models), with two workers and a torchrun test on 24 GB.
+    """
+    small_model.cache_clear()
+    _head_model.cache_clear()

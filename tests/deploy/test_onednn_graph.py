@@ -314,11 +314,12 @@ def in_a_subprocess(script: str) -> dict:
 _HEADS = """
 import json, sys, torch
 sys.path.insert(0, ".")
-from tests.helpers import HEAD_KINDS, head_model
+from tests.helpers import HEAD_KINDS, forget_models, head_model
 from vggnet.deploy.inference import optimize_for_inference
 out = {{}}
 for kind in HEAD_KINDS:
     net = head_model(kind)
+    forget_models()  # one model at a time in memory, not nine
     for name in {dtypes}:
         # eager with its weights packed for the batch, as the program's are (packed for 1, bf16 fc6-fc7 round
         # differently at batch 2: oneDNN reorders them for another kernel)
