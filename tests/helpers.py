@@ -469,8 +469,8 @@ def head_model(kind: str, arch: str = "vgg11_bn", seed: int = 0) -> VGG:
 def forget_models() -> None:
     """Drop the models `small_model` and `head_model` keep (conftest calls it at each test module's end).
 
-    Kept for the whole run, they held 2-4 GB in each pytest-xdist worker (four full-size heads a
-    architecture, three small models), with two workers and a torchrun test on 24 GB.
+    Kept for the whole run, they grew each pytest-xdist worker by about 0.5 GB per head with fc6 and per
+    architecture, to 8-10 GB: 20 GB in use of the CI machine's 24 during the slow matrix.
     """
     small_model.cache_clear()
     _head_model.cache_clear()
